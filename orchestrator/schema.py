@@ -1,0 +1,75 @@
+"""The Arrow schemas of squeezeray's Parquet tables (results and stages).
+
+Results: one row per trial (failed ones too) plus one `is_baseline` row per sweep. Knob columns
+are named `stage.param`; knobs outside the fixed list are kept in the `params` JSON column.
+"""
+
+from __future__ import annotations
+
+import pyarrow as pa
+
+# Knobs that get their own typed column (others live in the `params` JSON string).
+KNOB_COLUMNS: dict[str, pa.DataType] = {
+    "distill.temperature": pa.float64(),
+    "distill.alpha": pa.float64(),
+    "prune.ratio": pa.float64(),
+    "prune.method": pa.string(),
+    "lora.rank": pa.int64(),
+    "quantize.mode": pa.string(),
+}
+
+# Objectives a search may name, with their natural direction.
+METRIC_COLUMNS: dict[str, pa.DataType] = {
+    "accuracy": pa.float64(),
+    "size_bytes": pa.int64(),
+    "params_total": pa.int64(),
+    "params_nonzero": pa.int64(),
+    "latency_ms": pa.float64(),
+    "latency_ms_p90": pa.float64(),
+}
+DEFAULT_DIRECTIONS: dict[str, str] = {
+    "accuracy": "max",
+    "size_bytes": "min",
+    "params_total": "min",
+    "params_nonzero": "min",
+    "latency_ms": "min",
+    "latency_ms_p90": "min",
+}
+
+STATUSES = ("ok", "error", "timeout", "stopped")
+
+RESULTS_SCHEMA = pa.schema(
+    [
+        pa.field("sweep_id", pa.string(), nullable=False),
+        pa.field("sweep_name", pa.string()),
+        pa.field("trial_id", pa.string(), nullable=False),
+        pa.field("started_at", pa.timestamp("us", tz="UTC")),
+        pa.field("finished_at", pa.timestamp("us", tz="UTC")),
+        pa.field("task", pa.string()),
+        pa.field("status", pa.string(), nullable=False),
+        pa.field("error", pa.string()),
+        pa.field("is_baseline", pa.bool_(), nullable=False),
+        pa.field("feasible", pa.bool_()),
+        pa.field("runtime", pa.string()),
+        *(pa.field(name, dtype) for name, dtype in KNOB_COLUMNS.items()),
+        pa.field("params", pa.string()),  # JSON of every knob of the trial
+        *(pa.field(name, dtype) for name, dtype in METRIC_COLUMNS.items()),
+        pa.field("wall_s", pa.float64()),
+        pa.field("stage_keys", pa.list_(pa.string())),
+        pa.field("code_version", pa.string()),
+    ]
+)
+
+STAGES_SCHEMA = pa.schema(
+    [
+        pa.field("stage_key", pa.string(), nullable=False),
+        pa.field("stage", pa.string(), nullable=False),
+        pa.field("params", pa.string()),  # JSON
+        pa.field("parent_key", pa.string()),
+        pa.field("sweep_id", pa.string()),
+        pa.field("trial_id", pa.string()),
+        pa.field("wall_s", pa.float64()),
+        pa.field("cpu_s", pa.float64()),
+        pa.field("finished_at", pa.timestamp("us", tz="UTC")),
+    ]
+)

@@ -1,0 +1,160 @@
+"""What flows between stages: a plain state_dict plus a small recipe to rebuild the module.
+
+A `ModelCheckpoint` pickles cheaply through Ray's object store and saves to disk as a dict that
+`torch.load(weights_only=True)` accepts (tensors, str, int, float, lists, dicts). Rebuilding
+never unpickles code: it starts from the task's own model factory and replays the recipe:
+
+1. `lowrank`: {layer name: rank} - those Linear layers become two factor Linears;
+2. shapes: every Linear/Conv/BatchNorm is resized to the saved tensor shapes (structured pruning);
+3. `quantize`: `dynamic_int8` re-applies `quantize_dynamic`; `static_int8`/`qat` re-run FX
+   prepare/convert on the example input, then the saved (calibrated) state loads over it.
+
+An ONNX Runtime artifact (`runtime == "onnxruntime"`) carries the ONNX model bytes beside it.
+"""
+
+from __future__ import annotations
+
+import io
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+import torch
+from torch import nn
+
+from stages.errors import SqueezerayError
+from stages.tasks import Task
+
+RUNTIMES = ("eager", "torchscript", "onnxruntime")
+FORMAT_VERSION = 1
+
+
+@dataclass(frozen=True)
+class ModelCheckpoint:
+    """A model's weights and how to rebuild it from its task.
+
+    recipe keys (all optional but `arch`): `arch` ("teacher"|"student"), `lowrank`
+    ({layer: rank}), `quantize` (mode name), `runtime` (one of RUNTIMES), `masked` (bool: the
+    model carries unstructured-pruning zeros that later stages must keep).
+    """
+
+    task: str
+    state_dict: dict[str, torch.Tensor]
+    recipe: dict[str, Any] = field(default_factory=lambda: {"arch": "student"})
+    onnx: bytes | None = None
+
+    @property
+    def arch(self) -> str:
+        return str(self.recipe.get("arch", "student"))
+
+    @property
+    def runtime(self) -> str:
+        return str(self.recipe.get("runtime", "eager"))
+
+    @property
+    def quantize(self) -> str:
+        return str(self.recipe.get("quantize", "none"))
+
+    def with_recipe(self, **changes: Any) -> ModelCheckpoint:
+        return replace(self, recipe={**self.recipe, **changes})
+
+    # -- bytes / disk ------------------------------------------------------------------
+
+    def to_payload(self) -> dict[str, Any]:
+        """A `weights_only`-safe dict."""
+        payload: dict[str, Any] = {
+            "format": FORMAT_VERSION,
+            "task": self.task,
+            "recipe": self.recipe,
+            "state_dict": self.state_dict,
+        }
+        if self.onnx is not None:
+            payload["onnx"] = torch.frombuffer(bytearray(self.onnx), dtype=torch.uint8)
+        return payload
+
+    def to_bytes(self) -> bytes:
+        buf = io.BytesIO()
+        torch.save(self.to_payload(), buf)
+        return buf.getvalue()
+
+    @classmethod
+    def from_bytes(cls, data: bytes) -> ModelCheckpoint:
+        try:
+            payload = torch.load(io.BytesIO(data), weights_only=True, map_location="cpu")
+        except Exception as exc:  # truncated/corrupt file or a non-checkpoint pickle
+            raise SqueezerayError(f"not a readable squeezeray checkpoint: {exc}") from exc
+        if not isinstance(payload, dict) or payload.get("format") != FORMAT_VERSION:
+            raise SqueezerayError("not a squeezeray checkpoint (missing or unknown 'format')")
+        onnx = payload.get("onnx")
+        return cls(
+            task=str(payload["task"]),
+            state_dict=dict(payload["state_dict"]),
+            recipe=dict(payload["recipe"]),
+            onnx=bytes(onnx.numpy().tobytes()) if onnx is not None else None,
+        )
+
+
+def from_model(task: Task, model: nn.Module, recipe: dict[str, Any]) -> ModelCheckpoint:
+    """Snapshot a model (moved to CPU, detached copies) into a checkpoint."""
+    state = {k: v.detach().to("cpu").clone() for k, v in model.state_dict().items()}
+    return ModelCheckpoint(task=task.name, state_dict=state, recipe=dict(recipe))
+
+
+def build_model(task: Task, ckpt: ModelCheckpoint) -> nn.Module:
+    """Rebuild the eager torch module of a checkpoint (in eval mode, on CPU)."""
+    if ckpt.task != task.name:
+        raise SqueezerayError(
+            f"checkpoint belongs to task {ckpt.task!r}, not {task.name!r}; "
+            "a stage cache is keyed by task, so this is a bug or a mixed-up storage directory"
+        )
+    model = task.build(ckpt.arch)
+    lowrank = ckpt.recipe.get("lowrank") or {}
+    if lowrank:
+        from stages.lowrank import factorize_layers
+
+        model = factorize_layers(model, {str(k): int(v) for k, v in lowrank.items()})
+    mode = ckpt.quantize
+    if mode == "none":
+        resize_to_state(model, ckpt.state_dict)
+    else:
+        from stages.quantize import rebuild_quantized
+
+        model = rebuild_quantized(task, model, ckpt.state_dict, mode)
+    model.load_state_dict(ckpt.state_dict)
+    model.eval()
+    return model
+
+
+def resize_to_state(model: nn.Module, state: dict[str, torch.Tensor]) -> None:
+    """Replace every Linear/Conv/BatchNorm whose saved tensors have other shapes (in place)."""
+    for name, module in list(model.named_modules()):
+        weight = state.get(f"{name}.weight")
+        if weight is None:
+            continue
+        new: nn.Module | None = None
+        has_bias = f"{name}.bias" in state
+        if isinstance(module, nn.Linear) and tuple(weight.shape) != tuple(module.weight.shape):
+            new = nn.Linear(weight.shape[1], weight.shape[0], bias=has_bias)
+        elif isinstance(module, nn.Conv2d) and tuple(weight.shape) != tuple(module.weight.shape):
+            new = nn.Conv2d(
+                weight.shape[1] * module.groups,
+                weight.shape[0],
+                kernel_size=module.kernel_size,  # type: ignore[arg-type]
+                stride=module.stride,  # type: ignore[arg-type]
+                padding=module.padding,  # type: ignore[arg-type]
+                dilation=module.dilation,  # type: ignore[arg-type]
+                groups=module.groups,
+                bias=has_bias,
+            )
+        elif isinstance(module, nn.BatchNorm2d | nn.BatchNorm1d) and (
+            weight.shape[0] != module.num_features
+        ):
+            new = type(module)(weight.shape[0], eps=module.eps, momentum=module.momentum)
+        if new is not None:
+            set_submodule(model, name, new)
+
+
+def set_submodule(model: nn.Module, name: str, new: nn.Module) -> None:
+    """`model.<name> = new` for a dotted name."""
+    parent_name, _, child = name.rpartition(".")
+    parent = model.get_submodule(parent_name) if parent_name else model
+    setattr(parent, child, new)

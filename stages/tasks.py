@@ -1,0 +1,241 @@
+"""The Task contract (how a model and its data enter squeezeray) and the built-in tasks."""
+
+from __future__ import annotations
+
+import functools
+import importlib
+import math
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+from torch.utils.data import Dataset, TensorDataset
+
+from stages.errors import SqueezerayError
+from stages.models import MLP, ConvNet
+
+DATA_SEED = 0  # fixed: every process (every Ray worker) must see the same split
+
+
+@dataclass(frozen=True)
+class Task:
+    """A model family plus its data.
+
+    `teacher` and `student` build fresh, untrained modules; datasets yield `(x, y)` with `y` an
+    integer class in `[0, num_classes)`. The student is what distillation trains; a task
+    without a smaller student may pass the teacher factory twice.
+    """
+
+    name: str
+    teacher: Callable[[], nn.Module]
+    student: Callable[[], nn.Module]
+    train: Dataset
+    val: Dataset
+    test: Dataset
+    num_classes: int
+    description: str = field(default="", compare=False)
+
+    def example_input(self, batch_size: int = 1) -> torch.Tensor:
+        """A real input batch from the test split, shape (batch_size, *input_shape)."""
+        xs = [torch.as_tensor(self.test[i][0]) for i in range(batch_size)]
+        return torch.stack(xs).float()
+
+    def build(self, arch: str) -> nn.Module:
+        """A fresh `teacher` or `student` module."""
+        if arch == "teacher":
+            return self.teacher()
+        if arch == "student":
+            return self.student()
+        raise SqueezerayError(f"arch={arch!r} is not a model role; accepted: teacher, student")
+
+
+# -- built-in tasks -----------------------------------------------------------------------
+
+
+def _split(
+    x: torch.Tensor, y: torch.Tensor, *, train: float = 0.7, val: float = 0.15
+) -> tuple[TensorDataset, TensorDataset, TensorDataset]:
+    """Stratified train/val/test split with a fixed seed."""
+    from sklearn.model_selection import train_test_split
+
+    idx = list(range(len(y)))
+    idx_train, idx_rest = train_test_split(
+        idx, train_size=train, stratify=y.numpy(), random_state=DATA_SEED
+    )
+    val_share = val / (1.0 - train)
+    idx_val, idx_test = train_test_split(
+        idx_rest, train_size=val_share, stratify=y[idx_rest].numpy(), random_state=DATA_SEED
+    )
+    return tuple(  # type: ignore[return-value]
+        TensorDataset(x[i], y[i]) for i in (idx_train, idx_val, idx_test)
+    )
+
+
+def make_blobs(n_per_class: int = 600, n_classes: int = 3, std: float = 0.9) -> Task:
+    """Seed 000: Gaussian blobs centred on a circle of radius 5, one per class. x: (2,)."""
+    g = torch.Generator().manual_seed(DATA_SEED)
+    xs, ys = [], []
+    for k in range(n_classes):
+        theta = 2 * math.pi * k / n_classes
+        centre = torch.tensor([5.0 * math.cos(theta), 5.0 * math.sin(theta)])
+        xs.append(torch.randn(n_per_class, 2, generator=g) * std + centre)
+        ys.append(torch.full((n_per_class,), k, dtype=torch.long))
+    train, val, test = _split(torch.cat(xs), torch.cat(ys))
+    return Task(
+        name="blobs",
+        teacher=lambda: MLP(2, [128, 128, 64], n_classes),
+        student=lambda: MLP(2, [64, 32], n_classes),
+        train=train,
+        val=val,
+        test=test,
+        num_classes=n_classes,
+        description="three 2-D Gaussian blobs (seed 000); teacher MLP [128,128,64], student [64,32]",
+    )
+
+
+@functools.lru_cache(maxsize=1)
+def _digits_tensors() -> tuple[torch.Tensor, torch.Tensor]:
+    """scikit-learn's 8x8 digits (1797 images, shipped in the wheel), scaled to [0, 1]."""
+    from sklearn.datasets import load_digits
+
+    data = load_digits()
+    x = torch.tensor(data.data, dtype=torch.float32) / 16.0  # (1797, 64)
+    y = torch.tensor(data.target, dtype=torch.long)
+    return x, y
+
+
+def make_digits() -> Task:
+    """Digits as 64-d vectors; teacher MLP [256,128], student [64,32]."""
+    x, y = _digits_tensors()
+    train, val, test = _split(x, y)
+    return Task(
+        name="digits",
+        teacher=lambda: MLP(64, [256, 128], 10),
+        student=lambda: MLP(64, [64, 32], 10),
+        train=train,
+        val=val,
+        test=test,
+        num_classes=10,
+        description="scikit-learn 8x8 digits as vectors; teacher MLP [256,128], student [64,32]",
+    )
+
+
+def make_digits_cnn() -> Task:
+    """Digits as 1x8x8 images; conv teacher (32, 64 channels) and a narrower student (8, 16)."""
+    x, y = _digits_tensors()
+    train, val, test = _split(x.reshape(-1, 1, 8, 8), y)
+    return Task(
+        name="digits-cnn",
+        teacher=lambda: ConvNet(1, [32, 64], 128, 10),
+        student=lambda: ConvNet(1, [8, 16], 32, 10),
+        train=train,
+        val=val,
+        test=test,
+        num_classes=10,
+        description="digits as 1x8x8 images; conv teacher [32,64]+128, student [8,16]+32",
+    )
+
+
+BUILTIN_TASKS: dict[str, Callable[[], Task]] = {
+    "blobs": make_blobs,
+    "digits": make_digits,
+    "digits-cnn": make_digits_cnn,
+}
+
+
+# -- loading ------------------------------------------------------------------------------
+
+
+@functools.lru_cache(maxsize=16)
+def load_task(name: str) -> Task:
+    """A built-in task by name, or a user's task by import path `package.module:callable`.
+
+    The callable takes no arguments and returns a `Task`. The result is checked (types,
+    non-empty data, a forward pass of both models with the right number of logits) and cached
+    per process, so every stage task in a Ray worker builds it once.
+    """
+    if name in BUILTIN_TASKS:
+        task = BUILTIN_TASKS[name]()
+    elif ":" in name:
+        task = _import_task(name)
+    else:
+        raise SqueezerayError(
+            f"task={name!r} is not a built-in task or an import path; accepted: "
+            f"{', '.join(BUILTIN_TASKS)}, or 'package.module:callable' returning a Task"
+        )
+    check_task(task, source=name)
+    return task
+
+
+def _import_task(path: str) -> Task:
+    module_name, _, attr = path.partition(":")
+    if not module_name or not attr:
+        raise SqueezerayError(
+            f"task={path!r} is not an import path; write it as 'package.module:callable'"
+        )
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise SqueezerayError(
+            f"task={path!r}: cannot import module {module_name!r} ({exc}); check that the module "
+            "is importable (on PYTHONPATH or installed) from where squeezeray runs"
+        ) from exc
+    factory = getattr(module, attr, None)
+    if factory is None:
+        raise SqueezerayError(
+            f"task={path!r}: module {module_name!r} has no attribute {attr!r}"
+        )
+    if not callable(factory):
+        raise SqueezerayError(f"task={path!r}: {attr!r} is not callable; it must return a Task")
+    task = factory()
+    if not isinstance(task, Task):
+        raise SqueezerayError(
+            f"task={path!r}: {attr}() returned {type(task).__name__}, not a stages.Task; "
+            "return Task(name=..., teacher=..., student=..., train=..., val=..., test=..., "
+            "num_classes=...)"
+        )
+    return task
+
+
+def check_task(task: Task, *, source: str) -> None:
+    """Fail early, with the fix, when a task cannot run through the pipeline."""
+    if task.num_classes < 2:
+        raise SqueezerayError(f"task={source!r}: num_classes={task.num_classes} must be >= 2")
+    for split in ("train", "val", "test"):
+        ds = getattr(task, split)
+        try:
+            n = len(ds)
+        except TypeError as exc:
+            raise SqueezerayError(
+                f"task={source!r}: {split} dataset has no len(); use a map-style Dataset"
+            ) from exc
+        if n == 0:
+            raise SqueezerayError(f"task={source!r}: the {split} dataset is empty")
+        item = ds[0]
+        if not (isinstance(item, (tuple, list)) and len(item) == 2):
+            raise SqueezerayError(
+                f"task={source!r}: {split}[0] must be an (x, y) pair, got {type(item).__name__}"
+            )
+    x = task.example_input(1)
+    for arch in ("teacher", "student"):
+        model = task.build(arch)
+        if not isinstance(model, nn.Module):
+            raise SqueezerayError(
+                f"task={source!r}: {arch}() returned {type(model).__name__}, not an nn.Module"
+            )
+        model.eval()
+        try:
+            with torch.no_grad():
+                out = model(x)
+        except Exception as exc:  # a user's model: any error is a shape/type problem to report
+            raise SqueezerayError(
+                f"task={source!r}: {arch} model fails on an input of shape {tuple(x.shape)} "
+                f"from the test split: {exc}"
+            ) from exc
+        if not isinstance(out, torch.Tensor) or tuple(out.shape) != (1, task.num_classes):
+            shape = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
+            raise SqueezerayError(
+                f"task={source!r}: {arch} output has shape {shape} for one input; expected "
+                f"(1, {task.num_classes}) logits (num_classes={task.num_classes})"
+            )

@@ -1,0 +1,131 @@
+"""Shared training and evaluation loops (seed 000's train_ce / kd_train_student, generalised)."""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.data import DataLoader, Dataset
+
+from stages.errors import SqueezerayError
+
+
+def kd_loss(
+    student_logits: torch.Tensor,
+    teacher_logits: torch.Tensor,
+    labels: torch.Tensor,
+    *,
+    temperature: float,
+    alpha: float,
+) -> torch.Tensor:
+    """alpha * CE(student, y) + (1 - alpha) * KL(softmax(t/T) || softmax(s/T)) * T^2.
+
+    The T^2 factor keeps the soft-target gradients on the same scale as the hard ones
+    (Hinton et al.). alpha = 1 is plain cross-entropy.
+    """
+    hard = F.cross_entropy(student_logits, labels)
+    if alpha >= 1.0:
+        return hard
+    soft = F.kl_div(
+        F.log_softmax(student_logits / temperature, dim=1),
+        F.softmax(teacher_logits / temperature, dim=1),
+        reduction="batchmean",
+    ) * (temperature**2)
+    return alpha * hard + (1.0 - alpha) * soft
+
+
+@torch.no_grad()
+def accuracy(model: nn.Module, dataset: Dataset, *, device: torch.device, batch_size: int = 512) -> float:
+    """Top-1 accuracy in [0, 1] of an eager model on a dataset."""
+    was_training = model.training
+    model.eval()
+    correct = total = 0
+    for x, y in DataLoader(dataset, batch_size=batch_size, shuffle=False):
+        pred = model(x.to(device).float()).argmax(dim=1)
+        correct += int((pred.cpu() == y).sum())
+        total += int(y.numel())
+    model.train(was_training)
+    return correct / max(total, 1)
+
+
+@torch.no_grad()
+def _teacher_logits(teacher: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    return teacher(x)  # type: ignore[no-any-return]
+
+
+def fit(
+    model: nn.Module,
+    train: Dataset,
+    val: Dataset,
+    *,
+    epochs: int,
+    lr: float,
+    batch_size: int,
+    device: torch.device,
+    seed: int,
+    weight_decay: float = 0.0,
+    teacher: nn.Module | None = None,
+    temperature: float = 4.0,
+    alpha: float = 1.0,
+    params: list[nn.Parameter] | None = None,
+    after_step: Callable[[], None] | None = None,
+    restore_best: bool = True,
+) -> dict[str, float]:
+    """Train `model` in place with AdamW; return {"val_accuracy", "train_loss", "epochs"}.
+
+    With a `teacher`, the loss is `kd_loss(T, alpha)`; without one, plain CE. `params` limits
+    what is trained (LoRA trains only adapters); `after_step` runs after every optimizer step
+    (re-applying pruning masks). With `restore_best`, the weights of the best validation epoch
+    are restored at the end (the seeds' early best-val checkpoint). Raises SqueezerayError on a
+    non-finite loss rather than training on NaNs.
+    """
+    torch.manual_seed(seed)
+    generator = torch.Generator().manual_seed(seed)
+    loader = DataLoader(train, batch_size=batch_size, shuffle=True, generator=generator)
+    model.to(device)
+    if teacher is not None:
+        teacher.to(device).eval()
+    trainable = params if params is not None else [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(trainable, lr=lr, weight_decay=weight_decay)
+    best_acc, best_state = -1.0, None
+    last_loss = float("nan")
+    for _epoch in range(epochs):
+        model.train()
+        total, n = 0.0, 0
+        for x, y in loader:
+            x, y = x.to(device).float(), y.to(device)
+            logits = model(x)
+            if teacher is not None:
+                loss = kd_loss(
+                    logits, _teacher_logits(teacher, x), y, temperature=temperature, alpha=alpha
+                )
+            else:
+                loss = F.cross_entropy(logits, y)
+            if not torch.isfinite(loss):
+                raise SqueezerayError(
+                    f"training diverged: loss is {loss.item()} at epoch {_epoch + 1}; "
+                    f"lower the learning rate (lr={lr:g})"
+                )
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            if after_step is not None:
+                after_step()
+            total += float(loss) * int(y.numel())
+            n += int(y.numel())
+        last_loss = total / max(n, 1)
+        if restore_best:
+            acc = accuracy(model, val, device=device)
+            if acc > best_acc:
+                best_acc, best_state = acc, copy.deepcopy(model.state_dict())
+    if restore_best and best_state is not None:
+        model.load_state_dict(best_state)
+    model.eval()
+    return {
+        "val_accuracy": accuracy(model, val, device=device),
+        "train_loss": last_loss,
+        "epochs": float(epochs),
+    }
