@@ -1,21 +1,25 @@
 """squeezeray's compression stages: pure PyTorch, no Ray.
 
 Each stage module has one frozen params dataclass and one function, exposed as `SPEC` and
-registered in `STAGES` in pipeline order. The Task contract lives in `stages.tasks`;
-checkpoints in `stages.checkpoint`. Stage modules are imported on first use of `STAGES`, so
-`import stages` stays light.
+listed by `stage_registry()` in pipeline order. The Task contract lives in `stages.tasks`;
+checkpoints in `stages.checkpoint`.
+
+`import stages` does not import torch (Tune trial coordinators import `stages.errors` and must
+stay light); the public names below load their modules on first access.
 """
 
 from __future__ import annotations
 
 import functools
 import importlib
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from stages.base import StageInput, StageOutput, StageSpec
-from stages.checkpoint import ModelCheckpoint, build_model
 from stages.errors import SqueezerayError
-from stages.tasks import BUILTIN_TASKS, Task, load_task
+
+if TYPE_CHECKING:
+    from stages.base import StageInput, StageOutput, StageSpec
+    from stages.checkpoint import ModelCheckpoint, build_model
+    from stages.tasks import BUILTIN_TASKS, Task, load_task
 
 # Canonical order: a pipeline lists a subsequence of these.
 PIPELINE_ORDER: tuple[str, ...] = (
@@ -29,24 +33,38 @@ PIPELINE_ORDER: tuple[str, ...] = (
     "export",
 )
 
+_LAZY = {
+    "StageInput": "stages.base",
+    "StageOutput": "stages.base",
+    "StageSpec": "stages.base",
+    "ModelCheckpoint": "stages.checkpoint",
+    "build_model": "stages.checkpoint",
+    "BUILTIN_TASKS": "stages.tasks",
+    "Task": "stages.tasks",
+    "load_task": "stages.tasks",
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'stages' has no attribute {name!r}")
+
 
 @functools.cache
 def stage_registry() -> dict[str, StageSpec[Any]]:
     """{stage name: StageSpec} in pipeline order."""
-    specs = {}
-    for name in PIPELINE_ORDER:
-        module = importlib.import_module(f"stages.{name}")
-        specs[name] = module.SPEC
-    return specs
+    return {
+        name: importlib.import_module(f"stages.{name}").SPEC for name in PIPELINE_ORDER
+    }
 
 
 def get_stage(name: str) -> StageSpec[Any]:
-    registry = stage_registry()
-    if name not in registry:
+    if name not in PIPELINE_ORDER:
         raise SqueezerayError(
             f"stage {name!r} does not exist; accepted: {', '.join(PIPELINE_ORDER)}"
         )
-    return registry[name]
+    return importlib.import_module(f"stages.{name}").SPEC  # type: ignore[no-any-return]
 
 
 __all__ = [

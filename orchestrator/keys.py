@@ -1,0 +1,72 @@
+"""Stage identity: hash(stage name, its params, parent's key, task name, code version)."""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import json
+from collections.abc import Mapping
+import importlib.util
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+# This module runs in Tune trial coordinators, which must not import torch: it finds the
+# stages' source without importing the `stages` package.
+
+
+@functools.cache
+def code_version() -> str:
+    """A short hash of the stages' source and the library versions that shape their output.
+
+    A change to any file in `stages/` (or to torch / torch-pruning / onnxruntime) gives new
+    stage keys, so cached checkpoints from older code are never reused.
+    """
+    h = hashlib.sha256()
+    spec = importlib.util.find_spec("stages")
+    assert spec is not None and spec.submodule_search_locations is not None
+    root = Path(next(iter(spec.submodule_search_locations)))
+    for path in sorted(root.glob("*.py")):
+        h.update(path.name.encode())
+        h.update(path.read_bytes())
+    for dist in ("torch", "torch-pruning", "onnxruntime"):
+        try:
+            h.update(f"{dist}=={metadata.version(dist)}".encode())
+        except metadata.PackageNotFoundError:
+            pass
+    return h.hexdigest()[:12]
+
+
+def canonical_params(params: Mapping[str, Any]) -> str:
+    """Params as canonical JSON: sorted keys, floats as repr (so 4 and 4.0 differ not)."""
+    return json.dumps(_normalise(dict(params)), sort_keys=True, separators=(",", ":"))
+
+
+def _normalise(value: Any) -> Any:
+    if isinstance(value, bool) or value is None or isinstance(value, str):
+        return value
+    if isinstance(value, int | float):
+        f = float(value)
+        return int(f) if f.is_integer() else f
+    if isinstance(value, Mapping):
+        return {str(k): _normalise(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_normalise(v) for v in value]
+    return str(value)
+
+
+def stage_key(
+    *, stage: str, params: Mapping[str, Any], parent_key: str | None, task: str, version: str
+) -> str:
+    """The cache key of one stage execution (24 hex chars)."""
+    payload = json.dumps(
+        {
+            "stage": stage,
+            "params": canonical_params(params),
+            "parent": parent_key,
+            "task": task,
+            "code": version,
+        },
+        sort_keys=True,
+    )
+    return hashlib.sha256(payload.encode()).hexdigest()[:24]

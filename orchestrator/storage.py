@@ -1,0 +1,92 @@
+"""Files under a sweep storage: a local path or a URI (file://, s3://, gs://, memory://).
+
+Everything squeezeray writes goes through `write_atomic`: the bytes land under a hidden temp
+name (readers skip names starting with `.` or `_`) and are then renamed into place, so a
+partial file is never visible.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+
+import pyarrow.fs as pafs
+
+from stages.errors import SqueezerayError
+
+
+@dataclass(frozen=True)
+class Storage:
+    """A filesystem and the root path on it; `uri` is what the user gave (for messages)."""
+
+    fs: pafs.FileSystem
+    root: str
+    uri: str
+
+    def path(self, *parts: str) -> str:
+        return "/".join([self.root.rstrip("/"), *parts])
+
+    def exists(self, *parts: str) -> bool:
+        info = self.fs.get_file_info(self.path(*parts))
+        return bool(info.type != pafs.FileType.NotFound)
+
+    def read_bytes(self, *parts: str) -> bytes:
+        with self.fs.open_input_stream(self.path(*parts)) as f:
+            return bytes(f.read())
+
+    def write_atomic(self, data: bytes, *parts: str) -> str:
+        """Write `data` to `<root>/<parts>` via a hidden temp file + rename; return the path."""
+        target = self.path(*parts)
+        parent, _, name = target.rpartition("/")
+        self.fs.create_dir(parent, recursive=True)
+        tmp = f"{parent}/.{name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp"
+        with self.fs.open_output_stream(tmp) as f:
+            f.write(data)
+        self.fs.move(tmp, target)
+        return target
+
+    def delete(self, *parts: str) -> None:
+        try:
+            self.fs.delete_file(self.path(*parts))
+        except (FileNotFoundError, OSError):
+            pass
+
+    @property
+    def is_local(self) -> bool:
+        return isinstance(self.fs, pafs.LocalFileSystem)
+
+
+def open_storage(storage: str | os.PathLike[str], *, create: bool = False) -> Storage:
+    """Resolve a storage location; with `create`, make the root directory."""
+    text = os.fspath(storage)
+    if not text:
+        raise SqueezerayError("storage='' is empty; give a directory or a URI such as s3://bucket/x")
+    try:
+        if "://" in text and not text.startswith("file://"):
+            fs, root = _from_uri(text)
+        else:
+            local = text.removeprefix("file://")
+            fs, root = pafs.LocalFileSystem(), str(Path(local).expanduser().resolve())
+    except (pafs.ArrowInvalid, ValueError, ImportError) as exc:  # type: ignore[attr-defined]
+        raise SqueezerayError(
+            f"storage={text!r} is not a usable location ({exc}); accepted: a local path, "
+            "file://, s3://, gs://, or any fsspec URI whose package is installed"
+        ) from exc
+    result = Storage(fs=fs, root=root, uri=text)
+    if create:
+        fs.create_dir(root, recursive=True)
+    return result
+
+
+def _from_uri(uri: str) -> tuple[pafs.FileSystem, str]:
+    try:
+        fs, root = pafs.FileSystem.from_uri(uri)
+        return fs, root
+    except Exception:
+        # memory:// and other fsspec protocols pyarrow does not know natively
+        import fsspec
+
+        fsspec_fs, root = fsspec.core.url_to_fs(uri)
+        return pafs.PyFileSystem(pafs.FSSpecHandler(fsspec_fs)), root
