@@ -1,0 +1,149 @@
+"""The shared-prefix stage cache: one long-lived actor owns every stage's object refs.
+
+Trials ask the actor for a stage by key. The first asker starts the Ray task; everyone after
+(even while it is still running) gets the same refs, so a shared prefix (teacher, KD settings)
+is computed once. Refs created by the actor outlive the trial that asked first (a ref owned by
+a finished trial would die with it). Every computed stage is also checkpointed under
+`<storage>/cache/`, so a later or restarted sweep on the same storage loads it instead.
+
+Refs travel inside lists (`get.remote(request, [parent_ref])`) so the actor never waits for, or
+copies, a model: it only hands refs on.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import logging
+from datetime import datetime, timezone
+from typing import Any
+
+import ray
+
+from orchestrator.requests import MeasureRequest, StageRequest
+from orchestrator.stage_tasks import CACHE_DIR, checkpoint_path, run_measure, run_stage
+from orchestrator.storage import open_storage
+
+log = logging.getLogger(__name__)
+
+
+@ray.remote(num_cpus=0, max_concurrency=1000)
+class StageCache:
+    """Owns stage refs for one sweep; writes the `stages` table rows of executed stages."""
+
+    def __init__(
+        self,
+        storage: str,
+        sweep_id: str,
+        *,
+        stage_options: dict[str, Any],
+        measure_options: dict[str, Any],
+    ) -> None:
+        self.storage = open_storage(storage, create=True)
+        self.storage_uri = storage
+        self.sweep_id = sweep_id
+        self.stage_options = stage_options
+        self.measure_options = measure_options
+        self.refs: dict[str, tuple[ray.ObjectRef, ray.ObjectRef]] = {}
+        self.measures: dict[str, ray.ObjectRef] = {}
+        self.executed: list[str] = []  # keys this actor ran (not loaded), in order
+        self.loaded: list[str] = []  # keys loaded from disk checkpoints
+        self.corrupt: list[str] = []  # keys whose checkpoint failed its checksum
+        self.rows: list[dict[str, Any]] = []
+        self._watchers: set[asyncio.Task[None]] = set()
+
+    async def get(
+        self,
+        request: StageRequest,
+        parent: list[ray.ObjectRef],
+        teacher: list[ray.ObjectRef],
+    ) -> list[ray.ObjectRef]:
+        """[checkpoint_ref, info_ref] for a stage: from memory, from disk, or computed."""
+        key = request.key
+        if key in self.refs:
+            return list(self.refs[key])
+        loaded = self._load_from_disk(key)
+        if loaded is not None:
+            self.loaded.append(key)
+            self.refs[key] = loaded
+            return list(loaded)
+        ckpt_ref, info_ref = run_stage.options(**self.stage_options).remote(
+            request,
+            parent[0] if parent else None,
+            teacher[0] if teacher else None,
+        )
+        self.refs[key] = (ckpt_ref, info_ref)
+        self.executed.append(key)
+        watcher = asyncio.get_running_loop().create_task(self._record(request, info_ref))
+        self._watchers.add(watcher)
+        watcher.add_done_callback(self._watchers.discard)
+        return [ckpt_ref, info_ref]
+
+    async def measure(self, request: MeasureRequest, checkpoint: list[ray.ObjectRef]) -> list[ray.ObjectRef]:
+        """[metrics_ref] for a final checkpoint; identical pipelines are measured once."""
+        memo = json.dumps(
+            [request.key, request.warmup, request.repeats, request.batch_size, request.threads]
+        )
+        if memo not in self.measures:
+            self.measures[memo] = run_measure.options(**self.measure_options).remote(
+                request, checkpoint[0]
+            )
+        return [self.measures[memo]]
+
+    async def _record(self, request: StageRequest, info_ref: ray.ObjectRef) -> None:
+        """When a stage finishes, add its row to the `stages` table; forget failed stages."""
+        try:
+            info = await info_ref
+        except Exception:
+            # A failed stage is retried by the next trial that needs it, not served from cache.
+            self.refs.pop(request.key, None)
+            return
+        row = {
+            "stage_key": request.key,
+            "stage": request.stage,
+            "params": json.dumps(request.params, sort_keys=True),
+            "parent_key": request.parent_key,
+            "sweep_id": self.sweep_id,
+            "trial_id": request.trial_id,
+            "wall_s": float(info["wall_s"]),
+            "cpu_s": float(info["cpu_s"]),
+            "finished_at": datetime.fromisoformat(info["finished_at"]),
+        }
+        self.rows.append(row)
+        self._flush([row])
+
+    def _flush(self, rows: list[dict[str, Any]]) -> None:
+        from orchestrator.results import append_stage_rows
+
+        append_stage_rows(self.storage_uri, rows)
+
+    def _load_from_disk(self, key: str) -> tuple[ray.ObjectRef, ray.ObjectRef] | None:
+        data_name, manifest_name = checkpoint_path(key)
+        if not self.storage.exists(CACHE_DIR, manifest_name):
+            return None
+        try:
+            info = json.loads(self.storage.read_bytes(CACHE_DIR, manifest_name))
+            data = self.storage.read_bytes(CACHE_DIR, data_name)
+        except (OSError, ValueError) as exc:
+            log.warning("stage checkpoint %s unreadable (%s); recomputing", key, exc)
+            self.corrupt.append(key)
+            return None
+        if hashlib.sha256(data).hexdigest() != info.get("sha256"):
+            log.warning("stage checkpoint %s fails its checksum; recomputing", key)
+            self.corrupt.append(key)
+            self.storage.delete(CACHE_DIR, manifest_name)
+            return None
+        info = {**info, "cached": True}
+        return ray.put(data), ray.put(info)
+
+    async def stats(self) -> dict[str, Any]:
+        """Counts for the sweep summary and tests."""
+        if self._watchers:
+            await asyncio.gather(*self._watchers, return_exceptions=True)
+        return {
+            "executed": list(self.executed),
+            "loaded": list(self.loaded),
+            "corrupt": list(self.corrupt),
+            "rows": len(self.rows),
+        }

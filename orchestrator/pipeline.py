@@ -1,0 +1,192 @@
+"""A trial's pipeline as a chain of Ray tasks, and the Tune trial function that drives it.
+
+The trial function is a cheap coordinator (0.01 CPU): it asks the stage cache actor for each
+stage in order (the cache starts the Ray task or hands back a shared one), passes the previous
+stage's checkpoint ref to the next, reports after each stage (so ASHA can stop poor trials),
+and finally reports the measured objectives. Torch never loads in the coordinator.
+"""
+
+from __future__ import annotations
+
+import time
+import traceback
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from orchestrator.keys import stage_key
+from orchestrator.requests import MeasureRequest, StageRequest
+
+TORCH_INT8_MODES = ("dynamic_int8", "static_int8", "qat")
+
+
+@dataclass(frozen=True)
+class SweepPlan:
+    """Everything a trial needs to turn sampled knobs into stage requests (torch-free)."""
+
+    sweep_id: str
+    task: str
+    pipeline: tuple[str, ...]
+    defaults: dict[str, dict[str, Any]]  # stage -> every param's default
+    fixed: dict[str, Any]  # "stage.param" -> value
+    code_version: str
+    storage: str
+    objectives: tuple[tuple[str, str], ...]  # (metric, "max"|"min")
+    constraints: tuple[tuple[str, str, float], ...] = ()  # (metric, op, value)
+    seed: int = 0
+    device: str = "cpu"
+    threads: int = 1
+    sys_path: tuple[str, ...] = ()
+    latency: dict[str, int] = field(default_factory=dict)  # warmup, repeats, batch_size, threads
+    trial_timeout_s: float | None = None
+
+    def resolve(self, sampled: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
+        """{stage: full params} from defaults, fixed values and this trial's sampled knobs.
+
+        Coherence rules (documented in the README): `quantize.mode=onnx_int8` deploys in ONNX
+        Runtime, so it sets `export.runtime=onnxruntime`; a torch int8 model cannot be exported
+        to ONNX, so `dynamic_int8`/`static_int8`/`qat` with `export.runtime=onnxruntime` deploys
+        eager instead. The row records the effective values.
+        """
+        values = {**self.fixed, **{k: plain(v) for k, v in sampled.items()}}
+        params: dict[str, dict[str, Any]] = {}
+        for stage in self.pipeline:
+            merged = dict(self.defaults.get(stage, {}))
+            for name, value in values.items():
+                owner, _, param = name.partition(".")
+                if owner == stage:
+                    merged[param] = value
+            params[stage] = merged
+        mode = params.get("quantize", {}).get("mode", "none")
+        if "export" in params:
+            if mode == "onnx_int8":
+                params["export"]["runtime"] = "onnxruntime"
+            elif mode in TORCH_INT8_MODES and params["export"].get("runtime") == "onnxruntime":
+                params["export"]["runtime"] = "eager"
+        return params
+
+    def requests(self, sampled: Mapping[str, Any], *, trial_id: str) -> list[StageRequest]:
+        """The chain of stage requests of one trial, each keyed on its parent's key."""
+        out: list[StageRequest] = []
+        parent_key: str | None = None
+        for stage, params in self.resolve(sampled).items():
+            key = stage_key(
+                stage=stage,
+                params=params,
+                parent_key=parent_key,
+                task=self.task,
+                version=self.code_version,
+            )
+            out.append(
+                StageRequest(
+                    stage=stage,
+                    params=params,
+                    key=key,
+                    parent_key=parent_key,
+                    task=self.task,
+                    storage=self.storage,
+                    device=self.device,
+                    seed=self.seed,
+                    threads=self.threads,
+                    sys_path=self.sys_path,
+                    sweep_id=self.sweep_id,
+                    trial_id=trial_id,
+                )
+            )
+            parent_key = key
+        return out
+
+    def measure_request(self, key: str) -> MeasureRequest:
+        return MeasureRequest(task=self.task, key=key, sys_path=self.sys_path, **self.latency)
+
+
+def plain(value: Any) -> Any:
+    """numpy scalars (from samplers) -> Python scalars, so keys and JSON are stable."""
+    item = getattr(value, "item", None)
+    return item() if callable(item) and not isinstance(value, str | bytes) else value
+
+
+def run_pipeline(
+    plan: SweepPlan,
+    cache: Any,
+    sampled: Mapping[str, Any],
+    *,
+    trial_id: str,
+    on_stage: Any = None,
+) -> dict[str, Any]:
+    """Run one trial's chain through the cache; return the final result dict.
+
+    Never raises for a stage failure: the result has `status` (ok | error | timeout) and
+    `error`, so the sweep records the trial and goes on.
+    """
+    import ray
+
+    t0 = time.perf_counter()
+    requests = plan.requests(sampled, trial_id=trial_id)
+    result: dict[str, Any] = {
+        "status": "ok",
+        "error": None,
+        "stage_keys": [r.key for r in requests],
+        "effective_params": {
+            f"{s}.{k}": v for s, p in plan.resolve(sampled).items() for k, v in p.items()
+        },
+    }
+    deadline = None if plan.trial_timeout_s is None else t0 + plan.trial_timeout_s
+
+    def remaining() -> float | None:
+        return None if deadline is None else max(0.0, deadline - time.perf_counter())
+
+    parent: list[Any] = []
+    teacher: list[Any] = []
+    try:
+        for index, request in enumerate(requests):
+            ckpt_ref, info_ref = ray.get(cache.get.remote(request, parent, teacher))
+            info = ray.get(info_ref, timeout=remaining())
+            parent = [ckpt_ref]
+            if request.stage == "teacher":
+                teacher = [ckpt_ref]
+            if on_stage is not None:
+                on_stage(index, request.stage, info)
+        (metrics_ref,) = ray.get(cache.measure.remote(plan.measure_request(requests[-1].key), parent))
+        result.update(ray.get(metrics_ref, timeout=remaining()))
+    except ray.exceptions.GetTimeoutError:
+        result.update(status="timeout", error=f"trial exceeded its time limit of {plan.trial_timeout_s:g} s")
+    except Exception as exc:  # a stage's own error, a dead worker after retries, OOM...
+        result.update(status="error", error=describe_error(exc))
+    result["wall_s"] = time.perf_counter() - t0
+    return result
+
+
+def describe_error(exc: BaseException) -> str:
+    """The root cause of a (possibly Ray-wrapped) exception, one line plus its type."""
+    cause: BaseException = exc
+    inner = getattr(exc, "cause", None)
+    if isinstance(inner, BaseException):
+        cause = inner
+    text = str(cause).strip().splitlines()
+    # RayTaskError strings carry a traceback; keep the last line, which names the error.
+    tail = text[-1] if text else ""
+    if not tail:
+        tail = "".join(traceback.format_exception_only(type(cause), cause)).strip()
+    return f"{type(cause).__name__}: {tail}"[:2000]
+
+
+def trial_function(config: dict[str, Any], *, plan: SweepPlan, cache: Any) -> None:
+    """The Tune trainable: reports after every stage, then the final objectives."""
+    from ray import tune
+
+    trial_id = tune.get_context().get_trial_id() or "trial"
+
+    def report_stage(index: int, stage: str, info: Mapping[str, Any]) -> None:
+        metrics = info.get("metrics", {})
+        tune.report(
+            {
+                "stage": stage,
+                "stage_index": index + 1,
+                "val_accuracy": float(metrics.get("val_accuracy", float("nan"))),
+                "final": False,
+            }
+        )
+
+    result = run_pipeline(plan, cache, config, trial_id=trial_id, on_stage=report_stage)
+    tune.report({**result, "final": True})

@@ -1,0 +1,38 @@
+"""Plain, torch-free descriptions of the work a Ray task does (they travel to workers)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+
+@dataclass(frozen=True)
+class StageRequest:
+    """One stage execution: its identity and how to run it."""
+
+    stage: str
+    params: dict[str, Any]  # every field of the stage's params dataclass
+    key: str
+    parent_key: str | None
+    task: str
+    storage: str  # where the checkpoint is written (local path or URI)
+    device: str = "cpu"
+    seed: int = 0
+    threads: int = 1
+    sys_path: tuple[str, ...] = ()  # directories holding a user's task module
+    sweep_id: str = ""
+    trial_id: str = ""
+
+
+@dataclass(frozen=True)
+class MeasureRequest:
+    """Measuring one final checkpoint: accuracy, size, parameters and latency."""
+
+    task: str
+    key: str  # the final stage's key
+    warmup: int = 50
+    repeats: int = 300
+    batch_size: int = 1
+    threads: int = 1
+    sys_path: tuple[str, ...] = ()
+    extra: dict[str, Any] = field(default_factory=dict)

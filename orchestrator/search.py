@@ -1,0 +1,137 @@
+"""Turning a SearchSpace into a Tune search algorithm (Optuna multi-objective, random, grid)."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from orchestrator.config import Distribution, SearchSpace
+
+FAILED_STATUSES = ("error", "timeout", "stopped")
+
+
+def violations(constraints: tuple[tuple[str, str, float], ...], result: Mapping[str, Any]) -> list[float]:
+    """One value per constraint: 0 when met, else how far off (> 0; Optuna's convention)."""
+    out = []
+    for column, op, bound in constraints:
+        value = result.get(column)
+        if value is None or (isinstance(value, float) and math.isnan(value)):
+            out.append(math.inf)
+        elif constraint_met(op, float(value), bound):
+            out.append(0.0)
+        else:
+            out.append(max(abs(float(value) - bound), 1e-12))
+    return out
+
+
+def constraint_met(op: str, value: float, bound: float) -> bool:
+    return {
+        ">=": value >= bound,
+        ">": value > bound,
+        "<=": value <= bound,
+        "<": value < bound,
+        "==": value == bound,
+    }[op]
+
+
+def make_search(
+    space: SearchSpace,
+    *,
+    constraints: tuple[tuple[str, str, float], ...],
+    points_to_evaluate: list[dict[str, Any]] | None = None,
+    evaluated_rewards: list[list[float]] | None = None,
+) -> tuple[Any, dict[str, Any], int]:
+    """(search_alg, param_space, num_samples) for the Tuner."""
+    from ray import tune
+
+    searched = space.searched()
+    algorithm = space.search.algorithm
+    if algorithm == "grid":
+        grid = {k: tune.grid_search(list(d.choices)) for k, d in searched.items()}
+        return None, grid, 1
+    if algorithm == "random":
+        from ray.tune.search.basic_variant import BasicVariantGenerator
+
+        tune_space = {k: _tune_domain(d) for k, d in searched.items()}
+        return BasicVariantGenerator(random_state=space.search.seed), tune_space, space.search.trials
+    return (
+        _optuna_search(space, constraints, points_to_evaluate, evaluated_rewards),
+        {},
+        space.search.trials,
+    )
+
+
+def _tune_domain(d: Distribution) -> Any:
+    from ray import tune
+
+    if d.kind == "uniform":
+        return tune.uniform(d.low, d.high)
+    if d.kind == "loguniform":
+        return tune.loguniform(d.low, d.high)
+    if d.kind == "int":
+        assert d.low is not None and d.high is not None
+        return tune.qrandint(int(d.low), int(d.high), d.step or 1)
+    return tune.choice(list(d.choices))
+
+
+def _optuna_distribution(d: Distribution) -> Any:
+    import optuna
+
+    if d.kind == "uniform":
+        return optuna.distributions.FloatDistribution(d.low, d.high)
+    if d.kind == "loguniform":
+        return optuna.distributions.FloatDistribution(d.low, d.high, log=True)
+    if d.kind == "int":
+        assert d.low is not None and d.high is not None
+        return optuna.distributions.IntDistribution(int(d.low), int(d.high), step=d.step or 1)
+    return optuna.distributions.CategoricalDistribution(list(d.choices))
+
+
+def _optuna_search(
+    space: SearchSpace,
+    constraints: tuple[tuple[str, str, float], ...],
+    points_to_evaluate: list[dict[str, Any]] | None,
+    evaluated_rewards: list[list[float]] | None,
+) -> Any:
+    import optuna
+    from ray.tune.search.optuna import OptunaSearch
+
+    constraints_func: Callable[[Any], list[float]] | None = None
+    if constraints:
+
+        def constraints_func(frozen: Any) -> list[float]:
+            return list(frozen.user_attrs.get("constraints", [math.inf] * len(constraints)))
+
+    sampler = optuna.samplers.TPESampler(
+        seed=space.search.seed,
+        multivariate=True,
+        n_startup_trials=max(4, min(10, space.search.trials // 3)),
+        constraints_func=constraints_func,
+    )
+
+    class SqueezeOptunaSearch(OptunaSearch):  # type: ignore[misc]
+        """Tells Optuna about failed trials (FAIL, not a NaN value) and constraint violations."""
+
+        def on_trial_complete(
+            self, trial_id: str, result: dict[str, Any] | None = None, error: bool = False
+        ) -> None:
+            ot_trial = self._ot_trials.get(trial_id)
+            if ot_trial is not None and result and constraints:
+                ot_trial.set_user_attr("constraints", violations(constraints, result))
+            failed = error or not result or result.get("status") in FAILED_STATUSES
+            if ot_trial is not None and failed and trial_id not in self._completed_trials:
+                self._ot_study.tell(ot_trial, state=optuna.trial.TrialState.FAIL)
+                self._completed_trials.add(trial_id)
+                return
+            super().on_trial_complete(trial_id, result=result, error=error)
+
+    searched = space.searched()
+    return SqueezeOptunaSearch(
+        space={k: _optuna_distribution(d) for k, d in searched.items()},
+        metric=[o.name for o in space.objectives],
+        mode=[o.direction for o in space.objectives],
+        sampler=sampler,
+        points_to_evaluate=points_to_evaluate or None,
+        evaluated_rewards=evaluated_rewards or None,
+    )

@@ -1,0 +1,113 @@
+"""The Ray tasks that run stages and measure models.
+
+This module is imported by Tune trial coordinators (to get the remote handles), so it must not
+import torch at module level; the task bodies import `stages` inside the worker.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import sys
+import time
+from datetime import datetime, timezone
+from typing import Any
+
+import ray
+
+from orchestrator.requests import MeasureRequest, StageRequest
+
+CACHE_DIR = "cache"
+
+
+def checkpoint_path(key: str) -> tuple[str, str]:
+    """(data, manifest) file names of a stage checkpoint under the storage root."""
+    return f"{key}.ckpt", f"{key}.json"
+
+
+def _prepare_worker(sys_path: tuple[str, ...], threads: int) -> None:
+    import torch
+
+    for entry in sys_path:
+        if entry not in sys.path:
+            sys.path.insert(0, entry)
+    # Reused workers keep the last value: set it every time (DESIGN.md).
+    torch.set_num_threads(max(1, threads))
+
+
+def execute_stage(request: StageRequest, parent: bytes | None, teacher: bytes | None) -> tuple[bytes, dict[str, Any]]:
+    """Run one stage; write its checkpoint under the storage; return (bytes, info)."""
+    from orchestrator.storage import open_storage
+    from stages import get_stage
+    from stages.base import StageInput
+    from stages.checkpoint import ModelCheckpoint
+    from stages.tasks import load_task
+
+    _prepare_worker(request.sys_path, request.threads)
+    wall0, cpu0 = time.perf_counter(), time.process_time()
+    task = load_task(request.task)
+    spec = get_stage(request.stage)
+    params = spec.make_params(request.params)
+    inp = StageInput(
+        task=task,
+        parent=ModelCheckpoint.from_bytes(parent) if parent is not None else None,
+        teacher=ModelCheckpoint.from_bytes(teacher) if teacher is not None else None,
+        device=request.device,
+        seed=request.seed,
+    )
+    out = spec.run(inp, params)
+    data = out.checkpoint.to_bytes()
+    wall_s, cpu_s = time.perf_counter() - wall0, time.process_time() - cpu0
+    info: dict[str, Any] = {
+        "key": request.key,
+        "stage": request.stage,
+        "params": request.params,
+        "parent_key": request.parent_key,
+        "metrics": {k: float(v) for k, v in out.metrics.items()},
+        "wall_s": wall_s,
+        "cpu_s": cpu_s,
+        "sha256": hashlib.sha256(data).hexdigest(),
+        "nbytes": len(data),
+        "finished_at": datetime.now(timezone.utc).isoformat(),
+        "cached": False,
+    }
+    storage = open_storage(request.storage)
+    data_name, manifest_name = checkpoint_path(request.key)
+    # Data first, manifest second: a checkpoint without a manifest is never trusted.
+    storage.write_atomic(data, CACHE_DIR, data_name)
+    storage.write_atomic(json.dumps(info).encode(), CACHE_DIR, manifest_name)
+    return data, info
+
+
+def execute_measure(request: MeasureRequest, checkpoint: bytes) -> dict[str, Any]:
+    """Accuracy (test split), size, parameter counts and single-thread latency of a model."""
+    from stages.checkpoint import ModelCheckpoint
+    from stages.metrics import evaluate
+    from stages.tasks import load_task
+
+    _prepare_worker(request.sys_path, request.threads)
+    task = load_task(request.task)
+    ckpt = ModelCheckpoint.from_bytes(checkpoint)
+    m = evaluate(
+        task,
+        ckpt,
+        warmup=request.warmup,
+        repeats=request.repeats,
+        batch_size=request.batch_size,
+        threads=request.threads,
+    )
+    return {
+        "accuracy": m.accuracy,
+        "size_bytes": m.size_bytes,
+        "params_total": m.params_total,
+        "params_nonzero": m.params_nonzero,
+        "latency_ms": m.latency_ms,
+        "latency_ms_p90": m.latency_ms_p90,
+        "runtime": m.runtime,
+    }
+
+
+# Deterministic stages are safe to retry when a worker dies (max_retries); an exception raised
+# by the stage itself is not retried (retry_exceptions=False): it would fail again.
+run_stage = ray.remote(num_returns=2, max_retries=3)(execute_stage)
+run_measure = ray.remote(max_retries=3)(execute_measure)

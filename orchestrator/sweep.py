@@ -1,0 +1,500 @@
+"""`run_sweep`: the search space -> Ray Tune -> Parquet results, with the stage cache in between.
+
+Flow: validate everything (no Ray yet) -> start or join Ray -> start the sweep's cache actor ->
+measure the baseline (the uncompressed teacher, eager) beside the trials -> Tune runs cheap
+coordinator trials (0.01 CPU each) whose stage tasks hold the real CPUs/GPUs -> a driver-side
+callback writes each trial's row as it finishes -> the baseline row, then the table is returned.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import secrets
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import asdict, dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from orchestrator.config import SearchSpace, load_space, parse_duration
+from orchestrator.pipeline import SweepPlan
+from orchestrator.rows import now, trial_row
+from orchestrator.search import constraint_met
+from orchestrator.storage import Storage, open_storage
+from stages.errors import SqueezerayError
+
+DEFAULT_STORAGE = "squeezeray-results"
+COORDINATOR_CPU = 0.01  # a trial only waits on refs; its stage tasks hold the CPUs
+SWEEPS_DIR = "sweeps"
+
+
+@dataclass(frozen=True)
+class SweepSummary:
+    """What a finished sweep did, beside its rows (for the CLI, tests and benchmarks)."""
+
+    sweep_id: str
+    storage: str
+    trials_ok: int
+    trials_failed: int
+    stages_executed: int
+    stages_loaded: int
+    stage_requests: int  # stage executions a naive per-trial pipeline would have run
+    corrupt_checkpoints: int
+    wall_s: float
+    interrupted: bool
+
+
+def new_sweep_id(name: str | None) -> str:
+    stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
+    suffix = secrets.token_hex(2)
+    base = f"{name}-{stamp}" if name else stamp
+    return f"{base}-{suffix}"
+
+
+def _user_sys_path(task: str) -> tuple[str, ...]:
+    """The directory that makes a user's `pkg.mod:callable` importable in Ray workers."""
+    if ":" not in task:
+        return ()
+    module = task.partition(":")[0]
+    spec = importlib.util.find_spec(module)
+    if spec is None or spec.origin is None:
+        return ()
+    depth = module.count(".") + 1
+    root = Path(spec.origin).resolve().parent
+    if Path(spec.origin).name == "__init__.py":
+        depth += 1
+    for _ in range(depth - 1):
+        root = root.parent
+    return (str(root),)
+
+
+def _stage_defaults(pipeline: tuple[str, ...]) -> dict[str, dict[str, Any]]:
+    import dataclasses
+
+    from stages import get_stage
+
+    out = {}
+    for stage in pipeline:
+        spec = get_stage(stage)
+        out[stage] = {
+            f.name: f.default
+            for f in dataclasses.fields(spec.params)  # type: ignore[arg-type]
+            if f.default is not dataclasses.MISSING
+        }
+    return out
+
+
+def run_sweep(
+    space: SearchSpace | str | Path | None = None,
+    *,
+    task: str | None = None,
+    trials: int | None = None,
+    storage: str | os.PathLike[str] = DEFAULT_STORAGE,
+    address: str | None = None,
+    cpus_per_trial: float = 1.0,
+    gpus_per_trial: float = 0.0,
+    seed: int | None = None,
+    name: str | None = None,
+    algorithm: str | None = None,
+    time_budget: str | float | None = None,
+    trial_timeout: str | float | None = None,
+    max_concurrent: int | None = None,
+    latency_resource: str | None = None,
+    num_cpus: int | None = None,
+    sweep_id: str | None = None,
+    resume: bool = False,
+    warm_start: tuple[list[dict[str, Any]], list[list[float]]] | None = None,
+    progress: Callable[[str, Mapping[str, Any]], None] | None = None,
+) -> Any:
+    """Run a compression sweep and return its rows (a `pyarrow.Table`, baseline included).
+
+    `space` is a SearchSpace, a YAML path, a packaged space name ("default", "quick") or None
+    (the default space). Keyword overrides win over the file. Everything is validated before
+    Ray starts; a SqueezerayError names the key, the value and what is accepted.
+    """
+    sweep = prepare_sweep(
+        space,
+        task=task,
+        trials=trials,
+        storage=storage,
+        cpus_per_trial=cpus_per_trial,
+        gpus_per_trial=gpus_per_trial,
+        seed=seed,
+        name=name,
+        algorithm=algorithm,
+        time_budget=time_budget,
+        trial_timeout=trial_timeout,
+        max_concurrent=max_concurrent,
+        sweep_id=sweep_id,
+        resume=resume,
+    )
+    return execute_sweep(
+        sweep,
+        address=address,
+        latency_resource=latency_resource,
+        num_cpus=num_cpus,
+        warm_start=warm_start,
+        progress=progress,
+    ).table
+
+
+@dataclass(frozen=True)
+class PreparedSweep:
+    space: SearchSpace
+    storage: Storage
+    sweep_id: str
+    cpus_per_trial: float
+    gpus_per_trial: float
+    max_concurrent: int | None
+    trial_timeout_s: float | None
+    resume: bool
+
+
+@dataclass(frozen=True)
+class SweepOutcome:
+    table: Any  # pyarrow.Table of this sweep's rows
+    summary: SweepSummary
+
+
+def prepare_sweep(
+    space: SearchSpace | str | Path | None,
+    *,
+    task: str | None = None,
+    trials: int | None = None,
+    storage: str | os.PathLike[str] = DEFAULT_STORAGE,
+    cpus_per_trial: float = 1.0,
+    gpus_per_trial: float = 0.0,
+    seed: int | None = None,
+    name: str | None = None,
+    algorithm: str | None = None,
+    time_budget: str | float | None = None,
+    trial_timeout: str | float | None = None,
+    max_concurrent: int | None = None,
+    sweep_id: str | None = None,
+    resume: bool = False,
+) -> PreparedSweep:
+    """Every check that can fail before Ray starts."""
+    if cpus_per_trial <= 0:
+        raise SqueezerayError(f"--cpus-per-trial={cpus_per_trial:g} must be > 0")
+    if gpus_per_trial < 0:
+        raise SqueezerayError(f"--gpus-per-trial={gpus_per_trial:g} must be >= 0")
+    if max_concurrent is not None and max_concurrent < 1:
+        raise SqueezerayError(f"--max-concurrent={max_concurrent} must be >= 1")
+    store = open_storage(storage, create=True)
+    if resume:
+        if sweep_id is None:
+            sweep_id = latest_sweep_id(store)
+        manifest = read_manifest(store, sweep_id)
+        space = manifest["space_source"]
+        task = task or manifest.get("task")
+        trials = trials or manifest.get("trials")
+        seed = manifest.get("seed") if seed is None else seed
+        name = name or manifest.get("name")
+    budget_s = _seconds("--time-budget", time_budget)
+    timeout_s = _seconds("--trial-timeout", trial_timeout)
+    loaded = space if isinstance(space, SearchSpace) else load_space(space, check_task=False)
+    loaded = loaded.with_overrides(
+        task=task,
+        trials=trials,
+        seed=seed,
+        name=name,
+        time_budget_s=budget_s,
+        algorithm=algorithm,
+    )
+    # The task import path is checked here, on the driver, before any Ray work.
+    from stages.tasks import load_task
+
+    load_task(loaded.task)
+    return PreparedSweep(
+        space=loaded,
+        storage=store,
+        sweep_id=sweep_id or new_sweep_id(loaded.name),
+        cpus_per_trial=cpus_per_trial,
+        gpus_per_trial=gpus_per_trial,
+        max_concurrent=max_concurrent,
+        trial_timeout_s=timeout_s,
+        resume=resume,
+    )
+
+
+def _seconds(flag: str, value: str | float | None) -> float | None:
+    if value is None:
+        return None
+    if isinstance(value, int | float):
+        if value <= 0:
+            raise SqueezerayError(f"{flag}={value} must be > 0")
+        return float(value)
+    try:
+        return parse_duration(value)
+    except SqueezerayError as exc:
+        raise SqueezerayError(f"{flag}: {exc}") from exc
+
+
+def manifest_path(sweep_id: str) -> tuple[str, str]:
+    return SWEEPS_DIR, f"{sweep_id}.json"
+
+
+def write_manifest(store: Storage, sweep: PreparedSweep, *, status: str) -> None:
+    space = sweep.space
+    data = {
+        "sweep_id": sweep.sweep_id,
+        "name": space.name,
+        "space_source": space.source,
+        "task": space.task,
+        "trials": space.search.trials,
+        "seed": space.search.seed,
+        "algorithm": space.search.algorithm,
+        "cpus_per_trial": sweep.cpus_per_trial,
+        "gpus_per_trial": sweep.gpus_per_trial,
+        "status": status,
+        "updated_at": now().isoformat(),
+    }
+    store.write_atomic(json.dumps(data, indent=2).encode(), *manifest_path(sweep.sweep_id))
+
+
+def read_manifest(store: Storage, sweep_id: str) -> dict[str, Any]:
+    if not store.exists(*manifest_path(sweep_id)):
+        raise SqueezerayError(
+            f"sweep {sweep_id!r} has no manifest under {store.uri}/{SWEEPS_DIR}; "
+            "list sweeps with `squeezeray sweeps <storage>`"
+        )
+    return dict(json.loads(store.read_bytes(*manifest_path(sweep_id))))
+
+
+def latest_sweep_id(store: Storage) -> str:
+    from pyarrow.fs import FileSelector
+
+    if not store.exists(SWEEPS_DIR):
+        raise SqueezerayError(f"no sweep to resume under {store.uri}: it holds no {SWEEPS_DIR}/")
+    infos = store.fs.get_file_info(FileSelector(store.path(SWEEPS_DIR)))
+    manifests = [i for i in infos if i.base_name.endswith(".json") and not i.base_name.startswith(".")]
+    if not manifests:
+        raise SqueezerayError(f"no sweep to resume under {store.uri}")
+    newest = max(manifests, key=lambda i: i.mtime_ns or 0)
+    return str(newest.base_name.removesuffix(".json"))
+
+
+def execute_sweep(
+    sweep: PreparedSweep,
+    *,
+    address: str | None = None,
+    latency_resource: str | None = None,
+    num_cpus: int | None = None,
+    warm_start: tuple[list[dict[str, Any]], list[list[float]]] | None = None,
+    progress: Callable[[str, Mapping[str, Any]], None] | None = None,
+) -> SweepOutcome:
+    """Run a prepared sweep on Ray (embedded when `address` is None)."""
+    import ray
+    from ray import tune
+
+    from orchestrator.cache import StageCache
+    from orchestrator.keys import code_version
+    from orchestrator.pipeline import trial_function
+    from orchestrator.results import append_results, load_results
+    from orchestrator.runtime import init_ray, latency_resources
+    from orchestrator.search import make_search
+    from orchestrator.tune_callbacks import ResultsWriter
+
+    os.environ.setdefault("TUNE_DISABLE_STRICT_METRIC_CHECKING", "1")
+    t0 = time.perf_counter()
+    space = sweep.space
+    store = sweep.storage
+    info = init_ray(address=address, num_cpus=num_cpus)
+    if sweep.gpus_per_trial > 0 and info.gpus < sweep.gpus_per_trial:
+        raise SqueezerayError(
+            f"--gpus-per-trial={sweep.gpus_per_trial:g} but the Ray cluster offers "
+            f"{info.gpus:g} GPUs; drop the flag or connect to a cluster with GPU workers"
+        )
+    if info.cpus < sweep.cpus_per_trial:
+        raise SqueezerayError(
+            f"--cpus-per-trial={sweep.cpus_per_trial:g} but the Ray cluster has {info.cpus:g} CPUs"
+        )
+    write_manifest(store, sweep, status="running")
+
+    constraints = tuple((c.column, c.op, float(c.value)) for c in space.constraints)
+    plan = SweepPlan(
+        sweep_id=sweep.sweep_id,
+        task=space.task,
+        pipeline=space.pipeline,
+        defaults=_stage_defaults(space.pipeline),
+        fixed=dict(space.fixed()),
+        code_version=code_version(),
+        storage=store.uri,
+        objectives=tuple((o.name, o.direction) for o in space.objectives),
+        constraints=constraints,
+        seed=space.search.seed,
+        device="cuda" if sweep.gpus_per_trial > 0 else "cpu",
+        threads=max(1, int(sweep.cpus_per_trial)),
+        sys_path=_user_sys_path(space.task),
+        latency=asdict(space.latency),
+        trial_timeout_s=sweep.trial_timeout_s,
+    )
+    stage_options: dict[str, Any] = {"num_cpus": sweep.cpus_per_trial}
+    if sweep.gpus_per_trial > 0:
+        stage_options["num_gpus"] = sweep.gpus_per_trial
+    measure_options: dict[str, Any] = {
+        "num_cpus": 1,
+        "resources": latency_resources(info, latency_resource),
+    }
+    cache = StageCache.options(name=f"squeezeray-cache-{sweep.sweep_id}").remote(  # type: ignore[attr-defined]
+        store.uri, sweep.sweep_id, stage_options=stage_options, measure_options=measure_options
+    )
+
+    # The baseline (uncompressed teacher, eager) runs beside the trials, sharing their teacher.
+    teacher_request = plan.requests({}, trial_id="baseline")[0]
+    baseline_started = now()
+    t_ref, _ = ray.get(cache.get.remote(teacher_request, [], []))
+    (baseline_ref,) = ray.get(cache.measure.remote(plan.measure_request(teacher_request.key), [t_ref]))
+
+    search_alg, param_space, num_samples = make_search(
+        space,
+        constraints=constraints,
+        points_to_evaluate=warm_start[0] if warm_start else None,
+        evaluated_rewards=warm_start[1] if warm_start else None,
+    )
+    concurrency = sweep.max_concurrent or space.search.max_concurrent or max(
+        1, int(info.cpus // sweep.cpus_per_trial)
+    )
+    writer = ResultsWriter(
+        storage=store.uri,
+        sweep_id=sweep.sweep_id,
+        sweep_name=space.name or sweep.sweep_id,
+        task=space.task,
+        code_version=plan.code_version,
+        constraints=constraints,
+        total=num_samples if space.search.algorithm != "grid" else _grid_size(param_space),
+        progress=progress,
+    )
+    trainable = tune.with_resources(
+        tune.with_parameters(trial_function, plan=plan, cache=cache), {"cpu": COORDINATOR_CPU}
+    )
+    tune_path = store.path("tune") if store.is_local else f"{store.uri.rstrip('/')}/tune"
+    interrupted = False
+    experiment_dir = f"{tune_path}/{sweep.sweep_id}"
+    try:
+        if sweep.resume and tune.Tuner.can_restore(experiment_dir):
+            tuner = tune.Tuner.restore(
+                experiment_dir, trainable=trainable, resume_unfinished=True, restart_errored=True
+            )
+            tuner._local_tuner._run_config.callbacks = [writer]  # restored runs keep callbacks off
+        else:
+            tuner = tune.Tuner(
+                trainable,
+                param_space=param_space,
+                tune_config=tune.TuneConfig(
+                    search_alg=search_alg,
+                    scheduler=_scheduler(space),
+                    num_samples=num_samples,
+                    max_concurrent_trials=concurrency,
+                    reuse_actors=True,
+                    time_budget_s=space.search.time_budget_s,
+                ),
+                run_config=tune.RunConfig(
+                    name=sweep.sweep_id,
+                    storage_path=tune_path,
+                    verbose=0,
+                    callbacks=[writer],
+                    failure_config=tune.FailureConfig(max_failures=0),
+                    checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
+                ),
+            )
+        tuner.fit()
+    except KeyboardInterrupt:
+        interrupted = True
+
+    baseline = _baseline_row(plan, baseline_ref, baseline_started, space.name or sweep.sweep_id)
+    append_results(store.uri, [baseline])
+    stats = ray.get(cache.stats.remote())
+    ray.kill(cache)
+    write_manifest(store, sweep, status="interrupted" if interrupted else "finished")
+    table = load_results(store.uri, sweep=sweep.sweep_id)
+    statuses = [s for s, b in zip(table.column("status").to_pylist(), table.column("is_baseline").to_pylist(), strict=True) if not b]
+    summary = SweepSummary(
+        sweep_id=sweep.sweep_id,
+        storage=store.uri,
+        trials_ok=sum(s == "ok" for s in statuses),
+        trials_failed=sum(s != "ok" for s in statuses),
+        stages_executed=len(stats["executed"]),
+        stages_loaded=len(stats["loaded"]),
+        stage_requests=writer.stage_requests,
+        corrupt_checkpoints=len(stats["corrupt"]),
+        wall_s=time.perf_counter() - t0,
+        interrupted=interrupted,
+    )
+    if interrupted:
+        raise SweepInterrupted(summary)
+    return SweepOutcome(table=table, summary=summary)
+
+
+class SweepInterrupted(SqueezerayError):
+    """Raised after an interrupted sweep has saved what it had; the message says how to resume."""
+
+    def __init__(self, summary: SweepSummary) -> None:
+        self.summary = summary
+        super().__init__(
+            f"sweep {summary.sweep_id} was interrupted after {summary.trials_ok + summary.trials_failed} "
+            f"trials; everything finished is saved. To continue, run: squeezeray sweep --resume "
+            f"{summary.sweep_id} --storage {summary.storage}"
+        )
+
+
+def _grid_size(param_space: Mapping[str, Any]) -> int:
+    size = 1
+    for value in param_space.values():
+        size *= len(value["grid_search"]) if isinstance(value, dict) else 1
+    return size
+
+
+def _scheduler(space: SearchSpace) -> Any:
+    """ASHA early stopping on validation accuracy after each stage (a single-objective
+    scalarisation: multi-objective Optuna ignores intermediate results)."""
+    if space.search.scheduler != "asha":
+        return None
+    from ray.tune.schedulers import ASHAScheduler
+
+    return ASHAScheduler(
+        metric="val_accuracy",
+        mode="max",
+        time_attr="training_iteration",
+        max_t=len(space.pipeline) + 1,
+        grace_period=min(2, len(space.pipeline)),
+        reduction_factor=2,
+    )
+
+
+def _baseline_row(plan: SweepPlan, metrics_ref: Any, started: datetime, sweep_name: str) -> dict[str, Any]:
+    import ray
+
+    from orchestrator.pipeline import describe_error
+
+    teacher_key = plan.requests({}, trial_id="baseline")[0].key
+    result: dict[str, Any] = {"status": "ok", "stage_keys": [teacher_key], "effective_params": {}}
+    try:
+        result.update(ray.get(metrics_ref))
+    except Exception as exc:
+        result.update(status="error", error=describe_error(exc))
+    return trial_row(
+        sweep_id=plan.sweep_id,
+        sweep_name=sweep_name,
+        trial_id="baseline",
+        task=plan.task,
+        started_at=started,
+        result=result,
+        code_version=plan.code_version,
+        feasible=None,
+        is_baseline=True,
+    )
+
+
+def feasible(constraints: tuple[tuple[str, str, float], ...], result: Mapping[str, Any]) -> bool | None:
+    """True when every constraint holds (None when there are no constraints)."""
+    if not constraints:
+        return None
+    for column, op, bound in constraints:
+        value = result.get(column)
+        if value is None or not constraint_met(op, float(value), bound):
+            return False
+    return True

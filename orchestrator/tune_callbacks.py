@@ -1,0 +1,86 @@
+"""Driver-side Tune callbacks: each finished trial's row is written as it finishes."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from datetime import datetime
+from typing import Any
+
+from ray.tune import Callback
+
+from orchestrator.rows import now, trial_row
+
+
+class ResultsWriter(Callback):  # type: ignore[misc]
+    """Writes one results row per finished trial (atomically) and reports progress."""
+
+    def __init__(
+        self,
+        *,
+        storage: str,
+        sweep_id: str,
+        sweep_name: str,
+        task: str,
+        code_version: str,
+        constraints: tuple[tuple[str, str, float], ...],
+        total: int,
+        progress: Callable[[str, Mapping[str, Any]], None] | None,
+    ) -> None:
+        self.storage = storage
+        self.sweep_id = sweep_id
+        self.sweep_name = sweep_name
+        self.task = task
+        self.code_version = code_version
+        self.constraints = constraints
+        self.total = total
+        self.progress = progress
+        self.started: dict[str, datetime] = {}
+        self.written: set[str] = set()
+        self.counts = {"ok": 0, "failed": 0, "running": 0}
+        self.stage_requests = 0
+
+    def on_trial_start(self, iteration: int, trials: list[Any], trial: Any, **info: Any) -> None:
+        self.started.setdefault(trial.trial_id, now())
+        self._progress("start", trial, {})
+
+    def on_trial_complete(self, iteration: int, trials: list[Any], trial: Any, **info: Any) -> None:
+        result = dict(trial.last_result or {})
+        if not result.get("final"):
+            # Stopped early (ASHA or the time budget) before its final report.
+            result = {
+                **result,
+                "status": "stopped",
+                "error": "stopped early by the scheduler or the time budget",
+            }
+        self._write(trial, result)
+
+    def on_trial_error(self, iteration: int, trials: list[Any], trial: Any, **info: Any) -> None:
+        error = getattr(trial, "error_msg", None) or "the trial's coordinator failed"
+        self._write(trial, {"status": "error", "error": str(error)[-2000:]})
+
+    def _write(self, trial: Any, result: dict[str, Any]) -> None:
+        from orchestrator.results import append_results
+        from orchestrator.sweep import feasible
+
+        if trial.trial_id in self.written:
+            return
+        self.stage_requests += len(result.get("stage_keys") or [])
+        ok = result.get("status") == "ok"
+        row = trial_row(
+            sweep_id=self.sweep_id,
+            sweep_name=self.sweep_name,
+            trial_id=trial.trial_id,
+            task=self.task,
+            started_at=self.started.get(trial.trial_id, now()),
+            result=result,
+            code_version=self.code_version,
+            feasible=feasible(self.constraints, result) if ok else (False if self.constraints else None),
+        )
+        append_results(self.storage, [row])
+        self.written.add(trial.trial_id)
+        self.counts["ok" if ok else "failed"] += 1
+        self._progress("done", trial, row)
+
+    def _progress(self, event: str, trial: Any, row: Mapping[str, Any]) -> None:
+        if self.progress is not None:
+            self.progress(event, {**row, "counts": dict(self.counts), "total": self.total})
