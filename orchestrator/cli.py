@@ -43,7 +43,119 @@ app = typer.Typer(
 
 # --- sweep (orchestrator.sweep) ------------------------------------------------------------
 
+
+@app.command()
+def sweep(
+    space: Annotated[
+        Optional[str],
+        typer.Argument(help="Search-space YAML, or a packaged space name (default, quick)."),
+    ] = None,
+    task: Annotated[
+        Optional[str], typer.Option(help="Built-in task name or 'package.module:callable'.")
+    ] = None,
+    trials: Annotated[Optional[int], typer.Option(help="Number of trials.")] = None,
+    storage: Annotated[
+        str, typer.Option(help="Results directory or URI (file://, s3://, gs://).")
+    ] = "squeezeray-results",
+    address: Annotated[
+        Optional[str], typer.Option(help="Ray cluster: 'auto' or ray://host:port. None: embedded.")
+    ] = None,
+    cpus_per_trial: Annotated[float, typer.Option(help="CPUs for each stage task.")] = 1.0,
+    gpus_per_trial: Annotated[float, typer.Option(help="GPUs for each stage task.")] = 0.0,
+    seed: Annotated[Optional[int], typer.Option(help="Search seed.")] = None,
+    name: Annotated[Optional[str], typer.Option(help="Sweep name (prefix of its id).")] = None,
+    algorithm: Annotated[
+        Optional[str], typer.Option(help="Search algorithm: optuna, random or grid.")
+    ] = None,
+    time_budget: Annotated[
+        Optional[str], typer.Option(help="Stop launching trials after this long, e.g. 30m.")
+    ] = None,
+    trial_timeout: Annotated[
+        Optional[str], typer.Option(help="Per-trial time limit, e.g. 5m (rows get 'timeout').")
+    ] = None,
+    max_concurrent: Annotated[
+        Optional[int], typer.Option(help="Trials at once (default: what the cluster can run).")
+    ] = None,
+    latency_resource: Annotated[
+        Optional[str],
+        typer.Option(help="Measure latency only on nodes offering this Ray resource."),
+    ] = None,
+    num_cpus: Annotated[
+        Optional[int], typer.Option(help="CPUs of the embedded Ray (default: all).")
+    ] = None,
+    resume: Annotated[
+        bool, typer.Option("--resume", help="Continue an interrupted sweep in --storage.")
+    ] = False,
+    sweep_id: Annotated[
+        Optional[str], typer.Option(help="With --resume: which sweep (default: the latest).")
+    ] = None,
+    top: Annotated[Optional[int], typer.Option(help="Show at most K front points.")] = None,
+) -> None:
+    """Run a compression sweep and print its Pareto front next to the baseline."""
+    from orchestrator.progress import SweepProgress
+    from orchestrator.sweep import execute_sweep, prepare_sweep
+
+    prepared = prepare_sweep(
+        space,
+        task=task,
+        trials=trials,
+        storage=storage,
+        cpus_per_trial=cpus_per_trial,
+        gpus_per_trial=gpus_per_trial,
+        seed=seed,
+        name=name,
+        algorithm=algorithm,
+        time_budget=time_budget,
+        trial_timeout=trial_timeout,
+        max_concurrent=max_concurrent,
+        sweep_id=sweep_id,
+        resume=resume,
+    )
+    console.print(
+        f"squeezeray sweep [bold]{prepared.sweep_id}[/]: task {prepared.space.task}, "
+        f"{prepared.space.search.trials} trials ({prepared.space.search.algorithm}), "
+        f"storage {prepared.storage.uri}",
+        highlight=False,
+    )
+    with SweepProgress(console, prepared.space) as progress:
+        outcome = execute_sweep(
+            prepared,
+            address=address,
+            latency_resource=latency_resource,
+            num_cpus=num_cpus,
+            progress=progress.update,
+        )
+    from orchestrator.progress import print_outcome
+
+    print_outcome(outcome, prepared.space, out, top=top)
+
 # --- validate (orchestrator.config) --------------------------------------------------------
+
+
+@app.command()
+def validate(
+    space: Annotated[
+        str | None,
+        typer.Argument(
+            help="A search-space YAML file, or a packaged space name (default, quick, tiny, "
+            "digits-cnn). Default: the packaged default.yaml.",
+            show_default=False,
+        ),
+    ] = None,
+    task: Annotated[
+        str | None,
+        typer.Option("--task", help="Check with this task instead (NAME or pkg.mod:callable)."),
+    ] = None,
+) -> None:
+    """Check a search space (YAML, stages, ranges, task) without starting Ray; print a summary."""
+    from orchestrator.config import load_space
+
+    loaded = load_space(space, check_task=task is None)
+    if task is not None:
+        loaded = loaded.with_overrides(task=task)
+    out.print(loaded.summary(), markup=False, highlight=False, soft_wrap=True)
+    out.print(f"ok: {loaded.source} is valid", markup=False, highlight=False, soft_wrap=True)
+
 
 # --- pareto / sweeps (orchestrator.pareto, orchestrator.results) ---------------------------
 

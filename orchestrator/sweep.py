@@ -437,7 +437,7 @@ class SweepInterrupted(SqueezerayError):
         super().__init__(
             f"sweep {summary.sweep_id} was interrupted after {summary.trials_ok + summary.trials_failed} "
             f"trials; everything finished is saved. To continue, run: squeezeray sweep --resume "
-            f"{summary.sweep_id} --storage {summary.storage}"
+            f"--sweep-id {summary.sweep_id} --storage {summary.storage}"
         )
 
 

@@ -1,0 +1,90 @@
+"""Sweep progress on the terminal (rich), instead of Ray Tune's raw status tables."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from types import TracebackType
+from typing import Any
+
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+from orchestrator.config import SearchSpace
+
+
+class SweepProgress:
+    """A progress bar: trials done/running/failed and the best accuracy so far."""
+
+    def __init__(self, console: Console, space: SearchSpace) -> None:
+        self.console = console
+        self.total = space.search.trials
+        self.best_accuracy: float | None = None
+        self.running = 0
+        self.progress = Progress(
+            TextColumn("[bold]trials"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TextColumn("{task.description}"),
+            TimeElapsedColumn(),
+            console=console,
+            transient=False,
+        )
+        self.task_id = self.progress.add_task("starting Ray...", total=self.total)
+
+    def __enter__(self) -> SweepProgress:
+        self.progress.start()
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.progress.stop()
+
+    def update(self, event: str, data: Mapping[str, Any]) -> None:
+        counts = data.get("counts", {})
+        total = int(data.get("total") or self.total)
+        if event == "start":
+            self.running += 1
+        elif event == "done":
+            self.running = max(0, self.running - 1)
+            acc = data.get("accuracy")
+            if data.get("status") == "ok" and acc is not None:
+                self.best_accuracy = max(self.best_accuracy or 0.0, float(acc))
+            if data.get("status") != "ok":
+                self.console.print(
+                    f"[yellow]trial {data.get('trial_id')} {data.get('status')}:[/] "
+                    f"{data.get('error')}",
+                    highlight=False,
+                )
+        best = f"best accuracy {self.best_accuracy:.4f}" if self.best_accuracy is not None else ""
+        self.progress.update(
+            self.task_id,
+            total=total,
+            completed=counts.get("ok", 0) + counts.get("failed", 0),
+            description=(
+                f"ok {counts.get('ok', 0)} · failed {counts.get('failed', 0)} · "
+                f"running {self.running}  {best}"
+            ),
+        )
+
+
+def print_outcome(outcome: Any, space: SearchSpace, console: Console, *, top: int | None = None) -> None:
+    """The sweep's summary line and its Pareto front next to the baseline."""
+    from orchestrator.frontview import print_front
+
+    s = outcome.summary
+    console.print(
+        f"sweep {s.sweep_id}: {s.trials_ok} ok, {s.trials_failed} failed in {s.wall_s:.1f} s; "
+        f"stage executions {s.stages_executed} (+{s.stages_loaded} loaded from cache) vs "
+        f"{s.stage_requests} for a naive per-trial pipeline",
+        highlight=False,
+    )
+    objectives = {o.name: o.direction for o in space.objectives}
+    print_front(outcome.table, objectives, console, top=top)
+    console.print(
+        f"results: {s.storage} - query again with `squeezeray pareto {s.storage}`",
+        highlight=False,
+    )
