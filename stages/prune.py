@@ -1,0 +1,252 @@
+"""Stage `prune`: remove weights (unstructured) or whole neurons/channels (structured).
+
+Methods:
+- `l1_unstructured`: in every prunable layer, the smallest-|w| weights until that layer holds
+  `ratio` zeros (`torch.nn.utils.prune`).
+- `global`: the smallest-|w| weights across all prunable layers together until they hold `ratio`
+  zeros in total; layers with many small weights lose more.
+- `random`: per layer like `l1_unstructured`, but the weights are drawn at random (a baseline).
+- `structured`: torch-pruning's `MetaPruner` with L2 group-magnitude importance removes the
+  fraction `ratio` of the neurons/channels of every layer (conv biases and BatchNorms follow
+  their channels), so shapes and `params_total` shrink. The output layer is ignored: its
+  outputs stay `num_classes`, only its inputs shrink with the layer before it.
+
+Prunable layers are every Linear/Conv layer, the final classifier included (`stages.masks`);
+biases are never zeroed by the unstructured methods. For unstructured methods `ratio` is the
+target fraction of zeros of each layer (`global`: of all layers); zeros the parent already
+has count towards it and are always kept, so a masked parent pruned again never loses a zero
+(if it already holds more than `ratio` zeros, nothing new is pruned). The masks are made
+permanent (`prune.remove`): the state_dict has plain weights with exact zeros, no
+`weight_orig`/`weight_mask`, and the recipe gets `"masked": True`.
+
+Gradual pruning (`steps > 1`) follows the cubic schedule of Zhu & Gupta (2017),
+`s_k = ratio * (1 - (1 - k/steps)^3)` for k = 1..steps: large steps early while many weights are
+redundant, small ones near the target. Between steps the model is fine-tuned for
+`finetune_epochs` epochs with CE, the current zeros re-applied after every optimizer step.
+There is no fine-tune after the last step (that is the `finetune` stage's job).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+from torch.nn.utils import prune as torch_prune
+
+from stages.base import StageInput, StageOutput, StageSpec, check_choice, check_int, check_range
+from stages.checkpoint import build_model, from_model
+from stages.device import resolve_device
+from stages.errors import SqueezerayError
+from stages.masks import (
+    keep_masks,
+    layer_weight,
+    param_counts,
+    prunable_layers,
+    sparsity,
+    zero_masks,
+)
+from stages.tasks import Task
+from stages.training import accuracy, fit
+
+METHODS = ("l1_unstructured", "global", "structured", "random")
+FINETUNE_BATCH_SIZE = 64  # between gradual steps; the stage has no batch_size knob
+
+
+@dataclass(frozen=True)
+class PruneParams:
+    ratio: float = 0.5  # unstructured: fraction of zero weights; structured: of channels removed
+    method: str = "l1_unstructured"
+    steps: int = 1  # > 1: reach `ratio` gradually (cubic schedule) with fine-tuning between
+    finetune_epochs: int = 2  # CE epochs between gradual steps
+    lr: float = 1e-3  # of that fine-tuning
+
+    def __post_init__(self) -> None:
+        check_range("prune.ratio", self.ratio, low=0.0, high=1.0, high_inclusive=False)
+        check_choice("prune.method", self.method, METHODS)
+        check_int("prune.steps", self.steps, low=1)
+        check_int("prune.finetune_epochs", self.finetune_epochs, low=0)
+        check_range("prune.lr", self.lr, low=0.0, low_inclusive=False)
+
+
+def cubic_schedule(ratio: float, steps: int) -> list[float]:
+    """Target ratios after 0..steps steps: [0, ..., ratio], cubic (Zhu & Gupta 2017).
+
+    Same signature as torch-pruning's `linear_scheduler`, so MetaPruner can use it too.
+    """
+    return [ratio * (1.0 - (1.0 - k / steps) ** 3) for k in range(steps + 1)]
+
+
+def prune(inp: StageInput, params: PruneParams) -> StageOutput:
+    """Prune a copy of `inp.parent`; metrics: val_accuracy, sparsity, params_total/_nonzero."""
+    task = inp.task
+    if inp.parent is None:
+        raise SqueezerayError(
+            "stage 'prune' needs a parent checkpoint; put it after a training stage"
+        )
+    device = resolve_device(inp.device)
+    torch.manual_seed(inp.seed)
+    model = build_model(task, inp.parent).to(device)
+    recipe: dict[str, Any] = dict(inp.parent.recipe)
+    if params.ratio > 0.0:
+        if params.method == "structured":
+            _prune_structured(model, task, params, device=device, seed=inp.seed)
+        else:
+            _prune_unstructured(model, task, params, device=device, seed=inp.seed)
+            recipe["masked"] = True
+    model.eval()
+    total, nonzero = param_counts(model)
+    return StageOutput(
+        checkpoint=from_model(task, model, recipe),
+        metrics={
+            "val_accuracy": accuracy(model, task.val, device=device),
+            "sparsity": sparsity(model),
+            "params_total": float(total),
+            "params_nonzero": float(nonzero),
+        },
+    )
+
+
+# -- unstructured ---------------------------------------------------------------------------
+
+
+def _prune_unstructured(
+    model: nn.Module, task: Task, params: PruneParams, *, device: torch.device, seed: int
+) -> None:
+    targets = cubic_schedule(params.ratio, params.steps)[1:]
+    for step, target in enumerate(targets):
+        torch.manual_seed(seed + step)  # `random` draws from the global generator
+        prune_to(model, target, method=params.method)
+        if step < len(targets) - 1 and params.finetune_epochs > 0:
+            _finetune_keeping_zeros(model, task, params, device=device, seed=seed + step)
+
+
+def prune_to(model: nn.Module, ratio: float, *, method: str) -> None:
+    """Zero weights (in place) until the prunable layers hold `ratio` zeros; keep every zero.
+
+    The existing zeros are installed first as a `custom_from_mask`, so the pruning method only
+    ranks the weights still alive and the count of new zeros is exact (an int `amount`).
+    """
+    layers = [module for _, module in prunable_layers(model)]
+    if not layers:
+        raise SqueezerayError(
+            f"prune.method={method!r}: the model has no Linear/Conv layers to prune"
+        )
+    for module in layers:
+        torch_prune.custom_from_mask(module, "weight", mask=layer_weight(module).detach() != 0)
+    if method == "global":
+        total = sum(layer_weight(m).numel() for m in layers)
+        zeros = sum(_pruned_count(m) for m in layers)
+        extra = max(0, round(ratio * total) - zeros)
+        if extra > 0:
+            torch_prune.global_unstructured(
+                [(m, "weight") for m in layers],
+                pruning_method=torch_prune.L1Unstructured,
+                amount=extra,
+            )
+    else:
+        method_fn = (
+            torch_prune.l1_unstructured
+            if method == "l1_unstructured"
+            else torch_prune.random_unstructured
+        )
+        for module in layers:
+            extra = max(0, round(ratio * layer_weight(module).numel()) - _pruned_count(module))
+            if extra > 0:
+                method_fn(module, "weight", amount=extra)
+    for module in layers:
+        torch_prune.remove(module, "weight")  # weight = weight_orig * mask, hooks gone
+
+
+def _pruned_count(module: nn.Module) -> int:
+    """Zeros of the mask torch.nn.utils.prune installed on `module.weight`."""
+    mask = module.weight_mask
+    assert isinstance(mask, torch.Tensor)
+    return int((mask == 0).sum())
+
+
+def _finetune_keeping_zeros(
+    model: nn.Module, task: Task, params: PruneParams, *, device: torch.device, seed: int
+) -> None:
+    fit(
+        model,
+        task.train,
+        task.val,
+        epochs=params.finetune_epochs,
+        lr=params.lr,
+        batch_size=FINETUNE_BATCH_SIZE,
+        device=device,
+        seed=seed,
+        after_step=keep_masks(model, zero_masks(model)),
+    )
+
+
+# -- structured -----------------------------------------------------------------------------
+
+
+def _prune_structured(
+    model: nn.Module, task: Task, params: PruneParams, *, device: torch.device, seed: int
+) -> None:
+    import torch_pruning as tp
+
+    model.eval()  # tracing runs a forward pass: keep BatchNorm running stats untouched
+    example = task.example_input(2).to(device)
+    last = output_layer(model, example)
+    pruner = tp.pruner.MetaPruner(
+        model,
+        example,
+        importance=tp.importance.GroupMagnitudeImportance(p=2),
+        pruning_ratio=params.ratio,
+        pruning_ratio_dict=_keep_one_channel(model, params.ratio, ignored=last),
+        iterative_steps=params.steps,
+        iterative_pruning_ratio_scheduler=cubic_schedule,
+        ignored_layers=[last],
+    )
+    for step in range(params.steps):
+        pruner.step()
+        if step < params.steps - 1 and params.finetune_epochs > 0:
+            # zeros of a masked parent survive the slicing; keep them through the fine-tune
+            _finetune_keeping_zeros(model, task, params, device=device, seed=seed + step)
+            model.eval()
+
+
+def _keep_one_channel(
+    model: nn.Module, ratio: float, *, ignored: nn.Module
+) -> dict[nn.Module, float]:
+    """Per-layer ratios capped so that at least one neuron/channel survives.
+
+    MetaPruner keeps `int(n * (1 - ratio))` of a layer's n outputs; where that is 0 it skips
+    the layer altogether, so ratio 0.99 on an 8-channel conv would silently prune nothing.
+    """
+    ratios: dict[nn.Module, float] = {}
+    for _, module in prunable_layers(model):
+        if module is ignored:
+            continue
+        n_out = int(layer_weight(module).shape[0])
+        # n_out * (1 - r) must stay >= 1 after float rounding: a hair above 1 / n_out kept
+        ratios[module] = max(0.0, min(ratio, 1.0 - (1.0 + 1e-6) / n_out))
+    return ratios
+
+
+def output_layer(model: nn.Module, example: torch.Tensor) -> nn.Module:
+    """The Linear/Conv layer that runs last in a forward pass (the classifier)."""
+    order: list[nn.Module] = []
+    hooks = [
+        module.register_forward_hook(lambda m, _i, _o: order.append(m))
+        for _, module in prunable_layers(model)
+    ]
+    try:
+        with torch.no_grad():
+            model(example)
+    finally:
+        for hook in hooks:
+            hook.remove()
+    if not order:
+        raise SqueezerayError(
+            "prune.method='structured': the model runs no Linear/Conv layer, nothing to prune"
+        )
+    return order[-1]
+
+
+SPEC = StageSpec(name="prune", params=PruneParams, run=prune)
