@@ -1,0 +1,125 @@
+"""`squeezeray validate`: a summary and exit 0 on a good space; exit 2 naming the key and the
+value on every bad one, quickly and without importing ray."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+from typer.testing import CliRunner
+
+from orchestrator.cli import app
+from tests.orchestrator.test_config import BAD_CASES, _with, _write
+
+REPO = Path(__file__).resolve().parents[2]
+runner = CliRunner()
+
+# Run the CLI in a fresh interpreter and report, at exit, whether ray was ever imported.
+_PROBE = (
+    "import atexit, sys\n"
+    "atexit.register(lambda: print('RAY_IMPORTED=' + str('ray' in sys.modules), file=sys.stderr))\n"
+    "from orchestrator.cli import main\n"
+    "main()\n"
+)
+
+
+def _run_cli_subprocess(*args: str) -> tuple[subprocess.CompletedProcess[str], float]:
+    start = time.perf_counter()
+    proc = subprocess.run(
+        [sys.executable, "-c", _PROBE, *args],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    return proc, time.perf_counter() - start
+
+
+def test_validate_good_space_prints_summary(tmp_path: Path) -> None:
+    path = _write(tmp_path, _with())
+    result = runner.invoke(app, ["validate", str(path)])
+    assert result.exit_code == 0, result.output
+    for part in (
+        "task:",
+        "blobs",
+        "teacher -> distill -> prune",
+        "prune.ratio",
+        "uniform [0.0, 0.9]",
+        "choice [2.0, 4.0]",
+        "teacher.epochs",
+        "4 trials",
+        "is valid",
+    ):
+        assert part in result.stdout, part
+
+
+@pytest.mark.parametrize("name", ["default", "quick", "tiny", "digits-cnn"])
+def test_validate_packaged_space(name: str) -> None:
+    result = runner.invoke(app, ["validate", name])
+    assert result.exit_code == 0, result.output
+    assert "searched (" in result.stdout
+
+
+def test_validate_task_override() -> None:
+    result = runner.invoke(app, ["validate", "tiny", "--task", "digits"])
+    assert result.exit_code == 0, result.output
+    assert "task:         digits" in result.stdout
+    bad = runner.invoke(app, ["validate", "tiny", "--task", "digitz"])
+    assert bad.exit_code == 2
+    assert "--task" in bad.output and "'digitz'" in bad.output
+
+
+@pytest.mark.parametrize(("case", "content", "parts"), BAD_CASES, ids=[c[0] for c in BAD_CASES])
+def test_validate_bad_space_exits_2(
+    tmp_path: Path, case: str, content: dict[str, Any] | str, parts: list[str]
+) -> None:
+    path = _write(tmp_path, content)
+    result = runner.invoke(app, ["validate", str(path)])
+    assert result.exit_code == 2, result.output
+    output = " ".join(result.output.split())  # the message is one line, whatever the width
+    assert "error:" in output
+    assert str(path) in output
+    for part in parts:
+        assert " ".join(part.split()) in output, f"{part!r} not in {output!r}"
+
+
+def test_validate_missing_file(tmp_path: Path) -> None:
+    result = runner.invoke(app, ["validate", str(tmp_path / "nope.yaml")])
+    assert result.exit_code == 2
+    assert "nope.yaml" in result.output and "no such file" in result.output
+
+
+def test_validate_subprocess_fails_fast_without_ray(tmp_path: Path) -> None:
+    bad = _write(tmp_path, _with(params__prune__ratio={"uniform": [0.0, 1.2]}), "bad.yaml")
+    proc, seconds = _run_cli_subprocess("validate", str(bad))
+    assert proc.returncode == 2, proc.stderr
+    assert "params.prune.ratio" in proc.stderr and "1.2" in proc.stderr
+    assert "RAY_IMPORTED=False" in proc.stderr
+    # Python + torch start-up dominates; a loaded 2-core machine still answers in seconds.
+    assert seconds < 10, f"validate took {seconds:.1f} s"
+
+    good = _write(tmp_path, _with(), "good.yaml")
+    proc, seconds = _run_cli_subprocess("validate", str(good))
+    assert proc.returncode == 0, proc.stderr
+    assert "is valid" in proc.stdout
+    assert "RAY_IMPORTED=False" in proc.stderr
+    assert seconds < 10, f"validate took {seconds:.1f} s"
+
+
+def test_load_space_subprocess_imports_no_ray() -> None:
+    code = (
+        "import sys\n"
+        "from orchestrator.config import load_space\n"
+        "for name in ('default', 'quick', 'tiny', 'digits-cnn'):\n"
+        "    load_space(name)\n"
+        "print('ray' in sys.modules)\n"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=60
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == "False"
