@@ -3,6 +3,7 @@ value on every bad one, quickly and without importing ray."""
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 import time
@@ -108,6 +109,35 @@ def test_validate_subprocess_fails_fast_without_ray(tmp_path: Path) -> None:
     assert "is valid" in proc.stdout
     assert "RAY_IMPORTED=False" in proc.stderr
     assert seconds < 10, f"validate took {seconds:.1f} s"
+
+
+def test_whole_bad_battery_in_fresh_process_never_imports_ray(tmp_path: Path) -> None:
+    # One interpreter runs `validate` on every bad file (CliRunner), then reports each exit
+    # code, the slowest run and whether ray was ever imported.
+    paths = [_write(tmp_path, content, f"{case}.yaml") for case, content, _ in BAD_CASES]
+    code = (
+        "import json, sys, time\n"
+        "from typer.testing import CliRunner\n"
+        "from orchestrator.cli import app\n"
+        "codes, slowest = [], 0.0\n"
+        "for path in sys.argv[1:]:\n"
+        "    start = time.perf_counter()\n"
+        "    codes.append(CliRunner().invoke(app, ['validate', path]).exit_code)\n"
+        "    slowest = max(slowest, time.perf_counter() - start) if codes[1:] else 0.0\n"
+        "print(json.dumps({'codes': codes, 'slowest_s': slowest, 'ray': 'ray' in sys.modules}))\n"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", code, *map(str, paths)],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 0, proc.stderr
+    report = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert report["codes"] == [2] * len(BAD_CASES)
+    assert report["ray"] is False
+    assert report["slowest_s"] < 5  # after the first (imports), each check is instant
 
 
 def test_load_space_subprocess_imports_no_ray() -> None:
