@@ -4,6 +4,7 @@ with a SqueezerayError naming the file, the key and the value, and nothing impor
 from __future__ import annotations
 
 import math
+import pickle
 import sys
 from pathlib import Path
 from typing import Any
@@ -432,9 +433,10 @@ def test_metrics_match_results_schema() -> None:
     assert set(METRICS) == set(METRIC_COLUMNS)
 
 
-def test_search_space_is_frozen() -> None:
+def test_search_space_is_frozen_and_pickles() -> None:
     space = load_space("tiny")
     assert isinstance(space, SearchSpace)
+    assert pickle.loads(pickle.dumps(space)) == space  # it may travel to Ray workers
     with pytest.raises(AttributeError):
         space.task = "digits"  # type: ignore[misc]
 
