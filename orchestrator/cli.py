@@ -27,7 +27,9 @@ class _SqueezerayGroup(TyperGroup):
         try:
             return super().invoke(ctx)
         except SqueezerayError as exc:
-            console.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
+            from rich.markup import escape
+
+            console.print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False, soft_wrap=True)
             raise typer.Exit(2) from exc
 
 

@@ -242,7 +242,7 @@ def write_manifest(store: Storage, sweep: PreparedSweep, *, status: str) -> None
     data = {
         "sweep_id": sweep.sweep_id,
         "name": space.name,
-        "space_source": space.source,
+        "space_source": str(Path(space.source).resolve()),
         "task": space.task,
         "trials": space.search.trials,
         "seed": space.search.seed,
