@@ -1,0 +1,221 @@
+"""Low-rank stage: truncated-SVD factorisation of Linear layers (seed 001's LowRankDecomposer).
+
+A Linear W: (out, in) becomes `nn.Sequential(Linear(in, r, bias=False), Linear(r, out))` at the
+same name, so its state_dict keys are `<name>.0.weight`, `<name>.1.weight`, `<name>.1.bias`.
+The recipe records `"lowrank": {name: r}`; `factorize_layers` replays it on a fresh model so
+`stages.checkpoint.build_model` rebuilds the same structure before loading the weights.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from stages.base import StageInput, StageOutput, StageSpec, check_int, check_range
+from stages.checkpoint import ModelCheckpoint, build_model, from_model, set_submodule
+from stages.device import resolve_device
+from stages.errors import SqueezerayError
+from stages.training import accuracy, fit
+
+# The optional fine-tune has only `epochs` in the params contract; these are the finetune
+# stage's defaults, which suit a short CE recovery of a factorised model.
+FINETUNE_LR = 1e-3
+FINETUNE_BATCH_SIZE = 64
+
+
+@dataclass(frozen=True)
+class LowRankParams:
+    """rank_ratio 1.0 skips the stage; r = max(1, round(rank_ratio * min(out, in)))."""
+
+    rank_ratio: float = 1.0
+    min_features: int = 16  # layers with min(out, in) below this are left alone
+    epochs: int = 0  # CE fine-tune epochs after factorising (0 = none)
+
+    def __post_init__(self) -> None:
+        check_range("lowrank.rank_ratio", self.rank_ratio, low=0.0, high=1.0, low_inclusive=False)
+        check_int("lowrank.min_features", self.min_features, low=1)
+        check_int("lowrank.epochs", self.epochs, low=0)
+
+
+def target_rank(out_features: int, in_features: int, rank_ratio: float) -> int:
+    return max(1, round(rank_ratio * min(out_features, in_features)))
+
+
+def reduces_params(out_features: int, in_features: int, rank: int) -> bool:
+    """Two factors (r*in + out*r weights) are smaller than W (out*in); the bias is the same."""
+    return rank * (in_features + out_features) < out_features * in_features
+
+
+def _is_plain_linear(module: nn.Module) -> bool:
+    # Exact type only: Linear subclasses such as MultiheadAttention's out_proj are read
+    # directly by their owner (`.weight`), so replacing them with a Sequential would break it.
+    return type(module) is nn.Linear
+
+
+def factorized_linear(
+    in_features: int, out_features: int, rank: int, *, bias: bool
+) -> nn.Sequential:
+    """The factorised structure with untrained weights: x (B, in) -> (B, r) -> (B, out)."""
+    return nn.Sequential(
+        nn.Linear(in_features, rank, bias=False),
+        nn.Linear(rank, out_features, bias=bias),
+    )
+
+
+@torch.no_grad()
+def svd_factorize(layer: nn.Linear, rank: int) -> nn.Sequential:
+    """Best rank-r approximation of `layer` (Eckart-Young), split as W ≈ (U√S)(√S Vh).
+
+    The singular values are shared evenly between the factors (the seed puts them all on the
+    first), which keeps both factors on the same scale for a later fine-tune or LoRA.
+    """
+    weight = layer.weight.detach().to(torch.float64)  # (out, in); float64 for a clean SVD
+    u, s, vh = torch.linalg.svd(weight, full_matrices=False)  # u (out, k), s (k,), vh (k, in)
+    root = s[:rank].sqrt()
+    first = root[:, None] * vh[:rank]  # (r, in)
+    second = u[:, :rank] * root[None, :]  # (out, r)
+    device, dtype = layer.weight.device, layer.weight.dtype
+    down = nn.Linear(layer.in_features, rank, bias=False, device=device, dtype=dtype)
+    up = nn.Linear(
+        rank, layer.out_features, bias=layer.bias is not None, device=device, dtype=dtype
+    )
+    down.weight.copy_(first)
+    up.weight.copy_(second)
+    if layer.bias is not None:
+        up.bias.copy_(layer.bias)
+    return nn.Sequential(down, up)  # same layout as factorized_linear
+
+
+def factorize_layers(model: nn.Module, ranks: dict[str, int]) -> nn.Module:
+    """Replace each named Linear by its (untrained) two-factor structure, in place; return model.
+
+    Names are processed shallowest first, so a factor of an earlier factorisation (`net.0.0`)
+    can itself be in `ranks` after `net.0`. Used by `build_model` to replay a recipe.
+    """
+    for name in sorted(ranks, key=lambda n: n.count(".")):
+        rank = ranks[name]
+        try:
+            module = model.get_submodule(name)
+        except AttributeError as exc:
+            raise SqueezerayError(
+                f"recipe lowrank names layer {name!r}, which the model does not have"
+            ) from exc
+        if not isinstance(module, nn.Linear):
+            raise SqueezerayError(
+                f"recipe lowrank names layer {name!r}, a {type(module).__name__}; "
+                "only nn.Linear layers can be factorised"
+            )
+        limit = min(module.in_features, module.out_features)
+        if not 1 <= rank <= limit:
+            raise SqueezerayError(
+                f"recipe lowrank[{name!r}]={rank} is out of range; accepted: [1, {limit}]"
+            )
+        new = factorized_linear(
+            module.in_features, module.out_features, rank, bias=module.bias is not None
+        )
+        set_submodule(model, name, new)
+    return model
+
+
+def count_params(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+def _keep_zeros(model: nn.Module) -> Callable[[], None]:
+    """Re-zeroing closure for a masked parent: the layers SVD left alone keep their zeros."""
+    masks = [
+        (module.weight, module.weight.detach() != 0)
+        for module in model.modules()
+        if isinstance(module, nn.Linear | nn.Conv1d | nn.Conv2d | nn.Conv3d)
+    ]
+
+    @torch.no_grad()
+    def apply() -> None:
+        for weight, mask in masks:
+            weight.mul_(mask)
+
+    return apply
+
+
+def lowrank(inp: StageInput, params: LowRankParams) -> StageOutput:
+    """Factorise every large-enough Linear whose rank-r factors are smaller than it.
+
+    A masked (unstructured-pruned) parent stays `masked`: factorised layers become dense
+    factors, the layers left alone keep their zeros (also through the fine-tune).
+    """
+    parent = _require_parent(inp)
+    task = inp.task
+    device = resolve_device(inp.device)
+    torch.manual_seed(inp.seed)
+    model = build_model(task, parent)
+    params_before = count_params(model)
+
+    if params.rank_ratio == 1.0:  # the search's "no low-rank" choice: a plain copy
+        acc = accuracy(model.to(device), task.val, device=device)
+        return StageOutput(
+            checkpoint=from_model(task, model, parent.recipe),
+            metrics={
+                "val_accuracy": acc,
+                "params_total_before": float(params_before),
+                "params_total_after": float(params_before),
+                "layers_factorized": 0.0,
+            },
+        )
+
+    ranks: dict[str, int] = {}
+    for name, module in list(model.named_modules()):
+        if not _is_plain_linear(module):
+            continue
+        assert isinstance(module, nn.Linear)
+        out_f, in_f = module.out_features, module.in_features
+        if min(out_f, in_f) < params.min_features:
+            continue
+        rank = target_rank(out_f, in_f, params.rank_ratio)
+        if reduces_params(out_f, in_f, rank):
+            set_submodule(model, name, svd_factorize(module, rank))
+            ranks[name] = rank
+
+    recipe = dict(parent.recipe)
+    if ranks:
+        recipe["lowrank"] = {**(parent.recipe.get("lowrank") or {}), **ranks}
+    model.to(device)
+    metrics = {
+        "params_total_before": float(params_before),
+        "params_total_after": float(count_params(model)),
+        "layers_factorized": float(len(ranks)),
+        "val_accuracy_svd": accuracy(model, task.val, device=device),
+    }
+    if params.epochs > 0:
+        keep = _keep_zeros(model) if parent.recipe.get("masked") else None
+        fit(
+            model,
+            task.train,
+            task.val,
+            epochs=params.epochs,
+            lr=FINETUNE_LR,
+            batch_size=FINETUNE_BATCH_SIZE,
+            device=device,
+            seed=inp.seed,
+            after_step=keep,
+        )
+    metrics["val_accuracy"] = accuracy(model, task.val, device=device)
+    return StageOutput(checkpoint=from_model(task, model, recipe), metrics=metrics)
+
+
+def _require_parent(inp: StageInput) -> ModelCheckpoint:
+    if inp.parent is None:
+        raise SqueezerayError("stage lowrank needs a parent checkpoint (StageInput.parent is None)")
+    if inp.parent.quantize != "none":
+        raise SqueezerayError(
+            f"stage lowrank got a quantized parent (quantize={inp.parent.quantize!r}); "
+            "lowrank runs on float models, before quantize in the pipeline"
+        )
+    return inp.parent
+
+
+SPEC = StageSpec(name="lowrank", params=LowRankParams, run=lowrank)
+
+__all__ = ["SPEC", "LowRankParams", "factorize_layers", "lowrank", "svd_factorize"]
