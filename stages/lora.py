@@ -215,7 +215,7 @@ def lora(inp: StageInput, params: LoraParams) -> StageOutput:
 
     if params.rank == 0:  # the search's "no LoRA" choice: a plain copy
         return StageOutput(
-            checkpoint=from_model(task, model, parent.recipe),
+            checkpoint=from_model(task, model, copy.deepcopy(parent.recipe)),
             metrics={
                 "val_accuracy": acc_before,
                 "val_accuracy_before": acc_before,
@@ -263,7 +263,7 @@ def lora(inp: StageInput, params: LoraParams) -> StageOutput:
     model.requires_grad_(True)
     return StageOutput(
         # Merged: plain Linears again, so the parent's recipe (lowrank, masked) still holds.
-        checkpoint=from_model(task, model, parent.recipe),
+        checkpoint=from_model(task, model, copy.deepcopy(parent.recipe)),
         metrics={
             "val_accuracy": accuracy(model, task.val, device=device),
             "val_accuracy_before": acc_before,

@@ -8,6 +8,7 @@ The recipe records `"lowrank": {name: r}`; `factorize_layers` replays it on a fr
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -156,7 +157,7 @@ def lowrank(inp: StageInput, params: LowRankParams) -> StageOutput:
     if params.rank_ratio == 1.0:  # the search's "no low-rank" choice: a plain copy
         acc = accuracy(model.to(device), task.val, device=device)
         return StageOutput(
-            checkpoint=from_model(task, model, parent.recipe),
+            checkpoint=from_model(task, model, copy.deepcopy(parent.recipe)),
             metrics={
                 "val_accuracy": acc,
                 "params_total_before": float(params_before),
@@ -178,7 +179,7 @@ def lowrank(inp: StageInput, params: LowRankParams) -> StageOutput:
             set_submodule(model, name, svd_factorize(module, rank))
             ranks[name] = rank
 
-    recipe = dict(parent.recipe)
+    recipe = copy.deepcopy(parent.recipe)
     if ranks:
         recipe["lowrank"] = {**(parent.recipe.get("lowrank") or {}), **ranks}
     model.to(device)
