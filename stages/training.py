@@ -114,7 +114,7 @@ def fit(
             optimizer.step()
             if after_step is not None:
                 after_step()
-            total += float(loss) * int(y.numel())
+            total += loss.item() * int(y.numel())
             n += int(y.numel())
         last_loss = total / max(n, 1)
         if restore_best:
