@@ -15,6 +15,7 @@ An ONNX Runtime artifact (`runtime == "onnxruntime"`) carries the ONNX model byt
 from __future__ import annotations
 
 import io
+from collections import OrderedDict
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -119,9 +120,23 @@ def build_model(task: Task, ckpt: ModelCheckpoint) -> nn.Module:
         from stages.quantize import rebuild_quantized
 
         model = rebuild_quantized(task, model, ckpt.state_dict, mode)
-    model.load_state_dict(ckpt.state_dict)
+    model.load_state_dict(_with_versions(ckpt.state_dict, model))
     model.eval()
     return model
+
+
+def _with_versions(state: dict[str, Any], model: nn.Module) -> dict[str, Any]:
+    """`state` with `_metadata` (per-module format versions) taken from the rebuilt model.
+
+    A plain dict (from_model, from_bytes) has none, and quantized Linear/Conv then read the
+    state as their oldest format (KeyError '<layer>.weight'). The checkpoint was written by the
+    same code, so the rebuilt modules' versions are the right ones.
+    """
+    if getattr(state, "_metadata", None) is not None:
+        return state
+    versioned: OrderedDict[str, Any] = OrderedDict(state)
+    setattr(versioned, "_metadata", getattr(model.state_dict(), "_metadata", None))  # noqa: B010
+    return versioned
 
 
 def resize_to_state(model: nn.Module, state: dict[str, torch.Tensor]) -> None:

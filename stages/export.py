@@ -1,0 +1,157 @@
+"""Stage `export`: choose the deployment runtime (`export.runtime`).
+
+- `eager`: the torch module as `build_model` rebuilds it.
+- `torchscript`: the module traced and frozen at load (`stages.runtime`); checked here, so a
+  model that does not trace fails in this stage with its name rather than at measurement.
+- `onnxruntime`: ONNX export (`torch.onnx.export(dynamo=True)`, the legacy TorchScript-based
+  exporter as fallback) with a dynamic batch axis; the bytes travel in `ModelCheckpoint.onnx`,
+  the float state_dict stays beside them. A torch-quantized model cannot be exported to ONNX
+  (`torch.export` rejects quantized ops): quantize with `quantize.mode=onnx_int8` instead.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, replace
+
+import torch
+from torch import nn
+
+from stages.base import StageInput, StageOutput, StageSpec, check_choice
+from stages.checkpoint import RUNTIMES, ModelCheckpoint, build_model
+from stages.errors import SqueezerayError
+from stages.quantize import TORCH_INT8_MODES
+from stages.tasks import Task
+
+ONNX_INPUT = "x"
+ONNX_OUTPUT = "logits"
+
+
+@dataclass(frozen=True)
+class ExportParams:
+    runtime: str = "eager"
+
+    def __post_init__(self) -> None:
+        check_choice("export.runtime", self.runtime, RUNTIMES)
+
+
+@contextmanager
+def quiet_logging() -> Iterator[None]:
+    """Mute warnings and WARNING-level log lines (the ONNX exporter's 'torchvision is not
+    installed', ORT's 'consider pre-processing') for the block; the previous state returns."""
+    previous = logging.root.manager.disable
+    logging.disable(logging.WARNING)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        logging.disable(previous)
+
+
+def to_onnx_bytes(model: nn.Module, example_input: torch.Tensor) -> bytes:
+    """Serialized ONNX model of `model` (eval mode), input "x" with a dynamic batch axis.
+
+    The dynamo exporter comes first (it folds BatchNorm into Conv and was the fastest in ONNX
+    Runtime here); a model it cannot export goes through the legacy exporter.
+    """
+    model = model.eval()
+    if example_input.shape[0] < 2:  # torch.export specializes a size-1 dim: use >= 2 rows
+        example_input = torch.cat([example_input, example_input])
+    try:
+        batch = torch.export.Dim("batch")
+        with quiet_logging():
+            program = torch.onnx.export(
+                model,
+                (example_input,),
+                dynamo=True,
+                input_names=[ONNX_INPUT],
+                output_names=[ONNX_OUTPUT],
+                dynamic_shapes=({0: batch},),
+                verbose=False,
+            )
+        if program is None:
+            raise RuntimeError("the dynamo exporter returned no program")
+        return bytes(program.model_proto.SerializeToString())
+    except Exception as dynamo_error:
+        buf = io.BytesIO()
+        try:
+            with quiet_logging():
+                torch.onnx.export(
+                    model,
+                    (example_input,),
+                    buf,  # type: ignore[arg-type]  # file-like works (legacy exporter)
+                    dynamo=False,
+                    input_names=[ONNX_INPUT],
+                    output_names=[ONNX_OUTPUT],
+                    dynamic_axes={ONNX_INPUT: {0: "batch"}, ONNX_OUTPUT: {0: "batch"}},
+                )
+        except Exception as legacy_error:
+            raise SqueezerayError(
+                f"export.runtime=onnxruntime: ONNX export failed with both exporters "
+                f"(dynamo: {dynamo_error}; legacy: {legacy_error}); use export.runtime=eager "
+                "or torchscript for this model"
+            ) from legacy_error
+        return buf.getvalue()
+
+
+def export(inp: StageInput, params: ExportParams) -> StageOutput:
+    """Set the deployment runtime; metrics: val_accuracy in [0, 1] through that runtime."""
+    from stages.runtime import make_predictor
+
+    parent = inp.parent
+    if parent is None:
+        raise SqueezerayError("stage export needs a parent checkpoint (a trained model)")
+    task = inp.task
+    runtime = params.runtime
+    if parent.runtime == "onnxruntime" and parent.onnx is not None:
+        # quantize.mode=onnx_int8 already produced the ONNX Runtime artifact.
+        if runtime != "onnxruntime":
+            raise SqueezerayError(
+                f"export.runtime={runtime!r} cannot deploy quantize.mode={parent.quantize!r} "
+                "(an ONNX Runtime int8 model); accepted: export.runtime=onnxruntime, or another "
+                "quantize.mode"
+            )
+        ckpt = parent
+    elif runtime == "onnxruntime":
+        if parent.quantize in TORCH_INT8_MODES:
+            raise SqueezerayError(
+                f"export.runtime=onnxruntime cannot export a torch-quantized model "
+                f"(quantize.mode={parent.quantize!r}): quantized torch ops do not go through "
+                "torch.export; use quantize.mode=onnx_int8 to quantize for ONNX Runtime, or "
+                "export.runtime=eager/torchscript"
+            )
+        model = build_model(task, parent)
+        onnx_bytes = to_onnx_bytes(model, task.example_input(2))
+        ckpt = replace(parent.with_recipe(runtime="onnxruntime"), onnx=onnx_bytes)
+        _check_same_outputs(task, model, ckpt)
+    else:
+        ckpt = replace(parent.with_recipe(runtime=runtime), onnx=None)
+        if runtime == "torchscript":
+            _check_same_outputs(task, build_model(task, parent), ckpt)
+    predictor = make_predictor(task, ckpt)
+    return StageOutput(ckpt, {"val_accuracy": predictor.accuracy(task.val)})
+
+
+def _check_same_outputs(task: Task, model: nn.Module, ckpt: ModelCheckpoint) -> None:
+    """The exported runtime must compute what the eager model computes (up to float noise)."""
+    from stages.runtime import make_predictor
+
+    predictor = make_predictor(task, ckpt)  # raises a SqueezerayError naming the combination
+    x = task.example_input(min(16, len(task.test)))  # type: ignore[arg-type]
+    with torch.no_grad():
+        expected = model(x)
+    got = predictor(x)
+    if got.shape != expected.shape or not torch.allclose(got, expected, rtol=1e-3, atol=1e-4):
+        diff = (got - expected).abs().max().item() if got.shape == expected.shape else "shape"
+        raise SqueezerayError(
+            f"export.runtime={ckpt.runtime!r} (quantize.mode={ckpt.quantize!r}) gives other "
+            f"outputs than the eager model (max abs diff {diff}); use export.runtime=eager"
+        )
+
+
+SPEC = StageSpec(name="export", params=ExportParams, run=export)

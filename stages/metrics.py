@@ -1,0 +1,272 @@
+"""The honest metrics of a checkpoint, measured in the runtime it deploys to.
+
+- accuracy: top-1 on the task's test split, in [0, 1], through the checkpoint's runtime.
+- size_bytes: bytes of the zstd-compressed (level 19) deployed artifact: the ONNX model for
+  ONNX Runtime, else `torch.save(state_dict)`. zstd makes zeros (sparsity) cheap and int8
+  weights take a quarter of float32, so both show.
+- params_total / params_nonzero: counts of weight and bias elements (int8 ones included).
+- latency: milliseconds per call, median and p90 of many single-thread batch-1 calls after a
+  warm-up (timing noise measured here: 8-11% single thread, 23-36% with two threads).
+"""
+
+from __future__ import annotations
+
+import gc
+import io
+import re
+import time
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import zstandard
+
+from stages.base import check_int
+from stages.checkpoint import ModelCheckpoint
+from stages.runtime import Predictor, make_predictor
+from stages.tasks import Task
+
+ZSTD_LEVEL = 19  # near-max ratio; a digits model compresses in milliseconds
+_LATENCY_DISTINCT_INPUTS = 32  # cycle through this many test batches, not one cached input
+
+
+@dataclass(frozen=True)
+class LatencyResult:
+    """Per-call wall time of `repeats` calls, in milliseconds."""
+
+    median_ms: float
+    p90_ms: float
+    mean_ms: float
+    repeats: int
+    batch_size: int
+    runtime: str
+
+
+@dataclass(frozen=True)
+class ModelMetrics:
+    """One trial's objectives. accuracy in [0, 1]; size in bytes; latency in ms (None when
+    not measured)."""
+
+    accuracy: float
+    size_bytes: int
+    params_total: int
+    params_nonzero: int
+    latency_ms: float | None
+    latency_ms_p90: float | None
+    runtime: str
+
+
+# -- accuracy ------------------------------------------------------------------------------
+
+
+def accuracy(task: Task, ckpt: ModelCheckpoint) -> float:
+    """Top-1 accuracy in [0, 1] on the test split, through the checkpoint's runtime."""
+    return make_predictor(task, ckpt).accuracy(task.test)
+
+
+# -- size ----------------------------------------------------------------------------------
+
+
+def deployed_bytes(ckpt: ModelCheckpoint) -> bytes:
+    """The uncompressed deployed artifact: ONNX bytes (onnxruntime) or torch.save(state_dict)."""
+    if ckpt.runtime == "onnxruntime" and ckpt.onnx is not None:
+        return ckpt.onnx
+    buf = io.BytesIO()
+    torch.save(ckpt.state_dict, buf)
+    return buf.getvalue()
+
+
+def size_bytes(ckpt: ModelCheckpoint) -> int:
+    """Size in bytes of the zstd(level 19)-compressed deployed artifact."""
+    return len(zstandard.ZstdCompressor(level=ZSTD_LEVEL).compress(deployed_bytes(ckpt)))
+
+
+# -- parameter counts ----------------------------------------------------------------------
+
+# state_dict entries that are bookkeeping, not parameters: BN statistics, quantization scales
+# and zero points (per layer `net.0.scale`, per activation `net_0_input_scale_0`).
+_NOT_PARAMS = {"running_mean", "running_var", "num_batches_tracked", "scale", "zero_point"}
+_ACTIVATION_QPARAM = re.compile(r"_(scale|zero_point)_\d+$")
+_PACKED_SUFFIX = "._packed_params._packed_params"
+
+
+def count_params(ckpt: ModelCheckpoint) -> tuple[int, int]:
+    """(params_total, params_nonzero): element counts of the deployed weights and biases.
+
+    torch checkpoints: every float or quantized tensor of the state_dict except BN statistics
+    and quantization scales/zero points; packed quantized Linear (weight, bias) tuples are
+    unpacked; an int8 element counts as zero when it dequantizes to 0 (its int value equals the
+    zero point), so weights that int8 rounds to zero count as zeros. ONNX checkpoints: the
+    float and int8 initializers of rank >= 1 except `*_scale`/`*_zero_point`.
+    """
+    if ckpt.runtime == "onnxruntime" and ckpt.onnx is not None:
+        return _count_onnx(ckpt.onnx)
+    total = nonzero = 0
+    for key, value in ckpt.state_dict.items():
+        if key.endswith(_PACKED_SUFFIX) and isinstance(value, tuple):
+            tensors = [t for t in value if isinstance(t, torch.Tensor)]
+        elif isinstance(value, torch.Tensor):
+            leaf = key.rsplit(".", 1)[-1]
+            if leaf in _NOT_PARAMS or _ACTIVATION_QPARAM.search(leaf):
+                continue
+            tensors = [value]
+        else:
+            continue  # dtypes and other packed metadata
+        for t in tensors:
+            n, nz = _count_tensor(t)
+            total += n
+            nonzero += nz
+    return total, nonzero
+
+
+def _count_tensor(t: torch.Tensor) -> tuple[int, int]:
+    if t.is_quantized:
+        return t.numel(), int((t.dequantize() != 0).sum())
+    if not t.is_floating_point():
+        return 0, 0  # integer buffers (counters, indices) are not parameters
+    return t.numel(), int((t != 0).sum())
+
+
+def _count_onnx(onnx_bytes: bytes) -> tuple[int, int]:
+    import onnx
+    from onnx import numpy_helper
+
+    model = onnx.load_from_string(onnx_bytes)
+    total = nonzero = 0
+    for init in model.graph.initializer:
+        if init.name.endswith(("_scale", "_zero_point")):
+            continue
+        array = numpy_helper.to_array(init)
+        # int64 initializers are shapes/axes; rank-0 ones are constants, not weights
+        if array.ndim == 0 or array.dtype.kind not in "fiu" or array.dtype == np.int64:
+            continue
+        total += int(array.size)
+        nonzero += int(np.count_nonzero(array))
+    return total, nonzero
+
+
+# -- latency -------------------------------------------------------------------------------
+
+
+def measure_latency(
+    task: Task,
+    ckpt: ModelCheckpoint,
+    *,
+    batch_size: int = 1,
+    warmup: int = 50,
+    repeats: int = 300,
+    threads: int = 1,
+) -> LatencyResult:
+    """Milliseconds per forward call in the checkpoint's runtime (median, p90, mean).
+
+    Runs with `threads` torch threads (restored afterwards) and `threads` ONNX Runtime intra-op
+    threads; inputs are `batch_size` rows of the test split (cycling through a few batches);
+    `warmup` untimed calls first, then `repeats` calls each timed with `perf_counter_ns`.
+    """
+    check_int("threads", threads, low=1)
+    previous = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        predictor = make_predictor(task, ckpt, threads=threads)
+        return _time_calls(predictor, task, batch_size=batch_size, warmup=warmup, repeats=repeats)
+    finally:
+        torch.set_num_threads(previous)
+
+
+def throughput(
+    task: Task,
+    ckpt: ModelCheckpoint,
+    *,
+    batch_size: int = 256,
+    warmup: int = 5,
+    repeats: int = 30,
+    threads: int = 1,
+) -> float:
+    """Samples per second at `batch_size` (from the median call time)."""
+    result = measure_latency(
+        task, ckpt, batch_size=batch_size, warmup=warmup, repeats=repeats, threads=threads
+    )
+    return batch_size / (result.median_ms / 1e3)
+
+
+def _time_calls(
+    predictor: Predictor, task: Task, *, batch_size: int, warmup: int, repeats: int
+) -> LatencyResult:
+    check_int("latency.batch_size", batch_size, low=1)
+    check_int("latency.warmup", warmup, low=0)
+    check_int("latency.repeats", repeats, low=1)
+    inputs = [predictor.prepare(x) for x in _test_batches(task, batch_size)]
+    for i in range(warmup):
+        predictor.run_native(inputs[i % len(inputs)])
+    times_ns = np.empty(repeats, dtype=np.int64)
+    gc_was_enabled = gc.isenabled()
+    gc.disable()  # a collection inside a timed call is noise, not the model's latency
+    try:
+        for i in range(repeats):
+            native = inputs[i % len(inputs)]
+            start = time.perf_counter_ns()
+            predictor.run_native(native)
+            times_ns[i] = time.perf_counter_ns() - start
+    finally:
+        if gc_was_enabled:
+            gc.enable()
+    times_ms = times_ns / 1e6
+    return LatencyResult(
+        median_ms=float(np.median(times_ms)),
+        p90_ms=float(np.percentile(times_ms, 90)),
+        mean_ms=float(times_ms.mean()),
+        repeats=repeats,
+        batch_size=batch_size,
+        runtime=predictor.runtime,
+    )
+
+
+def _test_batches(task: Task, batch_size: int) -> list[torch.Tensor]:
+    """A few distinct (batch_size, *input_shape) batches from the test split (wrapping)."""
+    n = len(task.test)  # type: ignore[arg-type]
+    xs = torch.stack([torch.as_tensor(task.test[i][0]) for i in range(n)]).float()
+    count = max(1, min(_LATENCY_DISTINCT_INPUTS, n // batch_size))
+    return [xs[(torch.arange(batch_size) + j * batch_size) % n] for j in range(count)]
+
+
+# -- everything at once --------------------------------------------------------------------
+
+
+def evaluate(
+    task: Task,
+    ckpt: ModelCheckpoint,
+    *,
+    latency: bool = True,
+    threads: int = 1,
+    warmup: int = 50,
+    repeats: int = 300,
+) -> ModelMetrics:
+    """All trial metrics of a checkpoint, one predictor built for accuracy and latency.
+
+    accuracy on the test split in [0, 1]; size_bytes (zstd of the deployed artifact);
+    params; latency_ms / latency_ms_p90 = median / p90 ms of single-thread batch-1 calls
+    (None when `latency=False`).
+    """
+    check_int("threads", threads, low=1)
+    previous = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        predictor = make_predictor(task, ckpt, threads=threads)
+        acc = predictor.accuracy(task.test)
+        timing = (
+            _time_calls(predictor, task, batch_size=1, warmup=warmup, repeats=repeats)
+            if latency
+            else None
+        )
+    finally:
+        torch.set_num_threads(previous)
+    total, nonzero = count_params(ckpt)
+    return ModelMetrics(
+        accuracy=acc,
+        size_bytes=size_bytes(ckpt),
+        params_total=total,
+        params_nonzero=nonzero,
+        latency_ms=timing.median_ms if timing else None,
+        latency_ms_p90=timing.p90_ms if timing else None,
+        runtime=predictor.runtime,
+    )

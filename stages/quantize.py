@@ -1,0 +1,348 @@
+"""Stage `quantize`: int8 weights (and activations) for CPU deployment.
+
+Modes (`quantize.mode`):
+
+- `none`: a copy.
+- `dynamic_int8`: `torch.ao.quantization.quantize_dynamic` on every `nn.Linear` (int8 weights,
+  activations quantized on the fly). Conv layers stay float.
+- `static_int8`: FX graph mode post-training quantization (`prepare_fx`/`convert_fx`, the x86
+  backend's default qconfig mapping) calibrated on `calibration_batches` batches of 64 from the
+  train split. FX fuses Conv+BN+ReLU and Linear+ReLU itself, so plain `nn.Sequential` models
+  and conv nets need no QuantStub edits.
+- `qat`: FX quantization-aware training (`prepare_qat_fx`), `qat_epochs` of CE fine-tuning with
+  fake quantization, then `convert_fx`.
+- `onnx_int8`: ONNX export of the float model, then ONNX Runtime's dynamic quantization (QInt8
+  weights). The checkpoint deploys to ONNX Runtime: its `onnx` bytes are the int8 model, its
+  state_dict keeps the float weights for reference (so `build_model` still gives the float
+  eager model); `stages.metrics.size_bytes` measures the ONNX bytes.
+
+Zeros stay zeros: int8 weights are symmetric (zero point 0), so an exact float zero quantizes
+to an exact int8 zero in every mode; QAT re-applies a masked parent's zero pattern after every
+optimizer step (matched by parameter name; best effort for user models whose fused modules
+rename parameters).
+
+A torch-quantized model runs on CPU only, so this stage always works on CPU.
+
+Checkpoints stay `weights_only`-loadable: a quantized state_dict holds int8 tensors, packed
+(weight, bias) tuples, scales/zero points (activation ones included, as FX registers them as
+buffers) and dtypes. `rebuild_quantized` re-creates the module structure from a fresh float
+model; `quantize` checks that the rebuilt model reproduces its outputs exactly.
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+import tempfile
+import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, replace
+from typing import Any
+
+import torch
+from torch import nn
+from torch.utils.data import DataLoader
+
+from stages.base import StageInput, StageOutput, StageSpec, check_choice, check_int, check_range
+from stages.checkpoint import ModelCheckpoint, build_model, resize_to_state, set_submodule
+from stages.errors import SqueezerayError
+from stages.tasks import Task
+from stages.training import accuracy, fit
+
+QUANTIZE_MODES = ("none", "dynamic_int8", "static_int8", "qat", "onnx_int8")
+TORCH_INT8_MODES = ("dynamic_int8", "static_int8", "qat")  # torch-quantized: eager/TorchScript only
+FX_BACKEND = "x86"  # fbgemm + onednn kernels; the default engine of x86 torch builds
+CALIBRATION_BATCH_SIZE = 64
+QAT_BATCH_SIZE = 64
+_PACKED_SUFFIX = "._packed_params._packed_params"  # quantized Linear: (int8 weight, bias)
+
+
+@dataclass(frozen=True)
+class QuantizeParams:
+    mode: str = "none"
+    calibration_batches: int = 8  # static_int8: batches of 64 train samples
+    qat_epochs: int = 3
+    lr: float = 1e-4  # QAT fine-tuning: small, the float model is already trained
+
+    def __post_init__(self) -> None:
+        check_choice("quantize.mode", self.mode, QUANTIZE_MODES)
+        check_int("quantize.calibration_batches", self.calibration_batches, low=1)
+        check_int("quantize.qat_epochs", self.qat_epochs, low=1)
+        check_range("quantize.lr", self.lr, low=0.0, low_inclusive=False)
+
+
+@contextmanager
+def quiet_ao() -> Iterator[None]:
+    """Silence torch.ao's deprecation (and observer) warnings for the block only."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        yield
+
+
+def _qconfig_mapping(mode: str) -> Any:
+    from torch.ao.quantization import (
+        get_default_qat_qconfig_mapping,
+        get_default_qconfig_mapping,
+    )
+
+    if mode == "qat":
+        return get_default_qat_qconfig_mapping(FX_BACKEND)
+    return get_default_qconfig_mapping(FX_BACKEND)
+
+
+def _dynamic(model: nn.Module) -> nn.Module:
+    from torch.ao.quantization import quantize_dynamic
+
+    with quiet_ao():
+        return quantize_dynamic(model, {nn.Linear}, dtype=torch.qint8)  # type: ignore[no-any-return]
+
+
+def _prepare(model: nn.Module, mode: str, example: torch.Tensor) -> nn.Module:
+    """FX prepare (static: observers; qat: fake-quant, model in train mode)."""
+    from torch.ao.quantization.quantize_fx import prepare_fx, prepare_qat_fx
+
+    with quiet_ao():
+        if mode == "qat":
+            return prepare_qat_fx(model.train(), _qconfig_mapping(mode), (example,))
+        return prepare_fx(model.eval(), _qconfig_mapping(mode), (example,))
+
+
+def _convert(prepared: nn.Module) -> nn.Module:
+    from torch.ao.quantization.quantize_fx import convert_fx
+
+    with quiet_ao():
+        converted = convert_fx(prepared.eval())  # type: ignore[arg-type]
+    return converted.eval()
+
+
+# -- rebuilding a quantized module from a fresh float model -------------------------------
+
+
+def rebuild_quantized(
+    task: Task, float_model: nn.Module, state_dict: dict[str, Any], mode: str
+) -> nn.Module:
+    """The quantized module structure of `mode`, ready for `load_state_dict(state_dict)`.
+
+    `float_model` is the task's fresh model (low-rank factors already applied); its layers are
+    first resized to the float shapes the quantized state came from (structured pruning), then
+    quantized again the same way. Values do not matter here: weights, biases and every scale
+    and zero point (activations included) are in `state_dict` and load over it.
+    """
+    check_choice("quantize.mode", mode, QUANTIZE_MODES)
+    model = float_model.eval()
+    if mode in ("none", "onnx_int8"):  # onnx_int8 keeps the float weights in its state_dict
+        resize_to_state(model, state_dict)
+        return model
+    _resize_to_quantized_state(model, state_dict)
+    if mode == "dynamic_int8":
+        return _dynamic(model)
+    example = task.example_input(1)
+    prepared = _prepare(model, mode, example)
+    # One pass so the observers hold finite values (else convert warns); the values are
+    # replaced by the saved scales and zero points right after.
+    prepared.eval()
+    with torch.no_grad(), quiet_ao():
+        prepared(example)
+    return _convert(prepared)
+
+
+def _resize_to_quantized_state(model: nn.Module, state: dict[str, Any]) -> None:
+    """Resize Linear/Conv/BN to the float shapes behind a quantized state_dict (in place)."""
+    shapes: dict[str, torch.Tensor] = {}
+    for key, value in state.items():
+        if key.endswith(_PACKED_SUFFIX) and isinstance(value, tuple):
+            name = key[: -len(_PACKED_SUFFIX)]
+            weight, bias = value
+            shapes[f"{name}.weight"] = torch.empty(tuple(weight.shape))
+            if bias is not None:
+                shapes[f"{name}.bias"] = torch.empty(tuple(bias.shape))
+        elif isinstance(value, torch.Tensor):
+            shapes[key] = value  # only the shape is read
+    resize_to_state(model, shapes)
+    _resize_folded_batchnorms(model, state)
+
+
+def _resize_folded_batchnorms(model: nn.Module, state: dict[str, Any]) -> None:
+    """A BatchNorm folded into its conv left no keys: size it to that conv's out channels."""
+    modules = dict(model.named_modules())
+    folded = [
+        name
+        for name, m in modules.items()
+        if isinstance(m, nn.modules.batchnorm._BatchNorm)
+        and not any(k.startswith(f"{name}.") for k in state)
+    ]
+    if not folded:
+        return
+    graph = torch.fx.symbolic_trace(model).graph
+    for node in graph.nodes:
+        if node.op != "call_module" or node.target not in folded or not node.args:
+            continue
+        source = node.args[0]
+        if not isinstance(source, torch.fx.Node) or source.op != "call_module":
+            continue
+        conv = modules.get(str(source.target))
+        bn = modules[str(node.target)]
+        if (
+            isinstance(conv, nn.modules.conv._ConvNd)
+            and isinstance(bn, nn.modules.batchnorm._BatchNorm)
+            and bn.num_features != conv.out_channels
+        ):
+            new = type(bn)(conv.out_channels, eps=bn.eps, momentum=bn.momentum)
+            set_submodule(model, str(node.target), new)
+
+
+# -- the stage ------------------------------------------------------------------------------
+
+
+def quantize(inp: StageInput, params: QuantizeParams) -> StageOutput:
+    """Quantize the parent model per `params.mode`; metrics: val_accuracy in [0, 1]."""
+    parent = inp.parent
+    if parent is None:
+        raise SqueezerayError("stage quantize needs a parent checkpoint (a trained model)")
+    if parent.quantize != "none" or parent.onnx is not None:
+        raise SqueezerayError(
+            f"quantize.mode={params.mode!r}: the parent is already quantized or exported "
+            f"(quantize={parent.quantize!r}, runtime={parent.runtime!r}); quantize a float model"
+        )
+    task = inp.task
+    if params.mode == "none":
+        ckpt = parent.with_recipe(quantize="none")
+        model = build_model(task, ckpt)
+        return StageOutput(ckpt, {"val_accuracy": _val_accuracy(task, model)})
+    if params.mode == "onnx_int8":
+        return _quantize_onnx(task, parent)
+
+    float_model = build_model(task, parent)  # fresh module, CPU, eval
+    if params.mode == "dynamic_int8":
+        quantized = _dynamic(float_model)
+    elif params.mode == "static_int8":
+        quantized = _static(task, float_model, params, seed=inp.seed)
+    else:
+        quantized = _qat(task, float_model, parent, params, seed=inp.seed)
+    quantized.eval()
+    recipe: dict[str, Any] = {"quantize": params.mode}
+    if params.mode != "dynamic_int8":
+        recipe["quantize_backend"] = FX_BACKEND
+    with quiet_ao():  # deep-copying int8 tensors warns of TypedStorage deprecation
+        state = copy.deepcopy(quantized.state_dict())  # holds packed tuples: no .detach()
+    ckpt = ModelCheckpoint(task=task.name, state_dict=state, recipe={**parent.recipe, **recipe})
+    _check_rebuild(task, quantized, ckpt)
+    return StageOutput(ckpt, {"val_accuracy": _val_accuracy(task, quantized)})
+
+
+def _static(task: Task, model: nn.Module, params: QuantizeParams, *, seed: int) -> nn.Module:
+    prepared = _prepare(model, "static_int8", task.example_input(1))
+    loader = DataLoader(
+        task.train,
+        batch_size=CALIBRATION_BATCH_SIZE,
+        shuffle=True,
+        generator=torch.Generator().manual_seed(seed),
+    )
+    with torch.no_grad(), quiet_ao():
+        for i, (x, _y) in enumerate(loader):
+            if i >= params.calibration_batches:
+                break
+            prepared(x.float())
+    return _convert(prepared)
+
+
+def _qat(
+    task: Task,
+    model: nn.Module,
+    parent: ModelCheckpoint,
+    params: QuantizeParams,
+    *,
+    seed: int,
+) -> nn.Module:
+    prepared = _prepare(model, "qat", task.example_input(2))
+    masks = _zero_masks(prepared, parent) if parent.recipe.get("masked") else {}
+
+    def keep_zeros() -> None:
+        with torch.no_grad():
+            for p, mask in masks.values():
+                p.mul_(mask)
+
+    keep_zeros()
+    with quiet_ao():
+        fit(
+            prepared,
+            task.train,
+            task.val,
+            epochs=params.qat_epochs,
+            lr=params.lr,
+            batch_size=QAT_BATCH_SIZE,
+            device=torch.device("cpu"),
+            seed=seed,
+            after_step=keep_zeros if masks else None,
+        )
+    return _convert(prepared)
+
+
+def _zero_masks(
+    prepared: nn.Module, parent: ModelCheckpoint
+) -> dict[str, tuple[nn.Parameter, torch.Tensor]]:
+    """{name: (QAT parameter, 0/1 mask)} for parent weights with exact zeros, matched by name."""
+    masks: dict[str, tuple[nn.Parameter, torch.Tensor]] = {}
+    for name, p in prepared.named_parameters():
+        saved = parent.state_dict.get(name)
+        if saved is None or saved.dim() < 2 or tuple(saved.shape) != tuple(p.shape):
+            continue
+        mask = (saved != 0).to(p.dtype)
+        if bool((mask == 0).any()):
+            masks[name] = (p, mask)
+    return masks
+
+
+def _quantize_onnx(task: Task, parent: ModelCheckpoint) -> StageOutput:
+    from stages.export import to_onnx_bytes
+    from stages.runtime import make_predictor
+
+    float_model = build_model(task, parent)
+    float_onnx = to_onnx_bytes(float_model, task.example_input(2))
+    int8_onnx = ort_quantize_dynamic(float_onnx)
+    ckpt = replace(parent.with_recipe(quantize="onnx_int8", runtime="onnxruntime"), onnx=int8_onnx)
+    predictor = make_predictor(task, ckpt)
+    return StageOutput(ckpt, {"val_accuracy": predictor.accuracy(task.val)})
+
+
+def ort_quantize_dynamic(onnx_bytes: bytes) -> bytes:
+    """ONNX Runtime dynamic quantization (per-tensor QInt8 weights) of an ONNX model."""
+    import onnx
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    from stages.export import quiet_logging
+
+    model = onnx.load_from_string(onnx_bytes)
+    with tempfile.TemporaryDirectory() as tmp, quiet_logging():
+        out = os.path.join(tmp, "int8.onnx")
+        quantize_dynamic(model, out, weight_type=QuantType.QInt8)
+        with open(out, "rb") as f:
+            return f.read()
+
+
+def _check_rebuild(task: Task, quantized: nn.Module, ckpt: ModelCheckpoint) -> None:
+    """A checkpoint that does not rebuild exactly would be silently wrong later: fail now."""
+    try:
+        rebuilt = build_model(task, ckpt)
+    except Exception as exc:  # a user model FX handles once but not from a fresh copy
+        raise SqueezerayError(
+            f"quantize.mode={ckpt.quantize!r}: the quantized model cannot be rebuilt from its "
+            f"state_dict ({exc}); use quantize.mode=dynamic_int8 or onnx_int8 for this model"
+        ) from exc
+    x = task.example_input(min(8, len(task.test)))  # type: ignore[arg-type]
+    with torch.no_grad():
+        same = torch.equal(quantized(x), rebuilt(x))
+    if not same:
+        raise SqueezerayError(
+            f"quantize.mode={ckpt.quantize!r}: the model rebuilt from the checkpoint gives other "
+            "outputs than the quantized model (some quantization state is not in its "
+            "state_dict); use quantize.mode=dynamic_int8 or onnx_int8 for this model"
+        )
+
+
+def _val_accuracy(task: Task, model: nn.Module) -> float:
+    return accuracy(model, task.val, device=torch.device("cpu"))
+
+
+SPEC = StageSpec(name="quantize", params=QuantizeParams, run=quantize)

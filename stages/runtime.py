@@ -1,0 +1,145 @@
+"""Deployment runtimes: a checkpoint as a callable `(x: Tensor) -> logits Tensor`.
+
+- `eager`: `build_model` (torch module in eval mode, CPU), run under `torch.inference_mode`.
+- `torchscript`: that module traced on two test inputs and frozen (`torch.jit.freeze` inlines
+  the weights; scripting fails on FX-quantized GraphModules, tracing works for float, dynamic-
+  and static-int8 models).
+- `onnxruntime`: an `InferenceSession` on `ckpt.onnx`, CPU provider, sequential execution,
+  `threads` intra-op threads and one inter-op thread.
+
+Torch's thread count is process-wide: the torch runtimes use whatever `torch.set_num_threads`
+holds when they run (`stages.metrics.measure_latency` sets and restores it); only ONNX
+Runtime takes `threads` at construction.
+
+`prepare` + `run_native` split the call so latency is timed on the runtime's own call, without
+the (zero-copy) tensor <-> numpy conversion ONNX Runtime needs.
+"""
+
+from __future__ import annotations
+
+import warnings
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, Dataset
+
+from stages.base import check_int
+from stages.checkpoint import ModelCheckpoint, build_model
+from stages.errors import SqueezerayError
+from stages.tasks import Task
+
+
+class Predictor:
+    """Logits of a checkpoint in its runtime. x: (B, *input_shape) float -> (B, num_classes)."""
+
+    runtime: str
+
+    def prepare(self, x: torch.Tensor) -> Any:
+        """The runtime's native input for `x` (done once, outside any timing)."""
+        raise NotImplementedError
+
+    def run_native(self, native: Any) -> Any:
+        """One forward pass on a prepared input; returns the runtime's native output."""
+        raise NotImplementedError
+
+    def to_tensor(self, out: Any) -> torch.Tensor:
+        raise NotImplementedError
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        return self.to_tensor(self.run_native(self.prepare(x)))
+
+    def accuracy(self, dataset: Dataset, *, batch_size: int = 256) -> float:
+        """Top-1 accuracy in [0, 1] on a dataset of (x, y) pairs."""
+        correct = total = 0
+        for x, y in DataLoader(dataset, batch_size=batch_size, shuffle=False):
+            pred = self(x).argmax(dim=1)
+            correct += int((pred == y).sum())
+            total += int(y.numel())
+        return correct / max(total, 1)
+
+
+class TorchPredictor(Predictor):
+    """An eager or TorchScript module (CPU)."""
+
+    def __init__(self, module: nn.Module | torch.jit.ScriptModule, runtime: str) -> None:
+        self.module = module
+        self.runtime = runtime
+
+    def prepare(self, x: torch.Tensor) -> torch.Tensor:
+        return x.detach().to("cpu", torch.float32).contiguous()
+
+    def run_native(self, native: torch.Tensor) -> torch.Tensor:
+        with torch.inference_mode():
+            return self.module(native)  # type: ignore[no-any-return]
+
+    def to_tensor(self, out: torch.Tensor) -> torch.Tensor:
+        return out
+
+
+class OnnxPredictor(Predictor):
+    """An ONNX Runtime session on the checkpoint's ONNX bytes."""
+
+    runtime = "onnxruntime"
+
+    def __init__(self, onnx_bytes: bytes, *, threads: int) -> None:
+        import onnxruntime as ort
+
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = threads
+        options.inter_op_num_threads = 1
+        options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+        options.log_severity_level = 3  # errors only
+        self.session = ort.InferenceSession(
+            onnx_bytes, sess_options=options, providers=["CPUExecutionProvider"]
+        )
+        self.input_name = self.session.get_inputs()[0].name
+        self.output_names = [self.session.get_outputs()[0].name]
+
+    def prepare(self, x: torch.Tensor) -> dict[str, np.ndarray]:
+        array = np.ascontiguousarray(x.detach().to("cpu", torch.float32).numpy())
+        return {self.input_name: array}
+
+    def run_native(self, native: dict[str, np.ndarray]) -> np.ndarray:
+        return self.session.run(self.output_names, native)[0]  # type: ignore[no-any-return]
+
+    def to_tensor(self, out: np.ndarray) -> torch.Tensor:
+        return torch.from_numpy(np.asarray(out))
+
+
+def make_predictor(task: Task, ckpt: ModelCheckpoint, *, threads: int = 1) -> Predictor:
+    """The checkpoint's runtime as a Predictor (`threads`: ONNX Runtime intra-op threads)."""
+    check_int("threads", threads, low=1)
+    runtime = ckpt.runtime
+    if runtime == "onnxruntime":
+        if ckpt.onnx is None:
+            raise SqueezerayError(
+                "runtime='onnxruntime' but the checkpoint has no ONNX bytes; run the export "
+                "stage with export.runtime=onnxruntime (or quantize.mode=onnx_int8)"
+            )
+        return OnnxPredictor(ckpt.onnx, threads=threads)
+    model = build_model(task, ckpt)
+    if runtime == "eager":
+        return TorchPredictor(model, "eager")
+    if runtime == "torchscript":
+        return TorchPredictor(_trace_and_freeze(task, model, ckpt), "torchscript")
+    raise SqueezerayError(
+        f"runtime={runtime!r} is not a runtime; accepted: eager, torchscript, onnxruntime"
+    )
+
+
+def _trace_and_freeze(
+    task: Task, model: nn.Module, ckpt: ModelCheckpoint
+) -> torch.jit.ScriptModule:
+    example = task.example_input(min(2, len(task.test)))  # type: ignore[arg-type]
+    try:
+        with warnings.catch_warnings(), torch.no_grad():
+            warnings.simplefilter("ignore")  # TorchScript deprecation, tracer warnings
+            traced = torch.jit.trace(model.eval(), example)
+            return torch.jit.freeze(traced.eval())
+    except Exception as exc:  # any tracing failure is a model/runtime mismatch to report
+        raise SqueezerayError(
+            f"export.runtime='torchscript' does not work for this model with "
+            f"quantize.mode={ckpt.quantize!r}: {exc}; use export.runtime=eager"
+        ) from exc

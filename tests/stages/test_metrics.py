@@ -1,0 +1,188 @@
+"""metrics: size shows sparsity and int8, counts are exact, latency is sane and tidy."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from torch import nn
+
+from stages.base import StageInput
+from stages.checkpoint import ModelCheckpoint, from_model
+from stages.export import ExportParams, export
+from stages.metrics import (
+    LatencyResult,
+    ModelMetrics,
+    accuracy,
+    count_params,
+    evaluate,
+    measure_latency,
+    size_bytes,
+    throughput,
+)
+from stages.quantize import QuantizeParams, quantize
+from stages.tasks import Task, load_task
+from stages.training import accuracy as eager_accuracy
+from stages.training import fit
+
+CPU = torch.device("cpu")
+WARMUP, REPEATS = 5, 40
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
+@pytest.fixture(scope="module")
+def digits() -> Task:
+    return load_task("digits")
+
+
+@pytest.fixture(scope="module")
+def student(digits: Task) -> tuple[nn.Module, ModelCheckpoint]:
+    model = digits.build("student")
+    fit(model, digits.train, digits.val, epochs=10, lr=3e-3, batch_size=64, device=CPU, seed=0)
+    return model, from_model(digits, model, {"arch": "student"})
+
+
+def _zero_half(ckpt: ModelCheckpoint) -> ModelCheckpoint:
+    """Every weight matrix with its smaller-magnitude half set to zero (same shapes)."""
+    state = {}
+    for key, value in ckpt.state_dict.items():
+        if value.dim() == 2:
+            value = value * (value.abs() > value.abs().median())
+        state[key] = value
+    return ModelCheckpoint(ckpt.task, state, {**ckpt.recipe, "masked": True})
+
+
+def test_sparse_model_is_smaller_than_dense(student: tuple[nn.Module, ModelCheckpoint]) -> None:
+    _, dense = student
+    sparse = _zero_half(dense)
+    assert size_bytes(sparse) < 0.8 * size_bytes(dense)
+    total, nonzero = count_params(sparse)
+    assert total == count_params(dense)[0]
+    assert nonzero < 0.6 * total
+
+
+def test_count_params_on_a_hand_made_model() -> None:
+    torch.manual_seed(0)
+    first, last = nn.Linear(4, 3), nn.Linear(3, 2)
+    model = nn.Sequential(first, nn.ReLU(), last)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.copy_(torch.rand_like(p) + 0.5)  # no accidental zeros
+        first.weight[0, :] = 0.0  # 4 zeros
+        first.bias[1] = 0.0  # 1 zero
+        last.weight[1, 2] = 0.0  # 1 zero
+    ckpt = ModelCheckpoint("hand", {k: v.clone() for k, v in model.state_dict().items()})
+    assert count_params(ckpt) == (4 * 3 + 3 + 3 * 2 + 2, 23 - 6)
+
+
+def test_count_params_skips_batchnorm_statistics() -> None:
+    cnn = load_task("digits-cnn")
+    model = cnn.build("student")
+    ckpt = from_model(cnn, model, {"arch": "student"})
+    total = sum(p.numel() for p in model.parameters())
+    nonzero = sum(int((p != 0).sum()) for p in model.parameters())  # fresh BN biases are 0
+    assert nonzero < total
+    assert count_params(ckpt) == (total, nonzero)
+
+
+def test_count_params_of_int8_and_onnx_agree_with_float(
+    digits: Task, student: tuple[nn.Module, ModelCheckpoint]
+) -> None:
+    _, dense = student
+    sparse = _zero_half(dense)
+    total, nonzero = count_params(sparse)
+    dynamic = quantize(StageInput(task=digits, parent=sparse), QuantizeParams(mode="dynamic_int8"))
+    q_total, q_nonzero = count_params(dynamic.checkpoint)
+    assert q_total == total
+    assert q_nonzero <= nonzero  # int8 keeps every zero; tiny weights may round to zero too
+    assert q_nonzero > 0.9 * nonzero
+    onnx = export(StageInput(task=digits, parent=sparse), ExportParams(runtime="onnxruntime"))
+    assert count_params(onnx.checkpoint) == (total, nonzero)
+
+
+def test_size_of_onnx_checkpoint_measures_the_onnx_bytes(
+    digits: Task, student: tuple[nn.Module, ModelCheckpoint]
+) -> None:
+    _, dense = student
+    onnx = export(StageInput(task=digits, parent=dense), ExportParams(runtime="onnxruntime"))
+    ckpt = onnx.checkpoint
+    assert ckpt.onnx is not None
+    assert size_bytes(ckpt) <= len(ckpt.onnx)
+    without_state = ModelCheckpoint(ckpt.task, {}, ckpt.recipe, onnx=ckpt.onnx)
+    assert size_bytes(without_state) == size_bytes(ckpt)  # the state_dict is not deployed
+
+
+def test_accuracy_matches_the_training_loop(
+    digits: Task, student: tuple[nn.Module, ModelCheckpoint]
+) -> None:
+    model, ckpt = student
+    assert accuracy(digits, ckpt) == pytest.approx(eager_accuracy(model, digits.test, device=CPU))
+    assert accuracy(digits, ckpt) > 0.85
+
+
+@pytest.mark.parametrize("runtime", ["eager", "torchscript", "onnxruntime"])
+def test_latency_is_positive_ordered_and_restores_threads(
+    runtime: str, digits: Task, student: tuple[nn.Module, ModelCheckpoint]
+) -> None:
+    _, ckpt = student
+    if runtime != "eager":
+        ckpt = export(
+            StageInput(task=digits, parent=ckpt), ExportParams(runtime=runtime)
+        ).checkpoint
+    torch.set_num_threads(2)
+    try:
+        result = measure_latency(digits, ckpt, warmup=WARMUP, repeats=REPEATS)
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(1)
+    assert isinstance(result, LatencyResult)
+    assert result.runtime == runtime
+    assert (result.repeats, result.batch_size) == (REPEATS, 1)
+    assert 0.0 < result.median_ms <= result.p90_ms
+    assert result.mean_ms > 0.0
+    assert result.median_ms < 50.0  # a 64-64-32-10 MLP: microseconds, not tens of ms
+
+
+def test_latency_restores_threads_when_the_runtime_fails(digits: Task) -> None:
+    broken = ModelCheckpoint("digits", {}, {"arch": "student", "runtime": "onnxruntime"})
+    torch.set_num_threads(2)
+    try:
+        with pytest.raises(Exception, match="no ONNX bytes"):
+            measure_latency(digits, broken, warmup=WARMUP, repeats=REPEATS)
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(1)
+
+
+def test_throughput_grows_with_batch(
+    digits: Task, student: tuple[nn.Module, ModelCheckpoint]
+) -> None:
+    _, ckpt = student
+    one = throughput(digits, ckpt, batch_size=1, warmup=5, repeats=40)
+    many = throughput(digits, ckpt, batch_size=128, warmup=2, repeats=10)
+    assert 0.0 < one < many
+
+
+def test_evaluate_reports_every_objective(
+    digits: Task, student: tuple[nn.Module, ModelCheckpoint]
+) -> None:
+    _, ckpt = student
+    metrics = evaluate(digits, ckpt, warmup=WARMUP, repeats=REPEATS)
+    assert isinstance(metrics, ModelMetrics)
+    assert metrics.accuracy == accuracy(digits, ckpt)
+    assert metrics.size_bytes == size_bytes(ckpt)
+    assert (metrics.params_total, metrics.params_nonzero) == count_params(ckpt)
+    assert metrics.latency_ms is not None and metrics.latency_ms_p90 is not None
+    assert 0.0 < metrics.latency_ms <= metrics.latency_ms_p90
+    assert metrics.runtime == "eager"
+    no_latency = evaluate(digits, ckpt, latency=False)
+    assert no_latency.latency_ms is None and no_latency.latency_ms_p90 is None
+    assert not math.isnan(no_latency.accuracy)

@@ -1,0 +1,235 @@
+"""quantize: every mode on the digits MLP and the digits ConvNet, checkpoint round trips."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+import torch
+from torch import nn
+
+from stages.base import StageInput
+from stages.checkpoint import ModelCheckpoint, build_model, from_model, set_submodule
+from stages.errors import SqueezerayError
+from stages.metrics import accuracy, count_params, size_bytes
+from stages.quantize import QUANTIZE_MODES, SPEC, QuantizeParams, quantize
+from stages.tasks import Task, load_task
+from stages.training import fit
+
+CPU = torch.device("cpu")
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """Tiny models run fastest single-threaded, and the test machine is shared."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
+def _train(task: Task, model: nn.Module, *, epochs: int, arch: str) -> ModelCheckpoint:
+    fit(model, task.train, task.val, epochs=epochs, lr=1e-3, batch_size=64, device=CPU, seed=0)
+    return from_model(task, model, {"arch": arch})
+
+
+@pytest.fixture(scope="module")
+def digits() -> Task:
+    return load_task("digits")
+
+
+@pytest.fixture(scope="module")
+def cnn() -> Task:
+    return load_task("digits-cnn")
+
+
+@pytest.fixture(scope="module")
+def digits_teacher(digits: Task) -> ModelCheckpoint:
+    return _train(digits, digits.build("teacher"), epochs=20, arch="teacher")
+
+
+@pytest.fixture(scope="module")
+def cnn_teacher(cnn: Task) -> ModelCheckpoint:
+    return _train(cnn, cnn.build("teacher"), epochs=3, arch="teacher")
+
+
+@pytest.fixture(scope="module")
+def masked_student(digits: Task) -> ModelCheckpoint:
+    """A digits student with the smaller half of every Linear weight set to zero."""
+    model = digits.build("student")
+    fit(model, digits.train, digits.val, epochs=10, lr=3e-3, batch_size=64, device=CPU, seed=0)
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, nn.Linear):
+                m.weight.mul_(m.weight.abs() > m.weight.abs().median())
+    return from_model(digits, model, {"arch": "student", "masked": True})
+
+
+def _run(task: Task, parent: ModelCheckpoint, **params: object) -> ModelCheckpoint:
+    out = quantize(StageInput(task=task, parent=parent), SPEC.make_params(params))
+    assert 0.0 <= out.metrics["val_accuracy"] <= 1.0
+    return out.checkpoint
+
+
+def _outputs(task: Task, ckpt: ModelCheckpoint) -> torch.Tensor:
+    from stages.runtime import make_predictor
+
+    return make_predictor(task, ckpt)(task.example_input(32))
+
+
+def _assert_round_trip(task: Task, ckpt: ModelCheckpoint) -> None:
+    """Bytes -> torch.load(weights_only=True) -> rebuilt model gives identical outputs."""
+    loaded = ModelCheckpoint.from_bytes(ckpt.to_bytes())
+    assert loaded.recipe == ckpt.recipe
+    assert torch.equal(_outputs(task, ckpt), _outputs(task, loaded))
+
+
+def _quantized_weights(model: nn.Module) -> dict[str, torch.Tensor]:
+    """{layer: dequantized int8 weight} of every torch-quantized Linear/Conv."""
+    found = {}
+    for name, m in model.named_modules():
+        weight = getattr(m, "weight", None)
+        if callable(weight) and not isinstance(weight, torch.Tensor):
+            w = weight()
+            assert w.dtype == torch.qint8
+            found[name] = w.dequantize()
+    return found
+
+
+# -- params ---------------------------------------------------------------------------------
+
+
+def test_params_reject_unknown_mode_naming_key_and_choices() -> None:
+    with pytest.raises(SqueezerayError) as err:
+        QuantizeParams(mode="int4")
+    message = str(err.value)
+    assert "quantize.mode='int4'" in message
+    for mode in QUANTIZE_MODES:
+        assert mode in message
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [("calibration_batches", 0), ("qat_epochs", 0), ("lr", 0.0), ("calibration_batches", 1.5)],
+)
+def test_params_reject_out_of_range(field: str, value: object) -> None:
+    with pytest.raises(SqueezerayError, match=re.escape(f"quantize.{field}")):
+        QuantizeParams(**{field: value})  # type: ignore[arg-type]
+
+
+def test_make_params_rejects_unknown_key() -> None:
+    with pytest.raises(SqueezerayError, match=re.escape("quantize.modes is not a parameter")):
+        SPEC.make_params({"modes": "none"})
+
+
+# -- modes ----------------------------------------------------------------------------------
+
+
+def test_none_is_an_identical_copy(digits: Task, digits_teacher: ModelCheckpoint) -> None:
+    ckpt = _run(digits, digits_teacher, mode="none")
+    assert ckpt.quantize == "none"
+    assert torch.equal(_outputs(digits, ckpt), _outputs(digits, digits_teacher))
+
+
+def test_dynamic_int8_shrinks_teacher_3x_within_one_point(
+    digits: Task, digits_teacher: ModelCheckpoint
+) -> None:
+    ckpt = _run(digits, digits_teacher, mode="dynamic_int8")
+    assert ckpt.quantize == "dynamic_int8"
+    assert size_bytes(digits_teacher) >= 3 * size_bytes(ckpt)
+    assert abs(accuracy(digits, ckpt) - accuracy(digits, digits_teacher)) <= 0.01
+    assert set(_quantized_weights(build_model(digits, ckpt))) == {"net.0", "net.2", "net.4"}
+    _assert_round_trip(digits, ckpt)
+
+
+@pytest.mark.parametrize("mode", ["static_int8", "qat"])
+@pytest.mark.parametrize("task_name", ["digits", "digits-cnn"])
+def test_fx_int8_modes_work_on_mlp_and_convnet(
+    mode: str,
+    task_name: str,
+    digits: Task,
+    cnn: Task,
+    digits_teacher: ModelCheckpoint,
+    cnn_teacher: ModelCheckpoint,
+) -> None:
+    task, parent = (digits, digits_teacher) if task_name == "digits" else (cnn, cnn_teacher)
+    ckpt = _run(task, parent, mode=mode, calibration_batches=4, qat_epochs=1)
+    assert ckpt.quantize == mode
+    model = build_model(task, ckpt)
+    weights = _quantized_weights(model)
+    expected_layers = 3 if task_name == "digits" else 4  # convnet: 2 conv (BN folded) + 2 linear
+    assert len(weights) == expected_layers
+    assert not any(isinstance(m, nn.BatchNorm2d) for m in model.modules())  # folded into conv
+    assert abs(accuracy(task, ckpt) - accuracy(task, parent)) <= 0.03
+    assert size_bytes(ckpt) * 3 < size_bytes(parent)
+    _assert_round_trip(task, ckpt)
+
+
+def test_onnx_int8_is_smaller_than_float_onnx(
+    digits: Task, digits_teacher: ModelCheckpoint
+) -> None:
+    from stages.export import ExportParams, export
+
+    ckpt = _run(digits, digits_teacher, mode="onnx_int8")
+    assert (ckpt.quantize, ckpt.runtime) == ("onnx_int8", "onnxruntime")
+    assert ckpt.onnx is not None
+    float_onnx = export(
+        StageInput(task=digits, parent=digits_teacher), ExportParams(runtime="onnxruntime")
+    ).checkpoint
+    assert size_bytes(ckpt) < size_bytes(float_onnx)
+    assert len(ckpt.onnx) * 3 < len(float_onnx.onnx or b"")
+    assert abs(accuracy(digits, ckpt) - accuracy(digits, digits_teacher)) <= 0.01
+    _assert_round_trip(digits, ckpt)
+
+
+@pytest.mark.parametrize("mode", ["dynamic_int8", "static_int8", "qat"])
+def test_masked_zeros_stay_zero(mode: str, digits: Task, masked_student: ModelCheckpoint) -> None:
+    ckpt = _run(digits, masked_student, mode=mode, qat_epochs=2)
+    weights = _quantized_weights(build_model(digits, ckpt))
+    for layer, w_q in weights.items():
+        zero = masked_student.state_dict[f"{layer}.weight"] == 0
+        assert bool(zero.any())
+        assert bool((w_q[zero] == 0).all()), layer
+    total, nonzero = count_params(ckpt)
+    float_total, float_nonzero = count_params(masked_student)
+    assert total == float_total
+    assert nonzero <= float_nonzero
+    assert ckpt.recipe["masked"] is True
+
+
+def test_qat_without_mask_changes_weights(digits: Task, digits_teacher: ModelCheckpoint) -> None:
+    """QAT trains: its int8 weights differ from post-training static quantization's."""
+    static = build_model(digits, _run(digits, digits_teacher, mode="static_int8"))
+    qat = build_model(digits, _run(digits, digits_teacher, mode="qat", qat_epochs=1, lr=1e-3))
+    ws, wq = _quantized_weights(static), _quantized_weights(qat)
+    assert any(not torch.equal(ws[k], wq[k]) for k in ws)
+
+
+def _narrow_cnn(task: Task) -> nn.Module:
+    """The digits-cnn student with its first conv block cut from 8 to 5 channels, as a
+    structured pruner leaves it."""
+    model = task.build("student")
+    set_submodule(model, "features.0", nn.Conv2d(1, 5, kernel_size=3, padding=1))
+    set_submodule(model, "features.1", nn.BatchNorm2d(5))
+    set_submodule(model, "features.4", nn.Conv2d(5, 16, kernel_size=3, padding=1))
+    return model
+
+
+@pytest.mark.parametrize("mode", ["dynamic_int8", "static_int8"])
+def test_structurally_pruned_convnet_rebuilds(mode: str, cnn: Task) -> None:
+    parent = _train(cnn, _narrow_cnn(cnn), epochs=2, arch="student")
+    ckpt = _run(cnn, parent, mode=mode, calibration_batches=2)
+    _assert_round_trip(cnn, ckpt)
+    assert accuracy(cnn, ckpt) > 0.5
+
+
+def test_rejects_a_quantized_parent(digits: Task, digits_teacher: ModelCheckpoint) -> None:
+    once = _run(digits, digits_teacher, mode="dynamic_int8")
+    with pytest.raises(SqueezerayError, match="already quantized"):
+        _run(digits, once, mode="static_int8")
+
+
+def test_same_seed_same_weights(digits: Task, digits_teacher: ModelCheckpoint) -> None:
+    a = _run(digits, digits_teacher, mode="static_int8", calibration_batches=2)
+    b = _run(digits, digits_teacher, mode="static_int8", calibration_batches=2)
+    assert torch.equal(_outputs(digits, a), _outputs(digits, b))
