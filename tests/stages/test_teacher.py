@@ -1,0 +1,82 @@
+"""The teacher stage: accuracy on real tasks, determinism, the checkpoint contract, params."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from stages.base import StageInput, StageOutput
+from stages.checkpoint import build_model
+from stages.errors import SqueezerayError
+from stages.tasks import Task, load_task
+from stages.teacher import SPEC, TeacherParams, train_teacher
+from stages.training import accuracy
+from tests.stages.conftest import same_state
+
+CPU = torch.device("cpu")
+
+
+def test_digits_teacher_is_accurate(digits: Task, digits_teacher: StageOutput) -> None:
+    ckpt = digits_teacher.checkpoint
+    assert ckpt.recipe == {"arch": "teacher"}
+    assert ckpt.task == "digits"
+    assert all(t.device.type == "cpu" for t in ckpt.state_dict.values())
+    assert digits_teacher.metrics["val_accuracy"] >= 0.95
+    # the reported metric is the restored model's, and the test split agrees
+    model = build_model(digits, ckpt)
+    assert accuracy(model, digits.val, device=CPU) == digits_teacher.metrics["val_accuracy"]
+    assert accuracy(model, digits.test, device=CPU) >= 0.93
+    assert digits_teacher.metrics["params_total"] == sum(p.numel() for p in model.parameters())
+
+
+def test_blobs_teacher_is_accurate() -> None:
+    task = load_task("blobs")
+    out = train_teacher(StageInput(task=task, parent=None), TeacherParams(epochs=5))
+    assert out.metrics["val_accuracy"] >= 0.95
+    assert accuracy(build_model(task, out.checkpoint), task.test, device=CPU) >= 0.95
+
+
+def test_same_seed_same_weights(digits: Task) -> None:
+    params = TeacherParams(epochs=1)
+    a = train_teacher(StageInput(task=digits, parent=None, seed=3), params)
+    b = train_teacher(StageInput(task=digits, parent=None, seed=3), params)
+    c = train_teacher(StageInput(task=digits, parent=None, seed=4), params)
+    assert same_state(a.checkpoint, b.checkpoint)
+    assert not same_state(a.checkpoint, c.checkpoint)
+
+
+def test_spec() -> None:
+    assert SPEC.name == "teacher"
+    assert SPEC.needs_parent is False
+    assert SPEC.make_params({"epochs": 3}) == TeacherParams(epochs=3)
+    with pytest.raises(
+        SqueezerayError, match=r"teacher\.epoch is not a parameter.*teacher\.epochs"
+    ):
+        SPEC.make_params({"epoch": 3})
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "accepted"),
+    [
+        ("epochs", 0, "[1, inf]"),
+        ("lr", 0.0, "(0, inf]"),
+        ("lr", -1e-3, "(0, inf]"),
+        ("batch_size", 0, "[1, inf]"),
+        ("weight_decay", -0.1, "[0, inf]"),
+    ],
+)
+def test_params_out_of_range(field: str, value: float, accepted: str) -> None:
+    with pytest.raises(SqueezerayError) as info:
+        TeacherParams(**{field: value})  # type: ignore[arg-type]
+    message = str(info.value)
+    assert f"teacher.{field}={value!r}" in message
+    assert accepted in message
+
+
+def test_params_reject_non_integers() -> None:
+    with pytest.raises(SqueezerayError, match=r"teacher\.epochs=2\.5 is not an integer"):
+        TeacherParams(epochs=2.5)  # type: ignore[arg-type]
+
+
+def test_default_params_match_the_contract() -> None:
+    assert TeacherParams() == TeacherParams(epochs=40, lr=1e-3, batch_size=64, weight_decay=1e-4)
