@@ -9,7 +9,9 @@ Methods:
 - `structured`: torch-pruning's `MetaPruner` with L2 group-magnitude importance removes the
   fraction `ratio` of the neurons/channels of every layer (conv biases and BatchNorms follow
   their channels), so shapes and `params_total` shrink. The output layer is ignored: its
-  outputs stay `num_classes`, only its inputs shrink with the layer before it.
+  outputs stay `num_classes`, only its inputs shrink with the layer before it. Every layer
+  keeps at least one neuron/channel. The recipe is the parent's (shapes carry the pruning;
+  a masked parent's zeros stay in the surviving weights, and so does its `masked` flag).
 
 Prunable layers are every Linear/Conv layer, the final classifier included (`stages.masks`);
 biases are never zeroed by the unstructured methods. For unstructured methods `ratio` is the
