@@ -25,6 +25,7 @@ from stages.base import StageInput, StageOutput, StageSpec, check_choice
 from stages.checkpoint import RUNTIMES, ModelCheckpoint, build_model
 from stages.errors import SqueezerayError
 from stages.quantize import TORCH_INT8_MODES
+from stages.runtime import Predictor, make_predictor
 from stages.tasks import Task
 
 ONNX_INPUT = "x"
@@ -101,8 +102,6 @@ def to_onnx_bytes(model: nn.Module, example_input: torch.Tensor) -> bytes:
 
 def export(inp: StageInput, params: ExportParams) -> StageOutput:
     """Set the deployment runtime; metrics: val_accuracy in [0, 1] through that runtime."""
-    from stages.runtime import make_predictor
-
     parent = inp.parent
     if parent is None:
         raise SqueezerayError("stage export needs a parent checkpoint (a trained model)")
@@ -116,32 +115,29 @@ def export(inp: StageInput, params: ExportParams) -> StageOutput:
                 "(an ONNX Runtime int8 model); accepted: export.runtime=onnxruntime, or another "
                 "quantize.mode"
             )
-        ckpt = parent
-    elif runtime == "onnxruntime":
-        if parent.quantize in TORCH_INT8_MODES:
-            raise SqueezerayError(
-                f"export.runtime=onnxruntime cannot export a torch-quantized model "
-                f"(quantize.mode={parent.quantize!r}): quantized torch ops do not go through "
-                "torch.export; use quantize.mode=onnx_int8 to quantize for ONNX Runtime, or "
-                "export.runtime=eager/torchscript"
-            )
-        model = build_model(task, parent)
-        onnx_bytes = to_onnx_bytes(model, task.example_input(2))
-        ckpt = replace(parent.with_recipe(runtime="onnxruntime"), onnx=onnx_bytes)
-        _check_same_outputs(task, model, ckpt)
-    else:
-        ckpt = replace(parent.with_recipe(runtime=runtime), onnx=None)
-        if runtime == "torchscript":
-            _check_same_outputs(task, build_model(task, parent), ckpt)
-    predictor = make_predictor(task, ckpt)
+        predictor = make_predictor(task, parent)
+        return StageOutput(parent, {"val_accuracy": predictor.accuracy(task.val)})
+
+    if runtime == "onnxruntime" and parent.quantize in TORCH_INT8_MODES:
+        raise SqueezerayError(
+            f"export.runtime=onnxruntime cannot export a torch-quantized model "
+            f"(quantize.mode={parent.quantize!r}): quantized torch ops do not go through "
+            "torch.export; use quantize.mode=onnx_int8 to quantize for ONNX Runtime, or "
+            "export.runtime=eager/torchscript"
+        )
+    model = build_model(task, parent)
+    onnx_bytes = to_onnx_bytes(model, task.example_input(2)) if runtime == "onnxruntime" else None
+    ckpt = replace(parent.with_recipe(runtime=runtime), onnx=onnx_bytes)
+    predictor = make_predictor(task, ckpt)  # traces / opens the session: a failure names it
+    if runtime != "eager":
+        _check_same_outputs(task, model, predictor, ckpt)
     return StageOutput(ckpt, {"val_accuracy": predictor.accuracy(task.val)})
 
 
-def _check_same_outputs(task: Task, model: nn.Module, ckpt: ModelCheckpoint) -> None:
+def _check_same_outputs(
+    task: Task, model: nn.Module, predictor: Predictor, ckpt: ModelCheckpoint
+) -> None:
     """The exported runtime must compute what the eager model computes (up to float noise)."""
-    from stages.runtime import make_predictor
-
-    predictor = make_predictor(task, ckpt)  # raises a SqueezerayError naming the combination
     x = task.example_input(min(16, len(task.test)))  # type: ignore[arg-type]
     with torch.no_grad():
         expected = model(x)
