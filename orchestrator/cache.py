@@ -16,7 +16,7 @@ import asyncio
 import hashlib
 import json
 import logging
-from datetime import datetime, timezone
+from datetime import datetime
 from typing import Any
 
 import ray
@@ -28,8 +28,7 @@ from orchestrator.storage import open_storage
 log = logging.getLogger(__name__)
 
 
-@ray.remote(num_cpus=0, max_concurrency=1000)
-class StageCache:
+class _StageCache:
     """Owns stage refs for one sweep; writes the `stages` table rows of executed stages."""
 
     def __init__(
@@ -80,7 +79,9 @@ class StageCache:
         watcher.add_done_callback(self._watchers.discard)
         return [ckpt_ref, info_ref]
 
-    async def measure(self, request: MeasureRequest, checkpoint: list[ray.ObjectRef]) -> list[ray.ObjectRef]:
+    async def measure(
+        self, request: MeasureRequest, checkpoint: list[ray.ObjectRef]
+    ) -> list[ray.ObjectRef]:
         """[metrics_ref] for a final checkpoint; identical pipelines are measured once."""
         memo = json.dumps(
             [request.key, request.warmup, request.repeats, request.batch_size, request.threads]
@@ -147,3 +148,9 @@ class StageCache:
             "corrupt": list(self.corrupt),
             "rows": len(self.rows),
         }
+
+
+# The actor: no CPU of its own (it only hands refs on); concurrent calls so one trial waiting on
+# a stage never blocks another trial's lookup.
+_ray: Any = ray
+StageCache: Any = _ray.remote(num_cpus=0, max_concurrency=1000)(_StageCache)

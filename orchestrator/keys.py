@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import hashlib
+import importlib.util
 import json
 from collections.abc import Mapping
-import importlib.util
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -30,10 +31,8 @@ def code_version() -> str:
         h.update(path.name.encode())
         h.update(path.read_bytes())
     for dist in ("torch", "torch-pruning", "onnxruntime"):
-        try:
+        with contextlib.suppress(metadata.PackageNotFoundError):
             h.update(f"{dist}=={metadata.version(dist)}".encode())
-        except metadata.PackageNotFoundError:
-            pass
     return h.hexdigest()[:12]
 
 

@@ -97,7 +97,16 @@ class SweepPlan:
         return out
 
     def measure_request(self, key: str) -> MeasureRequest:
-        return MeasureRequest(task=self.task, key=key, sys_path=self.sys_path, **self.latency)
+        lat = self.latency
+        return MeasureRequest(
+            task=self.task,
+            key=key,
+            sys_path=self.sys_path,
+            warmup=int(lat.get("warmup", 50)),
+            repeats=int(lat.get("repeats", 300)),
+            batch_size=int(lat.get("batch_size", 1)),
+            threads=int(lat.get("threads", 1)),
+        )
 
 
 def plain(value: Any) -> Any:
@@ -147,10 +156,14 @@ def run_pipeline(
                 teacher = [ckpt_ref]
             if on_stage is not None:
                 on_stage(index, request.stage, info)
-        (metrics_ref,) = ray.get(cache.measure.remote(plan.measure_request(requests[-1].key), parent))
+        (metrics_ref,) = ray.get(
+            cache.measure.remote(plan.measure_request(requests[-1].key), parent)
+        )
         result.update(ray.get(metrics_ref, timeout=remaining()))
     except ray.exceptions.GetTimeoutError:
-        result.update(status="timeout", error=f"trial exceeded its time limit of {plan.trial_timeout_s:g} s")
+        result.update(
+            status="timeout", error=f"trial exceeded its time limit of {plan.trial_timeout_s:g} s"
+        )
     except Exception as exc:  # a stage's own error, a dead worker after retries, OOM...
         result.update(status="error", error=describe_error(exc))
     result["wall_s"] = time.perf_counter() - t0

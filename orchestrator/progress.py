@@ -71,7 +71,9 @@ class SweepProgress:
         )
 
 
-def print_outcome(outcome: Any, space: SearchSpace, console: Console, *, top: int | None = None) -> None:
+def print_outcome(
+    outcome: Any, space: SearchSpace, console: Console, *, top: int | None = None
+) -> None:
     """The sweep's summary line and its Pareto front next to the baseline."""
     from orchestrator.frontview import print_front
 

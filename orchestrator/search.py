@@ -11,7 +11,9 @@ from orchestrator.config import Distribution, SearchSpace
 FAILED_STATUSES = ("error", "timeout", "stopped")
 
 
-def violations(constraints: tuple[tuple[str, str, float], ...], result: Mapping[str, Any]) -> list[float]:
+def violations(
+    constraints: tuple[tuple[str, str, float], ...], result: Mapping[str, Any]
+) -> list[float]:
     """One value per constraint: 0 when met, else how far off (> 0; Optuna's convention)."""
     out = []
     for column, op, bound in constraints:
@@ -54,7 +56,11 @@ def make_search(
         from ray.tune.search.basic_variant import BasicVariantGenerator
 
         tune_space = {k: _tune_domain(d) for k, d in searched.items()}
-        return BasicVariantGenerator(random_state=space.search.seed), tune_space, space.search.trials
+        return (
+            BasicVariantGenerator(random_state=space.search.seed),
+            tune_space,
+            space.search.trials,
+        )
     return (
         _optuna_search(space, constraints, points_to_evaluate, evaluated_rewards),
         {},
@@ -62,13 +68,18 @@ def make_search(
     )
 
 
+def _bounds(d: Distribution) -> tuple[float, float]:
+    assert d.low is not None and d.high is not None, d
+    return float(d.low), float(d.high)
+
+
 def _tune_domain(d: Distribution) -> Any:
     from ray import tune
 
     if d.kind == "uniform":
-        return tune.uniform(d.low, d.high)
+        return tune.uniform(*_bounds(d))
     if d.kind == "loguniform":
-        return tune.loguniform(d.low, d.high)
+        return tune.loguniform(*_bounds(d))
     if d.kind == "int":
         assert d.low is not None and d.high is not None
         return tune.qrandint(int(d.low), int(d.high), d.step or 1)
@@ -79,9 +90,9 @@ def _optuna_distribution(d: Distribution) -> Any:
     import optuna
 
     if d.kind == "uniform":
-        return optuna.distributions.FloatDistribution(d.low, d.high)
+        return optuna.distributions.FloatDistribution(*_bounds(d))
     if d.kind == "loguniform":
-        return optuna.distributions.FloatDistribution(d.low, d.high, log=True)
+        return optuna.distributions.FloatDistribution(*_bounds(d), log=True)
     if d.kind == "int":
         assert d.low is not None and d.high is not None
         return optuna.distributions.IntDistribution(int(d.low), int(d.high), step=d.step or 1)
@@ -121,7 +132,8 @@ def _optuna_search(
                 ot_trial.set_user_attr("constraints", violations(constraints, result))
             failed = error or not result or result.get("status") in FAILED_STATUSES
             if ot_trial is not None and failed and trial_id not in self._completed_trials:
-                self._ot_study.tell(ot_trial, state=optuna.trial.TrialState.FAIL)
+                study: Any = self._ot_study
+                study.tell(ot_trial, state=optuna.trial.TrialState.FAIL)
                 self._completed_trials.add(trial_id)
                 return
             super().on_trial_complete(trial_id, result=result, error=error)

@@ -35,7 +35,9 @@ def _prepare_worker(sys_path: tuple[str, ...], threads: int) -> None:
     torch.set_num_threads(max(1, threads))
 
 
-def execute_stage(request: StageRequest, parent: bytes | None, teacher: bytes | None) -> tuple[bytes, dict[str, Any]]:
+def execute_stage(
+    request: StageRequest, parent: bytes | None, teacher: bytes | None
+) -> tuple[bytes, dict[str, Any]]:
     """Run one stage; write its checkpoint under the storage; return (bytes, info)."""
     from orchestrator.storage import open_storage
     from stages import get_stage
@@ -93,7 +95,6 @@ def execute_measure(request: MeasureRequest, checkpoint: bytes) -> dict[str, Any
         ckpt,
         warmup=request.warmup,
         repeats=request.repeats,
-        batch_size=request.batch_size,
         threads=request.threads,
     )
     return {
@@ -109,5 +110,5 @@ def execute_measure(request: MeasureRequest, checkpoint: bytes) -> dict[str, Any
 
 # Deterministic stages are safe to retry when a worker dies (max_retries); an exception raised
 # by the stage itself is not retried (retry_exceptions=False): it would fail again.
-run_stage = ray.remote(num_returns=2, max_retries=3)(execute_stage)
-run_measure = ray.remote(max_retries=3)(execute_measure)
+run_stage: Any = ray.remote(num_returns=2, max_retries=3)(execute_stage)
+run_measure: Any = ray.remote(max_retries=3)(execute_measure)

@@ -7,6 +7,7 @@ partial file is never visible.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import uuid
 from dataclasses import dataclass
@@ -48,10 +49,8 @@ class Storage:
         return target
 
     def delete(self, *parts: str) -> None:
-        try:
+        with contextlib.suppress(FileNotFoundError, OSError):
             self.fs.delete_file(self.path(*parts))
-        except (FileNotFoundError, OSError):
-            pass
 
     @property
     def is_local(self) -> bool:
@@ -62,7 +61,9 @@ def open_storage(storage: str | os.PathLike[str], *, create: bool = False) -> St
     """Resolve a storage location; with `create`, make the root directory."""
     text = os.fspath(storage)
     if not text:
-        raise SqueezerayError("storage='' is empty; give a directory or a URI such as s3://bucket/x")
+        raise SqueezerayError(
+            "storage='' is empty; give a directory or a URI such as s3://bucket/x"
+        )
     try:
         if "://" in text and not text.startswith("file://"):
             fs, root = _from_uri(text)

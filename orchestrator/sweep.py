@@ -270,7 +270,9 @@ def latest_sweep_id(store: Storage) -> str:
     if not store.exists(SWEEPS_DIR):
         raise SqueezerayError(f"no sweep to resume under {store.uri}: it holds no {SWEEPS_DIR}/")
     infos = store.fs.get_file_info(FileSelector(store.path(SWEEPS_DIR)))
-    manifests = [i for i in infos if i.base_name.endswith(".json") and not i.base_name.startswith(".")]
+    manifests = [
+        i for i in infos if i.base_name.endswith(".json") and not i.base_name.startswith(".")
+    ]
     if not manifests:
         raise SqueezerayError(f"no sweep to resume under {store.uri}")
     newest = max(manifests, key=lambda i: i.mtime_ns or 0)
@@ -347,7 +349,9 @@ def execute_sweep(
     teacher_request = plan.requests({}, trial_id="baseline")[0]
     baseline_started = now()
     t_ref, _ = ray.get(cache.get.remote(teacher_request, [], []))
-    (baseline_ref,) = ray.get(cache.measure.remote(plan.measure_request(teacher_request.key), [t_ref]))
+    (baseline_ref,) = ray.get(
+        cache.measure.remote(plan.measure_request(teacher_request.key), [t_ref])
+    )
 
     search_alg, param_space, num_samples = make_search(
         space,
@@ -355,8 +359,10 @@ def execute_sweep(
         points_to_evaluate=warm_start[0] if warm_start else None,
         evaluated_rewards=warm_start[1] if warm_start else None,
     )
-    concurrency = sweep.max_concurrent or space.search.max_concurrent or max(
-        1, int(info.cpus // sweep.cpus_per_trial)
+    concurrency = (
+        sweep.max_concurrent
+        or space.search.max_concurrent
+        or max(1, int(info.cpus // sweep.cpus_per_trial))
     )
     writer = ResultsWriter(
         storage=store.uri,
@@ -379,7 +385,8 @@ def execute_sweep(
             tuner = tune.Tuner.restore(
                 experiment_dir, trainable=trainable, resume_unfinished=True, restart_errored=True
             )
-            tuner._local_tuner._run_config.callbacks = [writer]  # restored runs keep callbacks off
+            local: Any = tuner._local_tuner
+            local._run_config.callbacks = [writer]  # restored runs do not keep callbacks
         else:
             tuner = tune.Tuner(
                 trainable,
@@ -411,7 +418,13 @@ def execute_sweep(
     ray.kill(cache)
     write_manifest(store, sweep, status="interrupted" if interrupted else "finished")
     table = load_results(store.uri, sweep=sweep.sweep_id)
-    statuses = [s for s, b in zip(table.column("status").to_pylist(), table.column("is_baseline").to_pylist(), strict=True) if not b]
+    statuses = [
+        s
+        for s, b in zip(
+            table.column("status").to_pylist(), table.column("is_baseline").to_pylist(), strict=True
+        )
+        if not b
+    ]
     summary = SweepSummary(
         sweep_id=sweep.sweep_id,
         storage=store.uri,
@@ -434,9 +447,10 @@ class SweepInterrupted(SqueezerayError):
 
     def __init__(self, summary: SweepSummary) -> None:
         self.summary = summary
+        done = summary.trials_ok + summary.trials_failed
         super().__init__(
-            f"sweep {summary.sweep_id} was interrupted after {summary.trials_ok + summary.trials_failed} "
-            f"trials; everything finished is saved. To continue, run: squeezeray sweep --resume "
+            f"sweep {summary.sweep_id} was interrupted after {done} trials; everything finished "
+            "is saved. To continue, run: squeezeray sweep --resume "
             f"--sweep-id {summary.sweep_id} --storage {summary.storage}"
         )
 
@@ -465,7 +479,9 @@ def _scheduler(space: SearchSpace) -> Any:
     )
 
 
-def _baseline_row(plan: SweepPlan, metrics_ref: Any, started: datetime, sweep_name: str) -> dict[str, Any]:
+def _baseline_row(
+    plan: SweepPlan, metrics_ref: Any, started: datetime, sweep_name: str
+) -> dict[str, Any]:
     import ray
 
     from orchestrator.pipeline import describe_error
@@ -489,7 +505,9 @@ def _baseline_row(plan: SweepPlan, metrics_ref: Any, started: datetime, sweep_na
     )
 
 
-def feasible(constraints: tuple[tuple[str, str, float], ...], result: Mapping[str, Any]) -> bool | None:
+def feasible(
+    constraints: tuple[tuple[str, str, float], ...], result: Mapping[str, Any]
+) -> bool | None:
     """True when every constraint holds (None when there are no constraints)."""
     if not constraints:
         return None

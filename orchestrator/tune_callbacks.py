@@ -74,7 +74,9 @@ class ResultsWriter(Callback):  # type: ignore[misc]
             started_at=self.started.get(trial.trial_id, now()),
             result=result,
             code_version=self.code_version,
-            feasible=feasible(self.constraints, result) if ok else (False if self.constraints else None),
+            feasible=feasible(self.constraints, result)
+            if ok
+            else (False if self.constraints else None),
         )
         append_results(self.storage, [row])
         self.written.add(trial.trial_id)

@@ -54,9 +54,7 @@ def __getattr__(name: str) -> Any:
 @functools.cache
 def stage_registry() -> dict[str, StageSpec[Any]]:
     """{stage name: StageSpec} in pipeline order."""
-    return {
-        name: importlib.import_module(f"stages.{name}").SPEC for name in PIPELINE_ORDER
-    }
+    return {name: importlib.import_module(f"stages.{name}").SPEC for name in PIPELINE_ORDER}
 
 
 def get_stage(name: str) -> StageSpec[Any]:

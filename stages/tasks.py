@@ -90,7 +90,7 @@ def make_blobs(n_per_class: int = 600, n_classes: int = 3, std: float = 0.9) -> 
         val=val,
         test=test,
         num_classes=n_classes,
-        description="three 2-D Gaussian blobs (seed 000); teacher MLP [128,128,64], student [64,32]",
+        description="2-D Gaussian blobs (seed 000); teacher MLP [128,128,64], student [64,32]",
     )
 
 
@@ -183,9 +183,7 @@ def _import_task(path: str) -> Task:
         ) from exc
     factory = getattr(module, attr, None)
     if factory is None:
-        raise SqueezerayError(
-            f"task={path!r}: module {module_name!r} has no attribute {attr!r}"
-        )
+        raise SqueezerayError(f"task={path!r}: module {module_name!r} has no attribute {attr!r}")
     if not callable(factory):
         raise SqueezerayError(f"task={path!r}: {attr!r} is not callable; it must return a Task")
     task = factory()

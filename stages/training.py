@@ -38,7 +38,9 @@ def kd_loss(
 
 
 @torch.no_grad()
-def accuracy(model: nn.Module, dataset: Dataset, *, device: torch.device, batch_size: int = 512) -> float:
+def accuracy(
+    model: nn.Module, dataset: Dataset, *, device: torch.device, batch_size: int = 512
+) -> float:
     """Top-1 accuracy in [0, 1] of an eager model on a dataset."""
     was_training = model.training
     model.eval()

@@ -1,0 +1,153 @@
+"""End-to-end sweeps through a real local Ray (the session fixture): rows, shared prefixes,
+cache reuse across sweeps, failing trials, and a user task given as `pkg.mod:callable`."""
+
+from __future__ import annotations
+
+import sys
+import textwrap
+from pathlib import Path
+
+import pyarrow.compute as pc
+import pytest
+
+from orchestrator.config import load_space
+from orchestrator.results import load_stages
+from orchestrator.schema import RESULTS_SCHEMA
+from orchestrator.sweep import execute_sweep, prepare_sweep
+
+REQUIRED = [
+    "sweep_id",
+    "trial_id",
+    "started_at",
+    "task",
+    "status",
+    "error",
+    "is_baseline",
+    "distill.temperature",
+    "distill.alpha",
+    "prune.ratio",
+    "prune.method",
+    "lora.rank",
+    "quantize.mode",
+    "accuracy",
+    "size_bytes",
+    "params_total",
+    "params_nonzero",
+    "latency_ms",
+    "latency_ms_p90",
+    "wall_s",
+    "stage_keys",
+    "code_version",
+    "runtime",
+]
+
+pytestmark = pytest.mark.usefixtures("ray_session")
+
+
+def _stage_counts(storage: Path, sweep_id: str) -> dict[str, int]:
+    stages = load_stages(str(storage), sweep=sweep_id).to_pylist()
+    counts: dict[str, int] = {}
+    for row in stages:
+        counts[row["stage"]] = counts.get(row["stage"], 0) + 1
+    return counts
+
+
+def test_tiny_sweep_rows_shared_prefix_and_reuse(tmp_path: Path) -> None:
+    storage = tmp_path / "results"
+    outcome = execute_sweep(prepare_sweep("tiny", storage=storage))
+    table = outcome.table
+    for column in REQUIRED:
+        assert column in table.column_names, column
+    assert table.schema.equals(RESULTS_SCHEMA, check_metadata=False)
+    rows = table.to_pylist()
+    trials = [r for r in rows if not r["is_baseline"]]
+    baseline = [r for r in rows if r["is_baseline"]]
+    assert len(trials) == 4 and len(baseline) == 1
+    assert all(r["status"] == "ok" for r in rows), [r["error"] for r in rows]
+    assert baseline[0]["runtime"] == "eager" and baseline[0]["size_bytes"] > 0
+    for r in trials:
+        assert 0.0 <= r["accuracy"] <= 1.0
+        assert r["size_bytes"] > 0 and r["latency_ms"] > 0
+        assert r["latency_ms"] <= r["latency_ms_p90"]
+        assert r["params_nonzero"] <= r["params_total"]
+        assert len(r["stage_keys"]) == 5
+    # The student is smaller than the teacher it was distilled from.
+    assert max(r["params_total"] for r in trials) < baseline[0]["params_total"]
+
+    # Teacher and KD settings are fixed in tiny.yaml: each runs once for all 4 trials.
+    counts = _stage_counts(storage, outcome.summary.sweep_id)
+    assert counts["teacher"] == 1
+    assert counts["distill"] == 1
+    assert counts["prune"] == 2  # two prune ratios
+    assert outcome.summary.stage_requests == 4 * 5
+    assert outcome.summary.stages_executed == sum(counts.values())
+
+    # A second sweep on the same storage re-executes nothing it already has.
+    again = execute_sweep(prepare_sweep("tiny", storage=storage))
+    assert _stage_counts(storage, again.summary.sweep_id) == {}
+    assert again.summary.stages_executed == 0
+    assert again.summary.stages_loaded >= 1
+    ok = pc.equal(again.table.column("status"), "ok")
+    assert pc.all(ok).as_py()
+
+
+USER_TASK = '''
+import torch
+from torch import nn
+from torch.utils.data import TensorDataset
+from stages.tasks import Task
+
+
+class Branchy(nn.Module):
+    """Data-dependent control flow: FX cannot trace it, so static int8 fails on it."""
+
+    def __init__(self, width):
+        super().__init__()
+        self.conv = nn.Conv2d(1, width, 3, padding=1)
+        self.head = nn.Linear(width * 16, 3)
+
+    def forward(self, x):
+        h = torch.relu(self.conv(x))
+        if h.sum() > 0:
+            h = h * 1.0
+        return self.head(torch.flatten(torch.nn.functional.max_pool2d(h, 2), 1))
+
+
+def make():
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(180, 1, 8, 8, generator=g)
+    y = torch.arange(180) % 3
+    x[:, 0, 0, 0] += y.float() * 3  # make the classes learnable
+    ds = TensorDataset(x, y)
+    return Task(name="user-conv", teacher=lambda: Branchy(8), student=lambda: Branchy(4),
+                train=ds, val=ds, test=ds, num_classes=3)
+'''
+
+USER_SPACE = """
+task: usertask_mod:make
+pipeline: [teacher, distill, quantize]
+params:
+  teacher.epochs: 2
+  distill.epochs: 2
+  quantize.mode: {choice: [none, static_int8]}
+search: {algorithm: grid}
+latency: {warmup: 2, repeats: 10}
+"""
+
+
+@pytest.mark.slow
+def test_user_conv_task_and_failing_trial(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    (tmp_path / "usertask_mod.py").write_text(textwrap.dedent(USER_TASK))
+    monkeypatch.syspath_prepend(str(tmp_path))
+    sys.modules.pop("usertask_mod", None)
+    space_file = tmp_path / "space.yaml"
+    space_file.write_text(USER_SPACE)
+    space = load_space(space_file)
+    outcome = execute_sweep(prepare_sweep(space, storage=tmp_path / "results"))
+    rows = {r["quantize.mode"]: r for r in outcome.table.to_pylist() if not r["is_baseline"]}
+    assert set(rows) == {"none", "static_int8"}
+    assert rows["none"]["status"] == "ok"
+    assert rows["none"]["task"] == "usertask_mod:make"
+    assert rows["static_int8"]["status"] == "error"
+    assert rows["static_int8"]["error"]
+    assert rows["static_int8"]["accuracy"] is None
