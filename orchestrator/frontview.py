@@ -1,0 +1,355 @@
+"""The front as people read it: baseline first, then the front points with their ratios to it.
+
+Shared by `squeezeray pareto` and the end of `squeezeray sweep` (`print_front`). Ratios are
+to the baseline of the point's own sweep: size_x = baseline size / size (how many times
+smaller), latency_x = baseline latency / latency (how many times faster), accuracy_delta_pts =
+(accuracy - baseline accuracy) x 100.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import IO, TYPE_CHECKING, Any
+
+from orchestrator.pareto import (
+    DEFAULT_OBJECTIVES,
+    check_objectives,
+    eligible_mask,
+    pareto_front,
+)
+from orchestrator.schema import KNOB_COLUMNS
+from stages.errors import SqueezerayError
+
+if TYPE_CHECKING:
+    import pyarrow as pa
+    from rich.console import Console
+    from rich.table import Table as RichTable
+
+FORMATS = ("table", "csv", "json", "parquet")
+RATIO_COLUMNS = ("size_x", "latency_x", "accuracy_delta_pts")
+
+
+@dataclass(frozen=True)
+class FrontView:
+    """What a front display needs.
+
+    front: the front rows, best first by the first objective, cut to `top`, with
+        RATIO_COLUMNS appended (null where the sweep has no baseline).
+    baselines: the baseline rows of the sweeps the front comes from (of every sweep if the
+        front is empty).
+    rows: the table the front was computed from (after `where`; baselines kept).
+    """
+
+    front: pa.Table
+    baselines: pa.Table
+    rows: pa.Table
+    objectives: dict[str, str]
+    n_candidates: int  # ok, non-baseline rows after `where`
+    n_front: int  # front size before `top`
+    where: str | None
+
+
+def build_front(
+    table: pa.Table,
+    objectives: Mapping[str, str] | None = None,
+    *,
+    where: str | None = None,
+    top: int | None = None,
+) -> FrontView:
+    """Filter (`where` applies to trials; baseline rows always stay, as the reference), compute
+    the front, sort it best-first and append the ratios to each point's baseline."""
+    import pyarrow.compute as pc
+
+    chosen = check_objectives(objectives, table.schema)
+    if top is not None and top < 1:
+        raise SqueezerayError(f"--top={top} must be a positive number of points")
+    rows = table
+    if where:
+        from orchestrator.where import parse_where
+
+        expr = parse_where(where, table.schema)
+        if "is_baseline" in table.column_names:
+            expr = expr | pc.field("is_baseline")  # Kleene or: baselines always stay
+        rows = table.filter(expr)
+    n_candidates = int(eligible_mask(rows).sum())
+    front = pareto_front(rows, chosen)
+    front = _sort_best_first(front, chosen)
+    n_front = front.num_rows
+    if top is not None:
+        front = front.slice(0, top)
+    baselines = rows.filter(_baseline_mask(rows))
+    if front.num_rows and "sweep_id" in front.column_names and baselines.num_rows:
+        sweeps = pc.unique(front.column("sweep_id"))
+        baselines = baselines.filter(pc.is_in(baselines.column("sweep_id"), value_set=sweeps))
+    return FrontView(
+        front=_with_ratios(front, baselines),
+        baselines=baselines,
+        rows=rows,
+        objectives=chosen,
+        n_candidates=n_candidates,
+        n_front=n_front,
+        where=where,
+    )
+
+
+def _baseline_mask(table: pa.Table) -> pa.ChunkedArray | pa.Array:
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    if "is_baseline" not in table.column_names:
+        return pa.array([False] * table.num_rows)
+    return pc.fill_null(table.column("is_baseline"), False)
+
+
+def _sort_best_first(front: pa.Table, objectives: Mapping[str, str]) -> pa.Table:
+    keys = [(name, "descending" if d == "max" else "ascending") for name, d in objectives.items()]
+    if "trial_id" in front.column_names:
+        keys.append(("trial_id", "ascending"))
+    return front.sort_by(keys)
+
+
+def _with_ratios(front: pa.Table, baselines: pa.Table) -> pa.Table:
+    import pyarrow as pa
+
+    by_sweep: dict[Any, dict[str, Any]] = {}
+    if "sweep_id" in baselines.column_names:
+        for row in baselines.to_pylist():
+            by_sweep.setdefault(row["sweep_id"], row)
+    elif baselines.num_rows:
+        by_sweep[None] = baselines.to_pylist()[0]
+    sizes, latencies, deltas = [], [], []
+    sweep_ids = front.column("sweep_id").to_pylist() if "sweep_id" in front.column_names else None
+    for i, row in enumerate(front.to_pylist()):
+        base = by_sweep.get(sweep_ids[i] if sweep_ids is not None else None)
+        sizes.append(_ratio(base, row, "size_bytes"))
+        latencies.append(_ratio(base, row, "latency_ms"))
+        delta = None
+        if (
+            base
+            and _num(base.get("accuracy")) is not None
+            and _num(row.get("accuracy")) is not None
+        ):
+            delta = (row["accuracy"] - base["accuracy"]) * 100.0
+        deltas.append(delta)
+    for name, values in zip(RATIO_COLUMNS, (sizes, latencies, deltas), strict=True):
+        front = front.append_column(pa.field(name, pa.float64()), pa.array(values, pa.float64()))
+    return front
+
+
+def _num(value: Any) -> float | None:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return None
+    return float(value)
+
+
+def _ratio(base: Mapping[str, Any] | None, row: Mapping[str, Any], column: str) -> float | None:
+    if not base:
+        return None
+    top, bottom = _num(base.get(column)), _num(row.get(column))
+    if top is None or bottom is None or bottom <= 0:
+        return None
+    return top / bottom
+
+
+# -- rich table -----------------------------------------------------------------------------
+
+
+def _fmt_size(value: Any) -> str:
+    if _num(value) is None:
+        return "-"
+    size = float(value)
+    if size >= 1e6:
+        return f"{size / 1e6:.2f} MB"
+    if size >= 1e3:
+        return f"{size / 1e3:.1f} KB"
+    return f"{size:.0f} B"
+
+
+def _fmt_value(value: Any) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "-"
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    return str(value)
+
+
+def _columns(view: FrontView) -> list[tuple[str, str]]:
+    """(header, column) pairs to show: id, objectives, runtime, wall time, knobs in use."""
+    names = set(view.front.column_names) | set(view.baselines.column_names)
+    cols: list[tuple[str, str]] = []
+    sweeps = {*_col(view.front, "sweep_id"), *_col(view.baselines, "sweep_id")}
+    if len(sweeps) > 1:
+        cols.append(("sweep", "sweep_id"))
+    cols.append(("trial", "trial_id"))
+    units = {"size_bytes": "size", "latency_ms": "latency (ms)", "accuracy": "accuracy"}
+    metric_cols = list(dict.fromkeys([*view.objectives, *DEFAULT_OBJECTIVES]))
+    cols += [(units.get(c, c), c) for c in metric_cols if c in names]
+    cols += [(h, c) for h, c in (("runtime", "runtime"), ("wall", "wall_s")) if c in names]
+    for knob in KNOB_COLUMNS:
+        if knob in names and any(v is not None for v in _col(view.front, knob)):
+            cols.append((knob, knob))
+    return cols
+
+
+def _col(table: pa.Table, name: str) -> list[Any]:
+    return table.column(name).to_pylist() if name in table.column_names else []
+
+
+def _cell(column: str, value: Any) -> str:
+    if column == "size_bytes":
+        return _fmt_size(value)
+    if column == "wall_s" and _num(value) is not None:
+        return f"{float(value):.1f} s"
+    if column == "accuracy" and _num(value) is not None:
+        return f"{float(value):.4f}"
+    return _fmt_value(value)
+
+
+def render_front(view: FrontView) -> RichTable:
+    """The rich table: baseline row(s) first, then the front points with their ratios."""
+    from rich.table import Table
+
+    title = (
+        f"Pareto front: {view.n_front} of {view.n_candidates} ok trials "
+        f"({', '.join(f'{k}:{v}' for k, v in view.objectives.items())})"
+    )
+    caption_parts = []
+    if view.where:
+        caption_parts.append(f"where {view.where}")
+    if view.front.num_rows < view.n_front:
+        caption_parts.append(
+            f"showing the best {view.front.num_rows} by {next(iter(view.objectives))}"
+        )
+    caption_parts.append("size x = baseline size / size; latency x = baseline latency / latency")
+    table = Table(title=title, caption="; ".join(caption_parts), title_justify="left")
+    cols = _columns(view)
+    for header, _column in cols:
+        table.add_column(header, overflow="fold")
+    for header in ("size ×", "latency ×", "Δacc (pts)"):
+        table.add_column(header, justify="right")
+    for row in view.baselines.to_pylist():
+        cells = [_cell(c, row.get(c)) for _, c in cols]
+        trial = row.get("trial_id")
+        label = "baseline" if trial in (None, "baseline") else f"baseline ({trial})"
+        cells[[c for _, c in cols].index("trial_id")] = label
+        table.add_row(*cells, "1.0×", "1.0×", "+0.00", style="bold")
+    for row in view.front.to_pylist():
+        cells = [_cell(c, row.get(c)) for _, c in cols]
+        size_x, latency_x, delta = (row.get(c) for c in RATIO_COLUMNS)
+        table.add_row(
+            *cells,
+            "-" if size_x is None else f"{size_x:.1f}×",
+            "-" if latency_x is None else f"{latency_x:.2f}×",
+            "-" if delta is None else f"{delta:+.2f}",
+        )
+    return table
+
+
+def empty_message(view: FrontView) -> str:
+    """Why the front is empty, with the next thing to try."""
+    if view.where and view.n_candidates == 0:
+        return f"no ok trial matches --where {view.where!r}; loosen it or drop it"
+    if view.n_candidates == 0:
+        return "no ok trials to build a front from (every trial failed or none ran yet)"
+    return (
+        f"none of the {view.n_candidates} ok trials has every objective "
+        f"({', '.join(view.objectives)}) set"
+    )
+
+
+def print_front(
+    table: pa.Table,
+    objectives: Mapping[str, str] | None,
+    console: Console,
+    *,
+    top: int | None = None,
+    where: str | None = None,
+) -> FrontView:
+    """Print the front of `table` (a results table, baseline rows included) to `console`."""
+    view = build_front(table, objectives, where=where, top=top)
+    tasks = {t for t in _col(view.rows, "task") if t is not None}
+    if len(tasks) > 1:
+        console.print(
+            f"note: these results mix tasks ({', '.join(sorted(tasks))}); pick one with "
+            "--sweep ID or --where 'task == \"NAME\"'",
+            highlight=False,
+        )
+    if view.front.num_rows == 0:
+        console.print(empty_message(view), highlight=False)
+    else:
+        console.print(render_front(view))
+    return view
+
+
+# -- machine formats ------------------------------------------------------------------------
+
+
+def export_front(view: FrontView, fmt: str, output: Path | None, stdout: IO[str]) -> None:
+    """Write the front rows (with ratio columns) as csv, json or parquet.
+
+    csv/json go to `stdout` when `output` is None; parquet needs `output`. An empty front is
+    a valid empty document (csv header, `[]`, an empty parquet file)."""
+    import pyarrow.csv as pacsv
+    import pyarrow.parquet as pq
+
+    if fmt not in FORMATS or fmt == "table":
+        raise SqueezerayError(
+            f"--format {fmt!r} is not a machine format; accepted: csv, json, parquet"
+        )
+    front = view.front
+    if fmt == "parquet":
+        if output is None:
+            raise SqueezerayError("--format parquet writes binary data; give --output FILE.parquet")
+        pq.write_table(front, str(output))
+        return
+    if fmt == "json":
+        text = json.dumps([_json_row(r) for r in front.to_pylist()], indent=1, allow_nan=False)
+        _write_text(text + "\n", output, stdout)
+        return
+    csv_table = _flatten_lists(front)
+    import io
+
+    buffer = io.BytesIO()
+    pacsv.write_csv(csv_table, buffer)
+    _write_text(buffer.getvalue().decode(), output, stdout)
+
+
+def _write_text(text: str, output: Path | None, stdout: IO[str]) -> None:
+    if output is None:
+        stdout.write(text)
+        stdout.flush()
+    else:
+        Path(output).write_text(text)
+
+
+def _json_row(row: Mapping[str, Any]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in row.items():
+        if isinstance(value, datetime):
+            value = value.isoformat()
+        elif isinstance(value, float) and not math.isfinite(value):
+            value = None
+        out[key] = value
+    return out
+
+
+def _flatten_lists(table: pa.Table) -> pa.Table:
+    """CSV has no lists: join list columns (stage_keys) with ';'."""
+    import pyarrow as pa
+
+    for i, field in enumerate(table.schema):
+        if pa.types.is_list(field.type) or pa.types.is_large_list(field.type):
+            joined = [
+                None if v is None else ";".join(map(str, v)) for v in table.column(i).to_pylist()
+            ]
+            table = table.set_column(
+                i, pa.field(field.name, pa.string()), pa.array(joined, pa.string())
+            )
+    return table
