@@ -43,7 +43,7 @@ def init_ray(
         # Keep Ray's own chatter (deprecation notices, autoscaler lines) out of the user's way.
         os.environ.setdefault("RAY_DEDUP_LOGS", "1")
         os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
-        os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "1")
+        os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")  # verbose=0 then prints nothing
         log_level = logging.ERROR if quiet else logging.INFO
         if address is None:
             ray.init(

@@ -301,6 +301,9 @@ def execute_sweep(
     from orchestrator.tune_callbacks import ResultsWriter
 
     os.environ.setdefault("TUNE_DISABLE_STRICT_METRIC_CHECKING", "1")
+    import optuna
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
     t0 = time.perf_counter()
     space = sweep.space
     store = sweep.storage

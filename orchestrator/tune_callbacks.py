@@ -39,6 +39,13 @@ class ResultsWriter(Callback):  # type: ignore[misc]
         self.counts = {"ok": 0, "failed": 0, "running": 0}
         self.stage_requests = 0
 
+    def __getstate__(self) -> dict[str, Any]:
+        # Tune pickles its run config (callbacks included) for restore; a terminal progress
+        # display holds locks and is not part of the experiment's state.
+        state = dict(self.__dict__)
+        state["progress"] = None
+        return state
+
     def on_trial_start(self, iteration: int, trials: list[Any], trial: Any, **info: Any) -> None:
         self.started.setdefault(trial.trial_id, now())
         self._progress("start", trial, {})
