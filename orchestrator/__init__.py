@@ -1,7 +1,45 @@
-"""squeezeray's Ray side: search spaces, the stage DAG and its cache, Tune search, results."""
+"""squeezeray's Ray side: search spaces, the stage DAG and its cache, Tune search, results.
+
+The public API is small (as Tune's four names):
+
+    run_sweep(space, *, task=..., trials=..., storage=...) -> pyarrow.Table
+    load_results(storage, *, sweep="latest"|"all"|ID)      -> pyarrow.Table
+    pareto_front(table, objectives, *, where=None)          -> pyarrow.Table
+    hypervolume(front, objectives, reference=None)          -> float
+
+Names load lazily, so `import orchestrator` (and validating a space) never imports ray or torch.
+"""
 
 from __future__ import annotations
 
+import importlib
+from typing import TYPE_CHECKING, Any
+
 from stages.errors import SqueezerayError
 
-__all__ = ["SqueezerayError"]
+if TYPE_CHECKING:
+    from orchestrator.config import SearchSpace, load_space
+    from orchestrator.pareto import hypervolume, non_dominated_rank, pareto_front
+    from orchestrator.results import list_sweeps, load_results, load_stages
+    from orchestrator.sweep import run_sweep
+
+_LAZY = {
+    "run_sweep": "orchestrator.sweep",
+    "load_results": "orchestrator.results",
+    "load_stages": "orchestrator.results",
+    "list_sweeps": "orchestrator.results",
+    "pareto_front": "orchestrator.pareto",
+    "hypervolume": "orchestrator.pareto",
+    "non_dominated_rank": "orchestrator.pareto",
+    "load_space": "orchestrator.config",
+    "SearchSpace": "orchestrator.config",
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'orchestrator' has no attribute {name!r}")
+
+
+__all__ = ["SqueezerayError", *_LAZY]

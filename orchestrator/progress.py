@@ -84,6 +84,12 @@ def print_outcome(
         f"{s.stage_requests} for a naive per-trial pipeline",
         highlight=False,
     )
+    from orchestrator.constraints import closest_miss
+
+    constraints = [(c.column, c.op, float(c.value)) for c in space.constraints]
+    miss = closest_miss(constraints, outcome.table.to_pylist())
+    if miss:
+        console.print(f"[yellow]{miss}[/]", highlight=False)
     objectives = {o.name: o.direction for o in space.objectives}
     print_front(outcome.table, objectives, console, top=top)
     console.print(

@@ -3,38 +3,13 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from typing import Any
 
 from orchestrator.config import Distribution, SearchSpace
+from orchestrator.constraints import violations
 
 FAILED_STATUSES = ("error", "timeout", "stopped")
-
-
-def violations(
-    constraints: tuple[tuple[str, str, float], ...], result: Mapping[str, Any]
-) -> list[float]:
-    """One value per constraint: 0 when met, else how far off (> 0; Optuna's convention)."""
-    out = []
-    for column, op, bound in constraints:
-        value = result.get(column)
-        if value is None or (isinstance(value, float) and math.isnan(value)):
-            out.append(math.inf)
-        elif constraint_met(op, float(value), bound):
-            out.append(0.0)
-        else:
-            out.append(max(abs(float(value) - bound), 1e-12))
-    return out
-
-
-def constraint_met(op: str, value: float, bound: float) -> bool:
-    return {
-        ">=": value >= bound,
-        ">": value > bound,
-        "<=": value <= bound,
-        "<": value < bound,
-        "==": value == bound,
-    }[op]
 
 
 def make_search(

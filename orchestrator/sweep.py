@@ -22,7 +22,6 @@ from typing import Any
 from orchestrator.config import SearchSpace, load_space, parse_duration
 from orchestrator.pipeline import SweepPlan
 from orchestrator.rows import now, trial_row
-from orchestrator.search import constraint_met
 from orchestrator.storage import Storage, open_storage
 from stages.errors import SqueezerayError
 
@@ -508,14 +507,3 @@ def _baseline_row(
     )
 
 
-def feasible(
-    constraints: tuple[tuple[str, str, float], ...], result: Mapping[str, Any]
-) -> bool | None:
-    """True when every constraint holds (None when there are no constraints)."""
-    if not constraints:
-        return None
-    for column, op, bound in constraints:
-        value = result.get(column)
-        if value is None or not constraint_met(op, float(value), bound):
-            return False
-    return True

@@ -66,8 +66,8 @@ class ResultsWriter(Callback):  # type: ignore[misc]
         self._write(trial, {"status": "error", "error": str(error)[-2000:]})
 
     def _write(self, trial: Any, result: dict[str, Any]) -> None:
+        from orchestrator.constraints import feasible
         from orchestrator.results import append_results
-        from orchestrator.sweep import feasible
 
         if trial.trial_id in self.written:
             return
