@@ -161,6 +161,100 @@ def validate(
 
 # --- pareto / sweeps (orchestrator.pareto, orchestrator.results) ---------------------------
 
+
+@app.command()
+def pareto(
+    storage: Annotated[
+        str, typer.Argument(help="Results directory or URI (file://, s3://, gs://, memory://).")
+    ] = "squeezeray-results",
+    sweep: Annotated[
+        str, typer.Option("--sweep", help="A sweep id, 'latest' or 'all'.")
+    ] = "latest",
+    objectives: Annotated[
+        str,
+        typer.Option(help="Comma-separated column:max|min (a bare name takes its usual way)."),
+    ] = "accuracy:max,size_bytes:min,latency_ms:min",
+    where: Annotated[
+        str | None,
+        typer.Option(help='Filter trials first, e.g. "accuracy >= 0.95 and latency_ms < 0.2".'),
+    ] = None,
+    format: Annotated[
+        str, typer.Option("--format", help="table, csv, json or parquet (parquet needs --output).")
+    ] = "table",
+    output: Annotated[
+        Path | None, typer.Option(help="Write here instead of stdout.")
+    ] = None,
+    plot: Annotated[
+        Path | None, typer.Option(help="Also draw the front: FILE.png or FILE.html.")
+    ] = None,
+    top: Annotated[
+        int | None, typer.Option(help="Keep the best K front points (by the first objective).")
+    ] = None,
+) -> None:
+    """Query the Pareto front of stored results; csv/json without --output go to stdout."""
+    from orchestrator.frontview import FORMATS, build_front, empty_message, export_front
+    from orchestrator.pareto import parse_objectives
+    from orchestrator.results import load_results
+
+    if format not in FORMATS:
+        raise SqueezerayError(f"--format {format!r} is unknown; accepted: {', '.join(FORMATS)}")
+    if format == "parquet" and output is None:
+        raise SqueezerayError("--format parquet writes binary data; give --output FILE.parquet")
+    if plot is not None and plot.suffix.lower() not in (".png", ".html"):
+        raise SqueezerayError(f"--plot {str(plot)!r}: accepted file types: .png, .html")
+    chosen = parse_objectives(objectives)
+    table = load_results(storage, sweep=sweep)
+    view = build_front(table, chosen, where=where, top=top)
+    if plot is not None:
+        from orchestrator.plots import plot_front
+
+        console.print(f"plot: {plot_front(view.rows, chosen, plot)}", highlight=False)
+    if view.front.num_rows == 0:
+        console.print(empty_message(view), highlight=False, markup=False)
+    if format == "table":
+        if view.front.num_rows:
+            from orchestrator.frontview import render_front
+
+            if output is None:
+                out.print(render_front(view))
+            else:
+                with open(output, "w") as sink:
+                    Console(file=sink, width=200).print(render_front(view))
+        return
+    export_front(view, format, output, sys.stdout)
+    if output is not None:
+        console.print(f"wrote {view.front.num_rows} front rows to {output}", highlight=False)
+
+
+@app.command()
+def sweeps(
+    storage: Annotated[
+        str, typer.Argument(help="Results directory or URI (file://, s3://, gs://, memory://).")
+    ] = "squeezeray-results",
+) -> None:
+    """List the sweeps in a storage: id, name, start, trials ok/failed, front hypervolume."""
+    from rich.table import Table
+
+    from orchestrator.results import list_sweeps
+
+    listing = list_sweeps(storage)
+    table = Table(
+        title=f"sweeps in {storage}",
+        caption="hypervolume: accuracy x size x latency dominated by the sweep's front, "
+        "against its worst observed values (compare within a task)",
+    )
+    for header in ("sweep", "name", "task", "started (UTC)", "ok", "failed", "hypervolume"):
+        table.add_column(header, justify="right" if header in ("ok", "failed") else "left")
+    for row in listing.to_pylist():
+        started = row["started_at"].strftime("%Y-%m-%d %H:%M") if row["started_at"] else "-"
+        hv = "-" if row["hypervolume"] is None else f"{row['hypervolume']:.4g}"
+        table.add_row(
+            row["sweep_id"], row["sweep_name"] or "-", row["task"] or "-", started,
+            str(row["trials_ok"]), str(row["trials_failed"]), hv,
+        )  # fmt: skip
+    out.print(table)
+
+
 # --- nightly / schedule (orchestrator.nightly, orchestrator.schedule) ----------------------
 
 

@@ -181,20 +181,18 @@ def _fmt_value(value: Any) -> str:
 
 
 def _columns(view: FrontView) -> list[tuple[str, str]]:
-    """(header, column) pairs to show: id, objectives, runtime, wall time, knobs in use."""
+    """(header, column) pairs to show: id, objectives, runtime; knobs go in one column."""
     names = set(view.front.column_names) | set(view.baselines.column_names)
     cols: list[tuple[str, str]] = []
     sweeps = {*_col(view.front, "sweep_id"), *_col(view.baselines, "sweep_id")}
     if len(sweeps) > 1:
         cols.append(("sweep", "sweep_id"))
     cols.append(("trial", "trial_id"))
-    units = {"size_bytes": "size", "latency_ms": "latency (ms)", "accuracy": "accuracy"}
+    headers = {"size_bytes": "size", "latency_ms": "lat ms", "accuracy": "accuracy"}
     metric_cols = list(dict.fromkeys([*view.objectives, *DEFAULT_OBJECTIVES]))
-    cols += [(units.get(c, c), c) for c in metric_cols if c in names]
-    cols += [(h, c) for h, c in (("runtime", "runtime"), ("wall", "wall_s")) if c in names]
-    for knob in KNOB_COLUMNS:
-        if knob in names and any(v is not None for v in _col(view.front, knob)):
-            cols.append((knob, knob))
+    cols += [(headers.get(c, c), c) for c in metric_cols if c in names]
+    if "runtime" in names:
+        cols.append(("runtime", "runtime"))
     return cols
 
 
@@ -205,15 +203,36 @@ def _col(table: pa.Table, name: str) -> list[Any]:
 def _cell(column: str, value: Any) -> str:
     if column == "size_bytes":
         return _fmt_size(value)
-    if column == "wall_s" and _num(value) is not None:
-        return f"{float(value):.1f} s"
     if column == "accuracy" and _num(value) is not None:
         return f"{float(value):.4f}"
     return _fmt_value(value)
 
 
+_KNOB_LABELS = {
+    "distill.temperature": "T",
+    "distill.alpha": "α",
+    "prune.ratio": "prune",
+    "prune.method": "",
+    "lora.rank": "lora",
+    "quantize.mode": "",
+}
+
+
+def _knobs(row: Mapping[str, Any]) -> str:
+    """The trial's knobs, compact: `T=4 α=0.5 prune=0.35 structured lora=4 dynamic_int8`."""
+    parts = []
+    for knob in KNOB_COLUMNS:
+        value = row.get(knob)
+        if value is None or (knob == "quantize.mode" and value == "none"):
+            continue
+        label = _KNOB_LABELS.get(knob, knob)
+        parts.append(f"{label}={_fmt_value(value)}" if label else _fmt_value(value))
+    return " ".join(parts) or "-"
+
+
 def render_front(view: FrontView) -> RichTable:
     """The rich table: baseline row(s) first, then the front points with their ratios."""
+    from rich import box
     from rich.table import Table
 
     title = (
@@ -227,19 +246,32 @@ def render_front(view: FrontView) -> RichTable:
         caption_parts.append(
             f"showing the best {view.front.num_rows} by {next(iter(view.objectives))}"
         )
-    caption_parts.append("size x = baseline size / size; latency x = baseline latency / latency")
-    table = Table(title=title, caption="; ".join(caption_parts), title_justify="left")
+    caption_parts.append(
+        "size× = baseline size / size, lat× = baseline latency / latency (ms, batch 1), "
+        "Δacc = accuracy - baseline accuracy, in points"
+    )
+    table = Table(
+        title=title,
+        caption="; ".join(caption_parts),
+        title_justify="left",
+        caption_justify="left",
+        box=box.SIMPLE_HEAD,  # no vertical rules: the knobs keep room on 80 columns
+        pad_edge=False,
+        collapse_padding=True,
+    )
     cols = _columns(view)
-    for header, _column in cols:
-        table.add_column(header, overflow="fold")
-    for header in ("size ×", "latency ×", "Δacc (pts)"):
-        table.add_column(header, justify="right")
+    for header, column in cols:
+        numeric = column not in ("trial_id", "sweep_id", "runtime")
+        table.add_column(header, no_wrap=True, justify="right" if numeric else "left")
+    for header in ("size×", "lat×", "Δacc"):
+        table.add_column(header, justify="right", no_wrap=True)
+    table.add_column("knobs", overflow="fold", min_width=12)
     for row in view.baselines.to_pylist():
         cells = [_cell(c, row.get(c)) for _, c in cols]
         trial = row.get("trial_id")
         label = "baseline" if trial in (None, "baseline") else f"baseline ({trial})"
         cells[[c for _, c in cols].index("trial_id")] = label
-        table.add_row(*cells, "1.0×", "1.0×", "+0.00", style="bold")
+        table.add_row(*cells, "1.0×", "1.0×", "+0.00", "teacher, uncompressed", style="bold")
     for row in view.front.to_pylist():
         cells = [_cell(c, row.get(c)) for _, c in cols]
         size_x, latency_x, delta = (row.get(c) for c in RATIO_COLUMNS)
@@ -248,6 +280,7 @@ def render_front(view: FrontView) -> RichTable:
             "-" if size_x is None else f"{size_x:.1f}×",
             "-" if latency_x is None else f"{latency_x:.2f}×",
             "-" if delta is None else f"{delta:+.2f}",
+            _knobs(row),
         )
     return table
 

@@ -59,9 +59,7 @@ def _axis(column: str, values: np.ndarray) -> tuple[np.ndarray, str]:
         return values / 1e3, "size (KB, zstd)"
     if column.startswith("latency_ms"):
         label = "latency p90" if column.endswith("p90") else "latency"
-        if 0 < top < 0.1:
-            return values * 1e3, f"{label} (µs, batch 1)"
-        return values, f"{label} (ms, batch 1)"
+        return values, f"{label} (ms, batch 1, one thread)"
     if column.startswith("params_"):
         return values, f"{column.removeprefix('params_')} parameters"
     if column == "accuracy":

@@ -1,0 +1,178 @@
+"""`squeezeray pareto` and `squeezeray sweeps` through typer's CliRunner on generated results."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+from datetime import timedelta
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import pytest
+from typer.testing import CliRunner
+
+from orchestrator.cli import app
+from orchestrator.pareto import pareto_front
+from orchestrator.results import append_results, load_results
+from tests.orchestrator.test_results import T0, make_rows
+
+runner = CliRunner()
+
+
+@pytest.fixture(scope="module")
+def storage(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("cli") / "runs"
+    append_results(root, make_rows("old-1", seed=1, start=T0))
+    append_results(root, make_rows("new-2", n=30, seed=2, start=T0 + timedelta(days=2)))
+    return root
+
+
+def expected_front(storage: Path, sweep: str = "latest", where: str | None = None) -> set[str]:
+    front = pareto_front(load_results(storage, sweep=sweep), where=where)
+    return set(front.column("trial_id").to_pylist())
+
+
+def invoke(*args: str) -> tuple[int, str, str]:
+    result = runner.invoke(app, list(args))
+    return result.exit_code, result.stdout, result.stderr
+
+
+def test_default_table_shows_baseline_then_front_with_ratios(storage: Path) -> None:
+    code, stdout, _ = invoke("pareto", str(storage))
+    assert code == 0
+    front = expected_front(storage)
+    assert 0 < len(front) < 28
+    assert stdout.index("baseline") < min(stdout.index(t) for t in front)
+    for trial in front:
+        assert trial in stdout
+    assert "×" in stdout and "189.7 KB" in stdout  # ratios and the baseline's size in KB
+    assert "Pareto front: " in stdout and "of 28 ok trials" in stdout
+
+
+def test_json_goes_to_stdout_alone_and_matches_the_api(storage: Path) -> None:
+    code, stdout, _ = invoke("pareto", str(storage), "--format", "json", "--sweep", "old-1")
+    assert code == 0
+    rows = json.loads(stdout)  # nothing but the document on stdout
+    assert {r["trial_id"] for r in rows} == expected_front(storage, "old-1")
+    assert all(r["sweep_id"] == "old-1" and r["status"] == "ok" for r in rows)
+    best = rows[0]  # best accuracy first
+    assert best["accuracy"] == max(r["accuracy"] for r in rows)
+    assert best["size_x"] == pytest.approx(189_700 / best["size_bytes"])
+    assert best["latency_x"] == pytest.approx(0.026 / best["latency_ms"])
+    assert best["accuracy_delta_pts"] == pytest.approx((best["accuracy"] - 0.9722) * 100)
+    assert isinstance(best["stage_keys"], list) and best["started_at"].startswith("2025-03-01")
+
+
+def test_csv_with_where_and_top(storage: Path) -> None:
+    where = "accuracy >= 0.95 and latency_ms < 0.02"
+    code, stdout, _ = invoke("pareto", str(storage), "--format", "csv", "--where", where)
+    assert code == 0
+    rows = list(csv.DictReader(io.StringIO(stdout)))
+    assert {r["trial_id"] for r in rows} == expected_front(storage, where=where)
+    assert all(float(r["accuracy"]) >= 0.95 and float(r["latency_ms"]) < 0.02 for r in rows)
+    assert ";" in rows[0]["stage_keys"]  # lists are joined for CSV
+    code, stdout, _ = invoke(
+        "pareto", str(storage), "--format", "csv", "--where", where, "--top", "2"
+    )
+    top = list(csv.DictReader(io.StringIO(stdout)))
+    assert [r["trial_id"] for r in top] == [r["trial_id"] for r in rows[:2]]
+
+
+def test_all_sweeps_and_custom_objectives(storage: Path) -> None:
+    code, stdout, _ = invoke(
+        "pareto",
+        str(storage),
+        "--sweep",
+        "all",
+        "--format",
+        "json",
+        "--objectives",
+        "accuracy:max,params_nonzero",
+    )
+    assert code == 0
+    rows = json.loads(stdout)
+    expected = pareto_front(load_results(storage), {"accuracy": "max", "params_nonzero": "min"})
+    assert {(r["sweep_id"], r["trial_id"]) for r in rows} == set(
+        zip(
+            expected.column("sweep_id").to_pylist(),
+            expected.column("trial_id").to_pylist(),
+            strict=True,
+        )
+    )
+
+
+def test_parquet_needs_output_and_writes_it(storage: Path, tmp_path: Path) -> None:
+    code, _, stderr = invoke("pareto", str(storage), "--format", "parquet")
+    assert code == 2 and "--output" in stderr
+    target = tmp_path / "front.parquet"
+    code, stdout, stderr = invoke(
+        "pareto", str(storage), "--format", "parquet", "--output", str(target)
+    )
+    assert code == 0 and stdout == ""
+    table = pq.read_table(target)
+    assert set(table.column("trial_id").to_pylist()) == expected_front(storage)
+    assert "size_x" in table.column_names
+
+
+def test_output_file_for_text_formats(storage: Path, tmp_path: Path) -> None:
+    target = tmp_path / "front.csv"
+    code, stdout, stderr = invoke(
+        "pareto", str(storage), "--format", "csv", "--output", str(target)
+    )
+    assert code == 0 and stdout == "" and "wrote" in stderr
+    assert len(list(csv.DictReader(target.open()))) == len(expected_front(storage))
+
+
+def test_empty_result_is_a_message_and_exit_0(storage: Path) -> None:
+    code, stdout, stderr = invoke("pareto", str(storage), "--where", "accuracy > 2")
+    assert code == 0
+    assert "no ok trial matches --where 'accuracy > 2'" in stderr
+    code, stdout, stderr = invoke(
+        "pareto", str(storage), "--where", "accuracy > 2", "--format", "json"
+    )
+    assert code == 0 and json.loads(stdout) == []
+
+
+def test_bad_expression_and_unknown_column_exit_2(storage: Path) -> None:
+    code, stdout, stderr = invoke("pareto", str(storage), "--where", "accuracy >> 1")
+    assert code == 2 and stdout == ""
+    assert "syntax error at position 11" in stderr
+    code, _, stderr = invoke("pareto", str(storage), "--where", "acc > 0.9")
+    assert code == 2
+    assert "unknown column 'acc'" in stderr and "latency_ms" in stderr
+    code, _, stderr = invoke("pareto", str(storage), "--objectives", "accuracy:up")
+    assert code == 2 and "accepted: max, min" in stderr
+
+
+def test_missing_storage_exit_2_with_how_to(tmp_path: Path) -> None:
+    code, stdout, stderr = invoke("pareto", str(tmp_path / "missing"))
+    assert code == 2 and stdout == ""
+    assert "no results at" in stderr and "squeezeray sweep --storage" in stderr
+
+
+def test_unknown_sweep_and_format(storage: Path) -> None:
+    code, _, stderr = invoke("pareto", str(storage), "--sweep", "zzz")
+    assert code == 2 and "old-1" in stderr and "new-2" in stderr
+    code, _, stderr = invoke("pareto", str(storage), "--format", "xml")
+    assert code == 2 and "accepted: table, csv, json, parquet" in stderr
+    code, _, stderr = invoke("pareto", str(storage), "--plot", "front.svg")
+    assert code == 2 and ".png, .html" in stderr
+
+
+def test_plot_option_writes_the_file(storage: Path, tmp_path: Path) -> None:
+    target = tmp_path / "front.png"
+    code, _, _ = invoke("pareto", str(storage), "--plot", str(target), "--format", "json")
+    assert code == 0 and target.stat().st_size > 10_000
+
+
+def test_sweeps_lists_every_sweep(storage: Path) -> None:
+    code, stdout, _ = invoke("sweeps", str(storage))
+    assert code == 0
+    assert stdout.index("old-1") < stdout.index("new-2")
+    assert "28" in stdout and "22" in stdout  # ok counts of the two sweeps
+
+
+def test_sweeps_missing_storage(tmp_path: Path) -> None:
+    code, _, stderr = invoke("sweeps", str(tmp_path / "nothing"))
+    assert code == 2 and "squeezeray sweep --storage" in stderr
