@@ -30,6 +30,7 @@ def _one_thread():
 
 
 def _train(task: Task, arch: str, *, epochs: int) -> ModelCheckpoint:
+    torch.manual_seed(0)  # the initial weights come from the global generator
     model = task.build(arch)
     fit(model, task.train, task.val, epochs=epochs, lr=1e-3, batch_size=64, device=CPU, seed=0)
     return from_model(task, model, {"arch": arch})

@@ -45,6 +45,7 @@ def digits() -> Task:
 
 @pytest.fixture(scope="module")
 def student(digits: Task) -> tuple[nn.Module, ModelCheckpoint]:
+    torch.manual_seed(0)  # the initial weights come from the global generator
     model = digits.build("student")
     fit(model, digits.train, digits.val, epochs=10, lr=3e-3, batch_size=64, device=CPU, seed=0)
     return model, from_model(digits, model, {"arch": "student"})
