@@ -96,7 +96,14 @@ def latency_resources(info: ClusterInfo, requested: str | None) -> dict[str, flo
                 f"{', '.join(offered) or 'none'}. Start the deployment nodes with "
                 f"`ray start --resources='{{\"{requested}\": 1}}'`"
             )
-        return {requested: 0.001} if requested != LATENCY_RESOURCE else {LATENCY_RESOURCE: 1.0}
+        if requested == LATENCY_RESOURCE:
+            return {LATENCY_RESOURCE: 1.0}
+        # A sliver of the marker resource pins the task to those nodes; the node's latency
+        # slot (when offered) keeps measurements there from overlapping.
+        out = {requested: 0.001}
+        if info.resources.get(LATENCY_RESOURCE, 0.0) > 0:
+            out[LATENCY_RESOURCE] = 1.0
+        return out
     if info.resources.get(LATENCY_RESOURCE, 0.0) > 0:
         return {LATENCY_RESOURCE: 1.0}
     return {}

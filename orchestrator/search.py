@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -21,26 +22,84 @@ def make_search(
 ) -> tuple[Any, dict[str, Any], int]:
     """(search_alg, param_space, num_samples) for the Tuner."""
     from ray import tune
+    from ray.tune.search import SearchGenerator
+    from ray.tune.search.basic_variant import BasicVariantGenerator
 
     searched = space.searched()
     algorithm = space.search.algorithm
+    inner: Any
     if algorithm == "grid":
-        grid = {k: tune.grid_search(list(d.choices)) for k, d in searched.items()}
-        return None, grid, 1
-    if algorithm == "random":
-        from ray.tune.search.basic_variant import BasicVariantGenerator
+        param_space = {k: tune.grid_search(list(d.choices)) for k, d in searched.items()}
+        inner, num_samples = BasicVariantGenerator(), 1
+    elif algorithm == "random":
+        param_space = {k: _tune_domain(d) for k, d in searched.items()}
+        inner = BasicVariantGenerator(random_state=space.search.seed)
+        num_samples = space.search.trials
+    else:
+        searcher = _optuna_search(space, constraints, points_to_evaluate, evaluated_rewards)
+        inner, param_space, num_samples = SearchGenerator(searcher), {}, space.search.trials
+    if space.search.time_budget_s is not None:
+        inner = _with_deadline(inner, time.monotonic() + space.search.time_budget_s)
+    return inner, param_space, num_samples
 
-        tune_space = {k: _tune_domain(d) for k, d in searched.items()}
-        return (
-            BasicVariantGenerator(random_state=space.search.seed),
-            tune_space,
-            space.search.trials,
-        )
-    return (
-        _optuna_search(space, constraints, points_to_evaluate, evaluated_rewards),
-        {},
-        space.search.trials,
-    )
+
+def _with_deadline(inner: Any, deadline: float) -> Any:
+    """A search algorithm that stops *launching* trials at `deadline` (time.monotonic()).
+
+    Tune's own `time_budget_s` kills running trials, losing their results; here running
+    trials finish and are recorded, and the sweep then ends.
+    """
+    from ray.tune.search import SearchAlgorithm
+
+    class DeadlineSearch(SearchAlgorithm):  # type: ignore[misc]
+        def __init__(self) -> None:
+            self.inner = inner
+            self.out_of_time = False
+
+        @property
+        def metric(self) -> Any:
+            return self.inner.metric
+
+        def set_search_properties(self, metric: Any, mode: Any, config: Any, **spec: Any) -> bool:
+            return bool(self.inner.set_search_properties(metric, mode, config, **spec))
+
+        @property
+        def total_samples(self) -> int:
+            return int(self.inner.total_samples)
+
+        def add_configurations(self, experiments: Any) -> None:
+            self.inner.add_configurations(experiments)
+
+        def next_trial(self) -> Any:
+            if time.monotonic() >= deadline:
+                self.out_of_time = True
+                return None
+            return self.inner.next_trial()
+
+        def on_trial_result(self, trial_id: str, result: dict[str, Any]) -> None:
+            self.inner.on_trial_result(trial_id, result)
+
+        def on_trial_complete(
+            self, trial_id: str, result: dict[str, Any] | None = None, error: bool = False
+        ) -> None:
+            self.inner.on_trial_complete(trial_id, result=result, error=error)
+
+        def is_finished(self) -> bool:
+            return self.out_of_time or bool(self.inner.is_finished())
+
+        def set_finished(self) -> None:
+            self.inner.set_finished()
+
+        def has_checkpoint(self, dirpath: str) -> bool:
+            return bool(self.inner.has_checkpoint(dirpath))
+
+        def save_to_dir(self, dirpath: str, **kwargs: Any) -> None:
+            self.inner.save_to_dir(dirpath, **kwargs)
+
+        def restore_from_dir(self, dirpath: str) -> None:
+            self.inner.restore_from_dir(dirpath)
+
+    return DeadlineSearch()
 
 
 def _bounds(d: Distribution) -> tuple[float, float]:

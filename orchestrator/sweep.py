@@ -336,9 +336,7 @@ def execute_sweep(
         latency=asdict(space.latency),
         trial_timeout_s=sweep.trial_timeout_s,
     )
-    stage_options: dict[str, Any] = {"num_cpus": sweep.cpus_per_trial}
-    if sweep.gpus_per_trial > 0:
-        stage_options["num_gpus"] = sweep.gpus_per_trial
+    stage_options = stage_task_options(sweep.cpus_per_trial, sweep.gpus_per_trial)
     measure_options: dict[str, Any] = {
         "num_cpus": 1,
         "resources": latency_resources(info, latency_resource),
@@ -399,7 +397,6 @@ def execute_sweep(
                     num_samples=num_samples,
                     max_concurrent_trials=concurrency,
                     reuse_actors=True,
-                    time_budget_s=space.search.time_budget_s,
                 ),
                 run_config=tune.RunConfig(
                     name=sweep.sweep_id,
@@ -455,6 +452,18 @@ class SweepInterrupted(SqueezerayError):
             "is saved. To continue, run: squeezeray sweep --resume "
             f"--sweep-id {summary.sweep_id} --storage {summary.storage}"
         )
+
+
+def stage_task_options(cpus_per_trial: float, gpus_per_trial: float) -> dict[str, Any]:
+    """Ray options of every stage task: the trial's CPUs, and its GPUs when asked for.
+
+    Stage tasks of a GPU sweep also get `device="cuda"` (see SweepPlan); a stage on a node
+    without CUDA falls back to CPU (stages.device.resolve_device).
+    """
+    options: dict[str, Any] = {"num_cpus": cpus_per_trial}
+    if gpus_per_trial > 0:
+        options["num_gpus"] = gpus_per_trial
+    return options
 
 
 def _grid_size(param_space: Mapping[str, Any]) -> int:

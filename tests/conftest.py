@@ -19,6 +19,8 @@ def ray_session() -> Iterator[None]:
 
     from orchestrator.runtime import init_ray
 
-    init_ray(address=None, num_cpus=2)
+    # One logical GPU is declared (none exists): GPU sweeps then schedule here and their stages
+    # fall back to CPU, which exercises the --gpus-per-trial path on a CPU-only machine.
+    init_ray(address=None, num_cpus=2, num_gpus=1)
     yield
     ray.shutdown()

@@ -1,0 +1,86 @@
+"""Sweep options through a real local Ray: GPU trials on a CPU machine, time budget, ASHA,
+constraints, latency resources and the errors raised before any Ray work."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from orchestrator.config import load_space
+from orchestrator.runtime import LATENCY_RESOURCE, ClusterInfo, latency_resources
+from orchestrator.sweep import execute_sweep, prepare_sweep, stage_task_options
+from stages.device import resolve_device
+from stages.errors import SqueezerayError
+
+
+def test_stage_task_options_carry_gpus() -> None:
+    assert stage_task_options(1, 0) == {"num_cpus": 1}
+    assert stage_task_options(2, 0.5) == {"num_cpus": 2, "num_gpus": 0.5}
+
+
+def test_cuda_request_falls_back_to_cpu_without_cuda() -> None:
+    import torch
+
+    expected = "cuda" if torch.cuda.is_available() else "cpu"
+    assert resolve_device("cuda").type == expected
+    assert resolve_device("cpu").type == "cpu"
+    with pytest.raises(SqueezerayError, match="tpu"):
+        resolve_device("tpu")
+
+
+def _info(**resources: float) -> ClusterInfo:
+    return ClusterInfo(cpus=2, gpus=0, resources={"CPU": 2, **resources}, nodes=1, started_here=True)
+
+
+def test_latency_resources() -> None:
+    assert latency_resources(_info(**{LATENCY_RESOURCE: 1}), None) == {LATENCY_RESOURCE: 1.0}
+    assert latency_resources(_info(), None) == {}
+    pinned = latency_resources(_info(edge=1, **{LATENCY_RESOURCE: 1}), "edge")
+    assert pinned == {"edge": 0.001, LATENCY_RESOURCE: 1.0}
+    with pytest.raises(SqueezerayError, match="--latency-resource='edge'"):
+        latency_resources(_info(), "edge")
+
+
+def test_bad_flags_fail_before_ray(tmp_path: Path) -> None:
+    with pytest.raises(SqueezerayError, match="--cpus-per-trial"):
+        prepare_sweep("tiny", storage=tmp_path, cpus_per_trial=0)
+    with pytest.raises(SqueezerayError, match="--time-budget"):
+        prepare_sweep("tiny", storage=tmp_path, time_budget="soon")
+    with pytest.raises(SqueezerayError, match="no_such_module"):
+        prepare_sweep("tiny", storage=tmp_path, task="no_such_module:make")
+
+
+@pytest.mark.slow
+@pytest.mark.usefixtures("ray_session")
+def test_gpu_trials_constraints_and_asha(tmp_path: Path) -> None:
+    """--gpus-per-trial schedules on the (logical) GPU and falls back to CPU; an impossible
+    constraint still ends cleanly with every row infeasible; ASHA runs with the scheduler."""
+    space = load_space("tiny")
+    space_file = tmp_path / "space.yaml"
+    text = Path(space.source).read_text()
+    text = text.replace("search: {algorithm: random, trials: 4, seed: 0}",
+                        "search: {algorithm: random, trials: 4, seed: 0, scheduler: asha}")
+    text += '\nconstraints: {accuracy: ">= 1.5"}\n'
+    space_file.write_text(text)
+    outcome = execute_sweep(
+        prepare_sweep(str(space_file), storage=tmp_path / "r", gpus_per_trial=0.5)
+    )
+    trials = [r for r in outcome.table.to_pylist() if not r["is_baseline"]]
+    assert len(trials) == 4
+    assert {r["status"] for r in trials} <= {"ok", "stopped"}
+    assert any(r["status"] == "ok" for r in trials)
+    assert all(r["feasible"] is False for r in trials)
+
+
+@pytest.mark.slow
+@pytest.mark.usefixtures("ray_session")
+def test_time_budget_stops_launching_and_keeps_results(tmp_path: Path) -> None:
+    outcome = execute_sweep(
+        prepare_sweep("tiny", storage=tmp_path / "r", trials=200, time_budget="6s")
+    )
+    rows = outcome.table.to_pylist()
+    trials = [r for r in rows if not r["is_baseline"]]
+    assert 1 <= len(trials) < 200
+    assert sum(r["is_baseline"] for r in rows) == 1
+    assert outcome.summary.wall_s < 60
