@@ -172,6 +172,31 @@ def _optuna_search(
                 return
             super().on_trial_complete(trial_id, result=result, error=error)
 
+        def add_evaluated_point(
+            self,
+            parameters: dict[Any, Any],
+            value: Any,
+            error: bool = False,
+            pruned: bool = False,
+            intermediate_values: list[float] | None = None,
+        ) -> Any:
+            # Ray hands a multi-objective reward list to Optuna as `value=`, which it rejects.
+            if not isinstance(value, list | tuple) or error or pruned:
+                return super().add_evaluated_point(
+                    parameters, value, error, pruned, intermediate_values
+                )
+            study: Any = self._ot_study
+            distributions: Any = self._space  # a dict of optuna distributions (see below)
+            study.add_trial(
+                optuna.trial.create_trial(
+                    state=optuna.trial.TrialState.COMPLETE,
+                    values=[float(v) for v in value],
+                    params=parameters,
+                    distributions=distributions,
+                )
+            )
+            return None
+
     searched = space.searched()
     return SqueezeOptunaSearch(
         space={k: _optuna_distribution(d) for k, d in searched.items()},
