@@ -1,0 +1,245 @@
+"""Benchmark 6: compression quality of the default sweeps against their teacher.
+
+For `digits` (default.yaml) and `digits-cnn` (digits-cnn.yaml), one default sweep each (Optuna,
+the space's own trials and seed) in a fresh child process. From its rows, among models within
+1 accuracy point of the teacher (accuracy >= teacher - 0.01):
+
+- the smallest: teacher size / its size (zstd bytes of the deployed artifact);
+- the fastest overall, the fastest deployed eager and the fastest in ONNX Runtime: eager teacher
+  batch-1 latency / its latency.
+
+Latencies in a sweep are measured once each, beside other stage tasks; so the chosen models and
+the teacher (eager and exported to ONNX Runtime) are re-measured side by side afterwards in one
+quiet process, alternating, `REMEASURE` times each, from the sweep's stage checkpoints.
+
+KD vs plain cross-entropy: one teacher (seed 0, the space's epochs), then the distill stage called
+directly for 5 seeds with KD (T=4, alpha 0.3 and 0.7: the default space's choices) and with
+alpha=1 (plain CE on the labels, the teacher unused); test accuracy mean and spread.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from bench.common import run_child, scratch_dir, spread, write_result
+
+WORKLOADS: dict[str, dict[str, Any]] = {
+    "digits": {"space": "default", "teacher_epochs": 40, "distill_epochs": 60},
+    "digits-cnn": {"space": "digits-cnn", "teacher_epochs": 30, "distill_epochs": 40},
+}
+WITHIN = 0.01  # 1 accuracy point
+REMEASURE = 7
+KD_SEEDS = 5
+KD_SETTINGS = {"kd_T4_a0.3": (4.0, 0.3), "kd_T4_a0.7": (4.0, 0.7), "ce": (4.0, 1.0)}
+
+
+def child_sweep(payload: dict[str, Any]) -> dict[str, Any]:
+    """The space's default sweep; its rows (final stage key included) and baseline."""
+    from orchestrator.runtime import init_ray
+    from orchestrator.sweep import execute_sweep, prepare_sweep
+
+    sweep = prepare_sweep(
+        payload["space"], storage=payload["storage"], name="compression", trials=payload["trials"]
+    )
+    init_ray(address=None, num_cpus=payload["num_cpus"])
+    t0 = time.perf_counter()
+    outcome = execute_sweep(sweep, num_cpus=payload["num_cpus"])
+    rows = []
+    for r in outcome.table.to_pylist():
+        rows.append(
+            {
+                k: r[k]
+                for k in (
+                    "trial_id",
+                    "is_baseline",
+                    "status",
+                    "accuracy",
+                    "size_bytes",
+                    "latency_ms",
+                    "runtime",
+                    "params",
+                    "params_total",
+                    "params_nonzero",
+                )
+            }
+            | {"final_key": (r["stage_keys"] or [None])[-1]}
+        )
+    return {
+        "sweep_id": sweep.sweep_id,
+        "task": sweep.space.task,
+        "sweep_s": time.perf_counter() - t0,
+        "trials": sweep.space.search.trials,
+        "rows": rows,
+    }
+
+
+def child_remeasure(payload: dict[str, Any]) -> dict[str, Any]:
+    """Latency of the named checkpoints (and the teacher in ONNX Runtime), side by side."""
+    import torch
+
+    from orchestrator.stage_tasks import CACHE_DIR, checkpoint_path
+    from orchestrator.storage import open_storage
+    from stages import get_stage
+    from stages.base import StageInput
+    from stages.checkpoint import ModelCheckpoint
+    from stages.metrics import measure_latency
+    from stages.tasks import load_task
+
+    torch.set_num_threads(1)
+    task = load_task(payload["task"])
+    store = open_storage(payload["storage"])
+    models: dict[str, ModelCheckpoint] = {}
+    for name, key in payload["keys"].items():
+        models[name] = ModelCheckpoint.from_bytes(
+            store.read_bytes(CACHE_DIR, checkpoint_path(key)[0])
+        )
+    export = get_stage("export")
+    teacher = models["teacher"]
+    models["teacher-onnxruntime"] = export.run(
+        StageInput(task=task, parent=teacher, teacher=teacher, seed=0),
+        export.make_params({"runtime": "onnxruntime"}),
+    ).checkpoint
+    times: dict[str, list[float]] = {name: [] for name in models}
+    for _ in range(int(payload["repeats"])):
+        for name, ckpt in models.items():
+            times[name].append(measure_latency(task, ckpt, warmup=50, repeats=300).median_ms)
+    return {name: {"runtime": models[name].runtime, "median_ms": t} for name, t in times.items()}
+
+
+def child_kd(payload: dict[str, Any]) -> dict[str, Any]:
+    """Teacher once; distill per seed and setting; test accuracy of each student."""
+    import torch
+
+    from stages import get_stage
+    from stages.base import StageInput
+    from stages.metrics import accuracy
+    from stages.tasks import load_task
+
+    torch.set_num_threads(1)
+    task = load_task(payload["task"])
+    teacher_spec, distill = get_stage("teacher"), get_stage("distill")
+    teacher = teacher_spec.run(
+        StageInput(task=task, parent=None, seed=0),
+        teacher_spec.make_params({"epochs": payload["teacher_epochs"]}),
+    ).checkpoint
+    out: dict[str, Any] = {"teacher_accuracy": accuracy(task, teacher), "students": {}}
+    for name, (temperature, alpha) in payload["settings"].items():
+        accs = []
+        for seed in range(int(payload["seeds"])):
+            student = distill.run(
+                StageInput(task=task, parent=teacher, teacher=teacher, seed=seed),
+                distill.make_params(
+                    {"temperature": temperature, "alpha": alpha, "epochs": payload["epochs"]}
+                ),
+            ).checkpoint
+            accs.append(accuracy(task, student))
+        out["students"][name] = accs
+    return out
+
+
+def analyse(sweep: dict[str, Any]) -> dict[str, Any]:
+    """Smallest and fastest models within 1 point of the teacher, from the sweep's rows."""
+    rows = sweep["rows"]
+    base = next(r for r in rows if r["is_baseline"])
+    ok = [
+        r
+        for r in rows
+        if not r["is_baseline"] and r["status"] == "ok" and r["accuracy"] is not None
+    ]
+    close = [r for r in ok if r["accuracy"] >= base["accuracy"] - WITHIN - 1e-12]
+    out: dict[str, Any] = {
+        "teacher": {k: base[k] for k in ("accuracy", "size_bytes", "latency_ms", "runtime")},
+        "trials_ok": len(ok),
+        "within_1pt": len(close),
+        "best_accuracy": max((r["accuracy"] for r in ok), default=None),
+    }
+
+    def pick(r: dict[str, Any]) -> dict[str, Any]:
+        keep = ("trial_id", "accuracy", "size_bytes", "latency_ms", "runtime", "final_key")
+        return {k: r[k] for k in keep} | {
+            "accuracy_delta_pts": 100 * (r["accuracy"] - base["accuracy"]),
+            "size_ratio": base["size_bytes"] / r["size_bytes"],
+            "latency_ratio": base["latency_ms"] / r["latency_ms"],
+            "params": r["params"],
+        }
+
+    if close:
+        out["smallest"] = pick(min(close, key=lambda r: r["size_bytes"]))
+        out["fastest"] = pick(min(close, key=lambda r: r["latency_ms"]))
+        for runtime in ("eager", "torchscript", "onnxruntime"):
+            same = [r for r in close if r["runtime"] == runtime]
+            if same:
+                out[f"fastest_{runtime}"] = pick(min(same, key=lambda r: r["latency_ms"]))
+    return out
+
+
+def run(*, smoke: bool = False, results_dir: Any = None) -> dict[str, Any]:
+    """Both workloads: sweep, re-measure, KD vs CE; writes the JSON."""
+    workloads = (
+        {"tiny": {"space": "tiny", "teacher_epochs": 2, "distill_epochs": 2, "task": "blobs"}}
+        if smoke
+        else WORKLOADS
+    )
+    out: dict[str, Any] = {"within_pts": 100 * WITHIN, "workloads": {}}
+    for name, wl in workloads.items():
+        storage = str(scratch_dir("compression") / "store")
+        sweep = run_child(
+            "bench.compression:child_sweep",
+            {
+                "space": wl["space"],
+                "storage": storage,
+                "num_cpus": 2,
+                "trials": 2 if smoke else None,
+            },
+            inprocess=smoke,
+        )
+        result = analyse(sweep)
+        base_key = next(r["final_key"] for r in sweep["rows"] if r["is_baseline"])
+        keys = {"teacher": base_key}
+        for label in ("smallest", "fastest", "fastest_eager", "fastest_onnxruntime"):
+            if label in result:
+                keys[label] = result[label]["final_key"]
+        remeasured = run_child(
+            "bench.compression:child_remeasure",
+            {
+                "task": sweep["task"],
+                "storage": storage,
+                "keys": keys,
+                "repeats": 2 if smoke else REMEASURE,
+            },
+            inprocess=smoke,
+        )
+        teacher_ms = spread(remeasured["teacher"]["median_ms"])["median"]
+        result["remeasured"] = {
+            label: {
+                "runtime": m["runtime"],
+                "median_ms": spread(m["median_ms"]),
+                "speedup_vs_eager_teacher": teacher_ms / spread(m["median_ms"])["median"],
+            }
+            for label, m in remeasured.items()
+        }
+        kd = run_child(
+            "bench.compression:child_kd",
+            {
+                "task": sweep["task"],
+                "teacher_epochs": wl["teacher_epochs"],
+                "epochs": wl["distill_epochs"],
+                "seeds": 1 if smoke else KD_SEEDS,
+                "settings": KD_SETTINGS,
+            },
+            inprocess=smoke,
+        )
+        result["kd_vs_ce"] = {
+            "teacher_accuracy": kd["teacher_accuracy"],
+            **{k: spread(v) for k, v in kd["students"].items()},
+            "raw": kd["students"],
+        }
+        result["sweep_s"] = sweep["sweep_s"]
+        result["space"] = wl["space"]
+        result["sweep_id"] = sweep["sweep_id"]
+        out["workloads"][name] = result
+    out["goals"] = {"size_ratio": 40, "latency_ratio": 4, "max_loss_pts": 1}
+    out["command"] = "python -m bench --only compression"
+    write_result("compression_smoke" if smoke else "compression", out, results_dir=results_dir)
+    return out

@@ -1,0 +1,56 @@
+"""Benchmark 2: parallel efficiency, the same sweep on 1 CPU and on 2 CPUs.
+
+Each run is a fresh child process with its own embedded Ray (`num_cpus` 1 or 2) and a fresh
+storage; random search with a fixed seed draws the same configurations in every run. The runs
+alternate (1, 2, 1, 2, ...) so slow drifts in machine load hit both. Efficiency of a pair is
+t1 / (2 * t2); 1.0 means the second core halves the time.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from bench.common import spread, write_result
+from bench.sweep_vs_naive import squeezeray_run
+
+SPACE = "default"
+TRIALS = 24
+
+
+def run(*, smoke: bool = False, repeats: int = 2, results_dir: Any = None) -> dict[str, Any]:
+    """`repeats` alternating pairs of (1 CPU, 2 CPU) sweeps; writes the JSON."""
+    space, trials = ("tiny", 2) if smoke else (SPACE, TRIALS)
+    pairs = 1 if smoke else repeats
+    runs: dict[str, list[dict[str, Any]]] = {"1": [], "2": []}
+    for _ in range(pairs):
+        for cpus in (1, 2):
+            load_before = list(os.getloadavg())
+            sq = squeezeray_run(space, trials=trials, seed=0, num_cpus=cpus, inprocess=smoke)
+            runs[str(cpus)].append(
+                {
+                    "sweep_s": sq["sweep_s"],
+                    "init_s": sq["init_s"],
+                    "total_s": sq["total_s"],
+                    "stages_executed": sq["stages_executed"],
+                    "unique_stage_cpu_s": sq["unique_stage_cpu_s"],
+                    "trials_ok": sq["trials_ok"],
+                    "load_before": load_before,
+                }
+            )
+    t1 = [r["sweep_s"] for r in runs["1"]]
+    t2 = [r["sweep_s"] for r in runs["2"]]
+    eff = [a / (2 * b) for a, b in zip(t1, t2, strict=True)]
+    out = {
+        "space": space,
+        "trials": trials,
+        "algorithm": "random",
+        "t1_s": spread(t1),
+        "t2_s": spread(t2),
+        "efficiency": spread(eff),
+        "goal": 0.9,
+        "runs": runs,
+        "command": "python -m bench --only parallel",
+    }
+    write_result("parallel_smoke" if smoke else "parallel", out, results_dir=results_dir)
+    return out

@@ -1,0 +1,145 @@
+"""Benchmark 4: search quality, Optuna multi-objective TPE vs random search.
+
+Per seed, one Optuna sweep of 32 trials and one random sweep of 64 trials on the cheap
+`bench-quality` space, all on one storage (the teacher and KD stages are computed once and
+loaded by every later run), each in a fresh child process with its own 2-CPU Ray. The
+hypervolume after the first N finished trials (ordered by `finished_at`) is computed for N in
+{8, 16, 32} (and 64 for random) against one fixed reference point, taken from the first run's
+baseline row (the uncompressed teacher): its size and latency, and its accuracy minus 5 points
+(the baseline's own accuracy would leave almost no volume: students rarely beat their teacher).
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+from bench.common import ROOT, run_child, scratch_dir, spread, write_result
+
+SPACE = str(ROOT / "search_spaces" / "bench-quality.yaml")
+OBJECTIVES = {"accuracy": "max", "size_bytes": "min", "latency_ms": "min"}
+ACCURACY_MARGIN = 0.05  # reference accuracy = baseline accuracy - 5 points
+
+
+def child_sweep(payload: dict[str, Any]) -> dict[str, Any]:
+    from orchestrator.runtime import init_ray
+    from orchestrator.sweep import execute_sweep, prepare_sweep
+
+    sweep = prepare_sweep(
+        payload["space"],
+        trials=payload["trials"],
+        seed=payload["seed"],
+        algorithm=payload["algorithm"],
+        storage=payload["storage"],
+        name=f"{payload['algorithm']}-{payload['seed']}",
+    )
+    init_ray(address=None, num_cpus=payload["num_cpus"])
+    t0 = time.perf_counter()
+    outcome = execute_sweep(sweep, num_cpus=payload["num_cpus"])
+    return {
+        "sweep_id": sweep.sweep_id,
+        "sweep_s": time.perf_counter() - t0,
+        "trials_ok": outcome.summary.trials_ok,
+        "trials_failed": outcome.summary.trials_failed,
+        "stages_executed": outcome.summary.stages_executed,
+        "stages_loaded": outcome.summary.stages_loaded,
+    }
+
+
+def hv_prefixes(
+    storage: str, sweep_id: str, sizes: list[int], reference: dict[str, float]
+) -> dict[str, float]:
+    """Hypervolume of the first n finished trials, for each n in `sizes`."""
+    import pyarrow.compute as pc
+
+    from orchestrator.pareto import hypervolume
+    from orchestrator.results import load_results
+
+    table = load_results(storage, sweep=sweep_id)
+    trials = table.filter(pc.invert(table.column("is_baseline"))).sort_by(
+        [("finished_at", "ascending")]
+    )
+    return {
+        str(n): hypervolume(trials.slice(0, n), OBJECTIVES, reference)
+        for n in sizes
+        if n <= trials.num_rows
+    }
+
+
+def reference_point(storage: str, sweep_id: str) -> dict[str, float]:
+    from orchestrator.results import load_results
+
+    rows = load_results(storage, sweep=sweep_id).to_pylist()
+    base = next(r for r in rows if r["is_baseline"])
+    return {
+        "accuracy": float(base["accuracy"]) - ACCURACY_MARGIN,
+        "size_bytes": float(base["size_bytes"]),
+        "latency_ms": float(base["latency_ms"]),
+    }
+
+
+def run(*, smoke: bool = False, results_dir: Any = None) -> dict[str, Any]:
+    """3 seeds x (Optuna 32, random 64); hypervolume per prefix; writes the JSON."""
+    seeds = [0] if smoke else [0, 1, 2]
+    budgets = {"optuna": 2, "random": 2} if smoke else {"optuna": 32, "random": 64}
+    sizes = (
+        {"optuna": [2], "random": [2]}
+        if smoke
+        else {"optuna": [8, 16, 32], "random": [8, 16, 32, 64]}
+    )
+    space = str(ROOT / "search_spaces" / "tiny.yaml") if smoke else SPACE
+    storage = str(scratch_dir("quality") / "store")
+    runs: list[dict[str, Any]] = []
+    for seed in seeds:
+        for algorithm, trials in budgets.items():
+            r = run_child(
+                "bench.search_quality:child_sweep",
+                {
+                    "space": space,
+                    "trials": trials,
+                    "seed": seed,
+                    "algorithm": algorithm,
+                    "storage": storage,
+                    "num_cpus": 2,
+                },
+                inprocess=smoke,
+            )
+            runs.append({"seed": seed, "algorithm": algorithm, **r})
+    reference = reference_point(storage, runs[0]["sweep_id"])
+    # HV as a fraction of the box between the reference and (baseline accuracy, 0 B, 0 ms):
+    # 1.0 would be a model as accurate as the teacher with no size and no latency.
+    box = ACCURACY_MARGIN * reference["size_bytes"] * reference["latency_ms"]
+    hv: dict[str, dict[str, list[float]]] = {"optuna": {}, "random": {}}
+    for r in runs:
+        raw = hv_prefixes(storage, r["sweep_id"], sizes[r["algorithm"]], reference)
+        r["hypervolume"] = {n: v / box for n, v in raw.items()}
+        for n, value in r["hypervolume"].items():
+            hv[r["algorithm"]].setdefault(n, []).append(value)
+    table = {f"{alg}@{n}": spread(values) for alg, by_n in hv.items() for n, values in by_n.items()}
+    goal = None
+    if not smoke:
+        optuna32, random64 = hv["optuna"]["32"], hv["random"]["64"]
+        goal = {
+            "optuna32_mean": sum(optuna32) / len(optuna32),
+            "random64_mean": sum(random64) / len(random64),
+            "seeds_optuna32_ge_random64": sum(
+                a >= b for a, b in zip(optuna32, random64, strict=True)
+            ),
+        }
+        goal["met"] = goal["optuna32_mean"] >= goal["random64_mean"]
+    out = {
+        "space": Path(space).name,
+        "seeds": seeds,
+        "objectives": OBJECTIVES,
+        "reference": reference,
+        "reference_rule": "baseline size and latency; baseline accuracy - 0.05",
+        "hypervolume_unit": "fraction of the box reference..(baseline accuracy, 0 B, 0 ms)",
+        "hypervolume": table,
+        "goal": goal,
+        "runs": runs,
+        "command": "python -m bench --only search_quality",
+    }
+    name = "search_quality_smoke" if smoke else "search_quality"
+    write_result(name, out, results_dir=results_dir)
+    return out

@@ -1,0 +1,103 @@
+"""Smoke runs of every benchmark at tiny sizes (in this process, on the session's Ray).
+
+The numbers mean nothing at this size; the tests check that each benchmark still runs end to
+end, writes its JSON, and that the comparisons it makes are sound (the naive sweep evaluates
+the same configurations and gets the same models).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.slow
+
+
+def _read(results_dir: Path, name: str) -> dict:  # type: ignore[type-arg]
+    data = json.loads((results_dir / f"{name}_smoke.json").read_text())
+    assert data["machine"]["cores"] >= 1
+    assert data["machine"]["versions"]["torch"]
+    return dict(data)
+
+
+def test_sweep_vs_naive_smoke(ray_session: None, tmp_path: Path) -> None:
+    from bench import sweep_vs_naive
+
+    sweep_vs_naive.run(smoke=True, results_dir=tmp_path)
+    w = _read(tmp_path, "sweep_vs_naive")["workloads"]["tiny"]
+    sq, naive = w["runs"]["squeezeray"][0], w["runs"]["naive"][0]
+    assert naive["errors"] == 0
+    # Same configurations, same seed: the naive pipeline reproduces every model exactly.
+    assert w["same_accuracy_as_naive"] == f"{w['trials']}/{w['trials']}"
+    # tiny: 5 stages per trial; squeezeray shares the teacher and the KD stage.
+    assert w["stage_executions_naive"] == 5 * w["trials"]
+    assert w["stage_requests_squeezeray"] == w["stage_executions_naive"]
+    assert sq["stages_executed"] < w["stage_executions_naive"]
+    assert 0 < w["bound_s"]["median"] < w["squeezeray_sweep_s"]["median"]
+
+
+def test_parallel_smoke(ray_session: None, tmp_path: Path) -> None:
+    from bench import parallel
+
+    parallel.run(smoke=True, results_dir=tmp_path)
+    data = _read(tmp_path, "parallel")
+    t1, t2 = data["runs"]["1"][0]["sweep_s"], data["runs"]["2"][0]["sweep_s"]
+    assert data["efficiency"]["median"] == pytest.approx(t1 / (2 * t2))
+
+
+def test_latency_noise_smoke(tmp_path: Path) -> None:
+    from bench import latency_noise
+
+    latency_noise.run(smoke=True, results_dir=tmp_path)
+    summary = _read(tmp_path, "latency_noise")["summary"]
+    assert set(summary) == {
+        "alone/eager",
+        "alone/onnxruntime",
+        "alone/eager-pinned",
+        "alone/onnxruntime-pinned",
+    }
+    for case in summary.values():
+        assert case["median_ms"]["median"] > 0
+        assert case["cv"] >= 0
+    assert summary["alone/eager"]["median_shift"] == 0.0
+
+
+def test_search_quality_smoke(ray_session: None, tmp_path: Path) -> None:
+    from bench import search_quality
+
+    search_quality.run(smoke=True, results_dir=tmp_path)
+    data = _read(tmp_path, "search_quality")
+    assert set(data["hypervolume"]) == {"optuna@2", "random@2"}
+    assert all(r["trials_ok"] == 2 for r in data["runs"])
+    # one storage: the second run loads the teacher and KD stages the first computed
+    assert data["runs"][1]["stages_loaded"] >= 2
+    assert all(v["min"] >= 0 for v in data["hypervolume"].values())
+
+
+def test_compression_smoke(ray_session: None, tmp_path: Path) -> None:
+    from bench import compression
+
+    compression.run(smoke=True, results_dir=tmp_path)
+    w = _read(tmp_path, "compression")["workloads"]["tiny"]
+    assert w["trials_ok"] == 2
+    assert 0 <= w["kd_vs_ce"]["teacher_accuracy"] <= 1
+    assert set(w["kd_vs_ce"]["raw"]) == {"kd_T4_a0.3", "kd_T4_a0.7", "ce"}
+    assert w["remeasured"]["teacher"]["speedup_vs_eager_teacher"] == pytest.approx(1.0)
+    assert "teacher-onnxruntime" in w["remeasured"]
+
+
+def test_main_rejects_unknown_benchmark(capsys: pytest.CaptureFixture[str]) -> None:
+    from bench.__main__ import main
+
+    with pytest.raises(SystemExit):
+        main(["--only", "nope"])
+    assert "accepted: sweep_vs_naive" in capsys.readouterr().err
+
+
+def test_main_runs_pareto_smoke(tmp_path: Path) -> None:
+    from bench.__main__ import main
+
+    assert main(["--smoke", "--only", "pareto", "--results-dir", str(tmp_path)]) == 0
+    assert json.loads((tmp_path / "pareto_smoke.json").read_text())["cases"]
