@@ -258,6 +258,206 @@ def sweeps(
 # --- nightly / schedule (orchestrator.nightly, orchestrator.schedule) ----------------------
 
 
+@app.command()
+def nightly(
+    storage: Annotated[
+        str,
+        typer.Option(
+            help="Results directory or URI shared by every night (file://, s3://, gs://)."
+        ),
+    ],
+    space: Annotated[
+        str | None,
+        typer.Argument(help="Search-space YAML, or a packaged space name (default, quick)."),
+    ] = None,
+    trials: Annotated[int | None, typer.Option(help="Number of trials tonight.")] = None,
+    report_dir: Annotated[
+        Path | None,
+        typer.Option(help="Write the report here (default: <storage>/reports/)."),
+    ] = None,
+    regression_threshold: Annotated[
+        float, typer.Option(help="Exit 3 when the front's hypervolume drops by more than X %.")
+    ] = 5.0,
+    accuracy_threshold: Annotated[
+        float,
+        typer.Option(help="Exit 3 when same knobs lose more than this many accuracy points."),
+    ] = 2.0,
+    latency_threshold: Annotated[
+        float, typer.Option(help="Exit 3 when same knobs get slower by more than this %.")
+    ] = 50.0,
+    wait: Annotated[
+        bool,
+        typer.Option(
+            "--wait/--no-wait", help="If another run holds the storage: wait, or fail at once."
+        ),
+    ] = True,
+    lock_timeout: Annotated[
+        str, typer.Option(help="With --wait: give up after this long, e.g. 30m.")
+    ] = "6h",
+    address: Annotated[
+        str | None, typer.Option(help="Ray cluster: 'auto' or ray://host:port. None: embedded.")
+    ] = None,
+    num_cpus: Annotated[
+        int | None, typer.Option(help="CPUs of the embedded Ray (default: all).")
+    ] = None,
+    cpus_per_trial: Annotated[float, typer.Option(help="CPUs for each stage task.")] = 1.0,
+    algorithm: Annotated[
+        str, typer.Option(help="optuna (warm-started from earlier sweeps), random or grid.")
+    ] = "optuna",
+    seed: Annotated[
+        int | None, typer.Option(help="Search seed (default: tonight's date, YYYYMMDD).")
+    ] = None,
+    time_budget: Annotated[
+        str | None, typer.Option(help="Stop launching trials after this long, e.g. 2h.")
+    ] = None,
+    latency_resource: Annotated[
+        str | None,
+        typer.Option(help="Measure latency only on nodes offering this Ray resource."),
+    ] = None,
+) -> None:
+    """Tonight's sweep: warm-started from earlier sweeps in --storage, reusing their cached
+    stages, then a report (markdown + HTML) against the previous and the all-time front.
+    Exit code 3 on a regression."""
+    from orchestrator.config import parse_duration
+    from orchestrator.nightly import execute_nightly, prepare_nightly
+    from orchestrator.progress import SweepProgress
+    from orchestrator.report import Thresholds
+
+    thresholds = Thresholds(
+        hypervolume_drop_pct=regression_threshold,
+        accuracy_drop_points=accuracy_threshold,
+        latency_increase_pct=latency_threshold,
+    )
+    try:
+        lock_timeout_s = parse_duration(lock_timeout)
+    except SqueezerayError as exc:
+        raise SqueezerayError(f"--lock-timeout: {exc}") from exc
+    prepared = prepare_nightly(
+        space,
+        storage=storage,
+        trials=trials,
+        cpus_per_trial=cpus_per_trial,
+        algorithm=algorithm,
+        seed=seed,
+        time_budget=time_budget,
+    )
+    console.print(
+        f"squeezeray nightly [bold]{prepared.sweep_id}[/]: task {prepared.space.task}, "
+        f"{prepared.space.search.trials} trials ({prepared.space.search.algorithm}), "
+        f"storage {prepared.storage.uri}",
+        highlight=False,
+    )
+    with SweepProgress(console, prepared.space) as progress:
+        outcome = execute_nightly(
+            prepared,
+            report_dir=report_dir,
+            thresholds=thresholds,
+            wait=wait,
+            lock_timeout_s=lock_timeout_s,
+            address=address,
+            num_cpus=num_cpus,
+            latency_resource=latency_resource,
+            progress=progress.update,
+        )
+    report = outcome.report
+
+    def hv(value: float | None) -> str:
+        return "-" if value is None else f"{value:.4g}"
+
+    out.print(
+        f"hypervolume tonight {hv(report.hypervolume)}, previous sweep "
+        f"{hv(report.hypervolume_previous)}, all time {hv(report.hypervolume_all_time)}; "
+        f"{len(report.new_front_points)} new front point(s); "
+        f"warm start from {outcome.warm_start_points} earlier point(s)",
+        highlight=False,
+    )
+    for c in report.regressions:
+        out.print(
+            f"REGRESSION {c.kind} {c.knobs or '(whole front)'}: {c.before:.4g} -> "
+            f"{c.after:.4g} ({c.change:+.2f}{' points' if c.kind == 'accuracy' else ' %'})",
+            highlight=False,
+            markup=False,
+        )
+    out.print(f"report: {outcome.report_paths[0]}  {outcome.report_paths[1]}", highlight=False)
+    if outcome.exit_code:
+        raise typer.Exit(outcome.exit_code)
+
+
+@app.command(
+    context_settings={"allow_extra_args": True, "ignore_unknown_options": True},
+)
+def schedule(
+    ctx: typer.Context,
+    cron: Annotated[
+        str, typer.Option(help='When to run, in cron syntax, e.g. "0 2 * * *" (02:00 daily).')
+    ],
+    print_: Annotated[
+        bool, typer.Option("--print", help="Print the crontab line and a KubeRay snippet.")
+    ] = False,
+    install: Annotated[
+        bool, typer.Option("--install", help="Add the line to your crontab (idempotent).")
+    ] = False,
+    foreground: Annotated[
+        bool, typer.Option("--foreground", help="Run the schedule in this process.")
+    ] = False,
+    log: Annotated[
+        Path | None, typer.Option(help="Crontab: append each run's output here.")
+    ] = None,
+    image: Annotated[
+        str, typer.Option(help="KubeRay snippet: a container image with squeezeray installed.")
+    ] = "your-registry/squeezeray:latest",
+) -> None:
+    """Run `squeezeray nightly` on a schedule. Every argument after the schedule's own options
+    goes to nightly, e.g.: squeezeray schedule --cron "0 2 * * *" --install quick --storage runs/
+    """
+    from datetime import datetime
+
+    from orchestrator import schedule as sched
+
+    cron = sched.check_cron(cron)
+    if sum((print_, install, foreground)) > 1:
+        raise SqueezerayError("--print, --install and --foreground exclude each other; pick one")
+    args = list(ctx.args)
+    nightly_cmd = typer.main.get_command(app).get_command(ctx, "nightly")  # type: ignore[attr-defined]
+    assert nightly_cmd is not None
+    try:  # check the nightly arguments now, not at 2 am
+        parsed = nightly_cmd.make_context("nightly", list(args), resilient_parsing=False)
+    except Exception as exc:  # a click usage error (typer vendors its own click)
+        if not hasattr(exc, "format_message"):
+            raise
+        raise SqueezerayError(
+            f"the nightly arguments {' '.join(args) or '(none)'!r} are not valid: "
+            f"{exc.format_message().rstrip('.')}; see `squeezeray nightly --help`"
+        ) from exc
+    command = sched.nightly_command(args, storage=str(parsed.params["storage"]), log=log)
+    if install:
+        entry = sched.crontab_entry(cron, command)
+        change = sched.install_crontab(entry, command.key())
+        out.print(f"crontab: {change}", highlight=False)
+        out.print(entry[1], highlight=False, markup=False, soft_wrap=True)
+    elif foreground:
+
+        def say(message: str) -> None:
+            stamp = f"{datetime.now():%Y-%m-%d %H:%M:%S}"
+            console.print(f"[{stamp}] {message}", highlight=False, markup=False)
+
+        say(f"scheduling `{' '.join(command.argv())}` at {cron!r} (Ctrl-C stops)")
+        try:
+            sched.run_forever(cron, sched.subprocess_runner(command), log=say)
+        except KeyboardInterrupt:
+            say("stopped")
+    else:
+        text = "\n".join(
+            [
+                "# crontab (add with `crontab -e`, or rerun with --install instead of --print)",
+                *sched.crontab_entry(cron, command),
+                "",
+                sched.kuberay_manifests(cron, args, image=image),
+            ]
+        )
+        out.print(text, highlight=False, markup=False, soft_wrap=True)
+
+
 def main() -> None:
     """Console-script entry point."""
     app()

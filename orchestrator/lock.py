@@ -1,0 +1,144 @@
+"""A lock on a storage, so two nightly runs never write one storage at once.
+
+Local storage (a path or a file:// URI): an OS file lock (`filelock`) on
+`<storage>/.squeezeray.lock`. The holder writes who it is (pid, host, start time, command)
+into the sidecar `<storage>/.squeezeray.lock.json`, so a blocked run can name it. The OS drops
+the lock when its holder dies, so a crashed run leaves no stale lock (a stale sidecar is simply
+overwritten by the next holder). On a shared disk the lock holds across machines when the
+filesystem supports locks (NFSv4, or NFSv3 with lockd; Lustre/CephFS with locking on).
+
+Object stores (s3://, gs://) and other fsspec URIs have no lock primitive that pyarrow
+exposes. There the lock is host-local: a file lock under `~/.cache/squeezeray/locks/`, keyed by
+the URI. It keeps runs scheduled on one machine apart, not runs started on two machines, so
+schedule the nightly runs of one object-store storage from one place.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import socket
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+
+from orchestrator.storage import Storage, open_storage
+from stages.errors import SqueezerayError
+
+LOCK_NAME = ".squeezeray.lock"  # hidden: the results readers skip names starting with "."
+SIDECAR_NAME = ".squeezeray.lock.json"
+DEFAULT_TIMEOUT_S = 6 * 3600.0  # a nightly run waits at most this long for the one before it
+HOST_LOCK_DIR = Path("~/.cache/squeezeray/locks")
+
+
+@dataclass(frozen=True)
+class LockHolder:
+    """Who holds a storage lock (written to the sidecar by the holder)."""
+
+    pid: int
+    host: str
+    started_at: str  # ISO 8601, UTC
+    command: str
+
+    def describe(self) -> str:
+        return f"pid {self.pid} on {self.host}, since {self.started_at} ({self.command})"
+
+
+class StorageLocked(SqueezerayError):
+    """Another run holds the storage lock (and we did not, or could no longer, wait)."""
+
+    def __init__(self, message: str, holder: LockHolder | None) -> None:
+        super().__init__(message)
+        self.holder = holder
+
+
+@dataclass(frozen=True)
+class LockFiles:
+    """Where a storage's lock lives: the OS-locked file and the holder sidecar."""
+
+    lock: Path
+    sidecar: Path
+    host_local: bool  # True for object stores (see the module docstring)
+
+
+def lock_files(store: Storage) -> LockFiles:
+    if store.is_local:
+        root = Path(store.root)
+        return LockFiles(root / LOCK_NAME, root / SIDECAR_NAME, host_local=False)
+    digest = hashlib.sha256(store.uri.rstrip("/").encode()).hexdigest()[:16]
+    base = HOST_LOCK_DIR.expanduser() / digest
+    return LockFiles(base.with_suffix(".lock"), base.with_suffix(".json"), host_local=True)
+
+
+def read_holder(files: LockFiles) -> LockHolder | None:
+    """The holder recorded in the sidecar, or None when there is none (or it is unreadable)."""
+    try:
+        data = json.loads(files.sidecar.read_text())
+        return LockHolder(
+            pid=int(data["pid"]),
+            host=str(data["host"]),
+            started_at=str(data["started_at"]),
+            command=str(data["command"]),
+        )
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+def _me() -> LockHolder:
+    return LockHolder(
+        pid=os.getpid(),
+        host=socket.gethostname(),
+        started_at=datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        command=" ".join([Path(sys.argv[0]).name, *sys.argv[1:]]) or "python",
+    )
+
+
+@contextlib.contextmanager
+def storage_lock(
+    storage: str | os.PathLike[str] | Storage,
+    *,
+    wait: bool = True,
+    timeout_s: float = DEFAULT_TIMEOUT_S,
+    poll_s: float = 0.25,
+) -> Iterator[LockHolder]:
+    """Hold the storage's lock for the `with` block; yield this process's LockHolder.
+
+    `wait=False` fails at once when another run holds it; `wait=True` waits up to `timeout_s`
+    seconds. Either way the failure is a StorageLocked error naming the holder.
+    """
+    import filelock
+
+    if timeout_s < 0:
+        raise SqueezerayError(f"lock timeout={timeout_s:g} s must be >= 0")
+    store = storage if isinstance(storage, Storage) else open_storage(storage, create=True)
+    files = lock_files(store)
+    files.lock.parent.mkdir(parents=True, exist_ok=True)
+    lock = filelock.FileLock(str(files.lock), thread_local=False)
+    t0 = time.monotonic()
+    try:
+        lock.acquire(timeout=timeout_s if wait else 0, poll_interval=poll_s)
+    except filelock.Timeout as exc:
+        holder = read_holder(files)
+        who = holder.describe() if holder else f"a holder that left no {files.sidecar.name}"
+        waited = f" after waiting {time.monotonic() - t0:.0f} s" if wait else ""
+        scope = " (host-local lock for an object store)" if files.host_local else ""
+        raise StorageLocked(
+            f"storage {store.uri} is locked{scope} by {who}{waited}; another squeezeray run is "
+            f"writing it. Wait for it to finish, or rerun with --wait (lock file: {files.lock})",
+            holder,
+        ) from exc
+    me = _me()
+    try:
+        tmp = files.sidecar.with_name(f"{files.sidecar.name}.{me.pid}.tmp")
+        tmp.write_text(json.dumps(asdict(me), indent=2))
+        tmp.replace(files.sidecar)
+        yield me
+    finally:
+        with contextlib.suppress(OSError):
+            files.sidecar.unlink()
+        lock.release()

@@ -1,0 +1,253 @@
+"""`run_nightly`: one dated sweep that builds on the earlier ones in its storage, then a report.
+
+    lock the storage -> read every earlier result -> warm-start Optuna with the earlier ok
+    trials of the same task -> run the sweep (stages already in `<storage>/cache/` are loaded,
+    not recomputed, while the code is unchanged) -> compare with the previous sweep and the
+    all-time front -> write `<sweep_id>.md` / `.html` -> exit code 3 on a regression.
+
+The sweep is named `nightly-YYYYMMDD` (its id adds the time and a random suffix, so two runs on
+one day never mix rows). The search seed defaults to that date, so successive nights explore
+differently and a night can be replayed.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from datetime import date as Date
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from orchestrator.config import Distribution, SearchSpace
+from orchestrator.lock import DEFAULT_TIMEOUT_S, storage_lock
+from orchestrator.report import NightlyReport, Thresholds, build_report, write_report
+from orchestrator.sweep import PreparedSweep, SweepSummary, execute_sweep, prepare_sweep
+from stages.errors import SqueezerayError
+
+if TYPE_CHECKING:
+    import pyarrow as pa
+
+WARM_START_MAX = 1000  # newest distinct knob points given to Optuna (older ones add little)
+EXIT_REGRESSION = 3
+
+WarmStart = tuple[list[dict[str, Any]], list[list[float]]]
+
+
+@dataclass(frozen=True)
+class NightlyOutcome:
+    sweep_id: str
+    summary: SweepSummary
+    report: NightlyReport
+    report_paths: tuple[str, str]  # markdown, html
+    warm_start_points: int
+
+    @property
+    def exit_code(self) -> int:
+        return self.report.exit_code
+
+
+def nightly_name(day: Date) -> str:
+    return f"nightly-{day:%Y%m%d}"
+
+
+def warm_start_from(table: pa.Table | None, space: SearchSpace) -> WarmStart | None:
+    """Earlier ok trials of `space.task` as Optuna warm-start points and their objectives.
+
+    Only the knobs searched by `space` are kept, and only rows that have all of them with a
+    value the space can produce, and every objective; the newest row of a knob point wins.
+    """
+    if table is None or table.num_rows == 0:
+        return None
+    searched = space.searched()
+    names = [o.name for o in space.objectives]
+    if not searched or any(n not in table.column_names for n in names):
+        return None
+    rows = sorted(
+        (
+            r
+            for r in table.to_pylist()
+            if r["status"] == "ok" and not r["is_baseline"] and r.get("task") == space.task
+        ),
+        key=lambda r: (r.get("finished_at") is not None, r.get("finished_at")),
+    )
+    points: dict[str, tuple[dict[str, Any], list[float]]] = {}
+    for row in rows:
+        params = json.loads(row.get("params") or "{}")
+        point: dict[str, Any] = {}
+        for key, dist in searched.items():
+            value = _fits(dist, params.get(key))
+            if value is None:
+                break
+            point[key] = value
+        else:
+            values = [row.get(n) for n in names]
+            if any(v is None or not math.isfinite(float(v)) for v in values):
+                continue
+            key = json.dumps(point, sort_keys=True, default=str)
+            points.pop(key, None)  # re-insert: newest last
+            points[key] = (point, [float(v) for v in values])
+    if not points:
+        return None
+    kept = list(points.values())[-WARM_START_MAX:]
+    return [p for p, _ in kept], [v for _, v in kept]
+
+
+def _fits(dist: Distribution, value: Any) -> Any:
+    """`value` as the distribution would produce it, or None when it cannot."""
+    if value is None:
+        return None
+    if dist.kind == "choice":
+        for choice in dist.choices:
+            if isinstance(value, bool) == isinstance(choice, bool) and value == choice:
+                return choice  # (True == 1 in Python; a bool matches only a bool)
+        return None
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        return None
+    assert dist.low is not None and dist.high is not None
+    if not (dist.low <= number <= dist.high):
+        return None
+    if dist.kind == "int":
+        step = dist.step or 1
+        if not number.is_integer() or (int(number) - int(dist.low)) % step:
+            return None
+        return int(number)
+    return number
+
+
+def prepare_nightly(
+    space: SearchSpace | str | Path | None = None,
+    *,
+    storage: str | os.PathLike[str],
+    trials: int | None = None,
+    cpus_per_trial: float = 1.0,
+    gpus_per_trial: float = 0.0,
+    algorithm: str | None = "optuna",
+    seed: int | None = None,
+    time_budget: str | float | None = None,
+    max_concurrent: int | None = None,
+    day: Date | None = None,
+) -> PreparedSweep:
+    """Tonight's sweep, validated (no Ray, no lock yet): named `nightly-YYYYMMDD`, seeded by
+    the date unless `seed` is given. `algorithm` None keeps the space's own; warm starting
+    needs "optuna" (the default here)."""
+    day = day or Date.today()
+    return prepare_sweep(
+        space,
+        trials=trials,
+        storage=storage,
+        cpus_per_trial=cpus_per_trial,
+        gpus_per_trial=gpus_per_trial,
+        seed=int(f"{day:%Y%m%d}") if seed is None else seed,
+        name=nightly_name(day),
+        algorithm=algorithm,
+        time_budget=time_budget,
+        max_concurrent=max_concurrent,
+    )
+
+
+def execute_nightly(
+    prepared: PreparedSweep,
+    *,
+    report_dir: str | Path | None = None,
+    thresholds: Thresholds = Thresholds(),
+    wait: bool = True,
+    lock_timeout_s: float = DEFAULT_TIMEOUT_S,
+    address: str | None = None,
+    num_cpus: int | None = None,
+    latency_resource: str | None = None,
+    progress: Callable[[str, Mapping[str, Any]], None] | None = None,
+) -> NightlyOutcome:
+    """Run a prepared nightly sweep and write its report; see the module docstring.
+
+    The storage lock is held from the first read to the report: a second run waits up to
+    `lock_timeout_s` seconds (`wait=True`) or fails at once, naming the holder.
+    """
+    from orchestrator.results import load_results
+
+    store = prepared.storage
+    space = prepared.space
+    with storage_lock(store, wait=wait, timeout_s=lock_timeout_s):
+        earlier = _load_or_none(load_results, store.uri)
+        warm = None
+        notes: list[str] = []
+        if space.search.algorithm == "optuna":
+            warm = warm_start_from(earlier, space)
+            count = len(warm[0]) if warm else 0
+            notes.append(f"Warm start: {count} earlier knob point(s) of this task seeded Optuna.")
+        else:
+            notes.append(
+                f"Warm start: not used (search algorithm {space.search.algorithm}; it needs "
+                "optuna)."
+            )
+        outcome = execute_sweep(
+            prepared,
+            address=address,
+            latency_resource=latency_resource,
+            num_cpus=num_cpus,
+            warm_start=warm,
+            progress=progress,
+        )
+        s = outcome.summary
+        notes.append(
+            f"Stage cache: {s.stages_executed} stage(s) computed, {s.stages_loaded} loaded from "
+            f"checkpoints of earlier sweeps, {s.stage_requests} requested by the trials."
+        )
+        report = build_report(
+            load_results(store.uri),
+            prepared.sweep_id,
+            objectives={o.name: o.direction for o in space.objectives},
+            thresholds=thresholds,
+            knob_names=list(space.searched()),
+            storage=store.uri,
+            notes=notes,
+        )
+        paths = write_report(report, store=store, report_dir=report_dir)
+    return NightlyOutcome(
+        sweep_id=prepared.sweep_id,
+        summary=outcome.summary,
+        report=report,
+        report_paths=paths,
+        warm_start_points=len(warm[0]) if warm else 0,
+    )
+
+
+def run_nightly(
+    space: SearchSpace | str | Path | None = None,
+    *,
+    storage: str | os.PathLike[str],
+    trials: int | None = None,
+    report_dir: str | Path | None = None,
+    thresholds: Thresholds = Thresholds(),
+    wait: bool = True,
+    lock_timeout_s: float = DEFAULT_TIMEOUT_S,
+    address: str | None = None,
+    num_cpus: int | None = None,
+    algorithm: str | None = "optuna",
+    seed: int | None = None,
+    day: Date | None = None,
+) -> NightlyOutcome:
+    """`prepare_nightly` then `execute_nightly` (the Python API of `squeezeray nightly`)."""
+    prepared = prepare_nightly(
+        space, storage=storage, trials=trials, algorithm=algorithm, seed=seed, day=day
+    )
+    return execute_nightly(
+        prepared,
+        report_dir=report_dir,
+        thresholds=thresholds,
+        wait=wait,
+        lock_timeout_s=lock_timeout_s,
+        address=address,
+        num_cpus=num_cpus,
+    )
+
+
+def _load_or_none(load: Callable[..., Any], uri: str) -> Any:
+    try:
+        return load(uri)
+    except SqueezerayError:
+        return None  # no results yet: the first night
