@@ -161,7 +161,7 @@ def run_case(
         large_front = reference.mean() > 0.01
         if name == "optuna" and large_front and n > OPTUNA_MAX_N_LARGE_FRONT:
             skipped[name] = (
-                f"O(n x front) with a front of {int(reference.sum()):,} points: minutes to hours"
+                "its O(n x front) loop takes minutes to hours when every point is on the front"
             )
         elif not _available(name):
             skipped[name] = "not installed"
@@ -257,18 +257,23 @@ def markdown(report: dict[str, Any]) -> str:
             lines.append(
                 f"| {case['n']:,} | {case['front_size']:,} | " + " | ".join(cells) + f" | {ratio} |"
             )
-        notes = {name: why for case in cases for name, why in case["skipped"].items()}
-        for name, why in notes.items():
-            lines.append(f"\n{name} skipped at the larger sizes: {why}.")
+        skipped = {name for case in cases for name in case["skipped"]}
+        for name in sorted(skipped):
+            sizes = [f"{c['n']:,}" for c in cases if name in c["skipped"]]
+            why = next(c["skipped"][name] for c in cases if name in c["skipped"])
+            lines += ["", f"{name} skipped at n = {', '.join(sizes)}: {why}."]
         lines.append("")
     lines += [
         "How squeezeray's front is computed (`orchestrator/pareto.py`): pivots (the point",
         "with the smallest normalised sum, then again among the survivors) drop every point",
         "they dominate while that pays; the survivors are sorted lexicographically, merged",
         "when equal, and swept exactly - a running minimum for 2 objectives, a vectorised",
-        "divide and conquer over the sweep order for 3 (O(n log^2 n) numpy work), blocks",
-        "against the front so far for more. pymoo 0.6's `NonDominatedSorting` ranks every",
-        "front with moocore's `pareto_rank` before returning the first, hence its time.",
+        "divide and conquer over the sweep order for 3 (a radix sort and a running minimum",
+        "per level, O(n log n) numpy work), blocks against the front so far for more. The",
+        "pivots make the usual case (a small front) fast; on the plane, where nothing can be",
+        "pruned, the numpy divide and conquer stays within about 1.4x of moocore's C sweep.",
+        "pymoo 0.6's `NonDominatedSorting` ranks every front with moocore's `pareto_rank`",
+        "before returning the first, hence its time.",
         "",
     ]
     return "\n".join(lines)

@@ -6,16 +6,20 @@ dominates it. So duplicates never dominate each other: every copy of a non-domin
 kept (moocore's `keep_weakly=True`), and every copy of a dominated point is dropped.
 
 `is_non_dominated` on n points x m objectives:
-  1. prefilter (n large): pick a pivot point (the smallest normalised sum, a front point), drop
-     every point it dominates, repeat while that still removes a good share. On typical data
-     (uniform random: 1M points, front of ~100) this leaves a few thousand candidates at
-     numpy speed. It only drops truly dominated points, and a survivor dominated by a dropped
-     point is also dominated by a survivor, so the front of the survivors is the front.
-  2. exact on the survivors, after a lexicographic sort and merging duplicates (then a point
-     can only be dominated by one before it): m = 2 a running minimum; m = 3 a vectorised
-     divide and conquer over the sweep order (O(n log^2 n) numpy work, no Python loop per
-     point), so a front of a million points (all on a plane) stays exact and fast; m >= 4
-     blocks compared against the front found so far (O(n * front)).
+  1. prefilter (n >= 256): take the point with the smallest normalised sum of objectives as a
+     pivot, drop every point it dominates, repeat while that still removes a good share. On
+     typical data (uniform random: 1M points, a front of ~100) a couple of numpy passes leave
+     a few percent of the points. Only truly dominated points go, and a survivor dominated by
+     a dropped point is also dominated by a survivor, so the front of the survivors is the
+     front.
+  2. exact on the survivors (up to 256: all pairs at once), after a lexicographic sort and
+     merging duplicates, so a point can only be dominated by one before it: m = 2 a running
+     minimum; m = 3 a vectorised divide and conquer over the sweep order (a radix sort and a
+     running minimum per level, O(n log n) numpy work, no Python loop per point: 1M points on
+     a plane, all on the front, in about 1 s); m >= 4 blocks compared against the front found
+     so far (O(n x front)).
+
+bench/PARETO.md compares it with optuna, pymoo and moocore.
 """
 
 from __future__ import annotations
