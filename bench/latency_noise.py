@@ -25,7 +25,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from bench.common import ROOT, run_child, scratch_dir, spread, write_result
+from bench.common import ROOT, run_child, scratch_dir, spread, wait_for_quiet, write_result
 
 N = 10
 INTERVAL_S = 1.0
@@ -105,9 +105,9 @@ def _start_sweep(num_cpus: int, log: Path) -> subprocess.Popen[bytes]:
 
 def _stop(proc: subprocess.Popen[bytes]) -> None:
     if proc.poll() is None:
-        os.killpg(proc.pid, signal.SIGTERM)  # the group this benchmark started
+        os.killpg(proc.pid, signal.SIGINT)  # the group this benchmark started (Tune: Ctrl-C)
         try:
-            proc.wait(timeout=30)
+            proc.wait(timeout=15)
         except subprocess.TimeoutExpired:
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait()
@@ -121,13 +121,16 @@ def run(*, smoke: bool = False, results_dir: Any = None) -> dict[str, Any]:
     conditions["alone"] = run_child("bench.latency_noise:child_latency", payload, inprocess=smoke)
     for cpus in () if smoke else (1, 2):
         log = scratch_dir("noise-log") / "sweep.log"
+        waited_s, busy = wait_for_quiet()
         proc = _start_sweep(cpus, log)
         try:
             # The child trains its model while the sweep starts, then waits until it is busy.
             measured = run_child(
                 "bench.latency_noise:child_latency",
                 {**payload, "start_at": time.time() + SWEEP_WARMUP_S},
+                quiet=False,  # the sweep beside it is the point
             )
+            measured["quiet_wait"] = {"waited_s": waited_s, "busy_cores_at_start": busy}
         finally:
             still_running = proc.poll() is None
             _stop(proc)
@@ -137,7 +140,7 @@ def run(*, smoke: bool = False, results_dir: Any = None) -> dict[str, Any]:
     summary: dict[str, Any] = {}
     for condition, cases in conditions.items():
         for case, values in cases.items():
-            if case == "warning":
+            if case in ("warning", "quiet_wait"):
                 continue
             medians = [v["median_ms"] for v in values]
             alone = spread([v["median_ms"] for v in conditions["alone"][case]])["median"]

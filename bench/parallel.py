@@ -1,9 +1,10 @@
 """Benchmark 2: parallel efficiency, the same sweep on 1 CPU and on 2 CPUs.
 
-Each run is a fresh child process with its own embedded Ray (`num_cpus` 1 or 2) and a fresh
-storage; random search with a fixed seed draws the same configurations in every run. The runs
-alternate (1, 2, 1, 2, ...) so slow drifts in machine load hit both. Efficiency of a pair is
-t1 / (2 * t2); 1.0 means the second core halves the time.
+Both with the orchestrator as it is and with the proposed fixes (`proposed_patch` in
+bench/sweep_vs_naive.py). Each run is a fresh child process with its own embedded Ray
+(`num_cpus` 1 or 2) and a fresh storage; random search with a fixed seed draws the same
+configurations in every run. The runs alternate (1, 2, 1, 2, ...) so slow drifts in machine
+load hit both. Efficiency of a pair is t1 / (2 * t2); 1.0: the second core halves the time.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ import os
 from typing import Any
 
 from bench.common import spread, write_result
-from bench.sweep_vs_naive import squeezeray_run
+from bench.sweep_vs_naive import VARIANTS, squeezeray_run
 
 SPACE = "default"
 TRIALS = 24
@@ -22,12 +23,19 @@ def run(*, smoke: bool = False, repeats: int = 2, results_dir: Any = None) -> di
     """`repeats` alternating pairs of (1 CPU, 2 CPU) sweeps; writes the JSON."""
     space, trials = ("tiny", 2) if smoke else (SPACE, TRIALS)
     pairs = 1 if smoke else repeats
-    runs: dict[str, list[dict[str, Any]]] = {"1": [], "2": []}
+    runs: dict[str, list[dict[str, Any]]] = {f"{v}/{c}": [] for v in VARIANTS for c in (1, 2)}
     for _ in range(pairs):
-        for cpus in (1, 2):
+        for variant, cpus in ((v, c) for v in VARIANTS for c in (1, 2)):
             load_before = list(os.getloadavg())
-            sq = squeezeray_run(space, trials=trials, seed=0, num_cpus=cpus, inprocess=smoke)
-            runs[str(cpus)].append(
+            sq = squeezeray_run(
+                space,
+                trials=trials,
+                seed=0,
+                num_cpus=cpus,
+                patched=variant == "patched",
+                inprocess=smoke,
+            )
+            runs[f"{variant}/{cpus}"].append(
                 {
                     "sweep_s": sq["sweep_s"],
                     "init_s": sq["init_s"],
@@ -38,16 +46,16 @@ def run(*, smoke: bool = False, repeats: int = 2, results_dir: Any = None) -> di
                     "load_before": load_before,
                 }
             )
-    t1 = [r["sweep_s"] for r in runs["1"]]
-    t2 = [r["sweep_s"] for r in runs["2"]]
-    eff = [a / (2 * b) for a, b in zip(t1, t2, strict=True)]
-    out = {
-        "space": space,
-        "trials": trials,
-        "algorithm": "random",
-        "t1_s": spread(t1),
-        "t2_s": spread(t2),
-        "efficiency": spread(eff),
+    out: dict[str, Any] = {"space": space, "trials": trials, "algorithm": "random"}
+    for variant in VARIANTS:
+        t1 = [r["sweep_s"] for r in runs[f"{variant}/1"]]
+        t2 = [r["sweep_s"] for r in runs[f"{variant}/2"]]
+        out[variant] = {
+            "t1_s": spread(t1),
+            "t2_s": spread(t2),
+            "efficiency": spread([a / (2 * b) for a, b in zip(t1, t2, strict=True)]),
+        }
+    out |= {
         "goal": 0.9,
         "runs": runs,
         "command": "python -m bench --only parallel",

@@ -7,6 +7,8 @@ hypervolume after the first N finished trials (ordered by `finished_at`) is comp
 {8, 16, 32} (and 64 for random) against one fixed reference point, taken from the first run's
 baseline row (the uncompressed teacher): its size and latency, and its accuracy minus 5 points
 (the baseline's own accuracy would leave almost no volume: students rarely beat their teacher).
+Runs use the proposed orchestrator fixes (bench/sweep_vs_naive.py `proposed_patch`): as
+is, random search ignores the trial concurrency and would start all 64 trials at once.
 """
 
 from __future__ import annotations
@@ -23,6 +25,15 @@ ACCURACY_MARGIN = 0.05  # reference accuracy = baseline accuracy - 5 points
 
 
 def child_sweep(payload: dict[str, Any]) -> dict[str, Any]:
+    from bench.sweep_vs_naive import proposed_patch
+
+    if payload.get("patched"):
+        with proposed_patch(int(payload["num_cpus"])):
+            return _sweep(payload)
+    return _sweep(payload)
+
+
+def _sweep(payload: dict[str, Any]) -> dict[str, Any]:
     from orchestrator.runtime import init_ray
     from orchestrator.sweep import execute_sweep, prepare_sweep
 
@@ -102,6 +113,8 @@ def run(*, smoke: bool = False, results_dir: Any = None) -> dict[str, Any]:
                     "algorithm": algorithm,
                     "storage": storage,
                     "num_cpus": 2,
+                    # as is, random search starts all 64 trials at once (64 trial processes)
+                    "patched": not smoke,
                 },
                 inprocess=smoke,
             )

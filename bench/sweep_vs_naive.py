@@ -14,9 +14,11 @@ measure tasks' time added (the naive trials time `measure` in-process).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import statistics
 import time
+from collections.abc import Iterator
 from typing import Any
 
 from bench.common import run_child, scratch_dir, spread, write_result
@@ -28,11 +30,67 @@ WORKLOADS: dict[str, dict[str, Any]] = {
 SMOKE_SPACE = "tiny"
 
 
+VARIANTS = ("as_is", "patched")
+
+
 # -- children (each in a fresh process) ------------------------------------------------------
+
+
+@contextlib.contextmanager
+def proposed_patch(max_concurrent: int) -> Iterator[None]:
+    """The two orchestrator fixes proposed in bench/RESULTS.md, applied by monkeypatching
+    (this process only; the orchestrator's files are not ours to edit):
+
+    1. coordinator trials hold no CPU (`{"cpu": 0, "memory": 1}`: Tune rejects an empty
+       bundle) instead of 0.01 CPU each, whose sum left fewer than `num_cpus` whole CPUs, so
+       only one 1-CPU stage task could run at a time on 2 CPUs;
+    2. random search honours the trial concurrency (Tune ignores `max_concurrent_trials` for a
+       `BasicVariantGenerator` search_alg: every trial started at once).
+    """
+    from ray import tune
+    from ray.tune.search.basic_variant import BasicVariantGenerator
+
+    import orchestrator.search as search
+    import orchestrator.sweep as sweep
+
+    make_search = search.make_search
+
+    def limited_make_search(*args: Any, **kwargs: Any) -> Any:
+        alg, space, n = make_search(*args, **kwargs)
+        if isinstance(alg, BasicVariantGenerator):
+            alg.max_concurrent = max_concurrent
+        return alg, space, n
+
+    with_resources = tune.with_resources
+
+    def no_cpu_coordinator(trainable: Any, resources: Any) -> Any:
+        if resources == {"cpu": sweep.COORDINATOR_CPU}:
+            resources = {"cpu": 0, "memory": 1}
+        return with_resources(trainable, resources)
+
+    search.make_search = limited_make_search  # type: ignore[assignment]
+    tune.with_resources = no_cpu_coordinator
+    try:
+        yield
+    finally:  # in-process (smoke) runs share this interpreter with other code
+        search.make_search = make_search  # type: ignore[assignment]
+        tune.with_resources = with_resources
 
 
 def child_squeezeray(payload: dict[str, Any]) -> dict[str, Any]:
     """One squeezeray sweep on a fresh embedded Ray; its summary, configs and stage costs."""
+
+    patch = proposed_patch if payload.get("patched") else _no_patch
+    with patch(int(payload["num_cpus"])):
+        return _squeezeray(payload)
+
+
+@contextlib.contextmanager
+def _no_patch(max_concurrent: int) -> Iterator[None]:
+    yield
+
+
+def _squeezeray(payload: dict[str, Any]) -> dict[str, Any]:
     from orchestrator.results import load_stages
     from orchestrator.runtime import init_ray
     from orchestrator.sweep import execute_sweep, prepare_sweep
@@ -77,6 +135,7 @@ def child_squeezeray(payload: dict[str, Any]) -> dict[str, Any]:
             "threads": sweep.space.latency.threads,
         },
         "num_cpus": payload["num_cpus"],
+        "patched": bool(payload.get("patched")),
         "init_s": init_s,
         "sweep_s": sweep_s,
         "total_s": total_s,
@@ -132,9 +191,11 @@ def squeezeray_run(
     seed: int,
     num_cpus: int,
     algorithm: str = "random",
+    patched: bool = False,
     inprocess: bool = False,
 ) -> dict[str, Any]:
-    """One squeezeray sweep in a fresh child process (own Ray, own fresh storage)."""
+    """One squeezeray sweep in a fresh child process (own Ray, own fresh storage);
+    `patched` applies the proposed orchestrator fixes (`proposed_patch`)."""
     storage = scratch_dir("sq")
     return run_child(
         "bench.sweep_vs_naive:child_squeezeray",
@@ -144,6 +205,7 @@ def squeezeray_run(
             "seed": seed,
             "algorithm": algorithm,
             "num_cpus": num_cpus,
+            "patched": patched,
             "storage": str(storage),
         },
         inprocess=inprocess,
@@ -213,8 +275,6 @@ def compare(
 
 def run(*, smoke: bool = False, repeats: int = 2, results_dir: Any = None) -> dict[str, Any]:
     """Every workload, `repeats` times (squeezeray then naive each time); writes the JSON."""
-    import os
-
     cores = 2
     workloads: dict[str, dict[str, Any]] = (
         {"tiny": {"space": SMOKE_SPACE, "trials": 2}} if smoke else WORKLOADS
@@ -222,24 +282,29 @@ def run(*, smoke: bool = False, repeats: int = 2, results_dir: Any = None) -> di
     seed = 0
     out: dict[str, Any] = {"cores": cores, "repeats": 1 if smoke else repeats, "workloads": {}}
     for name, wl in workloads.items():
-        sq_runs: list[dict[str, Any]] = []
+        sq_runs: dict[str, list[dict[str, Any]]] = {v: [] for v in VARIANTS}
         naive_runs: list[dict[str, Any]] = []
         for _ in range(out["repeats"]):
-            load_before = list(os.getloadavg())
-            sq = squeezeray_run(
-                wl["space"], trials=wl["trials"], seed=seed, num_cpus=cores, inprocess=smoke
-            )
+            for variant in VARIANTS:
+                sq = squeezeray_run(
+                    wl["space"],
+                    trials=wl["trials"],
+                    seed=seed,
+                    num_cpus=cores,
+                    patched=variant == "patched",
+                    inprocess=smoke,
+                )
+                sq_runs[variant].append(sq)
             # Every repeat's naive run evaluates the first run's configs (random search with a
-            # fixed seed draws the same ones each time; checked below via identical accuracy).
-            first = sq_runs[0] if sq_runs else sq
-            naive = naive_run(first, seed=seed, num_cpus=cores, inprocess=smoke)
-            sq["load_before"] = load_before
-            sq_runs.append(sq)
-            naive_runs.append(naive)
-        result = compare(sq_runs, naive_runs, cores)
+            # fixed seed draws the same ones each time; checked via identical accuracy).
+            first = sq_runs["as_is"][0]
+            naive_runs.append(naive_run(first, seed=seed, num_cpus=cores, inprocess=smoke))
+        result: dict[str, Any] = {
+            variant: compare(sq_runs[variant], naive_runs, cores) for variant in VARIANTS
+        }
         result["space"] = wl["space"]
         result["runs"] = {
-            "squeezeray": [_strip(s) for s in sq_runs],
+            **{variant: [_strip(s) for s in sq_runs[variant]] for variant in VARIANTS},
             "naive": [_strip(n) for n in naive_runs],
         }
         out["workloads"][name] = result

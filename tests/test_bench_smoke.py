@@ -26,9 +26,14 @@ def test_sweep_vs_naive_smoke(ray_session: None, tmp_path: Path) -> None:
     from bench import sweep_vs_naive
 
     sweep_vs_naive.run(smoke=True, results_dir=tmp_path)
-    w = _read(tmp_path, "sweep_vs_naive")["workloads"]["tiny"]
-    sq, naive = w["runs"]["squeezeray"][0], w["runs"]["naive"][0]
+    data = _read(tmp_path, "sweep_vs_naive")["workloads"]["tiny"]
+    naive = data["runs"]["naive"][0]
     assert naive["errors"] == 0
+    for variant in ("as_is", "patched"):
+        _check_comparison(data[variant], data["runs"][variant][0])
+
+
+def _check_comparison(w: dict, sq: dict) -> None:  # type: ignore[type-arg]
     # Same configurations, same seed: the naive pipeline reproduces every model exactly.
     assert w["same_accuracy_as_naive"] == f"{w['trials']}/{w['trials']}"
     # tiny: 5 stages per trial; squeezeray shares the teacher and the KD stage.
@@ -43,8 +48,10 @@ def test_parallel_smoke(ray_session: None, tmp_path: Path) -> None:
 
     parallel.run(smoke=True, results_dir=tmp_path)
     data = _read(tmp_path, "parallel")
-    t1, t2 = data["runs"]["1"][0]["sweep_s"], data["runs"]["2"][0]["sweep_s"]
-    assert data["efficiency"]["median"] == pytest.approx(t1 / (2 * t2))
+    for variant in ("as_is", "patched"):
+        t1 = data["runs"][f"{variant}/1"][0]["sweep_s"]
+        t2 = data["runs"][f"{variant}/2"][0]["sweep_s"]
+        assert data[variant]["efficiency"]["median"] == pytest.approx(t1 / (2 * t2))
 
 
 def test_latency_noise_smoke(tmp_path: Path) -> None:
