@@ -49,53 +49,58 @@ app = typer.Typer(
 @app.command()
 def sweep(
     space: Annotated[
-        Optional[str],
+        str | None,
         typer.Argument(help="Search-space YAML, or a packaged space name (default, quick)."),
     ] = None,
     task: Annotated[
-        Optional[str], typer.Option(help="Built-in task name or 'package.module:callable'.")
+        str | None, typer.Option(help="Built-in task name or 'package.module:callable'.")
     ] = None,
-    trials: Annotated[Optional[int], typer.Option(help="Number of trials.")] = None,
+    trials: Annotated[int | None, typer.Option(help="Number of trials.")] = None,
     storage: Annotated[
         str, typer.Option(help="Results directory or URI (file://, s3://, gs://).")
     ] = "squeezeray-results",
     address: Annotated[
-        Optional[str], typer.Option(help="Ray cluster: 'auto' or ray://host:port. None: embedded.")
+        str | None, typer.Option(help="Ray cluster: 'auto' or ray://host:port. None: embedded.")
     ] = None,
     cpus_per_trial: Annotated[float, typer.Option(help="CPUs for each stage task.")] = 1.0,
     gpus_per_trial: Annotated[float, typer.Option(help="GPUs for each stage task.")] = 0.0,
-    seed: Annotated[Optional[int], typer.Option(help="Search seed.")] = None,
-    name: Annotated[Optional[str], typer.Option(help="Sweep name (prefix of its id).")] = None,
+    seed: Annotated[int | None, typer.Option(help="Search seed.")] = None,
+    name: Annotated[str | None, typer.Option(help="Sweep name (prefix of its id).")] = None,
     algorithm: Annotated[
-        Optional[str], typer.Option(help="Search algorithm: optuna, random or grid.")
+        str | None, typer.Option(help="Search algorithm: optuna, random or grid.")
     ] = None,
     time_budget: Annotated[
-        Optional[str], typer.Option(help="Stop launching trials after this long, e.g. 30m.")
+        str | None, typer.Option(help="Stop launching trials after this long, e.g. 30m.")
     ] = None,
     trial_timeout: Annotated[
-        Optional[str], typer.Option(help="Per-trial time limit, e.g. 5m (rows get 'timeout').")
+        str | None, typer.Option(help="Per-trial time limit, e.g. 5m (rows get 'timeout').")
     ] = None,
     max_concurrent: Annotated[
-        Optional[int], typer.Option(help="Trials at once (default: what the cluster can run).")
+        int | None, typer.Option(help="Trials at once (default: what the cluster can run).")
     ] = None,
     latency_resource: Annotated[
-        Optional[str],
+        str | None,
         typer.Option(help="Measure latency only on nodes offering this Ray resource."),
     ] = None,
     num_cpus: Annotated[
-        Optional[int], typer.Option(help="CPUs of the embedded Ray (default: all).")
+        int | None, typer.Option(help="CPUs of the embedded Ray (default: all).")
     ] = None,
     resume: Annotated[
         bool, typer.Option("--resume", help="Continue an interrupted sweep in --storage.")
     ] = False,
     sweep_id: Annotated[
-        Optional[str], typer.Option(help="With --resume: which sweep (default: the latest).")
+        str | None, typer.Option(help="With --resume: which sweep (default: the latest).")
     ] = None,
-    top: Annotated[Optional[int], typer.Option(help="Show at most K front points.")] = None,
+    top: Annotated[int | None, typer.Option(help="Show at most K front points.")] = None,
 ) -> None:
-    """Run a compression sweep and print its Pareto front next to the baseline."""
-    from orchestrator.progress import SweepProgress
-    from orchestrator.sweep import execute_sweep, prepare_sweep
+    """Run a compression sweep and print its Pareto front next to the baseline.
+
+    Ctrl-C (or SIGTERM) stops it after saving what finished, prints the resume command and
+    exits with code 2; `--resume` continues it (finished trials are kept, not re-run)."""
+    from rich.markup import escape
+
+    from orchestrator.progress import SweepProgress, print_outcome
+    from orchestrator.sweep import execute_sweep, prepare_sweep, resume_command
 
     prepared = prepare_sweep(
         space,
@@ -116,8 +121,13 @@ def sweep(
     console.print(
         f"squeezeray sweep [bold]{prepared.sweep_id}[/]: task {prepared.space.task}, "
         f"{prepared.space.search.trials} trials ({prepared.space.search.algorithm}), "
-        f"storage {prepared.storage.uri}",
+        f"storage {prepared.storage.uri}{' (resumed)' if prepared.resume else ''}",
         highlight=False,
+    )
+    # Printed up front: after a crash (no chance to print anything) this is how to continue.
+    command = escape(resume_command(prepared.storage, prepared.sweep_id))
+    console.print(
+        f"[dim]if interrupted, continue with: {command}[/]", highlight=False, soft_wrap=True
     )
     with SweepProgress(console, prepared.space) as progress:
         outcome = execute_sweep(
@@ -127,8 +137,6 @@ def sweep(
             num_cpus=num_cpus,
             progress=progress.update,
         )
-    from orchestrator.progress import print_outcome
-
     print_outcome(outcome, prepared.space, out, top=top)
 
 # --- validate (orchestrator.config) --------------------------------------------------------
@@ -277,7 +285,7 @@ def nightly(
     ] = None,
     regression_threshold: Annotated[
         float, typer.Option(help="Exit 3 when the front's hypervolume drops by more than X %.")
-    ] = 5.0,
+    ] = 10.0,
     accuracy_threshold: Annotated[
         float,
         typer.Option(help="Exit 3 when same knobs lose more than this many accuracy points."),

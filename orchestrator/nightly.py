@@ -5,9 +5,9 @@
     not recomputed, while the code is unchanged) -> compare with the previous sweep and the
     all-time front -> write `<sweep_id>.md` / `.html` -> exit code 3 on a regression.
 
-The sweep is named `nightly-YYYYMMDD` (its id adds the time and a random suffix, so two runs on
-one day never mix rows). The search seed defaults to that date, so successive nights explore
-differently and a night can be replayed.
+The sweep is named `nightly-YYYYMMDD`; its id adds the time and a random suffix
+(`nightly-YYYYMMDD-HHMMSS-xxxx`), so two runs on one day never mix rows. The search seed
+defaults to that date, so successive nights explore differently and a night can be replayed.
 """
 
 from __future__ import annotations
@@ -15,9 +15,11 @@ from __future__ import annotations
 import json
 import math
 import os
+import secrets
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import date as Date
+from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -136,6 +138,8 @@ def prepare_nightly(
     the date unless `seed` is given. `algorithm` None keeps the space's own; warm starting
     needs "optuna" (the default here)."""
     day = day or Date.today()
+    # The id repeats no date: nightly-YYYYMMDD-HHMMSS-xxxx (time and suffix: runs never mix).
+    sweep_id = f"{nightly_name(day)}-{datetime.now():%H%M%S}-{secrets.token_hex(2)}"
     return prepare_sweep(
         space,
         trials=trials,
@@ -147,6 +151,7 @@ def prepare_nightly(
         algorithm=algorithm,
         time_budget=time_budget,
         max_concurrent=max_concurrent,
+        sweep_id=sweep_id,
     )
 
 

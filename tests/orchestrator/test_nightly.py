@@ -1,0 +1,300 @@
+"""`squeezeray nightly`: warm start from earlier sweeps, the drift report and its regression
+checks (on hand-made results tables), and two real nightly runs on one storage."""
+
+from __future__ import annotations
+
+import json
+from datetime import date, datetime, timedelta, timezone
+from pathlib import Path
+from typing import Any
+
+import pyarrow.compute as pc
+import pytest
+from typer.testing import CliRunner
+
+from orchestrator.config import load_space
+from orchestrator.nightly import prepare_nightly, warm_start_from
+from orchestrator.report import (
+    Thresholds,
+    build_report,
+    fixed_reference,
+    format_number,
+    render_html,
+    render_markdown,
+)
+from orchestrator.results import rows_to_table
+from orchestrator.schema import RESULTS_SCHEMA
+from stages.errors import SqueezerayError
+
+OBJECTIVES = {"accuracy": "max", "size_bytes": "min", "latency_ms": "min"}
+T0 = datetime(2026, 1, 5, 2, 0, tzinfo=timezone.utc)
+
+
+def _params(ratio: float, mode: str) -> str:
+    return json.dumps({"prune.ratio": ratio, "quantize.mode": mode, "teacher.epochs": 3})
+
+
+def _sweep(
+    sweep: str, day: int, points: list[tuple[float, str, float, int, float]], **baseline: Any
+) -> list[dict[str, Any]]:
+    """A sweep's rows: the baseline, then one trial per (ratio, mode, accuracy, size, latency)."""
+    start = T0 + timedelta(days=day)
+    base = {"accuracy": 0.99, "size_bytes": 100_000, "latency_ms": 0.05, "params_total": 25_000}
+    base.update(baseline)
+    rows = [
+        {
+            "sweep_id": sweep,
+            "sweep_name": sweep,
+            "trial_id": "baseline",
+            "started_at": start,
+            "finished_at": start,
+            "task": "blobs",
+            "status": "ok",
+            "is_baseline": True,
+            "params": "{}",
+            **base,
+        }
+    ]
+    for i, (ratio, mode, acc, size, lat) in enumerate(points):
+        rows.append(
+            {
+                "sweep_id": sweep,
+                "sweep_name": sweep,
+                "trial_id": f"{sweep}-t{i}",
+                "started_at": start + timedelta(minutes=i + 1),
+                "finished_at": start + timedelta(minutes=i + 2),
+                "task": "blobs",
+                "status": "ok",
+                "is_baseline": False,
+                "params": _params(ratio, mode),
+                "prune.ratio": ratio,
+                "quantize.mode": mode,
+                "accuracy": acc,
+                "size_bytes": size,
+                "latency_ms": lat,
+            }
+        )
+    return rows
+
+
+NIGHT_1 = [(0.3, "none", 0.97, 8000, 0.040), (0.6, "none", 0.96, 5000, 0.040)]
+
+
+def _report(rows: list[dict[str, Any]], sweep: str, **thresholds: float) -> Any:
+    table = rows_to_table(rows, RESULTS_SCHEMA)
+    return build_report(
+        table,
+        sweep,
+        objectives=OBJECTIVES,
+        thresholds=Thresholds(**thresholds),
+        knob_names=["prune.ratio", "quantize.mode"],
+        storage="runs",
+    )
+
+
+def test_same_results_again_are_no_regression() -> None:
+    rows = _sweep("n1", 0, NIGHT_1) + _sweep("n2", 1, NIGHT_1)
+    report = _report(rows, "n2")
+    assert report.previous_sweep_id == "n1" and report.earlier_sweeps == 1
+    assert report.hypervolume == pytest.approx(report.hypervolume_previous)
+    assert report.hypervolume > 0
+    assert report.hypervolume_all_time == pytest.approx(report.hypervolume)
+    assert report.exit_code == 0 and report.regressions == []
+    assert report.new_front_points == []  # the same points were there the night before
+    kinds = sorted(c.kind for c in report.comparisons)
+    assert kinds == ["accuracy", "accuracy", "hypervolume", "latency", "latency"]
+
+
+def test_reference_is_the_earliest_baseline_with_slack() -> None:
+    rows = _sweep("n1", 0, NIGHT_1) + _sweep("n2", 1, NIGHT_1, size_bytes=300_000)
+    report = _report(rows, "n2")
+    assert report.reference == {"accuracy": 0.0, "size_bytes": 200_000.0, "latency_ms": 0.1}
+    assert report.reference_sweep_id == "n1"
+    assert fixed_reference(rows_to_table(rows[:3], RESULTS_SCHEMA), OBJECTIVES) == report.reference
+    # Hand-computed hypervolume of night 1 against it: two boxes sharing latency 0.04..0.1.
+    # (0.97 x (200000-8000)) + (0.96 x (200000-5000)) - overlap (0.96 x (200000-8000)), x 0.06
+    expected = (0.97 * 192_000 + 0.96 * 195_000 - 0.96 * 192_000) * 0.06
+    assert report.hypervolume_previous == pytest.approx(expected)
+    drift = {d.metric: d for d in report.drift}
+    assert drift["size_bytes"].change_pct == pytest.approx(200.0)
+    assert drift["accuracy"].change_pct == pytest.approx(0.0)
+
+
+def test_accuracy_drop_on_the_same_knobs_is_a_regression() -> None:
+    tonight = [(0.3, "none", 0.94, 8000, 0.040), (0.6, "none", 0.96, 5000, 0.040)]
+    rows = _sweep("n1", 0, NIGHT_1) + _sweep("n2", 1, tonight)
+    report = _report(rows, "n2", hypervolume_drop_pct=50.0)
+    assert report.exit_code == 3
+    (regression,) = report.regressions
+    assert (
+        regression.kind == "accuracy" and regression.knobs == "prune.ratio=0.3, quantize.mode=none"
+    )
+    assert regression.change == pytest.approx(-3.0)
+    # Below the threshold it is reported, not alerted on.
+    assert _report(rows, "n2", hypervolume_drop_pct=50.0, accuracy_drop_points=5.0).exit_code == 0
+
+
+def test_latency_and_hypervolume_regressions() -> None:
+    slower = [(0.3, "none", 0.97, 8000, 0.070), (0.6, "none", 0.96, 5000, 0.041)]
+    rows = _sweep("n1", 0, NIGHT_1) + _sweep("n2", 1, slower)
+    report = _report(rows, "n2")
+    crossed = {(c.kind, c.knobs.split(",")[0]) for c in report.regressions}
+    assert ("latency", "prune.ratio=0.3") in crossed  # +75 %
+    assert ("latency", "prune.ratio=0.6") not in crossed  # +2.5 %: noise
+    hv = next(c for c in report.comparisons if c.kind == "hypervolume")
+    assert hv.change == pytest.approx((report.hypervolume / report.hypervolume_previous - 1) * 100)
+    assert _report(rows, "n2", latency_increase_pct=100.0, hypervolume_drop_pct=100).exit_code == 0
+
+
+def test_new_front_points_and_all_time_front() -> None:
+    better = [(0.3, "dynamic_int8", 0.97, 3000, 0.030)]
+    rows = _sweep("n1", 0, NIGHT_1) + _sweep("n2", 1, better)
+    report = _report(rows, "n2")
+    assert [p["knobs"] for p in report.new_front_points] == [
+        "prune.ratio=0.3, quantize.mode=dynamic_int8"
+    ]
+    assert report.hypervolume > report.hypervolume_previous
+    assert report.hypervolume_all_time >= report.hypervolume
+    assert report.exit_code == 0
+    assert [c.kind for c in report.comparisons] == ["hypervolume"]  # no shared knob point
+
+
+def test_first_night_and_other_tasks() -> None:
+    other = [dict(r, task="digits", sweep_id="d0") for r in _sweep("d0", -1, NIGHT_1)]
+    rows = other + _sweep("n1", 0, NIGHT_1)
+    report = _report(rows, "n1")
+    assert report.previous_sweep_id is None and report.earlier_sweeps == 0  # digits ignored
+    assert report.comparisons == [] and report.drift == [] and report.exit_code == 0
+    assert len(report.new_front_points) == 2
+    with pytest.raises(SqueezerayError, match="no rows"):
+        _report(rows, "missing")
+
+
+def test_rendered_report_names_both_hypervolumes_and_escapes_html() -> None:
+    tonight = [(0.3, "none", 0.90, 8000, 0.040)]
+    rows = _sweep("n1", 0, NIGHT_1) + _sweep("n2<b>", 1, tonight)
+    report = _report(rows, "n2<b>")
+    md, page = render_markdown(report), render_html(report)
+    for value in (report.hypervolume, report.hypervolume_previous):
+        shown = format_number(value)
+        assert f"| {shown} |" in md and f"<td>{shown}</td>" in page
+    assert "REGRESSION" in md and 'class="regression"' in page
+    assert "n2&lt;b&gt;" in page and "n2<b>" not in page
+    assert "<script" not in page and "http" not in page  # self-contained
+
+
+def test_thresholds_must_be_non_negative() -> None:
+    with pytest.raises(SqueezerayError, match="accuracy_drop_points=-1"):
+        Thresholds(accuracy_drop_points=-1)
+
+
+def test_warm_start_keeps_valid_points_of_the_task() -> None:
+    space = load_space("tiny").with_overrides(algorithm="optuna")
+    rows = _sweep("n1", 0, [*NIGHT_1, (0.45, "none", 0.9, 1, 0.1)])  # 0.45 is not a choice
+    rows += _sweep("n2", 1, [(0.3, "none", 0.98, 7000, 0.030)])  # newer run of a point
+    rows.append(dict(rows[1], trial_id="failed", status="error", accuracy=None))
+    rows.append(dict(rows[1], trial_id="other-task", task="digits"))
+    rows.append(
+        dict(rows[1], trial_id="no-latency", latency_ms=None, params=_params(0.6, "dynamic_int8"))
+    )
+    points, rewards = warm_start_from(rows_to_table(rows, RESULTS_SCHEMA), space) or ([], [])
+    assert points == [
+        {"prune.ratio": 0.6, "quantize.mode": "none"},
+        {"prune.ratio": 0.3, "quantize.mode": "none"},
+    ]
+    assert rewards == [[0.96, 5000.0, 0.04], [0.98, 7000.0, 0.03]]  # newest value wins
+    assert warm_start_from(None, space) is None
+
+
+def test_warm_start_seeds_a_multi_objective_optuna_study() -> None:
+    from orchestrator.search import make_search
+
+    space = load_space("tiny").with_overrides(algorithm="optuna")
+    points = [{"prune.ratio": 0.3, "quantize.mode": "none"}]
+    alg, _, _ = make_search(
+        space, constraints=(), points_to_evaluate=points, evaluated_rewards=[[0.9, 5000.0, 0.04]]
+    )
+    searcher = getattr(alg, "inner", alg).searcher
+    (trial,) = searcher._ot_study.trials
+    assert trial.params == points[0] and trial.values == [0.9, 5000.0, 0.04]
+
+
+def test_prepare_nightly_names_and_seeds_by_date(tmp_path: Path) -> None:
+    prepared = prepare_nightly("tiny", storage=tmp_path, day=date(2026, 3, 4))
+    assert prepared.space.name == "nightly-20260304"
+    assert (
+        prepared.sweep_id.startswith("nightly-20260304-") and prepared.sweep_id.count("2026") == 1
+    )
+    assert prepared.space.search.seed == 20260304 and prepared.space.search.algorithm == "optuna"
+
+
+# -- two real nights ------------------------------------------------------------------------
+
+
+@pytest.mark.slow
+@pytest.mark.usefixtures("ray_session")
+def test_nightly_twice_reuses_stages_reports_and_flags_a_regression(tmp_path: Path) -> None:
+    from orchestrator.cli import app
+    from orchestrator.results import append_results, list_sweeps, load_results, load_stages
+    from orchestrator.rows import now
+
+    storage = tmp_path / "runs"
+    runner = CliRunner()
+    first = runner.invoke(app, ["nightly", "tiny", "--storage", str(storage), "--trials", "3"])
+    assert first.exit_code == 0, first.output
+    (first_id,) = list_sweeps(storage).column("sweep_id").to_pylist()
+
+    # Inject a regression: rewrite the first night's trials as if they had been 10x faster (a
+    # later finished_at makes these rows win over the originals; the baseline, which fixes the
+    # hypervolume's reference point, stays as measured).
+    rows = [r for r in load_results(storage, sweep=first_id).to_pylist() if not r["is_baseline"]]
+    for row in rows:
+        row["latency_ms"] = row["latency_ms"] / 10
+        row["finished_at"] = now()
+    append_results(storage, rows)
+
+    report_dir = tmp_path / "reports"
+    second = runner.invoke(
+        app,
+        [
+            "nightly",
+            "tiny",
+            "--storage",
+            str(storage),
+            "--trials",
+            "3",
+            "--report-dir",
+            str(report_dir),
+        ],
+    )
+    assert second.exit_code == 3, second.output
+    assert "REGRESSION hypervolume" in second.stdout
+
+    listing = list_sweeps(storage)
+    assert listing.num_rows == 2
+    second_id = listing.column("sweep_id").to_pylist()[1]
+    assert set(listing.column("sweep_name").to_pylist()) == {f"nightly-{date.today():%Y%m%d}"}
+    # The second night loaded its teacher (and KD) from the first night's checkpoints.
+    stages = load_stages(storage)
+    teachers = stages.filter(pc.equal(stages.column("stage"), "teacher"))
+    assert teachers.column("sweep_id").to_pylist() == [first_id]
+
+    md = (report_dir / f"{second_id}.md").read_text()
+    page = (report_dir / f"{second_id}.html").read_text()
+    assert (storage / "reports" / f"{first_id}.md").is_file()  # default place
+    # The report names both hypervolumes, recomputed here from the stored rows.
+    report = build_report(
+        load_results(storage), second_id, objectives=OBJECTIVES, knob_names=["prune.ratio"]
+    )
+    assert report.previous_sweep_id == first_id
+    before = report.hypervolume_previous
+    assert before is not None and before > 0 and before > report.hypervolume * 1.1
+    for value in (report.hypervolume, report.hypervolume_previous):
+        shown = format_number(value)
+        assert f"| {shown} |" in md and f"<td>{shown}</td>" in page
+    assert "Warm start: " in md and "earlier knob point(s)" in md
+    warm = int(md.split("Warm start: ")[1].split()[0])
+    assert 1 <= warm <= 3
+    # Every knob point run both nights got 10x "slower": each is a flagged latency regression.
+    latency = [c for c in report.comparisons if c.kind == "latency"]
+    assert all(c.crossed and c.change > 300 for c in latency)

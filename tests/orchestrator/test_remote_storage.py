@@ -1,0 +1,148 @@
+"""--storage as a URI: a full sweep under file://, and the results/stages/report store functions
+on an in-memory fsspec filesystem.
+
+memory:// lives inside one process, so it cannot hold a real sweep: Ray workers are other
+processes and would write their stage checkpoints and stage rows into their own memory. A
+subprocess below shows that it sees none of this process's files.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import uuid
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from orchestrator.report import Thresholds, build_report, render_markdown, write_report
+from orchestrator.results import (
+    append_results,
+    append_stage_rows,
+    list_sweeps,
+    load_results,
+    load_stages,
+)
+from orchestrator.storage import open_storage
+
+T0 = datetime(2026, 1, 5, 2, 0, tzinfo=timezone.utc)
+
+
+def _row(sweep: str, trial: str, minutes: int, **values: Any) -> dict[str, Any]:
+    row: dict[str, Any] = {
+        "sweep_id": sweep,
+        "sweep_name": sweep.split("-1")[0],
+        "trial_id": trial,
+        "started_at": T0 + timedelta(minutes=minutes),
+        "finished_at": T0 + timedelta(minutes=minutes + 1),
+        "task": "blobs",
+        "status": "ok",
+        "is_baseline": trial == "baseline",
+        "params": '{"prune.ratio": 0.5}' if trial != "baseline" else "{}",
+    }
+    row.update(values)
+    return row
+
+
+@pytest.fixture
+def memory_uri() -> str:
+    return f"memory://squeezeray-test-{uuid.uuid4().hex[:8]}/store"
+
+
+def test_store_functions_on_an_fsspec_memory_filesystem(memory_uri: str) -> None:
+    rows = [
+        _row("night-1", "baseline", 0, accuracy=0.99, size_bytes=1000, latency_ms=0.05),
+        _row("night-1", "t1", 1, accuracy=0.97, size_bytes=200, latency_ms=0.04),
+        _row("night-2", "baseline", 1440, accuracy=0.99, size_bytes=1000, latency_ms=0.05),
+        _row("night-2", "t1", 1441, accuracy=0.98, size_bytes=150, latency_ms=0.03),
+    ]
+    append_results(memory_uri, rows[:2])
+    append_results(memory_uri, rows[2:])
+    # A resumed sweep re-reports a trial: the later row wins.
+    append_results(
+        memory_uri, [{**rows[3], "accuracy": 0.985, "finished_at": T0 + timedelta(days=2)}]
+    )
+    table = load_results(memory_uri)
+    assert table.num_rows == 4
+    latest = load_results(memory_uri, sweep="latest").to_pylist()
+    assert {r["sweep_id"] for r in latest} == {"night-2"}
+    assert [r["accuracy"] for r in latest if r["trial_id"] == "t1"] == [0.985]
+
+    append_stage_rows(
+        memory_uri,
+        [
+            {"stage_key": "k1", "stage": "teacher", "sweep_id": "night-1", "finished_at": T0},
+            {"stage_key": "k2", "stage": "distill", "sweep_id": "night-2", "finished_at": T0},
+        ],
+    )
+    assert [r["stage"] for r in load_stages(memory_uri, sweep="night-1").to_pylist()] == ["teacher"]
+    assert load_stages(memory_uri).num_rows == 2
+
+    listing = list_sweeps(memory_uri).to_pylist()
+    assert [r["sweep_id"] for r in listing] == ["night-1", "night-2"]
+    assert [r["trials_ok"] for r in listing] == [1, 1]
+    assert all(r["hypervolume"] is not None for r in listing)
+
+    # The nightly report is written under the storage too (reports/<sweep>.md, .html).
+    store = open_storage(memory_uri)
+    report = build_report(
+        table,
+        "night-2",
+        objectives={"accuracy": "max", "size_bytes": "min"},
+        thresholds=Thresholds(),
+    )
+    md_path, html_path = write_report(report, store=store)
+    assert store.exists("reports", "night-2.md") and store.exists("reports", "night-2.html")
+    assert md_path.endswith("reports/night-2.md") and html_path.endswith(".html")
+    assert store.read_bytes("reports", "night-2.md").decode() == render_markdown(report)
+
+
+def test_memory_filesystem_is_per_process(memory_uri: str) -> None:
+    """Why a real sweep cannot use memory://: another process sees an empty filesystem."""
+    append_results(memory_uri, [_row("s", "t1", 0, accuracy=0.9)])
+    assert load_results(memory_uri).num_rows == 1
+    code = (
+        "import sys\n"
+        "from orchestrator.results import load_results\n"
+        "from stages.errors import SqueezerayError\n"
+        "try:\n"
+        "    load_results(sys.argv[1])\n"
+        "except SqueezerayError as exc:\n"
+        "    print('empty:', exc)\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code, memory_uri],
+        capture_output=True,
+        text=True,
+        cwd=Path(__file__).resolve().parents[2],
+        timeout=120,
+        check=True,
+    )
+    assert out.stdout.startswith("empty: no results at"), out.stdout + out.stderr
+
+
+@pytest.mark.slow
+@pytest.mark.usefixtures("ray_session")
+def test_full_sweep_under_a_file_uri(tmp_path: Path) -> None:
+    from orchestrator.sweep import execute_sweep, prepare_sweep
+
+    root = tmp_path / "shared"
+    uri = f"file://{root}"
+    outcome = execute_sweep(prepare_sweep("tiny", storage=uri))
+    sweep_id = outcome.summary.sweep_id
+    assert outcome.summary.storage == uri
+    assert outcome.summary.trials_ok == 4 and outcome.summary.trials_failed == 0
+
+    # Results, stage rows, checkpoints, the manifest and the Tune experiment: all under it.
+    assert (root / "results" / f"sweep_id={sweep_id}").is_dir()
+    assert (root / "stages" / f"sweep_id={sweep_id}").is_dir()
+    assert len(list((root / "cache").glob("*.ckpt"))) == outcome.summary.stages_executed
+    assert (root / "sweeps" / f"{sweep_id}.json").is_file()
+    assert (root / "tune" / sweep_id).is_dir()
+    # The URI and the plain path read the same rows.
+    by_uri = load_results(uri).sort_by("trial_id")
+    by_path = load_results(str(root)).sort_by("trial_id")
+    assert by_uri.equals(by_path) and by_uri.num_rows == 5
+    assert [r["stage"] for r in load_stages(uri).to_pylist()].count("teacher") == 1
