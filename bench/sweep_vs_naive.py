@@ -44,10 +44,12 @@ def proposed_patch(max_concurrent: int) -> Iterator[None]:
     1. coordinator trials hold no CPU (`{"cpu": 0, "memory": 1}`: Tune rejects an empty
        bundle) instead of 0.01 CPU each, whose sum left fewer than `num_cpus` whole CPUs, so
        only one 1-CPU stage task could run at a time on 2 CPUs;
-    2. random search honours the trial concurrency (Tune ignores `max_concurrent_trials` for a
-       `BasicVariantGenerator` search_alg: every trial started at once).
+    2. every search algorithm honours the trial concurrency: Tune ignores
+       `max_concurrent_trials` when search_alg is not a `Searcher` (a `BasicVariantGenerator`
+       for random/grid, a `SearchGenerator` around Optuna), so every trial started at once.
     """
     from ray import tune
+    from ray.tune.search import ConcurrencyLimiter, SearchGenerator
     from ray.tune.search.basic_variant import BasicVariantGenerator
 
     import orchestrator.search as search
@@ -57,8 +59,13 @@ def proposed_patch(max_concurrent: int) -> Iterator[None]:
 
     def limited_make_search(*args: Any, **kwargs: Any) -> Any:
         alg, space, n = make_search(*args, **kwargs)
-        if isinstance(alg, BasicVariantGenerator):
-            alg.max_concurrent = max_concurrent
+        inner = getattr(alg, "inner", alg)  # under the time-budget wrapper, if any
+        if isinstance(inner, BasicVariantGenerator):
+            inner.max_concurrent = max_concurrent
+        elif isinstance(inner, SearchGenerator) and not isinstance(
+            inner.searcher, ConcurrencyLimiter
+        ):
+            inner.searcher = ConcurrencyLimiter(inner.searcher, max_concurrent=max_concurrent)
         return alg, space, n
 
     with_resources = tune.with_resources
