@@ -127,9 +127,10 @@ def storage_lock(
         who = holder.describe() if holder else f"a holder that left no {files.sidecar.name}"
         waited = f" after waiting {time.monotonic() - t0:.0f} s" if wait else ""
         scope = " (host-local lock for an object store)" if files.host_local else ""
+        retry = "give it longer with --lock-timeout" if wait else "rerun with --wait"
         raise StorageLocked(
             f"storage {store.uri} is locked{scope} by {who}{waited}; another squeezeray run is "
-            f"writing it. Wait for it to finish, or rerun with --wait (lock file: {files.lock})",
+            f"writing it. Wait for it to finish, or {retry} (lock file: {files.lock})",
             holder,
         ) from exc
     me = _me()
