@@ -1,15 +1,14 @@
 """The `squeezeray` command line. It only parses and prints: every command calls importable,
 tested functions. Heavy imports (torch, ray, pyarrow) happen inside commands so `--help` is
-instant. `SqueezerayError` becomes exit code 2 here, in one place (`main`).
+instant. `SqueezerayError` becomes exit code 2 here, in one place (`_SqueezerayGroup`).
 """
 
 from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated, Any, Optional
 
-import click
 import typer
 from rich.console import Console
 from typer.core import TyperGroup
@@ -23,13 +22,14 @@ out = Console()
 class _SqueezerayGroup(TyperGroup):
     """Turns SqueezerayError into a one-line message and exit code 2 - the one place it happens."""
 
-    def invoke(self, ctx: click.Context) -> object:
+    def invoke(self, ctx: Any) -> Any:
         try:
             return super().invoke(ctx)
         except SqueezerayError as exc:
             from rich.markup import escape
 
-            console.print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False, soft_wrap=True)
+            message = f"[bold red]error:[/] {escape(str(exc))}"
+            console.print(message, highlight=False, soft_wrap=True)
             raise typer.Exit(2) from exc
 
 
