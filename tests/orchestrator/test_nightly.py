@@ -244,12 +244,12 @@ def test_nightly_twice_reuses_stages_reports_and_flags_a_regression(tmp_path: Pa
     assert first.exit_code == 0, first.output
     (first_id,) = list_sweeps(storage).column("sweep_id").to_pylist()
 
-    # Inject a regression: rewrite the first night's trials as if they had been 10x faster (a
+    # Inject a regression: rewrite the first night's trials as if they had been 100x faster (a
     # later finished_at makes these rows win over the originals; the baseline, which fixes the
     # hypervolume's reference point, stays as measured).
     rows = [r for r in load_results(storage, sweep=first_id).to_pylist() if not r["is_baseline"]]
     for row in rows:
-        row["latency_ms"] = row["latency_ms"] / 10
+        row["latency_ms"] = row["latency_ms"] / 100
         row["finished_at"] = now()
     append_results(storage, rows)
 
@@ -295,6 +295,6 @@ def test_nightly_twice_reuses_stages_reports_and_flags_a_regression(tmp_path: Pa
     assert "Warm start: " in md and "earlier knob point(s)" in md
     warm = int(md.split("Warm start: ")[1].split()[0])
     assert 1 <= warm <= 3
-    # Every knob point run both nights got 10x "slower": each is a flagged latency regression.
+    # Every knob point run both nights got 100x "slower": each is a flagged latency regression.
     latency = [c for c in report.comparisons if c.kind == "latency"]
     assert all(c.crossed and c.change > 300 for c in latency)
