@@ -170,15 +170,22 @@ def run_child(
         pythonpath = [str(ROOT), os.environ.get("PYTHONPATH", "")]
         env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in pythonpath if p)}
         with log_path.open("wb") as log:
-            proc = subprocess.run(
+            # Own process group: on a timeout the child's embedded Ray goes with it.
+            proc = subprocess.Popen(
                 [sys.executable, "-c", code, target, str(payload_path), str(out_path)],
                 cwd=ROOT,
                 env=env,
                 stdout=log,
                 stderr=subprocess.STDOUT,
-                timeout=timeout_s,
-                check=False,
+                start_new_session=True,
             )
+            try:
+                proc.wait(timeout=timeout_s)
+            except subprocess.TimeoutExpired:
+                stop_group(proc)
+                raise ChildTimeout(
+                    f"benchmark child {target} still ran after {timeout_s:g} s; stopped"
+                ) from None
         if proc.returncode != 0 or not out_path.exists():
             tail = log_path.read_text(errors="replace")[-4000:]
             raise SqueezerayError(
@@ -227,6 +234,26 @@ def wait_for_quiet(
     while busy >= limit and time.perf_counter() - t0 < budget:
         busy = busy_cores()
     return time.perf_counter() - t0, busy
+
+
+class ChildTimeout(SqueezerayError):
+    """A benchmark child ran past its time limit (and was stopped with its Ray)."""
+
+
+def stop_group(proc: subprocess.Popen[bytes]) -> None:
+    """Stop a child started with start_new_session=True, and everything in its group:
+    SIGINT first (Tune and Ray shut down cleanly on Ctrl-C), SIGKILL after 15 s."""
+    import signal
+
+    for sig, wait_s in ((signal.SIGINT, 15.0), (signal.SIGKILL, 15.0)):
+        if proc.poll() is not None:
+            break
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, sig)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            proc.wait(timeout=wait_s)
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(proc.pid, signal.SIGKILL)  # stragglers of the group (raylet, workers)
 
 
 def child_main() -> None:

@@ -18,14 +18,21 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import subprocess
 import sys
 import time
 from pathlib import Path
 from typing import Any
 
-from bench.common import ROOT, run_child, scratch_dir, spread, wait_for_quiet, write_result
+from bench.common import (
+    ROOT,
+    run_child,
+    scratch_dir,
+    spread,
+    stop_group,
+    wait_for_quiet,
+    write_result,
+)
 
 N = 10
 INTERVAL_S = 1.0
@@ -103,16 +110,6 @@ def _start_sweep(num_cpus: int, log: Path) -> subprocess.Popen[bytes]:
         )
 
 
-def _stop(proc: subprocess.Popen[bytes]) -> None:
-    if proc.poll() is None:
-        os.killpg(proc.pid, signal.SIGINT)  # the group this benchmark started (Tune: Ctrl-C)
-        try:
-            proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
-
-
 def run(*, smoke: bool = False, results_dir: Any = None) -> dict[str, Any]:
     """alone / beside-1cpu / beside-2cpu, each n measurements; writes the JSON."""
     n, interval = (2, 0.0) if smoke else (N, INTERVAL_S)
@@ -133,7 +130,7 @@ def run(*, smoke: bool = False, results_dir: Any = None) -> dict[str, Any]:
             measured["quiet_wait"] = {"waited_s": waited_s, "busy_cores_at_start": busy}
         finally:
             still_running = proc.poll() is None
-            _stop(proc)
+            stop_group(proc)
         if not still_running:
             measured["warning"] = "the sweep finished before the measurements did"
         conditions[f"beside-{cpus}cpu"] = measured

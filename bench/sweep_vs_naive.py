@@ -200,6 +200,7 @@ def squeezeray_run(
     algorithm: str = "random",
     patched: bool = False,
     inprocess: bool = False,
+    timeout_s: float = 1800,
 ) -> dict[str, Any]:
     """One squeezeray sweep in a fresh child process (own Ray, own fresh storage);
     `patched` applies the proposed orchestrator fixes (`proposed_patch`)."""
@@ -216,6 +217,7 @@ def squeezeray_run(
             "storage": str(storage),
         },
         inprocess=inprocess,
+        timeout_s=timeout_s,
     )
 
 
