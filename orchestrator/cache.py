@@ -8,6 +8,9 @@ a finished trial would die with it). Every computed stage is also checkpointed u
 
 Refs travel inside lists (`get.remote(request, [parent_ref])`) so the actor never waits for, or
 copies, a model: it only hands refs on.
+
+A trial that runs out of time calls `release(trial_id)`: a stage no other trial is waiting for is
+then cancelled, so a runaway stage does not hold its CPUs for the rest of the sweep.
 """
 
 from __future__ import annotations
@@ -49,6 +52,8 @@ class _StageCache:
         self.executed: list[str] = []  # keys this actor ran (not loaded), in order
         self.loaded: list[str] = []  # keys loaded from disk checkpoints
         self.corrupt: list[str] = []  # keys whose checkpoint failed its checksum
+        self.cancelled: list[str] = []  # keys cancelled after every waiting trial timed out
+        self.waiting: dict[str, set[str]] = {}  # running stage key -> trial ids waiting on it
         self.rows: list[dict[str, Any]] = []
         self._watchers: set[asyncio.Task[None]] = set()
 
@@ -60,6 +65,8 @@ class _StageCache:
     ) -> list[ray.ObjectRef]:
         """[checkpoint_ref, info_ref] for a stage: from memory, from disk, or computed."""
         key = request.key
+        if key in self.waiting:
+            self.waiting[key].add(request.trial_id)
         if key in self.refs:
             return list(self.refs[key])
         loaded = self._load_from_disk(key)
@@ -74,6 +81,7 @@ class _StageCache:
         )
         self.refs[key] = (ckpt_ref, info_ref)
         self.executed.append(key)
+        self.waiting[key] = {request.trial_id}
         watcher = asyncio.get_running_loop().create_task(self._record(request, info_ref))
         self._watchers.add(watcher)
         watcher.add_done_callback(self._watchers.discard)
@@ -97,9 +105,14 @@ class _StageCache:
         try:
             info = await info_ref
         except Exception:
-            # A failed stage is retried by the next trial that needs it, not served from cache.
-            self.refs.pop(request.key, None)
+            # A failed stage is retried by the next trial that needs it, not served from cache
+            # (unless a retry under the same key has already replaced these refs).
+            if self._current(request.key, info_ref):
+                self.refs.pop(request.key, None)
+                self.waiting.pop(request.key, None)
             return
+        if self._current(request.key, info_ref):
+            self.waiting.pop(request.key, None)
         row = {
             "stage_key": request.key,
             "stage": request.stage,
@@ -113,6 +126,10 @@ class _StageCache:
         }
         self.rows.append(row)
         self._flush([row])
+
+    def _current(self, key: str, info_ref: ray.ObjectRef) -> bool:
+        refs = self.refs.get(key)
+        return refs is not None and refs[1] == info_ref
 
     def _flush(self, rows: list[dict[str, Any]]) -> None:
         from orchestrator.results import append_stage_rows
@@ -138,14 +155,39 @@ class _StageCache:
         info = {**info, "cached": True}
         return ray.put(data), ray.put(info)
 
-    async def stats(self) -> dict[str, Any]:
-        """Counts for the sweep summary and tests."""
-        if self._watchers:
+    async def release(self, trial_id: str) -> list[str]:
+        """A trial gave up (its time limit): cancel the running stages only it was waiting for.
+
+        Returns the cancelled keys. A cancelled stage is forgotten, so a later trial that needs
+        it starts it again (and runs into its own time limit if it hangs again).
+        """
+        cancelled = []
+        for key, trials in list(self.waiting.items()):
+            trials.discard(trial_id)
+            if trials:
+                continue
+            del self.waiting[key]
+            refs = self.refs.get(key)
+            if refs is None or ray.wait([refs[1]], timeout=0)[0]:
+                continue  # finished meanwhile: keep it, its watcher records it
+            del self.refs[key]
+            # force=True kills the worker: a stage stuck in native code never checks for a
+            # cancellation. A cancelled task is not retried.
+            ray.cancel(refs[0], force=True)
+            cancelled.append(key)
+        self.cancelled.extend(cancelled)
+        return cancelled
+
+    async def stats(self, wait: bool = True) -> dict[str, Any]:
+        """Counts for the sweep summary and tests; `wait` first lets running stages finish
+        recording (an interrupted sweep does not wait)."""
+        if self._watchers and wait:
             await asyncio.gather(*self._watchers, return_exceptions=True)
         return {
             "executed": list(self.executed),
             "loaded": list(self.loaded),
             "corrupt": list(self.corrupt),
+            "cancelled": list(self.cancelled),
             "rows": len(self.rows),
         }
 

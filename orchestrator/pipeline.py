@@ -147,8 +147,10 @@ def run_pipeline(
 
     parent: list[Any] = []
     teacher: list[Any] = []
+    where = "measure"  # what the trial was waiting for, named in its error
     try:
         for index, request in enumerate(requests):
+            where = f"stage {request.stage}"
             ckpt_ref, info_ref = ray.get(cache.get.remote(request, parent, teacher))
             info = ray.get(info_ref, timeout=remaining())
             parent = [ckpt_ref]
@@ -156,6 +158,7 @@ def run_pipeline(
                 teacher = [ckpt_ref]
             if on_stage is not None:
                 on_stage(index, request.stage, info)
+        where = "measure"
         (metrics_ref,) = ray.get(
             cache.measure.remote(plan.measure_request(requests[-1].key), parent)
         )
@@ -164,8 +167,10 @@ def run_pipeline(
         result.update(
             status="timeout", error=f"trial exceeded its time limit of {plan.trial_timeout_s:g} s"
         )
+        # Stop the stage it was waiting for unless another trial still needs it.
+        ray.get(cache.release.remote(trial_id))
     except Exception as exc:  # a stage's own error, a dead worker after retries, OOM...
-        result.update(status="error", error=describe_error(exc))
+        result.update(status="error", error=f"{where}: {describe_error(exc)}")
     result["wall_s"] = time.perf_counter() - t0
     return result
 
@@ -176,19 +181,44 @@ def describe_error(exc: BaseException) -> str:
     inner = getattr(exc, "cause", None)
     if isinstance(inner, BaseException):
         cause = inner
-    text = str(cause).strip().splitlines()
-    # RayTaskError strings carry a traceback; keep the last line, which names the error.
-    tail = text[-1] if text else ""
+    text = [line for line in str(cause).strip().splitlines() if line.strip()]
+    # An unwrapped RayTaskError string carries a traceback: its last line names the error.
+    # The task's own exception leads with its summary (advice may follow on later lines).
+    tail = (text[0] if cause is not exc else text[-1]).strip() if text else ""
     if not tail:
         tail = "".join(traceback.format_exception_only(type(cause), cause)).strip()
+    if type(cause).__name__ == "WorkerCrashedError":
+        tail += (
+            " The task was retried (max_retries) and its worker process died every time: a "
+            "crash in native code, os._exit, or the out-of-memory killer."
+        )
     return f"{type(cause).__name__}: {tail}"[:2000]
 
 
-def trial_function(config: dict[str, Any], *, plan: SweepPlan, cache: Any) -> None:
-    """The Tune trainable: reports after every stage, then the final objectives."""
+def trial_function(
+    config: dict[str, Any],
+    *,
+    plan: SweepPlan,
+    cache: Any,
+    replay: Mapping[str, Mapping[str, Any]] | None = None,
+) -> None:
+    """The Tune trainable: reports after every stage, then the final objectives.
+
+    `replay` (a resumed sweep) maps trial ids to results already written to the results
+    dataset. Tune re-runs a trial that finished after its last experiment snapshot; when that
+    trial's row is already stored for the same stages, the stored result is reported again
+    (the search algorithm learns it; `ResultsWriter` does not write it twice) instead of
+    running the trial a second time.
+    """
     from ray import tune
 
     trial_id = tune.get_context().get_trial_id() or "trial"
+    stored = (replay or {}).get(trial_id)
+    if stored is not None:
+        keys = [r.key for r in plan.requests(config, trial_id=trial_id)]
+        if list(stored.get("stage_keys") or []) == keys:
+            tune.report({**stored, "final": True, "replayed": True})
+            return
 
     def report_stage(index: int, stage: str, info: Mapping[str, Any]) -> None:
         metrics = info.get("metrics", {})

@@ -35,6 +35,31 @@ def _prepare_worker(sys_path: tuple[str, ...], threads: int) -> None:
     torch.set_num_threads(max(1, threads))
 
 
+def _cache_file(storage: str, key: str | None) -> str:
+    return f"{storage.rstrip('/')}/{CACHE_DIR}/{checkpoint_path(key)[0]}" if key else "input"
+
+
+def _load_input(data: bytes | None, what: str) -> Any:
+    """An input checkpoint, loaded `weights_only` (never unpickles code); a bad one is a
+    SqueezerayError that names it and how to get it recomputed."""
+    from stages.checkpoint import ModelCheckpoint
+    from stages.errors import SqueezerayError
+
+    if data is None:
+        return None
+    try:
+        return ModelCheckpoint.from_bytes(data)
+    except SqueezerayError as exc:
+        lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+        # torch's refusal is several lines of advice; the unpickler's line says what it met.
+        reason = next((line for line in lines if "WeightsUnpickler error" in line), lines[0])
+        raise SqueezerayError(
+            f"{what} is not a loadable squeezeray checkpoint and was not unpickled "
+            f"({reason[:300]}); delete it (and the .json manifest beside a cache file) to "
+            "have it recomputed"
+        ) from exc
+
+
 def execute_stage(
     request: StageRequest, parent: bytes | None, teacher: bytes | None
 ) -> tuple[bytes, dict[str, Any]]:
@@ -42,7 +67,6 @@ def execute_stage(
     from orchestrator.storage import open_storage
     from stages import get_stage
     from stages.base import StageInput
-    from stages.checkpoint import ModelCheckpoint
     from stages.tasks import load_task
 
     _prepare_worker(request.sys_path, request.threads)
@@ -52,8 +76,8 @@ def execute_stage(
     params = spec.make_params(request.params)
     inp = StageInput(
         task=task,
-        parent=ModelCheckpoint.from_bytes(parent) if parent is not None else None,
-        teacher=ModelCheckpoint.from_bytes(teacher) if teacher is not None else None,
+        parent=_load_input(parent, _cache_file(request.storage, request.parent_key)),
+        teacher=_load_input(teacher, "the teacher checkpoint"),
         device=request.device,
         seed=request.seed,
     )
@@ -83,13 +107,12 @@ def execute_stage(
 
 def execute_measure(request: MeasureRequest, checkpoint: bytes) -> dict[str, Any]:
     """Accuracy (test split), size, parameter counts and single-thread latency of a model."""
-    from stages.checkpoint import ModelCheckpoint
     from stages.metrics import evaluate
     from stages.tasks import load_task
 
     _prepare_worker(request.sys_path, request.threads)
     task = load_task(request.task)
-    ckpt = ModelCheckpoint.from_bytes(checkpoint)
+    ckpt = _load_input(checkpoint, f"the checkpoint of stage {request.key}")
     m = evaluate(
         task,
         ckpt,

@@ -4,16 +4,26 @@ Flow: validate everything (no Ray yet) -> start or join Ray -> start the sweep's
 measure the baseline (the uncompressed teacher, eager) beside the trials -> Tune runs cheap
 coordinator trials (0.01 CPU each) whose stage tasks hold the real CPUs/GPUs -> a driver-side
 callback writes each trial's row as it finishes -> the baseline row, then the table is returned.
+
+Interruptions: Ctrl-C or SIGTERM stops launching trials, lets Tune save its experiment state,
+records what finished and raises `SweepInterrupted`, whose message is the resume command. A
+killed driver loses nothing either: rows and checkpoints are written as they finish, and
+`resume=True` restores the Tune experiment (same trial ids; finished trials are not re-run).
 """
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import json
 import os
+import re
 import secrets
+import shlex
+import signal
+import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import asdict, dataclass
 from datetime import datetime
 from pathlib import Path
@@ -44,6 +54,8 @@ class SweepSummary:
     corrupt_checkpoints: int
     wall_s: float
     interrupted: bool
+    resume_command: str = ""  # continues this sweep (see `resume_command`)
+    stages_cancelled: int = 0  # running stages stopped because their trials timed out
 
 
 def new_sweep_id(name: str | None) -> str:
@@ -182,7 +194,15 @@ def prepare_sweep(
         raise SqueezerayError(f"--gpus-per-trial={gpus_per_trial:g} must be >= 0")
     if max_concurrent is not None and max_concurrent < 1:
         raise SqueezerayError(f"--max-concurrent={max_concurrent} must be >= 1")
-    store = open_storage(storage, create=True)
+    if sweep_id is not None:
+        _check_sweep_id(sweep_id)
+    # The storage directory is created only once everything else has passed.
+    store = open_storage(storage)
+    if not resume and sweep_id is not None and store.exists(*manifest_path(sweep_id)):
+        raise SqueezerayError(
+            f"--sweep-id {sweep_id!r} already exists in {store.uri}; continue it with "
+            f"`{resume_command(store, sweep_id)}` or choose another id"
+        )
     if resume:
         if sweep_id is None:
             sweep_id = latest_sweep_id(store)
@@ -192,6 +212,10 @@ def prepare_sweep(
         trials = trials or manifest.get("trials")
         seed = manifest.get("seed") if seed is None else seed
         name = name or manifest.get("name")
+        if trial_timeout is None:
+            trial_timeout = manifest.get("trial_timeout_s")
+        if max_concurrent is None:
+            max_concurrent = manifest.get("max_concurrent")
     budget_s = _seconds("--time-budget", time_budget)
     timeout_s = _seconds("--trial-timeout", trial_timeout)
     loaded = space if isinstance(space, SearchSpace) else load_space(space, check_task=False)
@@ -209,7 +233,7 @@ def prepare_sweep(
     load_task(loaded.task)
     return PreparedSweep(
         space=loaded,
-        storage=store,
+        storage=open_storage(storage, create=True),
         sweep_id=sweep_id or new_sweep_id(loaded.name),
         cpus_per_trial=cpus_per_trial,
         gpus_per_trial=gpus_per_trial,
@@ -217,6 +241,15 @@ def prepare_sweep(
         trial_timeout_s=timeout_s,
         resume=resume,
     )
+
+
+def _check_sweep_id(sweep_id: str) -> None:
+    # It names files and directories (manifest, Tune experiment, results partition).
+    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}", sweep_id):
+        raise SqueezerayError(
+            f"--sweep-id {sweep_id!r} is not a valid sweep id; accepted: 1-128 letters, digits, "
+            "'.', '_' or '-', starting with a letter or digit"
+        )
 
 
 def _seconds(flag: str, value: str | float | None) -> float | None:
@@ -248,10 +281,23 @@ def write_manifest(store: Storage, sweep: PreparedSweep, *, status: str) -> None
         "algorithm": space.search.algorithm,
         "cpus_per_trial": sweep.cpus_per_trial,
         "gpus_per_trial": sweep.gpus_per_trial,
+        "trial_timeout_s": sweep.trial_timeout_s,
+        "max_concurrent": sweep.max_concurrent,
         "status": status,
+        "resume_command": resume_command(store, sweep.sweep_id),
         "updated_at": now().isoformat(),
     }
     store.write_atomic(json.dumps(data, indent=2).encode(), *manifest_path(sweep.sweep_id))
+
+
+def resume_command(store: Storage, sweep_id: str) -> str:
+    """The shell command that continues sweep `sweep_id` (absolute for local storage, so it
+    works from any directory)."""
+    location = store.root if store.is_local else store.uri
+    return (
+        f"squeezeray sweep --resume --sweep-id {shlex.quote(sweep_id)} "
+        f"--storage {shlex.quote(location)}"
+    )
 
 
 def read_manifest(store: Storage, sweep_id: str) -> dict[str, Any]:
@@ -287,19 +333,29 @@ def execute_sweep(
     warm_start: tuple[list[dict[str, Any]], list[list[float]]] | None = None,
     progress: Callable[[str, Mapping[str, Any]], None] | None = None,
 ) -> SweepOutcome:
-    """Run a prepared sweep on Ray (embedded when `address` is None)."""
+    """Run a prepared sweep on Ray (embedded when `address` is None).
+
+    Ctrl-C or SIGTERM (in the main thread) stops launching trials, lets Tune save its
+    experiment state, records everything finished and raises `SweepInterrupted` naming the
+    resume command; a second signal stops at once. A resumed sweep (`sweep.resume`) restores
+    the Tune experiment: finished trials are kept, unfinished ones re-run under their ids.
+    """
     import ray
     from ray import tune
 
     from orchestrator.cache import StageCache
     from orchestrator.keys import code_version
     from orchestrator.pipeline import trial_function
-    from orchestrator.results import append_results, load_results
+    from orchestrator.results import append_results
     from orchestrator.runtime import init_ray, latency_resources
     from orchestrator.search import make_search
     from orchestrator.tune_callbacks import ResultsWriter
 
     os.environ.setdefault("TUNE_DISABLE_STRICT_METRIC_CHECKING", "1")
+    # Tune snapshots its experiment state (trial statuses, searcher) every 10+ s by default; a
+    # trial started and finished between two snapshots is unknown to a restored run. Every
+    # 2 s keeps that window short at a small cost (the state is a few KB per trial).
+    os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", "2")
     import optuna
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -344,14 +400,9 @@ def execute_sweep(
     cache = StageCache.options(name=f"squeezeray-cache-{sweep.sweep_id}").remote(  # type: ignore[attr-defined]
         store.uri, sweep.sweep_id, stage_options=stage_options, measure_options=measure_options
     )
-
-    # The baseline (uncompressed teacher, eager) runs beside the trials, sharing their teacher.
-    teacher_request = plan.requests({}, trial_id="baseline")[0]
-    baseline_started = now()
-    t_ref, _ = ray.get(cache.get.remote(teacher_request, [], []))
-    (baseline_ref,) = ray.get(
-        cache.measure.remote(plan.measure_request(teacher_request.key), [t_ref])
-    )
+    # A resumed sweep: the rows written before the interruption (trial id -> result).
+    stored = stored_results(store, sweep.sweep_id) if sweep.resume else {}
+    stored_baseline = stored.pop("baseline", None)
 
     search_alg, param_space, num_samples = make_search(
         space,
@@ -373,50 +424,67 @@ def execute_sweep(
         constraints=constraints,
         total=num_samples if space.search.algorithm != "grid" else _grid_size(param_space),
         progress=progress,
+        done={
+            "ok": sum(r["status"] == "ok" for r in stored.values()),
+            "failed": sum(r["status"] != "ok" for r in stored.values()),
+        },
     )
     trainable = tune.with_resources(
-        tune.with_parameters(trial_function, plan=plan, cache=cache), {"cpu": COORDINATOR_CPU}
+        tune.with_parameters(trial_function, plan=plan, cache=cache, replay=stored),
+        {"cpu": COORDINATOR_CPU},
     )
     tune_path = store.path("tune") if store.is_local else f"{store.uri.rstrip('/')}/tune"
-    interrupted = False
     experiment_dir = f"{tune_path}/{sweep.sweep_id}"
-    try:
-        if sweep.resume and tune.Tuner.can_restore(experiment_dir):
-            tuner = tune.Tuner.restore(
-                experiment_dir, trainable=trainable, resume_unfinished=True, restart_errored=True
-            )
-            local: Any = tuner._local_tuner
-            local._run_config.callbacks = [writer]  # restored runs do not keep callbacks
-        else:
-            tuner = tune.Tuner(
-                trainable,
-                param_space=param_space,
-                tune_config=tune.TuneConfig(
-                    search_alg=search_alg,
-                    scheduler=_scheduler(space),
-                    num_samples=num_samples,
-                    max_concurrent_trials=concurrency,
-                    reuse_actors=True,
-                ),
-                run_config=tune.RunConfig(
-                    name=sweep.sweep_id,
-                    storage_path=tune_path,
-                    verbose=0,
-                    callbacks=[writer],
-                    failure_config=tune.FailureConfig(max_failures=0),
-                    checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
-                ),
-            )
-        tuner.fit()
-    except KeyboardInterrupt:
-        interrupted = True
+    baseline_ref: Any = None
+    baseline_started = now()
+    interrupted = False
+    with _stop_signals() as stop:
+        try:
+            if stored_baseline is None or stored_baseline["status"] != "ok":
+                # The baseline (uncompressed teacher, eager) runs beside the trials, sharing
+                # their teacher.
+                teacher_request = plan.requests({}, trial_id="baseline")[0]
+                t_ref, _ = ray.get(cache.get.remote(teacher_request, [], []))
+                (baseline_ref,) = ray.get(
+                    cache.measure.remote(plan.measure_request(teacher_request.key), [t_ref])
+                )
+            if sweep.resume and tune.Tuner.can_restore(experiment_dir):
+                tuner = _restored_tuner(experiment_dir, trainable, writer)
+            else:
+                tuner = tune.Tuner(
+                    trainable,
+                    param_space=param_space,
+                    tune_config=tune.TuneConfig(
+                        search_alg=search_alg,
+                        scheduler=_scheduler(space),
+                        num_samples=num_samples,
+                        max_concurrent_trials=concurrency,
+                        reuse_actors=True,
+                    ),
+                    run_config=tune.RunConfig(
+                        name=sweep.sweep_id,
+                        storage_path=tune_path,
+                        verbose=0,
+                        callbacks=[writer],
+                        failure_config=tune.FailureConfig(max_failures=0),
+                        checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
+                    ),
+                )
+            stop.enter_fit()
+            tuner.fit()
+            stop.leave_fit()
+        except KeyboardInterrupt:
+            interrupted = True
+        interrupted = interrupted or stop.received is not None
 
-    baseline = _baseline_row(plan, baseline_ref, baseline_started, space.name or sweep.sweep_id)
-    append_results(store.uri, [baseline])
-    stats = ray.get(cache.stats.remote())
+    # An interrupted sweep records what has finished and does not wait for the rest.
+    if baseline_ref is not None and (not interrupted or ray.wait([baseline_ref], timeout=0)[0]):
+        baseline = _baseline_row(plan, baseline_ref, baseline_started, space.name or sweep.sweep_id)
+        append_results(store.uri, [baseline])
+    stats = ray.get(cache.stats.remote(wait=not interrupted))
     ray.kill(cache)
     write_manifest(store, sweep, status="interrupted" if interrupted else "finished")
-    table = load_results(store.uri, sweep=sweep.sweep_id)
+    table = _sweep_table(store, sweep.sweep_id)
     statuses = [
         s
         for s, b in zip(
@@ -435,10 +503,137 @@ def execute_sweep(
         corrupt_checkpoints=len(stats["corrupt"]),
         wall_s=time.perf_counter() - t0,
         interrupted=interrupted,
+        resume_command=resume_command(store, sweep.sweep_id),
+        stages_cancelled=len(stats["cancelled"]),
     )
     if interrupted:
         raise SweepInterrupted(summary)
     return SweepOutcome(table=table, summary=summary)
+
+
+def _restored_tuner(experiment_dir: str, trainable: Any, writer: Any) -> Any:
+    """The Tune experiment of an interrupted sweep, with this run's results writer attached.
+
+    Unfinished and errored trials resume under their trial ids (a restart would give them new
+    ids, and a second row). Tune brings back the RunConfig pickled when the sweep first
+    started, whose callbacks are copies of that run's writer without its progress display and
+    without the rows written since; `Tuner.restore` takes no callbacks, so they are replaced
+    on the restored run config (read by `fit`).
+    """
+    from ray import tune
+
+    tuner = tune.Tuner.restore(
+        experiment_dir, trainable=trainable, resume_unfinished=True, resume_errored=True
+    )
+    local: Any = getattr(tuner, "_local_tuner", None)
+    run_config = local.get_run_config() if local is not None else None
+    if run_config is None or not hasattr(run_config, "callbacks"):
+        raise SqueezerayError(
+            "cannot attach the results writer to the restored Tune run (this Ray version's "
+            "Tuner has no local run config); resume with the Ray version that started it"
+        )
+    run_config.callbacks = [writer]
+    return tuner
+
+
+def stored_results(store: Storage, sweep_id: str) -> dict[str, dict[str, Any]]:
+    """Trial id -> the result already written for it (what a resumed trial reports again)."""
+    from orchestrator.results import load_results
+    from orchestrator.schema import METRIC_COLUMNS
+
+    try:
+        table = load_results(store.uri, sweep=sweep_id)
+    except SqueezerayError:  # nothing written yet
+        return {}
+    out: dict[str, dict[str, Any]] = {}
+    for row in table.to_pylist():
+        out[row["trial_id"]] = {
+            "status": row["status"],
+            "error": row["error"],
+            "runtime": row["runtime"],
+            "wall_s": row["wall_s"],
+            "stage_keys": list(row["stage_keys"] or []),
+            "effective_params": json.loads(row["params"] or "{}"),
+            **{name: row[name] for name in METRIC_COLUMNS},
+        }
+    return out
+
+
+def _sweep_table(store: Storage, sweep_id: str) -> Any:
+    """The sweep's rows; an empty table when it was interrupted before writing any."""
+    import pyarrow as pa
+
+    from orchestrator.results import load_results
+    from orchestrator.schema import RESULTS_SCHEMA
+
+    try:
+        return load_results(store.uri, sweep=sweep_id)
+    except SqueezerayError:
+        return pa.Table.from_pylist([], schema=RESULTS_SCHEMA)
+
+
+class _StopSignals:
+    """SIGINT/SIGTERM handling around a sweep (main thread only).
+
+    Before `tuner.fit()` a signal raises KeyboardInterrupt. During it, the signal is handed to
+    Tune's own stop handler (installed for SIGUSR1; Tune's SIGINT handler is switched off so
+    that this class sees Ctrl-C): Tune stops launching trials, saves its experiment state and
+    returns. Afterwards it is only noted, so the rows are still written. A second signal
+    always raises KeyboardInterrupt. SIGTERM replaces Ray's handler, which would kill the
+    local Ray processes before the sweep could record anything.
+    """
+
+    def __init__(self) -> None:
+        self.received: int | None = None
+        self.in_fit = False
+        self.after_fit = False
+        self._usr1_before: Any = None
+
+    def enter_fit(self) -> None:
+        self._usr1_before = signal.getsignal(signal.SIGUSR1)
+        self.in_fit = True
+
+    def leave_fit(self) -> None:
+        self.in_fit, self.after_fit = False, True
+        if self._usr1_before is not None:
+            signal.signal(signal.SIGUSR1, self._usr1_before)
+
+    def handle(self, signum: int, frame: Any) -> None:
+        first = self.received is None
+        self.received = signum
+        if not first:
+            raise KeyboardInterrupt
+        if self.in_fit:
+            tune_stop = signal.getsignal(signal.SIGUSR1)
+            if callable(tune_stop) and tune_stop is not self._usr1_before:
+                tune_stop(signum, frame)
+                return
+        if not self.after_fit:
+            raise KeyboardInterrupt
+
+
+@contextlib.contextmanager
+def _stop_signals() -> Iterator[_StopSignals]:
+    stop = _StopSignals()
+    if threading.current_thread() is not threading.main_thread():
+        yield stop
+        return
+    previous = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
+    previous_env = os.environ.get("TUNE_DISABLE_SIGINT_HANDLER")
+    os.environ["TUNE_DISABLE_SIGINT_HANDLER"] = "1"
+    for sig in previous:
+        signal.signal(sig, stop.handle)
+    try:
+        yield stop
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+        if stop.in_fit:
+            stop.leave_fit()
+        if previous_env is None:
+            os.environ.pop("TUNE_DISABLE_SIGINT_HANDLER", None)
+        else:
+            os.environ["TUNE_DISABLE_SIGINT_HANDLER"] = previous_env
 
 
 class SweepInterrupted(SqueezerayError):
@@ -447,10 +642,12 @@ class SweepInterrupted(SqueezerayError):
     def __init__(self, summary: SweepSummary) -> None:
         self.summary = summary
         done = summary.trials_ok + summary.trials_failed
+        command = summary.resume_command or (
+            f"squeezeray sweep --resume --sweep-id {summary.sweep_id} --storage {summary.storage}"
+        )
         super().__init__(
             f"sweep {summary.sweep_id} was interrupted after {done} trials; everything finished "
-            "is saved. To continue, run: squeezeray sweep --resume "
-            f"--sweep-id {summary.sweep_id} --storage {summary.storage}"
+            f"is saved. To continue, run: {command}"
         )
 
 

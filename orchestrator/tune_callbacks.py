@@ -25,6 +25,7 @@ class ResultsWriter(Callback):  # type: ignore[misc]
         constraints: tuple[tuple[str, str, float], ...],
         total: int,
         progress: Callable[[str, Mapping[str, Any]], None] | None,
+        done: Mapping[str, int] | None = None,
     ) -> None:
         self.storage = storage
         self.sweep_id = sweep_id
@@ -36,7 +37,8 @@ class ResultsWriter(Callback):  # type: ignore[misc]
         self.progress = progress
         self.started: dict[str, datetime] = {}
         self.written: set[str] = set()
-        self.counts = {"ok": 0, "failed": 0, "running": 0}
+        # A resumed sweep starts from the trials it has already written (`done`: ok, failed).
+        self.counts = {"ok": 0, "failed": 0, "running": 0, **(done or {})}
         self.stage_requests = 0
 
     def __getstate__(self) -> dict[str, Any]:
@@ -70,6 +72,12 @@ class ResultsWriter(Callback):  # type: ignore[misc]
         from orchestrator.results import append_results
 
         if trial.trial_id in self.written:
+            return
+        if result.get("replayed"):
+            # A resumed trial whose row was written before the interruption: already stored
+            # and already counted in `done`.
+            self.written.add(trial.trial_id)
+            self._progress("done", trial, result)
             return
         self.stage_requests += len(result.get("stage_keys") or [])
         ok = result.get("status") == "ok"

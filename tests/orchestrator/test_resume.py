@@ -1,0 +1,415 @@
+"""Interrupted sweeps and `squeezeray sweep --resume`.
+
+The fault tests run the real CLI in a subprocess (its own embedded Ray, in its own session so
+every process it starts can be found and cleaned up): SIGKILL of the driver, then a resume in
+a fresh process; Ctrl-C (SIGINT) and SIGTERM, whose message is the resume command, which is
+then run as printed. The signal logic and the manifest round trip are also tested in-process.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import re
+import shlex
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from orchestrator.results import load_results, load_stages
+from orchestrator.storage import open_storage
+from orchestrator.sweep import (
+    SweepInterrupted,
+    SweepSummary,
+    _stop_signals,
+    latest_sweep_id,
+    prepare_sweep,
+    read_manifest,
+    resume_command,
+    write_manifest,
+)
+from stages.errors import SqueezerayError
+
+from .test_sweep import REQUIRED
+
+ROOT = Path(__file__).resolve().parents[2]
+
+# 6 cheap trials, one at a time, so the driver can be stopped between trials.
+SPACE = """
+name: crash
+task: blobs
+pipeline: [teacher, distill, prune, quantize]
+params:
+  teacher.epochs: 2
+  distill.epochs: 2
+  prune.ratio: {choice: [0.2, 0.4, 0.6]}
+  quantize.mode: {choice: [none, dynamic_int8]}
+search: {algorithm: optuna, trials: 6, seed: 0, max_concurrent: 1}
+latency: {warmup: 2, repeats: 5}
+"""
+TRIALS = 6
+
+
+# --- helpers ---------------------------------------------------------------------------------
+
+
+def _cli(*args: str) -> list[str]:
+    return [sys.executable, "-c", "from orchestrator.cli import main; main()", *args]
+
+
+def _env() -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}  # its own embedded Ray
+    env["PYTHONPATH"] = os.pathsep.join([str(ROOT), env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
+    return env
+
+
+class _Run:
+    """A CLI subprocess in a new session (its Ray processes share the session id)."""
+
+    def __init__(self, tmp_path: Path, name: str, args: list[str]) -> None:
+        self.log = tmp_path / f"{name}.log"
+        self._sink = self.log.open("w")
+        self.proc = subprocess.Popen(
+            _cli(*args),
+            cwd=ROOT,
+            env=_env(),
+            stdout=self._sink,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+
+    def wait(self, timeout: float) -> int:
+        try:
+            return self.proc.wait(timeout=timeout)
+        finally:
+            self._sink.close()
+
+    @property
+    def output(self) -> str:
+        return self.log.read_text()
+
+
+def _session_processes(sid: int) -> dict[int, str]:
+    """Live (non-zombie) processes of session `sid`: pid -> name."""
+    found = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            text = stat.read_text()
+        except OSError:
+            continue
+        name = text[text.index("(") + 1 : text.rindex(")")]
+        fields = text[text.rindex(")") + 2 :].split()
+        if fields[0] != "Z" and int(fields[3]) == sid:
+            found[int(stat.parent.name)] = name
+    return found
+
+
+def _reap_session(sid: int, *, grace_s: float) -> dict[int, str]:
+    """Wait up to `grace_s` for a session's processes to exit, SIGKILL the rest (each by pid;
+    they are all descendants of a process this test started); return those it had to kill."""
+    deadline = time.monotonic() + grace_s
+    left = _session_processes(sid)
+    while left and time.monotonic() < deadline:
+        time.sleep(0.5)
+        left = _session_processes(sid)
+    for pid in left:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+    return left
+
+
+@pytest.fixture
+def cleanup() -> Iterator[list[int]]:
+    """Session ids to reap after the test, even when it fails."""
+    sessions: list[int] = []
+    yield sessions
+    for sid in sessions:
+        _reap_session(sid, grace_s=0)
+
+
+def _trial_rows(storage: Path) -> list[dict[str, Any]]:
+    try:
+        table = load_results(str(storage))
+    except SqueezerayError:
+        return []
+    return [r for r in table.to_pylist() if not r["is_baseline"]]
+
+
+def _wait_for_trials(run: _Run, storage: Path, count: int, timeout: float = 240) -> None:
+    deadline = time.monotonic() + timeout
+    while len(_trial_rows(storage)) < count:
+        assert run.proc.poll() is None, f"the sweep ended early:\n{run.output}"
+        assert time.monotonic() < deadline, f"no {count} trial rows in {timeout} s:\n{run.output}"
+        time.sleep(0.3)
+
+
+def _raw_trial_rows(storage: Path) -> int:
+    """Trial rows as stored, before `load_results` keeps one per trial."""
+    import pyarrow.compute as pc
+    import pyarrow.dataset as ds
+
+    table = ds.dataset(str(storage / "results"), format="parquet").to_table(
+        columns=["is_baseline"]
+    )
+    return int(pc.sum(pc.invert(table.column("is_baseline"))).as_py() or 0)
+
+
+def _tune_trials(storage: Path, sweep_id: str) -> dict[str, str]:
+    """Trial id -> status in the restored Tune experiment (what Tune considers the sweep)."""
+    from ray.tune import ExperimentAnalysis
+
+    analysis = ExperimentAnalysis(str(storage / "tune" / sweep_id))
+    return {t.trial_id: t.status for t in analysis.trials}
+
+
+def _check_complete(storage: Path, sweep_id: str) -> list[dict[str, Any]]:
+    rows = _trial_rows(storage)
+    ids = [r["trial_id"] for r in rows]
+    assert len(ids) == len(set(ids))
+    assert _raw_trial_rows(storage) == len(rows), "a trial row was written twice"
+    for row in rows:
+        assert row["status"] == "ok", row["error"]
+        for column in REQUIRED:
+            if column not in ("error", "distill.temperature", "distill.alpha", "lora.rank"):
+                assert row[column] is not None, (column, row)
+    tune_trials = _tune_trials(storage, sweep_id)
+    assert len(tune_trials) == TRIALS
+    assert set(tune_trials.values()) == {"TERMINATED"}
+    assert set(tune_trials) <= set(ids)  # every trial of the sweep has its row
+    return rows
+
+
+# --- fault tests -------------------------------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_sigkilled_driver_resumes_with_every_trial_once(
+    tmp_path: Path, cleanup: list[int]
+) -> None:
+    space = tmp_path / "space.yaml"
+    space.write_text(SPACE)
+    storage = tmp_path / "results"
+    run = _Run(tmp_path, "first", ["sweep", str(space), "--storage", str(storage)])
+    cleanup.append(run.proc.pid)
+    _wait_for_trials(run, storage, 2)
+    run.proc.kill()  # SIGKILL: no handler runs, nothing is flushed
+    assert run.wait(timeout=30) == -signal.SIGKILL
+    before = {r["trial_id"]: r for r in _trial_rows(storage)}
+    stages_before = set(load_stages(str(storage)).column("stage_key").to_pylist())
+    assert len(before) >= 2 and stages_before
+
+    # Ray's head processes share the driver's fate; workers and agents follow within seconds.
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline and {"raylet", "gcs_server"} & set(
+        _session_processes(run.proc.pid).values()
+    ):
+        time.sleep(0.5)
+    assert not {"raylet", "gcs_server"} & set(_session_processes(run.proc.pid).values())
+    _reap_session(run.proc.pid, grace_s=5)
+
+    sweep_id = latest_sweep_id(open_storage(storage))
+    assert read_manifest(open_storage(storage), sweep_id)["status"] == "running"
+    resume = _Run(tmp_path, "resume", ["sweep", "--resume", "--storage", str(storage)])
+    cleanup.append(resume.proc.pid)
+    assert resume.wait(timeout=300) == 0, resume.output
+    assert "(resumed)" in resume.output
+
+    rows = _check_complete(storage, sweep_id)
+    after = {r["trial_id"]: r for r in rows}
+    for trial_id, row in before.items():  # finished trials were kept, not re-run
+        assert after[trial_id]["finished_at"] == row["finished_at"]
+    # Finished stages were loaded from their checkpoints, not run again: no stage key has a
+    # second row, and the resumed sweep computed only stages it did not have.
+    stage_keys = load_stages(str(storage)).column("stage_key").to_pylist()
+    assert len(stage_keys) == len(set(stage_keys))
+    assert read_manifest(open_storage(storage), sweep_id)["status"] == "finished"
+    summary_line = " ".join(resume.output.split())
+    assert re.search(r"\+[1-9]\d* loaded from cache", summary_line), resume.output
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["ctrl-c", "sigterm"])
+def test_interrupt_prints_the_resume_command_which_finishes_the_sweep(
+    tmp_path: Path, cleanup: list[int], sig: signal.Signals
+) -> None:
+    space = tmp_path / "space.yaml"
+    space.write_text(SPACE)
+    storage = tmp_path / "results"
+    run = _Run(
+        tmp_path, "first", ["sweep", str(space), "--storage", str(storage), "--sweep-id", "s1"]
+    )
+    cleanup.append(run.proc.pid)
+    _wait_for_trials(run, storage, 1)
+    run.proc.send_signal(sig)
+    assert run.wait(timeout=120) == 2, run.output
+    output = " ".join(run.output.split())  # undo the terminal's line wrapping
+    match = re.search(
+        r"To continue, run: (squeezeray sweep --resume --sweep-id \S+ --storage \S+)", output
+    )
+    assert match, output
+    command = shlex.split(match.group(1))
+    assert command[1:] == [
+        "sweep", "--resume", "--sweep-id", "s1", "--storage", str(storage.resolve()),
+    ]  # fmt: skip
+    assert read_manifest(open_storage(storage), "s1")["status"] == "interrupted"
+    # The driver exited normally, so Ray's own shutdown stopped every process it started.
+    assert _reap_session(run.proc.pid, grace_s=30) == {}
+    if sig == signal.SIGTERM:
+        return  # resuming is the same for both; run it once
+
+    resume = _Run(tmp_path, "resume", command[1:])
+    cleanup.append(resume.proc.pid)
+    assert resume.wait(timeout=300) == 0, resume.output
+    _check_complete(storage, "s1")
+    assert read_manifest(open_storage(storage), "s1")["status"] == "finished"
+
+
+# --- in-process ---------------------------------------------------------------------------------
+
+
+def test_stop_signals_hand_the_first_signal_to_tune_and_stop_on_the_second() -> None:
+    calls: list[int] = []
+    before = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM, signal.SIGUSR1)}
+    with _stop_signals() as stop:
+        assert signal.getsignal(signal.SIGINT) == stop.handle
+        assert os.environ["TUNE_DISABLE_SIGINT_HANDLER"] == "1"
+        with pytest.raises(KeyboardInterrupt):  # before fit: stop right away
+            stop.handle(signal.SIGINT, None)
+        stop.received = None
+        stop.enter_fit()
+        signal.signal(signal.SIGUSR1, lambda signum, frame: calls.append(signum))  # as Tune does
+        stop.handle(signal.SIGTERM, None)  # during fit: Tune stops gracefully
+        assert calls == [signal.SIGTERM] and stop.received == signal.SIGTERM
+        with pytest.raises(KeyboardInterrupt):  # a second signal: now
+            stop.handle(signal.SIGINT, None)
+    assert {s: signal.getsignal(s) for s in before} == before
+    assert "TUNE_DISABLE_SIGINT_HANDLER" not in os.environ
+
+
+def test_sweep_command_stops_every_bad_space_before_ray(tmp_path: Path) -> None:
+    """`sweep` (and `nightly`, through the same `prepare_sweep`) runs validate's checks first:
+    exit 2 for each file of the bad battery, no storage created, ray never imported."""
+    from tests.orchestrator.test_config import BAD_CASES, _write
+
+    paths = [_write(tmp_path, content, f"{case}.yaml") for case, content, _ in BAD_CASES]
+    storage = tmp_path / "never-created"
+    code = (
+        "import json, sys\n"
+        "from typer.testing import CliRunner\n"
+        "from orchestrator.cli import app\n"
+        "codes = [CliRunner().invoke(app, ['sweep', p, '--storage', sys.argv[1]]).exit_code\n"
+        "         for p in sys.argv[2:]]\n"
+        "print(json.dumps({'codes': codes, 'ray': 'ray' in sys.modules}))\n"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", code, str(storage), *map(str, paths)],
+        cwd=ROOT, env=_env(), capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    report = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert report == {"codes": [2] * len(BAD_CASES), "ray": False}
+    assert not storage.exists()
+
+
+def test_resume_reads_the_manifest_and_names_the_command(tmp_path: Path) -> None:
+    storage = tmp_path / "my results"
+    with pytest.raises(SqueezerayError, match="no sweep to resume"):
+        prepare_sweep(None, storage=storage, resume=True)
+    first = prepare_sweep("tiny", storage=storage, sweep_id="a", trial_timeout="90s", trials=3)
+    write_manifest(first.storage, first, status="running")
+    time.sleep(0.01)
+    second = prepare_sweep("tiny", storage=storage, sweep_id="b")
+    write_manifest(second.storage, second, status="interrupted")
+    with pytest.raises(SqueezerayError, match="'zzz' has no manifest"):
+        prepare_sweep(None, storage=storage, resume=True, sweep_id="zzz")
+    with pytest.raises(SqueezerayError, match=r"'a' already exists .* --resume --sweep-id a"):
+        prepare_sweep("tiny", storage=storage, sweep_id="a")  # a new sweep would mix with it
+    with pytest.raises(SqueezerayError, match=r"'\.\./a' is not a valid sweep id"):
+        prepare_sweep("tiny", storage=storage, sweep_id="../a")
+
+    assert prepare_sweep(None, storage=storage, resume=True).sweep_id == "b"  # the latest
+    resumed = prepare_sweep(None, storage=storage, resume=True, sweep_id="a")
+    assert (resumed.sweep_id, resumed.resume) == ("a", True)
+    assert resumed.space.search.trials == 3 and resumed.trial_timeout_s == 90.0
+    command = resume_command(first.storage, "a")
+    assert shlex.split(command) == [
+        "squeezeray", "sweep", "--resume", "--sweep-id", "a", "--storage", str(storage.resolve()),
+    ]  # fmt: skip
+    assert read_manifest(first.storage, "a")["resume_command"] == command
+
+    summary = SweepSummary(
+        sweep_id="a", storage=str(storage), trials_ok=2, trials_failed=1, stages_executed=0,
+        stages_loaded=0, stage_requests=0, corrupt_checkpoints=0, wall_s=1.0, interrupted=True,
+        resume_command=command,
+    )  # fmt: skip
+    message = str(SweepInterrupted(summary))
+    assert "interrupted after 3 trials" in message
+    assert message.endswith(f"To continue, run: {command}")
+
+
+def _plan(storage: Path) -> Any:
+    from orchestrator.pipeline import SweepPlan
+    from orchestrator.sweep import _stage_defaults
+
+    pipeline = ("teacher", "distill")
+    return SweepPlan(
+        sweep_id="s", task="blobs", pipeline=pipeline, defaults=_stage_defaults(pipeline),
+        fixed={}, code_version="v", storage=str(storage), objectives=(("accuracy", "max"),),
+    )  # fmt: skip
+
+
+def test_resumed_trial_with_a_stored_row_reports_it_instead_of_running(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from ray import tune
+
+    from orchestrator.pipeline import trial_function
+
+    reports: list[dict[str, Any]] = []
+    monkeypatch.setattr(tune, "report", reports.append)
+    monkeypatch.setattr(
+        tune, "get_context", lambda: type("Ctx", (), {"get_trial_id": lambda self: "t1"})()
+    )
+    plan = _plan(tmp_path)
+    config = {"distill.temperature": 2.0}
+    keys = [r.key for r in plan.requests(config, trial_id="t1")]
+    stored = {"status": "ok", "stage_keys": keys, "accuracy": 0.9}
+    # cache=None: running the pipeline would fail, so a replayed trial must not touch it.
+    trial_function(config, plan=plan, cache=None, replay={"t1": stored})
+    assert reports == [{**stored, "final": True, "replayed": True}]
+
+    # Another configuration under the same id (not the stored trial): it runs.
+    reports.clear()
+    other = {"t1": {**stored, "stage_keys": ["something", "else"]}}
+    trial_function(config, plan=plan, cache=None, replay=other)
+    assert reports[-1]["final"] is True and "replayed" not in reports[-1]
+    assert reports[-1]["status"] == "error"  # it tried the (missing) cache
+
+
+def test_results_writer_does_not_write_a_replayed_trial_twice(tmp_path: Path) -> None:
+    from orchestrator.tune_callbacks import ResultsWriter
+
+    events: list[tuple[str, dict[str, Any]]] = []
+    writer = ResultsWriter(
+        storage=str(tmp_path), sweep_id="s", sweep_name="s", task="blobs", code_version="v",
+        constraints=(), total=3, progress=lambda e, d: events.append((e, dict(d))),
+        done={"ok": 1, "failed": 0},
+    )  # fmt: skip
+
+    def trial(trial_id: str, result: dict[str, Any]) -> Any:
+        return type("T", (), {"trial_id": trial_id, "last_result": result})()
+
+    writer.on_trial_complete(0, [], trial("old", {"final": True, "replayed": True, "status": "ok"}))
+    assert not (tmp_path / "results").exists()
+    assert events[-1][1]["counts"]["ok"] == 1  # counted once, in `done`
+    writer.on_trial_complete(0, [], trial("new", {"final": True, "status": "ok", "accuracy": 0.5}))
+    rows = load_results(str(tmp_path)).to_pylist()
+    assert [r["trial_id"] for r in rows] == ["new"]
+    assert events[-1][1]["counts"]["ok"] == 2
