@@ -6,6 +6,7 @@ mean nothing). `bench/RESULTS.md` is the written summary of the full results.
 
     sweep_vs_naive   squeezeray vs a plain Ray Tune sweep, digits and digits-cnn
     parallel         the same sweep on 1 and 2 CPUs
+    concurrency      with the proposed fixes: 2, 4 or 8 trials at once on 2 CPUs
     latency_noise    latency CV alone and beside a sweep
     search_quality   hypervolume, Optuna vs random search, 3 seeds
     compression      size/latency ratios of the default sweeps' fronts, KD vs CE
@@ -24,6 +25,7 @@ from typing import Any
 BENCHMARKS = (
     "sweep_vs_naive",
     "parallel",
+    "concurrency",
     "latency_noise",
     "search_quality",
     "compression",
@@ -40,6 +42,12 @@ def _runner(name: str, *, smoke: bool, repeats: int, results_dir: Path | None) -
         from bench import parallel
 
         return lambda: parallel.run(smoke=smoke, repeats=repeats, results_dir=results_dir)
+    if name == "concurrency":
+        from bench import parallel
+
+        return lambda: parallel.run_concurrency(
+            smoke=smoke, repeats=repeats, results_dir=results_dir
+        )
     if name == "latency_noise":
         from bench import latency_noise
 

@@ -85,10 +85,13 @@ def proposed_patch(max_concurrent: int) -> Iterator[None]:
 
 
 def child_squeezeray(payload: dict[str, Any]) -> dict[str, Any]:
-    """One squeezeray sweep on a fresh embedded Ray; its summary, configs and stage costs."""
+    """One squeezeray sweep on a fresh embedded Ray; its summary, configs and stage costs.
 
+    payload: space, trials, seed, algorithm, num_cpus, storage, patched, and optionally
+    max_concurrent (trials at once; default: one per CPU).
+    """
     patch = proposed_patch if payload.get("patched") else _no_patch
-    with patch(int(payload["num_cpus"])):
+    with patch(int(payload.get("max_concurrent") or payload["num_cpus"])):
         return _squeezeray(payload)
 
 
@@ -109,6 +112,7 @@ def _squeezeray(payload: dict[str, Any]) -> dict[str, Any]:
         seed=payload["seed"],
         algorithm=payload.get("algorithm", "random"),
         storage=payload["storage"],
+        max_concurrent=payload.get("max_concurrent"),
         name="bench",
     )
     prepared_s = time.perf_counter() - t0

@@ -54,6 +54,15 @@ def test_parallel_smoke(ray_session: None, tmp_path: Path) -> None:
         assert data[variant]["efficiency"]["median"] == pytest.approx(t1 / (2 * t2))
 
 
+def test_concurrency_smoke(ray_session: None, tmp_path: Path) -> None:
+    from bench import parallel
+
+    parallel.run_concurrency(smoke=True, results_dir=tmp_path)
+    data = _read(tmp_path, "concurrency")
+    assert data["runs"]["2"][0]["stages_executed"] >= 1
+    assert data["sweep_s"]["2"]["median"] > 0
+
+
 def test_latency_noise_smoke(tmp_path: Path) -> None:
     from bench import latency_noise
 
