@@ -95,8 +95,9 @@ def sweep(
 ) -> None:
     """Run a compression sweep and print its Pareto front next to the baseline.
 
-    Ctrl-C (or SIGTERM) stops it after saving what finished, prints the resume command and
-    exits with code 2; `--resume` continues it (finished trials are kept, not re-run)."""
+    Ctrl-C or SIGTERM saves what finished, prints the resume command and exits with code 2.
+
+    --resume continues an interrupted sweep: finished trials are kept, the rest run."""
     from rich.markup import escape
 
     from orchestrator.progress import SweepProgress, print_outcome
