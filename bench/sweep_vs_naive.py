@@ -54,7 +54,6 @@ def proposed_patch(max_concurrent: int) -> Iterator[None]:
     from ray.tune.search.basic_variant import BasicVariantGenerator
 
     import orchestrator.search as search
-    import orchestrator.sweep as sweep
 
     make_search = search.make_search
 
@@ -72,7 +71,7 @@ def proposed_patch(max_concurrent: int) -> Iterator[None]:
     with_resources = tune.with_resources
 
     def no_cpu_coordinator(trainable: Any, resources: Any) -> Any:
-        if resources == {"cpu": sweep.COORDINATOR_CPU}:
+        if resources == {"cpu": 0.01}:  # the value before the fix
             resources = {"cpu": 0, "memory": 1}
         return with_resources(trainable, resources)
 
@@ -91,14 +90,46 @@ def child_squeezeray(payload: dict[str, Any]) -> dict[str, Any]:
     payload: space, trials, seed, algorithm, num_cpus, storage, patched, and optionally
     max_concurrent (trials at once; default: one per CPU).
     """
-    patch = proposed_patch if payload.get("patched") else _no_patch
+    patch = proposed_patch if payload.get("patched") else before_fix
     with patch(int(payload.get("max_concurrent") or payload["num_cpus"])):
         return _squeezeray(payload)
 
 
 @contextlib.contextmanager
-def _no_patch(max_concurrent: int) -> Iterator[None]:
-    yield
+def before_fix(max_concurrent: int) -> Iterator[None]:
+    """The orchestrator as it was before the fixes (`proposed_patch`), whatever the working
+    tree holds: coordinators at 0.01 CPU each, and no trial concurrency limit reaching the
+    search algorithm. A no-op on the old code; reverts the fixes where they have landed."""
+    import inspect
+
+    from ray import tune
+
+    import orchestrator.search as search
+    import orchestrator.sweep as sweep
+
+    make_search = search.make_search
+    takes_limit = "max_concurrent" in inspect.signature(make_search).parameters
+
+    def unlimited_make_search(*args: Any, **kwargs: Any) -> Any:
+        if takes_limit:
+            kwargs["max_concurrent"] = 0
+        return make_search(*args, **kwargs)
+
+    with_resources = tune.with_resources
+    fixed = getattr(sweep, "COORDINATOR_RESOURCES", None)
+
+    def cpu_coordinator(trainable: Any, resources: Any) -> Any:
+        if fixed is not None and resources == fixed:
+            resources = {"cpu": 0.01}
+        return with_resources(trainable, resources)
+
+    search.make_search = unlimited_make_search  # type: ignore[assignment]
+    tune.with_resources = cpu_coordinator
+    try:
+        yield
+    finally:
+        search.make_search = make_search  # type: ignore[assignment]
+        tune.with_resources = with_resources
 
 
 def _squeezeray(payload: dict[str, Any]) -> dict[str, Any]:
