@@ -42,4 +42,15 @@ def __getattr__(name: str) -> Any:
     raise AttributeError(f"module 'orchestrator' has no attribute {name!r}")
 
 
-__all__ = ["SqueezerayError", *_LAZY]
+__all__ = [
+    "SearchSpace",
+    "SqueezerayError",
+    "hypervolume",
+    "list_sweeps",
+    "load_results",
+    "load_space",
+    "load_stages",
+    "non_dominated_rank",
+    "pareto_front",
+    "run_sweep",
+]

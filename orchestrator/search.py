@@ -19,10 +19,16 @@ def make_search(
     constraints: tuple[tuple[str, str, float], ...],
     points_to_evaluate: list[dict[str, Any]] | None = None,
     evaluated_rewards: list[list[float]] | None = None,
+    max_concurrent: int | None = None,
 ) -> tuple[Any, dict[str, Any], int]:
-    """(search_alg, param_space, num_samples) for the Tuner."""
+    """(search_alg, param_space, num_samples) for the Tuner.
+
+    `max_concurrent` is enforced here, in the search algorithm: Tune ignores
+    `TuneConfig.max_concurrent_trials` when it is given a ready-made search algorithm, and then
+    starts every trial at once (measured in bench/: all 24 coordinators competing for 2 CPUs).
+    """
     from ray import tune
-    from ray.tune.search import SearchGenerator
+    from ray.tune.search import ConcurrencyLimiter, SearchGenerator
     from ray.tune.search.basic_variant import BasicVariantGenerator
 
     searched = space.searched()
@@ -30,13 +36,17 @@ def make_search(
     inner: Any
     if algorithm == "grid":
         param_space = {k: tune.grid_search(list(d.choices)) for k, d in searched.items()}
-        inner, num_samples = BasicVariantGenerator(), 1
+        inner, num_samples = BasicVariantGenerator(max_concurrent=max_concurrent or 0), 1
     elif algorithm == "random":
         param_space = {k: _tune_domain(d) for k, d in searched.items()}
-        inner = BasicVariantGenerator(random_state=space.search.seed)
+        inner = BasicVariantGenerator(
+            random_state=space.search.seed, max_concurrent=max_concurrent or 0
+        )
         num_samples = space.search.trials
     else:
-        searcher = _optuna_search(space, constraints, points_to_evaluate, evaluated_rewards)
+        searcher: Any = _optuna_search(space, constraints, points_to_evaluate, evaluated_rewards)
+        if max_concurrent:
+            searcher = ConcurrencyLimiter(searcher, max_concurrent=max_concurrent)
         inner, param_space, num_samples = SearchGenerator(searcher), {}, space.search.trials
     if space.search.time_budget_s is not None:
         inner = _with_deadline(inner, time.monotonic() + space.search.time_budget_s)

@@ -36,7 +36,11 @@ from orchestrator.storage import Storage, open_storage
 from stages.errors import SqueezerayError
 
 DEFAULT_STORAGE = "squeezeray-results"
-COORDINATOR_CPU = 0.01  # a trial only waits on refs; its stage tasks hold the CPUs
+# A trial only waits on refs; its stage tasks hold the CPUs. Zero CPU (Tune rejects an empty
+# bundle, hence the 1-byte memory request): 0.01 CPU per trial left fewer than N whole CPUs
+# free, so on 1 CPU nothing could run and on 2 only one stage task at a time (bench/).
+COORDINATOR_RESOURCES: dict[str, float] = {"cpu": 0, "memory": 1}
+COORDINATOR_CPU = 0.01  # the old value; bench/ compares against it (to be removed)
 SWEEPS_DIR = "sweeps"
 
 
@@ -404,16 +408,17 @@ def execute_sweep(
     stored = stored_results(store, sweep.sweep_id) if sweep.resume else {}
     stored_baseline = stored.pop("baseline", None)
 
+    concurrency = (
+        sweep.max_concurrent
+        or space.search.max_concurrent
+        or max(1, int(info.cpus // sweep.cpus_per_trial))
+    )
     search_alg, param_space, num_samples = make_search(
         space,
         constraints=constraints,
         points_to_evaluate=warm_start[0] if warm_start else None,
         evaluated_rewards=warm_start[1] if warm_start else None,
-    )
-    concurrency = (
-        sweep.max_concurrent
-        or space.search.max_concurrent
-        or max(1, int(info.cpus // sweep.cpus_per_trial))
+        max_concurrent=concurrency,
     )
     writer = ResultsWriter(
         storage=store.uri,
@@ -431,7 +436,7 @@ def execute_sweep(
     )
     trainable = tune.with_resources(
         tune.with_parameters(trial_function, plan=plan, cache=cache, replay=stored),
-        {"cpu": COORDINATOR_CPU},
+        COORDINATOR_RESOURCES,
     )
     tune_path = store.path("tune") if store.is_local else f"{store.uri.rstrip('/')}/tune"
     experiment_dir = f"{tune_path}/{sweep.sweep_id}"
