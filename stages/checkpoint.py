@@ -82,7 +82,13 @@ class ModelCheckpoint:
         try:
             payload = torch.load(io.BytesIO(data), weights_only=True, map_location="cpu")
         except Exception as exc:  # truncated/corrupt file or a non-checkpoint pickle
-            raise SqueezerayError(f"not a readable squeezeray checkpoint: {exc}") from exc
+            # torch's message advises weights_only=False, which would run a poisoned file's
+            # code: keep only its first line, and say what to do instead.
+            reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise SqueezerayError(
+                f"not a readable squeezeray checkpoint ({reason}); it is never loaded unsafely: "
+                "delete the file and let squeezeray recompute it"
+            ) from exc
         if not isinstance(payload, dict) or payload.get("format") != FORMAT_VERSION:
             raise SqueezerayError("not a squeezeray checkpoint (missing or unknown 'format')")
         onnx = payload.get("onnx")
