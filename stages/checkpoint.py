@@ -84,7 +84,9 @@ class ModelCheckpoint:
         except Exception as exc:  # truncated/corrupt file or a non-checkpoint pickle
             # torch's message advises weights_only=False, which would run a poisoned file's
             # code: keep only its first line, and say what to do instead.
-            reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+            unpickler = [line for line in lines if "WeightsUnpickler error" in line]
+            reason = (unpickler or lines or [type(exc).__name__])[0]
             raise SqueezerayError(
                 f"not a readable squeezeray checkpoint ({reason}); it is never loaded unsafely: "
                 "delete the file and let squeezeray recompute it"
