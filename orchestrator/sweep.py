@@ -202,6 +202,12 @@ def prepare_sweep(
         _check_sweep_id(sweep_id)
     # The storage directory is created only once everything else has passed.
     store = open_storage(storage)
+    if os.fspath(storage).startswith("memory://"):
+        raise SqueezerayError(
+            f"--storage={os.fspath(storage)!r}: an in-memory filesystem lives in one process, "
+            "and Ray workers write stage checkpoints from theirs; use a directory, file://, "
+            "s3:// or gs://"
+        )
     if not resume and sweep_id is not None and store.exists(*manifest_path(sweep_id)):
         raise SqueezerayError(
             f"--sweep-id {sweep_id!r} already exists in {store.uri}; continue it with "

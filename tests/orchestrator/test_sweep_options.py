@@ -84,3 +84,8 @@ def test_time_budget_stops_launching_and_keeps_results(tmp_path: Path) -> None:
     assert 1 <= len(trials) < 200
     assert sum(r["is_baseline"] for r in rows) == 1
     assert outcome.summary.wall_s < 60
+
+
+def test_memory_storage_is_refused_for_sweeps() -> None:
+    with pytest.raises(SqueezerayError, match="memory://x"):
+        prepare_sweep("tiny", storage="memory://x")
