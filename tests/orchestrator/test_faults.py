@@ -24,7 +24,7 @@ from stages.errors import SqueezerayError
 
 # A blobs task whose student misbehaves on purpose. Faults fire only while training (or once
 # quantized), so the driver's own task check (eval mode, no grad) never triggers them.
-FAULTY_TASK = '''
+FAULTY_TASK = """
 import dataclasses
 import os
 import pathlib
@@ -70,7 +70,7 @@ class FaultyStudent(nn.Module):
 def make():
     base = make_blobs()
     return dataclasses.replace(base, name="faulty", student=lambda: FaultyStudent(base.student()))
-'''
+"""
 
 SPACE = """
 task: @TASK@

@@ -155,9 +155,7 @@ def _raw_trial_rows(storage: Path) -> int:
     import pyarrow.compute as pc
     import pyarrow.dataset as ds
 
-    table = ds.dataset(str(storage / "results"), format="parquet").to_table(
-        columns=["is_baseline"]
-    )
+    table = ds.dataset(str(storage / "results"), format="parquet").to_table(columns=["is_baseline"])
     return int(pc.sum(pc.invert(table.column("is_baseline"))).as_py() or 0)
 
 
@@ -190,9 +188,7 @@ def _check_complete(storage: Path, sweep_id: str) -> list[dict[str, Any]]:
 
 
 @pytest.mark.slow
-def test_sigkilled_driver_resumes_with_every_trial_once(
-    tmp_path: Path, cleanup: list[int]
-) -> None:
+def test_sigkilled_driver_resumes_with_every_trial_once(tmp_path: Path, cleanup: list[int]) -> None:
     space = tmp_path / "space.yaml"
     space.write_text(SPACE)
     storage = tmp_path / "results"

@@ -30,7 +30,9 @@ def test_cuda_request_falls_back_to_cpu_without_cuda() -> None:
 
 
 def _info(**resources: float) -> ClusterInfo:
-    return ClusterInfo(cpus=2, gpus=0, resources={"CPU": 2, **resources}, nodes=1, started_here=True)
+    return ClusterInfo(
+        cpus=2, gpus=0, resources={"CPU": 2, **resources}, nodes=1, started_here=True
+    )
 
 
 def test_latency_resources() -> None:
@@ -59,8 +61,10 @@ def test_gpu_trials_constraints_and_asha(tmp_path: Path) -> None:
     space = load_space("tiny")
     space_file = tmp_path / "space.yaml"
     text = Path(space.source).read_text()
-    text = text.replace("search: {algorithm: random, trials: 4, seed: 0}",
-                        "search: {algorithm: random, trials: 4, seed: 0, scheduler: asha}")
+    text = text.replace(
+        "search: {algorithm: random, trials: 4, seed: 0}",
+        "search: {algorithm: random, trials: 4, seed: 0, scheduler: asha}",
+    )
     text += '\nconstraints: {accuracy: ">= 1.5"}\n'
     space_file.write_text(text)
     outcome = execute_sweep(
