@@ -547,13 +547,7 @@ def _parse_objectives(source: str, raw: Any) -> tuple[Objective, ...]:
     objectives = []
     for metric, direction in raw.items():
         key = f"objectives.{metric}"
-        if metric not in METRICS:
-            _fail(
-                source,
-                key,
-                f"{metric!r} is not a metric{_did_you_mean(str(metric), METRICS)};"
-                f" accepted: {', '.join(METRICS)}",
-            )
+        _check_metric(source, key, metric)
         if direction not in DIRECTIONS:
             _fail(
                 source,
@@ -875,13 +869,7 @@ def _parse_constraints(source: str, raw: Any) -> tuple[Constraint, ...]:
     constraints = []
     for metric, text in raw.items():
         key = f"constraints.{metric}"
-        if metric not in METRICS:
-            _fail(
-                source,
-                key,
-                f"{metric!r} is not a metric{_did_you_mean(str(metric), METRICS)};"
-                f" accepted: {', '.join(METRICS)}",
-            )
+        _check_metric(source, key, metric)
         match = _CONSTRAINT_RE.match(text) if isinstance(text, str) else None
         if match is None:
             _fail(
@@ -961,6 +949,16 @@ def _check_task_name(source: str, key: str, task: str, *, check_task: bool) -> s
 
 
 # -- small helpers ------------------------------------------------------------------------
+
+
+def _check_metric(source: str, key: str, metric: Any) -> None:
+    if metric not in METRICS:
+        _fail(
+            source,
+            key,
+            f"{metric!r} is not a metric{_did_you_mean(str(metric), METRICS)};"
+            f" accepted: {', '.join(METRICS)}",
+        )
 
 
 def _fail(source: str, key: str, message: str) -> NoReturn:

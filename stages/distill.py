@@ -11,11 +11,10 @@ from dataclasses import dataclass
 import torch
 
 from stages.base import StageInput, StageOutput, StageSpec, check_int, check_range
-from stages.checkpoint import build_model, from_model
+from stages.checkpoint import build_model
 from stages.device import resolve_device
 from stages.errors import SqueezerayError
-from stages.masks import param_counts
-from stages.training import fit
+from stages.training import fit, trained_output
 
 
 @dataclass(frozen=True)
@@ -61,15 +60,7 @@ def distill(inp: StageInput, params: DistillParams) -> StageOutput:
         temperature=params.temperature,
         alpha=params.alpha,
     )
-    total, _ = param_counts(student)
-    return StageOutput(
-        checkpoint=from_model(task, student, {"arch": "student"}),
-        metrics={
-            "val_accuracy": stats["val_accuracy"],
-            "train_loss": stats["train_loss"],
-            "params_total": float(total),
-        },
-    )
+    return trained_output(task, student, stats, arch="student")
 
 
 SPEC = StageSpec(name="distill", params=DistillParams, run=distill)

@@ -10,10 +10,8 @@ from dataclasses import dataclass
 import torch
 
 from stages.base import StageInput, StageOutput, StageSpec, check_int, check_range
-from stages.checkpoint import from_model
 from stages.device import resolve_device
-from stages.masks import param_counts
-from stages.training import fit
+from stages.training import fit, trained_output
 
 
 @dataclass(frozen=True)
@@ -47,15 +45,7 @@ def train_teacher(inp: StageInput, params: TeacherParams) -> StageOutput:
         seed=inp.seed,
         weight_decay=params.weight_decay,
     )
-    total, _ = param_counts(model)
-    return StageOutput(
-        checkpoint=from_model(task, model, {"arch": "teacher"}),
-        metrics={
-            "val_accuracy": stats["val_accuracy"],
-            "train_loss": stats["train_loss"],
-            "params_total": float(total),
-        },
-    )
+    return trained_output(task, model, stats, arch="teacher")
 
 
 SPEC = StageSpec(name="teacher", params=TeacherParams, run=train_teacher, needs_parent=False)

@@ -10,7 +10,10 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
+from stages.base import StageOutput
+from stages.checkpoint import from_model
 from stages.errors import SqueezerayError
+from stages.tasks import Task
 
 
 def kd_loss(
@@ -131,3 +134,20 @@ def fit(
         "train_loss": last_loss,
         "epochs": float(epochs),
     }
+
+
+def trained_output(
+    task: Task, model: nn.Module, stats: dict[str, float], *, arch: str
+) -> StageOutput:
+    """The StageOutput of a stage that trained a fresh `arch` model from scratch."""
+    from stages.masks import param_counts
+
+    total, _ = param_counts(model)
+    return StageOutput(
+        checkpoint=from_model(task, model, {"arch": arch}),
+        metrics={
+            "val_accuracy": stats["val_accuracy"],
+            "train_loss": stats["train_loss"],
+            "params_total": float(total),
+        },
+    )
