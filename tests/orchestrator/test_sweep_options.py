@@ -93,3 +93,15 @@ def test_time_budget_stops_launching_and_keeps_results(tmp_path: Path) -> None:
 def test_memory_storage_is_refused_for_sweeps() -> None:
     with pytest.raises(SqueezerayError, match="memory://x"):
         prepare_sweep("tiny", storage="memory://x")
+
+
+def test_latency_measurement_pins_one_cpu_and_restores() -> None:
+    import os
+
+    from orchestrator.stage_tasks import pinned_to_one_cpu
+
+    before = os.sched_getaffinity(0)
+    with pinned_to_one_cpu():
+        assert len(os.sched_getaffinity(0)) == 1
+        assert os.sched_getaffinity(0) <= before
+    assert os.sched_getaffinity(0) == before
