@@ -23,11 +23,19 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from bench.common import run_child, scratch_dir, spread, write_result
+from bench.common import ROOT, run_child, scratch_dir, spread, write_result
 
 WORKLOADS: dict[str, dict[str, Any]] = {
     "digits": {"space": "default", "teacher_epochs": 40, "distill_epochs": 60},
     "digits-cnn": {"space": "digits-cnn", "teacher_epochs": 30, "distill_epochs": 40},
+}
+# Not in the default run: digits-cnn's space plus quantize.mode=onnx_int8 (int8 conv weights).
+EXTRA_WORKLOADS: dict[str, dict[str, Any]] = {
+    "digits-cnn-int8": {
+        "space": str(ROOT / "search_spaces" / "bench-cnn-int8.yaml"),
+        "teacher_epochs": 30,
+        "distill_epochs": 40,
+    },
 }
 WITHIN = 0.01  # 1 accuracy point
 REMEASURE = 7
@@ -184,11 +192,22 @@ def analyse(sweep: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def run(*, smoke: bool = False, results_dir: Any = None) -> dict[str, Any]:
-    """Both workloads: sweep, re-measure, KD vs CE; writes the JSON."""
-    workloads = (
-        {"tiny": {"space": "tiny", "teacher_epochs": 2, "distill_epochs": 2, "task": "blobs"}}
+def run(
+    *,
+    smoke: bool = False,
+    results_dir: Any = None,
+    names: list[str] | None = None,
+    kd: bool = True,
+    result_name: str = "compression",
+) -> dict[str, Any]:
+    """The workloads (default: digits and digits-cnn): sweep, re-measure, KD vs CE (unless
+    `kd=False`); writes `<result_name>.json`."""
+    every = {**WORKLOADS, **EXTRA_WORKLOADS}
+    workloads: dict[str, dict[str, Any]] = (
+        {"tiny": {"space": "tiny", "teacher_epochs": 2, "distill_epochs": 2}}
         if smoke
+        else {n: every[n] for n in names}
+        if names
         else WORKLOADS
     )
     out: dict[str, Any] = {"within_pts": 100 * WITHIN, "workloads": {}}
@@ -234,7 +253,13 @@ def run(*, smoke: bool = False, results_dir: Any = None) -> dict[str, Any]:
             if label != "quiet_wait"  # added by run_child
         }
         result["remeasure_quiet_wait"] = remeasured.get("quiet_wait")
-        kd = run_child(
+        result["sweep_s"] = sweep["sweep_s"]
+        result["space"] = wl["space"]
+        result["sweep_id"] = sweep["sweep_id"]
+        out["workloads"][name] = result
+        if not kd:
+            continue
+        kd_out = run_child(
             "bench.compression:child_kd",
             {
                 "task": sweep["task"],
@@ -246,15 +271,16 @@ def run(*, smoke: bool = False, results_dir: Any = None) -> dict[str, Any]:
             inprocess=smoke,
         )
         result["kd_vs_ce"] = {
-            "teacher_accuracy": kd["teacher_accuracy"],
-            **{k: spread(v) for k, v in kd["students"].items()},
-            "raw": kd["students"],
+            "teacher_accuracy": kd_out["teacher_accuracy"],
+            **{k: spread(v) for k, v in kd_out["students"].items()},
+            "raw": kd_out["students"],
         }
-        result["sweep_s"] = sweep["sweep_s"]
-        result["space"] = wl["space"]
-        result["sweep_id"] = sweep["sweep_id"]
-        out["workloads"][name] = result
     out["goals"] = {"size_ratio": 40, "latency_ratio": 4, "max_loss_pts": 1}
-    out["command"] = "python -m bench --only compression"
-    write_result("compression_smoke" if smoke else "compression", out, results_dir=results_dir)
+    out["command"] = (
+        "python -m bench --only compression"
+        if result_name == "compression"
+        else f"python -c 'from bench import compression; compression.run(names={names!r}, "
+        f"kd={kd}, result_name={result_name!r})'"
+    )
+    write_result(f"{result_name}_smoke" if smoke else result_name, out, results_dir=results_dir)
     return out
