@@ -55,9 +55,18 @@ def _normalise(value: Any) -> Any:
 
 
 def stage_key(
-    *, stage: str, params: Mapping[str, Any], parent_key: str | None, task: str, version: str
+    *,
+    stage: str,
+    params: Mapping[str, Any],
+    parent_key: str | None,
+    task: str,
+    version: str,
+    seed: int = 0,
 ) -> str:
-    """The cache key of one stage execution (24 hex chars)."""
+    """The cache key of one stage execution (24 hex chars).
+
+    The training seed is part of it: a stage trained with another seed is another model.
+    """
     payload = json.dumps(
         {
             "stage": stage,
@@ -65,6 +74,7 @@ def stage_key(
             "parent": parent_key,
             "task": task,
             "code": version,
+            "seed": seed,
         },
         sort_keys=True,
     )

@@ -33,7 +33,7 @@ class SweepPlan:
     storage: str
     objectives: tuple[tuple[str, str], ...]  # (metric, "max"|"min")
     constraints: tuple[tuple[str, str, float], ...] = ()  # (metric, op, value)
-    seed: int = 0
+    seed: int = 0  # the stages' training seed (part of every stage key)
     device: str = "cpu"
     threads: int = 1
     sys_path: tuple[str, ...] = ()
@@ -76,6 +76,7 @@ class SweepPlan:
                 parent_key=parent_key,
                 task=self.task,
                 version=self.code_version,
+                seed=self.seed,
             )
             out.append(
                 StageRequest(

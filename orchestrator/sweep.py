@@ -40,7 +40,7 @@ DEFAULT_STORAGE = "squeezeray-results"
 # bundle, hence the 1-byte memory request): 0.01 CPU per trial left fewer than N whole CPUs
 # free, so on 1 CPU nothing could run and on 2 only one stage task at a time (bench/).
 COORDINATOR_RESOURCES: dict[str, float] = {"cpu": 0, "memory": 1}
-COORDINATOR_CPU = 0.01  # the old value; bench/ compares against it (to be removed)
+TRAINING_SEED = 0
 SWEEPS_DIR = "sweeps"
 
 
@@ -395,7 +395,9 @@ def execute_sweep(
         storage=store.uri,
         objectives=tuple((o.name, o.direction) for o in space.objectives),
         constraints=constraints,
-        seed=space.search.seed,
+        # Stages train with a fixed seed: the search seed only drives the sampler, so sweeps
+        # and nightly runs with other search seeds still share (and reuse) their stages.
+        seed=TRAINING_SEED,
         device="cuda" if sweep.gpus_per_trial > 0 else "cpu",
         threads=max(1, int(sweep.cpus_per_trial)),
         sys_path=_user_sys_path(space.task),

@@ -1,0 +1,35 @@
+"""Stage keys: what makes two stage executions the same."""
+
+from __future__ import annotations
+
+from orchestrator.keys import canonical_params, code_version, stage_key
+
+BASE = {"stage": "distill", "params": {"temperature": 4.0}, "parent_key": "p", "task": "digits"}
+
+
+def key(**changes: object) -> str:
+    args = {**BASE, "version": "v1", "seed": 0, **changes}
+    return stage_key(**args)  # type: ignore[arg-type]
+
+
+def test_every_ingredient_changes_the_key() -> None:
+    base = key()
+    assert key() == base
+    for change in (
+        {"stage": "finetune"},
+        {"params": {"temperature": 8.0}},
+        {"parent_key": "q"},
+        {"task": "blobs"},
+        {"version": "v2"},
+        {"seed": 1},
+    ):
+        assert key(**change) != base, change
+
+
+def test_equal_numbers_give_equal_keys() -> None:
+    assert canonical_params({"t": 4, "a": 0.5}) == canonical_params({"a": 0.5, "t": 4.0})
+    assert key(params={"temperature": 4}) == key(params={"temperature": 4.0})
+
+
+def test_code_version_is_stable() -> None:
+    assert code_version() == code_version() and len(code_version()) == 12
