@@ -812,14 +812,7 @@ def _as_float_values(dist: Distribution) -> Distribution:
 def _parse_search(source: str, raw: Any) -> SearchSettings:
     if raw is None:
         return SearchSettings()
-    if not isinstance(raw, Mapping):
-        _fail(
-            source,
-            "search",
-            f"{_short(raw)} is not accepted; accepted: a mapping with keys "
-            + ", ".join(SEARCH_KEYS),
-        )
-    _check_keys(source, "search.", raw, SEARCH_KEYS)
+    _check_section(source, "search", raw, SEARCH_KEYS)
     defaults = SearchSettings()
     algorithm = _check_choice(
         source, "search.algorithm", raw.get("algorithm", "optuna"), ALGORITHMS
@@ -885,14 +878,7 @@ def _parse_constraints(source: str, raw: Any) -> tuple[Constraint, ...]:
 def _parse_latency(source: str, raw: Any) -> LatencySettings:
     if raw is None:
         return LatencySettings()
-    if not isinstance(raw, Mapping):
-        _fail(
-            source,
-            "latency",
-            f"{_short(raw)} is not accepted; accepted: a mapping with keys "
-            + ", ".join(LATENCY_KEYS),
-        )
-    _check_keys(source, "latency.", raw, LATENCY_KEYS)
+    _check_section(source, "latency", raw, LATENCY_KEYS)
     d = LatencySettings()
     return LatencySettings(
         warmup=_check_int(source, "latency.warmup", raw.get("warmup", d.warmup), low=0),
@@ -949,6 +935,17 @@ def _check_task_name(source: str, key: str, task: str, *, check_task: bool) -> s
 
 
 # -- small helpers ------------------------------------------------------------------------
+
+
+def _check_section(source: str, name: str, raw: Any, keys: Sequence[str]) -> None:
+    """A top-level section must be a mapping whose keys are all known."""
+    if not isinstance(raw, Mapping):
+        _fail(
+            source,
+            name,
+            f"{_short(raw)} is not accepted; accepted: a mapping with keys " + ", ".join(keys),
+        )
+    _check_keys(source, f"{name}.", raw, keys)
 
 
 def _check_metric(source: str, key: str, metric: Any) -> None:
