@@ -137,9 +137,7 @@ def run_pipeline(
         "status": "ok",
         "error": None,
         "stage_keys": [r.key for r in requests],
-        "effective_params": {
-            f"{s}.{k}": v for s, p in plan.resolve(sampled).items() for k, v in p.items()
-        },
+        "effective_params": {f"{r.stage}.{k}": v for r in requests for k, v in r.params.items()},
     }
     deadline = None if plan.trial_timeout_s is None else t0 + plan.trial_timeout_s
 
