@@ -74,3 +74,18 @@ def same_state(a: ModelCheckpoint, b: ModelCheckpoint) -> bool:
 def snapshot(ckpt: ModelCheckpoint) -> dict[str, torch.Tensor]:
     """Cloned tensors, to check later that a stage did not mutate its input."""
     return {k: v.clone() for k, v in ckpt.state_dict.items()}
+
+
+def train_checkpoint(
+    task: Task, arch: str, *, epochs: int, lr: float = 1e-3, model: torch.nn.Module | None = None
+) -> ModelCheckpoint:
+    """Train `model` (default: a fresh `task.build(arch)`, seed 0) with plain CE on CPU."""
+    from stages.checkpoint import from_model
+    from stages.training import fit
+
+    if model is None:
+        torch.manual_seed(0)  # the initial weights come from the global generator
+        model = task.build(arch)
+    cpu = torch.device("cpu")
+    fit(model, task.train, task.val, epochs=epochs, lr=lr, batch_size=64, device=cpu, seed=0)
+    return from_model(task, model, {"arch": arch})

@@ -10,13 +10,14 @@ import torch
 from torch import nn
 
 from stages.base import StageInput
-from stages.checkpoint import ModelCheckpoint, from_model
+from stages.checkpoint import ModelCheckpoint
 from stages.errors import SqueezerayError
 from stages.export import SPEC, ExportParams, export, to_onnx_bytes
 from stages.quantize import QuantizeParams, quantize
 from stages.runtime import OnnxPredictor, TorchPredictor, make_predictor
 from stages.tasks import Task, load_task
-from stages.training import fit
+
+from .conftest import train_checkpoint
 
 CPU = torch.device("cpu")
 
@@ -29,18 +30,6 @@ def _one_thread():
     torch.set_num_threads(previous)
 
 
-def _train(task: Task, arch: str, *, epochs: int) -> ModelCheckpoint:
-    torch.manual_seed(0)  # the initial weights come from the global generator
-    model = task.build(arch)
-    fit(model, task.train, task.val, epochs=epochs, lr=1e-3, batch_size=64, device=CPU, seed=0)
-    return from_model(task, model, {"arch": arch})
-
-
-@pytest.fixture(scope="module")
-def digits() -> Task:
-    return load_task("digits")
-
-
 @pytest.fixture(scope="module")
 def cnn() -> Task:
     return load_task("digits-cnn")
@@ -48,12 +37,12 @@ def cnn() -> Task:
 
 @pytest.fixture(scope="module")
 def mlp_ckpt(digits: Task) -> ModelCheckpoint:
-    return _train(digits, "teacher", epochs=10)
+    return train_checkpoint(digits, "teacher", epochs=10)
 
 
 @pytest.fixture(scope="module")
 def cnn_ckpt(cnn: Task) -> ModelCheckpoint:
-    return _train(cnn, "student", epochs=5)
+    return train_checkpoint(cnn, "student", epochs=5)
 
 
 def _export(task: Task, parent: ModelCheckpoint, runtime: str) -> ModelCheckpoint:

@@ -16,6 +16,8 @@ from stages.quantize import QUANTIZE_MODES, SPEC, QuantizeParams, quantize
 from stages.tasks import Task, load_task
 from stages.training import fit
 
+from .conftest import train_checkpoint
+
 CPU = torch.device("cpu")
 
 
@@ -28,18 +30,6 @@ def _one_thread():
     torch.set_num_threads(previous)
 
 
-def _train(
-    task: Task, model: nn.Module, *, epochs: int, arch: str, lr: float = 1e-3
-) -> ModelCheckpoint:
-    fit(model, task.train, task.val, epochs=epochs, lr=lr, batch_size=64, device=CPU, seed=0)
-    return from_model(task, model, {"arch": arch})
-
-
-@pytest.fixture(scope="module")
-def digits() -> Task:
-    return load_task("digits")
-
-
 @pytest.fixture(scope="module")
 def cnn() -> Task:
     return load_task("digits-cnn")
@@ -47,14 +37,12 @@ def cnn() -> Task:
 
 @pytest.fixture(scope="module")
 def digits_teacher(digits: Task) -> ModelCheckpoint:
-    torch.manual_seed(0)  # the initial weights come from the global generator
-    return _train(digits, digits.build("teacher"), epochs=20, arch="teacher")
+    return train_checkpoint(digits, "teacher", epochs=20)
 
 
 @pytest.fixture(scope="module")
 def cnn_teacher(cnn: Task) -> ModelCheckpoint:
-    torch.manual_seed(0)
-    return _train(cnn, cnn.build("teacher"), epochs=3, arch="teacher")
+    return train_checkpoint(cnn, "teacher", epochs=3)
 
 
 @pytest.fixture(scope="module")
@@ -223,7 +211,7 @@ def _narrow_cnn(task: Task) -> nn.Module:
 
 @pytest.mark.parametrize("mode", ["dynamic_int8", "static_int8"])
 def test_structurally_pruned_convnet_rebuilds(mode: str, cnn: Task) -> None:
-    parent = _train(cnn, _narrow_cnn(cnn), epochs=5, arch="student", lr=1e-2)
+    parent = train_checkpoint(cnn, "student", epochs=5, lr=1e-2, model=_narrow_cnn(cnn))
     ckpt = _run(cnn, parent, mode=mode, calibration_batches=4)
     _assert_round_trip(cnn, ckpt)
     assert accuracy(cnn, parent) > 0.8
