@@ -45,15 +45,6 @@ KD_SETTINGS = {"kd_T4_a0.3": (4.0, 0.3), "kd_T4_a0.7": (4.0, 0.7), "ce": (4.0, 1
 
 def child_sweep(payload: dict[str, Any]) -> dict[str, Any]:
     """The space's default sweep; its rows (final stage key included) and baseline."""
-    from bench.sweep_vs_naive import proposed_patch
-
-    if payload.get("patched"):
-        with proposed_patch(int(payload["num_cpus"])):
-            return _sweep(payload)
-    return _sweep(payload)
-
-
-def _sweep(payload: dict[str, Any]) -> dict[str, Any]:
     from orchestrator.runtime import init_ray
     from orchestrator.sweep import execute_sweep, prepare_sweep
 
@@ -222,7 +213,6 @@ def run(
                 "trials": 2 if smoke else None,
                 # as is, Optuna gets no concurrency limit: every trial is sampled before any
                 # result, and TPE degenerates to its start-up sampling (see RESULTS.md)
-                "patched": not smoke,
             },
             inprocess=smoke,
         )

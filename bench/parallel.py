@@ -1,10 +1,9 @@
 """Benchmark 2: parallel efficiency, the same sweep on 1 CPU and on 2 CPUs.
 
-Both with the orchestrator as it is and with the proposed fixes (`proposed_patch` in
-bench/sweep_vs_naive.py). Each run is a fresh child process with its own embedded Ray
-(`num_cpus` 1 or 2) and a fresh storage; random search with a fixed seed draws the same
-configurations in every run. The runs alternate (1, 2, 1, 2, ...) so slow drifts in machine
-load hit both. Efficiency of a pair is t1 / (2 * t2); 1.0: the second core halves the time.
+Each run is a fresh child process with its own embedded Ray (`num_cpus` 1 or 2) and a fresh
+storage; random search with a fixed seed draws the same configurations in every run. The runs
+alternate (1, 2, 1, 2, ...) so slow drifts in machine load hit both. Efficiency of a pair is
+t1 / (2 * t2); 1.0: the second core halves the time.
 """
 
 from __future__ import annotations
@@ -12,42 +11,22 @@ from __future__ import annotations
 import os
 from typing import Any
 
-from bench.common import ChildTimeout, spread, write_result
-from bench.sweep_vs_naive import VARIANTS, squeezeray_run
+from bench.common import spread, write_result
+from bench.sweep_vs_naive import squeezeray_run
 
 SPACE = "default"
-DEADLOCK_S = 150  # the fixed 1-CPU sweep of this space takes about 70 s
 TRIALS = 24
 
 
 def run(*, smoke: bool = False, repeats: int = 2, results_dir: Any = None) -> dict[str, Any]:
     """`repeats` alternating pairs of (1 CPU, 2 CPU) sweeps; writes the JSON."""
     space, trials = ("tiny", 2) if smoke else (SPACE, TRIALS)
-    pairs = 1 if smoke else repeats
-    deadlocked = False
-    # smoke: the fixed variant only (the before-fix path is smoke-tested by sweep_vs_naive)
-    variants = ("patched",) if smoke else VARIANTS
-    runs: dict[str, list[dict[str, Any]]] = {f"{v}/{c}": [] for v in variants for c in (1, 2)}
-    for _ in range(pairs):
-        for variant, cpus in ((v, c) for v in variants for c in (1, 2)):
+    runs: dict[str, list[dict[str, Any]]] = {"1": [], "2": []}
+    for _ in range(1 if smoke else repeats):
+        for cpus in (1, 2):
             load_before = list(os.getloadavg())
-            if variant == "as_is" and cpus == 1 and deadlocked:
-                continue  # once is proof enough
-            try:
-                sq = squeezeray_run(
-                    space,
-                    trials=trials,
-                    seed=0,
-                    num_cpus=cpus,
-                    patched=variant == "patched",
-                    inprocess=smoke,
-                    timeout_s=DEADLOCK_S if variant == "as_is" and cpus == 1 else 1800,
-                )
-            except ChildTimeout:
-                # As is, coordinators hold 0.01 CPU each: on 1 CPU no 1-CPU stage task fits.
-                deadlocked = True
-                continue
-            runs[f"{variant}/{cpus}"].append(
+            sq = squeezeray_run(space, trials=trials, seed=0, num_cpus=cpus, inprocess=smoke)
+            runs[str(cpus)].append(
                 {
                     "sweep_s": sq["sweep_s"],
                     "init_s": sq["init_s"],
@@ -58,22 +37,15 @@ def run(*, smoke: bool = False, repeats: int = 2, results_dir: Any = None) -> di
                     "load_before": load_before,
                 }
             )
-    out: dict[str, Any] = {"space": space, "trials": trials, "algorithm": "random"}
-    for variant in variants:
-        t1 = [r["sweep_s"] for r in runs[f"{variant}/1"]]
-        t2 = [r["sweep_s"] for r in runs[f"{variant}/2"]]
-        if not t1:
-            out[variant] = {
-                "t2_s": spread(t2),
-                "deadlock": f"the 1-CPU sweep ran no stage after the teacher in {DEADLOCK_S} s",
-            }
-            continue
-        out[variant] = {
-            "t1_s": spread(t1),
-            "t2_s": spread(t2),
-            "efficiency": spread([a / (2 * b) for a, b in zip(t1, t2, strict=True)]),
-        }
-    out |= {
+    t1 = [r["sweep_s"] for r in runs["1"]]
+    t2 = [r["sweep_s"] for r in runs["2"]]
+    out: dict[str, Any] = {
+        "space": space,
+        "trials": trials,
+        "algorithm": "random",
+        "t1_s": spread(t1),
+        "t2_s": spread(t2),
+        "efficiency": spread([a / (2 * b) for a, b in zip(t1, t2, strict=True)]),
         "goal": 0.9,
         "runs": runs,
         "command": "python -m bench --only parallel",
@@ -88,7 +60,7 @@ CONCURRENCY = (2, 4, 8)
 def run_concurrency(
     *, smoke: bool = False, repeats: int = 2, results_dir: Any = None
 ) -> dict[str, Any]:
-    """With the proposed fixes (coordinators hold no CPU), how many trials at once fill 2 CPUs:
+    """How many trials at once fill 2 CPUs (coordinators hold no CPU):
     a trial is a serial chain that idles its CPU while it waits for a shared stage another
     trial computes, or for Tune between stages. Same sweep, 2 CPUs, max_concurrent 2, 4, 8."""
     from bench.common import run_child, scratch_dir
@@ -106,7 +78,6 @@ def run_concurrency(
                     "seed": 0,
                     "algorithm": "random",
                     "num_cpus": 2,
-                    "patched": True,
                     "max_concurrent": level,
                     "storage": str(scratch_dir("conc")),
                 },

@@ -26,15 +26,6 @@ ACCURACY_MARGIN = 0.05  # reference accuracy = baseline accuracy - 5 points
 
 
 def child_sweep(payload: dict[str, Any]) -> dict[str, Any]:
-    from bench.sweep_vs_naive import proposed_patch
-
-    if payload.get("patched"):
-        with proposed_patch(int(payload["num_cpus"])):
-            return _sweep(payload)
-    return _sweep(payload)
-
-
-def _sweep(payload: dict[str, Any]) -> dict[str, Any]:
     from orchestrator.runtime import init_ray
     from orchestrator.sweep import execute_sweep, prepare_sweep
 
@@ -119,7 +110,6 @@ def run(*, smoke: bool = False, results_dir: Any = None) -> dict[str, Any]:
                     "storage": storage,
                     "num_cpus": 2,
                     # as is, random search starts all 64 trials at once (64 trial processes)
-                    "patched": not smoke,
                 },
                 inprocess=smoke,
             )

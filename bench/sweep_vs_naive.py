@@ -14,12 +14,10 @@ measure tasks' time added (the naive trials time `measure` in-process).
 
 from __future__ import annotations
 
-import contextlib
 import json
 import statistics
 import time
 from collections import Counter
-from collections.abc import Iterator
 from typing import Any
 
 from bench.common import run_child, scratch_dir, spread, write_result
@@ -31,105 +29,16 @@ WORKLOADS: dict[str, dict[str, Any]] = {
 SMOKE_SPACE = "tiny"
 
 
-VARIANTS = ("as_is", "patched")
-
-
 # -- children (each in a fresh process) ------------------------------------------------------
-
-
-@contextlib.contextmanager
-def proposed_patch(max_concurrent: int) -> Iterator[None]:
-    """The two orchestrator fixes proposed in bench/RESULTS.md, applied by monkeypatching
-    (this process only; the orchestrator's files are not ours to edit):
-
-    1. coordinator trials hold no CPU (`{"cpu": 0, "memory": 1}`: Tune rejects an empty
-       bundle) instead of 0.01 CPU each, whose sum left fewer than `num_cpus` whole CPUs, so
-       only one 1-CPU stage task could run at a time on 2 CPUs;
-    2. every search algorithm honours the trial concurrency: Tune ignores
-       `max_concurrent_trials` when search_alg is not a `Searcher` (a `BasicVariantGenerator`
-       for random/grid, a `SearchGenerator` around Optuna), so every trial started at once.
-    """
-    from ray import tune
-    from ray.tune.search import ConcurrencyLimiter, SearchGenerator
-    from ray.tune.search.basic_variant import BasicVariantGenerator
-
-    import orchestrator.search as search
-
-    make_search = search.make_search
-
-    def limited_make_search(*args: Any, **kwargs: Any) -> Any:
-        alg, space, n = make_search(*args, **kwargs)
-        inner = getattr(alg, "inner", alg)  # under the time-budget wrapper, if any
-        if isinstance(inner, BasicVariantGenerator):
-            inner.max_concurrent = max_concurrent
-        elif isinstance(inner, SearchGenerator) and not isinstance(
-            inner.searcher, ConcurrencyLimiter
-        ):
-            inner.searcher = ConcurrencyLimiter(inner.searcher, max_concurrent=max_concurrent)
-        return alg, space, n
-
-    with_resources = tune.with_resources
-
-    def no_cpu_coordinator(trainable: Any, resources: Any) -> Any:
-        if resources == {"cpu": 0.01}:  # the value before the fix
-            resources = {"cpu": 0, "memory": 1}
-        return with_resources(trainable, resources)
-
-    search.make_search = limited_make_search  # type: ignore[assignment]
-    tune.with_resources = no_cpu_coordinator
-    try:
-        yield
-    finally:  # in-process (smoke) runs share this interpreter with other code
-        search.make_search = make_search  # type: ignore[assignment]
-        tune.with_resources = with_resources
 
 
 def child_squeezeray(payload: dict[str, Any]) -> dict[str, Any]:
     """One squeezeray sweep on a fresh embedded Ray; its summary, configs and stage costs.
 
-    payload: space, trials, seed, algorithm, num_cpus, storage, patched, and optionally
-    max_concurrent (trials at once; default: one per CPU).
+    payload: space, trials, seed, algorithm, num_cpus, storage, and optionally max_concurrent
+    (trials at once; default: one per CPU).
     """
-    patch = proposed_patch if payload.get("patched") else before_fix
-    with patch(int(payload.get("max_concurrent") or payload["num_cpus"])):
-        return _squeezeray(payload)
-
-
-@contextlib.contextmanager
-def before_fix(max_concurrent: int) -> Iterator[None]:
-    """The orchestrator as it was before the fixes (`proposed_patch`), whatever the working
-    tree holds: coordinators at 0.01 CPU each, and no trial concurrency limit reaching the
-    search algorithm. A no-op on the old code; reverts the fixes where they have landed."""
-    import inspect
-
-    from ray import tune
-
-    import orchestrator.search as search
-    import orchestrator.sweep as sweep
-
-    make_search = search.make_search
-    takes_limit = "max_concurrent" in inspect.signature(make_search).parameters
-
-    def unlimited_make_search(*args: Any, **kwargs: Any) -> Any:
-        if takes_limit:
-            kwargs["max_concurrent"] = 0
-        return make_search(*args, **kwargs)
-
-    with_resources = tune.with_resources
-    fixed = getattr(sweep, "COORDINATOR_RESOURCES", None)
-
-    def cpu_coordinator(trainable: Any, resources: Any) -> Any:
-        if fixed is not None and resources == fixed:
-            resources = {"cpu": 0.01}
-        return with_resources(trainable, resources)
-
-    search.make_search = unlimited_make_search  # type: ignore[assignment]
-    tune.with_resources = cpu_coordinator
-    try:
-        yield
-    finally:
-        search.make_search = make_search  # type: ignore[assignment]
-        tune.with_resources = with_resources
+    return _squeezeray(payload)
 
 
 def _squeezeray(payload: dict[str, Any]) -> dict[str, Any]:
@@ -178,7 +87,6 @@ def _squeezeray(payload: dict[str, Any]) -> dict[str, Any]:
             "threads": sweep.space.latency.threads,
         },
         "num_cpus": payload["num_cpus"],
-        "patched": bool(payload.get("patched")),
         "init_s": init_s,
         "sweep_s": sweep_s,
         "total_s": total_s,
@@ -234,12 +142,10 @@ def squeezeray_run(
     seed: int,
     num_cpus: int,
     algorithm: str = "random",
-    patched: bool = False,
     inprocess: bool = False,
     timeout_s: float = 1800,
 ) -> dict[str, Any]:
-    """One squeezeray sweep in a fresh child process (own Ray, own fresh storage);
-    `patched` applies the proposed orchestrator fixes (`proposed_patch`)."""
+    """One squeezeray sweep in a fresh child process (own Ray, own fresh storage)."""
     storage = scratch_dir("sq")
     return run_child(
         "bench.sweep_vs_naive:child_squeezeray",
@@ -249,7 +155,6 @@ def squeezeray_run(
             "seed": seed,
             "algorithm": algorithm,
             "num_cpus": num_cpus,
-            "patched": patched,
             "storage": str(storage),
         },
         inprocess=inprocess,
@@ -332,29 +237,21 @@ def run(*, smoke: bool = False, repeats: int = 2, results_dir: Any = None) -> di
     seed = 0
     out: dict[str, Any] = {"cores": cores, "repeats": 1 if smoke else repeats, "workloads": {}}
     for name, wl in workloads.items():
-        sq_runs: dict[str, list[dict[str, Any]]] = {v: [] for v in VARIANTS}
+        sq_runs: list[dict[str, Any]] = []
         naive_runs: list[dict[str, Any]] = []
         for _ in range(out["repeats"]):
-            for variant in VARIANTS:
-                sq = squeezeray_run(
-                    wl["space"],
-                    trials=wl["trials"],
-                    seed=seed,
-                    num_cpus=cores,
-                    patched=variant == "patched",
-                    inprocess=smoke,
+            sq_runs.append(
+                squeezeray_run(
+                    wl["space"], trials=wl["trials"], seed=seed, num_cpus=cores, inprocess=smoke
                 )
-                sq_runs[variant].append(sq)
+            )
             # Every repeat's naive run evaluates the first run's configs (random search with a
             # fixed seed draws the same ones each time; checked via identical accuracy).
-            first = sq_runs["as_is"][0]
-            naive_runs.append(naive_run(first, seed=seed, num_cpus=cores, inprocess=smoke))
-        result: dict[str, Any] = {
-            variant: compare(sq_runs[variant], naive_runs, cores) for variant in VARIANTS
-        }
+            naive_runs.append(naive_run(sq_runs[0], seed=seed, num_cpus=cores, inprocess=smoke))
+        result = compare(sq_runs, naive_runs, cores)
         result["space"] = wl["space"]
         result["runs"] = {
-            **{variant: [_strip(s) for s in sq_runs[variant]] for variant in VARIANTS},
+            "squeezeray": [_strip(s) for s in sq_runs],
             "naive": [_strip(n) for n in naive_runs],
         }
         out["workloads"][name] = result

@@ -29,8 +29,7 @@ def test_sweep_vs_naive_smoke(ray_session: None, tmp_path: Path) -> None:
     data = _read(tmp_path, "sweep_vs_naive")["workloads"]["tiny"]
     naive = data["runs"]["naive"][0]
     assert naive["errors"] == 0
-    for variant in ("as_is", "patched"):
-        _check_comparison(data[variant], data["runs"][variant][0])
+    _check_comparison(data, data["runs"]["squeezeray"][0])
 
 
 def _check_comparison(w: dict, sq: dict) -> None:  # type: ignore[type-arg]
@@ -48,10 +47,10 @@ def test_parallel_smoke(ray_session: None, tmp_path: Path) -> None:
 
     parallel.run(smoke=True, results_dir=tmp_path)
     data = _read(tmp_path, "parallel")
-    assert set(data["runs"]) == {"patched/1", "patched/2"}
-    t1 = data["runs"]["patched/1"][0]["sweep_s"]
-    t2 = data["runs"]["patched/2"][0]["sweep_s"]
-    assert data["patched"]["efficiency"]["median"] == pytest.approx(t1 / (2 * t2))
+    assert set(data["runs"]) == {"1", "2"}
+    t1 = data["runs"]["1"][0]["sweep_s"]
+    t2 = data["runs"]["2"][0]["sweep_s"]
+    assert data["efficiency"]["median"] == pytest.approx(t1 / (2 * t2))
 
 
 def test_concurrency_smoke(ray_session: None, tmp_path: Path) -> None:
