@@ -76,7 +76,10 @@ def sweep(
         str | None, typer.Option(help="Per-trial time limit, e.g. 5m (rows get 'timeout').")
     ] = None,
     max_concurrent: Annotated[
-        int | None, typer.Option(help="Trials at once (default: what the cluster can run).")
+        int | None,
+        typer.Option(
+            help="Trials at once (default: one more than the stage slots the cluster has)."
+        ),
     ] = None,
     latency_resource: Annotated[
         str | None,
@@ -140,6 +143,7 @@ def sweep(
         )
     print_outcome(outcome, prepared.space, out, top=top)
 
+
 # --- validate (orchestrator.config) --------------------------------------------------------
 
 
@@ -190,9 +194,7 @@ def pareto(
     format: Annotated[
         str, typer.Option("--format", help="table, csv, json or parquet (parquet needs --output).")
     ] = "table",
-    output: Annotated[
-        Path | None, typer.Option(help="Write here instead of stdout.")
-    ] = None,
+    output: Annotated[Path | None, typer.Option(help="Write here instead of stdout.")] = None,
     plot: Annotated[
         Path | None, typer.Option(help="Also draw the front: FILE.png or FILE.html.")
     ] = None,

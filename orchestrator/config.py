@@ -162,7 +162,7 @@ class SearchSettings:
     algorithm: str = "optuna"  # optuna | random | grid
     trials: int = 16
     seed: int = 0
-    max_concurrent: int | None = None  # None: what the cluster can run
+    max_concurrent: int | None = None  # None: stage slots + 1 (see execute_sweep)
     scheduler: str = "none"  # none | asha (early stopping on accuracy after each stage)
     time_budget_s: float | None = None  # from `time_budget: 30m` / `90s` / `2h`
 

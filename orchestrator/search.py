@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import math
 import time
-from collections.abc import Callable
 from typing import Any
 
 from orchestrator.config import Distribution, SearchSpace
@@ -152,17 +150,13 @@ def _optuna_search(
     import optuna
     from ray.tune.search.optuna import OptunaSearch
 
-    constraints_func: Callable[[Any], list[float]] | None = None
-    if constraints:
-
-        def constraints_func(frozen: Any) -> list[float]:
-            return list(frozen.user_attrs.get("constraints", [math.inf] * len(constraints)))
-
+    # Constraint values reach the sampler through `Trial.set_constraint` when a trial completes
+    # (below), not through a `constraints_func`: that is deprecated in Optuna 5, and a local
+    # function in the sampler cannot be pickled when Tune saves the searcher's state.
     sampler = optuna.samplers.TPESampler(
         seed=space.search.seed,
         multivariate=True,
         n_startup_trials=max(4, min(10, space.search.trials // 3)),
-        constraints_func=constraints_func,
     )
 
     class SqueezeOptunaSearch(OptunaSearch):  # type: ignore[misc]
@@ -172,14 +166,18 @@ def _optuna_search(
             self, trial_id: str, result: dict[str, Any] | None = None, error: bool = False
         ) -> None:
             ot_trial = self._ot_trials.get(trial_id)
-            if ot_trial is not None and result and constraints:
-                ot_trial.set_user_attr("constraints", violations(constraints, result))
             failed = error or not result or result.get("status") in FAILED_STATUSES
             if ot_trial is not None and failed and trial_id not in self._completed_trials:
                 study: Any = self._ot_study
                 study.tell(ot_trial, state=optuna.trial.TrialState.FAIL)
                 self._completed_trials.add(trial_id)
                 return
+            if ot_trial is not None and result and constraints:
+                for (column, op, value), off in zip(
+                    constraints, violations(constraints, result), strict=True
+                ):
+                    # > 0: violated by that much; <= 0: met (Optuna's convention)
+                    ot_trial.set_constraint(f"{column} {op} {value:g}", off)
             super().on_trial_complete(trial_id, result=result, error=error)
 
         def add_evaluated_point(

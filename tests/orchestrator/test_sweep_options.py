@@ -105,3 +105,41 @@ def test_latency_measurement_pins_one_cpu_and_restores() -> None:
         assert len(os.sched_getaffinity(0)) == 1
         assert os.sched_getaffinity(0) <= before
     assert os.sched_getaffinity(0) == before
+
+
+def test_optuna_learns_constraint_values_and_its_state_can_be_saved(tmp_path: Path) -> None:
+    """Constraint violations reach the Optuna trial, and the searcher pickles (Tune saves it
+    every few seconds; a constraints_func closure in the sampler could not be pickled)."""
+    from orchestrator.search import make_search
+
+    space = load_space("tiny").with_overrides(algorithm="optuna")
+    constraints = (("accuracy", ">=", 0.95), ("size_bytes", "<", 4000.0))
+    alg, _, _ = make_search(space, constraints=constraints)
+    searcher = alg.searcher
+    searcher.set_search_properties(None, None, {})
+    assert searcher.suggest("t1") is not None
+    result = {"status": "ok", "accuracy": 0.9, "size_bytes": 3000, "latency_ms": 0.02}
+    searcher.on_trial_complete("t1", result=result)
+    (trial,) = searcher._ot_study.trials
+    assert trial.constraints == {
+        "accuracy >= 0.95": pytest.approx(0.05),
+        "size_bytes < 4000": 0.0,
+    }
+    alg.save_to_dir(str(tmp_path), session_str="s")
+    assert any(tmp_path.iterdir())
+
+
+@pytest.mark.slow
+@pytest.mark.usefixtures("ray_session")
+def test_optuna_sweep_with_constraints_runs_to_the_end(tmp_path: Path) -> None:
+    space_file = tmp_path / "space.yaml"
+    text = Path(load_space("tiny").source).read_text()
+    text = text.replace(
+        "search: {algorithm: random, trials: 4, seed: 0}",
+        "search: {algorithm: optuna, trials: 6, seed: 0}",
+    )
+    space_file.write_text(text + '\nconstraints: {accuracy: ">= 0.5"}\n')
+    outcome = execute_sweep(prepare_sweep(str(space_file), storage=tmp_path / "r"))
+    trials = [r for r in outcome.table.to_pylist() if not r["is_baseline"]]
+    assert len(trials) == 6 and all(r["status"] == "ok" for r in trials)
+    assert all(r["feasible"] == (r["accuracy"] >= 0.5) for r in trials)
