@@ -52,6 +52,7 @@ DIRECTIONS: tuple[str, ...] = ("max", "min")
 DISTRIBUTION_KINDS: tuple[str, ...] = ("uniform", "loguniform", "int", "choice", "fixed")
 ALGORITHMS: tuple[str, ...] = ("optuna", "random", "grid")
 SCHEDULERS: tuple[str, ...] = ("none", "asha")
+SAMPLERS: tuple[str, ...] = ("tpe", "gp")  # Optuna's TPE, or its Gaussian-process sampler
 OPERATORS: tuple[str, ...] = (">=", "<=", "==", ">", "<")
 TOP_LEVEL_KEYS: tuple[str, ...] = (
     "name",
@@ -70,6 +71,7 @@ SEARCH_KEYS: tuple[str, ...] = (
     "max_concurrent",
     "scheduler",
     "time_budget",
+    "sampler",
 )
 LATENCY_KEYS: tuple[str, ...] = ("warmup", "repeats", "batch_size", "threads")
 
@@ -165,6 +167,7 @@ class SearchSettings:
     max_concurrent: int | None = None  # None: stage slots + 1 (see execute_sweep)
     scheduler: str = "none"  # none | asha (early stopping on accuracy after each stage)
     time_budget_s: float | None = None  # from `time_budget: 30m` / `90s` / `2h`
+    sampler: str = "tpe"  # optuna only: tpe | gp (fewer, better-placed trials; slower to suggest)
 
 
 @dataclass(frozen=True)
@@ -271,7 +274,9 @@ class SearchSpace:
         budget = "none" if s.time_budget_s is None else f"{s.time_budget_s:g} s"
         concurrent = "auto" if s.max_concurrent is None else str(s.max_concurrent)
         lines.append(
-            f"search:       {s.algorithm}, {s.trials} trials, seed {s.seed}, scheduler "
+            f"search:       {s.algorithm}"
+            + (f" ({s.sampler})" if s.algorithm == "optuna" else "")
+            + f", {s.trials} trials, seed {s.seed}, scheduler "
             f"{s.scheduler}, max_concurrent {concurrent}, time budget {budget}"
         )
         if self.constraints:
@@ -826,6 +831,7 @@ def _parse_search(source: str, raw: Any) -> SearchSettings:
     scheduler = _check_choice(
         source, "search.scheduler", "none" if scheduler is None else scheduler, SCHEDULERS
     )
+    sampler = _check_choice(source, "search.sampler", raw.get("sampler", "tpe"), SAMPLERS)
     budget = raw.get("time_budget")
     budget_s = None
     if budget is not None:
@@ -840,6 +846,7 @@ def _parse_search(source: str, raw: Any) -> SearchSettings:
         max_concurrent=max_concurrent,
         scheduler=scheduler,
         time_budget_s=budget_s,
+        sampler=sampler,
     )
 
 

@@ -1,9 +1,9 @@
 """A trial's pipeline as a chain of Ray tasks, and the Tune trial function that drives it.
 
-The trial function is a cheap coordinator (0.01 CPU): it asks the stage cache actor for each
-stage in order (the cache starts the Ray task or hands back a shared one), passes the previous
-stage's checkpoint ref to the next, reports after each stage (so ASHA can stop poor trials),
-and finally reports the measured objectives. Torch never loads in the coordinator.
+The trial function is a cheap coordinator (it holds no CPU): it asks the stage cache actor for
+each stage in order (the cache starts the Ray task or hands back a shared one), passes the
+previous stage's checkpoint ref to the next, reports after each stage (so ASHA can stop poor
+trials), and finally reports the measured objectives. Torch never loads in the coordinator.
 """
 
 from __future__ import annotations

@@ -153,11 +153,16 @@ def _optuna_search(
     # Constraint values reach the sampler through `Trial.set_constraint` when a trial completes
     # (below), not through a `constraints_func`: that is deprecated in Optuna 5, and a local
     # function in the sampler cannot be pickled when Tune saves the searcher's state.
-    sampler = optuna.samplers.TPESampler(
-        seed=space.search.seed,
-        multivariate=True,
-        n_startup_trials=max(4, min(10, space.search.trials // 3)),
-    )
+    startup = max(4, min(10, space.search.trials // 3))
+    sampler: Any
+    if space.search.sampler == "gp":
+        # Expected-hypervolume improvement on a Gaussian process: the better front for a
+        # budget of tens of trials (bench/RESULTS.md), at ~1 s a suggestion in the driver.
+        sampler = optuna.samplers.GPSampler(seed=space.search.seed, n_startup_trials=startup)
+    else:
+        sampler = optuna.samplers.TPESampler(
+            seed=space.search.seed, multivariate=True, n_startup_trials=startup
+        )
 
     class SqueezeOptunaSearch(OptunaSearch):  # type: ignore[misc]
         """Tells Optuna about failed trials (FAIL, not a NaN value) and constraint violations."""
@@ -201,11 +206,13 @@ def _optuna_search(
                     values=[float(v) for v in value],
                     params=parameters,
                     distributions=distributions,
+                    constraints=_warm_constraints(constraints, objective_names, value),
                 )
             )
             return None
 
     searched = space.searched()
+    objective_names = [o.name for o in space.objectives]
     return SqueezeOptunaSearch(
         space={k: _optuna_distribution(d) for k, d in searched.items()},
         metric=[o.name for o in space.objectives],
@@ -214,3 +221,19 @@ def _optuna_search(
         points_to_evaluate=points_to_evaluate or None,
         evaluated_rewards=evaluated_rewards or None,
     )
+
+
+def _warm_constraints(
+    constraints: tuple[tuple[str, str, float], ...], names: list[str], values: Any
+) -> dict[str, float] | None:
+    """Constraint values of a warm-start point, from its objective values; a constraint on a
+    column that is not an objective is unknown there and counts as met."""
+    if not constraints:
+        return None
+    known = dict(zip(names, (float(v) for v in values), strict=True))
+    return {
+        f"{column} {op} {bound:g}": (
+            violations([(column, op, bound)], known)[0] if column in known else 0.0
+        )
+        for column, op, bound in constraints
+    }

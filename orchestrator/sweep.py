@@ -2,7 +2,7 @@
 
 Flow: validate everything (no Ray yet) -> start or join Ray -> start the sweep's cache actor ->
 measure the baseline (the uncompressed teacher, eager) beside the trials -> Tune runs cheap
-coordinator trials (0.01 CPU each) whose stage tasks hold the real CPUs/GPUs -> a driver-side
+coordinator trials (holding no CPU) whose stage tasks hold the real CPUs/GPUs -> a driver-side
 callback writes each trial's row as it finishes -> the baseline row, then the table is returned.
 
 Interruptions: Ctrl-C or SIGTERM stops launching trials, lets Tune save its experiment state,

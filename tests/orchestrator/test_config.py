@@ -208,6 +208,7 @@ BAD_CASES: list[tuple[str, dict[str, Any] | str, list[str]]] = [
         ["search.scheduler", "'hyperband'"],
     ),
     ("bad-time-budget", _with(search={"time_budget": "soon"}), ["search.time_budget", "'soon'"]),
+    ("bad-sampler", _with(search={"sampler": "cmaes"}), ["search.sampler", "'cmaes'", "gp"]),
     ("unknown-search-key", _with(search={"trails": 3}), ["search.trails", "search.trials"]),
     ("bad-latency", _with(latency={"repeats": 0}), ["latency.repeats", "0"]),
     (
@@ -283,7 +284,7 @@ params:
   teacher.epochs: 5
 constraints: {accuracy: ">= 0.9", size_bytes: "<= 5e4"}
 search: {algorithm: random, trials: 3, seed: 7, scheduler: asha, time_budget: 1h30m,
-         max_concurrent: 2}
+         max_concurrent: 2, sampler: gp}
 latency: {warmup: 3, repeats: 9}
 """
     space = load_space(_write(tmp_path, text))
@@ -296,6 +297,7 @@ latency: {warmup: 3, repeats: 9}
     assert space.params["prune.ratio"].values_for_validation() == [0.0, 0.5]
     assert space.search.time_budget_s == 5400.0
     assert space.search.scheduler == "asha" and space.search.max_concurrent == 2
+    assert space.search.sampler == "gp"
     assert space.latency.warmup == 3 and space.latency.repeats == 9
     assert space.latency.batch_size == 1
     assert [str(c) for c in space.constraints] == ["accuracy >= 0.9", "size_bytes <= 50000"]

@@ -3,6 +3,7 @@ constraints, latency resources and the errors raised before any Ray work."""
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import pytest
@@ -132,14 +133,39 @@ def test_optuna_learns_constraint_values_and_its_state_can_be_saved(tmp_path: Pa
 @pytest.mark.slow
 @pytest.mark.usefixtures("ray_session")
 def test_optuna_sweep_with_constraints_runs_to_the_end(tmp_path: Path) -> None:
+    """Through Ray Tune, with the Gaussian-process sampler (4 start-up trials, then 2 GP ones)."""
     space_file = tmp_path / "space.yaml"
     text = Path(load_space("tiny").source).read_text()
     text = text.replace(
         "search: {algorithm: random, trials: 4, seed: 0}",
-        "search: {algorithm: optuna, trials: 6, seed: 0}",
+        "search: {algorithm: optuna, sampler: gp, trials: 6, seed: 0}",
     )
     space_file.write_text(text + '\nconstraints: {accuracy: ">= 0.5"}\n')
     outcome = execute_sweep(prepare_sweep(str(space_file), storage=tmp_path / "r"))
     trials = [r for r in outcome.table.to_pylist() if not r["is_baseline"]]
     assert len(trials) == 6 and all(r["status"] == "ok" for r in trials)
     assert all(r["feasible"] == (r["accuracy"] >= 0.5) for r in trials)
+
+
+def test_gp_sampler_is_chosen_and_warm_start_points_carry_constraints() -> None:
+    import optuna
+
+    from orchestrator.search import make_search
+
+    space = load_space("tiny").with_overrides(algorithm="optuna")
+    space = dataclasses.replace(space, search=dataclasses.replace(space.search, sampler="gp"))
+    points = [{"prune.ratio": 0.3, "quantize.mode": "none"}]
+    alg, _, _ = make_search(
+        space,
+        constraints=(("accuracy", ">=", 0.95), ("params_nonzero", "<", 10.0)),
+        points_to_evaluate=points,
+        evaluated_rewards=[[0.9, 5000.0, 0.04]],
+    )
+    study = alg.searcher._ot_study
+    assert isinstance(study.sampler, optuna.samplers.GPSampler)
+    (trial,) = study.trials
+    # accuracy is an objective: 0.05 short; params_nonzero is not: unknown, counted as met
+    assert trial.constraints == {
+        "accuracy >= 0.95": pytest.approx(0.05),
+        "params_nonzero < 10": 0.0,
+    }
