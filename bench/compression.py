@@ -1,8 +1,7 @@
 """Benchmark 6: compression quality of the default sweeps against their teacher.
 
 For `digits` (default.yaml) and `digits-cnn` (digits-cnn.yaml), one default sweep each (Optuna,
-the space's own trials and seed) in a fresh child process, with the proposed orchestrator fixes
-(`proposed_patch`: Optuna limited to 2 concurrent trials, as designed). From its rows, among
+the space's own sampler, trials and seed) in a fresh child process. From its rows, among
 models within 1 accuracy point of the teacher (accuracy >= teacher - 0.01):
 
 - the smallest: teacher size / its size (zstd bytes of the deployed artifact);
@@ -23,19 +22,11 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from bench.common import ROOT, run_child, scratch_dir, spread, write_result
+from bench.common import run_child, scratch_dir, spread, write_result
 
 WORKLOADS: dict[str, dict[str, Any]] = {
     "digits": {"space": "default", "teacher_epochs": 40, "distill_epochs": 60},
     "digits-cnn": {"space": "digits-cnn", "teacher_epochs": 30, "distill_epochs": 40},
-}
-# Not in the default run: digits-cnn's space plus quantize.mode=onnx_int8 (int8 conv weights).
-EXTRA_WORKLOADS: dict[str, dict[str, Any]] = {
-    "digits-cnn-int8": {
-        "space": str(ROOT / "search_spaces" / "bench-cnn-int8.yaml"),
-        "teacher_epochs": 30,
-        "distill_epochs": 40,
-    },
 }
 WITHIN = 0.01  # 1 accuracy point
 REMEASURE = 7
@@ -193,11 +184,10 @@ def run(
 ) -> dict[str, Any]:
     """The workloads (default: digits and digits-cnn): sweep, re-measure, KD vs CE (unless
     `kd=False`); writes `<result_name>.json`."""
-    every = {**WORKLOADS, **EXTRA_WORKLOADS}
     workloads: dict[str, dict[str, Any]] = (
         {"tiny": {"space": "tiny", "teacher_epochs": 2, "distill_epochs": 2}}
         if smoke
-        else {n: every[n] for n in names}
+        else {n: WORKLOADS[n] for n in names}
         if names
         else WORKLOADS
     )
@@ -211,8 +201,6 @@ def run(
                 "storage": storage,
                 "num_cpus": 2,
                 "trials": 2 if smoke else None,
-                # as is, Optuna gets no concurrency limit: every trial is sampled before any
-                # result, and TPE degenerates to its start-up sampling (see RESULTS.md)
             },
             inprocess=smoke,
         )

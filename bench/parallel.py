@@ -54,46 +54,49 @@ def run(*, smoke: bool = False, repeats: int = 2, results_dir: Any = None) -> di
     return out
 
 
-CONCURRENCY = (2, 4, 8)
+CONCURRENCY = (2, 3, 4)
+CONCURRENCY_WORKLOADS = {"digits": ("default", 24), "digits-cnn": ("digits-cnn", 16)}
 
 
 def run_concurrency(
     *, smoke: bool = False, repeats: int = 2, results_dir: Any = None
 ) -> dict[str, Any]:
-    """How many trials at once fill 2 CPUs (coordinators hold no CPU):
-    a trial is a serial chain that idles its CPU while it waits for a shared stage another
-    trial computes, or for Tune between stages. Same sweep, 2 CPUs, max_concurrent 2, 4, 8."""
+    """How many trials at once fill 2 CPUs (coordinators hold no CPU): a trial is a serial chain
+    that idles its CPU while it waits for a shared stage another trial computes, or for Tune
+    between stages. Same sweeps, 2 CPUs, max_concurrent 2, 3 (the default: slots + 1) and 4,
+    interleaved per repeat."""
     from bench.common import run_child, scratch_dir
 
-    space, trials = ("tiny", 2) if smoke else (SPACE, TRIALS)
+    workloads = {"tiny": ("tiny", 2)} if smoke else CONCURRENCY_WORKLOADS
     levels = (2,) if smoke else CONCURRENCY
-    runs: dict[str, list[dict[str, Any]]] = {str(c): [] for c in levels}
-    for _ in range(1 if smoke else repeats):
-        for level in levels:
-            sq = run_child(
-                "bench.sweep_vs_naive:child_squeezeray",
-                {
-                    "space": space,
-                    "trials": trials,
-                    "seed": 0,
-                    "algorithm": "random",
-                    "num_cpus": 2,
-                    "max_concurrent": level,
-                    "storage": str(scratch_dir("conc")),
-                },
-                inprocess=smoke,
-            )
-            runs[str(level)].append(
-                {k: sq[k] for k in ("sweep_s", "unique_stage_cpu_s", "stages_executed")}
-            )
-    out = {
-        "space": space,
-        "trials": trials,
-        "num_cpus": 2,
-        "sweep_s": {c: spread([r["sweep_s"] for r in rs]) for c, rs in runs.items()},
-        "bound_s": spread([r["unique_stage_cpu_s"] / 2 for rs in runs.values() for r in rs]),
-        "runs": runs,
-        "command": "python -m bench --only concurrency",
-    }
+    out: dict[str, Any] = {"num_cpus": 2, "levels": list(levels), "workloads": {}}
+    for name, (space, trials) in workloads.items():
+        runs: dict[str, list[dict[str, Any]]] = {str(c): [] for c in levels}
+        for _ in range(1 if smoke else repeats):
+            for level in levels:
+                sq = run_child(
+                    "bench.sweep_vs_naive:child_squeezeray",
+                    {
+                        "space": space,
+                        "trials": trials,
+                        "seed": 0,
+                        "algorithm": "random",
+                        "num_cpus": 2,
+                        "max_concurrent": level,
+                        "storage": str(scratch_dir("conc")),
+                    },
+                    inprocess=smoke,
+                )
+                runs[str(level)].append(
+                    {k: sq[k] for k in ("sweep_s", "unique_stage_cpu_s", "stages_executed")}
+                )
+        out["workloads"][name] = {
+            "space": space,
+            "trials": trials,
+            "sweep_s": {c: spread([r["sweep_s"] for r in rs]) for c, rs in runs.items()},
+            "bound_s": spread([r["unique_stage_cpu_s"] / 2 for rs in runs.values() for r in rs]),
+            "runs": runs,
+        }
+    out["command"] = "python -m bench --only concurrency"
     write_result("concurrency_smoke" if smoke else "concurrency", out, results_dir=results_dir)
     return out

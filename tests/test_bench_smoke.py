@@ -57,7 +57,7 @@ def test_concurrency_smoke(ray_session: None, tmp_path: Path) -> None:
     from bench import parallel
 
     parallel.run_concurrency(smoke=True, results_dir=tmp_path)
-    data = _read(tmp_path, "concurrency")
+    data = _read(tmp_path, "concurrency")["workloads"]["tiny"]
     assert data["runs"]["2"][0]["stages_executed"] >= 1
     assert data["sweep_s"]["2"]["median"] > 0
 
@@ -84,8 +84,9 @@ def test_search_quality_smoke(ray_session: None, tmp_path: Path) -> None:
 
     search_quality.run(smoke=True, results_dir=tmp_path)
     data = _read(tmp_path, "search_quality")
-    assert set(data["hypervolume"]) == {"optuna@2", "random@2"}
+    assert set(data["hypervolume"]) == {"optuna@2", "optuna_gp@2", "random@2"}
     assert all(r["trials_ok"] == 2 for r in data["runs"])
+    assert data["searchers"]["optuna_gp"]["sampler"] == "gp"
     # one storage: the second run loads the teacher and KD stages the first computed
     assert data["runs"][1]["stages_loaded"] >= 2
     assert all(v["min"] >= 0 for v in data["hypervolume"].values())
