@@ -167,7 +167,7 @@ class SearchSettings:
     max_concurrent: int | None = None  # None: stage slots + 1 (see execute_sweep)
     scheduler: str = "none"  # none | asha (early stopping on accuracy after each stage)
     time_budget_s: float | None = None  # from `time_budget: 30m` / `90s` / `2h`
-    sampler: str = "tpe"  # optuna only: tpe | gp (fewer, better-placed trials; slower to suggest)
+    sampler: str = "tpe"  # optuna only: tpe | gp (Gaussian process; slower to suggest)
 
 
 @dataclass(frozen=True)

@@ -156,8 +156,8 @@ def _optuna_search(
     startup = max(4, min(10, space.search.trials // 3))
     sampler: Any
     if space.search.sampler == "gp":
-        # Expected-hypervolume improvement on a Gaussian process: the better front for a
-        # budget of tens of trials (bench/RESULTS.md), at ~1 s a suggestion in the driver.
+        # Expected-hypervolume improvement on a Gaussian process, ~1 s a suggestion in the
+        # driver; on bench-quality it did not beat TPE (bench/RESULTS.md §4).
         sampler = optuna.samplers.GPSampler(seed=space.search.seed, n_startup_trials=startup)
     else:
         sampler = optuna.samplers.TPESampler(

@@ -51,6 +51,11 @@ def test_parallel_smoke(ray_session: None, tmp_path: Path) -> None:
     t1 = data["runs"]["1"][0]["sweep_s"]
     t2 = data["runs"]["2"][0]["sweep_s"]
     assert data["efficiency"]["median"] == pytest.approx(t1 / (2 * t2))
+    control = data["machine_control"]
+    assert control["alone_s"]["median"] > 0 and control["pair_s"]["median"] > 0
+    assert data["efficiency_vs_machine"] == pytest.approx(
+        data["efficiency"]["median"] / control["efficiency"]["median"]
+    )
 
 
 def test_concurrency_smoke(ray_session: None, tmp_path: Path) -> None:
@@ -102,6 +107,10 @@ def test_compression_smoke(ray_session: None, tmp_path: Path) -> None:
     assert set(w["kd_vs_ce"]["raw"]) == {"kd_T4_a0.3", "kd_T4_a0.7", "ce"}
     assert w["remeasured"]["teacher"]["speedup_vs_eager_teacher"] == pytest.approx(1.0)
     assert "teacher-onnxruntime" in w["remeasured"]
+    # every trial within 1 point is re-measured, and the fastest picks come from those
+    assert sum(k.startswith("trial-") for k in w["remeasured"]) == w["within_1pt"]
+    if w["within_1pt"]:
+        assert w["fastest_remeasured"]["model"].startswith("trial-")
 
 
 def test_main_rejects_unknown_benchmark(capsys: pytest.CaptureFixture[str]) -> None:
