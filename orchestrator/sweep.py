@@ -418,8 +418,8 @@ def execute_sweep(
 
     # Default: one trial more than there are stage slots. A trial is a serial chain that
     # leaves its slot idle while it waits for a stage another trial is computing (a shared KD
-    # run); the extra trial fills it (digits-cnn: 12% faster than one trial per slot; more
-    # trials only add Tune start-up cost: bench/RESULTS.md, concurrency).
+    # run); the extra trial fills it (digits and digits-cnn: 6% faster than one trial per
+    # slot; a fourth trial on 2 CPUs adds Tune start-up cost: bench/RESULTS.md §1).
     concurrency = (
         sweep.max_concurrent
         or space.search.max_concurrent
