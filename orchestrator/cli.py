@@ -224,13 +224,13 @@ def pareto(
         console.print(empty_message(view), highlight=False, markup=False)
     if format == "table":
         if view.front.num_rows:
-            from orchestrator.frontview import render_front
+            from orchestrator.frontview import show_front
 
             if output is None:
-                out.print(render_front(view))
+                show_front(view, out)
             else:
                 with open(output, "w") as sink:
-                    Console(file=sink, width=200).print(render_front(view))
+                    show_front(view, Console(file=sink, width=200))
         return
     export_front(view, format, output, sys.stdout)
     if output is not None:

@@ -230,8 +230,37 @@ def _knobs(row: Mapping[str, Any]) -> str:
     return " ".join(parts) or "-"
 
 
-def render_front(view: FrontView) -> RichTable:
-    """The rich table: baseline row(s) first, then the front points with their ratios."""
+# Narrower than this, the knobs column would be folded a few characters a line: the knobs go in
+# a table of their own below the front instead.
+KNOBS_INLINE_MIN_WIDTH = 120
+
+
+def show_front(view: FrontView, console: Console) -> None:
+    """Print the front table, with the knobs as its last column when the console has room,
+    else followed by a trial -> knobs table."""
+    if console.width >= KNOBS_INLINE_MIN_WIDTH:
+        console.print(render_front(view))
+        return
+    console.print(render_front(view, knobs=False))
+    console.print(render_knobs(view))
+
+
+def render_knobs(view: FrontView) -> RichTable:
+    """The knobs of each front point, by trial id (for narrow consoles)."""
+    from rich import box
+    from rich.table import Table
+
+    table = Table(box=box.SIMPLE_HEAD, pad_edge=False, title="knobs", title_justify="left")
+    table.add_column("trial_id", no_wrap=True)
+    table.add_column("knobs", overflow="fold")
+    for row in view.front.to_pylist():
+        table.add_row(str(row.get("trial_id")), _knobs(row))
+    return table
+
+
+def render_front(view: FrontView, *, knobs: bool = True) -> RichTable:
+    """The rich table: baseline row(s) first, then the front points with their ratios (and
+    their knobs as the last column unless `knobs=False`)."""
     from rich import box
     from rich.table import Table
 
@@ -265,13 +294,15 @@ def render_front(view: FrontView) -> RichTable:
         table.add_column(header, no_wrap=True, justify="right" if numeric else "left")
     for header in ("size×", "lat×", "Δacc"):
         table.add_column(header, justify="right", no_wrap=True)
-    table.add_column("knobs", overflow="fold", min_width=12)
+    if knobs:
+        table.add_column("knobs", overflow="fold", min_width=12)
     for row in view.baselines.to_pylist():
         cells = [_cell(c, row.get(c)) for _, c in cols]
         trial = row.get("trial_id")
         label = "baseline" if trial in (None, "baseline") else f"baseline ({trial})"
         cells[[c for _, c in cols].index("trial_id")] = label
-        table.add_row(*cells, "1.0×", "1.0×", "+0.00", "teacher, uncompressed", style="bold")
+        extra = ["teacher, uncompressed"] if knobs else []
+        table.add_row(*cells, "1.0×", "1.0×", "+0.00", *extra, style="bold")
     for row in view.front.to_pylist():
         cells = [_cell(c, row.get(c)) for _, c in cols]
         size_x, latency_x, delta = (row.get(c) for c in RATIO_COLUMNS)
@@ -280,7 +311,7 @@ def render_front(view: FrontView) -> RichTable:
             "-" if size_x is None else f"{size_x:.1f}×",
             "-" if latency_x is None else f"{latency_x:.2f}×",
             "-" if delta is None else f"{delta:+.2f}",
-            _knobs(row),
+            *([_knobs(row)] if knobs else []),
         )
     return table
 
@@ -317,7 +348,7 @@ def print_front(
     if view.front.num_rows == 0:
         console.print(empty_message(view), highlight=False)
     else:
-        console.print(render_front(view))
+        show_front(view, console)
     return view
 
 

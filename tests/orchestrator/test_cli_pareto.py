@@ -176,3 +176,21 @@ def test_sweeps_lists_every_sweep(storage: Path) -> None:
 def test_sweeps_missing_storage(tmp_path: Path) -> None:
     code, _, stderr = invoke("sweeps", str(tmp_path / "nothing"))
     assert code == 2 and "squeezeray sweep --storage" in stderr
+
+
+@pytest.mark.parametrize("width", [80, 160])
+def test_knobs_stay_readable_on_narrow_and_wide_consoles(storage: Path, width: int) -> None:
+    """On 80 columns the knobs move to a table of their own (instead of a column folded a few
+    characters a line); on a wide console they are the front table's last column."""
+    from rich.console import Console
+
+    from orchestrator.frontview import KNOBS_INLINE_MIN_WIDTH, build_front, show_front
+
+    view = build_front(load_results(storage), None)
+    sink = io.StringIO()
+    show_front(view, Console(file=sink, width=width))
+    text = sink.getvalue()
+    knob_lines = [line for line in text.splitlines() if "prune" in line]
+    assert len(knob_lines) >= view.front.num_rows  # one whole knobs string per front point
+    assert all(len(line) <= width for line in text.splitlines())
+    assert (text.count("knobs") == 2) is (width < KNOBS_INLINE_MIN_WIDTH)  # title + header
