@@ -36,7 +36,7 @@ def child_squeezeray(payload: dict[str, Any]) -> dict[str, Any]:
     """One squeezeray sweep on a fresh embedded Ray; its summary, configs and stage costs.
 
     payload: space, trials, seed, algorithm, num_cpus, storage, and optionally max_concurrent
-    (trials at once; default: one per CPU).
+    (trials at once; default: the orchestrator's, stage slots + 1).
     """
     return _squeezeray(payload)
 

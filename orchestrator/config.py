@@ -831,7 +831,8 @@ def _parse_search(source: str, raw: Any) -> SearchSettings:
     scheduler = _check_choice(
         source, "search.scheduler", "none" if scheduler is None else scheduler, SCHEDULERS
     )
-    sampler = _check_choice(source, "search.sampler", raw.get("sampler", "tpe"), SAMPLERS)
+    sampler = raw.get("sampler", "tpe")
+    sampler = _check_choice(source, "search.sampler", sampler or "tpe", SAMPLERS)
     budget = raw.get("time_budget")
     budget_s = None
     if budget is not None:

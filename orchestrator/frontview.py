@@ -246,15 +246,17 @@ def show_front(view: FrontView, console: Console) -> None:
 
 
 def render_knobs(view: FrontView) -> RichTable:
-    """The knobs of each front point, by trial id (for narrow consoles)."""
+    """The knobs of each front point, keyed like the front table's rows (for narrow consoles)."""
     from rich import box
     from rich.table import Table
 
     table = Table(box=box.SIMPLE_HEAD, pad_edge=False, title="knobs", title_justify="left")
-    table.add_column("trial_id", no_wrap=True)
+    keys = [(h, c) for h, c in _columns(view) if c in ("sweep_id", "trial_id")]
+    for header, _ in keys:
+        table.add_column(header, no_wrap=True)
     table.add_column("knobs", overflow="fold")
     for row in view.front.to_pylist():
-        table.add_row(str(row.get("trial_id")), _knobs(row))
+        table.add_row(*(str(row.get(c)) for _, c in keys), _knobs(row))
     return table
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import time
 from typing import Any
 
@@ -170,9 +171,19 @@ def _optuna_search(
         def on_trial_complete(
             self, trial_id: str, result: dict[str, Any] | None = None, error: bool = False
         ) -> None:
+            if trial_id in self._completed_trials:
+                return  # already told (a failed trial, or a repeated completion)
             ot_trial = self._ot_trials.get(trial_id)
-            failed = error or not result or result.get("status") in FAILED_STATUSES
-            if ot_trial is not None and failed and trial_id not in self._completed_trials:
+            failed = (
+                error
+                or not result
+                or result.get("status") in FAILED_STATUSES
+                # stopped early (ASHA: its last report is a stage's) or an objective missing:
+                # Optuna cannot be told values it does not have
+                or not result.get("final")
+                or not all(_finite(result.get(name)) for name in objective_names)
+            )
+            if ot_trial is not None and failed:
                 study: Any = self._ot_study
                 study.tell(ot_trial, state=optuna.trial.TrialState.FAIL)
                 self._completed_trials.add(trial_id)
@@ -221,6 +232,10 @@ def _optuna_search(
         points_to_evaluate=points_to_evaluate or None,
         evaluated_rewards=evaluated_rewards or None,
     )
+
+
+def _finite(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
 
 
 def _warm_constraints(

@@ -420,11 +420,10 @@ def execute_sweep(
     # leaves its slot idle while it waits for a stage another trial is computing (a shared KD
     # run); the extra trial fills it (digits and digits-cnn: 6% faster than one trial per
     # slot; a fourth trial on 2 CPUs adds Tune start-up cost: bench/RESULTS.md §1).
-    concurrency = (
-        sweep.max_concurrent
-        or space.search.max_concurrent
-        or max(1, int(info.cpus // sweep.cpus_per_trial)) + 1
-    )
+    slots = int(info.cpus // sweep.cpus_per_trial)
+    if sweep.gpus_per_trial > 0:
+        slots = min(slots, int(info.gpus // sweep.gpus_per_trial))
+    concurrency = sweep.max_concurrent or space.search.max_concurrent or max(1, slots) + 1
     search_alg, param_space, num_samples = make_search(
         space,
         constraints=constraints,

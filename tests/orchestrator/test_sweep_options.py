@@ -119,7 +119,13 @@ def test_optuna_learns_constraint_values_and_its_state_can_be_saved(tmp_path: Pa
     searcher = alg.searcher
     searcher.set_search_properties(None, None, {})
     assert searcher.suggest("t1") is not None
-    result = {"status": "ok", "accuracy": 0.9, "size_bytes": 3000, "latency_ms": 0.02}
+    result = {
+        "status": "ok",
+        "final": True,
+        "accuracy": 0.9,
+        "size_bytes": 3000,
+        "latency_ms": 0.02,
+    }
     searcher.on_trial_complete("t1", result=result)
     (trial,) = searcher._ot_study.trials
     assert trial.constraints == {
@@ -128,6 +134,33 @@ def test_optuna_learns_constraint_values_and_its_state_can_be_saved(tmp_path: Pa
     }
     alg.save_to_dir(str(tmp_path), session_str="s")
     assert any(tmp_path.iterdir())
+    searcher.on_trial_complete("t1", result=result)  # a repeated completion is ignored
+
+
+def test_optuna_is_told_fail_for_trials_without_final_objectives() -> None:
+    """A trial ASHA stopped (its last report is a stage's) or one missing an objective cannot
+    be told values: it is told FAIL instead of staying RUNNING forever."""
+    import optuna
+
+    from orchestrator.search import make_search
+
+    space = load_space("tiny").with_overrides(algorithm="optuna")
+    alg, _, _ = make_search(space, constraints=(("accuracy", ">=", 0.95),))
+    searcher = alg.searcher
+    searcher.set_search_properties(None, None, {})
+    searcher.suggest("stopped")
+    searcher.suggest("nan")
+    searcher.on_trial_complete("stopped", result={"stage": "prune", "final": False})
+    nan = {
+        "status": "ok",
+        "final": True,
+        "accuracy": float("nan"),
+        "size_bytes": 1,
+        "latency_ms": 1,
+    }
+    searcher.on_trial_complete("nan", result=nan)
+    states = [t.state for t in searcher._ot_study.trials]
+    assert states == [optuna.trial.TrialState.FAIL] * 2
 
 
 @pytest.mark.slow
@@ -138,7 +171,8 @@ def test_optuna_sweep_with_constraints_runs_to_the_end(tmp_path: Path) -> None:
     text = Path(load_space("tiny").source).read_text()
     text = text.replace(
         "search: {algorithm: random, trials: 4, seed: 0}",
-        "search: {algorithm: optuna, sampler: gp, trials: 6, seed: 0}",
+        # one at a time: trials 5 and 6 are suggested after 4 results, so the GP is fitted
+        "search: {algorithm: optuna, sampler: gp, trials: 6, seed: 0, max_concurrent: 1}",
     )
     space_file.write_text(text + '\nconstraints: {accuracy: ">= 0.5"}\n')
     outcome = execute_sweep(prepare_sweep(str(space_file), storage=tmp_path / "r"))
