@@ -41,7 +41,8 @@ from .test_sweep import REQUIRED
 
 ROOT = Path(__file__).resolve().parents[2]
 
-# 6 cheap trials, one at a time, so the driver can be stopped between trials.
+# 12 cheap trials, one at a time, so the driver can be stopped between trials (with 6, all of
+# them could finish between seeing 2 rows and the kill: seen once in CI).
 SPACE = """
 name: crash
 task: blobs
@@ -51,10 +52,10 @@ params:
   distill.epochs: 2
   prune.ratio: {choice: [0.2, 0.4, 0.6]}
   quantize.mode: {choice: [none, dynamic_int8]}
-search: {algorithm: optuna, trials: 6, seed: 0, max_concurrent: 1}
+search: {algorithm: optuna, trials: 12, seed: 0, max_concurrent: 1}
 latency: {warmup: 2, repeats: 5}
 """
-TRIALS = 6
+TRIALS = 12
 
 
 # --- helpers ---------------------------------------------------------------------------------
@@ -227,7 +228,11 @@ def test_sigkilled_driver_resumes_with_every_trial_once(tmp_path: Path, cleanup:
     assert len(stage_keys) == len(set(stage_keys))
     assert read_manifest(open_storage(storage), sweep_id)["status"] == "finished"
     summary_line = " ".join(resume.output.split())
-    assert re.search(r"\+[1-9]\d* loaded from cache", summary_line), resume.output
+    if len(before) < TRIALS:
+        # A trial was unfinished at the kill: the resumed sweep ran it, loading stages from
+        # their checkpoints. (Cheap trials can all finish between the poll and the kill; then
+        # there is nothing to load, and the checks above are the test.)
+        assert re.search(r"\+[1-9]\d* loaded from cache", summary_line), resume.output
 
 
 @pytest.mark.slow
