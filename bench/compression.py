@@ -230,21 +230,11 @@ def analyse(sweep: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def run(
-    *,
-    smoke: bool = False,
-    results_dir: Any = None,
-    names: list[str] | None = None,
-    kd: bool = True,
-    result_name: str = "compression",
-) -> dict[str, Any]:
-    """The workloads (default: digits and digits-cnn): sweep, re-measure, KD vs CE (unless
-    `kd=False`); writes `<result_name>.json`."""
+def run(*, smoke: bool = False, results_dir: Any = None) -> dict[str, Any]:
+    """digits and digits-cnn: sweep, re-measure, KD vs CE; writes the JSON."""
     workloads: dict[str, dict[str, Any]] = (
         {"tiny": {"space": "tiny", "teacher_epochs": 2, "distill_epochs": 2}}
         if smoke
-        else {n: WORKLOADS[n] for n in names}
-        if names
         else WORKLOADS
     )
     out: dict[str, Any] = {"within_pts": 100 * WITHIN, "workloads": {}}
@@ -287,8 +277,6 @@ def run(
         result["space"] = wl["space"]
         result["sweep_id"] = sweep["sweep_id"]
         out["workloads"][name] = result
-        if not kd:
-            continue
         kd_out = run_child(
             "bench.compression:child_kd",
             {
@@ -306,11 +294,6 @@ def run(
             "raw": kd_out["students"],
         }
     out["goals"] = {"size_ratio": 40, "latency_ratio": 4, "max_loss_pts": 1}
-    out["command"] = (
-        "python -m bench --only compression"
-        if result_name == "compression"
-        else f"python -c 'from bench import compression; compression.run(names={names!r}, "
-        f"kd={kd}, result_name={result_name!r})'"
-    )
-    write_result(f"{result_name}_smoke" if smoke else result_name, out, results_dir=results_dir)
+    out["command"] = "python -m bench --only compression"
+    write_result("compression_smoke" if smoke else "compression", out, results_dir=results_dir)
     return out
