@@ -831,8 +831,10 @@ def _parse_search(source: str, raw: Any) -> SearchSettings:
     scheduler = _check_choice(
         source, "search.scheduler", "none" if scheduler is None else scheduler, SCHEDULERS
     )
-    sampler = raw.get("sampler", "tpe")
-    sampler = _check_choice(source, "search.sampler", sampler or "tpe", SAMPLERS)
+    sampler = raw.get("sampler")
+    sampler = _check_choice(
+        source, "search.sampler", "tpe" if sampler is None else sampler, SAMPLERS
+    )
     budget = raw.get("time_budget")
     budget_s = None
     if budget is not None:
