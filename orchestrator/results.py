@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import itertools
 import os
+import re
 import urllib.parse
 import uuid
 from collections.abc import Mapping, Sequence
@@ -59,11 +60,46 @@ def _writer_name() -> str:
     return f"{pid}-{_writer[1]}-{next(_seq):06d}"
 
 
+# Partition values that hive readers type-infer to something other than a string: pandas and
+# pyarrow read `sweep_id=007` as the int32 7 (also 0x1f, 0b101); DuckDB reads 20250101 as a
+# BIGINT, 2025-01-01 as a DATE, 2025-01-01T10:00 as a TIMESTAMP and 'epoch'/'infinity' as dates.
+_INTEGER_LIKE = re.compile(r"[+-]?([0-9][0-9_]*|0[xXbBoO][0-9A-Fa-f_]+)")
+_DATE_LIKE = re.compile(r"[0-9]{1,4}-[0-9]{1,2}-[0-9]{1,2}([Tt ].*)?")
+_DATE_WORDS = frozenset({"epoch", "infinity", "-infinity", "inf", "-inf", "nan"})
+
+
+def ambiguous_sweep_id(value: str) -> str | None:
+    """Why a hive-partitioned reader would not read `value` back as the string it is (a
+    number, a date), or None when it would. Checked against pandas/pyarrow and DuckDB."""
+    text = value.strip()
+    if _INTEGER_LIKE.fullmatch(text):
+        return "an integer (pandas and pyarrow read sweep_id=007 as the number 7)"
+    if _DATE_LIKE.fullmatch(text) or text.lower() in _DATE_WORDS:
+        return "a date or a special number (DuckDB reads it as a DATE/TIMESTAMP or float)"
+    try:
+        float(text)
+    except ValueError:
+        return None
+    return "a number (a hive reader may read it as a float)"
+
+
+def check_sweep_id_unambiguous(value: str, *, what: str = "sweep_id") -> None:
+    """Refuse a sweep id that hive partitioning would read back as a number or a date."""
+    reason = ambiguous_sweep_id(value)
+    if reason is not None:
+        raise SqueezerayError(
+            f"{what} {value!r} looks like {reason}: results are partitioned by sweep id "
+            "(hive style), so readers would not give it back as the string you filter on; "
+            f"accepted: an id with a word in it, e.g. 'run-{value}'"
+        )
+
+
 def _partition_dir(value: str | None) -> str:
     if value is None:
         return f"sweep_id={NULL_PARTITION}"
     if not value:
         raise SqueezerayError("sweep_id='' is empty; every row needs a sweep id")
+    check_sweep_id_unambiguous(value)
     return "sweep_id=" + urllib.parse.quote(value, safe="-._~")
 
 

@@ -260,6 +260,9 @@ def _check_sweep_id(sweep_id: str) -> None:
             f"--sweep-id {sweep_id!r} is not a valid sweep id; accepted: 1-128 letters, digits, "
             "'.', '_' or '-', starting with a letter or digit"
         )
+    from orchestrator.results import check_sweep_id_unambiguous
+
+    check_sweep_id_unambiguous(sweep_id, what="--sweep-id")
 
 
 def _seconds(flag: str, value: str | float | None) -> float | None:
