@@ -35,7 +35,8 @@ if TYPE_CHECKING:
 WARM_START_MAX = 1000  # newest distinct knob points given to Optuna (older ones add little)
 EXIT_REGRESSION = 3
 
-WarmStart = tuple[list[dict[str, Any]], list[list[float]]]
+# (knob points, their objective values, their stored constraint-column values)
+WarmStart = tuple[list[dict[str, Any]], list[list[float]], list[dict[str, float]]]
 
 
 @dataclass(frozen=True)
@@ -56,16 +57,20 @@ def nightly_name(day: Date) -> str:
 
 
 def warm_start_from(table: pa.Table | None, space: SearchSpace) -> WarmStart | None:
-    """Earlier ok trials of `space.task` as Optuna warm-start points and their objectives.
+    """Earlier ok trials of `space.task` as Optuna warm-start points, their objectives and the
+    values of the space's constraint columns (read from the stored rows, so a constraint on a
+    column that is not an objective is judged on what that trial measured).
 
     Only the knobs searched by `space` are kept, and only rows that have all of them with a
-    value the space can produce, and every objective; the newest row of a knob point wins.
+    value the space can produce, every objective and every constraint column (a row missing
+    one is skipped, not assumed feasible); the newest row of a knob point wins.
     """
     if table is None or table.num_rows == 0:
         return None
     searched = space.searched()
     names = [o.name for o in space.objectives]
-    if not searched or any(n not in table.column_names for n in names):
+    constrained = sorted({c.column for c in space.constraints})
+    if not searched or any(n not in table.column_names for n in [*names, *constrained]):
         return None
     rows = sorted(
         (
@@ -75,7 +80,7 @@ def warm_start_from(table: pa.Table | None, space: SearchSpace) -> WarmStart | N
         ),
         key=lambda r: (r.get("finished_at") is not None, r.get("finished_at")),
     )
-    points: dict[str, tuple[dict[str, Any], list[float]]] = {}
+    points: dict[str, tuple[dict[str, Any], list[float], dict[str, float]]] = {}
     for row in rows:
         params = json.loads(row.get("params") or "{}")
         point: dict[str, Any] = {}
@@ -85,16 +90,17 @@ def warm_start_from(table: pa.Table | None, space: SearchSpace) -> WarmStart | N
                 break
             point[key] = value
         else:
-            values = [row.get(n) for n in names]
+            values = [row.get(n) for n in [*names, *constrained]]
             if any(v is None or not math.isfinite(float(v)) for v in values):
                 continue
             key = json.dumps(point, sort_keys=True, default=str)
             points.pop(key, None)  # re-insert: newest last
-            points[key] = (point, [float(v) for v in values])
+            measured = {c: float(row[c]) for c in constrained}
+            points[key] = (point, [float(v) for v in values[: len(names)]], measured)
     if not points:
         return None
     kept = list(points.values())[-WARM_START_MAX:]
-    return [p for p, _ in kept], [v for _, v in kept]
+    return [p for p, _, _ in kept], [v for _, v, _ in kept], [c for _, _, c in kept]
 
 
 def _fits(dist: Distribution, value: Any) -> Any:

@@ -18,9 +18,15 @@ def make_search(
     constraints: tuple[tuple[str, str, float], ...],
     points_to_evaluate: list[dict[str, Any]] | None = None,
     evaluated_rewards: list[list[float]] | None = None,
+    warm_constraint_values: list[dict[str, float]] | None = None,
     max_concurrent: int | None = None,
 ) -> tuple[Any, dict[str, Any], int]:
     """(search_alg, param_space, num_samples) for the Tuner.
+
+    `warm_constraint_values` (one dict per warm-start point: constraint column -> the value its
+    stored row holds) judge the warm-start points' constraints; a point whose constraint column
+    is neither there nor an objective is left out of the warm start (its feasibility is
+    unknown).
 
     `max_concurrent` is enforced here, in the search algorithm: Tune ignores
     `TuneConfig.max_concurrent_trials` when it is given a ready-made search algorithm, and then
@@ -43,7 +49,9 @@ def make_search(
         )
         num_samples = space.search.trials
     else:
-        searcher: Any = _optuna_search(space, constraints, points_to_evaluate, evaluated_rewards)
+        searcher: Any = _optuna_search(
+            space, constraints, points_to_evaluate, evaluated_rewards, warm_constraint_values
+        )
         if max_concurrent:
             searcher = ConcurrencyLimiter(searcher, max_concurrent=max_concurrent)
         inner, param_space, num_samples = SearchGenerator(searcher), {}, space.search.trials
@@ -147,6 +155,7 @@ def _optuna_search(
     constraints: tuple[tuple[str, str, float], ...],
     points_to_evaluate: list[dict[str, Any]] | None,
     evaluated_rewards: list[list[float]] | None,
+    warm_constraint_values: list[dict[str, float]] | None = None,
 ) -> Any:
     import optuna
     from ray.tune.search.optuna import OptunaSearch
@@ -211,13 +220,28 @@ def _optuna_search(
                 )
             study: Any = self._ot_study
             distributions: Any = self._space  # a dict of optuna distributions (see below)
+            # The point's stored constraint-column values (matched by identity: Ray hands the
+            # points_to_evaluate dicts over unchanged).
+            index = next(
+                (i for i, p in enumerate(points_to_evaluate or []) if p is parameters), None
+            )
+            measured = (
+                warm_constraint_values[index]
+                if warm_constraint_values is not None
+                and index is not None
+                and index < len(warm_constraint_values)
+                else {}
+            )
+            known = _warm_constraints(constraints, objective_names, value, measured)
+            if known is _UNKNOWN:
+                return None  # feasibility unknown: not a warm-start point
             study.add_trial(
                 optuna.trial.create_trial(
                     state=optuna.trial.TrialState.COMPLETE,
                     values=[float(v) for v in value],
                     params=parameters,
                     distributions=distributions,
-                    constraints=_warm_constraints(constraints, objective_names, value),
+                    constraints=known,
                 )
             )
             return None
@@ -238,17 +262,24 @@ def _finite(value: Any) -> bool:
     return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
 
 
+_UNKNOWN: dict[str, float] = {}  # sentinel: a constraint column without a value
+
+
 def _warm_constraints(
-    constraints: tuple[tuple[str, str, float], ...], names: list[str], values: Any
+    constraints: tuple[tuple[str, str, float], ...],
+    names: list[str],
+    values: Any,
+    measured: dict[str, float] | None = None,
 ) -> dict[str, float] | None:
-    """Constraint values of a warm-start point, from its objective values; a constraint on a
-    column that is not an objective is unknown there and counts as met."""
+    """Constraint values of a warm-start point, from its objective values and the constraint
+    columns its stored row holds (`measured`); `_UNKNOWN` when a constrained column has no
+    value (the point is then not used: unknown is not feasible). None without constraints."""
     if not constraints:
         return None
-    known = dict(zip(names, (float(v) for v in values), strict=True))
+    known = {**(measured or {}), **dict(zip(names, (float(v) for v in values), strict=True))}
+    if any(column not in known for column, _, _ in constraints):
+        return _UNKNOWN
     return {
-        f"{column} {op} {bound:g}": (
-            violations([(column, op, bound)], known)[0] if column in known else 0.0
-        )
+        f"{column} {op} {bound:g}": violations([(column, op, bound)], known)[0]
         for column, op, bound in constraints
     }

@@ -121,7 +121,7 @@ def run_sweep(
     num_cpus: int | None = None,
     sweep_id: str | None = None,
     resume: bool = False,
-    warm_start: tuple[list[dict[str, Any]], list[list[float]]] | None = None,
+    warm_start: tuple[Any, ...] | None = None,
     progress: Callable[[str, Mapping[str, Any]], None] | None = None,
 ) -> Any:
     """Run a compression sweep and return its rows (a `pyarrow.Table`, baseline included).
@@ -343,7 +343,7 @@ def execute_sweep(
     address: str | None = None,
     latency_resource: str | None = None,
     num_cpus: int | None = None,
-    warm_start: tuple[list[dict[str, Any]], list[list[float]]] | None = None,
+    warm_start: tuple[Any, ...] | None = None,
     progress: Callable[[str, Mapping[str, Any]], None] | None = None,
 ) -> SweepOutcome:
     """Run a prepared sweep on Ray (embedded when `address` is None).
@@ -432,6 +432,7 @@ def execute_sweep(
         constraints=constraints,
         points_to_evaluate=warm_start[0] if warm_start else None,
         evaluated_rewards=warm_start[1] if warm_start else None,
+        warm_constraint_values=warm_start[2] if warm_start and len(warm_start) > 2 else None,
         max_concurrent=concurrency,
     )
     writer = ResultsWriter(

@@ -197,7 +197,11 @@ def test_warm_start_keeps_valid_points_of_the_task() -> None:
     rows.append(
         dict(rows[1], trial_id="no-latency", latency_ms=None, params=_params(0.6, "dynamic_int8"))
     )
-    points, rewards = warm_start_from(rows_to_table(rows, RESULTS_SCHEMA), space) or ([], [])
+    points, rewards, _ = warm_start_from(rows_to_table(rows, RESULTS_SCHEMA), space) or (
+        [],
+        [],
+        [],
+    )
     assert points == [
         {"prune.ratio": 0.6, "quantize.mode": "none"},
         {"prune.ratio": 0.3, "quantize.mode": "none"},

@@ -83,7 +83,59 @@ def test_every_accepted_sweep_id_reads_back_unchanged_through_pandas_and_duckdb(
         assert read == [(sweep_id,)], (sweep_id, read)
         assert load_results(storage).column("sweep_id").to_pylist() == [sweep_id]
     # The refusal is narrow: ids with a word in them stay usable.
-    assert {"run-007", "007a", "nightly-20250101", "20250101-120000-1234", "v1"} <= set(
-        accepted
-    )
+    assert {"run-007", "007a", "nightly-20250101", "20250101-120000-1234", "v1"} <= set(accepted)
     assert not {"007", "20250101", "2025-01-01", "0x1f", "epoch", "inf"} & set(accepted)
+
+
+# --- fault 3: warm-start points and constraints on columns that are not objectives -----------
+
+
+def test_warm_start_constraint_values_come_from_the_stored_rows() -> None:
+    import dataclasses
+    import json
+
+    from orchestrator.config import Constraint, load_space
+    from orchestrator.nightly import warm_start_from
+    from orchestrator.results import rows_to_table
+    from orchestrator.schema import RESULTS_SCHEMA
+    from orchestrator.search import make_search
+
+    space = load_space("tiny").with_overrides(algorithm="optuna")
+    space = dataclasses.replace(space, constraints=(Constraint("params_nonzero", "<=", 100.0),))
+    objectives = {"accuracy": 0.97, "size_bytes": 4000, "latency_ms": 0.05}
+    rows = [
+        _row("night-1", "t1", params=json.dumps({"prune.ratio": 0.3, "quantize.mode": "none"}),
+             params_nonzero=1007, **objectives),
+        _row("night-1", "t2", params=json.dumps({"prune.ratio": 0.6, "quantize.mode": "none"}),
+             params_nonzero=1690, **objectives),
+        # No params_nonzero stored: not known to meet the constraint, so not a warm-start point.
+        _row("night-1", "t3", params=json.dumps({"prune.ratio": 0.3, "quantize.mode":
+             "dynamic_int8"}), **objectives),
+    ]  # fmt: skip
+    warm = warm_start_from(rows_to_table(rows, RESULTS_SCHEMA), space)
+    assert warm is not None
+    points, rewards, constraint_values = warm
+    assert points == [
+        {"prune.ratio": 0.3, "quantize.mode": "none"},
+        {"prune.ratio": 0.6, "quantize.mode": "none"},
+    ]
+    assert constraint_values == [{"params_nonzero": 1007.0}, {"params_nonzero": 1690.0}]
+    constraints = (("params_nonzero", "<=", 100.0),)
+    alg, _, _ = make_search(
+        space,
+        constraints=constraints,
+        points_to_evaluate=points,
+        evaluated_rewards=rewards,
+        warm_constraint_values=constraint_values,
+    )
+    trials = getattr(alg, "inner", alg).searcher._ot_study.trials
+    assert [t.constraints for t in trials] == [
+        {"params_nonzero <= 100": pytest.approx(907.0)},
+        {"params_nonzero <= 100": pytest.approx(1590.0)},
+    ]
+    # Without the stored values (a caller passing only knobs and objectives), a constraint on a
+    # column that is not an objective is unknown: the point is left out, not assumed feasible.
+    alg, _, _ = make_search(
+        space, constraints=constraints, points_to_evaluate=points, evaluated_rewards=rewards
+    )
+    assert getattr(alg, "inner", alg).searcher._ot_study.trials == []

@@ -194,12 +194,13 @@ def test_gp_sampler_is_chosen_and_warm_start_points_carry_constraints() -> None:
         constraints=(("accuracy", ">=", 0.95), ("params_nonzero", "<", 10.0)),
         points_to_evaluate=points,
         evaluated_rewards=[[0.9, 5000.0, 0.04]],
+        warm_constraint_values=[{"params_nonzero": 12.0}],
     )
     study = alg.searcher._ot_study
     assert isinstance(study.sampler, optuna.samplers.GPSampler)
     (trial,) = study.trials
-    # accuracy is an objective: 0.05 short; params_nonzero is not: unknown, counted as met
+    # accuracy is an objective: 0.05 short; params_nonzero is not: its stored value, 2 over
     assert trial.constraints == {
         "accuracy >= 0.95": pytest.approx(0.05),
-        "params_nonzero < 10": 0.0,
+        "params_nonzero < 10": pytest.approx(2.0),
     }
