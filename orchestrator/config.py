@@ -42,6 +42,7 @@ from stages.errors import SqueezerayError
 # plain names so validating a space does not import pyarrow; a test keeps them in sync).
 METRICS: tuple[str, ...] = (
     "accuracy",
+    "val_accuracy",
     "size_bytes",
     "params_total",
     "params_nonzero",
@@ -49,6 +50,25 @@ METRICS: tuple[str, ...] = (
     "latency_ms_p90",
 )
 DIRECTIONS: tuple[str, ...] = ("max", "min")
+VALIDATION_PREFIX = "val_"
+
+
+def selection_column(metric: str, columns: Sequence[str] | None = None) -> str:
+    """The column the search, constraints, early stopping and the default front use for `metric`.
+
+    Objectives and constraints name a metric (`accuracy`); when its validation-split column
+    (`val_accuracy`) exists (in `columns`, default the results' METRICS) that column selects
+    models, and `accuracy` (the test split) is only reported. A metric without a validation
+    twin (size_bytes, latency_ms) is its own selection column. Naming `val_accuracy` directly
+    means the same thing.
+    """
+    known = METRICS if columns is None else columns
+    if metric.startswith(VALIDATION_PREFIX):
+        return metric
+    twin = VALIDATION_PREFIX + metric
+    return twin if twin in known else metric
+
+
 DISTRIBUTION_KINDS: tuple[str, ...] = ("uniform", "loguniform", "int", "choice", "fixed")
 ALGORITHMS: tuple[str, ...] = ("optuna", "random", "grid")
 SCHEDULERS: tuple[str, ...] = ("none", "asha")
@@ -200,6 +220,15 @@ class SearchSpace:
     latency: LatencySettings = LatencySettings()
     name: str | None = None
 
+    def search_objectives(self) -> tuple[tuple[str, str], ...]:
+        """(selection column, direction) per objective: what the search optimises (validation
+        columns; see `selection_column`)."""
+        return tuple((selection_column(o.name), o.direction) for o in self.objectives)
+
+    def search_constraints(self) -> tuple[tuple[str, str, float], ...]:
+        """(selection column, op, bound) per constraint: what the search and `feasible` check."""
+        return tuple((selection_column(c.column), c.op, float(c.value)) for c in self.constraints)
+
     def searched(self) -> dict[str, Distribution]:
         """The knobs the search samples, "stage.param" -> Distribution."""
         return {k: d for k, d in self.params.items() if d.kind != "fixed"}
@@ -269,6 +298,9 @@ class SearchSpace:
             f"task:         {self.task}",
             f"pipeline:     {' -> '.join(self.pipeline)}",
             "objectives:   " + ", ".join(f"{o.name} {o.direction}" for o in self.objectives),
+            "selected on:  "
+            + ", ".join(column for column, _ in self.search_objectives())
+            + " (validation split; test accuracy is reported, never optimised)",
         ]
         s = self.search
         budget = "none" if s.time_budget_s is None else f"{s.time_budget_s:g} s"
@@ -280,7 +312,15 @@ class SearchSpace:
             f"{s.scheduler}, max_concurrent {concurrent}, time budget {budget}"
         )
         if self.constraints:
-            lines.append("constraints:  " + ", ".join(str(c) for c in self.constraints))
+            lines.append(
+                "constraints:  "
+                + ", ".join(
+                    f"{c} (checked on {col})" if col != c.column else str(c)
+                    for c, (col, _, _) in zip(
+                        self.constraints, self.search_constraints(), strict=True
+                    )
+                )
+            )
         searched = self.searched()
         lines.append(f"searched ({len(searched)}):")
         width = max((len(k) for k in self.params), default=0)
@@ -549,7 +589,7 @@ def _parse_objectives(source: str, raw: Any) -> tuple[Objective, ...]:
             f"{_short(raw)} is not accepted; accepted: a mapping "
             "{metric: max|min}, e.g. {accuracy: max, size_bytes: min}",
         )
-    objectives = []
+    objectives: list[Objective] = []
     for metric, direction in raw.items():
         key = f"objectives.{metric}"
         _check_metric(source, key, metric)
@@ -559,6 +599,15 @@ def _parse_objectives(source: str, raw: Any) -> tuple[Objective, ...]:
                 key,
                 f"{_short(direction)} is not a direction"
                 f"{_did_you_mean(str(direction), DIRECTIONS)}; accepted: max, min",
+            )
+        chosen = selection_column(str(metric))
+        twin = next((o.name for o in objectives if selection_column(o.name) == chosen), None)
+        if twin is not None:
+            _fail(
+                source,
+                key,
+                f"{metric!r} and {twin!r} are one objective (the search uses {chosen!r}, the "
+                "validation split, for both); accepted: name it once",
             )
         objectives.append(Objective(str(metric), str(direction)))
     return tuple(objectives)

@@ -21,6 +21,7 @@ from orchestrator.pareto import (
     check_objectives,
     eligible_mask,
     pareto_front,
+    resolve_objectives,
 )
 from orchestrator.schema import KNOB_COLUMNS
 from stages.errors import SqueezerayError
@@ -65,7 +66,7 @@ def build_front(
     the front, sort it best-first and append the ratios to each point's baseline."""
     import pyarrow.compute as pc
 
-    chosen = check_objectives(objectives, table.schema)
+    chosen = resolve_objectives(check_objectives(objectives, table.schema), table)
     if top is not None and top < 1:
         raise SqueezerayError(f"--top={top} must be a positive number of points")
     rows = table
@@ -188,7 +189,12 @@ def _columns(view: FrontView) -> list[tuple[str, str]]:
     if len(sweeps) > 1:
         cols.append(("sweep", "sweep_id"))
     cols.append(("trial", "trial_id"))
-    headers = {"size_bytes": "size", "latency_ms": "lat ms", "accuracy": "accuracy"}
+    headers = {
+        "size_bytes": "size",
+        "latency_ms": "lat ms",
+        "accuracy": "test acc",
+        "val_accuracy": "val acc",
+    }
     metric_cols = list(dict.fromkeys([*view.objectives, *DEFAULT_OBJECTIVES]))
     cols += [(headers.get(c, c), c) for c in metric_cols if c in names]
     if "runtime" in names:
@@ -203,7 +209,7 @@ def _col(table: pa.Table, name: str) -> list[Any]:
 def _cell(column: str, value: Any) -> str:
     if column == "size_bytes":
         return _fmt_size(value)
-    if column == "accuracy" and _num(value) is not None:
+    if column in ("accuracy", "val_accuracy") and _num(value) is not None:
         return f"{float(value):.4f}"
     return _fmt_value(value)
 
@@ -277,6 +283,7 @@ def render_front(view: FrontView, *, knobs: bool = True) -> RichTable:
         caption_parts.append(
             f"showing the best {view.front.num_rows} by {next(iter(view.objectives))}"
         )
+    caption_parts.append(_chosen_on(view))
     caption_parts.append(
         "size× = baseline size / size, lat× = baseline latency / latency (ms, batch 1), "
         "Δacc = accuracy - baseline accuracy, in points"
@@ -316,6 +323,17 @@ def render_front(view: FrontView, *, knobs: bool = True) -> RichTable:
             *([_knobs(row)] if knobs else []),
         )
     return table
+
+
+def _chosen_on(view: FrontView) -> str:
+    """Which columns chose the front, and what the test column is for."""
+    validation = [c for c in view.objectives if c.startswith("val_")]
+    if validation:
+        return (
+            f"front chosen on the validation split ({', '.join(validation)}); "
+            "test acc = test split, reported only"
+        )
+    return "front chosen on the columns named (this table has no validation accuracy)"
 
 
 def empty_message(view: FrontView) -> str:

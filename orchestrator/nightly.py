@@ -68,8 +68,11 @@ def warm_start_from(table: pa.Table | None, space: SearchSpace) -> WarmStart | N
     if table is None or table.num_rows == 0:
         return None
     searched = space.searched()
-    names = [o.name for o in space.objectives]
-    constrained = sorted({c.column for c in space.constraints})
+    # The values the search optimises and constrains (validation columns: `accuracy` means
+    # val_accuracy), as the sweep's searcher sees them; rows without them (written before
+    # squeezeray recorded val_accuracy) are skipped.
+    names = [column for column, _ in space.search_objectives()]
+    constrained = sorted({column for column, _, _ in space.search_constraints()})
     if not searched or any(n not in table.column_names for n in [*names, *constrained]):
         return None
     rows = sorted(

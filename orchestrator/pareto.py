@@ -103,6 +103,28 @@ def check_objectives(
     return chosen
 
 
+def resolve_objectives(objectives: Mapping[str, str], table: pa.Table) -> dict[str, str]:
+    """Objective names -> the columns that choose the front: each metric's validation column
+    when `table` has one (`accuracy` -> `val_accuracy`, see `config.selection_column`), so a
+    front is never chosen on the test split. Tables written before squeezeray recorded
+    validation accuracy (the column absent, or null in every row) use the metric itself.
+    """
+    from orchestrator.config import selection_column
+
+    out: dict[str, str] = {}
+    for name, direction in objectives.items():
+        column = selection_column(name, table.column_names)
+        if column != name and table.num_rows and table.column(column).null_count == table.num_rows:
+            column = name
+        if column in out:
+            raise SqueezerayError(
+                f"objectives {list(objectives)} name {column!r} twice (accuracy means "
+                "val_accuracy when choosing a front); name it once"
+            )
+        out[column] = direction
+    return out
+
+
 # -- the core: arrays -----------------------------------------------------------------------
 
 
@@ -493,10 +515,11 @@ def pareto_front(
     size_bytes:min, latency_ms:min), in table order.
 
     `where` (see `orchestrator.where`) filters rows first. Only rows with status "ok" that are
-    not baselines compete; rows with a null/NaN objective are left out with a warning that
-    counts them. Copies of a front point are all kept.
+    not baselines compete, each objective read from its validation column where the table has
+    one (`resolve_objectives`: `accuracy` chooses on `val_accuracy`); rows with a null/NaN
+    objective are left out with a warning that counts them. Copies of a front point are all kept.
     """
-    chosen = check_objectives(objectives, table.schema)
+    chosen = resolve_objectives(check_objectives(objectives, table.schema), table)
     if where:
         from orchestrator.where import parse_where
 
@@ -526,8 +549,10 @@ def default_reference(table: pa.Table, objectives: Mapping[str, str]) -> dict[st
 
     (The baseline alone would be a poor reference: it is the most accurate model, so no
     compressed model would be strictly better in accuracy and the hypervolume would be 0.)
+    Keyed by the names given; values come from their selection columns (`resolve_objectives`).
     """
-    values = _objective_matrix(table, objectives)
+    columns = resolve_objectives(objectives, table)
+    values = _objective_matrix(table, columns)
     status_ok = np.ones(table.num_rows, dtype=bool)
     if "status" in table.column_names:
         import pyarrow.compute as pc
@@ -559,9 +584,14 @@ def hypervolume(
     "size_bytes": 200_000, "latency_ms": 0.1}; default `default_reference(front, objectives)`,
     the worst observed value of each objective (baseline included). A point adds volume only
     where it is strictly better than the reference in every objective, so points on the
-    reference's boundary add nothing.
+    reference's boundary add nothing. Objectives are read from their selection columns
+    (`resolve_objectives`); `reference` may be keyed by either name.
     """
     chosen = check_objectives(objectives, front.schema)
+    columns = list(resolve_objectives(chosen, front))
+    if reference is not None:  # keys may name the selection column (val_accuracy)
+        by_column = dict(zip(columns, chosen, strict=True))
+        reference = {by_column.get(k, k): v for k, v in reference.items()}
     if reference is None:
         if front.num_rows == 0:
             return 0.0
@@ -575,7 +605,7 @@ def hypervolume(
                 f"{list(chosen)} (missing: {missing}, unknown: {unknown})"
             )
         ref_map = {name: float(reference[name]) for name in chosen}
-    values = _objective_matrix(front, chosen)
+    values = _objective_matrix(front, dict(zip(columns, chosen.values(), strict=True)))
     keep = eligible_mask(front) & ~np.isnan(values).any(axis=1)
     signs = np.array([-1.0 if d == "max" else 1.0 for d in chosen.values()])
     ref = np.array([ref_map[name] for name in chosen]) * signs

@@ -15,7 +15,12 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from orchestrator.pareto import check_objectives, eligible_mask, is_non_dominated
+from orchestrator.pareto import (
+    check_objectives,
+    eligible_mask,
+    is_non_dominated,
+    resolve_objectives,
+)
 from orchestrator.schema import KNOB_COLUMNS
 from stages.errors import SqueezerayError
 
@@ -34,7 +39,7 @@ def plot_front(table: pa.Table, objectives: Mapping[str, str] | None, path: str 
             f"--plot {str(path)!r}: unknown file type {suffix or '(none)'!r}; accepted: "
             ".png (matplotlib) or .html (interactive plotly)"
         )
-    chosen = check_objectives(objectives, table.schema)
+    chosen = resolve_objectives(check_objectives(objectives, table.schema), table)
     if len(chosen) < 2:
         raise SqueezerayError(f"a front plot needs two or more objectives, got {list(chosen)}")
     data = _PlotData.build(table, chosen)
@@ -64,6 +69,8 @@ def _axis(column: str, values: np.ndarray) -> tuple[np.ndarray, str]:
         return values, f"{column.removeprefix('params_')} parameters"
     if column == "accuracy":
         return values, "accuracy (test)"
+    if column == "val_accuracy":
+        return values, "accuracy (validation)"
     if column == "wall_s":
         return values, "wall time (s)"
     return values, column

@@ -50,7 +50,7 @@ class SweepProgress:
             self.running += 1
         elif event == "done":
             self.running = max(0, self.running - 1)
-            acc = data.get("accuracy")
+            acc = data.get("val_accuracy")
             if data.get("status") == "ok" and acc is not None:
                 self.best_accuracy = max(self.best_accuracy or 0.0, float(acc))
             if data.get("status") != "ok":
@@ -59,7 +59,9 @@ class SweepProgress:
                     f"{data.get('error')}",
                     highlight=False,
                 )
-        best = f"best accuracy {self.best_accuracy:.4f}" if self.best_accuracy is not None else ""
+        best = (
+            f"best val accuracy {self.best_accuracy:.4f}" if self.best_accuracy is not None else ""
+        )
         self.progress.update(
             self.task_id,
             total=total,
@@ -86,7 +88,7 @@ def print_outcome(
     )
     from orchestrator.constraints import closest_miss
 
-    constraints = [(c.column, c.op, float(c.value)) for c in space.constraints]
+    constraints = list(space.search_constraints())
     miss = closest_miss(constraints, outcome.table.to_pylist())
     if miss:
         console.print(f"[yellow]{miss}[/]", highlight=False)

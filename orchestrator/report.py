@@ -138,7 +138,7 @@ def build_report(
     """Compare sweep `sweep_id` with the earlier sweeps of its task in `table` (all results)."""
     import pyarrow.compute as pc
 
-    from orchestrator.pareto import hypervolume, pareto_front
+    from orchestrator.pareto import hypervolume, pareto_front, resolve_objectives
 
     ids = table.column("sweep_id").to_pylist()
     if sweep_id not in ids:
@@ -156,7 +156,8 @@ def build_report(
         else None
     )
 
-    objectives = dict(objectives)
+    # Fronts, hypervolumes and "new points" on the selection columns (val_accuracy), as the search.
+    objectives = resolve_objectives(objectives, table)
     reference_id = earlier_ids[0] if earlier_ids else sweep_id
     reference = fixed_reference(
         same_task.filter(pc.equal(same_task.column("sweep_id"), reference_id)), objectives

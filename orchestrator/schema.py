@@ -18,9 +18,12 @@ KNOB_COLUMNS: dict[str, pa.DataType] = {
     "quantize.mode": pa.string(),
 }
 
-# Objectives a search may name, with their natural direction.
+# Objectives a search may name, with their natural direction. `accuracy` is the test split
+# (reported only); `val_accuracy` the validation split, which the search, constraints, early
+# stopping and the default front use (`orchestrator.config.selection_column`).
 METRIC_COLUMNS: dict[str, pa.DataType] = {
     "accuracy": pa.float64(),
+    "val_accuracy": pa.float64(),
     "size_bytes": pa.int64(),
     "params_total": pa.int64(),
     "params_nonzero": pa.int64(),
@@ -29,6 +32,7 @@ METRIC_COLUMNS: dict[str, pa.DataType] = {
 }
 DEFAULT_DIRECTIONS: dict[str, str] = {
     "accuracy": "max",
+    "val_accuracy": "max",
     "size_bytes": "min",
     "params_total": "min",
     "params_nonzero": "min",

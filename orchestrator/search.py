@@ -247,11 +247,12 @@ def _optuna_search(
             return None
 
     searched = space.searched()
-    objective_names = [o.name for o in space.objectives]
+    # The validation columns (val_accuracy for an `accuracy` objective): never the test split.
+    objective_names = [column for column, _ in space.search_objectives()]
     return SqueezeOptunaSearch(
         space={k: _optuna_distribution(d) for k, d in searched.items()},
-        metric=[o.name for o in space.objectives],
-        mode=[o.direction for o in space.objectives],
+        metric=objective_names,
+        mode=[direction for _, direction in space.search_objectives()],
         sampler=sampler,
         points_to_evaluate=points_to_evaluate or None,
         evaluated_rewards=evaluated_rewards or None,

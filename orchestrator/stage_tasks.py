@@ -132,7 +132,8 @@ def pinned_to_one_cpu() -> Iterator[None]:
 
 
 def execute_measure(request: MeasureRequest, checkpoint: bytes) -> dict[str, Any]:
-    """Accuracy (test split), size, parameter counts and single-thread latency of a model."""
+    """Accuracy (test split, reported) and val_accuracy (validation split, selects), size,
+    parameter counts and single-thread latency of a model."""
     from stages.metrics import evaluate
     from stages.tasks import load_task
 
@@ -149,6 +150,7 @@ def execute_measure(request: MeasureRequest, checkpoint: bytes) -> dict[str, Any
         )
     return {
         "accuracy": m.accuracy,
+        "val_accuracy": m.val_accuracy,
         "size_bytes": m.size_bytes,
         "params_total": m.params_total,
         "params_nonzero": m.params_nonzero,

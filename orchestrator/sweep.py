@@ -387,7 +387,9 @@ def execute_sweep(
         )
     write_manifest(store, sweep, status="running")
 
-    constraints = tuple((c.column, c.op, float(c.value)) for c in space.constraints)
+    # Selection happens on the validation split: `accuracy` objectives and constraints resolve
+    # to `val_accuracy` (config.selection_column); the test accuracy is only reported.
+    constraints = space.search_constraints()
     plan = SweepPlan(
         sweep_id=sweep.sweep_id,
         task=space.task,
@@ -396,7 +398,7 @@ def execute_sweep(
         fixed=dict(space.fixed()),
         code_version=code_version(),
         storage=store.uri,
-        objectives=tuple((o.name, o.direction) for o in space.objectives),
+        objectives=space.search_objectives(),
         constraints=constraints,
         # Stages train with a fixed seed: the search seed only drives the sampler, so sweeps
         # and nightly runs with other search seeds still share (and reuse) their stages.

@@ -1,6 +1,7 @@
 """The honest metrics of a checkpoint, measured in the runtime it deploys to.
 
-- accuracy: top-1 on the task's test split, in [0, 1], through the checkpoint's runtime.
+- accuracy: top-1 on the task's test split, in [0, 1], through the checkpoint's runtime
+  (reported only); val_accuracy: the same on the validation split (what selects models).
 - size_bytes: bytes of the zstd-compressed (level 19) deployed artifact: the ONNX model for
   ONNX Runtime, else `torch.save(state_dict)`. zstd makes zeros (sparsity) cheap and int8
   weights take a quarter of float32, so both show.
@@ -47,13 +48,14 @@ class ModelMetrics:
     """One trial's objectives. accuracy in [0, 1]; size in bytes; latency in ms (None when
     not measured)."""
 
-    accuracy: float
+    accuracy: float  # test split (reported, never optimised)
     size_bytes: int
     params_total: int
     params_nonzero: int
     latency_ms: float | None
     latency_ms_p90: float | None
     runtime: str
+    val_accuracy: float | None = None  # validation split (selects models); None: not measured
 
 
 # -- accuracy ------------------------------------------------------------------------------
@@ -243,9 +245,9 @@ def evaluate(
 ) -> ModelMetrics:
     """All trial metrics of a checkpoint, one predictor built for accuracy and latency.
 
-    accuracy on the test split in [0, 1]; size_bytes (zstd of the deployed artifact);
-    params; latency_ms / latency_ms_p90 = median / p90 ms of single-thread batch-1 calls
-    (None when `latency=False`).
+    accuracy on the test split and val_accuracy on the validation split, in [0, 1];
+    size_bytes (zstd of the deployed artifact); params; latency_ms / latency_ms_p90 = median /
+    p90 ms of single-thread batch-1 calls (None when `latency=False`).
     """
     check_int("threads", threads, low=1)
     previous = torch.get_num_threads()
@@ -253,6 +255,7 @@ def evaluate(
     try:
         predictor = make_predictor(task, ckpt, threads=threads)
         acc = predictor.accuracy(task.test)
+        val_acc = predictor.accuracy(task.val)
         timing = (
             _time_calls(predictor, task, batch_size=1, warmup=warmup, repeats=repeats)
             if latency
@@ -269,4 +272,5 @@ def evaluate(
         latency_ms=timing.median_ms if timing else None,
         latency_ms_p90=timing.p90_ms if timing else None,
         runtime=predictor.runtime,
+        val_accuracy=val_acc,
     )

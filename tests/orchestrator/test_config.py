@@ -450,3 +450,23 @@ def _middle(d: Distribution) -> Any:
     if d.kind == "int":
         return int(d.low)
     return (d.low + d.high) / 2
+
+
+def test_accuracy_objectives_and_constraints_select_on_the_validation_column(
+    tmp_path: Path,
+) -> None:
+    """`objectives: {accuracy: max}` keeps working; the search uses `val_accuracy`."""
+    data = _with(constraints={"accuracy": ">= 0.9", "size_bytes": "< 5000"})
+    space = load_space(_write(tmp_path, data))
+    assert [o.name for o in space.objectives] == ["accuracy", "size_bytes"]
+    assert space.search_objectives() == (("val_accuracy", "max"), ("size_bytes", "min"))
+    assert space.search_constraints() == (
+        ("val_accuracy", ">=", 0.9),
+        ("size_bytes", "<", 5000.0),
+    )
+    assert "selected on:  val_accuracy, size_bytes (validation split" in space.summary()
+    named = load_space(_write(tmp_path, _with(objectives={"val_accuracy": "max"}), "v.yaml"))
+    assert named.search_objectives() == (("val_accuracy", "max"),)
+    both = _with(objectives={"accuracy": "max", "val_accuracy": "max"})
+    with pytest.raises(SqueezerayError, match=r"objectives\.val_accuracy: .* are one objective"):
+        load_space(_write(tmp_path, both, "both.yaml"))

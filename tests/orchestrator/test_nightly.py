@@ -39,7 +39,13 @@ def _sweep(
 ) -> list[dict[str, Any]]:
     """A sweep's rows: the baseline, then one trial per (ratio, mode, accuracy, size, latency)."""
     start = T0 + timedelta(days=day)
-    base = {"accuracy": 0.99, "size_bytes": 100_000, "latency_ms": 0.05, "params_total": 25_000}
+    base = {
+        "accuracy": 0.99,
+        "val_accuracy": 0.985,
+        "size_bytes": 100_000,
+        "latency_ms": 0.05,
+        "params_total": 25_000,
+    }
     base.update(baseline)
     rows = [
         {
@@ -70,6 +76,7 @@ def _sweep(
                 "prune.ratio": ratio,
                 "quantize.mode": mode,
                 "accuracy": acc,
+                "val_accuracy": None if acc is None else acc - 0.005,  # validation: a bit lower
                 "size_bytes": size,
                 "latency_ms": lat,
             }
@@ -108,12 +115,14 @@ def test_same_results_again_are_no_regression() -> None:
 def test_reference_is_the_earliest_baseline_with_slack() -> None:
     rows = _sweep("n1", 0, NIGHT_1) + _sweep("n2", 1, NIGHT_1, size_bytes=300_000)
     report = _report(rows, "n2")
-    assert report.reference == {"accuracy": 0.0, "size_bytes": 200_000.0, "latency_ms": 0.1}
+    assert report.reference == {"val_accuracy": 0.0, "size_bytes": 200_000.0, "latency_ms": 0.1}
     assert report.reference_sweep_id == "n1"
-    assert fixed_reference(rows_to_table(rows[:3], RESULTS_SCHEMA), OBJECTIVES) == report.reference
-    # Hand-computed hypervolume of night 1 against it: two boxes sharing latency 0.04..0.1.
-    # (0.97 x (200000-8000)) + (0.96 x (200000-5000)) - overlap (0.96 x (200000-8000)), x 0.06
-    expected = (0.97 * 192_000 + 0.96 * 195_000 - 0.96 * 192_000) * 0.06
+    reference = fixed_reference(rows_to_table(rows[:3], RESULTS_SCHEMA), OBJECTIVES)
+    assert list(reference.values()) == list(report.reference.values())
+    # Hand-computed hypervolume of night 1 against it: two boxes sharing latency 0.04..0.1, on
+    # the validation accuracies (0.965, 0.955), never the test ones (0.97, 0.96).
+    # (0.965 x (200000-8000)) + (0.955 x (200000-5000)) - overlap (0.955 x (200000-8000)), x 0.06
+    expected = (0.965 * 192_000 + 0.955 * 195_000 - 0.955 * 192_000) * 0.06
     assert report.hypervolume_previous == pytest.approx(expected)
     drift = {d.metric: d for d in report.drift}
     assert drift["size_bytes"].change_pct == pytest.approx(200.0)
@@ -192,7 +201,7 @@ def test_warm_start_keeps_valid_points_of_the_task() -> None:
     space = load_space("tiny").with_overrides(algorithm="optuna")
     rows = _sweep("n1", 0, [*NIGHT_1, (0.45, "none", 0.9, 1, 0.1)])  # 0.45 is not a choice
     rows += _sweep("n2", 1, [(0.3, "none", 0.98, 7000, 0.030)])  # newer run of a point
-    rows.append(dict(rows[1], trial_id="failed", status="error", accuracy=None))
+    rows.append(dict(rows[1], trial_id="failed", status="error", accuracy=None, val_accuracy=None))
     rows.append(dict(rows[1], trial_id="other-task", task="digits"))
     rows.append(
         dict(rows[1], trial_id="no-latency", latency_ms=None, params=_params(0.6, "dynamic_int8"))
@@ -206,7 +215,8 @@ def test_warm_start_keeps_valid_points_of_the_task() -> None:
         {"prune.ratio": 0.6, "quantize.mode": "none"},
         {"prune.ratio": 0.3, "quantize.mode": "none"},
     ]
-    assert rewards == [[0.96, 5000.0, 0.04], [0.98, 7000.0, 0.03]]  # newest value wins
+    # newest value wins; the search's values are the validation ones
+    assert rewards == [[0.955, 5000.0, 0.04], [0.975, 7000.0, 0.03]]
     assert warm_start_from(None, space) is None
 
 

@@ -18,6 +18,7 @@ from orchestrator.pareto import (
     non_dominated_rank,
     pareto_front,
     parse_objectives,
+    resolve_objectives,
 )
 from orchestrator.schema import RESULTS_SCHEMA
 from stages.errors import SqueezerayError
@@ -294,3 +295,46 @@ def test_hypervolume_grows_with_a_better_point() -> None:
         table_of([*rows, {"accuracy": 0.85, "size_bytes": 90, "latency_ms": 1.0}]), reference=ref
     )
     assert after > before > 0
+
+
+def test_front_is_chosen_on_validation_when_validation_and_test_disagree() -> None:
+    """The test split never chooses: `accuracy` objectives resolve to `val_accuracy`."""
+    table = table_of(
+        [
+            # t0 is the best on test but the worst on validation, at the same size/latency
+            {"val_accuracy": 0.90, "accuracy": 0.99, "size_bytes": 1000, "latency_ms": 0.02},
+            {"val_accuracy": 0.95, "accuracy": 0.91, "size_bytes": 1000, "latency_ms": 0.02},
+            {"val_accuracy": 0.93, "accuracy": 0.97, "size_bytes": 500, "latency_ms": 0.02},
+            {"val_accuracy": 0.92, "accuracy": 0.98, "size_bytes": 600, "latency_ms": 0.02},
+        ]
+    )
+    assert resolve_objectives({"accuracy": "max", "size_bytes": "min"}, table) == {
+        "val_accuracy": "max",
+        "size_bytes": "min",
+    }
+    # On test, t0 and t3 would be the front; on validation it is t1 and t2.
+    assert pareto_front(table).column("trial_id").to_pylist() == ["t1", "t2"]
+    assert pareto_front(table, {"val_accuracy": "max", "size_bytes": "min"}).column(
+        "trial_id"
+    ).to_pylist() == ["t1", "t2"]
+    # the hypervolume too: reference keyed by the metric or by its validation column
+    ref = {"accuracy": 0.0, "size_bytes": 2000.0, "latency_ms": 1.0}
+    val_ref = {"val_accuracy": 0.0, "size_bytes": 2000.0, "latency_ms": 1.0}
+    expected = (0.95 * 1000 + 0.93 * 500) * 0.98  # the staircase of t1, t2 x latency depth
+    assert hypervolume(table, reference=ref) == pytest.approx(expected)
+    assert hypervolume(table, reference=val_ref) == pytest.approx(expected)
+
+
+def test_tables_without_validation_values_fall_back_to_the_metric() -> None:
+    table = table_of(
+        [
+            {"accuracy": 0.99, "size_bytes": 1000, "latency_ms": 0.02},
+            {"accuracy": 0.91, "size_bytes": 500, "latency_ms": 0.02},
+        ]
+    )
+    assert list(resolve_objectives({"accuracy": "max"}, table)) == ["accuracy"]
+    assert pareto_front(table).column("trial_id").to_pylist() == ["t0", "t1"]
+    with pytest.raises(SqueezerayError, match="twice"):
+        resolve_objectives(
+            {"accuracy": "max", "val_accuracy": "max"}, table_of([{"val_accuracy": 1}])
+        )

@@ -65,6 +65,9 @@ def test_tiny_sweep_rows_shared_prefix_and_reuse(tmp_path: Path) -> None:
     assert len(trials) == 4 and len(baseline) == 1
     assert all(r["status"] == "ok" for r in rows), [r["error"] for r in rows]
     assert baseline[0]["runtime"] == "eager" and baseline[0]["size_bytes"] > 0
+    # Both splits on every row: validation selects, test is reported.
+    assert all(0.5 <= r["val_accuracy"] <= 1.0 for r in rows)
+    assert all(0.5 <= r["accuracy"] <= 1.0 for r in rows)
     for r in trials:
         assert 0.0 <= r["accuracy"] <= 1.0
         assert r["size_bytes"] > 0 and r["latency_ms"] > 0
