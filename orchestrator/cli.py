@@ -264,6 +264,113 @@ def sweeps(
             str(row["trials_ok"]), str(row["trials_failed"]), hv,
         )  # fmt: skip
     out.print(table)
+    from orchestrator.gc import cache_size, human_bytes
+
+    count, size = cache_size(storage)
+    out.print(
+        f"stage cache: {count} checkpoint(s), {human_bytes(size)} "
+        f"(free space with `squeezeray gc {storage} --keep-last N`)",
+        highlight=False,
+        soft_wrap=True,
+    )
+
+
+# --- compact / gc (orchestrator.compact, orchestrator.gc) ----------------------------------
+
+
+@app.command()
+def compact(
+    storage: Annotated[
+        str, typer.Argument(help="Results directory or URI (file://, s3://, gs://, memory://).")
+    ] = "squeezeray-results",
+    sweep: Annotated[
+        str | None, typer.Option("--sweep", help="Compact only this sweep (default: all).")
+    ] = None,
+) -> None:
+    """Merge each sweep's per-trial result and stage files into one file per table.
+
+    Sweeps compact themselves when they finish or are interrupted; run this for older stores
+    and for sweeps that crashed. Safe while sweeps run and queries read."""
+    from orchestrator.compact import compact_storage
+
+    done = compact_storage(storage, sweep=sweep)
+    merged = [c for c in done if c.changed]
+    before = sum(c.files_before for c in merged)
+    out.print(
+        f"compacted {len({c.sweep_id for c in merged})} sweep(s): {before} file(s) merged into "
+        f"{len(merged)}; {len({c.sweep_id for c in done}) - len({c.sweep_id for c in merged})} "
+        "sweep(s) were already compact",
+        highlight=False,
+    )
+
+
+@app.command()
+def gc(
+    storage: Annotated[
+        str, typer.Argument(help="Results directory or URI (file://, s3://, gs://, memory://).")
+    ] = "squeezeray-results",
+    keep_last: Annotated[
+        int | None, typer.Option(help="Keep the checkpoints of the N newest sweeps.")
+    ] = None,
+    older_than: Annotated[
+        str | None,
+        typer.Option(help="Drop sweeps started longer ago than this, e.g. 30d (keeps newer)."),
+    ] = None,
+    dry_run: Annotated[
+        bool,
+        typer.Option("--dry-run", help="List what would go and the bytes freed; delete nothing."),
+    ] = False,
+    wait: Annotated[
+        bool,
+        typer.Option(
+            "--wait/--no-wait", help="If a nightly run holds the storage: wait, or fail at once."
+        ),
+    ] = True,
+    lock_timeout: Annotated[
+        str, typer.Option(help="With --wait: give up after this long, e.g. 30m.")
+    ] = "6h",
+) -> None:
+    """Delete stage checkpoints that no kept sweep references (results are never touched).
+
+    Without --keep-last/--older-than every sweep is kept and only checkpoints no sweep refers
+    to go. With both, a sweep either rule keeps is kept. Refuses while a sweep is running."""
+    from rich.markup import escape
+
+    from orchestrator.config import parse_duration
+    from orchestrator.gc import collect, human_bytes
+
+    older_than_s = None
+    if older_than is not None:
+        try:
+            older_than_s = parse_duration(older_than)
+        except SqueezerayError as exc:
+            raise SqueezerayError(f"--older-than: {exc}") from exc
+    try:
+        lock_timeout_s = parse_duration(lock_timeout)
+    except SqueezerayError as exc:
+        raise SqueezerayError(f"--lock-timeout: {exc}") from exc
+    plan = collect(
+        storage,
+        keep_last=keep_last,
+        older_than_s=older_than_s,
+        dry_run=dry_run,
+        wait=wait,
+        lock_timeout_s=lock_timeout_s,
+    )
+    verb = "would remove" if dry_run else "removed"
+    for entry in plan.remove:
+        stamp = f"{entry.modified:%Y-%m-%d %H:%M}" if entry.modified else "-"
+        out.print(
+            f"{verb} {escape(entry.key)}  {human_bytes(entry.bytes)}  {stamp}", highlight=False
+        )
+    out.print(
+        f"{verb} {len(plan.remove)} checkpoint(s), {human_bytes(plan.bytes_freed)} "
+        f"({plan.bytes_freed} bytes); kept {plan.kept_entries} checkpoint(s), "
+        f"{human_bytes(plan.kept_bytes)}, referenced by {len(plan.kept_sweeps)} kept sweep(s)"
+        f"{f'; dropped sweeps: {len(plan.dropped_sweeps)}' if plan.dropped_sweeps else ''}",
+        highlight=False,
+        soft_wrap=True,
+    )
 
 
 # --- nightly / schedule (orchestrator.nightly, orchestrator.schedule) ----------------------
@@ -325,6 +432,12 @@ def nightly(
         str | None,
         typer.Option(help="Measure latency only on nodes offering this Ray resource."),
     ] = None,
+    gc_keep_last: Annotated[
+        int | None,
+        typer.Option(
+            help="After the night, delete stage checkpoints no sweep among the N newest uses."
+        ),
+    ] = None,
 ) -> None:
     """Tonight's sweep: warm-started from earlier sweeps in --storage, reusing their cached
     stages, then a report (markdown + HTML) against the previous and the all-time front.
@@ -369,6 +482,7 @@ def nightly(
             num_cpus=num_cpus,
             latency_resource=latency_resource,
             progress=progress.update,
+            gc_keep_last=gc_keep_last,
         )
     report = outcome.report
 
@@ -390,6 +504,16 @@ def nightly(
             markup=False,
         )
     out.print(f"report: {outcome.report_paths[0]}  {outcome.report_paths[1]}", highlight=False)
+    if outcome.gc is not None:
+        from orchestrator.gc import human_bytes
+
+        out.print(
+            f"gc: removed {len(outcome.gc.remove)} checkpoint(s), "
+            f"{human_bytes(outcome.gc.bytes_freed)}; kept {outcome.gc.kept_entries}",
+            highlight=False,
+        )
+    if outcome.gc_error is not None:
+        console.print(f"gc skipped: {outcome.gc_error}", highlight=False, markup=False)
     if outcome.exit_code:
         raise typer.Exit(outcome.exit_code)
 

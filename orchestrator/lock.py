@@ -143,3 +143,77 @@ def storage_lock(
         with contextlib.suppress(OSError):
             files.sidecar.unlink()
         lock.release()
+
+
+# -- "in use" marks: running sweeps share it, `squeezeray gc` needs it alone -------------------
+
+USE_LOCK_NAME = ".squeezeray.use.lock"
+
+
+def _use_lock_path(store: Storage) -> Path:
+    files = lock_files(store)
+    return (
+        files.lock.with_name(USE_LOCK_NAME)
+        if not files.host_local
+        else files.lock.with_suffix(".use.lock")
+    )
+
+
+@contextlib.contextmanager
+def storage_in_use(storage: str | os.PathLike[str] | Storage) -> Iterator[None]:
+    """Mark the storage as used by a running sweep for the `with` block (a shared OS lock on
+    `<storage>/.squeezeray.use.lock`; host-local for object stores, as `storage_lock`).
+
+    Any number of sweeps share it; `exclusive_use` (taken by `squeezeray gc`) waits for none and
+    fails while one holds it, so a collection never deletes a checkpoint a running sweep may load.
+    A sweep started while a collection runs waits for it (it takes seconds). On systems without
+    `fcntl` (Windows) the mark is skipped."""
+    with _flock(storage, exclusive=False, wait=True):
+        yield
+
+
+@contextlib.contextmanager
+def exclusive_use(storage: str | os.PathLike[str] | Storage) -> Iterator[None]:
+    """Hold the storage's in-use lock alone, or raise StorageLocked when a sweep is running."""
+    store = storage if isinstance(storage, Storage) else open_storage(storage, create=True)
+    try:
+        with _flock(store, exclusive=True, wait=False):
+            yield
+    except _Busy as exc:
+        raise StorageLocked(
+            f"a sweep is running on storage {store.uri} (it holds {_use_lock_path(store)}); "
+            "its stages may load any cached checkpoint, so nothing was collected. Run "
+            "`squeezeray gc` again when it has finished",
+            None,
+        ) from exc
+
+
+class _Busy(Exception):
+    """The in-use lock is held by someone else (and we did not wait)."""
+
+
+@contextlib.contextmanager
+def _flock(
+    storage: str | os.PathLike[str] | Storage, *, exclusive: bool, wait: bool
+) -> Iterator[None]:
+    try:
+        import fcntl
+    except ImportError:  # Windows: no shared locks here
+        yield
+        return
+    store = storage if isinstance(storage, Storage) else open_storage(storage, create=True)
+    path = _use_lock_path(store)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
+    try:
+        mode = fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH
+        try:
+            fcntl.flock(fd, mode if wait else mode | fcntl.LOCK_NB)
+        except BlockingIOError as exc:
+            raise _Busy(str(path)) from exc
+        try:
+            yield
+        finally:
+            fcntl.flock(fd, fcntl.LOCK_UN)
+    finally:
+        os.close(fd)

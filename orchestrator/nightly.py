@@ -32,6 +32,8 @@ from stages.errors import SqueezerayError
 if TYPE_CHECKING:
     import pyarrow as pa
 
+    from orchestrator.gc import GcPlan
+
 WARM_START_MAX = 1000  # newest distinct knob points given to Optuna (older ones add little)
 EXIT_REGRESSION = 3
 
@@ -46,6 +48,8 @@ class NightlyOutcome:
     report: NightlyReport
     report_paths: tuple[str, str]  # markdown, html
     warm_start_points: int
+    gc: GcPlan | None = None  # the stage-cache collection after the night (--gc-keep-last)
+    gc_error: str | None = None  # why that collection did not run (the night itself is fine)
 
     @property
     def exit_code(self) -> int:
@@ -175,13 +179,24 @@ def execute_nightly(
     num_cpus: int | None = None,
     latency_resource: str | None = None,
     progress: Callable[[str, Mapping[str, Any]], None] | None = None,
+    gc_keep_last: int | None = None,
 ) -> NightlyOutcome:
     """Run a prepared nightly sweep and write its report; see the module docstring.
 
     The storage lock is held from the first read to the report: a second run waits up to
     `lock_timeout_s` seconds (`wait=True`) or fails at once, naming the holder.
+    `gc_keep_last=N` then removes the stage checkpoints no sweep among the N newest references
+    (`orchestrator.gc`, still under the lock); when that cannot run (a manual sweep is running)
+    the night still succeeds and `gc_error` says why.
     """
+    from orchestrator.gc import collect
     from orchestrator.results import load_results
+
+    if gc_keep_last is not None and gc_keep_last < 1:
+        raise SqueezerayError(
+            f"--gc-keep-last={gc_keep_last} must be >= 1 (tonight's sweep is always kept); "
+            "leave it out to keep every checkpoint"
+        )
 
     store = prepared.storage
     space = prepared.space
@@ -221,12 +236,20 @@ def execute_nightly(
             notes=notes,
         )
         paths = write_report(report, store=store, report_dir=report_dir)
+        gc_plan, gc_error = None, None
+        if gc_keep_last is not None:
+            try:
+                gc_plan = collect(store.uri, keep_last=gc_keep_last, locked=True)
+            except SqueezerayError as exc:
+                gc_error = str(exc)
     return NightlyOutcome(
         sweep_id=prepared.sweep_id,
         summary=outcome.summary,
         report=report,
         report_paths=paths,
         warm_start_points=len(warm[0]) if warm else 0,
+        gc=gc_plan,
+        gc_error=gc_error,
     )
 
 

@@ -32,7 +32,6 @@ from stages.errors import SqueezerayError
 
 if TYPE_CHECKING:
     import pyarrow as pa
-    import pyarrow.dataset as ds
     import pyarrow.fs as pafs
 
 RESULTS_DIR = "results"
@@ -175,74 +174,204 @@ def _append(
 
 
 # -- reading --------------------------------------------------------------------------------
+#
+# Readers list the partition directories themselves and open only the partitions a query needs
+# (`--sweep ID`, `latest`); "all" reads every partition. A compaction (`orchestrator.compact`)
+# writes a sweep's merged file before it deletes the parts, so for a moment a reader may see a
+# row twice (de-duplicated below, as a re-reported trial is) or find that a part it listed is
+# gone (the read is retried with a fresh listing).
+
+READ_ATTEMPTS = 5
+SUMMARY_NAME = "_summary.json"  # per results partition; "_" keeps dataset readers off it
 
 
-def _dataset(
-    storage: str | Path, kind: str, schema: pa.Schema, *, required: bool = True
-) -> ds.Dataset | None:
-    import pyarrow as pa
-    import pyarrow.dataset as ds
-    import pyarrow.fs as pafs
+def _visible(name: str) -> bool:
+    return name.endswith(".parquet") and not name.startswith((".", "_"))
+
+
+def _partition_id(dirname: str) -> str | None:
+    value = urllib.parse.unquote(dirname.removeprefix("sweep_id="))
+    return None if value == NULL_PARTITION else value
+
+
+def list_partitions(storage: str | Path, kind: str) -> dict[str | None, str]:
+    """sweep_id -> partition directory of table `kind` ("results" or "stages"); empty when the
+    table does not exist yet."""
 
     fs, root = resolve_storage(storage)
-    base = f"{root}/{kind}"
-    info = fs.get_file_info(base)
-    if info.type != pafs.FileType.Directory:
-        if not required:
-            return None
-        raise SqueezerayError(
-            f"no {kind} at {base!s} (storage={str(storage)!r}); run a sweep that writes there "
-            f"first: squeezeray sweep --storage {storage}"
+    return _list_partitions(fs, f"{root}/{kind}")
+
+
+def _list_partitions(fs: pafs.FileSystem, base: str) -> dict[str | None, str]:
+    import pyarrow.fs as pafs
+
+    try:
+        infos = fs.get_file_info(pafs.FileSelector(base, allow_not_found=True))
+    except FileNotFoundError:
+        return {}
+    return {
+        _partition_id(i.base_name): i.path
+        for i in infos
+        if i.type == pafs.FileType.Directory and i.base_name.startswith("sweep_id=")
+    }
+
+
+def partition_files(fs: pafs.FileSystem, directory: str) -> list[pafs.FileInfo]:
+    """The visible Parquet files of one partition directory (sorted by name)."""
+    import pyarrow.fs as pafs
+
+    infos = fs.get_file_info(pafs.FileSelector(directory, allow_not_found=True))
+    files = [i for i in infos if i.type == pafs.FileType.File and _visible(i.base_name)]
+    return sorted(files, key=lambda i: i.base_name)
+
+
+class _Table:
+    """One table (results or stages) of a storage, read partition by partition."""
+
+    def __init__(self, storage: str | Path, kind: str, schema: pa.Schema) -> None:
+        self.storage = storage
+        self.kind = kind
+        self.schema = schema
+        self.fs, root = resolve_storage(storage)
+        self.base = f"{root}/{kind}"
+        self._partitions: dict[str | None, str] | None = None
+
+    def exists(self) -> bool:
+        import pyarrow.fs as pafs
+
+        return bool(self.fs.get_file_info(self.base).type == pafs.FileType.Directory)
+
+    def partitions(self, *, refresh: bool = False) -> dict[str | None, str]:
+        if self._partitions is None or refresh:
+            self._partitions = _list_partitions(self.fs, self.base)
+        return self._partitions
+
+    def read(
+        self, sweep_ids: Sequence[str | None] | None = None, columns: list[str] | None = None
+    ) -> pa.Table:
+        """Rows of the given sweeps (None: all), with the schema's columns (or `columns`).
+
+        A part deleted between listing and reading (a compaction finishing) is retried."""
+        for attempt in range(READ_ATTEMPTS):
+            try:
+                return self._read_once(sweep_ids, columns, refresh=attempt > 0)
+            except FileNotFoundError:
+                if attempt == READ_ATTEMPTS - 1:
+                    raise
+        raise AssertionError("unreachable")
+
+    def _read_once(
+        self, sweep_ids: Sequence[str | None] | None, columns: list[str] | None, *, refresh: bool
+    ) -> pa.Table:
+        import pyarrow as pa
+        import pyarrow.dataset as ds
+
+        partitions = self.partitions(refresh=refresh)
+        chosen = (
+            partitions
+            if sweep_ids is None
+            else {s: partitions[s] for s in sweep_ids if s in partitions}
         )
-    partitioning = ds.partitioning(pa.schema([("sweep_id", pa.string())]), flavor="hive")
-    return ds.dataset(
-        base, schema=schema, format="parquet", filesystem=fs, partitioning=partitioning
-    )
+        paths = [f.path for d in chosen.values() for f in partition_files(self.fs, d)]
+        partitioning = ds.partitioning(pa.schema([("sweep_id", pa.string())]), flavor="hive")
+        dataset = ds.dataset(
+            paths,
+            schema=self.schema,
+            format="parquet",
+            filesystem=self.fs,
+            partitioning=partitioning,
+            partition_base_dir=self.base,
+        )
+        return dataset.to_table(columns=columns)
+
+    def summary(self, sweep_id: str | None) -> dict[str, Any] | None:
+        """The partition's `_summary.json` when it still describes exactly its files."""
+        import json
+
+        directory = self.partitions().get(sweep_id)
+        if directory is None:
+            return None
+        try:
+            with self.fs.open_input_stream(f"{directory}/{SUMMARY_NAME}") as f:
+                data = json.loads(f.read())
+            names = {i.base_name for i in partition_files(self.fs, directory)}
+        except (OSError, ValueError):
+            return None
+        if not isinstance(data, dict) or set(data.get("files") or ()) != names or not names:
+            return None
+        return data
 
 
-def _sweep_starts(dataset: ds.Dataset) -> pa.Table:
-    """(sweep_id, started_at) per sweep: the earliest started_at of its rows."""
-    table = dataset.to_table(columns=["sweep_id", "started_at"])
-    return table.group_by("sweep_id").aggregate([("started_at", "min")])
+def _dataset(storage: str | Path, kind: str, schema: pa.Schema) -> _Table:
+    table = _Table(storage, kind, schema)
+    if not table.exists():
+        raise SqueezerayError(
+            f"no {kind} at {table.base!s} (storage={str(storage)!r}); run a sweep that writes "
+            f"there first: squeezeray sweep --storage {storage}"
+        )
+    return table
 
 
-def _choose_sweep(dataset: ds.Dataset, sweep: str, storage: str | Path) -> str | None:
+def sweep_starts(table: _Table) -> dict[str | None, Any]:
+    """sweep_id -> the earliest started_at of its rows: from the partition summary where it is
+    current, else from that partition's started_at column alone."""
+    starts: dict[str | None, Any] = {}
+    stale: list[str | None] = []
+    for sweep_id in table.partitions():
+        summary = table.summary(sweep_id)
+        if summary is not None:
+            starts[sweep_id] = _parse_time(summary["sweep"].get("started_at"))
+        else:
+            stale.append(sweep_id)
+    if stale:
+        rows = table.read(stale, columns=["sweep_id", "started_at"])
+        for row in rows.group_by("sweep_id").aggregate([("started_at", "min")]).to_pylist():
+            starts[row["sweep_id"]] = row["started_at_min"]
+    return starts
+
+
+def _parse_time(value: str | None) -> Any:
+    from datetime import datetime
+
+    return None if value is None else datetime.fromisoformat(value)
+
+
+def _choose_sweep(table: _Table, sweep: str, storage: str | Path) -> str | None:
     """None for "all"; the id for "latest" or an id (checked to exist)."""
     if sweep == "all":
         return None
-    starts = _sweep_starts(dataset)
-    ids = starts.column("sweep_id").to_pylist()
+    if sweep != "latest" and sweep in table.partitions():
+        return sweep
+    ids = [s for s in table.partitions() if s is not None]
     if not ids:
         raise SqueezerayError(
             f"storage={str(storage)!r} holds no results yet; run: squeezeray sweep "
             f"--storage {storage}"
         )
     if sweep == "latest":
-        times = starts.column("started_at_min").to_pylist()
-        ranked = sorted(zip(ids, times, strict=True), key=lambda it: (it[1] is not None, it[1]))
-        return str(ranked[-1][0])
-    if sweep not in ids:
-        raise SqueezerayError(
-            f"--sweep {sweep!r} is not in storage={str(storage)!r}; accepted: all, latest, or "
-            f"one of {', '.join(sorted(map(str, ids)))} (see `squeezeray sweeps {storage}`)"
+        starts = sweep_starts(table)
+        ranked = sorted(
+            ((s, t) for s, t in starts.items() if s is not None),
+            key=lambda it: (it[1] is not None, it[1]),
         )
-    return sweep
+        return str(ranked[-1][0])
+    raise SqueezerayError(
+        f"--sweep {sweep!r} is not in storage={str(storage)!r}; accepted: all, latest, or "
+        f"one of {', '.join(sorted(map(str, ids)))} (see `squeezeray sweeps {storage}`)"
+    )
 
 
 def load_results(storage: str | Path, *, sweep: str = "all") -> pa.Table:
     """The results rows of one sweep (`sweep` = an id or "latest") or of all sweeps ("all").
 
     Rows come sorted by sweep_id, started_at, trial_id; a trial written twice keeps its row
-    with the latest finished_at. A missing storage or an empty one is a SqueezerayError that
-    says how to create it.
+    with the latest finished_at. Only the chosen sweep's partition is read (for "latest" the
+    start times come from the partition summaries a compaction writes). A missing storage or
+    an empty one is a SqueezerayError that says how to create it.
     """
-    import pyarrow.dataset as ds
-
     dataset = _dataset(storage, RESULTS_DIR, RESULTS_SCHEMA)
-    assert dataset is not None
     chosen = _choose_sweep(dataset, sweep, storage)
-    flt = None if chosen is None else ds.field("sweep_id") == chosen
-    table = dataset.to_table(filter=flt)
+    table = dataset.read(None if chosen is None else [chosen])
     if table.num_rows == 0:
         raise SqueezerayError(
             f"storage={str(storage)!r} holds no results yet; run: squeezeray sweep "
@@ -257,44 +386,89 @@ def load_results(storage: str | Path, *, sweep: str = "all") -> pa.Table:
 def keep_last_per_trial(table: pa.Table) -> pa.Table:
     """For each (sweep_id, trial_id) keep the row with the latest finished_at (ties and
     nulls: the later row of the table)."""
+    return keep_last(table, ["sweep_id", "trial_id"])
+
+
+def keep_last(table: pa.Table, keys: Sequence[str], when: str = "finished_at") -> pa.Table:
+    """For each distinct combination of the `keys` columns keep the row with the latest `when`
+    (ties and nulls: the later row of the table). Order of the kept rows is unchanged."""
     import numpy as np
     import pyarrow as pa
     import pyarrow.compute as pc
 
     n = table.num_rows
-    sweep_codes = pc.dictionary_encode(table.column("sweep_id")).combine_chunks()
-    trial_codes = pc.dictionary_encode(table.column("trial_id")).combine_chunks()
-    s = np.asarray(sweep_codes.indices.fill_null(-1), dtype=np.int64)
-    t = np.asarray(trial_codes.indices.fill_null(-1), dtype=np.int64)
-    key = (s + 1) * (len(trial_codes.dictionary) + 1) + (t + 1)  # one int per (sweep, trial)
+    if n < 2:
+        return table
+    codes = []
+    for name in keys:
+        encoded = pc.dictionary_encode(table.column(name)).combine_chunks()
+        codes.append(np.asarray(encoded.indices.fill_null(-1), dtype=np.int64))
+    _, key = np.unique(np.stack(codes, axis=1), axis=0, return_inverse=True)
+    key = key.reshape(-1)
     if np.unique(key).size == n:
         return table
-    finished = pc.cast(table.column("finished_at"), pa.int64())
-    when = np.asarray(finished.fill_null(np.iinfo(np.int64).min), dtype=np.int64)
-    order = np.lexsort((np.arange(n), when, key))
+    finished = pc.cast(table.column(when), pa.int64())
+    stamp = np.asarray(finished.fill_null(np.iinfo(np.int64).min), dtype=np.int64)
+    order = np.lexsort((np.arange(n), stamp, key))
     last = np.ones(n, dtype=bool)
     last[:-1] = key[order][1:] != key[order][:-1]
     return table.take(np.sort(order[last]))
 
 
+STAGE_ROW_KEY = ("sweep_id", "stage_key", "trial_id")
+
+
 def load_stages(storage: str | Path, *, sweep: str = "all") -> pa.Table:
-    """The stage rows of one sweep (an id or "latest", as in `load_results`) or of all."""
-    import pyarrow.dataset as ds
+    """The stage rows of one sweep (an id or "latest", as in `load_results`) or of all.
+
+    A row seen twice (during a compaction) is returned once."""
+    import pyarrow.compute as pc
 
     dataset = _dataset(storage, STAGES_DIR, STAGES_SCHEMA)
-    assert dataset is not None
     chosen: str | None = None
     if sweep != "all":
-        results = _dataset(storage, RESULTS_DIR, RESULTS_SCHEMA, required=False)
-        if sweep == "latest" and results is not None:
+        results = _Table(storage, RESULTS_DIR, RESULTS_SCHEMA)
+        if sweep == "latest" and results.exists() and results.partitions():
             chosen = _choose_sweep(results, "latest", storage)
         elif sweep == "latest":
-            ids = dataset.to_table(columns=["sweep_id", "finished_at"])
+            ids = dataset.read(columns=["sweep_id", "finished_at"])
             chosen = ids.sort_by([("finished_at", "descending")]).column("sweep_id")[0].as_py()
         else:
             chosen = sweep
-    flt = None if chosen is None else ds.field("sweep_id") == chosen
-    return dataset.to_table(filter=flt)
+    table = dataset.read(None if chosen is None else [chosen])
+    if chosen is not None:  # a sweep id that is not a partition's name reads nothing
+        table = table.filter(pc.equal(table.column("sweep_id"), chosen))
+    return keep_last(table, STAGE_ROW_KEY)
+
+
+SWEEP_COLUMNS = (
+    "sweep_id", "sweep_name", "task", "started_at", "finished_at",
+    "trials_ok", "trials_failed", "hypervolume",
+)  # fmt: skip
+
+
+def summarise_sweep(rows: pa.Table) -> dict[str, Any]:
+    """One sweep's listing row (SWEEP_COLUMNS) from its (de-duplicated) results rows."""
+    import pyarrow.compute as pc
+
+    from orchestrator.pareto import DEFAULT_OBJECTIVES, hypervolume
+
+    trials = rows.filter(pc.invert(rows.column("is_baseline")))
+    ok = int(pc.sum(pc.equal(trials.column("status"), "ok")).as_py() or 0)
+    try:
+        hv: float | None = hypervolume(rows, DEFAULT_OBJECTIVES)
+    except SqueezerayError:
+        hv = None
+    return {
+        "sweep_id": _first(rows.column("sweep_id").to_pylist()),
+        "sweep_name": _first(rows.column("sweep_name").to_pylist()),
+        "task": _first(rows.column("task").to_pylist()),
+        "started_at": pc.min(rows.column("started_at")).as_py(),
+        "finished_at": pc.max(rows.column("finished_at")).as_py(),
+        "trials_ok": ok,
+        "trials_failed": trials.num_rows - ok,
+        "hypervolume": hv,
+    }
 
 
 def list_sweeps(storage: str | Path) -> pa.Table:
@@ -302,37 +476,37 @@ def list_sweeps(storage: str | Path) -> pa.Table:
     trials_failed, hypervolume (front of accuracy:max, size_bytes:min, latency_ms:min against
     `pareto.default_reference` of that sweep; null when it cannot be computed).
 
+    A compacted sweep is listed from its partition summary (`_summary.json`, written by the
+    compaction and trusted only while the partition holds exactly the files it names); other
+    sweeps are computed from their rows.
+
     Hypervolumes of different sweeps use each sweep's own reference, so compare them only
     between sweeps of the same task and similar baselines."""
     import pyarrow as pa
     import pyarrow.compute as pc
 
-    from orchestrator.pareto import DEFAULT_OBJECTIVES, hypervolume
-
-    table = load_results(storage, sweep="all")
-    out: dict[str, list[Any]] = {
-        name: []
-        for name in (
-            "sweep_id", "sweep_name", "task", "started_at", "finished_at",
-            "trials_ok", "trials_failed", "hypervolume",
+    dataset = _dataset(storage, RESULTS_DIR, RESULTS_SCHEMA)
+    out: list[dict[str, Any]] = []
+    stale: list[str | None] = []
+    for sweep_id in dataset.partitions():
+        summary = dataset.summary(sweep_id)
+        if summary is None:
+            stale.append(sweep_id)
+            continue
+        row = dict(summary["sweep"])
+        row["sweep_id"] = sweep_id
+        for name in ("started_at", "finished_at"):
+            row[name] = _parse_time(row.get(name))
+        out.append(row)
+    if stale:
+        table = keep_last_per_trial(dataset.read(stale))
+        for sweep_id in pc.unique(table.column("sweep_id")).to_pylist():
+            out.append(summarise_sweep(table.filter(pc.equal(table.column("sweep_id"), sweep_id))))
+    if not out:
+        raise SqueezerayError(
+            f"storage={str(storage)!r} holds no results yet; run: squeezeray sweep "
+            f"--storage {storage}"
         )
-    }  # fmt: skip
-    for sweep_id in pc.unique(table.column("sweep_id")).to_pylist():
-        rows = table.filter(pc.equal(table.column("sweep_id"), sweep_id))
-        trials = rows.filter(pc.invert(rows.column("is_baseline")))
-        ok = int(pc.sum(pc.equal(trials.column("status"), "ok")).as_py() or 0)
-        try:
-            hv: float | None = hypervolume(rows, DEFAULT_OBJECTIVES)
-        except SqueezerayError:
-            hv = None
-        out["sweep_id"].append(sweep_id)
-        out["sweep_name"].append(_first(rows.column("sweep_name").to_pylist()))
-        out["task"].append(_first(rows.column("task").to_pylist()))
-        out["started_at"].append(pc.min(rows.column("started_at")).as_py())
-        out["finished_at"].append(pc.max(rows.column("finished_at")).as_py())
-        out["trials_ok"].append(ok)
-        out["trials_failed"].append(trials.num_rows - ok)
-        out["hypervolume"].append(hv)
     schema = pa.schema(
         [
             ("sweep_id", pa.string()),
@@ -345,7 +519,8 @@ def list_sweeps(storage: str | Path) -> pa.Table:
             ("hypervolume", pa.float64()),
         ]
     )
-    return pa.table(out, schema=schema).sort_by([("started_at", "ascending")])
+    columns = {name: [row.get(name) for row in out] for name in SWEEP_COLUMNS}
+    return pa.table(columns, schema=schema).sort_by([("started_at", "ascending")])
 
 
 def _first(values: list[Any]) -> Any:

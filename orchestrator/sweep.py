@@ -16,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import importlib.util
 import json
+import logging
 import os
 import re
 import secrets
@@ -34,6 +35,8 @@ from orchestrator.pipeline import SweepPlan
 from orchestrator.rows import now, trial_row
 from orchestrator.storage import Storage, open_storage
 from stages.errors import SqueezerayError
+
+log = logging.getLogger(__name__)
 
 DEFAULT_STORAGE = "squeezeray-results"
 # A trial only waits on refs; its stage tasks hold the CPUs. Zero CPU (Tune rejects an empty
@@ -346,6 +349,30 @@ def execute_sweep(
     warm_start: tuple[Any, ...] | None = None,
     progress: Callable[[str, Mapping[str, Any]], None] | None = None,
 ) -> SweepOutcome:
+    """`_execute_sweep` while holding the storage's shared in-use lock (`lock.storage_in_use`),
+    so `squeezeray gc` never deletes a checkpoint this sweep may load. Options as there."""
+    from orchestrator.lock import storage_in_use
+
+    with storage_in_use(sweep.storage):
+        return _execute_sweep(
+            sweep,
+            address=address,
+            latency_resource=latency_resource,
+            num_cpus=num_cpus,
+            warm_start=warm_start,
+            progress=progress,
+        )
+
+
+def _execute_sweep(
+    sweep: PreparedSweep,
+    *,
+    address: str | None = None,
+    latency_resource: str | None = None,
+    num_cpus: int | None = None,
+    warm_start: tuple[list[dict[str, Any]], list[list[float]]] | None = None,
+    progress: Callable[[str, Mapping[str, Any]], None] | None = None,
+) -> SweepOutcome:
     """Run a prepared sweep on Ray (embedded when `address` is None).
 
     Ctrl-C or SIGTERM (in the main thread) stops launching trials, lets Tune save its
@@ -506,6 +533,7 @@ def execute_sweep(
     stats = ray.get(cache.stats.remote(wait=not interrupted))
     ray.kill(cache)
     write_manifest(store, sweep, status="interrupted" if interrupted else "finished")
+    _compact_quietly(store, sweep.sweep_id)
     table = _sweep_table(store, sweep.sweep_id)
     statuses = [
         s
@@ -531,6 +559,21 @@ def execute_sweep(
     if interrupted:
         raise SweepInterrupted(summary)
     return SweepOutcome(table=table, summary=summary)
+
+
+def _compact_quietly(store: Storage, sweep_id: str) -> None:
+    """Merge the sweep's per-trial files into one per table (`orchestrator.compact`). Its rows
+    are already safe in the parts, so a failure here only warns: `squeezeray compact` retries."""
+    from orchestrator.compact import compact_sweep
+
+    try:
+        compact_sweep(store.uri, sweep_id)
+    except (SqueezerayError, OSError) as exc:
+        log.warning(
+            "could not compact sweep %s (%s); its rows are kept as they are. Retry with: "
+            "squeezeray compact %s --sweep %s",
+            sweep_id, exc, shlex.quote(store.uri), shlex.quote(sweep_id),
+        )  # fmt: skip
 
 
 def _restored_tuner(experiment_dir: str, trainable: Any, writer: Any) -> Any:
