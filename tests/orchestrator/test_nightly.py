@@ -279,10 +279,18 @@ def test_nightly_twice_reuses_stages_reports_and_flags_a_regression(tmp_path: Pa
             "3",
             "--report-dir",
             str(report_dir),
+            "--gc-keep-last",
+            "1",
         ],
     )
     assert second.exit_code == 3, second.output
     assert "REGRESSION hypervolume" in second.stdout
+    # --gc-keep-last 1: only checkpoints tonight's sweep references are left in the cache.
+    assert "gc: removed" in second.stdout
+    from orchestrator.gc import cache_entries
+
+    tonight = load_results(storage, sweep="latest").column("stage_keys").to_pylist()
+    assert {e.key for e in cache_entries(storage)} == {k for keys in tonight for k in keys}
 
     listing = list_sweeps(storage)
     assert listing.num_rows == 2
