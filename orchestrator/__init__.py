@@ -6,6 +6,8 @@ The public API is small (as Tune's four names):
     load_results(storage, *, sweep="latest"|"all"|ID)      -> pyarrow.Table
     pareto_front(table, objectives, *, where=None)          -> pyarrow.Table
     hypervolume(front, objectives, reference=None)          -> float
+    load_model(storage, trial_id, *, sweep="latest")        -> nn.Module | ONNX predictor
+    export_trial(storage, trial_id, *, output=DIR)          -> ExportResult
 
 Names load lazily, so `import orchestrator` (and validating a space) never imports ray or torch.
 """
@@ -19,6 +21,7 @@ from stages.errors import SqueezerayError
 
 if TYPE_CHECKING:
     from orchestrator.config import SearchSpace, load_space
+    from orchestrator.export import export_trial, load_model
     from orchestrator.pareto import hypervolume, non_dominated_rank, pareto_front
     from orchestrator.results import list_sweeps, load_results, load_stages
     from orchestrator.sweep import run_sweep
@@ -32,6 +35,8 @@ _LAZY = {
     "hypervolume": "orchestrator.pareto",
     "non_dominated_rank": "orchestrator.pareto",
     "load_space": "orchestrator.config",
+    "load_model": "orchestrator.export",
+    "export_trial": "orchestrator.export",
     "SearchSpace": "orchestrator.config",
 }
 
@@ -45,8 +50,10 @@ def __getattr__(name: str) -> Any:
 __all__ = [
     "SearchSpace",
     "SqueezerayError",
+    "export_trial",
     "hypervolume",
     "list_sweeps",
+    "load_model",
     "load_results",
     "load_space",
     "load_stages",

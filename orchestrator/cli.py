@@ -373,6 +373,68 @@ def gc(
     )
 
 
+# --- export (orchestrator.export) ----------------------------------------------------------
+
+
+@app.command()
+def export(
+    storage: Annotated[
+        str, typer.Argument(help="Results directory or URI (file://, s3://, gs://).")
+    ],
+    trial_id: Annotated[
+        str | None, typer.Argument(help="The trial to export (or choose it with --where/--pick).")
+    ] = None,
+    output: Annotated[Path, typer.Option(help="Directory to write the files to.")] = Path(
+        "squeezeray-model"
+    ),
+    sweep: Annotated[str, typer.Option("--sweep", help="A sweep id, or 'latest'.")] = "latest",
+    where: Annotated[
+        str | None,
+        typer.Option(help='Only trials matching this, e.g. "accuracy >= 0.96".'),
+    ] = None,
+    pick: Annotated[
+        str | None,
+        typer.Option(help="Take the best matching trial by COLUMN[:min|max], e.g. size_bytes."),
+    ] = None,
+    recompute: Annotated[
+        bool,
+        typer.Option(
+            "--recompute", help="Re-run the trial's stages whose checkpoints are missing."
+        ),
+    ] = False,
+) -> None:
+    """Write a trial's model in the runtime it was measured in (model.onnx, or TorchScript
+    model.pt; eager adds state_dict.pt and recipe.json) plus a model.json card, then check
+    that the written file scores the row's test accuracy.
+
+    e.g. squeezeray export runs/ --where "accuracy >= 0.96" --pick size_bytes --output best/"""
+    from orchestrator.export import ARTIFACT, export_trial
+
+    result = export_trial(
+        storage,
+        trial_id,
+        output=output,
+        sweep=sweep,
+        where=where,
+        pick=pick,
+        recompute=recompute,
+    )
+    card = result.card
+    check = card["recheck"]
+    out.print(
+        f"exported trial {card['trial_id']} of sweep {card['sweep_id']} "
+        f"({card['runtime']}) to {result.output}",
+        highlight=False,
+    )
+    for name, digest in result.files.items():
+        out.print(f"  {name}  sha256 {digest[:16]}...", highlight=False, markup=False)
+    out.print(
+        f"re-checked {ARTIFACT[card['runtime']]}: test accuracy {check['accuracy']:.4f} "
+        f"= row {check['expected']:.4f} ({check['samples']} samples)",
+        highlight=False,
+    )
+
+
 # --- nightly / schedule (orchestrator.nightly, orchestrator.schedule) ----------------------
 
 
@@ -594,7 +656,15 @@ def schedule(
 
 
 def main() -> None:
-    """Console-script entry point."""
+    """Console-script entry point.
+
+    The current directory goes on `sys.path` (as with `python -m`), so a task module next to
+    where the user runs `squeezeray` imports as `module:callable`.
+    """
+    import os
+
+    if os.getcwd() not in sys.path and "" not in sys.path:
+        sys.path.insert(0, os.getcwd())
     app()
 
 

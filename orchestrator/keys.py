@@ -62,20 +62,24 @@ def stage_key(
     task: str,
     version: str,
     seed: int = 0,
+    fingerprint: str = "",
 ) -> str:
     """The cache key of one stage execution (24 hex chars).
 
     The training seed is part of it: a stage trained with another seed is another model.
+    `fingerprint` identifies the task's models beyond its name (`stages.tasks.
+    teacher_fingerprint`: a hash of the teacher's weights), so a pretrained teacher with new
+    weights gets new keys; empty, it is left out (the keys of older code stay valid).
     """
-    payload = json.dumps(
-        {
-            "stage": stage,
-            "params": canonical_params(params),
-            "parent": parent_key,
-            "task": task,
-            "code": version,
-            "seed": seed,
-        },
-        sort_keys=True,
-    )
+    fields: dict[str, Any] = {
+        "stage": stage,
+        "params": canonical_params(params),
+        "parent": parent_key,
+        "task": task,
+        "code": version,
+        "seed": seed,
+    }
+    if fingerprint:
+        fields["fingerprint"] = fingerprint
+    payload = json.dumps(fields, sort_keys=True)
     return hashlib.sha256(payload.encode()).hexdigest()[:24]

@@ -39,6 +39,7 @@ class SweepPlan:
     sys_path: tuple[str, ...] = ()
     latency: dict[str, int] = field(default_factory=dict)  # warmup, repeats, batch_size, threads
     trial_timeout_s: float | None = None
+    fingerprint: str = ""  # the task's teacher weights hash (stages.tasks.teacher_fingerprint)
 
     def resolve(self, sampled: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
         """{stage: full params} from defaults, fixed values and this trial's sampled knobs.
@@ -77,6 +78,7 @@ class SweepPlan:
                 task=self.task,
                 version=self.code_version,
                 seed=self.seed,
+                fingerprint=self.fingerprint,
             )
             out.append(
                 StageRequest(

@@ -105,6 +105,13 @@ def _stage_defaults(pipeline: tuple[str, ...]) -> dict[str, dict[str, Any]]:
     return out
 
 
+def _task_fingerprint(task: str) -> str:
+    """The hash of the task's teacher weights that goes into every stage key."""
+    from stages.tasks import load_task, teacher_fingerprint
+
+    return teacher_fingerprint(load_task(task))
+
+
 def run_sweep(
     space: SearchSpace | str | Path | None = None,
     *,
@@ -435,6 +442,7 @@ def _execute_sweep(
         sys_path=_user_sys_path(space.task),
         latency=asdict(space.latency),
         trial_timeout_s=sweep.trial_timeout_s,
+        fingerprint=_task_fingerprint(space.task),
     )
     stage_options = stage_task_options(sweep.cpus_per_trial, sweep.gpus_per_trial)
     measure_options: dict[str, Any] = {

@@ -1,6 +1,13 @@
-"""Stage `teacher`: train the task's teacher model with cross-entropy (seed 000's train_ce).
+"""Stage `teacher`: train the task's teacher model with cross-entropy (seed 000's train_ce),
+or take it as given.
 
 AdamW with weight decay; the weights of the best validation epoch are restored at the end.
+
+`epochs = 0` uses `task.teacher()` exactly as the factory returns it (a model the user trained
+elsewhere, e.g. one that loads a state dict with `weights_only=True`): no optimizer step, no
+BatchNorm statistics update; the stage only evaluates it (val accuracy) and checkpoints it, so
+the baseline row is the user's own model. New weights give new stage keys because the task
+fingerprint in every key hashes the teacher's weights (`orchestrator.sweep`).
 """
 
 from __future__ import annotations
@@ -8,32 +15,40 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
+from torch import nn
 
 from stages.base import StageInput, StageOutput, StageSpec, check_int, check_range
+from stages.checkpoint import from_model
 from stages.device import resolve_device
-from stages.training import fit, trained_output
+from stages.tasks import Task
+from stages.training import accuracy, fit, trained_output
 
 
 @dataclass(frozen=True)
 class TeacherParams:
-    epochs: int = 40  # digits [256,128] reaches ~0.97 in 40 epochs (1-3 s on a laptop CPU)
+    epochs: int = 40  # digits [256,128] reaches ~0.97 in 40 epochs; 0 = use as given
     lr: float = 1e-3
     batch_size: int = 64
     weight_decay: float = 1e-4
 
     def __post_init__(self) -> None:
-        check_int("teacher.epochs", self.epochs, low=1)
+        check_int("teacher.epochs", self.epochs, low=0)
         check_range("teacher.lr", self.lr, low=0.0, low_inclusive=False)
         check_int("teacher.batch_size", self.batch_size, low=1)
         check_range("teacher.weight_decay", self.weight_decay, low=0.0)
 
 
 def train_teacher(inp: StageInput, params: TeacherParams) -> StageOutput:
-    """A freshly initialised `task.teacher()` trained with CE; `inp.parent` is ignored."""
+    """A freshly initialised `task.teacher()` trained with CE; `inp.parent` is ignored.
+
+    With `params.epochs == 0` the teacher is used as given (see the module docstring).
+    """
     task = inp.task
     device = resolve_device(inp.device)
     torch.manual_seed(inp.seed)  # the initial weights
     model = task.build("teacher")
+    if params.epochs == 0:
+        return pretrained_output(task, model, device=device)
     stats = fit(
         model,
         task.train,
@@ -46,6 +61,21 @@ def train_teacher(inp: StageInput, params: TeacherParams) -> StageOutput:
         weight_decay=params.weight_decay,
     )
     return trained_output(task, model, stats, arch="teacher")
+
+
+def pretrained_output(task: Task, model: nn.Module, *, device: torch.device) -> StageOutput:
+    """The teacher exactly as given: evaluated (val accuracy, eval mode) and checkpointed."""
+    from stages.masks import param_counts
+
+    model.eval().to(device)
+    total, _ = param_counts(model)
+    return StageOutput(
+        checkpoint=from_model(task, model, {"arch": "teacher"}),
+        metrics={
+            "val_accuracy": accuracy(model, task.val, device=device),
+            "params_total": float(total),
+        },
+    )
 
 
 SPEC = StageSpec(name="teacher", params=TeacherParams, run=train_teacher, needs_parent=False)

@@ -137,7 +137,8 @@ BAD_CASES: list[tuple[str, dict[str, Any] | str, list[str]]] = [
         _with(params__distill__alpha={"choice": [0.5, 1.5]}),
         ["params.distill.alpha", "1.5", "[0, 1]"],
     ),
-    ("epochs-zero", _with(params__teacher__epochs=0), ["params.teacher.epochs", "=0"]),
+    ("epochs-negative", _with(params__teacher__epochs=-1), ["params.teacher.epochs", "=-1"]),
+    ("distill-epochs-zero", _with(params__distill__epochs=0), ["distill.epochs=0", "[1, inf]"]),
     (
         "int-param-uniform",
         _with(params__teacher__epochs={"uniform": [1, 10]}),

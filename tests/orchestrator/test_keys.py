@@ -33,3 +33,9 @@ def test_equal_numbers_give_equal_keys() -> None:
 
 def test_code_version_is_stable() -> None:
     assert code_version() == code_version() and len(code_version()) == 12
+
+
+def test_fingerprint_changes_the_key_and_empty_keeps_old_keys() -> None:
+    assert key(fingerprint="") == key()
+    assert key(fingerprint="abc") != key()
+    assert key(fingerprint="abc") != key(fingerprint="abd")

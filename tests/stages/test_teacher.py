@@ -58,7 +58,7 @@ def test_spec() -> None:
 @pytest.mark.parametrize(
     ("field", "value", "accepted"),
     [
-        ("epochs", 0, "[1, inf]"),
+        ("epochs", -1, "[0, inf]"),
         ("lr", 0.0, "(0, inf]"),
         ("lr", -1e-3, "(0, inf]"),
         ("batch_size", 0, "[1, inf]"),
@@ -80,3 +80,40 @@ def test_params_reject_non_integers() -> None:
 
 def test_default_params_match_the_contract() -> None:
     assert TeacherParams() == TeacherParams(epochs=40, lr=1e-3, batch_size=64, weight_decay=1e-4)
+
+
+def test_epochs_zero_uses_the_given_teacher_unchanged(digits: Task) -> None:
+    """A factory returning a trained module (with BatchNorm, whose statistics a forward pass in
+    train mode would move): epochs=0 checkpoints exactly its weights and buffers."""
+    from torch import nn
+
+    from stages.tasks import teacher_fingerprint
+    from tests.stages.conftest import train_checkpoint
+
+    torch.manual_seed(0)
+    trained = nn.Sequential(nn.Linear(64, 32), nn.BatchNorm1d(32), nn.ReLU(), nn.Linear(32, 10))
+    trained_ckpt = train_checkpoint(digits, "teacher", epochs=2, model=trained)
+    state = {k: v.clone() for k, v in trained_ckpt.state_dict.items()}
+
+    def load() -> nn.Module:
+        model = nn.Sequential(nn.Linear(64, 32), nn.BatchNorm1d(32), nn.ReLU(), nn.Linear(32, 10))
+        model.load_state_dict(state)
+        return model
+
+    task = Task(name="given", teacher=load, student=digits.student, train=digits.train,
+                val=digits.val, test=digits.test, num_classes=10)  # fmt: skip
+    out = train_teacher(StageInput(task=task, parent=None), TeacherParams(epochs=0))
+    assert out.checkpoint.state_dict.keys() == state.keys()
+    assert all(torch.equal(out.checkpoint.state_dict[k], state[k]) for k in state)
+    assert out.metrics["val_accuracy"] == accuracy(load(), digits.val, device=CPU)
+    assert "train_loss" not in out.metrics
+    # the fingerprint in every stage key follows the weights
+    fingerprint = teacher_fingerprint(task)
+    assert fingerprint == teacher_fingerprint(task)
+    state["3.bias"] += 1.0
+    assert teacher_fingerprint(task) != fingerprint
+
+
+def test_epochs_below_zero_is_rejected() -> None:
+    with pytest.raises(SqueezerayError, match=r"teacher.epochs=-1 .*\[0, inf\]"):
+        TeacherParams(epochs=-1)

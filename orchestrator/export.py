@@ -1,0 +1,505 @@
+"""From a results row to a deployable file: `squeezeray export` and `load_model`.
+
+A trial's model is the checkpoint of its last stage, `<storage>/cache/<key>.ckpt` (its sha256
+is checked against the `.json` manifest beside it). `export_trial` writes it in the runtime the
+row was measured in:
+
+- `onnxruntime`: `model.onnx` (the exact bytes that were measured);
+- `torchscript`: `model.pt`, the traced and frozen module (`torch.jit.load`);
+- `eager`: `model.pt` (TorchScript, for deployment without the model's code), plus
+  `state_dict.pt` (`torch.load(weights_only=True)`) and `recipe.json`, how to rebuild the eager
+  module from the task's own factory (`stages.build_model`); `checkpoint.pt` holds both.
+
+and a `model.json` card: task, sweep and trial ids, every effective knob, the row's metrics,
+the baseline's and the ratios to it, code version, stage keys, and the sha256 of every file.
+The exported file is then loaded back as a deployment would load it and its accuracy on the
+task's test split is checked against the row's; a mismatch is an error.
+
+A trial whose checkpoint is gone or damaged is recomputed with `recompute=True` (the stages
+are deterministic for a fixed seed): its stage chain is read from the `stages` table and run
+in this process, each missing stage written back to the cache.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from stages.errors import SqueezerayError
+
+if TYPE_CHECKING:
+    import pyarrow as pa
+    from torch import nn
+
+    from orchestrator.storage import Storage
+    from stages.checkpoint import ModelCheckpoint
+    from stages.runtime import OnnxPredictor
+    from stages.tasks import Task
+
+CARD = "model.json"
+ARTIFACT = {"onnxruntime": "model.onnx", "torchscript": "model.pt", "eager": "model.pt"}
+METRICS_IN_CARD = (
+    "accuracy",
+    "size_bytes",
+    "params_total",
+    "params_nonzero",
+    "latency_ms",
+    "latency_ms_p90",
+)
+
+
+@dataclass(frozen=True)
+class ExportResult:
+    """What `export_trial` wrote. files: file name -> sha256; card: the model.json content."""
+
+    output: Path
+    files: dict[str, str]
+    card: dict[str, Any]
+
+
+# -- choosing the row ----------------------------------------------------------------------
+
+
+def parse_pick(text: str) -> tuple[str, str]:
+    """`COLUMN[:min|max]` -> (column, direction); a bare metric takes its usual direction."""
+    from orchestrator.schema import DEFAULT_DIRECTIONS
+
+    column, _, direction = text.partition(":")
+    column = column.strip()
+    direction = direction.strip() or DEFAULT_DIRECTIONS.get(column, "")
+    if not column or direction not in ("min", "max"):
+        raise SqueezerayError(
+            f"--pick {text!r} is not accepted; accepted: COLUMN[:min|max], e.g. size_bytes or "
+            "accuracy:max (min|max may be left out for "
+            f"{', '.join(DEFAULT_DIRECTIONS)})"
+        )
+    return column, direction
+
+
+def select_row(
+    table: pa.Table,
+    trial_id: str | None = None,
+    *,
+    where: str | None = None,
+    pick: str | None = None,
+) -> dict[str, Any]:
+    """The row to export: by trial id, or the best `pick` among ok trials matching `where`.
+
+    Raises SqueezerayError when the trial is unknown, ambiguous (`--sweep all` with one id in
+    two sweeps), not ok, or when no trial id and no single candidate is given.
+    """
+    import pyarrow.compute as pc
+
+    if trial_id is not None and (where or pick):
+        raise SqueezerayError(
+            "give either a TRIAL_ID or --where/--pick to choose the row, not both"
+        )
+    if trial_id is not None:
+        rows = table.filter(pc.equal(table.column("trial_id"), trial_id)).to_pylist()
+        if not rows:
+            known = [r["trial_id"] for r in table.to_pylist() if r["status"] == "ok"][:12]
+            raise SqueezerayError(
+                f"trial {trial_id!r} is not in the chosen sweep(s); ok trials there: "
+                f"{', '.join(known) or 'none'} (choose the sweep with --sweep ID)"
+            )
+        if len(rows) > 1:
+            sweeps = sorted({str(r["sweep_id"]) for r in rows})
+            raise SqueezerayError(
+                f"trial {trial_id!r} is in {len(rows)} sweeps ({', '.join(sweeps)}); "
+                "choose one with --sweep ID"
+            )
+        row = rows[0]
+        if row["status"] != "ok":
+            raise SqueezerayError(
+                f"trial {trial_id!r} of sweep {row['sweep_id']} has status {row['status']!r} "
+                f"({row.get('error') or 'no model'}); only ok trials have a model to export"
+            )
+        return dict(row)
+    candidates = table.filter(
+        pc.and_(pc.equal(table.column("status"), "ok"), pc.invert(table.column("is_baseline")))
+    )
+    if where:
+        from orchestrator.where import parse_where
+
+        candidates = candidates.filter(parse_where(where, table.schema))
+    if candidates.num_rows == 0:
+        raise SqueezerayError(
+            f"no ok trial matches{f' --where {where!r}' if where else ''}; loosen the filter "
+            "or check the sweep with `squeezeray pareto`"
+        )
+    if pick is None:
+        if candidates.num_rows == 1:
+            return dict(candidates.to_pylist()[0])
+        raise SqueezerayError(
+            f"{candidates.num_rows} trials match; give a TRIAL_ID, or --pick COLUMN[:min|max] "
+            "to take the best of them (e.g. --pick size_bytes)"
+        )
+    column, direction = parse_pick(pick)
+    if column not in candidates.column_names:
+        raise SqueezerayError(
+            f"--pick {pick!r}: no column {column!r}; accepted: "
+            + ", ".join(n for n in candidates.column_names if _numeric(candidates, n))
+        )
+    if not _numeric(candidates, column):
+        raise SqueezerayError(f"--pick {pick!r}: column {column!r} is not numeric")
+    rows = [r for r in candidates.to_pylist() if _finite(r[column])]
+    if not rows:
+        raise SqueezerayError(f"--pick {pick!r}: no matching trial has a value for {column!r}")
+    sign = 1.0 if direction == "min" else -1.0
+    return dict(min(rows, key=lambda r: (sign * float(r[column]), str(r["trial_id"]))))
+
+
+def _numeric(table: pa.Table, name: str) -> bool:
+    import pyarrow.types as pt
+
+    dtype = table.schema.field(name).type
+    return bool(pt.is_integer(dtype) or pt.is_floating(dtype))
+
+
+def _finite(value: Any) -> bool:
+    return value is not None and not (isinstance(value, float) and math.isnan(value))
+
+
+def find_row(
+    storage: str | os.PathLike[str],
+    trial_id: str | None = None,
+    *,
+    sweep: str = "latest",
+    where: str | None = None,
+    pick: str | None = None,
+) -> tuple[dict[str, Any], pa.Table]:
+    """(the chosen row, every row of its sweep)."""
+    import pyarrow.compute as pc
+
+    from orchestrator.results import load_results
+
+    table = load_results(os.fspath(storage), sweep=sweep)
+    row = select_row(table, trial_id, where=where, pick=pick)
+    sweep_rows = table.filter(pc.equal(table.column("sweep_id"), row["sweep_id"]))
+    return row, sweep_rows
+
+
+# -- the checkpoint ------------------------------------------------------------------------
+
+
+def _stage_chain(store: Storage, keys: list[str]) -> dict[str, dict[str, Any]]:
+    """key -> its `stages` table row (stage name, params JSON, parent key), where recorded."""
+    import pyarrow.compute as pc
+
+    from orchestrator.results import load_stages
+
+    try:
+        stages = load_stages(store.uri, sweep="all")
+    except SqueezerayError:
+        return {}
+    found = stages.filter(pc.is_in(stages.column("stage_key"), value_set=_pa_array(keys)))
+    return {str(r["stage_key"]): r for r in found.to_pylist()}
+
+
+def _pa_array(values: list[str]) -> Any:
+    import pyarrow as pa
+
+    return pa.array(values, pa.string())
+
+
+def _read_cached(store: Storage, key: str) -> tuple[bytes | None, str]:
+    """(checkpoint bytes, "") when present and intact, else (None, what is wrong)."""
+    from orchestrator.stage_tasks import CACHE_DIR, checkpoint_path
+
+    data_name, manifest_name = checkpoint_path(key)
+    where = f"{store.uri.rstrip('/')}/{CACHE_DIR}/{data_name}"
+    if not store.exists(CACHE_DIR, data_name) or not store.exists(CACHE_DIR, manifest_name):
+        return None, f"{where} is missing"
+    try:
+        manifest = json.loads(store.read_bytes(CACHE_DIR, manifest_name))
+        data = store.read_bytes(CACHE_DIR, data_name)
+    except (OSError, ValueError) as exc:
+        return None, f"{where} is unreadable ({exc})"
+    if hashlib.sha256(data).hexdigest() != manifest.get("sha256"):
+        return None, f"{where} fails its sha256 check (damaged)"
+    return data, ""
+
+
+def trial_checkpoint(
+    storage: str | os.PathLike[str], row: Mapping[str, Any], *, recompute: bool = False
+) -> ModelCheckpoint:
+    """The final checkpoint of a results row (checked against its manifest's sha256).
+
+    A missing or damaged checkpoint is a SqueezerayError naming the stage and how to get it
+    back; with `recompute`, the trial's stage chain is run again here (missing stages only)
+    and written back to the cache.
+    """
+    from orchestrator.stage_tasks import _load_input
+    from orchestrator.storage import open_storage
+
+    store = open_storage(storage)
+    keys = [str(k) for k in (row.get("stage_keys") or [])]
+    if not keys:
+        raise SqueezerayError(
+            f"trial {row.get('trial_id')!r} has no stage keys; it has no model to export"
+        )
+    data, problem = _read_cached(store, keys[-1])
+    if data is None:
+        if not recompute:
+            chain = _stage_chain(store, keys)
+            stage = chain.get(keys[-1], {}).get("stage", "last")
+            raise SqueezerayError(
+                f"the checkpoint of trial {row.get('trial_id')!r} (sweep {row.get('sweep_id')}, "
+                f"its {stage} stage, key {keys[-1]}): {problem}. Re-run the trial's stages "
+                "with `squeezeray export ... --recompute` (or load_model(..., recompute=True)):"
+                " missing stages are computed again from the cached ones and checked "
+                "against the row"
+            )
+        data = _recompute(store, row, keys)
+    return _load_input(data, f"the checkpoint of stage {keys[-1]}")  # type: ignore[no-any-return]
+
+
+def _recompute(store: Storage, row: Mapping[str, Any], keys: list[str]) -> bytes:
+    """Run the trial's stage chain in this process, loading every intact cached stage."""
+    from orchestrator.keys import code_version
+    from orchestrator.requests import StageRequest
+    from orchestrator.stage_tasks import execute_stage
+    from orchestrator.sweep import TRAINING_SEED
+
+    if row.get("code_version") and row["code_version"] != code_version():
+        raise SqueezerayError(
+            f"trial {row.get('trial_id')!r} was computed by code version {row['code_version']},"
+            f" this is {code_version()}: its stages cannot be recomputed to the same model; "
+            "run a new sweep and export from it"
+        )
+    chain = _stage_chain(store, keys)
+    missing = [k for k in keys if k not in chain]
+    if missing:
+        raise SqueezerayError(
+            f"cannot recompute trial {row.get('trial_id')!r}: the stages table has no record "
+            f"of stage key(s) {', '.join(missing)}; run a new sweep and export from it"
+        )
+    parent: bytes | None = None
+    teacher: bytes | None = None
+    parent_key: str | None = None
+    for key in keys:
+        info = chain[key]
+        data, _ = _read_cached(store, key)
+        if data is None:
+            request = StageRequest(
+                stage=str(info["stage"]),
+                params=json.loads(info["params"] or "{}"),
+                key=key,
+                parent_key=parent_key,
+                task=str(row["task"]),
+                storage=store.uri,
+                seed=TRAINING_SEED,
+                sweep_id=str(row.get("sweep_id") or ""),
+                trial_id=str(row.get("trial_id") or ""),
+            )
+            data, _info = execute_stage(request, parent, teacher)
+        if info["stage"] == "teacher":
+            teacher = data
+        parent, parent_key = data, key
+    assert parent is not None
+    return parent
+
+
+# -- loading -------------------------------------------------------------------------------
+
+
+def load_model(
+    storage: str | os.PathLike[str],
+    trial_id: str,
+    *,
+    sweep: str = "latest",
+    recompute: bool = False,
+) -> nn.Module | OnnxPredictor:
+    """A ready predictor of a trial's model, in the runtime it was measured in.
+
+    eager: the rebuilt `nn.Module` (eval mode, CPU); torchscript: the traced, frozen module;
+    onnxruntime: an `OnnxPredictor` whose `__call__(x)` runs the ONNX Runtime session. Each maps
+    an input batch `x` of shape (B, *input_shape) to logits (B, num_classes). The task must be
+    importable here (for eager and torchscript it rebuilds the module from its factory).
+    """
+    from stages.runtime import OnnxPredictor, TorchPredictor, make_predictor
+    from stages.tasks import load_task
+
+    row, _ = find_row(storage, trial_id, sweep=sweep)
+    ckpt = trial_checkpoint(storage, row, recompute=recompute)
+    if ckpt.runtime == "onnxruntime":
+        if ckpt.onnx is None:
+            raise SqueezerayError(f"trial {trial_id!r}: its onnxruntime checkpoint has no ONNX")
+        return OnnxPredictor(ckpt.onnx, threads=1)
+    predictor = make_predictor(load_task(str(row["task"])), ckpt)
+    assert isinstance(predictor, TorchPredictor)
+    return predictor.module  # type: ignore[return-value]
+
+
+# -- exporting -----------------------------------------------------------------------------
+
+
+def export_trial(
+    storage: str | os.PathLike[str],
+    trial_id: str | None = None,
+    *,
+    output: str | os.PathLike[str],
+    sweep: str = "latest",
+    where: str | None = None,
+    pick: str | None = None,
+    recompute: bool = False,
+) -> ExportResult:
+    """Write a trial's deployable artifact and `model.json` card under `output` (created).
+
+    The trial is `trial_id`, or the best `pick` (`COLUMN[:min|max]`) among ok trials matching
+    `where`. The written artifact is loaded back and its test-split accuracy must equal the
+    row's `accuracy`; otherwise a SqueezerayError says so (the files stay for inspection).
+    """
+    import torch
+
+    from orchestrator.storage import open_storage
+    from stages.tasks import load_task
+
+    row, sweep_rows = find_row(storage, trial_id, sweep=sweep, where=where, pick=pick)
+    ckpt = trial_checkpoint(storage, row, recompute=recompute)
+    task = load_task(str(row["task"]))
+    out = Path(output)
+    out.mkdir(parents=True, exist_ok=True)
+    runtime = ckpt.runtime
+    written: list[str] = []
+    if runtime == "onnxruntime":
+        assert ckpt.onnx is not None
+        (out / ARTIFACT[runtime]).write_bytes(ckpt.onnx)
+        written.append(ARTIFACT[runtime])
+    else:
+        from stages.checkpoint import build_model
+        from stages.runtime import _trace_and_freeze
+
+        model = build_model(task, ckpt)
+        torch.jit.save(_trace_and_freeze(task, model, ckpt), str(out / "model.pt"))
+        written.append("model.pt")
+        if runtime == "eager":
+            torch.save(ckpt.state_dict, out / "state_dict.pt")
+            (out / "checkpoint.pt").write_bytes(ckpt.to_bytes())
+            recipe = {
+                "task": row["task"],
+                "recipe": ckpt.recipe,
+                "rebuild": (
+                    "from stages import ModelCheckpoint, build_model, load_task; "
+                    "ckpt = ModelCheckpoint.from_bytes(open('checkpoint.pt', 'rb').read()); "
+                    f"model = build_model(load_task({row['task']!r}), ckpt)"
+                ),
+                "note": "state_dict.pt loads with torch.load(weights_only=True) into the "
+                "module build_model rebuilds; model.pt needs no model code (torch.jit.load)",
+            }
+            (out / "recipe.json").write_text(json.dumps(recipe, indent=2) + "\n")
+            written += ["state_dict.pt", "checkpoint.pt", "recipe.json"]
+    check = recheck(task, ckpt, out, float(row["accuracy"]))
+    files = {name: _sha256(out / name) for name in written}
+    card = _card(row, sweep_rows, ckpt, files, check, storage=open_storage(storage).uri)
+    (out / CARD).write_text(json.dumps(card, indent=2, default=str) + "\n")
+    if not check["ok"]:
+        raise SqueezerayError(
+            f"the exported {ARTIFACT[runtime]} has test accuracy {check['accuracy']:.6f}, the "
+            f"row says {row['accuracy']:.6f}: the checkpoint does not reproduce trial "
+            f"{row['trial_id']!r}; see {out / CARD}"
+        )
+    return ExportResult(output=out, files={**files, CARD: _sha256(out / CARD)}, card=card)
+
+
+def recheck(task: Task, ckpt: ModelCheckpoint, out: Path, expected: float) -> dict[str, Any]:
+    """Load the written artifact as a deployment would and measure its test accuracy.
+
+    onnxruntime: an InferenceSession on model.onnx; torchscript: torch.jit.load(model.pt);
+    eager: the module rebuilt from state_dict.pt + the recipe (the row's own runtime), and
+    model.pt through torch.jit.load as well. ok: every accuracy equals `expected` (the same
+    number of correct test samples).
+    """
+    import torch
+
+    from stages.checkpoint import ModelCheckpoint, build_model
+    from stages.runtime import OnnxPredictor, TorchPredictor
+
+    n = len(task.test)  # type: ignore[arg-type]
+    result: dict[str, Any] = {"split": "test", "samples": n, "expected": expected}
+    if ckpt.runtime == "onnxruntime":
+        onnx = OnnxPredictor((out / "model.onnx").read_bytes(), threads=1)
+        result["accuracy"] = onnx.accuracy(task.test)
+    else:
+        scripted = TorchPredictor(torch.jit.load(str(out / "model.pt")), "torchscript")
+        result["torchscript_accuracy"] = scripted.accuracy(task.test)
+        if ckpt.runtime == "torchscript":
+            result["accuracy"] = result["torchscript_accuracy"]
+        else:
+            state = torch.load(out / "state_dict.pt", weights_only=True)
+            rebuilt = ModelCheckpoint(task=ckpt.task, state_dict=state, recipe=ckpt.recipe)
+            eager = TorchPredictor(build_model(task, rebuilt), "eager")
+            result["accuracy"] = eager.accuracy(task.test)
+    accuracies = [result["accuracy"], result.get("torchscript_accuracy", result["accuracy"])]
+    result["ok"] = all(round(a * n) == round(expected * n) for a in accuracies)
+    return result
+
+
+def _sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def _card(
+    row: Mapping[str, Any],
+    sweep_rows: pa.Table,
+    ckpt: ModelCheckpoint,
+    files: dict[str, str],
+    check: dict[str, Any],
+    *,
+    storage: str,
+) -> dict[str, Any]:
+    from importlib import metadata
+
+    from orchestrator.frontview import _ratio
+    from orchestrator.keys import code_version
+
+    baselines = [r for r in sweep_rows.to_pylist() if r["is_baseline"]]
+    base = baselines[0] if baselines else None
+    metrics = {m: row.get(m) for m in METRICS_IN_CARD}
+    delta = None
+    if base and _finite(base.get("accuracy")) and _finite(row.get("accuracy")):
+        delta = (float(row["accuracy"]) - float(base["accuracy"])) * 100.0
+    try:
+        version = metadata.version("squeezeray")
+    except metadata.PackageNotFoundError:
+        version = "unknown"
+    return {
+        "task": row["task"],
+        "sweep_id": row["sweep_id"],
+        "trial_id": row["trial_id"],
+        "storage": storage,
+        "runtime": ckpt.runtime,
+        "artifact": ARTIFACT[ckpt.runtime],
+        "input": {"name": "x", "dtype": "float32", "shape": ["batch", *_input_shape(row)]},
+        "output": {"name": "logits", "shape": ["batch", "num_classes"]},
+        "knobs": json.loads(row.get("params") or "{}"),
+        "metrics": metrics,
+        "baseline": {m: base.get(m) for m in METRICS_IN_CARD} if base else None,
+        "ratios": {
+            "size_x": _ratio(base, row, "size_bytes"),
+            "latency_x": _ratio(base, row, "latency_ms"),
+            "accuracy_delta_pts": delta,
+        },
+        "recipe": ckpt.recipe,
+        "code_version": row.get("code_version"),
+        "code_version_now": code_version(),
+        "squeezeray_version": version,
+        "stage_keys": list(row.get("stage_keys") or []),
+        "sha256": files,
+        "recheck": check,
+        "exported_at": datetime.now(timezone.utc).isoformat(),
+    }
+
+
+def _input_shape(row: Mapping[str, Any]) -> list[int]:
+    from stages.tasks import load_task
+
+    x = load_task(str(row["task"])).example_input(1)
+    return [int(d) for d in x.shape[1:]]

@@ -1,0 +1,223 @@
+"""A user's trained model in, the chosen compressed model out (issue 14), through real Ray.
+
+The user module is written the way a user writes one: its own nn.Module, its own data split,
+a teacher factory that loads a state dict trained outside squeezeray (`weights_only=True`).
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import textwrap
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+
+from orchestrator.config import load_space
+from orchestrator.export import export_trial, load_model
+from orchestrator.pareto import pareto_front
+from orchestrator.stage_tasks import CACHE_DIR
+from orchestrator.sweep import execute_sweep, prepare_sweep
+from stages.checkpoint import ModelCheckpoint
+from stages.errors import SqueezerayError
+
+pytestmark = [pytest.mark.usefixtures("ray_session"), pytest.mark.slow]
+
+USER_MODULE = """
+from pathlib import Path
+
+import torch
+from sklearn.datasets import load_digits
+from torch import nn
+from torch.utils.data import TensorDataset
+
+from stages import Task
+
+WEIGHTS = Path(__file__).with_name("net.pt")
+
+
+class Net(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.body = nn.Sequential(nn.Linear(64, 96), nn.ReLU(), nn.Linear(96, 48), nn.ReLU())
+        self.head = nn.Linear(48, 10)
+
+    def forward(self, x):
+        return self.head(self.body(x))
+
+
+def splits():
+    digits = load_digits()
+    x = torch.tensor(digits.data, dtype=torch.float32) / 16.0
+    y = torch.tensor(digits.target, dtype=torch.long)
+    order = torch.randperm(len(y), generator=torch.Generator().manual_seed(1))
+    train, val, test = order[:1200], order[1200:1500], order[1500:]
+    return (TensorDataset(x[train], y[train]), TensorDataset(x[val], y[val]),
+            TensorDataset(x[test], y[test]))
+
+
+def pretrained():
+    net = Net()
+    net.load_state_dict(torch.load(WEIGHTS, weights_only=True))
+    return net.eval()
+
+
+def make_task():
+    train, val, test = splits()
+    return Task(name="userdigits", teacher=pretrained,
+                student=lambda: nn.Sequential(nn.Linear(64, 32), nn.ReLU(), nn.Linear(32, 10)),
+                train=train, val=val, test=test, num_classes=10)
+"""
+
+SPACE = """
+name: pretrained
+task: {module}:make_task
+pipeline: [teacher, distill, prune, export]
+objectives: {{accuracy: max, size_bytes: min, latency_ms: min}}
+params:
+  teacher.epochs: 0
+  distill.epochs: 3
+  prune.ratio: 0.3
+  export.runtime: {{choice: [onnxruntime, torchscript, eager]}}
+search: {{algorithm: grid, trials: 1}}
+latency: {{warmup: 2, repeats: 5}}
+"""
+
+
+def _train_outside(module: Any) -> float:
+    """Train the user's Net with a plain torch loop, save its state dict, return test accuracy."""
+    torch.manual_seed(0)
+    net = module.Net()
+    train, _, test = module.splits()
+    opt = torch.optim.Adam(net.parameters(), lr=3e-3)
+    loader = torch.utils.data.DataLoader(train, batch_size=64, shuffle=True)
+    for _ in range(8):
+        for x, y in loader:
+            opt.zero_grad()
+            torch.nn.functional.cross_entropy(net(x), y).backward()
+            opt.step()
+    torch.save(net.state_dict(), module.WEIGHTS)
+    x, y = test.tensors
+    with torch.no_grad():
+        return int((net.eval()(x).argmax(1) == y).sum()) / len(y)
+
+
+def _user_module(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, name: str) -> Any:
+    import importlib
+
+    (tmp_path / f"{name}.py").write_text(textwrap.dedent(USER_MODULE))
+    monkeypatch.syspath_prepend(str(tmp_path))
+    sys.modules.pop(name, None)
+    return importlib.import_module(name)
+
+
+def _test_accuracy(logits: np.ndarray | torch.Tensor, y: torch.Tensor) -> float:
+    pred = torch.as_tensor(np.asarray(logits)).argmax(1)
+    return int((pred == y).sum()) / len(y)
+
+
+def test_pretrained_teacher_sweep_export_and_load_model(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    module = _user_module(tmp_path, monkeypatch, "usermodel_pre")
+    outside_accuracy = _train_outside(module)
+    saved = torch.load(module.WEIGHTS, weights_only=True)
+    space_file = tmp_path / "space.yaml"
+    space_file.write_text(SPACE.format(module="usermodel_pre"))
+    storage = tmp_path / "runs"
+    outcome = execute_sweep(prepare_sweep(load_space(space_file), storage=storage))
+    rows = outcome.table.to_pylist()
+    baseline = next(r for r in rows if r["is_baseline"])
+    trials = [r for r in rows if not r["is_baseline"]]
+    assert [r["status"] for r in trials] == ["ok"] * 3, [r["error"] for r in trials]
+    # The teacher stage trained nothing: its checkpoint is the saved state dict, bit for bit,
+    # and the baseline's accuracy is the one computed outside squeezeray.
+    assert baseline["status"] == "ok"
+    assert baseline["accuracy"] == pytest.approx(outside_accuracy, abs=1e-12)
+    teacher_key = baseline["stage_keys"][0]
+    teacher = ModelCheckpoint.from_bytes((storage / CACHE_DIR / f"{teacher_key}.ckpt").read_bytes())
+    assert teacher.state_dict.keys() == saved.keys()
+    assert all(torch.equal(teacher.state_dict[k], saved[k]) for k in saved)
+    assert all(r["stage_keys"][0] == teacher_key for r in trials)
+    # The front is computed over the trials.
+    front = pareto_front(outcome.table, {"accuracy": "max", "size_bytes": "min"})
+    assert front.num_rows >= 1
+
+    _, _, test = module.splits()
+    x, y = test.tensors
+    by_runtime = {r["runtime"]: r for r in trials}
+    assert set(by_runtime) == {"onnxruntime", "torchscript", "eager"}
+    for runtime, row in by_runtime.items():
+        out = tmp_path / f"export-{runtime}"
+        result = export_trial(storage, row["trial_id"], output=out)
+        card = json.loads((out / "model.json").read_text())
+        assert card["trial_id"] == row["trial_id"] and card["sweep_id"] == row["sweep_id"]
+        assert card["runtime"] == runtime
+        assert card["knobs"]["teacher.epochs"] == 0 and card["knobs"]["prune.ratio"] == 0.3
+        assert card["metrics"]["accuracy"] == row["accuracy"]
+        assert card["baseline"]["accuracy"] == baseline["accuracy"]
+        assert card["ratios"]["size_x"] == pytest.approx(baseline["size_bytes"] / row["size_bytes"])
+        assert card["stage_keys"] == row["stage_keys"]
+        assert card["recheck"]["ok"] is True
+        for name, digest in card["sha256"].items():
+            import hashlib
+
+            assert hashlib.sha256((out / name).read_bytes()).hexdigest() == digest
+        assert set(result.files) >= {"model.json", card["artifact"]}
+        # Run the written file the way a deployment would, without squeezeray.
+        if runtime == "onnxruntime":
+            import onnxruntime as ort
+
+            session = ort.InferenceSession(str(out / "model.onnx"))
+            logits = session.run(None, {session.get_inputs()[0].name: x.numpy()})[0]
+        else:
+            scripted = torch.jit.load(str(out / "model.pt"))
+            with torch.no_grad():
+                logits = scripted(x)
+        assert _test_accuracy(logits, y) == pytest.approx(row["accuracy"], abs=1e-12)
+        if runtime == "eager":
+            assert {"state_dict.pt", "recipe.json", "checkpoint.pt"} <= set(card["sha256"])
+            state = torch.load(out / "state_dict.pt", weights_only=True)
+            assert state.keys() == set(
+                ModelCheckpoint.from_bytes((out / "checkpoint.pt").read_bytes()).state_dict
+            )
+        # load_model: a ready predictor in the measured runtime.
+        predictor = load_model(storage, row["trial_id"], sweep=row["sweep_id"])
+        if runtime == "onnxruntime":
+            assert not isinstance(predictor, torch.nn.Module)
+        else:
+            assert isinstance(predictor, torch.nn.Module)
+        with torch.no_grad():
+            assert _test_accuracy(predictor(x), y) == pytest.approx(row["accuracy"], abs=1e-12)
+
+    # --where/--pick through the CLI: the smallest trial at least as accurate as the worst.
+    from typer.testing import CliRunner
+
+    from orchestrator.cli import app
+
+    floor = min(r["accuracy"] for r in trials)
+    smallest = min(trials, key=lambda r: (r["size_bytes"], r["trial_id"]))
+    result = CliRunner().invoke(
+        app,
+        ["export", str(storage), "--where", f"accuracy >= {floor}", "--pick", "size_bytes",
+         "--output", str(tmp_path / "picked")],
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    picked = json.loads((tmp_path / "picked" / "model.json").read_text())
+    assert picked["trial_id"] == smallest["trial_id"]
+
+    # A damaged checkpoint: a clear error naming what to re-run; --recompute rebuilds it.
+    row = by_runtime["onnxruntime"]
+    final = storage / CACHE_DIR / f"{row['stage_keys'][-1]}.ckpt"
+    final.write_bytes(final.read_bytes()[:100])
+    with pytest.raises(SqueezerayError, match=r"export stage.*sha256.*--recompute"):
+        export_trial(storage, row["trial_id"], output=tmp_path / "broken")
+    result = CliRunner().invoke(
+        app, ["export", str(storage), row["trial_id"], "--output", str(tmp_path / "broken")]
+    )
+    assert result.exit_code == 2 and "--recompute" in result.output
+    again = export_trial(storage, row["trial_id"], output=tmp_path / "again", recompute=True)
+    assert again.card["recheck"]["ok"] is True
