@@ -47,6 +47,7 @@ CARD = "model.json"
 ARTIFACT = {"onnxruntime": "model.onnx", "torchscript": "model.pt", "eager": "model.pt"}
 METRICS_IN_CARD = (
     "accuracy",
+    "val_accuracy",
     "size_bytes",
     "params_total",
     "params_nonzero",
@@ -91,6 +92,10 @@ def select_row(
     pick: str | None = None,
 ) -> dict[str, Any]:
     """The row to export: by trial id, or the best `pick` among ok trials matching `where`.
+
+    `pick` chooses on the selection column, as the search and the front do: `accuracy` picks
+    on `val_accuracy` (validation) when the table has it; the test split is only reported.
+    `where` filters on the columns it names, as `squeezeray pareto --where` does.
 
     Raises SqueezerayError when the trial is unknown, ambiguous (`--sweep all` with one id in
     two sweeps), not ok, or when no trial id and no single candidate is given.
@@ -141,7 +146,10 @@ def select_row(
             f"{candidates.num_rows} trials match; give a TRIAL_ID, or --pick COLUMN[:min|max] "
             "to take the best of them (e.g. --pick size_bytes)"
         )
+    from orchestrator.config import selection_column
+
     column, direction = parse_pick(pick)
+    column = selection_column(column, candidates.column_names)
     if column not in candidates.column_names:
         raise SqueezerayError(
             f"--pick {pick!r}: no column {column!r}; accepted: "
