@@ -314,6 +314,10 @@ def ort_quantize_dynamic(onnx_bytes: bytes) -> bytes:
     from stages.export import quiet_logging
 
     model = onnx.load_from_string(onnx_bytes)
+    # Intermediate shape annotations are hints, and some exporters leave stale ones after
+    # structured pruning (torch 2.11's dynamo exporter kept a pruned Linear's old width, and
+    # ORT's shape inference then refused the model): drop them, ORT infers them again.
+    del model.graph.value_info[:]
     with tempfile.TemporaryDirectory() as tmp, quiet_logging():
         out = os.path.join(tmp, "int8.onnx")
         quantize_dynamic(model, out, weight_type=QuantType.QInt8)
