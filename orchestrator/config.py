@@ -987,8 +987,9 @@ def _check_task_name(source: str, key: str, task: str, *, check_task: bool) -> s
             raise SqueezerayError(f"{source}: {key}: {exc}") from exc
         except Exception as exc:  # the user's factory itself failed
             raise SqueezerayError(
-                f"{source}: {key}: {task!r} failed to load: {type(exc).__name__}: {exc}; "
-                "accepted: a zero-argument callable returning a stages.Task"
+                f"{source}: {key}: {task!r} failed to load: {type(exc).__name__}: {exc} "
+                "(raised by the task's own code: its factory, datasets or models); accepted: "
+                "a zero-argument callable returning a stages.Task"
             ) from exc
     return task
 

@@ -22,6 +22,7 @@ import torch
 from torch import nn
 
 from stages.base import StageInput, StageOutput, StageSpec, check_choice
+from stages.batches import Inputs, LogitsOnly, as_args, batch_size, concat, forward_logits
 from stages.checkpoint import RUNTIMES, ModelCheckpoint, build_model
 from stages.errors import SqueezerayError
 from stages.quantize import TORCH_INT8_MODES
@@ -54,25 +55,34 @@ def quiet_logging() -> Iterator[None]:
         logging.disable(previous)
 
 
-def to_onnx_bytes(model: nn.Module, example_input: torch.Tensor) -> bytes:
-    """Serialized ONNX model of `model` (eval mode), input "x" with a dynamic batch axis.
+def onnx_input_names(count: int) -> list[str]:
+    """ "x" for a model with one input, "x0", "x1", ... for several."""
+    return [ONNX_INPUT] if count == 1 else [f"{ONNX_INPUT}{i}" for i in range(count)]
+
+
+def to_onnx_bytes(model: nn.Module, example_input: Inputs) -> bytes:
+    """Serialized ONNX model of `model` (eval mode): one input per model argument ("x", or
+    "x0", "x1", ...; dtypes as given, so int64 ids stay int64), each with a dynamic batch axis,
+    and one output, the logits (a tuple or `.logits` output is reduced to them).
 
     The dynamo exporter comes first (it folds BatchNorm into Conv and was the fastest in ONNX
     Runtime here); a model it cannot export goes through the legacy exporter.
     """
-    model = model.eval()
-    if example_input.shape[0] < 2:  # torch.export specializes a size-1 dim: use >= 2 rows
-        example_input = torch.cat([example_input, example_input])
+    wrapped = LogitsOnly(model.eval()).eval()
+    if batch_size(example_input) < 2:  # torch.export specializes a size-1 dim: use >= 2 rows
+        example_input = concat([example_input, example_input])
+    args = as_args(example_input)
+    names = onnx_input_names(len(args))
     try:
         batch = torch.export.Dim("batch")
         with quiet_logging():
             program = torch.onnx.export(
-                model,
-                (example_input,),
+                wrapped,
+                args,
                 dynamo=True,
-                input_names=[ONNX_INPUT],
+                input_names=names,
                 output_names=[ONNX_OUTPUT],
-                dynamic_shapes=({0: batch},),
+                dynamic_shapes=tuple({0: batch} for _ in args),
                 verbose=False,
             )
         if program is None:
@@ -83,13 +93,16 @@ def to_onnx_bytes(model: nn.Module, example_input: torch.Tensor) -> bytes:
         try:
             with quiet_logging():
                 torch.onnx.export(
-                    model,
-                    (example_input,),
+                    wrapped,
+                    args,
                     buf,  # type: ignore[arg-type]  # file-like works (legacy exporter)
                     dynamo=False,
-                    input_names=[ONNX_INPUT],
+                    input_names=names,
                     output_names=[ONNX_OUTPUT],
-                    dynamic_axes={ONNX_INPUT: {0: "batch"}, ONNX_OUTPUT: {0: "batch"}},
+                    dynamic_axes={
+                        **{name: {0: "batch"} for name in names},
+                        ONNX_OUTPUT: {0: "batch"},
+                    },
                 )
         except Exception as legacy_error:
             raise SqueezerayError(
@@ -140,7 +153,7 @@ def _check_same_outputs(
     """The exported runtime must compute what the eager model computes (up to float noise)."""
     x = task.example_input(min(16, len(task.test)))  # type: ignore[arg-type]
     with torch.no_grad():
-        expected = model(x)
+        expected = forward_logits(model, x)
     got = predictor(x)
     if got.shape != expected.shape or not torch.allclose(got, expected, rtol=1e-3, atol=1e-4):
         diff = (got - expected).abs().max().item() if got.shape == expected.shape else "shape"

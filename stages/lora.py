@@ -16,6 +16,7 @@ from __future__ import annotations
 import copy
 import math
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -24,6 +25,7 @@ from torch.nn.modules.batchnorm import _NormBase
 from torch.utils.data import DataLoader
 
 from stages.base import StageInput, StageOutput, StageSpec, check_choice, check_int, check_range
+from stages.batches import Inputs, as_inputs, batch_size, forward_logits, to_device, to_double
 from stages.checkpoint import ModelCheckpoint, build_model, from_model, set_submodule
 from stages.device import resolve_device
 from stages.errors import SqueezerayError
@@ -127,8 +129,8 @@ class _AdaptersOnly(nn.Module):
         super().__init__()
         self.model = model
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.model(x)  # type: ignore[no-any-return]
+    def forward(self, *args: torch.Tensor) -> Any:
+        return self.model(*args)
 
     def train(self, mode: bool = True) -> _AdaptersOnly:
         super().train(mode)
@@ -174,7 +176,7 @@ class MergeCheck:
 
 
 @torch.no_grad()
-def merge_lora(model: nn.Module, batch: torch.Tensor) -> MergeCheck:
+def merge_lora(model: nn.Module, batch: Inputs) -> MergeCheck:
     """Replace every LoRALinear by its merged Linear (in place), checked on `batch`.
 
     Raises SqueezerayError when the merged and unmerged logits differ by more than
@@ -182,13 +184,13 @@ def merge_lora(model: nn.Module, batch: torch.Tensor) -> MergeCheck:
     """
     model.eval()
     reference = copy.deepcopy(model).double()
-    before64 = reference(batch.double())
-    before32 = model(batch)
+    before64 = forward_logits(reference, to_double(batch))
+    before32 = forward_logits(model, batch)
     for name, module in list(model.named_modules()):
         if isinstance(module, LoRALinear):
             set_submodule(model, name, module.merged())
-    after32 = model(batch)
-    after64 = copy.deepcopy(model).double()(batch.double())
+    after32 = forward_logits(model, batch)
+    after64 = forward_logits(copy.deepcopy(model).double(), to_double(batch))
     if not all(torch.isfinite(t).all() for t in (before32, after32, before64, after64)):
         raise SqueezerayError("LoRA merge check: non-finite logits; lower lora.lr or lora.alpha")
     check = MergeCheck(
@@ -198,7 +200,7 @@ def merge_lora(model: nn.Module, batch: torch.Tensor) -> MergeCheck:
     if check.max_abs_diff > MERGE_TOLERANCE:
         raise SqueezerayError(
             f"LoRA merge check failed: merged and unmerged logits differ by "
-            f"{check.max_abs_diff:.3g} (> {MERGE_TOLERANCE:g}) on {batch.shape[0]} validation "
+            f"{check.max_abs_diff:.3g} (> {MERGE_TOLERANCE:g}) on {batch_size(batch)} validation "
             "examples; the merged weights do not reproduce the trained adapters"
         )
     return check
@@ -259,7 +261,7 @@ def lora(inp: StageInput, params: LoraParams) -> StageOutput:
     )
 
     batch, _ = next(iter(DataLoader(task.val, batch_size=MERGE_CHECK_BATCH, shuffle=False)))
-    check = merge_lora(model, batch.to(device).float())
+    check = merge_lora(model, to_device(as_inputs(batch), device))
     model.requires_grad_(True)
     return StageOutput(
         # Merged: plain Linears again, so the parent's recipe (lowrank, masked) still holds.

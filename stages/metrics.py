@@ -23,6 +23,7 @@ import torch
 import zstandard
 
 from stages.base import check_int
+from stages.batches import Inputs, select, stack_samples
 from stages.checkpoint import ModelCheckpoint
 from stages.runtime import Predictor, make_predictor
 from stages.tasks import Task
@@ -223,12 +224,13 @@ def _time_calls(
     )
 
 
-def _test_batches(task: Task, batch_size: int) -> list[torch.Tensor]:
-    """A few distinct (batch_size, *input_shape) batches from the test split (wrapping)."""
+def _test_batches(task: Task, batch_size: int) -> list[Inputs]:
+    """A few distinct batches of `batch_size` test samples (wrapping); tuple inputs stay
+    tuples and dtypes are kept (`stages.batches`)."""
     n = len(task.test)  # type: ignore[arg-type]
-    xs = torch.stack([torch.as_tensor(task.test[i][0]) for i in range(n)]).float()
+    xs = stack_samples([task.test[i][0] for i in range(n)])
     count = max(1, min(_LATENCY_DISTINCT_INPUTS, n // batch_size))
-    return [xs[(torch.arange(batch_size) + j * batch_size) % n] for j in range(count)]
+    return [select(xs, (torch.arange(batch_size) + j * batch_size) % n) for j in range(count)]
 
 
 # -- everything at once --------------------------------------------------------------------

@@ -40,6 +40,7 @@ from torch import nn
 from torch.nn.utils import prune as torch_prune
 
 from stages.base import StageInput, StageOutput, StageSpec, check_choice, check_int, check_range
+from stages.batches import Inputs, forward_logits, to_device
 from stages.checkpoint import build_model, from_model
 from stages.device import resolve_device
 from stages.errors import SqueezerayError
@@ -210,7 +211,7 @@ def _prune_structured(
     import torch_pruning as tp
 
     model.eval()  # tracing runs a forward pass: keep BatchNorm running stats untouched
-    example = task.example_input(2).to(device)
+    example = to_device(task.example_input(2), device)
     last = output_layer(model, example)
     pruner = tp.pruner.MetaPruner(
         model,
@@ -221,6 +222,7 @@ def _prune_structured(
         iterative_steps=params.steps,
         iterative_pruning_ratio_scheduler=cubic_schedule,
         ignored_layers=[last],
+        forward_fn=forward_logits,
     )
     for step in range(params.steps):
         pruner.step()
@@ -248,7 +250,7 @@ def _keep_one_channel(
     return ratios
 
 
-def output_layer(model: nn.Module, example: torch.Tensor) -> nn.Module:
+def output_layer(model: nn.Module, example: Inputs) -> nn.Module:
     """The Linear/Conv layer that runs last in a forward pass (the classifier)."""
     order: list[nn.Module] = []
     hooks = [
@@ -257,7 +259,7 @@ def output_layer(model: nn.Module, example: torch.Tensor) -> nn.Module:
     ]
     try:
         with torch.no_grad():
-            model(example)
+            forward_logits(model, example)
     finally:
         for hook in hooks:
             hook.remove()

@@ -45,6 +45,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from stages.base import StageInput, StageOutput, StageSpec, check_choice, check_int, check_range
+from stages.batches import Inputs, as_args, as_inputs, forward_logits
 from stages.checkpoint import ModelCheckpoint, build_model, resize_to_state, set_submodule
 from stages.errors import SqueezerayError
 from stages.tasks import Task
@@ -98,14 +99,14 @@ def _dynamic(model: nn.Module) -> nn.Module:
         return quantize_dynamic(model, {nn.Linear}, dtype=torch.qint8)  # type: ignore[no-any-return]
 
 
-def _prepare(model: nn.Module, mode: str, example: torch.Tensor) -> nn.Module:
+def _prepare(model: nn.Module, mode: str, example: Inputs) -> nn.Module:
     """FX prepare (static: observers; qat: fake-quant, model in train mode)."""
     from torch.ao.quantization.quantize_fx import prepare_fx, prepare_qat_fx
 
     with quiet_ao():
         if mode == "qat":
-            return prepare_qat_fx(model.train(), _qconfig_mapping(mode), (example,))
-        return prepare_fx(model.eval(), _qconfig_mapping(mode), (example,))
+            return prepare_qat_fx(model.train(), _qconfig_mapping(mode), as_args(example))
+        return prepare_fx(model.eval(), _qconfig_mapping(mode), as_args(example))
 
 
 def _convert(prepared: nn.Module) -> nn.Module:
@@ -143,7 +144,7 @@ def rebuild_quantized(
     # replaced by the saved scales and zero points right after.
     prepared.eval()
     with torch.no_grad(), quiet_ao():
-        prepared(example)
+        prepared(*as_args(example))
     return _convert(prepared)
 
 
@@ -243,7 +244,7 @@ def _static(task: Task, model: nn.Module, params: QuantizeParams, *, seed: int) 
         for i, (x, _y) in enumerate(loader):
             if i >= params.calibration_batches:
                 break
-            prepared(x.float())
+            prepared(*as_args(as_inputs(x)))
     return _convert(prepared)
 
 
@@ -336,7 +337,7 @@ def _check_rebuild(task: Task, quantized: nn.Module, ckpt: ModelCheckpoint) -> N
         ) from exc
     x = task.example_input(min(8, len(task.test)))  # type: ignore[arg-type]
     with torch.no_grad():
-        same = torch.equal(quantized(x), rebuilt(x))
+        same = torch.equal(forward_logits(quantized, x), forward_logits(rebuilt, x))
     if not same:
         raise SqueezerayError(
             f"quantize.mode={ckpt.quantize!r}: the model rebuilt from the checkpoint gives other "

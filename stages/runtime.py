@@ -26,17 +26,19 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 from stages.base import check_int
+from stages.batches import LogitsOnly, as_args, as_inputs, logits_of
 from stages.checkpoint import ModelCheckpoint, build_model
 from stages.errors import SqueezerayError
 from stages.tasks import Task
 
 
 class Predictor:
-    """Logits of a checkpoint in its runtime. x: (B, *input_shape) float -> (B, num_classes)."""
+    """Logits of a checkpoint in its runtime. x: a batch of inputs (a tensor, or a tuple of
+    tensors for several model inputs; see `stages.batches`) -> (B, num_classes) logits."""
 
     runtime: str
 
-    def prepare(self, x: torch.Tensor) -> Any:
+    def prepare(self, x: Any) -> Any:
         """The runtime's native input for `x` (done once, outside any timing)."""
         raise NotImplementedError
 
@@ -47,7 +49,7 @@ class Predictor:
     def to_tensor(self, out: Any) -> torch.Tensor:
         raise NotImplementedError
 
-    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+    def __call__(self, x: Any) -> torch.Tensor:
         return self.to_tensor(self.run_native(self.prepare(x)))
 
     def accuracy(self, dataset: Dataset, *, batch_size: int = 256) -> float:
@@ -67,15 +69,15 @@ class TorchPredictor(Predictor):
         self.module = module
         self.runtime = runtime
 
-    def prepare(self, x: torch.Tensor) -> torch.Tensor:
-        return x.detach().to("cpu", torch.float32).contiguous()
+    def prepare(self, x: Any) -> tuple[torch.Tensor, ...]:
+        return tuple(t.detach().to("cpu").contiguous() for t in as_args(as_inputs(x)))
 
-    def run_native(self, native: torch.Tensor) -> torch.Tensor:
+    def run_native(self, native: tuple[torch.Tensor, ...]) -> Any:
         with torch.inference_mode():
-            return self.module(native)  # type: ignore[no-any-return]
+            return self.module(*native)
 
-    def to_tensor(self, out: torch.Tensor) -> torch.Tensor:
-        return out
+    def to_tensor(self, out: Any) -> torch.Tensor:
+        return logits_of(out)
 
 
 class OnnxPredictor(Predictor):
@@ -94,12 +96,20 @@ class OnnxPredictor(Predictor):
         self.session = ort.InferenceSession(
             onnx_bytes, sess_options=options, providers=["CPUExecutionProvider"]
         )
-        self.input_name = self.session.get_inputs()[0].name
+        self.input_names = [i.name for i in self.session.get_inputs()]
         self.output_names = [self.session.get_outputs()[0].name]
 
-    def prepare(self, x: torch.Tensor) -> dict[str, np.ndarray]:
-        array = np.ascontiguousarray(x.detach().to("cpu", torch.float32).numpy())
-        return {self.input_name: array}
+    def prepare(self, x: Any) -> dict[str, np.ndarray]:
+        args = as_args(as_inputs(x))
+        if len(args) != len(self.input_names):
+            raise SqueezerayError(
+                f"the ONNX model takes {len(self.input_names)} inputs "
+                f"({', '.join(self.input_names)}) but the batch has {len(args)}"
+            )
+        return {
+            name: np.ascontiguousarray(t.detach().to("cpu").numpy())
+            for name, t in zip(self.input_names, args, strict=True)
+        }
 
     def run_native(self, native: dict[str, np.ndarray]) -> np.ndarray:
         return self.session.run(self.output_names, native)[0]  # type: ignore[no-any-return]
@@ -132,11 +142,11 @@ def make_predictor(task: Task, ckpt: ModelCheckpoint, *, threads: int = 1) -> Pr
 def _trace_and_freeze(
     task: Task, model: nn.Module, ckpt: ModelCheckpoint
 ) -> torch.jit.ScriptModule:
-    example = task.example_input(min(2, len(task.test)))  # type: ignore[arg-type]
+    example = as_args(task.example_input(2))
     try:
         with warnings.catch_warnings(), torch.no_grad():
             warnings.simplefilter("ignore")  # TorchScript deprecation, tracer warnings
-            traced = torch.jit.trace(model.eval(), example)
+            traced = torch.jit.trace(LogitsOnly(model.eval()).eval(), example)
             return torch.jit.freeze(traced.eval())
     except Exception as exc:  # any tracing failure is a model/runtime mismatch to report
         raise SqueezerayError(

@@ -12,6 +12,7 @@ import torch
 from torch import nn
 from torch.utils.data import Dataset, TensorDataset
 
+from stages.batches import INPUT_RULE, OUTPUT_RULE, Inputs, as_args, logits_of, stack_samples
 from stages.errors import SqueezerayError
 from stages.models import MLP, ConvNet
 
@@ -36,10 +37,12 @@ class Task:
     num_classes: int
     description: str = field(default="", compare=False)
 
-    def example_input(self, batch_size: int = 1) -> torch.Tensor:
-        """A real input batch from the test split, shape (batch_size, *input_shape)."""
-        xs = [torch.as_tensor(self.test[i][0]) for i in range(batch_size)]
-        return torch.stack(xs).float()
+    def example_input(self, batch_size: int = 1) -> Inputs:
+        """A real input batch from the test split: a tensor (batch_size, *input_shape), or a
+        tuple of such tensors for a model with several inputs; dtypes as in
+        `stages.batches.as_inputs` (int64 ids unchanged, float64 -> float32)."""
+        n = min(batch_size, len(self.test))  # type: ignore[arg-type]
+        return stack_samples([self.test[i % n][0] for i in range(batch_size)])
 
     def build(self, arch: str) -> nn.Module:
         """A fresh `teacher` or `student` module."""
@@ -234,9 +237,19 @@ def check_task(task: Task, *, source: str) -> None:
         item = ds[0]
         if not (isinstance(item, (tuple, list)) and len(item) == 2):
             raise SqueezerayError(
-                f"task={source!r}: {split}[0] must be an (x, y) pair, got {type(item).__name__}"
+                f"task={source!r}: {split}[0] must be an (x, y) pair, got "
+                f"{_kind(item)}; {INPUT_RULE}"
+            )
+        x0 = item[0]
+        if not (
+            _is_array(x0)
+            or (isinstance(x0, (tuple, list)) and x0 and all(_is_array(t) for t in x0))
+        ):
+            raise SqueezerayError(
+                f"task={source!r}: {split}[0] has x of type {_kind(x0)}; {INPUT_RULE}"
             )
     x = task.example_input(1)
+    shapes = ", ".join(f"{tuple(t.shape)} {str(t.dtype).replace('torch.', '')}" for t in as_args(x))
     for arch in ("teacher", "student"):
         model = task.build(arch)
         if not isinstance(model, nn.Module):
@@ -246,15 +259,31 @@ def check_task(task: Task, *, source: str) -> None:
         model.eval()
         try:
             with torch.no_grad():
-                out = model(x)
+                raw = model(*as_args(x))
         except Exception as exc:  # a user's model: any error is a shape/type problem to report
             raise SqueezerayError(
-                f"task={source!r}: {arch} model fails on an input of shape {tuple(x.shape)} "
-                f"from the test split: {exc}"
+                f"task={source!r}: {arch} model fails on one test sample, called as "
+                f"model(*x) with x = [{shapes}]: {type(exc).__name__}: {exc}"
             ) from exc
-        if not isinstance(out, torch.Tensor) or tuple(out.shape) != (1, task.num_classes):
-            shape = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
+        try:
+            out = logits_of(raw)
+        except SqueezerayError as exc:
+            raise SqueezerayError(f"task={source!r}: {arch}: {exc}") from exc
+        if tuple(out.shape) != (1, task.num_classes) or not out.is_floating_point():
             raise SqueezerayError(
-                f"task={source!r}: {arch} output has shape {shape} for one input; expected "
-                f"(1, {task.num_classes}) logits (num_classes={task.num_classes})"
+                f"task={source!r}: {arch} logits have shape {tuple(out.shape)} "
+                f"({out.dtype}) for one input; expected float (1, {task.num_classes}) "
+                f"(num_classes={task.num_classes}); {OUTPUT_RULE}"
             )
+
+
+def _is_array(value: object) -> bool:
+    import numpy as np
+
+    return isinstance(value, torch.Tensor | np.ndarray)
+
+
+def _kind(value: object) -> str:
+    if isinstance(value, (tuple, list)):
+        return f"{type(value).__name__} of {len(value)}"
+    return type(value).__name__

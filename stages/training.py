@@ -11,6 +11,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 from stages.base import StageOutput
+from stages.batches import Inputs, as_inputs, forward_logits, to_device
 from stages.checkpoint import from_model
 from stages.errors import SqueezerayError
 from stages.tasks import Task
@@ -49,7 +50,7 @@ def accuracy(
     model.eval()
     correct = total = 0
     for x, y in DataLoader(dataset, batch_size=batch_size, shuffle=False):
-        pred = model(x.to(device).float()).argmax(dim=1)
+        pred = forward_logits(model, to_device(as_inputs(x), device)).argmax(dim=1)
         correct += int((pred.cpu() == y).sum())
         total += int(y.numel())
     model.train(was_training)
@@ -57,8 +58,8 @@ def accuracy(
 
 
 @torch.no_grad()
-def _teacher_logits(teacher: nn.Module, x: torch.Tensor) -> torch.Tensor:
-    return teacher(x)  # type: ignore[no-any-return]
+def _teacher_logits(teacher: nn.Module, x: Inputs) -> torch.Tensor:
+    return forward_logits(teacher, x)
 
 
 def fit(
@@ -101,8 +102,8 @@ def fit(
         model.train()
         total, n = 0.0, 0
         for x, y in loader:
-            x, y = x.to(device).float(), y.to(device)
-            logits = model(x)
+            x, y = to_device(as_inputs(x), device), y.to(device)
+            logits = forward_logits(model, x)
             if teacher is not None:
                 loss = kd_loss(
                     logits, _teacher_logits(teacher, x), y, temperature=temperature, alpha=alpha

