@@ -485,7 +485,7 @@ def _card(
         "storage": storage,
         "runtime": ckpt.runtime,
         "artifact": ARTIFACT[ckpt.runtime],
-        "input": {"name": "x", "dtype": "float32", "shape": ["batch", *_input_shape(row)]},
+        "input": _input_card(row),
         "output": {"name": "logits", "shape": ["batch", "num_classes"]},
         "knobs": json.loads(row.get("params") or "{}"),
         "metrics": metrics,
@@ -506,8 +506,20 @@ def _card(
     }
 
 
-def _input_shape(row: Mapping[str, Any]) -> list[int]:
+def _input_card(row: Mapping[str, Any]) -> dict[str, Any] | list[dict[str, Any]]:
+    """{name, dtype, shape} of the model input (a list of them for a model with several
+    inputs), named as in the ONNX model (`stages.export.onnx_input_names`)."""
+    from stages.batches import as_args
+    from stages.export import onnx_input_names
     from stages.tasks import load_task
 
-    x = load_task(str(row["task"])).example_input(1)
-    return [int(d) for d in x.shape[1:]]
+    args = as_args(load_task(str(row["task"])).example_input(1))
+    cards = [
+        {
+            "name": name,
+            "dtype": str(t.dtype).removeprefix("torch."),
+            "shape": ["batch", *(int(d) for d in t.shape[1:])],
+        }
+        for name, t in zip(onnx_input_names(len(args)), args, strict=True)
+    ]
+    return cards[0] if len(cards) == 1 else cards
