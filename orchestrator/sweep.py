@@ -250,7 +250,13 @@ def prepare_sweep(
     # The task import path is checked here, on the driver, before any Ray work.
     from stages.tasks import load_task
 
-    load_task(loaded.task)
+    task_obj = load_task(loaded.task)
+    if task_obj.student is not None and "distill.student_ratio" in loaded.params:
+        raise SqueezerayError(
+            f"{loaded.source}: params.distill.student_ratio: task {loaded.task!r} has its own "
+            "student, so distill.student_ratio would change nothing; drop the key, or give the "
+            "task student=None to have the student made from the teacher"
+        )
     return PreparedSweep(
         space=loaded,
         storage=open_storage(storage, create=True),

@@ -2,6 +2,14 @@
 
 loss = alpha * CE(student, y) + (1 - alpha) * KL(teacher_T || student_T) * T^2, with both
 softmaxes at temperature T. alpha = 1 is the plain-CE student, the baseline KD is judged by.
+
+The student is a fresh `task.student()`; a task whose `student` is None gets one made from the
+teacher, prune-then-distill as in Minitron (Muralidharan et al., 2024): a copy of the trained
+teacher structurally pruned with torch-pruning (L2 group magnitude, the prune stage's
+`structured` method) to keep `student_ratio` of the neurons/channels of every layer but the
+classifier, then distilled from the teacher like any student. Its checkpoint rebuilds from the
+teacher factory (recipe `arch: teacher`, shapes from the state dict). `student_ratio` is used
+only by such tasks.
 """
 
 from __future__ import annotations
@@ -9,11 +17,13 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
+from torch import nn
 
 from stages.base import StageInput, StageOutput, StageSpec, check_int, check_range
-from stages.checkpoint import build_model
+from stages.checkpoint import ModelCheckpoint, build_model
 from stages.device import resolve_device
 from stages.errors import SqueezerayError
+from stages.tasks import Task
 from stages.training import fit, trained_output
 
 
@@ -24,6 +34,7 @@ class DistillParams:
     epochs: int = 60
     lr: float = 3e-3
     batch_size: int = 64
+    student_ratio: float = 0.5  # task without a student: the teacher's width kept, in (0, 1]
 
     def __post_init__(self) -> None:
         check_range("distill.temperature", self.temperature, low=0.0, low_inclusive=False)
@@ -31,10 +42,14 @@ class DistillParams:
         check_int("distill.epochs", self.epochs, low=1)
         check_range("distill.lr", self.lr, low=0.0, low_inclusive=False)
         check_int("distill.batch_size", self.batch_size, low=1)
+        check_range(
+            "distill.student_ratio", self.student_ratio, low=0.0, high=1.0, low_inclusive=False
+        )
 
 
 def distill(inp: StageInput, params: DistillParams) -> StageOutput:
-    """A fresh `task.student()` trained against the teacher in `inp.parent` (or `inp.teacher`)."""
+    """A fresh `task.student()` (or, when the task has none, the teacher pruned to
+    `student_ratio`) trained against the teacher in `inp.parent` (or `inp.teacher`)."""
     task = inp.task
     teacher_ckpt = inp.parent if inp.parent is not None else inp.teacher
     if teacher_ckpt is None:
@@ -46,7 +61,11 @@ def distill(inp: StageInput, params: DistillParams) -> StageOutput:
     # alpha = 1 never reads the teacher's logits: skip its forward passes entirely.
     teacher = build_model(task, teacher_ckpt) if params.alpha < 1.0 else None
     torch.manual_seed(inp.seed)  # the student's initial weights
-    student = task.build("student")
+    if task.student is None:
+        student = student_from_teacher(task, teacher_ckpt, params.student_ratio, seed=inp.seed)
+        arch = "teacher"  # rebuilt from the teacher factory, resized to the saved shapes
+    else:
+        student, arch = task.build("student"), "student"
     stats = fit(
         student,
         task.train,
@@ -60,7 +79,25 @@ def distill(inp: StageInput, params: DistillParams) -> StageOutput:
         temperature=params.temperature,
         alpha=params.alpha,
     )
-    return trained_output(task, student, stats, arch="student")
+    return trained_output(task, student, stats, arch=arch)
+
+
+def student_from_teacher(
+    task: Task, teacher: ModelCheckpoint, ratio: float, *, seed: int
+) -> nn.Module:
+    """The trained teacher structurally pruned to keep `ratio` of every layer's width.
+
+    ratio 1 keeps the teacher's shape (distillation then fine-tunes a copy of the teacher).
+    Raises SqueezerayError when the model has no layer torch-pruning can narrow.
+    """
+    from stages.prune import PruneParams, prune_module
+
+    model = build_model(task, teacher)
+    if ratio < 1.0:
+        cpu = torch.device("cpu")
+        params = PruneParams(ratio=1.0 - ratio, method="structured", steps=1)
+        prune_module(model, task, params, device=cpu, seed=seed)
+    return model
 
 
 SPEC = StageSpec(name="distill", params=DistillParams, run=distill)

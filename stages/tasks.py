@@ -23,14 +23,17 @@ DATA_SEED = 0  # fixed: every process (every Ray worker) must see the same split
 class Task:
     """A model family plus its data.
 
-    `teacher` and `student` build fresh, untrained modules; datasets yield `(x, y)` with `y` an
-    integer class in `[0, num_classes)`. The student is what distillation trains; a task
-    without a smaller student may pass the teacher factory twice.
+    `teacher` builds the teacher: a fresh module (the `teacher` stage trains it), or a trained
+    one, e.g. loading the user's state dict with `weights_only=True` (`teacher.epochs: 0` uses
+    it as given). `student` builds the fresh, smaller module distillation trains; `None`
+    makes the student from the teacher (the teacher structurally pruned to the width ratio
+    `distill.student_ratio`, then distilled). Datasets yield `(x, y)` with `y` an integer
+    class in `[0, num_classes)`.
     """
 
     name: str
     teacher: Callable[[], nn.Module]
-    student: Callable[[], nn.Module]
+    student: Callable[[], nn.Module] | None
     train: Dataset
     val: Dataset
     test: Dataset
@@ -49,6 +52,11 @@ class Task:
         if arch == "teacher":
             return self.teacher()
         if arch == "student":
+            if self.student is None:
+                raise SqueezerayError(
+                    f"task {self.name!r} has no student factory (student=None): its student is "
+                    "made from the teacher by the distill stage (distill.student_ratio)"
+                )
             return self.student()
         raise SqueezerayError(f"arch={arch!r} is not a model role; accepted: teacher, student")
 
@@ -250,7 +258,7 @@ def check_task(task: Task, *, source: str) -> None:
             )
     x = task.example_input(1)
     shapes = ", ".join(f"{tuple(t.shape)} {str(t.dtype).replace('torch.', '')}" for t in as_args(x))
-    for arch in ("teacher", "student"):
+    for arch in ("teacher", "student") if task.student is not None else ("teacher",):
         model = task.build(arch)
         if not isinstance(model, nn.Module):
             raise SqueezerayError(

@@ -105,10 +105,19 @@ def _train_outside(module: Any) -> float:
         return int((net.eval()(x).argmax(1) == y).sum()) / len(y)
 
 
-def _user_module(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, name: str) -> Any:
+def _user_module(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, name: str, *, student: bool = True
+) -> Any:
     import importlib
 
-    (tmp_path / f"{name}.py").write_text(textwrap.dedent(USER_MODULE))
+    text = textwrap.dedent(USER_MODULE)
+    if not student:
+        text = text.replace(
+            "student=lambda: nn.Sequential(nn.Linear(64, 32), nn.ReLU(), nn.Linear(32, 10)),",
+            "student=None,",
+        )
+        assert "student=None" in text
+    (tmp_path / f"{name}.py").write_text(text)
     monkeypatch.syspath_prepend(str(tmp_path))
     sys.modules.pop(name, None)
     return importlib.import_module(name)
@@ -221,3 +230,49 @@ def test_pretrained_teacher_sweep_export_and_load_model(
     assert result.exit_code == 2 and "--recompute" in result.output
     again = export_trial(storage, row["trial_id"], output=tmp_path / "again", recompute=True)
     assert again.card["recheck"]["ok"] is True
+
+
+NO_STUDENT_SPACE = """
+name: made-student
+task: {module}:make_task
+pipeline: [teacher, distill]
+params:
+  teacher.epochs: 0
+  distill.epochs: 3
+  distill.student_ratio: {{choice: [0.25, 0.5]}}
+search: {{algorithm: grid, trials: 1}}
+latency: {{warmup: 2, repeats: 5}}
+"""
+
+
+def test_student_made_from_a_pretrained_teacher(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A task with student=None: each trial's student is the teacher pruned to its
+    student_ratio and distilled; the smaller ratio has fewer parameters."""
+    module = _user_module(tmp_path, monkeypatch, "usermodel_nostudent", student=False)
+    _train_outside(module)
+    space_file = tmp_path / "space.yaml"
+    space_file.write_text(NO_STUDENT_SPACE.format(module="usermodel_nostudent"))
+    outcome = execute_sweep(prepare_sweep(load_space(space_file), storage=tmp_path / "runs"))
+    rows = outcome.table.to_pylist()
+    baseline = next(r for r in rows if r["is_baseline"])
+    trials = {
+        json.loads(r["params"])["distill.student_ratio"]: r for r in rows if not r["is_baseline"]
+    }
+    assert set(trials) == {0.25, 0.5}
+    assert all(r["status"] == "ok" for r in trials.values()), [r["error"] for r in trials.values()]
+    assert trials[0.25]["params_total"] < trials[0.5]["params_total"] < baseline["params_total"]
+    assert all(r["accuracy"] > 0.5 for r in trials.values())
+
+
+def test_student_ratio_on_a_task_with_a_student_is_refused(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    module = _user_module(tmp_path, monkeypatch, "usermodel_withstudent")
+    _train_outside(module)
+    space_file = tmp_path / "space.yaml"
+    space_file.write_text(NO_STUDENT_SPACE.format(module="usermodel_withstudent"))
+    with pytest.raises(SqueezerayError, match=r"distill.student_ratio.*own student.*student=None"):
+        prepare_sweep(load_space(space_file), storage=tmp_path / "runs")
+    assert not (tmp_path / "runs").exists()

@@ -22,7 +22,7 @@ from stages.tasks import Task
 
 # Small but real params per stage, and one out-of-range value per stage with the range text.
 CASES: dict[str, dict[str, Any]] = {
-    "teacher": {"params": {"epochs": 2}, "bad": ("epochs", 0, "[1, inf]")},
+    "teacher": {"params": {"epochs": 2}, "bad": ("epochs", -1, "[0, inf]")},
     "distill": {"params": {"epochs": 2}, "bad": ("temperature", 0.0, "(0, inf]")},
     "prune": {"params": {"ratio": 0.5}, "bad": ("ratio", 1.0, "[0, 1)")},
     "finetune": {"params": {"epochs": 1}, "bad": ("alpha", 1.5, "[0, 1]")},

@@ -139,3 +139,44 @@ def test_default_params_match_the_contract() -> None:
     assert DistillParams() == DistillParams(
         temperature=4.0, alpha=0.5, epochs=60, lr=3e-3, batch_size=64
     )
+
+
+@pytest.mark.parametrize("fixture", ["digits", "digits_cnn"])
+def test_student_made_from_the_teacher(fixture: str, request: pytest.FixtureRequest) -> None:
+    """A task with student=None: the teacher pruned to student_ratio, then distilled; the
+    checkpoint rebuilds from the teacher factory; a smaller ratio gives fewer parameters."""
+    import dataclasses
+
+    from tests.stages.conftest import train_checkpoint
+
+    base: Task = request.getfixturevalue(fixture)
+    task = dataclasses.replace(base, name=f"{base.name}-nostudent", student=None)
+    teacher = train_checkpoint(task, "teacher", epochs=3, lr=3e-3)
+    teacher_params = sum(t.numel() for k, t in teacher.state_dict.items() if "running" not in k)
+    before = snapshot(teacher)
+    totals = {}
+    for ratio in (0.25, 0.5):
+        out = distill(
+            StageInput(task=task, parent=teacher, seed=0),
+            DistillParams(epochs=2, student_ratio=ratio),
+        )
+        ckpt = out.checkpoint
+        assert ckpt.recipe["arch"] == "teacher"
+        model = build_model(task, ckpt)  # from the teacher factory, resized to the saved shapes
+        assert accuracy(model, task.val, device=CPU) == out.metrics["val_accuracy"]
+        assert out.metrics["val_accuracy"] > 0.5
+        totals[ratio] = out.metrics["params_total"]
+    assert totals[0.25] < totals[0.5] < teacher_params
+    assert all(torch.equal(before[k], teacher.state_dict[k]) for k in before)  # input untouched
+    # ratio 1 keeps the teacher's shapes; the knob is validated
+    same = distill(
+        StageInput(task=task, parent=teacher, seed=0), DistillParams(epochs=1, student_ratio=1.0)
+    )
+    assert {k: v.shape for k, v in same.checkpoint.state_dict.items()} == {
+        k: v.shape for k, v in teacher.state_dict.items()
+    }
+    for bad in (0.0, 1.5, -0.1):
+        with pytest.raises(SqueezerayError, match=r"distill.student_ratio=.* \(0, 1\]"):
+            DistillParams(student_ratio=bad)
+    with pytest.raises(SqueezerayError, match="student=None"):
+        task.build("student")
