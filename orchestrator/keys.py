@@ -1,4 +1,5 @@
-"""Stage identity: hash(stage name, its params, parent's key, task name, code version)."""
+"""Stage identity: hash(stage name, its params, parent's key, task name, code version, training
+seed, and the part of the task's fingerprint the stage reads)."""
 
 from __future__ import annotations
 
@@ -62,14 +63,15 @@ def stage_key(
     task: str,
     version: str,
     seed: int = 0,
-    fingerprint: str = "",
+    fingerprint: str | None = None,
 ) -> str:
     """The cache key of one stage execution (24 hex chars).
 
     The training seed is part of it: a stage trained with another seed is another model.
-    `fingerprint` identifies the task's models beyond its name (`stages.tasks.
-    teacher_fingerprint`: a hash of the teacher's weights), so a pretrained teacher with new
-    weights gets new keys; empty, it is left out (the keys of older code stay valid).
+    `fingerprint` is what the stage reads from the user's task beyond its parent (see
+    `SweepPlan.requests`: the teacher's architecture, weights, the data and the device for the
+    teacher stage; the student's for distillation); later stages inherit it through
+    `parent_key`, so a change recomputes from the first stage it affects.
     """
     fields: dict[str, Any] = {
         "stage": stage,
@@ -79,7 +81,7 @@ def stage_key(
         "code": version,
         "seed": seed,
     }
-    if fingerprint:
+    if fingerprint:  # none (or empty): left out, so keys without one stay what they were
         fields["fingerprint"] = fingerprint
     payload = json.dumps(fields, sort_keys=True)
     return hashlib.sha256(payload.encode()).hexdigest()[:24]

@@ -39,7 +39,22 @@ class SweepPlan:
     sys_path: tuple[str, ...] = ()
     latency: dict[str, int] = field(default_factory=dict)  # warmup, repeats, batch_size, threads
     trial_timeout_s: float | None = None
-    fingerprint: str = ""  # the task's teacher weights hash (stages.tasks.teacher_fingerprint)
+    # stages.fingerprint.TaskFingerprint.as_dict() of the task (teacher, student, data),
+    # computed once on the driver; empty: keys without a fingerprint (tests of the plan alone)
+    fingerprint: dict[str, str] = field(default_factory=dict)
+
+    def stage_fingerprint(self, stage: str) -> str | None:
+        """What `stage` reads from the task beyond its parent checkpoint: the teacher stage
+        builds the teacher and trains on the data on this device type; distillation builds the
+        student. Every later stage inherits both through its parent's key."""
+        fp = self.fingerprint
+        if not fp:
+            return None
+        if stage == "teacher":
+            return f"teacher={fp['teacher']};data={fp['data']};device={self.device}"
+        if stage == "distill":
+            return f"student={fp['student']}"
+        return None
 
     def resolve(self, sampled: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
         """{stage: full params} from defaults, fixed values and this trial's sampled knobs.
@@ -78,7 +93,7 @@ class SweepPlan:
                 task=self.task,
                 version=self.code_version,
                 seed=self.seed,
-                fingerprint=self.fingerprint,
+                fingerprint=self.stage_fingerprint(stage),
             )
             out.append(
                 StageRequest(

@@ -1,9 +1,15 @@
 """Starting or joining Ray, and the custom resources squeezeray schedules on.
 
-On a laptop `init_ray(address=None)` starts an embedded local Ray (dashboard off); with an
-address it connects to a running cluster. Each node offers one `squeezeray_latency` slot so
-two latency measurements never overlap on a node (the embedded Ray declares it; cluster.yaml
-declares it on every node).
+On a laptop `init_ray(address=None)` always starts an embedded local Ray (dashboard off),
+whatever RAY_ADDRESS, a running `ray start` head or a stale address file say. With an address
+it joins a running cluster: `auto` (RAY_ADDRESS, else the head Ray's address file names),
+`HOST:PORT`, or a `ray://` client address. Ray 2.60 heads started by `ray start --head` use
+token authentication when a token exists (`~/.ray/auth_token`); squeezeray presents the token
+Ray keeps (RAY_AUTH_TOKEN, RAY_AUTH_TOKEN_PATH or `~/.ray/auth_token`) and says what failed
+when it cannot join: no head at that address, or a token the head refused.
+
+Each node offers one `squeezeray_latency` slot so two latency measurements never overlap on a
+node (the embedded Ray declares it; cluster.yaml declares it on every node).
 """
 
 from __future__ import annotations
@@ -46,7 +52,11 @@ def init_ray(
         os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")  # verbose=0 then prints nothing
         log_level = logging.ERROR if quiet else logging.INFO
         if address is None:
+            # "local" always starts a new instance: a bare ray.init() would join RAY_ADDRESS, a
+            # running `ray start` head or the address file a killed head left behind, and then
+            # reject num_cpus/resources (DESIGN.md, Ray facts).
             ray.init(
+                address="local",
                 num_cpus=num_cpus,
                 num_gpus=num_gpus,
                 include_dashboard=False,
@@ -56,15 +66,150 @@ def init_ray(
             )
             started_here = True
         else:
-            try:
-                ray.init(address=address, logging_level=log_level, log_to_driver=not quiet)
-            except ConnectionError as exc:
-                raise SqueezerayError(
-                    f"--address={address!r}: cannot connect to a Ray cluster ({exc}); start one "
-                    "with `ray up cluster.yaml` or `ray start --head`, or drop --address to run "
-                    "on an embedded local Ray"
-                ) from exc
+            join_ray(address, logging_level=log_level, log_to_driver=not quiet)
     return cluster_info(started_here=started_here)
+
+
+CONNECT_CHECK_TIMEOUT_S = 5.0
+AUTH_HELP = (
+    "copy the head's token (`ray get-auth-token` on the head node) to ~/.ray/auth_token here, "
+    "or set RAY_AUTH_TOKEN=<token> or RAY_AUTH_TOKEN_PATH=<file>"
+)
+
+
+def join_ray(address: str, *, logging_level: int, log_to_driver: bool) -> None:
+    """`ray.init` on a running cluster, with the token Ray keeps, and one-line errors.
+
+    Raises SqueezerayError naming the address and the cause: nothing found for `auto`, no head
+    answering at HOST:PORT (checked with a plain TCP connect first, so a dead address fails in
+    seconds instead of Ray's minutes of retries), or an authentication failure and how to
+    provide the token.
+    """
+    import ray
+
+    if "://" in address:  # a Ray Client address: Ray's own client handles it
+        try:
+            ray.init(address=address, logging_level=logging_level, log_to_driver=log_to_driver)
+        except ConnectionError as exc:
+            raise SqueezerayError(
+                f"--address={address!r}: cannot connect to the Ray client server "
+                f"({_one_line(exc)}); check the address, or drop --address to run on an "
+                "embedded local Ray"
+            ) from exc
+        return
+    target, origin = resolve_address(address)
+    _check_listening(address, target, origin)
+    token = use_token_if_available()
+    try:
+        ray.init(address=target, logging_level=logging_level, log_to_driver=log_to_driver)
+    except Exception as exc:  # ConnectionError, AuthenticationError, RuntimeError from the GCS
+        text = _chain_text(exc)
+        if any(m in text for m in ("AuthenticationError", "InvalidAuthToken", "UNAUTHENTICATED")):
+            have = f"the token from {token} was refused" if token else "no token was found here"
+            raise SqueezerayError(
+                f"--address={address!r}: the Ray head at {target} uses token authentication "
+                f"and {have}; {AUTH_HELP}"
+            ) from exc
+        raise SqueezerayError(
+            f"--address={address!r}: cannot join the Ray cluster at {target}{origin} "
+            f"({_one_line(exc)}); check that its head is running (`ray status --address "
+            f"{target}`), or drop --address to run on an embedded local Ray"
+        ) from exc
+
+
+def resolve_address(address: str) -> tuple[str, str]:
+    """(HOST:PORT, where it came from) for `auto` or an explicit address; `auto` reads
+    RAY_ADDRESS, else the address file of the last `ray start` head on this machine."""
+    if address != "auto":
+        return address, ""
+    env = os.environ.get("RAY_ADDRESS")
+    if env:
+        return env, " (from RAY_ADDRESS)"
+    try:
+        from ray._private.services import get_ray_address_from_environment
+
+        found = get_ray_address_from_environment("auto", None)
+    except ConnectionError as exc:
+        raise SqueezerayError(
+            "--address='auto': no running Ray cluster found on this machine (no RAY_ADDRESS, "
+            "no `ray start` head); start one with `ray start --head` or `ray up cluster.yaml`, "
+            "pass its HOST:PORT, or drop --address to run on an embedded local Ray"
+        ) from exc
+    if not found or found == "auto":
+        raise SqueezerayError(
+            "--address='auto': no running Ray cluster found on this machine; start one with "
+            "`ray start --head`, pass its HOST:PORT, or drop --address to run on an embedded "
+            "local Ray"
+        )
+    return str(found), " (from Ray's address file of the last `ray start` head)"
+
+
+def _check_listening(address: str, target: str, origin: str) -> None:
+    import socket
+
+    host, _, port = target.rpartition(":")
+    if not host or not port.isdigit():
+        raise SqueezerayError(
+            f"--address={address!r}: {target!r}{origin} is not an address; accepted: auto, "
+            "HOST:PORT (the head's GCS port, 6379 by default) or ray://HOST:PORT"
+        )
+    try:
+        with socket.create_connection((host, int(port)), timeout=CONNECT_CHECK_TIMEOUT_S):
+            pass
+    except OSError as exc:
+        stale = " (a head that is no longer running left it behind)" if origin else ""
+        raise SqueezerayError(
+            f"--address={address!r}: no Ray head answers at {target}{origin}{stale}: "
+            f"{exc.strerror or exc}; start one with `ray start --head` (or `ray up "
+            "cluster.yaml`), or drop --address to run on an embedded local Ray"
+        ) from exc
+
+
+def use_token_if_available() -> str | None:
+    """Turn on Ray's token authentication for this process when a token is at hand and
+    RAY_AUTH_MODE is not set; return where the token is (None: no token).
+
+    A client in token mode still joins a head without authentication, so presenting the token
+    is always safe. An explicit RAY_AUTH_MODE is respected.
+    """
+    from pathlib import Path
+
+    if os.environ.get("RAY_AUTH_TOKEN"):
+        where = "RAY_AUTH_TOKEN"
+    elif (
+        os.environ.get("RAY_AUTH_TOKEN_PATH")
+        and Path(os.environ["RAY_AUTH_TOKEN_PATH"]).expanduser().is_file()
+    ):
+        where = f"RAY_AUTH_TOKEN_PATH={os.environ['RAY_AUTH_TOKEN_PATH']}"
+    elif (Path.home() / ".ray" / "auth_token").is_file():
+        where = "~/.ray/auth_token"
+    else:
+        return None
+    if os.environ.get("RAY_AUTH_MODE") is None:
+        os.environ["RAY_AUTH_MODE"] = "token"
+        try:  # Ray caches its config; refresh it so this process sees token mode
+            from ray._raylet import Config  # type: ignore[attr-defined]
+
+            Config.initialize("")
+        except (ImportError, AttributeError):
+            pass
+    return where
+
+
+def _chain_text(exc: BaseException) -> str:
+    parts = []
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        parts.append(f"{type(current).__name__}: {current}")
+        current = current.__cause__ or current.__context__
+    return "\n".join(parts)
+
+
+def _one_line(exc: BaseException) -> str:
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    return (lines[0] if lines else type(exc).__name__)[:300]
 
 
 def cluster_info(*, started_here: bool = False) -> ClusterInfo:

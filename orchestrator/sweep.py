@@ -25,7 +25,7 @@ import signal
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -105,13 +105,6 @@ def _stage_defaults(pipeline: tuple[str, ...]) -> dict[str, dict[str, Any]]:
     return out
 
 
-def _task_fingerprint(task: str) -> str:
-    """The hash of the task's teacher weights that goes into every stage key."""
-    from stages.tasks import load_task, teacher_fingerprint
-
-    return teacher_fingerprint(load_task(task))
-
-
 def run_sweep(
     space: SearchSpace | str | Path | None = None,
     *,
@@ -176,6 +169,7 @@ class PreparedSweep:
     max_concurrent: int | None
     trial_timeout_s: float | None
     resume: bool
+    fingerprint: dict[str, str] = field(default_factory=dict)  # stages.fingerprint, per task
 
 
 @dataclass(frozen=True)
@@ -247,7 +241,10 @@ def prepare_sweep(
         time_budget_s=budget_s,
         algorithm=algorithm,
     )
-    # The task import path is checked here, on the driver, before any Ray work.
+    # The task import path is checked here, on the driver, before any Ray work; its fingerprint
+    # (architectures, weights, data) goes into the stage keys, so an edited model or dataset
+    # is recomputed instead of served from the cache.
+    from stages.fingerprint import task_fingerprint
     from stages.tasks import load_task
 
     task_obj = load_task(loaded.task)
@@ -257,6 +254,7 @@ def prepare_sweep(
             "student, so distill.student_ratio would change nothing; drop the key, or give the "
             "task student=None to have the student made from the teacher"
         )
+    fingerprint = task_fingerprint(task_obj, seed=TRAINING_SEED)
     return PreparedSweep(
         space=loaded,
         storage=open_storage(storage, create=True),
@@ -266,6 +264,7 @@ def prepare_sweep(
         max_concurrent=max_concurrent,
         trial_timeout_s=timeout_s,
         resume=resume,
+        fingerprint=fingerprint.as_dict(),
     )
 
 
@@ -448,7 +447,7 @@ def _execute_sweep(
         sys_path=_user_sys_path(space.task),
         latency=asdict(space.latency),
         trial_timeout_s=sweep.trial_timeout_s,
-        fingerprint=_task_fingerprint(space.task),
+        fingerprint=sweep.fingerprint,
     )
     stage_options = stage_task_options(sweep.cpus_per_trial, sweep.gpus_per_trial)
     measure_options: dict[str, Any] = {

@@ -39,6 +39,10 @@ class Task:
     test: Dataset
     num_classes: int
     description: str = field(default="", compare=False)
+    # Names the data's version for stage keys instead of a hash of the datasets' contents
+    # (stages.fingerprint): set it for large datasets whose sampled digest could miss an edit,
+    # and change it whenever the data changes.
+    version: str | None = field(default=None, compare=False)
 
     def example_input(self, batch_size: int = 1) -> Inputs:
         """A real input batch from the test split: a tensor (batch_size, *input_shape), or a
@@ -59,27 +63,6 @@ class Task:
                 )
             return self.student()
         raise SqueezerayError(f"arch={arch!r} is not a model role; accepted: teacher, student")
-
-
-def teacher_fingerprint(task: Task, *, seed: int = 0) -> str:
-    """A 16-hex-char sha256 of the teacher's weights as `task.teacher()` returns them.
-
-    Built under `torch.manual_seed(seed)`, so a factory that initialises randomly hashes the
-    same on every call, while one that loads trained weights hashes those weights: new weights
-    (or another architecture) give another fingerprint, and with it new stage keys.
-    """
-    import hashlib
-
-    torch.manual_seed(seed)
-    model = task.teacher()
-    h = hashlib.sha256()
-    for name, tensor in model.state_dict().items():
-        t = tensor.detach().to("cpu").contiguous()
-        h.update(f"{name}:{t.dtype}:{tuple(t.shape)}".encode())
-        if t.is_quantized:
-            t = t.dequantize()
-        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
-    return h.hexdigest()[:16]
 
 
 # -- built-in tasks -----------------------------------------------------------------------

@@ -7,7 +7,7 @@ AdamW with weight decay; the weights of the best validation epoch are restored a
 elsewhere, e.g. one that loads a state dict with `weights_only=True`): no optimizer step, no
 BatchNorm statistics update; the stage only evaluates it (val accuracy) and checkpoints it, so
 the baseline row is the user's own model. New weights give new stage keys because the task
-fingerprint in every key hashes the teacher's weights (`orchestrator.sweep`).
+fingerprint in the teacher's key hashes the weights the factory returns (`stages.fingerprint`).
 """
 
 from __future__ import annotations

@@ -39,3 +39,35 @@ def test_fingerprint_changes_the_key_and_empty_keeps_old_keys() -> None:
     assert key(fingerprint="") == key()
     assert key(fingerprint="abc") != key()
     assert key(fingerprint="abc") != key(fingerprint="abd")
+
+
+def test_fingerprint_parts_recompute_from_the_first_stage_they_affect() -> None:
+    """The teacher's architecture/weights, the data and the device key the teacher stage; the
+    student's key distillation; later stages inherit both through their parent's key."""
+    from orchestrator.pipeline import SweepPlan
+
+    fp = {"teacher": "t1", "student": "s1", "data": "d1"}
+
+    def keys(device: str = "cpu", **changes: str) -> list[str]:
+        plan = SweepPlan(
+            sweep_id="s",
+            task="pkg.mod:make",
+            pipeline=("teacher", "distill", "prune"),
+            defaults={"teacher": {}, "distill": {}, "prune": {"ratio": 0.5}},
+            fixed={},
+            code_version="v",
+            storage="/tmp/x",
+            objectives=(("val_accuracy", "max"),),
+            device=device,
+            fingerprint={**fp, **changes},
+        )
+        return [r.key for r in plan.requests({}, trial_id="t")]
+
+    base = keys()
+    assert keys() == base
+    for change in ({"teacher": "t2"}, {"data": "d2"}):
+        assert all(a != b for a, b in zip(keys(**change), base, strict=True)), change
+    assert all(a != b for a, b in zip(keys(device="cuda"), base, strict=True))
+    student = keys(student="s2")
+    assert student[0] == base[0]  # the teacher is reused
+    assert student[1] != base[1] and student[2] != base[2]

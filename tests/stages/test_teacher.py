@@ -87,7 +87,7 @@ def test_epochs_zero_uses_the_given_teacher_unchanged(digits: Task) -> None:
     train mode would move): epochs=0 checkpoints exactly its weights and buffers."""
     from torch import nn
 
-    from stages.tasks import teacher_fingerprint
+    from stages.fingerprint import task_fingerprint
     from tests.stages.conftest import train_checkpoint
 
     torch.manual_seed(0)
@@ -108,10 +108,10 @@ def test_epochs_zero_uses_the_given_teacher_unchanged(digits: Task) -> None:
     assert out.metrics["val_accuracy"] == accuracy(load(), digits.val, device=CPU)
     assert "train_loss" not in out.metrics
     # the fingerprint in every stage key follows the weights
-    fingerprint = teacher_fingerprint(task)
-    assert fingerprint == teacher_fingerprint(task)
+    fingerprint = task_fingerprint(task).teacher
+    assert fingerprint == task_fingerprint(task).teacher
     state["3.bias"] += 1.0
-    assert teacher_fingerprint(task) != fingerprint
+    assert task_fingerprint(task).teacher != fingerprint
 
 
 def test_epochs_below_zero_is_rejected() -> None:
