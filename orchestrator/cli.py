@@ -124,7 +124,7 @@ def sweep(
     )
     console.print(
         f"squeezeray sweep [bold]{prepared.sweep_id}[/]: task {prepared.space.task}, "
-        f"{prepared.space.search.trials} trials ({prepared.space.search.algorithm}), "
+        f"{trials_phrase(prepared.space)}, "
         f"storage {prepared.storage.uri}{' (resumed)' if prepared.resume else ''}",
         highlight=False,
     )
@@ -529,7 +529,7 @@ def nightly(
     )
     console.print(
         f"squeezeray nightly [bold]{prepared.sweep_id}[/]: task {prepared.space.task}, "
-        f"{prepared.space.search.trials} trials ({prepared.space.search.algorithm}), "
+        f"{trials_phrase(prepared.space)}, "
         f"storage {prepared.storage.uri}",
         highlight=False,
     )
@@ -653,6 +653,21 @@ def schedule(
             ]
         )
         out.print(text, highlight=False, markup=False, soft_wrap=True)
+
+
+def trials_phrase(space: Any) -> str:
+    """ "24 trials (optuna)", or for a grid the trials it runs and the grid's size."""
+    if space.search.algorithm != "grid":
+        return f"{space.search.trials} trials ({space.search.algorithm})"
+    from orchestrator.search import grid_points
+
+    points, total = grid_points(space)
+    if len(points) == total:
+        return f"{total} trials (grid)"
+    return (
+        f"{len(points)} trials (grid of {total}: {total - len(points)} points repeat another's "
+        "effective configuration and run once)"
+    )
 
 
 def main() -> None:

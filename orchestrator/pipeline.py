@@ -73,13 +73,7 @@ class SweepPlan:
                 if owner == stage:
                     merged[param] = value
             params[stage] = merged
-        mode = params.get("quantize", {}).get("mode", "none")
-        if "export" in params:
-            if mode == "onnx_int8":
-                params["export"]["runtime"] = "onnxruntime"
-            elif mode in TORCH_INT8_MODES and params["export"].get("runtime") == "onnxruntime":
-                params["export"]["runtime"] = "eager"
-        return params
+        return make_coherent(params)
 
     def requests(self, sampled: Mapping[str, Any], *, trial_id: str) -> list[StageRequest]:
         """The chain of stage requests of one trial, each keyed on its parent's key."""
@@ -125,6 +119,29 @@ class SweepPlan:
             batch_size=int(lat.get("batch_size", 1)),
             threads=int(lat.get("threads", 1)),
         )
+
+
+def make_coherent(params: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """Apply the coherence rules to {stage: params} in place (see `SweepPlan.resolve`)."""
+    mode = params.get("quantize", {}).get("mode", "none")
+    if "export" in params:
+        if mode == "onnx_int8":
+            params["export"]["runtime"] = "onnxruntime"
+        elif mode in TORCH_INT8_MODES and params["export"].get("runtime") == "onnxruntime":
+            params["export"]["runtime"] = "eager"
+    return params
+
+
+def effective_knobs(values: Mapping[str, Any], pipeline: tuple[str, ...]) -> dict[str, Any]:
+    """Flat "stage.param" values as a trial would run them (coherence rules applied).
+
+    Two grid points with the same effective knobs train and deploy the same model.
+    """
+    nested: dict[str, dict[str, Any]] = {stage: {} for stage in pipeline}
+    for name, value in values.items():
+        owner, _, param = name.partition(".")
+        nested.setdefault(owner, {})[param] = plain(value)
+    return {f"{s}.{k}": v for s, ps in make_coherent(nested).items() for k, v in ps.items()}
 
 
 def plain(value: Any) -> Any:

@@ -40,8 +40,15 @@ def make_search(
     algorithm = space.search.algorithm
     inner: Any
     if algorithm == "grid":
-        param_space = {k: tune.grid_search(list(d.choices)) for k, d in searched.items()}
-        inner, num_samples = BasicVariantGenerator(max_concurrent=max_concurrent or 0), 1
+        # Explicit points, one per distinct effective configuration (Tune's grid_search would
+        # run e.g. onnx_int8 once per export.runtime, though onnx_int8 always deploys to ORT).
+        points, _ = grid_points(space)
+        inner = BasicVariantGenerator(
+            points_to_evaluate=points, max_concurrent=max_concurrent or 0
+        )
+        # The domains are declared (Tune resolves points against them); every sample is a point.
+        param_space = {k: tune.choice(list(d.choices)) for k, d in searched.items()}
+        num_samples = len(points)
     elif algorithm == "random":
         param_space = {k: _tune_domain(d) for k, d in searched.items()}
         inner = BasicVariantGenerator(
@@ -58,6 +65,31 @@ def make_search(
     if space.search.time_budget_s is not None:
         inner = _with_deadline(inner, time.monotonic() + space.search.time_budget_s)
     return inner, param_space, num_samples
+
+
+def grid_points(space: SearchSpace) -> tuple[list[dict[str, Any]], int]:
+    """(points, full grid size): every combination of the searched choices, in grid order,
+    keeping the first of those that share their effective configuration
+    (`orchestrator.pipeline.effective_knobs`)."""
+    import itertools
+    import json
+
+    from orchestrator.pipeline import effective_knobs
+
+    searched = space.searched()
+    names = list(searched)
+    points: list[dict[str, Any]] = []
+    seen: set[str] = set()
+    total = 0
+    for combo in itertools.product(*(searched[n].choices for n in names)):
+        total += 1
+        point = dict(zip(names, combo, strict=True))
+        knobs = effective_knobs({**space.fixed(), **point}, space.pipeline)
+        key = json.dumps(knobs, sort_keys=True, default=str)
+        if key not in seen:
+            seen.add(key)
+            points.append(point)
+    return points, total
 
 
 def _with_deadline(inner: Any, deadline: float) -> Any:

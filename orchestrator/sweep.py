@@ -484,7 +484,7 @@ def _execute_sweep(
         task=space.task,
         code_version=plan.code_version,
         constraints=constraints,
-        total=num_samples if space.search.algorithm != "grid" else _grid_size(param_space),
+        total=num_samples,
         progress=progress,
         done={
             "ok": sum(r["status"] == "ok" for r in stored.values()),
@@ -739,13 +739,6 @@ def stage_task_options(cpus_per_trial: float, gpus_per_trial: float) -> dict[str
     if gpus_per_trial > 0:
         options["num_gpus"] = gpus_per_trial
     return options
-
-
-def _grid_size(param_space: Mapping[str, Any]) -> int:
-    size = 1
-    for value in param_space.values():
-        size *= len(value["grid_search"]) if isinstance(value, dict) else 1
-    return size
 
 
 def _scheduler(space: SearchSpace) -> Any:
