@@ -43,9 +43,7 @@ def make_search(
         # Explicit points, one per distinct effective configuration (Tune's grid_search would
         # run e.g. onnx_int8 once per export.runtime, though onnx_int8 always deploys to ORT).
         points, _ = grid_points(space)
-        inner = BasicVariantGenerator(
-            points_to_evaluate=points, max_concurrent=max_concurrent or 0
-        )
+        inner = BasicVariantGenerator(points_to_evaluate=points, max_concurrent=max_concurrent or 0)
         # The domains are declared (Tune resolves points against them); every sample is a point.
         param_space = {k: tune.choice(list(d.choices)) for k, d in searched.items()}
         num_samples = len(points)
