@@ -127,6 +127,9 @@ def select_row(
                 f"({row.get('error') or 'no model'}); only ok trials have a model to export"
             )
         return dict(row)
+    from orchestrator.knobs import with_knob_columns
+
+    table = with_knob_columns(table)  # --where and --pick may name any searched knob
     candidates = table.filter(
         pc.and_(pc.equal(table.column("status"), "ok"), pc.invert(table.column("is_baseline")))
     )

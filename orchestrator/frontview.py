@@ -16,6 +16,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
 
+from orchestrator.knobs import varying_knobs, with_knob_columns
 from orchestrator.pareto import (
     DEFAULT_OBJECTIVES,
     check_objectives,
@@ -23,7 +24,6 @@ from orchestrator.pareto import (
     pareto_front,
     resolve_objectives,
 )
-from orchestrator.schema import KNOB_COLUMNS
 from stages.errors import SqueezerayError
 
 if TYPE_CHECKING:
@@ -53,6 +53,7 @@ class FrontView:
     n_candidates: int  # ok, non-baseline rows after `where`
     n_front: int  # front size before `top`
     where: str | None
+    knobs: tuple[str, ...] = ()  # the knob columns that tell the trials apart (shown per point)
 
 
 def build_front(
@@ -69,6 +70,7 @@ def build_front(
     chosen = resolve_objectives(check_objectives(objectives, table.schema), table)
     if top is not None and top < 1:
         raise SqueezerayError(f"--top={top} must be a positive number of points")
+    table = with_knob_columns(table)  # every searched knob is a column `where` can use
     rows = table
     if where:
         from orchestrator.where import parse_where
@@ -95,6 +97,7 @@ def build_front(
         n_candidates=n_candidates,
         n_front=n_front,
         where=where,
+        knobs=tuple(varying_knobs(table)),
     )
 
 
@@ -224,10 +227,11 @@ _KNOB_LABELS = {
 }
 
 
-def _knobs(row: Mapping[str, Any]) -> str:
-    """The trial's knobs, compact: `T=4 α=0.5 prune=0.35 structured lora=4 dynamic_int8`."""
+def _knobs(row: Mapping[str, Any], names: tuple[str, ...]) -> str:
+    """The trial's knobs among `names`, compact: `T=4 α=0.5 prune=0.35 structured lora=4
+    dynamic_int8 lowrank.rank_ratio=0.5` (common knobs by short labels)."""
     parts = []
-    for knob in KNOB_COLUMNS:
+    for knob in names:
         value = row.get(knob)
         if value is None or (knob == "quantize.mode" and value == "none"):
             continue
@@ -262,7 +266,7 @@ def render_knobs(view: FrontView) -> RichTable:
         table.add_column(header, no_wrap=True)
     table.add_column("knobs", overflow="fold")
     for row in view.front.to_pylist():
-        table.add_row(*(str(row.get(c)) for _, c in keys), _knobs(row))
+        table.add_row(*(str(row.get(c)) for _, c in keys), _knobs(row, view.knobs))
     return table
 
 
@@ -320,7 +324,7 @@ def render_front(view: FrontView, *, knobs: bool = True) -> RichTable:
             "-" if size_x is None else f"{size_x:.1f}×",
             "-" if latency_x is None else f"{latency_x:.2f}×",
             "-" if delta is None else f"{delta:+.2f}",
-            *([_knobs(row)] if knobs else []),
+            *([_knobs(row, view.knobs)] if knobs else []),
         )
     return table
 

@@ -521,8 +521,10 @@ def pareto_front(
     """
     chosen = resolve_objectives(check_objectives(objectives, table.schema), table)
     if where:
+        from orchestrator.knobs import with_knob_columns
         from orchestrator.where import parse_where
 
+        table = with_knob_columns(table)
         table = table.filter(parse_where(where, table.schema))
     columns = _objective_columns(table, chosen)
     eligible = eligible_mask(table)

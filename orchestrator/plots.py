@@ -9,19 +9,19 @@ for two), hover showing each trial's knobs; plotly.js is inlined so the file wor
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from orchestrator.knobs import varying_knobs, with_knob_columns
 from orchestrator.pareto import (
     check_objectives,
     eligible_mask,
     is_non_dominated,
     resolve_objectives,
 )
-from orchestrator.schema import KNOB_COLUMNS
 from stages.errors import SqueezerayError
 
 if TYPE_CHECKING:
@@ -90,6 +90,7 @@ class _PlotData:
         on_front: np.ndarray,
         baselines: list[dict[str, Any]],
         baseline_values: np.ndarray,
+        knobs: Sequence[str] = (),
     ) -> None:
         self.objectives = objectives
         self.trials = trials  # eligible rows with every objective set
@@ -97,11 +98,13 @@ class _PlotData:
         self.on_front = on_front  # (n,) bool
         self.baselines = baselines
         self.baseline_values = baseline_values  # (b, m)
+        self.knobs = knobs  # knob columns shown on hover: those that differ among trials
 
     @classmethod
     def build(cls, table: pa.Table, objectives: dict[str, str]) -> _PlotData:
         import pyarrow.compute as pc
 
+        table = with_knob_columns(table)
         names = list(objectives)
         eligible = table.filter(eligible_mask(table))
         raw = _matrix(eligible, names)
@@ -113,7 +116,15 @@ class _PlotData:
         else:
             base = table.slice(0, 0)
         trials = [r for r, k in zip(eligible.to_pylist(), keep, strict=True) if k]
-        return cls(objectives, trials, values, on_front, base.to_pylist(), _matrix(base, names))
+        return cls(
+            objectives,
+            trials,
+            values,
+            on_front,
+            base.to_pylist(),
+            _matrix(base, names),
+            knobs=varying_knobs(table),
+        )
 
 
 def _matrix(table: pa.Table, names: list[str]) -> np.ndarray:
@@ -127,7 +138,7 @@ def _matrix(table: pa.Table, names: list[str]) -> np.ndarray:
     )
 
 
-def _hover(row: Mapping[str, Any], objectives: Mapping[str, str]) -> str:
+def _hover(row: Mapping[str, Any], objectives: Mapping[str, str], knobs: Sequence[str]) -> str:
     lines = [f"<b>{row.get('trial_id', '')}</b>"]
     if row.get("sweep_id"):
         lines.append(f"sweep {row['sweep_id']}")
@@ -135,7 +146,7 @@ def _hover(row: Mapping[str, Any], objectives: Mapping[str, str]) -> str:
         lines.append(f"{name} = {_short(row.get(name))}")
     if row.get("runtime"):
         lines.append(f"runtime = {row['runtime']}")
-    for knob in KNOB_COLUMNS:
+    for knob in knobs:
         if row.get(knob) is not None:
             lines.append(f"{knob} = {_short(row[knob])}")
     return "<br>".join(lines)
@@ -226,11 +237,11 @@ def _html(data: _PlotData, target: Path) -> None:
     for label, mask, marker in groups:
         rows = [r for r, m in zip(data.trials, mask, strict=True) if m]
         coords = [scaled[k][:n][mask] for k in order]
-        hover = [_hover(r, data.objectives) for r in rows]
+        hover = [_hover(r, data.objectives, data.knobs) for r in rows]
         fig.add_trace(_trace(go, label, coords, hover, marker))
     if data.baselines:
         coords = [scaled[k][n:] for k in order]
-        hover = [_hover(r, data.objectives) for r in data.baselines]
+        hover = [_hover(r, data.objectives, data.knobs) for r in data.baselines]
         marker = dict(size=9, color="rgb(200,30,30)", symbol="diamond")
         fig.add_trace(_trace(go, "baseline (teacher)", coords, hover, marker))
     title = f"squeezeray Pareto front: {int(data.on_front.sum())} of {n} ok trials"
