@@ -193,7 +193,7 @@ def test_knobs_stay_readable_on_narrow_and_wide_consoles(storage: Path, width: i
     # every front point's knobs appear whole, on one line with its sweep and trial id
     for row in view.front.to_pylist():
         assert any(
-            row["sweep_id"] in line and row["trial_id"] in line and _knobs(row) in line
+            row["sweep_id"] in line and row["trial_id"] in line and _knobs(row, view.knobs) in line
             for line in lines
         ), (row["sweep_id"], row["trial_id"])
     assert (sink.getvalue().count("knobs") == 2) is (width < KNOBS_INLINE_MIN_WIDTH)
