@@ -36,7 +36,7 @@ from orchestrator.results import (
     sweep_starts,
 )
 from orchestrator.schema import RESULTS_SCHEMA, STAGES_SCHEMA
-from orchestrator.stage_tasks import CACHE_DIR
+from orchestrator.storage import CACHE_DIR
 from stages.errors import SqueezerayError
 
 CHECKPOINT_SUFFIXES = (".ckpt", ".json")

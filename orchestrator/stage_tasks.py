@@ -19,8 +19,7 @@ from typing import Any
 import ray
 
 from orchestrator.requests import MeasureRequest, StageRequest
-
-CACHE_DIR = "cache"
+from orchestrator.storage import CACHE_DIR
 
 
 def checkpoint_path(key: str) -> tuple[str, str]:

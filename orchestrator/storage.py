@@ -17,6 +17,8 @@ import pyarrow.fs as pafs
 
 from stages.errors import SqueezerayError
 
+CACHE_DIR = "cache"  # stage checkpoints: <storage>/cache/<key>.ckpt + <key>.json
+
 
 @dataclass(frozen=True)
 class Storage:
