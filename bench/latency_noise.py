@@ -12,6 +12,15 @@ warm-up calls, the measure task's settings), `interval_s` apart. Conditions, eac
 Each condition is measured unpinned (as the orchestrator's measure task runs) and pinned to one
 core (`os.sched_setaffinity`), in the eager runtime and in ONNX Runtime. Reported per case: CV
 (stdev / mean of the n medians), and the median shift vs alone.
+
+The final latency phase (what a sweep now does when its last trial ends), two ways:
+
+- rounds: the same two models timed by `stages.metrics.interleaved_latency` (7 interleaved
+  rounds of 300 calls, pinned, nothing else of ours running): CV across rounds per model, and
+  the paired per-round ONNX/eager speedup with its spread;
+- sweep: a real sweep (`quick`, random search) on an embedded Ray; for every front row the CV
+  across its final rounds (latency_cv) and how far its in-sweep figure (latency_ms_sweep) was
+  from the final one (latency_ms).
 """
 
 from __future__ import annotations
@@ -83,6 +92,127 @@ def child_latency(payload: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+def child_rounds(payload: dict[str, Any]) -> dict[str, Any]:
+    """The digits teacher (eager and ONNX Runtime), timed in interleaved rounds `n` times."""
+    import torch
+
+    from stages import get_stage
+    from stages.base import StageInput
+    from stages.metrics import interleaved_latency
+    from stages.tasks import load_task
+
+    torch.set_num_threads(1)
+    task = load_task("digits")
+    spec = get_stage("teacher")
+    teacher = spec.run(
+        StageInput(task=task, parent=None, seed=0),
+        spec.make_params({"epochs": int(payload.get("epochs", 40))}),
+    ).checkpoint
+    export = get_stage("export")
+    onnx = export.run(
+        StageInput(task=task, parent=teacher, teacher=teacher, seed=0),
+        export.make_params({"runtime": "onnxruntime"}),
+    ).checkpoint
+    cpus = os.sched_getaffinity(0)
+    os.sched_setaffinity(0, {max(cpus)})  # as the final latency task pins its worker
+    runs = []
+    for _ in range(int(payload["n"])):
+        eager_r, onnx_r = interleaved_latency(
+            task, [teacher, onnx], rounds=int(payload["rounds"]), warmup=50, repeats=300
+        )
+        runs.append(
+            {
+                "eager": {"median_ms": eager_r.median_ms, "cv": eager_r.cv},
+                "onnxruntime": {"median_ms": onnx_r.median_ms, "cv": onnx_r.cv},
+                "speedup_onnx": onnx_r.speedup,
+                "load": os.getloadavg()[0],
+            }
+        )
+    os.sched_setaffinity(0, cpus)
+    return {"runs": runs}
+
+
+def child_sweep_final(payload: dict[str, Any]) -> dict[str, Any]:
+    """A sweep with the final latency phase; per front row: latency_cv and sweep vs final."""
+    from orchestrator.runtime import init_ray
+    from orchestrator.sweep import execute_sweep, prepare_sweep
+
+    sweep = prepare_sweep(
+        payload["space"],
+        trials=payload["trials"],
+        seed=0,
+        algorithm="random",
+        storage=payload["storage"],
+        name="bench-final",
+    )
+    init_ray(address=None, num_cpus=payload["num_cpus"])
+    t0 = time.perf_counter()
+    outcome = execute_sweep(sweep, num_cpus=payload["num_cpus"])
+    wall_s = time.perf_counter() - t0
+    rows = [r for r in outcome.table.to_pylist() if r["latency_rounds"]]
+    return {
+        "wall_s": wall_s,
+        "trials": payload["trials"],
+        "front_models": outcome.summary.latency_final_models,
+        "rows": [
+            {
+                "trial_id": r["trial_id"],
+                "baseline": r["is_baseline"],
+                "runtime": r["runtime"],
+                "latency_ms": r["latency_ms"],
+                "latency_ms_sweep": r["latency_ms_sweep"],
+                "latency_cv": r["latency_cv"],
+                "speedup": r["speedup"],
+                "sweep_vs_final": r["latency_ms_sweep"] / r["latency_ms"] - 1.0,
+            }
+            for r in rows
+        ],
+    }
+
+
+def final_phase(
+    *,
+    runs: int = 5,
+    rounds: int = 7,
+    epochs: int = 40,
+    space: str | None = "quick",
+    trials: int = 8,
+    inprocess: bool = False,
+) -> dict[str, Any]:
+    """The final latency phase, as interleaved rounds alone (`runs` times) and inside a real
+    sweep of `space` (None: no sweep)."""
+    timed = run_child(
+        "bench.latency_noise:child_rounds",
+        {"n": runs, "rounds": rounds, "epochs": epochs},
+        inprocess=inprocess,
+    )["runs"]
+    out: dict[str, Any] = {
+        "rounds": {
+            "rounds": rounds,
+            "eager_cv": spread([r["eager"]["cv"] for r in timed]),
+            "onnxruntime_cv": spread([r["onnxruntime"]["cv"] for r in timed]),
+            "speedup_onnx": spread([r["speedup_onnx"] for r in timed]),
+            "raw": timed,
+        }
+    }
+    if space is None:
+        return out
+    storage = scratch_dir("noise-final") / "store"
+    sweep = run_child(
+        "bench.latency_noise:child_sweep_final",
+        {"space": space, "trials": trials, "num_cpus": 2, "storage": str(storage)},
+        inprocess=inprocess,
+    )
+    models = [r for r in sweep["rows"] if not r["baseline"]]
+    out["sweep"] = {
+        "space": space,
+        "front_cv": spread([r["latency_cv"] for r in sweep["rows"]]),
+        "sweep_vs_final_abs": spread([abs(r["sweep_vs_final"]) for r in models] or [0.0]),
+        **sweep,
+    }
+    return out
+
+
 def _start_sweep(num_cpus: int, log: Path) -> subprocess.Popen[bytes]:
     """A default-space squeezeray sweep in its own process group (so it can be stopped whole)."""
     payload = scratch_dir("noise") / "payload.json"
@@ -149,7 +279,13 @@ def run(*, smoke: bool = False, results_dir: Any = None) -> dict[str, Any]:
                 "p90_over_median": spread([v["p90_ms"] / v["median_ms"] for v in values]),
                 "load_1min": spread([v["load"] for v in values]),
             }
+    final = (
+        final_phase(runs=1, rounds=3, epochs=2, space=None, inprocess=True)
+        if smoke
+        else final_phase()
+    )
     out = {
+        "final_phase": final,
         "n": n,
         "interval_s": interval,
         "warmup": 50,

@@ -155,6 +155,17 @@ class _StageCache:
         info = {**info, "cached": True}
         return ray.put(data), ray.put(info)
 
+    async def checkpoints(self, keys: list[str]) -> list[ray.ObjectRef | None]:
+        """The checkpoint refs of `keys` (from memory or from their disk checkpoints); None
+        for a key this sweep has neither of (its checkpoint was deleted)."""
+        out: list[ray.ObjectRef | None] = []
+        for key in keys:
+            refs = self.refs.get(key) or self._load_from_disk(key)
+            if refs is not None:
+                self.refs.setdefault(key, refs)
+            out.append(refs[0] if refs is not None else None)
+        return out
+
     async def release(self, trial_id: str) -> list[str]:
         """A trial gave up (its time limit): cancel the running stages only it was waiting for.
 

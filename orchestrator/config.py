@@ -48,9 +48,14 @@ METRICS: tuple[str, ...] = (
     "params_nonzero",
     "latency_ms",
     "latency_ms_p90",
+    "latency_ms_sweep",
 )
 DIRECTIONS: tuple[str, ...] = ("max", "min")
 VALIDATION_PREFIX = "val_"
+# Metrics whose selection column is not a `val_` twin: latency_ms is re-measured apart for the
+# front and the baseline when the sweep ends (so rows differ in how it was taken); every trial
+# keeps its in-sweep measurement in latency_ms_sweep, which the search and the front use.
+SELECTION_TWINS: dict[str, str] = {"latency_ms": "latency_ms_sweep"}
 
 
 def selection_column(metric: str, columns: Sequence[str] | None = None) -> str:
@@ -59,13 +64,14 @@ def selection_column(metric: str, columns: Sequence[str] | None = None) -> str:
     Objectives and constraints name a metric (`accuracy`); when its validation-split column
     (`val_accuracy`) exists (in `columns`, default the results' METRICS) that column selects
     models, and `accuracy` (the test split) is only reported. A metric without a validation
-    twin (size_bytes, latency_ms) is its own selection column. Naming `val_accuracy` directly
-    means the same thing.
+    twin (size_bytes) is its own selection column; latency_ms selects on latency_ms_sweep, the
+    in-sweep measurement every trial has (the front's final latency_ms is re-measured apart,
+    after the search). Naming `val_accuracy` directly means the same thing.
     """
     known = METRICS if columns is None else columns
     if metric.startswith(VALIDATION_PREFIX):
         return metric
-    twin = VALIDATION_PREFIX + metric
+    twin = SELECTION_TWINS.get(metric, VALIDATION_PREFIX + metric)
     return twin if twin in known else metric
 
 
@@ -93,7 +99,7 @@ SEARCH_KEYS: tuple[str, ...] = (
     "time_budget",
     "sampler",
 )
-LATENCY_KEYS: tuple[str, ...] = ("warmup", "repeats", "batch_size", "threads")
+LATENCY_KEYS: tuple[str, ...] = ("warmup", "repeats", "batch_size", "threads", "rounds")
 
 # Stages that only make sense on a model that some earlier stage made smaller: fine-tuning or
 # LoRA straight after the teacher would just retrain the teacher ("lora without a student").
@@ -196,6 +202,7 @@ class LatencySettings:
     repeats: int = 300
     batch_size: int = 1
     threads: int = 1
+    rounds: int = 7  # interleaved rounds of the final re-measurement; 0: no final phase
 
 
 DEFAULT_OBJECTIVES: tuple[Objective, ...] = (
@@ -946,6 +953,7 @@ def _parse_latency(source: str, raw: Any) -> LatencySettings:
             source, "latency.batch_size", raw.get("batch_size", d.batch_size), low=1
         ),
         threads=_check_int(source, "latency.threads", raw.get("threads", d.threads), low=1),
+        rounds=_check_int(source, "latency.rounds", raw.get("rounds", d.rounds), low=0),
     )
 
 

@@ -197,12 +197,22 @@ def _columns(view: FrontView) -> list[tuple[str, str]]:
         "latency_ms": "lat ms",
         "accuracy": "test acc",
         "val_accuracy": "val acc",
+        "latency_ms_sweep": "sweep ms",
+        "latency_cv": "lat cv",
+        "speedup": "speedup",
     }
     metric_cols = list(dict.fromkeys([*view.objectives, *DEFAULT_OBJECTIVES]))
+    if _final_latency(view):  # the front was re-measured apart: show the spread and speedup
+        metric_cols += ["latency_cv", "speedup"]
     cols += [(headers.get(c, c), c) for c in metric_cols if c in names]
     if "runtime" in names:
         cols.append(("runtime", "runtime"))
     return cols
+
+
+def _final_latency(view: FrontView) -> bool:
+    """True when some front row carries the final latency phase's numbers."""
+    return any(v is not None for v in _col(view.front, "latency_rounds"))
 
 
 def _col(table: pa.Table, name: str) -> list[Any]:
@@ -214,6 +224,10 @@ def _cell(column: str, value: Any) -> str:
         return _fmt_size(value)
     if column in ("accuracy", "val_accuracy") and _num(value) is not None:
         return f"{float(value):.4f}"
+    if column == "latency_cv" and _num(value) is not None:
+        return f"{100 * float(value):.1f}%"
+    if column == "speedup" and _num(value) is not None:
+        return f"{float(value):.2f}×"
     return _fmt_value(value)
 
 
@@ -288,6 +302,14 @@ def render_front(view: FrontView, *, knobs: bool = True) -> RichTable:
             f"showing the best {view.front.num_rows} by {next(iter(view.objectives))}"
         )
     caption_parts.append(_chosen_on(view))
+    if _final_latency(view):
+        rounds = max(r for r in _col(view.front, "latency_rounds") if r is not None)
+        caption_parts.append(
+            f"lat ms = final latency, re-measured apart after the search with the baseline in "
+            f"{rounds} interleaved rounds (lat cv: spread of the round medians; speedup: "
+            "baseline / model, paired per round); sweep ms = the in-sweep figure the front was "
+            "chosen on"
+        )
     caption_parts.append(
         "size× = baseline size / size, lat× = baseline latency / latency (ms, batch 1), "
         "Δacc = accuracy - baseline accuracy, in points"

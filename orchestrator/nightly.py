@@ -97,7 +97,7 @@ def warm_start_from(table: pa.Table | None, space: SearchSpace) -> WarmStart | N
                 break
             point[key] = value
         else:
-            values = [row.get(n) for n in [*names, *constrained]]
+            values = [_selection_value(row, n) for n in [*names, *constrained]]
             if any(v is None or not math.isfinite(float(v)) for v in values):
                 continue
             key = json.dumps(point, sort_keys=True, default=str)
@@ -108,6 +108,15 @@ def warm_start_from(table: pa.Table | None, space: SearchSpace) -> WarmStart | N
         return None
     kept = list(points.values())[-WARM_START_MAX:]
     return [p for p, _, _ in kept], [v for _, v, _ in kept], [c for _, _, c in kept]
+
+
+def _selection_value(row: Mapping[str, Any], column: str) -> Any:
+    """A row's value of a selection column. Rows written before latency_ms_sweep existed
+    have only latency_ms, which was then the in-sweep measurement (no final phase)."""
+    value = row.get(column)
+    if value is None and column == "latency_ms_sweep" and row.get("latency_rounds") is None:
+        return row.get("latency_ms")
+    return value
 
 
 def _fits(dist: Distribution, value: Any) -> Any:

@@ -86,6 +86,15 @@ def print_outcome(
         f"{s.stage_requests} for a naive per-trial pipeline",
         highlight=False,
     )
+    if s.latency_final_models:
+        console.print(
+            f"latency: the front's {s.latency_final_models} model(s) and the baseline were "
+            f"re-measured apart in {space.latency.rounds} interleaved rounds (lat ms, lat cv, "
+            "speedup below)",
+            highlight=False,
+        )
+    elif s.latency_final_note:
+        console.print(f"[yellow]latency: {s.latency_final_note}[/]", highlight=False)
     from orchestrator.constraints import closest_miss
 
     constraints = list(space.search_constraints())

@@ -8,9 +8,9 @@ from collections.abc import Mapping
 from datetime import datetime, timezone
 from typing import Any
 
-from orchestrator.schema import KNOB_COLUMNS, METRIC_COLUMNS
+from orchestrator.schema import KNOB_COLUMNS, LATENCY_FINAL_COLUMNS, METRIC_COLUMNS
 
-INT_METRICS = ("size_bytes", "params_total", "params_nonzero")
+INT_METRICS = ("size_bytes", "params_total", "params_nonzero", "latency_rounds")
 
 
 def now() -> datetime:
@@ -65,6 +65,6 @@ def trial_row(
         if column == "lora.rank" and value is not None:
             value = int(value)
         row[column] = value
-    for column in METRIC_COLUMNS:
+    for column in (*METRIC_COLUMNS, *LATENCY_FINAL_COLUMNS):
         row[column] = _clean_metric(column, result.get(column))
     return row

@@ -27,8 +27,16 @@ METRIC_COLUMNS: dict[str, pa.DataType] = {
     "size_bytes": pa.int64(),
     "params_total": pa.int64(),
     "params_nonzero": pa.int64(),
-    "latency_ms": pa.float64(),
+    "latency_ms": pa.float64(),  # final for the front and the baseline (re-measured apart)
     "latency_ms_p90": pa.float64(),
+    "latency_ms_sweep": pa.float64(),  # in-sweep measurement (every trial): selects
+}
+# The final latency phase (rows of the front and the baseline; null elsewhere): the spread of
+# the round medians (stdev / mean), the paired per-round speedup against the baseline, rounds.
+LATENCY_FINAL_COLUMNS: dict[str, pa.DataType] = {
+    "latency_cv": pa.float64(),
+    "speedup": pa.float64(),
+    "latency_rounds": pa.int64(),
 }
 DEFAULT_DIRECTIONS: dict[str, str] = {
     "accuracy": "max",
@@ -38,6 +46,7 @@ DEFAULT_DIRECTIONS: dict[str, str] = {
     "params_nonzero": "min",
     "latency_ms": "min",
     "latency_ms_p90": "min",
+    "latency_ms_sweep": "min",
 }
 
 STATUSES = ("ok", "error", "timeout", "stopped")
@@ -58,6 +67,7 @@ RESULTS_SCHEMA = pa.schema(
         *(pa.field(name, dtype) for name, dtype in KNOB_COLUMNS.items()),
         pa.field("params", pa.string()),  # JSON of every knob of the trial
         *(pa.field(name, dtype) for name, dtype in METRIC_COLUMNS.items()),
+        *(pa.field(name, dtype) for name, dtype in LATENCY_FINAL_COLUMNS.items()),
         pa.field("wall_s", pa.float64()),
         pa.field("stage_keys", pa.list_(pa.string())),
         pa.field("code_version", pa.string()),

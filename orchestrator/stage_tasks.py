@@ -154,12 +154,49 @@ def execute_measure(request: MeasureRequest, checkpoint: bytes) -> dict[str, Any
         "params_total": m.params_total,
         "params_nonzero": m.params_nonzero,
         "latency_ms": m.latency_ms,
+        "latency_ms_sweep": m.latency_ms,  # kept when latency_ms is re-measured at the end
         "latency_ms_p90": m.latency_ms_p90,
         "runtime": m.runtime,
     }
+
+
+def execute_remeasure(request: MeasureRequest, rounds: int, *checkpoints: bytes) -> list[dict]:
+    """The final latency phase: `checkpoints[0]` (the baseline) and every other checkpoint
+    timed in `rounds` interleaved rounds on one pinned CPU (`stages.metrics.
+    interleaved_latency`); one dict per checkpoint with latency_ms (median of the round
+    medians), latency_ms_p90, latency_cv, speedup (paired per round, vs the baseline) and
+    latency_rounds."""
+    from stages.metrics import interleaved_latency
+    from stages.tasks import load_task
+
+    _prepare_worker(request.sys_path, request.threads)
+    task = load_task(request.task)
+    ckpts = [_load_input(c, f"a checkpoint of sweep model {i}") for i, c in enumerate(checkpoints)]
+    with pinned_to_one_cpu():
+        results = interleaved_latency(
+            task,
+            ckpts,
+            rounds=rounds,
+            warmup=request.warmup,
+            repeats=request.repeats,
+            batch_size=request.batch_size,
+            threads=request.threads,
+        )
+    return [
+        {
+            "latency_ms": r.median_ms,
+            "latency_ms_p90": r.p90_ms,
+            "latency_cv": r.cv,
+            "speedup": r.speedup,
+            "latency_rounds": r.rounds,
+            "round_medians_ms": list(r.round_medians_ms),
+        }
+        for r in results
+    ]
 
 
 # Deterministic stages are safe to retry when a worker dies (max_retries); an exception raised
 # by the stage itself is not retried (retry_exceptions=False): it would fail again.
 run_stage: Any = ray.remote(num_returns=2, max_retries=3)(execute_stage)
 run_measure: Any = ray.remote(max_retries=3)(execute_measure)
+run_remeasure: Any = ray.remote(max_retries=1)(execute_remeasure)

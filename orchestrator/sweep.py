@@ -17,6 +17,7 @@ import contextlib
 import importlib.util
 import json
 import logging
+import math
 import os
 import re
 import secrets
@@ -63,6 +64,8 @@ class SweepSummary:
     interrupted: bool
     resume_command: str = ""  # continues this sweep (see `resume_command`)
     stages_cancelled: int = 0  # running stages stopped because their trials timed out
+    latency_final_models: int = 0  # front models re-measured in the final latency phase
+    latency_final_note: str = ""  # why the final phase was skipped or failed, when it was
 
 
 def new_sweep_id(name: str | None) -> str:
@@ -543,6 +546,18 @@ def _execute_sweep(
     if baseline_ref is not None and (not interrupted or ray.wait([baseline_ref], timeout=0)[0]):
         baseline = _baseline_row(plan, baseline_ref, baseline_started, space.name or sweep.sweep_id)
         append_results(store.uri, [baseline])
+    final_models, final_note = 0, ""
+    if not interrupted and space.latency.rounds > 0:
+        stats_before = ray.get(cache.stats.remote(wait=True))  # every stage has finished
+        del stats_before
+        final_models, final_note = final_latency_phase(
+            plan,
+            cache,
+            store,
+            sweep.sweep_id,
+            space,
+            options=final_latency_options(info, latency_resource),
+        )
     stats = ray.get(cache.stats.remote(wait=not interrupted))
     ray.kill(cache)
     write_manifest(store, sweep, status="interrupted" if interrupted else "finished")
@@ -568,6 +583,8 @@ def _execute_sweep(
         interrupted=interrupted,
         resume_command=resume_command(store, sweep.sweep_id),
         stages_cancelled=len(stats["cancelled"]),
+        latency_final_models=final_models,
+        latency_final_note=final_note,
     )
     if interrupted:
         raise SweepInterrupted(summary)
@@ -587,6 +604,105 @@ def _compact_quietly(store: Storage, sweep_id: str) -> None:
             "squeezeray compact %s --sweep %s",
             sweep_id, exc, shlex.quote(store.uri), shlex.quote(sweep_id),
         )  # fmt: skip
+
+
+FINAL_LATENCY_MAX_MODELS = 16  # front models re-measured at most (the best by the first objective)
+FINAL_LATENCY_TIMEOUT_S = 1800.0
+
+
+def final_latency_options(info: Any, latency_resource: str | None) -> dict[str, Any]:
+    """Ray options of the final latency task: every CPU of one node that offers the latency
+    slot (or `latency_resource`), pinned there, so no stage or measurement of ours can run
+    beside it on that node while it times."""
+    import ray
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    from orchestrator.runtime import LATENCY_RESOURCE, latency_resources
+
+    wanted = latency_resource or LATENCY_RESOURCE
+    nodes = [n for n in ray.nodes() if n.get("Alive")]
+    offering = [n for n in nodes if n["Resources"].get(wanted, 0) > 0] or nodes
+    node = offering[0]
+    return {
+        "num_cpus": float(node["Resources"].get("CPU", 1.0)) or 1.0,
+        "resources": latency_resources(info, latency_resource),
+        "scheduling_strategy": NodeAffinitySchedulingStrategy(node["NodeID"], soft=False),
+    }
+
+
+def final_latency_phase(
+    plan: SweepPlan,
+    cache: Any,
+    store: Storage,
+    sweep_id: str,
+    space: SearchSpace,
+    *,
+    options: Mapping[str, Any],
+) -> tuple[int, str]:
+    """After the last trial: re-measure the front's models and the baseline apart.
+
+    The front (the space's objectives on their selection columns: val_accuracy, size,
+    latency_ms_sweep) and the baseline are timed together in `latency.rounds` interleaved
+    rounds by one task that holds a whole node (`final_latency_options`). Each of their rows is
+    written again (the newer row wins on read) with latency_ms / latency_ms_p90 from those
+    rounds, latency_cv (spread of the round medians), speedup (paired per round, vs the
+    baseline) and latency_rounds; latency_ms_sweep keeps the in-sweep figure. Returns (models
+    re-measured, a note when the phase was skipped or failed). A failure never fails the sweep:
+    the rows keep their in-sweep latency.
+    """
+    import warnings
+
+    import ray
+
+    from orchestrator.pareto import pareto_front, resolve_objectives
+    from orchestrator.pipeline import describe_error
+    from orchestrator.results import append_results
+    from orchestrator.stage_tasks import run_remeasure
+
+    table = _sweep_table(store, sweep_id)
+    rows = table.to_pylist()
+    baseline = next((r for r in rows if r["is_baseline"] and r["status"] == "ok"), None)
+    if baseline is None or not baseline.get("stage_keys"):
+        return 0, "no baseline row to compare with"
+    objectives = {o.name: o.direction for o in space.objectives}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # rows without objectives: counted by `pareto`
+        front = pareto_front(table, objectives)
+    first, direction = next(iter(resolve_objectives(objectives, table).items()))
+    front_rows = front.to_pylist()
+    front_rows.sort(
+        key=lambda r: r.get(first) if r.get(first) is not None else -math.inf,
+        reverse=direction == "max",
+    )
+    front_rows = front_rows[:FINAL_LATENCY_MAX_MODELS]
+    if not front_rows:
+        return 0, "no front to re-measure"
+    chosen = [baseline, *front_rows]
+    refs = ray.get(cache.checkpoints.remote([r["stage_keys"][-1] for r in chosen]))
+    pairs = [(row, ref) for row, ref in zip(chosen, refs, strict=True) if ref is not None]
+    if not pairs or pairs[0][0] is not baseline:
+        return 0, "the baseline's checkpoint is gone"
+    request = plan.measure_request(baseline["stage_keys"][-1])
+    task = run_remeasure.options(**options).remote(
+        request, space.latency.rounds, *[ref for _, ref in pairs]
+    )
+    try:
+        results = ray.get(task, timeout=FINAL_LATENCY_TIMEOUT_S)
+    except Exception as exc:  # a dead worker, a timeout: keep the in-sweep figures
+        ray.cancel(task, force=True)
+        return 0, f"final latency phase failed ({describe_error(exc)}); rows keep in-sweep latency"
+    finished = now()
+    updated = []
+    for (row, _), measured in zip(pairs, results, strict=True):
+        new = dict(row)
+        if new.get("latency_ms_sweep") is None:
+            new["latency_ms_sweep"] = row.get("latency_ms")
+        for column in ("latency_ms", "latency_ms_p90", "latency_cv", "speedup", "latency_rounds"):
+            new[column] = measured[column]
+        new["finished_at"] = finished
+        updated.append(new)
+    append_results(store.uri, updated)
+    return len(updated) - 1, ""
 
 
 def _restored_tuner(experiment_dir: str, trainable: Any, writer: Any) -> Any:

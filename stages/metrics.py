@@ -17,6 +17,7 @@ import io
 import re
 import time
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
@@ -199,6 +200,19 @@ def _time_calls(
     check_int("latency.warmup", warmup, low=0)
     check_int("latency.repeats", repeats, low=1)
     inputs = [predictor.prepare(x) for x in _test_batches(task, batch_size)]
+    times_ms = _timed_ms(predictor, inputs, warmup=warmup, repeats=repeats)
+    return LatencyResult(
+        median_ms=float(np.median(times_ms)),
+        p90_ms=float(np.percentile(times_ms, 90)),
+        mean_ms=float(times_ms.mean()),
+        repeats=repeats,
+        batch_size=batch_size,
+        runtime=predictor.runtime,
+    )
+
+
+def _timed_ms(predictor: Predictor, inputs: list[Any], *, warmup: int, repeats: int) -> np.ndarray:
+    """`warmup` untimed calls, then `repeats` calls each timed (ms), GC off while timing."""
     for i in range(warmup):
         predictor.run_native(inputs[i % len(inputs)])
     times_ns = np.empty(repeats, dtype=np.int64)
@@ -213,15 +227,86 @@ def _time_calls(
     finally:
         if gc_was_enabled:
             gc.enable()
-    times_ms = times_ns / 1e6
-    return LatencyResult(
-        median_ms=float(np.median(times_ms)),
-        p90_ms=float(np.percentile(times_ms, 90)),
-        mean_ms=float(times_ms.mean()),
-        repeats=repeats,
-        batch_size=batch_size,
-        runtime=predictor.runtime,
-    )
+    return times_ns / 1e6
+
+
+@dataclass(frozen=True)
+class RoundsLatency:
+    """One model's latency over interleaved rounds (`interleaved_latency`), in milliseconds.
+
+    median_ms: the median over rounds of each round's median call time; p90_ms: the 90th
+    percentile of every timed call of every round; cv: stdev / mean of the round medians (the
+    spread between rounds); speedup: the median over rounds of reference / this model's round
+    median (paired per round, so a slow spell of the machine that hits both cancels out; 1.0
+    for the reference itself); round_medians_ms: each round's median.
+    """
+
+    median_ms: float
+    p90_ms: float
+    cv: float
+    speedup: float
+    rounds: int
+    round_medians_ms: tuple[float, ...]
+    runtime: str
+
+
+def interleaved_latency(
+    task: Task,
+    ckpts: list[ModelCheckpoint],
+    *,
+    rounds: int = 7,
+    warmup: int = 50,
+    repeats: int = 300,
+    batch_size: int = 1,
+    threads: int = 1,
+) -> list[RoundsLatency]:
+    """Time `ckpts` side by side: every round times each model in turn (ckpts[0], the
+    reference, first), `repeats` calls each after a short re-warm; one `RoundsLatency` per
+    checkpoint, in order.
+
+    Interleaving puts every model under the same conditions within a round, and the paired
+    per-round ratio to the reference cancels a drift of the machine's speed between rounds
+    (on shared hosts batch-1 latency has slow spells of seconds: bench/RESULTS.md §3). Each
+    predictor is built once and warmed up with `warmup` calls before the first round.
+    """
+    check_int("latency.rounds", rounds, low=1)
+    check_int("latency.warmup", warmup, low=0)
+    check_int("latency.repeats", repeats, low=1)
+    check_int("threads", threads, low=1)
+    if not ckpts:
+        return []
+    previous = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        predictors = [make_predictor(task, c, threads=threads) for c in ckpts]
+        batches = _test_batches(task, batch_size)
+        inputs = [[p.prepare(x) for x in batches] for p in predictors]
+        for p, xs in zip(predictors, inputs, strict=True):
+            _timed_ms(p, xs, warmup=warmup, repeats=1)
+        rewarm = min(warmup, 10)
+        times: list[list[np.ndarray]] = [[] for _ in ckpts]
+        for _ in range(rounds):
+            for i, (p, xs) in enumerate(zip(predictors, inputs, strict=True)):
+                times[i].append(_timed_ms(p, xs, warmup=rewarm, repeats=repeats))
+    finally:
+        torch.set_num_threads(previous)
+    medians = np.array([[float(np.median(t)) for t in per_model] for per_model in times])
+    out = []
+    for i, p in enumerate(predictors):
+        m = medians[i]
+        ratios = medians[0] / m
+        out.append(
+            RoundsLatency(
+                median_ms=float(np.median(m)),
+                p90_ms=float(np.percentile(np.concatenate(times[i]), 90)),
+                cv=float(m.std() / m.mean()) if m.mean() > 0 else 0.0,
+                speedup=float(np.median(ratios)),
+                rounds=rounds,
+                round_medians_ms=tuple(float(v) for v in m),
+                runtime=p.runtime,
+            )
+        )
+    return out
 
 
 def _test_batches(task: Task, batch_size: int) -> list[Inputs]:

@@ -338,3 +338,36 @@ def test_tables_without_validation_values_fall_back_to_the_metric() -> None:
         resolve_objectives(
             {"accuracy": "max", "val_accuracy": "max"}, table_of([{"val_accuracy": 1}])
         )
+
+
+def test_front_view_shows_both_splits_and_the_final_latency() -> None:
+    """`pareto` says which split chose the front and shows the final latency phase."""
+    from rich.console import Console
+
+    from orchestrator.frontview import build_front, render_front
+
+    base = {"size_bytes": 1000, "latency_ms_sweep": 0.02}
+    table = table_of(
+        [
+            {**base, "is_baseline": True, "val_accuracy": 0.97, "accuracy": 0.98,
+             "latency_ms": 0.03, "latency_cv": 0.01, "speedup": 1.0, "latency_rounds": 7},
+            {**base, "val_accuracy": 0.95, "accuracy": 0.91, "size_bytes": 300,
+             "latency_ms": 0.015, "latency_cv": 0.02, "speedup": 2.0, "latency_rounds": 7},
+            {**base, "val_accuracy": 0.90, "accuracy": 0.99, "size_bytes": 400,
+             "latency_ms": 0.02},  # best on test, dominated on validation
+        ]
+    )  # fmt: skip
+    view = build_front(table)
+    assert view.objectives == {
+        "val_accuracy": "max",
+        "size_bytes": "min",
+        "latency_ms_sweep": "min",
+    }
+    assert view.front.column("trial_id").to_pylist() == ["t1"]
+    console = Console(width=200, record=True)
+    console.print(render_front(view))
+    text = console.export_text()
+    for header in ("val acc", "test acc", "sweep ms", "lat ms", "lat cv", "speedup"):
+        assert header in text, header
+    assert "front chosen on the validation split (val_accuracy)" in text
+    assert "2.00×" in text and "2.0%" in text and "7 interleaved rounds" in text

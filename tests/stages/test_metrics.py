@@ -10,6 +10,7 @@ from torch import nn
 
 from stages.base import StageInput
 from stages.checkpoint import ModelCheckpoint, from_model
+from stages.errors import SqueezerayError
 from stages.export import ExportParams, export
 from stages.metrics import (
     LatencyResult,
@@ -187,3 +188,27 @@ def test_evaluate_reports_every_objective(
     no_latency = evaluate(digits, ckpt, latency=False)
     assert no_latency.latency_ms is None and no_latency.latency_ms_p90 is None
     assert not math.isnan(no_latency.accuracy)
+
+
+def test_interleaved_latency_pairs_rounds_against_the_reference(digits: Task) -> None:
+    """The final latency phase's measurement: one result per checkpoint, rounds interleaved,
+    the reference's own paired speedup exactly 1, medians taken over the round medians."""
+    from stages.metrics import interleaved_latency
+    from tests.stages.conftest import train_checkpoint
+
+    teacher = train_checkpoint(digits, "teacher", epochs=1)
+    student = train_checkpoint(digits, "student", epochs=1)
+    results = interleaved_latency(digits, [teacher, student], rounds=3, warmup=2, repeats=15)
+    assert len(results) == 2
+    for r in results:
+        assert r.rounds == 3 and len(r.round_medians_ms) == 3
+        assert min(r.round_medians_ms) <= r.median_ms <= max(r.round_medians_ms)
+        assert r.p90_ms >= min(r.round_medians_ms) > 0
+        assert r.cv >= 0 and r.runtime == "eager"
+    assert results[0].speedup == 1.0
+    pairs = zip(results[0].round_medians_ms, results[1].round_medians_ms, strict=True)
+    ratios = [a / b for a, b in pairs]
+    assert results[1].speedup == pytest.approx(sorted(ratios)[1])  # the median of 3 ratios
+    assert interleaved_latency(digits, []) == []
+    with pytest.raises(SqueezerayError, match=r"latency\.rounds=0"):
+        interleaved_latency(digits, [teacher], rounds=0)
