@@ -11,6 +11,7 @@ mean nothing). `bench/RESULTS.md` is the written summary of the full results.
     search_quality   hypervolume, Optuna vs random search, 3 seeds
     compression      size/latency ratios of the default sweeps' fronts, KD vs CE
     pareto           Pareto-front scale (bench/pareto_bench.py, another developer's)
+    store_scale      query times on 200 sweeps x 50 trials, before and after compaction
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ BENCHMARKS = (
     "search_quality",
     "compression",
     "pareto",
+    "store_scale",
 )
 
 
@@ -60,6 +62,14 @@ def _runner(name: str, *, smoke: bool, repeats: int, results_dir: Path | None) -
         from bench import compression
 
         return lambda: compression.run(smoke=smoke, results_dir=results_dir)
+    if name == "store_scale":
+        from bench import store_scale
+
+        if smoke:
+            return lambda: store_scale.run(
+                sweeps=3, trials=4, repeats=1, smoke=True, results_dir=results_dir
+            )
+        return lambda: store_scale.run(repeats=repeats, results_dir=results_dir)
     from bench import pareto_bench
     from bench.common import RESULTS_DIR
 
