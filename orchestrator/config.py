@@ -46,6 +46,7 @@ METRICS: tuple[str, ...] = (
     "size_bytes",
     "params_total",
     "params_nonzero",
+    "quantized_fraction",
     "latency_ms",
     "latency_ms_p90",
     "latency_ms_sweep",

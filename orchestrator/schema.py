@@ -27,6 +27,7 @@ METRIC_COLUMNS: dict[str, pa.DataType] = {
     "size_bytes": pa.int64(),
     "params_total": pa.int64(),
     "params_nonzero": pa.int64(),
+    "quantized_fraction": pa.float64(),  # share of weight elements stored as int8, [0, 1]
     "latency_ms": pa.float64(),  # final for the front and the baseline (re-measured apart)
     "latency_ms_p90": pa.float64(),
     "latency_ms_sweep": pa.float64(),  # in-sweep measurement (every trial): selects
@@ -44,6 +45,7 @@ DEFAULT_DIRECTIONS: dict[str, str] = {
     "size_bytes": "min",
     "params_total": "min",
     "params_nonzero": "min",
+    "quantized_fraction": "max",
     "latency_ms": "min",
     "latency_ms_p90": "min",
     "latency_ms_sweep": "min",

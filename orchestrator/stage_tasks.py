@@ -153,6 +153,7 @@ def execute_measure(request: MeasureRequest, checkpoint: bytes) -> dict[str, Any
         "size_bytes": m.size_bytes,
         "params_total": m.params_total,
         "params_nonzero": m.params_nonzero,
+        "quantized_fraction": m.quantized_fraction,
         "latency_ms": m.latency_ms,
         "latency_ms_sweep": m.latency_ms,  # kept when latency_ms is re-measured at the end
         "latency_ms_p90": m.latency_ms_p90,

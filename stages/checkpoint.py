@@ -7,7 +7,10 @@ never unpickles code: it starts from the task's own model factory and replays th
 1. `lowrank`: {layer name: rank} - those Linear layers become two factor Linears;
 2. shapes: every Linear/Conv/BatchNorm is resized to the saved tensor shapes (structured pruning);
 3. `quantize`: `dynamic_int8` re-applies `quantize_dynamic`; `static_int8`/`qat` re-run FX
-   prepare/convert on the example input, then the saved (calibrated) state loads over it.
+   prepare/convert on the example input (and the eager int8 wrapping of Linears inside
+   Transformer layers), then the saved (calibrated) state loads over it;
+4. `stages.layers.restore_slow_path`: Transformer encoder layers whose Linears were replaced
+   run their regular path (the fast path reads `linear1.weight` directly).
 
 An ONNX Runtime artifact (`runtime == "onnxruntime"`) carries the ONNX model bytes beside it.
 """
@@ -129,6 +132,9 @@ def build_model(task: Task, ckpt: ModelCheckpoint) -> nn.Module:
 
         model = rebuild_quantized(task, model, ckpt.state_dict, mode)
     model.load_state_dict(_with_versions(ckpt.state_dict, model))
+    from stages.layers import restore_slow_path
+
+    restore_slow_path(model)  # replaced layers inside nn.TransformerEncoderLayer (not state)
     model.eval()
     return model
 

@@ -1,6 +1,13 @@
-"""LoRA stage: low-rank adapters on every Linear, trained, then merged back (seed 000's LoRALinear).
+"""LoRA stage: low-rank adapters on every Linear and attention projection, trained, then merged.
 
-    y = x W^T + b + x (M ⊙ s·B A)^T      A: (r, in), B: (out, r), s = alpha / r
+    W -> W + M ⊙ (s·B A)      W: (out, in), A: (r, in), B: (out, r), s = alpha / r
+
+Targets (`lora_targets`): every `nn.Linear` weight (the feed-forward Linears of Transformer
+layers, MultiheadAttention's `out_proj`, lowrank factors) and every `nn.MultiheadAttention`'s
+input projection (`in_proj_weight`). The update is a `torch.nn.utils.parametrize`
+parametrization of the weight, so owners that read `.weight` directly (MultiheadAttention,
+the Transformer fast path) see the adapted weight and the layer keeps its type and keys.
+A model with none of these layers is refused (SqueezerayError), unless lora.rank is 0.
 
 W and b stay frozen; only A and B train. M is the parent's pruning mask (W != 0) when its
 recipe says `masked`, else all ones, so the merged W' = W + M ⊙ (s·B A) keeps exactly the
@@ -19,16 +26,17 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 from torch.nn.modules.batchnorm import _NormBase
+from torch.nn.utils import parametrize
 from torch.utils.data import DataLoader
 
 from stages.base import StageInput, StageOutput, StageSpec, check_choice, check_int, check_range
 from stages.batches import Inputs, as_inputs, batch_size, forward_logits, to_device, to_double
-from stages.checkpoint import ModelCheckpoint, build_model, from_model, set_submodule
+from stages.checkpoint import ModelCheckpoint, build_model, from_model
 from stages.device import resolve_device
 from stages.errors import SqueezerayError
+from stages.layers import weight_layer_summary as layer_summary
 from stages.training import accuracy, fit
 
 MODES = ("ce", "kd")
@@ -59,32 +67,38 @@ class LoraParams:
         check_choice("lora.mode", self.mode, MODES)
 
 
-class LoRALinear(nn.Module):
-    """A frozen `base` Linear plus a masked low-rank update. x: (B, in) -> (B, out)."""
+class LoRAUpdate(nn.Module):
+    """The parametrization W -> W + M ⊙ (s·B A) of one weight W: (out, in).
+
+    Registered with `torch.nn.utils.parametrize` on the weight itself, so the layer keeps its
+    type and its `.weight` (MultiheadAttention reads `in_proj_weight` and `out_proj.weight`
+    directly; the Transformer fast path reads `linear1.weight`): adapters work wherever the
+    weight is used, not only where the layer's own forward runs.
+    """
 
     mask: torch.Tensor | None
 
     def __init__(
         self,
-        base: nn.Linear,
+        out_features: int,
+        in_features: int,
         *,
         rank: int,
         alpha: float,
         mask: torch.Tensor | None,
         generator: torch.Generator,
+        device: torch.device,
+        dtype: torch.dtype,
     ) -> None:
         super().__init__()
-        self.base = base
-        base.requires_grad_(False)
         self.scaling = alpha / rank
-        device, dtype = base.weight.device, base.weight.dtype
-        # A ~ U(±1/sqrt(in)) (kaiming_uniform with a=sqrt(5), as PEFT); B = 0, so the wrapped
-        # layer starts out exactly equal to the base.
-        bound = 1.0 / math.sqrt(base.in_features)
-        a = torch.empty(rank, base.in_features, dtype=dtype)
+        # A ~ U(±1/sqrt(in)) (kaiming_uniform with a=sqrt(5), as PEFT); B = 0, so the adapted
+        # weight starts out exactly equal to the base.
+        bound = 1.0 / math.sqrt(in_features)
+        a = torch.empty(rank, in_features, dtype=dtype)
         a.uniform_(-bound, bound, generator=generator)
         self.lora_A = nn.Parameter(a.to(device))  # (r, in)
-        self.lora_B = nn.Parameter(torch.zeros(base.out_features, rank, device=device, dtype=dtype))
+        self.lora_B = nn.Parameter(torch.zeros(out_features, rank, device=device, dtype=dtype))
         # Not persistent: the mask is the parent's zeros, derived again from W when needed.
         self.register_buffer("mask", mask, persistent=False)  # (out, in) or None
 
@@ -93,29 +107,30 @@ class LoRALinear(nn.Module):
         delta = (self.lora_B @ self.lora_A) * self.scaling
         return delta if self.mask is None else delta * self.mask
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.base(x) + F.linear(x, self.delta_weight())  # type: ignore[no-any-return]
+    def forward(self, weight: torch.Tensor) -> torch.Tensor:
+        return weight + self.delta_weight()
 
-    @torch.no_grad()
-    def merged(self) -> nn.Linear:
-        """A plain Linear with W' = W + M ⊙ (s·B A); raises on a non-finite result."""
-        base = self.base
-        weight = base.weight + self.delta_weight()
-        if not torch.isfinite(weight).all():
-            raise SqueezerayError(
-                "LoRA merge produced NaN/inf weights; lower lora.lr or lora.alpha"
+
+def lora_targets(model: nn.Module) -> list[tuple[str, nn.Module, str]]:
+    """(qualified name, module, weight attribute) of every weight LoRA adapts, in order.
+
+    Every `nn.Linear` (subclasses too, e.g. MultiheadAttention's `out_proj`) by its `weight`;
+    every `nn.MultiheadAttention` by its packed `in_proj_weight` (3E, E), or by its separate
+    `q/k/v_proj_weight` when key/value dims differ. Conv, Embedding and norm layers are not
+    adapted.
+    """
+    targets: list[tuple[str, nn.Module, str]] = []
+    for name, module in model.named_modules():
+        if isinstance(module, nn.Linear):
+            targets.append((name, module, "weight"))
+        elif isinstance(module, nn.MultiheadAttention):
+            attrs = (
+                ("in_proj_weight",)
+                if module._qkv_same_embed_dim
+                else ("q_proj_weight", "k_proj_weight", "v_proj_weight")
             )
-        new = nn.Linear(
-            base.in_features,
-            base.out_features,
-            bias=base.bias is not None,
-            device=weight.device,
-            dtype=weight.dtype,
-        )
-        new.weight.copy_(weight)
-        if base.bias is not None:
-            new.bias.copy_(base.bias)
-        return new
+            targets += [(name, module, attr) for attr in attrs]
+    return targets
 
 
 class _AdaptersOnly(nn.Module):
@@ -143,23 +158,58 @@ class _AdaptersOnly(nn.Module):
 def inject_lora(
     model: nn.Module, *, rank: int, alpha: float, masked: bool, seed: int
 ) -> list[nn.Parameter]:
-    """Wrap every plain nn.Linear of `model` in a LoRALinear (in place); return the adapters.
+    """Add a LoRAUpdate to every weight of `lora_targets(model)` (in place); return the adapters.
 
-    Exact type only: Linear subclasses such as MultiheadAttention's out_proj are read
-    directly by their owner (`.weight`) and are left alone. With `masked`, each adapter's
-    update is restricted to the base's nonzero weights.
+    The model's own parameters are frozen; the returned list is [A, B] per target, in order.
+    With `masked`, each adapter's update is restricted to the base weight's nonzeros.
+    Raises SqueezerayError when the model has no weight LoRA can adapt.
     """
+    targets = lora_targets(model)
+    if not targets:
+        raise SqueezerayError(
+            f"lora.rank={rank}: this model has no layer LoRA can adapt (it adapts nn.Linear "
+            f"and nn.MultiheadAttention weights; the model has {layer_summary(model)}); set "
+            "lora.rank: 0 or drop lora from the pipeline"
+        )
     model.requires_grad_(False)
     generator = torch.Generator().manual_seed(seed)
     adapters: list[nn.Parameter] = []
-    for name, module in list(model.named_modules()):
-        if type(module) is not nn.Linear:
-            continue
-        mask = (module.weight.detach() != 0).to(module.weight.dtype) if masked else None
-        wrapped = LoRALinear(module, rank=rank, alpha=alpha, mask=mask, generator=generator)
-        set_submodule(model, name, wrapped)
-        adapters += [wrapped.lora_A, wrapped.lora_B]
+    for _name, module, attr in targets:
+        weight = getattr(module, attr)  # (out, in)
+        mask = (weight.detach() != 0).to(weight.dtype) if masked else None
+        update = LoRAUpdate(
+            weight.shape[0],
+            weight.shape[1],
+            rank=rank,
+            alpha=alpha,
+            mask=mask,
+            generator=generator,
+            device=weight.device,
+            dtype=weight.dtype,
+        )
+        parametrize.register_parametrization(module, attr, update)
+        adapters += [update.lora_A, update.lora_B]
     return adapters
+
+
+def _adapted(model: nn.Module) -> list[tuple[nn.Module, str]]:
+    """(module, weight attribute) pairs that carry a LoRAUpdate."""
+    found: list[tuple[nn.Module, str]] = []
+    for module in model.modules():
+        if not parametrize.is_parametrized(module):
+            continue
+        plists: Any = module.parametrizations
+        for attr, plist in plists.items():
+            if any(isinstance(p, LoRAUpdate) for p in plist):
+                found.append((module, str(attr)))
+    return found
+
+
+def _merge_weight(module: nn.Module, attr: str) -> None:
+    """W' = W + M ⊙ (s·B A) becomes the plain weight again; raises on a non-finite result."""
+    if not torch.isfinite(getattr(module, attr)).all():
+        raise SqueezerayError("LoRA merge produced NaN/inf weights; lower lora.lr or lora.alpha")
+    parametrize.remove_parametrizations(module, attr, leave_parametrized=True)
 
 
 @dataclass(frozen=True)
@@ -177,7 +227,7 @@ class MergeCheck:
 
 @torch.no_grad()
 def merge_lora(model: nn.Module, batch: Inputs) -> MergeCheck:
-    """Replace every LoRALinear by its merged Linear (in place), checked on `batch`.
+    """Merge every LoRAUpdate into its weight (in place), checked on `batch`.
 
     Raises SqueezerayError when the merged and unmerged logits differ by more than
     MERGE_TOLERANCE, or on NaN/inf weights or logits (PEFT's safe_merge).
@@ -186,9 +236,8 @@ def merge_lora(model: nn.Module, batch: Inputs) -> MergeCheck:
     reference = copy.deepcopy(model).double()
     before64 = forward_logits(reference, to_double(batch))
     before32 = forward_logits(model, batch)
-    for name, module in list(model.named_modules()):
-        if isinstance(module, LoRALinear):
-            set_submodule(model, name, module.merged())
+    for module, attr in _adapted(model):
+        _merge_weight(module, attr)
     after32 = forward_logits(model, batch)
     after64 = forward_logits(copy.deepcopy(model).double(), to_double(batch))
     if not all(torch.isfinite(t).all() for t in (before32, after32, before64, after64)):
@@ -290,4 +339,13 @@ def _require_parent(inp: StageInput) -> ModelCheckpoint:
 
 SPEC = StageSpec(name="lora", params=LoraParams, run=lora)
 
-__all__ = ["SPEC", "LoRALinear", "LoraParams", "MergeCheck", "inject_lora", "lora", "merge_lora"]
+__all__ = [
+    "SPEC",
+    "LoRAUpdate",
+    "LoraParams",
+    "MergeCheck",
+    "inject_lora",
+    "lora",
+    "lora_targets",
+    "merge_lora",
+]

@@ -19,6 +19,8 @@ from stages.base import StageInput, StageOutput, StageSpec, check_int, check_ran
 from stages.checkpoint import ModelCheckpoint, build_model, from_model, set_submodule
 from stages.device import resolve_device
 from stages.errors import SqueezerayError
+from stages.layers import restore_slow_path
+from stages.layers import weight_layer_summary as layer_summary
 from stages.training import accuracy, fit
 
 # The optional fine-tune has only `epochs` in the params contract; these are the finetune
@@ -144,6 +146,11 @@ def _keep_zeros(model: nn.Module) -> Callable[[], None]:
 def lowrank(inp: StageInput, params: LowRankParams) -> StageOutput:
     """Factorise every large-enough Linear whose rank-r factors are smaller than it.
 
+    Targets: plain `nn.Linear` layers, wherever they are (the feed-forward `linear1`/`linear2`
+    of `nn.TransformerEncoderLayer` included); MultiheadAttention's projections stay as they
+    are (its forward reads their weights directly). rank_ratio 1.0 is the documented no-op
+    (a copy, `layers_factorized` 0); a rank_ratio < 1 that factorises no layer raises a
+    SqueezerayError that says why (no Linear, all below min_features, or no saving).
     A masked (unstructured-pruned) parent stays `masked`: factorised layers become dense
     factors, the layers left alone keep their zeros (also through the fine-tune).
     """
@@ -167,17 +174,24 @@ def lowrank(inp: StageInput, params: LowRankParams) -> StageOutput:
         )
 
     ranks: dict[str, int] = {}
+    too_small = not_smaller = 0
     for name, module in list(model.named_modules()):
         if not _is_plain_linear(module):
             continue
         assert isinstance(module, nn.Linear)
         out_f, in_f = module.out_features, module.in_features
         if min(out_f, in_f) < params.min_features:
+            too_small += 1
             continue
         rank = target_rank(out_f, in_f, params.rank_ratio)
         if reduces_params(out_f, in_f, rank):
             set_submodule(model, name, svd_factorize(module, rank))
             ranks[name] = rank
+        else:
+            not_smaller += 1
+    if not ranks:
+        raise SqueezerayError(_nothing_factorised(model, params, too_small, not_smaller))
+    restore_slow_path(model)  # factorised Linears inside nn.TransformerEncoderLayer
 
     recipe = copy.deepcopy(parent.recipe)
     if ranks:
@@ -204,6 +218,26 @@ def lowrank(inp: StageInput, params: LowRankParams) -> StageOutput:
         )
     metrics["val_accuracy"] = accuracy(model, task.val, device=device)
     return StageOutput(checkpoint=from_model(task, model, recipe), metrics=metrics)
+
+
+def _nothing_factorised(
+    model: nn.Module, params: LowRankParams, too_small: int, not_smaller: int
+) -> str:
+    """Why `lowrank` with rank_ratio < 1 factorised no layer, and what would."""
+    head = f"lowrank.rank_ratio={params.rank_ratio:g} factorised no layer of this model"
+    skip = "or set lowrank.rank_ratio: 1.0 (no low-rank), or drop lowrank from the pipeline"
+    if too_small == 0 and not_smaller == 0:
+        return (
+            f"{head}: lowrank factorises plain nn.Linear layers (attention projections inside "
+            f"nn.MultiheadAttention are not factorised) and it has none ({layer_summary(model)}); "
+            f"{skip}"
+        )
+    return (
+        f"{head}: of its {too_small + not_smaller} nn.Linear layers, {too_small} have "
+        f"min(out, in) < lowrank.min_features={params.min_features} and {not_smaller} would "
+        "not get smaller (rank r = rank_ratio * min(out, in) must be below out*in/(out+in)); "
+        f"lower lowrank.rank_ratio or lowrank.min_features, {skip}"
+    )
 
 
 def _require_parent(inp: StageInput) -> ModelCheckpoint:

@@ -6,6 +6,8 @@
   ONNX Runtime, else `torch.save(state_dict)`. zstd makes zeros (sparsity) cheap and int8
   weights take a quarter of float32, so both show.
 - params_total / params_nonzero: counts of weight and bias elements (int8 ones included).
+- quantized_fraction: the share of those elements stored as int8, in [0, 1] (0.0 for a float
+  model; for ONNX Runtime, int8/uint8 initializers of the ONNX graph).
 - latency: milliseconds per call, median and p90 of many single-thread batch-1 calls after a
   warm-up (timing noise measured here: 8-11% single thread, 23-36% with two threads).
 """
@@ -54,6 +56,7 @@ class ModelMetrics:
     size_bytes: int
     params_total: int
     params_nonzero: int
+    quantized_fraction: float
     latency_ms: float | None
     latency_ms_p90: float | None
     runtime: str
@@ -94,8 +97,26 @@ _ACTIVATION_QPARAM = re.compile(r"_(scale|zero_point)_\d+$")
 _PACKED_SUFFIX = "._packed_params._packed_params"
 
 
-def count_params(ckpt: ModelCheckpoint) -> tuple[int, int]:
-    """(params_total, params_nonzero): element counts of the deployed weights and biases.
+@dataclass(frozen=True)
+class WeightCounts:
+    """Element counts of a checkpoint's deployed weights and biases.
+
+    total: every weight/bias element; nonzero: those not (de)quantizing to 0; int8: those
+    stored as 8-bit integers (torch qint8/quint8 tensors, ONNX int8/uint8 initializers).
+    """
+
+    total: int
+    nonzero: int
+    int8: int
+
+    @property
+    def quantized_fraction(self) -> float:
+        """int8 / total in [0, 1]; 0.0 for a model without weights."""
+        return self.int8 / self.total if self.total else 0.0
+
+
+def count_weights(ckpt: ModelCheckpoint) -> WeightCounts:
+    """Total, nonzero and int8 element counts of the deployed weights and biases.
 
     torch checkpoints: every float or quantized tensor of the state_dict except BN statistics
     and quantization scales/zero points; packed quantized Linear (weight, bias) tuples are
@@ -105,7 +126,7 @@ def count_params(ckpt: ModelCheckpoint) -> tuple[int, int]:
     """
     if ckpt.runtime == "onnxruntime" and ckpt.onnx is not None:
         return _count_onnx(ckpt.onnx)
-    total = nonzero = 0
+    total = nonzero = int8 = 0
     for key, value in ckpt.state_dict.items():
         if key.endswith(_PACKED_SUFFIX) and isinstance(value, tuple):
             tensors = [t for t in value if isinstance(t, torch.Tensor)]
@@ -120,7 +141,20 @@ def count_params(ckpt: ModelCheckpoint) -> tuple[int, int]:
             n, nz = _count_tensor(t)
             total += n
             nonzero += nz
-    return total, nonzero
+            if t.is_quantized and t.dtype in (torch.qint8, torch.quint8):
+                int8 += n
+    return WeightCounts(total=total, nonzero=nonzero, int8=int8)
+
+
+def count_params(ckpt: ModelCheckpoint) -> tuple[int, int]:
+    """(params_total, params_nonzero) of `count_weights`."""
+    counts = count_weights(ckpt)
+    return counts.total, counts.nonzero
+
+
+def quantized_fraction(ckpt: ModelCheckpoint) -> float:
+    """The share of weight/bias elements stored as int8, in [0, 1] (`count_weights`)."""
+    return count_weights(ckpt).quantized_fraction
 
 
 def _count_tensor(t: torch.Tensor) -> tuple[int, int]:
@@ -131,12 +165,12 @@ def _count_tensor(t: torch.Tensor) -> tuple[int, int]:
     return t.numel(), int((t != 0).sum())
 
 
-def _count_onnx(onnx_bytes: bytes) -> tuple[int, int]:
+def _count_onnx(onnx_bytes: bytes) -> WeightCounts:
     import onnx
     from onnx import numpy_helper
 
     model = onnx.load_from_string(onnx_bytes)
-    total = nonzero = 0
+    total = nonzero = int8 = 0
     for init in model.graph.initializer:
         if init.name.endswith(("_scale", "_zero_point")):
             continue
@@ -146,7 +180,9 @@ def _count_onnx(onnx_bytes: bytes) -> tuple[int, int]:
             continue
         total += int(array.size)
         nonzero += int(np.count_nonzero(array))
-    return total, nonzero
+        if array.dtype in (np.int8, np.uint8):
+            int8 += int(array.size)
+    return WeightCounts(total=total, nonzero=nonzero, int8=int8)
 
 
 # -- latency -------------------------------------------------------------------------------
@@ -333,8 +369,9 @@ def evaluate(
     """All trial metrics of a checkpoint, one predictor built for accuracy and latency.
 
     accuracy on the test split and val_accuracy on the validation split, in [0, 1];
-    size_bytes (zstd of the deployed artifact); params; latency_ms / latency_ms_p90 = median /
-    p90 ms of single-thread batch-1 calls (None when `latency=False`).
+    size_bytes (zstd of the deployed artifact); params; quantized_fraction (share of weight
+    elements stored as int8, in [0, 1]); latency_ms / latency_ms_p90 = median / p90 ms of
+    single-thread batch-1 calls (None when `latency=False`).
     """
     check_int("threads", threads, low=1)
     previous = torch.get_num_threads()
@@ -350,12 +387,13 @@ def evaluate(
         )
     finally:
         torch.set_num_threads(previous)
-    total, nonzero = count_params(ckpt)
+    counts = count_weights(ckpt)
     return ModelMetrics(
         accuracy=acc,
         size_bytes=size_bytes(ckpt),
-        params_total=total,
-        params_nonzero=nonzero,
+        params_total=counts.total,
+        params_nonzero=counts.nonzero,
+        quantized_fraction=counts.quantized_fraction,
         latency_ms=timing.median_ms if timing else None,
         latency_ms_p90=timing.p90_ms if timing else None,
         runtime=predictor.runtime,

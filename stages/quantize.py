@@ -4,15 +4,22 @@ Modes (`quantize.mode`):
 
 - `none`: a copy.
 - `dynamic_int8`: `torch.ao.quantization.quantize_dynamic` on every `nn.Linear` (int8 weights,
-  activations quantized on the fly). Conv layers stay float.
+  activations quantized on the fly), Transformer feed-forward Linears included. Conv,
+  Embedding and MultiheadAttention's projections stay float (torch has no dynamic int8 form
+  of them).
 - `static_int8`: FX graph mode post-training quantization (`prepare_fx`/`convert_fx`, the x86
   backend's default qconfig mapping) calibrated on `calibration_batches` batches of 64 from the
   train split. FX fuses Conv+BN+ReLU and Linear+ReLU itself, so plain `nn.Sequential` models
-  and conv nets need no QuantStub edits.
-- `qat`: FX quantization-aware training (`prepare_qat_fx`), `qat_epochs` of CE fine-tuning with
-  fake quantization, then `convert_fx`.
+  and conv nets need no QuantStub edits. FX does not trace into built-in torch.nn modules
+  (`nn.TransformerEncoder` is one opaque call): the plain Linears inside them (the
+  feed-forward `linear1`/`linear2`) are quantized in eager mode instead, each wrapped as
+  `QuantWrapper` (quantize input, int8 Linear, dequantize output). Embedding stays float;
+  MultiheadAttention stays float (its forward reads its projection weights directly).
+- `qat`: FX quantization-aware training (`prepare_qat_fx`; the inner Linears as above with
+  eager `prepare_qat`), `qat_epochs` of CE fine-tuning with fake quantization, then convert.
 - `onnx_int8`: ONNX export of the float model, then ONNX Runtime's dynamic quantization (QInt8
-  weights). The checkpoint deploys to ONNX Runtime: its `onnx` bytes are the int8 model, its
+  weights of MatMul/Gemm nodes: attention projections included). The checkpoint deploys to
+  ONNX Runtime: its `onnx` bytes are the int8 model, its
   state_dict keeps the float weights for reference (so `build_model` still gives the float
   eager model); `stages.metrics.size_bytes` measures the ONNX bytes.
 
@@ -27,6 +34,10 @@ Checkpoints stay `weights_only`-loadable: a quantized state_dict holds int8 tens
 (weight, bias) tuples, scales/zero points (activation ones included, as FX registers them as
 buffers) and dtypes. `rebuild_quantized` re-creates the module structure from a fresh float
 model; `quantize` checks that the rebuilt model reproduces its outputs exactly.
+
+Every mode but `none` must leave some weights int8: the stage reports `quantized_fraction`
+(int8 share of the weight elements, `stages.metrics.count_weights`) and raises a
+SqueezerayError naming the mode's layer types and the model's when it is 0.
 """
 
 from __future__ import annotations
@@ -48,6 +59,7 @@ from stages.base import StageInput, StageOutput, StageSpec, check_choice, check_
 from stages.batches import Inputs, as_args, as_inputs, forward_logits
 from stages.checkpoint import ModelCheckpoint, build_model, resize_to_state, set_submodule
 from stages.errors import SqueezerayError
+from stages.layers import restore_slow_path, weight_layer_summary
 from stages.tasks import Task
 from stages.training import accuracy, fit
 
@@ -81,39 +93,125 @@ def quiet_ao() -> Iterator[None]:
         yield
 
 
+def _qconfig(mode: str) -> Any:
+    from torch.ao.quantization import get_default_qat_qconfig, get_default_qconfig
+
+    return get_default_qat_qconfig(FX_BACKEND) if mode == "qat" else get_default_qconfig(FX_BACKEND)
+
+
 def _qconfig_mapping(mode: str) -> Any:
+    """The backend's default mapping, with Embedding/EmbeddingBag left float.
+
+    Their int8 form needs float qparams (weight-only), which the default static/QAT qconfigs
+    are not (QAT failed: 'Embedding weights requires a qscheme of per_channel_affine_float_
+    qparams'); token embeddings are a lookup, not a matmul, so int8 would not speed them up.
+    """
     from torch.ao.quantization import (
         get_default_qat_qconfig_mapping,
         get_default_qconfig_mapping,
     )
 
     if mode == "qat":
-        return get_default_qat_qconfig_mapping(FX_BACKEND)
-    return get_default_qconfig_mapping(FX_BACKEND)
+        mapping = get_default_qat_qconfig_mapping(FX_BACKEND)
+    else:
+        mapping = get_default_qconfig_mapping(FX_BACKEND)
+    return mapping.set_object_type(nn.Embedding, None).set_object_type(nn.EmbeddingBag, None)
 
 
 def _dynamic(model: nn.Module) -> nn.Module:
     from torch.ao.quantization import quantize_dynamic
 
     with quiet_ao():
-        return quantize_dynamic(model, {nn.Linear}, dtype=torch.qint8)  # type: ignore[no-any-return]
+        quantized = quantize_dynamic(model, {nn.Linear}, dtype=torch.qint8)
+    restore_slow_path(quantized)  # int8 Linears inside nn.TransformerEncoderLayer
+    return quantized  # type: ignore[no-any-return]
+
+
+def _is_fx_leaf(module: nn.Module) -> bool:
+    """FX's default leaf rule: built-in torch.nn modules other than Sequential are not traced
+    into (torch.fx.Tracer.is_leaf_module)."""
+    owner = type(module).__module__
+    return owner.startswith(("torch.nn", "torch.ao.nn")) and not isinstance(module, nn.Sequential)
+
+
+def inner_linears(model: nn.Module) -> list[str]:
+    """Names of plain nn.Linear layers that FX graph mode cannot reach.
+
+    They sit inside a built-in torch.nn module that FX keeps whole (a leaf), e.g. the
+    feed-forward `linear1`/`linear2` of `nn.TransformerEncoderLayer` inside
+    `nn.TransformerEncoder`. Linear subclasses (MultiheadAttention's `out_proj`, whose weight
+    its owner reads directly) are not listed.
+    """
+    found: list[str] = []
+
+    def visit(module: nn.Module, prefix: str, inside_leaf: bool) -> None:
+        for name, child in module.named_children():
+            full = f"{prefix}{name}"
+            if inside_leaf and type(child) is nn.Linear:
+                found.append(full)
+                continue
+            visit(child, f"{full}.", inside_leaf or _is_fx_leaf(child))
+
+    visit(model, "", False)
+    return found
+
+
+def _wrap_inner_linears(model: nn.Module) -> None:
+    """Eager-mode int8 for the Linears FX cannot reach: each becomes QuantWrapper(Linear)
+    (quantize its input, int8 Linear, dequantize), quantized by `_prepare`/`_convert`."""
+    from torch.ao.quantization import QuantWrapper
+
+    for name in inner_linears(model):
+        set_submodule(model, name, QuantWrapper(model.get_submodule(name)))
+    restore_slow_path(model)
+
+
+def _wrappers(model: nn.Module) -> list[nn.Module]:
+    from torch.ao.quantization import QuantWrapper
+
+    return [m for m in model.modules() if isinstance(m, QuantWrapper)]
 
 
 def _prepare(model: nn.Module, mode: str, example: Inputs) -> nn.Module:
-    """FX prepare (static: observers; qat: fake-quant, model in train mode)."""
+    """FX prepare (static: observers; qat: fake-quant, model in train mode), plus the eager
+    prepare of the Linears inside FX leaves (`_wrap_inner_linears`)."""
+    from torch.ao.quantization import prepare, prepare_qat
     from torch.ao.quantization.quantize_fx import prepare_fx, prepare_qat_fx
 
+    _wrap_inner_linears(model)
     with quiet_ao():
         if mode == "qat":
-            return prepare_qat_fx(model.train(), _qconfig_mapping(mode), as_args(example))
-        return prepare_fx(model.eval(), _qconfig_mapping(mode), as_args(example))
+            prepared = prepare_qat_fx(model.train(), _qconfig_mapping(mode), as_args(example))
+        else:
+            prepared = prepare_fx(model.eval(), _qconfig_mapping(mode), as_args(example))
+        wrappers = _wrappers(prepared)
+        if wrappers:
+            # FX set its qconfig on every module, leaves' insides included; there only the
+            # wrappers are quantized (MultiheadAttention, LayerNorm stay float).
+            for module in prepared.modules():
+                if _is_fx_leaf(module) and not isinstance(module, nn.Linear):
+                    for inner in module.modules():
+                        inner.qconfig = None  # type: ignore[assignment]
+            qconfig = _qconfig(mode)
+            for wrapper in wrappers:
+                for inner in wrapper.modules():
+                    inner.qconfig = qconfig  # type: ignore[assignment]
+                if mode == "qat":
+                    prepare_qat(wrapper.train(), inplace=True)
+                else:
+                    prepare(wrapper, inplace=True)
+    return prepared  # type: ignore[no-any-return]
 
 
 def _convert(prepared: nn.Module) -> nn.Module:
+    from torch.ao.quantization import convert
     from torch.ao.quantization.quantize_fx import convert_fx
 
     with quiet_ao():
+        for wrapper in _wrappers(prepared):
+            convert(wrapper.eval(), inplace=True)
         converted = convert_fx(prepared.eval())  # type: ignore[arg-type]
+    restore_slow_path(converted)
     return converted.eval()
 
 
@@ -210,7 +308,9 @@ def quantize(inp: StageInput, params: QuantizeParams) -> StageOutput:
     if params.mode == "none":
         ckpt = parent.with_recipe(quantize="none")
         model = build_model(task, ckpt)
-        return StageOutput(ckpt, {"val_accuracy": _val_accuracy(task, model)})
+        return StageOutput(
+            ckpt, {"val_accuracy": _val_accuracy(task, model), "quantized_fraction": 0.0}
+        )
     if params.mode == "onnx_int8":
         return _quantize_onnx(task, parent)
 
@@ -228,8 +328,41 @@ def quantize(inp: StageInput, params: QuantizeParams) -> StageOutput:
     with quiet_ao():  # deep-copying int8 tensors warns of TypedStorage deprecation
         state = copy.deepcopy(quantized.state_dict())  # holds packed tuples: no .detach()
     ckpt = ModelCheckpoint(task=task.name, state_dict=state, recipe={**parent.recipe, **recipe})
+    fraction = _require_some_int8(ckpt, task, parent, params.mode)
     _check_rebuild(task, quantized, ckpt)
-    return StageOutput(ckpt, {"val_accuracy": _val_accuracy(task, quantized)})
+    return StageOutput(
+        ckpt, {"val_accuracy": _val_accuracy(task, quantized), "quantized_fraction": fraction}
+    )
+
+
+_WHAT_MODES_QUANTIZE = {
+    "dynamic_int8": "dynamic_int8 quantizes nn.Linear layers only (Conv, Embedding and "
+    "MultiheadAttention's projections stay float)",
+    "static_int8": "static_int8 quantizes the Linear/Conv layers FX graph mode can trace, plus "
+    "plain nn.Linear layers inside built-in torch.nn modules (e.g. Transformer feed-forwards)",
+    "qat": "qat quantizes the Linear/Conv layers FX graph mode can trace, plus plain nn.Linear "
+    "layers inside built-in torch.nn modules (e.g. Transformer feed-forwards)",
+    "onnx_int8": "onnx_int8 (ONNX Runtime dynamic quantization) quantizes the weights of "
+    "MatMul/Gemm/Conv nodes",
+}
+
+
+def _require_some_int8(
+    ckpt: ModelCheckpoint, task: Task, parent: ModelCheckpoint, mode: str
+) -> float:
+    """The checkpoint's quantized_fraction; a SqueezerayError when it is 0 (nothing is int8)."""
+    from stages.metrics import quantized_fraction
+
+    fraction = quantized_fraction(ckpt)
+    if fraction == 0.0:
+        layers = weight_layer_summary(build_model(task, parent))
+        raise SqueezerayError(
+            f"quantize.mode={mode!r} quantized no weight of this model: "
+            f"{_WHAT_MODES_QUANTIZE[mode]}, and the model has {layers}; "
+            "choose another quantize.mode (onnx_int8 covers the most layer types) or "
+            "quantize.mode: none"
+        )
+    return fraction
 
 
 def _static(task: Task, model: nn.Module, params: QuantizeParams, *, seed: int) -> nn.Module:
@@ -303,8 +436,11 @@ def _quantize_onnx(task: Task, parent: ModelCheckpoint) -> StageOutput:
     float_onnx = to_onnx_bytes(float_model, task.example_input(2))
     int8_onnx = ort_quantize_dynamic(float_onnx)
     ckpt = replace(parent.with_recipe(quantize="onnx_int8", runtime="onnxruntime"), onnx=int8_onnx)
+    fraction = _require_some_int8(ckpt, task, parent, "onnx_int8")
     predictor = make_predictor(task, ckpt)
-    return StageOutput(ckpt, {"val_accuracy": predictor.accuracy(task.val)})
+    return StageOutput(
+        ckpt, {"val_accuracy": predictor.accuracy(task.val), "quantized_fraction": fraction}
+    )
 
 
 def ort_quantize_dynamic(onnx_bytes: bytes) -> bytes:
