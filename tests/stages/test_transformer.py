@@ -1,0 +1,198 @@
+"""A user-style nn.TransformerEncoder classifier through lowrank, LoRA and every int8 mode.
+
+Before issue 12 item 3, lowrank/lora/dynamic_int8 failed on it (the encoder layer's fast path
+reads `linear1.weight`), qat failed on the Embedding's qscheme, and static_int8 quantized only
+the classifier head. Also: stages that would do nothing say so (item 6), and quantization
+reports what it did as `quantized_fraction` (item 4).
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+from torch.utils.data import TensorDataset
+
+from stages.base import StageInput, StageOutput
+from stages.checkpoint import ModelCheckpoint, build_model
+from stages.errors import SqueezerayError
+from stages.layers import restore_slow_path
+from stages.lora import LoraParams, inject_lora, lora, lora_targets
+from stages.lowrank import LowRankParams, lowrank
+from stages.metrics import count_weights, quantized_fraction, size_bytes
+from stages.quantize import QuantizeParams, inner_linears, quantize
+from stages.tasks import Task, load_task
+from stages.teacher import TeacherParams, train_teacher
+from stages.training import accuracy
+from tests.stages.transformer_task import TokenTransformer
+
+TASK = "tests.stages.transformer_task:make_task"
+CPU = torch.device("cpu")
+FFN = [f"encoder.layers.{i}.linear{j}" for i in (0, 1) for j in (1, 2)]
+
+
+@pytest.fixture(scope="module")
+def task() -> Task:
+    return load_task(TASK)
+
+
+@pytest.fixture(scope="module")
+def teacher(task: Task) -> ModelCheckpoint:
+    """The d_model-32, 2-layer teacher, 6 epochs (~3 s): val accuracy ~1.0."""
+    out = train_teacher(StageInput(task=task, parent=None, seed=0), TeacherParams(epochs=6))
+    assert out.metrics["val_accuracy"] > 0.9
+    return out.checkpoint
+
+
+def _roundtrip(ckpt: ModelCheckpoint) -> ModelCheckpoint:
+    """Through the bytes every cache file holds (torch.load weights_only=True)."""
+    return ModelCheckpoint.from_bytes(ckpt.to_bytes())
+
+
+def _same_outputs(task: Task, out: StageOutput) -> None:
+    """The checkpoint rebuilds (from bytes) into a model with the stage's val accuracy."""
+    rebuilt = build_model(task, _roundtrip(out.checkpoint))
+    assert accuracy(rebuilt, task.val, device=CPU) == out.metrics["val_accuracy"]
+
+
+# -- the fast path ----------------------------------------------------------------------------
+
+
+def test_fast_path_is_turned_off_only_where_a_layer_was_replaced() -> None:
+    model = TokenTransformer().eval()
+    x = torch.randint(0, 24, (4, 12)).float()
+    with torch.no_grad():
+        reference = model(x)
+    assert restore_slow_path(model) == 0  # nothing replaced: the fast path stays
+    assert all(layer.activation_relu_or_gelu for layer in model.encoder.layers)
+    layer0 = model.encoder.layers[0]
+    layer0.linear1 = nn.Sequential(layer0.linear1)  # same function, no `.weight`
+    with pytest.raises(AttributeError, match="weight"), torch.no_grad():
+        model(x)  # what users hit before: the fast path reads linear1.weight
+    assert restore_slow_path(model) == 1
+    assert not layer0.activation_relu_or_gelu and model.encoder.layers[1].activation_relu_or_gelu
+    with torch.no_grad():
+        assert torch.allclose(model(x), reference, atol=1e-5)
+
+
+# -- lowrank ------------------------------------------------------------------------------------
+
+
+def test_lowrank_factorises_the_feed_forward_linears(task: Task, teacher: ModelCheckpoint) -> None:
+    out = lowrank(StageInput(task=task, parent=teacher), LowRankParams(rank_ratio=0.25))
+    # linear1 (64x32) and linear2 (32x64) of both layers, r = 8; the 3x32 head is below
+    # min_features; attention projections are not factorised.
+    assert out.checkpoint.recipe["lowrank"] == dict.fromkeys(FFN, 8)
+    assert out.metrics["layers_factorized"] == 4
+    assert out.metrics["params_total_after"] < out.metrics["params_total_before"]
+    assert "encoder.layers.0.self_attn.in_proj_weight" in out.checkpoint.state_dict
+    assert out.metrics["val_accuracy"] > 0.8
+    _same_outputs(task, out)
+
+
+def test_lowrank_that_would_factorise_nothing_says_why(
+    task: Task, teacher: ModelCheckpoint
+) -> None:
+    params = LowRankParams(rank_ratio=0.25, min_features=100)
+    with pytest.raises(SqueezerayError, match=r"factorised no layer.*min_features=100"):
+        lowrank(StageInput(task=task, parent=teacher), params)
+    # rank_ratio 1.0 is the documented no-op, and says so in its metrics.
+    same = lowrank(StageInput(task=task, parent=teacher), LowRankParams(rank_ratio=1.0))
+    assert same.metrics["layers_factorized"] == 0
+    assert "lowrank" not in same.checkpoint.recipe
+
+
+# -- LoRA ----------------------------------------------------------------------------------------
+
+
+def test_lora_targets_attention_projections_and_feed_forward() -> None:
+    names = [(name, attr) for name, _m, attr in lora_targets(TokenTransformer(layers=1))]
+    assert names == [
+        ("encoder.layers.0.self_attn", "in_proj_weight"),
+        ("encoder.layers.0.self_attn.out_proj", "weight"),
+        ("encoder.layers.0.linear1", "weight"),
+        ("encoder.layers.0.linear2", "weight"),
+        ("head", "weight"),
+    ]
+
+
+def test_lora_trains_and_merges_into_attention_and_feed_forward(
+    task: Task, teacher: ModelCheckpoint
+) -> None:
+    out = lora(StageInput(task=task, parent=teacher), LoraParams(rank=2, mode="ce", epochs=1))
+    # r * (out + in) per target: in_proj 96x32, out_proj 32x32, linear1 64x32, linear2 32x64
+    # per layer (2 layers), head 3x32.
+    assert out.metrics["trainable_params"] == 2 * (2 * (128 + 64 + 96 + 96) + 35)
+    assert out.metrics["merge_max_abs_diff"] <= 1e-5
+    state, before = out.checkpoint.state_dict, teacher.state_dict
+    assert state.keys() == before.keys()  # merged: the plain model again
+    for key in (
+        "encoder.layers.0.self_attn.in_proj_weight",
+        "encoder.layers.1.self_attn.out_proj.weight",
+        "encoder.layers.0.linear1.weight",
+    ):
+        assert not torch.equal(state[key], before[key]), key
+    assert torch.equal(state["embed.weight"], before["embed.weight"])  # not a target
+    _same_outputs(task, out)
+
+
+def test_lora_on_a_model_without_targets_is_refused() -> None:
+    model = nn.Sequential(nn.Conv2d(1, 4, 3), nn.Flatten())
+    with pytest.raises(SqueezerayError, match=r"no layer LoRA can adapt.*Conv2d x1"):
+        inject_lora(model, rank=2, alpha=4.0, masked=False, seed=0)
+
+
+# -- quantize ------------------------------------------------------------------------------------
+
+
+def test_inner_linears_are_those_fx_cannot_reach() -> None:
+    assert inner_linears(TokenTransformer()) == FFN  # not out_proj, not the head
+
+
+@pytest.mark.parametrize("mode", ["dynamic_int8", "static_int8", "qat", "onnx_int8"])
+def test_every_int8_mode_quantizes_the_encoder(
+    task: Task, teacher: ModelCheckpoint, mode: str
+) -> None:
+    out = quantize(
+        StageInput(task=task, parent=teacher, seed=0), QuantizeParams(mode=mode, qat_epochs=1)
+    )
+    ckpt = _roundtrip(out.checkpoint)
+    fraction = quantized_fraction(ckpt)
+    assert out.metrics["quantized_fraction"] == fraction
+    assert 0.0 < fraction < 1.0  # the Embedding (and torch modes: attention) stay float
+    assert quantized_fraction(teacher) == 0.0
+    assert size_bytes(ckpt) < size_bytes(teacher)
+    assert out.metrics["val_accuracy"] > 0.8
+    if mode != "onnx_int8":
+        state = ckpt.state_dict
+        assert state["embed.weight"].dtype == torch.float32
+        packed = [k for k in state if k.endswith("._packed_params._packed_params")]
+        # The feed-forward Linears inside nn.TransformerEncoder are int8 in every torch mode
+        # (static_int8 used to quantize the head only).
+        for name in FFN:
+            assert any(k.startswith(f"{name}.") for k in packed), (name, packed)
+        counts = count_weights(ckpt)
+        ffn_elements = 2 * (64 * 32 + 32 * 64)
+        assert counts.int8 >= ffn_elements
+        _same_outputs(task, out)
+
+
+def test_quantizing_nothing_is_an_error_that_says_why() -> None:
+    digits = load_task("digits-cnn")
+    x = torch.stack([digits.train[i][0] for i in range(len(digits.train))])  # type: ignore[arg-type]
+    y = torch.stack([digits.train[i][1] for i in range(len(digits.train))])  # type: ignore[arg-type]
+
+    def conv_only() -> nn.Module:  # 1x8x8 -> 10 logits, no Linear anywhere
+        return nn.Sequential(nn.Conv2d(1, 10, 8), nn.Flatten())
+
+    ds = TensorDataset(x[:200], y[:200])
+    conv_task = Task("conv-only", conv_only, conv_only, ds, ds, ds, 10)
+    parent = ModelCheckpoint(
+        task="conv-only", state_dict=conv_only().state_dict(), recipe={"arch": "student"}
+    )
+    with pytest.raises(
+        SqueezerayError, match=r"dynamic_int8.*quantized no weight.*nn\.Linear.*Conv2d x1"
+    ):
+        quantize(StageInput(task=conv_task, parent=parent), QuantizeParams(mode="dynamic_int8"))
+    static = quantize(StageInput(task=conv_task, parent=parent), QuantizeParams(mode="static_int8"))
+    assert static.metrics["quantized_fraction"] > 0.9  # the conv weight; its bias stays float
