@@ -1,8 +1,9 @@
 """End to end through Ray: a user's nn.TransformerEncoder classifier through LoRA and int8.
 
 Issue 12 items 3 and 4: lowrank (the feed-forward Linears), lora (adapters on attention and
-feed-forward weights) followed by dynamic_int8 and by onnx_int8 gives ok rows whose `quantized_fraction` says int8 happened and
-whose size is below the float model's (the quantize=none row of the same sweep).
+feed-forward weights), then dynamic_int8 or onnx_int8, gives ok rows whose
+`quantized_fraction` says int8 happened and whose size is below the float model's (the
+quantize=none row of the same sweep).
 """
 
 from __future__ import annotations
