@@ -163,11 +163,12 @@ def validate(
     ] = None,
 ) -> None:
     """Check a search space (YAML, stages, ranges, task) without starting Ray; print a summary."""
-    from orchestrator.config import load_space
+    from orchestrator.config import check_stages_apply_to_task, load_space
 
     loaded = load_space(space, check_task=task is None)
     if task is not None:
         loaded = loaded.with_overrides(task=task)
+    check_stages_apply_to_task(loaded)
     out.print(loaded.summary(), markup=False, highlight=False, soft_wrap=True)
     out.print(f"ok: {loaded.source} is valid", markup=False, highlight=False, soft_wrap=True)
 

@@ -974,6 +974,20 @@ def _check_grid(
             )
 
 
+def check_stages_apply_to_task(space: SearchSpace) -> None:
+    """Refuse a stage that cannot change the space's task model at all (lora/lowrank with no
+    layer to wrap, dynamic_int8 with no Linear), before Ray starts: the error names the file,
+    the stage, the value and the fix. Imports the task and builds its model."""
+    from stages.layers import check_stages_apply
+    from stages.tasks import load_task
+
+    values = {key: dist.values_for_validation() for key, dist in space.params.items()}
+    try:
+        check_stages_apply(load_task(space.task), space.pipeline, values)
+    except SqueezerayError as exc:
+        raise SqueezerayError(f"{space.source}: {exc}") from exc
+
+
 def _check_task_name(source: str, key: str, task: str, *, check_task: bool) -> str:
     """Built-in names are checked by name; an import path is imported and checked only when
     `check_task` (it builds the user's data and models)."""

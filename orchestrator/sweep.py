@@ -31,7 +31,12 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from orchestrator.config import SearchSpace, load_space, parse_duration
+from orchestrator.config import (
+    SearchSpace,
+    check_stages_apply_to_task,
+    load_space,
+    parse_duration,
+)
 from orchestrator.pipeline import SweepPlan
 from orchestrator.rows import now, trial_row
 from orchestrator.storage import Storage, open_storage
@@ -244,9 +249,10 @@ def prepare_sweep(
         time_budget_s=budget_s,
         algorithm=algorithm,
     )
-    # The task import path is checked here, on the driver, before any Ray work; its fingerprint
-    # (architectures, weights, data) goes into the stage keys, so an edited model or dataset
-    # is recomputed instead of served from the cache.
+    # The task import path is checked here, on the driver, before any Ray work (and so is
+    # every stage that could not change the task's model at all: issue 12 item 6); its
+    # fingerprint (architectures, weights, data) goes into the stage keys, so an edited model
+    # or dataset is recomputed instead of served from the cache.
     from stages.fingerprint import task_fingerprint
     from stages.tasks import load_task
 
@@ -257,6 +263,7 @@ def prepare_sweep(
             "student, so distill.student_ratio would change nothing; drop the key, or give the "
             "task student=None to have the student made from the teacher"
         )
+    check_stages_apply_to_task(loaded)
     fingerprint = task_fingerprint(task_obj, seed=TRAINING_SEED)
     return PreparedSweep(
         space=loaded,

@@ -14,9 +14,14 @@ nobody replaced keep the fast path. The flags it sets are plain attributes, not 
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 import torch
 from torch import nn
+
+from stages.errors import SqueezerayError
+from stages.tasks import Task
 
 
 def _is_float_tensor(value: object) -> bool:
@@ -71,4 +76,55 @@ def weight_layer_summary(model: nn.Module) -> str:
     return ", ".join(f"{name} x{n}" for name, n in counts.most_common())
 
 
-__all__ = ["restore_slow_path", "weight_layer_summary"]
+def check_stages_apply(
+    task: Task, pipeline: Sequence[str], values: Mapping[str, Sequence[Any]]
+) -> None:
+    """Refuse, before any work starts, a stage that cannot change the model at all.
+
+    `values` maps "stage.param" to the values a sweep can give it (its choices, the ends of
+    its range, or its fixed value); a param not listed takes its stage default. Checked on the
+    model the stage would receive (the task's student when `distill` is in the pipeline, else
+    the teacher), by layer type only; what depends on values (lowrank's min_features, FX tracing)
+    is the stage's own error. Raises SqueezerayError naming the stage, the value and the fix:
+
+    - lora with a reachable rank > 0 on a model with no nn.Linear / nn.MultiheadAttention;
+    - lowrank with a reachable rank_ratio < 1 on a model with no plain nn.Linear;
+    - quantize.mode dynamic_int8 reachable on a model with no nn.Linear.
+    """
+    from stages.lora import lora_targets
+
+    # A student made from the teacher (student=None) has the teacher's layer types.
+    arch = "student" if "distill" in pipeline and task.student is not None else "teacher"
+    model = task.build(arch)
+    layers = weight_layer_summary(model)
+
+    def reachable(key: str, default: Any) -> list[Any]:
+        return list(values.get(key, [default]))
+
+    if "lora" in pipeline:
+        ranks = [r for r in reachable("lora.rank", 0) if r]
+        if ranks and not lora_targets(model):
+            raise SqueezerayError(
+                f"lora.rank={max(ranks)!r} cannot apply to the {arch} model of task "
+                f"{task.name!r}: LoRA adapts nn.Linear and nn.MultiheadAttention weights and "
+                f"the model has none ({layers}); set lora.rank: 0 or drop lora from the pipeline"
+            )
+    has_linear = any(type(m) is nn.Linear for m in model.modules())
+    if "lowrank" in pipeline:
+        ratios = [r for r in reachable("lowrank.rank_ratio", 1.0) if r < 1.0]
+        if ratios and not has_linear:
+            raise SqueezerayError(
+                f"lowrank.rank_ratio={min(ratios)!r} cannot apply to the {arch} model of task "
+                f"{task.name!r}: lowrank factorises plain nn.Linear layers and the model has none "
+                f"({layers}); set lowrank.rank_ratio: 1.0 or drop lowrank from the pipeline"
+            )
+    dynamic = "quantize" in pipeline and "dynamic_int8" in reachable("quantize.mode", "none")
+    if dynamic and not has_linear:
+        raise SqueezerayError(
+            f"quantize.mode='dynamic_int8' cannot apply to the {arch} model of task "
+            f"{task.name!r}: it quantizes nn.Linear layers and the model has none "
+            f"({layers}); use static_int8, qat or onnx_int8"
+        )
+
+
+__all__ = ["check_stages_apply", "restore_slow_path", "weight_layer_summary"]

@@ -258,6 +258,13 @@ def _resize_to_quantized_state(model: nn.Module, state: dict[str, Any]) -> None:
                 shapes[f"{name}.bias"] = torch.empty(tuple(bias.shape))
         elif isinstance(value, torch.Tensor):
             shapes[key] = value  # only the shape is read
+    for name in inner_linears(model):  # eager-wrapped: QuantWrapper keeps it as `.module`
+        packed = state.get(f"{name}.module{_PACKED_SUFFIX}")
+        if isinstance(packed, tuple):
+            weight, bias = packed
+            shapes[f"{name}.weight"] = torch.empty(tuple(weight.shape))
+            if bias is not None:
+                shapes[f"{name}.bias"] = torch.empty(tuple(bias.shape))
     resize_to_state(model, shapes)
     _resize_folded_batchnorms(model, state)
 

@@ -8,15 +8,16 @@ reports what it did as `quantized_fraction` (item 4).
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import torch
 from torch import nn
-from torch.utils.data import TensorDataset
 
 from stages.base import StageInput, StageOutput
 from stages.checkpoint import ModelCheckpoint, build_model
 from stages.errors import SqueezerayError
-from stages.layers import restore_slow_path
+from stages.layers import check_stages_apply, restore_slow_path
 from stages.lora import LoraParams, inject_lora, lora, lora_targets
 from stages.lowrank import LowRankParams, lowrank
 from stages.metrics import count_weights, quantized_fraction, size_bytes
@@ -24,9 +25,11 @@ from stages.quantize import QuantizeParams, inner_linears, quantize
 from stages.tasks import Task, load_task
 from stages.teacher import TeacherParams, train_teacher
 from stages.training import accuracy
+from tests.stages.conv_only_task import conv_only
 from tests.stages.transformer_task import TokenTransformer
 
 TASK = "tests.stages.transformer_task:make_task"
+CONV_ONLY = "tests.stages.conv_only_task:make_task"
 CPU = torch.device("cpu")
 FFN = [f"encoder.layers.{i}.linear{j}" for i in (0, 1) for j in (1, 2)]
 
@@ -178,21 +181,71 @@ def test_every_int8_mode_quantizes_the_encoder(
 
 
 def test_quantizing_nothing_is_an_error_that_says_why() -> None:
-    digits = load_task("digits-cnn")
-    x = torch.stack([digits.train[i][0] for i in range(len(digits.train))])  # type: ignore[arg-type]
-    y = torch.stack([digits.train[i][1] for i in range(len(digits.train))])  # type: ignore[arg-type]
-
-    def conv_only() -> nn.Module:  # 1x8x8 -> 10 logits, no Linear anywhere
-        return nn.Sequential(nn.Conv2d(1, 10, 8), nn.Flatten())
-
-    ds = TensorDataset(x[:200], y[:200])
-    conv_task = Task("conv-only", conv_only, conv_only, ds, ds, ds, 10)
+    conv_task = load_task(CONV_ONLY)
     parent = ModelCheckpoint(
-        task="conv-only", state_dict=conv_only().state_dict(), recipe={"arch": "student"}
+        task=conv_task.name, state_dict=conv_only(4).state_dict(), recipe={"arch": "student"}
     )
     with pytest.raises(
-        SqueezerayError, match=r"dynamic_int8.*quantized no weight.*nn\.Linear.*Conv2d x1"
+        SqueezerayError, match=r"dynamic_int8.*quantized no weight.*nn\.Linear.*Conv2d x2"
     ):
         quantize(StageInput(task=conv_task, parent=parent), QuantizeParams(mode="dynamic_int8"))
     static = quantize(StageInput(task=conv_task, parent=parent), QuantizeParams(mode="static_int8"))
-    assert static.metrics["quantized_fraction"] > 0.9  # the conv weight; its bias stays float
+    assert static.metrics["quantized_fraction"] > 0.9  # the conv weights; biases stay float
+
+
+# -- refused up front ------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("pipeline", "values", "message"),
+    [
+        (
+            ["teacher", "distill", "lora"],
+            {"lora.rank": [0, 4]},
+            r"lora\.rank=4 cannot apply to the student model.*Conv2d x2.*lora\.rank: 0",
+        ),
+        (
+            ["teacher", "lowrank"],
+            {"lowrank.rank_ratio": [0.25, 1.0]},
+            r"lowrank\.rank_ratio=0\.25 cannot apply to the teacher model.*nn\.Linear",
+        ),
+        (
+            ["teacher", "quantize"],
+            {"quantize.mode": ["none", "dynamic_int8"]},
+            r"quantize\.mode='dynamic_int8' cannot apply.*static_int8, qat or onnx_int8",
+        ),
+    ],
+)
+def test_stages_that_cannot_apply_are_refused_up_front(
+    pipeline: list[str], values: dict[str, list[object]], message: str
+) -> None:
+    conv_task = load_task(CONV_ONLY)
+    with pytest.raises(SqueezerayError, match=message):
+        check_stages_apply(conv_task, pipeline, values)
+    # What can apply passes: the no-op values, another quantize mode, a model with Linears.
+    check_stages_apply(
+        conv_task,
+        pipeline,
+        {"lora.rank": [0], "lowrank.rank_ratio": [1.0], "quantize.mode": ["static_int8"]},
+    )
+    check_stages_apply(load_task(TASK), pipeline, values)
+
+
+def test_sweep_and_validate_refuse_before_ray(tmp_path: Path) -> None:
+    from orchestrator.sweep import prepare_sweep
+
+    space = tmp_path / "space.yaml"
+    space.write_text(
+        f"task: {CONV_ONLY}\npipeline: [teacher, distill, lora]\n"
+        "params:\n  lora.rank: {choice: [0, 2]}\nsearch: {algorithm: grid}\n"
+    )
+    with pytest.raises(SqueezerayError, match=r"lora\.rank=2 cannot apply"):
+        prepare_sweep(space, storage=tmp_path / "results")
+    # `squeezeray validate` runs the same check: exit 2 with the message.
+    from typer.testing import CliRunner
+
+    from orchestrator.cli import app
+
+    result = CliRunner().invoke(app, ["validate", str(space)])
+    assert result.exit_code == 2
+    assert "lora.rank=2 cannot apply" in " ".join(result.output.split())
