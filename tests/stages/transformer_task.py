@@ -1,8 +1,8 @@
 """A user-style Transformer encoder classifier on token-id sequences, for the stage tests.
 
-Written the way users write it (nn.TransformerEncoder, batch_first, an Embedding first, a
-Linear head). Until inputs keep their dtype everywhere the ids travel as floats; `forward`
-takes either (`x.long()`), so the model is the same once int64 ids reach it unchanged.
+Written the way users write it (nn.TransformerEncoder, batch_first, an Embedding first on
+int64 token ids, a Linear head). Wider than `tests.zoo.transformer` (d_model 32, two layers)
+so lowrank has layers above its default min_features and the int8 checks have weight to count.
 
 Data: sequences of 12 ids from a vocabulary of 24; the class (of 3) is which of the marker
 ids 1, 2, 3 occurs most often (ties to the lowest). Learnable by attention in a few epochs.
@@ -35,7 +35,7 @@ class TokenTransformer(nn.Module):
         self.head = nn.Linear(d_model, NUM_CLASSES)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        h = self.embed(x.long()) + self.pos
+        h = self.embed(x) + self.pos
         return self.head(self.encoder(h).mean(dim=1))  # type: ignore[no-any-return]
 
 
@@ -47,7 +47,7 @@ def _data(n: int, seed: int) -> TensorDataset:
     ids.scatter_(1, pos, marks)
     counts = torch.stack([(ids == k).sum(1) for k in range(1, NUM_CLASSES + 1)], dim=1)
     y = counts.argmax(dim=1)
-    return TensorDataset(ids.float(), y)
+    return TensorDataset(ids, y)  # int64 ids
 
 
 def make_task() -> Task:
