@@ -168,7 +168,8 @@ def validate(
     loaded = load_space(space, check_task=task is None)
     if task is not None:
         loaded = loaded.with_overrides(task=task)
-    check_stages_apply_to_task(loaded)
+    if ":" in loaded.task:  # a user task was imported above; built-ins stay unimported here
+        check_stages_apply_to_task(loaded)
     out.print(loaded.summary(), markup=False, highlight=False, soft_wrap=True)
     out.print(f"ok: {loaded.source} is valid", markup=False, highlight=False, soft_wrap=True)
 
