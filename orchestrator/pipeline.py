@@ -43,6 +43,13 @@ class SweepPlan:
     # computed once on the driver; empty: keys without a fingerprint (tests of the plan alone)
     fingerprint: dict[str, str] = field(default_factory=dict)
 
+    def checked_parts(self, stage: str) -> dict[str, str]:
+        """The fingerprint parts a stage's worker checks its copy of the task against."""
+        if not self.fingerprint:
+            return {}
+        parts = {"teacher": ("teacher", "data"), "distill": ("student", "data")}.get(stage, ())
+        return {name: self.fingerprint[name] for name in parts if name in self.fingerprint}
+
     def stage_fingerprint(self, stage: str) -> str | None:
         """What `stage` reads from the task beyond its parent checkpoint: the teacher stage
         builds the teacher and trains on the data on this device type; distillation builds the
@@ -103,6 +110,7 @@ class SweepPlan:
                     sys_path=self.sys_path,
                     sweep_id=self.sweep_id,
                     trial_id=trial_id,
+                    fingerprint=self.checked_parts(stage),
                 )
             )
             parent_key = key

@@ -22,6 +22,9 @@ class StageRequest:
     sys_path: tuple[str, ...] = ()  # directories holding a user's task module
     sweep_id: str = ""
     trial_id: str = ""
+    # The parts of the driver's task fingerprint this stage reads (stages.fingerprint: teacher,
+    # student, data); the worker checks its own copy of the task against them.
+    fingerprint: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)

@@ -7,9 +7,11 @@ import torch at module level; the task bodies import `stages` inside the worker.
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import json
 import os
+import socket
 import sys
 import time
 from collections.abc import Iterator
@@ -74,6 +76,8 @@ def execute_stage(
     _prepare_worker(request.sys_path, request.threads)
     wall0, cpu0 = time.perf_counter(), time.process_time()
     task = load_task(request.task)
+    if request.fingerprint:
+        check_same_task(request)
     spec = get_stage(request.stage)
     params = spec.make_params(request.params)
     inp = StageInput(
@@ -105,6 +109,32 @@ def execute_stage(
     storage.write_atomic(data, CACHE_DIR, data_name)
     storage.write_atomic(json.dumps(info).encode(), CACHE_DIR, manifest_name)
     return data, info
+
+
+@functools.lru_cache(maxsize=8)
+def _worker_fingerprint(task_name: str, seed: int) -> dict[str, str]:
+    from stages.fingerprint import task_fingerprint
+    from stages.tasks import load_task
+
+    return task_fingerprint(load_task(task_name), seed=seed).as_dict()
+
+
+def check_same_task(request: StageRequest) -> None:
+    """The task this worker loaded must be the one the driver fingerprinted (stage keys name
+    the driver's): a node with other code or data, or a task factory whose models or data
+    are not reproducible, would otherwise store a different model under the same key."""
+    from stages.errors import SqueezerayError
+
+    here = _worker_fingerprint(request.task, request.seed)
+    differ = [name for name, value in request.fingerprint.items() if here.get(name) != value]
+    if differ:
+        raise SqueezerayError(
+            f"task {request.task!r}: its {' and '.join(differ)} on this worker "
+            f"({socket.gethostname()}) differ from the driver's; give every node the same "
+            "code and data (the same version of your task module and its files), and make the "
+            "task's factories reproducible: models initialised from torch's seeded generator "
+            "(or given weights), datasets built the same way in every process"
+        )
 
 
 @contextlib.contextmanager

@@ -71,3 +71,38 @@ def test_fingerprint_parts_recompute_from_the_first_stage_they_affect() -> None:
     student = keys(student="s2")
     assert student[0] == base[0]  # the teacher is reused
     assert student[1] != base[1] and student[2] != base[2]
+
+
+def test_worker_check_compares_the_parts_a_stage_reads() -> None:
+    """A worker's copy of the task must match the driver's fingerprint (no Ray needed)."""
+    import dataclasses
+
+    import pytest
+
+    from orchestrator.pipeline import SweepPlan
+    from orchestrator.stage_tasks import check_same_task
+    from stages.errors import SqueezerayError
+    from stages.fingerprint import task_fingerprint
+    from stages.tasks import load_task
+
+    fp = task_fingerprint(load_task("blobs")).as_dict()
+    plan = SweepPlan(
+        sweep_id="s",
+        task="blobs",
+        pipeline=("teacher", "distill", "prune"),
+        defaults={"teacher": {}, "distill": {}, "prune": {}},
+        fixed={},
+        code_version="v",
+        storage="/tmp/x",
+        objectives=(("val_accuracy", "max"),),
+        fingerprint=fp,
+    )
+    teacher, distill, prune = plan.requests({}, trial_id="t")
+    assert set(teacher.fingerprint) == {"teacher", "data"}
+    assert set(distill.fingerprint) == {"student", "data"}
+    assert prune.fingerprint == {}
+    check_same_task(teacher)
+    check_same_task(distill)
+    other = dataclasses.replace(teacher, fingerprint={**teacher.fingerprint, "data": "0" * 16})
+    with pytest.raises(SqueezerayError, match=r"its data on this worker .* differ"):
+        check_same_task(other)

@@ -176,3 +176,42 @@ def test_user_conv_task_and_failing_trial(tmp_path: Path, monkeypatch: pytest.Mo
     assert rows["static_int8"]["status"] == "error"
     assert rows["static_int8"]["error"]
     assert rows["static_int8"]["accuracy"] is None
+
+
+UNSEEDED_TASK = """
+import torch
+from torch import nn
+from torch.utils.data import TensorDataset
+from stages.tasks import Task
+
+
+def make():
+    x = torch.randn(90, 4)  # a new draw in every process: no generator, no seed
+    y = torch.arange(90) % 3
+    return Task(name="unseeded", teacher=lambda: nn.Linear(4, 3), student=lambda: nn.Linear(4, 3),
+                train=TensorDataset(x[:60], y[:60]), val=TensorDataset(x[60:75], y[60:75]),
+                test=TensorDataset(x[75:], y[75:]), num_classes=3)
+"""
+
+
+def test_a_worker_whose_task_differs_from_the_drivers_refuses_to_run_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Stage keys name the driver's task fingerprint; a worker whose copy of the task differs
+    (here: data drawn without a seed, so every process has other data) would store another
+    model under that key. The teacher stage refuses, naming the part that differs."""
+    (tmp_path / "unseeded_mod.py").write_text(textwrap.dedent(UNSEEDED_TASK))
+    monkeypatch.syspath_prepend(str(tmp_path))
+    sys.modules.pop("unseeded_mod", None)
+    space_file = tmp_path / "space.yaml"
+    space_file.write_text(
+        "task: unseeded_mod:make\npipeline: [teacher, distill]\n"
+        "params: {teacher.epochs: 1, distill.epochs: 1, distill.alpha: {choice: [0.5]}}\n"
+        "search: {algorithm: grid}\nlatency: {warmup: 1, repeats: 2, rounds: 0}\n"
+    )
+    outcome = execute_sweep(prepare_sweep(str(space_file), storage=tmp_path / "results"))
+    rows = outcome.table.to_pylist()
+    assert rows and all(r["status"] == "error" for r in rows), rows
+    trial = next(r for r in rows if not r["is_baseline"])
+    assert "its data on this worker" in trial["error"], trial["error"]
+    assert "differ from the driver's" in trial["error"]
