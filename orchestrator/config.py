@@ -227,15 +227,36 @@ class SearchSpace:
     constraints: tuple[Constraint, ...] = ()
     latency: LatencySettings = LatencySettings()
     name: str | None = None
+    task_metric: str | None = None  # the task's own metric (stages.Metric.name), once checked
+
+    def _metric_columns(self) -> tuple[str, ...]:
+        own = self.task_metric
+        return METRICS + ((own, VALIDATION_PREFIX + own) if own else ())
 
     def search_objectives(self) -> tuple[tuple[str, str], ...]:
         """(selection column, direction) per objective: what the search optimises (validation
-        columns; see `selection_column`)."""
-        return tuple((selection_column(o.name), o.direction) for o in self.objectives)
+        columns, a task metric's too: `f1` -> `val_f1`; see `selection_column`)."""
+        columns = self._metric_columns()
+        return tuple((selection_column(o.name, columns), o.direction) for o in self.objectives)
 
     def search_constraints(self) -> tuple[tuple[str, str, float], ...]:
         """(selection column, op, bound) per constraint: what the search and `feasible` check."""
-        return tuple((selection_column(c.column), c.op, float(c.value)) for c in self.constraints)
+        columns = self._metric_columns()
+        return tuple(
+            (selection_column(c.column, columns), c.op, float(c.value)) for c in self.constraints
+        )
+
+    def with_task_metric(self, name: str | None) -> SearchSpace:
+        """The space checked against the task's own metric (`name`, None when the task has
+        none): every objective and constraint must name a built-in metric, `name` or
+        `val_<name>`; the search then selects on `val_<name>`."""
+        allowed = set(METRICS) | ({name, VALIDATION_PREFIX + name} if name else set())
+        for kind, metric in [("objectives", o.name) for o in self.objectives] + [
+            ("constraints", c.column) for c in self.constraints
+        ]:
+            if metric not in allowed:
+                _fail(self.source, f"{kind}.{metric}", _unknown_metric(metric, name))
+        return dataclasses.replace(self, task_metric=name)
 
     def searched(self) -> dict[str, Distribution]:
         """The knobs the search samples, "stage.param" -> Distribution."""
@@ -292,12 +313,17 @@ class SearchSpace:
         new_task = self.task
         if task is not None:
             new_task = _check_task_name(self.source, "--task", task, check_task=check_task)
-        return dataclasses.replace(
+        space = dataclasses.replace(
             self,
             task=new_task,
             search=search,
             name=self.name if name is None else name,
         )
+        if new_task != self.task:
+            space = _with_known_task_metric(
+                dataclasses.replace(space, task_metric=None), check_task=check_task
+            )
+        return space
 
     def summary(self) -> str:
         """A few plain-text lines for `squeezeray validate` (no rich markup)."""
@@ -435,7 +461,7 @@ def parse_space(data: Mapping[str, Any], *, source: str, check_task: bool = True
     params = _validate_stage_params(source, pipeline, raw_params)
     _check_grid(source, search.algorithm, params, flag="search.algorithm")
     task = _check_task_name(source, "task", task.strip(), check_task=check_task)
-    return SearchSpace(
+    space = SearchSpace(
         source=source,
         task=task,
         pipeline=pipeline,
@@ -446,6 +472,21 @@ def parse_space(data: Mapping[str, Any], *, source: str, check_task: bool = True
         latency=latency,
         name=None if name is None else str(name),
     )
+    return _with_known_task_metric(space, check_task=check_task)
+
+
+def _with_known_task_metric(space: SearchSpace, *, check_task: bool) -> SearchSpace:
+    """Check metric names against the task when it is known without importing a user's
+    module (built-ins define no metric) or when `check_task` imports it anyway; otherwise
+    `prepare_sweep` checks them once it has loaded the task."""
+    from stages.tasks import BUILTIN_TASKS, load_task
+
+    if space.task in BUILTIN_TASKS:
+        return space.with_task_metric(None)
+    if check_task:
+        metric = load_task(space.task).metric
+        return space.with_task_metric(metric.name if metric is not None else None)
+    return space
 
 
 def parse_duration(text: str | float) -> float:
@@ -1032,13 +1073,27 @@ def _check_section(source: str, name: str, raw: Any, keys: Sequence[str]) -> Non
 
 
 def _check_metric(source: str, key: str, metric: Any) -> None:
-    if metric not in METRICS:
-        _fail(
-            source,
-            key,
-            f"{metric!r} is not a metric{_did_you_mean(str(metric), METRICS)};"
-            f" accepted: {', '.join(METRICS)}",
-        )
+    """A built-in metric, or a name a task metric could have (checked against the task by
+    `SearchSpace.with_task_metric` once the task is loaded)."""
+    if metric not in METRICS and not (
+        isinstance(metric, str) and _TASK_METRIC_NAME.fullmatch(metric)
+    ):
+        _fail(source, key, _unknown_metric(metric, None))
+
+
+_TASK_METRIC_NAME = re.compile(r"[a-z][a-z0-9_]{0,66}")
+
+
+def _unknown_metric(metric: Any, task_metric: str | None) -> str:
+    own = (
+        f", or the task's own metric {task_metric!r} (and val_{task_metric})"
+        if task_metric
+        else ", or a metric the task defines (Task(metric=stages.Metric(...)))"
+    )
+    return (
+        f"{metric!r} is not a metric{_did_you_mean(str(metric), METRICS)};"
+        f" accepted: {', '.join(METRICS)}{own}"
+    )
 
 
 def _fail(source: str, key: str, message: str) -> NoReturn:

@@ -68,13 +68,15 @@ class ExportResult:
 # -- choosing the row ----------------------------------------------------------------------
 
 
-def parse_pick(text: str) -> tuple[str, str]:
-    """`COLUMN[:min|max]` -> (column, direction); a bare metric takes its usual direction."""
+def parse_pick(text: str, directions: Mapping[str, str] | None = None) -> tuple[str, str]:
+    """`COLUMN[:min|max]` -> (column, direction); a bare metric takes its usual direction
+    (built-in metrics, and those in `directions`, e.g. a task metric's)."""
     from orchestrator.schema import DEFAULT_DIRECTIONS
 
+    known = {**DEFAULT_DIRECTIONS, **(directions or {})}
     column, _, direction = text.partition(":")
     column = column.strip()
-    direction = direction.strip() or DEFAULT_DIRECTIONS.get(column, "")
+    direction = direction.strip() or known.get(column, "")
     if not column or direction not in ("min", "max"):
         raise SqueezerayError(
             f"--pick {text!r} is not accepted; accepted: COLUMN[:min|max], e.g. size_bytes or "
@@ -151,7 +153,7 @@ def select_row(
         )
     from orchestrator.config import selection_column
 
-    column, direction = parse_pick(pick)
+    column, direction = parse_pick(pick, _task_metric_directions(table))
     column = selection_column(column, candidates.column_names)
     if column not in candidates.column_names:
         raise SqueezerayError(
@@ -165,6 +167,20 @@ def select_row(
         raise SqueezerayError(f"--pick {pick!r}: no matching trial has a value for {column!r}")
     sign = 1.0 if direction == "min" else -1.0
     return dict(min(rows, key=lambda r: (sign * float(r[column]), str(r["trial_id"]))))
+
+
+def _task_metric_directions(table: pa.Table) -> dict[str, str]:
+    """{name: direction, val_<name>: direction} of the task metrics the rows record (the
+    tasks are loaded only when some row has one)."""
+    from stages.tasks import load_task
+
+    rows = table.select(["task", "custom_metrics"]).to_pylist()
+    out: dict[str, str] = {}
+    for task_name in sorted({str(r["task"]) for r in rows if r["custom_metrics"]}):
+        metric = load_task(task_name).metric
+        if metric is not None:
+            out[metric.name] = out["val_" + metric.name] = metric.direction
+    return out
 
 
 def _numeric(table: pa.Table, name: str) -> bool:
@@ -407,7 +423,7 @@ def export_trial(
             }
             (out / "recipe.json").write_text(json.dumps(recipe, indent=2) + "\n")
             written += ["state_dict.pt", "checkpoint.pt", "recipe.json"]
-    check = recheck(task, ckpt, out, float(row["accuracy"]))
+    check = recheck(task, ckpt, out, float(row["accuracy"]), custom=_custom(row))
     files = {name: _sha256(out / name) for name in written}
     card = _card(row, sweep_rows, ckpt, files, check, storage=open_storage(storage).uri)
     (out / CARD).write_text(json.dumps(card, indent=2, default=str) + "\n")
@@ -420,7 +436,19 @@ def export_trial(
     return ExportResult(output=out, files={**files, CARD: _sha256(out / CARD)}, card=card)
 
 
-def recheck(task: Task, ckpt: ModelCheckpoint, out: Path, expected: float) -> dict[str, Any]:
+def _custom(row: Mapping[str, Any]) -> dict[str, float]:
+    """The row's task-metric values ({name: test, val_<name>: validation})."""
+    return {k: float(v) for k, v in json.loads(row.get("custom_metrics") or "{}").items()}
+
+
+def recheck(
+    task: Task,
+    ckpt: ModelCheckpoint,
+    out: Path,
+    expected: float,
+    *,
+    custom: Mapping[str, float] | None = None,
+) -> dict[str, Any]:
     """Load the written artifact as a deployment would and measure its test accuracy.
 
     onnxruntime: an InferenceSession on model.onnx; torchscript: torch.jit.load(model.pt);
@@ -450,6 +478,18 @@ def recheck(task: Task, ckpt: ModelCheckpoint, out: Path, expected: float) -> di
             result["accuracy"] = eager.accuracy(task.test)
     accuracies = [result["accuracy"], result.get("torchscript_accuracy", result["accuracy"])]
     result["ok"] = all(round(a * n) == round(expected * n) for a in accuracies)
+    metric = task.metric
+    if metric is not None and custom and metric.name in custom:
+        # the task's own metric on the test split, through the row's runtime
+        from stages.runtime import make_predictor
+
+        logits, targets = make_predictor(task, ckpt).outputs(task.test)
+        value = metric(logits, targets)
+        result[metric.name] = value
+        result[f"expected_{metric.name}"] = custom[metric.name]
+        result["ok"] = result["ok"] and math.isclose(
+            value, custom[metric.name], rel_tol=1e-9, abs_tol=1e-12
+        )
     return result
 
 
@@ -473,7 +513,7 @@ def _card(
 
     baselines = [r for r in sweep_rows.to_pylist() if r["is_baseline"]]
     base = baselines[0] if baselines else None
-    metrics = {m: row.get(m) for m in METRICS_IN_CARD}
+    metrics = {**{m: row.get(m) for m in METRICS_IN_CARD}, **_custom(row)}
     delta = None
     if base and _finite(base.get("accuracy")) and _finite(row.get("accuracy")):
         delta = (float(row["accuracy"]) - float(base["accuracy"])) * 100.0
@@ -492,7 +532,9 @@ def _card(
         "output": {"name": "logits", "shape": ["batch", "num_classes"]},
         "knobs": json.loads(row.get("params") or "{}"),
         "metrics": metrics,
-        "baseline": {m: base.get(m) for m in METRICS_IN_CARD} if base else None,
+        "baseline": {**{m: base.get(m) for m in METRICS_IN_CARD}, **_custom(base)}
+        if base
+        else None,
         "ratios": {
             "size_x": _ratio(base, row, "size_bytes"),
             "latency_x": _ratio(base, row, "latency_ms"),

@@ -19,6 +19,7 @@ one read last).
 from __future__ import annotations
 
 import itertools
+import json
 import os
 import re
 import urllib.parse
@@ -378,9 +379,29 @@ def load_results(storage: str | Path, *, sweep: str = "all") -> pa.Table:
             f"--storage {storage}"
         )
     table = keep_last_per_trial(table)
+    table = expand_custom_metrics(table)
     return table.sort_by(
         [("sweep_id", "ascending"), ("started_at", "ascending"), ("trial_id", "ascending")]
     )
+
+
+def expand_custom_metrics(table: pa.Table) -> pa.Table:
+    """Append one float64 column per task metric found in the `custom_metrics` JSON column
+    (e.g. `f1_macro` and `val_f1_macro`), null in rows without it, so `--where`, objectives,
+    constraints and fronts use a task's own metric like any built-in column. A name that is
+    already a column is left alone."""
+    import pyarrow as pa
+
+    from orchestrator.schema import CUSTOM_METRICS
+
+    if CUSTOM_METRICS not in table.column_names:
+        return table
+    parsed = [json.loads(text) if text else {} for text in table.column(CUSTOM_METRICS).to_pylist()]
+    names = sorted({name for values in parsed for name in values} - set(table.column_names))
+    for name in names:
+        values = [None if values.get(name) is None else float(values[name]) for values in parsed]
+        table = table.append_column(pa.field(name, pa.float64()), pa.array(values, pa.float64()))
+    return table
 
 
 def keep_last_per_trial(table: pa.Table) -> pa.Table:

@@ -8,7 +8,7 @@ from collections.abc import Mapping
 from datetime import datetime, timezone
 from typing import Any
 
-from orchestrator.schema import KNOB_COLUMNS, LATENCY_FINAL_COLUMNS, METRIC_COLUMNS
+from orchestrator.schema import CUSTOM_METRICS, KNOB_COLUMNS, LATENCY_FINAL_COLUMNS, METRIC_COLUMNS
 
 INT_METRICS = ("size_bytes", "params_total", "params_nonzero", "latency_rounds")
 
@@ -67,4 +67,6 @@ def trial_row(
         row[column] = value
     for column in (*METRIC_COLUMNS, *LATENCY_FINAL_COLUMNS):
         row[column] = _clean_metric(column, result.get(column))
+    custom = {n: _clean_metric(n, result.get(n)) for n in result.get("custom_metric_names") or []}
+    row[CUSTOM_METRICS] = json.dumps(custom, sort_keys=True) if custom else None
     return row

@@ -51,6 +51,8 @@ DEFAULT_DIRECTIONS: dict[str, str] = {
     "latency_ms_sweep": "min",
 }
 
+CUSTOM_METRICS = "custom_metrics"
+
 STATUSES = ("ok", "error", "timeout", "stopped")
 
 RESULTS_SCHEMA = pa.schema(
@@ -70,6 +72,9 @@ RESULTS_SCHEMA = pa.schema(
         pa.field("params", pa.string()),  # JSON of every knob of the trial
         *(pa.field(name, dtype) for name, dtype in METRIC_COLUMNS.items()),
         *(pa.field(name, dtype) for name, dtype in LATENCY_FINAL_COLUMNS.items()),
+        # The task's own metric (stages.Metric) as JSON {name: test value, val_<name>: val
+        # value}; `load_results` expands it into float64 columns of those names.
+        pa.field(CUSTOM_METRICS, pa.string()),
         pa.field("wall_s", pa.float64()),
         pa.field("stage_keys", pa.list_(pa.string())),
         pa.field("code_version", pa.string()),

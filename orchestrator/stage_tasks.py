@@ -188,6 +188,9 @@ def execute_measure(request: MeasureRequest, checkpoint: bytes) -> dict[str, Any
         "latency_ms_sweep": m.latency_ms,  # kept when latency_ms is re-measured at the end
         "latency_ms_p90": m.latency_ms_p90,
         "runtime": m.runtime,
+        # the task's own metric: flat keys for the search and constraints, names for the row
+        **m.custom,
+        "custom_metric_names": sorted(m.custom),
     }
 
 

@@ -257,6 +257,7 @@ def prepare_sweep(
     from stages.tasks import load_task
 
     task_obj = load_task(loaded.task)
+    loaded = loaded.with_task_metric(task_obj.metric.name if task_obj.metric else None)
     if task_obj.student is not None and "distill.student_ratio" in loaded.params:
         raise SqueezerayError(
             f"{loaded.source}: params.distill.student_ratio: task {loaded.task!r} has its own "
@@ -757,6 +758,8 @@ def stored_results(store: Storage, sweep_id: str) -> dict[str, dict[str, Any]]:
             "effective_params": json.loads(row["params"] or "{}"),
             **{name: row[name] for name in METRIC_COLUMNS},
         }
+        custom = json.loads(row.get("custom_metrics") or "{}")
+        out[row["trial_id"]].update(custom, custom_metric_names=sorted(custom))
     return out
 
 

@@ -19,7 +19,7 @@ from stages.errors import SqueezerayError
 if TYPE_CHECKING:
     from stages.base import StageInput, StageOutput, StageSpec
     from stages.checkpoint import ModelCheckpoint, build_model
-    from stages.tasks import BUILTIN_TASKS, Task, load_task
+    from stages.tasks import BUILTIN_TASKS, Metric, Task, load_task
 
 # Canonical order: a pipeline lists a subsequence of these.
 PIPELINE_ORDER: tuple[str, ...] = (
@@ -41,6 +41,7 @@ _LAZY = {
     "build_model": "stages.checkpoint",
     "BUILTIN_TASKS": "stages.tasks",
     "Task": "stages.tasks",
+    "Metric": "stages.tasks",
     "load_task": "stages.tasks",
 }
 
@@ -68,6 +69,7 @@ def get_stage(name: str) -> StageSpec[Any]:
 __all__ = [
     "BUILTIN_TASKS",
     "PIPELINE_ORDER",
+    "Metric",
     "ModelCheckpoint",
     "SqueezerayError",
     "StageInput",

@@ -18,7 +18,7 @@ import gc
 import io
 import re
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -61,6 +61,8 @@ class ModelMetrics:
     latency_ms_p90: float | None
     runtime: str
     val_accuracy: float | None = None  # validation split (selects models); None: not measured
+    # the task's own metric (stages.tasks.Metric): {name: test value, "val_" + name: val value}
+    custom: dict[str, float] = field(default_factory=dict)
 
 
 # -- accuracy ------------------------------------------------------------------------------
@@ -380,6 +382,7 @@ def evaluate(
         predictor = make_predictor(task, ckpt, threads=threads)
         acc = predictor.accuracy(task.test)
         val_acc = predictor.accuracy(task.val)
+        custom = task_metric_values(task, predictor)
         timing = (
             _time_calls(predictor, task, batch_size=1, warmup=warmup, repeats=repeats)
             if latency
@@ -398,4 +401,18 @@ def evaluate(
         latency_ms_p90=timing.p90_ms if timing else None,
         runtime=predictor.runtime,
         val_accuracy=val_acc,
+        custom=custom,
     )
+
+
+def task_metric_values(task: Task, predictor: Predictor) -> dict[str, float]:
+    """{name: value on the test split, "val_" + name: on the validation split} of the task's
+    own metric (empty when it has none), through the checkpoint's runtime."""
+    metric = task.metric
+    if metric is None:
+        return {}
+    out = {}
+    for prefix, split in (("", task.test), ("val_", task.val)):
+        logits, targets = predictor.outputs(split)
+        out[prefix + metric.name] = metric(logits, targets)
+    return out

@@ -52,6 +52,16 @@ class Predictor:
     def __call__(self, x: Any) -> torch.Tensor:
         return self.to_tensor(self.run_native(self.prepare(x)))
 
+    def outputs(
+        self, dataset: Dataset, *, batch_size: int = 256
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """(logits (N, num_classes) float32, targets (N,) int64) over a dataset of (x, y)."""
+        logits, targets = [], []
+        for x, y in DataLoader(dataset, batch_size=batch_size, shuffle=False):
+            logits.append(self(x).float())
+            targets.append(torch.as_tensor(y).long())
+        return torch.cat(logits), torch.cat(targets)
+
     def accuracy(self, dataset: Dataset, *, batch_size: int = 256) -> float:
         """Top-1 accuracy in [0, 1] on a dataset of (x, y) pairs."""
         correct = total = 0

@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 import importlib
 import math
+import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -19,6 +20,63 @@ from stages.models import MLP, ConvNet
 DATA_SEED = 0  # fixed: every process (every Ray worker) must see the same split
 
 
+# Result columns a task metric may not take (orchestrator.schema's own metric columns).
+RESERVED_METRIC_NAMES: tuple[str, ...] = (
+    "accuracy",
+    "size_bytes",
+    "params_total",
+    "params_nonzero",
+    "latency_ms",
+    "latency_ms_p90",
+    "wall_s",
+)
+_METRIC_NAME = re.compile(r"[a-z][a-z0-9_]{0,62}")
+
+
+@dataclass(frozen=True)
+class Metric:
+    """A task's own quality metric, e.g. macro F1 for imbalanced classes.
+
+    `fn(logits, targets) -> float` gets a whole split at once: logits (N, num_classes) float,
+    targets (N,) int64 (so it can compute per-class statistics). squeezeray records it for
+    every trial as two results columns, `<name>` (test split, reported) and `val_<name>`
+    (validation split, which objectives, constraints and the front use), like accuracy.
+    `name`: lower-case letters, digits and `_`, not a built-in column; `direction`: max|min.
+    """
+
+    name: str
+    fn: Callable[[torch.Tensor, torch.Tensor], float]
+    direction: str = "max"
+
+    def __call__(self, logits: torch.Tensor, targets: torch.Tensor) -> float:
+        return float(self.fn(logits, targets))
+
+
+def check_metric(metric: Metric, *, source: str) -> None:
+    """Fail early, naming the fix, when a task's metric cannot be recorded."""
+    where = f"task={source!r}: metric"
+    if not isinstance(metric, Metric):
+        raise SqueezerayError(
+            f"{where} is a {type(metric).__name__}; accepted: stages.Metric(name, fn, direction)"
+        )
+    if not _METRIC_NAME.fullmatch(metric.name) or metric.name.startswith("val_"):
+        raise SqueezerayError(
+            f"{where} name {metric.name!r} is not accepted; accepted: lower-case letters, digits "
+            "and '_', starting with a letter, not starting with 'val_' (that prefix names the "
+            "validation column), e.g. 'f1_macro'"
+        )
+    if metric.name in RESERVED_METRIC_NAMES:
+        raise SqueezerayError(
+            f"{where} name {metric.name!r} is a built-in column; choose another name"
+        )
+    if metric.direction not in ("max", "min"):
+        raise SqueezerayError(
+            f"{where} {metric.name!r} direction={metric.direction!r}; accepted: max, min"
+        )
+    if not callable(metric.fn):
+        raise SqueezerayError(f"{where} {metric.name!r}: fn is not callable")
+
+
 @dataclass(frozen=True)
 class Task:
     """A model family plus its data.
@@ -28,7 +86,8 @@ class Task:
     it as given). `student` builds the fresh, smaller module distillation trains; `None`
     makes the student from the teacher (the teacher structurally pruned to the width ratio
     `distill.student_ratio`, then distilled). Datasets yield `(x, y)` with `y` an integer
-    class in `[0, num_classes)`.
+    class in `[0, num_classes)`. `metric`: an optional quality metric of the task's own
+    (`Metric`, e.g. macro F1), recorded beside accuracy.
     """
 
     name: str
@@ -43,6 +102,7 @@ class Task:
     # (stages.fingerprint): set it for large datasets whose sampled digest could miss an edit,
     # and change it whenever the data changes.
     version: str | None = field(default=None, compare=False)
+    metric: Metric | None = field(default=None, compare=False)  # the task's own quality metric
 
     def example_input(self, batch_size: int = 1) -> Inputs:
         """A real input batch from the test split: a tensor (batch_size, *input_shape), or a
@@ -266,6 +326,27 @@ def check_task(task: Task, *, source: str) -> None:
                 f"({out.dtype}) for one input; expected float (1, {task.num_classes}) "
                 f"(num_classes={task.num_classes}); {OUTPUT_RULE}"
             )
+        if arch == "teacher" and task.metric is not None:
+            _try_metric(task.metric, out, task.test[0][1], source=source)
+
+
+def _try_metric(metric: Metric, logits: torch.Tensor, y0: object, *, source: str) -> None:
+    """The task's metric, called once on the teacher's logits for one test sample."""
+    check_metric(metric, source=source)
+    targets = torch.as_tensor(y0, dtype=torch.long).reshape(1)
+    try:
+        value = metric(logits.float(), targets)
+    except Exception as exc:  # the user's function: report what it was called with
+        raise SqueezerayError(
+            f"task={source!r}: metric {metric.name!r} fails when called as fn(logits, targets) "
+            f"with logits {tuple(logits.shape)} float32 and targets (1,) int64: "
+            f"{type(exc).__name__}: {exc}; it must return a float"
+        ) from exc
+    if not math.isfinite(value):
+        raise SqueezerayError(
+            f"task={source!r}: metric {metric.name!r} returned {value} for one test sample; "
+            "it must return a finite float"
+        )
 
 
 def _is_array(value: object) -> bool:

@@ -276,3 +276,124 @@ def test_student_ratio_on_a_task_with_a_student_is_refused(
     with pytest.raises(SqueezerayError, match=r"distill.student_ratio.*own student.*student=None"):
         prepare_sweep(load_space(space_file), storage=tmp_path / "runs")
     assert not (tmp_path / "runs").exists()
+
+
+F1_MODULE = """
+import torch
+from sklearn.metrics import f1_score
+from torch import nn
+from torch.utils.data import TensorDataset
+
+from stages import Metric, Task
+
+
+def macro_f1(logits, targets):
+    return f1_score(targets.numpy(), logits.argmax(1).numpy(), average="macro")
+
+
+def split(n_per_class, seed):
+    g = torch.Generator().manual_seed(seed)
+    centres = torch.tensor([[0.0, 0.0], [2.5, 0.0], [0.0, 2.5]])
+    xs = [torch.randn(n, 2, generator=g) + c for n, c in zip(n_per_class, centres)]
+    ys = [torch.full((n,), k) for k, n in enumerate(n_per_class)]
+    return TensorDataset(torch.cat(xs), torch.cat(ys))
+
+
+def make_task():
+    # imbalanced: 20:4:1, so accuracy hides a rare class that macro F1 does not
+    return Task(
+        name="imbalanced",
+        teacher=lambda: nn.Sequential(nn.Linear(2, 64), nn.ReLU(), nn.Linear(64, 3)),
+        student=lambda: nn.Sequential(nn.Linear(2, 16), nn.ReLU(), nn.Linear(16, 3)),
+        train=split([800, 160, 40], 0),
+        val=split([200, 40, 10], 1),
+        test=split([200, 40, 10], 2),
+        num_classes=3,
+        metric=Metric("f1_macro", macro_f1, "max"),
+    )
+"""
+
+F1_SPACE = """
+name: f1
+task: usermetric_f1:make_task
+pipeline: [teacher, distill, prune]
+objectives: {f1_macro: max, size_bytes: min}
+constraints: {f1_macro: ">= 0.3"}
+params:
+  teacher.epochs: 4
+  distill.epochs: 3
+  prune.ratio: {uniform: [0.1, 0.95]}
+  prune.method: global
+search: {algorithm: optuna, trials: 3, seed: 0}
+latency: {warmup: 2, repeats: 5}
+"""
+
+
+def test_custom_metric_macro_f1_as_objective_and_constraint(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import pyarrow.compute as pc
+    from sklearn.metrics import f1_score
+
+    from orchestrator.frontview import build_front
+
+    (tmp_path / "usermetric_f1.py").write_text(textwrap.dedent(F1_MODULE))
+    monkeypatch.syspath_prepend(str(tmp_path))
+    sys.modules.pop("usermetric_f1", None)
+    space_file = tmp_path / "space.yaml"
+    space_file.write_text(F1_SPACE)
+    space = load_space(space_file)
+    assert space.search_objectives() == (("val_f1_macro", "max"), ("size_bytes", "min"))
+    assert space.search_constraints() == (("val_f1_macro", ">=", 0.3),)
+    storage = tmp_path / "runs"
+    outcome = execute_sweep(prepare_sweep(space, storage=storage))
+    table = outcome.table
+    assert {"f1_macro", "val_f1_macro"} <= set(table.column_names)
+    rows = table.to_pylist()
+    trials = [r for r in rows if not r["is_baseline"]]
+    assert len(trials) == 3 and all(r["status"] == "ok" for r in trials), rows
+    from usermetric_f1 import make_task  # type: ignore[import-not-found]
+
+    task = make_task()
+    x, y = task.test.tensors
+    for row in [*trials, next(r for r in rows if r["is_baseline"])]:
+        assert 0.0 <= row["f1_macro"] <= 1.0 and 0.0 <= row["val_f1_macro"] <= 1.0
+        # feasibility is judged on the validation column
+        if not row["is_baseline"]:
+            assert row["feasible"] is (row["val_f1_macro"] >= 0.3)
+        # the recorded test value is sklearn's macro F1 of the trial's own model
+        model = load_model(storage, row["trial_id"], sweep=row["sweep_id"])
+        with torch.no_grad():
+            pred = model(x).argmax(1)
+        assert row["f1_macro"] == pytest.approx(f1_score(y, pred, average="macro"), abs=1e-12)
+    # usable on read: the front (chosen on val_f1_macro) and --where
+    view = build_front(table, {"f1_macro": "max", "size_bytes": "min"}, where="f1_macro >= 0")
+    assert view.front.num_rows >= 1
+    assert "val_f1_macro" in view.objectives
+    kept = table.filter(pc.greater_equal(table.column("f1_macro"), 0.0))
+    assert kept.num_rows == len(rows)
+    # export re-checks the metric too, and its card carries it
+    best = max(trials, key=lambda r: (r["val_f1_macro"], r["trial_id"]))
+    card = export_trial(storage, output=tmp_path / "best", pick="f1_macro").card
+    assert card["trial_id"] == best["trial_id"]
+    assert card["metrics"]["f1_macro"] == best["f1_macro"]
+    assert card["recheck"]["ok"] and card["recheck"]["f1_macro"] == pytest.approx(best["f1_macro"])
+
+
+def test_unknown_metric_names_the_task_metric(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    (tmp_path / "usermetric_f1b.py").write_text(textwrap.dedent(F1_MODULE))
+    monkeypatch.syspath_prepend(str(tmp_path))
+    sys.modules.pop("usermetric_f1b", None)
+    space_file = tmp_path / "space.yaml"
+    space_file.write_text(
+        F1_SPACE.replace("usermetric_f1:", "usermetric_f1b:").replace("{f1_macro: max", "{f1: max")
+    )
+    with pytest.raises(SqueezerayError, match=r"objectives.f1: 'f1' is not a metric.*'f1_macro'"):
+        load_space(space_file)
+    with pytest.raises(SqueezerayError, match=r"objectives.f1: .*'f1_macro'"):
+        prepare_sweep(load_space(space_file, check_task=False), storage=tmp_path / "runs")
+    # a built-in task has no metric of its own: caught without importing anything
+    builtin = tmp_path / "builtin.yaml"
+    builtin.write_text("task: digits\npipeline: [teacher]\nobjectives: {f1_macro: max}\n")
+    with pytest.raises(SqueezerayError, match=r"objectives.f1_macro: 'f1_macro' is not a metric"):
+        load_space(builtin, check_task=False)

@@ -121,3 +121,40 @@ def test_corrupt_checkpoint_bytes_are_rejected() -> None:
     assert ModelCheckpoint.from_bytes(data).state_dict["w"].tolist() == [1.0, 1.0, 1.0]
     with pytest.raises(SqueezerayError, match="not a readable squeezeray checkpoint"):
         ModelCheckpoint.from_bytes(data[: len(data) // 2])
+
+
+@pytest.mark.parametrize(
+    ("metric", "match"),
+    [
+        (("F1", "max"), "name 'F1' is not accepted"),
+        (("val_f1", "max"), "not starting with 'val_'"),
+        (("accuracy", "max"), "'accuracy' is a built-in column"),
+        (("f1", "up"), "direction='up'; accepted: max, min"),
+    ],
+)
+def test_bad_task_metric_is_refused(metric: tuple[str, str], match: str) -> None:
+    import dataclasses
+
+    from stages.tasks import Metric, check_task
+
+    task = dataclasses.replace(
+        load_task("blobs"), metric=Metric(metric[0], lambda lo, t: 0.5, metric[1])
+    )
+    with pytest.raises(SqueezerayError, match=match):
+        check_task(task, source="mine")
+
+
+def test_failing_task_metric_names_its_call() -> None:
+    import dataclasses
+
+    from stages.tasks import Metric, check_task
+
+    def broken(logits, targets):  # type: ignore[no-untyped-def]
+        raise ValueError("boom")
+
+    task = dataclasses.replace(load_task("blobs"), metric=Metric("f1", broken))
+    with pytest.raises(SqueezerayError, match=r"metric 'f1' fails .*fn\(logits, targets\).*boom"):
+        check_task(task, source="mine")
+    nan = dataclasses.replace(load_task("blobs"), metric=Metric("f1", lambda lo, t: float("nan")))
+    with pytest.raises(SqueezerayError, match="finite"):
+        check_task(nan, source="mine")
