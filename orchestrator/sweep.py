@@ -701,8 +701,11 @@ def final_latency_phase(
         return 0, f"final latency phase failed ({describe_error(exc)}); rows keep in-sweep latency"
     finished = now()
     updated = []
+    from orchestrator.schema import RESULTS_SCHEMA
+
+    stored = set(RESULTS_SCHEMA.names)  # not the columns load_results derives (task metrics)
     for (row, _), measured in zip(pairs, results, strict=True):
-        new = dict(row)
+        new = {k: v for k, v in row.items() if k in stored}
         if new.get("latency_ms_sweep") is None:
             new["latency_ms_sweep"] = row.get("latency_ms")
         for column in ("latency_ms", "latency_ms_p90", "latency_cv", "speedup", "latency_rounds"):
