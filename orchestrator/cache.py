@@ -54,6 +54,8 @@ class _StageCache:
         self.corrupt: list[str] = []  # keys whose checkpoint failed its checksum
         self.cancelled: list[str] = []  # keys cancelled after every waiting trial timed out
         self.waiting: dict[str, set[str]] = {}  # running stage key -> trial ids waiting on it
+        # key -> wall time (time.time()) its task left the queue and started running
+        self.started_at: dict[str, float] = {}
         self.rows: list[dict[str, Any]] = []
         self._watchers: set[asyncio.Task[None]] = set()
 
@@ -110,6 +112,7 @@ class _StageCache:
             if self._current(request.key, info_ref):
                 self.refs.pop(request.key, None)
                 self.waiting.pop(request.key, None)
+                self.started_at.pop(request.key, None)
             return
         if self._current(request.key, info_ref):
             self.waiting.pop(request.key, None)
@@ -166,6 +169,14 @@ class _StageCache:
             out.append(refs[0] if refs is not None else None)
         return out
 
+    async def started(self, key: str, at: float) -> None:
+        """A stage or measure task started running (called by the task itself)."""
+        self.started_at.setdefault(key, at)
+
+    async def running_since(self, key: str) -> float | None:
+        """When the task of `key` started running (wall time), or None while it is queued."""
+        return self.started_at.get(key)
+
     async def release(self, trial_id: str) -> list[str]:
         """A trial gave up (its time limit): cancel the running stages only it was waiting for.
 
@@ -182,6 +193,7 @@ class _StageCache:
             if refs is None or ray.wait([refs[1]], timeout=0)[0]:
                 continue  # finished meanwhile: keep it, its watcher records it
             del self.refs[key]
+            self.started_at.pop(key, None)
             # force=True kills the worker: a stage stuck in native code never checks for a
             # cancellation. A cancelled task is not retried.
             ray.cancel(refs[0], force=True)

@@ -142,6 +142,9 @@ def sweep(
             progress=progress.update,
         )
     print_outcome(outcome, prepared.space, out, top=top)
+    if outcome.summary.exit_code:
+        # No trial succeeded: a scheduler or CI job must see it (the reason was printed).
+        raise typer.Exit(outcome.summary.exit_code)
 
 
 # --- validate (orchestrator.config) --------------------------------------------------------
@@ -549,6 +552,10 @@ def nightly(
             gc_keep_last=gc_keep_last,
         )
     report = outcome.report
+    summary = outcome.summary
+    out.print(f"ended: {summary.ended}", highlight=False, markup=False)
+    if summary.exit_code and summary.most_common_error:
+        out.print(f"most common error: {summary.most_common_error}", highlight=False, markup=False)
 
     def hv(value: float | None) -> str:
         return "-" if value is None else f"{value:.4g}"

@@ -53,7 +53,9 @@ class NightlyOutcome:
 
     @property
     def exit_code(self) -> int:
-        return self.report.exit_code
+        """EXIT_NO_TRIAL_OK when no trial of tonight succeeded, else the report's (3 on a
+        regression, 0)."""
+        return self.summary.exit_code or self.report.exit_code
 
 
 def nightly_name(day: Date) -> str:

@@ -86,6 +86,7 @@ class SweepPlan:
         """The chain of stage requests of one trial, each keyed on its parent's key."""
         out: list[StageRequest] = []
         parent_key: str | None = None
+        teacher_key: str | None = None
         for stage, params in self.resolve(sampled).items():
             key = stage_key(
                 stage=stage,
@@ -111,9 +112,12 @@ class SweepPlan:
                     sweep_id=self.sweep_id,
                     trial_id=trial_id,
                     fingerprint=self.checked_parts(stage),
+                    teacher_key=teacher_key if stage != "teacher" else None,
                 )
             )
             parent_key = key
+            if stage == "teacher":
+                teacher_key = key
         return out
 
     def measure_request(self, key: str) -> MeasureRequest:
@@ -126,6 +130,8 @@ class SweepPlan:
             repeats=int(lat.get("repeats", 300)),
             batch_size=int(lat.get("batch_size", 1)),
             threads=int(lat.get("threads", 1)),
+            storage=self.storage,
+            sweep_id=self.sweep_id,
         )
 
 
@@ -158,6 +164,15 @@ def plain(value: Any) -> Any:
     return item() if callable(item) and not isinstance(value, str | bytes) else value
 
 
+MAX_ERROR_CHARS = 2000  # an error row's message; the whole traceback goes to its log file
+LOGS_DIR = "logs"
+_POLL_S = 0.5  # how often a trial with a time limit checks whether its stage is running
+
+
+class _TrialTimeout(Exception):
+    """The trial's stages ran past its time limit."""
+
+
 def run_pipeline(
     plan: SweepPlan,
     cache: Any,
@@ -168,23 +183,47 @@ def run_pipeline(
 ) -> dict[str, Any]:
     """Run one trial's chain through the cache; return the final result dict.
 
-    Never raises for a stage failure: the result has `status` (ok | error | timeout) and
-    `error`, so the sweep records the trial and goes on.
+    Never raises for a stage failure: the result has `status` (ok | error | timeout), `error`
+    (the whole message, at most MAX_ERROR_CHARS), `error_log` (the log file holding the full
+    traceback, under `<storage>/logs/<sweep>/<trial>.txt`), `stage_keys` (the stages it
+    completed) and `last_val_accuracy` (the validation accuracy after its last stage), so the
+    sweep records the trial and goes on.
+
+    The time limit (`plan.trial_timeout_s`) counts the time this trial's stages (and its
+    measurement) spend *running*: a task waiting in Ray's queue for a CPU slot does not use
+    it, so a trial queued behind a long one is never a timeout. Waiting on a stage another
+    trial started counts once that stage runs (the trial needs it).
     """
     import ray
+
+    from orchestrator.stage_tasks import measure_clock_key
 
     t0 = time.perf_counter()
     requests = plan.requests(sampled, trial_id=trial_id)
     result: dict[str, Any] = {
         "status": "ok",
         "error": None,
-        "stage_keys": [r.key for r in requests],
+        "stage_keys": [],
         "effective_params": {f"{r.stage}.{k}": v for r in requests for k, v in r.params.items()},
+        "last_val_accuracy": None,
     }
-    deadline = None if plan.trial_timeout_s is None else t0 + plan.trial_timeout_s
+    limit = plan.trial_timeout_s
+    used = 0.0  # seconds of running stages charged to the time limit so far
 
-    def remaining() -> float | None:
-        return None if deadline is None else max(0.0, deadline - time.perf_counter())
+    def wait_for(ref: Any, clock_key: str) -> Any:
+        nonlocal used
+        if limit is None:
+            return ray.get(ref)
+        began = time.time()
+        while True:
+            ready, _ = ray.wait([ref], timeout=_POLL_S)
+            since = ray.get(cache.running_since.remote(clock_key))
+            running = 0.0 if since is None else max(0.0, time.time() - max(since, began))
+            if ready:
+                used += running
+                return ray.get(ref)
+            if used + running >= limit:
+                raise _TrialTimeout
 
     parent: list[Any] = []
     teacher: list[Any] = []
@@ -193,47 +232,97 @@ def run_pipeline(
         for index, request in enumerate(requests):
             where = f"stage {request.stage}"
             ckpt_ref, info_ref = ray.get(cache.get.remote(request, parent, teacher))
-            info = ray.get(info_ref, timeout=remaining())
+            info = wait_for(info_ref, request.key)
             parent = [ckpt_ref]
             if request.stage == "teacher":
                 teacher = [ckpt_ref]
+            result["stage_keys"].append(request.key)
+            val = info.get("metrics", {}).get("val_accuracy")
+            if val is not None:
+                result["last_val_accuracy"] = float(val)
             if on_stage is not None:
-                on_stage(index, request.stage, info)
+                on_stage(index, request.stage, info, result)
         where = "measure"
-        (metrics_ref,) = ray.get(
-            cache.measure.remote(plan.measure_request(requests[-1].key), parent)
-        )
-        result.update(ray.get(metrics_ref, timeout=remaining()))
-    except ray.exceptions.GetTimeoutError:
+        measure = plan.measure_request(requests[-1].key)
+        (metrics_ref,) = ray.get(cache.measure.remote(measure, parent))
+        result.update(wait_for(metrics_ref, measure_clock_key(measure.key)))
+    except _TrialTimeout:
         result.update(
-            status="timeout", error=f"trial exceeded its time limit of {plan.trial_timeout_s:g} s"
+            status="timeout",
+            error=(
+                f"{where}: trial exceeded its time limit of {limit:g} s of running stages "
+                "(time spent queued for a free CPU/GPU slot is not counted)"
+            ),
         )
         # Stop the stage it was waiting for unless another trial still needs it.
         ray.get(cache.release.remote(trial_id))
     except Exception as exc:  # a stage's own error, a dead worker after retries, OOM...
-        result.update(status="error", error=f"{where}: {describe_error(exc)}")
+        result.update(status="error", error=bounded(f"{where}: {describe_error(exc)}"))
+        result["error_log"] = write_error_log(
+            plan.storage,
+            plan.sweep_id,
+            trial_id,
+            exc,
+            header=f"{where} failed; knobs: {result['effective_params']}",
+        )
     result["wall_s"] = time.perf_counter() - t0
     return result
 
 
+def bounded(text: str, limit: int = MAX_ERROR_CHARS) -> str:
+    """`text` cut to `limit` characters, saying so (the full text is in the trial's log)."""
+    if len(text) <= limit:
+        return text
+    tail = " ... [cut; the whole message is in the trial's log]"
+    return text[: limit - len(tail)] + tail
+
+
 def describe_error(exc: BaseException) -> str:
-    """The root cause of a (possibly Ray-wrapped) exception, one line plus its type."""
+    """The root cause of a (possibly Ray-wrapped) exception: its type and its whole message
+    (every line: a state-dict mismatch lists each layer), without the Ray traceback."""
     cause: BaseException = exc
     inner = getattr(exc, "cause", None)
     if isinstance(inner, BaseException):
         cause = inner
-    text = [line for line in str(cause).strip().splitlines() if line.strip()]
-    # An unwrapped RayTaskError string carries a traceback: its last line names the error.
-    # The task's own exception leads with its summary (advice may follow on later lines).
-    tail = (text[0] if cause is not exc else text[-1]).strip() if text else ""
-    if not tail:
-        tail = "".join(traceback.format_exception_only(type(cause), cause)).strip()
+    text = [line.rstrip() for line in str(cause).strip().splitlines() if line.strip()]
+    if cause is exc and text and hasattr(exc, "traceback_str"):
+        # An unwrapped RayTaskError string carries a traceback: its last line names the error.
+        message = text[-1].strip()
+    else:
+        message = "\n".join(text).strip()
+    if not message:
+        message = "".join(traceback.format_exception_only(type(cause), cause)).strip()
     if type(cause).__name__ == "WorkerCrashedError":
-        tail += (
+        message += (
             " The task was retried (max_retries) and its worker process died every time: a "
             "crash in native code, os._exit, or the out-of-memory killer."
         )
-    return f"{type(cause).__name__}: {tail}"[:2000]
+    return f"{type(cause).__name__}: {message}"
+
+
+def full_traceback(exc: BaseException) -> str:
+    """Everything known about a failure: the worker's traceback (inside a Ray task error's
+    text) and the local one."""
+    local = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
+    return local if str(exc) in local else f"{exc}\n\n{local}"
+
+
+def write_error_log(
+    storage: str, sweep_id: str, trial_id: str, exc: BaseException | str, *, header: str = ""
+) -> str | None:
+    """Write a failed trial's full traceback to `<storage>/logs/<sweep>/<trial>.txt`; return
+    where it is (a local path or a URI), or None when it could not be written (the row still
+    carries the message)."""
+    from orchestrator.rows import now
+    from orchestrator.storage import open_storage
+
+    body = exc if isinstance(exc, str) else full_traceback(exc)
+    text = f"sweep {sweep_id} trial {trial_id} at {now().isoformat()}\n{header}\n\n{body}\n"
+    try:
+        store = open_storage(storage)
+        return store.write_atomic(text.encode(), LOGS_DIR, sweep_id, f"{trial_id}.txt")
+    except Exception:  # a log that cannot be written must not hide the trial's row
+        return None
 
 
 def trial_function(
@@ -261,13 +350,20 @@ def trial_function(
             tune.report({**stored, "final": True, "replayed": True})
             return
 
-    def report_stage(index: int, stage: str, info: Mapping[str, Any]) -> None:
+    def report_stage(
+        index: int, stage: str, info: Mapping[str, Any], so_far: Mapping[str, Any]
+    ) -> None:
         metrics = info.get("metrics", {})
+        # The knobs and the stages done so far travel with every report: a trial that ASHA or
+        # the time budget stops after this one still gets a row that says what it was.
         tune.report(
             {
                 "stage": stage,
                 "stage_index": index + 1,
                 "val_accuracy": float(metrics.get("val_accuracy", float("nan"))),
+                "last_val_accuracy": so_far.get("last_val_accuracy"),
+                "stage_keys": list(so_far.get("stage_keys") or []),
+                "effective_params": dict(so_far.get("effective_params") or {}),
                 "final": False,
             }
         )

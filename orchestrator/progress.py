@@ -80,11 +80,22 @@ def print_outcome(
     from orchestrator.frontview import print_front
 
     s = outcome.summary
+    failed = ", ".join(
+        f"{n} {label}"
+        for n, label in (
+            (s.trials_error, "error"),
+            (s.trials_timeout, "timeout"),
+            (s.trials_stopped, "stopped early"),
+        )
+        if n
+    )
     console.print(
-        f"sweep {s.sweep_id}: {s.trials_ok} ok, {s.trials_failed} failed in {s.wall_s:.1f} s; "
+        f"sweep {s.sweep_id}: {s.trials_ok} ok, {s.trials_failed} failed"
+        f"{f' ({failed})' if failed else ''} in {s.wall_s:.1f} s; "
         f"stage executions {s.stages_executed} (+{s.stages_loaded} loaded from cache) vs "
         f"{s.stage_requests} for a naive per-trial pipeline",
         highlight=False,
+        markup=False,
     )
     if s.latency_final_models:
         console.print(
@@ -95,6 +106,32 @@ def print_outcome(
         )
     elif s.latency_final_note:
         console.print(f"[yellow]latency: {s.latency_final_note}[/]", highlight=False)
+    if s.ended:
+        console.print(f"ended: {s.ended}", highlight=False, markup=False, soft_wrap=True)
+    if s.corrupt_checkpoints:
+        console.print(
+            f"{s.corrupt_checkpoints} damaged stage checkpoint(s) failed their checksum and "
+            "were recomputed",
+            highlight=False,
+            markup=False,
+            soft_wrap=True,
+        )
+    if s.baseline_error:
+        console.print(
+            f"baseline failed: {s.baseline_error}",
+            style="yellow",
+            highlight=False,
+            markup=False,
+            soft_wrap=True,
+        )
+    if s.exit_code and s.most_common_error:
+        console.print(
+            f"most common error: {s.most_common_error}",
+            style="red",
+            highlight=False,
+            markup=False,
+            soft_wrap=True,
+        )
     from orchestrator.constraints import closest_miss
 
     constraints = list(space.search_constraints())

@@ -25,6 +25,7 @@ class StageRequest:
     # The parts of the driver's task fingerprint this stage reads (stages.fingerprint: teacher,
     # student, data); the worker checks its own copy of the task against them.
     fingerprint: dict[str, str] = field(default_factory=dict)
+    teacher_key: str | None = None  # the teacher stage's key (names its file in errors)
 
 
 @dataclass(frozen=True)
@@ -39,3 +40,5 @@ class MeasureRequest:
     threads: int = 1
     sys_path: tuple[str, ...] = ()
     extra: dict[str, Any] = field(default_factory=dict)
+    storage: str = ""  # where the checkpoint of `key` lives (names it in errors)
+    sweep_id: str = ""

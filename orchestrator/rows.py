@@ -52,12 +52,14 @@ def trial_row(
         "task": task,
         "status": str(result.get("status") or "error"),
         "error": result.get("error"),
+        "error_log": result.get("error_log"),
         "is_baseline": is_baseline,
         "feasible": feasible,
         "runtime": result.get("runtime"),
         "params": json.dumps(params, sort_keys=True, default=str),
         "wall_s": _clean_metric("wall_s", result.get("wall_s")),
         "stage_keys": list(result.get("stage_keys") or []),
+        "last_val_accuracy": _clean_metric("last_val_accuracy", result.get("last_val_accuracy")),
         "code_version": code_version,
     }
     for column in KNOB_COLUMNS:

@@ -64,7 +64,8 @@ RESULTS_SCHEMA = pa.schema(
         pa.field("finished_at", pa.timestamp("us", tz="UTC")),
         pa.field("task", pa.string()),
         pa.field("status", pa.string(), nullable=False),
-        pa.field("error", pa.string()),
+        pa.field("error", pa.string()),  # the whole message, at most 2,000 characters
+        pa.field("error_log", pa.string()),  # full traceback: <storage>/logs/<sweep>/<trial>.txt
         pa.field("is_baseline", pa.bool_(), nullable=False),
         pa.field("feasible", pa.bool_()),
         pa.field("runtime", pa.string()),
@@ -76,7 +77,10 @@ RESULTS_SCHEMA = pa.schema(
         # value}; `load_results` expands it into float64 columns of those names.
         pa.field(CUSTOM_METRICS, pa.string()),
         pa.field("wall_s", pa.float64()),
-        pa.field("stage_keys", pa.list_(pa.string())),
+        pa.field("stage_keys", pa.list_(pa.string())),  # the stages the trial completed
+        # validation accuracy after the trial's last completed stage (every status: a stopped
+        # or failed trial shows how far it got)
+        pa.field("last_val_accuracy", pa.float64()),
         pa.field("code_version", pa.string()),
     ]
 )

@@ -40,13 +40,21 @@ def _prepare_worker(sys_path: tuple[str, ...], threads: int) -> None:
 
 
 def _cache_file(storage: str, key: str | None) -> str:
-    return f"{storage.rstrip('/')}/{CACHE_DIR}/{checkpoint_path(key)[0]}" if key else "input"
+    """Where a stage's checkpoint lives (a local path, or the URI with its query kept)."""
+    from orchestrator.storage import join_uri
+
+    if not key:
+        return "the input checkpoint"
+    if "://" not in storage or storage.startswith("file://"):
+        return os.path.join(storage.removeprefix("file://"), CACHE_DIR, checkpoint_path(key)[0])
+    return join_uri(storage, CACHE_DIR, checkpoint_path(key)[0])
 
 
 def _load_input(data: bytes | None, what: str) -> Any:
     """An input checkpoint, loaded `weights_only` (never unpickles code); a bad one is a
-    SqueezerayError that names it and how to get it recomputed."""
-    from stages.checkpoint import ModelCheckpoint
+    SqueezerayError that names the file, what was refused, and the fix (delete it: it is
+    recomputed). torch's advice to load unsafely is never repeated."""
+    from stages.checkpoint import ModelCheckpoint, refusal_reason
     from stages.errors import SqueezerayError
 
     if data is None:
@@ -54,13 +62,13 @@ def _load_input(data: bytes | None, what: str) -> Any:
     try:
         return ModelCheckpoint.from_bytes(data)
     except SqueezerayError as exc:
-        lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
-        # torch's refusal is several lines of advice; the unpickler's line says what it met.
-        reason = next((line for line in lines if "WeightsUnpickler error" in line), lines[0])
+        cause = exc.__cause__
+        reason = refusal_reason(cause) if cause is not None else str(exc)
+        manifest = what.removesuffix(".ckpt") + ".json" if what.endswith(".ckpt") else ""
+        beside = f" and its manifest {manifest}" if manifest else ""
         raise SqueezerayError(
-            f"{what} is not a loadable squeezeray checkpoint and was not unpickled "
-            f"({reason[:300]}); delete it (and the .json manifest beside a cache file) to "
-            "have it recomputed"
+            f"{what} is not a loadable squeezeray checkpoint and was not unpickled: {reason}. "
+            f"Delete it{beside}; it will be recomputed"
         ) from exc
 
 
@@ -83,7 +91,7 @@ def execute_stage(
     inp = StageInput(
         task=task,
         parent=_load_input(parent, _cache_file(request.storage, request.parent_key)),
-        teacher=_load_input(teacher, "the teacher checkpoint"),
+        teacher=_load_input(teacher, _cache_file(request.storage, request.teacher_key)),
         device=request.device,
         seed=request.seed,
     )
@@ -168,7 +176,8 @@ def execute_measure(request: MeasureRequest, checkpoint: bytes) -> dict[str, Any
 
     _prepare_worker(request.sys_path, request.threads)
     task = load_task(request.task)
-    ckpt = _load_input(checkpoint, f"the checkpoint of stage {request.key}")
+    where = _cache_file(request.storage, request.key) if request.storage else request.key
+    ckpt = _load_input(checkpoint, where)
     with pinned_to_one_cpu():
         m = evaluate(
             task,
@@ -229,8 +238,38 @@ def execute_remeasure(request: MeasureRequest, rounds: int, *checkpoints: bytes)
     ]
 
 
+def cache_actor_name(sweep_id: str) -> str:
+    return f"squeezeray-cache-{sweep_id}"
+
+
+def measure_clock_key(key: str) -> str:
+    """The key under which a measurement's start is recorded (beside stage keys)."""
+    return f"measure:{key}"
+
+
+def _announce_start(sweep_id: str, key: str) -> None:
+    """Tell the sweep's cache actor that this task has left the queue and is running, so a
+    trial's time limit counts running time only (best effort: no actor, no clock)."""
+    if not sweep_id:
+        return
+    with contextlib.suppress(Exception):
+        ray.get_actor(cache_actor_name(sweep_id)).started.remote(key, time.time())
+
+
+def _stage_task(
+    request: StageRequest, parent: bytes | None, teacher: bytes | None
+) -> tuple[bytes, dict[str, Any]]:
+    _announce_start(request.sweep_id, request.key)
+    return execute_stage(request, parent, teacher)
+
+
+def _measure_task(request: MeasureRequest, checkpoint: bytes) -> dict[str, Any]:
+    _announce_start(request.sweep_id, measure_clock_key(request.key))
+    return execute_measure(request, checkpoint)
+
+
 # Deterministic stages are safe to retry when a worker dies (max_retries); an exception raised
 # by the stage itself is not retried (retry_exceptions=False): it would fail again.
-run_stage: Any = ray.remote(num_returns=2, max_retries=3)(execute_stage)
-run_measure: Any = ray.remote(max_retries=3)(execute_measure)
+run_stage: Any = ray.remote(num_returns=2, max_retries=3)(_stage_task)
+run_measure: Any = ray.remote(max_retries=3)(_measure_task)
 run_remeasure: Any = ray.remote(max_retries=1)(execute_remeasure)

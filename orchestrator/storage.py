@@ -29,7 +29,13 @@ class Storage:
     uri: str
 
     def path(self, *parts: str) -> str:
+        """A path on `fs` (no scheme, no query string): what filesystem calls take."""
         return "/".join([self.root.rstrip("/"), *parts])
+
+    def location(self, *parts: str) -> str:
+        """Where `parts` is, for a person or another process: the local path, or the URI with
+        the sub-path joined to its path part (the query string, e.g. an endpoint, kept)."""
+        return self.path(*parts) if self.is_local else join_uri(self.uri, *parts)
 
     def exists(self, *parts: str) -> bool:
         info = self.fs.get_file_info(self.path(*parts))
@@ -40,7 +46,8 @@ class Storage:
             return bytes(f.read())
 
     def write_atomic(self, data: bytes, *parts: str) -> str:
-        """Write `data` to `<root>/<parts>` via a hidden temp file + rename; return the path."""
+        """Write `data` to `<root>/<parts>` via a hidden temp file + rename; return where it is
+        (`location`: a local path or a URI)."""
         target = self.path(*parts)
         parent, _, name = target.rpartition("/")
         self.fs.create_dir(parent, recursive=True)
@@ -48,7 +55,7 @@ class Storage:
         with self.fs.open_output_stream(tmp) as f:
             f.write(data)
         self.fs.move(tmp, target)
-        return target
+        return self.location(*parts)
 
     def delete(self, *parts: str) -> None:
         with contextlib.suppress(FileNotFoundError, OSError):
@@ -57,6 +64,25 @@ class Storage:
     @property
     def is_local(self) -> bool:
         return isinstance(self.fs, pafs.LocalFileSystem)
+
+
+def join_uri(uri: str, *parts: str) -> str:
+    """`uri` with `parts` joined to its path: `s3://b/runs?endpoint_override=h:9000` + `tune`
+    -> `s3://b/runs/tune?endpoint_override=h:9000`. A plain path joins as a path."""
+    if not parts:
+        return uri
+    base, sep, query = uri.partition("?") if "://" in uri else (uri, "", "")
+    joined = "/".join([base.rstrip("/"), *(p.strip("/") for p in parts)])
+    return f"{joined}{sep}{query}"
+
+
+def tune_storage(store: Storage, *parts: str) -> tuple[str, pafs.FileSystem | None]:
+    """(storage_path, storage_filesystem) for Ray Tune: local storage as a plain path; a URI
+    as its filesystem and the path on it, so Tune never has to parse (and append to) a URI
+    whose query string it does not know."""
+    if store.is_local:
+        return store.path(*parts), None
+    return store.path(*parts), store.fs
 
 
 def open_storage(storage: str | os.PathLike[str], *, create: bool = False) -> Storage:

@@ -39,7 +39,7 @@ from orchestrator.config import (
 )
 from orchestrator.pipeline import SweepPlan
 from orchestrator.rows import now, trial_row
-from orchestrator.storage import Storage, open_storage
+from orchestrator.storage import Storage, open_storage, tune_storage
 from stages.errors import SqueezerayError
 
 log = logging.getLogger(__name__)
@@ -71,6 +71,20 @@ class SweepSummary:
     stages_cancelled: int = 0  # running stages stopped because their trials timed out
     latency_final_models: int = 0  # front models re-measured in the final latency phase
     latency_final_note: str = ""  # why the final phase was skipped or failed, when it was
+    # trials_failed split by status (error, timeout: its time limit, stopped: by ASHA)
+    trials_error: int = 0
+    trials_timeout: int = 0
+    trials_stopped: int = 0
+    trials_total: int = 0  # trials the search was to run (the grid's size for grid search)
+    ended: str = ""  # why the sweep ended, in words (see `end_reason`)
+    exit_code: int = 0  # 0; EXIT_NO_TRIAL_OK when no trial succeeded; 2 when interrupted
+    most_common_error: str = ""  # when trials failed: the commonest error and how often
+    baseline_error: str = ""  # when the baseline (the teacher as given) could not be measured
+
+
+# `squeezeray sweep` exit codes: 2 is a bad input or an interrupted sweep (SqueezerayError),
+# 3 a nightly regression; a sweep that ran but in which no trial succeeded exits with 4.
+EXIT_NO_TRIAL_OK = 4
 
 
 def new_sweep_id(name: str | None) -> str:
@@ -308,7 +322,9 @@ def manifest_path(sweep_id: str) -> tuple[str, str]:
     return SWEEPS_DIR, f"{sweep_id}.json"
 
 
-def write_manifest(store: Storage, sweep: PreparedSweep, *, status: str) -> None:
+def write_manifest(
+    store: Storage, sweep: PreparedSweep, *, status: str, error: str | None = None
+) -> None:
     space = sweep.space
     data = {
         "sweep_id": sweep.sweep_id,
@@ -323,6 +339,7 @@ def write_manifest(store: Storage, sweep: PreparedSweep, *, status: str) -> None
         "trial_timeout_s": sweep.trial_timeout_s,
         "max_concurrent": sweep.max_concurrent,
         "status": status,
+        "error": error,
         "resume_command": resume_command(store, sweep.sweep_id),
         "updated_at": now().isoformat(),
     }
@@ -373,28 +390,44 @@ def execute_sweep(
     progress: Callable[[str, Mapping[str, Any]], None] | None = None,
 ) -> SweepOutcome:
     """`_execute_sweep` while holding the storage's shared in-use lock (`lock.storage_in_use`),
-    so `squeezeray gc` never deletes a checkpoint this sweep may load. Options as there."""
+    so `squeezeray gc` never deletes a checkpoint this sweep may load. Options as there.
+
+    A sweep that fails after it started (its manifest says `running`) leaves a manifest that
+    says `failed` and why, not `running`.
+    """
     from orchestrator.lock import storage_in_use
 
-    with storage_in_use(sweep.storage):
-        return _execute_sweep(
-            sweep,
-            address=address,
-            latency_resource=latency_resource,
-            num_cpus=num_cpus,
-            warm_start=warm_start,
-            progress=progress,
-        )
+    try:
+        with storage_in_use(sweep.storage):
+            return _execute_sweep(
+                sweep,
+                address=address,
+                latency_resource=latency_resource,
+                num_cpus=num_cpus,
+                warm_start=warm_start,
+                progress=progress,
+            )
+    except SweepInterrupted:
+        raise
+    except BaseException as exc:
+        with contextlib.suppress(Exception):
+            if read_manifest(sweep.storage, sweep.sweep_id).get("status") == "running":
+                from orchestrator.pipeline import bounded, describe_error
+
+                write_manifest(
+                    sweep.storage, sweep, status="failed", error=bounded(describe_error(exc))
+                )
+        raise
 
 
 def _execute_sweep(
     sweep: PreparedSweep,
     *,
-    address: str | None = None,
-    latency_resource: str | None = None,
-    num_cpus: int | None = None,
-    warm_start: tuple[list[dict[str, Any]], list[list[float]]] | None = None,
-    progress: Callable[[str, Mapping[str, Any]], None] | None = None,
+    address: str | None,
+    latency_resource: str | None,
+    num_cpus: int | None,
+    warm_start: tuple[Any, ...] | None,
+    progress: Callable[[str, Mapping[str, Any]], None] | None,
 ) -> SweepOutcome:
     """Run a prepared sweep on Ray (embedded when `address` is None).
 
@@ -412,6 +445,7 @@ def _execute_sweep(
     from orchestrator.results import append_results
     from orchestrator.runtime import init_ray, latency_resources
     from orchestrator.search import make_search
+    from orchestrator.stage_tasks import cache_actor_name
     from orchestrator.tune_callbacks import ResultsWriter
 
     os.environ.setdefault("TUNE_DISABLE_STRICT_METRIC_CHECKING", "1")
@@ -465,7 +499,7 @@ def _execute_sweep(
         "num_cpus": 1,
         "resources": latency_resources(info, latency_resource),
     }
-    cache = StageCache.options(name=f"squeezeray-cache-{sweep.sweep_id}").remote(  # type: ignore[attr-defined]
+    cache = StageCache.options(name=cache_actor_name(sweep.sweep_id)).remote(  # type: ignore[attr-defined]
         store.uri, sweep.sweep_id, stage_options=stage_options, measure_options=measure_options
     )
     # A resumed sweep: the rows written before the interruption (trial id -> result).
@@ -501,12 +535,15 @@ def _execute_sweep(
             "ok": sum(r["status"] == "ok" for r in stored.values()),
             "failed": sum(r["status"] != "ok" for r in stored.values()),
         },
+        plan=plan,
     )
     trainable = tune.with_resources(
         tune.with_parameters(trial_function, plan=plan, cache=cache, replay=stored),
         COORDINATOR_RESOURCES,
     )
-    tune_path = store.path("tune") if store.is_local else f"{store.uri.rstrip('/')}/tune"
+    # Tune gets the filesystem and the path on it: a URI's query string (an S3 endpoint) is
+    # not something Tune can append sub-paths to.
+    tune_path, tune_fs = tune_storage(store, "tune")
     experiment_dir = f"{tune_path}/{sweep.sweep_id}"
     baseline_ref: Any = None
     baseline_started = now()
@@ -521,8 +558,8 @@ def _execute_sweep(
                 (baseline_ref,) = ray.get(
                     cache.measure.remote(plan.measure_request(teacher_request.key), [t_ref])
                 )
-            if sweep.resume and tune.Tuner.can_restore(experiment_dir):
-                tuner = _restored_tuner(experiment_dir, trainable, writer)
+            if sweep.resume and tune.Tuner.can_restore(experiment_dir, storage_filesystem=tune_fs):
+                tuner = _restored_tuner(experiment_dir, trainable, writer, tune_fs)
             else:
                 tuner = tune.Tuner(
                     trainable,
@@ -537,6 +574,7 @@ def _execute_sweep(
                     run_config=tune.RunConfig(
                         name=sweep.sweep_id,
                         storage_path=tune_path,
+                        storage_filesystem=tune_fs,
                         verbose=0,
                         callbacks=[writer],
                         failure_config=tune.FailureConfig(max_failures=0),
@@ -571,13 +609,22 @@ def _execute_sweep(
     write_manifest(store, sweep, status="interrupted" if interrupted else "finished")
     _compact_quietly(store, sweep.sweep_id)
     table = _sweep_table(store, sweep.sweep_id)
-    statuses = [
-        s
-        for s, b in zip(
-            table.column("status").to_pylist(), table.column("is_baseline").to_pylist(), strict=True
-        )
-        if not b
-    ]
+    trial_rows = [r for r in table.to_pylist() if not r["is_baseline"]]
+    statuses = [r["status"] for r in trial_rows]
+    baseline_rows = [r for r in table.to_pylist() if r["is_baseline"]]
+    baseline_error = ""
+    if baseline_rows and baseline_rows[-1]["status"] != "ok":
+        baseline_error = str(baseline_rows[-1]["error"] or "unknown error")
+        if baseline_rows[-1].get("error_log"):
+            baseline_error += f" (log: {baseline_rows[-1]['error_log']})"
+    ended, exit_code = end_reason(
+        interrupted=interrupted,
+        statuses=statuses,
+        total=writer.total,
+        budget_s=space.search.time_budget_s,
+        out_of_time=bool(getattr(search_alg, "out_of_time", False)),
+        wall_s=time.perf_counter() - t0,
+    )
     summary = SweepSummary(
         sweep_id=sweep.sweep_id,
         storage=store.uri,
@@ -593,6 +640,14 @@ def _execute_sweep(
         stages_cancelled=len(stats["cancelled"]),
         latency_final_models=final_models,
         latency_final_note=final_note,
+        trials_error=sum(s == "error" for s in statuses),
+        trials_timeout=sum(s == "timeout" for s in statuses),
+        trials_stopped=sum(s == "stopped" for s in statuses),
+        trials_total=writer.total,
+        ended=ended,
+        exit_code=exit_code,
+        most_common_error=most_common_error(trial_rows),
+        baseline_error=baseline_error,
     )
     if interrupted:
         raise SweepInterrupted(summary)
@@ -716,7 +771,45 @@ def final_latency_phase(
     return len(updated) - 1, ""
 
 
-def _restored_tuner(experiment_dir: str, trainable: Any, writer: Any) -> Any:
+def end_reason(
+    *,
+    interrupted: bool,
+    statuses: list[str],
+    total: int,
+    budget_s: float | None,
+    out_of_time: bool,
+    wall_s: float,
+) -> tuple[str, int]:
+    """Why a sweep ended, in words, and its exit code (0, EXIT_NO_TRIAL_OK, or 2)."""
+    if interrupted:
+        return f"interrupted (Ctrl-C or SIGTERM) after {len(statuses)} of {total} trials", 2
+    budget = ""
+    if budget_s is not None and len(statuses) < total and (out_of_time or wall_s >= budget_s):
+        budget = (
+            f"time budget of {budget_s:g} s reached ({len(statuses)} of {total} trials launched)"
+        )
+    if statuses and not any(s == "ok" for s in statuses):
+        failed = f"every trial failed ({len(statuses)} of {len(statuses)})"
+        return (f"{budget}; {failed}" if budget else failed), EXIT_NO_TRIAL_OK
+    if not statuses:
+        return (budget or "no trial ran"), EXIT_NO_TRIAL_OK if total else 0
+    return (budget or f"all trials done ({len(statuses)} of {total})"), 0
+
+
+def most_common_error(rows: list[dict[str, Any]]) -> str:
+    """The commonest error message among failed trial rows, with how many trials had it."""
+    from collections import Counter
+
+    errors = Counter(
+        str(r["error"]).splitlines()[0] for r in rows if r["status"] != "ok" and r["error"]
+    )
+    if not errors:
+        return ""
+    message, count = errors.most_common(1)[0]
+    return f"{message} ({count} of {sum(errors.values())} failed trials)"
+
+
+def _restored_tuner(experiment_dir: str, trainable: Any, writer: Any, fs: Any = None) -> Any:
     """The Tune experiment of an interrupted sweep, with this run's results writer attached.
 
     Unfinished and errored trials resume under their trial ids (a restart would give them new
@@ -728,7 +821,11 @@ def _restored_tuner(experiment_dir: str, trainable: Any, writer: Any) -> Any:
     from ray import tune
 
     tuner = tune.Tuner.restore(
-        experiment_dir, trainable=trainable, resume_unfinished=True, resume_errored=True
+        experiment_dir,
+        trainable=trainable,
+        resume_unfinished=True,
+        resume_errored=True,
+        storage_filesystem=fs,
     )
     local: Any = getattr(tuner, "_local_tuner", None)
     run_config = local.get_run_config() if local is not None else None
@@ -892,14 +989,18 @@ def _baseline_row(
 ) -> dict[str, Any]:
     import ray
 
-    from orchestrator.pipeline import describe_error
+    from orchestrator.pipeline import bounded, describe_error, write_error_log
 
     teacher_key = plan.requests({}, trial_id="baseline")[0].key
     result: dict[str, Any] = {"status": "ok", "stage_keys": [teacher_key], "effective_params": {}}
     try:
         result.update(ray.get(metrics_ref))
     except Exception as exc:
-        result.update(status="error", error=describe_error(exc))
+        result.update(
+            status="error",
+            error=bounded(f"baseline (the teacher, measured as given): {describe_error(exc)}"),
+            error_log=write_error_log(plan.storage, plan.sweep_id, "baseline", exc),
+        )
     return trial_row(
         sweep_id=plan.sweep_id,
         sweep_name=sweep_name,

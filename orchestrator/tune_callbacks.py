@@ -10,6 +10,9 @@ from ray.tune import Callback
 
 from orchestrator.rows import now, trial_row
 
+# What a trial's stage reports carry over to its row when it ends without a final report.
+_CARRIED = ("effective_params", "stage_keys", "last_val_accuracy")
+
 
 class ResultsWriter(Callback):  # type: ignore[misc]
     """Writes one results row per finished trial (atomically) and reports progress."""
@@ -26,6 +29,7 @@ class ResultsWriter(Callback):  # type: ignore[misc]
         total: int,
         progress: Callable[[str, Mapping[str, Any]], None] | None,
         done: Mapping[str, int] | None = None,
+        plan: Any = None,
     ) -> None:
         self.storage = storage
         self.sweep_id = sweep_id
@@ -39,7 +43,12 @@ class ResultsWriter(Callback):  # type: ignore[misc]
         self.written: set[str] = set()
         # A resumed sweep starts from the trials it has already written (`done`: ok, failed).
         self.counts = {"ok": 0, "failed": 0, "running": 0, **(done or {})}
+        # rows written by this run, by status (ok, error, timeout, stopped)
+        self.by_status: dict[str, int] = {}
         self.stage_requests = 0
+        self.launched: set[str] = set()  # trials Tune started in this run
+        # SweepPlan: a stopped or crashed trial's knobs from its config when it reported none
+        self.plan = plan
 
     def __getstate__(self) -> dict[str, Any]:
         # Tune pickles its run config (callbacks included) for restore; a terminal progress
@@ -50,22 +59,51 @@ class ResultsWriter(Callback):  # type: ignore[misc]
 
     def on_trial_start(self, iteration: int, trials: list[Any], trial: Any, **info: Any) -> None:
         self.started.setdefault(trial.trial_id, now())
+        self.launched.add(trial.trial_id)
         self._progress("start", trial, {})
 
     def on_trial_complete(self, iteration: int, trials: list[Any], trial: Any, **info: Any) -> None:
         result = dict(trial.last_result or {})
         if not result.get("final"):
-            # Stopped early (ASHA or the time budget) before its final report.
+            # Stopped early (ASHA) before its final report: its last stage report carries the
+            # knobs, the stages done and the last validation accuracy.
             result = {
-                **result,
+                **self._from_config(trial),
+                **{k: result[k] for k in _CARRIED if result.get(k) is not None},
                 "status": "stopped",
-                "error": "stopped early by the scheduler or the time budget",
+                "error": "stopped early by the scheduler (ASHA) after stage "
+                f"{result.get('stage', '(none)')}",
             }
         self._write(trial, result)
 
     def on_trial_error(self, iteration: int, trials: list[Any], trial: Any, **info: Any) -> None:
-        error = getattr(trial, "error_msg", None) or "the trial's coordinator failed"
-        self._write(trial, {"status": "error", "error": str(error)[-2000:]})
+        from orchestrator.pipeline import bounded, write_error_log
+
+        error = str(getattr(trial, "error_msg", None) or "the trial's coordinator failed")
+        last = dict(trial.last_result or {})
+        result = {
+            **self._from_config(trial),
+            **{k: last[k] for k in _CARRIED if last.get(k) is not None},
+            "status": "error",
+            "error": bounded(f"trial coordinator: {error.strip().splitlines()[-1]}"),
+            "error_log": write_error_log(self.storage, self.sweep_id, trial.trial_id, error),
+        }
+        self._write(trial, result)
+
+    def _from_config(self, trial: Any) -> dict[str, Any]:
+        """The effective knobs of a trial from its sampled config (no stage completed)."""
+        if self.plan is None:
+            return {}
+        try:
+            resolved = self.plan.resolve(dict(trial.config or {}))
+        except Exception:
+            return {}
+        return {
+            "effective_params": {
+                f"{stage}.{k}": v for stage, params in resolved.items() for k, v in params.items()
+            },
+            "stage_keys": [],
+        }
 
     def _write(self, trial: Any, result: dict[str, Any]) -> None:
         from orchestrator.constraints import feasible
@@ -96,6 +134,7 @@ class ResultsWriter(Callback):  # type: ignore[misc]
         append_results(self.storage, [row])
         self.written.add(trial.trial_id)
         self.counts["ok" if ok else "failed"] += 1
+        self.by_status[row["status"]] = self.by_status.get(row["status"], 0) + 1
         self._progress("done", trial, row)
 
     def _progress(self, event: str, trial: Any, row: Mapping[str, Any]) -> None:

@@ -85,14 +85,11 @@ class ModelCheckpoint:
         try:
             payload = torch.load(io.BytesIO(data), weights_only=True, map_location="cpu")
         except Exception as exc:  # truncated/corrupt file or a non-checkpoint pickle
-            # torch's message advises weights_only=False, which would run a poisoned file's
-            # code: keep only its first line, and say what to do instead.
-            lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
-            unpickler = [line for line in lines if "WeightsUnpickler error" in line]
-            reason = (unpickler or lines or [type(exc).__name__])[0]
+            # torch's message advises weights_only=False or allowlisting the global, either of
+            # which would run a poisoned file's code: say what was refused, and the safe fix.
             raise SqueezerayError(
-                f"not a readable squeezeray checkpoint ({reason}); it is never loaded unsafely: "
-                "delete the file and let squeezeray recompute it"
+                f"not a readable squeezeray checkpoint ({refusal_reason(exc)}); it was not "
+                "unpickled: delete the file and squeezeray will recompute it"
             ) from exc
         if not isinstance(payload, dict) or payload.get("format") != FORMAT_VERSION:
             raise SqueezerayError("not a squeezeray checkpoint (missing or unknown 'format')")
@@ -103,6 +100,32 @@ class ModelCheckpoint:
             recipe=dict(payload["recipe"]),
             onnx=bytes(onnx.numpy().tobytes()) if onnx is not None else None,
         )
+
+
+def refusal_reason(exc: BaseException) -> str:
+    """Why `torch.load(weights_only=True)` refused some bytes, in squeezeray's words: the
+    blocked global (a poisoned or foreign pickle) or the first line of a read error (a
+    truncated file). torch's own advice (re-run with weights_only=False, allowlist the global)
+    is never passed on: following it would run the file's code."""
+    import re
+
+    text = str(exc)
+    blocked = re.search(r"GLOBAL (\S+) was not an allowed global", text)
+    if blocked:
+        return (
+            f"it holds the global `{blocked.group(1)}`, which the weights-only loader blocks; "
+            "a squeezeray checkpoint holds only tensors and plain values, so this file was "
+            "not written by squeezeray or was altered"
+        )
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    unpickler = [line for line in lines if "WeightsUnpickler error" in line]
+    if unpickler:  # another refusal (an unsupported operand or class): its first sentence
+        first = unpickler[0].split("WeightsUnpickler error:", 1)[1].strip()
+        return f"the weights-only loader refused it: {first.split('. ')[0].rstrip('.')}"
+    reason = lines[0] if lines else type(exc).__name__
+    if len(reason) > 300:
+        reason = reason[:300].rsplit(" ", 1)[0] + " ..."
+    return reason
 
 
 def from_model(task: Task, model: nn.Module, recipe: dict[str, Any]) -> ModelCheckpoint:

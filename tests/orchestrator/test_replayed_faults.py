@@ -139,3 +139,450 @@ def test_warm_start_constraint_values_come_from_the_stored_rows() -> None:
         space, constraints=constraints, points_to_evaluate=points, evaluated_rewards=rewards
     )
     assert getattr(alg, "inner", alg).searcher._ot_study.trials == []
+
+
+# --- sweeps through a real Ray (the session fixture) -----------------------------------------
+
+_SLOW_SPACE = """
+task: @TASK@
+pipeline: @PIPELINE@
+params:
+  teacher.epochs: 1
+  distill.epochs: 1
+@PARAMS@
+search: {algorithm: grid@SEARCH@}
+latency: {warmup: 1, repeats: 3}
+"""
+
+
+def _space(tmp_path: Path, *, task: str = "blobs", pipeline: str, params: str, search: str = ""):
+    path = tmp_path / f"space-{abs(hash((task, pipeline, params, search)))}.yaml"
+    path.write_text(
+        _SLOW_SPACE.replace("@TASK@", task)
+        .replace("@PIPELINE@", pipeline)
+        .replace("@PARAMS@", params)
+        .replace("@SEARCH@", search)
+    )
+    return path
+
+
+def _trial_rows(table: Any) -> list[dict[str, Any]]:
+    return [r for r in table.to_pylist() if not r["is_baseline"]]
+
+
+@pytest.mark.slow
+@pytest.mark.usefixtures("ray_session")
+def test_trial_timeout_counts_running_stages_not_the_queue(tmp_path: Path) -> None:
+    """Fault 1: one stage slot (2 CPUs a trial on 2 CPUs), four trials at once, one of them
+    with a fine-tune that runs far past the limit. The short trials wait in the queue behind
+    it for longer than the limit, and still finish ok: only the long one is a timeout."""
+    from orchestrator.sweep import execute_sweep
+
+    space = _space(
+        tmp_path,
+        pipeline="[teacher, distill, finetune]",
+        params="  finetune.epochs: {choice: [100000, 1, 2, 3]}",
+    )
+    prepared = prepare_sweep(
+        str(space),
+        storage=tmp_path / "runs",
+        cpus_per_trial=2,
+        max_concurrent=4,
+        # Generous: on a loaded 2-core machine the shared teacher alone ran for 14 s.
+        trial_timeout="40s",
+    )
+    outcome = execute_sweep(prepared)
+    rows = {json_params(r)["finetune.epochs"]: r for r in _trial_rows(outcome.table)}
+    assert rows[100000]["status"] == "timeout", rows[100000]
+    assert "time limit of 40 s of running stages" in rows[100000]["error"]
+    for epochs in (1, 2, 3):
+        assert rows[epochs]["status"] == "ok", rows[epochs]["error"]
+    # At least one short trial waited behind the long one for longer than the limit.
+    assert max(rows[e]["wall_s"] for e in (1, 2, 3)) > 40
+    assert outcome.summary.trials_timeout == 1 and outcome.summary.trials_ok == 3
+
+
+def json_params(row: dict[str, Any]) -> dict[str, Any]:
+    import json
+
+    return dict(json.loads(row["params"] or "{}"))
+
+
+@pytest.mark.slow
+@pytest.mark.usefixtures("ray_session")
+def test_early_stopped_rows_keep_their_knobs_stages_and_score(tmp_path: Path) -> None:
+    """Fault 2 (and 6: the summary says why the sweep ended): ASHA stops most trials of an
+    8-trial grid; every row, stopped or not, carries its knobs, the stages it completed and
+    its last validation accuracy, and the summary counts them."""
+    from orchestrator.sweep import execute_sweep
+
+    space = _space(
+        tmp_path,
+        pipeline="[teacher, distill, prune, finetune, quantize]",
+        params=(
+            "  finetune.epochs: 1\n"
+            "  prune.ratio: {choice: [0.0, 0.5, 0.8, 0.95]}\n"
+            "  quantize.mode: {choice: [none, dynamic_int8]}"
+        ),
+        search=", scheduler: asha",
+    )
+    outcome = execute_sweep(prepare_sweep(str(space), storage=tmp_path / "runs"))
+    trials = _trial_rows(outcome.table)
+    assert len(trials) == 8
+    stopped = [r for r in trials if r["status"] == "stopped"]
+    assert stopped, "ASHA stopped no trial: the case is not exercised"
+    for row in trials:
+        params = json_params(row)
+        assert params["prune.ratio"] == row["prune.ratio"] is not None, row
+        assert params["quantize.mode"] == row["quantize.mode"] is not None, row
+        assert row["stage_keys"], row
+        assert row["last_val_accuracy"] is not None and 0 <= row["last_val_accuracy"] <= 1
+    for row in stopped:
+        assert 1 <= len(row["stage_keys"]) < 5  # the stages done before it was stopped
+        assert row["accuracy"] is None
+    s = outcome.summary
+    assert s.trials_stopped == len(stopped) and s.trials_ok + s.trials_stopped == 8
+    assert s.stage_requests == sum(len(r["stage_keys"]) for r in trials)
+    assert s.ended == "all trials done (8 of 8)" and s.exit_code == 0
+
+
+@pytest.mark.slow
+@pytest.mark.usefixtures("ray_session")
+def test_time_budget_end_is_said_with_launched_count(tmp_path: Path) -> None:
+    """Fault 6: a budget that stops launching says so, with how many trials were launched."""
+    from orchestrator.sweep import execute_sweep
+
+    outcome = execute_sweep(
+        prepare_sweep("tiny", storage=tmp_path / "r", trials=200, time_budget="6s")
+    )
+    n = len(_trial_rows(outcome.table))
+    assert 1 <= n < 200
+    assert outcome.summary.ended == f"time budget of 6 s reached ({n} of 200 trials launched)"
+    assert outcome.summary.exit_code == 0
+
+
+def test_end_reasons() -> None:
+    """Fault 6: every way a sweep ends, in words, with its exit code."""
+    from orchestrator.sweep import EXIT_NO_TRIAL_OK, end_reason
+
+    common = {"total": 4, "budget_s": None, "out_of_time": False, "wall_s": 10.0}
+    assert end_reason(interrupted=False, statuses=["ok"] * 4, **common) == (
+        "all trials done (4 of 4)",
+        0,
+    )
+    assert end_reason(interrupted=True, statuses=["ok"], **common) == (
+        "interrupted (Ctrl-C or SIGTERM) after 1 of 4 trials",
+        2,
+    )
+    assert end_reason(interrupted=False, statuses=["error", "timeout"], **common) == (
+        "every trial failed (2 of 2)",
+        EXIT_NO_TRIAL_OK,
+    )
+    budget = {**common, "budget_s": 20.0, "out_of_time": True}
+    assert end_reason(interrupted=False, statuses=["ok", "error"], **budget) == (
+        "time budget of 20 s reached (2 of 4 trials launched)",
+        0,
+    )
+
+
+# A user's task whose student fails while training with a long, several-line message (the way
+# a state-dict mismatch names each layer on its own line).
+FAILING_TASK = """
+import dataclasses
+
+import torch
+from torch import nn
+
+from stages.tasks import make_blobs
+
+
+class Broken(nn.Module):
+    def __init__(self, inner):
+        super().__init__()
+        self.inner = inner
+
+    def forward(self, x):
+        if self.training and torch.is_grad_enabled():
+            line = "\\n\\tsize mismatch for layer{}.weight: copying a param"
+            layers = "".join(line.format(i) for i in range(40))
+            raise RuntimeError("Error(s) in loading state_dict for Broken:" + layers)
+        return self.inner(x)
+
+
+def make():
+    base = make_blobs()
+    return dataclasses.replace(base, name="broken", student=lambda: Broken(base.student()))
+"""
+
+
+@pytest.mark.slow
+@pytest.mark.usefixtures("ray_session")
+def test_failed_trials_keep_whole_messages_and_tracebacks_and_the_cli_exits_non_zero(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Issue 12 item 7 and fault 6: error rows carry the whole message (bounded), each failed
+    trial's traceback is in <storage>/logs/<sweep>/<trial>.txt, named in its row; a sweep in
+    which no trial succeeded ends with exit code 4 and prints the most common error."""
+    import uuid
+
+    from typer.testing import CliRunner
+
+    from orchestrator.cli import app
+    from orchestrator.pipeline import MAX_ERROR_CHARS
+
+    module = f"broken_{uuid.uuid4().hex[:8]}"
+    (tmp_path / f"{module}.py").write_text(FAILING_TASK)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    space = _space(
+        tmp_path,
+        task=f"{module}:make",
+        pipeline="[teacher, distill]",
+        params="  distill.temperature: {choice: [2.0, 4.0]}",
+    )
+    storage = tmp_path / "runs"
+    result = CliRunner().invoke(app, ["sweep", str(space), "--storage", str(storage)])
+    assert result.exit_code == 4, result.output
+    assert "ended: every trial failed (2 of 2)" in result.output, result.output
+    assert "most common error: stage distill: RuntimeError: Error(s) in loading state_dict" in (
+        result.output
+    )
+    table = load_results(storage)
+    trials = _trial_rows(table)
+    assert len(trials) == 2
+    for row in trials:
+        assert row["status"] == "error"
+        error = row["error"]
+        # The lines naming the layers are there, up to the bound, which is said.
+        assert "size mismatch for layer0.weight" in error and "layer5.weight" in error, error
+        assert len(error) <= MAX_ERROR_CHARS
+        log = Path(row["error_log"])
+        assert log == storage / "logs" / row["sweep_id"] / f"{row['trial_id']}.txt"
+        text = log.read_text()
+        assert "Traceback" in text and f"{module}.py" in text  # where it was raised
+        assert "size mismatch for layer39.weight" in text  # all of it
+    # The baseline (the teacher) is fine: the sweep measured it.
+    (baseline,) = [r for r in table.to_pylist() if r["is_baseline"]]
+    assert baseline["status"] == "ok"
+
+
+class _RunsCode:
+    """A pickle that would create a file when unpickled (what a poisoned checkpoint does)."""
+
+    def __init__(self, marker: str) -> None:
+        self.marker = marker
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (Path.touch, (Path(self.marker),))
+
+
+def _poisoned(marker: Path) -> bytes:
+    import io
+
+    import torch
+
+    buf = io.BytesIO()
+    torch.save({"format": 1, "state_dict": {}, "payload": _RunsCode(str(marker))}, buf)
+    return buf.getvalue()
+
+
+UNSAFE_ADVICE = ("weights_only", "add_safe_globals", "safe_globals", "allowlist", "trust")
+
+
+def test_refused_checkpoint_error_names_file_global_and_fix_and_no_unsafe_advice(
+    tmp_path: Path,
+) -> None:
+    """Fault 5, without Ray: the message a stage raises for a poisoned or truncated input."""
+    from orchestrator.stage_tasks import _cache_file, _load_input
+
+    marker = tmp_path / "pwned"
+    where = _cache_file(str(tmp_path), "abc123")
+    with pytest.raises(SqueezerayError) as info:
+        _load_input(_poisoned(marker), where)
+    message = str(info.value)
+    assert not marker.exists()
+    assert message.startswith(f"{tmp_path}/cache/abc123.ckpt is not a loadable")
+    assert "the global `getattr`" in message and "Delete it" in message
+    assert f"{tmp_path}/cache/abc123.json" in message and "recomputed" in message
+    assert not [word for word in UNSAFE_ADVICE if word in message], message
+    with pytest.raises(SqueezerayError) as info:
+        _load_input(_poisoned(marker)[:100], where)  # truncated
+    assert "abc123.ckpt is not a loadable" in str(info.value)
+    assert not [word for word in UNSAFE_ADVICE if word in str(info.value)], str(info.value)
+    # A checkpoint on an object store is named by its URI, query string kept.
+    uri = "s3://bucket/runs?endpoint_override=localhost:9000&scheme=http"
+    assert _cache_file(uri, "k") == (
+        "s3://bucket/runs/cache/k.ckpt?endpoint_override=localhost:9000&scheme=http"
+    )
+
+
+@pytest.mark.slow
+@pytest.mark.usefixtures("ray_session")
+def test_baseline_failure_and_recomputed_checkpoints_are_said_at_the_end(tmp_path: Path) -> None:
+    """Fault 5 end to end: a truncated checkpoint is recomputed and the summary says so; a
+    poisoned teacher checkpoint that only the baseline still needs is refused, and the CLI says
+    the baseline failed, naming the file and the blocked global, without unsafe advice."""
+    import hashlib
+    import json
+
+    from typer.testing import CliRunner
+
+    from orchestrator.cli import app
+    from orchestrator.results import load_stages
+    from orchestrator.stage_tasks import CACHE_DIR, checkpoint_path
+
+    space = _space(
+        tmp_path, pipeline="[teacher, distill]", params="  distill.temperature: {choice: [4.0]}"
+    )
+    storage = tmp_path / "runs"
+    first = CliRunner().invoke(app, ["sweep", str(space), "--storage", str(storage)])
+    assert first.exit_code == 0, first.output
+    keys = {r["stage"]: r["stage_key"] for r in load_stages(storage).to_pylist()}
+
+    distill = storage / CACHE_DIR / checkpoint_path(keys["distill"])[0]
+    distill.write_bytes(distill.read_bytes()[:200])
+    second = CliRunner().invoke(app, ["sweep", str(space), "--storage", str(storage)])
+    assert second.exit_code == 0, second.output
+    assert "1 damaged stage checkpoint(s) failed their checksum and were recomputed" in (
+        second.output
+    )
+
+    teacher_name, manifest_name = checkpoint_path(keys["teacher"])
+    marker = tmp_path / "pwned"
+    poisoned = _poisoned(marker)
+    (storage / CACHE_DIR / teacher_name).write_bytes(poisoned)
+    manifest = json.loads((storage / CACHE_DIR / manifest_name).read_text())
+    manifest["sha256"] = hashlib.sha256(poisoned).hexdigest()
+    (storage / CACHE_DIR / manifest_name).write_text(json.dumps(manifest))
+    third = CliRunner().invoke(app, ["sweep", str(space), "--storage", str(storage)])
+    assert not marker.exists()
+    assert third.exit_code == 0, third.output  # every trial's stages came from the cache
+    output = " ".join(third.output.split())  # rich wraps long lines
+    assert "1 ok, 0 failed" in output
+    assert "baseline failed: baseline (the teacher, measured as given): SqueezerayError:" in output
+    assert f"{storage}/cache/{teacher_name} is not a loadable squeezeray checkpoint" in output
+    assert "the global `getattr`" in output and "it will be recomputed" in output
+    assert not [word for word in UNSAFE_ADVICE if word in output], output
+
+
+# --- fault 4: object-store URIs with a query string, against a local S3-compatible server ----
+
+
+@pytest.fixture
+def s3_server(monkeypatch: pytest.MonkeyPatch) -> Any:
+    """A local S3-compatible server (moto's server mode) with one bucket, and the environment
+    an S3 client needs for it (as for MinIO: keys in the environment, the endpoint in the
+    URI)."""
+    pytest.importorskip("moto.server")
+    import boto3
+    from moto.server import ThreadedMotoServer
+
+    env = {
+        "AWS_ACCESS_KEY_ID": "testing",
+        "AWS_SECRET_ACCESS_KEY": "testing",
+        "AWS_DEFAULT_REGION": "us-east-1",
+        "AWS_EC2_METADATA_DISABLED": "true",
+    }
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    boto3.client("s3", endpoint_url=f"http://{host}:{port}", region_name="us-east-1").create_bucket(
+        Bucket="squeeze"
+    )
+    yield f"{host}:{port}"
+    server.stop()
+
+
+def test_join_uri_keeps_the_query_string() -> None:
+    from orchestrator.storage import join_uri, open_storage
+
+    uri = "s3://bucket/runs?scheme=http&endpoint_override=127.0.0.1:9000"
+    assert join_uri(uri, "tune", "s-1") == (
+        "s3://bucket/runs/tune/s-1?scheme=http&endpoint_override=127.0.0.1:9000"
+    )
+    assert join_uri("gs://b/x/", "logs") == "gs://b/x/logs"
+    assert join_uri("/data/runs", "cache", "k.ckpt") == "/data/runs/cache/k.ckpt"
+    store = open_storage(uri)
+    assert store.path("tune") == "bucket/runs/tune"  # the path on the filesystem: no query
+
+
+@pytest.mark.slow
+def test_sweep_on_an_s3_compatible_store_addressed_by_a_uri_with_a_query_string(
+    tmp_path: Path, s3_server: str
+) -> None:
+    """Fault 4: `--storage "s3://bucket/runs?scheme=http&endpoint_override=HOST:PORT"` (MinIO
+    style). The sweep runs as a user runs it (the CLI, its own embedded Ray), and every place a
+    path is built lands under the path part: results, stage rows, checkpoints, manifests, the
+    Tune experiment, failed trials' logs, the nightly report, and the lock."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    from typer.testing import CliRunner
+
+    from orchestrator.cli import app
+    from orchestrator.lock import storage_lock
+    from orchestrator.report import Thresholds, build_report, write_report
+    from orchestrator.results import load_stages
+    from orchestrator.storage import open_storage
+
+    uri = f"s3://squeeze/runs?scheme=http&endpoint_override={s3_server}&region=us-east-1"
+    space = _space(
+        tmp_path,
+        task="blobs",
+        pipeline="[teacher, distill]",
+        params="  distill.temperature: {choice: [2.0, 4.0]}",
+    )
+    proc = subprocess.run(
+        [str(Path(sys.executable).parent / "squeezeray"), "sweep", str(space), "--storage", uri,
+         "--num-cpus", "2", "--sweep-id", "s3-sweep"],
+        capture_output=True, text=True, timeout=300, env=dict(os.environ),
+        cwd=Path(__file__).resolve().parents[2],
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert "ended: all trials done (2 of 2)" in proc.stdout
+
+    store = open_storage(uri)
+    assert store.root == "squeeze/runs"
+    table = load_results(uri, sweep="s3-sweep")
+    assert [r["status"] for r in table.to_pylist()] == ["ok"] * 3  # baseline + 2 trials
+    stages = load_stages(uri, sweep="s3-sweep").to_pylist()
+    assert sorted(r["stage"] for r in stages) == ["distill", "distill", "teacher"]
+    for row in stages:
+        assert store.exists("cache", f"{row['stage_key']}.ckpt")
+    manifest = json.loads(store.read_bytes("sweeps", "s3-sweep.json"))
+    assert manifest["status"] == "finished"
+    assert uri in manifest["resume_command"]
+    from pyarrow.fs import FileSelector
+
+    tune_files = store.fs.get_file_info(FileSelector(store.path("tune", "s3-sweep")))
+    assert tune_files, "no Tune experiment under the storage's path"
+    # Nothing landed beside the path part (the old bug put `/tune` after the query string).
+    top = {i.base_name for i in store.fs.get_file_info(FileSelector("squeeze"))}
+    assert top == {"runs"}, top
+
+    # Reading it back through the CLI, the nightly report and the storage lock.
+    listing = CliRunner().invoke(app, ["sweeps", uri])
+    assert listing.exit_code == 0 and "s3-sweep" in listing.output, listing.output
+    report = build_report(
+        table, "s3-sweep", objectives={"accuracy": "max"}, thresholds=Thresholds(), storage=uri
+    )
+    md, html = write_report(report, store=store)
+    assert (
+        md
+        == f"s3://squeeze/runs/reports/s3-sweep.md?scheme=http&endpoint_override={s3_server}&region=us-east-1"
+    )
+    assert store.exists("reports", "s3-sweep.html") and html.endswith("&region=us-east-1")
+    with storage_lock(store, wait=False) as holder:
+        assert holder is not None
+    # A failed trial's log is written under the path part too.
+    from orchestrator.pipeline import write_error_log
+
+    where = write_error_log(uri, "s3-sweep", "t9", "Traceback: boom")
+    assert (
+        where
+        == f"s3://squeeze/runs/logs/s3-sweep/t9.txt?scheme=http&endpoint_override={s3_server}&region=us-east-1"
+    )
+    assert store.read_bytes("logs", "s3-sweep", "t9.txt").decode().endswith("boom\n")
