@@ -73,7 +73,11 @@ def sweep(
         str | None, typer.Option(help="Stop launching trials after this long, e.g. 30m.")
     ] = None,
     trial_timeout: Annotated[
-        str | None, typer.Option(help="Per-trial time limit, e.g. 5m (rows get 'timeout').")
+        str | None,
+        typer.Option(
+            help="Per-trial limit on the time its stages run (queueing for a slot is not "
+            "counted), e.g. 5m; rows past it get 'timeout'."
+        ),
     ] = None,
     max_concurrent: Annotated[
         int | None,
@@ -99,6 +103,7 @@ def sweep(
     """Run a compression sweep and print its Pareto front next to the baseline.
 
     Ctrl-C or SIGTERM saves what finished, prints the resume command and exits with code 2.
+    A sweep in which no trial succeeded prints the most common error and exits with code 4.
 
     --resume continues an interrupted sweep: finished trials are kept, the rest run."""
     from rich.markup import escape
