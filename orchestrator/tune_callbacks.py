@@ -79,7 +79,7 @@ class ResultsWriter(Callback):  # type: ignore[misc]
     def on_trial_error(self, iteration: int, trials: list[Any], trial: Any, **info: Any) -> None:
         from orchestrator.pipeline import bounded, write_error_log
 
-        error = str(getattr(trial, "error_msg", None) or "the trial's coordinator failed")
+        error = _trial_error_text(trial)
         last = dict(trial.last_result or {})
         result = {
             **self._from_config(trial),
@@ -140,3 +140,21 @@ class ResultsWriter(Callback):  # type: ignore[misc]
     def _progress(self, event: str, trial: Any, row: Mapping[str, Any]) -> None:
         if self.progress is not None:
             self.progress(event, {**row, "counts": dict(self.counts), "total": self.total})
+
+
+def _trial_error_text(trial: Any) -> str:
+    """The text Tune keeps of a trial's error (its error file: the coordinator's traceback)."""
+    import contextlib
+    import os
+
+    path = getattr(trial, "error_file", None)
+    if path and os.path.exists(path):
+        with open(path, errors="replace") as f:
+            text = f.read().strip()
+        if text:
+            return text
+    with contextlib.suppress(Exception):
+        text = str(trial.get_error() or "").strip()
+        if text:
+            return text
+    return "the trial's coordinator failed and Tune kept no error text"

@@ -586,3 +586,45 @@ def test_sweep_on_an_s3_compatible_store_addressed_by_a_uri_with_a_query_string(
         == f"s3://squeeze/runs/logs/s3-sweep/t9.txt?scheme=http&endpoint_override={s3_server}&region=us-east-1"
     )
     assert store.read_bytes("logs", "s3-sweep", "t9.txt").decode().endswith("boom\n")
+
+
+def test_a_crashed_coordinator_gets_a_row_with_its_knobs_error_and_log(tmp_path: Path) -> None:
+    """Fault 2 and issue 12 item 7 for a trial whose coordinator itself failed: Tune keeps the
+    traceback in the trial's error file; the row carries its last line, the log the rest, and
+    the knobs come from the trial's config (it reported none)."""
+    from types import SimpleNamespace
+
+    from orchestrator.pipeline import SweepPlan
+    from orchestrator.sweep import _stage_defaults
+    from orchestrator.tune_callbacks import ResultsWriter
+
+    pipeline = ("teacher", "distill")
+    plan = SweepPlan(
+        sweep_id="crash-1", task="blobs", pipeline=pipeline, defaults=_stage_defaults(pipeline),
+        fixed={}, code_version="v", storage=str(tmp_path), objectives=(("accuracy", "max"),),
+    )  # fmt: skip
+    error_file = tmp_path / "error.txt"
+    error_file.write_text(
+        'Failure # 1\nTraceback (most recent call last):\n  File "x.py", line 3, in f\n'
+        "ray.exceptions.ActorDiedError: The actor died unexpectedly before finishing this task.\n"
+    )
+    writer = ResultsWriter(
+        storage=str(tmp_path), sweep_id="crash-1", sweep_name="crash", task="blobs",
+        code_version="v", constraints=(), total=1, progress=None, plan=plan,
+    )  # fmt: skip
+    trial = SimpleNamespace(
+        trial_id="t_00000", config={"distill.temperature": 8.0}, last_result={},
+        error_file=str(error_file),
+    )  # fmt: skip
+    writer.on_trial_error(0, [], trial)
+    (row,) = load_results(tmp_path).to_pylist()
+    assert row["status"] == "error"
+    assert row["error"] == (
+        "trial coordinator: ray.exceptions.ActorDiedError: The actor died unexpectedly before "
+        "finishing this task."
+    )
+    assert json_params(row)["distill.temperature"] == 8.0 and row["stage_keys"] == []
+    log = Path(row["error_log"])
+    assert log == tmp_path / "logs" / "crash-1" / "t_00000.txt"
+    assert "Traceback (most recent call last)" in log.read_text()
+    assert writer.by_status == {"error": 1}
