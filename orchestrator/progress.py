@@ -54,10 +54,16 @@ class SweepProgress:
             if data.get("status") == "ok" and acc is not None:
                 self.best_accuracy = max(self.best_accuracy or 0.0, float(acc))
             if data.get("status") != "ok":
+                from rich.markup import escape
+
+                # The first line: the row holds the whole message, the log the traceback.
+                first = str(data.get("error") or "").strip().splitlines()[:1]
+                log = f" (log: {data['error_log']})" if data.get("error_log") else ""
                 self.console.print(
                     f"[yellow]trial {data.get('trial_id')} {data.get('status')}:[/] "
-                    f"{data.get('error')}",
+                    f"{escape(''.join(first) + log)}",
                     highlight=False,
+                    soft_wrap=True,
                 )
         best = (
             f"best val accuracy {self.best_accuracy:.4f}" if self.best_accuracy is not None else ""

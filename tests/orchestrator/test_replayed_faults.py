@@ -533,7 +533,7 @@ def test_sweep_on_an_s3_compatible_store_addressed_by_a_uri_with_a_query_string(
         tmp_path,
         task="blobs",
         pipeline="[teacher, distill]",
-        params="  distill.temperature: {choice: [2.0, 4.0]}",
+        params="  distill.temperature: {choice: [4.0]}",
     )
     proc = subprocess.run(
         [str(Path(sys.executable).parent / "squeezeray"), "sweep", str(space), "--storage", uri,
@@ -542,14 +542,14 @@ def test_sweep_on_an_s3_compatible_store_addressed_by_a_uri_with_a_query_string(
         cwd=Path(__file__).resolve().parents[2],
     )  # fmt: skip
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    assert "ended: all trials done (2 of 2)" in proc.stdout
+    assert "ended: all trials done (1 of 1)" in proc.stdout
 
     store = open_storage(uri)
     assert store.root == "squeeze/runs"
     table = load_results(uri, sweep="s3-sweep")
-    assert [r["status"] for r in table.to_pylist()] == ["ok"] * 3  # baseline + 2 trials
+    assert [r["status"] for r in table.to_pylist()] == ["ok"] * 2  # baseline + the trial
     stages = load_stages(uri, sweep="s3-sweep").to_pylist()
-    assert sorted(r["stage"] for r in stages) == ["distill", "distill", "teacher"]
+    assert sorted(r["stage"] for r in stages) == ["distill", "teacher"]
     for row in stages:
         assert store.exists("cache", f"{row['stage_key']}.ckpt")
     manifest = json.loads(store.read_bytes("sweeps", "s3-sweep.json"))
