@@ -102,7 +102,7 @@ def test_warm_start_constraint_values_come_from_the_stored_rows() -> None:
 
     space = load_space("tiny").with_overrides(algorithm="optuna")
     space = dataclasses.replace(space, constraints=(Constraint("params_nonzero", "<=", 100.0),))
-    objectives = {"accuracy": 0.97, "size_bytes": 4000, "latency_ms": 0.05}
+    objectives = {"accuracy": 0.97, "val_accuracy": 0.96, "size_bytes": 4000, "latency_ms": 0.05}
     rows = [
         _row("night-1", "t1", params=json.dumps({"prune.ratio": 0.3, "quantize.mode": "none"}),
              params_nonzero=1007, **objectives),
