@@ -27,7 +27,7 @@ from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
-from orchestrator.storage import Storage, open_storage
+from orchestrator.storage import Storage, canonical_uri, open_storage
 from stages.errors import SqueezerayError
 
 LOCK_NAME = ".squeezeray.lock"  # hidden: the results readers skip names starting with "."
@@ -70,7 +70,7 @@ def lock_files(store: Storage) -> LockFiles:
     if store.is_local:
         root = Path(store.root)
         return LockFiles(root / LOCK_NAME, root / SIDECAR_NAME, host_local=False)
-    digest = hashlib.sha256(store.uri.rstrip("/").encode()).hexdigest()[:16]
+    digest = hashlib.sha256(canonical_uri(store.uri).encode()).hexdigest()[:16]
     base = HOST_LOCK_DIR.expanduser() / digest
     return LockFiles(base.with_suffix(".lock"), base.with_suffix(".json"), host_local=True)
 

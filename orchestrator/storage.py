@@ -76,6 +76,16 @@ def join_uri(uri: str, *parts: str) -> str:
     return f"{joined}{sep}{query}"
 
 
+def canonical_uri(uri: str) -> str:
+    """One spelling per location, for keys such as a host-local lock: the path part without a
+    trailing `/`, the query parameters sorted (`?b=2&a=1` and `/?a=1&b=2` are one storage)."""
+    import urllib.parse
+
+    base, _, query = uri.partition("?")
+    pairs = sorted(urllib.parse.parse_qsl(query, keep_blank_values=True))
+    return base.rstrip("/") + (f"?{urllib.parse.urlencode(pairs)}" if pairs else "")
+
+
 def tune_storage(store: Storage, *parts: str) -> tuple[str, pafs.FileSystem | None]:
     """(storage_path, storage_filesystem) for Ray Tune: local storage as a plain path; a URI
     as its filesystem and the path on it, so Tune never has to parse (and append to) a URI

@@ -628,3 +628,23 @@ def test_a_crashed_coordinator_gets_a_row_with_its_knobs_error_and_log(tmp_path:
     assert log == tmp_path / "logs" / "crash-1" / "t_00000.txt"
     assert "Traceback (most recent call last)" in log.read_text()
     assert writer.by_status == {"error": 1}
+
+
+def test_object_store_lock_is_one_per_storage_however_its_query_is_spelled() -> None:
+    """Fault 4, locks: the host-local lock of an object store is keyed by the location, so the
+    same storage with its query parameters in another order (or a trailing `/`) is one lock,
+    and another endpoint is another."""
+    import pyarrow.fs as pafs
+
+    from orchestrator.lock import lock_files
+    from orchestrator.storage import Storage
+
+    fs = pafs.S3FileSystem(region="us-east-1", endpoint_override="127.0.0.1:9", scheme="http")
+
+    def files(uri: str) -> Any:
+        return lock_files(Storage(fs=fs, root="bucket/runs", uri=uri))
+
+    one = files("s3://bucket/runs?scheme=http&endpoint_override=127.0.0.1:9")
+    assert one == files("s3://bucket/runs/?endpoint_override=127.0.0.1:9&scheme=http")
+    assert one != files("s3://bucket/runs?scheme=http&endpoint_override=10.0.0.2:9")
+    assert one.host_local
