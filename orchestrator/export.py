@@ -53,6 +53,9 @@ METRICS_IN_CARD = (
     "params_nonzero",
     "latency_ms",
     "latency_ms_p90",
+    "latency_ms_sweep",
+    "latency_cv",
+    "speedup",
 )
 
 
@@ -425,7 +428,10 @@ def export_trial(
             written += ["state_dict.pt", "checkpoint.pt", "recipe.json"]
     check = recheck(task, ckpt, out, float(row["accuracy"]), custom=_custom(row))
     files = {name: _sha256(out / name) for name in written}
-    card = _card(row, sweep_rows, ckpt, files, check, storage=open_storage(storage).uri)
+    store = open_storage(storage)
+    card = _card(
+        row, sweep_rows, ckpt, files, check, storage=store.root if store.is_local else store.uri
+    )
     (out / CARD).write_text(json.dumps(card, indent=2, default=str) + "\n")
     if not check["ok"]:
         raise SqueezerayError(
