@@ -423,10 +423,18 @@ def _qat(
 def _zero_masks(
     prepared: nn.Module, parent: ModelCheckpoint
 ) -> dict[str, tuple[nn.Parameter, torch.Tensor]]:
-    """{name: (QAT parameter, 0/1 mask)} for parent weights with exact zeros, matched by name."""
+    """{name: (QAT parameter, 0/1 mask)} for parent weights with exact zeros, matched by name
+    (an eager-wrapped inner Linear `<name>.module.weight` matches the parent's `<name>.weight`)."""
+    from torch.ao.quantization import QuantWrapper
+
+    wrapped = [n for n, m in prepared.named_modules() if isinstance(m, QuantWrapper)]
     masks: dict[str, tuple[nn.Parameter, torch.Tensor]] = {}
     for name, p in prepared.named_parameters():
-        saved = parent.state_dict.get(name)
+        parent_name = name
+        for w in wrapped:
+            if name.startswith(f"{w}.module."):
+                parent_name = f"{w}.{name[len(w) + len('.module.') :]}"
+        saved = parent.state_dict.get(parent_name)
         if saved is None or saved.dim() < 2 or tuple(saved.shape) != tuple(p.shape):
             continue
         mask = (saved != 0).to(p.dtype)

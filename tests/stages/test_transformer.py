@@ -249,3 +249,21 @@ def test_sweep_and_validate_refuse_before_ray(tmp_path: Path) -> None:
     result = CliRunner().invoke(app, ["validate", str(space)])
     assert result.exit_code == 2
     assert "lora.rank=2 cannot apply" in " ".join(result.output.split())
+
+
+def test_qat_keeps_a_pruned_encoders_zeros(task: Task, teacher: ModelCheckpoint) -> None:
+    from stages.prune import PruneParams, prune
+
+    pruned = prune(
+        StageInput(task=task, parent=teacher), PruneParams(method="l1_unstructured", ratio=0.5)
+    ).checkpoint
+    zeros = {
+        name: pruned.state_dict[f"{name}.weight"] == 0
+        for name in FFN
+        if bool((pruned.state_dict[f"{name}.weight"] == 0).any())
+    }
+    assert zeros, "l1_unstructured zeroes the feed-forward Linears"
+    out = quantize(StageInput(task=task, parent=pruned), QuantizeParams(mode="qat", qat_epochs=1))
+    for name, mask in zeros.items():
+        weight, _bias = out.checkpoint.state_dict[f"{name}.module._packed_params._packed_params"]
+        assert bool((weight.dequantize()[mask] == 0).all()), name  # QAT trained through the mask
