@@ -4,17 +4,19 @@ Modes (`quantize.mode`):
 
 - `none`: a copy.
 - `dynamic_int8`: `torch.ao.quantization.quantize_dynamic` on every `nn.Linear` (int8 weights,
-  activations quantized on the fly), Transformer feed-forward Linears included. Conv,
-  Embedding and MultiheadAttention's projections stay float (torch has no dynamic int8 form
-  of them).
+  activations quantized on the fly), Transformer feed-forward Linears included; each
+  supported `nn.MultiheadAttention` first becomes `stages.attention.LinearAttention` (the same
+  function with Linear projections), so its projections are int8 too. Conv and Embedding
+  stay float.
 - `static_int8`: FX graph mode post-training quantization (`prepare_fx`/`convert_fx`, the x86
   backend's default qconfig mapping) calibrated on `calibration_batches` batches of 64 from the
   train split. FX fuses Conv+BN+ReLU and Linear+ReLU itself, so plain `nn.Sequential` models
   and conv nets need no QuantStub edits. FX does not trace into built-in torch.nn modules
   (`nn.TransformerEncoder` is one opaque call): the plain Linears inside them (the
   feed-forward `linear1`/`linear2`) are quantized in eager mode instead, each wrapped as
-  `QuantWrapper` (quantize input, int8 Linear, dequantize output). Embedding stays float;
-  MultiheadAttention stays float (its forward reads its projection weights directly).
+  `QuantWrapper` (quantize input, int8 Linear, dequantize output); attention inside such
+  modules first becomes `LinearAttention`, so its projections are wrapped the same way.
+  Embedding stays float.
 - `qat`: FX quantization-aware training (`prepare_qat_fx`; the inner Linears as above with
   eager `prepare_qat`), `qat_epochs` of CE fine-tuning with fake quantization, then convert.
 - `onnx_int8`: ONNX export of the float model, then ONNX Runtime's dynamic quantization (QInt8
@@ -55,6 +57,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
+from stages.attention import convert_attention
 from stages.base import StageInput, StageOutput, StageSpec, check_choice, check_int, check_range
 from stages.batches import Inputs, as_args, as_inputs, forward_logits
 from stages.checkpoint import ModelCheckpoint, build_model, resize_to_state, set_submodule
@@ -121,8 +124,10 @@ def _qconfig_mapping(mode: str) -> Any:
 def _dynamic(model: nn.Module) -> nn.Module:
     from torch.ao.quantization import quantize_dynamic
 
+    model = copy.deepcopy(model)
+    convert_attention(model)  # attention projections as Linears, so they become int8 too
     with quiet_ao():
-        quantized = quantize_dynamic(model, {nn.Linear}, dtype=torch.qint8)
+        quantized = quantize_dynamic(model, {nn.Linear}, dtype=torch.qint8, inplace=True)
     restore_slow_path(quantized)  # int8 Linears inside nn.TransformerEncoderLayer
     return quantized  # type: ignore[no-any-return]
 
@@ -161,6 +166,8 @@ def _wrap_inner_linears(model: nn.Module) -> None:
     (quantize its input, int8 Linear, dequantize), quantized by `_prepare`/`_convert`."""
     from torch.ao.quantization import QuantWrapper
 
+    # Attention inside such modules first becomes Linear-based, so its projections are reached.
+    convert_attention(model, inside=_is_fx_leaf)
     for name in inner_linears(model):
         set_submodule(model, name, QuantWrapper(model.get_submodule(name)))
     restore_slow_path(model)
@@ -434,6 +441,9 @@ def _zero_masks(
         for w in wrapped:
             if name.startswith(f"{w}.module."):
                 parent_name = f"{w}.{name[len(w) + len('.module.') :]}"
+        # LinearAttention's packed projection was MultiheadAttention's in_proj_weight/_bias.
+        if parent_name not in parent.state_dict and ".in_proj." in parent_name:
+            parent_name = parent_name.replace(".in_proj.", ".in_proj_")
         saved = parent.state_dict.get(parent_name)
         if saved is None or saved.dim() < 2 or tuple(saved.shape) != tuple(p.shape):
             continue

@@ -49,9 +49,7 @@ def test_transformer_lora_then_int8_rows(tmp_path: Path) -> None:
     assert float_row["quantized_fraction"] == 0.0
     for mode in ("dynamic_int8", "onnx_int8"):
         row = trials[mode]
-        assert 0.0 < row["quantized_fraction"] < 1.0, mode  # the Embedding stays float
+        assert 0.5 < row["quantized_fraction"] < 1.0, mode  # the Embedding stays float
         assert row["size_bytes"] < float_row["size_bytes"], mode
         assert row["params_total"] == float_row["params_total"] or mode == "onnx_int8"
     assert trials["onnx_int8"]["runtime"] == "onnxruntime"
-    # ONNX Runtime quantizes the attention projections too; torch's dynamic int8 does not.
-    assert trials["onnx_int8"]["quantized_fraction"] > trials["dynamic_int8"]["quantized_fraction"]

@@ -14,6 +14,7 @@ import pytest
 import torch
 from torch import nn
 
+from stages.attention import LinearAttention, convert_attention
 from stages.base import StageInput, StageOutput
 from stages.checkpoint import ModelCheckpoint, build_model
 from stages.errors import SqueezerayError
@@ -32,6 +33,7 @@ TASK = "tests.stages.transformer_task:make_task"
 CONV_ONLY = "tests.stages.conv_only_task:make_task"
 CPU = torch.device("cpu")
 FFN = [f"encoder.layers.{i}.linear{j}" for i in (0, 1) for j in (1, 2)]
+ATTENTION = [f"encoder.layers.{i}.self_attn.{p}" for i in (0, 1) for p in ("in_proj", "out_proj")]
 
 
 @pytest.fixture(scope="module")
@@ -145,6 +147,64 @@ def test_lora_on_a_model_without_targets_is_refused() -> None:
         inject_lora(model, rank=2, alpha=4.0, masked=False, seed=0)
 
 
+# -- attention with Linear projections ------------------------------------------------------------
+
+
+@pytest.mark.parametrize("batch_first", [True, False])
+@pytest.mark.parametrize(
+    "masks",
+    ["none", "key_padding", "causal_bool", "float_and_padding", "no_weights", "per_head_weights"],
+)
+def test_linear_attention_computes_what_multihead_attention_does(
+    batch_first: bool, masks: str
+) -> None:
+    torch.manual_seed(0)
+    mha = nn.MultiheadAttention(16, 4, batch_first=batch_first).eval()
+    with torch.no_grad():
+        mha.in_proj_bias.normal_()  # PyTorch initialises biases to 0: make them count
+        mha.out_proj.bias.normal_()
+    attention = LinearAttention.from_mha(mha)
+    assert sum(p.numel() for p in attention.parameters()) == sum(
+        p.numel() for p in mha.parameters()
+    )
+    x = torch.randn(3, 5, 16) if batch_first else torch.randn(5, 3, 16)
+    padding = torch.zeros(3, 5, dtype=torch.bool)
+    padding[0, -2:] = True
+    kwargs: dict[str, object] = {
+        "none": {},
+        "key_padding": {"key_padding_mask": padding},
+        "causal_bool": {"attn_mask": torch.ones(5, 5, dtype=torch.bool).triu(1)},
+        "float_and_padding": {"attn_mask": torch.randn(5, 5), "key_padding_mask": padding},
+        "no_weights": {"need_weights": False, "key_padding_mask": padding},
+        "per_head_weights": {"average_attn_weights": False},
+    }[masks]
+    with torch.no_grad():
+        expected, expected_weights = mha(x, x, x, **kwargs)
+        got, weights = attention(x, x, x, **kwargs)
+        cross, _ = attention(x, x.flip(0), x.flip(0))
+        cross_expected, _ = mha(x, x.flip(0), x.flip(0))
+    assert torch.allclose(got, expected, atol=1e-5)
+    assert torch.allclose(cross, cross_expected, atol=1e-5)
+    if expected_weights is None:
+        assert weights is None
+    else:
+        assert weights is not None and torch.allclose(weights, expected_weights, atol=1e-6)
+
+
+def test_converted_encoder_keeps_its_outputs_and_leaves_other_attention() -> None:
+    model = TokenTransformer().eval()
+    x = torch.randint(0, 24, (4, 12))
+    with torch.no_grad():
+        reference = model(x)
+    assert convert_attention(model, inside=lambda m: isinstance(m, nn.Sequential)) == 0
+    assert convert_attention(model) == 2
+    restore_slow_path(model)  # the fast path reads in_proj_weight, which is gone
+    with torch.no_grad():
+        assert torch.allclose(model(x), reference, atol=1e-5)
+    unsupported = nn.MultiheadAttention(16, 4, kdim=8, vdim=8)
+    assert not LinearAttention.supports(unsupported)
+
+
 # -- quantize ------------------------------------------------------------------------------------
 
 
@@ -162,7 +222,7 @@ def test_every_int8_mode_quantizes_the_encoder(
     ckpt = _roundtrip(out.checkpoint)
     fraction = quantized_fraction(ckpt)
     assert out.metrics["quantized_fraction"] == fraction
-    assert 0.0 < fraction < 1.0  # the Embedding (and torch modes: attention) stay float
+    assert 0.5 < fraction < 1.0  # most weights are int8; the Embedding stays float
     assert quantized_fraction(teacher) == 0.0
     assert size_bytes(ckpt) < size_bytes(teacher)
     assert out.metrics["val_accuracy"] > 0.8
@@ -170,13 +230,13 @@ def test_every_int8_mode_quantizes_the_encoder(
         state = ckpt.state_dict
         assert state["embed.weight"].dtype == torch.float32
         packed = [k for k in state if k.endswith("._packed_params._packed_params")]
-        # The feed-forward Linears inside nn.TransformerEncoder are int8 in every torch mode
-        # (static_int8 used to quantize the head only).
-        for name in FFN:
+        # The feed-forward Linears and the attention projections inside nn.TransformerEncoder
+        # are int8 in every torch mode (static_int8 used to quantize the head only).
+        for name in FFN + ATTENTION:
             assert any(k.startswith(f"{name}.") for k in packed), (name, packed)
         counts = count_weights(ckpt)
-        ffn_elements = 2 * (64 * 32 + 32 * 64)
-        assert counts.int8 >= ffn_elements
+        layer_weights = 2 * (64 * 32 + 32 * 64) + 2 * (96 * 32 + 32 * 32)
+        assert counts.int8 >= layer_weights
         _same_outputs(task, out)
 
 
