@@ -648,3 +648,24 @@ def test_object_store_lock_is_one_per_storage_however_its_query_is_spelled() -> 
     assert one == files("s3://bucket/runs/?endpoint_override=127.0.0.1:9&scheme=http")
     assert one != files("s3://bucket/runs?scheme=http&endpoint_override=10.0.0.2:9")
     assert one.host_local
+
+
+def test_a_sweep_that_fails_after_starting_leaves_a_failed_manifest(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Fault 4's other half: the object-store failure left the manifest saying `running`.
+    Whatever fails once the sweep has started, the manifest says `failed` and why."""
+    import orchestrator.sweep as sweep_mod
+
+    prepared = prepare_sweep("tiny", storage=tmp_path / "runs", sweep_id="run-1")
+
+    def failing(sweep: Any, **options: Any) -> Any:
+        sweep_mod.write_manifest(sweep.storage, sweep, status="running")
+        raise OSError("When creating bucket 'x': Bucket x not found")
+
+    monkeypatch.setattr(sweep_mod, "_execute_sweep", failing)
+    with pytest.raises(OSError, match="Bucket x not found"):
+        sweep_mod.execute_sweep(prepared)
+    manifest = sweep_mod.read_manifest(prepared.storage, "run-1")
+    assert manifest["status"] == "failed"
+    assert manifest["error"] == "OSError: When creating bucket 'x': Bucket x not found"
