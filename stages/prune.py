@@ -8,7 +8,8 @@ Methods:
 - `random`: per layer like `l1_unstructured`, but the weights are drawn at random (a baseline).
 - `structured`: torch-pruning's `MetaPruner` with L2 group-magnitude importance removes the
   fraction `ratio` of the neurons/channels of every layer (conv biases and BatchNorms follow
-  their channels), so shapes and `params_total` shrink. The output layer is ignored: its
+  their channels), so shapes and `params_total` shrink; a model with no layer it can shrink
+  (only the output layer) is an error. The output layer is ignored: its
   outputs stay `num_classes`, only its inputs shrink with the layer before it. Every layer
   keeps at least one neuron/channel. The recipe is the parent's (shapes carry the pruning;
   a masked parent's zeros stay in the surviving weights, and so does its `masked` flag).
@@ -94,7 +95,10 @@ def prune(inp: StageInput, params: PruneParams) -> StageOutput:
     device = resolve_device(inp.device)
     torch.manual_seed(inp.seed)
     model = build_model(task, inp.parent).to(device)
+    total_before, _ = param_counts(model)
     prune_module(model, task, params, device=device, seed=inp.seed)
+    if params.method == "structured" and params.ratio > 0.0:
+        _require_removed(model, task, total_before, params, device=device)
     recipe: dict[str, Any] = dict(inp.parent.recipe)
     if params.ratio > 0.0 and params.method != "structured":
         recipe["masked"] = True
@@ -108,6 +112,34 @@ def prune(inp: StageInput, params: PruneParams) -> StageOutput:
             "params_nonzero": float(nonzero),
         },
     )
+
+
+def _require_removed(
+    model: nn.Module, task: Task, total_before: int, params: PruneParams, *, device: torch.device
+) -> None:
+    """Structured pruning on a model with nothing it can remove is an error (issue 12 item 6).
+
+    Only when torch-pruning finds no group at all (besides the ignored output layer): a model
+    with prunable groups that kept its size is left to the row's params_total to show.
+    """
+    import torch_pruning as tp
+
+    total, _ = param_counts(model)
+    if total < total_before:
+        return
+    example = to_device(task.example_input(2), device)
+    graph = tp.DependencyGraph().build_dependency(
+        model, example_inputs=example, forward_fn=forward_logits, verbose=False
+    )
+    if not any(True for _ in graph.get_all_groups(ignored_layers=[output_layer(model, example)])):
+        from stages.layers import weight_layer_summary
+
+        raise SqueezerayError(
+            f"prune.method='structured' prune.ratio={params.ratio:g} removed no channel: "
+            "torch-pruning keeps the output layer's width (the logits) and found no other layer "
+            f"whose channels it could remove (the model has {weight_layer_summary(model)}); use "
+            "an unstructured method (l1_unstructured, global, random), or prune.ratio: 0"
+        )
 
 
 def prune_module(

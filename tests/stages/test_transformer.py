@@ -174,7 +174,10 @@ def test_linear_attention_computes_what_multihead_attention_does(
         "none": {},
         "key_padding": {"key_padding_mask": padding},
         "causal_bool": {"attn_mask": torch.ones(5, 5, dtype=torch.bool).triu(1)},
-        "float_and_padding": {"attn_mask": torch.randn(5, 5), "key_padding_mask": padding},
+        "float_and_padding": {
+            "attn_mask": torch.randn(5, 5),
+            "key_padding_mask": torch.zeros(3, 5).masked_fill(padding, float("-inf")),
+        },
         "no_weights": {"need_weights": False, "key_padding_mask": padding},
         "per_head_weights": {"average_attn_weights": False},
     }[masks]
