@@ -99,6 +99,13 @@ def sweep(
         str | None, typer.Option(help="With --resume: which sweep (default: the latest).")
     ] = None,
     top: Annotated[int | None, typer.Option(help="Show at most K front points.")] = None,
+    teacher_weights: Annotated[
+        Path | None,
+        typer.Option(
+            help="A trained state_dict (torch.save) loaded into the task's teacher with "
+            "weights_only=True; teacher.epochs becomes 0 (use as given) unless the space sets it."
+        ),
+    ] = None,
 ) -> None:
     """Run a compression sweep and print its Pareto front next to the baseline.
 
@@ -126,6 +133,7 @@ def sweep(
         max_concurrent=max_concurrent,
         sweep_id=sweep_id,
         resume=resume,
+        teacher_weights=teacher_weights,
     )
     console.print(
         f"squeezeray sweep [bold]{prepared.sweep_id}[/]: task {prepared.space.task}, "

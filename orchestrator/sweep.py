@@ -192,6 +192,7 @@ class PreparedSweep:
     trial_timeout_s: float | None
     resume: bool
     fingerprint: dict[str, str] = field(default_factory=dict)  # stages.fingerprint, per task
+    teacher_weights: str | None = None  # --teacher-weights, absolute (kept for --resume)
 
 
 @dataclass(frozen=True)
@@ -216,8 +217,12 @@ def prepare_sweep(
     max_concurrent: int | None = None,
     sweep_id: str | None = None,
     resume: bool = False,
+    teacher_weights: str | os.PathLike[str] | None = None,
 ) -> PreparedSweep:
-    """Every check that can fail before Ray starts."""
+    """Every check that can fail before Ray starts.
+
+    `teacher_weights`: a state_dict file loaded into the task's teacher (`teacher.weights`;
+    `teacher.epochs` becomes 0, use as given, unless the space sets it)."""
     if cpus_per_trial <= 0:
         raise SqueezerayError(f"--cpus-per-trial={cpus_per_trial:g} must be > 0")
     if gpus_per_trial < 0:
@@ -252,6 +257,8 @@ def prepare_sweep(
             trial_timeout = manifest.get("trial_timeout_s")
         if max_concurrent is None:
             max_concurrent = manifest.get("max_concurrent")
+        if teacher_weights is None:
+            teacher_weights = manifest.get("teacher_weights")
     budget_s = _seconds("--time-budget", time_budget)
     timeout_s = _seconds("--trial-timeout", trial_timeout)
     loaded = space if isinstance(space, SearchSpace) else load_space(space, check_task=False)
@@ -271,6 +278,7 @@ def prepare_sweep(
     from stages.tasks import load_task
 
     task_obj = load_task(loaded.task)
+    loaded = _with_teacher_weights(loaded, teacher_weights, task_obj)
     loaded = loaded.with_task_metric(task_obj.metric.name if task_obj.metric else None)
     if task_obj.student is not None and "distill.student_ratio" in loaded.params:
         raise SqueezerayError(
@@ -290,7 +298,66 @@ def prepare_sweep(
         trial_timeout_s=timeout_s,
         resume=resume,
         fingerprint=fingerprint.as_dict(),
+        teacher_weights=None
+        if teacher_weights is None
+        else str(Path(teacher_weights).expanduser().resolve()),
     )
+
+
+def _with_teacher_weights(
+    space: SearchSpace, cli_path: str | os.PathLike[str] | None, task: Any
+) -> SearchSpace:
+    """Resolve `teacher.weights` (from --teacher-weights, relative to the current directory,
+    or from the space, relative to its file) to an absolute path, pin its sha256 beside it
+    (`teacher.weights_sha256`: new weights give new stage keys) and load it into the task's
+    teacher once here, so a wrong file fails before Ray starts."""
+    import dataclasses
+    import hashlib
+
+    from orchestrator.config import Distribution
+    from stages.teacher import load_weights
+
+    given = space.params.get("teacher.weights")
+    if cli_path is None and given is None:
+        return space
+    key = "--teacher-weights" if cli_path is not None else "params.teacher.weights"
+    if cli_path is not None and given is not None:
+        raise SqueezerayError(
+            f"{space.source}: --teacher-weights and params.teacher.weights are both given; keep one"
+        )
+    if "teacher" not in space.pipeline:
+        raise SqueezerayError(
+            f"{space.source}: {key}: the pipeline has no teacher stage to load the weights into"
+        )
+    if cli_path is not None:
+        path = Path(cli_path).expanduser().resolve()
+    else:
+        assert given is not None
+        if given.kind != "fixed" or not isinstance(given.value, str) or not given.value:
+            raise SqueezerayError(
+                f"{space.source}: params.teacher.weights: {given.describe()} is not accepted; "
+                "accepted: one file path (a plain value)"
+            )
+        path = Path(given.value).expanduser()
+        if not path.is_absolute():
+            path = (Path(space.source).resolve().parent / path).resolve()
+    if not path.is_file():
+        raise SqueezerayError(
+            f"{space.source}: {key}={os.fspath(cli_path or path)!r}: no such file ({path})"
+        )
+    digest = hashlib.sha256(path.read_bytes()).hexdigest()
+    try:
+        load_weights(task.teacher(), str(path), sha256=digest)
+    except SqueezerayError as exc:
+        raise SqueezerayError(f"{space.source}: {key}: {exc}") from exc
+    params = {
+        **space.params,
+        "teacher.weights": Distribution(kind="fixed", value=str(path)),
+        "teacher.weights_sha256": Distribution(kind="fixed", value=digest),
+    }
+    if cli_path is not None and "teacher.epochs" not in params:
+        params["teacher.epochs"] = Distribution(kind="fixed", value=0)
+    return dataclasses.replace(space, params=params)
 
 
 def _check_sweep_id(sweep_id: str) -> None:
@@ -338,6 +405,7 @@ def write_manifest(
         "gpus_per_trial": sweep.gpus_per_trial,
         "trial_timeout_s": sweep.trial_timeout_s,
         "max_concurrent": sweep.max_concurrent,
+        "teacher_weights": sweep.teacher_weights,
         "status": status,
         "error": error,
         "resume_command": resume_command(store, sweep.sweep_id),

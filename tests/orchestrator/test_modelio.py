@@ -397,3 +397,66 @@ def test_unknown_metric_names_the_task_metric(tmp_path: Path, monkeypatch: pytes
     builtin.write_text("task: digits\npipeline: [teacher]\nobjectives: {f1_macro: max}\n")
     with pytest.raises(SqueezerayError, match=r"objectives.f1_macro: 'f1_macro' is not a metric"):
         load_space(builtin, check_task=False)
+
+
+WEIGHTS_SPACE = """
+task: {module}:make_task
+pipeline: [teacher, distill]
+params:
+  distill.epochs: 2
+search: {{algorithm: grid, trials: 1}}
+latency: {{warmup: 2, repeats: 5}}
+"""
+
+
+def test_teacher_weights_option(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`squeezeray sweep --teacher-weights PATH`: a factory that builds an untrained model, the
+    state dict given on the command line; the teacher is used as given (epochs 0)."""
+    from typer.testing import CliRunner
+
+    from orchestrator.cli import app
+    from orchestrator.results import load_results
+
+    module = _user_module(tmp_path, monkeypatch, "usermodel_weights")
+    outside_accuracy = _train_outside(module)
+    weights = tmp_path / "elsewhere.pt"
+    module.WEIGHTS.rename(weights)
+    monkeypatch.setattr(module, "pretrained", module.Net)  # the factory: untrained
+    text = (tmp_path / "usermodel_weights.py").read_text()
+    (tmp_path / "usermodel_weights.py").write_text(
+        text.replace("teacher=pretrained", "teacher=Net")
+    )
+    sys.modules.pop("usermodel_weights", None)
+    space_file = tmp_path / "space.yaml"
+    space_file.write_text(WEIGHTS_SPACE.format(module="usermodel_weights"))
+    storage = tmp_path / "runs"
+    # a file that does not fit the teacher fails before Ray, naming the flag
+    bad = tmp_path / "bad.pt"
+    torch.save({"layer.weight": torch.zeros(2, 2)}, bad)
+    result = CliRunner().invoke(
+        app, ["sweep", str(space_file), "--storage", str(storage), "--teacher-weights", str(bad)]
+    )
+    assert result.exit_code == 2, result.output
+    assert "--teacher-weights" in result.output and "does not fit" in result.output
+    assert not storage.exists()
+    result = CliRunner().invoke(
+        app,
+        ["sweep", str(space_file), "--storage", str(storage), "--teacher-weights", str(weights)],
+    )
+    assert result.exit_code == 0, result.output
+    rows = load_results(storage).to_pylist()
+    baseline = next(r for r in rows if r["is_baseline"])
+    assert baseline["accuracy"] == pytest.approx(outside_accuracy, abs=1e-12)
+    knobs = json.loads(next(r for r in rows if not r["is_baseline"])["params"])
+    assert knobs["teacher.epochs"] == 0 and knobs["teacher.weights"] == str(weights)
+    assert len(knobs["teacher.weights_sha256"]) == 64
+    # other weights at the same path: another sha256, so other stage keys
+    first = prepare_sweep(load_space(space_file), storage=storage, teacher_weights=weights)
+    state = torch.load(weights, weights_only=True)
+    state["head.bias"] += 1.0
+    torch.save(state, weights)
+    second = prepare_sweep(load_space(space_file), storage=storage, teacher_weights=weights)
+    assert (
+        first.space.fixed()["teacher.weights_sha256"]
+        != second.space.fixed()["teacher.weights_sha256"]
+    )

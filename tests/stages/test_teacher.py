@@ -117,3 +117,32 @@ def test_epochs_zero_uses_the_given_teacher_unchanged(digits: Task) -> None:
 def test_epochs_below_zero_is_rejected() -> None:
     with pytest.raises(SqueezerayError, match=r"teacher.epochs=-1 .*\[0, inf\]"):
         TeacherParams(epochs=-1)
+
+
+@pytest.mark.filterwarnings("ignore:Detected pickle protocol")
+def test_teacher_weights_param_loads_and_checks_the_file(digits: Task, tmp_path) -> None:
+    import hashlib
+    import pickle
+
+    from stages.teacher import load_weights
+
+    torch.manual_seed(1)
+    trained = digits.build("teacher")
+    path = tmp_path / "w.pt"
+    torch.save({"state_dict": trained.state_dict()}, path)  # a training script's layout
+    digest = hashlib.sha256(path.read_bytes()).hexdigest()
+    params = TeacherParams(epochs=0, weights=str(path), weights_sha256=digest)
+    out = train_teacher(StageInput(task=digits, parent=None), params)
+    assert all(
+        torch.equal(out.checkpoint.state_dict[k], v) for k, v in trained.state_dict().items()
+    )
+    with pytest.raises(SqueezerayError, match="changed since the sweep started"):
+        load_weights(digits.build("teacher"), str(path), sha256="0" * 64)
+    with pytest.raises(SqueezerayError, match="cannot be read"):
+        load_weights(digits.build("teacher"), str(tmp_path / "missing.pt"))
+    torch.save({"net.0.weight": torch.zeros(1)}, path)
+    with pytest.raises(SqueezerayError, match="does not fit the task's teacher"):
+        load_weights(digits.build("teacher"), str(path))
+    path.write_bytes(pickle.dumps(TeacherParams()))  # a pickle that is not weights-only
+    with pytest.raises(SqueezerayError, match="weights_only=True"):
+        load_weights(digits.build("teacher"), str(path))
