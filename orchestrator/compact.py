@@ -34,7 +34,7 @@ from orchestrator.results import (
     STAGE_ROW_KEY,
     STAGES_DIR,
     SUMMARY_NAME,
-    _Table,
+    PartitionedTable,
     _writer_name,
     keep_last,
     keep_last_per_trial,
@@ -73,7 +73,7 @@ def compact_sweep(storage: str | Path, sweep_id: str | None) -> list[Compaction]
     docstring). A sweep with nothing to merge is left as it is (its summary is refreshed)."""
     done = []
     for kind in (RESULTS_DIR, STAGES_DIR):
-        table = _Table(storage, kind, TABLES[kind])
+        table = PartitionedTable(storage, kind, TABLES[kind])
         directory = table.partitions().get(sweep_id)
         if directory is not None:
             done.append(_compact_partition(table, sweep_id, directory))
@@ -83,8 +83,8 @@ def compact_sweep(storage: str | Path, sweep_id: str | None) -> list[Compaction]
 def compact_storage(storage: str | Path, *, sweep: str | None = None) -> list[Compaction]:
     """Compact one sweep (`sweep`) or every sweep of a storage; a SqueezerayError when the
     storage has no results or the sweep is not in it."""
-    results = _Table(storage, RESULTS_DIR, RESULTS_SCHEMA)
-    stages = _Table(storage, STAGES_DIR, STAGES_SCHEMA)
+    results = PartitionedTable(storage, RESULTS_DIR, RESULTS_SCHEMA)
+    stages = PartitionedTable(storage, STAGES_DIR, STAGES_SCHEMA)
     ids: set[str | None] = set(results.partitions()) | set(stages.partitions())
     if not ids:
         raise SqueezerayError(
@@ -104,7 +104,7 @@ def compact_storage(storage: str | Path, *, sweep: str | None = None) -> list[Co
     return done
 
 
-def _compact_partition(table: _Table, sweep_id: str | None, directory: str) -> Compaction:
+def _compact_partition(table: PartitionedTable, sweep_id: str | None, directory: str) -> Compaction:
     fs = table.fs
     snapshot = partition_files(fs, directory)
     names = [f.base_name for f in snapshot]

@@ -31,7 +31,7 @@ from typing import Any
 from orchestrator.results import (
     RESULTS_DIR,
     STAGES_DIR,
-    _Table,
+    PartitionedTable,
     resolve_storage,
     sweep_starts,
 )
@@ -118,8 +118,8 @@ def plan_gc(
         raise SqueezerayError(f"--keep-last={keep_last} must be >= 0 (0 keeps no sweep)")
     if older_than_s is not None and older_than_s <= 0:
         raise SqueezerayError(f"--older-than={older_than_s:g} s must be > 0, e.g. 30d")
-    results = _Table(storage, RESULTS_DIR, RESULTS_SCHEMA)
-    stages = _Table(storage, STAGES_DIR, STAGES_SCHEMA)
+    results = PartitionedTable(storage, RESULTS_DIR, RESULTS_SCHEMA)
+    stages = PartitionedTable(storage, STAGES_DIR, STAGES_SCHEMA)
     starts: dict[str | None, Any] = sweep_starts(results) if results.exists() else {}
     stage_only = [s for s in stages.partitions() if s not in starts]
     if stage_only:  # a sweep that stopped before its first result row

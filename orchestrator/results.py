@@ -14,6 +14,11 @@ Ids are percent-encoded in directory names when they hold characters outside [A-
 A trial may be written twice (a resumed sweep re-reports it): `load_results` keeps, for each
 (sweep_id, trial_id), the row with the latest `finished_at` (on equal or missing times, the
 one read last).
+
+When a sweep ends, `orchestrator.compact` merges its partition into one `merged-*.parquet` per
+table and writes `results/sweep_id=<id>/_summary.json` (its `list_sweeps` row and the file it
+describes). Readers list partitions themselves and read only those a query needs; "latest"
+and `list_sweeps` use the summaries where they are current.
 """
 
 from __future__ import annotations
@@ -226,7 +231,7 @@ def partition_files(fs: pafs.FileSystem, directory: str) -> list[pafs.FileInfo]:
     return sorted(files, key=lambda i: i.base_name)
 
 
-class _Table:
+class PartitionedTable:
     """One table (results or stages) of a storage, read partition by partition."""
 
     def __init__(self, storage: str | Path, kind: str, schema: pa.Schema) -> None:
@@ -303,8 +308,8 @@ class _Table:
         return data
 
 
-def _dataset(storage: str | Path, kind: str, schema: pa.Schema) -> _Table:
-    table = _Table(storage, kind, schema)
+def _dataset(storage: str | Path, kind: str, schema: pa.Schema) -> PartitionedTable:
+    table = PartitionedTable(storage, kind, schema)
     if not table.exists():
         raise SqueezerayError(
             f"no {kind} at {table.base!s} (storage={str(storage)!r}); run a sweep that writes "
@@ -313,7 +318,7 @@ def _dataset(storage: str | Path, kind: str, schema: pa.Schema) -> _Table:
     return table
 
 
-def sweep_starts(table: _Table) -> dict[str | None, Any]:
+def sweep_starts(table: PartitionedTable) -> dict[str | None, Any]:
     """sweep_id -> the earliest started_at of its rows: from the partition summary where it is
     current, else from that partition's started_at column alone."""
     starts: dict[str | None, Any] = {}
@@ -337,7 +342,7 @@ def _parse_time(value: str | None) -> Any:
     return None if value is None else datetime.fromisoformat(value)
 
 
-def _choose_sweep(table: _Table, sweep: str, storage: str | Path) -> str | None:
+def _choose_sweep(table: PartitionedTable, sweep: str, storage: str | Path) -> str | None:
     """None for "all"; the id for "latest" or an id (checked to exist)."""
     if sweep == "all":
         return None
@@ -448,7 +453,7 @@ def load_stages(storage: str | Path, *, sweep: str = "all") -> pa.Table:
     dataset = _dataset(storage, STAGES_DIR, STAGES_SCHEMA)
     chosen: str | None = None
     if sweep != "all":
-        results = _Table(storage, RESULTS_DIR, RESULTS_SCHEMA)
+        results = PartitionedTable(storage, RESULTS_DIR, RESULTS_SCHEMA)
         if sweep == "latest" and results.exists() and results.partitions():
             chosen = _choose_sweep(results, "latest", storage)
         elif sweep == "latest":
