@@ -89,7 +89,8 @@ def check_stages_apply(
 
     - lora with a reachable rank > 0 on a model with no nn.Linear / nn.MultiheadAttention;
     - lowrank with a reachable rank_ratio < 1 on a model with no plain nn.Linear;
-    - quantize.mode dynamic_int8 reachable on a model with no nn.Linear.
+    - quantize.mode dynamic_int8 reachable on a model with no nn.Linear or (supported)
+      nn.MultiheadAttention.
     """
     from stages.lora import lora_targets
 
@@ -118,11 +119,15 @@ def check_stages_apply(
                 f"{task.name!r}: lowrank factorises plain nn.Linear layers and the model has none "
                 f"({layers}); set lowrank.rank_ratio: 1.0 or drop lowrank from the pipeline"
             )
+    from stages.attention import LinearAttention
+
     dynamic = "quantize" in pipeline and "dynamic_int8" in reachable("quantize.mode", "none")
-    if dynamic and not has_linear:
+    attention = any(LinearAttention.supports(m) for m in model.modules())
+    if dynamic and not (has_linear or attention):
         raise SqueezerayError(
             f"quantize.mode='dynamic_int8' cannot apply to the {arch} model of task "
-            f"{task.name!r}: it quantizes nn.Linear layers and the model has none "
+            f"{task.name!r}: it quantizes nn.Linear and nn.MultiheadAttention layers and the "
+            "model has none "
             f"({layers}); use static_int8, qat or onnx_int8"
         )
 

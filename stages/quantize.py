@@ -350,12 +350,12 @@ def quantize(inp: StageInput, params: QuantizeParams) -> StageOutput:
 
 
 _WHAT_MODES_QUANTIZE = {
-    "dynamic_int8": "dynamic_int8 quantizes nn.Linear layers only (Conv, Embedding and "
-    "MultiheadAttention's projections stay float)",
+    "dynamic_int8": "dynamic_int8 quantizes nn.Linear layers and nn.MultiheadAttention's "
+    "projections only (Conv and Embedding stay float)",
     "static_int8": "static_int8 quantizes the Linear/Conv layers FX graph mode can trace, plus "
-    "plain nn.Linear layers inside built-in torch.nn modules (e.g. Transformer feed-forwards)",
-    "qat": "qat quantizes the Linear/Conv layers FX graph mode can trace, plus plain nn.Linear "
-    "layers inside built-in torch.nn modules (e.g. Transformer feed-forwards)",
+    "the Linears and attention inside built-in torch.nn modules (e.g. nn.TransformerEncoder)",
+    "qat": "qat quantizes the Linear/Conv layers FX graph mode can trace, plus the Linears and "
+    "attention inside built-in torch.nn modules (e.g. nn.TransformerEncoder)",
     "onnx_int8": "onnx_int8 (ONNX Runtime dynamic quantization) quantizes the weights of "
     "MatMul/Gemm/Conv nodes",
 }
