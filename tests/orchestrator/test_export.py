@@ -1,0 +1,155 @@
+"""`export_trial` and `load_model` on stored rows, without Ray: every runtime and int8 mode.
+
+The storage is written the way a sweep writes it (a checkpoint + sha256 manifest under
+cache/, a results row with the measured metrics), so each case takes a second, not a sweep.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+
+from orchestrator.export import export_trial, load_model, select_row
+from orchestrator.results import append_results, load_results
+from orchestrator.rows import trial_row
+from orchestrator.storage import open_storage
+from stages.base import StageInput
+from stages.errors import SqueezerayError
+from stages.export import ExportParams, export
+from stages.metrics import evaluate
+from stages.quantize import QuantizeParams, quantize
+from stages.tasks import Task, load_task
+from tests.stages.conftest import train_checkpoint
+
+
+@pytest.fixture(scope="module")
+def digits() -> Task:
+    return load_task("digits")
+
+
+@pytest.fixture(scope="module")
+def student(digits: Task) -> Any:
+    torch.set_num_threads(1)
+    return train_checkpoint(digits, "student", epochs=4, lr=3e-3)
+
+
+def _store(storage: Path, digits: Task, ckpt: Any, trial_id: str, mode: str) -> dict[str, Any]:
+    """Write `ckpt` as a sweep would (cache file + manifest, results row); return the row."""
+    store = open_storage(storage, create=True)
+    data = ckpt.to_bytes()
+    key = hashlib.sha256(f"{trial_id}{mode}".encode()).hexdigest()[:24]
+    store.write_atomic(data, "cache", f"{key}.ckpt")
+    manifest = {"key": key, "sha256": hashlib.sha256(data).hexdigest()}
+    store.write_atomic(json.dumps(manifest).encode(), "cache", f"{key}.json")
+    m = evaluate(digits, ckpt, warmup=1, repeats=2)
+    result = {
+        "status": "ok",
+        "stage_keys": [key],
+        "effective_params": {"quantize.mode": mode, "export.runtime": ckpt.runtime},
+        "accuracy": m.accuracy,
+        "val_accuracy": m.val_accuracy,
+        "size_bytes": m.size_bytes,
+        "params_total": m.params_total,
+        "params_nonzero": m.params_nonzero,
+        "latency_ms": m.latency_ms,
+        "runtime": m.runtime,
+    }
+    from datetime import datetime, timezone
+
+    row = trial_row(
+        sweep_id="s1",
+        sweep_name="s1",
+        trial_id=trial_id,
+        task="digits",
+        started_at=datetime.now(timezone.utc),
+        result=result,
+        code_version="test",
+        feasible=None,
+        is_baseline=trial_id == "baseline",
+    )
+    append_results(str(storage), [row])
+    return row
+
+
+@pytest.mark.parametrize(
+    ("mode", "runtime"),
+    [
+        ("dynamic_int8", "eager"),
+        ("static_int8", "torchscript"),
+        ("onnx_int8", "onnxruntime"),
+        ("none", "torchscript"),
+    ],
+)
+def test_export_every_runtime_and_int8_mode(
+    tmp_path: Path, digits: Task, student: Any, mode: str, runtime: str
+) -> None:
+    inp = StageInput(task=digits, parent=student, seed=0)
+    ckpt = quantize(inp, QuantizeParams(mode=mode)).checkpoint
+    if mode != "onnx_int8":
+        ckpt = export(StageInput(task=digits, parent=ckpt), ExportParams(runtime=runtime))
+        ckpt = ckpt.checkpoint
+    assert ckpt.runtime == runtime
+    storage = tmp_path / "runs"
+    _store(storage, digits, student, "baseline", "none")
+    row = _store(storage, digits, ckpt, "t1", mode)
+    out = tmp_path / "out"
+    result = export_trial(storage, "t1", output=out)
+    card = result.card
+    assert card["recheck"]["ok"] and card["runtime"] == runtime
+    assert card["recheck"]["accuracy"] == pytest.approx(row["accuracy"], abs=1e-12)
+    assert card["ratios"]["size_x"] == pytest.approx(
+        card["baseline"]["size_bytes"] / row["size_bytes"]
+    )
+    if runtime == "onnxruntime":
+        import onnxruntime as ort
+
+        session = ort.InferenceSession(str(out / "model.onnx"))
+        run: Any = lambda x: torch.from_numpy(session.run(None, {"x": x.numpy()})[0])  # noqa: E731
+    else:
+        run = torch.jit.load(str(out / "model.pt"))
+    assert _accuracy(run, digits) == pytest.approx(row["accuracy"], abs=1e-12)
+    assert _accuracy(load_model(storage, "t1", sweep="s1"), digits) == pytest.approx(
+        row["accuracy"], abs=1e-12
+    )
+
+
+def _accuracy(model: Any, task: Task) -> float:
+    """Test accuracy in batches of 256, as rows are measured: dynamic int8 quantizes each
+    batch's activations with that batch's range, so its outputs depend on the batching."""
+    x, y = task.test.tensors  # type: ignore[attr-defined]
+    with torch.no_grad():
+        logits = torch.cat([model(x[i : i + 256].float()) for i in range(0, len(y), 256)])
+    return int((logits.argmax(1) == y).sum()) / len(y)
+
+
+def test_choosing_the_row_and_its_errors(tmp_path: Path, digits: Task, student: Any) -> None:
+    storage = tmp_path / "runs"
+    _store(storage, digits, student, "baseline", "none")
+    _store(storage, digits, student, "a", "none")
+    dyn = quantize(StageInput(task=digits, parent=student), QuantizeParams(mode="dynamic_int8"))
+    _store(storage, digits, dyn.checkpoint, "b", "dynamic_int8")
+    table = load_results(storage)
+    assert select_row(table, pick="size_bytes")["trial_id"] == "b"
+    assert select_row(table, where='quantize.mode == "none"')["trial_id"] == "a"
+    with pytest.raises(SqueezerayError, match=r"2 trials match; give a TRIAL_ID, or --pick"):
+        select_row(table)
+    with pytest.raises(SqueezerayError, match=r"'zz' is not in .*there: baseline, a, b"):
+        select_row(table, "zz")
+    with pytest.raises(SqueezerayError, match="either a TRIAL_ID or --where/--pick"):
+        select_row(table, "a", pick="size_bytes")
+    with pytest.raises(
+        SqueezerayError, match=r"--pick 'speed' is not accepted.*COLUMN\[:min\|max\]"
+    ):
+        select_row(table, pick="speed")
+    with pytest.raises(SqueezerayError, match="no ok trial matches"):
+        select_row(table, where="accuracy > 2")
+    # a deleted checkpoint: the error names the trial, the file and --recompute
+    row = next(r for r in table.to_pylist() if r["trial_id"] == "a")
+    (storage / "cache" / f"{row['stage_keys'][0]}.ckpt").unlink()
+    with pytest.raises(SqueezerayError, match=r"trial 'a' .* is missing\. .*--recompute"):
+        export_trial(storage, "a", output=tmp_path / "out")
