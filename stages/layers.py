@@ -88,7 +88,9 @@ def check_stages_apply(
     is the stage's own error. Raises SqueezerayError naming the stage, the value and the fix:
 
     - lora with a reachable rank > 0 on a model with no nn.Linear / nn.MultiheadAttention;
-    - lowrank with a reachable rank_ratio < 1 on a model with no plain nn.Linear;
+    - lowrank with a reachable rank_ratio < 1 on a model with no plain nn.Linear, or (when
+      nothing upstream resizes layers) with no Linear that the smallest reachable rank_ratio
+      and min_features would factorise;
     - quantize.mode dynamic_int8 reachable on a model with no nn.Linear or (supported)
       nn.MultiheadAttention.
     """
@@ -119,6 +121,34 @@ def check_stages_apply(
                 f"{task.name!r}: lowrank factorises plain nn.Linear layers and the model has none "
                 f"({layers}); set lowrank.rank_ratio: 1.0 or drop lowrank from the pipeline"
             )
+        # Shapes as built are the shapes lowrank sees unless something upstream resizes them
+        # (structured pruning, a student made from the teacher). Then the most permissive
+        # reachable values (smallest ratio, smallest min_features) decide: a layer too small
+        # or not shrinking for those is so for every value the sweep can draw.
+        resized = (
+            "prune" in pipeline and "structured" in reachable("prune.method", "l1_unstructured")
+        ) or ("distill" in pipeline and task.student is None)
+        if ratios and has_linear and not resized:
+            from stages.lowrank import LowRankParams, target_rank
+            from stages.lowrank import reduces_params as shrinks
+
+            ratio = min(ratios)
+            min_features = min(reachable("lowrank.min_features", LowRankParams().min_features))
+            sizes = [
+                (m.out_features, m.in_features) for m in model.modules() if type(m) is nn.Linear
+            ]
+            if not any(
+                min(o, i) >= min_features and shrinks(o, i, target_rank(o, i, ratio))
+                for o, i in sizes
+            ):
+                raise SqueezerayError(
+                    f"lowrank.rank_ratio={ratio!r} with lowrank.min_features={min_features!r} "
+                    f"cannot factorise any nn.Linear of the {arch} model of task {task.name!r} "
+                    f"(its (out, in) sizes: {sorted(set(sizes))}): a layer needs min(out, in) "
+                    ">= min_features and rank r = rank_ratio * min(out, in) below "
+                    "out*in/(out+in); lower lowrank.min_features or lowrank.rank_ratio, or drop "
+                    "lowrank from the pipeline"
+                )
     from stages.attention import LinearAttention
 
     dynamic = "quantize" in pipeline and "dynamic_int8" in reachable("quantize.mode", "none")

@@ -294,6 +294,25 @@ def test_stages_that_cannot_apply_are_refused_up_front(
     check_stages_apply(load_task(TASK), pipeline, values)
 
 
+def test_lowrank_sizes_are_checked_up_front_unless_layers_get_resized() -> None:
+    task = load_task(TASK)  # student: d_model 16, ff 32, head 3x16
+    too_big = {"lowrank.rank_ratio": [0.25, 0.5], "lowrank.min_features": [64]}
+    with pytest.raises(
+        SqueezerayError, match=r"rank_ratio=0\.25 with lowrank\.min_features=64 cannot factorise"
+    ):
+        check_stages_apply(task, ["teacher", "distill", "lowrank"], too_big)
+    # The smallest reachable min_features decides (a range reaching 16 can factorise).
+    check_stages_apply(
+        task, ["teacher", "distill", "lowrank"], {**too_big, "lowrank.min_features": [16, 64]}
+    )
+    # Structured pruning upstream changes the sizes: left to the stage.
+    check_stages_apply(
+        task,
+        ["teacher", "distill", "prune", "lowrank"],
+        {**too_big, "prune.method": ["structured"]},
+    )
+
+
 def test_sweep_and_validate_refuse_before_ray(tmp_path: Path) -> None:
     from orchestrator.sweep import prepare_sweep
 
