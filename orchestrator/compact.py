@@ -40,6 +40,7 @@ from orchestrator.results import (
     keep_last_per_trial,
     partition_files,
     summarise_sweep,
+    summary_version,
 )
 from orchestrator.schema import RESULTS_SCHEMA, STAGES_SCHEMA
 from stages.errors import SqueezerayError
@@ -195,7 +196,7 @@ def _write_summary(fs: pafs.FileSystem, directory: str, rows: pa.Table, files: l
     for key in ("started_at", "finished_at"):
         value = sweep[key]
         sweep[key] = value.isoformat() if isinstance(value, datetime) else None
-    data = {"files": files, "rows": rows.num_rows, "sweep": sweep}
+    data = {"files": files, "rows": rows.num_rows, "version": summary_version(), "sweep": sweep}
     target = f"{directory}/{SUMMARY_NAME}"
     payload = json.dumps(data, indent=1).encode()
     if fs.type_name in ("s3", "gcs"):

@@ -23,6 +23,7 @@ and `list_sweeps` use the summaries where they are current.
 
 from __future__ import annotations
 
+import functools
 import itertools
 import json
 import os
@@ -305,7 +306,24 @@ class PartitionedTable:
             return None
         if not isinstance(data, dict) or set(data.get("files") or ()) != names or not names:
             return None
+        if data.get("version") != summary_version():
+            return None  # written by other code: its hypervolume may be computed otherwise
         return data
+
+
+@functools.cache
+def summary_version() -> str:
+    """A hash of the code that computes a summary (this module and `orchestrator.pareto`): a
+    summary written by other code is not trusted, and the next compaction rewrites it."""
+    import hashlib
+    import importlib.util
+
+    h = hashlib.sha256(b"summary-1")
+    for module in ("orchestrator.results", "orchestrator.pareto"):
+        spec = importlib.util.find_spec(module)
+        if spec is not None and spec.origin is not None:
+            h.update(Path(spec.origin).read_bytes())
+    return h.hexdigest()[:16]
 
 
 def _dataset(storage: str | Path, kind: str, schema: pa.Schema) -> PartitionedTable:

@@ -388,3 +388,22 @@ def test_compact_cli(tmp_path: Path) -> None:
     )
     result = runner.invoke(app, ["compact", str(tmp_path / "nowhere")])
     assert result.exit_code == 2 and "holds no results or stage rows" in result.output
+
+
+def test_a_summary_written_by_other_code_is_not_trusted_and_compact_rewrites_it(
+    tmp_path: Path,
+) -> None:
+    import json
+
+    from orchestrator.results import summary_version
+
+    _fill(tmp_path, sweeps=1, trials=2)
+    compact_storage(tmp_path)
+    path = tmp_path / "results" / "sweep_id=s0" / SUMMARY_NAME
+    data = json.loads(path.read_text())
+    assert data["version"] == summary_version() and data["sweep"]["trials_ok"] == 2
+    data["version"], data["sweep"]["trials_ok"] = "older-code", 999
+    path.write_text(json.dumps(data))
+    assert list_sweeps(tmp_path).column("trials_ok").to_pylist() == [2]
+    assert not any(c.changed for c in compact_storage(tmp_path))  # nothing to merge ...
+    assert json.loads(path.read_text())["version"] == summary_version()  # ... summary renewed
