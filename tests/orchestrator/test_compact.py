@@ -407,3 +407,25 @@ def test_a_summary_written_by_other_code_is_not_trusted_and_compact_rewrites_it(
     assert list_sweeps(tmp_path).column("trials_ok").to_pylist() == [2]
     assert not any(c.changed for c in compact_storage(tmp_path))  # nothing to merge ...
     assert json.loads(path.read_text())["version"] == summary_version()  # ... summary renewed
+
+
+def test_a_failing_compaction_at_sweep_end_only_warns(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The sweep's rows are all written before it compacts: a compaction failure must not turn a
+    finished sweep into a failed one. The warning says how to retry."""
+    from orchestrator.storage import open_storage
+    from orchestrator.sweep import _compact_quietly
+
+    _fill(tmp_path, sweeps=1, trials=2)
+    before = load_results(tmp_path)
+
+    def broken(storage: Any, sweep_id: Any) -> Any:
+        raise RuntimeError("disk full")
+
+    monkeypatch.setattr(compact_mod, "compact_sweep", broken)
+    with caplog.at_level("WARNING"):
+        _compact_quietly(open_storage(tmp_path), "s0")
+    assert "could not compact sweep s0 (disk full)" in caplog.text
+    assert f"squeezeray compact {tmp_path} --sweep s0" in caplog.text
+    assert load_results(tmp_path).equals(before)
