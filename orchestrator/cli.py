@@ -282,8 +282,17 @@ def sweeps(
             str(row["trials_ok"]), str(row["trials_failed"]), hv,
         )  # fmt: skip
     out.print(table)
+    from orchestrator.compact import uncompacted_sweeps
     from orchestrator.gc import cache_size, human_bytes
 
+    backlog = uncompacted_sweeps(storage)
+    if backlog:
+        out.print(
+            f"{len(backlog)} sweep(s) not compacted (running, crashed, or written before "
+            f"compaction): `squeezeray compact {storage}` makes queries faster",
+            highlight=False,
+            soft_wrap=True,
+        )
     count, size = cache_size(storage)
     out.print(
         f"stage cache: {count} checkpoint(s), {human_bytes(size)} "

@@ -105,6 +105,18 @@ def compact_storage(storage: str | Path, *, sweep: str | None = None) -> list[Co
     return done
 
 
+def uncompacted_sweeps(storage: str | Path) -> list[str | None]:
+    """Sweeps whose results or stage partition holds more than one file (one directory listing
+    per partition; nothing is read)."""
+    out: list[str | None] = []
+    for kind in (RESULTS_DIR, STAGES_DIR):
+        table = PartitionedTable(storage, kind, TABLES[kind])
+        for sweep_id, directory in table.partitions().items():
+            if sweep_id not in out and len(partition_files(table.fs, directory)) > 1:
+                out.append(sweep_id)
+    return out
+
+
 def _compact_partition(table: PartitionedTable, sweep_id: str | None, directory: str) -> Compaction:
     fs = table.fs
     snapshot = partition_files(fs, directory)
