@@ -349,3 +349,45 @@ def test_qat_keeps_a_pruned_encoders_zeros(task: Task, teacher: ModelCheckpoint)
     for name, mask in zeros.items():
         weight, _bias = out.checkpoint.state_dict[f"{name}.module._packed_params._packed_params"]
         assert bool((weight.dequantize()[mask] == 0).all()), name  # QAT trained through the mask
+
+
+class _EncoderDecoder(nn.Module):
+    """nn.Transformer (encoder + decoder, causal target mask) over token ids -> 3 logits."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.embed = nn.Embedding(16, 16)
+        self.transformer = nn.Transformer(16, 2, 1, 1, 32, dropout=0.0, batch_first=True)
+        self.head = nn.Linear(16, 3)
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        h = self.embed(ids)
+        causal = nn.Transformer.generate_square_subsequent_mask(ids.shape[1])
+        return self.head(self.transformer(h, h, tgt_mask=causal).mean(dim=1))  # type: ignore[no-any-return]
+
+
+@pytest.mark.parametrize("mode", ["dynamic_int8", "static_int8"])
+def test_encoder_decoder_attention_and_masks_through_int8(mode: str) -> None:
+    from torch.utils.data import TensorDataset
+
+    ids = torch.randint(0, 16, (120, 6), generator=torch.Generator().manual_seed(0))
+    data = TensorDataset(ids, ids[:, 0] % 3)
+    task = Task("enc-dec", _EncoderDecoder, _EncoderDecoder, data, data, data, 3)
+    torch.manual_seed(0)
+    parent = ModelCheckpoint(
+        task="enc-dec", state_dict=_EncoderDecoder().state_dict(), recipe={"arch": "student"}
+    )
+    out = quantize(StageInput(task=task, parent=parent), QuantizeParams(mode=mode))
+    state = out.checkpoint.state_dict
+    # Self- and cross-attention of the decoder are int8 too (cross-attention: query != key).
+    for name in ("decoder.layers.0.self_attn", "decoder.layers.0.multihead_attn"):
+        assert any(
+            k.startswith(f"transformer.{name}.in_proj.") and k.endswith("_packed_params")
+            for k in state
+        ), name
+    assert out.metrics["quantized_fraction"] > 0.8
+    float_model = build_model(task, parent)
+    rebuilt = build_model(task, _roundtrip(out.checkpoint))
+    with torch.no_grad():  # int8 error only: same predictions on most samples
+        agree = (float_model(ids).argmax(1) == rebuilt(ids).argmax(1)).float().mean()
+    assert agree > 0.9
