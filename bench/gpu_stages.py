@@ -31,6 +31,7 @@ import torch
 from stages import get_stage
 from stages.base import StageInput
 from stages.checkpoint import ModelCheckpoint, build_model
+from stages.errors import SqueezerayError
 from stages.metrics import evaluate
 from stages.tasks import Task, load_task
 
@@ -124,6 +125,11 @@ def _run_chain(
             row.update(_check(task, out.checkpoint))
             row["status"] = "ok"
             parent = out.checkpoint
+        except SqueezerayError as exc:  # a documented refusal (the stage does not apply)
+            row["status"] = "refused"
+            row["error"] = str(exc)[:2000]
+            rows.append(row)
+            break
         except Exception as exc:  # record and stop the chain: later stages need this one
             row["status"] = "error"
             row["error"] = "".join(traceback.format_exception(exc))[-3000:]
@@ -181,9 +187,9 @@ def main(argv: list[str] | None = None) -> int:
                 bad = [
                     r
                     for r in rows
-                    if r["status"] != "ok"
-                    or not r["cpu_tensors"]
-                    or (r["round_trip_max_diff"] or 0.0) > 1e-4
+                    if r["status"] == "error"
+                    or (r["status"] == "ok" and not r["cpu_tensors"])
+                    or (r.get("round_trip_max_diff") or 0.0) > 1e-4
                 ]
                 failures += len(bad)
                 result["runs"].append({**base, "chain": chain_name, "stages": rows})

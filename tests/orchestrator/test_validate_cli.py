@@ -96,35 +96,30 @@ def test_validate_missing_file(tmp_path: Path) -> None:
 
 def test_validate_subprocess_fails_fast_without_ray(tmp_path: Path) -> None:
     bad = _write(tmp_path, _with(params__prune__ratio={"uniform": [0.0, 1.2]}), "bad.yaml")
-    proc, seconds = _run_cli_subprocess("validate", str(bad))
+    proc, _ = _run_cli_subprocess("validate", str(bad))
     assert proc.returncode == 2, proc.stderr
     assert "params.prune.ratio" in proc.stderr and "1.2" in proc.stderr
+    # Fast because Ray is never imported (what this asserts); no wall-clock limit here: the
+    # machines are shared and noisy (speed targets live in bench/).
     assert "RAY_IMPORTED=False" in proc.stderr
-    # Python + torch start-up dominates; a loaded 2-core machine still answers in seconds.
-    assert seconds < 10, f"validate took {seconds:.1f} s"
 
     good = _write(tmp_path, _with(), "good.yaml")
-    proc, seconds = _run_cli_subprocess("validate", str(good))
+    proc, _ = _run_cli_subprocess("validate", str(good))
     assert proc.returncode == 0, proc.stderr
     assert "is valid" in proc.stdout
     assert "RAY_IMPORTED=False" in proc.stderr
-    assert seconds < 10, f"validate took {seconds:.1f} s"
 
 
 def test_whole_bad_battery_in_fresh_process_never_imports_ray(tmp_path: Path) -> None:
     # One interpreter runs `validate` on every bad file (CliRunner), then reports each exit
-    # code, the slowest run and whether ray was ever imported.
+    # code and whether ray was ever imported.
     paths = [_write(tmp_path, content, f"{case}.yaml") for case, content, _ in BAD_CASES]
     code = (
-        "import json, sys, time\n"
+        "import json, sys\n"
         "from typer.testing import CliRunner\n"
         "from orchestrator.cli import app\n"
-        "codes, slowest = [], 0.0\n"
-        "for path in sys.argv[1:]:\n"
-        "    start = time.perf_counter()\n"
-        "    codes.append(CliRunner().invoke(app, ['validate', path]).exit_code)\n"
-        "    slowest = max(slowest, time.perf_counter() - start) if codes[1:] else 0.0\n"
-        "print(json.dumps({'codes': codes, 'slowest_s': slowest, 'ray': 'ray' in sys.modules}))\n"
+        "codes = [CliRunner().invoke(app, ['validate', p]).exit_code for p in sys.argv[1:]]\n"
+        "print(json.dumps({'codes': codes, 'ray': 'ray' in sys.modules}))\n"
     )
     proc = subprocess.run(
         [sys.executable, "-c", code, *map(str, paths)],
@@ -137,7 +132,6 @@ def test_whole_bad_battery_in_fresh_process_never_imports_ray(tmp_path: Path) ->
     report = json.loads(proc.stdout.strip().splitlines()[-1])
     assert report["codes"] == [2] * len(BAD_CASES)
     assert report["ray"] is False
-    assert report["slowest_s"] < 5  # after the first (imports), each check is instant
 
 
 def test_load_space_subprocess_imports_no_ray() -> None:
