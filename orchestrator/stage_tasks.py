@@ -79,6 +79,7 @@ def execute_stage(
     from orchestrator.storage import open_storage
     from stages import get_stage
     from stages.base import StageInput
+    from stages.selfcheck import run_checked
     from stages.tasks import load_task
 
     _prepare_worker(request.sys_path, request.threads)
@@ -95,8 +96,9 @@ def execute_stage(
         device=request.device,
         seed=request.seed,
     )
-    out = spec.run(inp, params)
-    data = out.checkpoint.to_bytes()
+    # The stage's checkpoint must rebuild (from its bytes) into the model it computed;
+    # a SqueezerayError here is this stage's error row, and nothing is cached.
+    out, data = run_checked(spec, inp, params)
     wall_s, cpu_s = time.perf_counter() - wall0, time.process_time() - cpu0
     info: dict[str, Any] = {
         "key": request.key,

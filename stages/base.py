@@ -37,10 +37,16 @@ class StageInput:
 
 @dataclass(frozen=True)
 class StageOutput:
-    """The new checkpoint and the stage's own metrics (plain floats, e.g. val_accuracy)."""
+    """The new checkpoint and the stage's own metrics (plain floats, e.g. val_accuracy).
+
+    model: the in-memory module the checkpoint was taken from (eval mode), which
+    `stages.selfcheck.check_output` compares with the model rebuilt from the checkpoint's
+    bytes; None where the stage made no torch module (an ONNX Runtime artifact).
+    """
 
     checkpoint: ModelCheckpoint
     metrics: dict[str, float] = field(default_factory=dict)
+    model: Any = field(default=None, compare=False, repr=False)
 
 
 P = TypeVar("P")

@@ -4,13 +4,18 @@ A `ModelCheckpoint` pickles cheaply through Ray's object store and saves to disk
 `torch.load(weights_only=True)` accepts (tensors, str, int, float, lists, dicts). Rebuilding
 never unpickles code: it starts from the task's own model factory and replays the recipe:
 
-1. `lowrank`: {layer name: rank} - those Linear layers become two factor Linears;
-2. shapes: every Linear/Conv/BatchNorm is resized to the saved tensor shapes (structured pruning);
+1. `pruned`: torch-pruning's pruning history of structured pruning (`stages.surgery`), replayed
+   on the fresh model traced on the task's example input: depthwise/grouped convs, Conv1d/2d,
+   BatchNorm, LayerNorm, Embedding, MultiheadAttention and residual couplings come back exactly;
+2. `lowrank`: {layer name: rank} - those Linear layers become two factor Linears;
 3. `quantize`: `dynamic_int8` re-applies `quantize_dynamic`; `static_int8`/`qat` re-run FX
    prepare/convert on the example input (and the eager int8 wrapping of Linears inside
    Transformer layers), then the saved (calibrated) state loads over it;
 4. `stages.layers.restore_slow_path`: Transformer encoder layers whose Linears were replaced
    run their regular path (the fast path reads `linear1.weight` directly).
+
+Format 2 (this one) records structured pruning; format 1 resized layers to the saved shapes,
+which could not rebuild depthwise convs, LayerNorm or attention, and is refused with the fix.
 
 An ONNX Runtime artifact (`runtime == "onnxruntime"`) carries the ONNX model bytes beside it.
 """
@@ -29,16 +34,17 @@ from stages.errors import SqueezerayError
 from stages.tasks import Task
 
 RUNTIMES = ("eager", "torchscript", "onnxruntime")
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 
 
 @dataclass(frozen=True)
 class ModelCheckpoint:
     """A model's weights and how to rebuild it from its task.
 
-    recipe keys (all optional but `arch`): `arch` ("teacher"|"student"), `lowrank`
-    ({layer: rank}), `quantize` (mode name), `runtime` (one of RUNTIMES), `masked` (bool: the
-    model carries unstructured-pruning zeros that later stages must keep).
+    recipe keys (all optional but `arch`): `arch` ("teacher"|"student"), `pruned` (structured
+    pruning history, `stages.surgery`), `lowrank` ({layer: rank}), `quantize` (mode name),
+    `runtime` (one of RUNTIMES), `masked` (bool: the model carries unstructured-pruning zeros
+    that later stages must keep).
     """
 
     task: str
@@ -91,6 +97,12 @@ class ModelCheckpoint:
                 f"not a readable squeezeray checkpoint ({refusal_reason(exc)}); it was not "
                 "unpickled: delete the file and squeezeray will recompute it"
             ) from exc
+        if isinstance(payload, dict) and payload.get("format") == 1:
+            raise SqueezerayError(
+                "checkpoint format 1 was written by an older squeezeray, whose structurally "
+                f"pruned models could not be rebuilt; this version reads format {FORMAT_VERSION}: "
+                "delete the file and let squeezeray recompute it"
+            )
         if not isinstance(payload, dict) or payload.get("format") != FORMAT_VERSION:
             raise SqueezerayError("not a squeezeray checkpoint (missing or unknown 'format')")
         onnx = payload.get("onnx")
@@ -142,19 +154,29 @@ def build_model(task: Task, ckpt: ModelCheckpoint) -> nn.Module:
             "a stage cache is keyed by task, so this is a bug or a mixed-up storage directory"
         )
     model = task.build(ckpt.arch)
+    pruned = ckpt.recipe.get("pruned") or []
+    if pruned:
+        from stages.surgery import replay
+
+        replay(model, task.example_input(2), pruned)
     lowrank = ckpt.recipe.get("lowrank") or {}
     if lowrank:
         from stages.lowrank import factorize_layers
 
         model = factorize_layers(model, {str(k): int(v) for k, v in lowrank.items()})
     mode = ckpt.quantize
-    if mode == "none":
-        resize_to_state(model, ckpt.state_dict)
-    else:
+    if mode != "none":
         from stages.quantize import rebuild_quantized
 
         model = rebuild_quantized(task, model, ckpt.state_dict, mode)
-    model.load_state_dict(_with_versions(ckpt.state_dict, model))
+    try:
+        model.load_state_dict(_with_versions(ckpt.state_dict, model))
+    except RuntimeError as exc:  # shapes or keys differ: the recipe does not rebuild the model
+        raise SqueezerayError(
+            f"the checkpoint's weights do not fit the model its recipe rebuilds "
+            f"(arch={ckpt.arch!r}, structured pruning steps={len(pruned)}, "
+            f"lowrank layers={len(lowrank)}, quantize={mode!r}): {exc}"
+        ) from exc
     from stages.layers import restore_slow_path
 
     restore_slow_path(model)  # replaced layers inside nn.TransformerEncoderLayer (not state)
@@ -174,35 +196,6 @@ def _with_versions(state: dict[str, Any], model: nn.Module) -> dict[str, Any]:
     versioned: OrderedDict[str, Any] = OrderedDict(state)
     setattr(versioned, "_metadata", getattr(model.state_dict(), "_metadata", None))  # noqa: B010
     return versioned
-
-
-def resize_to_state(model: nn.Module, state: dict[str, torch.Tensor]) -> None:
-    """Replace every Linear/Conv/BatchNorm whose saved tensors have other shapes (in place)."""
-    for name, module in list(model.named_modules()):
-        weight = state.get(f"{name}.weight")
-        if weight is None:
-            continue
-        new: nn.Module | None = None
-        has_bias = f"{name}.bias" in state
-        if isinstance(module, nn.Linear) and tuple(weight.shape) != tuple(module.weight.shape):
-            new = nn.Linear(weight.shape[1], weight.shape[0], bias=has_bias)
-        elif isinstance(module, nn.Conv2d) and tuple(weight.shape) != tuple(module.weight.shape):
-            new = nn.Conv2d(
-                weight.shape[1] * module.groups,
-                weight.shape[0],
-                kernel_size=module.kernel_size,  # type: ignore[arg-type]
-                stride=module.stride,  # type: ignore[arg-type]
-                padding=module.padding,  # type: ignore[arg-type]
-                dilation=module.dilation,  # type: ignore[arg-type]
-                groups=module.groups,
-                bias=has_bias,
-            )
-        elif isinstance(module, nn.BatchNorm2d | nn.BatchNorm1d) and (
-            weight.shape[0] != module.num_features
-        ):
-            new = type(module)(weight.shape[0], eps=module.eps, momentum=module.momentum)
-        if new is not None:
-            set_submodule(model, name, new)
 
 
 def set_submodule(model: nn.Module, name: str, new: nn.Module) -> None:

@@ -144,7 +144,7 @@ def export(inp: StageInput, params: ExportParams) -> StageOutput:
     predictor = make_predictor(task, ckpt)  # traces / opens the session: a failure names it
     if runtime != "eager":
         _check_same_outputs(task, model, predictor, ckpt)
-    return StageOutput(ckpt, {"val_accuracy": predictor.accuracy(task.val)})
+    return StageOutput(ckpt, {"val_accuracy": predictor.accuracy(task.val)}, model=model)
 
 
 def _check_same_outputs(

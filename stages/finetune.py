@@ -85,7 +85,9 @@ def finetune(inp: StageInput, params: FinetuneParams) -> StageOutput:
         params_total=float(total),
         params_nonzero=float(nonzero),
     )
-    return StageOutput(checkpoint=from_model(task, model, inp.parent.recipe), metrics=metrics)
+    return StageOutput(
+        checkpoint=from_model(task, model, inp.parent.recipe), metrics=metrics, model=model
+    )
 
 
 SPEC = StageSpec(name="finetune", params=FinetuneParams, run=finetune)

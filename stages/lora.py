@@ -274,6 +274,7 @@ def lora(inp: StageInput, params: LoraParams) -> StageOutput:
                 "merge_max_abs_diff": 0.0,
                 "merge_max_abs_diff_fp32": 0.0,
             },
+            model=model,
         )
 
     teacher = None
@@ -323,6 +324,7 @@ def lora(inp: StageInput, params: LoraParams) -> StageOutput:
             "merge_max_abs_diff_fp32": check.max_abs_diff_fp32,
             "train_loss": result["train_loss"],
         },
+        model=model,
     )
 
 

@@ -171,6 +171,7 @@ def lowrank(inp: StageInput, params: LowRankParams) -> StageOutput:
                 "params_total_after": float(params_before),
                 "layers_factorized": 0.0,
             },
+            model=model,
         )
 
     ranks: dict[str, int] = {}
@@ -217,7 +218,7 @@ def lowrank(inp: StageInput, params: LowRankParams) -> StageOutput:
             after_step=keep,
         )
     metrics["val_accuracy"] = accuracy(model, task.val, device=device)
-    return StageOutput(checkpoint=from_model(task, model, recipe), metrics=metrics)
+    return StageOutput(checkpoint=from_model(task, model, recipe), metrics=metrics, model=model)
 
 
 def _nothing_factorised(

@@ -9,10 +9,13 @@ Methods:
 - `structured`: torch-pruning's `MetaPruner` with L2 group-magnitude importance removes the
   fraction `ratio` of the neurons/channels of every layer (conv biases and BatchNorms follow
   their channels), so shapes and `params_total` shrink; a model with no layer it can shrink
-  (only the output layer) is an error. The output layer is ignored: its
-  outputs stay `num_classes`, only its inputs shrink with the layer before it. Every layer
-  keeps at least one neuron/channel. The recipe is the parent's (shapes carry the pruning;
-  a masked parent's zeros stay in the surviving weights, and so does its `masked` flag).
+  (only the output layer) is an error. The output layer is ignored: its outputs stay
+  `num_classes`, only its inputs shrink with the layer before it. Every layer keeps at least
+  one neuron/channel. Every layer type torch-pruning couples follows: grouped
+  and depthwise convs, Conv1d, BatchNorm, LayerNorm, Embedding, MultiheadAttention, residual
+  adds. The recipe is the parent's plus the pruned groups (`recipe["pruned"]`, torch-pruning's
+  pruning history, replayed by `build_model`; see `stages.surgery`); a masked parent's zeros
+  stay in the surviving weights, and so does its `masked` flag.
 
 Prunable layers are every Linear/Conv layer, the final classifier included (`stages.masks`);
 biases are never zeroed by the unstructured methods. For unstructured methods `ratio` is the
@@ -54,6 +57,7 @@ from stages.masks import (
     sparsity,
     zero_masks,
 )
+from stages.surgery import PruningHistory, concat_histories, history_of
 from stages.tasks import Task
 from stages.training import accuracy, fit
 
@@ -94,14 +98,22 @@ def prune(inp: StageInput, params: PruneParams) -> StageOutput:
         )
     device = resolve_device(inp.device)
     torch.manual_seed(inp.seed)
+    if inp.parent.recipe.get("lowrank") or inp.parent.quantize != "none":
+        raise SqueezerayError(
+            "stage 'prune' needs a float model that is not factorised or quantized (its parent "
+            f"has lowrank={bool(inp.parent.recipe.get('lowrank'))}, "
+            f"quantize={inp.parent.quantize!r}); prune comes before lowrank and quantize"
+        )
     model = build_model(task, inp.parent).to(device)
     total_before, _ = param_counts(model)
-    prune_module(model, task, params, device=device, seed=inp.seed)
+    history = prune_module(model, task, params, device=device, seed=inp.seed)
     if params.method == "structured" and params.ratio > 0.0:
         _require_removed(model, task, total_before, params, device=device)
     recipe: dict[str, Any] = dict(inp.parent.recipe)
     if params.ratio > 0.0 and params.method != "structured":
         recipe["masked"] = True
+    if history:
+        recipe["pruned"] = concat_histories(inp.parent.recipe.get("pruned"), history)
     total, nonzero = param_counts(model)
     return StageOutput(
         checkpoint=from_model(task, model, recipe),
@@ -111,6 +123,7 @@ def prune(inp: StageInput, params: PruneParams) -> StageOutput:
             "params_total": float(total),
             "params_nonzero": float(nonzero),
         },
+        model=model,
     )
 
 
@@ -144,18 +157,22 @@ def _require_removed(
 
 def prune_module(
     model: nn.Module, task: Task, params: PruneParams, *, device: torch.device, seed: int
-) -> None:
+) -> PruningHistory:
     """Prune `model` (on `device`) in place as the stage does; leaves it in eval mode.
 
+    Returns the structured pruning history (`stages.surgery`; empty for unstructured
+    methods), which `stages.surgery.replay` applies to a fresh model of the same structure.
     Structured pruning swaps the layers' parameters for smaller ones: create any optimizer
     afterwards.
     """
+    history: PruningHistory = []
     if params.ratio > 0.0:
         if params.method == "structured":
-            _prune_structured(model, task, params, device=device, seed=seed)
+            history = _prune_structured(model, task, params, device=device, seed=seed)
         else:
             _prune_unstructured(model, task, params, device=device, seed=seed)
     model.eval()
+    return history
 
 
 # -- unstructured ---------------------------------------------------------------------------
@@ -239,7 +256,7 @@ def _finetune_keeping_zeros(
 
 def _prune_structured(
     model: nn.Module, task: Task, params: PruneParams, *, device: torch.device, seed: int
-) -> None:
+) -> PruningHistory:
     import torch_pruning as tp
 
     model.eval()  # tracing runs a forward pass: keep BatchNorm running stats untouched
@@ -255,6 +272,8 @@ def _prune_structured(
         iterative_pruning_ratio_scheduler=cubic_schedule,
         ignored_layers=[last],
         forward_fn=forward_logits,
+        # attention: prune the same number of dims in every head, so embed_dim stays a multiple
+        num_heads={m: m.num_heads for m in model.modules() if isinstance(m, nn.MultiheadAttention)},
     )
     for step in range(params.steps):
         pruner.step()
@@ -262,6 +281,7 @@ def _prune_structured(
             # zeros of a masked parent survive the slicing; keep them through the fine-tune
             _finetune_keeping_zeros(model, task, params, device=device, seed=seed + step)
             model.eval()
+    return history_of(pruner.DG)
 
 
 def _keep_one_channel(

@@ -60,7 +60,7 @@ from torch.utils.data import DataLoader
 from stages.attention import convert_attention
 from stages.base import StageInput, StageOutput, StageSpec, check_choice, check_int, check_range
 from stages.batches import Inputs, as_args, as_inputs, forward_logits
-from stages.checkpoint import ModelCheckpoint, build_model, resize_to_state, set_submodule
+from stages.checkpoint import ModelCheckpoint, build_model, set_submodule
 from stages.errors import SqueezerayError
 from stages.layers import restore_slow_path, weight_layer_summary
 from stages.tasks import Task
@@ -230,17 +230,15 @@ def rebuild_quantized(
 ) -> nn.Module:
     """The quantized module structure of `mode`, ready for `load_state_dict(state_dict)`.
 
-    `float_model` is the task's fresh model (low-rank factors already applied); its layers are
-    first resized to the float shapes the quantized state came from (structured pruning), then
-    quantized again the same way. Values do not matter here: weights, biases and every scale
-    and zero point (activations included) are in `state_dict` and load over it.
+    `float_model` is the task's fresh model with the recipe's structural changes already
+    replayed (structured pruning, low-rank factors); it is quantized again the same way.
+    Values do not matter here: weights, biases and every scale and zero point (activations
+    included) are in `state_dict` and load over it.
     """
     check_choice("quantize.mode", mode, QUANTIZE_MODES)
     model = float_model.eval()
     if mode in ("none", "onnx_int8"):  # onnx_int8 keeps the float weights in its state_dict
-        resize_to_state(model, state_dict)
         return model
-    _resize_to_quantized_state(model, state_dict)
     if mode == "dynamic_int8":
         return _dynamic(model)
     example = task.example_input(1)
@@ -251,58 +249,6 @@ def rebuild_quantized(
     with torch.no_grad(), quiet_ao():
         prepared(*as_args(example))
     return _convert(prepared)
-
-
-def _resize_to_quantized_state(model: nn.Module, state: dict[str, Any]) -> None:
-    """Resize Linear/Conv/BN to the float shapes behind a quantized state_dict (in place)."""
-    shapes: dict[str, torch.Tensor] = {}
-    for key, value in state.items():
-        if key.endswith(_PACKED_SUFFIX) and isinstance(value, tuple):
-            name = key[: -len(_PACKED_SUFFIX)]
-            weight, bias = value
-            shapes[f"{name}.weight"] = torch.empty(tuple(weight.shape))
-            if bias is not None:
-                shapes[f"{name}.bias"] = torch.empty(tuple(bias.shape))
-        elif isinstance(value, torch.Tensor):
-            shapes[key] = value  # only the shape is read
-    for name in inner_linears(model):  # eager-wrapped: QuantWrapper keeps it as `.module`
-        packed = state.get(f"{name}.module{_PACKED_SUFFIX}")
-        if isinstance(packed, tuple):
-            weight, bias = packed
-            shapes[f"{name}.weight"] = torch.empty(tuple(weight.shape))
-            if bias is not None:
-                shapes[f"{name}.bias"] = torch.empty(tuple(bias.shape))
-    resize_to_state(model, shapes)
-    _resize_folded_batchnorms(model, state)
-
-
-def _resize_folded_batchnorms(model: nn.Module, state: dict[str, Any]) -> None:
-    """A BatchNorm folded into its conv left no keys: size it to that conv's out channels."""
-    modules = dict(model.named_modules())
-    folded = [
-        name
-        for name, m in modules.items()
-        if isinstance(m, nn.modules.batchnorm._BatchNorm)
-        and not any(k.startswith(f"{name}.") for k in state)
-    ]
-    if not folded:
-        return
-    graph = torch.fx.symbolic_trace(model).graph
-    for node in graph.nodes:
-        if node.op != "call_module" or node.target not in folded or not node.args:
-            continue
-        source = node.args[0]
-        if not isinstance(source, torch.fx.Node) or source.op != "call_module":
-            continue
-        conv = modules.get(str(source.target))
-        bn = modules[str(node.target)]
-        if (
-            isinstance(conv, nn.modules.conv._ConvNd)
-            and isinstance(bn, nn.modules.batchnorm._BatchNorm)
-            and bn.num_features != conv.out_channels
-        ):
-            new = type(bn)(conv.out_channels, eps=bn.eps, momentum=bn.momentum)
-            set_submodule(model, str(node.target), new)
 
 
 # -- the stage ------------------------------------------------------------------------------
@@ -323,7 +269,9 @@ def quantize(inp: StageInput, params: QuantizeParams) -> StageOutput:
         ckpt = parent.with_recipe(quantize="none")
         model = build_model(task, ckpt)
         return StageOutput(
-            ckpt, {"val_accuracy": _val_accuracy(task, model), "quantized_fraction": 0.0}
+            ckpt,
+            {"val_accuracy": _val_accuracy(task, model), "quantized_fraction": 0.0},
+            model=model,
         )
     if params.mode == "onnx_int8":
         return _quantize_onnx(task, parent)
@@ -345,7 +293,9 @@ def quantize(inp: StageInput, params: QuantizeParams) -> StageOutput:
     fraction = _require_some_int8(ckpt, task, parent, params.mode)
     _check_rebuild(task, quantized, ckpt)
     return StageOutput(
-        ckpt, {"val_accuracy": _val_accuracy(task, quantized), "quantized_fraction": fraction}
+        ckpt,
+        {"val_accuracy": _val_accuracy(task, quantized), "quantized_fraction": fraction},
+        model=quantized,
     )
 
 

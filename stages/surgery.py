@@ -12,16 +12,17 @@ on MobileNetV2-style nets and Transformer encoders: max output difference 0.0 af
 the weights). The history is plain str/bool/int lists, so it travels in a checkpoint's recipe
 (`recipe["pruned"]`) and loads with `torch.load(weights_only=True)`.
 
-Use `prune_groups` to prune with a recorded history, `replay` to rebuild:
+Record and replay (any torch-pruning pruner, or groups pruned by hand with `group.prune()`):
 
-    history = prune_groups(model, example, groups_of(pruner))   # or any torch-pruning pruner
-    ...
-    replay(task.build(arch), example, history)                    # same structure, fresh weights
+    graph = dependency_graph(model, example)        # or pruner.DG of a MetaPruner
+    ... prune groups of `graph` ...
+    history = history_of(graph)                     # JSON-safe, into the recipe
+    replay(task.build(arch), example, history)      # same structure; then load_state_dict
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import torch
@@ -40,9 +41,10 @@ def dependency_graph(model: nn.Module, example: Inputs) -> Any:
     import torch_pruning as tp
 
     model.eval()  # tracing runs a forward pass: leave BatchNorm statistics alone
-    return tp.DependencyGraph().build_dependency(
-        model, example_inputs=example, forward_fn=forward_logits, verbose=False
-    )
+    with torch.enable_grad():  # torch-pruning traces the graph through autograd
+        return tp.DependencyGraph().build_dependency(
+            model, example_inputs=example, forward_fn=forward_logits, verbose=False
+        )
 
 
 def history_of(graph: Any) -> PruningHistory:
@@ -78,7 +80,6 @@ def check_history(history: Any) -> PruningHistory:
     return [[str(n), bool(o), [int(i) for i in idxs]] for n, o, idxs in history]
 
 
-@torch.no_grad()
 def replay(model: nn.Module, example: Inputs, history: Sequence[Sequence[Any]]) -> nn.Module:
     """Apply a recorded pruning history to a freshly built `model` (in place); return it.
 
@@ -88,7 +89,8 @@ def replay(model: nn.Module, example: Inputs, history: Sequence[Sequence[Any]]) 
     entries = check_history(list(history))
     if not entries:
         return model
-    graph = dependency_graph(model, example)
+    with torch.enable_grad():  # torch-pruning traces through autograd
+        graph = dependency_graph(model, example)
     for step, entry in enumerate(entries):
         try:
             graph.load_pruning_history([entry])
@@ -99,12 +101,6 @@ def replay(model: nn.Module, example: Inputs, history: Sequence[Sequence[Any]]) 
                 "model factory builds another structure than the one that was pruned"
             ) from exc
     return model
-
-
-def prune_groups(groups: Iterable[Any]) -> None:
-    """Prune each torch-pruning group (recording it in its DependencyGraph's history)."""
-    for group in groups:
-        group.prune()
 
 
 def concat_histories(*histories: Sequence[Sequence[Any]] | None) -> PruningHistory:

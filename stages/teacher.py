@@ -138,6 +138,7 @@ def pretrained_output(task: Task, model: nn.Module, *, device: torch.device) -> 
             "val_accuracy": accuracy(model, task.val, device=device),
             "params_total": float(total),
         },
+        model=model,
     )
 
 

@@ -151,4 +151,5 @@ def trained_output(
             "train_loss": stats["train_loss"],
             "params_total": float(total),
         },
+        model=model,
     )

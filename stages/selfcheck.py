@@ -1,0 +1,86 @@
+"""Every stage checks its own output before it reports ok.
+
+`check_output` serializes the stage's checkpoint, loads the bytes back as the stage cache and
+every later stage will (`torch.load(weights_only=True)`), rebuilds the model in the
+checkpoint's runtime and compares its logits with the stage's in-memory model on a batch of
+test inputs. A checkpoint that does not rebuild, or rebuilds into another function, is the
+stage's own `SqueezerayError`, raised before anything is cached or reported.
+
+Tolerances (max |rebuilt - in-memory| over the batch, relative to max(1, max |logits|)):
+`FLOAT_TOLERANCE` for float models (TorchScript freezing and ONNX Runtime reorder float
+sums), `INT8_TOLERANCE` for torch-int8 ones (a rounding flip moves a value by one
+quantization step).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from stages.base import StageInput, StageOutput, StageSpec
+from stages.batches import forward_logits
+from stages.checkpoint import ModelCheckpoint
+from stages.errors import SqueezerayError
+from stages.tasks import Task
+
+FLOAT_TOLERANCE = 1e-4
+INT8_TOLERANCE = 1e-2
+CHECK_BATCH = 8  # test inputs run through both models
+
+
+def run_checked(spec: StageSpec[Any], inp: StageInput, params: Any) -> tuple[StageOutput, bytes]:
+    """Run a stage, check its output (`check_output`); return it with its checkpoint bytes."""
+    out = spec.run(inp, params)
+    return out, check_output(inp.task, spec.name, out)
+
+
+@torch.no_grad()
+def check_output(task: Task, stage: str, out: StageOutput) -> bytes:
+    """The checkpoint's bytes, once its rebuild from them reproduces `out.model`.
+
+    Raises SqueezerayError naming `stage` when the bytes do not load, the model does not
+    rebuild or run, or its logits differ from the in-memory model's by more than the tolerance.
+    """
+    from stages.runtime import make_predictor
+
+    data = out.checkpoint.to_bytes()
+    x = task.example_input(min(CHECK_BATCH, len(task.test)))  # type: ignore[arg-type]
+    ckpt = out.checkpoint
+    what = f"stage {stage!r} (quantize={ckpt.quantize!r}, runtime={ckpt.runtime!r})"
+    try:
+        loaded = ModelCheckpoint.from_bytes(data)
+        got = make_predictor(task, loaded)(x)
+    except Exception as exc:  # a checkpoint that does not rebuild is this stage's fault
+        raise SqueezerayError(
+            f"{what} wrote a checkpoint that does not rebuild: {type(exc).__name__}: {exc}"
+        ) from exc
+    if out.model is not None:
+        model = out.model.to("cpu").eval()
+        expected = forward_logits(model, x)
+    else:  # an ONNX artifact: the in-memory checkpoint in its runtime
+        expected = make_predictor(task, ckpt)(x)
+    expected = expected.detach().float().cpu()
+    got = got.detach().float().cpu()
+    if got.shape != expected.shape:
+        raise SqueezerayError(
+            f"{what}: the model rebuilt from its checkpoint gives logits of shape "
+            f"{tuple(got.shape)}, the stage's model {tuple(expected.shape)}"
+        )
+    tolerance = (
+        INT8_TOLERANCE
+        if ckpt.quantize in ("dynamic_int8", "static_int8", "qat")
+        else (FLOAT_TOLERANCE)
+    )
+    scale = max(1.0, float(expected.abs().nan_to_num(0.0).max()))
+    diff = (got - expected).abs().nan_to_num(0.0)
+    same_nan = bool((got.isnan() == expected.isnan()).all())
+    worst = float(diff.max()) if diff.numel() else 0.0
+    if not same_nan or worst > tolerance * scale:
+        raise SqueezerayError(
+            f"{what}: the model rebuilt from its checkpoint computes other logits than the "
+            f"stage's model (max abs difference {worst:.3g} > {tolerance:g} x {scale:.3g} on "
+            f"{int(expected.shape[0])} test inputs); the checkpoint is not cached: this is a "
+            "bug in how the stage records its changes, please report it with the model"
+        )
+    return data
