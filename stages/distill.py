@@ -8,7 +8,8 @@ teacher, prune-then-distill as in Minitron (Muralidharan et al., 2024): a copy o
 teacher structurally pruned with torch-pruning (L2 group magnitude, the prune stage's
 `structured` method) to keep `student_ratio` of the neurons/channels of every layer but the
 classifier, then distilled from the teacher like any student. Its checkpoint rebuilds from the
-teacher factory (recipe `arch: teacher`, shapes from the state dict). `student_ratio` is used
+teacher factory (recipe `arch: teacher`) by replaying the recorded pruning (recipe `pruned`,
+`stages.surgery`). `student_ratio` is used
 only by such tasks.
 """
 
@@ -23,6 +24,7 @@ from stages.base import StageInput, StageOutput, StageSpec, check_int, check_ran
 from stages.checkpoint import ModelCheckpoint, build_model
 from stages.device import resolve_device
 from stages.errors import SqueezerayError
+from stages.surgery import PruningHistory, concat_histories
 from stages.tasks import Task
 from stages.training import fit, trained_output
 
@@ -61,9 +63,12 @@ def distill(inp: StageInput, params: DistillParams) -> StageOutput:
     # alpha = 1 never reads the teacher's logits: skip its forward passes entirely.
     teacher = build_model(task, teacher_ckpt) if params.alpha < 1.0 else None
     torch.manual_seed(inp.seed)  # the student's initial weights
+    pruned: PruningHistory = []
     if task.student is None:
-        student = student_from_teacher(task, teacher_ckpt, params.student_ratio, seed=inp.seed)
-        arch = "teacher"  # rebuilt from the teacher factory, resized to the saved shapes
+        student, pruned = student_from_teacher(
+            task, teacher_ckpt, params.student_ratio, seed=inp.seed
+        )
+        arch = "teacher"  # rebuilt from the teacher factory, its pruning replayed
     else:
         student, arch = task.build("student"), "student"
     stats = fit(
@@ -79,13 +84,14 @@ def distill(inp: StageInput, params: DistillParams) -> StageOutput:
         temperature=params.temperature,
         alpha=params.alpha,
     )
-    return trained_output(task, student, stats, arch=arch)
+    return trained_output(task, student, stats, arch=arch, pruned=pruned)
 
 
 def student_from_teacher(
     task: Task, teacher: ModelCheckpoint, ratio: float, *, seed: int
-) -> nn.Module:
-    """The trained teacher structurally pruned to keep `ratio` of every layer's width.
+) -> tuple[nn.Module, PruningHistory]:
+    """The trained teacher structurally pruned to keep `ratio` of every layer's width, and the
+    pruning history that rebuilds its structure from the teacher factory (`stages.surgery`).
 
     ratio 1 keeps the teacher's shape (distillation then fine-tunes a copy of the teacher).
     Raises SqueezerayError when the model has no layer torch-pruning can narrow.
@@ -93,11 +99,12 @@ def student_from_teacher(
     from stages.prune import PruneParams, prune_module
 
     model = build_model(task, teacher)
+    history: PruningHistory = []
     if ratio < 1.0:
         cpu = torch.device("cpu")
         params = PruneParams(ratio=1.0 - ratio, method="structured", steps=1)
-        prune_module(model, task, params, device=cpu, seed=seed)
-    return model
+        history = prune_module(model, task, params, device=cpu, seed=seed)
+    return model, concat_histories(teacher.recipe.get("pruned"), history)
 
 
 SPEC = StageSpec(name="distill", params=DistillParams, run=distill)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Callable
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -138,14 +139,23 @@ def fit(
 
 
 def trained_output(
-    task: Task, model: nn.Module, stats: dict[str, float], *, arch: str
+    task: Task,
+    model: nn.Module,
+    stats: dict[str, float],
+    *,
+    arch: str,
+    pruned: list[list[Any]] | None = None,
 ) -> StageOutput:
-    """The StageOutput of a stage that trained a fresh `arch` model from scratch."""
+    """The StageOutput of a stage that trained a fresh `arch` model (`pruned`: the structured
+    pruning history that made it from that factory's model, `stages.surgery`)."""
     from stages.masks import param_counts
 
     total, _ = param_counts(model)
+    recipe: dict[str, Any] = {"arch": arch}
+    if pruned:
+        recipe["pruned"] = pruned
     return StageOutput(
-        checkpoint=from_model(task, model, {"arch": arch}),
+        checkpoint=from_model(task, model, recipe),
         metrics={
             "val_accuracy": stats["val_accuracy"],
             "train_loss": stats["train_loss"],

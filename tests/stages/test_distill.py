@@ -162,7 +162,7 @@ def test_student_made_from_the_teacher(fixture: str, request: pytest.FixtureRequ
         )
         ckpt = out.checkpoint
         assert ckpt.recipe["arch"] == "teacher"
-        model = build_model(task, ckpt)  # from the teacher factory, resized to the saved shapes
+        model = build_model(task, ckpt)  # from the teacher factory, its pruning replayed
         assert accuracy(model, task.val, device=CPU) == out.metrics["val_accuracy"]
         assert out.metrics["val_accuracy"] > 0.5
         totals[ratio] = out.metrics["params_total"]

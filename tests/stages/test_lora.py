@@ -14,7 +14,6 @@ from stages.checkpoint import ModelCheckpoint, build_model, from_model
 from stages.errors import SqueezerayError
 from stages.lora import SPEC, LoraParams, LoRAUpdate, inject_lora, lora, merge_lora
 from stages.lowrank import LowRankParams, lowrank
-from stages.models import MLP
 from stages.tasks import Task, load_task
 from stages.training import accuracy, fit
 
@@ -211,9 +210,12 @@ def test_without_the_mask_the_merge_would_fill_the_zeros(
     assert _nonzero(out.checkpoint) > 1.5 * _nonzero(masked)
 
 
-def test_structurally_smaller_model(task: Task) -> None:
-    torch.manual_seed(0)
-    small = _trained(task, MLP(64, [40, 20], 10), "student", epochs=8)  # as if neurons were removed
+def test_structurally_smaller_model(task: Task, student: ModelCheckpoint) -> None:
+    from stages.prune import PruneParams, prune
+
+    # 64 -> 40 and 32 -> 20 neurons, recorded in the recipe as the prune stage records them
+    pruned = prune(StageInput(task=task, parent=student), PruneParams(0.375, "structured"))
+    small = pruned.checkpoint
     out = lora(StageInput(task=task, parent=small), _ce(4))
     _assert_same_structure(out.checkpoint, small)
     assert out.checkpoint.state_dict["net.0.weight"].shape == (40, 64)

@@ -169,9 +169,10 @@ def test_structured_shrinks_and_rebuilds_exactly(
     params = PruneParams(ratio=0.5, method="structured", steps=steps, finetune_epochs=1)
 
     model = build_model(task, parent)
-    prune_module(model, task, params, device=CPU, seed=0)
-    ckpt = from_model(task, model, parent.recipe)
-    rebuilt = build_model(task, ckpt)
+    history = prune_module(model, task, params, device=CPU, seed=0)
+    assert history and all(isinstance(name, str) for name, _out, _idxs in history)
+    ckpt = from_model(task, model, {**parent.recipe, "pruned": history})
+    rebuilt = build_model(task, ModelCheckpoint.from_bytes(ckpt.to_bytes()))
     assert torch.equal(_logits(rebuilt, task), _logits(model, task))
     assert _logits(rebuilt, task).shape == (64, task.num_classes)
 
@@ -186,7 +187,8 @@ def test_structured_shrinks_and_rebuilds_exactly(
 
     out = prune(StageInput(task=task, parent=parent), params)
     assert same_state(out.checkpoint, ckpt)  # the stage does exactly this
-    assert out.checkpoint.recipe == parent.recipe  # no "masked": shapes carry the pruning
+    # no "masked": the recorded groups carry the pruning
+    assert out.checkpoint.recipe == {**parent.recipe, "pruned": history}
     total = sum(v.numel() for k, v in parent.state_dict.items() if "running" not in k)
     assert out.metrics["params_total"] < 0.5 * total
     assert out.metrics["sparsity"] == 0.0

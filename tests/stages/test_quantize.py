@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from stages.base import StageInput
-from stages.checkpoint import ModelCheckpoint, build_model, from_model, set_submodule
+from stages.checkpoint import ModelCheckpoint, build_model, from_model
 from stages.errors import SqueezerayError
 from stages.metrics import accuracy, count_params, size_bytes
 from stages.quantize import QUANTIZE_MODES, SPEC, QuantizeParams, quantize
@@ -198,20 +198,28 @@ def test_qat_without_mask_changes_weights(digits: Task, digits_teacher: ModelChe
     assert any(not torch.equal(ws[k], wq[k]) for k in ws)
 
 
-def _narrow_cnn(task: Task) -> nn.Module:
-    """The digits-cnn student with its first conv block cut from 8 to 5 channels, as a
-    structured pruner leaves it."""
+def _narrow_cnn(task: Task) -> ModelCheckpoint:
+    """The digits-cnn student with its first conv block cut from 8 to 5 channels by hand with
+    torch-pruning (its BatchNorm and the next conv's inputs follow), trained; the recorded
+    pruning history is what rebuilds it."""
+    from dataclasses import replace
+
+    from stages.surgery import dependency_graph, history_of
+
     torch.manual_seed(0)
     model = task.build("student")
-    set_submodule(model, "features.0", nn.Conv2d(1, 5, kernel_size=3, padding=1))
-    set_submodule(model, "features.1", nn.BatchNorm2d(5))
-    set_submodule(model, "features.4", nn.Conv2d(5, 16, kernel_size=3, padding=1))
-    return model
+    graph = dependency_graph(model, task.example_input(2))
+    conv = model.get_submodule("features.0")
+    prune_out = graph.get_pruner_of_module(conv).prune_out_channels
+    graph.get_pruning_group(conv, prune_out, idxs=[5, 6, 7]).prune()
+    assert model.get_submodule("features.4").in_channels == 5
+    ckpt = train_checkpoint(task, "student", epochs=5, lr=1e-2, model=model)
+    return replace(ckpt, recipe={**ckpt.recipe, "pruned": history_of(graph)})
 
 
 @pytest.mark.parametrize("mode", ["dynamic_int8", "static_int8"])
 def test_structurally_pruned_convnet_rebuilds(mode: str, cnn: Task) -> None:
-    parent = train_checkpoint(cnn, "student", epochs=5, lr=1e-2, model=_narrow_cnn(cnn))
+    parent = _narrow_cnn(cnn)
     ckpt = _run(cnn, parent, mode=mode, calibration_batches=4)
     _assert_round_trip(cnn, ckpt)
     assert accuracy(cnn, parent) > 0.8
