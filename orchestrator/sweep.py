@@ -662,16 +662,18 @@ def _execute_sweep(
         append_results(store.uri, [baseline])
     final_models, final_note = 0, ""
     if not interrupted and space.latency.rounds > 0:
-        stats_before = ray.get(cache.stats.remote(wait=True))  # every stage has finished
-        del stats_before
-        final_models, final_note = final_latency_phase(
-            plan,
-            cache,
-            store,
-            sweep.sweep_id,
-            space,
-            options=final_latency_options(info, latency_resource),
-        )
+        ray.get(cache.stats.remote(wait=True))  # every stage has finished recording
+        try:
+            options = final_latency_options(info, latency_resource)
+        except SqueezerayError as exc:
+            final_note = str(exc)
+        else:
+            try:
+                final_models, final_note = final_latency_phase(
+                    plan, cache, store, sweep.sweep_id, space, options=options
+                )
+            except KeyboardInterrupt:  # Ctrl-C here skips the phase; every trial is recorded
+                final_note = "final latency phase interrupted; rows keep their in-sweep latency"
     stats = ray.get(cache.stats.remote(wait=not interrupted))
     ray.kill(cache)
     write_manifest(store, sweep, status="interrupted" if interrupted else "finished")
@@ -751,11 +753,14 @@ def final_latency_options(info: Any, latency_resource: str | None) -> dict[str, 
     from orchestrator.runtime import LATENCY_RESOURCE, latency_resources
 
     wanted = latency_resource or LATENCY_RESOURCE
-    nodes = [n for n in ray.nodes() if n.get("Alive")]
+    # Nodes with CPUs only: a head started with --num-cpus=0 could never run it.
+    nodes = [n for n in ray.nodes() if n.get("Alive") and n["Resources"].get("CPU", 0) > 0]
+    if not nodes:
+        raise SqueezerayError("no alive Ray node offers a CPU for the final latency phase")
     offering = [n for n in nodes if n["Resources"].get(wanted, 0) > 0] or nodes
     node = offering[0]
     return {
-        "num_cpus": float(node["Resources"].get("CPU", 1.0)) or 1.0,
+        "num_cpus": float(node["Resources"]["CPU"]),
         "resources": latency_resources(info, latency_resource),
         "scheduling_strategy": NodeAffinitySchedulingStrategy(node["NodeID"], soft=False),
     }

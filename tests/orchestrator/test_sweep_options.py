@@ -127,6 +127,7 @@ def test_optuna_learns_constraint_values_and_its_state_can_be_saved(tmp_path: Pa
         "val_accuracy": 0.9,
         "accuracy": 0.99,  # the test split: never what the search sees
         "size_bytes": 3000,
+        "latency_ms_sweep": 0.02,  # the in-sweep latency: what the search sees for latency_ms
         "latency_ms": 0.02,
     }
     searcher.on_trial_complete("t1", result=result)
