@@ -334,7 +334,8 @@ class SearchSpace:
             "objectives:   " + ", ".join(f"{o.name} {o.direction}" for o in self.objectives),
             "selected on:  "
             + ", ".join(column for column, _ in self.search_objectives())
-            + " (validation split; test accuracy is reported, never optimised)",
+            + " (accuracy on the validation split, latency as measured in the sweep; the test"
+            " accuracy and the final latency are reported, never optimised)",
         ]
         s = self.search
         budget = "none" if s.time_budget_s is None else f"{s.time_budget_s:g} s"

@@ -465,7 +465,7 @@ def test_accuracy_objectives_and_constraints_select_on_the_validation_column(
         ("val_accuracy", ">=", 0.9),
         ("size_bytes", "<", 5000.0),
     )
-    assert "selected on:  val_accuracy, size_bytes (validation split" in space.summary()
+    assert "selected on:  val_accuracy, size_bytes (accuracy on the validation" in space.summary()
     named = load_space(_write(tmp_path, _with(objectives={"val_accuracy": "max"}), "v.yaml"))
     assert named.search_objectives() == (("val_accuracy", "max"),)
     both = _with(objectives={"accuracy": "max", "val_accuracy": "max"})
