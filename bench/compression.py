@@ -38,15 +38,22 @@ KD_SETTINGS = {"kd_T4_a0.3": (4.0, 0.3), "kd_T4_a0.7": (4.0, 0.7), "ce": (4.0, 1
 
 def child_sweep(payload: dict[str, Any]) -> dict[str, Any]:
     """The space's default sweep; its rows (final stage key included) and baseline."""
+    from orchestrator.options import SweepOptions
     from orchestrator.runtime import init_ray
     from orchestrator.sweep import execute_sweep, prepare_sweep
 
     sweep = prepare_sweep(
-        payload["space"], storage=payload["storage"], name="compression", trials=payload["trials"]
+        payload["space"],
+        SweepOptions.build(
+            storage=payload["storage"],
+            name="compression",
+            trials=payload["trials"],
+            num_cpus=payload["num_cpus"],
+        ),
     )
     init_ray(address=None, num_cpus=payload["num_cpus"])
     t0 = time.perf_counter()
-    outcome = execute_sweep(sweep, num_cpus=payload["num_cpus"])
+    outcome = execute_sweep(sweep)
     rows = []
     for r in outcome.table.to_pylist():
         rows.append(

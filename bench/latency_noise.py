@@ -134,20 +134,24 @@ def child_rounds(payload: dict[str, Any]) -> dict[str, Any]:
 
 def child_sweep_final(payload: dict[str, Any]) -> dict[str, Any]:
     """A sweep with the final latency phase; per front row: latency_cv and sweep vs final."""
+    from orchestrator.options import SweepOptions
     from orchestrator.runtime import init_ray
     from orchestrator.sweep import execute_sweep, prepare_sweep
 
     sweep = prepare_sweep(
         payload["space"],
-        trials=payload["trials"],
-        seed=0,
-        algorithm="random",
-        storage=payload["storage"],
-        name="bench-final",
+        SweepOptions.build(
+            trials=payload["trials"],
+            seed=0,
+            algorithm="random",
+            storage=payload["storage"],
+            name="bench-final",
+            num_cpus=payload["num_cpus"],
+        ),
     )
     init_ray(address=None, num_cpus=payload["num_cpus"])
     t0 = time.perf_counter()
-    outcome = execute_sweep(sweep, num_cpus=payload["num_cpus"])
+    outcome = execute_sweep(sweep)
     wall_s = time.perf_counter() - t0
     rows = [r for r in outcome.table.to_pylist() if r["latency_rounds"]]
     return {

@@ -26,6 +26,7 @@ ACCURACY_MARGIN = 0.05  # reference accuracy = baseline accuracy - 5 points
 
 
 def child_sweep(payload: dict[str, Any]) -> dict[str, Any]:
+    from orchestrator.options import SweepOptions
     from orchestrator.runtime import init_ray
     from orchestrator.sweep import execute_sweep, prepare_sweep
 
@@ -39,15 +40,18 @@ def child_sweep(payload: dict[str, Any]) -> dict[str, Any]:
         Path(space).write_text(yaml.safe_dump(doc))
     sweep = prepare_sweep(
         space,
-        trials=payload["trials"],
-        seed=payload["seed"],
-        algorithm=payload["algorithm"],
-        storage=payload["storage"],
-        name=f"{payload.get('label', payload['algorithm'])}-{payload['seed']}",
+        SweepOptions.build(
+            trials=payload["trials"],
+            seed=payload["seed"],
+            algorithm=payload["algorithm"],
+            storage=payload["storage"],
+            name=f"{payload.get('label', payload['algorithm'])}-{payload['seed']}",
+            num_cpus=payload["num_cpus"],
+        ),
     )
     init_ray(address=None, num_cpus=payload["num_cpus"])
     t0 = time.perf_counter()
-    outcome = execute_sweep(sweep, num_cpus=payload["num_cpus"])
+    outcome = execute_sweep(sweep)
     return {
         "sweep_id": sweep.sweep_id,
         "sweep_s": time.perf_counter() - t0,

@@ -42,6 +42,7 @@ def child_squeezeray(payload: dict[str, Any]) -> dict[str, Any]:
 
 
 def _squeezeray(payload: dict[str, Any]) -> dict[str, Any]:
+    from orchestrator.options import SweepOptions
     from orchestrator.results import load_stages
     from orchestrator.runtime import init_ray
     from orchestrator.sweep import execute_sweep, prepare_sweep
@@ -49,18 +50,21 @@ def _squeezeray(payload: dict[str, Any]) -> dict[str, Any]:
     t0 = time.perf_counter()
     sweep = prepare_sweep(
         payload["space"],
-        trials=payload["trials"],
-        seed=payload["seed"],
-        algorithm=payload.get("algorithm", "random"),
-        storage=payload["storage"],
-        max_concurrent=payload.get("max_concurrent"),
-        name="bench",
+        SweepOptions.build(
+            trials=payload["trials"],
+            seed=payload["seed"],
+            algorithm=payload.get("algorithm", "random"),
+            storage=payload["storage"],
+            max_concurrent=payload.get("max_concurrent"),
+            name="bench",
+            num_cpus=payload["num_cpus"],
+        ),
     )
     prepared_s = time.perf_counter() - t0
     init_ray(address=None, num_cpus=payload["num_cpus"])
     init_s = time.perf_counter() - t0 - prepared_s
     t1 = time.perf_counter()
-    outcome = execute_sweep(sweep, num_cpus=payload["num_cpus"])
+    outcome = execute_sweep(sweep)
     sweep_s = time.perf_counter() - t1
     total_s = time.perf_counter() - t0
     stages = load_stages(payload["storage"], sweep=sweep.sweep_id).to_pylist()

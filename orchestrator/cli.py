@@ -46,66 +46,92 @@ app = typer.Typer(
 # --- sweep (orchestrator.sweep) ------------------------------------------------------------
 
 
+# The sweep options (orchestrator.options.SweepOptions), defined once: `sweep` and `nightly`
+# take every one of them and build SweepOptions with `_sweep_options`.
+SpaceArg = Annotated[
+    str | None,
+    typer.Argument(help="Search-space YAML, or a packaged space name (default, quick)."),
+]
+TaskOpt = Annotated[
+    str | None, typer.Option(help="Built-in task name or 'package.module:callable'.")
+]
+TrialsOpt = Annotated[int | None, typer.Option(help="Number of trials.")]
+AddressOpt = Annotated[
+    str | None, typer.Option(help="Ray cluster: 'auto' or ray://host:port. None: embedded.")
+]
+CpusPerTrialOpt = Annotated[float, typer.Option(help="CPUs for each stage task.")]
+GpusPerTrialOpt = Annotated[float, typer.Option(help="GPUs for each stage task.")]
+NameOpt = Annotated[str | None, typer.Option(help="Sweep name (prefix of its id).")]
+TimeBudgetOpt = Annotated[
+    str | None, typer.Option(help="Stop launching trials after this long, e.g. 30m.")
+]
+TrialTimeoutOpt = Annotated[
+    str | None,
+    typer.Option(
+        help="Per-trial limit on the time its stages run (queueing for a slot is not "
+        "counted), e.g. 5m; rows past it get 'timeout'."
+    ),
+]
+MaxConcurrentOpt = Annotated[
+    int | None,
+    typer.Option(help="Trials at once (default: one more than the stage slots the cluster has)."),
+]
+LatencyResourceOpt = Annotated[
+    str | None,
+    typer.Option(help="Measure latency only on nodes offering this Ray resource."),
+]
+NumCpusOpt = Annotated[int | None, typer.Option(help="CPUs of the embedded Ray (default: all).")]
+TeacherWeightsOpt = Annotated[
+    Path | None,
+    typer.Option(
+        help="A trained state_dict (torch.save) loaded into the task's teacher with "
+        "weights_only=True; teacher.epochs becomes 0 (use as given) unless the space sets it."
+    ),
+]
+
+
+def _sweep_options(**given: Any) -> Any:
+    """The CLI's sweep options as one validated `SweepOptions` (durations parsed, paths made
+    absolute); SqueezerayError names the flag."""
+    from orchestrator.options import SweepOptions
+
+    return SweepOptions.build(**given)
+
+
 @app.command()
 def sweep(
-    space: Annotated[
-        str | None,
-        typer.Argument(help="Search-space YAML, or a packaged space name (default, quick)."),
-    ] = None,
-    task: Annotated[
-        str | None, typer.Option(help="Built-in task name or 'package.module:callable'.")
-    ] = None,
-    trials: Annotated[int | None, typer.Option(help="Number of trials.")] = None,
+    space: SpaceArg = None,
+    task: TaskOpt = None,
+    trials: TrialsOpt = None,
     storage: Annotated[
         str, typer.Option(help="Results directory or URI (file://, s3://, gs://).")
     ] = "squeezeray-results",
-    address: Annotated[
-        str | None, typer.Option(help="Ray cluster: 'auto' or ray://host:port. None: embedded.")
-    ] = None,
-    cpus_per_trial: Annotated[float, typer.Option(help="CPUs for each stage task.")] = 1.0,
-    gpus_per_trial: Annotated[float, typer.Option(help="GPUs for each stage task.")] = 0.0,
+    address: AddressOpt = None,
+    cpus_per_trial: CpusPerTrialOpt = 1.0,
+    gpus_per_trial: GpusPerTrialOpt = 0.0,
     seed: Annotated[int | None, typer.Option(help="Search seed.")] = None,
-    name: Annotated[str | None, typer.Option(help="Sweep name (prefix of its id).")] = None,
+    name: NameOpt = None,
     algorithm: Annotated[
         str | None, typer.Option(help="Search algorithm: optuna, random or grid.")
     ] = None,
-    time_budget: Annotated[
-        str | None, typer.Option(help="Stop launching trials after this long, e.g. 30m.")
-    ] = None,
-    trial_timeout: Annotated[
-        str | None,
-        typer.Option(
-            help="Per-trial limit on the time its stages run (queueing for a slot is not "
-            "counted), e.g. 5m; rows past it get 'timeout'."
-        ),
-    ] = None,
-    max_concurrent: Annotated[
-        int | None,
-        typer.Option(
-            help="Trials at once (default: one more than the stage slots the cluster has)."
-        ),
-    ] = None,
-    latency_resource: Annotated[
-        str | None,
-        typer.Option(help="Measure latency only on nodes offering this Ray resource."),
-    ] = None,
-    num_cpus: Annotated[
-        int | None, typer.Option(help="CPUs of the embedded Ray (default: all).")
-    ] = None,
+    time_budget: TimeBudgetOpt = None,
+    trial_timeout: TrialTimeoutOpt = None,
+    max_concurrent: MaxConcurrentOpt = None,
+    latency_resource: LatencyResourceOpt = None,
+    num_cpus: NumCpusOpt = None,
     resume: Annotated[
-        bool, typer.Option("--resume", help="Continue an interrupted sweep in --storage.")
+        bool,
+        typer.Option(
+            "--resume",
+            help="Continue an interrupted sweep in --storage, with the options and search "
+            "space it was started with (an option given again must not differ).",
+        ),
     ] = False,
     sweep_id: Annotated[
         str | None, typer.Option(help="With --resume: which sweep (default: the latest).")
     ] = None,
     top: Annotated[int | None, typer.Option(help="Show at most K front points.")] = None,
-    teacher_weights: Annotated[
-        Path | None,
-        typer.Option(
-            help="A trained state_dict (torch.save) loaded into the task's teacher with "
-            "weights_only=True; teacher.epochs becomes 0 (use as given) unless the space sets it."
-        ),
-    ] = None,
+    teacher_weights: TeacherWeightsOpt = None,
 ) -> None:
     """Run a compression sweep and print its Pareto front next to the baseline.
 
@@ -118,11 +144,11 @@ def sweep(
     from orchestrator.progress import SweepProgress, print_outcome
     from orchestrator.sweep import execute_sweep, prepare_sweep, resume_command
 
-    prepared = prepare_sweep(
-        space,
+    options = _sweep_options(
         task=task,
         trials=trials,
         storage=storage,
+        address=address,
         cpus_per_trial=cpus_per_trial,
         gpus_per_trial=gpus_per_trial,
         seed=seed,
@@ -131,10 +157,11 @@ def sweep(
         time_budget=time_budget,
         trial_timeout=trial_timeout,
         max_concurrent=max_concurrent,
-        sweep_id=sweep_id,
-        resume=resume,
+        latency_resource=latency_resource,
+        num_cpus=num_cpus,
         teacher_weights=teacher_weights,
     )
+    prepared = prepare_sweep(space, options, sweep_id=sweep_id, resume=resume)
     console.print(
         f"squeezeray sweep [bold]{prepared.sweep_id}[/]: task {prepared.space.task}, "
         f"{trials_phrase(prepared.space)}, "
@@ -147,13 +174,7 @@ def sweep(
         f"[dim]if interrupted, continue with: {command}[/]", highlight=False, soft_wrap=True
     )
     with SweepProgress(console, prepared.space) as progress:
-        outcome = execute_sweep(
-            prepared,
-            address=address,
-            latency_resource=latency_resource,
-            num_cpus=num_cpus,
-            progress=progress.update,
-        )
+        outcome = execute_sweep(prepared, progress=progress.update)
     print_outcome(outcome, prepared.space, out, top=top)
     if outcome.summary.exit_code:
         # No trial succeeded: a scheduler or CI job must see it (the reason was printed).
@@ -473,10 +494,7 @@ def nightly(
             help="Results directory or URI shared by every night (file://, s3://, gs://)."
         ),
     ],
-    space: Annotated[
-        str | None,
-        typer.Argument(help="Search-space YAML, or a packaged space name (default, quick)."),
-    ] = None,
+    space: SpaceArg = None,
     trials: Annotated[int | None, typer.Option(help="Number of trials tonight.")] = None,
     report_dir: Annotated[
         Path | None,
@@ -501,26 +519,25 @@ def nightly(
     lock_timeout: Annotated[
         str, typer.Option(help="With --wait: give up after this long, e.g. 30m.")
     ] = "6h",
-    address: Annotated[
-        str | None, typer.Option(help="Ray cluster: 'auto' or ray://host:port. None: embedded.")
-    ] = None,
-    num_cpus: Annotated[
-        int | None, typer.Option(help="CPUs of the embedded Ray (default: all).")
-    ] = None,
-    cpus_per_trial: Annotated[float, typer.Option(help="CPUs for each stage task.")] = 1.0,
+    task: TaskOpt = None,
+    address: AddressOpt = None,
+    num_cpus: NumCpusOpt = None,
+    cpus_per_trial: CpusPerTrialOpt = 1.0,
+    gpus_per_trial: GpusPerTrialOpt = 0.0,
     algorithm: Annotated[
         str, typer.Option(help="optuna (warm-started from earlier sweeps), random or grid.")
     ] = "optuna",
     seed: Annotated[
         int | None, typer.Option(help="Search seed (default: tonight's date, YYYYMMDD).")
     ] = None,
-    time_budget: Annotated[
-        str | None, typer.Option(help="Stop launching trials after this long, e.g. 2h.")
+    name: Annotated[
+        str | None, typer.Option(help="Sweep name (default: nightly-YYYYMMDD).")
     ] = None,
-    latency_resource: Annotated[
-        str | None,
-        typer.Option(help="Measure latency only on nodes offering this Ray resource."),
-    ] = None,
+    time_budget: TimeBudgetOpt = None,
+    trial_timeout: TrialTimeoutOpt = None,
+    max_concurrent: MaxConcurrentOpt = None,
+    latency_resource: LatencyResourceOpt = None,
+    teacher_weights: TeacherWeightsOpt = None,
     gc_keep_last: Annotated[
         int | None,
         typer.Option(
@@ -545,15 +562,24 @@ def nightly(
         lock_timeout_s = parse_duration(lock_timeout)
     except SqueezerayError as exc:
         raise SqueezerayError(f"--lock-timeout: {exc}") from exc
-    prepared = prepare_nightly(
-        space,
-        storage=storage,
+    options = _sweep_options(
+        task=task,
         trials=trials,
+        storage=storage,
+        address=address,
         cpus_per_trial=cpus_per_trial,
-        algorithm=algorithm,
+        gpus_per_trial=gpus_per_trial,
         seed=seed,
+        name=name,
+        algorithm=algorithm,
         time_budget=time_budget,
+        trial_timeout=trial_timeout,
+        max_concurrent=max_concurrent,
+        latency_resource=latency_resource,
+        num_cpus=num_cpus,
+        teacher_weights=teacher_weights,
     )
+    prepared = prepare_nightly(space, options)
     console.print(
         f"squeezeray nightly [bold]{prepared.sweep_id}[/]: task {prepared.space.task}, "
         f"{trials_phrase(prepared.space)}, "
@@ -567,9 +593,6 @@ def nightly(
             thresholds=thresholds,
             wait=wait,
             lock_timeout_s=lock_timeout_s,
-            address=address,
-            num_cpus=num_cpus,
-            latency_resource=latency_resource,
             progress=progress.update,
             gc_keep_last=gc_keep_last,
         )

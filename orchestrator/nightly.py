@@ -12,9 +12,9 @@ defaults to that date, so successive nights explore differently and a night can 
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
-import os
 import secrets
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -25,8 +25,15 @@ from typing import TYPE_CHECKING, Any
 
 from orchestrator.config import Distribution, SearchSpace
 from orchestrator.lock import DEFAULT_TIMEOUT_S, storage_lock
+from orchestrator.options import SweepOptions
 from orchestrator.report import NightlyReport, Thresholds, build_report, write_report
-from orchestrator.sweep import PreparedSweep, SweepSummary, execute_sweep, prepare_sweep
+from orchestrator.sweep import (
+    PreparedSweep,
+    SweepSummary,
+    execute_sweep,
+    prepare_sweep,
+    sweep_options,
+)
 from stages.errors import SqueezerayError
 
 if TYPE_CHECKING:
@@ -147,36 +154,31 @@ def _fits(dist: Distribution, value: Any) -> Any:
 
 def prepare_nightly(
     space: SearchSpace | str | Path | None = None,
+    options: SweepOptions | None = None,
     *,
-    storage: str | os.PathLike[str],
-    trials: int | None = None,
-    cpus_per_trial: float = 1.0,
-    gpus_per_trial: float = 0.0,
-    algorithm: str | None = "optuna",
-    seed: int | None = None,
-    time_budget: str | float | None = None,
-    max_concurrent: int | None = None,
     day: Date | None = None,
+    **keywords: Any,
 ) -> PreparedSweep:
-    """Tonight's sweep, validated (no Ray, no lock yet): named `nightly-YYYYMMDD`, seeded by
-    the date unless `seed` is given. `algorithm` None keeps the space's own; warm starting
-    needs "optuna" (the default here)."""
+    """Tonight's sweep, validated (no Ray, no lock yet): named `nightly-YYYYMMDD` and seeded
+    by the date unless the options give a name / seed. The options are `options` or its
+    fields as keywords (as `prepare_sweep`; `storage=` is required). With keywords,
+    `algorithm` defaults to "optuna" (warm starting needs it); None keeps the space's own."""
     day = day or Date.today()
-    # The id repeats no date: nightly-YYYYMMDD-HHMMSS-xxxx (time and suffix: runs never mix).
-    sweep_id = f"{nightly_name(day)}-{datetime.now():%H%M%S}-{secrets.token_hex(2)}"
-    return prepare_sweep(
-        space,
-        trials=trials,
-        storage=storage,
-        cpus_per_trial=cpus_per_trial,
-        gpus_per_trial=gpus_per_trial,
-        seed=int(f"{day:%Y%m%d}") if seed is None else seed,
-        name=nightly_name(day),
-        algorithm=algorithm,
-        time_budget=time_budget,
-        max_concurrent=max_concurrent,
-        sweep_id=sweep_id,
+    if options is None:
+        keywords.setdefault("algorithm", "optuna")
+        if "storage" not in keywords:
+            raise SqueezerayError(
+                "prepare_nightly needs storage=: the results every night builds on"
+            )
+    opts = sweep_options(options, keywords)
+    opts = dataclasses.replace(
+        opts,
+        seed=int(f"{day:%Y%m%d}") if opts.seed is None else opts.seed,
+        name=opts.name or nightly_name(day),
     )
+    # The id repeats no date: nightly-YYYYMMDD-HHMMSS-xxxx (time and suffix: runs never mix).
+    sweep_id = f"{opts.name}-{datetime.now():%H%M%S}-{secrets.token_hex(2)}"
+    return prepare_sweep(space, opts, sweep_id=sweep_id)
 
 
 def execute_nightly(
@@ -192,6 +194,7 @@ def execute_nightly(
     progress: Callable[[str, Mapping[str, Any]], None] | None = None,
     gc_keep_last: int | None = None,
 ) -> NightlyOutcome:
+    # address / num_cpus / latency_resource: None keeps the sweep's SweepOptions.
     """Run a prepared nightly sweep and write its report; see the module docstring.
 
     The storage lock is held from the first read to the report: a second run waits up to
@@ -266,31 +269,29 @@ def execute_nightly(
 
 def run_nightly(
     space: SearchSpace | str | Path | None = None,
+    options: SweepOptions | None = None,
     *,
-    storage: str | os.PathLike[str],
-    trials: int | None = None,
     report_dir: str | Path | None = None,
     thresholds: Thresholds = Thresholds(),
     wait: bool = True,
     lock_timeout_s: float = DEFAULT_TIMEOUT_S,
-    address: str | None = None,
-    num_cpus: int | None = None,
-    algorithm: str | None = "optuna",
-    seed: int | None = None,
     day: Date | None = None,
+    progress: Callable[[str, Mapping[str, Any]], None] | None = None,
+    gc_keep_last: int | None = None,
+    **keywords: Any,
 ) -> NightlyOutcome:
-    """`prepare_nightly` then `execute_nightly` (the Python API of `squeezeray nightly`)."""
-    prepared = prepare_nightly(
-        space, storage=storage, trials=trials, algorithm=algorithm, seed=seed, day=day
-    )
+    """`prepare_nightly` then `execute_nightly` (the Python API of `squeezeray nightly`);
+    the sweep options as `options` or as keywords (`storage=`, `trials=`, `trial_timeout=`,
+    ... every field of `SweepOptions`)."""
+    prepared = prepare_nightly(space, options, day=day, **keywords)
     return execute_nightly(
         prepared,
         report_dir=report_dir,
         thresholds=thresholds,
         wait=wait,
         lock_timeout_s=lock_timeout_s,
-        address=address,
-        num_cpus=num_cpus,
+        progress=progress,
+        gc_keep_last=gc_keep_last,
     )
 
 

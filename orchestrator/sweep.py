@@ -14,6 +14,7 @@ killed driver loses nothing either: rows and checkpoints are written as they fin
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import importlib.util
 import json
 import logging
@@ -35,8 +36,8 @@ from orchestrator.config import (
     SearchSpace,
     check_stages_apply_to_task,
     load_space,
-    parse_duration,
 )
+from orchestrator.options import FLAGS, PLACEMENT, SweepOptions
 from orchestrator.pipeline import SweepPlan
 from orchestrator.rows import now, trial_row
 from orchestrator.storage import Storage, open_storage, tune_storage
@@ -44,7 +45,6 @@ from stages.errors import SqueezerayError
 
 log = logging.getLogger(__name__)
 
-DEFAULT_STORAGE = "squeezeray-results"
 # A trial only waits on refs; its stage tasks hold the CPUs. Zero CPU (Tune rejects an empty
 # bundle, hence the 1-byte memory request): 0.01 CPU per trial left fewer than N whole CPUs
 # free, so on 1 CPU nothing could run and on 2 only one stage task at a time (bench/).
@@ -129,70 +129,55 @@ def _stage_defaults(pipeline: tuple[str, ...]) -> dict[str, dict[str, Any]]:
 
 def run_sweep(
     space: SearchSpace | str | Path | None = None,
+    options: SweepOptions | None = None,
     *,
-    task: str | None = None,
-    trials: int | None = None,
-    storage: str | os.PathLike[str] = DEFAULT_STORAGE,
-    address: str | None = None,
-    cpus_per_trial: float = 1.0,
-    gpus_per_trial: float = 0.0,
-    seed: int | None = None,
-    name: str | None = None,
-    algorithm: str | None = None,
-    time_budget: str | float | None = None,
-    trial_timeout: str | float | None = None,
-    max_concurrent: int | None = None,
-    latency_resource: str | None = None,
-    num_cpus: int | None = None,
     sweep_id: str | None = None,
     resume: bool = False,
     warm_start: tuple[Any, ...] | None = None,
     progress: Callable[[str, Mapping[str, Any]], None] | None = None,
+    **keywords: Any,
 ) -> Any:
     """Run a compression sweep and return its rows (a `pyarrow.Table`, baseline included).
 
     `space` is a SearchSpace, a YAML path, a packaged space name ("default", "quick") or None
-    (the default space). Keyword overrides win over the file. Everything is validated before
-    Ray starts; a SqueezerayError names the key, the value and what is accepted.
+    (the default space). The sweep's options are `options` or, as keywords, the fields of
+    `SweepOptions` (`trials=`, `storage=`, `time_budget="30m"`, `cpus_per_trial=`, ...);
+    they win over the file. Everything is validated before Ray starts; a SqueezerayError
+    names the key, the value and what is accepted.
     """
-    sweep = prepare_sweep(
-        space,
-        task=task,
-        trials=trials,
-        storage=storage,
-        cpus_per_trial=cpus_per_trial,
-        gpus_per_trial=gpus_per_trial,
-        seed=seed,
-        name=name,
-        algorithm=algorithm,
-        time_budget=time_budget,
-        trial_timeout=trial_timeout,
-        max_concurrent=max_concurrent,
-        sweep_id=sweep_id,
-        resume=resume,
-    )
-    return execute_sweep(
-        sweep,
-        address=address,
-        latency_resource=latency_resource,
-        num_cpus=num_cpus,
-        warm_start=warm_start,
-        progress=progress,
-    ).table
+    sweep = prepare_sweep(space, options, sweep_id=sweep_id, resume=resume, **keywords)
+    return execute_sweep(sweep, warm_start=warm_start, progress=progress).table
 
 
 @dataclass(frozen=True)
 class PreparedSweep:
-    space: SearchSpace
+    space: SearchSpace  # the options' overrides applied
     storage: Storage
     sweep_id: str
-    cpus_per_trial: float
-    gpus_per_trial: float
-    max_concurrent: int | None
-    trial_timeout_s: float | None
+    options: SweepOptions
     resume: bool
     fingerprint: dict[str, str] = field(default_factory=dict)  # stages.fingerprint, per task
-    teacher_weights: str | None = None  # --teacher-weights, absolute (kept for --resume)
+    space_text: str | None = None  # the YAML it was read from (the manifest keeps it)
+
+    @property
+    def cpus_per_trial(self) -> float:
+        return self.options.cpus_per_trial
+
+    @property
+    def gpus_per_trial(self) -> float:
+        return self.options.gpus_per_trial
+
+    @property
+    def max_concurrent(self) -> int | None:
+        return self.options.max_concurrent
+
+    @property
+    def trial_timeout_s(self) -> float | None:
+        return self.options.trial_timeout_s
+
+    @property
+    def teacher_weights(self) -> str | None:
+        return self.options.teacher_weights
 
 
 @dataclass(frozen=True)
@@ -201,41 +186,43 @@ class SweepOutcome:
     summary: SweepSummary
 
 
+def sweep_options(options: SweepOptions | None, keywords: Mapping[str, Any]) -> SweepOptions:
+    """`options`, or `SweepOptions.build(**keywords)` (the keyword Python API); not both."""
+    if options is None:
+        return SweepOptions.build(**keywords)
+    if keywords:
+        raise SqueezerayError(
+            f"give the sweep options either as SweepOptions or as keywords, not both "
+            f"(keywords given: {', '.join(sorted(keywords))})"
+        )
+    return options
+
+
 def prepare_sweep(
     space: SearchSpace | str | Path | None,
+    options: SweepOptions | None = None,
     *,
-    task: str | None = None,
-    trials: int | None = None,
-    storage: str | os.PathLike[str] = DEFAULT_STORAGE,
-    cpus_per_trial: float = 1.0,
-    gpus_per_trial: float = 0.0,
-    seed: int | None = None,
-    name: str | None = None,
-    algorithm: str | None = None,
-    time_budget: str | float | None = None,
-    trial_timeout: str | float | None = None,
-    max_concurrent: int | None = None,
     sweep_id: str | None = None,
     resume: bool = False,
-    teacher_weights: str | os.PathLike[str] | None = None,
+    **keywords: Any,
 ) -> PreparedSweep:
     """Every check that can fail before Ray starts.
 
+    `options` (or its fields as keywords, see `SweepOptions.build`) override the space.
     `teacher_weights`: a state_dict file loaded into the task's teacher (`teacher.weights`;
-    `teacher.epochs` becomes 0, use as given, unless the space sets it)."""
-    if cpus_per_trial <= 0:
-        raise SqueezerayError(f"--cpus-per-trial={cpus_per_trial:g} must be > 0")
-    if gpus_per_trial < 0:
-        raise SqueezerayError(f"--gpus-per-trial={gpus_per_trial:g} must be >= 0")
-    if max_concurrent is not None and max_concurrent < 1:
-        raise SqueezerayError(f"--max-concurrent={max_concurrent} must be >= 1")
+    `teacher.epochs` becomes 0, use as given, unless the space sets it).
+    With `resume`, the options and the space come from the sweep's manifest; an option given
+    again with another value is refused (placement options - storage, address, num_cpus,
+    latency_resource - may change)."""
+    opts = sweep_options(options, keywords)
     if sweep_id is not None:
         _check_sweep_id(sweep_id)
+    storage = opts.storage
     # The storage directory is created only once everything else has passed.
     store = open_storage(storage)
-    if os.fspath(storage).startswith("memory://"):
+    if storage.startswith("memory://"):
         raise SqueezerayError(
-            f"--storage={os.fspath(storage)!r}: an in-memory filesystem lives in one process, "
+            f"--storage={storage!r}: an in-memory filesystem lives in one process, "
             "and Ray workers write stage checkpoints from theirs; use a directory, file://, "
             "s3:// or gs://"
         )
@@ -244,31 +231,21 @@ def prepare_sweep(
             f"--sweep-id {sweep_id!r} already exists in {store.uri}; continue it with "
             f"`{resume_command(store, sweep_id)}` or choose another id"
         )
+    space_text: str | None = None
     if resume:
         if sweep_id is None:
             sweep_id = latest_sweep_id(store)
         manifest = read_manifest(store, sweep_id)
+        opts = resumed_options(manifest, opts, store, sweep_id)
         space = manifest["space_source"]
-        task = task or manifest.get("task")
-        trials = trials or manifest.get("trials")
-        seed = manifest.get("seed") if seed is None else seed
-        name = name or manifest.get("name")
-        if trial_timeout is None:
-            trial_timeout = manifest.get("trial_timeout_s")
-        if max_concurrent is None:
-            max_concurrent = manifest.get("max_concurrent")
-        if teacher_weights is None:
-            teacher_weights = manifest.get("teacher_weights")
-    budget_s = _seconds("--time-budget", time_budget)
-    timeout_s = _seconds("--trial-timeout", trial_timeout)
     loaded = space if isinstance(space, SearchSpace) else load_space(space, check_task=False)
     loaded = loaded.with_overrides(
-        task=task,
-        trials=trials,
-        seed=seed,
-        name=name,
-        time_budget_s=budget_s,
-        algorithm=algorithm,
+        task=opts.task,
+        trials=opts.trials,
+        seed=opts.seed,
+        name=opts.name,
+        time_budget_s=opts.time_budget_s,
+        algorithm=opts.algorithm,
     )
     # The task import path is checked here, on the driver, before any Ray work (and so is
     # every stage that could not change the task's model at all: issue 12 item 6); its
@@ -278,7 +255,7 @@ def prepare_sweep(
     from stages.tasks import load_task
 
     task_obj = load_task(loaded.task)
-    loaded = _with_teacher_weights(loaded, teacher_weights, task_obj)
+    loaded = _with_teacher_weights(loaded, opts.teacher_weights, task_obj)
     loaded = loaded.with_task_metric(task_obj.metric.name if task_obj.metric else None)
     if task_obj.student is not None and "distill.student_ratio" in loaded.params:
         raise SqueezerayError(
@@ -292,16 +269,45 @@ def prepare_sweep(
         space=loaded,
         storage=open_storage(storage, create=True),
         sweep_id=sweep_id or new_sweep_id(loaded.name),
-        cpus_per_trial=cpus_per_trial,
-        gpus_per_trial=gpus_per_trial,
-        max_concurrent=max_concurrent,
-        trial_timeout_s=timeout_s,
+        options=opts,
         resume=resume,
         fingerprint=fingerprint.as_dict(),
-        teacher_weights=None
-        if teacher_weights is None
-        else str(Path(teacher_weights).expanduser().resolve()),
+        space_text=space_text,
     )
+
+
+def resumed_options(
+    manifest: Mapping[str, Any], given: SweepOptions, store: Storage, sweep_id: str
+) -> SweepOptions:
+    """The options a sweep was started with (its manifest), plus the placement options given
+    now. Any other option given now with another value is refused: a resumed sweep runs
+    exactly what was started."""
+    stored = manifest.get("options")
+    if stored is None:  # a manifest written before SweepOptions: its flat fields
+        stored = {
+            "task": manifest.get("task"),
+            "trials": manifest.get("trials"),
+            "seed": manifest.get("seed"),
+            "name": manifest.get("name"),
+            "trial_timeout_s": manifest.get("trial_timeout_s"),
+            "max_concurrent": manifest.get("max_concurrent"),
+            "teacher_weights": manifest.get("teacher_weights"),
+            "cpus_per_trial": manifest.get("cpus_per_trial") or 1.0,
+            "gpus_per_trial": manifest.get("gpus_per_trial") or 0.0,
+        }
+    started = SweepOptions.from_dict(dict(stored))
+    changes: dict[str, Any] = {}
+    for key, value in given.given().items():
+        if key in PLACEMENT:
+            changes[key] = value
+        elif value != getattr(started, key):
+            raise SqueezerayError(
+                f"{FLAGS[key]}: sweep {sweep_id!r} was started with {getattr(started, key)!r}, "
+                f"not {value!r}; --resume runs exactly what was started, so leave "
+                f"{FLAGS[key]} out, or start a new sweep with it (without --resume) in "
+                f"{store.uri}"
+            )
+    return dataclasses.replace(started, **changes)
 
 
 def _with_teacher_weights(
@@ -372,19 +378,6 @@ def _check_sweep_id(sweep_id: str) -> None:
     check_sweep_id_unambiguous(sweep_id, what="--sweep-id")
 
 
-def _seconds(flag: str, value: str | float | None) -> float | None:
-    if value is None:
-        return None
-    if isinstance(value, int | float):
-        if value <= 0:
-            raise SqueezerayError(f"{flag}={value} must be > 0")
-        return float(value)
-    try:
-        return parse_duration(value)
-    except SqueezerayError as exc:
-        raise SqueezerayError(f"{flag}: {exc}") from exc
-
-
 def manifest_path(sweep_id: str) -> tuple[str, str]:
     return SWEEPS_DIR, f"{sweep_id}.json"
 
@@ -406,6 +399,7 @@ def write_manifest(
         "trial_timeout_s": sweep.trial_timeout_s,
         "max_concurrent": sweep.max_concurrent,
         "teacher_weights": sweep.teacher_weights,
+        "options": sweep.options.to_dict(),  # what --resume runs (SweepOptions)
         "status": status,
         "error": error,
         "resume_command": resume_command(store, sweep.sweep_id),
@@ -458,20 +452,24 @@ def execute_sweep(
     progress: Callable[[str, Mapping[str, Any]], None] | None = None,
 ) -> SweepOutcome:
     """`_execute_sweep` while holding the storage's shared in-use lock (`lock.storage_in_use`),
-    so `squeezeray gc` never deletes a checkpoint this sweep may load. Options as there.
+    so `squeezeray gc` never deletes a checkpoint this sweep may load. Options as there;
+    `address`, `latency_resource` and `num_cpus` default to the sweep's `SweepOptions`.
 
     A sweep that fails after it started (its manifest says `running`) leaves a manifest that
     says `failed` and why, not `running`.
     """
     from orchestrator.lock import storage_in_use
 
+    opts = sweep.options
     try:
         with storage_in_use(sweep.storage):
             return _execute_sweep(
                 sweep,
-                address=address,
-                latency_resource=latency_resource,
-                num_cpus=num_cpus,
+                address=opts.address if address is None else address,
+                latency_resource=opts.latency_resource
+                if latency_resource is None
+                else latency_resource,
+                num_cpus=opts.num_cpus if num_cpus is None else num_cpus,
                 warm_start=warm_start,
                 progress=progress,
             )

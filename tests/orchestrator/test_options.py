@@ -1,0 +1,151 @@
+"""One `SweepOptions` for `squeezeray sweep`, `squeezeray nightly`, the Python API and --resume:
+the same flags on both commands, validated once, stored in the manifest and refused on
+--resume when they differ; nightly's --trial-timeout through a real local Ray."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import uuid
+from pathlib import Path
+
+import pytest
+import typer
+from typer.testing import CliRunner
+
+from orchestrator.cli import app
+from orchestrator.lock import exclusive_use, storage_lock
+from orchestrator.nightly import prepare_nightly
+from orchestrator.options import FLAGS, SweepOptions
+from orchestrator.sweep import manifest_path, prepare_sweep, write_manifest
+from stages.errors import SqueezerayError
+
+runner = CliRunner()
+
+
+def _params(command: str) -> dict[str, object]:
+    click_app = typer.main.get_command(app)
+    ctx = typer.Context(click_app)  # type: ignore[arg-type]
+    cmd = click_app.get_command(ctx, command)  # type: ignore[attr-defined]
+    return {p.name: p for p in cmd.params}
+
+
+def test_nightly_accepts_every_sweep_option() -> None:
+    sweep, nightly = _params("sweep"), _params("nightly")
+    # Every SweepOptions field is a flag of both commands (time fields: without "_s").
+    fields = {f.name.removesuffix("_s") for f in dataclasses.fields(SweepOptions)}
+    assert fields <= set(sweep) and fields <= set(nightly)
+    assert {name: FLAGS[name] for name in FLAGS} == {
+        f.name: "--" + f.name.removesuffix("_s").replace("_", "-")
+        for f in dataclasses.fields(SweepOptions)
+    }
+    # Only sweep's own --resume/--sweep-id/--top (and the space) are not nightly's.
+    assert set(sweep) - set(nightly) == {"resume", "sweep_id", "top"}
+    for name in ("trial_timeout", "gpus_per_trial", "max_concurrent", "teacher_weights"):
+        assert sweep[name].help == nightly[name].help  # type: ignore[attr-defined]
+
+
+def test_options_are_validated_once_with_the_flag_named(tmp_path: Path) -> None:
+    options = SweepOptions.build(storage=tmp_path, time_budget="2m", trial_timeout=30)
+    assert options.time_budget_s == 120.0 and options.trial_timeout_s == 30.0
+    assert options.storage == str(tmp_path)
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        options.trials = 3  # type: ignore[misc]
+    for bad, flag in [
+        ({"cpus_per_trial": 0}, "--cpus-per-trial"),
+        ({"gpus_per_trial": -1}, "--gpus-per-trial"),
+        ({"max_concurrent": 0}, "--max-concurrent"),
+        ({"trials": 0}, "--trials"),
+        ({"num_cpus": 0}, "--num-cpus"),
+        ({"time_budget": "soon"}, "--time-budget"),
+        ({"trial_timeout": -5}, "--trial-timeout"),
+    ]:
+        with pytest.raises(SqueezerayError, match=flag):
+            SweepOptions.build(**bad)  # type: ignore[arg-type]
+    # The CLI of both commands refuses a bad value before any Ray work, with exit code 2.
+    for command in ("sweep", "nightly"):
+        result = runner.invoke(
+            app, [command, "tiny", "--storage", str(tmp_path), "--trial-timeout", "soon"]
+        )
+        assert result.exit_code == 2 and "--trial-timeout" in result.output, result.output
+    # The keyword API and SweepOptions are one layer: both at once is refused.
+    with pytest.raises(SqueezerayError, match="not both"):
+        prepare_sweep("tiny", options, trials=2)
+
+
+def test_nightly_keeps_every_option(tmp_path: Path) -> None:
+    options = SweepOptions.build(
+        storage=tmp_path, trials=3, trial_timeout="45s", gpus_per_trial=0.5, max_concurrent=2
+    )
+    prepared = prepare_nightly("tiny", options)
+    assert prepared.options.trial_timeout_s == 45.0 and prepared.gpus_per_trial == 0.5
+    assert prepared.max_concurrent == 2 and prepared.space.search.trials == 3
+    assert prepared.space.name.startswith("nightly-")  # the nightly defaults fill the rest
+
+
+def test_resume_runs_what_was_started_and_refuses_a_changed_option(tmp_path: Path) -> None:
+    storage = tmp_path / "runs"
+    first = prepare_sweep(
+        "tiny", storage=storage, sweep_id="a", trials=3, trial_timeout="90s", cpus_per_trial=2
+    )
+    write_manifest(first.storage, first, status="interrupted")
+    manifest = json.loads((storage / Path(*manifest_path("a"))).read_text())
+    assert manifest["options"]["trial_timeout_s"] == 90.0
+    assert manifest["options"]["cpus_per_trial"] == 2.0
+    resumed = prepare_sweep(None, storage=storage, resume=True, sweep_id="a", num_cpus=4)
+    assert resumed.options == dataclasses.replace(first.options, num_cpus=4)  # placement
+    assert resumed.space.search.trials == 3
+    # The same value again is fine; another value is refused, naming both and the way out.
+    prepare_sweep(None, storage=storage, resume=True, sweep_id="a", trials=3)
+    with pytest.raises(SqueezerayError) as err:
+        prepare_sweep(None, storage=storage, resume=True, sweep_id="a", trial_timeout="10s")
+    message = str(err.value)
+    assert "--trial-timeout" in message and "90.0" in message and "10.0" in message
+    assert "without --resume" in message
+    result = runner.invoke(
+        app, ["sweep", "--resume", "--sweep-id", "a", "--storage", str(storage), "--trials", "5"]
+    )
+    assert result.exit_code == 2 and "--trials" in result.output, result.output
+
+
+HANG_SPACE = """
+task: @TASK@
+pipeline: [teacher, distill]
+params:
+  teacher.epochs: 1
+  distill.epochs: 1
+  distill.temperature: {choice: [4.0]}
+search: {algorithm: random, trials: 1}
+latency: {warmup: 1, repeats: 3}
+"""
+
+
+@pytest.mark.slow
+@pytest.mark.usefixtures("ray_session")
+def test_nightly_trial_timeout_records_timeout_and_releases_the_lock(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A stage that hangs under `squeezeray nightly --trial-timeout`: the row says `timeout`,
+    the night ends, and the storage lock is free for the next night at once."""
+    from orchestrator.results import load_results
+    from tests.orchestrator.test_faults import FAULTY_TASK
+
+    module = f"hang_{uuid.uuid4().hex[:8]}"  # fresh: Ray workers keep modules they imported
+    markers = tmp_path / "markers"
+    markers.mkdir()
+    source = FAULTY_TASK.replace("@MARKERS@", str(markers)).replace("@FAULT@", "hang")
+    (tmp_path / f"{module}.py").write_text(source)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    space = tmp_path / "space.yaml"
+    space.write_text(HANG_SPACE.replace("@TASK@", f"{module}:make"))
+    storage = tmp_path / "runs"
+    result = runner.invoke(
+        app,
+        ["nightly", str(space), "--storage", str(storage), "--trial-timeout", "15s", "--no-wait"],
+    )
+    assert (markers / "hung").exists(), result.output  # the distill stage did start
+    rows = [r for r in load_results(str(storage)).to_pylist() if not r["is_baseline"]]
+    assert [r["status"] for r in rows] == ["timeout"], result.output
+    assert result.exit_code == 4, result.output  # no trial succeeded
+    with storage_lock(storage, wait=False), exclusive_use(storage):
+        pass  # both locks are free again
