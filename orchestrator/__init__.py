@@ -2,7 +2,8 @@
 
 The public API is small (as Tune's four names):
 
-    run_sweep(space, *, task=..., trials=..., storage=...) -> pyarrow.Table
+    run_sweep(space, options=None, *, trials=..., storage=...) -> pyarrow.Table
+    SweepOptions.build(storage=..., trials=..., time_budget="30m", ...) -> SweepOptions
     load_results(storage, *, sweep="latest"|"all"|ID)      -> pyarrow.Table
     pareto_front(table, objectives, *, where=None)          -> pyarrow.Table
     hypervolume(front, objectives, reference=None)          -> float
@@ -22,6 +23,7 @@ from stages.errors import SqueezerayError
 if TYPE_CHECKING:
     from orchestrator.config import SearchSpace, load_space
     from orchestrator.export import export_trial, load_model
+    from orchestrator.options import SweepOptions
     from orchestrator.pareto import hypervolume, non_dominated_rank, pareto_front
     from orchestrator.results import list_sweeps, load_results, load_stages
     from orchestrator.sweep import run_sweep
@@ -38,6 +40,7 @@ _LAZY = {
     "load_model": "orchestrator.export",
     "export_trial": "orchestrator.export",
     "SearchSpace": "orchestrator.config",
+    "SweepOptions": "orchestrator.options",
 }
 
 
@@ -50,6 +53,7 @@ def __getattr__(name: str) -> Any:
 __all__ = [
     "SearchSpace",
     "SqueezerayError",
+    "SweepOptions",
     "export_trial",
     "hypervolume",
     "list_sweeps",
