@@ -5,6 +5,7 @@ instant. `SqueezerayError` becomes exit code 2 here, in one place (`_SqueezerayG
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 from typing import Annotated, Any, Optional
@@ -15,8 +16,11 @@ from typer.core import TyperGroup
 
 from stages.errors import SqueezerayError
 
-console = Console(stderr=True)
-out = Console()
+# Piped or logged output is not cut to rich's 80-column default (front tables folded ids and
+# values to "eaa7a_0…"); a terminal, or COLUMNS, sets the width as usual.
+_WIDTH = None if sys.stdout.isatty() or os.environ.get("COLUMNS") else 160
+console = Console(stderr=True, width=_WIDTH)
+out = Console(width=_WIDTH)
 
 
 class _SqueezerayGroup(TyperGroup):

@@ -258,6 +258,16 @@ class SearchSpace:
                 _fail(self.source, f"{kind}.{metric}", _unknown_metric(metric, name))
         return dataclasses.replace(self, task_metric=name)
 
+    def _trials_text(self) -> str:
+        """ "16 trials", or for a grid the trials it runs (one per distinct effective
+        configuration) and the grid's size."""
+        if self.search.algorithm != "grid":
+            return f"{self.search.trials} trials"
+        from orchestrator.search import grid_points
+
+        points, total = grid_points(self)
+        return f"{len(points)} trials" + ("" if len(points) == total else f" (grid of {total})")
+
     def searched(self) -> dict[str, Distribution]:
         """The knobs the search samples, "stage.param" -> Distribution."""
         return {k: d for k, d in self.params.items() if d.kind != "fixed"}
@@ -343,7 +353,7 @@ class SearchSpace:
         lines.append(
             f"search:       {s.algorithm}"
             + (f" ({s.sampler})" if s.algorithm == "optuna" else "")
-            + f", {s.trials} trials, seed {s.seed}, scheduler "
+            + f", {self._trials_text()}, seed {s.seed}, scheduler "
             f"{s.scheduler}, max_concurrent {concurrent}, time budget {budget}"
         )
         if self.constraints:

@@ -113,6 +113,10 @@ def open_storage(storage: str | os.PathLike[str], *, create: bool = False) -> St
             f"storage={text!r} is not a usable location ({exc}); accepted: a local path, "
             "file://, s3://, gs://, or any fsspec URI whose package is installed"
         ) from exc
+    if fs.type_name == "local" and "://" not in text:
+        # Absolute: Ray Tune runs each trial in its own working directory, so a relative
+        # path handed to a trial (error logs, checkpoints) would land under Ray's temp dir.
+        text = root
     result = Storage(fs=fs, root=root, uri=text)
     if create:
         fs.create_dir(root, recursive=True)

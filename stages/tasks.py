@@ -299,6 +299,15 @@ def check_task(task: Task, *, source: str) -> None:
             raise SqueezerayError(
                 f"task={source!r}: {split}[0] has x of type {_kind(x0)}; {INPUT_RULE}"
             )
+        _check_label(item[1], split=split, num_classes=task.num_classes, source=source)
+    for arch in ("teacher", "student"):
+        factory = getattr(task, arch)
+        if isinstance(factory, nn.Module):
+            raise SqueezerayError(
+                f"task={source!r}: {arch} is a model instance ({type(factory).__name__}); it "
+                f"must be a zero-argument callable that builds one, e.g. "
+                f"{arch}=lambda: {type(factory).__name__}(...) or {arch}={type(factory).__name__}"
+            )
     x = task.example_input(1)
     shapes = ", ".join(f"{tuple(t.shape)} {str(t.dtype).replace('torch.', '')}" for t in as_args(x))
     for arch in ("teacher", "student") if task.student is not None else ("teacher",):
@@ -328,6 +337,34 @@ def check_task(task: Task, *, source: str) -> None:
             )
         if arch == "teacher" and task.metric is not None:
             _try_metric(task.metric, out, task.test[0][1], source=source)
+
+
+LABEL_RULE = (
+    "labels are integer classes in [0, num_classes): a Python int or an integer tensor "
+    "(e.g. y.long()); float labels are not classes"
+)
+
+
+def _check_label(y: object, *, split: str, num_classes: int, source: str) -> None:
+    """The first sample's label is an integer class in range (a float label passes a forward
+    pass but fails every training step inside Ray)."""
+    import numpy as np
+
+    scalar = isinstance(y, (int, float, bool, np.generic))
+    value = torch.as_tensor(y) if _is_array(y) or scalar else None
+    if (
+        value is None
+        or value.numel() != 1
+        or value.dtype.is_floating_point
+        or (value.dtype == torch.bool)
+    ):
+        kind = _kind(y) if value is None else f"{str(value.dtype).replace('torch.', '')} {y!r}"
+        raise SqueezerayError(f"task={source!r}: {split}[0] has label {kind}; {LABEL_RULE}")
+    if not 0 <= int(value.item()) < num_classes:
+        raise SqueezerayError(
+            f"task={source!r}: {split}[0] has label {int(value.item())}, outside "
+            f"[0, {num_classes}) (num_classes={num_classes}); {LABEL_RULE}"
+        )
 
 
 def _try_metric(metric: Metric, logits: torch.Tensor, y0: object, *, source: str) -> None:

@@ -65,3 +65,8 @@ def test_grid_sweep_runs_each_effective_configuration_once(tmp_path: Path) -> No
         ("dynamic_int8", "eager"),
         ("onnx_int8", "onnxruntime"),
     }
+
+
+def test_validate_summary_gives_the_grid_trials_not_search_trials(tmp_path: Path) -> None:
+    summary = _space(tmp_path).summary()
+    assert "grid, 4 trials (grid of 6)" in summary, summary

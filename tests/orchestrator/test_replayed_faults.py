@@ -340,7 +340,10 @@ def test_failed_trials_keep_whole_messages_and_tracebacks_and_the_cli_exits_non_
         params="  distill.temperature: {choice: [2.0, 4.0]}",
     )
     storage = tmp_path / "runs"
-    result = CliRunner().invoke(app, ["sweep", str(space), "--storage", str(storage)])
+    # Relative, as the README writes it: Tune runs trials in their own working directories,
+    # and the logs must still land under this storage (they once went to Ray's temp dir).
+    monkeypatch.chdir(tmp_path)
+    result = CliRunner().invoke(app, ["sweep", str(space), "--storage", "runs"])
     assert result.exit_code == 4, result.output
     assert "ended: every trial failed (2 of 2)" in result.output, result.output
     assert "most common error: stage distill: RuntimeError: Error(s) in loading state_dict" in (
