@@ -151,8 +151,11 @@ def lowrank(inp: StageInput, params: LowRankParams) -> StageOutput:
     are (its forward reads their weights directly). rank_ratio 1.0 is the documented no-op
     (a copy, `layers_factorized` 0); a rank_ratio < 1 that factorises no layer raises a
     SqueezerayError that says why (no Linear, all below min_features, or no saving).
-    A masked (unstructured-pruned) parent stays `masked`: factorised layers become dense
-    factors, the layers left alone keep their zeros (also through the fine-tune).
+    A masked (unstructured-pruned) parent stays `masked`: its layers that hold pruned zeros
+    are not factorised (dense SVD factors would throw the pruning away: 1226 of 2410
+    parameters non-zero became 1788 of 1788), they keep their zeros through the fine-tune;
+    when that leaves no layer to factorise, a SqueezerayError names both stages. Metric
+    `layers_skipped_sparse` counts them.
     """
     parent = _require_parent(inp)
     task = inp.task
@@ -176,11 +179,16 @@ def lowrank(inp: StageInput, params: LowRankParams) -> StageOutput:
 
     ranks: dict[str, int] = {}
     too_small = not_smaller = 0
+    masked = bool(parent.recipe.get("masked"))
+    sparse: list[str] = []  # layers of a masked parent that hold pruned zeros: left alone
     for name, module in list(model.named_modules()):
         if not _is_plain_linear(module):
             continue
         assert isinstance(module, nn.Linear)
         out_f, in_f = module.out_features, module.in_features
+        if masked and bool((module.weight == 0).any()):
+            sparse.append(name)  # SVD factors would be dense: the pruning would be lost
+            continue
         if min(out_f, in_f) < params.min_features:
             too_small += 1
             continue
@@ -190,6 +198,16 @@ def lowrank(inp: StageInput, params: LowRankParams) -> StageOutput:
             ranks[name] = rank
         else:
             not_smaller += 1
+    if not ranks and sparse:
+        raise SqueezerayError(
+            f"lowrank.rank_ratio={params.rank_ratio:g} factorised no layer: the parent was "
+            f"pruned by stage 'prune' (unstructured, its zeros are the compression) and "
+            f"lowrank leaves such layers alone, since their SVD factors would be dense and "
+            f"undo the pruning ({len(sparse)} of them: {', '.join(sparse[:6])}); use "
+            "prune.method: structured (smaller dense layers, which lowrank can factorise), "
+            "or drop prune or lowrank "
+            "from the pipeline, or set lowrank.rank_ratio: 1.0 (no low-rank)"
+        )
     if not ranks:
         raise SqueezerayError(_nothing_factorised(model, params, too_small, not_smaller))
     restore_slow_path(model)  # factorised Linears inside nn.TransformerEncoderLayer
@@ -202,6 +220,7 @@ def lowrank(inp: StageInput, params: LowRankParams) -> StageOutput:
         "params_total_before": float(params_before),
         "params_total_after": float(count_params(model)),
         "layers_factorized": float(len(ranks)),
+        "layers_skipped_sparse": float(len(sparse)),
         "val_accuracy_svd": accuracy(model, task.val, device=device),
     }
     if params.epochs > 0:

@@ -63,6 +63,9 @@ from stages.training import accuracy, fit
 
 METHODS = ("l1_unstructured", "global", "structured", "random")
 FINETUNE_BATCH_SIZE = 64  # of the gradual steps' fine-tuning; no batch_size knob
+# unstructured pruning of a model whose Linear/Conv weights hold less than this share of its
+# parameters is an error (an LSTM/GRU/Embedding model: it would report ok, pruning ~nothing)
+MIN_PRUNABLE_SHARE = 0.1
 
 
 @dataclass(frozen=True)
@@ -90,7 +93,14 @@ def cubic_schedule(ratio: float, steps: int) -> list[float]:
 
 
 def prune(inp: StageInput, params: PruneParams) -> StageOutput:
-    """Prune a copy of `inp.parent`; metrics: val_accuracy, sparsity, params_total/_nonzero."""
+    """Prune a copy of `inp.parent`.
+
+    Metrics: val_accuracy; sparsity (exact-zero share of the Linear/Conv weights);
+    prunable_share (share of all parameters in Linear/Conv weights, before pruning);
+    model_sparsity (exact-zero share of all parameters); params_total/_nonzero. Unstructured
+    pruning of a model with prunable_share < MIN_PRUNABLE_SHARE (RNN/Embedding models) is a
+    SqueezerayError naming the layer types it would not touch.
+    """
     task = inp.task
     if inp.parent is None:
         raise SqueezerayError(
@@ -106,6 +116,15 @@ def prune(inp: StageInput, params: PruneParams) -> StageOutput:
         )
     model = build_model(task, inp.parent).to(device)
     total_before, _ = param_counts(model)
+    share = prunable_share(model)
+    if params.method != "structured" and params.ratio > 0.0 and share < MIN_PRUNABLE_SHARE:
+        raise SqueezerayError(
+            f"prune.method={params.method!r} prune.ratio={params.ratio:g} would prune almost "
+            f"nothing: the unstructured methods zero weights of Linear/Conv layers only, which "
+            f"hold {share:.1%} of this model's parameters (below {MIN_PRUNABLE_SHARE:.0%}); "
+            f"not touched: {untouched_summary(model)}; prune a model whose weights are mostly "
+            "in Linear/Conv layers, or drop prune from the pipeline (prune.ratio: 0)"
+        )
     history = prune_module(model, task, params, device=device, seed=inp.seed)
     if params.method == "structured" and params.ratio > 0.0:
         _require_removed(model, task, total_before, params, device=device)
@@ -119,12 +138,37 @@ def prune(inp: StageInput, params: PruneParams) -> StageOutput:
         checkpoint=from_model(task, model, recipe),
         metrics={
             "val_accuracy": accuracy(model, task.val, device=device),
-            "sparsity": sparsity(model),
+            "sparsity": sparsity(model),  # of the prunable (Linear/Conv) weights
+            "prunable_share": share,  # of all parameters, before pruning
+            "model_sparsity": (total - nonzero) / total if total else 0.0,  # of all parameters
             "params_total": float(total),
             "params_nonzero": float(nonzero),
         },
         model=model,
     )
+
+
+def prunable_share(model: nn.Module) -> float:
+    """Share of the model's parameters that are Linear/Conv weights (what unstructured pruning
+    can zero), in [0, 1]."""
+    total, _ = param_counts(model)
+    prunable = sum(layer_weight(m).numel() for _, m in prunable_layers(model))
+    return prunable / total if total else 0.0
+
+
+def untouched_summary(model: nn.Module) -> str:
+    """'LSTM (2176 parameters), Embedding (800 parameters)': the layer types whose parameters
+    unstructured pruning leaves alone (biases of Linear/Conv layers not counted), largest first."""
+    counts: dict[str, int] = {}
+    prunable = {id(m) for _, m in prunable_layers(model)}
+    for module in model.modules():
+        if id(module) in prunable:
+            continue
+        n = sum(p.numel() for p in module.parameters(recurse=False))
+        if n:
+            counts[type(module).__name__] = counts.get(type(module).__name__, 0) + n
+    ranked = sorted(counts.items(), key=lambda kv: -kv[1])
+    return ", ".join(f"{name} ({n} parameters)" for name, n in ranked) or "nothing"
 
 
 def _require_removed(
@@ -144,7 +188,8 @@ def _require_removed(
     graph = tp.DependencyGraph().build_dependency(
         model, example_inputs=example, forward_fn=forward_logits, verbose=False
     )
-    if not any(True for _ in graph.get_all_groups(ignored_layers=[output_layer(model, example)])):
+    ignored = [output_layer(model, example), *rnn_layers(model)]
+    if not any(True for _ in graph.get_all_groups(ignored_layers=ignored)):
         from stages.layers import weight_layer_summary
 
         raise SqueezerayError(
@@ -265,23 +310,73 @@ def _prune_structured(
     pruner = tp.pruner.MetaPruner(
         model,
         example,
-        importance=tp.importance.GroupMagnitudeImportance(p=2),
+        importance=_importance(p=2),
         pruning_ratio=params.ratio,
         pruning_ratio_dict=_keep_one_channel(model, params.ratio, ignored=last),
         iterative_steps=params.steps,
         iterative_pruning_ratio_scheduler=cubic_schedule,
-        ignored_layers=[last],
+        # RNN layers: torch-pruning's LSTM handler indexes out of range (IndexError from
+        # dependency.py) and it has none for GRU/RNN; leave them and what feeds them alone
+        ignored_layers=[last, *rnn_layers(model)],
         forward_fn=forward_logits,
         # attention: prune the same number of dims in every head, so embed_dim stays a multiple
         num_heads={m: m.num_heads for m in model.modules() if isinstance(m, nn.MultiheadAttention)},
     )
     for step in range(params.steps):
-        pruner.step()
+        try:
+            pruner.step()
+        except Exception as exc:  # torch-pruning on a layer pattern it does not handle
+            from stages.layers import weight_layer_summary
+
+            raise SqueezerayError(
+                f"prune.method='structured' prune.ratio={params.ratio:g}: torch-pruning could "
+                f"not prune this model (it has {weight_layer_summary(model)}) at step "
+                f"{step + 1}/{params.steps}: {type(exc).__name__}: {exc}; use an unstructured "
+                "method (l1_unstructured, global, random), or prune.steps: 1"
+            ) from exc
         if params.steps > 1 and params.finetune_epochs > 0:
             # zeros of a masked parent survive the slicing; keep them through the fine-tune
             _finetune_keeping_zeros(model, task, params, device=device, seed=seed + step)
             model.eval()
     return history_of(pruner.DG)
+
+
+def rnn_layers(model: nn.Module) -> list[nn.Module]:
+    """The model's recurrent layers (nn.LSTM, nn.GRU, nn.RNN: `nn.RNNBase`)."""
+    return [m for m in model.modules() if isinstance(m, nn.RNNBase)]
+
+
+def _importance(*, p: int) -> Any:
+    """L2 GroupMagnitudeImportance that also scores a grouped conv with one input per group.
+
+    torch-pruning that also scores a grouped conv with one input per group.
+
+    1.6 repeats a grouped conv's input-channel importance `groups` times only
+    when `groups != in_channels`, meant to skip depthwise convs; a grouped conv left with one
+    input channel per group (Conv2d(8, 16, groups=4) after a step removed half its inputs) has
+    `groups == in_channels != out_channels` and got one score for `in_channels` indices
+    (IndexError on the next pruning step). Such convs are scored as other grouped convs.
+    """
+    import torch_pruning as tp
+
+    class Importance(tp.importance.GroupMagnitudeImportance):  # type: ignore[misc]
+        def __call__(self, group: Any) -> Any:
+            odd = {
+                dep.layer
+                for dep, _ in group
+                if isinstance(dep.layer, nn.modules.conv._ConvNd)
+                and 1 < dep.layer.groups == dep.layer.in_channels != dep.layer.out_channels
+            }
+            saved = [(conv, conv.in_channels) for conv in odd]
+            try:
+                for conv in odd:  # only read by the "repeat for group convs" test
+                    conv.in_channels = -conv.in_channels
+                return super().__call__(group)
+            finally:
+                for conv, n in saved:
+                    conv.in_channels = n
+
+    return Importance(p=p)
 
 
 def _keep_one_channel(

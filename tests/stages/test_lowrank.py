@@ -197,7 +197,8 @@ def test_masked_parent_keeps_zeros_of_untouched_layers(
 ) -> None:
     state = {k: v.clone() for k, v in student.state_dict.items()}
     for key, w in state.items():
-        if key.endswith("weight"):
+        if key == "net.4.weight":  # a layer with pruned zeros is not factorised (see
+            # test_prune_layer_kinds): only the head is pruned here
             w[w.abs() <= w.abs().flatten().kthvalue(w.numel() // 2).values] = 0.0
     masked = ModelCheckpoint(
         task=task.name, state_dict=state, recipe={"arch": "student", "masked": True}

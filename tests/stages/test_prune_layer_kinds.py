@@ -1,0 +1,232 @@
+"""Pruning on layer kinds a user test found faults with: grouped convs + squeeze-excite,
+attention heads, LSTM/GRU, unstructured pruning of RNN models, lowrank after unstructured.
+
+Every stage runs through `stages.selfcheck.run_checked`, as in a sweep: its checkpoint must
+rebuild into the same function.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+import torch
+from torch import nn
+from torch.utils.data import TensorDataset
+
+from stages.base import StageInput, StageOutput
+from stages.checkpoint import ModelCheckpoint, build_model, from_model
+from stages.errors import SqueezerayError
+from stages.lowrank import SPEC as LOWRANK
+from stages.lowrank import LowRankParams
+from stages.prune import SPEC as PRUNE
+from stages.prune import PruneParams
+from stages.selfcheck import run_checked
+from stages.tasks import Task
+from tests.stages.transformer_task import TokenTransformer
+
+VOCAB, SEQ = 20, 6
+
+
+class SE(nn.Module):
+    def __init__(self, c: int) -> None:
+        super().__init__()
+        self.fc1 = nn.Conv2d(c, c // 4, 1)
+        self.fc2 = nn.Conv2d(c // 4, c, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        s = x.mean((2, 3), keepdim=True)
+        return x * torch.sigmoid(self.fc2(torch.relu(self.fc1(s))))
+
+
+class GroupedNet(nn.Module):
+    """The user's MobileNet-style block: grouped conv (groups=4), depthwise conv, SE."""
+
+    def __init__(self, w: int = 8) -> None:
+        super().__init__()
+        self.stem = nn.Sequential(nn.Conv2d(1, w, 3, padding=1, bias=False), nn.BatchNorm2d(w))
+        self.block = nn.Sequential(
+            nn.Conv2d(w, 2 * w, 3, padding=1, groups=4, bias=False),
+            nn.BatchNorm2d(2 * w),
+            nn.ReLU(),
+            nn.Conv2d(2 * w, 2 * w, 3, padding=1, groups=2 * w, bias=False),
+            nn.BatchNorm2d(2 * w),
+            SE(2 * w),
+            nn.Conv2d(2 * w, 2 * w, 1, bias=False),
+        )
+        self.head = nn.Linear(2 * w, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.block(torch.relu(self.stem(x))).mean((2, 3)))
+
+
+class RNNNet(nn.Module):
+    def __init__(self, kind: type[nn.RNNBase], h: int = 16) -> None:
+        super().__init__()
+        self.emb = nn.Embedding(VOCAB, 16)
+        self.rnn = kind(16, h, batch_first=True)
+        self.cls = nn.Linear(h, 2)
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        out, _ = self.rnn(self.emb(ids))
+        return self.cls(out.mean(1))
+
+
+def _task(name: str, model: type[nn.Module] | object, x: torch.Tensor, classes: int) -> Task:
+    g = torch.Generator().manual_seed(0)
+    y = torch.randint(0, classes, (len(x),), generator=g)
+    ds = TensorDataset(x, y)
+    return Task(
+        name=name,
+        teacher=model,
+        student=model,
+        train=ds,
+        val=ds,
+        test=ds,  # type: ignore[arg-type]
+        num_classes=classes,
+    )
+
+
+def _images() -> torch.Tensor:
+    return torch.randn(32, 1, 6, 6, generator=torch.Generator().manual_seed(1))
+
+
+def _ids() -> torch.Tensor:
+    return torch.randint(0, VOCAB, (32, SEQ), generator=torch.Generator().manual_seed(1))
+
+
+def _parent(task: Task) -> ModelCheckpoint:
+    torch.manual_seed(0)
+    return from_model(task, task.build("student"), {"arch": "student"})
+
+
+def _run(task: Task, parent: ModelCheckpoint, **params: object) -> StageOutput:
+    out, _ = run_checked(PRUNE, StageInput(task=task, parent=parent), PruneParams(**params))  # type: ignore[arg-type]
+    return out
+
+
+# -- 1. grouped convs --------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("steps", [1, 2])
+def test_structured_grouped_conv_keeps_channels_divisible_by_groups(steps: int) -> None:
+    """Fault: out_channels not divisible by groups at rebuild; with steps 2, torch-pruning's
+    importance indexed out of range once the grouped conv had one input per group."""
+    task = _task("grouped", GroupedNet, _images(), 3)
+    parent = _parent(task)
+    out = _run(task, parent, ratio=0.3, method="structured", steps=steps, finetune_epochs=1)
+    before = sum(p.numel() for p in build_model(task, parent).parameters())
+    assert out.metrics["params_total"] < before
+    rebuilt = build_model(task, out.checkpoint)
+    convs = [m for m in rebuilt.modules() if isinstance(m, nn.Conv2d)]
+    grouped = rebuilt.block[0]
+    assert grouped.groups == 4 and grouped.out_channels < 16
+    for conv in convs:
+        assert conv.in_channels % conv.groups == 0 and conv.out_channels % conv.groups == 0
+    assert rebuilt.block[3].groups == rebuilt.block[3].out_channels  # still depthwise
+
+
+# -- 2. attention heads ------------------------------------------------------------------------
+
+
+def test_structured_transformer_keeps_embed_dim_a_multiple_of_heads() -> None:
+    task = _task(
+        "attn",
+        lambda: TokenTransformer(d_model=16, heads=4, ff=32, layers=1),
+        torch.randint(0, 24, (32, 12), generator=torch.Generator().manual_seed(1)),
+        3,
+    )
+    out = _run(task, _parent(task), ratio=0.3, method="structured")
+    rebuilt = build_model(task, out.checkpoint)
+    (mha,) = [m for m in rebuilt.modules() if isinstance(m, nn.MultiheadAttention)]
+    assert mha.num_heads == 4 and mha.embed_dim < 16 and mha.embed_dim % 4 == 0
+
+
+# -- 3. LSTM / GRU structured -------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("kind", [nn.LSTM, nn.GRU])
+def test_structured_rnn_says_it_removed_nothing(kind: type[nn.RNNBase]) -> None:
+    """Fault: LSTM crashed with IndexError inside torch-pruning; GRU said so clearly."""
+    task = _task(kind.__name__, lambda: RNNNet(kind), _ids(), 2)
+    with pytest.raises(SqueezerayError, match=rf"removed no channel.*{kind.__name__} x1"):
+        _run(task, _parent(task), ratio=0.3, method="structured")
+
+
+# -- 4. unstructured on RNN models ------------------------------------------------------------
+
+
+@pytest.mark.parametrize("method", ["l1_unstructured", "global"])
+def test_unstructured_on_an_rnn_model_is_an_error_naming_the_layers(method: str) -> None:
+    task = _task("lstm", lambda: RNNNet(nn.LSTM), _ids(), 2)
+    with pytest.raises(
+        SqueezerayError, match=r"almost nothing.*LSTM \(\d+ parameters\).*Embedding"
+    ):
+        _run(task, _parent(task), ratio=0.5, method=method)
+
+
+def test_unstructured_reports_the_share_it_could_prune() -> None:
+    """An Embedding + Linear model: prunes its Linears, and says how much of the model that is."""
+
+    class EmbMLP(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.emb = nn.Embedding(VOCAB, 8)
+            self.mlp = nn.Sequential(nn.Linear(8 * SEQ, 32), nn.ReLU(), nn.Linear(32, 2))
+
+        def forward(self, ids: torch.Tensor) -> torch.Tensor:
+            return self.mlp(self.emb(ids).flatten(1))
+
+    task = _task("emb", EmbMLP, _ids(), 2)
+    out = _run(task, _parent(task), ratio=0.5, method="l1_unstructured")
+    linear = (8 * SEQ) * 32 + 32 * 2
+    total = out.metrics["params_total"]
+    assert out.metrics["prunable_share"] == pytest.approx(linear / total)
+    assert out.metrics["sparsity"] == pytest.approx(0.5, abs=1e-3)
+    assert out.metrics["model_sparsity"] == pytest.approx(
+        (total - out.metrics["params_nonzero"]) / total
+    )
+    assert out.metrics["model_sparsity"] < out.metrics["sparsity"]
+
+
+# -- 5. lowrank after unstructured pruning -----------------------------------------------------
+
+
+class MLP(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.net = nn.Sequential(
+            nn.Linear(36, 32), nn.ReLU(), nn.Linear(32, 32), nn.ReLU(), nn.Linear(32, 3)
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x.flatten(1))
+
+
+def _lowrank(task: Task, parent: ModelCheckpoint) -> StageOutput:
+    params = LowRankParams(rank_ratio=0.25, min_features=4, epochs=1)
+    out, _ = run_checked(LOWRANK, StageInput(task=task, parent=parent), params)
+    return out
+
+
+def test_lowrank_refuses_to_densify_an_unstructured_pruned_parent() -> None:
+    """Fault: params_nonzero 1226/2410 became 1788/1788 (every layer factorised densely)."""
+    task = _task("mlp", MLP, _images(), 3)
+    pruned = _run(task, _parent(task), ratio=0.5, method="l1_unstructured").checkpoint
+    with pytest.raises(SqueezerayError, match=r"stage 'prune'.*dense.*prune.method: structured"):
+        _lowrank(task, pruned)
+
+
+def test_lowrank_factorises_only_the_layers_without_pruned_zeros() -> None:
+    task = _task("mlp", MLP, _images(), 3)
+    parent = _parent(task)
+    state = {k: v.clone() for k, v in parent.state_dict.items()}
+    w = state["net.0.weight"]
+    w[w.abs() < w.abs().median()] = 0.0  # only the first layer is pruned
+    masked = dataclasses.replace(parent, state_dict=state, recipe={**parent.recipe, "masked": True})
+    out = _lowrank(task, masked)
+    assert out.metrics["layers_skipped_sparse"] == 1
+    assert set(out.checkpoint.recipe["lowrank"]) == {"net.2"}  # net.4: too small to save
+    kept = build_model(task, out.checkpoint).net[0].weight
+    assert torch.equal(kept == 0, w == 0)  # its zeros survived the fine-tune
+    assert out.checkpoint.recipe["masked"] is True
