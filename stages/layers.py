@@ -91,6 +91,8 @@ def check_stages_apply(
     - lowrank with a reachable rank_ratio < 1 on a model with no plain nn.Linear, or (when
       nothing upstream resizes layers) with no Linear that the smallest reachable rank_ratio
       and min_features would factorise;
+    - prune with a reachable unstructured method and ratio > 0 on a model whose Linear/Conv
+      weights hold under `stages.prune.MIN_PRUNABLE_SHARE` of its parameters (RNN models);
     - quantize.mode dynamic_int8 reachable on a model with no nn.Linear or (supported)
       nn.MultiheadAttention.
     """
@@ -111,6 +113,23 @@ def check_stages_apply(
                 f"lora.rank={max(ranks)!r} cannot apply to the {arch} model of task "
                 f"{task.name!r}: LoRA adapts nn.Linear and nn.MultiheadAttention weights and "
                 f"the model has none ({layers}); set lora.rank: 0 or drop lora from the pipeline"
+            )
+    if "prune" in pipeline:
+        from stages.prune import MIN_PRUNABLE_SHARE, prunable_share, untouched_summary
+
+        methods = [m for m in reachable("prune.method", "l1_unstructured") if m != "structured"]
+        share = prunable_share(model)
+        if (
+            methods
+            and any(r > 0 for r in reachable("prune.ratio", 0.5))
+            and (share < MIN_PRUNABLE_SHARE)
+        ):
+            raise SqueezerayError(
+                f"prune.method={methods[0]!r} cannot apply to the {arch} model of task "
+                f"{task.name!r}: the unstructured methods zero Linear/Conv weights, which hold "
+                f"{share:.1%} of its parameters (below {MIN_PRUNABLE_SHARE:.0%}); not touched: "
+                f"{untouched_summary(model)}; use prune.method: structured, prune.ratio: 0, or "
+                "drop prune from the pipeline"
             )
     has_linear = any(type(m) is nn.Linear for m in model.modules())
     if "lowrank" in pipeline:

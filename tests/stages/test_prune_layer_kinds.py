@@ -230,3 +230,14 @@ def test_lowrank_factorises_only_the_layers_without_pruned_zeros() -> None:
     kept = build_model(task, out.checkpoint).net[0].weight
     assert torch.equal(kept == 0, w == 0)  # its zeros survived the fine-tune
     assert out.checkpoint.recipe["masked"] is True
+
+
+def test_unstructured_on_an_rnn_model_is_refused_up_front() -> None:
+    from stages.layers import check_stages_apply
+
+    task = _task("gru", lambda: RNNNet(nn.GRU), _ids(), 2)
+    pipeline = ["teacher", "prune"]
+    with pytest.raises(SqueezerayError, match=r"prune.method='global' cannot apply.*GRU \("):
+        check_stages_apply(task, pipeline, {"prune.method": ["global"], "prune.ratio": [0.5]})
+    check_stages_apply(task, pipeline, {"prune.method": ["structured"], "prune.ratio": [0.5]})
+    check_stages_apply(task, pipeline, {"prune.method": ["global"], "prune.ratio": [0.0]})
