@@ -99,12 +99,24 @@ def join_ray(address: str, *, logging_level: int, log_to_driver: bool) -> None:
         return
     target, origin = resolve_address(address)
     _check_listening(address, target, origin)
-    token = use_token_if_available()
+    # The token is presented only to a head that asks for it: a client in token mode joined a
+    # head without authentication, but its actors were then cancelled before they ran (seen
+    # with ~/.ray/auth_token left by an earlier `ray start --head` and a cluster started
+    # without authentication).
+    token: str | None = None
     try:
-        ray.init(address=target, logging_level=logging_level, log_to_driver=log_to_driver)
+        try:
+            ray.init(address=target, logging_level=logging_level, log_to_driver=log_to_driver)
+        except Exception as first:
+            if not _is_auth_error(first) or os.environ.get("RAY_AUTH_MODE") is not None:
+                raise
+            token = use_token_if_available()
+            if token is None:
+                raise
+            ray.shutdown()
+            ray.init(address=target, logging_level=logging_level, log_to_driver=log_to_driver)
     except Exception as exc:  # ConnectionError, AuthenticationError, RuntimeError from the GCS
-        text = _chain_text(exc)
-        if any(m in text for m in ("AuthenticationError", "InvalidAuthToken", "UNAUTHENTICATED")):
+        if _is_auth_error(exc):
             have = f"the token from {token} was refused" if token else "no token was found here"
             raise SqueezerayError(
                 f"--address={address!r}: the Ray head at {target} uses token authentication "
@@ -115,6 +127,11 @@ def join_ray(address: str, *, logging_level: int, log_to_driver: bool) -> None:
             f"({_one_line(exc)}); check that its head is running (`ray status --address "
             f"{target}`), or drop --address to run on an embedded local Ray"
         ) from exc
+
+
+def _is_auth_error(exc: BaseException) -> bool:
+    text = _chain_text(exc)
+    return any(m in text for m in ("AuthenticationError", "InvalidAuthToken", "UNAUTHENTICATED"))
 
 
 def resolve_address(address: str) -> tuple[str, str]:
