@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 
@@ -24,3 +25,30 @@ def ray_session() -> Iterator[None]:
     init_ray(address=None, num_cpus=2, num_gpus=1)
     yield
     ray.shutdown()
+
+
+@pytest.fixture
+def s3_server(monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
+    """A local S3-compatible server (moto's server mode) with one bucket, `squeeze`, and the
+    environment an S3 client needs for it (as for MinIO: keys in the environment, the
+    endpoint in the URI). Yields "HOST:PORT"; skips where moto is not installed."""
+    pytest.importorskip("moto.server")
+    import boto3
+    from moto.server import ThreadedMotoServer
+
+    env = {
+        "AWS_ACCESS_KEY_ID": "testing",
+        "AWS_SECRET_ACCESS_KEY": "testing",
+        "AWS_DEFAULT_REGION": "us-east-1",
+        "AWS_EC2_METADATA_DISABLED": "true",
+    }
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    server: Any = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    boto3.client("s3", endpoint_url=f"http://{host}:{port}", region_name="us-east-1").create_bucket(
+        Bucket="squeeze"
+    )
+    yield f"{host}:{port}"
+    server.stop()

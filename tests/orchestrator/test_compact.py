@@ -295,27 +295,9 @@ def test_compaction_on_an_fsspec_memory_uri() -> None:
 
 
 @pytest.fixture
-def s3_uri(monkeypatch: pytest.MonkeyPatch) -> Any:
-    """An S3 URI (MinIO style: endpoint in the query string) on a local moto server."""
-    pytest.importorskip("moto.server")
-    import boto3
-    from moto.server import ThreadedMotoServer
-
-    for name, value in {
-        "AWS_ACCESS_KEY_ID": "testing",
-        "AWS_SECRET_ACCESS_KEY": "testing",
-        "AWS_DEFAULT_REGION": "us-east-1",
-        "AWS_EC2_METADATA_DISABLED": "true",
-    }.items():
-        monkeypatch.setenv(name, value)
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    server.start()
-    host, port = server.get_host_and_port()
-    boto3.client("s3", endpoint_url=f"http://{host}:{port}", region_name="us-east-1").create_bucket(
-        Bucket="squeeze"
-    )
-    yield f"s3://squeeze/store?scheme=http&endpoint_override={host}:{port}&region=us-east-1"
-    server.stop()
+def s3_uri(s3_server: str) -> str:
+    """An S3 URI (MinIO style: endpoint in the query string) on the local moto server."""
+    return f"s3://squeeze/store?scheme=http&endpoint_override={s3_server}&region=us-east-1"
 
 
 def test_compaction_and_gc_on_s3_with_a_crash_between_write_and_delete(

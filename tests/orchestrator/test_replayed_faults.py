@@ -470,33 +470,6 @@ def test_baseline_failure_and_recomputed_checkpoints_are_said_at_the_end(tmp_pat
 # --- fault 4: object-store URIs with a query string, against a local S3-compatible server ----
 
 
-@pytest.fixture
-def s3_server(monkeypatch: pytest.MonkeyPatch) -> Any:
-    """A local S3-compatible server (moto's server mode) with one bucket, and the environment
-    an S3 client needs for it (as for MinIO: keys in the environment, the endpoint in the
-    URI)."""
-    pytest.importorskip("moto.server")
-    import boto3
-    from moto.server import ThreadedMotoServer
-
-    env = {
-        "AWS_ACCESS_KEY_ID": "testing",
-        "AWS_SECRET_ACCESS_KEY": "testing",
-        "AWS_DEFAULT_REGION": "us-east-1",
-        "AWS_EC2_METADATA_DISABLED": "true",
-    }
-    for name, value in env.items():
-        monkeypatch.setenv(name, value)
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    server.start()
-    host, port = server.get_host_and_port()
-    boto3.client("s3", endpoint_url=f"http://{host}:{port}", region_name="us-east-1").create_bucket(
-        Bucket="squeeze"
-    )
-    yield f"{host}:{port}"
-    server.stop()
-
-
 def test_join_uri_keeps_the_query_string() -> None:
     from orchestrator.storage import join_uri, open_storage
 
