@@ -423,8 +423,27 @@ def load_space(path: str | Path | None = None, *, check_task: bool = True) -> Se
         ) from None
     except (OSError, UnicodeDecodeError) as exc:
         raise SqueezerayError(f"{source}: cannot read the file ({exc})") from exc
-    data = _load_yaml(text, source=source)
-    return parse_space(data, source=source, check_task=check_task)
+    return parse_space_text(text, source=source, check_task=check_task)
+
+
+def parse_space_text(text: str, *, source: str, check_task: bool = True) -> SearchSpace:
+    """Validate a search space given as YAML text; errors name `source` (its file)."""
+    return parse_space(_load_yaml(text, source=source), source=source, check_task=check_task)
+
+
+def space_text(space: SearchSpace) -> str | None:
+    """The YAML text `space` was read from, or None when its file is gone or no longer reads
+    as the same space (edited, or a space built in Python). A sweep manifest stores it, so
+    `--resume` runs the space that was started whatever happens to the file later."""
+    try:
+        text = Path(space.source).read_text(encoding="utf-8")
+        again = parse_space_text(text, source=space.source, check_task=False)
+    except (OSError, UnicodeDecodeError, SqueezerayError):
+        return None
+    same = ("task", "pipeline", "objectives", "params", "search", "constraints", "latency")
+    if any(getattr(again, k) != getattr(space, k) for k in same):
+        return None
+    return text
 
 
 def parse_space(data: Mapping[str, Any], *, source: str, check_task: bool = True) -> SearchSpace:

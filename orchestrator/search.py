@@ -20,8 +20,14 @@ def make_search(
     evaluated_rewards: list[list[float]] | None = None,
     warm_constraint_values: list[dict[str, float]] | None = None,
     max_concurrent: int | None = None,
+    deadline_key: str | None = None,
 ) -> tuple[Any, dict[str, Any], int]:
     """(search_alg, param_space, num_samples) for the Tuner.
+
+    With a time budget, the search stops launching trials at `DEADLINES[deadline_key]` (a
+    `time.monotonic()` value of this process, set by the sweep; default: now + the budget).
+    The deadline is looked up when a trial is to start, so a search restored from a dead
+    process's checkpoint (`--resume`) uses this process's deadline, not the pickled one.
 
     `warm_constraint_values` (one dict per warm-start point: constraint column -> the value its
     stored row holds) judge the warm-start points' constraints; a point whose constraint column
@@ -61,7 +67,10 @@ def make_search(
             searcher = ConcurrencyLimiter(searcher, max_concurrent=max_concurrent)
         inner, param_space, num_samples = SearchGenerator(searcher), {}, space.search.trials
     if space.search.time_budget_s is not None:
-        inner = _with_deadline(inner, time.monotonic() + space.search.time_budget_s)
+        deadline = time.monotonic() + space.search.time_budget_s
+        if deadline_key is not None:
+            deadline = DEADLINES.setdefault(deadline_key, deadline)
+        inner = _with_deadline(inner, deadline, key=deadline_key)
     return inner, param_space, num_samples
 
 
@@ -90,7 +99,15 @@ def grid_points(space: SearchSpace) -> tuple[list[dict[str, Any]], int]:
     return points, total
 
 
-def _with_deadline(inner: Any, deadline: float) -> Any:
+# sweep id -> the time.monotonic() at which its search stops launching trials (this process).
+DEADLINES: dict[str, float] = {}
+
+
+def current_deadline(key: str | None, default: float) -> float:
+    return DEADLINES.get(key, default) if key is not None else default
+
+
+def _with_deadline(inner: Any, deadline: float, *, key: str | None = None) -> Any:
     """A search algorithm that stops *launching* trials at `deadline` (time.monotonic()).
 
     Tune's own `time_budget_s` kills running trials, losing their results; here running
@@ -118,10 +135,17 @@ def _with_deadline(inner: Any, deadline: float) -> Any:
             self.inner.add_configurations(experiments)
 
         def next_trial(self) -> Any:
-            if time.monotonic() >= deadline:
+            # Through the live module: this class is pickled by value with Tune's state, and a
+            # restored copy must read the resuming process's deadline.
+            if self._expired():
                 self.out_of_time = True
                 return None
             return self.inner.next_trial()
+
+        def _expired(self) -> bool:
+            import orchestrator.search as live
+
+            return time.monotonic() >= live.current_deadline(key, deadline)
 
         def on_trial_result(self, trial_id: str, result: dict[str, Any]) -> None:
             self.inner.on_trial_result(trial_id, result)
@@ -132,7 +156,8 @@ def _with_deadline(inner: Any, deadline: float) -> Any:
             self.inner.on_trial_complete(trial_id, result=result, error=error)
 
         def is_finished(self) -> bool:
-            return self.out_of_time or bool(self.inner.is_finished())
+            # Not the pickled out_of_time: a restored search has the resumed budget left.
+            return self._expired() or bool(self.inner.is_finished())
 
         def set_finished(self) -> None:
             self.inner.set_finished()

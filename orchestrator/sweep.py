@@ -36,7 +36,9 @@ from orchestrator.config import (
     SearchSpace,
     check_stages_apply_to_task,
     load_space,
+    parse_space_text,
 )
+from orchestrator.config import space_text as config_space_text
 from orchestrator.options import FLAGS, PLACEMENT, SweepOptions
 from orchestrator.pipeline import SweepPlan
 from orchestrator.rows import now, trial_row
@@ -158,6 +160,7 @@ class PreparedSweep:
     resume: bool
     fingerprint: dict[str, str] = field(default_factory=dict)  # stages.fingerprint, per task
     space_text: str | None = None  # the YAML it was read from (the manifest keeps it)
+    budget_elapsed_s: float = 0.0  # seconds of the time budget spent before (--resume)
 
     @property
     def cpus_per_trial(self) -> float:
@@ -232,13 +235,22 @@ def prepare_sweep(
             f"`{resume_command(store, sweep_id)}` or choose another id"
         )
     space_text: str | None = None
+    budget_elapsed_s = 0.0
     if resume:
         if sweep_id is None:
             sweep_id = latest_sweep_id(store)
         manifest = read_manifest(store, sweep_id)
         opts = resumed_options(manifest, opts, store, sweep_id)
+        budget_elapsed_s = float(manifest.get("budget_elapsed_s") or 0.0)
+        space_text = manifest.get("space_yaml")
+        # The space as started (its YAML text), whatever became of its file since; only a
+        # manifest from before the text was kept (or a space built in Python) reads the file.
         space = manifest["space_source"]
+        if space_text is not None:
+            space = parse_space_text(space_text, source=manifest["space_source"], check_task=False)
     loaded = space if isinstance(space, SearchSpace) else load_space(space, check_task=False)
+    if not resume:
+        space_text = config_space_text(loaded)
     loaded = loaded.with_overrides(
         task=opts.task,
         trials=opts.trials,
@@ -273,6 +285,7 @@ def prepare_sweep(
         resume=resume,
         fingerprint=fingerprint.as_dict(),
         space_text=space_text,
+        budget_elapsed_s=budget_elapsed_s,
     )
 
 
@@ -378,18 +391,34 @@ def _check_sweep_id(sweep_id: str) -> None:
     check_sweep_id_unambiguous(sweep_id, what="--sweep-id")
 
 
+def search_deadlines() -> dict[str, float]:
+    from orchestrator.search import DEADLINES
+
+    return DEADLINES
+
+
 def manifest_path(sweep_id: str) -> tuple[str, str]:
     return SWEEPS_DIR, f"{sweep_id}.json"
 
 
 def write_manifest(
-    store: Storage, sweep: PreparedSweep, *, status: str, error: str | None = None
+    store: Storage,
+    sweep: PreparedSweep,
+    *,
+    status: str,
+    error: str | None = None,
+    budget_elapsed_s: float | None = None,
 ) -> None:
+    """`budget_elapsed_s`: seconds of the sweep's run time so far, over all its runs (a
+    resumed sweep's time budget is what is left of it); default: as at its start."""
     space = sweep.space
+    elapsed = sweep.budget_elapsed_s if budget_elapsed_s is None else budget_elapsed_s
     data = {
         "sweep_id": sweep.sweep_id,
         "name": space.name,
         "space_source": str(Path(space.source).resolve()),
+        "space_yaml": sweep.space_text,  # what --resume runs (None: a space built in Python)
+        "budget_elapsed_s": elapsed,
         "task": space.task,
         "trials": space.search.trials,
         "seed": space.search.seed,
@@ -536,6 +565,12 @@ def _execute_sweep(
             f"--cpus-per-trial={sweep.cpus_per_trial:g} but the Ray cluster has {info.cpus:g} CPUs"
         )
     write_manifest(store, sweep, status="running")
+    # The time budget counts this run from here, after what earlier runs spent (--resume);
+    # the deadline is this process's monotonic clock, never one restored from the dead run.
+    run_start = time.monotonic()
+    if space.search.time_budget_s is not None:
+        left = max(0.0, space.search.time_budget_s - sweep.budget_elapsed_s)
+        search_deadlines()[sweep.sweep_id] = run_start + left
 
     # Selection happens on the validation split: `accuracy` objectives and constraints resolve
     # to `val_accuracy` (config.selection_column); the test accuracy is only reported.
@@ -587,6 +622,7 @@ def _execute_sweep(
         evaluated_rewards=warm_start[1] if warm_start else None,
         warm_constraint_values=warm_start[2] if warm_start and len(warm_start) > 2 else None,
         max_concurrent=concurrency,
+        deadline_key=sweep.sweep_id,
     )
     writer = ResultsWriter(
         storage=store.uri,
@@ -674,7 +710,14 @@ def _execute_sweep(
                 final_note = "final latency phase interrupted; rows keep their in-sweep latency"
     stats = ray.get(cache.stats.remote(wait=not interrupted))
     ray.kill(cache)
-    write_manifest(store, sweep, status="interrupted" if interrupted else "finished")
+    search_deadlines().pop(sweep.sweep_id, None)
+    elapsed = sweep.budget_elapsed_s + (time.monotonic() - run_start)
+    write_manifest(
+        store,
+        sweep,
+        status="interrupted" if interrupted else "finished",
+        budget_elapsed_s=elapsed,
+    )
     _compact_quietly(store, sweep.sweep_id)
     table = _sweep_table(store, sweep.sweep_id)
     trial_rows = [r for r in table.to_pylist() if not r["is_baseline"]]
@@ -691,7 +734,7 @@ def _execute_sweep(
         total=writer.total,
         budget_s=space.search.time_budget_s,
         out_of_time=bool(getattr(search_alg, "out_of_time", False)),
-        wall_s=time.perf_counter() - t0,
+        wall_s=elapsed,
     )
     summary = SweepSummary(
         sweep_id=sweep.sweep_id,

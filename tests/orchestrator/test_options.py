@@ -149,3 +149,31 @@ def test_nightly_trial_timeout_records_timeout_and_releases_the_lock(
     assert result.exit_code == 4, result.output  # no trial succeeded
     with storage_lock(storage, wait=False), exclusive_use(storage):
         pass  # both locks are free again
+
+
+def test_editing_the_yaml_after_the_start_does_not_change_a_resumed_sweep(
+    tmp_path: Path,
+) -> None:
+    from orchestrator.config import load_space
+
+    space_file = tmp_path / "space.yaml"
+    text = Path(load_space("tiny").source).read_text()
+    space_file.write_text(text)
+    storage = tmp_path / "runs"
+    first = prepare_sweep(str(space_file), storage=storage, sweep_id="s")
+    write_manifest(first.storage, first, status="interrupted")
+    manifest = json.loads((storage / Path(*manifest_path("s"))).read_text())
+    assert manifest["space_yaml"] == text
+    # Edited after the start: other trials, other prune ratios; then deleted altogether.
+    space_file.write_text(text.replace("trials: 4", "trials: 9").replace("[0.3, 0.6]", "[0.9]"))
+    assert load_space(space_file).search.trials == 9
+    resumed = prepare_sweep(None, storage=storage, resume=True, sweep_id="s")
+    assert resumed.space == first.space and resumed.space_text == text
+    space_file.unlink()
+    again = prepare_sweep(None, storage=storage, resume=True, sweep_id="s")
+    assert again.space == first.space
+    # A space built in Python (no file reads as it) keeps no text; the resume reads the file.
+    edited = dataclasses.replace(load_space("tiny"), name="mine")
+    assert prepare_sweep(edited, storage=storage).space_text is not None  # name is an option
+    other = edited.with_overrides(trials=2)
+    assert prepare_sweep(other, storage=storage).space_text is None

@@ -417,3 +417,56 @@ def test_results_writer_does_not_write_a_replayed_trial_twice(tmp_path: Path) ->
     rows = load_results(str(tmp_path)).to_pylist()
     assert [r["trial_id"] for r in rows] == ["new"]
     assert events[-1][1]["counts"]["ok"] == 2
+
+
+@pytest.mark.slow
+def test_interrupted_time_budget_resumes_with_the_remainder_and_finishes(
+    tmp_path: Path, cleanup: list[int]
+) -> None:
+    """The manifest keeps the budget spent so far; the resumed run gets what is left of it
+    (from its own clock) and launches the trials still to run."""
+    space = tmp_path / "space.yaml"
+    space.write_text(SPACE)
+    storage = tmp_path / "results"
+    args = ["sweep", str(space), "--storage", str(storage), "--sweep-id", "b1"]
+    run = _Run(tmp_path, "first", [*args, "--time-budget", "900s"])
+    cleanup.append(run.proc.pid)
+    _wait_for_trials(run, storage, 1)
+    run.proc.send_signal(signal.SIGINT)
+    assert run.wait(timeout=120) == 2, run.output
+    manifest = read_manifest(open_storage(storage), "b1")
+    spent = manifest["budget_elapsed_s"]
+    assert manifest["status"] == "interrupted" and 0 < spent < 900
+    assert manifest["options"]["time_budget_s"] == 900.0
+    first_rows = len(_trial_rows(storage))
+    assert first_rows < TRIALS
+
+    command = shlex.split(resume_command(open_storage(storage), "b1"))
+    resume = _Run(tmp_path, "resume", command[1:])
+    cleanup.append(resume.proc.pid)
+    assert resume.wait(timeout=300) == 0, resume.output
+    _check_complete(storage, "b1")
+    manifest = read_manifest(open_storage(storage), "b1")
+    assert manifest["status"] == "finished" and manifest["budget_elapsed_s"] > spent
+    assert "all trials done" in " ".join(resume.output.split()), resume.output
+
+
+def test_a_restored_search_reads_this_process_deadline() -> None:
+    """Tune pickles the search (deadline included) with its experiment; the copy restored by
+    --resume must stop at the resuming process's deadline, not at the dead one's."""
+    import cloudpickle
+
+    from orchestrator.config import load_space
+    from orchestrator.search import DEADLINES, make_search
+
+    space = load_space("tiny").with_overrides(time_budget_s=60.0)
+    key = "deadline-test"
+    try:
+        alg, _, _ = make_search(space, constraints=(), deadline_key=key)
+        restored = cloudpickle.loads(cloudpickle.dumps(alg))
+        DEADLINES[key] = time.monotonic() - 1  # this process: the budget is spent
+        assert restored.is_finished() and restored.next_trial() is None
+        DEADLINES[key] = time.monotonic() + 60  # this process: a minute left
+        assert not restored.is_finished()
+    finally:
+        DEADLINES.pop(key, None)
