@@ -306,18 +306,18 @@ def _prune_structured(
 
     model.eval()  # tracing runs a forward pass: keep BatchNorm running stats untouched
     example = to_device(task.example_input(2), device)
-    last = output_layer(model, example)
+    # RNN layers: torch-pruning's LSTM handler indexes out of range (IndexError from
+    # dependency.py) and it has none for GRU/RNN; leave them and what feeds them alone
+    ignored = [output_layer(model, example), *rnn_layers(model)]
     pruner = tp.pruner.MetaPruner(
         model,
         example,
         importance=_importance(p=2),
         pruning_ratio=params.ratio,
-        pruning_ratio_dict=_keep_one_channel(model, params.ratio, ignored=last),
+        pruning_ratio_dict=_keep_one_channel(model, params.ratio, ignored=ignored, example=example),
         iterative_steps=params.steps,
         iterative_pruning_ratio_scheduler=cubic_schedule,
-        # RNN layers: torch-pruning's LSTM handler indexes out of range (IndexError from
-        # dependency.py) and it has none for GRU/RNN; leave them and what feeds them alone
-        ignored_layers=[last, *rnn_layers(model)],
+        ignored_layers=ignored,
         forward_fn=forward_logits,
         # attention: prune the same number of dims in every head, so embed_dim stays a multiple
         num_heads={m: m.num_heads for m in model.modules() if isinstance(m, nn.MultiheadAttention)},
@@ -380,20 +380,37 @@ def _importance(*, p: int) -> Any:
 
 
 def _keep_one_channel(
-    model: nn.Module, ratio: float, *, ignored: nn.Module
+    model: nn.Module, ratio: float, *, ignored: list[nn.Module], example: Inputs
 ) -> dict[nn.Module, float]:
-    """Per-layer ratios capped so that at least one neuron/channel survives.
+    """Per-layer ratios capped so that at least one neuron/channel (per group) survives.
 
-    MetaPruner keeps `int(n * (1 - ratio))` of a layer's n outputs; where that is 0 it skips
-    the layer altogether, so ratio 0.99 on an 8-channel conv would silently prune nothing.
+    MetaPruner keeps `int(n * (1 - ratio))` of a group's n outputs; where that is 0 it skips
+    the group altogether, so ratio 0.99 on an 8-channel conv would silently prune nothing. A
+    group coupled to a grouped conv (not depthwise) is pruned per conv group, the same count
+    in each: there n is the channels per conv group, and every layer of the coupled group
+    gets that cap (MetaPruner takes the group's ratio from one of its layers).
     """
-    ratios: dict[nn.Module, float] = {}
-    for _, module in prunable_layers(model):
-        if module is ignored:
+    from stages.surgery import dependency_graph
+
+    def cap(n: int) -> float:
+        # n * (1 - r) must stay >= 1 after float rounding: a hair above 1 / n kept
+        return max(0.0, min(ratio, 1.0 - (1.0 + 1e-6) / max(n, 1)))
+
+    layers = {module for _, module in prunable_layers(model)} - set(ignored)
+    ratios = {module: cap(int(layer_weight(module).shape[0])) for module in layers}
+    graph = dependency_graph(model, example)
+    for group in graph.get_all_groups(ignored_layers=ignored):
+        members = {dep.target.module for dep, _ in group}
+        conv_groups = [
+            int(m.groups)
+            for m in members
+            if isinstance(m, nn.modules.conv._ConvNd) and 1 < m.groups < m.out_channels
+        ]
+        if not conv_groups:
             continue
-        n_out = int(layer_weight(module).shape[0])
-        # n_out * (1 - r) must stay >= 1 after float rounding: a hair above 1 / n_out kept
-        ratios[module] = max(0.0, min(ratio, 1.0 - (1.0 + 1e-6) / n_out))
+        per_group = len(group[0][1]) // max(conv_groups)
+        for module in members & layers:
+            ratios[module] = min(ratios[module], cap(per_group))
     return ratios
 
 

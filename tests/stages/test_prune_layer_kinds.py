@@ -126,6 +126,14 @@ def test_structured_grouped_conv_keeps_channels_divisible_by_groups(steps: int) 
     assert rebuilt.block[3].groups == rebuilt.block[3].out_channels  # still depthwise
 
 
+def test_structured_extreme_ratio_keeps_one_channel_per_group() -> None:
+    """ratio 0.95 left the grouped conv at 16 channels (its per-group count rounded to 0)."""
+    task = _task("grouped", GroupedNet, _images(), 3)
+    out = _run(task, _parent(task), ratio=0.95, method="structured")
+    grouped = build_model(task, out.checkpoint).block[0]
+    assert (grouped.groups, grouped.out_channels) == (4, 4)
+
+
 # -- 2. attention heads ------------------------------------------------------------------------
 
 
