@@ -128,8 +128,9 @@ def check_stages_apply(
                 f"prune.method={methods[0]!r} cannot apply to the {arch} model of task "
                 f"{task.name!r}: the unstructured methods zero Linear/Conv weights, which hold "
                 f"{share:.1%} of its parameters (below {MIN_PRUNABLE_SHARE:.0%}); not touched: "
-                f"{untouched_summary(model)}; use prune.method: structured, prune.ratio: 0, or "
-                "drop prune from the pipeline"
+                f"{untouched_summary(model)}; set prune.ratio: 0 or drop prune from the "
+                "pipeline (prune.method: structured shrinks Linear/Conv/Embedding widths but "
+                "leaves LSTM/GRU/RNN layers alone too)"
             )
     has_linear = any(type(m) is nn.Linear for m in model.modules())
     if "lowrank" in pipeline:
