@@ -541,7 +541,7 @@ def _card(
         "storage": storage,
         "runtime": ckpt.runtime,
         "artifact": ARTIFACT[ckpt.runtime],
-        "input": _input_card(row),
+        "input": _input_card(row, ckpt.onnx),
         "output": {"name": "logits", "shape": ["batch", "num_classes"]},
         "knobs": json.loads(row.get("params") or "{}"),
         "metrics": metrics,
@@ -564,20 +564,30 @@ def _card(
     }
 
 
-def _input_card(row: Mapping[str, Any]) -> dict[str, Any] | list[dict[str, Any]]:
+def _input_card(
+    row: Mapping[str, Any], onnx_bytes: bytes | None = None
+) -> dict[str, Any] | list[dict[str, Any]]:
     """{name, dtype, shape} of the model input (a list of them for a model with several
-    inputs), named as in the ONNX model (`stages.export.onnx_input_names`)."""
+    inputs), named as in the ONNX model (read from `onnx_bytes` when given, else
+    `stages.export.onnx_input_names`)."""
     from stages.batches import as_args
     from stages.export import onnx_input_names
     from stages.tasks import load_task
 
     args = as_args(load_task(str(row["task"])).example_input(1))
+    names = onnx_input_names(len(args))
+    if onnx_bytes is not None:
+        import onnx
+
+        graph_inputs = [i.name for i in onnx.load_from_string(onnx_bytes).graph.input]
+        if len(graph_inputs) == len(args):
+            names = graph_inputs
     cards = [
         {
             "name": name,
             "dtype": str(t.dtype).removeprefix("torch."),
             "shape": ["batch", *(int(d) for d in t.shape[1:])],
         }
-        for name, t in zip(onnx_input_names(len(args)), args, strict=True)
+        for name, t in zip(names, args, strict=True)
     ]
     return cards[0] if len(cards) == 1 else cards

@@ -169,8 +169,13 @@ def build_model(task: Task, ckpt: ModelCheckpoint) -> nn.Module:
         from stages.quantize import rebuild_quantized
 
         model = rebuild_quantized(task, model, ckpt.state_dict, mode)
+    state = ckpt.state_dict
+    if mode == "dynamic_int8":
+        from stages.quantize import rnn_state_for_load
+
+        state = rnn_state_for_load(model, state)  # int8 GRU/LSTM tensors -> packed cells
     try:
-        model.load_state_dict(_with_versions(ckpt.state_dict, model))
+        model.load_state_dict(_with_versions(state, model))
     except RuntimeError as exc:  # shapes or keys differ: the recipe does not rebuild the model
         raise SqueezerayError(
             f"the checkpoint's weights do not fit the model its recipe rebuilds "

@@ -11,6 +11,7 @@
 
 from __future__ import annotations
 
+import inspect
 import io
 import logging
 import warnings
@@ -55,15 +56,43 @@ def quiet_logging() -> Iterator[None]:
         logging.disable(previous)
 
 
-def onnx_input_names(count: int) -> list[str]:
-    """ "x" for a model with one input, "x0", "x1", ... for several."""
+def onnx_input_names(count: int, *, model: nn.Module | None = None) -> list[str]:
+    """The ONNX input names of a model called with `count` positional inputs.
+
+    The names of `model.forward`'s first `count` positional parameters (`inspect.signature`)
+    when it has that many; else "x" for one input, "x0", "x1", ... for several.
+    """
+    if model is not None:
+        try:
+            params = list(inspect.signature(model.forward).parameters.values())
+        except (TypeError, ValueError):
+            params = []
+        positional = [
+            p.name
+            for p in params
+            if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD) and p.name != ONNX_OUTPUT
+        ]
+        if len(positional) >= count and len(set(positional[:count])) == count:
+            return positional[:count]
     return [ONNX_INPUT] if count == 1 else [f"{ONNX_INPUT}{i}" for i in range(count)]
 
 
+def _varying_axes(t: torch.Tensor) -> list[int]:
+    """Non-batch axes left dynamic in the ONNX model: every axis >= 1 of an integer (token
+    id) input, so a text model takes other sequence lengths; float inputs keep their shape."""
+    if t.is_floating_point() or t.is_complex() or t.dtype == torch.bool:
+        return []
+    return list(range(1, t.dim()))
+
+
 def to_onnx_bytes(model: nn.Module, example_input: Inputs) -> bytes:
-    """Serialized ONNX model of `model` (eval mode): one input per model argument ("x", or
-    "x0", "x1", ...; dtypes as given, so int64 ids stay int64), each with a dynamic batch axis,
-    and one output, the logits (a tuple or `.logits` output is reduced to them).
+    """Serialized ONNX model of `model` (eval mode): one input per model argument (named as
+    in `model.forward`, see `onnx_input_names`; dtypes as given, so int64 ids stay int64), each
+    with a dynamic batch axis, and one output, the logits (a tuple or `.logits` output is
+    reduced to them). Integer inputs' other axes (a sequence length) are dynamic too where the
+    model allows: with the dynamo exporter they are `Dim.AUTO`, so a model that needs a fixed
+    length (e.g. a learned position table added whole) keeps the example's length instead of
+    failing; with the legacy exporter they are named dynamic axes.
 
     The dynamo exporter comes first (it folds BatchNorm into Conv and was the fastest in ONNX
     Runtime here); a model it cannot export goes through the legacy exporter.
@@ -72,9 +101,17 @@ def to_onnx_bytes(model: nn.Module, example_input: Inputs) -> bytes:
     if batch_size(example_input) < 2:  # torch.export specializes a size-1 dim: use >= 2 rows
         example_input = concat([example_input, example_input])
     args = as_args(example_input)
-    names = onnx_input_names(len(args))
+    names = onnx_input_names(len(args), model=model)
+    tensors = [a if isinstance(a, torch.Tensor) else torch.empty(0) for a in args]
     try:
         batch = torch.export.Dim("batch")
+        # LogitsOnly.forward(*args): the specs of all inputs nest in one tuple, for `args`.
+        dynamic_shapes = (
+            tuple(
+                {0: batch, **{axis: torch.export.Dim.AUTO for axis in _varying_axes(t)}}
+                for t in tensors
+            ),
+        )
         with quiet_logging():
             program = torch.onnx.export(
                 wrapped,
@@ -82,7 +119,7 @@ def to_onnx_bytes(model: nn.Module, example_input: Inputs) -> bytes:
                 dynamo=True,
                 input_names=names,
                 output_names=[ONNX_OUTPUT],
-                dynamic_shapes=tuple({0: batch} for _ in args),
+                dynamic_shapes=dynamic_shapes,
                 verbose=False,
             )
         if program is None:
@@ -100,7 +137,13 @@ def to_onnx_bytes(model: nn.Module, example_input: Inputs) -> bytes:
                     input_names=names,
                     output_names=[ONNX_OUTPUT],
                     dynamic_axes={
-                        **{name: {0: "batch"} for name in names},
+                        **{
+                            name: {
+                                0: "batch",
+                                **{axis: f"{name}_dim{axis}" for axis in _varying_axes(t)},
+                            }
+                            for name, t in zip(names, tensors, strict=True)
+                        },
                         ONNX_OUTPUT: {0: "batch"},
                     },
                 )

@@ -3,8 +3,10 @@
 Modes (`quantize.mode`):
 
 - `none`: a copy.
-- `dynamic_int8`: `torch.ao.quantization.quantize_dynamic` on every `nn.Linear` (int8 weights,
-  activations quantized on the fly), Transformer feed-forward Linears included; each
+- `dynamic_int8`: `torch.ao.quantization.quantize_dynamic` on every `nn.Linear`, `nn.GRU` and
+  `nn.LSTM` (int8 weights, activations quantized on the fly; an RNN's packed cell objects are
+  saved as their int8 weight and float bias tensors, `rnn_state_to_tensors`, so the checkpoint
+  stays `weights_only`-loadable), Transformer feed-forward Linears included; each
   supported `nn.MultiheadAttention` first becomes `stages.attention.LinearAttention` (the same
   function with Linear projections), so its projections are int8 too. Conv and Embedding
   stay float.
@@ -128,9 +130,59 @@ def _dynamic(model: nn.Module) -> nn.Module:
     model = copy.deepcopy(model)
     convert_attention(model)  # attention projections as Linears, so they become int8 too
     with quiet_ao():
-        quantized = quantize_dynamic(model, {nn.Linear}, dtype=torch.qint8, inplace=True)
+        quantized = quantize_dynamic(
+            model, {nn.Linear, nn.GRU, nn.LSTM}, dtype=torch.qint8, inplace=True
+        )
     restore_slow_path(quantized)  # int8 Linears inside nn.TransformerEncoderLayer
     return quantized  # type: ignore[no-any-return]
+
+
+_RNN_PACKED = "._all_weight_values."  # quantized dynamic GRU/LSTM: TorchScript cell objects
+_RNN_WEIGHTS = "._int8_rnn."  # our weights_only-safe form of them: <rnn>._int8_rnn.<name>
+
+
+def _quantized_rnns(model: nn.Module) -> dict[str, Any]:
+    from torch.ao.nn.quantized.dynamic import GRU, LSTM
+
+    return {n: m for n, m in model.named_modules() if isinstance(m, (GRU, LSTM))}
+
+
+def rnn_state_to_tensors(model: nn.Module, state: dict[str, Any]) -> dict[str, Any]:
+    """`state` with each int8 GRU/LSTM's packed cell objects (TorchScript objects, which
+    `torch.load(weights_only=True)` refuses) replaced by its tensors:
+    `<rnn>._int8_rnn.weight_ih_l0` (qint8), `<rnn>._int8_rnn.bias_ih_l0` (float), ..."""
+    rnns = _quantized_rnns(model)
+    if not rnns:
+        return state
+    out = {
+        k: v for k, v in state.items() if not any(k.startswith(f"{n}{_RNN_PACKED}") for n in rnns)
+    }
+    for name, rnn in rnns.items():
+        for group in rnn._weight_bias().values():
+            for key, tensor in group.items():
+                out[f"{name}{_RNN_WEIGHTS}{key}"] = tensor
+    return out
+
+
+def rnn_state_for_load(model: nn.Module, state: dict[str, Any]) -> dict[str, Any]:
+    """The inverse of `rnn_state_to_tensors` for a rebuilt `model`: its int8 GRU/LSTMs take
+    the saved tensors (`set_weight_bias`), and `state` gets their packed cell objects back, so
+    `model.load_state_dict` sees the keys the modules expect."""
+    rnns = _quantized_rnns(model)
+    if not rnns:
+        return state
+    out = {
+        k: v for k, v in state.items() if not any(k.startswith(f"{n}{_RNN_WEIGHTS}") for n in rnns)
+    }
+    for name, rnn in rnns.items():
+        prefix = f"{name}{_RNN_WEIGHTS}"
+        saved = {k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)}
+        if saved:
+            rnn.set_weight_bias(saved)  # flat {weight_ih_l0: ..., bias_ih_l0: ...}
+        for key, value in rnn.state_dict(prefix=f"{name}.").items():
+            if _RNN_PACKED in key:
+                out[key] = value
+    return out
 
 
 def _is_fx_leaf(module: nn.Module) -> bool:
@@ -208,7 +260,62 @@ def _prepare(model: nn.Module, mode: str, example: Inputs) -> nn.Module:
                     prepare_qat(wrapper.train(), inplace=True)
                 else:
                     prepare(wrapper, inplace=True)
+    _drop_non_float_observers(prepared, example)
     return prepared  # type: ignore[no-any-return]
+
+
+def _drop_non_float_observers(prepared: nn.Module, example: Inputs) -> None:
+    """Remove FX's observers / fake-quants on tensors that are not floating point.
+
+    FX inserts them by op pattern without knowing dtypes, so a mask computed in forward
+    (`pad = ids == 0`; `(~pad).unsqueeze(-1)`) or an int64 index tensor got one: static
+    calibration then failed ('"linspace_cpu" not implemented for Bool') and QAT's fake-quant
+    did ('expected scalar type Float but found Bool'). One probe pass of `example` with every
+    observer bypassed finds each observer's input dtype; the observers of non-float (and
+    non-tensor) values are unlinked, so those values stay as they are and convert quantizes
+    only float activations.
+    """
+    from torch.ao.quantization.observer import _is_activation_post_process
+    from torch.fx import GraphModule, Interpreter
+
+    if not isinstance(prepared, GraphModule):
+        return
+    modules = dict(prepared.named_modules(remove_duplicate=False))
+    observer_targets = {
+        str(node.target)
+        for node in prepared.graph.nodes
+        if node.op == "call_module" and _is_activation_post_process(modules.get(str(node.target)))
+    }
+    if not observer_targets:
+        return
+    seen: dict[str, bool] = {}  # observer target -> every input it saw was a float tensor
+
+    class _Probe(Interpreter):
+        def call_module(self, target: Any, args: Any, kwargs: Any) -> Any:
+            if str(target) in observer_targets:
+                value = args[0]
+                is_float = isinstance(value, torch.Tensor) and value.is_floating_point()
+                seen[str(target)] = seen.get(str(target), True) and is_float
+                return value
+            return super().call_module(target, args, kwargs)
+
+    was_training = prepared.training
+    prepared.eval()
+    try:
+        with torch.no_grad(), quiet_ao():
+            _Probe(prepared).run(*as_args(example))
+    finally:
+        prepared.train(was_training)
+    graph = prepared.graph
+    for node in list(graph.nodes):
+        target = str(node.target)
+        if node.op == "call_module" and target in observer_targets and not seen.get(target, True):
+            node.replace_all_uses_with(node.args[0])
+            graph.erase_node(node)
+    used = {str(n.target) for n in graph.nodes if n.op == "call_module"}
+    for target in observer_targets - used:
+        delattr(prepared, target)
+    prepared.recompile()
 
 
 def _convert(prepared: nn.Module) -> nn.Module:
@@ -290,6 +397,7 @@ def quantize(inp: StageInput, params: QuantizeParams) -> StageOutput:
         recipe["quantize_backend"] = FX_BACKEND
     with quiet_ao():  # deep-copying int8 tensors warns of TypedStorage deprecation
         state = copy.deepcopy(quantized.state_dict())  # holds packed tuples: no .detach()
+        state = rnn_state_to_tensors(quantized, state)
     ckpt = ModelCheckpoint(task=task.name, state_dict=state, recipe={**parent.recipe, **recipe})
     fraction = _require_some_int8(ckpt, task, parent, params.mode)
     return StageOutput(
@@ -300,8 +408,8 @@ def quantize(inp: StageInput, params: QuantizeParams) -> StageOutput:
 
 
 _WHAT_MODES_QUANTIZE = {
-    "dynamic_int8": "dynamic_int8 quantizes nn.Linear layers and nn.MultiheadAttention's "
-    "projections only (Conv and Embedding stay float)",
+    "dynamic_int8": "dynamic_int8 quantizes nn.Linear, nn.GRU and nn.LSTM layers and "
+    "nn.MultiheadAttention's projections only (Conv and Embedding stay float)",
     "static_int8": "static_int8 quantizes the Linear/Conv layers FX graph mode can trace, plus "
     "the Linears and attention inside built-in torch.nn modules (e.g. nn.TransformerEncoder)",
     "qat": "qat quantizes the Linear/Conv layers FX graph mode can trace, plus the Linears and "
