@@ -47,8 +47,20 @@ def s3_server(monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
     server: Any = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
     server.start()
     host, port = server.get_host_and_port()
+    # moto keeps its buckets in process-global state that every server shares: start empty,
+    # so a test never sees another test's objects.
+    _moto_reset(host, port)
     boto3.client("s3", endpoint_url=f"http://{host}:{port}", region_name="us-east-1").create_bucket(
         Bucket="squeeze"
     )
     yield f"{host}:{port}"
+    _moto_reset(host, port)
     server.stop()
+
+
+def _moto_reset(host: str, port: int) -> None:
+    import urllib.request
+
+    request = urllib.request.Request(f"http://{host}:{port}/moto-api/reset", method="POST")
+    with urllib.request.urlopen(request, timeout=10) as response:
+        response.read()
