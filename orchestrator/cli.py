@@ -717,7 +717,7 @@ def trials_phrase(space: Any) -> str:
     """ "24 trials (optuna)", or for a grid the trials it runs and the grid's size."""
     if space.search.algorithm != "grid":
         return f"{space.search.trials} trials ({space.search.algorithm})"
-    from orchestrator.search import grid_points
+    from orchestrator.coherence import grid_points
 
     points, total = grid_points(space)
     if len(points) == total:

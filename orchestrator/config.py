@@ -263,7 +263,7 @@ class SearchSpace:
         configuration) and the grid's size."""
         if self.search.algorithm != "grid":
             return f"{self.search.trials} trials"
-        from orchestrator.search import grid_points
+        from orchestrator.coherence import grid_points
 
         points, total = grid_points(self)
         return f"{len(points)} trials" + ("" if len(points) == total else f" (grid of {total})")

@@ -14,10 +14,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from orchestrator.coherence import make_coherent, plain
 from orchestrator.keys import stage_key
 from orchestrator.requests import MeasureRequest, StageRequest
-
-TORCH_INT8_MODES = ("dynamic_int8", "static_int8", "qat")
 
 
 @dataclass(frozen=True)
@@ -133,35 +132,6 @@ class SweepPlan:
             storage=self.storage,
             sweep_id=self.sweep_id,
         )
-
-
-def make_coherent(params: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
-    """Apply the coherence rules to {stage: params} in place (see `SweepPlan.resolve`)."""
-    mode = params.get("quantize", {}).get("mode", "none")
-    if "export" in params:
-        if mode == "onnx_int8":
-            params["export"]["runtime"] = "onnxruntime"
-        elif mode in TORCH_INT8_MODES and params["export"].get("runtime") == "onnxruntime":
-            params["export"]["runtime"] = "eager"
-    return params
-
-
-def effective_knobs(values: Mapping[str, Any], pipeline: tuple[str, ...]) -> dict[str, Any]:
-    """Flat "stage.param" values as a trial would run them (coherence rules applied).
-
-    Two grid points with the same effective knobs train and deploy the same model.
-    """
-    nested: dict[str, dict[str, Any]] = {stage: {} for stage in pipeline}
-    for name, value in values.items():
-        owner, _, param = name.partition(".")
-        nested.setdefault(owner, {})[param] = plain(value)
-    return {f"{s}.{k}": v for s, ps in make_coherent(nested).items() for k, v in ps.items()}
-
-
-def plain(value: Any) -> Any:
-    """numpy scalars (from samplers) -> Python scalars, so keys and JSON are stable."""
-    item = getattr(value, "item", None)
-    return item() if callable(item) and not isinstance(value, str | bytes) else value
 
 
 MAX_ERROR_CHARS = 2000  # an error row's message; the whole traceback goes to its log file

@@ -6,6 +6,7 @@ import math
 import time
 from typing import Any
 
+from orchestrator.coherence import grid_points
 from orchestrator.config import Distribution, SearchSpace
 from orchestrator.constraints import violations
 
@@ -72,31 +73,6 @@ def make_search(
             deadline = DEADLINES.setdefault(deadline_key, deadline)
         inner = _with_deadline(inner, deadline, key=deadline_key)
     return inner, param_space, num_samples
-
-
-def grid_points(space: SearchSpace) -> tuple[list[dict[str, Any]], int]:
-    """(points, full grid size): every combination of the searched choices, in grid order,
-    keeping the first of those that share their effective configuration
-    (`orchestrator.pipeline.effective_knobs`)."""
-    import itertools
-    import json
-
-    from orchestrator.pipeline import effective_knobs
-
-    searched = space.searched()
-    names = list(searched)
-    points: list[dict[str, Any]] = []
-    seen: set[str] = set()
-    total = 0
-    for combo in itertools.product(*(searched[n].choices for n in names)):
-        total += 1
-        point = dict(zip(names, combo, strict=True))
-        knobs = effective_knobs({**space.fixed(), **point}, space.pipeline)
-        key = json.dumps(knobs, sort_keys=True, default=str)
-        if key not in seen:
-            seen.add(key)
-            points.append(point)
-    return points, total
 
 
 # sweep id -> the time.monotonic() at which its search stops launching trials (this process).

@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 
 from orchestrator.cli import trials_phrase
+from orchestrator.coherence import grid_points
 from orchestrator.config import load_space
-from orchestrator.search import grid_points
 
 SPACE = """
 name: grid-dupes

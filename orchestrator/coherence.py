@@ -1,0 +1,67 @@
+"""What a trial really runs: the coherence rules between knobs, and the grid's distinct points.
+
+Some knob combinations run the same model (onnx_int8 always deploys on onnxruntime; torch int8
+modes never do). `make_coherent` applies those rules, so stage keys, grid deduplication and the
+results' knob columns all see the configuration a trial actually runs.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from orchestrator.config import SearchSpace
+
+TORCH_INT8_MODES = ("dynamic_int8", "static_int8", "qat")
+
+
+def make_coherent(params: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """Apply the coherence rules to {stage: params} in place (see `SweepPlan.resolve`)."""
+    mode = params.get("quantize", {}).get("mode", "none")
+    if "export" in params:
+        if mode == "onnx_int8":
+            params["export"]["runtime"] = "onnxruntime"
+        elif mode in TORCH_INT8_MODES and params["export"].get("runtime") == "onnxruntime":
+            params["export"]["runtime"] = "eager"
+    return params
+
+
+def effective_knobs(values: Mapping[str, Any], pipeline: tuple[str, ...]) -> dict[str, Any]:
+    """Flat "stage.param" values as a trial would run them (coherence rules applied).
+
+    Two grid points with the same effective knobs train and deploy the same model.
+    """
+    nested: dict[str, dict[str, Any]] = {stage: {} for stage in pipeline}
+    for name, value in values.items():
+        owner, _, param = name.partition(".")
+        nested.setdefault(owner, {})[param] = plain(value)
+    return {f"{s}.{k}": v for s, ps in make_coherent(nested).items() for k, v in ps.items()}
+
+
+def plain(value: Any) -> Any:
+    """numpy scalars (from samplers) -> Python scalars, so keys and JSON are stable."""
+    item = getattr(value, "item", None)
+    return item() if callable(item) and not isinstance(value, str | bytes) else value
+
+
+def grid_points(space: SearchSpace) -> tuple[list[dict[str, Any]], int]:
+    """(points, full grid size): every combination of the searched choices, in grid order,
+    keeping the first of those that share their effective configuration
+    (`effective_knobs`)."""
+    searched = space.searched()
+    names = list(searched)
+    points: list[dict[str, Any]] = []
+    seen: set[str] = set()
+    total = 0
+    for combo in itertools.product(*(searched[n].choices for n in names)):
+        total += 1
+        point = dict(zip(names, combo, strict=True))
+        knobs = effective_knobs({**space.fixed(), **point}, space.pipeline)
+        key = json.dumps(knobs, sort_keys=True, default=str)
+        if key not in seen:
+            seen.add(key)
+            points.append(point)
+    return points, total
