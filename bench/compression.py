@@ -38,9 +38,9 @@ KD_SETTINGS = {"kd_T4_a0.3": (4.0, 0.3), "kd_T4_a0.7": (4.0, 0.7), "ce": (4.0, 1
 
 def child_sweep(payload: dict[str, Any]) -> dict[str, Any]:
     """The space's default sweep; its rows (final stage key included) and baseline."""
-    from orchestrator.options import SweepOptions
-    from orchestrator.runtime import init_ray
-    from orchestrator.sweep import execute_sweep, prepare_sweep
+    from orchestrator.engine.runtime import init_ray
+    from orchestrator.engine.sweep import execute_sweep, prepare_sweep
+    from orchestrator.space.options import SweepOptions
 
     sweep = prepare_sweep(
         payload["space"],
@@ -87,8 +87,8 @@ def child_remeasure(payload: dict[str, Any]) -> dict[str, Any]:
     """Latency of the named checkpoints (and the teacher in ONNX Runtime), side by side."""
     import torch
 
-    from orchestrator.stage_tasks import CACHE_DIR, checkpoint_path
-    from orchestrator.storage import open_storage
+    from orchestrator.engine.stage_tasks import CACHE_DIR, checkpoint_path
+    from orchestrator.store.storage import open_storage
     from stages import get_stage
     from stages.base import StageInput
     from stages.checkpoint import ModelCheckpoint

@@ -134,9 +134,9 @@ def child_rounds(payload: dict[str, Any]) -> dict[str, Any]:
 
 def child_sweep_final(payload: dict[str, Any]) -> dict[str, Any]:
     """A sweep with the final latency phase; per front row: latency_cv and sweep vs final."""
-    from orchestrator.options import SweepOptions
-    from orchestrator.runtime import init_ray
-    from orchestrator.sweep import execute_sweep, prepare_sweep
+    from orchestrator.engine.runtime import init_ray
+    from orchestrator.engine.sweep import execute_sweep, prepare_sweep
+    from orchestrator.space.options import SweepOptions
 
     sweep = prepare_sweep(
         payload["space"],

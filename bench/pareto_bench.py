@@ -10,8 +10,8 @@ checked against squeezeray's (boolean mask, duplicates kept) and the run stops i
 Methods are interleaved within each repeat so that a busy machine slows all of them alike;
 median, min and max of the repeats are recorded, with the machine, the date and the versions.
 
-- squeezeray: `orchestrator.pareto.is_non_dominated` on the (n, 3) numpy array.
-- squeezeray (Arrow): `orchestrator.pareto.pareto_front` end to end on a pyarrow Table with
+- squeezeray: `orchestrator.query.pareto.is_non_dominated` on the (n, 3) numpy array.
+- squeezeray (Arrow): `orchestrator.query.pareto.pareto_front` end to end on a pyarrow Table with
   status/is_baseline columns (filtering, column conversion, the front rows taken out).
 - optuna: `optuna.study._multi_objective._is_pareto_front`, what `study.best_trials` and
   `_fast_non_domination_rank(..., n_below=1)` run (O(n x front): skipped where the front is
@@ -42,7 +42,7 @@ OPTUNA_MAX_N_LARGE_FRONT = 10_000
 
 
 def _squeezeray(points: np.ndarray) -> np.ndarray:
-    from orchestrator.pareto import is_non_dominated
+    from orchestrator.query.pareto import is_non_dominated
 
     return is_non_dominated(points, ["min", "min", "min"])
 
@@ -64,7 +64,7 @@ def _arrow_table(points: np.ndarray) -> Any:
 
 
 def _squeezeray_arrow(table: Any) -> np.ndarray:
-    from orchestrator.pareto import pareto_front
+    from orchestrator.query.pareto import pareto_front
 
     front = pareto_front(table, {"accuracy": "max", "size_bytes": "min", "latency_ms": "min"})
     mask = np.zeros(table.num_rows, dtype=bool)
@@ -264,7 +264,7 @@ def markdown(report: dict[str, Any]) -> str:
             lines += ["", f"{name} skipped at n = {', '.join(sizes)}: {why}."]
         lines.append("")
     lines += [
-        "How squeezeray's front is computed (`orchestrator/pareto.py`): pivots (the point",
+        "How squeezeray's front is computed (`orchestrator/query/pareto.py`): pivots (the point",
         "with the smallest normalised sum, then again among the survivors) drop every point",
         "they dominate while that pays; the survivors are sorted lexicographically, merged",
         "when equal, and swept exactly - a running minimum for 2 objectives, a vectorised",

@@ -26,9 +26,9 @@ ACCURACY_MARGIN = 0.05  # reference accuracy = baseline accuracy - 5 points
 
 
 def child_sweep(payload: dict[str, Any]) -> dict[str, Any]:
-    from orchestrator.options import SweepOptions
-    from orchestrator.runtime import init_ray
-    from orchestrator.sweep import execute_sweep, prepare_sweep
+    from orchestrator.engine.runtime import init_ray
+    from orchestrator.engine.sweep import execute_sweep, prepare_sweep
+    from orchestrator.space.options import SweepOptions
 
     space = payload["space"]
     if payload.get("sampler", "tpe") != "tpe":  # a copy of the space with another sampler
@@ -72,8 +72,8 @@ def hv_prefixes(
     """Hypervolume of the first n finished trials, for each n in `sizes`."""
     import pyarrow.compute as pc
 
-    from orchestrator.pareto import hypervolume
-    from orchestrator.results import load_results
+    from orchestrator.query.pareto import hypervolume
+    from orchestrator.store.results import load_results
 
     table = load_results(storage, sweep=sweep_id)
     trials = table.filter(pc.invert(table.column("is_baseline"))).sort_by(
@@ -90,7 +90,7 @@ def reference_point(storage: str, sweep_ids: list[str]) -> dict[str, float]:
     """Baseline size, median baseline latency over the runs, baseline accuracy - 5 points."""
     import statistics
 
-    from orchestrator.results import load_results
+    from orchestrator.store.results import load_results
 
     rows = load_results(storage).to_pylist()
     bases = [r for r in rows if r["is_baseline"] and r["sweep_id"] in sweep_ids]

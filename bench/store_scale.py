@@ -84,8 +84,8 @@ def _trial_row(sweep_id: str, day: int, trial: int, rng: random.Random) -> dict[
 
 def build_store(store: Path, sweeps: int, trials: int, *, seed: int = 0) -> dict[str, Any]:
     """Write `sweeps` sweeps of `trials` trials (plus a baseline each) one file per row."""
-    from orchestrator.results import append_results, append_stage_rows
-    from orchestrator.schema import RESULTS_SCHEMA, STAGES_SCHEMA
+    from orchestrator.store.results import append_results, append_stage_rows
+    from orchestrator.store.schema import RESULTS_SCHEMA, STAGES_SCHEMA
 
     rng = random.Random(seed)
     t0 = time.perf_counter()
@@ -159,7 +159,7 @@ def _cli(args: list[str], store: Path) -> tuple[float, float]:
 
 
 def _library(store: Path) -> dict[str, float]:
-    from orchestrator.results import list_sweeps, load_results
+    from orchestrator.store.results import list_sweeps, load_results
 
     out = {}
     for name, call in (
@@ -182,7 +182,7 @@ def run(
     results_dir: Path | None = None,
     workdir: Path | None = None,
 ) -> dict[str, Any]:
-    from orchestrator.results import list_sweeps, load_results
+    from orchestrator.store.results import list_sweeps, load_results
 
     load_before = list(os.getloadavg())
     with tempfile.TemporaryDirectory(prefix="squeezeray-store-", dir=workdir) as tmp:

@@ -42,10 +42,10 @@ def child_squeezeray(payload: dict[str, Any]) -> dict[str, Any]:
 
 
 def _squeezeray(payload: dict[str, Any]) -> dict[str, Any]:
-    from orchestrator.options import SweepOptions
-    from orchestrator.results import load_stages
-    from orchestrator.runtime import init_ray
-    from orchestrator.sweep import execute_sweep, prepare_sweep
+    from orchestrator.engine.runtime import init_ray
+    from orchestrator.engine.sweep import execute_sweep, prepare_sweep
+    from orchestrator.space.options import SweepOptions
+    from orchestrator.store.results import load_stages
 
     t0 = time.perf_counter()
     sweep = prepare_sweep(
@@ -121,7 +121,7 @@ def _squeezeray(payload: dict[str, Any]) -> dict[str, Any]:
 def child_naive(payload: dict[str, Any]) -> dict[str, Any]:
     """The naive Tune sweep over the given configs on a fresh embedded Ray."""
     from bench.naive import run_naive
-    from orchestrator.runtime import init_ray
+    from orchestrator.engine.runtime import init_ray
 
     t0 = time.perf_counter()
     init_ray(address=None, num_cpus=payload["num_cpus"])

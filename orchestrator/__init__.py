@@ -21,26 +21,26 @@ from typing import TYPE_CHECKING, Any
 from stages.errors import SqueezerayError
 
 if TYPE_CHECKING:
-    from orchestrator.config import SearchSpace, load_space
-    from orchestrator.export import export_trial, load_model
-    from orchestrator.options import SweepOptions
-    from orchestrator.pareto import hypervolume, non_dominated_rank, pareto_front
-    from orchestrator.results import list_sweeps, load_results, load_stages
-    from orchestrator.sweep import run_sweep
+    from orchestrator.engine.sweep import run_sweep
+    from orchestrator.query.export import export_trial, load_model
+    from orchestrator.query.pareto import hypervolume, non_dominated_rank, pareto_front
+    from orchestrator.space.config import SearchSpace, load_space
+    from orchestrator.space.options import SweepOptions
+    from orchestrator.store.results import list_sweeps, load_results, load_stages
 
 _LAZY = {
-    "run_sweep": "orchestrator.sweep",
-    "load_results": "orchestrator.results",
-    "load_stages": "orchestrator.results",
-    "list_sweeps": "orchestrator.results",
-    "pareto_front": "orchestrator.pareto",
-    "hypervolume": "orchestrator.pareto",
-    "non_dominated_rank": "orchestrator.pareto",
-    "load_space": "orchestrator.config",
-    "load_model": "orchestrator.export",
-    "export_trial": "orchestrator.export",
-    "SearchSpace": "orchestrator.config",
-    "SweepOptions": "orchestrator.options",
+    "run_sweep": "orchestrator.engine.sweep",
+    "load_results": "orchestrator.store.results",
+    "load_stages": "orchestrator.store.results",
+    "list_sweeps": "orchestrator.store.results",
+    "pareto_front": "orchestrator.query.pareto",
+    "hypervolume": "orchestrator.query.pareto",
+    "non_dominated_rank": "orchestrator.query.pareto",
+    "load_space": "orchestrator.space.config",
+    "load_model": "orchestrator.query.export",
+    "export_trial": "orchestrator.query.export",
+    "SearchSpace": "orchestrator.space.config",
+    "SweepOptions": "orchestrator.space.options",
 }
 
 

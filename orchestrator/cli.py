@@ -47,10 +47,10 @@ app = typer.Typer(
 )
 # Commands are grouped by owner module; each body is a thin call into that module.
 
-# --- sweep (orchestrator.sweep) ------------------------------------------------------------
+# --- sweep (orchestrator.engine.sweep) ------------------------------------------------------------
 
 
-# The sweep options (orchestrator.options.SweepOptions), defined once: `sweep` and `nightly`
+# The sweep options (orchestrator.space.options.SweepOptions), defined once: `sweep` and `nightly`
 # take every one of them and build SweepOptions with `_sweep_options`.
 SpaceArg = Annotated[
     str | None,
@@ -97,7 +97,7 @@ TeacherWeightsOpt = Annotated[
 def _sweep_options(**given: Any) -> Any:
     """The CLI's sweep options as one validated `SweepOptions` (durations parsed, paths made
     absolute); SqueezerayError names the flag."""
-    from orchestrator.options import SweepOptions
+    from orchestrator.space.options import SweepOptions
 
     return SweepOptions.build(**given)
 
@@ -145,8 +145,8 @@ def sweep(
     --resume continues an interrupted sweep: finished trials are kept, the rest run."""
     from rich.markup import escape
 
-    from orchestrator.progress import SweepProgress, print_outcome
-    from orchestrator.sweep import execute_sweep, prepare_sweep, resume_command
+    from orchestrator.engine.progress import SweepProgress, print_outcome
+    from orchestrator.engine.sweep import execute_sweep, prepare_sweep, resume_command
 
     options = _sweep_options(
         task=task,
@@ -185,7 +185,7 @@ def sweep(
         raise typer.Exit(outcome.summary.exit_code)
 
 
-# --- validate (orchestrator.config) --------------------------------------------------------
+# --- validate (orchestrator.space.config) ---------------------------------------------------------
 
 
 @app.command()
@@ -204,7 +204,7 @@ def validate(
     ] = None,
 ) -> None:
     """Check a search space (YAML, stages, ranges, task) without starting Ray; print a summary."""
-    from orchestrator.config import check_stages_apply_to_task, load_space
+    from orchestrator.space.config import check_stages_apply_to_task, load_space
 
     loaded = load_space(space, check_task=task is None)
     if task is not None:
@@ -215,7 +215,7 @@ def validate(
     out.print(f"ok: {loaded.source} is valid", markup=False, highlight=False, soft_wrap=True)
 
 
-# --- pareto / sweeps (orchestrator.pareto, orchestrator.results) ---------------------------
+# --- pareto / sweeps (orchestrator.query.pareto, orchestrator.store.results) ----------------------
 
 
 @app.command()
@@ -246,9 +246,9 @@ def pareto(
     ] = None,
 ) -> None:
     """Query the Pareto front of stored results; csv/json without --output go to stdout."""
-    from orchestrator.frontview import FORMATS, build_front, empty_message, export_front
-    from orchestrator.pareto import parse_objectives
-    from orchestrator.results import load_results
+    from orchestrator.query.frontview import FORMATS, build_front, empty_message, export_front
+    from orchestrator.query.pareto import parse_objectives
+    from orchestrator.store.results import load_results
 
     if format not in FORMATS:
         raise SqueezerayError(f"--format {format!r} is unknown; accepted: {', '.join(FORMATS)}")
@@ -260,14 +260,14 @@ def pareto(
     table = load_results(storage, sweep=sweep)
     view = build_front(table, chosen, where=where, top=top)
     if plot is not None:
-        from orchestrator.plots import plot_front
+        from orchestrator.query.plots import plot_front
 
         console.print(f"plot: {plot_front(view.rows, chosen, plot)}", highlight=False)
     if view.front.num_rows == 0:
         console.print(empty_message(view), highlight=False, markup=False)
     if format == "table":
         if view.front.num_rows:
-            from orchestrator.frontview import show_front
+            from orchestrator.query.frontview import show_front
 
             if output is None:
                 show_front(view, out)
@@ -289,7 +289,7 @@ def sweeps(
     """List the sweeps in a storage: id, name, start, trials ok/failed, front hypervolume."""
     from rich.table import Table
 
-    from orchestrator.results import list_sweeps
+    from orchestrator.store.results import list_sweeps
 
     listing = list_sweeps(storage)
     table = Table(
@@ -307,8 +307,8 @@ def sweeps(
             str(row["trials_ok"]), str(row["trials_failed"]), hv,
         )  # fmt: skip
     out.print(table)
-    from orchestrator.compact import uncompacted_sweeps
-    from orchestrator.gc import cache_size, human_bytes
+    from orchestrator.store.compact import uncompacted_sweeps
+    from orchestrator.store.gc import cache_size, human_bytes
 
     backlog = uncompacted_sweeps(storage)
     if backlog:
@@ -327,7 +327,7 @@ def sweeps(
     )
 
 
-# --- compact / gc (orchestrator.compact, orchestrator.gc) ----------------------------------
+# --- compact / gc (orchestrator.store.compact, orchestrator.store.gc) -----------------------------
 
 
 @app.command()
@@ -343,7 +343,7 @@ def compact(
 
     Sweeps compact themselves when they finish or are interrupted; run this for older stores
     and for sweeps that crashed. Safe while sweeps run and queries read."""
-    from orchestrator.compact import compact_storage
+    from orchestrator.store.compact import compact_storage
 
     done = compact_storage(storage, sweep=sweep)
     merged = [c for c in done if c.changed]
@@ -388,8 +388,8 @@ def gc(
     to go. With both, a sweep either rule keeps is kept. Refuses while a sweep is running."""
     from rich.markup import escape
 
-    from orchestrator.config import parse_duration
-    from orchestrator.gc import collect, human_bytes
+    from orchestrator.space.config import parse_duration
+    from orchestrator.store.gc import collect, human_bytes
 
     older_than_s = None
     if older_than is not None:
@@ -425,7 +425,7 @@ def gc(
     )
 
 
-# --- export (orchestrator.export) ----------------------------------------------------------
+# --- export (orchestrator.query.export) -----------------------------------------------------------
 
 
 @app.command()
@@ -460,7 +460,7 @@ def export(
     that the written file scores the row's test accuracy.
 
     e.g. squeezeray export runs/ --where "accuracy >= 0.96" --pick size_bytes --output best/"""
-    from orchestrator.export import ARTIFACT, export_trial
+    from orchestrator.query.export import ARTIFACT, export_trial
 
     result = export_trial(
         storage,
@@ -487,7 +487,7 @@ def export(
     )
 
 
-# --- nightly / schedule (orchestrator.nightly, orchestrator.schedule) ----------------------
+# --- nightly / schedule (orchestrator.nightly.run, orchestrator.nightly.schedule) -----------------
 
 
 @app.command()
@@ -552,10 +552,10 @@ def nightly(
     """Tonight's sweep: warm-started from earlier sweeps in --storage, reusing their cached
     stages, then a report (markdown + HTML) against the previous and the all-time front.
     Exit code 3 on a regression."""
-    from orchestrator.config import parse_duration
-    from orchestrator.nightly import execute_nightly, prepare_nightly
-    from orchestrator.progress import SweepProgress
-    from orchestrator.report import Thresholds
+    from orchestrator.engine.progress import SweepProgress
+    from orchestrator.nightly.run import execute_nightly, prepare_nightly
+    from orchestrator.query.report import Thresholds
+    from orchestrator.space.config import parse_duration
 
     thresholds = Thresholds(
         hypervolume_drop_pct=regression_threshold,
@@ -625,7 +625,7 @@ def nightly(
         )
     out.print(f"report: {outcome.report_paths[0]}  {outcome.report_paths[1]}", highlight=False)
     if outcome.gc is not None:
-        from orchestrator.gc import human_bytes
+        from orchestrator.store.gc import human_bytes
 
         out.print(
             f"gc: removed {len(outcome.gc.remove)} checkpoint(s), "
@@ -667,7 +667,7 @@ def schedule(
     """
     from datetime import datetime
 
-    from orchestrator import schedule as sched
+    from orchestrator.nightly import schedule as sched
 
     cron = sched.check_cron(cron)
     if sum((print_, install, foreground)) > 1:
@@ -717,7 +717,7 @@ def trials_phrase(space: Any) -> str:
     """ "24 trials (optuna)", or for a grid the trials it runs and the grid's size."""
     if space.search.algorithm != "grid":
         return f"{space.search.trials} trials ({space.search.algorithm})"
-    from orchestrator.coherence import grid_points
+    from orchestrator.space.coherence import grid_points
 
     points, total = grid_points(space)
     if len(points) == total:

@@ -1,8 +1,8 @@
 """A task's fingerprint: what a user can change without changing squeezeray's code.
 
-Stage keys hash the stages' source and library versions (`orchestrator.keys.code_version`) and
-the task's import path; a user who edits their model or their data keeps both. The fingerprint
-adds what the stages actually read from the task:
+Stage keys hash the stages' source and library versions
+(`orchestrator.engine.keys.code_version`) and the task's import path; a user who edits their
+model or their data keeps both. The fingerprint adds what the stages actually read from the task:
 
 - `teacher` / `student`: the architecture (`repr` of the module tree, every state_dict entry's
   name, shape and dtype) and a sha256 of the weights the factory returns when built the way the

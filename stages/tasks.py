@@ -20,7 +20,7 @@ from stages.models import MLP, ConvNet
 DATA_SEED = 0  # fixed: every process (every Ray worker) must see the same split
 
 
-# Result columns a task metric may not take (orchestrator.schema's own metric columns).
+# Result columns a task metric may not take (orchestrator.store.schema's own metric columns).
 RESERVED_METRIC_NAMES: tuple[str, ...] = (
     "accuracy",
     "size_bytes",

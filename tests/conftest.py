@@ -18,7 +18,7 @@ def ray_session() -> Iterator[None]:
     """An embedded local Ray (2 CPUs, no dashboard) shared by every test that needs one."""
     import ray
 
-    from orchestrator.runtime import init_ray
+    from orchestrator.engine.runtime import init_ray
 
     # One logical GPU is declared (none exists): GPU sweeps then schedule here and their stages
     # fall back to CPU, which exercises the --gpus-per-trial path on a CPU-only machine.

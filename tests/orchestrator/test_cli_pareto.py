@@ -13,8 +13,8 @@ import pytest
 from typer.testing import CliRunner
 
 from orchestrator.cli import app
-from orchestrator.pareto import pareto_front
-from orchestrator.results import append_results, load_results
+from orchestrator.query.pareto import pareto_front
+from orchestrator.store.results import append_results, load_results
 from tests.orchestrator.test_results import T0, make_rows
 
 runner = CliRunner()
@@ -184,7 +184,7 @@ def test_knobs_stay_readable_on_narrow_and_wide_consoles(storage: Path, width: i
     characters a line); on a wide console they are the front table's last column."""
     from rich.console import Console
 
-    from orchestrator.frontview import KNOBS_INLINE_MIN_WIDTH, _knobs, build_front, show_front
+    from orchestrator.query.frontview import KNOBS_INLINE_MIN_WIDTH, _knobs, build_front, show_front
 
     view = build_front(load_results(storage, sweep="all"), None)  # two sweeps: ids repeat
     sink = io.StringIO()

@@ -121,7 +121,7 @@ finally:
 
 @pytest.mark.slow
 def test_sweep_on_a_two_node_cluster(tmp_path: Path) -> None:
-    from orchestrator.results import load_results, load_stages
+    from orchestrator.store.results import load_results, load_stages
 
     exe = Path(sys.executable).parent / "squeezeray"
     if not exe.is_file():

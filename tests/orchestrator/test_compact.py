@@ -19,9 +19,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from orchestrator import compact as compact_mod
-from orchestrator.compact import compact_storage, compact_sweep
-from orchestrator.results import (
+from orchestrator.store import compact as compact_mod
+from orchestrator.store.compact import compact_storage, compact_sweep
+from orchestrator.store.results import (
     SUMMARY_NAME,
     append_results,
     append_stage_rows,
@@ -29,7 +29,7 @@ from orchestrator.results import (
     load_results,
     load_stages,
 )
-from orchestrator.schema import RESULTS_SCHEMA
+from orchestrator.store.schema import RESULTS_SCHEMA
 from stages.errors import SqueezerayError
 
 T0 = datetime(2026, 1, 5, 2, 0, tzinfo=timezone.utc)
@@ -305,8 +305,8 @@ def test_compaction_and_gc_on_s3_with_a_crash_between_write_and_delete(
 ) -> None:
     """On an object store there is no rename: the merged object is uploaded, then the parts
     are deleted. A crash in between leaves both; readers see each row once."""
-    from orchestrator.gc import cache_entries, collect
-    from orchestrator.storage import open_storage
+    from orchestrator.store.gc import cache_entries, collect
+    from orchestrator.store.storage import open_storage
 
     store = open_storage(s3_uri)
     assert store.fs.type_name == "s3"
@@ -345,7 +345,7 @@ def test_compaction_and_gc_on_s3_with_a_crash_between_write_and_delete(
 
 
 def _s3_parts(store: Any, sweep: str) -> list[str]:
-    from orchestrator.results import partition_files
+    from orchestrator.store.results import partition_files
 
     return [
         f.base_name for f in partition_files(store.fs, store.path("results", f"sweep_id={sweep}"))
@@ -380,7 +380,7 @@ def test_a_summary_written_by_other_code_is_not_trusted_and_compact_rewrites_it(
 ) -> None:
     import json
 
-    from orchestrator.results import summary_version
+    from orchestrator.store.results import summary_version
 
     _fill(tmp_path, sweeps=1, trials=2)
     compact_storage(tmp_path)
@@ -399,8 +399,8 @@ def test_a_failing_compaction_at_sweep_end_only_warns(
 ) -> None:
     """The sweep's rows are all written before it compacts: a compaction failure must not turn a
     finished sweep into a failed one. The warning says how to retry."""
-    from orchestrator.storage import open_storage
-    from orchestrator.sweep import _compact_quietly
+    from orchestrator.engine.sweep import _compact_quietly
+    from orchestrator.store.storage import open_storage
 
     _fill(tmp_path, sweeps=1, trials=2)
     before = load_results(tmp_path)

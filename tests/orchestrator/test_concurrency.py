@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pyarrow.dataset as ds
 
-from orchestrator.results import RESULTS_DIR, load_results
+from orchestrator.store.results import RESULTS_DIR, load_results
 
 ROOT = Path(__file__).resolve().parents[2]
 APPENDS = 60  # per writer
@@ -21,7 +21,7 @@ ROWS_PER_APPEND = 5
 WRITER = """
 import sys
 from datetime import datetime, timezone
-from orchestrator.results import append_results
+from orchestrator.store.results import append_results
 
 storage, name, appends, per = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
 for i in range(appends):

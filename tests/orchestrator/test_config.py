@@ -1,4 +1,4 @@
-"""Search-space parsing and validation (orchestrator.config): good spaces load, bad ones stop
+"""Search-space parsing and validation (orchestrator.space.config): good spaces load, bad ones stop
 with a SqueezerayError naming the file, the key and the value, and nothing imports ray."""
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 import yaml
 
-from orchestrator.config import (
+from orchestrator.space.config import (
     METRICS,
     Constraint,
     Distribution,
@@ -431,7 +431,7 @@ def test_distribution_describe_never_looks_like_markup() -> None:
 
 
 def test_metrics_match_results_schema() -> None:
-    from orchestrator.schema import METRIC_COLUMNS
+    from orchestrator.store.schema import METRIC_COLUMNS
 
     assert set(METRICS) == set(METRIC_COLUMNS)
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 
-from orchestrator.constraints import closest_miss, constraint_met, feasible, violations
+from orchestrator.space.constraints import closest_miss, constraint_met, feasible, violations
 
 ROWS = [
     {"status": "ok", "is_baseline": False, "accuracy": 0.95, "size_bytes": 9000},

@@ -14,10 +14,10 @@ from typing import Any
 import pytest
 import torch
 
-from orchestrator.export import export_trial, load_model, select_row
-from orchestrator.results import append_results, load_results
-from orchestrator.rows import trial_row
-from orchestrator.storage import open_storage
+from orchestrator.query.export import export_trial, load_model, select_row
+from orchestrator.store.results import append_results, load_results
+from orchestrator.store.rows import trial_row
+from orchestrator.store.storage import open_storage
 from stages.base import StageInput
 from stages.errors import SqueezerayError
 from stages.export import ExportParams, export

@@ -16,10 +16,10 @@ from typing import Any
 
 import pytest
 
-from orchestrator.config import load_space
-from orchestrator.results import load_stages
-from orchestrator.stage_tasks import CACHE_DIR, checkpoint_path
-from orchestrator.sweep import SweepOutcome, _user_sys_path, execute_sweep, prepare_sweep
+from orchestrator.engine.stage_tasks import CACHE_DIR, checkpoint_path
+from orchestrator.engine.sweep import SweepOutcome, _user_sys_path, execute_sweep, prepare_sweep
+from orchestrator.space.config import load_space
+from orchestrator.store.results import load_stages
 from stages.errors import SqueezerayError
 
 # A blobs task whose student misbehaves on purpose. Faults fire only while training (or once
@@ -291,7 +291,7 @@ def test_from_bytes_refuses_a_pickle_that_runs_code(tmp_path: Path) -> None:
         ModelCheckpoint.from_bytes(_poisoned_checkpoint(marker))
     assert not marker.exists()
     # The same bytes through a stage's input loading name the cache file to delete.
-    from orchestrator.stage_tasks import _cache_file, _load_input
+    from orchestrator.engine.stage_tasks import _cache_file, _load_input
 
     where = _cache_file(str(tmp_path), "abc123")
     with pytest.raises(SqueezerayError, match=r"abc123\.ckpt is not a loadable .* checkpoint"):

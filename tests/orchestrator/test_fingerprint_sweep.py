@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from orchestrator.results import load_stages
+from orchestrator.store.results import load_stages
 
 pytestmark = pytest.mark.slow
 

@@ -14,10 +14,10 @@ import pytest
 from typer.testing import CliRunner
 
 from orchestrator.cli import app
-from orchestrator.gc import cache_entries, collect, plan_gc
-from orchestrator.lock import StorageLocked, storage_in_use, storage_lock
-from orchestrator.results import append_results, append_stage_rows, load_results
-from orchestrator.stage_tasks import CACHE_DIR, checkpoint_path
+from orchestrator.engine.stage_tasks import CACHE_DIR, checkpoint_path
+from orchestrator.store.gc import cache_entries, collect, plan_gc
+from orchestrator.store.lock import StorageLocked, storage_in_use, storage_lock
+from orchestrator.store.results import append_results, append_stage_rows, load_results
 from stages.errors import SqueezerayError
 
 NOW = datetime(2026, 11, 30, 12, 0, tzinfo=timezone.utc)
@@ -149,7 +149,7 @@ def test_gc_after_two_sweeps_keeps_the_last_sweeps_stages_loadable(tmp_path: Pat
     checkpoints only, and repeating the second sweep computes nothing: every stage loads."""
     from importlib import resources
 
-    from orchestrator.sweep import execute_sweep, prepare_sweep
+    from orchestrator.engine.sweep import execute_sweep, prepare_sweep
 
     storage = tmp_path / "store"
     tiny = resources.files("search_spaces").joinpath("tiny.yaml").read_text()

@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 
 from orchestrator.cli import trials_phrase
-from orchestrator.coherence import grid_points
-from orchestrator.config import load_space
+from orchestrator.space.coherence import grid_points
+from orchestrator.space.config import load_space
 
 SPACE = """
 name: grid-dupes
@@ -49,7 +49,7 @@ def test_grid_points_drop_points_with_the_same_effective_configuration(tmp_path:
 
 @pytest.mark.usefixtures("ray_session")
 def test_grid_sweep_runs_each_effective_configuration_once(tmp_path: Path) -> None:
-    from orchestrator.sweep import execute_sweep, prepare_sweep
+    from orchestrator.engine.sweep import execute_sweep, prepare_sweep
 
     outcome = execute_sweep(prepare_sweep(_space(tmp_path), storage=tmp_path / "results"))
     trials = [r for r in outcome.table.to_pylist() if not r["is_baseline"]]

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from orchestrator.keys import canonical_params, code_version, stage_key
+from orchestrator.engine.keys import canonical_params, code_version, stage_key
 
 BASE = {"stage": "distill", "params": {"temperature": 4.0}, "parent_key": "p", "task": "digits"}
 
@@ -44,7 +44,7 @@ def test_fingerprint_changes_the_key_and_empty_keeps_old_keys() -> None:
 def test_fingerprint_parts_recompute_from_the_first_stage_they_affect() -> None:
     """The teacher's architecture/weights, the data and the device key the teacher stage; the
     student's key distillation; later stages inherit both through their parent's key."""
-    from orchestrator.pipeline import SweepPlan
+    from orchestrator.engine.pipeline import SweepPlan
 
     fp = {"teacher": "t1", "student": "s1", "data": "d1"}
 
@@ -79,8 +79,8 @@ def test_worker_check_compares_the_parts_a_stage_reads() -> None:
 
     import pytest
 
-    from orchestrator.pipeline import SweepPlan
-    from orchestrator.stage_tasks import check_same_task
+    from orchestrator.engine.pipeline import SweepPlan
+    from orchestrator.engine.stage_tasks import check_same_task
     from stages.errors import SqueezerayError
     from stages.fingerprint import task_fingerprint
     from stages.tasks import load_task

@@ -11,8 +11,8 @@ import pytest
 from typer.testing import CliRunner
 
 from orchestrator.cli import app
-from orchestrator.knobs import varying_knobs, with_knob_columns
-from orchestrator.results import append_results, load_results
+from orchestrator.space.knobs import varying_knobs, with_knob_columns
+from orchestrator.store.results import append_results, load_results
 from tests.orchestrator.test_results import T0, make_rows
 
 runner = CliRunner()

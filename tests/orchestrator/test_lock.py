@@ -9,12 +9,12 @@ from pathlib import Path
 
 import pytest
 
-from orchestrator.lock import LOCK_NAME, SIDECAR_NAME, StorageLocked, lock_files, storage_lock
-from orchestrator.storage import open_storage
+from orchestrator.store.lock import LOCK_NAME, SIDECAR_NAME, StorageLocked, lock_files, storage_lock
+from orchestrator.store.storage import open_storage
 
 HOLDER = """
 import sys, time
-from orchestrator.lock import storage_lock
+from orchestrator.store.lock import storage_lock
 with storage_lock(sys.argv[1], wait=False):
     print("held", flush=True)
     time.sleep(float(sys.argv[2]))
@@ -82,7 +82,7 @@ def test_a_killed_holder_leaves_no_stale_lock(tmp_path: Path) -> None:
 
 
 def test_object_store_uri_gets_a_host_local_lock(tmp_path: Path, monkeypatch) -> None:
-    monkeypatch.setattr("orchestrator.lock.HOST_LOCK_DIR", tmp_path / "locks")
+    monkeypatch.setattr("orchestrator.store.lock.HOST_LOCK_DIR", tmp_path / "locks")
     store = open_storage("memory://squeezeray-lock-test/run")
     files = lock_files(store)
     assert files.host_local and files.lock.parent == tmp_path / "locks"

@@ -16,11 +16,11 @@ import numpy as np
 import pytest
 import torch
 
-from orchestrator.config import load_space
-from orchestrator.export import export_trial, load_model
-from orchestrator.pareto import pareto_front
-from orchestrator.stage_tasks import CACHE_DIR
-from orchestrator.sweep import execute_sweep, prepare_sweep
+from orchestrator.engine.stage_tasks import CACHE_DIR
+from orchestrator.engine.sweep import execute_sweep, prepare_sweep
+from orchestrator.query.export import export_trial, load_model
+from orchestrator.query.pareto import pareto_front
+from orchestrator.space.config import load_space
 from stages.checkpoint import ModelCheckpoint
 from stages.errors import SqueezerayError
 
@@ -335,7 +335,7 @@ def test_custom_metric_macro_f1_as_objective_and_constraint(
     import pyarrow.compute as pc
     from sklearn.metrics import f1_score
 
-    from orchestrator.frontview import build_front
+    from orchestrator.query.frontview import build_front
 
     (tmp_path / "usermetric_f1.py").write_text(textwrap.dedent(F1_MODULE))
     monkeypatch.syspath_prepend(str(tmp_path))
@@ -415,7 +415,7 @@ def test_teacher_weights_option(tmp_path: Path, monkeypatch: pytest.MonkeyPatch)
     from typer.testing import CliRunner
 
     from orchestrator.cli import app
-    from orchestrator.results import load_results
+    from orchestrator.store.results import load_results
 
     module = _user_module(tmp_path, monkeypatch, "usermodel_weights")
     outside_accuracy = _train_outside(module)

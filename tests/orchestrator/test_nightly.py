@@ -12,9 +12,8 @@ import pyarrow.compute as pc
 import pytest
 from typer.testing import CliRunner
 
-from orchestrator.config import load_space
-from orchestrator.nightly import prepare_nightly, warm_start_from
-from orchestrator.report import (
+from orchestrator.nightly.run import prepare_nightly, warm_start_from
+from orchestrator.query.report import (
     Thresholds,
     build_report,
     fixed_reference,
@@ -22,8 +21,9 @@ from orchestrator.report import (
     render_html,
     render_markdown,
 )
-from orchestrator.results import rows_to_table
-from orchestrator.schema import RESULTS_SCHEMA
+from orchestrator.space.config import load_space
+from orchestrator.store.results import rows_to_table
+from orchestrator.store.schema import RESULTS_SCHEMA
 from stages.errors import SqueezerayError
 
 OBJECTIVES = {"accuracy": "max", "size_bytes": "min", "latency_ms": "min"}
@@ -221,7 +221,7 @@ def test_warm_start_keeps_valid_points_of_the_task() -> None:
 
 
 def test_warm_start_seeds_a_multi_objective_optuna_study() -> None:
-    from orchestrator.search import make_search
+    from orchestrator.engine.search import make_search
 
     space = load_space("tiny").with_overrides(algorithm="optuna")
     points = [{"prune.ratio": 0.3, "quantize.mode": "none"}]
@@ -249,8 +249,8 @@ def test_prepare_nightly_names_and_seeds_by_date(tmp_path: Path) -> None:
 @pytest.mark.usefixtures("ray_session")
 def test_nightly_twice_reuses_stages_reports_and_flags_a_regression(tmp_path: Path) -> None:
     from orchestrator.cli import app
-    from orchestrator.results import append_results, list_sweeps, load_results, load_stages
-    from orchestrator.rows import now
+    from orchestrator.store.results import append_results, list_sweeps, load_results, load_stages
+    from orchestrator.store.rows import now
 
     storage = tmp_path / "runs"
     runner = CliRunner()
@@ -290,7 +290,7 @@ def test_nightly_twice_reuses_stages_reports_and_flags_a_regression(tmp_path: Pa
     assert "REGRESSION hypervolume" in second.stdout
     # --gc-keep-last 1: only checkpoints tonight's sweep references are left in the cache.
     assert "gc: removed" in second.stdout
-    from orchestrator.gc import cache_entries
+    from orchestrator.store.gc import cache_entries
 
     tonight = load_results(storage, sweep="latest").column("stage_keys").to_pylist()
     assert {e.key for e in cache_entries(storage)} == {k for keys in tonight for k in keys}

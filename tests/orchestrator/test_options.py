@@ -14,10 +14,10 @@ import typer
 from typer.testing import CliRunner
 
 from orchestrator.cli import app
-from orchestrator.lock import exclusive_use, storage_lock
-from orchestrator.nightly import prepare_nightly
-from orchestrator.options import FLAGS, SweepOptions
-from orchestrator.sweep import manifest_path, prepare_sweep, write_manifest
+from orchestrator.engine.sweep import manifest_path, prepare_sweep, write_manifest
+from orchestrator.nightly.run import prepare_nightly
+from orchestrator.space.options import FLAGS, SweepOptions
+from orchestrator.store.lock import exclusive_use, storage_lock
 from stages.errors import SqueezerayError
 
 runner = CliRunner()
@@ -127,7 +127,7 @@ def test_nightly_trial_timeout_records_timeout_and_releases_the_lock(
 ) -> None:
     """A stage that hangs under `squeezeray nightly --trial-timeout`: the row says `timeout`,
     the night ends, and the storage lock is free for the next night at once."""
-    from orchestrator.results import load_results
+    from orchestrator.store.results import load_results
     from tests.orchestrator.test_faults import FAULTY_TASK
 
     module = f"hang_{uuid.uuid4().hex[:8]}"  # fresh: Ray workers keep modules they imported
@@ -154,7 +154,7 @@ def test_nightly_trial_timeout_records_timeout_and_releases_the_lock(
 def test_editing_the_yaml_after_the_start_does_not_change_a_resumed_sweep(
     tmp_path: Path,
 ) -> None:
-    from orchestrator.config import load_space
+    from orchestrator.space.config import load_space
 
     space_file = tmp_path / "space.yaml"
     text = Path(load_space("tiny").source).read_text()

@@ -11,8 +11,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from orchestrator import pareto
-from orchestrator.pareto import (
+from orchestrator.query import pareto
+from orchestrator.query.pareto import (
     hypervolume,
     is_non_dominated,
     non_dominated_rank,
@@ -20,7 +20,7 @@ from orchestrator.pareto import (
     parse_objectives,
     resolve_objectives,
 )
-from orchestrator.schema import RESULTS_SCHEMA
+from orchestrator.store.schema import RESULTS_SCHEMA
 from stages.errors import SqueezerayError
 
 # -- oracles --------------------------------------------------------------------------------
@@ -344,7 +344,7 @@ def test_front_view_shows_both_splits_and_the_final_latency() -> None:
     """`pareto` says which split chose the front and shows the final latency phase."""
     from rich.console import Console
 
-    from orchestrator.frontview import build_front, render_front
+    from orchestrator.query.frontview import build_front, render_front
 
     base = {"size_bytes": 1000, "latency_ms_sweep": 0.02}
     table = table_of(

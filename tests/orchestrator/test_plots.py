@@ -9,9 +9,9 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from orchestrator.pareto import DEFAULT_OBJECTIVES, pareto_front
-from orchestrator.plots import plot_front
-from orchestrator.schema import RESULTS_SCHEMA
+from orchestrator.query.pareto import DEFAULT_OBJECTIVES, pareto_front
+from orchestrator.query.plots import plot_front
+from orchestrator.store.schema import RESULTS_SCHEMA
 from stages.errors import SqueezerayError
 from tests.orchestrator.test_results import make_rows
 

@@ -81,7 +81,7 @@ def run_sandboxed(tmp_path: Path, script: str, timeout: float = 900) -> str:
 
 
 def _trials(storage: Path) -> list[dict]:
-    from orchestrator.results import load_results
+    from orchestrator.store.results import load_results
 
     rows = load_results(str(storage)).to_pylist()
     return [r for r in rows if not r["is_baseline"]]
@@ -108,7 +108,7 @@ echo "TOKEN_AUTH_FILE=$(test -s "$HOME/.ray/auth_token" && echo yes)"
     trials = _trials(tmp_path / match.group(1))
     space = re.search(r"squeezeray sweep (\S+)", steps)
     assert space
-    from orchestrator.config import load_space
+    from orchestrator.space.config import load_space
 
     expected = load_space(space.group(1)).search.trials
     assert len(trials) == expected, out[-3000:]

@@ -17,15 +17,15 @@ from typing import Any
 
 import pytest
 
-from orchestrator.report import Thresholds, build_report, render_markdown, write_report
-from orchestrator.results import (
+from orchestrator.query.report import Thresholds, build_report, render_markdown, write_report
+from orchestrator.store.results import (
     append_results,
     append_stage_rows,
     list_sweeps,
     load_results,
     load_stages,
 )
-from orchestrator.storage import open_storage
+from orchestrator.store.storage import open_storage
 
 T0 = datetime(2026, 1, 5, 2, 0, tzinfo=timezone.utc)
 
@@ -105,7 +105,7 @@ def test_memory_filesystem_is_per_process(memory_uri: str) -> None:
     assert load_results(memory_uri).num_rows == 1
     code = (
         "import sys\n"
-        "from orchestrator.results import load_results\n"
+        "from orchestrator.store.results import load_results\n"
         "from stages.errors import SqueezerayError\n"
         "try:\n"
         "    load_results(sys.argv[1])\n"
@@ -126,7 +126,7 @@ def test_memory_filesystem_is_per_process(memory_uri: str) -> None:
 @pytest.mark.slow
 @pytest.mark.usefixtures("ray_session")
 def test_full_sweep_under_a_file_uri(tmp_path: Path) -> None:
-    from orchestrator.sweep import execute_sweep, prepare_sweep
+    from orchestrator.engine.sweep import execute_sweep, prepare_sweep
 
     root = tmp_path / "shared"
     uri = f"file://{root}"

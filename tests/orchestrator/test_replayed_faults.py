@@ -12,8 +12,8 @@ from typing import Any
 
 import pytest
 
-from orchestrator.results import append_results, load_results
-from orchestrator.sweep import prepare_sweep
+from orchestrator.engine.sweep import prepare_sweep
+from orchestrator.store.results import append_results, load_results
 from stages.errors import SqueezerayError
 
 T0 = datetime(2026, 1, 5, 2, 0, tzinfo=timezone.utc)
@@ -94,11 +94,11 @@ def test_warm_start_constraint_values_come_from_the_stored_rows() -> None:
     import dataclasses
     import json
 
-    from orchestrator.config import Constraint, load_space
-    from orchestrator.nightly import warm_start_from
-    from orchestrator.results import rows_to_table
-    from orchestrator.schema import RESULTS_SCHEMA
-    from orchestrator.search import make_search
+    from orchestrator.engine.search import make_search
+    from orchestrator.nightly.run import warm_start_from
+    from orchestrator.space.config import Constraint, load_space
+    from orchestrator.store.results import rows_to_table
+    from orchestrator.store.schema import RESULTS_SCHEMA
 
     space = load_space("tiny").with_overrides(algorithm="optuna")
     space = dataclasses.replace(space, constraints=(Constraint("params_nonzero", "<=", 100.0),))
@@ -176,7 +176,7 @@ def test_trial_timeout_counts_running_stages_not_the_queue(tmp_path: Path) -> No
     """Fault 1: one stage slot (2 CPUs a trial on 2 CPUs), four trials at once, one of them
     with a fine-tune that runs far past the limit. The short trials wait in the queue behind
     it for longer than the limit, and still finish ok: only the long one is a timeout."""
-    from orchestrator.sweep import execute_sweep
+    from orchestrator.engine.sweep import execute_sweep
 
     space = _space(
         tmp_path,
@@ -214,7 +214,7 @@ def test_early_stopped_rows_keep_their_knobs_stages_and_score(tmp_path: Path) ->
     """Fault 2 (and 6: the summary says why the sweep ended): ASHA stops most trials of an
     8-trial grid; every row, stopped or not, carries its knobs, the stages it completed and
     its last validation accuracy, and the summary counts them."""
-    from orchestrator.sweep import execute_sweep
+    from orchestrator.engine.sweep import execute_sweep
 
     space = _space(
         tmp_path,
@@ -250,7 +250,7 @@ def test_early_stopped_rows_keep_their_knobs_stages_and_score(tmp_path: Path) ->
 @pytest.mark.usefixtures("ray_session")
 def test_time_budget_end_is_said_with_launched_count(tmp_path: Path) -> None:
     """Fault 6: a budget that stops launching says so, with how many trials were launched."""
-    from orchestrator.sweep import execute_sweep
+    from orchestrator.engine.sweep import execute_sweep
 
     outcome = execute_sweep(
         prepare_sweep("tiny", storage=tmp_path / "r", trials=200, time_budget="6s")
@@ -263,7 +263,7 @@ def test_time_budget_end_is_said_with_launched_count(tmp_path: Path) -> None:
 
 def test_end_reasons() -> None:
     """Fault 6: every way a sweep ends, in words, with its exit code."""
-    from orchestrator.sweep import EXIT_NO_TRIAL_OK, end_reason
+    from orchestrator.engine.sweep import EXIT_NO_TRIAL_OK, end_reason
 
     common = {"total": 4, "budget_s": None, "out_of_time": False, "wall_s": 10.0}
     assert end_reason(interrupted=False, statuses=["ok"] * 4, **common) == (
@@ -328,7 +328,7 @@ def test_failed_trials_keep_whole_messages_and_tracebacks_and_the_cli_exits_non_
     from typer.testing import CliRunner
 
     from orchestrator.cli import app
-    from orchestrator.pipeline import MAX_ERROR_CHARS
+    from orchestrator.engine.pipeline import MAX_ERROR_CHARS
 
     module = f"broken_{uuid.uuid4().hex[:8]}"
     (tmp_path / f"{module}.py").write_text(FAILING_TASK)
@@ -395,7 +395,7 @@ def test_refused_checkpoint_error_names_file_global_and_fix_and_no_unsafe_advice
     tmp_path: Path,
 ) -> None:
     """Fault 5, without Ray: the message a stage raises for a poisoned or truncated input."""
-    from orchestrator.stage_tasks import _cache_file, _load_input
+    from orchestrator.engine.stage_tasks import _cache_file, _load_input
 
     marker = tmp_path / "pwned"
     where = _cache_file(str(tmp_path), "abc123")
@@ -430,8 +430,8 @@ def test_baseline_failure_and_recomputed_checkpoints_are_said_at_the_end(tmp_pat
     from typer.testing import CliRunner
 
     from orchestrator.cli import app
-    from orchestrator.results import load_stages
-    from orchestrator.stage_tasks import CACHE_DIR, checkpoint_path
+    from orchestrator.engine.stage_tasks import CACHE_DIR, checkpoint_path
+    from orchestrator.store.results import load_stages
 
     space = _space(
         tmp_path, pipeline="[teacher, distill]", params="  distill.temperature: {choice: [4.0]}"
@@ -471,7 +471,7 @@ def test_baseline_failure_and_recomputed_checkpoints_are_said_at_the_end(tmp_pat
 
 
 def test_join_uri_keeps_the_query_string() -> None:
-    from orchestrator.storage import join_uri, open_storage
+    from orchestrator.store.storage import join_uri, open_storage
 
     uri = "s3://bucket/runs?scheme=http&endpoint_override=127.0.0.1:9000"
     assert join_uri(uri, "tune", "s-1") == (
@@ -499,10 +499,10 @@ def test_sweep_on_an_s3_compatible_store_addressed_by_a_uri_with_a_query_string(
     from typer.testing import CliRunner
 
     from orchestrator.cli import app
-    from orchestrator.lock import storage_lock
-    from orchestrator.report import Thresholds, build_report, write_report
-    from orchestrator.results import load_stages
-    from orchestrator.storage import open_storage
+    from orchestrator.query.report import Thresholds, build_report, write_report
+    from orchestrator.store.lock import storage_lock
+    from orchestrator.store.results import load_stages
+    from orchestrator.store.storage import open_storage
 
     uri = f"s3://squeeze/runs?scheme=http&endpoint_override={s3_server}&region=us-east-1"
     space = _space(
@@ -554,7 +554,7 @@ def test_sweep_on_an_s3_compatible_store_addressed_by_a_uri_with_a_query_string(
     with storage_lock(store, wait=False) as holder:
         assert holder is not None
     # A failed trial's log is written under the path part too.
-    from orchestrator.pipeline import write_error_log
+    from orchestrator.engine.pipeline import write_error_log
 
     where = write_error_log(uri, "s3-sweep", "t9", "Traceback: boom")
     assert (
@@ -570,9 +570,9 @@ def test_a_crashed_coordinator_gets_a_row_with_its_knobs_error_and_log(tmp_path:
     the knobs come from the trial's config (it reported none)."""
     from types import SimpleNamespace
 
-    from orchestrator.pipeline import SweepPlan
-    from orchestrator.sweep import _stage_defaults
-    from orchestrator.tune_callbacks import ResultsWriter
+    from orchestrator.engine.pipeline import SweepPlan
+    from orchestrator.engine.sweep import _stage_defaults
+    from orchestrator.engine.tune_callbacks import ResultsWriter
 
     pipeline = ("teacher", "distill")
     plan = SweepPlan(
@@ -612,8 +612,8 @@ def test_object_store_lock_is_one_per_storage_however_its_query_is_spelled() -> 
     and another endpoint is another."""
     import pyarrow.fs as pafs
 
-    from orchestrator.lock import lock_files
-    from orchestrator.storage import Storage
+    from orchestrator.store.lock import lock_files
+    from orchestrator.store.storage import Storage
 
     fs = pafs.S3FileSystem(region="us-east-1", endpoint_override="127.0.0.1:9", scheme="http")
 
@@ -631,7 +631,7 @@ def test_a_sweep_that_fails_after_starting_leaves_a_failed_manifest(
 ) -> None:
     """Fault 4's other half: the object-store failure left the manifest saying `running`.
     Whatever fails once the sweep has started, the manifest says `failed` and why."""
-    import orchestrator.sweep as sweep_mod
+    import orchestrator.engine.sweep as sweep_mod
 
     prepared = prepare_sweep("tiny", storage=tmp_path / "runs", sweep_id="run-1")
 

@@ -12,7 +12,7 @@ from typing import Any
 import pyarrow as pa
 import pytest
 
-from orchestrator.results import (
+from orchestrator.store.results import (
     append_results,
     append_stage_rows,
     keep_last_per_trial,
@@ -21,7 +21,7 @@ from orchestrator.results import (
     load_stages,
     resolve_storage,
 )
-from orchestrator.schema import RESULTS_SCHEMA
+from orchestrator.store.schema import RESULTS_SCHEMA
 from stages.errors import SqueezerayError
 
 T0 = datetime(2025, 3, 1, 9, 0, tzinfo=timezone.utc)

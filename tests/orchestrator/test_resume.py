@@ -23,9 +23,7 @@ from typing import Any
 
 import pytest
 
-from orchestrator.results import load_results, load_stages
-from orchestrator.storage import open_storage
-from orchestrator.sweep import (
+from orchestrator.engine.sweep import (
     SweepInterrupted,
     SweepSummary,
     _stop_signals,
@@ -35,6 +33,8 @@ from orchestrator.sweep import (
     resume_command,
     write_manifest,
 )
+from orchestrator.store.results import load_results, load_stages
+from orchestrator.store.storage import open_storage
 from stages.errors import SqueezerayError
 
 from .test_sweep import REQUIRED
@@ -359,8 +359,8 @@ def test_resume_reads_the_manifest_and_names_the_command(tmp_path: Path) -> None
 
 
 def _plan(storage: Path) -> Any:
-    from orchestrator.pipeline import SweepPlan
-    from orchestrator.sweep import _stage_defaults
+    from orchestrator.engine.pipeline import SweepPlan
+    from orchestrator.engine.sweep import _stage_defaults
 
     pipeline = ("teacher", "distill")
     return SweepPlan(
@@ -374,7 +374,7 @@ def test_resumed_trial_with_a_stored_row_reports_it_instead_of_running(
 ) -> None:
     from ray import tune
 
-    from orchestrator.pipeline import trial_function
+    from orchestrator.engine.pipeline import trial_function
 
     reports: list[dict[str, Any]] = []
     monkeypatch.setattr(tune, "report", reports.append)
@@ -398,7 +398,7 @@ def test_resumed_trial_with_a_stored_row_reports_it_instead_of_running(
 
 
 def test_results_writer_does_not_write_a_replayed_trial_twice(tmp_path: Path) -> None:
-    from orchestrator.tune_callbacks import ResultsWriter
+    from orchestrator.engine.tune_callbacks import ResultsWriter
 
     events: list[tuple[str, dict[str, Any]]] = []
     writer = ResultsWriter(
@@ -456,8 +456,8 @@ def test_a_restored_search_reads_this_process_deadline() -> None:
     --resume must stop at the resuming process's deadline, not at the dead one's."""
     import cloudpickle
 
-    from orchestrator.config import load_space
-    from orchestrator.search import DEADLINES, make_search
+    from orchestrator.engine.search import DEADLINES, make_search
+    from orchestrator.space.config import load_space
 
     space = load_space("tiny").with_overrides(time_budget_s=60.0)
     key = "deadline-test"

@@ -16,8 +16,8 @@ import pytest
 import yaml
 from typer.testing import CliRunner
 
-from orchestrator import schedule as sched
 from orchestrator.cli import app
+from orchestrator.nightly import schedule as sched
 from stages.errors import SqueezerayError
 
 runner = CliRunner()

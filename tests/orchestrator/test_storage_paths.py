@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from orchestrator.storage import open_storage
+from orchestrator.store.storage import open_storage
 
 
 def test_relative_storage_is_resolved_against_the_callers_directory(

@@ -10,10 +10,10 @@ from pathlib import Path
 import pyarrow.compute as pc
 import pytest
 
-from orchestrator.config import load_space
-from orchestrator.results import load_stages
-from orchestrator.schema import RESULTS_SCHEMA
-from orchestrator.sweep import execute_sweep, prepare_sweep
+from orchestrator.engine.sweep import execute_sweep, prepare_sweep
+from orchestrator.space.config import load_space
+from orchestrator.store.results import load_stages
+from orchestrator.store.schema import RESULTS_SCHEMA
 
 REQUIRED = [
     "sweep_id",
@@ -82,7 +82,7 @@ def test_tiny_sweep_rows_shared_prefix_and_reuse(tmp_path: Path) -> None:
     # latency_ms_sweep (what the front was chosen on).
     import warnings
 
-    from orchestrator.pareto import pareto_front
+    from orchestrator.query.pareto import pareto_front
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")

@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from orchestrator.config import Constraint, load_space
-from orchestrator.runtime import LATENCY_RESOURCE, ClusterInfo, latency_resources
-from orchestrator.sweep import execute_sweep, prepare_sweep, stage_task_options
+from orchestrator.engine.runtime import LATENCY_RESOURCE, ClusterInfo, latency_resources
+from orchestrator.engine.sweep import execute_sweep, prepare_sweep, stage_task_options
+from orchestrator.space.config import Constraint, load_space
 from stages.device import resolve_device
 from stages.errors import SqueezerayError
 
@@ -99,7 +99,7 @@ def test_memory_storage_is_refused_for_sweeps() -> None:
 def test_latency_measurement_pins_one_cpu_and_restores() -> None:
     import os
 
-    from orchestrator.stage_tasks import pinned_to_one_cpu
+    from orchestrator.engine.stage_tasks import pinned_to_one_cpu
 
     before = os.sched_getaffinity(0)
     with pinned_to_one_cpu():
@@ -111,7 +111,7 @@ def test_latency_measurement_pins_one_cpu_and_restores() -> None:
 def test_optuna_learns_constraint_values_and_its_state_can_be_saved(tmp_path: Path) -> None:
     """Constraint violations reach the Optuna trial, and the searcher pickles (Tune saves it
     every few seconds; a constraints_func closure in the sampler could not be pickled)."""
-    from orchestrator.search import make_search
+    from orchestrator.engine.search import make_search
 
     space = load_space("tiny").with_overrides(algorithm="optuna")
     space = dataclasses.replace(
@@ -147,7 +147,7 @@ def test_optuna_is_told_fail_for_trials_without_final_objectives() -> None:
     be told values: it is told FAIL instead of staying RUNNING forever."""
     import optuna
 
-    from orchestrator.search import make_search
+    from orchestrator.engine.search import make_search
 
     space = load_space("tiny").with_overrides(algorithm="optuna")
     alg, _, _ = make_search(space, constraints=(("accuracy", ">=", 0.95),))
@@ -190,7 +190,7 @@ def test_optuna_sweep_with_constraints_runs_to_the_end(tmp_path: Path) -> None:
 def test_gp_sampler_is_chosen_and_warm_start_points_carry_constraints() -> None:
     import optuna
 
-    from orchestrator.search import make_search
+    from orchestrator.engine.search import make_search
 
     space = load_space("tiny").with_overrides(algorithm="optuna")
     space = dataclasses.replace(space, search=dataclasses.replace(space.search, sampler="gp"))

@@ -137,7 +137,7 @@ def test_whole_bad_battery_in_fresh_process_never_imports_ray(tmp_path: Path) ->
 def test_load_space_subprocess_imports_no_ray() -> None:
     code = (
         "import sys\n"
-        "from orchestrator.config import load_space\n"
+        "from orchestrator.space.config import load_space\n"
         "for name in ('default', 'quick', 'tiny', 'digits-cnn'):\n"
         "    load_space(name)\n"
         "print('ray' in sys.modules)\n"

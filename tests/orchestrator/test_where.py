@@ -7,8 +7,8 @@ from datetime import datetime, timezone
 import pyarrow as pa
 import pytest
 
-from orchestrator.schema import RESULTS_SCHEMA
-from orchestrator.where import columns_of, parse_where
+from orchestrator.query.where import columns_of, parse_where
+from orchestrator.store.schema import RESULTS_SCHEMA
 from stages.errors import SqueezerayError
 
 ROWS = [

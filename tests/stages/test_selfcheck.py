@@ -73,8 +73,8 @@ def test_a_checkpoint_that_computes_something_else_is_the_stage_error(
 def test_execute_stage_caches_nothing_when_the_check_fails(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, mobilenet_teacher: StageOutput
 ) -> None:
-    from orchestrator.requests import StageRequest
-    from orchestrator.stage_tasks import execute_stage
+    from orchestrator.engine.requests import StageRequest
+    from orchestrator.engine.stage_tasks import execute_stage
 
     def broken(inp: StageInput, params: PruneParams) -> StageOutput:
         out = prune(inp, params)

@@ -314,7 +314,7 @@ def test_lowrank_sizes_are_checked_up_front_unless_layers_get_resized() -> None:
 
 
 def test_sweep_and_validate_refuse_before_ray(tmp_path: Path) -> None:
-    from orchestrator.sweep import prepare_sweep
+    from orchestrator.engine.sweep import prepare_sweep
 
     space = tmp_path / "space.yaml"
     space.write_text(

@@ -32,17 +32,17 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from orchestrator.config import (
+from orchestrator.engine.pipeline import SweepPlan
+from orchestrator.space.config import (
     SearchSpace,
     check_stages_apply_to_task,
     load_space,
     parse_space_text,
 )
-from orchestrator.config import space_text as config_space_text
-from orchestrator.options import FLAGS, PLACEMENT, SweepOptions
-from orchestrator.pipeline import SweepPlan
-from orchestrator.rows import now, trial_row
-from orchestrator.storage import Storage, open_storage, tune_storage
+from orchestrator.space.config import space_text as config_space_text
+from orchestrator.space.options import FLAGS, PLACEMENT, SweepOptions
+from orchestrator.store.rows import now, trial_row
+from orchestrator.store.storage import Storage, open_storage, tune_storage
 from stages.errors import SqueezerayError
 
 log = logging.getLogger(__name__)
@@ -333,7 +333,7 @@ def _with_teacher_weights(
     import dataclasses
     import hashlib
 
-    from orchestrator.config import Distribution
+    from orchestrator.space.config import Distribution
     from stages.teacher import load_weights
 
     given = space.params.get("teacher.weights")
@@ -386,13 +386,13 @@ def _check_sweep_id(sweep_id: str) -> None:
             f"--sweep-id {sweep_id!r} is not a valid sweep id; accepted: 1-128 letters, digits, "
             "'.', '_' or '-', starting with a letter or digit"
         )
-    from orchestrator.results import check_sweep_id_unambiguous
+    from orchestrator.store.results import check_sweep_id_unambiguous
 
     check_sweep_id_unambiguous(sweep_id, what="--sweep-id")
 
 
 def search_deadlines() -> dict[str, float]:
-    from orchestrator.search import DEADLINES
+    from orchestrator.engine.search import DEADLINES
 
     return DEADLINES
 
@@ -487,7 +487,7 @@ def execute_sweep(
     A sweep that fails after it started (its manifest says `running`) leaves a manifest that
     says `failed` and why, not `running`.
     """
-    from orchestrator.lock import storage_in_use
+    from orchestrator.store.lock import storage_in_use
 
     opts = sweep.options
     try:
@@ -507,7 +507,7 @@ def execute_sweep(
     except BaseException as exc:
         with contextlib.suppress(Exception):
             if read_manifest(sweep.storage, sweep.sweep_id).get("status") == "running":
-                from orchestrator.pipeline import bounded, describe_error
+                from orchestrator.engine.pipeline import bounded, describe_error
 
                 write_manifest(
                     sweep.storage, sweep, status="failed", error=bounded(describe_error(exc))
@@ -534,14 +534,14 @@ def _execute_sweep(
     import ray
     from ray import tune
 
-    from orchestrator.cache import StageCache
-    from orchestrator.keys import code_version
-    from orchestrator.pipeline import trial_function
-    from orchestrator.results import append_results
-    from orchestrator.runtime import init_ray, latency_resources
-    from orchestrator.search import make_search
-    from orchestrator.stage_tasks import cache_actor_name
-    from orchestrator.tune_callbacks import ResultsWriter
+    from orchestrator.engine.cache import StageCache
+    from orchestrator.engine.keys import code_version
+    from orchestrator.engine.pipeline import trial_function
+    from orchestrator.engine.runtime import init_ray, latency_resources
+    from orchestrator.engine.search import make_search
+    from orchestrator.engine.stage_tasks import cache_actor_name
+    from orchestrator.engine.tune_callbacks import ResultsWriter
+    from orchestrator.store.results import append_results
 
     os.environ.setdefault("TUNE_DISABLE_STRICT_METRIC_CHECKING", "1")
     # Tune snapshots its experiment state (trial statuses, searcher) every 10+ s by default; a
@@ -766,9 +766,9 @@ def _execute_sweep(
 
 
 def _compact_quietly(store: Storage, sweep_id: str) -> None:
-    """Merge the sweep's per-trial files into one per table (`orchestrator.compact`). Its rows
+    """Merge the sweep's per-trial files into one per table (`orchestrator.store.compact`). Its rows
     are already safe in the parts, so a failure here only warns: `squeezeray compact` retries."""
-    from orchestrator.compact import compact_sweep
+    from orchestrator.store.compact import compact_sweep
 
     try:
         compact_sweep(store.uri, sweep_id)
@@ -791,7 +791,7 @@ def final_latency_options(info: Any, latency_resource: str | None) -> dict[str, 
     import ray
     from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
-    from orchestrator.runtime import LATENCY_RESOURCE, latency_resources
+    from orchestrator.engine.runtime import LATENCY_RESOURCE, latency_resources
 
     wanted = latency_resource or LATENCY_RESOURCE
     # Nodes with CPUs only: a head started with --num-cpus=0 could never run it.
@@ -831,10 +831,10 @@ def final_latency_phase(
 
     import ray
 
-    from orchestrator.pareto import pareto_front, resolve_objectives
-    from orchestrator.pipeline import describe_error
-    from orchestrator.results import append_results
-    from orchestrator.stage_tasks import run_remeasure
+    from orchestrator.engine.pipeline import describe_error
+    from orchestrator.engine.stage_tasks import run_remeasure
+    from orchestrator.query.pareto import pareto_front, resolve_objectives
+    from orchestrator.store.results import append_results
 
     table = _sweep_table(store, sweep_id)
     rows = table.to_pylist()
@@ -870,7 +870,7 @@ def final_latency_phase(
         return 0, f"final latency phase failed ({describe_error(exc)}); rows keep in-sweep latency"
     finished = now()
     updated = []
-    from orchestrator.schema import RESULTS_SCHEMA
+    from orchestrator.store.schema import RESULTS_SCHEMA
 
     stored = set(RESULTS_SCHEMA.names)  # not the columns load_results derives (task metrics)
     for (row, _), measured in zip(pairs, results, strict=True):
@@ -954,8 +954,8 @@ def _restored_tuner(experiment_dir: str, trainable: Any, writer: Any, fs: Any = 
 
 def stored_results(store: Storage, sweep_id: str) -> dict[str, dict[str, Any]]:
     """Trial id -> the result already written for it (what a resumed trial reports again)."""
-    from orchestrator.results import load_results
-    from orchestrator.schema import METRIC_COLUMNS
+    from orchestrator.store.results import load_results
+    from orchestrator.store.schema import METRIC_COLUMNS
 
     try:
         table = load_results(store.uri, sweep=sweep_id)
@@ -981,8 +981,8 @@ def _sweep_table(store: Storage, sweep_id: str) -> Any:
     """The sweep's rows; an empty table when it was interrupted before writing any."""
     import pyarrow as pa
 
-    from orchestrator.results import load_results
-    from orchestrator.schema import RESULTS_SCHEMA
+    from orchestrator.store.results import load_results
+    from orchestrator.store.schema import RESULTS_SCHEMA
 
     try:
         return load_results(store.uri, sweep=sweep_id)
@@ -1103,7 +1103,7 @@ def _baseline_row(
 ) -> dict[str, Any]:
     import ray
 
-    from orchestrator.pipeline import bounded, describe_error, write_error_log
+    from orchestrator.engine.pipeline import bounded, describe_error, write_error_log
 
     teacher_key = plan.requests({}, trial_id="baseline")[0].key
     result: dict[str, Any] = {"status": "ok", "stage_keys": [teacher_key], "effective_params": {}}

@@ -38,7 +38,7 @@ import yaml
 
 from stages.errors import SqueezerayError
 
-# The metric columns of the results table (orchestrator.schema.METRIC_COLUMNS; kept here as
+# The metric columns of the results table (orchestrator.store.schema.METRIC_COLUMNS; kept here as
 # plain names so validating a space does not import pyarrow; a test keeps them in sync).
 METRICS: tuple[str, ...] = (
     "accuracy",
@@ -263,7 +263,7 @@ class SearchSpace:
         configuration) and the grid's size."""
         if self.search.algorithm != "grid":
             return f"{self.search.trials} trials"
-        from orchestrator.coherence import grid_points
+        from orchestrator.space.coherence import grid_points
 
         points, total = grid_points(self)
         return f"{len(points)} trials" + ("" if len(points) == total else f" (grid of {total})")

@@ -39,7 +39,7 @@ from stages.errors import SqueezerayError
 if TYPE_CHECKING:
     import pyarrow as pa
 
-    from orchestrator.storage import Storage
+    from orchestrator.store.storage import Storage
 
 REPORTS_DIR = "reports"
 REFERENCE_SLACK = 2.0  # min objectives: the reference is this multiple of the baseline value
@@ -138,7 +138,7 @@ def build_report(
     """Compare sweep `sweep_id` with the earlier sweeps of its task in `table` (all results)."""
     import pyarrow.compute as pc
 
-    from orchestrator.pareto import hypervolume, pareto_front, resolve_objectives
+    from orchestrator.query.pareto import hypervolume, pareto_front, resolve_objectives
 
     ids = table.column("sweep_id").to_pylist()
     if sweep_id not in ids:
@@ -217,7 +217,7 @@ def fixed_reference(rows: pa.Table, objectives: Mapping[str, str]) -> dict[str, 
 
     Without a usable baseline (it failed), the worst observed values are used instead.
     """
-    from orchestrator.pareto import default_reference
+    from orchestrator.query.pareto import default_reference
 
     baseline = [r for r in rows.to_pylist() if r.get("is_baseline") and r.get("status") == "ok"]
     fallback: dict[str, float] | None = None
@@ -287,7 +287,7 @@ def _matched_by_earlier(
     row: Mapping[str, Any], earlier: pa.Table, objectives: Mapping[str, str]
 ) -> bool:
     """True when an earlier ok trial is at least as good as `row` in every objective."""
-    from orchestrator.pareto import eligible_mask
+    from orchestrator.query.pareto import eligible_mask
 
     if earlier.num_rows == 0:
         return False
@@ -618,7 +618,7 @@ def write_report(
             store.write_atomic(markdown, REPORTS_DIR, names[0]),
             store.write_atomic(page, REPORTS_DIR, names[1]),
         )
-    from orchestrator.storage import open_storage
+    from orchestrator.store.storage import open_storage
 
     local = open_storage(Path(report_dir), create=True)
     return local.write_atomic(markdown, names[0]), local.write_atomic(page, names[1])

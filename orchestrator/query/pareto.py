@@ -30,7 +30,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from orchestrator.schema import DEFAULT_DIRECTIONS
+from orchestrator.store.schema import DEFAULT_DIRECTIONS
 from stages.errors import SqueezerayError
 
 if TYPE_CHECKING:
@@ -109,7 +109,7 @@ def resolve_objectives(objectives: Mapping[str, str], table: pa.Table) -> dict[s
     front is never chosen on the test split. Tables written before squeezeray recorded
     validation accuracy (the column absent, or null in every row) use the metric itself.
     """
-    from orchestrator.config import selection_column
+    from orchestrator.space.config import selection_column
 
     out: dict[str, str] = {}
     for name, direction in objectives.items():
@@ -514,15 +514,15 @@ def pareto_front(
     """The rows of `table` on the Pareto front of `objectives` (default accuracy:max,
     size_bytes:min, latency_ms:min), in table order.
 
-    `where` (see `orchestrator.where`) filters rows first. Only rows with status "ok" that are
+    `where` (see `orchestrator.query.where`) filters rows first. Only rows with status "ok" that are
     not baselines compete, each objective read from its validation column where the table has
     one (`resolve_objectives`: `accuracy` chooses on `val_accuracy`); rows with a null/NaN
     objective are left out with a warning that counts them. Copies of a front point are all kept.
     """
     chosen = resolve_objectives(check_objectives(objectives, table.schema), table)
     if where:
-        from orchestrator.knobs import with_knob_columns
-        from orchestrator.where import parse_where
+        from orchestrator.query.where import parse_where
+        from orchestrator.space.knobs import with_knob_columns
 
         table = with_knob_columns(table)
         table = table.filter(parse_where(where, table.schema))

@@ -9,7 +9,7 @@ from typing import Any
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from orchestrator.config import SearchSpace
+from orchestrator.space.config import SearchSpace
 
 
 class SweepProgress:
@@ -83,7 +83,7 @@ def print_outcome(
     outcome: Any, space: SearchSpace, console: Console, *, top: int | None = None
 ) -> None:
     """The sweep's summary line and its Pareto front next to the baseline."""
-    from orchestrator.frontview import print_front
+    from orchestrator.query.frontview import print_front
 
     s = outcome.summary
     failed = ", ".join(
@@ -138,7 +138,7 @@ def print_outcome(
             markup=False,
             soft_wrap=True,
         )
-    from orchestrator.constraints import closest_miss
+    from orchestrator.space.constraints import closest_miss
 
     constraints = list(space.search_constraints())
     miss = closest_miss(constraints, outcome.table.to_pylist())

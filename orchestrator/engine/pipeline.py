@@ -14,9 +14,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from orchestrator.coherence import make_coherent, plain
-from orchestrator.keys import stage_key
-from orchestrator.requests import MeasureRequest, StageRequest
+from orchestrator.engine.keys import stage_key
+from orchestrator.engine.requests import MeasureRequest, StageRequest
+from orchestrator.space.coherence import make_coherent, plain
 
 
 @dataclass(frozen=True)
@@ -166,7 +166,7 @@ def run_pipeline(
     """
     import ray
 
-    from orchestrator.stage_tasks import measure_clock_key
+    from orchestrator.engine.stage_tasks import measure_clock_key
 
     t0 = time.perf_counter()
     requests = plan.requests(sampled, trial_id=trial_id)
@@ -283,8 +283,8 @@ def write_error_log(
     """Write a failed trial's full traceback to `<storage>/logs/<sweep>/<trial>.txt`; return
     where it is (a local path or a URI), or None when it could not be written (the row still
     carries the message)."""
-    from orchestrator.rows import now
-    from orchestrator.storage import open_storage
+    from orchestrator.store.rows import now
+    from orchestrator.store.storage import open_storage
 
     body = exc if isinstance(exc, str) else full_traceback(exc)
     text = f"sweep {sweep_id} trial {trial_id} at {now().isoformat()}\n{header}\n\n{body}\n"

@@ -8,7 +8,12 @@ from collections.abc import Mapping
 from datetime import datetime, timezone
 from typing import Any
 
-from orchestrator.schema import CUSTOM_METRICS, KNOB_COLUMNS, LATENCY_FINAL_COLUMNS, METRIC_COLUMNS
+from orchestrator.store.schema import (
+    CUSTOM_METRICS,
+    KNOB_COLUMNS,
+    LATENCY_FINAL_COLUMNS,
+    METRIC_COLUMNS,
+)
 
 INT_METRICS = ("size_bytes", "params_total", "params_nonzero", "latency_rounds")
 

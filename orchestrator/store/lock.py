@@ -27,7 +27,7 @@ from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
-from orchestrator.storage import Storage, canonical_uri, open_storage
+from orchestrator.store.storage import Storage, canonical_uri, open_storage
 from stages.errors import SqueezerayError
 
 LOCK_NAME = ".squeezeray.lock"  # hidden: the results readers skip names starting with "."

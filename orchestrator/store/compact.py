@@ -29,7 +29,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from orchestrator.results import (
+from orchestrator.store.results import (
     RESULTS_DIR,
     STAGE_ROW_KEY,
     STAGES_DIR,
@@ -42,7 +42,7 @@ from orchestrator.results import (
     summarise_sweep,
     summary_version,
 )
-from orchestrator.schema import RESULTS_SCHEMA, STAGES_SCHEMA
+from orchestrator.store.schema import RESULTS_SCHEMA, STAGES_SCHEMA
 from stages.errors import SqueezerayError
 
 if TYPE_CHECKING:

@@ -3,7 +3,7 @@
     <storage>/results/sweep_id=<id>/<pid>-<token>-<seq>.parquet   trial + baseline rows
     <storage>/stages/sweep_id=<id>/<pid>-<token>-<seq>.parquet    stage rows
 
-Every append is a new file with the explicit schema (`orchestrator.schema`), written under a
+Every append is a new file with the explicit schema (`orchestrator.store.schema`), written under a
 hidden temp name and renamed into place, so readers (which skip names starting with `.` or
 `_`) never see a partial file, and two processes never write the same name. The partition
 column `sweep_id` lives in the directory name only (the hive convention), so pandas
@@ -15,7 +15,7 @@ A trial may be written twice (a resumed sweep re-reports it): `load_results` kee
 (sweep_id, trial_id), the row with the latest `finished_at` (on equal or missing times, the
 one read last).
 
-When a sweep ends, `orchestrator.compact` merges its partition into one `merged-*.parquet` per
+When a sweep ends, `orchestrator.store.compact` merges its partition into one `merged-*.parquet` per
 table and writes `results/sweep_id=<id>/_summary.json` (its `list_sweeps` row and the file it
 describes). Readers list partitions themselves and read only those a query needs; "latest"
 and `list_sweeps` use the summaries where they are current.
@@ -34,7 +34,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from orchestrator.schema import RESULTS_SCHEMA, STAGES_SCHEMA
+from orchestrator.store.schema import RESULTS_SCHEMA, STAGES_SCHEMA
 from stages.errors import SqueezerayError
 
 if TYPE_CHECKING:
@@ -52,7 +52,7 @@ _writer: tuple[int, str] | None = None  # (pid, token): a forked child gets its 
 def resolve_storage(storage: str | Path) -> tuple[pafs.FileSystem, str]:
     """A filesystem and the root path on it, for a local path or a URI (file://, s3://, gs://,
     memory:// and other fsspec protocols)."""
-    from orchestrator.storage import open_storage
+    from orchestrator.store.storage import open_storage
 
     store = open_storage(storage)
     return store.fs, store.root.rstrip("/") or "/"
@@ -183,7 +183,7 @@ def _append(
 # -- reading --------------------------------------------------------------------------------
 #
 # Readers list the partition directories themselves and open only the partitions a query needs
-# (`--sweep ID`, `latest`); "all" reads every partition. A compaction (`orchestrator.compact`)
+# (`--sweep ID`, `latest`); "all" reads every partition. A compaction (`orchestrator.store.compact`)
 # writes a sweep's merged file before it deletes the parts, so for a moment a reader may see a
 # row twice (de-duplicated below, as a re-reported trial is) or find that a part it listed is
 # gone (the read is retried with a fresh listing).
@@ -313,13 +313,13 @@ class PartitionedTable:
 
 @functools.cache
 def summary_version() -> str:
-    """A hash of the code that computes a summary (this module and `orchestrator.pareto`): a
+    """A hash of the code that computes a summary (this module and `orchestrator.query.pareto`): a
     summary written by other code is not trusted, and the next compaction rewrites it."""
     import hashlib
     import importlib.util
 
     h = hashlib.sha256(b"summary-1")
-    for module in ("orchestrator.results", "orchestrator.pareto"):
+    for module in ("orchestrator.store.results", "orchestrator.query.pareto"):
         spec = importlib.util.find_spec(module)
         if spec is not None and spec.origin is not None:
             h.update(Path(spec.origin).read_bytes())
@@ -415,7 +415,7 @@ def expand_custom_metrics(table: pa.Table) -> pa.Table:
     already a column is left alone."""
     import pyarrow as pa
 
-    from orchestrator.schema import CUSTOM_METRICS
+    from orchestrator.store.schema import CUSTOM_METRICS
 
     if CUSTOM_METRICS not in table.column_names:
         return table
@@ -495,7 +495,7 @@ def summarise_sweep(rows: pa.Table) -> dict[str, Any]:
     """One sweep's listing row (SWEEP_COLUMNS) from its (de-duplicated) results rows."""
     import pyarrow.compute as pc
 
-    from orchestrator.pareto import DEFAULT_OBJECTIVES, hypervolume
+    from orchestrator.query.pareto import DEFAULT_OBJECTIVES, hypervolume
 
     trials = rows.filter(pc.invert(rows.column("is_baseline")))
     ok = int(pc.sum(pc.equal(trials.column("status"), "ok")).as_py() or 0)

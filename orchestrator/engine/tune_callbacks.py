@@ -8,7 +8,7 @@ from typing import Any
 
 from ray.tune import Callback
 
-from orchestrator.rows import now, trial_row
+from orchestrator.store.rows import now, trial_row
 
 # What a trial's stage reports carry over to its row when it ends without a final report.
 _CARRIED = ("effective_params", "stage_keys", "last_val_accuracy")
@@ -77,7 +77,7 @@ class ResultsWriter(Callback):  # type: ignore[misc]
         self._write(trial, result)
 
     def on_trial_error(self, iteration: int, trials: list[Any], trial: Any, **info: Any) -> None:
-        from orchestrator.pipeline import bounded, write_error_log
+        from orchestrator.engine.pipeline import bounded, write_error_log
 
         error = _trial_error_text(trial)
         last = dict(trial.last_result or {})
@@ -106,8 +106,8 @@ class ResultsWriter(Callback):  # type: ignore[misc]
         }
 
     def _write(self, trial: Any, result: dict[str, Any]) -> None:
-        from orchestrator.constraints import feasible
-        from orchestrator.results import append_results
+        from orchestrator.space.constraints import feasible
+        from orchestrator.store.results import append_results
 
         if trial.trial_id in self.written:
             return

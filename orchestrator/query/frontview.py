@@ -16,14 +16,14 @@ from datetime import datetime
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
 
-from orchestrator.knobs import varying_knobs, with_knob_columns
-from orchestrator.pareto import (
+from orchestrator.query.pareto import (
     DEFAULT_OBJECTIVES,
     check_objectives,
     eligible_mask,
     pareto_front,
     resolve_objectives,
 )
+from orchestrator.space.knobs import varying_knobs, with_knob_columns
 from stages.errors import SqueezerayError
 
 if TYPE_CHECKING:
@@ -73,7 +73,7 @@ def build_front(
     table = with_knob_columns(table)  # every searched knob is a column `where` can use
     rows = table
     if where:
-        from orchestrator.where import parse_where
+        from orchestrator.query.where import parse_where
 
         expr = parse_where(where, table.schema)
         if "is_baseline" in table.column_names:

@@ -23,23 +23,23 @@ from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from orchestrator.config import Distribution, SearchSpace
-from orchestrator.lock import DEFAULT_TIMEOUT_S, storage_lock
-from orchestrator.options import SweepOptions
-from orchestrator.report import NightlyReport, Thresholds, build_report, write_report
-from orchestrator.sweep import (
+from orchestrator.engine.sweep import (
     PreparedSweep,
     SweepSummary,
     execute_sweep,
     prepare_sweep,
     sweep_options,
 )
+from orchestrator.query.report import NightlyReport, Thresholds, build_report, write_report
+from orchestrator.space.config import Distribution, SearchSpace
+from orchestrator.space.options import SweepOptions
+from orchestrator.store.lock import DEFAULT_TIMEOUT_S, storage_lock
 from stages.errors import SqueezerayError
 
 if TYPE_CHECKING:
     import pyarrow as pa
 
-    from orchestrator.gc import GcPlan
+    from orchestrator.store.gc import GcPlan
 
 WARM_START_MAX = 1000  # newest distinct knob points given to Optuna (older ones add little)
 EXIT_REGRESSION = 3
@@ -200,11 +200,11 @@ def execute_nightly(
     The storage lock is held from the first read to the report: a second run waits up to
     `lock_timeout_s` seconds (`wait=True`) or fails at once, naming the holder.
     `gc_keep_last=N` then removes the stage checkpoints no sweep among the N newest references
-    (`orchestrator.gc`, still under the lock); when that cannot run (a manual sweep is running)
-    the night still succeeds and `gc_error` says why.
+    (`orchestrator.store.gc`, still under the lock); when that cannot run (a manual sweep is
+    running) the night still succeeds and `gc_error` says why.
     """
-    from orchestrator.gc import collect
-    from orchestrator.results import load_results
+    from orchestrator.store.gc import collect
+    from orchestrator.store.results import load_results
 
     if gc_keep_last is not None and gc_keep_last < 1:
         raise SqueezerayError(

@@ -13,7 +13,7 @@ from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from orchestrator.config import SearchSpace
+    from orchestrator.space.config import SearchSpace
 
 TORCH_INT8_MODES = ("dynamic_int8", "static_int8", "qat")
 

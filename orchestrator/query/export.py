@@ -38,7 +38,7 @@ if TYPE_CHECKING:
     import pyarrow as pa
     from torch import nn
 
-    from orchestrator.storage import Storage
+    from orchestrator.store.storage import Storage
     from stages.checkpoint import ModelCheckpoint
     from stages.runtime import OnnxPredictor
     from stages.tasks import Task
@@ -74,7 +74,7 @@ class ExportResult:
 def parse_pick(text: str, directions: Mapping[str, str] | None = None) -> tuple[str, str]:
     """`COLUMN[:min|max]` -> (column, direction); a bare metric takes its usual direction
     (built-in metrics, and those in `directions`, e.g. a task metric's)."""
-    from orchestrator.schema import DEFAULT_DIRECTIONS
+    from orchestrator.store.schema import DEFAULT_DIRECTIONS
 
     known = {**DEFAULT_DIRECTIONS, **(directions or {})}
     column, _, direction = text.partition(":")
@@ -132,14 +132,14 @@ def select_row(
                 f"({row.get('error') or 'no model'}); only ok trials have a model to export"
             )
         return dict(row)
-    from orchestrator.knobs import with_knob_columns
+    from orchestrator.space.knobs import with_knob_columns
 
     table = with_knob_columns(table)  # --where and --pick may name any searched knob
     candidates = table.filter(
         pc.and_(pc.equal(table.column("status"), "ok"), pc.invert(table.column("is_baseline")))
     )
     if where:
-        from orchestrator.where import parse_where
+        from orchestrator.query.where import parse_where
 
         candidates = candidates.filter(parse_where(where, table.schema))
     if candidates.num_rows == 0:
@@ -154,7 +154,7 @@ def select_row(
             f"{candidates.num_rows} trials match; give a TRIAL_ID, or --pick COLUMN[:min|max] "
             "to take the best of them (e.g. --pick size_bytes)"
         )
-    from orchestrator.config import selection_column
+    from orchestrator.space.config import selection_column
 
     column, direction = parse_pick(pick, _task_metric_directions(table))
     column = selection_column(column, candidates.column_names)
@@ -208,7 +208,7 @@ def find_row(
     """(the chosen row, every row of its sweep)."""
     import pyarrow.compute as pc
 
-    from orchestrator.results import load_results
+    from orchestrator.store.results import load_results
 
     table = load_results(os.fspath(storage), sweep=sweep)
     row = select_row(table, trial_id, where=where, pick=pick)
@@ -223,7 +223,7 @@ def _stage_chain(store: Storage, keys: list[str]) -> dict[str, dict[str, Any]]:
     """key -> its `stages` table row (stage name, params JSON, parent key), where recorded."""
     import pyarrow.compute as pc
 
-    from orchestrator.results import load_stages
+    from orchestrator.store.results import load_stages
 
     try:
         stages = load_stages(store.uri, sweep="all")
@@ -241,7 +241,7 @@ def _pa_array(values: list[str]) -> Any:
 
 def _read_cached(store: Storage, key: str) -> tuple[bytes | None, str]:
     """(checkpoint bytes, "") when present and intact, else (None, what is wrong)."""
-    from orchestrator.stage_tasks import CACHE_DIR, checkpoint_path
+    from orchestrator.engine.stage_tasks import CACHE_DIR, checkpoint_path
 
     data_name, manifest_name = checkpoint_path(key)
     where = f"{store.uri.rstrip('/')}/{CACHE_DIR}/{data_name}"
@@ -266,8 +266,8 @@ def trial_checkpoint(
     back; with `recompute`, the trial's stage chain is run again here (missing stages only)
     and written back to the cache.
     """
-    from orchestrator.stage_tasks import _load_input
-    from orchestrator.storage import open_storage
+    from orchestrator.engine.stage_tasks import _load_input
+    from orchestrator.store.storage import open_storage
 
     store = open_storage(storage)
     keys = [str(k) for k in (row.get("stage_keys") or [])]
@@ -293,10 +293,10 @@ def trial_checkpoint(
 
 def _recompute(store: Storage, row: Mapping[str, Any], keys: list[str]) -> bytes:
     """Run the trial's stage chain in this process, loading every intact cached stage."""
-    from orchestrator.keys import code_version
-    from orchestrator.requests import StageRequest
-    from orchestrator.stage_tasks import execute_stage
-    from orchestrator.sweep import TRAINING_SEED
+    from orchestrator.engine.keys import code_version
+    from orchestrator.engine.requests import StageRequest
+    from orchestrator.engine.stage_tasks import execute_stage
+    from orchestrator.engine.sweep import TRAINING_SEED
 
     if row.get("code_version") and row["code_version"] != code_version():
         raise SqueezerayError(
@@ -389,7 +389,7 @@ def export_trial(
     """
     import torch
 
-    from orchestrator.storage import open_storage
+    from orchestrator.store.storage import open_storage
     from stages.tasks import load_task
 
     row, sweep_rows = find_row(storage, trial_id, sweep=sweep, where=where, pick=pick)
@@ -521,8 +521,8 @@ def _card(
 ) -> dict[str, Any]:
     from importlib import metadata
 
-    from orchestrator.frontview import _ratio
-    from orchestrator.keys import code_version
+    from orchestrator.engine.keys import code_version
+    from orchestrator.query.frontview import _ratio
 
     baselines = [r for r in sweep_rows.to_pylist() if r["is_baseline"]]
     base = baselines[0] if baselines else None

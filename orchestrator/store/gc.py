@@ -15,7 +15,7 @@ So every stage of a kept sweep stays loadable, and repeating or resuming it hits
 results and stage tables are never touched (rows of dropped sweeps stay queryable; only their
 models go). The collection holds the storage lock (as a nightly run does) and the in-use lock
 alone (`lock.exclusive_use`): while any sweep runs it refuses, since a running sweep may load
-any checkpoint. On object stores both locks are host-local (see `orchestrator.lock`).
+any checkpoint. On object stores both locks are host-local (see `orchestrator.store.lock`).
 """
 
 from __future__ import annotations
@@ -28,15 +28,15 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from orchestrator.results import (
+from orchestrator.store.results import (
     RESULTS_DIR,
     STAGES_DIR,
     PartitionedTable,
     resolve_storage,
     sweep_starts,
 )
-from orchestrator.schema import RESULTS_SCHEMA, STAGES_SCHEMA
-from orchestrator.storage import CACHE_DIR
+from orchestrator.store.schema import RESULTS_SCHEMA, STAGES_SCHEMA
+from orchestrator.store.storage import CACHE_DIR
 from stages.errors import SqueezerayError
 
 CHECKPOINT_SUFFIXES = (".ckpt", ".json")
@@ -203,8 +203,8 @@ def collect(
 def _locks(
     storage: str | Path, *, wait: bool, lock_timeout_s: float | None, locked: bool
 ) -> Iterator[None]:
-    from orchestrator.lock import DEFAULT_TIMEOUT_S, exclusive_use, storage_lock
-    from orchestrator.storage import open_storage
+    from orchestrator.store.lock import DEFAULT_TIMEOUT_S, exclusive_use, storage_lock
+    from orchestrator.store.storage import open_storage
 
     store = open_storage(os.fspath(storage))
     with contextlib.ExitStack() as stack:

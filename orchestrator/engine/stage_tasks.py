@@ -20,8 +20,8 @@ from typing import Any
 
 import ray
 
-from orchestrator.requests import MeasureRequest, StageRequest
-from orchestrator.storage import CACHE_DIR
+from orchestrator.engine.requests import MeasureRequest, StageRequest
+from orchestrator.store.storage import CACHE_DIR
 
 
 def checkpoint_path(key: str) -> tuple[str, str]:
@@ -41,7 +41,7 @@ def _prepare_worker(sys_path: tuple[str, ...], threads: int) -> None:
 
 def _cache_file(storage: str, key: str | None) -> str:
     """Where a stage's checkpoint lives (a local path, or the URI with its query kept)."""
-    from orchestrator.storage import join_uri
+    from orchestrator.store.storage import join_uri
 
     if not key:
         return "the input checkpoint"
@@ -76,7 +76,7 @@ def execute_stage(
     request: StageRequest, parent: bytes | None, teacher: bytes | None
 ) -> tuple[bytes, dict[str, Any]]:
     """Run one stage; write its checkpoint under the storage; return (bytes, info)."""
-    from orchestrator.storage import open_storage
+    from orchestrator.store.storage import open_storage
     from stages import get_stage
     from stages.base import StageInput
     from stages.selfcheck import run_checked

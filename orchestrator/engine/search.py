@@ -6,9 +6,9 @@ import math
 import time
 from typing import Any
 
-from orchestrator.coherence import grid_points
-from orchestrator.config import Distribution, SearchSpace
-from orchestrator.constraints import violations
+from orchestrator.space.coherence import grid_points
+from orchestrator.space.config import Distribution, SearchSpace
+from orchestrator.space.constraints import violations
 
 FAILED_STATUSES = ("error", "timeout", "stopped")
 
@@ -119,7 +119,7 @@ def _with_deadline(inner: Any, deadline: float, *, key: str | None = None) -> An
             return self.inner.next_trial()
 
         def _expired(self) -> bool:
-            import orchestrator.search as live
+            import orchestrator.engine.search as live
 
             return time.monotonic() >= live.current_deadline(key, deadline)
 

@@ -24,9 +24,9 @@ from typing import Any
 
 import ray
 
-from orchestrator.requests import MeasureRequest, StageRequest
-from orchestrator.stage_tasks import CACHE_DIR, checkpoint_path, run_measure, run_stage
-from orchestrator.storage import open_storage
+from orchestrator.engine.requests import MeasureRequest, StageRequest
+from orchestrator.engine.stage_tasks import CACHE_DIR, checkpoint_path, run_measure, run_stage
+from orchestrator.store.storage import open_storage
 
 log = logging.getLogger(__name__)
 
@@ -135,7 +135,7 @@ class _StageCache:
         return refs is not None and refs[1] == info_ref
 
     def _flush(self, rows: list[dict[str, Any]]) -> None:
-        from orchestrator.results import append_stage_rows
+        from orchestrator.store.results import append_stage_rows
 
         append_stage_rows(self.storage_uri, rows)
 

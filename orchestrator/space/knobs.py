@@ -1,7 +1,7 @@
 """Every knob a sweep searched, as a column: read-time expansion of the `params` JSON.
 
 The results table stores six common knobs as typed columns and every knob of every trial in
-the `params` JSON string (`orchestrator.schema`). Readers (`pareto`, `--where`, `export`,
+the `params` JSON string (`orchestrator.store.schema`). Readers (`pareto`, `--where`, `export`,
 plots) call `with_knob_columns` so any `stage.param` - a searched `lowrank.rank_ratio`,
 `distill.lr`, `export.runtime` - is a typed column they can show and filter on, and
 `varying_knobs` to show the knobs that tell the trials apart instead of a fixed list.
@@ -13,7 +13,7 @@ import json
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
-from orchestrator.schema import KNOB_COLUMNS
+from orchestrator.store.schema import KNOB_COLUMNS
 from stages import PIPELINE_ORDER as _STAGE_ORDER  # torch-free
 
 if TYPE_CHECKING:

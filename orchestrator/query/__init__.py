@@ -1,0 +1,6 @@
+"""Reading the store: queries, fronts, reports and the chosen model as a file.
+
+`where` parses `--where` filters; `pareto` computes fronts and hypervolume on validation
+metrics; `frontview` prints the front table; `plots` and `report` draw and write it up;
+`export` rebuilds a chosen trial's model (`load_model`) and writes it out (`export_trial`).
+"""
