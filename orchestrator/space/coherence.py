@@ -10,10 +10,25 @@ from __future__ import annotations
 import itertools
 import json
 from collections.abc import Mapping
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
-if TYPE_CHECKING:
-    from orchestrator.space.config import SearchSpace
+
+class _Choices(Protocol):
+    @property
+    def choices(self) -> tuple[Any, ...]: ...
+
+
+class _Grid(Protocol):
+    """What `grid_points` reads of a `SearchSpace` (a protocol, so this module does not
+    import `config`, which imports it)."""
+
+    @property
+    def pipeline(self) -> tuple[str, ...]: ...
+
+    def searched(self) -> Mapping[str, _Choices]: ...
+
+    def fixed(self) -> Mapping[str, Any]: ...
+
 
 TORCH_INT8_MODES = ("dynamic_int8", "static_int8", "qat")
 
@@ -47,7 +62,7 @@ def plain(value: Any) -> Any:
     return item() if callable(item) and not isinstance(value, str | bytes) else value
 
 
-def grid_points(space: SearchSpace) -> tuple[list[dict[str, Any]], int]:
+def grid_points(space: _Grid) -> tuple[list[dict[str, Any]], int]:
     """(points, full grid size): every combination of the searched choices, in grid order,
     keeping the first of those that share their effective configuration
     (`effective_knobs`)."""
