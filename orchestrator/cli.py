@@ -51,21 +51,45 @@ app = typer.Typer(
 
 
 # The sweep options (orchestrator.space.options.SweepOptions), defined once: `sweep` and `nightly`
-# take every one of them and build SweepOptions with `_sweep_options`.
+# take every one of them (each command sets its own defaults) and build SweepOptions from the
+# parsed flags with `_sweep_options`.
 SpaceArg = Annotated[
     str | None,
     typer.Argument(help="Search-space YAML, or a packaged space name (default, quick)."),
 ]
+StorageOpt = Annotated[
+    str,
+    typer.Option(
+        help="Results directory or URI (file://, s3://, gs://); nightly: the one every night "
+        "shares."
+    ),
+]
 TaskOpt = Annotated[
     str | None, typer.Option(help="Built-in task name or 'package.module:callable'.")
 ]
-TrialsOpt = Annotated[int | None, typer.Option(help="Number of trials.")]
+TrialsOpt = Annotated[
+    int | None, typer.Option(help="Number of trials (default: the search space's).")
+]
 AddressOpt = Annotated[
     str | None, typer.Option(help="Ray cluster: 'auto' or ray://host:port. None: embedded.")
 ]
 CpusPerTrialOpt = Annotated[float, typer.Option(help="CPUs for each stage task.")]
 GpusPerTrialOpt = Annotated[float, typer.Option(help="GPUs for each stage task.")]
-NameOpt = Annotated[str | None, typer.Option(help="Sweep name (prefix of its id).")]
+SeedOpt = Annotated[
+    int | None,
+    typer.Option(help="Search seed (default: the space's; nightly: tonight's date, YYYYMMDD)."),
+]
+NameOpt = Annotated[
+    str | None,
+    typer.Option(help="Sweep name, the prefix of its id (nightly default: nightly-YYYYMMDD)."),
+]
+AlgorithmOpt = Annotated[
+    str | None,
+    typer.Option(
+        help="Search algorithm: optuna, random or grid (nightly warm-starts optuna from "
+        "earlier sweeps)."
+    ),
+]
 TimeBudgetOpt = Annotated[
     str | None, typer.Option(help="Stop launching trials after this long, e.g. 30m.")
 ]
@@ -92,49 +116,80 @@ TeacherWeightsOpt = Annotated[
         "weights_only=True; teacher.epochs becomes 0 (use as given) unless the space sets it."
     ),
 ]
+TopOpt = Annotated[int | None, typer.Option(help="Show at most K front points.")]
+ResumeOpt = Annotated[
+    bool,
+    typer.Option(
+        "--resume",
+        help="Continue an interrupted sweep in --storage, with the options and search "
+        "space it was started with (an option given again must not differ).",
+    ),
+]
+SweepIdOpt = Annotated[
+    str | None, typer.Option(help="With --resume: which sweep (default: the latest).")
+]
+
+# Shared by the commands that take the storage lock (nightly, gc).
+WaitOpt = Annotated[
+    bool,
+    typer.Option(
+        "--wait/--no-wait", help="If another run holds the storage: wait, or fail at once."
+    ),
+]
+LockTimeoutOpt = Annotated[
+    str, typer.Option(help="With --wait: give up after this long, e.g. 30m.")
+]
 
 
-def _sweep_options(**given: Any) -> Any:
-    """The CLI's sweep options as one validated `SweepOptions` (durations parsed, paths made
-    absolute); SqueezerayError names the flag."""
-    from orchestrator.space.options import SweepOptions
+def _sweep_options(params: dict[str, Any]) -> Any:
+    """The sweep options among a command's parsed flags (`ctx.params`) as one validated
+    `SweepOptions` (durations parsed, paths made absolute); SqueezerayError names the flag."""
+    from orchestrator.space.options import FLAGS, SweepOptions
 
-    return SweepOptions.build(**given)
+    names = {name.removesuffix("_s") for name in FLAGS}
+    return SweepOptions.build(**{k: v for k, v in params.items() if k in names})
+
+
+def _duration(flag: str, text: str) -> float:
+    """`text` ("30m", "90s") in seconds; SqueezerayError names `flag`."""
+    from orchestrator.space.config import parse_duration
+
+    try:
+        return parse_duration(text)
+    except SqueezerayError as exc:
+        raise SqueezerayError(f"{flag}: {exc}") from exc
+
+
+def _print_start(command: str, prepared: Any, *, note: str = "") -> None:
+    """The first line of a sweep or nightly run: id, task, trials and storage."""
+    console.print(
+        f"squeezeray {command} [bold]{prepared.sweep_id}[/]: task {prepared.space.task}, "
+        f"{trials_phrase(prepared.space)}, storage {prepared.storage.uri}{note}",
+        highlight=False,
+    )
 
 
 @app.command()
 def sweep(
+    ctx: typer.Context,
     space: SpaceArg = None,
     task: TaskOpt = None,
     trials: TrialsOpt = None,
-    storage: Annotated[
-        str, typer.Option(help="Results directory or URI (file://, s3://, gs://).")
-    ] = "squeezeray-results",
+    storage: StorageOpt = "squeezeray-results",
     address: AddressOpt = None,
     cpus_per_trial: CpusPerTrialOpt = 1.0,
     gpus_per_trial: GpusPerTrialOpt = 0.0,
-    seed: Annotated[int | None, typer.Option(help="Search seed.")] = None,
+    seed: SeedOpt = None,
     name: NameOpt = None,
-    algorithm: Annotated[
-        str | None, typer.Option(help="Search algorithm: optuna, random or grid.")
-    ] = None,
+    algorithm: AlgorithmOpt = None,
     time_budget: TimeBudgetOpt = None,
     trial_timeout: TrialTimeoutOpt = None,
     max_concurrent: MaxConcurrentOpt = None,
     latency_resource: LatencyResourceOpt = None,
     num_cpus: NumCpusOpt = None,
-    resume: Annotated[
-        bool,
-        typer.Option(
-            "--resume",
-            help="Continue an interrupted sweep in --storage, with the options and search "
-            "space it was started with (an option given again must not differ).",
-        ),
-    ] = False,
-    sweep_id: Annotated[
-        str | None, typer.Option(help="With --resume: which sweep (default: the latest).")
-    ] = None,
-    top: Annotated[int | None, typer.Option(help="Show at most K front points.")] = None,
+    resume: ResumeOpt = False,
+    sweep_id: SweepIdOpt = None,
+    top: TopOpt = None,
     teacher_weights: TeacherWeightsOpt = None,
 ) -> None:
     """Run a compression sweep and print its Pareto front next to the baseline.
@@ -148,30 +203,8 @@ def sweep(
     from orchestrator.engine.progress import SweepProgress, print_outcome
     from orchestrator.engine.sweep import execute_sweep, prepare_sweep, resume_command
 
-    options = _sweep_options(
-        task=task,
-        trials=trials,
-        storage=storage,
-        address=address,
-        cpus_per_trial=cpus_per_trial,
-        gpus_per_trial=gpus_per_trial,
-        seed=seed,
-        name=name,
-        algorithm=algorithm,
-        time_budget=time_budget,
-        trial_timeout=trial_timeout,
-        max_concurrent=max_concurrent,
-        latency_resource=latency_resource,
-        num_cpus=num_cpus,
-        teacher_weights=teacher_weights,
-    )
-    prepared = prepare_sweep(space, options, sweep_id=sweep_id, resume=resume)
-    console.print(
-        f"squeezeray sweep [bold]{prepared.sweep_id}[/]: task {prepared.space.task}, "
-        f"{trials_phrase(prepared.space)}, "
-        f"storage {prepared.storage.uri}{' (resumed)' if prepared.resume else ''}",
-        highlight=False,
-    )
+    prepared = prepare_sweep(space, _sweep_options(ctx.params), sweep_id=sweep_id, resume=resume)
+    _print_start("sweep", prepared, note=" (resumed)" if prepared.resume else "")
     # Printed up front: after a crash (no chance to print anything) this is how to continue.
     command = escape(resume_command(prepared.storage, prepared.sweep_id))
     console.print(
@@ -217,12 +250,15 @@ def validate(
 
 # --- pareto / sweeps (orchestrator.query.pareto, orchestrator.store.results) ----------------------
 
+# The storage argument of the commands that read or tidy stored results.
+StorageArg = Annotated[
+    str, typer.Argument(help="Results directory or URI (file://, s3://, gs://, memory://).")
+]
+
 
 @app.command()
 def pareto(
-    storage: Annotated[
-        str, typer.Argument(help="Results directory or URI (file://, s3://, gs://, memory://).")
-    ] = "squeezeray-results",
+    storage: StorageArg = "squeezeray-results",
     sweep: Annotated[
         str, typer.Option("--sweep", help="A sweep id, 'latest' or 'all'.")
     ] = "latest",
@@ -282,9 +318,7 @@ def pareto(
 
 @app.command()
 def sweeps(
-    storage: Annotated[
-        str, typer.Argument(help="Results directory or URI (file://, s3://, gs://, memory://).")
-    ] = "squeezeray-results",
+    storage: StorageArg = "squeezeray-results",
 ) -> None:
     """List the sweeps in a storage: id, name, start, trials ok/failed, front hypervolume."""
     from rich.table import Table
@@ -332,9 +366,7 @@ def sweeps(
 
 @app.command()
 def compact(
-    storage: Annotated[
-        str, typer.Argument(help="Results directory or URI (file://, s3://, gs://, memory://).")
-    ] = "squeezeray-results",
+    storage: StorageArg = "squeezeray-results",
     sweep: Annotated[
         str | None, typer.Option("--sweep", help="Compact only this sweep (default: all).")
     ] = None,
@@ -358,9 +390,7 @@ def compact(
 
 @app.command()
 def gc(
-    storage: Annotated[
-        str, typer.Argument(help="Results directory or URI (file://, s3://, gs://, memory://).")
-    ] = "squeezeray-results",
+    storage: StorageArg = "squeezeray-results",
     keep_last: Annotated[
         int | None, typer.Option(help="Keep the checkpoints of the N newest sweeps.")
     ] = None,
@@ -372,43 +402,33 @@ def gc(
         bool,
         typer.Option("--dry-run", help="List what would go and the bytes freed; delete nothing."),
     ] = False,
-    wait: Annotated[
-        bool,
-        typer.Option(
-            "--wait/--no-wait", help="If a nightly run holds the storage: wait, or fail at once."
-        ),
-    ] = True,
-    lock_timeout: Annotated[
-        str, typer.Option(help="With --wait: give up after this long, e.g. 30m.")
-    ] = "6h",
+    wait: WaitOpt = True,
+    lock_timeout: LockTimeoutOpt = "6h",
 ) -> None:
     """Delete stage checkpoints that no kept sweep references (results are never touched).
 
     Without --keep-last/--older-than every sweep is kept and only checkpoints no sweep refers
     to go. With both, a sweep either rule keeps is kept. Refuses while a sweep is running."""
-    from rich.markup import escape
+    from orchestrator.store.gc import collect
 
-    from orchestrator.space.config import parse_duration
-    from orchestrator.store.gc import collect, human_bytes
-
-    older_than_s = None
-    if older_than is not None:
-        try:
-            older_than_s = parse_duration(older_than)
-        except SqueezerayError as exc:
-            raise SqueezerayError(f"--older-than: {exc}") from exc
-    try:
-        lock_timeout_s = parse_duration(lock_timeout)
-    except SqueezerayError as exc:
-        raise SqueezerayError(f"--lock-timeout: {exc}") from exc
+    older_than_s = None if older_than is None else _duration("--older-than", older_than)
     plan = collect(
         storage,
         keep_last=keep_last,
         older_than_s=older_than_s,
         dry_run=dry_run,
         wait=wait,
-        lock_timeout_s=lock_timeout_s,
+        lock_timeout_s=_duration("--lock-timeout", lock_timeout),
     )
+    _print_gc_plan(plan, dry_run=dry_run)
+
+
+def _print_gc_plan(plan: Any, *, dry_run: bool) -> None:
+    """One line per checkpoint removed (or that would be), then the totals kept and freed."""
+    from rich.markup import escape
+
+    from orchestrator.store.gc import human_bytes
+
     verb = "would remove" if dry_run else "removed"
     for entry in plan.remove:
         stamp = f"{entry.modified:%Y-%m-%d %H:%M}" if entry.modified else "-"
@@ -490,64 +510,52 @@ def export(
 # --- nightly / schedule (orchestrator.nightly.run, orchestrator.nightly.schedule) -----------------
 
 
+ReportDirOpt = Annotated[
+    Path | None, typer.Option(help="Write the report here (default: <storage>/reports/).")
+]
+HypervolumeThresholdOpt = Annotated[
+    float, typer.Option(help="Exit 3 when the front's hypervolume drops by more than X %.")
+]
+AccuracyThresholdOpt = Annotated[
+    float, typer.Option(help="Exit 3 when same knobs lose more than this many accuracy points.")
+]
+LatencyThresholdOpt = Annotated[
+    float, typer.Option(help="Exit 3 when same knobs get slower by more than this %.")
+]
+GcKeepLastOpt = Annotated[
+    int | None,
+    typer.Option(
+        help="After the night, delete stage checkpoints no sweep among the N newest uses."
+    ),
+]
+
+
 @app.command()
 def nightly(
-    storage: Annotated[
-        str,
-        typer.Option(
-            help="Results directory or URI shared by every night (file://, s3://, gs://)."
-        ),
-    ],
+    ctx: typer.Context,
+    storage: StorageOpt,
     space: SpaceArg = None,
-    trials: Annotated[int | None, typer.Option(help="Number of trials tonight.")] = None,
-    report_dir: Annotated[
-        Path | None,
-        typer.Option(help="Write the report here (default: <storage>/reports/)."),
-    ] = None,
-    regression_threshold: Annotated[
-        float, typer.Option(help="Exit 3 when the front's hypervolume drops by more than X %.")
-    ] = 10.0,
-    accuracy_threshold: Annotated[
-        float,
-        typer.Option(help="Exit 3 when same knobs lose more than this many accuracy points."),
-    ] = 2.0,
-    latency_threshold: Annotated[
-        float, typer.Option(help="Exit 3 when same knobs get slower by more than this %.")
-    ] = 50.0,
-    wait: Annotated[
-        bool,
-        typer.Option(
-            "--wait/--no-wait", help="If another run holds the storage: wait, or fail at once."
-        ),
-    ] = True,
-    lock_timeout: Annotated[
-        str, typer.Option(help="With --wait: give up after this long, e.g. 30m.")
-    ] = "6h",
+    trials: TrialsOpt = None,
+    report_dir: ReportDirOpt = None,
+    regression_threshold: HypervolumeThresholdOpt = 10.0,
+    accuracy_threshold: AccuracyThresholdOpt = 2.0,
+    latency_threshold: LatencyThresholdOpt = 50.0,
+    wait: WaitOpt = True,
+    lock_timeout: LockTimeoutOpt = "6h",
     task: TaskOpt = None,
     address: AddressOpt = None,
     num_cpus: NumCpusOpt = None,
     cpus_per_trial: CpusPerTrialOpt = 1.0,
     gpus_per_trial: GpusPerTrialOpt = 0.0,
-    algorithm: Annotated[
-        str, typer.Option(help="optuna (warm-started from earlier sweeps), random or grid.")
-    ] = "optuna",
-    seed: Annotated[
-        int | None, typer.Option(help="Search seed (default: tonight's date, YYYYMMDD).")
-    ] = None,
-    name: Annotated[
-        str | None, typer.Option(help="Sweep name (default: nightly-YYYYMMDD).")
-    ] = None,
+    algorithm: AlgorithmOpt = "optuna",
+    seed: SeedOpt = None,
+    name: NameOpt = None,
     time_budget: TimeBudgetOpt = None,
     trial_timeout: TrialTimeoutOpt = None,
     max_concurrent: MaxConcurrentOpt = None,
     latency_resource: LatencyResourceOpt = None,
     teacher_weights: TeacherWeightsOpt = None,
-    gc_keep_last: Annotated[
-        int | None,
-        typer.Option(
-            help="After the night, delete stage checkpoints no sweep among the N newest uses."
-        ),
-    ] = None,
+    gc_keep_last: GcKeepLastOpt = None,
 ) -> None:
     """Tonight's sweep: warm-started from earlier sweeps in --storage, reusing their cached
     stages, then a report (markdown + HTML) against the previous and the all-time front.
@@ -555,41 +563,15 @@ def nightly(
     from orchestrator.engine.progress import SweepProgress
     from orchestrator.nightly.run import execute_nightly, prepare_nightly
     from orchestrator.query.report import Thresholds
-    from orchestrator.space.config import parse_duration
 
     thresholds = Thresholds(
         hypervolume_drop_pct=regression_threshold,
         accuracy_drop_points=accuracy_threshold,
         latency_increase_pct=latency_threshold,
     )
-    try:
-        lock_timeout_s = parse_duration(lock_timeout)
-    except SqueezerayError as exc:
-        raise SqueezerayError(f"--lock-timeout: {exc}") from exc
-    options = _sweep_options(
-        task=task,
-        trials=trials,
-        storage=storage,
-        address=address,
-        cpus_per_trial=cpus_per_trial,
-        gpus_per_trial=gpus_per_trial,
-        seed=seed,
-        name=name,
-        algorithm=algorithm,
-        time_budget=time_budget,
-        trial_timeout=trial_timeout,
-        max_concurrent=max_concurrent,
-        latency_resource=latency_resource,
-        num_cpus=num_cpus,
-        teacher_weights=teacher_weights,
-    )
-    prepared = prepare_nightly(space, options)
-    console.print(
-        f"squeezeray nightly [bold]{prepared.sweep_id}[/]: task {prepared.space.task}, "
-        f"{trials_phrase(prepared.space)}, "
-        f"storage {prepared.storage.uri}",
-        highlight=False,
-    )
+    lock_timeout_s = _duration("--lock-timeout", lock_timeout)
+    prepared = prepare_nightly(space, _sweep_options(ctx.params))
+    _print_start("nightly", prepared)
     with SweepProgress(console, prepared.space) as progress:
         outcome = execute_nightly(
             prepared,
@@ -600,18 +582,21 @@ def nightly(
             progress=progress.update,
             gc_keep_last=gc_keep_last,
         )
-    report = outcome.report
-    summary = outcome.summary
+    _print_nightly_outcome(outcome)
+    if outcome.exit_code:
+        raise typer.Exit(outcome.exit_code)
+
+
+def _print_nightly_outcome(outcome: Any) -> None:
+    """How the night ended, its front against earlier ones, each regression, the report's
+    paths and what the garbage collection after it did."""
+    report, summary = outcome.report, outcome.summary
     out.print(f"ended: {summary.ended}", highlight=False, markup=False)
     if summary.exit_code and summary.most_common_error:
         out.print(f"most common error: {summary.most_common_error}", highlight=False, markup=False)
-
-    def hv(value: float | None) -> str:
-        return "-" if value is None else f"{value:.4g}"
-
     out.print(
-        f"hypervolume tonight {hv(report.hypervolume)}, previous sweep "
-        f"{hv(report.hypervolume_previous)}, all time {hv(report.hypervolume_all_time)}; "
+        f"hypervolume tonight {_g(report.hypervolume)}, previous sweep "
+        f"{_g(report.hypervolume_previous)}, all time {_g(report.hypervolume_all_time)}; "
         f"{len(report.new_front_points)} new front point(s); "
         f"warm start from {outcome.warm_start_points} earlier point(s)",
         highlight=False,
@@ -634,8 +619,11 @@ def nightly(
         )
     if outcome.gc_error is not None:
         console.print(f"gc skipped: {outcome.gc_error}", highlight=False, markup=False)
-    if outcome.exit_code:
-        raise typer.Exit(outcome.exit_code)
+
+
+def _g(value: float | None) -> str:
+    """A hypervolume for a summary line: 4 significant digits, "-" when there is none."""
+    return "-" if value is None else f"{value:.4g}"
 
 
 @app.command(
@@ -665,42 +653,21 @@ def schedule(
     """Run `squeezeray nightly` on a schedule. Every argument after the schedule's own options
     goes to nightly, e.g.: squeezeray schedule --cron "0 2 * * *" --install quick --storage runs/
     """
-    from datetime import datetime
-
     from orchestrator.nightly import schedule as sched
 
     cron = sched.check_cron(cron)
     if sum((print_, install, foreground)) > 1:
         raise SqueezerayError("--print, --install and --foreground exclude each other; pick one")
     args = list(ctx.args)
-    nightly_cmd = typer.main.get_command(app).get_command(ctx, "nightly")  # type: ignore[attr-defined]
-    assert nightly_cmd is not None
-    try:  # check the nightly arguments now, not at 2 am
-        parsed = nightly_cmd.make_context("nightly", list(args), resilient_parsing=False)
-    except Exception as exc:  # a click usage error (typer vendors its own click)
-        if not hasattr(exc, "format_message"):
-            raise
-        raise SqueezerayError(
-            f"the nightly arguments {' '.join(args) or '(none)'!r} are not valid: "
-            f"{exc.format_message().rstrip('.')}; see `squeezeray nightly --help`"
-        ) from exc
-    command = sched.nightly_command(args, storage=str(parsed.params["storage"]), log=log)
+    storage = _checked_nightly_storage(ctx, args)
+    command = sched.nightly_command(args, storage=storage, log=log)
     if install:
         entry = sched.crontab_entry(cron, command)
         change = sched.install_crontab(entry, command.key())
         out.print(f"crontab: {change}", highlight=False)
         out.print(entry[1], highlight=False, markup=False, soft_wrap=True)
     elif foreground:
-
-        def say(message: str) -> None:
-            stamp = f"{datetime.now():%Y-%m-%d %H:%M:%S}"
-            console.print(f"[{stamp}] {message}", highlight=False, markup=False)
-
-        say(f"scheduling `{' '.join(command.argv())}` at {cron!r} (Ctrl-C stops)")
-        try:
-            sched.run_forever(cron, sched.subprocess_runner(command), log=say)
-        except KeyboardInterrupt:
-            say("stopped")
+        _run_schedule_here(cron, command)
     else:
         text = "\n".join(
             [
@@ -711,6 +678,42 @@ def schedule(
             ]
         )
         out.print(text, highlight=False, markup=False, soft_wrap=True)
+
+
+def _checked_nightly_storage(ctx: typer.Context, args: list[str]) -> str:
+    """Parse the arguments meant for `nightly` now, not at 2 am, and return their --storage;
+    a usage error becomes a SqueezerayError that points at `squeezeray nightly --help`."""
+    nightly_cmd = typer.main.get_command(app).get_command(ctx, "nightly")  # type: ignore[attr-defined]
+    assert nightly_cmd is not None
+    try:
+        parsed = nightly_cmd.make_context("nightly", list(args), resilient_parsing=False)
+    except Exception as exc:  # a click usage error (typer vendors its own click)
+        if not hasattr(exc, "format_message"):
+            raise
+        raise SqueezerayError(
+            f"the nightly arguments {' '.join(args) or '(none)'!r} are not valid: "
+            f"{exc.format_message().rstrip('.')}; see `squeezeray nightly --help`"
+        ) from exc
+    return str(parsed.params["storage"])
+
+
+def _run_schedule_here(cron: str, command: Any) -> None:
+    """`schedule --foreground`: run nightly at each cron time in this process until Ctrl-C."""
+    from orchestrator.nightly import schedule as sched
+
+    _say_stamped(f"scheduling `{' '.join(command.argv())}` at {cron!r} (Ctrl-C stops)")
+    try:
+        sched.run_forever(cron, sched.subprocess_runner(command), log=_say_stamped)
+    except KeyboardInterrupt:
+        _say_stamped("stopped")
+
+
+def _say_stamped(message: str) -> None:
+    """A line on stderr stamped with the local time (the foreground schedule's log)."""
+    from datetime import datetime
+
+    stamp = f"{datetime.now():%Y-%m-%d %H:%M:%S}"
+    console.print(f"[{stamp}] {message}", highlight=False, markup=False)
 
 
 def trials_phrase(space: Any) -> str:
