@@ -732,11 +732,16 @@ def _parse_params(source: str, raw: Any, pipeline: tuple[str, ...]) -> dict[str,
     return params
 
 
+_ACCEPTED_DISTRIBUTIONS = (
+    "{uniform: [low, high]}, {loguniform: [low, high]}, {int: [low, high]} (optional "
+    "step: k), {choice: [a, b, ...]}, or a plain value"
+)
+
+
 def _parse_distribution(source: str, key: str, raw: Any) -> Distribution:
-    accepted = (
-        "{uniform: [low, high]}, {loguniform: [low, high]}, {int: [low, high]} (optional "
-        "step: k), {choice: [a, b, ...]}, or a plain value"
-    )
+    """One `params` entry: a plain value (fixed) or a one-kind mapping (`choice`, a range,
+    `fixed`); SqueezerayError names the file, the key, the value and what is accepted."""
+    accepted = _ACCEPTED_DISTRIBUTIONS
     if raw is None:
         _fail(source, key, f"has no value; accepted: {accepted}")
     if isinstance(raw, list):
@@ -747,34 +752,9 @@ def _parse_distribution(source: str, key: str, raw: Any) -> Distribution:
             f"{_fmt_list(raw)}}}; accepted: {accepted}",
         )
     if not isinstance(raw, Mapping):
-        if not isinstance(raw, _Scalar):
-            _fail(source, key, f"{_short(raw)} is not accepted; accepted: {accepted}")
-        if isinstance(raw, float) and not math.isfinite(raw):
-            _fail(source, key, f"{raw!r} is not a finite number; accepted: {accepted}")
-        return Distribution("fixed", value=raw)
-    kinds = [k for k in raw if k != "step"]
-    if len(kinds) != 1:
-        _fail(
-            source,
-            key,
-            f"{_short(dict(raw))} is not a distribution (one kind per key); accepted: {accepted}",
-        )
-    kind = kinds[0]
-    if kind not in DISTRIBUTION_KINDS:
-        _fail(
-            source,
-            key,
-            f"{kind!r} is not a distribution"
-            f"{_did_you_mean(str(kind), DISTRIBUTION_KINDS)}; accepted: {accepted}",
-        )
+        return _parse_plain_value(source, key, raw)
+    kind = _distribution_kind(source, key, raw)
     arg = raw[kind]
-    if "step" in raw and kind != "int":
-        _fail(
-            source,
-            key,
-            f"step={raw['step']!r} is only accepted with int; accepted: "
-            "{int: [low, high], step: k}",
-        )
     if kind == "fixed":
         if isinstance(arg, Mapping | list):
             _fail(
@@ -784,30 +764,97 @@ def _parse_distribution(source: str, key: str, raw: Any) -> Distribution:
             )
         return _parse_distribution(source, key, arg)
     if kind == "choice":
-        if not isinstance(arg, list) or not arg:
+        return _parse_choice(source, key, arg)
+    return _parse_range(source, key, kind, raw)
+
+
+def _parse_plain_value(source: str, key: str, raw: Any) -> Distribution:
+    """A knob fixed to one number, string or boolean."""
+    if not isinstance(raw, _Scalar):
+        _fail(source, key, f"{_short(raw)} is not accepted; accepted: {_ACCEPTED_DISTRIBUTIONS}")
+    if isinstance(raw, float) and not math.isfinite(raw):
+        _fail(
+            source,
+            key,
+            f"{raw!r} is not a finite number; accepted: {_ACCEPTED_DISTRIBUTIONS}",
+        )
+    return Distribution("fixed", value=raw)
+
+
+def _distribution_kind(source: str, key: str, raw: Mapping[str, Any]) -> str:
+    """The one distribution kind a mapping names (`step` aside, and only with `int`)."""
+    kinds = [k for k in raw if k != "step"]
+    if len(kinds) != 1:
+        _fail(
+            source,
+            key,
+            f"{_short(dict(raw))} is not a distribution (one kind per key); "
+            f"accepted: {_ACCEPTED_DISTRIBUTIONS}",
+        )
+    kind = kinds[0]
+    if kind not in DISTRIBUTION_KINDS:
+        _fail(
+            source,
+            key,
+            f"{kind!r} is not a distribution"
+            f"{_did_you_mean(str(kind), DISTRIBUTION_KINDS)}; accepted: {_ACCEPTED_DISTRIBUTIONS}",
+        )
+    if "step" in raw and kind != "int":
+        _fail(
+            source,
+            key,
+            f"step={raw['step']!r} is only accepted with int; accepted: "
+            "{int: [low, high], step: k}",
+        )
+    return str(kind)
+
+
+def _parse_choice(source: str, key: str, arg: Any) -> Distribution:
+    """`{choice: [a, b, ...]}`: a non-empty list of distinct finite scalars."""
+    if not isinstance(arg, list) or not arg:
+        _fail(
+            source,
+            key,
+            f"choice {_short(arg)} is not accepted; accepted: a non-empty "
+            "list, e.g. {choice: [1, 2, 4]}",
+        )
+    for item in arg:
+        if not isinstance(item, _Scalar) or (isinstance(item, float) and not math.isfinite(item)):
             _fail(
                 source,
                 key,
-                f"choice {_short(arg)} is not accepted; accepted: a non-empty "
-                "list, e.g. {choice: [1, 2, 4]}",
+                f"choice {_short(arg)}: {_short(item)} is not accepted; "
+                "accepted: finite numbers, strings or booleans",
             )
-        for item in arg:
-            if not isinstance(item, _Scalar) or (
-                isinstance(item, float) and not math.isfinite(item)
-            ):
-                _fail(
-                    source,
-                    key,
-                    f"choice {_short(arg)}: {_short(item)} is not accepted; "
-                    "accepted: finite numbers, strings or booleans",
-                )
-        if len(set(map(_value_key, arg))) != len(arg):
+    if len(set(map(_value_key, arg))) != len(arg):
+        _fail(source, key, f"choice {_fmt_list(arg)} repeats a value; accepted: distinct values")
+    return Distribution("choice", choices=tuple(arg))
+
+
+def _parse_range(source: str, key: str, kind: str, raw: Mapping[str, Any]) -> Distribution:
+    """`{uniform|loguniform|int: [low, high]}` (int with an optional `step`)."""
+    shown = f"{kind} {_short(raw[kind])}"
+    low, high = _range_bounds(source, key, kind, raw[kind], shown)
+    step = None
+    if "step" in raw:
+        step = raw["step"]
+        if isinstance(step, bool) or not isinstance(step, int) or step < 1:
+            _fail(source, key, f"{shown} step {step!r}: is not accepted; accepted: an integer >= 1")
+        if (high - low) % step:
             _fail(
-                source, key, f"choice {_fmt_list(arg)} repeats a value; accepted: distinct values"
+                source,
+                key,
+                f"{shown} step {step}: {high} - {low} is not a multiple of "
+                f"{step}; accepted: high - low divisible by step",
             )
-        return Distribution("choice", choices=tuple(arg))
-    # A range: uniform | loguniform | int.
-    shown = f"{kind} {_short(arg)}"
+    if kind == "int":
+        return Distribution("int", low=low, high=high, step=step)
+    return Distribution(kind, low=float(low), high=float(high))
+
+
+def _range_bounds(source: str, key: str, kind: str, arg: Any, shown: str) -> tuple[Any, Any]:
+    """A range's `[low, high]`: two finite numbers (integers for `int`), low < high, and
+    low > 0 for `loguniform`."""
     if not isinstance(arg, list) or len(arg) != 2:
         _fail(
             source,
@@ -844,21 +891,7 @@ def _parse_distribution(source: str, key: str, raw: Any) -> Distribution:
         )
     if kind == "loguniform" and low <= 0:
         _fail(source, key, f"{shown}: low {low!r} <= 0; accepted: loguniform needs 0 < low < high")
-    step = None
-    if "step" in raw:
-        step = raw["step"]
-        if isinstance(step, bool) or not isinstance(step, int) or step < 1:
-            _fail(source, key, f"{shown} step {step!r}: is not accepted; accepted: an integer >= 1")
-        if (high - low) % step:
-            _fail(
-                source,
-                key,
-                f"{shown} step {step}: {high} - {low} is not a multiple of "
-                f"{step}; accepted: high - low divisible by step",
-            )
-    if kind == "int":
-        return Distribution("int", low=low, high=high, step=step)
-    return Distribution(kind, low=float(low), high=float(high))
+    return low, high
 
 
 def _validate_stage_params(
