@@ -105,36 +105,56 @@ def select_row(
     Raises SqueezerayError when the trial is unknown, ambiguous (`--sweep all` with one id in
     two sweeps), not ok, or when no trial id and no single candidate is given.
     """
-    import pyarrow.compute as pc
-
     if trial_id is not None and (where or pick):
         raise SqueezerayError(
             "give either a TRIAL_ID or --where/--pick to choose the row, not both"
         )
     if trial_id is not None:
-        rows = table.filter(pc.equal(table.column("trial_id"), trial_id)).to_pylist()
-        if not rows:
-            known = [r["trial_id"] for r in table.to_pylist() if r["status"] == "ok"][:12]
-            raise SqueezerayError(
-                f"trial {trial_id!r} is not in the chosen sweep(s); ok trials there: "
-                f"{', '.join(known) or 'none'} (choose the sweep with --sweep ID)"
-            )
-        if len(rows) > 1:
-            sweeps = sorted({str(r["sweep_id"]) for r in rows})
-            raise SqueezerayError(
-                f"trial {trial_id!r} is in {len(rows)} sweeps ({', '.join(sweeps)}); "
-                "choose one with --sweep ID"
-            )
-        row = rows[0]
-        if row["status"] != "ok":
-            raise SqueezerayError(
-                f"trial {trial_id!r} of sweep {row['sweep_id']} has status {row['status']!r} "
-                f"({row.get('error') or 'no model'}); only ok trials have a model to export"
-            )
-        return dict(row)
+        return _row_by_id(table, trial_id)
     from orchestrator.space.knobs import with_knob_columns
 
     table = with_knob_columns(table)  # --where and --pick may name any searched knob
+    candidates = _ok_trials_matching(table, where)
+    if pick is None:
+        if candidates.num_rows == 1:
+            return dict(candidates.to_pylist()[0])
+        raise SqueezerayError(
+            f"{candidates.num_rows} trials match; give a TRIAL_ID, or --pick COLUMN[:min|max] "
+            "to take the best of them (e.g. --pick size_bytes)"
+        )
+    return _best_by_pick(candidates, pick, _task_metric_directions(table))
+
+
+def _row_by_id(table: pa.Table, trial_id: str) -> dict[str, Any]:
+    """The one ok row of `trial_id` (unknown, in two sweeps or not ok: SqueezerayError)."""
+    import pyarrow.compute as pc
+
+    rows = table.filter(pc.equal(table.column("trial_id"), trial_id)).to_pylist()
+    if not rows:
+        known = [r["trial_id"] for r in table.to_pylist() if r["status"] == "ok"][:12]
+        raise SqueezerayError(
+            f"trial {trial_id!r} is not in the chosen sweep(s); ok trials there: "
+            f"{', '.join(known) or 'none'} (choose the sweep with --sweep ID)"
+        )
+    if len(rows) > 1:
+        sweeps = sorted({str(r["sweep_id"]) for r in rows})
+        raise SqueezerayError(
+            f"trial {trial_id!r} is in {len(rows)} sweeps ({', '.join(sweeps)}); "
+            "choose one with --sweep ID"
+        )
+    row = rows[0]
+    if row["status"] != "ok":
+        raise SqueezerayError(
+            f"trial {trial_id!r} of sweep {row['sweep_id']} has status {row['status']!r} "
+            f"({row.get('error') or 'no model'}); only ok trials have a model to export"
+        )
+    return dict(row)
+
+
+def _ok_trials_matching(table: pa.Table, where: str | None) -> pa.Table:
+    """The ok, non-baseline rows `where` keeps; none left is a SqueezerayError."""
+    import pyarrow.compute as pc
+
     candidates = table.filter(
         pc.and_(pc.equal(table.column("status"), "ok"), pc.invert(table.column("is_baseline")))
     )
@@ -147,16 +167,15 @@ def select_row(
             f"no ok trial matches{f' --where {where!r}' if where else ''}; loosen the filter "
             "or check the sweep with `squeezeray pareto`"
         )
-    if pick is None:
-        if candidates.num_rows == 1:
-            return dict(candidates.to_pylist()[0])
-        raise SqueezerayError(
-            f"{candidates.num_rows} trials match; give a TRIAL_ID, or --pick COLUMN[:min|max] "
-            "to take the best of them (e.g. --pick size_bytes)"
-        )
+    return candidates
+
+
+def _best_by_pick(candidates: pa.Table, pick: str, directions: Mapping[str, str]) -> dict[str, Any]:
+    """The candidate best on `pick`'s selection column (validation for accuracy); ties go to
+    the smallest trial id."""
     from orchestrator.space.config import selection_column
 
-    column, direction = parse_pick(pick, _task_metric_directions(table))
+    column, direction = parse_pick(pick, directions)
     column = selection_column(column, candidates.column_names)
     if column not in candidates.column_names:
         raise SqueezerayError(
@@ -387,8 +406,6 @@ def export_trial(
     `where`. The written artifact is loaded back and its test-split accuracy must equal the
     row's `accuracy`; otherwise a SqueezerayError says so (the files stay for inspection).
     """
-    import torch
-
     from orchestrator.store.storage import open_storage
     from stages.tasks import load_task
 
@@ -397,35 +414,7 @@ def export_trial(
     task = load_task(str(row["task"]))
     out = Path(output)
     out.mkdir(parents=True, exist_ok=True)
-    runtime = ckpt.runtime
-    written: list[str] = []
-    if runtime == "onnxruntime":
-        assert ckpt.onnx is not None
-        (out / ARTIFACT[runtime]).write_bytes(ckpt.onnx)
-        written.append(ARTIFACT[runtime])
-    else:
-        from stages.checkpoint import build_model
-        from stages.runtime import _trace_and_freeze
-
-        model = build_model(task, ckpt)
-        torch.jit.save(_trace_and_freeze(task, model, ckpt), str(out / "model.pt"))
-        written.append("model.pt")
-        if runtime == "eager":
-            torch.save(ckpt.state_dict, out / "state_dict.pt")
-            (out / "checkpoint.pt").write_bytes(ckpt.to_bytes())
-            recipe = {
-                "task": row["task"],
-                "recipe": ckpt.recipe,
-                "rebuild": (
-                    "from stages import ModelCheckpoint, build_model, load_task; "
-                    "ckpt = ModelCheckpoint.from_bytes(open('checkpoint.pt', 'rb').read()); "
-                    f"model = build_model(load_task({row['task']!r}), ckpt)"
-                ),
-                "note": "state_dict.pt loads with torch.load(weights_only=True) into the "
-                "module build_model rebuilds; model.pt needs no model code (torch.jit.load)",
-            }
-            (out / "recipe.json").write_text(json.dumps(recipe, indent=2) + "\n")
-            written += ["state_dict.pt", "checkpoint.pt", "recipe.json"]
+    written = _write_artifacts(task, ckpt, row, out)
     check = recheck(task, ckpt, out, float(row["accuracy"]), custom=_custom(row))
     files = {name: _sha256(out / name) for name in written}
     store = open_storage(storage)
@@ -435,11 +424,55 @@ def export_trial(
     (out / CARD).write_text(json.dumps(card, indent=2, default=str) + "\n")
     if not check["ok"]:
         raise SqueezerayError(
-            f"the exported {ARTIFACT[runtime]} has test accuracy {check['accuracy']:.6f}, the "
-            f"row says {row['accuracy']:.6f}: the checkpoint does not reproduce trial "
+            f"the exported {ARTIFACT[ckpt.runtime]} has test accuracy {check['accuracy']:.6f}, "
+            f"the row says {row['accuracy']:.6f}: the checkpoint does not reproduce trial "
             f"{row['trial_id']!r}; see {out / CARD}"
         )
     return ExportResult(output=out, files={**files, CARD: _sha256(out / CARD)}, card=card)
+
+
+def _write_artifacts(
+    task: Task, ckpt: ModelCheckpoint, row: Mapping[str, Any], out: Path
+) -> list[str]:
+    """The trial's model in the runtime it was measured in: model.onnx, or a frozen
+    TorchScript model.pt (eager adds its rebuild files). Returns the file names written."""
+    runtime = ckpt.runtime
+    if runtime == "onnxruntime":
+        assert ckpt.onnx is not None
+        (out / ARTIFACT[runtime]).write_bytes(ckpt.onnx)
+        return [ARTIFACT[runtime]]
+    import torch
+
+    from stages.checkpoint import build_model
+    from stages.runtime import _trace_and_freeze
+
+    model = build_model(task, ckpt)
+    torch.jit.save(_trace_and_freeze(task, model, ckpt), str(out / "model.pt"))
+    if runtime != "eager":
+        return ["model.pt"]
+    return ["model.pt", *_write_eager_rebuild(ckpt, row, out)]
+
+
+def _write_eager_rebuild(ckpt: ModelCheckpoint, row: Mapping[str, Any], out: Path) -> list[str]:
+    """An eager trial's state_dict.pt, checkpoint.pt and recipe.json (how to rebuild the
+    module with `build_model`). Returns the file names written."""
+    import torch
+
+    torch.save(ckpt.state_dict, out / "state_dict.pt")
+    (out / "checkpoint.pt").write_bytes(ckpt.to_bytes())
+    recipe = {
+        "task": row["task"],
+        "recipe": ckpt.recipe,
+        "rebuild": (
+            "from stages import ModelCheckpoint, build_model, load_task; "
+            "ckpt = ModelCheckpoint.from_bytes(open('checkpoint.pt', 'rb').read()); "
+            f"model = build_model(load_task({row['task']!r}), ckpt)"
+        ),
+        "note": "state_dict.pt loads with torch.load(weights_only=True) into the "
+        "module build_model rebuilds; model.pt needs no model code (torch.jit.load)",
+    }
+    (out / "recipe.json").write_text(json.dumps(recipe, indent=2) + "\n")
+    return ["state_dict.pt", "checkpoint.pt", "recipe.json"]
 
 
 def _custom(row: Mapping[str, Any]) -> dict[str, float]:
