@@ -294,6 +294,30 @@ def render_front(view: FrontView, *, knobs: bool = True) -> RichTable:
         f"Pareto front: {view.n_front} of {view.n_candidates} ok trials "
         f"({', '.join(f'{k}:{v}' for k, v in view.objectives.items())})"
     )
+    table = Table(
+        title=title,
+        caption=_front_caption(view),
+        title_justify="left",
+        caption_justify="left",
+        box=box.SIMPLE_HEAD,  # no vertical rules: the knobs keep room on 80 columns
+        pad_edge=False,
+        collapse_padding=True,
+    )
+    cols = _columns(view)
+    for header, column in cols:
+        numeric = column not in ("trial_id", "sweep_id", "runtime")
+        table.add_column(header, no_wrap=True, justify="right" if numeric else "left")
+    for header in ("size×", "lat×", "Δacc"):
+        table.add_column(header, justify="right", no_wrap=True)
+    if knobs:
+        table.add_column("knobs", overflow="fold", min_width=12)
+    _add_front_rows(table, view, cols, knobs=knobs)
+    return table
+
+
+def _front_caption(view: FrontView) -> str:
+    """The front table's caption: the filter, a cut to the best K, the split the front was
+    chosen on, how latency was measured, and what the ratio columns mean."""
     caption_parts = []
     if view.where:
         caption_parts.append(f"where {view.where}")
@@ -314,23 +338,13 @@ def render_front(view: FrontView, *, knobs: bool = True) -> RichTable:
         "size× = baseline size / size, lat× = baseline latency / latency (ms, batch 1), "
         "Δacc = accuracy - baseline accuracy, in points"
     )
-    table = Table(
-        title=title,
-        caption="; ".join(caption_parts),
-        title_justify="left",
-        caption_justify="left",
-        box=box.SIMPLE_HEAD,  # no vertical rules: the knobs keep room on 80 columns
-        pad_edge=False,
-        collapse_padding=True,
-    )
-    cols = _columns(view)
-    for header, column in cols:
-        numeric = column not in ("trial_id", "sweep_id", "runtime")
-        table.add_column(header, no_wrap=True, justify="right" if numeric else "left")
-    for header in ("size×", "lat×", "Δacc"):
-        table.add_column(header, justify="right", no_wrap=True)
-    if knobs:
-        table.add_column("knobs", overflow="fold", min_width=12)
+    return "; ".join(caption_parts)
+
+
+def _add_front_rows(
+    table: RichTable, view: FrontView, cols: list[tuple[str, str]], *, knobs: bool
+) -> None:
+    """The baseline row(s) in bold (ratios 1.0), then one row per front point."""
     for row in view.baselines.to_pylist():
         cells = [_cell(c, row.get(c)) for _, c in cols]
         trial = row.get("trial_id")
@@ -348,7 +362,6 @@ def render_front(view: FrontView, *, knobs: bool = True) -> RichTable:
             "-" if delta is None else f"{delta:+.2f}",
             *([_knobs(row, view.knobs)] if knobs else []),
         )
-    return table
 
 
 def _chosen_on(view: FrontView) -> str:
