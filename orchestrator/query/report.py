@@ -138,78 +138,143 @@ def build_report(
     """Compare sweep `sweep_id` with the earlier sweeps of its task in `table` (all results)."""
     import pyarrow.compute as pc
 
-    from orchestrator.query.pareto import hypervolume, pareto_front, resolve_objectives
+    from orchestrator.query.pareto import resolve_objectives
 
-    ids = table.column("sweep_id").to_pylist()
-    if sweep_id not in ids:
+    if sweep_id not in table.column("sweep_id").to_pylist():
         raise SqueezerayError(f"sweep {sweep_id!r} has no rows in the results table")
-    tonight = table.filter(pc.equal(table.column("sweep_id"), sweep_id))
-    task = _first(tonight.column("task").to_pylist()) or ""
-    same_task = table.filter(pc.equal(table.column("task"), task))
-    order = _sweeps_by_start(same_task)
-    earlier_ids = order[: order.index(sweep_id)]
-    earlier = same_task.filter(pc.is_in(same_task.column("sweep_id"), _array(earlier_ids)))
-    previous_id = earlier_ids[-1] if earlier_ids else None
-    previous = (
-        same_task.filter(pc.equal(same_task.column("sweep_id"), previous_id))
-        if previous_id
-        else None
-    )
-
+    history = _History.of(table, sweep_id)
+    tonight, previous = history.tonight, history.previous
     # Fronts, hypervolumes and "new points" on the selection columns (val_accuracy), as the search.
     objectives = resolve_objectives(objectives, table)
-    reference_id = earlier_ids[0] if earlier_ids else sweep_id
-    reference = fixed_reference(
-        same_task.filter(pc.equal(same_task.column("sweep_id"), reference_id)), objectives
-    )
-    everything = same_task.filter(pc.is_in(same_task.column("sweep_id"), _array(order)))
-    hv_now = hypervolume(tonight, objectives, reference)
-    hv_prev = hypervolume(previous, objectives, reference) if previous is not None else None
-    hv_before = hypervolume(earlier, objectives, reference) if earlier_ids else None
-    hv_all = hypervolume(everything, objectives, reference)
-
+    hv = _Hypervolumes.of(history, objectives)
     trials = tonight.filter(pc.invert(tonight.column("is_baseline")))
     ok = int(pc.sum(pc.equal(trials.column("status"), "ok")).as_py() or 0)
     names = list(knob_names) if knob_names is not None else None
-    front_rows = _quiet(pareto_front, tonight, objectives).to_pylist()
+    front, new_points = _front_points(history, objectives, names)
+    comparisons: list[Comparison] = []
+    if previous is not None:
+        comparisons.append(_hypervolume_check(hv.previous or 0.0, hv.tonight, thresholds))
+        comparisons += _same_knob_checks(previous, tonight, thresholds, names)
+    return NightlyReport(
+        sweep_id=sweep_id,
+        sweep_name=_first(tonight.column("sweep_name").to_pylist()),
+        task=history.task,
+        storage=storage,
+        created_at=datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        objectives=objectives,
+        reference=hv.reference,
+        reference_sweep_id=hv.reference_sweep_id,
+        previous_sweep_id=history.previous_id,
+        earlier_sweeps=len(history.earlier_ids),
+        trials_ok=ok,
+        trials_failed=trials.num_rows - ok,
+        hypervolume=hv.tonight,
+        hypervolume_previous=hv.previous,
+        hypervolume_all_time_before=hv.all_time_before,
+        hypervolume_all_time=hv.all_time,
+        front=front,
+        new_front_points=new_points,
+        comparisons=comparisons,
+        drift=_drift(previous, tonight) if previous is not None else [],
+        thresholds=thresholds,
+        notes=list(notes),
+    )
+
+
+@dataclass(frozen=True)
+class _History:
+    """A sweep's rows and those of its task's other sweeps, ordered by start time."""
+
+    sweep_id: str
+    task: str
+    tonight: pa.Table
+    same_task: pa.Table  # every sweep of the task
+    order: list[str]  # the task's sweep ids, first started first
+    earlier_ids: list[str]  # those started before tonight's
+    earlier: pa.Table
+    previous_id: str | None  # the last of the earlier ones
+    previous: pa.Table | None
+
+    @classmethod
+    def of(cls, table: pa.Table, sweep_id: str) -> _History:
+        import pyarrow.compute as pc
+
+        tonight = table.filter(pc.equal(table.column("sweep_id"), sweep_id))
+        task = _first(tonight.column("task").to_pylist()) or ""
+        same_task = table.filter(pc.equal(table.column("task"), task))
+        order = _sweeps_by_start(same_task)
+        earlier_ids = order[: order.index(sweep_id)]
+        previous_id = earlier_ids[-1] if earlier_ids else None
+        return cls(
+            sweep_id=sweep_id,
+            task=task,
+            tonight=tonight,
+            same_task=same_task,
+            order=order,
+            earlier_ids=earlier_ids,
+            earlier=same_task.filter(pc.is_in(same_task.column("sweep_id"), _array(earlier_ids))),
+            previous_id=previous_id,
+            previous=(
+                same_task.filter(pc.equal(same_task.column("sweep_id"), previous_id))
+                if previous_id
+                else None
+            ),
+        )
+
+
+@dataclass(frozen=True)
+class _Hypervolumes:
+    """Tonight's, the previous sweep's and the all-time fronts' hypervolumes, from one fixed
+    reference point (the baseline of the task's earliest sweep)."""
+
+    reference_sweep_id: str
+    reference: dict[str, float]
+    tonight: float
+    previous: float | None
+    all_time_before: float | None
+    all_time: float
+
+    @classmethod
+    def of(cls, history: _History, objectives: Mapping[str, str]) -> _Hypervolumes:
+        import pyarrow.compute as pc
+
+        from orchestrator.query.pareto import hypervolume
+
+        same_task, previous = history.same_task, history.previous
+        reference_id = history.earlier_ids[0] if history.earlier_ids else history.sweep_id
+        reference = fixed_reference(
+            same_task.filter(pc.equal(same_task.column("sweep_id"), reference_id)), objectives
+        )
+        everything = same_task.filter(pc.is_in(same_task.column("sweep_id"), _array(history.order)))
+        return cls(
+            reference_sweep_id=reference_id,
+            reference=reference,
+            tonight=hypervolume(history.tonight, objectives, reference),
+            previous=hypervolume(previous, objectives, reference) if previous is not None else None,
+            all_time_before=(
+                hypervolume(history.earlier, objectives, reference) if history.earlier_ids else None
+            ),
+            all_time=hypervolume(everything, objectives, reference),
+        )
+
+
+def _front_points(
+    history: _History, objectives: Mapping[str, str], names: list[str] | None
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """Tonight's front (best first on the first objective) and its points that no earlier
+    trial matches, each as knobs + objectives."""
+    from orchestrator.query.pareto import pareto_front
+
+    front_rows = _quiet(pareto_front, history.tonight, objectives).to_pylist()
     first = next(iter(objectives))
     front_rows.sort(key=lambda r: r[first] or 0.0, reverse=objectives[first] == "max")
     front = [_point(r, objectives, names) for r in front_rows]
     new_points = [
         _point(r, objectives, names)
         for r in front_rows
-        if not _matched_by_earlier(r, earlier, objectives)
+        if not _matched_by_earlier(r, history.earlier, objectives)
     ]
-
-    comparisons: list[Comparison] = []
-    if previous is not None:
-        comparisons.append(_hypervolume_check(hv_prev or 0.0, hv_now, thresholds))
-        comparisons += _same_knob_checks(previous, tonight, thresholds, names)
-    drift = _drift(previous, tonight) if previous is not None else []
-    return NightlyReport(
-        sweep_id=sweep_id,
-        sweep_name=_first(tonight.column("sweep_name").to_pylist()),
-        task=task,
-        storage=storage,
-        created_at=datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        objectives=objectives,
-        reference=reference,
-        reference_sweep_id=reference_id,
-        previous_sweep_id=previous_id,
-        earlier_sweeps=len(earlier_ids),
-        trials_ok=ok,
-        trials_failed=trials.num_rows - ok,
-        hypervolume=hv_now,
-        hypervolume_previous=hv_prev,
-        hypervolume_all_time_before=hv_before,
-        hypervolume_all_time=hv_all,
-        front=front,
-        new_front_points=new_points,
-        comparisons=comparisons,
-        drift=drift,
-        thresholds=thresholds,
-        notes=list(notes),
-    )
+    return front, new_points
 
 
 def fixed_reference(rows: pa.Table, objectives: Mapping[str, str]) -> dict[str, float]:
@@ -413,7 +478,23 @@ def _hv_change(before: float | None, after: float) -> str:
 
 
 def report_blocks(report: NightlyReport) -> list[Block]:
-    r = report
+    """The report's sections in order: summary and verdict, hypervolumes, new front points,
+    regressions, baseline drift, tonight's front."""
+    return [
+        *_summary_blocks(report),
+        *_hypervolume_blocks(report),
+        *_new_point_blocks(report),
+        *_regression_blocks(report),
+        *_drift_blocks(report),
+        ("h2", f"Tonight's front ({len(report.front)} points)"),
+        _points_table(report.front, list(report.objectives))
+        if report.front
+        else ("p", "Empty: no ok trial."),
+    ]
+
+
+def _summary_blocks(r: NightlyReport) -> list[Block]:
+    """Title, which sweep against which, the verdict and the run's notes."""
     verdict = (
         f"REGRESSION: {len(r.regressions)} check(s) crossed a threshold (exit code 3)"
         if r.regressions
@@ -430,10 +511,15 @@ def report_blocks(report: NightlyReport) -> list[Block]:
         ),
         ("p", f"Verdict: {verdict}."),
     ]
-    blocks += [("p", note) for note in r.notes]
+    return blocks + [("p", note) for note in r.notes]
+
+
+def _hypervolume_blocks(r: NightlyReport) -> list[Block]:
+    """Tonight's hypervolume against the previous sweep's and the all-time fronts', all
+    measured from one fixed reference point."""
     ref = ", ".join(f"{k} {format_number(v)}" for k, v in r.reference.items())
     objectives = ", ".join(f"{k}:{v}" for k, v in r.objectives.items())
-    blocks += [
+    return [
         ("h2", "Hypervolume"),
         (
             "p",
@@ -469,69 +555,69 @@ def report_blocks(report: NightlyReport) -> list[Block]:
             [],
         ),
     ]
-    columns = list(r.objectives)
-    blocks.append(("h2", f"New front points ({len(r.new_front_points)})"))
-    if r.new_front_points:
-        blocks.append(
-            (
-                "p",
-                "Tonight's front points that no earlier trial matches or beats in every objective.",
-            )
-        )
-        blocks.append(_points_table(r.new_front_points, columns))
-    else:
-        blocks.append(("p", "None: every front point of tonight was matched by an earlier trial."))
 
+
+def _new_point_blocks(r: NightlyReport) -> list[Block]:
+    """Tonight's front points that no earlier trial matches."""
+    heading = ("h2", f"New front points ({len(r.new_front_points)})")
+    if not r.new_front_points:
+        return [
+            heading,
+            ("p", "None: every front point of tonight was matched by an earlier trial."),
+        ]
+    return [
+        heading,
+        ("p", "Tonight's front points that no earlier trial matches or beats in every objective."),
+        _points_table(r.new_front_points, list(r.objectives)),
+    ]
+
+
+def _regression_blocks(r: NightlyReport) -> list[Block]:
+    """The thresholds, then every check against the previous sweep (crossed ones flagged)."""
     t = r.thresholds
-    blocks.append(("h2", f"Regressions ({len(r.regressions)})"))
-    blocks.append(
+    blocks: list[Block] = [
+        ("h2", f"Regressions ({len(r.regressions)})"),
         (
             "p",
             f"Thresholds: hypervolume drop > {t.hypervolume_drop_pct:g} %, same-knob accuracy "
             f"drop > {t.accuracy_drop_points:g} points, same-knob latency increase > "
             f"{t.latency_increase_pct:g} %. Same knobs: identical effective parameters in the "
             "previous sweep and tonight.",
-        )
-    )
-    if r.comparisons:
-        rows = []
-        for c in r.comparisons:
-            unit = " points" if c.kind == "accuracy" else " %"
-            rows.append(
-                [
-                    "REGRESSION" if c.crossed else "ok",
-                    c.kind,
-                    c.knobs or "(whole front)",
-                    format_number(c.before),
-                    format_number(c.after),
-                    f"{c.change:+.2f}{unit}",
-                ]
-            )
-        flagged = [i for i, c in enumerate(r.comparisons) if c.crossed]
-        blocks.append(
-            ("table", ["", "check", "knobs", "previous", "tonight", "change"], rows, flagged)
-        )
-    else:
-        blocks.append(("p", "Nothing to compare: no previous sweep of this task."))
-
-    blocks.append(("h2", "Baseline drift (the uncompressed teacher)"))
-    if r.drift:
-        rows = [
-            [
-                d.metric,
-                format_number(d.before),
-                format_number(d.after),
-                "-" if d.change_pct is None else f"{d.change_pct:+.1f} %",
-            ]
-            for d in r.drift
+        ),
+    ]
+    if not r.comparisons:
+        return [*blocks, ("p", "Nothing to compare: no previous sweep of this task.")]
+    rows = [
+        [
+            "REGRESSION" if c.crossed else "ok",
+            c.kind,
+            c.knobs or "(whole front)",
+            format_number(c.before),
+            format_number(c.after),
+            f"{c.change:+.2f}{' points' if c.kind == 'accuracy' else ' %'}",
         ]
-        blocks.append(("table", ["metric", "previous", "tonight", "change"], rows, []))
-    else:
-        blocks.append(("p", "No previous baseline to compare with."))
+        for c in r.comparisons
+    ]
+    flagged = [i for i, c in enumerate(r.comparisons) if c.crossed]
+    headers = ["", "check", "knobs", "previous", "tonight", "change"]
+    return [*blocks, ("table", headers, rows, flagged)]
 
-    blocks.append(("h2", f"Tonight's front ({len(r.front)} points)"))
-    blocks.append(_points_table(r.front, columns) if r.front else ("p", "Empty: no ok trial."))
-    return blocks
+
+def _drift_blocks(r: NightlyReport) -> list[Block]:
+    """How the uncompressed teacher's metrics moved since the previous sweep."""
+    blocks: list[Block] = [("h2", "Baseline drift (the uncompressed teacher)")]
+    if not r.drift:
+        return [*blocks, ("p", "No previous baseline to compare with.")]
+    rows = [
+        [
+            d.metric,
+            format_number(d.before),
+            format_number(d.after),
+            "-" if d.change_pct is None else f"{d.change_pct:+.1f} %",
+        ]
+        for d in r.drift
+    ]
+    return [*blocks, ("table", ["metric", "previous", "tonight", "change"], rows, [])]
 
 
 def _points_table(points: list[dict[str, Any]], columns: list[str]) -> Block:
