@@ -203,30 +203,14 @@ def execute_nightly(
     (`orchestrator.store.gc`, still under the lock); when that cannot run (a manual sweep is
     running) the night still succeeds and `gc_error` says why.
     """
-    from orchestrator.store.gc import collect
-    from orchestrator.store.results import load_results
-
     if gc_keep_last is not None and gc_keep_last < 1:
         raise SqueezerayError(
             f"--gc-keep-last={gc_keep_last} must be >= 1 (tonight's sweep is always kept); "
             "leave it out to keep every checkpoint"
         )
-
     store = prepared.storage
-    space = prepared.space
     with storage_lock(store, wait=wait, timeout_s=lock_timeout_s):
-        earlier = _load_or_none(load_results, store.uri)
-        warm = None
-        notes: list[str] = []
-        if space.search.algorithm == "optuna":
-            warm = warm_start_from(earlier, space)
-            count = len(warm[0]) if warm else 0
-            notes.append(f"Warm start: {count} earlier knob point(s) of this task seeded Optuna.")
-        else:
-            notes.append(
-                f"Warm start: not used (search algorithm {space.search.algorithm}; it needs "
-                "optuna)."
-            )
+        warm, notes = _warm_start(prepared)
         outcome = execute_sweep(
             prepared,
             address=address,
@@ -235,27 +219,9 @@ def execute_nightly(
             warm_start=warm,
             progress=progress,
         )
-        s = outcome.summary
-        notes.append(
-            f"Stage cache: {s.stages_executed} stage(s) computed, {s.stages_loaded} loaded from "
-            f"checkpoints of earlier sweeps, {s.stage_requests} requested by the trials."
-        )
-        report = build_report(
-            load_results(store.uri),
-            prepared.sweep_id,
-            objectives={o.name: o.direction for o in space.objectives},
-            thresholds=thresholds,
-            knob_names=list(space.searched()),
-            storage=store.uri,
-            notes=notes,
-        )
+        report = _report(prepared, outcome.summary, thresholds=thresholds, notes=notes)
         paths = write_report(report, store=store, report_dir=report_dir)
-        gc_plan, gc_error = None, None
-        if gc_keep_last is not None:
-            try:
-                gc_plan = collect(store.uri, keep_last=gc_keep_last, locked=True)
-            except SqueezerayError as exc:
-                gc_error = str(exc)
+        gc_plan, gc_error = _collect_after_night(store.uri, gc_keep_last)
     return NightlyOutcome(
         sweep_id=prepared.sweep_id,
         summary=outcome.summary,
@@ -265,6 +231,62 @@ def execute_nightly(
         gc=gc_plan,
         gc_error=gc_error,
     )
+
+
+def _warm_start(prepared: PreparedSweep) -> tuple[WarmStart | None, list[str]]:
+    """The earlier trials of the task that seed tonight's Optuna study (None for another
+    algorithm or a first night), and the report note that says so."""
+    from orchestrator.store.results import load_results
+
+    space = prepared.space
+    earlier = _load_or_none(load_results, prepared.storage.uri)
+    if space.search.algorithm != "optuna":
+        return None, [
+            f"Warm start: not used (search algorithm {space.search.algorithm}; it needs optuna)."
+        ]
+    warm = warm_start_from(earlier, space)
+    count = len(warm[0]) if warm else 0
+    return warm, [f"Warm start: {count} earlier knob point(s) of this task seeded Optuna."]
+
+
+def _report(
+    prepared: PreparedSweep,
+    summary: SweepSummary,
+    *,
+    thresholds: Thresholds,
+    notes: list[str],
+) -> NightlyReport:
+    """Tonight against the earlier sweeps in the storage, with what the stage cache saved."""
+    from orchestrator.store.results import load_results
+
+    store, space = prepared.storage, prepared.space
+    cache_note = (
+        f"Stage cache: {summary.stages_executed} stage(s) computed, {summary.stages_loaded} "
+        f"loaded from checkpoints of earlier sweeps, {summary.stage_requests} requested by "
+        "the trials."
+    )
+    return build_report(
+        load_results(store.uri),
+        prepared.sweep_id,
+        objectives={o.name: o.direction for o in space.objectives},
+        thresholds=thresholds,
+        knob_names=list(space.searched()),
+        storage=store.uri,
+        notes=[*notes, cache_note],
+    )
+
+
+def _collect_after_night(uri: str, gc_keep_last: int | None) -> tuple[GcPlan | None, str | None]:
+    """`--gc-keep-last`: the stage-cache collection under tonight's lock, or why it could not
+    run (a manual sweep is running; the night itself is fine)."""
+    from orchestrator.store.gc import collect
+
+    if gc_keep_last is None:
+        return None, None
+    try:
+        return collect(uri, keep_last=gc_keep_last, locked=True), None
+    except SqueezerayError as exc:
+        return None, str(exc)
 
 
 def run_nightly(

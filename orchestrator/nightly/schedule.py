@@ -183,32 +183,39 @@ def install_crontab(entry: list[str], key: str, *, crontab: str = "crontab") -> 
 # -- Kubernetes (KubeRay) -------------------------------------------------------------------
 
 
+_KUBE_NAME = "squeezeray-nightly"
+_RAYJOB_HEADER = (
+    "# KubeRay: tonight's sweep as a RayJob, which starts its own Ray cluster (every pod\n"
+    "# offers one squeezeray_latency slot) and removes it afterwards. The image needs\n"
+    "# squeezeray installed (e.g. FROM rayproject/ray, then pip install -c\n"
+    "# constraints/cpu.txt . ; GPU images drop the -c). --storage must be shared by every\n"
+    "# pod: an s3:// or gs:// URI, or a ReadWriteMany volume mounted at the same path.\n"
+    "# Run it once: kubectl create -f rayjob.yaml (create, not apply: generateName).\n"
+)
+_CRON_HEADER = (
+    "# Nightly: a CronJob creates that RayJob from a ConfigMap; its ServiceAccount may only\n"
+    "# create rayjobs. (KubeRay >= 1.6 can instead wrap the RayJob spec in a RayCronJob.)\n"
+)
+
+
 def kuberay_manifests(cron: str, args: Sequence[str], *, image: str = DEFAULT_IMAGE) -> str:
     """YAML: a RayJob that runs tonight's sweep, and the objects that create it on `cron`."""
+    rayjob_text = _dump(_rayjob(args, image=image))
+    body = "---\n".join(_dump(doc) for doc in _cron_objects(cron, rayjob_text))
+    return f"{_RAYJOB_HEADER}{rayjob_text}---\n{_CRON_HEADER}{body}"
+
+
+def _rayjob(args: Sequence[str], *, image: str) -> dict[str, Any]:
+    """A RayJob running `squeezeray nightly ARGS` on a cluster of its own (joined with
+    `--address auto` unless ARGS give one), every pod offering one latency slot."""
     entry_args = list(args)
     if not any(a == "--address" or a.startswith("--address=") for a in entry_args):
         entry_args += ["--address", "auto"]  # inside a RayJob: join the job's cluster
     latency = {"resources": '"{\\"squeezeray_latency\\": 1}"'}  # KubeRay's quoting
-    name = "squeezeray-nightly"
-
-    def pod(container: str, cpu: str, memory: str) -> dict[str, Any]:
-        limits = {"cpu": cpu, "memory": memory}
-        return {
-            "spec": {
-                "containers": [
-                    {
-                        "name": container,
-                        "image": image,
-                        "resources": {"limits": limits, "requests": dict(limits)},
-                    }
-                ]
-            }
-        }
-
-    rayjob = {
+    return {
         "apiVersion": "ray.io/v1",
         "kind": "RayJob",
-        "metadata": {"generateName": f"{name}-"},
+        "metadata": {"generateName": f"{_KUBE_NAME}-"},
         "spec": {
             "entrypoint": shlex.join(["squeezeray", "nightly", *entry_args]),
             "shutdownAfterJobFinishes": True,
@@ -217,7 +224,7 @@ def kuberay_manifests(cron: str, args: Sequence[str], *, image: str = DEFAULT_IM
                 "rayVersion": _ray_version(),
                 "headGroupSpec": {
                     "rayStartParams": dict(latency),
-                    "template": pod("ray-head", "2", "4Gi"),
+                    "template": _pod("ray-head", image, cpu="2", memory="4Gi"),
                 },
                 "workerGroupSpecs": [
                     {
@@ -226,14 +233,35 @@ def kuberay_manifests(cron: str, args: Sequence[str], *, image: str = DEFAULT_IM
                         "minReplicas": 0,
                         "maxReplicas": 4,
                         "rayStartParams": dict(latency),
-                        "template": pod("ray-worker", "4", "8Gi"),
+                        "template": _pod("ray-worker", image, cpu="4", memory="8Gi"),
                     }
                 ],
             },
         },
     }
-    rayjob_text = _dump(rayjob)
-    others: list[dict[str, Any]] = [
+
+
+def _pod(container: str, image: str, *, cpu: str, memory: str) -> dict[str, Any]:
+    """A pod template of one container whose requests equal its limits."""
+    limits = {"cpu": cpu, "memory": memory}
+    return {
+        "spec": {
+            "containers": [
+                {
+                    "name": container,
+                    "image": image,
+                    "resources": {"limits": limits, "requests": dict(limits)},
+                }
+            ]
+        }
+    }
+
+
+def _cron_objects(cron: str, rayjob_text: str) -> list[dict[str, Any]]:
+    """A ServiceAccount that may only create rayjobs (with its Role and RoleBinding), the
+    RayJob in a ConfigMap, and the CronJob that creates it on `cron`."""
+    name = _KUBE_NAME
+    return [
         {"apiVersion": "v1", "kind": "ServiceAccount", "metadata": {"name": name}},
         {
             "apiVersion": "rbac.authorization.k8s.io/v1",
@@ -254,56 +282,35 @@ def kuberay_manifests(cron: str, args: Sequence[str], *, image: str = DEFAULT_IM
             "metadata": {"name": name},
             "data": {"rayjob.yaml": rayjob_text},
         },
-        {
-            "apiVersion": "batch/v1",
-            "kind": "CronJob",
-            "metadata": {"name": name},
-            "spec": {
-                "schedule": check_cron(cron),
-                "concurrencyPolicy": "Forbid",
-                "jobTemplate": {
-                    "spec": {
-                        "template": {
-                            "spec": {
-                                "serviceAccountName": name,
-                                "restartPolicy": "Never",
-                                "containers": [
-                                    {
-                                        "name": "create-rayjob",
-                                        "image": "bitnami/kubectl:latest",
-                                        "command": [
-                                            "kubectl",
-                                            "create",
-                                            "-f",
-                                            "/rayjob/rayjob.yaml",
-                                        ],
-                                        "volumeMounts": [
-                                            {"name": "rayjob", "mountPath": "/rayjob"}
-                                        ],
-                                    }
-                                ],
-                                "volumes": [{"name": "rayjob", "configMap": {"name": name}}],
-                            }
-                        }
-                    }
-                },
-            },
-        },
+        _cronjob(cron),
     ]
-    header = (
-        "# KubeRay: tonight's sweep as a RayJob, which starts its own Ray cluster (every pod\n"
-        "# offers one squeezeray_latency slot) and removes it afterwards. The image needs\n"
-        "# squeezeray installed (e.g. FROM rayproject/ray, then pip install -c\n"
-        "# constraints/cpu.txt . ; GPU images drop the -c). --storage must be shared by every\n"
-        "# pod: an s3:// or gs:// URI, or a ReadWriteMany volume mounted at the same path.\n"
-        "# Run it once: kubectl create -f rayjob.yaml (create, not apply: generateName).\n"
-    )
-    cron_header = (
-        "# Nightly: a CronJob creates that RayJob from a ConfigMap; its ServiceAccount may only\n"
-        "# create rayjobs. (KubeRay >= 1.6 can instead wrap the RayJob spec in a RayCronJob.)\n"
-    )
-    body = "---\n".join(_dump(doc) for doc in others)
-    return f"{header}{rayjob_text}---\n{cron_header}{body}"
+
+
+def _cronjob(cron: str) -> dict[str, Any]:
+    """A CronJob whose pod runs `kubectl create -f` on the ConfigMap's RayJob on `cron`
+    (one at a time: concurrencyPolicy Forbid)."""
+    container = {
+        "name": "create-rayjob",
+        "image": "bitnami/kubectl:latest",
+        "command": ["kubectl", "create", "-f", "/rayjob/rayjob.yaml"],
+        "volumeMounts": [{"name": "rayjob", "mountPath": "/rayjob"}],
+    }
+    pod_spec = {
+        "serviceAccountName": _KUBE_NAME,
+        "restartPolicy": "Never",
+        "containers": [container],
+        "volumes": [{"name": "rayjob", "configMap": {"name": _KUBE_NAME}}],
+    }
+    return {
+        "apiVersion": "batch/v1",
+        "kind": "CronJob",
+        "metadata": {"name": _KUBE_NAME},
+        "spec": {
+            "schedule": check_cron(cron),
+            "concurrencyPolicy": "Forbid",
+            "jobTemplate": {"spec": {"template": {"spec": pod_spec}}},
+        },
+    }
 
 
 def _dump(doc: dict[str, Any]) -> str:
