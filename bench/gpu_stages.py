@@ -30,9 +30,10 @@ import torch
 
 from stages import get_stage
 from stages.base import StageInput
-from stages.checkpoint import ModelCheckpoint, build_model
+from stages.checkpoint import ModelCheckpoint
 from stages.errors import SqueezerayError
 from stages.metrics import evaluate
+from stages.rebuild import build_model
 from stages.tasks import Task, load_task
 
 # (chain name, [(stage, params)]); epochs are scaled by --epochs where a stage trains.

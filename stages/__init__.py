@@ -2,7 +2,7 @@
 
 Each stage module has one frozen params dataclass and one function, exposed as `SPEC` and
 listed by `stage_registry()` in pipeline order. The Task contract lives in `stages.tasks`;
-checkpoints in `stages.checkpoint`.
+checkpoints in `stages.checkpoint` (rebuilt by `stages.rebuild`).
 
 `import stages` does not import torch (Tune trial coordinators import `stages.errors` and must
 stay light); the public names below load their modules on first access.
@@ -18,7 +18,8 @@ from stages.errors import SqueezerayError
 
 if TYPE_CHECKING:
     from stages.base import StageInput, StageOutput, StageSpec
-    from stages.checkpoint import ModelCheckpoint, build_model
+    from stages.checkpoint import ModelCheckpoint
+    from stages.rebuild import build_model
     from stages.tasks import BUILTIN_TASKS, Metric, Task, load_task
 
 # Canonical order: a pipeline lists a subsequence of these.
@@ -38,7 +39,7 @@ _LAZY = {
     "StageOutput": "stages.base",
     "StageSpec": "stages.base",
     "ModelCheckpoint": "stages.checkpoint",
-    "build_model": "stages.checkpoint",
+    "build_model": "stages.rebuild",
     "BUILTIN_TASKS": "stages.tasks",
     "Task": "stages.tasks",
     "Metric": "stages.tasks",

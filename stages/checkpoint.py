@@ -1,18 +1,9 @@
 """What flows between stages: a plain state_dict plus a small recipe to rebuild the module.
 
 A `ModelCheckpoint` pickles cheaply through Ray's object store and saves to disk as a dict that
-`torch.load(weights_only=True)` accepts (tensors, str, int, float, lists, dicts). Rebuilding
-never unpickles code: it starts from the task's own model factory and replays the recipe:
-
-1. `pruned`: torch-pruning's pruning history of structured pruning (`stages.surgery`), replayed
-   on the fresh model traced on the task's example input: depthwise/grouped convs, Conv1d/2d,
-   BatchNorm, LayerNorm, Embedding, MultiheadAttention and residual couplings come back exactly;
-2. `lowrank`: {layer name: rank} - those Linear layers become two factor Linears;
-3. `quantize`: `dynamic_int8` re-applies `quantize_dynamic`; `static_int8`/`qat` re-run FX
-   prepare/convert on the example input (and the eager int8 wrapping of Linears inside
-   Transformer layers), then the saved (calibrated) state loads over it;
-4. `stages.layers.restore_slow_path`: Transformer encoder layers whose Linears were replaced
-   run their regular path (the fast path reads `linear1.weight` directly).
+`torch.load(weights_only=True)` accepts (tensors, str, int, float, lists, dicts). This module
+is the data format only; `stages.rebuild.build_model` turns a checkpoint back into a module by
+replaying its recipe on the task's own model factory (never unpickling code).
 
 Format 2 (this one) records structured pruning; format 1 resized layers to the saved shapes,
 which could not rebuild depthwise convs, LayerNorm or attention, and is refused with the fix.
@@ -23,7 +14,6 @@ An ONNX Runtime artifact (`runtime == "onnxruntime"`) carries the ONNX model byt
 from __future__ import annotations
 
 import io
-from collections import OrderedDict
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -33,7 +23,6 @@ from torch import nn
 from stages.errors import SqueezerayError
 from stages.tasks import Task
 
-RUNTIMES = ("eager", "torchscript", "onnxruntime")
 FORMAT_VERSION = 2
 
 
@@ -43,8 +32,9 @@ class ModelCheckpoint:
 
     recipe keys (all optional but `arch`): `arch` ("teacher"|"student"), `pruned` (structured
     pruning history, `stages.surgery`), `lowrank` ({layer: rank}), `quantize` (mode name),
-    `runtime` (one of RUNTIMES), `masked` (bool: the model carries unstructured-pruning zeros
-    that later stages must keep).
+    `runtime` (one of `stages.names.RUNTIMES`), `masked` (bool: the model carries
+    unstructured-pruning zeros that later stages must keep). `stages.rebuild.build_model`
+    replays it.
     """
 
     task: str
@@ -144,67 +134,3 @@ def from_model(task: Task, model: nn.Module, recipe: dict[str, Any]) -> ModelChe
     """Snapshot a model (moved to CPU, detached copies) into a checkpoint."""
     state = {k: v.detach().to("cpu").clone() for k, v in model.state_dict().items()}
     return ModelCheckpoint(task=task.name, state_dict=state, recipe=dict(recipe))
-
-
-def build_model(task: Task, ckpt: ModelCheckpoint) -> nn.Module:
-    """Rebuild the eager torch module of a checkpoint (in eval mode, on CPU)."""
-    if ckpt.task != task.name:
-        raise SqueezerayError(
-            f"checkpoint belongs to task {ckpt.task!r}, not {task.name!r}; "
-            "a stage cache is keyed by task, so this is a bug or a mixed-up storage directory"
-        )
-    model = task.build(ckpt.arch)
-    pruned = ckpt.recipe.get("pruned") or []
-    if pruned:
-        from stages.surgery import replay
-
-        replay(model, task.example_input(2), pruned)
-    lowrank = ckpt.recipe.get("lowrank") or {}
-    if lowrank:
-        from stages.lowrank import factorize_layers
-
-        model = factorize_layers(model, {str(k): int(v) for k, v in lowrank.items()})
-    mode = ckpt.quantize
-    if mode != "none":
-        from stages.quantize import rebuild_quantized
-
-        model = rebuild_quantized(task, model, ckpt.state_dict, mode)
-    state = ckpt.state_dict
-    if mode == "dynamic_int8":
-        from stages.quantize import rnn_state_for_load
-
-        state = rnn_state_for_load(model, state)  # int8 GRU/LSTM tensors -> packed cells
-    try:
-        model.load_state_dict(_with_versions(state, model))
-    except RuntimeError as exc:  # shapes or keys differ: the recipe does not rebuild the model
-        raise SqueezerayError(
-            f"the checkpoint's weights do not fit the model its recipe rebuilds "
-            f"(arch={ckpt.arch!r}, structured pruning steps={len(pruned)}, "
-            f"lowrank layers={len(lowrank)}, quantize={mode!r}): {exc}"
-        ) from exc
-    from stages.layers import restore_slow_path
-
-    restore_slow_path(model)  # replaced layers inside nn.TransformerEncoderLayer (not state)
-    model.eval()
-    return model
-
-
-def _with_versions(state: dict[str, Any], model: nn.Module) -> dict[str, Any]:
-    """`state` with `_metadata` (per-module format versions) taken from the rebuilt model.
-
-    A plain dict (from_model, from_bytes) has none, and quantized Linear/Conv then read the
-    state as their oldest format (KeyError '<layer>.weight'). The checkpoint was written by the
-    same code, so the rebuilt modules' versions are the right ones.
-    """
-    if getattr(state, "_metadata", None) is not None:
-        return state
-    versioned: OrderedDict[str, Any] = OrderedDict(state)
-    setattr(versioned, "_metadata", getattr(model.state_dict(), "_metadata", None))  # noqa: B010
-    return versioned
-
-
-def set_submodule(model: nn.Module, name: str, new: nn.Module) -> None:
-    """`model.<name> = new` for a dotted name."""
-    parent_name, _, child = name.rpartition(".")
-    parent = model.get_submodule(parent_name) if parent_name else model
-    setattr(parent, child, new)

@@ -21,9 +21,11 @@ import torch
 from torch import nn
 
 from stages.base import StageInput, StageOutput, StageSpec, check_int, check_range
-from stages.checkpoint import ModelCheckpoint, build_model
+from stages.checkpoint import ModelCheckpoint
 from stages.device import resolve_device
 from stages.errors import SqueezerayError
+from stages.prune import PruneParams, prune_module
+from stages.rebuild import build_model
 from stages.surgery import PruningHistory, concat_histories
 from stages.tasks import Task
 from stages.training import fit, trained_output
@@ -96,8 +98,6 @@ def student_from_teacher(
     ratio 1 keeps the teacher's shape (distillation then fine-tunes a copy of the teacher).
     Raises SqueezerayError when the model has no layer torch-pruning can narrow.
     """
-    from stages.prune import PruneParams, prune_module
-
     model = build_model(task, teacher)
     history: PruningHistory = []
     if ratio < 1.0:

@@ -11,27 +11,20 @@
 
 from __future__ import annotations
 
-import inspect
-import io
-import logging
-import warnings
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass, replace
 
 import torch
 from torch import nn
 
 from stages.base import StageInput, StageOutput, StageSpec, check_choice
-from stages.batches import Inputs, LogitsOnly, as_args, batch_size, concat, forward_logits
-from stages.checkpoint import RUNTIMES, ModelCheckpoint, build_model
+from stages.batches import forward_logits
+from stages.checkpoint import ModelCheckpoint
 from stages.errors import SqueezerayError
-from stages.quantize import TORCH_INT8_MODES
+from stages.names import RUNTIMES, TORCH_INT8_MODES
+from stages.onnxio import to_onnx_bytes
+from stages.rebuild import build_model
 from stages.runtime import Predictor, make_predictor
 from stages.tasks import Task
-
-ONNX_INPUT = "x"
-ONNX_OUTPUT = "logits"
 
 
 @dataclass(frozen=True)
@@ -40,120 +33,6 @@ class ExportParams:
 
     def __post_init__(self) -> None:
         check_choice("export.runtime", self.runtime, RUNTIMES)
-
-
-@contextmanager
-def quiet_logging() -> Iterator[None]:
-    """Mute warnings and WARNING-level log lines (the ONNX exporter's 'torchvision is not
-    installed', ORT's 'consider pre-processing') for the block; the previous state returns."""
-    previous = logging.root.manager.disable
-    logging.disable(logging.WARNING)
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            yield
-    finally:
-        logging.disable(previous)
-
-
-def onnx_input_names(count: int, *, model: nn.Module | None = None) -> list[str]:
-    """The ONNX input names of a model called with `count` positional inputs.
-
-    The names of `model.forward`'s first `count` positional parameters (`inspect.signature`)
-    when it has that many; else "x" for one input, "x0", "x1", ... for several.
-    """
-    if model is not None:
-        try:
-            params = list(inspect.signature(model.forward).parameters.values())
-        except (TypeError, ValueError):
-            params = []
-        positional = [
-            p.name
-            for p in params
-            if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD) and p.name != ONNX_OUTPUT
-        ]
-        if len(positional) >= count and len(set(positional[:count])) == count:
-            return positional[:count]
-    return [ONNX_INPUT] if count == 1 else [f"{ONNX_INPUT}{i}" for i in range(count)]
-
-
-def _varying_axes(t: torch.Tensor) -> list[int]:
-    """Non-batch axes left dynamic in the ONNX model: every axis >= 1 of an integer (token
-    id) input, so a text model takes other sequence lengths; float inputs keep their shape."""
-    if t.is_floating_point() or t.is_complex() or t.dtype == torch.bool:
-        return []
-    return list(range(1, t.dim()))
-
-
-def to_onnx_bytes(model: nn.Module, example_input: Inputs) -> bytes:
-    """Serialized ONNX model of `model` (eval mode): one input per model argument (named as
-    in `model.forward`, see `onnx_input_names`; dtypes as given, so int64 ids stay int64), each
-    with a dynamic batch axis, and one output, the logits (a tuple or `.logits` output is
-    reduced to them). Integer inputs' other axes (a sequence length) are dynamic too where the
-    model allows: with the dynamo exporter they are `Dim.AUTO`, so a model that needs a fixed
-    length (e.g. a learned position table added whole) keeps the example's length instead of
-    failing; with the legacy exporter they are named dynamic axes.
-
-    The dynamo exporter comes first (it folds BatchNorm into Conv and was the fastest in ONNX
-    Runtime here); a model it cannot export goes through the legacy exporter.
-    """
-    wrapped = LogitsOnly(model.eval()).eval()
-    if batch_size(example_input) < 2:  # torch.export specializes a size-1 dim: use >= 2 rows
-        example_input = concat([example_input, example_input])
-    args = as_args(example_input)
-    names = onnx_input_names(len(args), model=model)
-    tensors = [a if isinstance(a, torch.Tensor) else torch.empty(0) for a in args]
-    try:
-        batch = torch.export.Dim("batch")
-        # LogitsOnly.forward(*args): the specs of all inputs nest in one tuple, for `args`.
-        dynamic_shapes = (
-            tuple(
-                {0: batch, **{axis: torch.export.Dim.AUTO for axis in _varying_axes(t)}}
-                for t in tensors
-            ),
-        )
-        with quiet_logging():
-            program = torch.onnx.export(
-                wrapped,
-                args,
-                dynamo=True,
-                input_names=names,
-                output_names=[ONNX_OUTPUT],
-                dynamic_shapes=dynamic_shapes,
-                verbose=False,
-            )
-        if program is None:
-            raise RuntimeError("the dynamo exporter returned no program")
-        return bytes(program.model_proto.SerializeToString())
-    except Exception as dynamo_error:
-        buf = io.BytesIO()
-        try:
-            with quiet_logging():
-                torch.onnx.export(
-                    wrapped,
-                    args,
-                    buf,  # type: ignore[arg-type]  # file-like works (legacy exporter)
-                    dynamo=False,
-                    input_names=names,
-                    output_names=[ONNX_OUTPUT],
-                    dynamic_axes={
-                        **{
-                            name: {
-                                0: "batch",
-                                **{axis: f"{name}_dim{axis}" for axis in _varying_axes(t)},
-                            }
-                            for name, t in zip(names, tensors, strict=True)
-                        },
-                        ONNX_OUTPUT: {0: "batch"},
-                    },
-                )
-        except Exception as legacy_error:
-            raise SqueezerayError(
-                f"export.runtime=onnxruntime: ONNX export failed with both exporters "
-                f"(dynamo: {dynamo_error}; legacy: {legacy_error}); use export.runtime=eager "
-                "or torchscript for this model"
-            ) from legacy_error
-        return buf.getvalue()
 
 
 def export(inp: StageInput, params: ExportParams) -> StageOutput:

@@ -12,10 +12,11 @@ from dataclasses import dataclass
 import torch
 
 from stages.base import StageInput, StageOutput, StageSpec, check_choice, check_int, check_range
-from stages.checkpoint import build_model, from_model
+from stages.checkpoint import from_model
 from stages.device import resolve_device
 from stages.errors import SqueezerayError
 from stages.masks import keep_masks, param_counts, sparsity, zero_masks
+from stages.rebuild import build_model
 from stages.training import accuracy, fit
 
 MODES = ("ce", "kd")

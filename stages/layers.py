@@ -1,4 +1,4 @@
-"""Layer kinds the stages act on, and what replacing layers inside PyTorch's Transformer needs.
+"""What replacing layers inside PyTorch's Transformer needs, and a summary of a model's layers.
 
 `nn.TransformerEncoderLayer` has an inference fast path (`torch._transformer_encoder_layer_fwd`)
 that reads `linear1.weight`, `linear2.weight` and the attention's `in_proj_weight` /
@@ -8,20 +8,15 @@ that reads `linear1.weight`, `linear2.weight` and the attention's `in_proj_weigh
 the replacement. `restore_slow_path` turns the fast path off for exactly those layers (and for
 `nn.TransformerEncoder`'s nested-tensor path over them), so they run their submodules; layers
 nobody replaced keep the fast path. The flags it sets are plain attributes, not state, so
-`stages.checkpoint.build_model` applies it to every rebuilt model.
+`stages.rebuild.build_model` applies it to every rebuilt model.
 """
 
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Mapping, Sequence
-from typing import Any
 
 import torch
 from torch import nn
-
-from stages.errors import SqueezerayError
-from stages.tasks import Task
 
 
 def _is_float_tensor(value: object) -> bool:
@@ -76,110 +71,4 @@ def weight_layer_summary(model: nn.Module) -> str:
     return ", ".join(f"{name} x{n}" for name, n in counts.most_common())
 
 
-def check_stages_apply(
-    task: Task, pipeline: Sequence[str], values: Mapping[str, Sequence[Any]]
-) -> None:
-    """Refuse, before any work starts, a stage that cannot change the model at all.
-
-    `values` maps "stage.param" to the values a sweep can give it (its choices, the ends of
-    its range, or its fixed value); a param not listed takes its stage default. Checked on the
-    model the stage would receive (the task's student when `distill` is in the pipeline, else
-    the teacher), by layer type only; what depends on values (lowrank's min_features, FX tracing)
-    is the stage's own error. Raises SqueezerayError naming the stage, the value and the fix:
-
-    - lora with a reachable rank > 0 on a model with no nn.Linear / nn.MultiheadAttention;
-    - lowrank with a reachable rank_ratio < 1 on a model with no plain nn.Linear, or (when
-      nothing upstream resizes layers) with no Linear that the smallest reachable rank_ratio
-      and min_features would factorise;
-    - prune with a reachable unstructured method and ratio > 0 on a model whose Linear/Conv
-      weights hold under `stages.prune.MIN_PRUNABLE_SHARE` of its parameters (RNN models);
-    - quantize.mode dynamic_int8 reachable on a model with no nn.Linear or (supported)
-      nn.MultiheadAttention.
-    """
-    from stages.lora import lora_targets
-
-    # A student made from the teacher (student=None) has the teacher's layer types.
-    arch = "student" if "distill" in pipeline and task.student is not None else "teacher"
-    model = task.build(arch)
-    layers = weight_layer_summary(model)
-
-    def reachable(key: str, default: Any) -> list[Any]:
-        return list(values.get(key, [default]))
-
-    if "lora" in pipeline:
-        ranks = [r for r in reachable("lora.rank", 0) if r]
-        if ranks and not lora_targets(model):
-            raise SqueezerayError(
-                f"lora.rank={max(ranks)!r} cannot apply to the {arch} model of task "
-                f"{task.name!r}: LoRA adapts nn.Linear and nn.MultiheadAttention weights and "
-                f"the model has none ({layers}); set lora.rank: 0 or drop lora from the pipeline"
-            )
-    if "prune" in pipeline:
-        from stages.prune import MIN_PRUNABLE_SHARE, prunable_share, untouched_summary
-
-        methods = [m for m in reachable("prune.method", "l1_unstructured") if m != "structured"]
-        share = prunable_share(model)
-        if (
-            methods
-            and any(r > 0 for r in reachable("prune.ratio", 0.5))
-            and (share < MIN_PRUNABLE_SHARE)
-        ):
-            raise SqueezerayError(
-                f"prune.method={methods[0]!r} cannot apply to the {arch} model of task "
-                f"{task.name!r}: the unstructured methods zero Linear/Conv weights, which hold "
-                f"{share:.1%} of its parameters (below {MIN_PRUNABLE_SHARE:.0%}); not touched: "
-                f"{untouched_summary(model)}; set prune.ratio: 0 or drop prune from the "
-                "pipeline (prune.method: structured shrinks Linear/Conv/Embedding widths but "
-                "leaves LSTM/GRU/RNN layers alone too)"
-            )
-    has_linear = any(type(m) is nn.Linear for m in model.modules())
-    if "lowrank" in pipeline:
-        ratios = [r for r in reachable("lowrank.rank_ratio", 1.0) if r < 1.0]
-        if ratios and not has_linear:
-            raise SqueezerayError(
-                f"lowrank.rank_ratio={min(ratios)!r} cannot apply to the {arch} model of task "
-                f"{task.name!r}: lowrank factorises plain nn.Linear layers and the model has none "
-                f"({layers}); set lowrank.rank_ratio: 1.0 or drop lowrank from the pipeline"
-            )
-        # Shapes as built are the shapes lowrank sees unless something upstream resizes them
-        # (structured pruning, a student made from the teacher). Then the most permissive
-        # reachable values (smallest ratio, smallest min_features) decide: a layer too small
-        # or not shrinking for those is so for every value the sweep can draw.
-        resized = (
-            "prune" in pipeline and "structured" in reachable("prune.method", "l1_unstructured")
-        ) or ("distill" in pipeline and task.student is None)
-        if ratios and has_linear and not resized:
-            from stages.lowrank import LowRankParams, target_rank
-            from stages.lowrank import reduces_params as shrinks
-
-            ratio = min(ratios)
-            min_features = min(reachable("lowrank.min_features", LowRankParams().min_features))
-            sizes = [
-                (m.out_features, m.in_features) for m in model.modules() if type(m) is nn.Linear
-            ]
-            if not any(
-                min(o, i) >= min_features and shrinks(o, i, target_rank(o, i, ratio))
-                for o, i in sizes
-            ):
-                raise SqueezerayError(
-                    f"lowrank.rank_ratio={ratio!r} with lowrank.min_features={min_features!r} "
-                    f"cannot factorise any nn.Linear of the {arch} model of task {task.name!r} "
-                    f"(its (out, in) sizes: {sorted(set(sizes))}): a layer needs min(out, in) "
-                    ">= min_features and rank r = rank_ratio * min(out, in) below "
-                    "out*in/(out+in); lower lowrank.min_features or lowrank.rank_ratio, or drop "
-                    "lowrank from the pipeline"
-                )
-    from stages.attention import LinearAttention
-
-    dynamic = "quantize" in pipeline and "dynamic_int8" in reachable("quantize.mode", "none")
-    attention = any(LinearAttention.supports(m) for m in model.modules())
-    if dynamic and not (has_linear or attention):
-        raise SqueezerayError(
-            f"quantize.mode='dynamic_int8' cannot apply to the {arch} model of task "
-            f"{task.name!r}: it quantizes nn.Linear and nn.MultiheadAttention layers and the "
-            "model has none "
-            f"({layers}); use static_int8, qat or onnx_int8"
-        )
-
-
-__all__ = ["check_stages_apply", "restore_slow_path", "weight_layer_summary"]
+__all__ = ["restore_slow_path", "weight_layer_summary"]

@@ -33,10 +33,11 @@ from torch.utils.data import DataLoader
 
 from stages.base import StageInput, StageOutput, StageSpec, check_choice, check_int, check_range
 from stages.batches import Inputs, as_inputs, batch_size, forward_logits, to_device, to_double
-from stages.checkpoint import ModelCheckpoint, build_model, from_model
+from stages.checkpoint import ModelCheckpoint, from_model
 from stages.device import resolve_device
 from stages.errors import SqueezerayError
 from stages.layers import weight_layer_summary as layer_summary
+from stages.rebuild import build_model
 from stages.training import accuracy, fit
 
 MODES = ("ce", "kd")

@@ -2,8 +2,9 @@
 
 A Linear W: (out, in) becomes `nn.Sequential(Linear(in, r, bias=False), Linear(r, out))` at the
 same name, so its state_dict keys are `<name>.0.weight`, `<name>.1.weight`, `<name>.1.bias`.
-The recipe records `"lowrank": {name: r}`; `factorize_layers` replays it on a fresh model so
-`stages.checkpoint.build_model` rebuilds the same structure before loading the weights.
+The recipe records `"lowrank": {name: r}`; `stages.rebuild.factorize_layers` replays it on a
+fresh model, so `stages.rebuild.build_model` rebuilds the same structure before loading the
+weights.
 """
 
 from __future__ import annotations
@@ -16,11 +17,13 @@ import torch
 from torch import nn
 
 from stages.base import StageInput, StageOutput, StageSpec, check_int, check_range
-from stages.checkpoint import ModelCheckpoint, build_model, from_model, set_submodule
+from stages.checkpoint import ModelCheckpoint, from_model
 from stages.device import resolve_device
 from stages.errors import SqueezerayError
 from stages.layers import restore_slow_path
 from stages.layers import weight_layer_summary as layer_summary
+from stages.rebuild import build_model
+from stages.surgery import set_submodule
 from stages.training import accuracy, fit
 
 # The optional fine-tune has only `epochs` in the params contract; these are the finetune
@@ -58,16 +61,6 @@ def _is_plain_linear(module: nn.Module) -> bool:
     return type(module) is nn.Linear
 
 
-def factorized_linear(
-    in_features: int, out_features: int, rank: int, *, bias: bool
-) -> nn.Sequential:
-    """The factorised structure with untrained weights: x (B, in) -> (B, r) -> (B, out)."""
-    return nn.Sequential(
-        nn.Linear(in_features, rank, bias=False),
-        nn.Linear(rank, out_features, bias=bias),
-    )
-
-
 @torch.no_grad()
 def svd_factorize(layer: nn.Linear, rank: int) -> nn.Sequential:
     """Best rank-r approximation of `layer` (Eckart-Young), split as W ≈ (U√S)(√S Vh).
@@ -89,38 +82,7 @@ def svd_factorize(layer: nn.Linear, rank: int) -> nn.Sequential:
     up.weight.copy_(second)
     if layer.bias is not None:
         up.bias.copy_(layer.bias)
-    return nn.Sequential(down, up)  # same layout as factorized_linear
-
-
-def factorize_layers(model: nn.Module, ranks: dict[str, int]) -> nn.Module:
-    """Replace each named Linear by its (untrained) two-factor structure, in place; return model.
-
-    Names are processed shallowest first, so a factor of an earlier factorisation (`net.0.0`)
-    can itself be in `ranks` after `net.0`. Used by `build_model` to replay a recipe.
-    """
-    for name in sorted(ranks, key=lambda n: n.count(".")):
-        rank = ranks[name]
-        try:
-            module = model.get_submodule(name)
-        except AttributeError as exc:
-            raise SqueezerayError(
-                f"recipe lowrank names layer {name!r}, which the model does not have"
-            ) from exc
-        if not isinstance(module, nn.Linear):
-            raise SqueezerayError(
-                f"recipe lowrank names layer {name!r}, a {type(module).__name__}; "
-                "only nn.Linear layers can be factorised"
-            )
-        limit = min(module.in_features, module.out_features)
-        if not 1 <= rank <= limit:
-            raise SqueezerayError(
-                f"recipe lowrank[{name!r}]={rank} is out of range; accepted: [1, {limit}]"
-            )
-        new = factorized_linear(
-            module.in_features, module.out_features, rank, bias=module.bias is not None
-        )
-        set_submodule(model, name, new)
-    return model
+    return nn.Sequential(down, up)  # same layout as stages.rebuild.factorized_linear
 
 
 def count_params(model: nn.Module) -> int:
@@ -273,4 +235,4 @@ def _require_parent(inp: StageInput) -> ModelCheckpoint:
 
 SPEC = StageSpec(name="lowrank", params=LowRankParams, run=lowrank)
 
-__all__ = ["SPEC", "LowRankParams", "factorize_layers", "lowrank", "svd_factorize"]
+__all__ = ["SPEC", "LowRankParams", "lowrank", "svd_factorize"]

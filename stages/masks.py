@@ -17,8 +17,9 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
-from stages.checkpoint import ModelCheckpoint, build_model
+from stages.checkpoint import ModelCheckpoint
 from stages.errors import SqueezerayError
+from stages.rebuild import build_model
 from stages.tasks import Task
 
 PRUNABLE_TYPES: tuple[type[nn.Module], ...] = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)

@@ -45,9 +45,10 @@ from torch.nn.utils import prune as torch_prune
 
 from stages.base import StageInput, StageOutput, StageSpec, check_choice, check_int, check_range
 from stages.batches import Inputs, forward_logits, to_device
-from stages.checkpoint import build_model, from_model
+from stages.checkpoint import from_model
 from stages.device import resolve_device
 from stages.errors import SqueezerayError
+from stages.layers import weight_layer_summary
 from stages.masks import (
     apply_masks,
     keep_masks,
@@ -57,7 +58,8 @@ from stages.masks import (
     sparsity,
     zero_masks,
 )
-from stages.surgery import PruningHistory, concat_histories, history_of
+from stages.rebuild import build_model
+from stages.surgery import PruningHistory, concat_histories, dependency_graph, history_of
 from stages.tasks import Task
 from stages.training import accuracy, fit
 
@@ -190,8 +192,6 @@ def _require_removed(
     )
     ignored = [output_layer(model, example), *rnn_layers(model)]
     if not any(True for _ in graph.get_all_groups(ignored_layers=ignored)):
-        from stages.layers import weight_layer_summary
-
         raise SqueezerayError(
             f"prune.method='structured' prune.ratio={params.ratio:g} removed no channel: "
             "torch-pruning keeps the output layer's width (the logits) and found no other layer "
@@ -326,8 +326,6 @@ def _prune_structured(
         try:
             pruner.step()
         except Exception as exc:  # torch-pruning on a layer pattern it does not handle
-            from stages.layers import weight_layer_summary
-
             raise SqueezerayError(
                 f"prune.method='structured' prune.ratio={params.ratio:g}: torch-pruning could "
                 f"not prune this model (it has {weight_layer_summary(model)}) at step "
@@ -390,7 +388,6 @@ def _keep_one_channel(
     in each: there n is the channels per conv group, and every layer of the coupled group
     gets that cap (MetaPruner takes the group's ratio from one of its layers).
     """
-    from stages.surgery import dependency_graph
 
     def cap(n: int) -> float:
         # n * (1 - r) must stay >= 1 after float rounding: a hair above 1 / n kept

@@ -5,8 +5,8 @@ Modes (`quantize.mode`):
 - `none`: a copy.
 - `dynamic_int8`: `torch.ao.quantization.quantize_dynamic` on every `nn.Linear`, `nn.GRU` and
   `nn.LSTM` (int8 weights, activations quantized on the fly; an RNN's packed cell objects are
-  saved as their int8 weight and float bias tensors, `rnn_state_to_tensors`, so the checkpoint
-  stays `weights_only`-loadable), Transformer feed-forward Linears included; each
+  saved as their int8 weight and float bias tensors, `stages.int8.rnn_state_to_tensors`, so
+  the checkpoint stays `weights_only`-loadable), Transformer feed-forward Linears included; each
   supported `nn.MultiheadAttention` first becomes `stages.attention.LinearAttention` (the same
   function with Linear projections), so its projections are int8 too. Conv and Embedding
   stay float.
@@ -36,8 +36,9 @@ A torch-quantized model runs on CPU only, so this stage always works on CPU.
 
 Checkpoints stay `weights_only`-loadable: a quantized state_dict holds int8 tensors, packed
 (weight, bias) tuples, scales/zero points (activation ones included, as FX registers them as
-buffers) and dtypes. `rebuild_quantized` re-creates the module structure from a fresh float
-model; the stage runner (`stages.selfcheck`) checks that the rebuilt model reproduces the
+buffers) and dtypes. `stages.rebuild.rebuild_quantized` re-creates the module structure from a
+fresh float model (the structural int8 code both share is `stages.int8`); the stage runner
+(`stages.runner`) checks that the rebuilt model reproduces the
 quantized model's outputs before the checkpoint is used.
 
 Every mode but `none` must leave some weights int8: the stage reports `quantized_fraction`
@@ -48,11 +49,6 @@ SqueezerayError naming the mode's layer types and the model's when it is 0.
 from __future__ import annotations
 
 import copy
-import os
-import tempfile
-import warnings
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -60,21 +56,28 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
-from stages.attention import convert_attention
 from stages.base import StageInput, StageOutput, StageSpec, check_choice, check_int, check_range
-from stages.batches import Inputs, as_args, as_inputs
-from stages.checkpoint import ModelCheckpoint, build_model, set_submodule
+from stages.batches import as_args, as_inputs
+from stages.checkpoint import ModelCheckpoint
 from stages.errors import SqueezerayError
-from stages.layers import restore_slow_path, weight_layer_summary
+from stages.int8 import (
+    convert_int8,
+    dynamic_int8,
+    prepare_int8,
+    quiet_ao,
+    rnn_state_to_tensors,
+)
+from stages.layers import weight_layer_summary
+from stages.metrics import quantized_fraction
+from stages.names import FX_BACKEND, QUANTIZE_MODES
+from stages.onnxio import ort_quantize_dynamic, to_onnx_bytes
+from stages.rebuild import build_model
+from stages.runtime import make_predictor
 from stages.tasks import Task
 from stages.training import accuracy, fit
 
-QUANTIZE_MODES = ("none", "dynamic_int8", "static_int8", "qat", "onnx_int8")
-TORCH_INT8_MODES = ("dynamic_int8", "static_int8", "qat")  # torch-quantized: eager/TorchScript only
-FX_BACKEND = "x86"  # fbgemm + onednn kernels; the default engine of x86 torch builds
 CALIBRATION_BATCH_SIZE = 64
 QAT_BATCH_SIZE = 64
-_PACKED_SUFFIX = "._packed_params._packed_params"  # quantized Linear: (int8 weight, bias)
 
 
 @dataclass(frozen=True)
@@ -89,277 +92,6 @@ class QuantizeParams:
         check_int("quantize.calibration_batches", self.calibration_batches, low=1)
         check_int("quantize.qat_epochs", self.qat_epochs, low=1)
         check_range("quantize.lr", self.lr, low=0.0, low_inclusive=False)
-
-
-@contextmanager
-def quiet_ao() -> Iterator[None]:
-    """Silence torch.ao's deprecation (and observer) warnings for the block only."""
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        yield
-
-
-def _qconfig(mode: str) -> Any:
-    from torch.ao.quantization import get_default_qat_qconfig, get_default_qconfig
-
-    return get_default_qat_qconfig(FX_BACKEND) if mode == "qat" else get_default_qconfig(FX_BACKEND)
-
-
-def _qconfig_mapping(mode: str) -> Any:
-    """The backend's default mapping, with Embedding/EmbeddingBag left float.
-
-    Their int8 form needs float qparams (weight-only), which the default static/QAT qconfigs
-    are not (QAT failed: 'Embedding weights requires a qscheme of per_channel_affine_float_
-    qparams'); token embeddings are a lookup, not a matmul, so int8 would not speed them up.
-    """
-    from torch.ao.quantization import (
-        get_default_qat_qconfig_mapping,
-        get_default_qconfig_mapping,
-    )
-
-    if mode == "qat":
-        mapping = get_default_qat_qconfig_mapping(FX_BACKEND)
-    else:
-        mapping = get_default_qconfig_mapping(FX_BACKEND)
-    return mapping.set_object_type(nn.Embedding, None).set_object_type(nn.EmbeddingBag, None)
-
-
-def _dynamic(model: nn.Module) -> nn.Module:
-    from torch.ao.quantization import quantize_dynamic
-
-    model = copy.deepcopy(model)
-    convert_attention(model)  # attention projections as Linears, so they become int8 too
-    with quiet_ao():
-        quantized = quantize_dynamic(
-            model, {nn.Linear, nn.GRU, nn.LSTM}, dtype=torch.qint8, inplace=True
-        )
-    restore_slow_path(quantized)  # int8 Linears inside nn.TransformerEncoderLayer
-    return quantized  # type: ignore[no-any-return]
-
-
-_RNN_PACKED = "._all_weight_values."  # quantized dynamic GRU/LSTM: TorchScript cell objects
-_RNN_WEIGHTS = "._int8_rnn."  # our weights_only-safe form of them: <rnn>._int8_rnn.<name>
-
-
-def _quantized_rnns(model: nn.Module) -> dict[str, Any]:
-    from torch.ao.nn.quantized.dynamic import GRU, LSTM
-
-    return {n: m for n, m in model.named_modules() if isinstance(m, (GRU, LSTM))}
-
-
-def rnn_state_to_tensors(model: nn.Module, state: dict[str, Any]) -> dict[str, Any]:
-    """`state` with each int8 GRU/LSTM's packed cell objects (TorchScript objects, which
-    `torch.load(weights_only=True)` refuses) replaced by its tensors:
-    `<rnn>._int8_rnn.weight_ih_l0` (qint8), `<rnn>._int8_rnn.bias_ih_l0` (float), ..."""
-    rnns = _quantized_rnns(model)
-    if not rnns:
-        return state
-    out = {
-        k: v for k, v in state.items() if not any(k.startswith(f"{n}{_RNN_PACKED}") for n in rnns)
-    }
-    for name, rnn in rnns.items():
-        for group in rnn._weight_bias().values():
-            for key, tensor in group.items():
-                out[f"{name}{_RNN_WEIGHTS}{key}"] = tensor
-    return out
-
-
-def rnn_state_for_load(model: nn.Module, state: dict[str, Any]) -> dict[str, Any]:
-    """The inverse of `rnn_state_to_tensors` for a rebuilt `model`: its int8 GRU/LSTMs take
-    the saved tensors (`set_weight_bias`), and `state` gets their packed cell objects back, so
-    `model.load_state_dict` sees the keys the modules expect."""
-    rnns = _quantized_rnns(model)
-    if not rnns:
-        return state
-    out = {
-        k: v for k, v in state.items() if not any(k.startswith(f"{n}{_RNN_WEIGHTS}") for n in rnns)
-    }
-    for name, rnn in rnns.items():
-        prefix = f"{name}{_RNN_WEIGHTS}"
-        saved = {k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)}
-        if saved:
-            rnn.set_weight_bias(saved)  # flat {weight_ih_l0: ..., bias_ih_l0: ...}
-        for key, value in rnn.state_dict(prefix=f"{name}.").items():
-            if _RNN_PACKED in key:
-                out[key] = value
-    return out
-
-
-def _is_fx_leaf(module: nn.Module) -> bool:
-    """FX's default leaf rule: built-in torch.nn modules other than Sequential are not traced
-    into (torch.fx.Tracer.is_leaf_module)."""
-    owner = type(module).__module__
-    return owner.startswith(("torch.nn", "torch.ao.nn")) and not isinstance(module, nn.Sequential)
-
-
-def inner_linears(model: nn.Module) -> list[str]:
-    """Names of plain nn.Linear layers that FX graph mode cannot reach.
-
-    They sit inside a built-in torch.nn module that FX keeps whole (a leaf), e.g. the
-    feed-forward `linear1`/`linear2` of `nn.TransformerEncoderLayer` inside
-    `nn.TransformerEncoder`. Linear subclasses (MultiheadAttention's `out_proj`, whose weight
-    its owner reads directly) are not listed.
-    """
-    found: list[str] = []
-
-    def visit(module: nn.Module, prefix: str, inside_leaf: bool) -> None:
-        for name, child in module.named_children():
-            full = f"{prefix}{name}"
-            if inside_leaf and type(child) is nn.Linear:
-                found.append(full)
-                continue
-            visit(child, f"{full}.", inside_leaf or _is_fx_leaf(child))
-
-    visit(model, "", False)
-    return found
-
-
-def _wrap_inner_linears(model: nn.Module) -> None:
-    """Eager-mode int8 for the Linears FX cannot reach: each becomes QuantWrapper(Linear)
-    (quantize its input, int8 Linear, dequantize), quantized by `_prepare`/`_convert`."""
-    from torch.ao.quantization import QuantWrapper
-
-    # Attention inside such modules first becomes Linear-based, so its projections are reached.
-    convert_attention(model, inside=_is_fx_leaf)
-    for name in inner_linears(model):
-        set_submodule(model, name, QuantWrapper(model.get_submodule(name)))
-    restore_slow_path(model)
-
-
-def _wrappers(model: nn.Module) -> list[nn.Module]:
-    from torch.ao.quantization import QuantWrapper
-
-    return [m for m in model.modules() if isinstance(m, QuantWrapper)]
-
-
-def _prepare(model: nn.Module, mode: str, example: Inputs) -> nn.Module:
-    """FX prepare (static: observers; qat: fake-quant, model in train mode), plus the eager
-    prepare of the Linears inside FX leaves (`_wrap_inner_linears`)."""
-    from torch.ao.quantization import prepare, prepare_qat
-    from torch.ao.quantization.quantize_fx import prepare_fx, prepare_qat_fx
-
-    _wrap_inner_linears(model)
-    with quiet_ao():
-        if mode == "qat":
-            prepared = prepare_qat_fx(model.train(), _qconfig_mapping(mode), as_args(example))
-        else:
-            prepared = prepare_fx(model.eval(), _qconfig_mapping(mode), as_args(example))
-        wrappers = _wrappers(prepared)
-        if wrappers:
-            # FX set its qconfig on every module, leaves' insides included; there only the
-            # wrappers are quantized (MultiheadAttention, LayerNorm stay float).
-            for module in prepared.modules():
-                if _is_fx_leaf(module) and not isinstance(module, nn.Linear):
-                    for inner in module.modules():
-                        inner.qconfig = None  # type: ignore[assignment]
-            qconfig = _qconfig(mode)
-            for wrapper in wrappers:
-                for inner in wrapper.modules():
-                    inner.qconfig = qconfig  # type: ignore[assignment]
-                if mode == "qat":
-                    prepare_qat(wrapper.train(), inplace=True)
-                else:
-                    prepare(wrapper, inplace=True)
-    _drop_non_float_observers(prepared, example)
-    return prepared  # type: ignore[no-any-return]
-
-
-def _drop_non_float_observers(prepared: nn.Module, example: Inputs) -> None:
-    """Remove FX's observers / fake-quants on tensors that are not floating point.
-
-    FX inserts them by op pattern without knowing dtypes, so a mask computed in forward
-    (`pad = ids == 0`; `(~pad).unsqueeze(-1)`) or an int64 index tensor got one: static
-    calibration then failed ('"linspace_cpu" not implemented for Bool') and QAT's fake-quant
-    did ('expected scalar type Float but found Bool'). One probe pass of `example` with every
-    observer bypassed finds each observer's input dtype; the observers of non-float (and
-    non-tensor) values are unlinked, so those values stay as they are and convert quantizes
-    only float activations.
-    """
-    from torch.ao.quantization.observer import _is_activation_post_process
-    from torch.fx import GraphModule, Interpreter
-
-    if not isinstance(prepared, GraphModule):
-        return
-    modules = dict(prepared.named_modules(remove_duplicate=False))
-    observer_targets = {
-        str(node.target)
-        for node in prepared.graph.nodes
-        if node.op == "call_module" and _is_activation_post_process(modules.get(str(node.target)))
-    }
-    if not observer_targets:
-        return
-    seen: dict[str, bool] = {}  # observer target -> every input it saw was a float tensor
-
-    class _Probe(Interpreter):
-        def call_module(self, target: Any, args: Any, kwargs: Any) -> Any:
-            if str(target) in observer_targets:
-                value = args[0]
-                is_float = isinstance(value, torch.Tensor) and value.is_floating_point()
-                seen[str(target)] = seen.get(str(target), True) and is_float
-                return value
-            return super().call_module(target, args, kwargs)
-
-    was_training = prepared.training
-    prepared.eval()
-    try:
-        with torch.no_grad(), quiet_ao():
-            _Probe(prepared).run(*as_args(example))
-    finally:
-        prepared.train(was_training)
-    graph = prepared.graph
-    for node in list(graph.nodes):
-        target = str(node.target)
-        if node.op == "call_module" and target in observer_targets and not seen.get(target, True):
-            node.replace_all_uses_with(node.args[0])
-            graph.erase_node(node)
-    used = {str(n.target) for n in graph.nodes if n.op == "call_module"}
-    for target in observer_targets - used:
-        delattr(prepared, target)
-    prepared.recompile()
-
-
-def _convert(prepared: nn.Module) -> nn.Module:
-    from torch.ao.quantization import convert
-    from torch.ao.quantization.quantize_fx import convert_fx
-
-    with quiet_ao():
-        for wrapper in _wrappers(prepared):
-            convert(wrapper.eval(), inplace=True)
-        converted = convert_fx(prepared.eval())  # type: ignore[arg-type]
-    restore_slow_path(converted)
-    return converted.eval()
-
-
-# -- rebuilding a quantized module from a fresh float model -------------------------------
-
-
-def rebuild_quantized(
-    task: Task, float_model: nn.Module, state_dict: dict[str, Any], mode: str
-) -> nn.Module:
-    """The quantized module structure of `mode`, ready for `load_state_dict(state_dict)`.
-
-    `float_model` is the task's fresh model with the recipe's structural changes already
-    replayed (structured pruning, low-rank factors); it is quantized again the same way.
-    Values do not matter here: weights, biases and every scale and zero point (activations
-    included) are in `state_dict` and load over it.
-    """
-    check_choice("quantize.mode", mode, QUANTIZE_MODES)
-    model = float_model.eval()
-    if mode in ("none", "onnx_int8"):  # onnx_int8 keeps the float weights in its state_dict
-        return model
-    if mode == "dynamic_int8":
-        return _dynamic(model)
-    example = task.example_input(1)
-    prepared = _prepare(model, mode, example)
-    # One pass so the observers hold finite values (else convert warns); the values are
-    # replaced by the saved scales and zero points right after.
-    prepared.eval()
-    with torch.no_grad(), quiet_ao():
-        prepared(*as_args(example))
-    return _convert(prepared)
-
-
-# -- the stage ------------------------------------------------------------------------------
 
 
 def quantize(inp: StageInput, params: QuantizeParams) -> StageOutput:
@@ -386,7 +118,7 @@ def quantize(inp: StageInput, params: QuantizeParams) -> StageOutput:
 
     float_model = build_model(task, parent)  # fresh module, CPU, eval
     if params.mode == "dynamic_int8":
-        quantized = _dynamic(float_model)
+        quantized = dynamic_int8(float_model)
     elif params.mode == "static_int8":
         quantized = _static(task, float_model, params, seed=inp.seed)
     else:
@@ -423,8 +155,6 @@ def _require_some_int8(
     ckpt: ModelCheckpoint, task: Task, parent: ModelCheckpoint, mode: str
 ) -> float:
     """The checkpoint's quantized_fraction; a SqueezerayError when it is 0 (nothing is int8)."""
-    from stages.metrics import quantized_fraction
-
     fraction = quantized_fraction(ckpt)
     if fraction == 0.0:
         layers = weight_layer_summary(build_model(task, parent))
@@ -438,7 +168,7 @@ def _require_some_int8(
 
 
 def _static(task: Task, model: nn.Module, params: QuantizeParams, *, seed: int) -> nn.Module:
-    prepared = _prepare(model, "static_int8", task.example_input(1))
+    prepared = prepare_int8(model, "static_int8", task.example_input(1))
     loader = DataLoader(
         task.train,
         batch_size=CALIBRATION_BATCH_SIZE,
@@ -450,7 +180,7 @@ def _static(task: Task, model: nn.Module, params: QuantizeParams, *, seed: int) 
             if i >= params.calibration_batches:
                 break
             prepared(*as_args(as_inputs(x)))
-    return _convert(prepared)
+    return convert_int8(prepared)
 
 
 def _qat(
@@ -461,7 +191,7 @@ def _qat(
     *,
     seed: int,
 ) -> nn.Module:
-    prepared = _prepare(model, "qat", task.example_input(2))
+    prepared = prepare_int8(model, "qat", task.example_input(2))
     masks = _zero_masks(prepared, parent) if parent.recipe.get("masked") else {}
 
     def keep_zeros() -> None:
@@ -482,7 +212,7 @@ def _qat(
             seed=seed,
             after_step=keep_zeros if masks else None,
         )
-    return _convert(prepared)
+    return convert_int8(prepared)
 
 
 def _zero_masks(
@@ -512,9 +242,6 @@ def _zero_masks(
 
 
 def _quantize_onnx(task: Task, parent: ModelCheckpoint) -> StageOutput:
-    from stages.export import to_onnx_bytes
-    from stages.runtime import make_predictor
-
     float_model = build_model(task, parent)
     float_onnx = to_onnx_bytes(float_model, task.example_input(2))
     int8_onnx = ort_quantize_dynamic(float_onnx)
@@ -524,25 +251,6 @@ def _quantize_onnx(task: Task, parent: ModelCheckpoint) -> StageOutput:
     return StageOutput(
         ckpt, {"val_accuracy": predictor.accuracy(task.val), "quantized_fraction": fraction}
     )
-
-
-def ort_quantize_dynamic(onnx_bytes: bytes) -> bytes:
-    """ONNX Runtime dynamic quantization (per-tensor QInt8 weights) of an ONNX model."""
-    import onnx
-    from onnxruntime.quantization import QuantType, quantize_dynamic
-
-    from stages.export import quiet_logging
-
-    model = onnx.load_from_string(onnx_bytes)
-    # Intermediate shape annotations are hints, and some exporters leave stale ones after
-    # structured pruning (torch 2.11's dynamo exporter kept a pruned Linear's old width, and
-    # ORT's shape inference then refused the model): drop them, ORT infers them again.
-    del model.graph.value_info[:]
-    with tempfile.TemporaryDirectory() as tmp, quiet_logging():
-        out = os.path.join(tmp, "int8.onnx")
-        quantize_dynamic(model, out, weight_type=QuantType.QInt8)
-        with open(out, "rb") as f:
-            return f.read()
 
 
 def _val_accuracy(task: Task, model: nn.Module) -> float:

@@ -27,8 +27,9 @@ from torch.utils.data import DataLoader, Dataset
 
 from stages.base import check_int
 from stages.batches import LogitsOnly, as_args, as_inputs, logits_of
-from stages.checkpoint import ModelCheckpoint, build_model
+from stages.checkpoint import ModelCheckpoint
 from stages.errors import SqueezerayError
+from stages.rebuild import build_model
 from stages.tasks import Task
 
 

@@ -22,6 +22,7 @@ from stages.base import StageInput, StageOutput, StageSpec
 from stages.batches import forward_logits
 from stages.checkpoint import ModelCheckpoint
 from stages.errors import SqueezerayError
+from stages.runtime import make_predictor
 from stages.tasks import Task
 
 FLOAT_TOLERANCE = 1e-4
@@ -47,8 +48,6 @@ def check_output(task: Task, stage: str, out: StageOutput) -> bytes:
     Raises SqueezerayError naming `stage` when the bytes do not load, the model does not
     rebuild or run, or its logits differ from the in-memory model's by more than the tolerance.
     """
-    from stages.runtime import make_predictor
-
     data = out.checkpoint.to_bytes()
     x = task.example_input(min(CHECK_BATCH, len(task.test)))  # type: ignore[arg-type]
     ckpt = out.checkpoint

@@ -18,6 +18,9 @@ Record and replay (any torch-pruning pruner, or groups pruned by hand with `grou
     ... prune groups of `graph` ...
     history = history_of(graph)                     # JSON-safe, into the recipe
     replay(task.build(arch), example, history)      # same structure; then load_state_dict
+
+`set_submodule` is the one-layer edit the other structural changes (low-rank factors, int8
+wrappers) make.
 """
 
 from __future__ import annotations
@@ -109,3 +112,10 @@ def concat_histories(*histories: Sequence[Sequence[Any]] | None) -> PruningHisto
     for history in histories:
         out.extend(check_history(list(history or [])))
     return out
+
+
+def set_submodule(model: nn.Module, name: str, new: nn.Module) -> None:
+    """`model.<name> = new` for a dotted name."""
+    parent_name, _, child = name.rpartition(".")
+    parent = model.get_submodule(parent_name) if parent_name else model
+    setattr(parent, child, new)

@@ -23,6 +23,7 @@ from stages.base import StageInput, StageOutput, StageSpec, check_int, check_ran
 from stages.checkpoint import from_model
 from stages.device import resolve_device
 from stages.errors import SqueezerayError
+from stages.masks import param_counts
 from stages.tasks import Task
 from stages.training import accuracy, fit, trained_output
 
@@ -128,8 +129,6 @@ def load_weights(model: nn.Module, path: str, *, sha256: str = "") -> None:
 
 def pretrained_output(task: Task, model: nn.Module, *, device: torch.device) -> StageOutput:
     """The teacher exactly as given: evaluated (val accuracy, eval mode) and checkpointed."""
-    from stages.masks import param_counts
-
     model.eval().to(device)
     total, _ = param_counts(model)
     return StageOutput(

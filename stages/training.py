@@ -15,6 +15,7 @@ from stages.base import StageOutput
 from stages.batches import Inputs, as_inputs, forward_logits, to_device
 from stages.checkpoint import from_model
 from stages.errors import SqueezerayError
+from stages.masks import param_counts
 from stages.tasks import Task
 
 
@@ -148,8 +149,6 @@ def trained_output(
 ) -> StageOutput:
     """The StageOutput of a stage that trained a fresh `arch` model (`pruned`: the structured
     pruning history that made it from that factory's model, `stages.surgery`)."""
-    from stages.masks import param_counts
-
     total, _ = param_counts(model)
     recipe: dict[str, Any] = {"arch": arch}
     if pruned:

@@ -443,7 +443,7 @@ def _write_artifacts(
         return [ARTIFACT[runtime]]
     import torch
 
-    from stages.checkpoint import build_model
+    from stages.rebuild import build_model
     from stages.runtime import _trace_and_freeze
 
     model = build_model(task, ckpt)
@@ -497,7 +497,8 @@ def recheck(
     """
     import torch
 
-    from stages.checkpoint import ModelCheckpoint, build_model
+    from stages.checkpoint import ModelCheckpoint
+    from stages.rebuild import build_model
     from stages.runtime import OnnxPredictor, TorchPredictor
 
     n = len(task.test)  # type: ignore[arg-type]
@@ -602,9 +603,9 @@ def _input_card(
 ) -> dict[str, Any] | list[dict[str, Any]]:
     """{name, dtype, shape} of the model input (a list of them for a model with several
     inputs), named as in the ONNX model (read from `onnx_bytes` when given, else
-    `stages.export.onnx_input_names`)."""
+    `stages.onnxio.onnx_input_names`)."""
     from stages.batches import as_args
-    from stages.export import onnx_input_names
+    from stages.onnxio import onnx_input_names
     from stages.tasks import load_task
 
     args = as_args(load_task(str(row["task"])).example_input(1))

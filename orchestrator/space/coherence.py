@@ -12,6 +12,8 @@ import json
 from collections.abc import Mapping
 from typing import Any, Protocol
 
+from stages.names import TORCH_INT8_MODES
+
 
 class _Choices(Protocol):
     @property
@@ -28,9 +30,6 @@ class _Grid(Protocol):
     def searched(self) -> Mapping[str, _Choices]: ...
 
     def fixed(self) -> Mapping[str, Any]: ...
-
-
-TORCH_INT8_MODES = ("dynamic_int8", "static_int8", "qat")
 
 
 def make_coherent(params: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:

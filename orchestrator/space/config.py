@@ -1082,7 +1082,7 @@ def check_stages_apply_to_task(space: SearchSpace) -> None:
     """Refuse a stage that cannot change the space's task model at all (lora/lowrank with no
     layer to wrap, dynamic_int8 with no Linear), before Ray starts: the error names the file,
     the stage, the value and the fix. Imports the task and builds its model."""
-    from stages.layers import check_stages_apply
+    from stages.precheck import check_stages_apply
     from stages.tasks import load_task
 
     values = {key: dist.values_for_validation() for key, dist in space.params.items()}

@@ -16,8 +16,9 @@ import torch
 import stages
 from stages import PIPELINE_ORDER, stage_registry
 from stages.base import StageInput, StageOutput
-from stages.checkpoint import ModelCheckpoint, build_model
+from stages.checkpoint import ModelCheckpoint
 from stages.errors import SqueezerayError
+from stages.rebuild import build_model
 from stages.tasks import Task
 
 # Small but real params per stage, and one out-of-range value per stage with the range text.

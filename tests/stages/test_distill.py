@@ -10,9 +10,9 @@ import torch
 from torch.utils.data import ConcatDataset
 
 from stages.base import StageInput, StageOutput
-from stages.checkpoint import build_model
 from stages.distill import SPEC, DistillParams, distill
 from stages.errors import SqueezerayError
+from stages.rebuild import build_model
 from stages.tasks import Task
 from stages.training import accuracy
 from tests.stages.conftest import same_state, snapshot

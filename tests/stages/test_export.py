@@ -12,7 +12,8 @@ from torch import nn
 from stages.base import StageInput
 from stages.checkpoint import ModelCheckpoint
 from stages.errors import SqueezerayError
-from stages.export import SPEC, ExportParams, export, to_onnx_bytes
+from stages.export import SPEC, ExportParams, export
+from stages.onnxio import to_onnx_bytes
 from stages.quantize import QuantizeParams, quantize
 from stages.runtime import OnnxPredictor, TorchPredictor, make_predictor
 from stages.tasks import Task, load_task

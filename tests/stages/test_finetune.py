@@ -6,11 +6,12 @@ import pytest
 import torch
 
 from stages.base import StageInput, StageOutput
-from stages.checkpoint import ModelCheckpoint, build_model
+from stages.checkpoint import ModelCheckpoint
 from stages.errors import SqueezerayError
 from stages.finetune import SPEC, FinetuneParams, finetune
 from stages.masks import zero_masks
 from stages.prune import PruneParams, prune
+from stages.rebuild import build_model
 from stages.tasks import Task
 from tests.stages.conftest import same_state, snapshot
 

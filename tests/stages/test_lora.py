@@ -10,10 +10,11 @@ from torch import nn
 from torch.nn.utils import parametrize
 
 from stages.base import StageInput
-from stages.checkpoint import ModelCheckpoint, build_model, from_model
+from stages.checkpoint import ModelCheckpoint, from_model
 from stages.errors import SqueezerayError
 from stages.lora import SPEC, LoraParams, LoRAUpdate, inject_lora, lora, merge_lora
 from stages.lowrank import LowRankParams, lowrank
+from stages.rebuild import build_model
 from stages.tasks import Task, load_task
 from stages.training import accuracy, fit
 

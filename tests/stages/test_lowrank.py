@@ -9,16 +9,17 @@ import torch
 from torch import nn
 
 from stages.base import StageInput
-from stages.checkpoint import ModelCheckpoint, build_model, from_model, set_submodule
+from stages.checkpoint import ModelCheckpoint, from_model
 from stages.errors import SqueezerayError
 from stages.lowrank import (
     SPEC,
     LowRankParams,
     count_params,
-    factorize_layers,
     lowrank,
     svd_factorize,
 )
+from stages.rebuild import build_model, factorize_layers
+from stages.surgery import set_submodule
 from stages.tasks import Task, load_task
 from stages.training import accuracy, fit
 

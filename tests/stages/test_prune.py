@@ -9,10 +9,11 @@ import torch
 from torch import nn
 
 from stages.base import StageInput, StageOutput
-from stages.checkpoint import ModelCheckpoint, build_model, from_model
+from stages.checkpoint import ModelCheckpoint, from_model
 from stages.errors import SqueezerayError
 from stages.masks import layer_weight, prunable_layers, weight_counts, zero_masks
 from stages.prune import SPEC, PruneParams, cubic_schedule, prune, prune_module
+from stages.rebuild import build_model
 from stages.tasks import Task
 from tests.stages.conftest import same_state, snapshot, zstd_size
 

@@ -15,12 +15,13 @@ from torch import nn
 from torch.utils.data import TensorDataset
 
 from stages.base import StageInput, StageOutput
-from stages.checkpoint import ModelCheckpoint, build_model, from_model
+from stages.checkpoint import ModelCheckpoint, from_model
 from stages.errors import SqueezerayError
 from stages.lowrank import SPEC as LOWRANK
 from stages.lowrank import LowRankParams
 from stages.prune import SPEC as PRUNE
 from stages.prune import PruneParams
+from stages.rebuild import build_model
 from stages.selfcheck import run_checked
 from stages.tasks import Task
 from tests.stages.transformer_task import TokenTransformer
@@ -241,7 +242,7 @@ def test_lowrank_factorises_only_the_layers_without_pruned_zeros() -> None:
 
 
 def test_unstructured_on_an_rnn_model_is_refused_up_front() -> None:
-    from stages.layers import check_stages_apply
+    from stages.precheck import check_stages_apply
 
     task = _task("gru", lambda: RNNNet(nn.GRU), _ids(), 2)
     pipeline = ["teacher", "prune"]

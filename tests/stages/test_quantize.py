@@ -9,10 +9,11 @@ import torch
 from torch import nn
 
 from stages.base import StageInput
-from stages.checkpoint import ModelCheckpoint, build_model, from_model
+from stages.checkpoint import ModelCheckpoint, from_model
 from stages.errors import SqueezerayError
 from stages.metrics import accuracy, count_params, size_bytes
 from stages.quantize import QUANTIZE_MODES, SPEC, QuantizeParams, quantize
+from stages.rebuild import build_model
 from stages.tasks import Task, load_task
 from stages.training import fit
 

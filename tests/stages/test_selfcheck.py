@@ -12,9 +12,10 @@ import torch
 
 import stages
 from stages.base import StageInput, StageOutput, StageSpec
-from stages.checkpoint import ModelCheckpoint, build_model
+from stages.checkpoint import ModelCheckpoint
 from stages.errors import SqueezerayError
 from stages.prune import PruneParams, prune
+from stages.rebuild import build_model
 from stages.selfcheck import check_output, run_checked
 from stages.tasks import Task, load_task
 from stages.teacher import TeacherParams, train_teacher

@@ -6,8 +6,8 @@ import pytest
 import torch
 
 from stages.base import StageInput, StageOutput
-from stages.checkpoint import build_model
 from stages.errors import SqueezerayError
+from stages.rebuild import build_model
 from stages.tasks import Task, load_task
 from stages.teacher import SPEC, TeacherParams, train_teacher
 from stages.training import accuracy

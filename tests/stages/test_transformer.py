@@ -16,13 +16,16 @@ from torch import nn
 
 from stages.attention import LinearAttention, convert_attention
 from stages.base import StageInput, StageOutput
-from stages.checkpoint import ModelCheckpoint, build_model
+from stages.checkpoint import ModelCheckpoint
 from stages.errors import SqueezerayError
-from stages.layers import check_stages_apply, restore_slow_path
+from stages.int8 import inner_linears
+from stages.layers import restore_slow_path
 from stages.lora import LoraParams, inject_lora, lora, lora_targets
 from stages.lowrank import LowRankParams, lowrank
 from stages.metrics import count_weights, quantized_fraction, size_bytes
-from stages.quantize import QuantizeParams, inner_linears, quantize
+from stages.precheck import check_stages_apply
+from stages.quantize import QuantizeParams, quantize
+from stages.rebuild import build_model
 from stages.tasks import Task, load_task
 from stages.teacher import TeacherParams, train_teacher
 from stages.training import accuracy

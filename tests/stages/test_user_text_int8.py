@@ -10,9 +10,10 @@ import torch
 from torch import nn
 
 from stages.base import StageInput
-from stages.checkpoint import ModelCheckpoint, build_model, from_model
-from stages.export import to_onnx_bytes
+from stages.checkpoint import ModelCheckpoint, from_model
+from stages.onnxio import to_onnx_bytes
 from stages.quantize import SPEC, quantize
+from stages.rebuild import build_model
 
 from .user_text_task import MaskedTextNet, make_task
 

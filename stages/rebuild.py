@@ -1,0 +1,150 @@
+"""Rebuild a checkpoint's model: the rebuild side of every stage that changes structure.
+
+A `ModelCheckpoint` (`stages.checkpoint`) is data: a state_dict and a recipe. `build_model`
+starts from the task's own model factory and replays the recipe, never unpickling code:
+
+1. `pruned`: torch-pruning's pruning history of structured pruning (`stages.surgery.replay`),
+   replayed on the fresh model traced on the task's example input: depthwise/grouped convs,
+   Conv1d/2d, BatchNorm, LayerNorm, Embedding, MultiheadAttention and residual couplings come
+   back exactly;
+2. `lowrank`: {layer name: rank} - those Linear layers become two factor Linears
+   (`factorize_layers`);
+3. `quantize`: `dynamic_int8` re-applies `quantize_dynamic`; `static_int8`/`qat` re-run FX
+   prepare/convert on the example input (and the eager int8 wrapping of Linears inside
+   Transformer layers) (`rebuild_quantized`, over `stages.int8`), then the saved (calibrated)
+   state loads over it;
+4. `stages.layers.restore_slow_path`: Transformer encoder layers whose Linears were replaced
+   run their regular path (the fast path reads `linear1.weight` directly).
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from typing import Any
+
+import torch
+from torch import nn
+
+from stages.base import check_choice
+from stages.batches import as_args
+from stages.checkpoint import ModelCheckpoint
+from stages.errors import SqueezerayError
+from stages.int8 import convert_int8, dynamic_int8, prepare_int8, quiet_ao, rnn_state_for_load
+from stages.layers import restore_slow_path
+from stages.names import QUANTIZE_MODES
+from stages.surgery import replay, set_submodule
+from stages.tasks import Task
+
+
+def build_model(task: Task, ckpt: ModelCheckpoint) -> nn.Module:
+    """Rebuild the eager torch module of a checkpoint (in eval mode, on CPU)."""
+    if ckpt.task != task.name:
+        raise SqueezerayError(
+            f"checkpoint belongs to task {ckpt.task!r}, not {task.name!r}; "
+            "a stage cache is keyed by task, so this is a bug or a mixed-up storage directory"
+        )
+    model = task.build(ckpt.arch)
+    pruned = ckpt.recipe.get("pruned") or []
+    if pruned:
+        replay(model, task.example_input(2), pruned)
+    lowrank = ckpt.recipe.get("lowrank") or {}
+    if lowrank:
+        model = factorize_layers(model, {str(k): int(v) for k, v in lowrank.items()})
+    mode = ckpt.quantize
+    if mode != "none":
+        model = rebuild_quantized(task, model, ckpt.state_dict, mode)
+    state = ckpt.state_dict
+    if mode == "dynamic_int8":
+        state = rnn_state_for_load(model, state)  # int8 GRU/LSTM tensors -> packed cells
+    try:
+        model.load_state_dict(_with_versions(state, model))
+    except RuntimeError as exc:  # shapes or keys differ: the recipe does not rebuild the model
+        raise SqueezerayError(
+            f"the checkpoint's weights do not fit the model its recipe rebuilds "
+            f"(arch={ckpt.arch!r}, structured pruning steps={len(pruned)}, "
+            f"lowrank layers={len(lowrank)}, quantize={mode!r}): {exc}"
+        ) from exc
+    restore_slow_path(model)  # replaced layers inside nn.TransformerEncoderLayer (not state)
+    model.eval()
+    return model
+
+
+def _with_versions(state: dict[str, Any], model: nn.Module) -> dict[str, Any]:
+    """`state` with `_metadata` (per-module format versions) taken from the rebuilt model.
+
+    A plain dict (from_model, from_bytes) has none, and quantized Linear/Conv then read the
+    state as their oldest format (KeyError '<layer>.weight'). The checkpoint was written by the
+    same code, so the rebuilt modules' versions are the right ones.
+    """
+    if getattr(state, "_metadata", None) is not None:
+        return state
+    versioned: OrderedDict[str, Any] = OrderedDict(state)
+    setattr(versioned, "_metadata", getattr(model.state_dict(), "_metadata", None))  # noqa: B010
+    return versioned
+
+
+def factorized_linear(
+    in_features: int, out_features: int, rank: int, *, bias: bool
+) -> nn.Sequential:
+    """The factorised structure with untrained weights: x (B, in) -> (B, r) -> (B, out)."""
+    return nn.Sequential(
+        nn.Linear(in_features, rank, bias=False),
+        nn.Linear(rank, out_features, bias=bias),
+    )
+
+
+def factorize_layers(model: nn.Module, ranks: dict[str, int]) -> nn.Module:
+    """Replace each named Linear by its (untrained) two-factor structure, in place; return model.
+
+    Names are processed shallowest first, so a factor of an earlier factorisation (`net.0.0`)
+    can itself be in `ranks` after `net.0`. Used by `build_model` to replay a recipe.
+    """
+    for name in sorted(ranks, key=lambda n: n.count(".")):
+        rank = ranks[name]
+        try:
+            module = model.get_submodule(name)
+        except AttributeError as exc:
+            raise SqueezerayError(
+                f"recipe lowrank names layer {name!r}, which the model does not have"
+            ) from exc
+        if not isinstance(module, nn.Linear):
+            raise SqueezerayError(
+                f"recipe lowrank names layer {name!r}, a {type(module).__name__}; "
+                "only nn.Linear layers can be factorised"
+            )
+        limit = min(module.in_features, module.out_features)
+        if not 1 <= rank <= limit:
+            raise SqueezerayError(
+                f"recipe lowrank[{name!r}]={rank} is out of range; accepted: [1, {limit}]"
+            )
+        new = factorized_linear(
+            module.in_features, module.out_features, rank, bias=module.bias is not None
+        )
+        set_submodule(model, name, new)
+    return model
+
+
+def rebuild_quantized(
+    task: Task, float_model: nn.Module, state_dict: dict[str, Any], mode: str
+) -> nn.Module:
+    """The quantized module structure of `mode`, ready for `load_state_dict(state_dict)`.
+
+    `float_model` is the task's fresh model with the recipe's structural changes already
+    replayed (structured pruning, low-rank factors); it is quantized again the same way.
+    Values do not matter here: weights, biases and every scale and zero point (activations
+    included) are in `state_dict` and load over it.
+    """
+    check_choice("quantize.mode", mode, QUANTIZE_MODES)
+    model = float_model.eval()
+    if mode in ("none", "onnx_int8"):  # onnx_int8 keeps the float weights in its state_dict
+        return model
+    if mode == "dynamic_int8":
+        return dynamic_int8(model)
+    example = task.example_input(1)
+    prepared = prepare_int8(model, mode, example)
+    # One pass so the observers hold finite values (else convert warns); the values are
+    # replaced by the saved scales and zero points right after.
+    prepared.eval()
+    with torch.no_grad(), quiet_ao():
+        prepared(*as_args(example))
+    return convert_int8(prepared)
