@@ -22,8 +22,6 @@ from torch import nn
 
 from stages.base import StageInput, StageOutput, StageSpec, check_int, check_range
 from stages.checkpoint import ModelCheckpoint
-from stages.device import resolve_device
-from stages.errors import SqueezerayError
 from stages.prune import PruneParams, prune_module
 from stages.rebuild import build_model
 from stages.surgery import PruningHistory, concat_histories
@@ -53,15 +51,11 @@ class DistillParams:
 
 def distill(inp: StageInput, params: DistillParams) -> StageOutput:
     """A fresh `task.student()` (or, when the task has none, the teacher pruned to
-    `student_ratio`) trained against the teacher in `inp.parent` (or `inp.teacher`)."""
+    `student_ratio`) trained against the teacher in `inp.parent` (the runner puts
+    `inp.teacher` there when there is no parent: `SPEC.teacher_as_parent`)."""
     task = inp.task
-    teacher_ckpt = inp.parent if inp.parent is not None else inp.teacher
-    if teacher_ckpt is None:
-        raise SqueezerayError(
-            "stage 'distill' needs a teacher checkpoint (its parent, or StageInput.teacher); "
-            "put 'teacher' before 'distill' in the pipeline"
-        )
-    device = resolve_device(inp.device)
+    teacher_ckpt = inp.require_parent()
+    device = inp.torch_device
     # alpha = 1 never reads the teacher's logits: skip its forward passes entirely.
     teacher = build_model(task, teacher_ckpt) if params.alpha < 1.0 else None
     torch.manual_seed(inp.seed)  # the student's initial weights
@@ -107,4 +101,11 @@ def student_from_teacher(
     return model, concat_histories(teacher.recipe.get("pruned"), history)
 
 
-SPEC = StageSpec(name="distill", params=DistillParams, run=distill)
+SPEC = StageSpec(
+    name="distill",
+    params=DistillParams,
+    run=distill,
+    parent_fix="put 'teacher' before 'distill' in the pipeline",
+    teacher_as_parent=True,
+    metrics=("val_accuracy", "train_loss", "params_total"),
+)

@@ -37,9 +37,7 @@ class ExportParams:
 
 def export(inp: StageInput, params: ExportParams) -> StageOutput:
     """Set the deployment runtime; metrics: val_accuracy in [0, 1] through that runtime."""
-    parent = inp.parent
-    if parent is None:
-        raise SqueezerayError("stage export needs a parent checkpoint (a trained model)")
+    parent = inp.require_parent()
     task = inp.task
     runtime = params.runtime
     if parent.runtime == "onnxruntime" and parent.onnx is not None:
@@ -85,4 +83,4 @@ def _check_same_outputs(
         )
 
 
-SPEC = StageSpec(name="export", params=ExportParams, run=export)
+SPEC = StageSpec(name="export", params=ExportParams, run=export, metrics=("val_accuracy",))

@@ -13,8 +13,6 @@ import torch
 
 from stages.base import StageInput, StageOutput, StageSpec, check_choice, check_int, check_range
 from stages.checkpoint import from_model
-from stages.device import resolve_device
-from stages.errors import SqueezerayError
 from stages.masks import keep_masks, param_counts, sparsity, zero_masks
 from stages.rebuild import build_model
 from stages.training import accuracy, fit
@@ -43,26 +41,14 @@ class FinetuneParams:
 def finetune(inp: StageInput, params: FinetuneParams) -> StageOutput:
     """Train a copy of `inp.parent` for `epochs` epochs, keeping its pruned zeros."""
     task = inp.task
-    if inp.parent is None:
-        raise SqueezerayError(
-            "stage 'finetune' needs a parent checkpoint; put it after a training stage"
-        )
-    if params.mode == "kd" and inp.teacher is None and params.epochs > 0:
-        raise SqueezerayError(
-            "finetune.mode='kd' needs the teacher checkpoint (StageInput.teacher) and none was "
-            "given; accepted: a pipeline with a 'teacher' stage, or finetune.mode='ce'"
-        )
-    device = resolve_device(inp.device)
+    parent = inp.require_parent()
+    device = inp.torch_device
     torch.manual_seed(inp.seed)
-    model = build_model(task, inp.parent).to(device)
+    model = build_model(task, parent).to(device)
     metrics: dict[str, float] = {}
     if params.epochs > 0:
-        masked = bool(inp.parent.recipe.get("masked", False))
-        teacher = (
-            build_model(task, inp.teacher)
-            if params.mode == "kd" and inp.teacher is not None
-            else None
-        )
+        masked = bool(parent.recipe.get("masked", False))
+        teacher = build_model(task, inp.require_teacher()) if params.mode == "kd" else None
         stats = fit(
             model,
             task.train,
@@ -87,8 +73,19 @@ def finetune(inp: StageInput, params: FinetuneParams) -> StageOutput:
         params_nonzero=float(nonzero),
     )
     return StageOutput(
-        checkpoint=from_model(task, model, inp.parent.recipe), metrics=metrics, model=model
+        checkpoint=from_model(task, model, parent.recipe), metrics=metrics, model=model
     )
 
 
-SPEC = StageSpec(name="finetune", params=FinetuneParams, run=finetune)
+def _reads_teacher(params: FinetuneParams) -> str | None:
+    return "finetune.mode='kd'" if params.mode == "kd" and params.epochs > 0 else None
+
+
+SPEC = StageSpec(
+    name="finetune",
+    params=FinetuneParams,
+    run=finetune,
+    needs_teacher=_reads_teacher,
+    teacher_fix="accepted: a pipeline with a 'teacher' stage, or finetune.mode='ce'",
+    metrics=("val_accuracy", "sparsity", "params_total", "params_nonzero"),
+)

@@ -33,8 +33,7 @@ from torch.utils.data import DataLoader
 
 from stages.base import StageInput, StageOutput, StageSpec, check_choice, check_int, check_range
 from stages.batches import Inputs, as_inputs, batch_size, forward_logits, to_device, to_double
-from stages.checkpoint import ModelCheckpoint, from_model
-from stages.device import resolve_device
+from stages.checkpoint import from_model
 from stages.errors import SqueezerayError
 from stages.layers import weight_layer_summary as layer_summary
 from stages.rebuild import build_model
@@ -258,9 +257,9 @@ def merge_lora(model: nn.Module, batch: Inputs) -> MergeCheck:
 
 def lora(inp: StageInput, params: LoraParams) -> StageOutput:
     """Train LoRA adapters on a frozen model, merge them, and return the plain model."""
-    parent = _require_parent(inp)
+    parent = inp.require_parent()  # a float model: the runner checked (SPEC.float_parent_fix)
     task = inp.task
-    device = resolve_device(inp.device)
+    device = inp.torch_device
     torch.manual_seed(inp.seed)
     model = build_model(task, parent).to(device)
     acc_before = accuracy(model, task.val, device=device)
@@ -278,14 +277,7 @@ def lora(inp: StageInput, params: LoraParams) -> StageOutput:
             model=model,
         )
 
-    teacher = None
-    if params.mode == "kd":
-        if inp.teacher is None:
-            raise SqueezerayError(
-                "lora.mode='kd' needs the teacher checkpoint, but StageInput.teacher is None; "
-                "keep `teacher` in the pipeline or set lora.mode: ce"
-            )
-        teacher = build_model(task, inp.teacher)
+    teacher = build_model(task, inp.require_teacher()) if params.mode == "kd" else None
 
     model.cpu()  # adapters are initialised on CPU from a CPU generator, then moved
     adapters = inject_lora(
@@ -329,18 +321,25 @@ def lora(inp: StageInput, params: LoraParams) -> StageOutput:
     )
 
 
-def _require_parent(inp: StageInput) -> ModelCheckpoint:
-    if inp.parent is None:
-        raise SqueezerayError("stage lora needs a parent checkpoint (StageInput.parent is None)")
-    if inp.parent.quantize != "none":
-        raise SqueezerayError(
-            f"stage lora got a quantized parent (quantize={inp.parent.quantize!r}); "
-            "lora runs on float models, before quantize in the pipeline"
-        )
-    return inp.parent
+def _reads_teacher(params: LoraParams) -> str | None:
+    return "lora.mode='kd'" if params.mode == "kd" and params.rank > 0 else None
 
 
-SPEC = StageSpec(name="lora", params=LoraParams, run=lora)
+SPEC = StageSpec(
+    name="lora",
+    params=LoraParams,
+    run=lora,
+    float_parent_fix="lora runs on float models, before quantize in the pipeline",
+    needs_teacher=_reads_teacher,
+    teacher_fix="keep `teacher` in the pipeline or set lora.mode: ce",
+    metrics=(
+        "val_accuracy",
+        "val_accuracy_before",
+        "trainable_params",
+        "merge_max_abs_diff",
+        "merge_max_abs_diff_fp32",
+    ),
+)
 
 __all__ = [
     "SPEC",

@@ -17,8 +17,7 @@ import torch
 from torch import nn
 
 from stages.base import StageInput, StageOutput, StageSpec, check_int, check_range
-from stages.checkpoint import ModelCheckpoint, from_model
-from stages.device import resolve_device
+from stages.checkpoint import from_model
 from stages.errors import SqueezerayError
 from stages.layers import restore_slow_path
 from stages.layers import weight_layer_summary as layer_summary
@@ -119,9 +118,9 @@ def lowrank(inp: StageInput, params: LowRankParams) -> StageOutput:
     when that leaves no layer to factorise, a SqueezerayError names both stages. Metric
     `layers_skipped_sparse` counts them.
     """
-    parent = _require_parent(inp)
+    parent = inp.require_parent()  # a float model: the runner checked (SPEC.float_parent_fix)
     task = inp.task
-    device = resolve_device(inp.device)
+    device = inp.torch_device
     torch.manual_seed(inp.seed)
     model = build_model(task, parent)
     params_before = count_params(model)
@@ -222,17 +221,12 @@ def _nothing_factorised(
     )
 
 
-def _require_parent(inp: StageInput) -> ModelCheckpoint:
-    if inp.parent is None:
-        raise SqueezerayError("stage lowrank needs a parent checkpoint (StageInput.parent is None)")
-    if inp.parent.quantize != "none":
-        raise SqueezerayError(
-            f"stage lowrank got a quantized parent (quantize={inp.parent.quantize!r}); "
-            "lowrank runs on float models, before quantize in the pipeline"
-        )
-    return inp.parent
-
-
-SPEC = StageSpec(name="lowrank", params=LowRankParams, run=lowrank)
+SPEC = StageSpec(
+    name="lowrank",
+    params=LowRankParams,
+    run=lowrank,
+    float_parent_fix="lowrank runs on float models, before quantize in the pipeline",
+    metrics=("val_accuracy", "params_total_before", "params_total_after", "layers_factorized"),
+)
 
 __all__ = ["SPEC", "LowRankParams", "lowrank", "svd_factorize"]

@@ -46,7 +46,6 @@ from torch.nn.utils import prune as torch_prune
 from stages.base import StageInput, StageOutput, StageSpec, check_choice, check_int, check_range
 from stages.batches import Inputs, forward_logits, to_device
 from stages.checkpoint import from_model
-from stages.device import resolve_device
 from stages.errors import SqueezerayError
 from stages.layers import weight_layer_summary
 from stages.masks import (
@@ -104,19 +103,16 @@ def prune(inp: StageInput, params: PruneParams) -> StageOutput:
     SqueezerayError naming the layer types it would not touch.
     """
     task = inp.task
-    if inp.parent is None:
-        raise SqueezerayError(
-            "stage 'prune' needs a parent checkpoint; put it after a training stage"
-        )
-    device = resolve_device(inp.device)
+    parent = inp.require_parent()  # a float model: the runner checked (SPEC.float_parent_fix)
+    device = inp.torch_device
     torch.manual_seed(inp.seed)
-    if inp.parent.recipe.get("lowrank") or inp.parent.quantize != "none":
+    if parent.recipe.get("lowrank"):
         raise SqueezerayError(
             "stage 'prune' needs a float model that is not factorised or quantized (its parent "
-            f"has lowrank={bool(inp.parent.recipe.get('lowrank'))}, "
-            f"quantize={inp.parent.quantize!r}); prune comes before lowrank and quantize"
+            f"has lowrank={bool(parent.recipe.get('lowrank'))}, "
+            f"quantize={parent.quantize!r}); prune comes before lowrank and quantize"
         )
-    model = build_model(task, inp.parent).to(device)
+    model = build_model(task, parent).to(device)
     total_before, _ = param_counts(model)
     share = prunable_share(model)
     if params.method != "structured" and params.ratio > 0.0 and share < MIN_PRUNABLE_SHARE:
@@ -130,11 +126,11 @@ def prune(inp: StageInput, params: PruneParams) -> StageOutput:
     history = prune_module(model, task, params, device=device, seed=inp.seed)
     if params.method == "structured" and params.ratio > 0.0:
         _require_removed(model, task, total_before, params, device=device)
-    recipe: dict[str, Any] = dict(inp.parent.recipe)
+    recipe: dict[str, Any] = dict(parent.recipe)
     if params.ratio > 0.0 and params.method != "structured":
         recipe["masked"] = True
     if history:
-        recipe["pruned"] = concat_histories(inp.parent.recipe.get("pruned"), history)
+        recipe["pruned"] = concat_histories(parent.recipe.get("pruned"), history)
     total, nonzero = param_counts(model)
     return StageOutput(
         checkpoint=from_model(task, model, recipe),
@@ -431,4 +427,17 @@ def output_layer(model: nn.Module, example: Inputs) -> nn.Module:
     return order[-1]
 
 
-SPEC = StageSpec(name="prune", params=PruneParams, run=prune)
+SPEC = StageSpec(
+    name="prune",
+    params=PruneParams,
+    run=prune,
+    float_parent_fix="prune comes before lowrank and quantize in the pipeline",
+    metrics=(
+        "val_accuracy",
+        "sparsity",
+        "prunable_share",
+        "model_sparsity",
+        "params_total",
+        "params_nonzero",
+    ),
+)

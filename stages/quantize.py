@@ -96,14 +96,7 @@ class QuantizeParams:
 
 def quantize(inp: StageInput, params: QuantizeParams) -> StageOutput:
     """Quantize the parent model per `params.mode`; metrics: val_accuracy in [0, 1]."""
-    parent = inp.parent
-    if parent is None:
-        raise SqueezerayError("stage quantize needs a parent checkpoint (a trained model)")
-    if parent.quantize != "none" or parent.onnx is not None:
-        raise SqueezerayError(
-            f"quantize.mode={params.mode!r}: the parent is already quantized or exported "
-            f"(quantize={parent.quantize!r}, runtime={parent.runtime!r}); quantize a float model"
-        )
+    parent = inp.require_parent()  # a float model: the runner checked (SPEC.float_parent_fix)
     task = inp.task
     if params.mode == "none":
         ckpt = parent.with_recipe(quantize="none")
@@ -257,4 +250,10 @@ def _val_accuracy(task: Task, model: nn.Module) -> float:
     return accuracy(model, task.val, device=torch.device("cpu"))
 
 
-SPEC = StageSpec(name="quantize", params=QuantizeParams, run=quantize)
+SPEC = StageSpec(
+    name="quantize",
+    params=QuantizeParams,
+    run=quantize,
+    float_parent_fix="quantize a float model (one quantize stage, before export)",
+    metrics=("val_accuracy", "quantized_fraction"),
+)

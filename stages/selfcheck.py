@@ -1,7 +1,8 @@
-"""Every stage checks its own output before it reports ok.
+"""The checkpoint round trip of the stage contract: a stage's output must rebuild from its bytes.
 
-`check_output` serializes the stage's checkpoint, loads the bytes back as the stage cache and
-every later stage will (`torch.load(weights_only=True)`), rebuilds the model in the
+`stages.runner.run_stage` calls `check_output` after every stage. It serializes the stage's
+checkpoint, loads the bytes back as the stage cache and every later stage will
+(`torch.load(weights_only=True)`), rebuilds the model in the
 checkpoint's runtime and compares its logits with the stage's in-memory model on a batch of
 test inputs. A checkpoint that does not rebuild, or rebuilds into another function, is the
 stage's own `SqueezerayError`, raised before anything is cached or reported.
@@ -14,14 +15,13 @@ quantization step).
 
 from __future__ import annotations
 
-from typing import Any
-
 import torch
 
-from stages.base import StageInput, StageOutput, StageSpec
+from stages.base import StageOutput
 from stages.batches import forward_logits
 from stages.checkpoint import ModelCheckpoint
 from stages.errors import SqueezerayError
+from stages.names import TORCH_INT8_MODES
 from stages.runtime import make_predictor
 from stages.tasks import Task
 
@@ -33,12 +33,6 @@ _REPORT = "this is a bug in how the stage records its changes: please report it 
 # Known limits with a workaround: FX quantization state that a fresh trace does not reproduce.
 _FX_FIX = "use quantize.mode=dynamic_int8 or onnx_int8 for this model"
 _FIXES = {("quantize", "static_int8"): _FX_FIX, ("quantize", "qat"): _FX_FIX}
-
-
-def run_checked(spec: StageSpec[Any], inp: StageInput, params: Any) -> tuple[StageOutput, bytes]:
-    """Run a stage, check its output (`check_output`); return it with its checkpoint bytes."""
-    out = spec.run(inp, params)
-    return out, check_output(inp.task, spec.name, out)
 
 
 @torch.no_grad()
@@ -72,11 +66,7 @@ def check_output(task: Task, stage: str, out: StageOutput) -> bytes:
             f"{what}: the model rebuilt from its checkpoint gives logits of shape "
             f"{tuple(got.shape)}, the stage's model {tuple(expected.shape)}"
         )
-    tolerance = (
-        INT8_TOLERANCE
-        if ckpt.quantize in ("dynamic_int8", "static_int8", "qat")
-        else (FLOAT_TOLERANCE)
-    )
+    tolerance = INT8_TOLERANCE if ckpt.quantize in TORCH_INT8_MODES else FLOAT_TOLERANCE
     scale = max(1.0, float(expected.abs().nan_to_num(0.0).max()))
     diff = (got - expected).abs().nan_to_num(0.0)
     same_nan = bool((got.isnan() == expected.isnan()).all())

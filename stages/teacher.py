@@ -21,7 +21,6 @@ from torch import nn
 
 from stages.base import StageInput, StageOutput, StageSpec, check_int, check_range
 from stages.checkpoint import from_model
-from stages.device import resolve_device
 from stages.errors import SqueezerayError
 from stages.masks import param_counts
 from stages.tasks import Task
@@ -59,7 +58,7 @@ def train_teacher(inp: StageInput, params: TeacherParams) -> StageOutput:
     With `params.epochs == 0` the teacher is used as given (see the module docstring).
     """
     task = inp.task
-    device = resolve_device(inp.device)
+    device = inp.torch_device
     torch.manual_seed(inp.seed)  # the initial weights
     model = task.build("teacher")
     if params.weights:
@@ -141,4 +140,10 @@ def pretrained_output(task: Task, model: nn.Module, *, device: torch.device) -> 
     )
 
 
-SPEC = StageSpec(name="teacher", params=TeacherParams, run=train_teacher, needs_parent=False)
+SPEC = StageSpec(
+    name="teacher",
+    params=TeacherParams,
+    run=train_teacher,
+    needs_parent=False,
+    metrics=("val_accuracy", "params_total"),
+)

@@ -79,7 +79,7 @@ def execute_stage(
     from orchestrator.store.storage import open_storage
     from stages import get_stage
     from stages.base import StageInput
-    from stages.selfcheck import run_checked
+    from stages.runner import run_stage
     from stages.tasks import load_task
 
     _prepare_worker(request.sys_path, request.threads)
@@ -96,9 +96,10 @@ def execute_stage(
         device=request.device,
         seed=request.seed,
     )
-    # The stage's checkpoint must rebuild (from its bytes) into the model it computed;
-    # a SqueezerayError here is this stage's error row, and nothing is cached.
-    out, data = run_checked(spec, inp, params)
+    # The stage contract (parent, teacher, device, metrics) and the checkpoint round trip
+    # (its bytes rebuild into the model it computed): a SqueezerayError here is this
+    # stage's error row, and nothing is cached.
+    out, data = run_stage(spec, inp, params)
     wall_s, cpu_s = time.perf_counter() - wall0, time.process_time() - cpu0
     info: dict[str, Any] = {
         "key": request.key,

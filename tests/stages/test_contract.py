@@ -1,24 +1,28 @@
 """The shared stage contract, checked the same way for every registered stage (as Optuna runs
 every sampler through one suite): deterministic with a seed, never mutates its input, rejects
 out-of-range params with a message naming `stage.param` and the accepted range, returns a
-checkpoint that round-trips through `weights_only` bytes, and reports `val_accuracy`."""
+checkpoint that round-trips through `weights_only` bytes, and reports `val_accuracy`.
+
+The runner (`stages.runner.run_stage`) enforces what each StageSpec declares, for every
+stage: a missing parent or teacher and a quantized parent are refused naming the stage and
+the fix, before any work; the device is resolved once; promised metrics must be reported."""
 
 from __future__ import annotations
 
-import ast
 import copy
-from pathlib import Path
+from dataclasses import replace
 from typing import Any
 
 import pytest
 import torch
 
-import stages
 from stages import PIPELINE_ORDER, stage_registry
-from stages.base import StageInput, StageOutput
+from stages.base import StageInput, StageOutput, StageSpec
 from stages.checkpoint import ModelCheckpoint
+from stages.device import resolve_device
 from stages.errors import SqueezerayError
 from stages.rebuild import build_model
+from stages.runner import run_stage
 from stages.tasks import Task
 
 # Small but real params per stage, and one out-of-range value per stage with the range text.
@@ -85,7 +89,7 @@ def test_stage_contract(
     parent_before = snapshot(inp.parent) if inp.parent is not None else None
     recipe_before = copy.deepcopy(inp.parent.recipe) if inp.parent is not None else None
 
-    first = spec.run(inp, params)
+    first, data = run_stage(spec, inp, params)  # the contract: metrics, checkpoint round trip
     second = spec.run(inp, params)
 
     # Deterministic with a seed.
@@ -98,8 +102,10 @@ def test_stage_contract(
         assert inp.parent.state_dict.keys() == parent_before.keys()
         for k, v in parent_before.items():
             assert equal(inp.parent.state_dict[k], v), f"{stage} mutated {k}"
-    # Reports its own validation accuracy.
+    # Reports its own validation accuracy, and every metric its spec promises.
     assert 0.0 <= first.metrics["val_accuracy"] <= 1.0
+    assert "val_accuracy" in spec.metrics and set(spec.metrics) <= set(first.metrics)
+    assert data == first.checkpoint.to_bytes()
     # The checkpoint round-trips through weights_only bytes and rebuilds.
     restored = ModelCheckpoint.from_bytes(first.checkpoint.to_bytes())
     assert restored.recipe == first.checkpoint.recipe
@@ -129,14 +135,64 @@ def test_stage_rejects_unknown_params_with_a_suggestion(stage: str) -> None:
         spec.make_params({first + "x": 1})
 
 
-def test_stages_never_import_ray() -> None:
-    root = Path(stages.__file__).parent
-    for path in root.glob("*.py"):
-        tree = ast.parse(path.read_text())
-        for node in ast.walk(tree):
-            names: list[str] = []
-            if isinstance(node, ast.Import):
-                names = [a.name for a in node.names]
-            elif isinstance(node, ast.ImportFrom) and node.module:
-                names = [node.module]
-            assert not any(n == "ray" or n.startswith("ray.") for n in names), path.name
+def _refuses(spec: StageSpec[Any], inp: StageInput, params: Any, match: str) -> None:
+    """The runner refuses `inp` with a message matching `match`, before the stage runs."""
+
+    def must_not_run(_inp: StageInput, _params: Any) -> StageOutput:
+        raise AssertionError(f"stage {spec.name} ran on an input its contract refuses")
+
+    with pytest.raises(SqueezerayError, match=match):
+        run_stage(replace(spec, run=must_not_run), inp, params)
+
+
+@pytest.mark.parametrize("stage", PIPELINE_ORDER)
+def test_runner_refuses_what_the_spec_declares(
+    stage: str, digits: Task, digits_teacher: StageOutput, digits_student: StageOutput
+) -> None:
+    spec = stage_registry()[stage]
+    params = spec.make_params(CASES[stage]["params"])
+    no_parent = StageInput(task=digits, parent=None, teacher=digits_teacher.checkpoint)
+    if spec.needs_parent and not spec.teacher_as_parent:
+        _refuses(spec, no_parent, params, f"stage '{stage}' needs a parent checkpoint .*; put it")
+    if spec.teacher_as_parent:
+        _refuses(
+            spec,
+            replace(no_parent, teacher=None),
+            params,
+            f"stage '{stage}' needs a teacher checkpoint .*; put 'teacher' before",
+        )
+    if spec.float_parent_fix:
+        quantized = digits_student.checkpoint.with_recipe(quantize="dynamic_int8")
+        inp = StageInput(task=digits, parent=quantized, teacher=digits_teacher.checkpoint)
+        _refuses(spec, inp, params, f"stage '{stage}' needs a float model, .*already quantized")
+    if spec.needs_teacher is not None:
+        setting = spec.needs_teacher(params)
+        assert setting is not None, f"CASES[{stage!r}] should read the teacher"
+        inp = StageInput(task=digits, parent=digits_student.checkpoint)
+        _refuses(spec, inp, params, f"{setting} needs the teacher checkpoint")
+    # a bad device is refused before the stage runs too
+    inp = StageInput(
+        task=digits,
+        parent=digits_student.checkpoint,
+        teacher=digits_teacher.checkpoint,
+        device="tpu",
+    )
+    _refuses(spec, inp, params, "device='tpu' is not a device")
+
+
+def test_runner_resolves_the_device_and_checks_metrics(
+    digits: Task, digits_teacher: StageOutput
+) -> None:
+    seen: list[str] = []
+
+    def reports_nothing(inp: StageInput, _params: Any) -> StageOutput:
+        seen.append(inp.device)
+        return StageOutput(digits_teacher.checkpoint, {"val_accuracy": 0.5}, digits_teacher.model)
+
+    spec = replace(stage_registry()["export"], run=reports_nothing, metrics=("val_accuracy", "x"))
+    inp = StageInput(task=digits, parent=digits_teacher.checkpoint, device="auto")
+    with pytest.raises(SqueezerayError, match=r"stage 'export' did not report the metric.* x "):
+        run_stage(spec, inp, spec.make_params({}))
+    assert seen == [str(resolve_device("auto"))]
+    out, data = run_stage(replace(spec, metrics=("val_accuracy",)), inp, spec.make_params({}))
+    assert out.metrics == {"val_accuracy": 0.5} and ModelCheckpoint.from_bytes(data)

@@ -13,6 +13,7 @@ from stages.base import StageInput, StageOutput
 from stages.distill import SPEC, DistillParams, distill
 from stages.errors import SqueezerayError
 from stages.rebuild import build_model
+from stages.runner import run_stage
 from stages.tasks import Task
 from stages.training import accuracy
 from tests.stages.conftest import same_state, snapshot
@@ -97,12 +98,12 @@ def test_teacher_falls_back_to_stage_input_teacher(
 ) -> None:
     params = DistillParams(epochs=2)
     via_parent = distill(StageInput(task=digits, parent=digits_teacher.checkpoint), params)
-    via_teacher = distill(
-        StageInput(task=digits, parent=None, teacher=digits_teacher.checkpoint), params
+    via_teacher, _ = run_stage(
+        SPEC, StageInput(task=digits, parent=None, teacher=digits_teacher.checkpoint), params
     )
     assert same_state(via_parent.checkpoint, via_teacher.checkpoint)
-    with pytest.raises(SqueezerayError, match="needs a teacher checkpoint"):
-        distill(StageInput(task=digits, parent=None), params)
+    with pytest.raises(SqueezerayError, match="stage 'distill' needs a teacher checkpoint"):
+        run_stage(SPEC, StageInput(task=digits, parent=None), params)
 
 
 def test_spec() -> None:

@@ -12,6 +12,7 @@ from stages.finetune import SPEC, FinetuneParams, finetune
 from stages.masks import zero_masks
 from stages.prune import PruneParams, prune
 from stages.rebuild import build_model
+from stages.runner import run_stage
 from stages.tasks import Task
 from tests.stages.conftest import same_state, snapshot
 
@@ -56,6 +57,8 @@ def test_kd_and_ce_differ(digits: Task, digits_teacher: StageOutput, pruned: Sta
 
 def test_kd_without_teacher_raises(digits: Task, pruned: StageOutput) -> None:
     with pytest.raises(SqueezerayError, match=r"finetune\.mode='kd' needs the teacher"):
+        run_stage(SPEC, StageInput(task=digits, parent=pruned.checkpoint), FinetuneParams(epochs=1))
+    with pytest.raises(SqueezerayError, match="teacher"):  # called without the runner too
         finetune(StageInput(task=digits, parent=pruned.checkpoint), FinetuneParams(epochs=1))
     # CE needs no teacher
     out = finetune(

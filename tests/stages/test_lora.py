@@ -15,6 +15,7 @@ from stages.errors import SqueezerayError
 from stages.lora import SPEC, LoraParams, LoRAUpdate, inject_lora, lora, merge_lora
 from stages.lowrank import LowRankParams, lowrank
 from stages.rebuild import build_model
+from stages.runner import run_stage
 from stages.tasks import Task, load_task
 from stages.training import accuracy, fit
 
@@ -242,6 +243,8 @@ def test_after_lowrank_wraps_the_factors(task: Task, student: ModelCheckpoint) -
 def test_kd_mode_needs_and_uses_the_teacher(task: Task, student: ModelCheckpoint) -> None:
     params = LoraParams(rank=2, mode="kd", epochs=2)
     with pytest.raises(SqueezerayError, match=r"lora\.mode='kd' needs the teacher"):
+        run_stage(SPEC, StageInput(task=task, parent=student), params)
+    with pytest.raises(SqueezerayError, match="teacher"):  # called without the runner too
         lora(StageInput(task=task, parent=student), params)
     torch.manual_seed(0)
     teacher = _trained(task, task.build("teacher"), "teacher", epochs=3)
@@ -282,8 +285,11 @@ def test_determinism_and_parent_untouched(task: Task, masked: ModelCheckpoint) -
 def test_needs_a_float_parent(task: Task, student: ModelCheckpoint) -> None:
     with pytest.raises(SqueezerayError, match="parent"):
         lora(StageInput(task=task, parent=None), LoraParams(rank=2))
+    with pytest.raises(SqueezerayError, match="stage 'lora' needs a parent checkpoint"):
+        run_stage(SPEC, StageInput(task=task, parent=None), LoraParams(rank=2))
     with pytest.raises(SqueezerayError, match="before quantize"):
-        lora(
+        run_stage(
+            SPEC,
             StageInput(task=task, parent=student.with_recipe(quantize="static_int8")),
             LoraParams(rank=2),
         )

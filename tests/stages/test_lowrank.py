@@ -19,6 +19,7 @@ from stages.lowrank import (
     svd_factorize,
 )
 from stages.rebuild import build_model, factorize_layers
+from stages.runner import run_stage
 from stages.surgery import set_submodule
 from stages.tasks import Task, load_task
 from stages.training import accuracy, fit
@@ -249,4 +250,4 @@ def test_needs_a_float_parent(task: Task, student: ModelCheckpoint) -> None:
         lowrank(StageInput(task=task, parent=None), LowRankParams(rank_ratio=0.5))
     quantized = student.with_recipe(quantize="dynamic_int8")
     with pytest.raises(SqueezerayError, match="before quantize"):
-        lowrank(StageInput(task=task, parent=quantized), LowRankParams(rank_ratio=0.5))
+        run_stage(SPEC, StageInput(task=task, parent=quantized), LowRankParams(rank_ratio=0.5))

@@ -1,7 +1,7 @@
 """Pruning on layer kinds a user test found faults with: grouped convs + squeeze-excite,
 attention heads, LSTM/GRU, unstructured pruning of RNN models, lowrank after unstructured.
 
-Every stage runs through `stages.selfcheck.run_checked`, as in a sweep: its checkpoint must
+Every stage runs through `stages.runner.run_stage`, as in a sweep: its checkpoint must
 rebuild into the same function.
 """
 
@@ -22,7 +22,7 @@ from stages.lowrank import LowRankParams
 from stages.prune import SPEC as PRUNE
 from stages.prune import PruneParams
 from stages.rebuild import build_model
-from stages.selfcheck import run_checked
+from stages.runner import run_stage
 from stages.tasks import Task
 from tests.stages.transformer_task import TokenTransformer
 
@@ -102,7 +102,7 @@ def _parent(task: Task) -> ModelCheckpoint:
 
 
 def _run(task: Task, parent: ModelCheckpoint, **params: object) -> StageOutput:
-    out, _ = run_checked(PRUNE, StageInput(task=task, parent=parent), PruneParams(**params))  # type: ignore[arg-type]
+    out, _ = run_stage(PRUNE, StageInput(task=task, parent=parent), PruneParams(**params))  # type: ignore[arg-type]
     return out
 
 
@@ -214,7 +214,7 @@ class MLP(nn.Module):
 
 def _lowrank(task: Task, parent: ModelCheckpoint) -> StageOutput:
     params = LowRankParams(rank_ratio=0.25, min_features=4, epochs=1)
-    out, _ = run_checked(LOWRANK, StageInput(task=task, parent=parent), params)
+    out, _ = run_stage(LOWRANK, StageInput(task=task, parent=parent), params)
     return out
 
 

@@ -16,7 +16,8 @@ from stages.checkpoint import ModelCheckpoint
 from stages.errors import SqueezerayError
 from stages.prune import PruneParams, prune
 from stages.rebuild import build_model
-from stages.selfcheck import check_output, run_checked
+from stages.runner import run_stage
+from stages.selfcheck import check_output
 from stages.tasks import Task, load_task
 from stages.teacher import TeacherParams, train_teacher
 
@@ -36,7 +37,7 @@ def test_structured_pruning_of_depthwise_convs_round_trips(
 ) -> None:
     """The bug that started issue 12: a depthwise conv rebuilt with its old `groups`."""
     inp = StageInput(task=mobilenet, parent=mobilenet_teacher.checkpoint)
-    out, data = run_checked(stages.get_stage("prune"), inp, PruneParams(0.5, "structured"))
+    out, data = run_stage(stages.get_stage("prune"), inp, PruneParams(0.5, "structured"))
     rebuilt = build_model(mobilenet, ModelCheckpoint.from_bytes(data))
     depthwise = rebuilt.get_submodule("blocks.0.block.3")
     assert isinstance(depthwise, torch.nn.Conv2d)

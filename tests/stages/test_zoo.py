@@ -1,7 +1,7 @@
 """Every stage x every choice over the zoo of user-style models (issue 12 item 8).
 
 One case table, run over every model of `tests.zoo` (as PEFT runs one table over its models).
-Each case runs the stage the way a Ray stage task does (`stages.selfcheck.run_checked`: the
+Each case runs the stage the way a Ray stage task does (`stages.runner.run_stage`: the
 checkpoint is serialized, loaded `weights_only` and rebuilt, and must compute what the stage's
 model computes), then checks the metrics are honest: structured pruning shrinks
 `params_total`, unstructured pruning lowers `params_nonzero` at the same `params_total`, int8
@@ -25,7 +25,7 @@ from stages.checkpoint import ModelCheckpoint
 from stages.distill import DistillParams, distill
 from stages.errors import SqueezerayError
 from stages.metrics import count_params, evaluate, quantized_fraction
-from stages.selfcheck import run_checked
+from stages.runner import run_stage
 from stages.tasks import Task, load_task
 from stages.teacher import TeacherParams, train_teacher
 from tests.zoo import ZOO
@@ -137,10 +137,10 @@ def test_every_stage_and_choice_on_the_zoo(name: str, case: Case) -> None:
     refused = REFUSED.get((name, case.stage)) or REFUSED.get((name, case.id))
     if refused:
         with pytest.raises(SqueezerayError, match=refused):
-            run_checked(spec, inp, params)
+            run_stage(spec, inp, params)
         return
 
-    out, data = run_checked(spec, inp, params)  # checkpoint rebuilt from bytes == its model
+    out, data = run_stage(spec, inp, params)  # checkpoint rebuilt from bytes == its model
 
     assert 0.0 <= out.metrics["val_accuracy"] <= 1.0
     loaded = ModelCheckpoint.from_bytes(data)
