@@ -36,6 +36,7 @@ from stages.batches import Inputs, as_inputs, batch_size, forward_logits, to_dev
 from stages.checkpoint import from_model
 from stages.errors import SqueezerayError
 from stages.layers import weight_layer_summary as layer_summary
+from stages.masks import keep_mask
 from stages.rebuild import build_model
 from stages.training import accuracy, fit
 
@@ -176,7 +177,7 @@ def inject_lora(
     adapters: list[nn.Parameter] = []
     for _name, module, attr in targets:
         weight = getattr(module, attr)  # (out, in)
-        mask = (weight.detach() != 0).to(weight.dtype) if masked else None
+        mask = keep_mask(weight).to(weight.dtype) if masked else None
         update = LoRAUpdate(
             weight.shape[0],
             weight.shape[1],

@@ -10,7 +10,6 @@ weights.
 from __future__ import annotations
 
 import copy
-from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -21,6 +20,7 @@ from stages.checkpoint import from_model
 from stages.errors import SqueezerayError
 from stages.layers import restore_slow_path
 from stages.layers import weight_layer_summary as layer_summary
+from stages.masks import keep_masks, zero_masks
 from stages.rebuild import build_model
 from stages.surgery import set_submodule
 from stages.training import accuracy, fit
@@ -86,22 +86,6 @@ def svd_factorize(layer: nn.Linear, rank: int) -> nn.Sequential:
 
 def count_params(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
-
-
-def _keep_zeros(model: nn.Module) -> Callable[[], None]:
-    """Re-zeroing closure for a masked parent: the layers SVD left alone keep their zeros."""
-    masks = [
-        (module.weight, module.weight.detach() != 0)
-        for module in model.modules()
-        if isinstance(module, nn.Linear | nn.Conv1d | nn.Conv2d | nn.Conv3d)
-    ]
-
-    @torch.no_grad()
-    def apply() -> None:
-        for weight, mask in masks:
-            weight.mul_(mask)
-
-    return apply
 
 
 def lowrank(inp: StageInput, params: LowRankParams) -> StageOutput:
@@ -185,7 +169,8 @@ def lowrank(inp: StageInput, params: LowRankParams) -> StageOutput:
         "val_accuracy_svd": accuracy(model, task.val, device=device),
     }
     if params.epochs > 0:
-        keep = _keep_zeros(model) if parent.recipe.get("masked") else None
+        # a masked parent: the layers SVD left alone keep their zeros
+        keep = keep_masks(model, zero_masks(model)) if parent.recipe.get("masked") else None
         fit(
             model,
             task.train,

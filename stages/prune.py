@@ -50,6 +50,7 @@ from stages.errors import SqueezerayError
 from stages.layers import weight_layer_summary
 from stages.masks import (
     apply_masks,
+    keep_mask,
     keep_masks,
     layer_weight,
     param_counts,
@@ -242,7 +243,7 @@ def prune_to(model: nn.Module, ratio: float, *, method: str) -> None:
             f"prune.method={method!r}: the model has no Linear/Conv layers to prune"
         )
     for module in layers:
-        torch_prune.custom_from_mask(module, "weight", mask=layer_weight(module).detach() != 0)
+        torch_prune.custom_from_mask(module, "weight", mask=keep_mask(layer_weight(module)))
     if method == "global":
         total = sum(layer_weight(m).numel() for m in layers)
         zeros = sum(_pruned_count(m) for m in layers)

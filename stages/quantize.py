@@ -68,6 +68,7 @@ from stages.int8 import (
     rnn_state_to_tensors,
 )
 from stages.layers import weight_layer_summary
+from stages.masks import MaskedWeights, keep_mask, keep_zeros
 from stages.metrics import quantized_fraction
 from stages.names import FX_BACKEND, QUANTIZE_MODES
 from stages.onnxio import ort_quantize_dynamic, to_onnx_bytes
@@ -185,14 +186,9 @@ def _qat(
     seed: int,
 ) -> nn.Module:
     prepared = prepare_int8(model, "qat", task.example_input(2))
-    masks = _zero_masks(prepared, parent) if parent.recipe.get("masked") else {}
-
-    def keep_zeros() -> None:
-        with torch.no_grad():
-            for p, mask in masks.values():
-                p.mul_(mask)
-
-    keep_zeros()
+    masks = _parent_masks(prepared, parent) if parent.recipe.get("masked") else []
+    keep = keep_zeros(masks)
+    keep()
     with quiet_ao():
         fit(
             prepared,
@@ -203,20 +199,18 @@ def _qat(
             batch_size=QAT_BATCH_SIZE,
             device=torch.device("cpu"),
             seed=seed,
-            after_step=keep_zeros if masks else None,
+            after_step=keep if masks else None,
         )
     return convert_int8(prepared)
 
 
-def _zero_masks(
-    prepared: nn.Module, parent: ModelCheckpoint
-) -> dict[str, tuple[nn.Parameter, torch.Tensor]]:
-    """{name: (QAT parameter, 0/1 mask)} for parent weights with exact zeros, matched by name
-    (an eager-wrapped inner Linear `<name>.module.weight` matches the parent's `<name>.weight`)."""
+def _parent_masks(prepared: nn.Module, parent: ModelCheckpoint) -> MaskedWeights:
+    """(QAT parameter, keep-mask) for parent weights with exact zeros, matched by name (an
+    eager-wrapped inner Linear `<name>.module.weight` matches the parent's `<name>.weight`)."""
     from torch.ao.quantization import QuantWrapper
 
     wrapped = [n for n, m in prepared.named_modules() if isinstance(m, QuantWrapper)]
-    masks: dict[str, tuple[nn.Parameter, torch.Tensor]] = {}
+    masks: MaskedWeights = []
     for name, p in prepared.named_parameters():
         parent_name = name
         for w in wrapped:
@@ -228,9 +222,9 @@ def _zero_masks(
         saved = parent.state_dict.get(parent_name)
         if saved is None or saved.dim() < 2 or tuple(saved.shape) != tuple(p.shape):
             continue
-        mask = (saved != 0).to(p.dtype)
-        if bool((mask == 0).any()):
-            masks[name] = (p, mask)
+        mask = keep_mask(saved)
+        if not bool(mask.all()):
+            masks.append((p, mask))
     return masks
 
 
