@@ -1,8 +1,25 @@
 """squeezeray's compression stages: pure PyTorch, no Ray.
 
 Each stage module has one frozen params dataclass and one function, exposed as `SPEC` and
-listed by `stage_registry()` in pipeline order. The Task contract lives in `stages.tasks`;
-checkpoints in `stages.checkpoint` (rebuilt by `stages.rebuild`).
+listed by `stage_registry()` in pipeline order; every stage runs through one runner,
+`stages.runner.run_stage`, which enforces the contract its `SPEC` declares.
+
+Layout, bottom to top (a module imports only its own layer or below; checked by
+tests/test_import_graph.py):
+
+    errors, names, batches,      SqueezerayError; mode/runtime names; input/output forms;
+    models, attention, device,   demo models; MultiheadAttention as Linears; device choice;
+    layers                       Transformer fast path after layer swaps, layer summaries
+    tasks                        the Task contract and the built-in tasks
+    checkpoint, surgery,         the checkpoint data format; structured-pruning history;
+    onnxio, fingerprint          ONNX bytes and ORT int8; what a task's stage keys hash
+    base, int8                   StageInput/Output/Spec; torch int8 module structure
+    rebuild                      checkpoint -> module (replays pruning, low-rank, int8)
+    masks, runtime               keep pruned zeros (`keep_zeros`); a checkpoint's runtime
+    training, metrics            fit/accuracy/KD loss; size, params, latency
+    teacher ... export           the eight stages, own behaviour only
+    selfcheck, precheck          checkpoint round trip; stages that cannot apply, up front
+    runner                       the stage contract, for every stage
 
 `import stages` does not import torch (Tune trial coordinators import `stages.errors` and must
 stay light); the public names below load their modules on first access.

@@ -191,6 +191,42 @@ def test_stages_import_neither_ray_nor_orchestrator() -> None:
     assert not bad, "stages/ must stay pure PyTorch:\n" + "\n".join(bad)
 
 
+# stages/ bottom to top: a module imports only modules of its own layer or below.
+STAGES_LAYERS: tuple[tuple[str, ...], ...] = (
+    # leaves: errors, mode names, batch forms, demo models, layer kinds, device
+    ("errors", "names", "batches", "models", "attention", "device", "layers"),
+    ("tasks",),  # the Task contract
+    ("checkpoint", "surgery", "onnxio", "fingerprint"),  # data format, pruning history, ONNX
+    ("base", "int8"),  # the stage contract types; torch int8 structure
+    ("rebuild",),  # checkpoint -> model
+    ("masks", "runtime"),  # keep-zeros; a checkpoint in its deployment runtime
+    ("training", "metrics"),
+    ("teacher", "distill", "prune", "finetune", "lowrank", "lora", "quantize", "export"),
+    ("selfcheck", "precheck"),  # checks over stages: round trip; applicability up front
+    ("runner", "__init__"),  # the stage runner; the package's lazy public names
+)
+
+
+def test_stages_modules_import_only_their_layer_or_below() -> None:
+    known = modules()
+    layer_of = {
+        ("stages" if name == "__init__" else f"stages.{name}"): level
+        for level, names in enumerate(STAGES_LAYERS)
+        for name in names
+    }
+    ours = {name for name in known if name.split(".")[0] == "stages"}
+    assert ours <= set(layer_of), f"put {sorted(ours - set(layer_of))} in a layer of STAGES_LAYERS"
+    graph = import_graph(known)
+    upward = [
+        f"{name} (layer {layer_of[name]}) imports {dep} (layer {layer_of[dep]}) at "
+        f"{imp.path.relative_to(ROOT)}:{imp.line}"
+        for name in sorted(ours)
+        for dep, imp in graph[name].items()
+        if dep in layer_of and layer_of[dep] > layer_of[name]
+    ]
+    assert not upward, "stages/ imports against its layering:\n" + "\n".join(upward)
+
+
 def test_the_graph_sees_lazy_relative_and_submodule_imports(tmp_path: Path) -> None:
     """The builder itself, on a throwaway package: a cycle made only of a function-level
     import, a relative import and a `from pkg import submodule` is found and named."""
