@@ -282,16 +282,11 @@ def pareto(
     ] = None,
 ) -> None:
     """Query the Pareto front of stored results; csv/json without --output go to stdout."""
-    from orchestrator.query.frontview import FORMATS, build_front, empty_message, export_front
+    from orchestrator.query.frontview import build_front, empty_message
     from orchestrator.query.pareto import parse_objectives
     from orchestrator.store.results import load_results
 
-    if format not in FORMATS:
-        raise SqueezerayError(f"--format {format!r} is unknown; accepted: {', '.join(FORMATS)}")
-    if format == "parquet" and output is None:
-        raise SqueezerayError("--format parquet writes binary data; give --output FILE.parquet")
-    if plot is not None and plot.suffix.lower() not in (".png", ".html"):
-        raise SqueezerayError(f"--plot {str(plot)!r}: accepted file types: .png, .html")
+    _check_front_output(format, output, plot)
     chosen = parse_objectives(objectives)
     table = load_results(storage, sweep=sweep)
     view = build_front(table, chosen, where=where, top=top)
@@ -301,10 +296,28 @@ def pareto(
         console.print(f"plot: {plot_front(view.rows, chosen, plot)}", highlight=False)
     if view.front.num_rows == 0:
         console.print(empty_message(view), highlight=False, markup=False)
+    _write_front(view, format, output)
+
+
+def _check_front_output(format: str, output: Path | None, plot: Path | None) -> None:
+    """`pareto`'s --format, --output and --plot, checked before any results are read."""
+    from orchestrator.query.frontview import FORMATS
+
+    if format not in FORMATS:
+        raise SqueezerayError(f"--format {format!r} is unknown; accepted: {', '.join(FORMATS)}")
+    if format == "parquet" and output is None:
+        raise SqueezerayError("--format parquet writes binary data; give --output FILE.parquet")
+    if plot is not None and plot.suffix.lower() not in (".png", ".html"):
+        raise SqueezerayError(f"--plot {str(plot)!r}: accepted file types: .png, .html")
+
+
+def _write_front(view: Any, format: str, output: Path | None) -> None:
+    """The front as a rich table (nothing when it is empty) or csv/json/parquet, to `output`
+    or stdout."""
+    from orchestrator.query.frontview import export_front, show_front
+
     if format == "table":
         if view.front.num_rows:
-            from orchestrator.query.frontview import show_front
-
             if output is None:
                 show_front(view, out)
             else:
@@ -480,7 +493,7 @@ def export(
     that the written file scores the row's test accuracy.
 
     e.g. squeezeray export runs/ --where "accuracy >= 0.96" --pick size_bytes --output best/"""
-    from orchestrator.query.export import ARTIFACT, export_trial
+    from orchestrator.query.export import export_trial
 
     result = export_trial(
         storage,
@@ -491,6 +504,13 @@ def export(
         pick=pick,
         recompute=recompute,
     )
+    _print_export(result)
+
+
+def _print_export(result: Any) -> None:
+    """Where the trial went, each file's digest, and the re-check of the written model."""
+    from orchestrator.query.export import ARTIFACT
+
     card = result.card
     check = card["recheck"]
     out.print(
