@@ -34,6 +34,7 @@ from stages.checkpoint import ModelCheckpoint
 from stages.errors import SqueezerayError
 from stages.metrics import evaluate
 from stages.rebuild import build_model
+from stages.runner import run_stage
 from stages.tasks import Task, load_task
 
 # (chain name, [(stage, params)]); epochs are scaled by --epochs where a stage trains.
@@ -115,7 +116,8 @@ def _run_chain(
         row: dict[str, Any] = {"stage": stage, "params": values, "device": device}
         start = time.perf_counter()
         try:
-            out = spec.run(
+            out, _ = run_stage(  # as a sweep's stage task runs it: contract + round trip
+                spec,
                 StageInput(task=task, parent=parent, teacher=teacher, device=device, seed=0),
                 spec.make_params(values),
             )
@@ -175,10 +177,11 @@ def main(argv: list[str] | None = None) -> int:
         for device in devices:
             spec = get_stage("teacher")
             start = time.perf_counter()
-            teacher = spec.run(
+            teacher = run_stage(
+                spec,
                 StageInput(task=task, parent=None, device=device, seed=0),
                 spec.make_params({"epochs": args.teacher_epochs}),
-            ).checkpoint
+            )[0].checkpoint
             teacher_s = round(time.perf_counter() - start, 3)
             base = {"task": name, "device": device, "teacher_wall_s": teacher_s}
             base["teacher_test_accuracy"] = evaluate(task, teacher, latency=False).accuracy
