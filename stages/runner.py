@@ -15,8 +15,8 @@ after it returns:
 - the checkpoint round trip: its bytes load `weights_only` and rebuild into the model the
   stage computed (`stages.selfcheck.check_output`).
 
-The orchestrator's stage task (`orchestrator` `execute_stage`) calls `run_stage`, so a
-SqueezerayError raised here is that stage's error row and nothing is cached.
+The orchestrator's stage task (`orchestrator.engine.stage_tasks.execute_stage`) calls
+`run_stage`, so a SqueezerayError raised here is that stage's error row and nothing is cached.
 """
 
 from __future__ import annotations
