@@ -9,7 +9,7 @@ import tempfile
 import threading
 import time
 import uuid
-from datetime import datetime, timedelta, timezone
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -31,29 +31,13 @@ from orchestrator.store.results import (
 )
 from orchestrator.store.schema import RESULTS_SCHEMA
 from stages.errors import SqueezerayError
-
-T0 = datetime(2026, 1, 5, 2, 0, tzinfo=timezone.utc)
+from tests.rows import T0, result_row
 
 
 def _row(sweep: str, trial: str, minute: int, **values: Any) -> dict[str, Any]:
-    row: dict[str, Any] = {
-        "sweep_id": sweep,
-        "sweep_name": sweep,
-        "trial_id": trial,
-        "started_at": T0
-        + timedelta(days=int(sweep[1:]) if sweep[1:].isdigit() else 0)
-        + timedelta(minutes=minute),
-        "finished_at": T0 + timedelta(minutes=minute + 1),
-        "task": "digits",
-        "status": "ok",
-        "is_baseline": trial == "baseline",
-        "accuracy": 0.9 + minute / 1000,
-        "size_bytes": 1000 - minute,
-        "latency_ms": 0.05 + minute / 10_000,
-        "stage_keys": [f"k-{sweep}-{trial}"],
-    }
-    row.update(values)
-    return row
+    """A row of sweep `s<N>` starts N days after T0 (sweeps in order), `minute` into it."""
+    day = int(sweep[1:]) if sweep[1:].isdigit() else 0
+    return result_row(sweep, trial, minute, start=T0 + timedelta(days=day), **values)
 
 
 def _parts(storage: Path | str, sweep: str, table: str = "results") -> list[str]:

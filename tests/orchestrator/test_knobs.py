@@ -13,7 +13,7 @@ from typer.testing import CliRunner
 from orchestrator.cli import app
 from orchestrator.space.knobs import varying_knobs, with_knob_columns
 from orchestrator.store.results import append_results, load_results
-from tests.orchestrator.test_results import T0, make_rows
+from tests.rows import T0, make_rows
 
 runner = CliRunner()
 

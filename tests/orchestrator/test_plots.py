@@ -13,7 +13,7 @@ from orchestrator.query.pareto import DEFAULT_OBJECTIVES, pareto_front
 from orchestrator.query.plots import plot_front
 from orchestrator.store.schema import RESULTS_SCHEMA
 from stages.errors import SqueezerayError
-from tests.orchestrator.test_results import make_rows
+from tests.rows import make_rows
 
 
 @pytest.fixture(scope="module")

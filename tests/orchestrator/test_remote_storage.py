@@ -11,9 +11,8 @@ from __future__ import annotations
 import subprocess
 import sys
 import uuid
-from datetime import datetime, timedelta, timezone
+from datetime import timedelta
 from pathlib import Path
-from typing import Any
 
 import pytest
 
@@ -26,24 +25,7 @@ from orchestrator.store.results import (
     load_stages,
 )
 from orchestrator.store.storage import open_storage
-
-T0 = datetime(2026, 1, 5, 2, 0, tzinfo=timezone.utc)
-
-
-def _row(sweep: str, trial: str, minutes: int, **values: Any) -> dict[str, Any]:
-    row: dict[str, Any] = {
-        "sweep_id": sweep,
-        "sweep_name": sweep.split("-1")[0],
-        "trial_id": trial,
-        "started_at": T0 + timedelta(minutes=minutes),
-        "finished_at": T0 + timedelta(minutes=minutes + 1),
-        "task": "blobs",
-        "status": "ok",
-        "is_baseline": trial == "baseline",
-        "params": '{"prune.ratio": 0.5}' if trial != "baseline" else "{}",
-    }
-    row.update(values)
-    return row
+from tests.rows import T0, result_row
 
 
 @pytest.fixture
@@ -53,10 +35,10 @@ def memory_uri() -> str:
 
 def test_store_functions_on_an_fsspec_memory_filesystem(memory_uri: str) -> None:
     rows = [
-        _row("night-1", "baseline", 0, accuracy=0.99, size_bytes=1000, latency_ms=0.05),
-        _row("night-1", "t1", 1, accuracy=0.97, size_bytes=200, latency_ms=0.04),
-        _row("night-2", "baseline", 1440, accuracy=0.99, size_bytes=1000, latency_ms=0.05),
-        _row("night-2", "t1", 1441, accuracy=0.98, size_bytes=150, latency_ms=0.03),
+        result_row("night-1", "baseline", 0, accuracy=0.99, size_bytes=1000, latency_ms=0.05),
+        result_row("night-1", "t1", 1, accuracy=0.97, size_bytes=200, latency_ms=0.04),
+        result_row("night-2", "baseline", 1440, accuracy=0.99, size_bytes=1000, latency_ms=0.05),
+        result_row("night-2", "t1", 1441, accuracy=0.98, size_bytes=150, latency_ms=0.03),
     ]
     append_results(memory_uri, rows[:2])
     append_results(memory_uri, rows[2:])
@@ -101,7 +83,7 @@ def test_store_functions_on_an_fsspec_memory_filesystem(memory_uri: str) -> None
 
 def test_memory_filesystem_is_per_process(memory_uri: str) -> None:
     """Why a real sweep cannot use memory://: another process sees an empty filesystem."""
-    append_results(memory_uri, [_row("s", "t1", 0, accuracy=0.9)])
+    append_results(memory_uri, [result_row("s", "t1", 0, accuracy=0.9)])
     assert load_results(memory_uri).num_rows == 1
     code = (
         "import sys\n"

@@ -6,7 +6,6 @@ marked `slow`; the rest run without Ray.
 
 from __future__ import annotations
 
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
@@ -15,23 +14,7 @@ import pytest
 from orchestrator.engine.sweep import prepare_sweep
 from orchestrator.store.results import append_results, load_results
 from stages.errors import SqueezerayError
-
-T0 = datetime(2026, 1, 5, 2, 0, tzinfo=timezone.utc)
-
-
-def _row(sweep: str, trial: str, **values: Any) -> dict[str, Any]:
-    row: dict[str, Any] = {
-        "sweep_id": sweep,
-        "trial_id": trial,
-        "started_at": T0,
-        "finished_at": T0,
-        "task": "blobs",
-        "status": "ok",
-        "is_baseline": trial == "baseline",
-    }
-    row.update(values)
-    return row
-
+from tests.rows import result_row
 
 # --- fault 7: sweep ids that a hive reader takes for numbers or dates ------------------------
 
@@ -56,7 +39,7 @@ def test_sweep_ids_read_as_numbers_or_dates_are_refused_before_ray(
     assert not (tmp_path / "runs").exists()  # nothing written
     # The store itself refuses to write such a partition (the Python API path).
     with pytest.raises(SqueezerayError, match=f"sweep_id {sweep_id!r}"):
-        append_results(tmp_path / "api", [_row(sweep_id, "t1")])
+        append_results(tmp_path / "api", [result_row(sweep_id, "t1")])
 
 
 def test_every_accepted_sweep_id_reads_back_unchanged_through_pandas_and_duckdb(
@@ -69,7 +52,7 @@ def test_every_accepted_sweep_id_reads_back_unchanged_through_pandas_and_duckdb(
     for sweep_id in CANDIDATE_IDS:
         storage = tmp_path / f"s{len(accepted)}-{abs(hash(sweep_id))}"
         try:
-            append_results(storage, [_row(sweep_id, "t1", accuracy=0.5)])
+            append_results(storage, [result_row(sweep_id, "t1", accuracy=0.5)])
         except SqueezerayError:
             continue
         accepted.append(sweep_id)
@@ -102,16 +85,19 @@ def test_warm_start_constraint_values_come_from_the_stored_rows() -> None:
 
     space = load_space("tiny").with_overrides(algorithm="optuna")
     space = dataclasses.replace(space, constraints=(Constraint("params_nonzero", "<=", 100.0),))
-    objectives = {"accuracy": 0.97, "val_accuracy": 0.96, "size_bytes": 4000, "latency_ms": 0.05}
+    # Rows of the space's task (rows of another task are not warm starts), equal scores.
+    same: dict[str, Any] = {"task": "blobs", "accuracy": 0.97, "val_accuracy": 0.96}
+    same.update(size_bytes=4000, latency_ms=0.05)
+
+    def knobs(ratio: float, mode: str) -> str:
+        return json.dumps({"prune.ratio": ratio, "quantize.mode": mode})
+
     rows = [
-        _row("night-1", "t1", params=json.dumps({"prune.ratio": 0.3, "quantize.mode": "none"}),
-             params_nonzero=1007, **objectives),
-        _row("night-1", "t2", params=json.dumps({"prune.ratio": 0.6, "quantize.mode": "none"}),
-             params_nonzero=1690, **objectives),
+        result_row("night-1", "t1", params=knobs(0.3, "none"), params_nonzero=1007, **same),
+        result_row("night-1", "t2", params=knobs(0.6, "none"), params_nonzero=1690, **same),
         # No params_nonzero stored: not known to meet the constraint, so not a warm-start point.
-        _row("night-1", "t3", params=json.dumps({"prune.ratio": 0.3, "quantize.mode":
-             "dynamic_int8"}), **objectives),
-    ]  # fmt: skip
+        result_row("night-1", "t3", params=knobs(0.3, "dynamic_int8"), **same),
+    ]
     warm = warm_start_from(rows_to_table(rows, RESULTS_SCHEMA), space)
     assert warm is not None
     points, rewards, constraint_values = warm

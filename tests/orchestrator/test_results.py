@@ -2,12 +2,9 @@
 
 from __future__ import annotations
 
-import json
 import os
-import random
-from datetime import datetime, timedelta, timezone
+from datetime import timedelta
 from pathlib import Path
-from typing import Any
 
 import pyarrow as pa
 import pytest
@@ -23,94 +20,7 @@ from orchestrator.store.results import (
 )
 from orchestrator.store.schema import RESULTS_SCHEMA
 from stages.errors import SqueezerayError
-
-T0 = datetime(2025, 3, 1, 9, 0, tzinfo=timezone.utc)
-
-
-def make_rows(
-    sweep_id: str,
-    n: int = 24,
-    *,
-    seed: int = 0,
-    start: datetime = T0,
-    task: str = "digits",
-    failures: int = 2,
-) -> list[dict[str, Any]]:
-    """A sweep's rows with digits-like values: one baseline, `n` trials, some of them failed.
-
-    Accuracy falls with the prune ratio, size shrinks with pruning and int8, latency depends on
-    the runtime: a front of a handful of trials, like a real sweep.
-    """
-    rng = random.Random(seed)
-    rows: list[dict[str, Any]] = [
-        {
-            "sweep_id": sweep_id,
-            "sweep_name": sweep_id.split("-")[0],
-            "trial_id": "baseline",
-            "started_at": start,
-            "finished_at": start + timedelta(seconds=3),
-            "task": task,
-            "status": "ok",
-            "is_baseline": True,
-            "runtime": "eager",
-            "accuracy": 0.9722,
-            "size_bytes": 189_700,
-            "params_total": 50_826,
-            "params_nonzero": 50_826,
-            "latency_ms": 0.026,
-            "latency_ms_p90": 0.029,
-            "wall_s": 2.1,
-            "code_version": "test",
-        }
-    ]
-    for i in range(n):
-        ratio = round(rng.uniform(0.0, 0.9), 3)
-        method = rng.choice(["l1_unstructured", "global", "structured"])
-        mode = rng.choice(["none", "dynamic_int8", "static_int8"])
-        runtime = rng.choice(["eager", "torchscript", "onnxruntime"])
-        rank = rng.choice([0, 2, 4, 8])
-        size = int(25_600 * (1 - 0.6 * ratio) * (0.3 if mode != "none" else 1.0))
-        latency = {"eager": 0.023, "torchscript": 0.0125, "onnxruntime": 0.0063}[runtime]
-        row: dict[str, Any] = {
-            "sweep_id": sweep_id,
-            "sweep_name": sweep_id.split("-")[0],
-            "trial_id": f"t{i:03d}",
-            "started_at": start + timedelta(seconds=5 + i),
-            "finished_at": start + timedelta(seconds=8 + i),
-            "task": task,
-            "status": "ok",
-            "is_baseline": False,
-            "feasible": True,
-            "runtime": runtime,
-            "distill.temperature": rng.choice([1.0, 2.0, 4.0, 8.0]),
-            "distill.alpha": rng.choice([0.3, 0.5, 0.7]),
-            "prune.ratio": ratio,
-            "prune.method": method,
-            "lora.rank": rank,
-            "quantize.mode": mode,
-            "params": json.dumps({"prune.ratio": ratio, "prune.method": method}),
-            "accuracy": round(
-                0.975 - 0.06 * ratio**2 - (0.004 if mode != "none" else 0) + rng.gauss(0, 0.003), 4
-            ),
-            "size_bytes": size,
-            "params_total": 2_410,
-            "params_nonzero": int(2_410 * (1 - ratio)),
-            "latency_ms": round(latency * rng.uniform(0.9, 1.1), 5),
-            "latency_ms_p90": round(latency * 1.2, 5),
-            "wall_s": round(rng.uniform(1, 4), 2),
-            "stage_keys": [f"teacher-{seed}", f"distill-{i % 3}", f"prune-{i}"],
-            "code_version": "test",
-        }
-        if i < failures:
-            row.update(
-                status="error",
-                error="RuntimeError: boom",
-                accuracy=None,
-                size_bytes=None,
-                latency_ms=None,
-            )
-        rows.append(row)
-    return rows
+from tests.rows import T0, make_rows
 
 
 @pytest.fixture
