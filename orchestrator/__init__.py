@@ -24,7 +24,8 @@ if TYPE_CHECKING:
     from orchestrator.engine.sweep import run_sweep
     from orchestrator.query.export import export_trial, load_model
     from orchestrator.query.pareto import hypervolume, non_dominated_rank, pareto_front
-    from orchestrator.space.config import SearchSpace, load_space
+    from orchestrator.space.config import load_space
+    from orchestrator.space.model import SearchSpace
     from orchestrator.space.options import SweepOptions
     from orchestrator.store.results import list_sweeps, load_results, load_stages
 
@@ -39,7 +40,7 @@ _LAZY = {
     "load_space": "orchestrator.space.config",
     "load_model": "orchestrator.query.export",
     "export_trial": "orchestrator.query.export",
-    "SearchSpace": "orchestrator.space.config",
+    "SearchSpace": "orchestrator.space.model",
     "SweepOptions": "orchestrator.space.options",
 }
 

@@ -152,7 +152,7 @@ def _sweep_options(params: dict[str, Any]) -> Any:
 
 def _duration(flag: str, text: str) -> float:
     """`text` ("30m", "90s") in seconds; SqueezerayError names `flag`."""
-    from orchestrator.space.config import parse_duration
+    from orchestrator.space.checks import parse_duration
 
     try:
         return parse_duration(text)
@@ -218,7 +218,7 @@ def sweep(
         raise typer.Exit(outcome.summary.exit_code)
 
 
-# --- validate (orchestrator.space.config) ---------------------------------------------------------
+# --- validate (orchestrator.space) ---------------------------------------------------------------
 
 
 @app.command()
@@ -237,7 +237,8 @@ def validate(
     ] = None,
 ) -> None:
     """Check a search space (YAML, stages, ranges, task) without starting Ray; print a summary."""
-    from orchestrator.space.config import check_stages_apply_to_task, load_space
+    from orchestrator.space.config import load_space
+    from orchestrator.space.parse import check_stages_apply_to_task
 
     loaded = load_space(space, check_task=task is None)
     if task is not None:

@@ -9,7 +9,7 @@ from typing import Any
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from orchestrator.space.config import SearchSpace
+from orchestrator.space.model import SearchSpace
 
 
 class SweepProgress:

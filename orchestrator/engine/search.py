@@ -7,8 +7,8 @@ import time
 from typing import Any
 
 from orchestrator.space.coherence import grid_points
-from orchestrator.space.config import Distribution, SearchSpace
 from orchestrator.space.constraints import violations
+from orchestrator.space.model import Distribution, SearchSpace
 
 FAILED_STATUSES = ("error", "timeout", "stopped")
 

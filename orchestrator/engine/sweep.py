@@ -33,14 +33,11 @@ from pathlib import Path
 from typing import Any
 
 from orchestrator.engine.pipeline import SweepPlan
-from orchestrator.space.config import (
-    SearchSpace,
-    check_stages_apply_to_task,
-    load_space,
-    parse_space_text,
-)
+from orchestrator.space.config import load_space, parse_space_text
 from orchestrator.space.config import space_text as config_space_text
+from orchestrator.space.model import SearchSpace
 from orchestrator.space.options import FLAGS, PLACEMENT, SweepOptions
+from orchestrator.space.parse import check_stages_apply_to_task
 from orchestrator.store.rows import now, trial_row
 from orchestrator.store.storage import Storage, open_storage, tune_storage
 from stages.errors import SqueezerayError
@@ -333,7 +330,7 @@ def _with_teacher_weights(
     import dataclasses
     import hashlib
 
-    from orchestrator.space.config import Distribution
+    from orchestrator.space.model import Distribution
     from stages.teacher import load_weights
 
     given = space.params.get("teacher.weights")

@@ -31,7 +31,7 @@ from orchestrator.engine.sweep import (
     sweep_options,
 )
 from orchestrator.query.report import NightlyReport, Thresholds, build_report, write_report
-from orchestrator.space.config import Distribution, SearchSpace
+from orchestrator.space.model import Distribution, SearchSpace
 from orchestrator.space.options import SweepOptions
 from orchestrator.store.lock import DEFAULT_TIMEOUT_S, storage_lock
 from stages.errors import SqueezerayError

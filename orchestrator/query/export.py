@@ -173,7 +173,7 @@ def _ok_trials_matching(table: pa.Table, where: str | None) -> pa.Table:
 def _best_by_pick(candidates: pa.Table, pick: str, directions: Mapping[str, str]) -> dict[str, Any]:
     """The candidate best on `pick`'s selection column (validation for accuracy); ties go to
     the smallest trial id."""
-    from orchestrator.space.config import selection_column
+    from orchestrator.space.metrics import selection_column
 
     column, direction = parse_pick(pick, directions)
     column = selection_column(column, candidates.column_names)

@@ -109,7 +109,7 @@ def resolve_objectives(objectives: Mapping[str, str], table: pa.Table) -> dict[s
     front is never chosen on the test split. Tables written before squeezeray recorded
     validation accuracy (the column absent, or null in every row) use the metric itself.
     """
-    from orchestrator.space.config import selection_column
+    from orchestrator.space.metrics import selection_column
 
     out: dict[str, str] = {}
     for name, direction in objectives.items():

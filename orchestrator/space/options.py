@@ -126,7 +126,7 @@ class SweepOptions:
 
 
 def _seconds(flag: str, value: str | float | None) -> float | None:
-    from orchestrator.space.config import parse_duration
+    from orchestrator.space.checks import parse_duration
 
     if value is None:
         return None

@@ -20,7 +20,7 @@ KNOB_COLUMNS: dict[str, pa.DataType] = {
 
 # Objectives a search may name, with their natural direction. `accuracy` is the test split
 # (reported only); `val_accuracy` the validation split, which the search, constraints, early
-# stopping and the default front use (`orchestrator.space.config.selection_column`).
+# stopping and the default front use (`orchestrator.space.metrics.selection_column`).
 METRIC_COLUMNS: dict[str, pa.DataType] = {
     "accuracy": pa.float64(),
     "val_accuracy": pa.float64(),

@@ -1,5 +1,6 @@
-"""Search-space parsing and validation (orchestrator.space.config): good spaces load, bad ones stop
-with a SqueezerayError naming the file, the key and the value, and nothing imports ray."""
+"""Search-space parsing and validation (orchestrator.space: config, parse, params, model): good
+spaces load, bad ones stop with a SqueezerayError naming the file, the key and the value, and
+nothing imports ray."""
 
 from __future__ import annotations
 
@@ -12,16 +13,11 @@ from typing import Any
 import pytest
 import yaml
 
-from orchestrator.space.config import (
-    METRICS,
-    Constraint,
-    Distribution,
-    SearchSpace,
-    load_space,
-    packaged_space_path,
-    parse_duration,
-    parse_space,
-)
+from orchestrator.space.checks import parse_duration
+from orchestrator.space.config import load_space, packaged_space_path
+from orchestrator.space.metrics import METRICS
+from orchestrator.space.model import Constraint, Distribution, SearchSpace
+from orchestrator.space.parse import parse_space
 from stages import get_stage
 from stages.errors import SqueezerayError
 

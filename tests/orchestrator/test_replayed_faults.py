@@ -80,7 +80,8 @@ def test_warm_start_constraint_values_come_from_the_stored_rows() -> None:
 
     from orchestrator.engine.search import make_search
     from orchestrator.nightly.run import warm_start_from
-    from orchestrator.space.config import Constraint, load_space
+    from orchestrator.space.config import load_space
+    from orchestrator.space.model import Constraint
     from orchestrator.store.results import rows_to_table
     from orchestrator.store.schema import RESULTS_SCHEMA
 

@@ -10,7 +10,8 @@ import pytest
 
 from orchestrator.engine.runtime import LATENCY_RESOURCE, ClusterInfo, latency_resources
 from orchestrator.engine.sweep import execute_sweep, prepare_sweep, stage_task_options
-from orchestrator.space.config import Constraint, load_space
+from orchestrator.space.config import load_space
+from orchestrator.space.model import Constraint
 from stages.device import resolve_device
 from stages.errors import SqueezerayError
 

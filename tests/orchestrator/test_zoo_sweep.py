@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from orchestrator.engine.sweep import execute_sweep, prepare_sweep
-from orchestrator.space.config import parse_space
+from orchestrator.space.parse import parse_space
 
 pytestmark = [pytest.mark.usefixtures("ray_session"), pytest.mark.slow]
 

@@ -137,7 +137,7 @@ def test_two_input_task_loads_and_a_wrong_arity_names_the_call() -> None:
 
 
 def test_config_refuses_a_bad_user_task_before_ray_with_the_rule() -> None:
-    from orchestrator.space.config import parse_space
+    from orchestrator.space.parse import parse_space
 
     with pytest.raises(SqueezerayError, match="x of type str"):
         parse_space(
