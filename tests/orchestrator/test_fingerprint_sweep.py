@@ -1,6 +1,8 @@
 """The task fingerprint in stage keys, end to end: a user edits their task file and runs
 `squeezeray sweep` again on the same storage, as users do (a new process each time, so the
-edited module is imported afresh).
+edited module is imported afresh). The runs join the test session's Ray (`--address`) rather
+than each starting its own: each run is a new Ray job, and Ray never lends one job's worker
+processes to another, so the stages import the edited module afresh too.
 
 Editing the teacher's width or one training label retrains the teacher (a new teacher row in
 the stages table); running the unchanged task again loads every stage from the cache.
@@ -64,7 +66,7 @@ latency: {warmup: 1, repeats: 3}
 """
 
 
-def _sweep(tmp_path: Path, sweep_id: str) -> dict[str, int]:
+def _sweep(tmp_path: Path, sweep_id: str, address: str) -> dict[str, int]:
     env = {
         **os.environ,
         "PYTHONPATH": str(tmp_path),
@@ -80,8 +82,8 @@ def _sweep(tmp_path: Path, sweep_id: str) -> dict[str, int]:
             str(tmp_path / "runs"),
             "--sweep-id",
             sweep_id,
-            "--num-cpus",
-            "1",
+            "--address",
+            address,
         ],
         env=env,
         cwd=tmp_path,
@@ -100,18 +102,26 @@ def _sweep(tmp_path: Path, sweep_id: str) -> dict[str, int]:
     return counts
 
 
+@pytest.fixture
+def address(ray_session: None) -> str:
+    """The session Ray's GCS address, for CLI runs in other processes to join."""
+    import ray
+
+    return str(ray.get_runtime_context().gcs_address)
+
+
 def test_edited_model_or_label_retrains_the_teacher_unchanged_task_loads_it(
-    tmp_path: Path,
+    tmp_path: Path, address: str
 ) -> None:
     module = tmp_path / "sq_fp_task.py"
     module.write_text(textwrap.dedent(TASK))
     (tmp_path / "space.yaml").write_text(SPACE)
 
-    assert _sweep(tmp_path, "first") == {"teacher": 1, "distill": 1}
-    assert _sweep(tmp_path, "unchanged") == {}  # everything loaded from the cache
+    assert _sweep(tmp_path, "first", address) == {"teacher": 1, "distill": 1}
+    assert _sweep(tmp_path, "unchanged", address) == {}  # everything loaded from the cache
 
     module.write_text(textwrap.dedent(TASK).replace("WIDTH = 16", "WIDTH = 17"))
-    assert _sweep(tmp_path, "wider").get("teacher") == 1
+    assert _sweep(tmp_path, "wider", address).get("teacher") == 1
 
     module.write_text(textwrap.dedent(TASK).replace("FLIP = False", "FLIP = True"))
-    assert _sweep(tmp_path, "label").get("teacher") == 1
+    assert _sweep(tmp_path, "label", address).get("teacher") == 1
