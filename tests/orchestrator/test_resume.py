@@ -240,15 +240,17 @@ def test_sigkilled_driver_resumes_with_every_trial_once(tmp_path: Path, cleanup:
 
 @pytest.mark.slow
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["ctrl-c", "sigterm"])
-def test_interrupt_prints_the_resume_command_which_finishes_the_sweep(
+def test_interrupt_prints_the_resume_command_which_finishes_the_sweep_within_its_budget(
     tmp_path: Path, cleanup: list[int], sig: signal.Signals
 ) -> None:
+    """A sweep with a time budget is interrupted; its message is the resume command, which
+    runs as printed. The manifest keeps the budget spent so far; the resumed run gets what
+    is left of it (from its own clock) and launches the trials still to run."""
     space = tmp_path / "space.yaml"
     space.write_text(SPACE)
     storage = tmp_path / "results"
-    run = _Run(
-        tmp_path, "first", ["sweep", str(space), "--storage", str(storage), "--sweep-id", "s1"]
-    )
+    args = ["sweep", str(space), "--storage", str(storage), "--sweep-id", "s1"]
+    run = _Run(tmp_path, "first", [*args, "--time-budget", "900s"])
     cleanup.append(run.proc.pid)
     _wait_for_trials(run, storage, 1)
     run.proc.send_signal(sig)
@@ -262,7 +264,12 @@ def test_interrupt_prints_the_resume_command_which_finishes_the_sweep(
     assert command[1:] == [
         "sweep", "--resume", "--sweep-id", "s1", "--storage", str(storage.resolve()),
     ]  # fmt: skip
-    assert read_manifest(open_storage(storage), "s1")["status"] == "interrupted"
+    assert shlex.split(resume_command(open_storage(storage), "s1")) == command
+    manifest = read_manifest(open_storage(storage), "s1")
+    spent = manifest["budget_elapsed_s"]
+    assert manifest["status"] == "interrupted" and 0 < spent < 900
+    assert manifest["options"]["time_budget_s"] == 900.0
+    assert len(_trial_rows(storage)) < TRIALS
     # The driver exited normally, so Ray's own shutdown stopped every process it started.
     assert _reap_session(run.proc.pid, grace_s=30) == {}
     if sig == signal.SIGTERM:
@@ -272,7 +279,9 @@ def test_interrupt_prints_the_resume_command_which_finishes_the_sweep(
     cleanup.append(resume.proc.pid)
     assert resume.wait(timeout=300) == 0, resume.output
     _check_complete(storage, "s1")
-    assert read_manifest(open_storage(storage), "s1")["status"] == "finished"
+    manifest = read_manifest(open_storage(storage), "s1")
+    assert manifest["status"] == "finished" and manifest["budget_elapsed_s"] > spent
+    assert "all trials done" in " ".join(resume.output.split()), resume.output
 
 
 # --- in-process ---------------------------------------------------------------------------------
@@ -417,38 +426,6 @@ def test_results_writer_does_not_write_a_replayed_trial_twice(tmp_path: Path) ->
     rows = load_results(str(tmp_path)).to_pylist()
     assert [r["trial_id"] for r in rows] == ["new"]
     assert events[-1][1]["counts"]["ok"] == 2
-
-
-@pytest.mark.slow
-def test_interrupted_time_budget_resumes_with_the_remainder_and_finishes(
-    tmp_path: Path, cleanup: list[int]
-) -> None:
-    """The manifest keeps the budget spent so far; the resumed run gets what is left of it
-    (from its own clock) and launches the trials still to run."""
-    space = tmp_path / "space.yaml"
-    space.write_text(SPACE)
-    storage = tmp_path / "results"
-    args = ["sweep", str(space), "--storage", str(storage), "--sweep-id", "b1"]
-    run = _Run(tmp_path, "first", [*args, "--time-budget", "900s"])
-    cleanup.append(run.proc.pid)
-    _wait_for_trials(run, storage, 1)
-    run.proc.send_signal(signal.SIGINT)
-    assert run.wait(timeout=120) == 2, run.output
-    manifest = read_manifest(open_storage(storage), "b1")
-    spent = manifest["budget_elapsed_s"]
-    assert manifest["status"] == "interrupted" and 0 < spent < 900
-    assert manifest["options"]["time_budget_s"] == 900.0
-    first_rows = len(_trial_rows(storage))
-    assert first_rows < TRIALS
-
-    command = shlex.split(resume_command(open_storage(storage), "b1"))
-    resume = _Run(tmp_path, "resume", command[1:])
-    cleanup.append(resume.proc.pid)
-    assert resume.wait(timeout=300) == 0, resume.output
-    _check_complete(storage, "b1")
-    manifest = read_manifest(open_storage(storage), "b1")
-    assert manifest["status"] == "finished" and manifest["budget_elapsed_s"] > spent
-    assert "all trials done" in " ".join(resume.output.split()), resume.output
 
 
 def test_a_restored_search_reads_this_process_deadline() -> None:
