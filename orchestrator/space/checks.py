@@ -79,6 +79,14 @@ def short(value: Any, limit: int = 80) -> str:
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
+def check_duration(source: str, key: str, value: Any) -> float:
+    """`parse_duration` whose error names the file and the key (or flag)."""
+    try:
+        return parse_duration(value)
+    except SqueezerayError as exc:
+        raise SqueezerayError(f"{source}: {key}: {exc}") from exc
+
+
 def parse_duration(text: str | float) -> float:
     """ "30m", "90s", "2h", "1h30m", "1.5h", "1d" or a plain number of seconds -> seconds (> 0)."""
     accepted = "a duration > 0 such as 90s, 30m, 2h, 1h30m (or a number of seconds)"

@@ -14,7 +14,14 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from orchestrator.space.checks import check_choice, check_int, did_you_mean, fail, fmt_list
+from orchestrator.space.checks import (
+    check_choice,
+    check_duration,
+    check_int,
+    did_you_mean,
+    fail,
+    fmt_list,
+)
 from orchestrator.space.metrics import METRICS, VALIDATION_PREFIX, selection_column, unknown_metric
 from stages.errors import SqueezerayError
 
@@ -219,15 +226,8 @@ class SearchSpace:
         if seed is not None:
             search = dataclasses.replace(search, seed=check_int(self.source, "--seed", seed, low=0))
         if time_budget_s is not None:
-            if isinstance(time_budget_s, bool) or not isinstance(time_budget_s, int | float):
-                fail(self.source, "--time-budget", f"{time_budget_s!r} is not a number of seconds")
-            if not math.isfinite(time_budget_s) or time_budget_s <= 0:
-                fail(
-                    self.source,
-                    "--time-budget",
-                    f"{time_budget_s!r} s is out of range; accepted: a duration > 0",
-                )
-            search = dataclasses.replace(search, time_budget_s=float(time_budget_s))
+            seconds = check_duration(self.source, "--time-budget", time_budget_s)
+            search = dataclasses.replace(search, time_budget_s=seconds)
         if algorithm is not None:
             algo = check_choice(self.source, "--algorithm", algorithm, ALGORITHMS)
             search = dataclasses.replace(search, algorithm=algo)

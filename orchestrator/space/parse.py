@@ -14,13 +14,13 @@ from typing import Any
 
 from orchestrator.space.checks import (
     check_choice,
+    check_duration,
     check_int,
     check_keys,
     check_section,
     did_you_mean,
     fail,
     fmt_list,
-    parse_duration,
     short,
 )
 from orchestrator.space.metrics import DIRECTIONS, check_metric, selection_column
@@ -243,12 +243,7 @@ def _parse_search(source: str, raw: Any) -> SearchSettings:
         source, "search.sampler", "tpe" if sampler is None else sampler, SAMPLERS
     )
     budget = raw.get("time_budget")
-    budget_s = None
-    if budget is not None:
-        try:
-            budget_s = parse_duration(budget)
-        except SqueezerayError as exc:
-            raise SqueezerayError(f"{source}: search.time_budget: {exc}") from exc
+    budget_s = None if budget is None else check_duration(source, "search.time_budget", budget)
     return SearchSettings(
         algorithm=algorithm,
         trials=trials,

@@ -324,8 +324,10 @@ def test_with_overrides_revalidates() -> None:
         space.with_overrides(trials=0)
     with pytest.raises(SqueezerayError, match=r"--task.*'digit'"):
         space.with_overrides(task="digit")
-    with pytest.raises(SqueezerayError, match="--time-budget"):
+    with pytest.raises(SqueezerayError, match=r"--time-budget: -1.0 .*accepted: a duration > 0"):
         space.with_overrides(time_budget_s=-1.0)
+    with pytest.raises(SqueezerayError, match=r"--time-budget: True is not a duration"):
+        space.with_overrides(time_budget_s=True)  # type: ignore[arg-type]
     assert space.with_overrides(algorithm="grid").search.algorithm == "grid"  # tiny: choices
     with pytest.raises(SqueezerayError, match=r"params\.prune\.ratio.*grid"):
         load_space("default").with_overrides(algorithm="grid")
