@@ -273,10 +273,12 @@ class RoundsLatency:
     """One model's latency over interleaved rounds (`interleaved_latency`), in milliseconds.
 
     median_ms: the median over rounds of each round's median call time; p90_ms: the 90th
-    percentile of every timed call of every round; cv: stdev / mean of the round medians (the
-    spread between rounds); speedup: the median over rounds of reference / this model's round
-    median (paired per round, so a slow spell of the machine that hits both cancels out; 1.0
-    for the reference itself); round_medians_ms: each round's median.
+    percentile of every timed call of every round; cv: the robust coefficient of variation of
+    the round medians (`robust_cv`: scaled median absolute deviation / median, so one round in
+    a slow spell of the machine does not flag a steady model); speedup: the median over rounds
+    of reference / this model's round median (paired per round, so a slow spell of the machine
+    that hits both cancels out; 1.0 for the reference itself); round_medians_ms: each round's
+    median.
     """
 
     median_ms: float
@@ -286,6 +288,17 @@ class RoundsLatency:
     rounds: int
     round_medians_ms: tuple[float, ...]
     runtime: str
+
+
+def robust_cv(values: np.ndarray) -> float:
+    """The spread of `values` relative to their median: 1.4826 * MAD / median (the median
+    absolute deviation scaled to estimate the standard deviation of normal data; Rousseeuw &
+    Croux 1993). Unlike stdev / mean, one outlier among >= 3 values barely moves it. 0.0 for a
+    median of 0."""
+    median = float(np.median(values))
+    if median <= 0:
+        return 0.0
+    return 1.4826 * float(np.median(np.abs(values - median))) / median
 
 
 def interleaved_latency(
@@ -337,7 +350,7 @@ def interleaved_latency(
             RoundsLatency(
                 median_ms=float(np.median(m)),
                 p90_ms=float(np.percentile(np.concatenate(times[i]), 90)),
-                cv=float(m.std() / m.mean()) if m.mean() > 0 else 0.0,
+                cv=robust_cv(m),
                 speedup=float(np.median(ratios)),
                 rounds=rounds,
                 round_medians_ms=tuple(float(v) for v in m),

@@ -190,6 +190,24 @@ def test_evaluate_reports_every_objective(
     assert not math.isnan(no_latency.accuracy)
 
 
+def test_robust_cv_ignores_one_slow_round() -> None:
+    """The final phase's `latency_cv`: one round in a slow spell (3x) among 7 steady ones
+    leaves it near the steady spread, where stdev / mean would read over 50%."""
+    import numpy as np
+
+    from stages.metrics import robust_cv
+
+    steady = np.array([1.00, 1.01, 0.99, 1.02, 0.98, 1.00, 1.01])
+    assert robust_cv(steady) == pytest.approx(0.0148, abs=1e-3)
+    one_slow = steady.copy()
+    one_slow[3] = 3.0
+    assert one_slow.std() / one_slow.mean() > 0.5
+    assert robust_cv(one_slow) < 0.03
+    spread = np.array([1.0, 2.0, 3.0, 4.0, 5.0])  # a really unsteady model stays flagged
+    assert robust_cv(spread) == pytest.approx(1.4826 / 3)
+    assert robust_cv(np.zeros(3)) == 0.0
+
+
 def test_interleaved_latency_pairs_rounds_against_the_reference(digits: Task) -> None:
     """The final latency phase's measurement: one result per checkpoint, rounds interleaved,
     the reference's own paired speedup exactly 1, medians taken over the round medians."""
