@@ -6,6 +6,7 @@ import math
 import time
 from typing import Any
 
+from orchestrator.engine.deadlines import DEADLINES
 from orchestrator.space.coherence import grid_points
 from orchestrator.space.constraints import violations
 from orchestrator.space.model import Distribution, SearchSpace
@@ -75,14 +76,6 @@ def make_search(
     return inner, param_space, num_samples
 
 
-# sweep id -> the time.monotonic() at which its search stops launching trials (this process).
-DEADLINES: dict[str, float] = {}
-
-
-def current_deadline(key: str | None, default: float) -> float:
-    return DEADLINES.get(key, default) if key is not None else default
-
-
 def _with_deadline(inner: Any, deadline: float, *, key: str | None = None) -> Any:
     """A search algorithm that stops *launching* trials at `deadline` (time.monotonic()).
 
@@ -119,7 +112,7 @@ def _with_deadline(inner: Any, deadline: float, *, key: str | None = None) -> An
             return self.inner.next_trial()
 
         def _expired(self) -> bool:
-            import orchestrator.engine.search as live
+            import orchestrator.engine.deadlines as live
 
             return time.monotonic() >= live.current_deadline(key, deadline)
 

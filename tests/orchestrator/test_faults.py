@@ -16,8 +16,9 @@ from typing import Any
 
 import pytest
 
+from orchestrator.engine.plan import user_sys_path
 from orchestrator.engine.stage_tasks import CACHE_DIR, checkpoint_path
-from orchestrator.engine.sweep import SweepOutcome, _user_sys_path, execute_sweep, prepare_sweep
+from orchestrator.engine.sweep import SweepOutcome, execute_sweep, prepare_sweep
 from orchestrator.space.config import load_space
 from orchestrator.store.results import load_stages
 from stages.errors import SqueezerayError
@@ -306,10 +307,10 @@ def test_user_task_path_adds_only_the_named_module_root(tmp_path: Path) -> None:
     (package / "mod.py").write_text("def make():\n    raise RuntimeError('not called')\n")
     sys.path.insert(0, str(tmp_path))
     try:
-        assert _user_sys_path(f"{package.name}.mod:make") == (str(tmp_path.resolve()),)
+        assert user_sys_path(f"{package.name}.mod:make") == (str(tmp_path.resolve()),)
     finally:
         sys.path.remove(str(tmp_path))
-    assert _user_sys_path("blobs") == ()  # built-in tasks add nothing
+    assert user_sys_path("blobs") == ()  # built-in tasks add nothing
 
 
 def test_embedded_ray_serves_no_dashboard() -> None:

@@ -14,7 +14,8 @@ import typer
 from typer.testing import CliRunner
 
 from orchestrator.cli import app
-from orchestrator.engine.sweep import manifest_path, prepare_sweep, write_manifest
+from orchestrator.engine.manifest import manifest_path, write_manifest
+from orchestrator.engine.sweep import prepare_sweep
 from orchestrator.nightly.run import prepare_nightly
 from orchestrator.space.options import FLAGS, SweepOptions
 from orchestrator.store.lock import exclusive_use, storage_lock

@@ -264,7 +264,8 @@ def test_time_budget_end_is_said_with_launched_count(tmp_path: Path) -> None:
 
 def test_end_reasons() -> None:
     """Fault 6: every way a sweep ends, in words, with its exit code."""
-    from orchestrator.engine.sweep import EXIT_NO_TRIAL_OK, end_reason
+    from orchestrator.engine.records import EXIT_NO_TRIAL_OK
+    from orchestrator.engine.summary import end_reason
 
     common = {"total": 4, "budget_s": None, "out_of_time": False, "wall_s": 10.0}
     assert end_reason(interrupted=False, statuses=["ok"] * 4, **common) == (
@@ -572,12 +573,12 @@ def test_a_crashed_coordinator_gets_a_row_with_its_knobs_error_and_log(tmp_path:
     from types import SimpleNamespace
 
     from orchestrator.engine.pipeline import SweepPlan
-    from orchestrator.engine.sweep import _stage_defaults
+    from orchestrator.engine.plan import stage_defaults
     from orchestrator.engine.tune_callbacks import ResultsWriter
 
     pipeline = ("teacher", "distill")
     plan = SweepPlan(
-        sweep_id="crash-1", task="blobs", pipeline=pipeline, defaults=_stage_defaults(pipeline),
+        sweep_id="crash-1", task="blobs", pipeline=pipeline, defaults=stage_defaults(pipeline),
         fixed={}, code_version="v", storage=str(tmp_path), objectives=(("accuracy", "max"),),
     )  # fmt: skip
     error_file = tmp_path / "error.txt"
@@ -633,16 +634,17 @@ def test_a_sweep_that_fails_after_starting_leaves_a_failed_manifest(
     """Fault 4's other half: the object-store failure left the manifest saying `running`.
     Whatever fails once the sweep has started, the manifest says `failed` and why."""
     import orchestrator.engine.sweep as sweep_mod
+    from orchestrator.engine.manifest import read_manifest, write_manifest
 
     prepared = prepare_sweep("tiny", storage=tmp_path / "runs", sweep_id="run-1")
 
     def failing(sweep: Any, **options: Any) -> Any:
-        sweep_mod.write_manifest(sweep.storage, sweep, status="running")
+        write_manifest(sweep.storage, sweep, status="running")
         raise OSError("When creating bucket 'x': Bucket x not found")
 
     monkeypatch.setattr(sweep_mod, "_execute_sweep", failing)
     with pytest.raises(OSError, match="Bucket x not found"):
         sweep_mod.execute_sweep(prepared)
-    manifest = sweep_mod.read_manifest(prepared.storage, "run-1")
+    manifest = read_manifest(prepared.storage, "run-1")
     assert manifest["status"] == "failed"
     assert manifest["error"] == "OSError: When creating bucket 'x': Bucket x not found"

@@ -23,15 +23,13 @@ from typing import Any
 
 import pytest
 
+from orchestrator.engine.manifest import latest_sweep_id, read_manifest, write_manifest
+from orchestrator.engine.signals import stop_signals
 from orchestrator.engine.sweep import (
     SweepInterrupted,
     SweepSummary,
-    _stop_signals,
-    latest_sweep_id,
     prepare_sweep,
-    read_manifest,
     resume_command,
-    write_manifest,
 )
 from orchestrator.store.results import load_results, load_stages
 from orchestrator.store.storage import open_storage
@@ -290,7 +288,7 @@ def test_interrupt_prints_the_resume_command_which_finishes_the_sweep_within_its
 def test_stop_signals_hand_the_first_signal_to_tune_and_stop_on_the_second() -> None:
     calls: list[int] = []
     before = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM, signal.SIGUSR1)}
-    with _stop_signals() as stop:
+    with stop_signals() as stop:
         assert signal.getsignal(signal.SIGINT) == stop.handle
         assert os.environ["TUNE_DISABLE_SIGINT_HANDLER"] == "1"
         with pytest.raises(KeyboardInterrupt):  # before fit: stop right away
@@ -369,11 +367,11 @@ def test_resume_reads_the_manifest_and_names_the_command(tmp_path: Path) -> None
 
 def _plan(storage: Path) -> Any:
     from orchestrator.engine.pipeline import SweepPlan
-    from orchestrator.engine.sweep import _stage_defaults
+    from orchestrator.engine.plan import stage_defaults
 
     pipeline = ("teacher", "distill")
     return SweepPlan(
-        sweep_id="s", task="blobs", pipeline=pipeline, defaults=_stage_defaults(pipeline),
+        sweep_id="s", task="blobs", pipeline=pipeline, defaults=stage_defaults(pipeline),
         fixed={}, code_version="v", storage=str(storage), objectives=(("accuracy", "max"),),
     )  # fmt: skip
 

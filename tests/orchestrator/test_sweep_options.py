@@ -8,8 +8,9 @@ from pathlib import Path
 
 import pytest
 
+from orchestrator.engine.plan import stage_task_options
 from orchestrator.engine.runtime import LATENCY_RESOURCE, ClusterInfo, latency_resources
-from orchestrator.engine.sweep import execute_sweep, prepare_sweep, stage_task_options
+from orchestrator.engine.sweep import execute_sweep, prepare_sweep
 from orchestrator.space.config import load_space
 from orchestrator.space.model import Constraint
 from stages.device import resolve_device

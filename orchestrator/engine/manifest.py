@@ -1,0 +1,172 @@
+"""What a sweep keeps in its storage to be resumed, and reading back what it wrote.
+
+The manifest, `<storage>/sweeps/<sweep id>.json`, is written when the sweep starts and when it
+ends (`running`, then `finished`, `interrupted` or `failed` with the error). It holds the
+options (`SweepOptions.to_dict`), the space's YAML text and the seconds of the time budget
+spent so far: `--resume` runs exactly what was started (`resumed_options`), whatever became of
+the space's file since. `stored_results` and `sweep_table` read back the rows already written:
+a resumed trial reports its stored result again, and the summary counts them.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import shlex
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from orchestrator.engine.records import PreparedSweep
+from orchestrator.space.options import FLAGS, PLACEMENT, SweepOptions
+from orchestrator.store.rows import now
+from orchestrator.store.storage import Storage
+from stages.errors import SqueezerayError
+
+SWEEPS_DIR = "sweeps"
+
+
+def manifest_path(sweep_id: str) -> tuple[str, str]:
+    return SWEEPS_DIR, f"{sweep_id}.json"
+
+
+def write_manifest(
+    store: Storage,
+    sweep: PreparedSweep,
+    *,
+    status: str,
+    error: str | None = None,
+    budget_elapsed_s: float | None = None,
+) -> None:
+    """`budget_elapsed_s`: seconds of the sweep's run time so far, over all its runs (a
+    resumed sweep's time budget is what is left of it); default: as at its start."""
+    space = sweep.space
+    elapsed = sweep.budget_elapsed_s if budget_elapsed_s is None else budget_elapsed_s
+    data = {
+        "sweep_id": sweep.sweep_id,
+        "name": space.name,
+        "space_source": str(Path(space.source).resolve()),
+        "space_yaml": sweep.space_text,  # what --resume runs (None: a space built in Python)
+        "budget_elapsed_s": elapsed,
+        "task": space.task,
+        "trials": space.search.trials,
+        "seed": space.search.seed,
+        "algorithm": space.search.algorithm,
+        "cpus_per_trial": sweep.cpus_per_trial,
+        "gpus_per_trial": sweep.gpus_per_trial,
+        "trial_timeout_s": sweep.trial_timeout_s,
+        "max_concurrent": sweep.max_concurrent,
+        "teacher_weights": sweep.teacher_weights,
+        "options": sweep.options.to_dict(),  # what --resume runs (SweepOptions)
+        "status": status,
+        "error": error,
+        "resume_command": resume_command(store, sweep.sweep_id),
+        "updated_at": now().isoformat(),
+    }
+    store.write_atomic(json.dumps(data, indent=2).encode(), *manifest_path(sweep.sweep_id))
+
+
+def resume_command(store: Storage, sweep_id: str) -> str:
+    """The shell command that continues sweep `sweep_id` (absolute for local storage, so it
+    works from any directory)."""
+    location = store.root if store.is_local else store.uri
+    return (
+        f"squeezeray sweep --resume --sweep-id {shlex.quote(sweep_id)} "
+        f"--storage {shlex.quote(location)}"
+    )
+
+
+def read_manifest(store: Storage, sweep_id: str) -> dict[str, Any]:
+    if not store.exists(*manifest_path(sweep_id)):
+        raise SqueezerayError(
+            f"sweep {sweep_id!r} has no manifest under {store.uri}/{SWEEPS_DIR}; "
+            "list sweeps with `squeezeray sweeps <storage>`"
+        )
+    return dict(json.loads(store.read_bytes(*manifest_path(sweep_id))))
+
+
+def latest_sweep_id(store: Storage) -> str:
+    from pyarrow.fs import FileSelector
+
+    if not store.exists(SWEEPS_DIR):
+        raise SqueezerayError(f"no sweep to resume under {store.uri}: it holds no {SWEEPS_DIR}/")
+    infos = store.fs.get_file_info(FileSelector(store.path(SWEEPS_DIR)))
+    manifests = [
+        i for i in infos if i.base_name.endswith(".json") and not i.base_name.startswith(".")
+    ]
+    if not manifests:
+        raise SqueezerayError(f"no sweep to resume under {store.uri}")
+    newest = max(manifests, key=lambda i: i.mtime_ns or 0)
+    return str(newest.base_name.removesuffix(".json"))
+
+
+def resumed_options(
+    manifest: Mapping[str, Any], given: SweepOptions, store: Storage, sweep_id: str
+) -> SweepOptions:
+    """The options a sweep was started with (its manifest), plus the placement options given
+    now. Any other option given now with another value is refused: a resumed sweep runs
+    exactly what was started."""
+    stored = manifest.get("options")
+    if stored is None:  # a manifest written before SweepOptions: its flat fields
+        stored = {
+            "task": manifest.get("task"),
+            "trials": manifest.get("trials"),
+            "seed": manifest.get("seed"),
+            "name": manifest.get("name"),
+            "trial_timeout_s": manifest.get("trial_timeout_s"),
+            "max_concurrent": manifest.get("max_concurrent"),
+            "teacher_weights": manifest.get("teacher_weights"),
+            "cpus_per_trial": manifest.get("cpus_per_trial") or 1.0,
+            "gpus_per_trial": manifest.get("gpus_per_trial") or 0.0,
+        }
+    started = SweepOptions.from_dict(dict(stored))
+    changes: dict[str, Any] = {}
+    for key, value in given.given().items():
+        if key in PLACEMENT:
+            changes[key] = value
+        elif value != getattr(started, key):
+            raise SqueezerayError(
+                f"{FLAGS[key]}: sweep {sweep_id!r} was started with {getattr(started, key)!r}, "
+                f"not {value!r}; --resume runs exactly what was started, so leave "
+                f"{FLAGS[key]} out, or start a new sweep with it (without --resume) in "
+                f"{store.uri}"
+            )
+    return dataclasses.replace(started, **changes)
+
+
+def stored_results(store: Storage, sweep_id: str) -> dict[str, dict[str, Any]]:
+    """Trial id -> the result already written for it (what a resumed trial reports again)."""
+    from orchestrator.store.results import load_results
+    from orchestrator.store.schema import METRIC_COLUMNS
+
+    try:
+        table = load_results(store.uri, sweep=sweep_id)
+    except SqueezerayError:  # nothing written yet
+        return {}
+    out: dict[str, dict[str, Any]] = {}
+    for row in table.to_pylist():
+        out[row["trial_id"]] = {
+            "status": row["status"],
+            "error": row["error"],
+            "runtime": row["runtime"],
+            "wall_s": row["wall_s"],
+            "stage_keys": list(row["stage_keys"] or []),
+            "effective_params": json.loads(row["params"] or "{}"),
+            **{name: row[name] for name in METRIC_COLUMNS},
+        }
+        custom = json.loads(row.get("custom_metrics") or "{}")
+        out[row["trial_id"]].update(custom, custom_metric_names=sorted(custom))
+    return out
+
+
+def sweep_table(store: Storage, sweep_id: str) -> Any:
+    """The sweep's rows; an empty table when it was interrupted before writing any."""
+    import pyarrow as pa
+
+    from orchestrator.store.results import load_results
+    from orchestrator.store.schema import RESULTS_SCHEMA
+
+    try:
+        return load_results(store.uri, sweep=sweep_id)
+    except SqueezerayError:
+        return pa.Table.from_pylist([], schema=RESULTS_SCHEMA)

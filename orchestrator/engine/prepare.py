@@ -1,0 +1,246 @@
+"""Every check a sweep can fail before Ray starts, ending in a `PreparedSweep`.
+
+The options (`SweepOptions`, or its fields as keywords), the sweep id, the storage, the space
+(as given, or on `--resume` the YAML text and options its manifest kept), the task (imported
+here, on the driver), `teacher.weights` (loaded into the teacher once, its sha256 pinned) and
+the task's fingerprint. A bad input raises a SqueezerayError naming the key, the value and
+what is accepted; nothing is created in the storage until everything has passed.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import secrets
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from orchestrator.engine.manifest import (
+    latest_sweep_id,
+    manifest_path,
+    read_manifest,
+    resume_command,
+    resumed_options,
+)
+from orchestrator.engine.plan import TRAINING_SEED
+from orchestrator.engine.records import PreparedSweep
+from orchestrator.space.config import load_space, parse_space_text
+from orchestrator.space.config import space_text as config_space_text
+from orchestrator.space.model import SearchSpace
+from orchestrator.space.options import SweepOptions
+from orchestrator.space.parse import check_stages_apply_to_task
+from orchestrator.store.storage import Storage, open_storage
+from stages.errors import SqueezerayError
+
+
+def prepare_sweep(
+    space: SearchSpace | str | Path | None,
+    options: SweepOptions | None = None,
+    *,
+    sweep_id: str | None = None,
+    resume: bool = False,
+    **keywords: Any,
+) -> PreparedSweep:
+    """Every check that can fail before Ray starts.
+
+    `options` (or its fields as keywords, see `SweepOptions.build`) override the space.
+    `teacher_weights`: a state_dict file loaded into the task's teacher (`teacher.weights`;
+    `teacher.epochs` becomes 0, use as given, unless the space sets it).
+    With `resume`, the options and the space come from the sweep's manifest; an option given
+    again with another value is refused (placement options - storage, address, num_cpus,
+    latency_resource - may change)."""
+    opts = sweep_options(options, keywords)
+    if sweep_id is not None:
+        _check_sweep_id(sweep_id)
+    # The storage directory is created only once everything else has passed.
+    store = _checked_storage(opts.storage, sweep_id, resume=resume)
+    start = _resumed(store, opts, sweep_id) if resume else _Start(space, opts, sweep_id)
+    given = start.space
+    loaded = given if isinstance(given, SearchSpace) else load_space(given, check_task=False)
+    space_text = start.space_text if resume else config_space_text(loaded)
+    loaded = loaded.with_overrides(
+        task=start.options.task,
+        trials=start.options.trials,
+        seed=start.options.seed,
+        name=start.options.name,
+        time_budget_s=start.options.time_budget_s,
+        algorithm=start.options.algorithm,
+    )
+    loaded, fingerprint = _bound_to_task(loaded, start.options)
+    return PreparedSweep(
+        space=loaded,
+        storage=open_storage(start.options.storage, create=True),
+        sweep_id=start.sweep_id or new_sweep_id(loaded.name),
+        options=start.options,
+        resume=resume,
+        fingerprint=fingerprint,
+        space_text=space_text,
+        budget_elapsed_s=start.budget_elapsed_s,
+    )
+
+
+@dataclass(frozen=True)
+class _Start:
+    """What a sweep starts from: the space as given (or kept by the manifest), its options,
+    its id when known, and the seconds of its time budget spent by earlier runs."""
+
+    space: SearchSpace | str | Path | None
+    options: SweepOptions
+    sweep_id: str | None
+    space_text: str | None = None  # the YAML the manifest kept (a resumed sweep)
+    budget_elapsed_s: float = 0.0
+
+
+def _resumed(store: Storage, given: SweepOptions, sweep_id: str | None) -> _Start:
+    """A resumed sweep's start, from its manifest: the options it was started with (plus the
+    placement options given now) and the space as started (its YAML text), whatever became of
+    its file since; only a manifest from before the text was kept (or a space built in
+    Python) reads the file."""
+    if sweep_id is None:
+        sweep_id = latest_sweep_id(store)
+    manifest = read_manifest(store, sweep_id)
+    opts = resumed_options(manifest, given, store, sweep_id)
+    budget_elapsed_s = float(manifest.get("budget_elapsed_s") or 0.0)
+    space_text = manifest.get("space_yaml")
+    space: SearchSpace | str = manifest["space_source"]
+    if space_text is not None:
+        space = parse_space_text(space_text, source=manifest["space_source"], check_task=False)
+    return _Start(space, opts, sweep_id, space_text, budget_elapsed_s)
+
+
+def _checked_storage(storage: str, sweep_id: str | None, *, resume: bool) -> Storage:
+    """The storage, not created yet: not in memory (Ray workers write from their own
+    processes), and without a sweep of that id unless it is resumed."""
+    store = open_storage(storage)
+    if storage.startswith("memory://"):
+        raise SqueezerayError(
+            f"--storage={storage!r}: an in-memory filesystem lives in one process, "
+            "and Ray workers write stage checkpoints from theirs; use a directory, file://, "
+            "s3:// or gs://"
+        )
+    if not resume and sweep_id is not None and store.exists(*manifest_path(sweep_id)):
+        raise SqueezerayError(
+            f"--sweep-id {sweep_id!r} already exists in {store.uri}; continue it with "
+            f"`{resume_command(store, sweep_id)}` or choose another id"
+        )
+    return store
+
+
+def _bound_to_task(space: SearchSpace, opts: SweepOptions) -> tuple[SearchSpace, dict[str, str]]:
+    """The space with the task's teacher weights and metric, and the task's fingerprint.
+
+    The task import path is checked here, on the driver, before any Ray work (and so is every
+    stage that could not change the task's model at all: issue 12 item 6); its fingerprint
+    (architectures, weights, data) goes into the stage keys, so an edited model or dataset is
+    recomputed instead of served from the cache.
+    """
+    from stages.fingerprint import task_fingerprint
+    from stages.tasks import load_task
+
+    task_obj = load_task(space.task)
+    space = _with_teacher_weights(space, opts.teacher_weights, task_obj)
+    space = space.with_task_metric(task_obj.metric.name if task_obj.metric else None)
+    if task_obj.student is not None and "distill.student_ratio" in space.params:
+        raise SqueezerayError(
+            f"{space.source}: params.distill.student_ratio: task {space.task!r} has its own "
+            "student, so distill.student_ratio would change nothing; drop the key, or give the "
+            "task student=None to have the student made from the teacher"
+        )
+    check_stages_apply_to_task(space)
+    return space, task_fingerprint(task_obj, seed=TRAINING_SEED).as_dict()
+
+
+def sweep_options(options: SweepOptions | None, keywords: Mapping[str, Any]) -> SweepOptions:
+    """`options`, or `SweepOptions.build(**keywords)` (the keyword Python API); not both."""
+    if options is None:
+        return SweepOptions.build(**keywords)
+    if keywords:
+        raise SqueezerayError(
+            f"give the sweep options either as SweepOptions or as keywords, not both "
+            f"(keywords given: {', '.join(sorted(keywords))})"
+        )
+    return options
+
+
+def new_sweep_id(name: str | None) -> str:
+    stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
+    suffix = secrets.token_hex(2)
+    base = f"{name}-{stamp}" if name else stamp
+    return f"{base}-{suffix}"
+
+
+def _check_sweep_id(sweep_id: str) -> None:
+    # It names files and directories (manifest, Tune experiment, results partition).
+    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}", sweep_id):
+        raise SqueezerayError(
+            f"--sweep-id {sweep_id!r} is not a valid sweep id; accepted: 1-128 letters, digits, "
+            "'.', '_' or '-', starting with a letter or digit"
+        )
+    from orchestrator.store.results import check_sweep_id_unambiguous
+
+    check_sweep_id_unambiguous(sweep_id, what="--sweep-id")
+
+
+def _with_teacher_weights(
+    space: SearchSpace, cli_path: str | os.PathLike[str] | None, task: Any
+) -> SearchSpace:
+    """Resolve `teacher.weights` (from --teacher-weights, relative to the current directory,
+    or from the space, relative to its file) to an absolute path, pin its sha256 beside it
+    (`teacher.weights_sha256`: new weights give new stage keys) and load it into the task's
+    teacher once here, so a wrong file fails before Ray starts."""
+    import dataclasses
+    import hashlib
+
+    from orchestrator.space.model import Distribution
+    from stages.teacher import load_weights
+
+    given = space.params.get("teacher.weights")
+    if cli_path is None and given is None:
+        return space
+    key = "--teacher-weights" if cli_path is not None else "params.teacher.weights"
+    if cli_path is not None and given is not None:
+        raise SqueezerayError(
+            f"{space.source}: --teacher-weights and params.teacher.weights are both given; keep one"
+        )
+    if "teacher" not in space.pipeline:
+        raise SqueezerayError(
+            f"{space.source}: {key}: the pipeline has no teacher stage to load the weights into"
+        )
+    path = _weights_path(space, cli_path)
+    if not path.is_file():
+        raise SqueezerayError(
+            f"{space.source}: {key}={os.fspath(cli_path or path)!r}: no such file ({path})"
+        )
+    digest = hashlib.sha256(path.read_bytes()).hexdigest()
+    try:
+        load_weights(task.teacher(), str(path), sha256=digest)
+    except SqueezerayError as exc:
+        raise SqueezerayError(f"{space.source}: {key}: {exc}") from exc
+    params = {
+        **space.params,
+        "teacher.weights": Distribution(kind="fixed", value=str(path)),
+        "teacher.weights_sha256": Distribution(kind="fixed", value=digest),
+    }
+    if cli_path is not None and "teacher.epochs" not in params:
+        params["teacher.epochs"] = Distribution(kind="fixed", value=0)
+    return dataclasses.replace(space, params=params)
+
+
+def _weights_path(space: SearchSpace, cli_path: str | os.PathLike[str] | None) -> Path:
+    """The teacher weights' absolute path: --teacher-weights relative to the current
+    directory, or `params.teacher.weights` (one plain file path) relative to the space's file."""
+    if cli_path is not None:
+        return Path(cli_path).expanduser().resolve()
+    given = space.params["teacher.weights"]
+    if given.kind != "fixed" or not isinstance(given.value, str) or not given.value:
+        raise SqueezerayError(
+            f"{space.source}: params.teacher.weights: {given.describe()} is not accepted; "
+            "accepted: one file path (a plain value)"
+        )
+    path = Path(given.value).expanduser()
+    if not path.is_absolute():
+        path = (Path(space.source).resolve().parent / path).resolve()
+    return path

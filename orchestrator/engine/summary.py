@@ -1,0 +1,116 @@
+"""How a sweep ended: the `SweepSummary` built from its rows and its run, with the reason in
+words (`end_reason`), its exit code, and the commonest error when trials failed."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from orchestrator.engine.manifest import resume_command
+from orchestrator.engine.records import EXIT_NO_TRIAL_OK, SweepRun, SweepSummary
+
+
+@dataclass(frozen=True)
+class RunEnd:
+    """What a sweep's run did, beside its rows."""
+
+    interrupted: bool
+    stats: Mapping[str, Any]  # StageCache.stats(): executed, loaded, corrupt, cancelled keys
+    trials_total: int  # trials the search was to run
+    stage_requests: int  # stage executions a naive per-trial pipeline would have run
+    out_of_time: bool  # the search stopped launching trials at the time budget
+    budget_elapsed_s: float  # seconds of run time over all the sweep's runs
+    final_models: int = 0  # front models re-measured in the final latency phase
+    final_note: str = ""  # why the final phase was skipped or failed, when it was
+
+
+def sweep_summary(run: SweepRun, table: Any, end: RunEnd) -> SweepSummary:
+    """The summary of a sweep's run from its rows (`table`, baseline included)."""
+    rows = table.to_pylist()
+    trial_rows = [r for r in rows if not r["is_baseline"]]
+    statuses = [r["status"] for r in trial_rows]
+    sweep, stats = run.sweep, end.stats
+    ended, exit_code = end_reason(
+        interrupted=end.interrupted,
+        statuses=statuses,
+        total=end.trials_total,
+        budget_s=sweep.space.search.time_budget_s,
+        out_of_time=end.out_of_time,
+        wall_s=end.budget_elapsed_s,
+    )
+    return SweepSummary(
+        sweep_id=sweep.sweep_id,
+        storage=sweep.storage.uri,
+        trials_ok=sum(s == "ok" for s in statuses),
+        trials_failed=sum(s != "ok" for s in statuses),
+        stages_executed=len(stats["executed"]),
+        stages_loaded=len(stats["loaded"]),
+        stage_requests=end.stage_requests,
+        corrupt_checkpoints=len(stats["corrupt"]),
+        wall_s=time.perf_counter() - run.started_s,
+        interrupted=end.interrupted,
+        resume_command=resume_command(sweep.storage, sweep.sweep_id),
+        stages_cancelled=len(stats["cancelled"]),
+        latency_final_models=end.final_models,
+        latency_final_note=end.final_note,
+        trials_error=sum(s == "error" for s in statuses),
+        trials_timeout=sum(s == "timeout" for s in statuses),
+        trials_stopped=sum(s == "stopped" for s in statuses),
+        trials_total=end.trials_total,
+        ended=ended,
+        exit_code=exit_code,
+        most_common_error=most_common_error(trial_rows),
+        baseline_error=baseline_error(rows),
+    )
+
+
+def end_reason(
+    *,
+    interrupted: bool,
+    statuses: list[str],
+    total: int,
+    budget_s: float | None,
+    out_of_time: bool,
+    wall_s: float,
+) -> tuple[str, int]:
+    """Why a sweep ended, in words, and its exit code (0, EXIT_NO_TRIAL_OK, or 2)."""
+    if interrupted:
+        return f"interrupted (Ctrl-C or SIGTERM) after {len(statuses)} of {total} trials", 2
+    budget = ""
+    if budget_s is not None and len(statuses) < total and (out_of_time or wall_s >= budget_s):
+        budget = (
+            f"time budget of {budget_s:g} s reached ({len(statuses)} of {total} trials launched)"
+        )
+    if statuses and not any(s == "ok" for s in statuses):
+        failed = f"every trial failed ({len(statuses)} of {len(statuses)})"
+        return (f"{budget}; {failed}" if budget else failed), EXIT_NO_TRIAL_OK
+    if not statuses:
+        return (budget or "no trial ran"), EXIT_NO_TRIAL_OK if total else 0
+    return (budget or f"all trials done ({len(statuses)} of {total})"), 0
+
+
+def most_common_error(rows: list[dict[str, Any]]) -> str:
+    """The commonest error message among failed trial rows, with how many trials had it."""
+    from collections import Counter
+
+    errors = Counter(
+        str(r["error"]).splitlines()[0] for r in rows if r["status"] != "ok" and r["error"]
+    )
+    if not errors:
+        return ""
+    message, count = errors.most_common(1)[0]
+    return f"{message} ({count} of {sum(errors.values())} failed trials)"
+
+
+def baseline_error(rows: list[dict[str, Any]]) -> str:
+    """Why the baseline (the teacher as given) could not be measured, with its log; "" when
+    its last row is ok or it has none."""
+    baselines = [r for r in rows if r["is_baseline"]]
+    if not baselines or baselines[-1]["status"] == "ok":
+        return ""
+    error = str(baselines[-1]["error"] or "unknown error")
+    if baselines[-1].get("error_log"):
+        error += f" (log: {baselines[-1]['error_log']})"
+    return error
