@@ -157,7 +157,8 @@ def run_pipeline(
     (the whole message, at most MAX_ERROR_CHARS), `error_log` (the log file holding the full
     traceback, under `<storage>/logs/<sweep>/<trial>.txt`), `stage_keys` (the stages it
     completed) and `last_val_accuracy` (the validation accuracy after its last stage), so the
-    sweep records the trial and goes on.
+    sweep records the trial and goes on. `on_stage(index, stage, info, result so far)` is
+    called after each stage.
 
     The time limit (`plan.trial_timeout_s`) counts the time this trial's stages (and its
     measurement) spend *running*: a task waiting in Ray's queue for a CPU slot does not use
@@ -165,8 +166,6 @@ def run_pipeline(
     trial started counts once that stage runs (the trial needs it).
     """
     import ray
-
-    from orchestrator.engine.stage_tasks import measure_clock_key
 
     t0 = time.perf_counter()
     requests = plan.requests(sampled, trial_id=trial_id)
@@ -177,32 +176,59 @@ def run_pipeline(
         "effective_params": {f"{r.stage}.{k}": v for r in requests for k, v in r.params.items()},
         "last_val_accuracy": None,
     }
-    limit = plan.trial_timeout_s
-    used = 0.0  # seconds of running stages charged to the time limit so far
-
-    def wait_for(ref: Any, clock_key: str) -> Any:
-        nonlocal used
-        if limit is None:
-            return ray.get(ref)
-        began = time.time()
-        while True:
-            ready, _ = ray.wait([ref], timeout=_POLL_S)
-            since = ray.get(cache.running_since.remote(clock_key))
-            running = 0.0 if since is None else max(0.0, time.time() - max(since, began))
-            if ready:
-                used += running
-                return ray.get(ref)
-            if used + running >= limit:
-                raise _TrialTimeout
-
-    parent: list[Any] = []
-    teacher: list[Any] = []
-    where = "measure"  # what the trial was waiting for, named in its error
+    run = _TrialRun(cache, limit=plan.trial_timeout_s)
     try:
+        parent = run.stages(requests, result, on_stage)
+        result.update(run.measure(plan, requests[-1].key, parent))
+    except _TrialTimeout:
+        result.update(
+            status="timeout",
+            error=(
+                f"{run.where}: trial exceeded its time limit of {run.limit:g} s of running "
+                "stages (time spent queued for a free CPU/GPU slot is not counted)"
+            ),
+        )
+        # Stop the stage it was waiting for unless another trial still needs it.
+        ray.get(cache.release.remote(trial_id))
+    except Exception as exc:  # a stage's own error, a dead worker after retries, OOM...
+        result.update(status="error", error=bounded(f"{run.where}: {describe_error(exc)}"))
+        result["error_log"] = write_error_log(
+            plan.storage,
+            plan.sweep_id,
+            trial_id,
+            exc,
+            header=f"{run.where} failed; knobs: {result['effective_params']}",
+        )
+    result["wall_s"] = time.perf_counter() - t0
+    return result
+
+
+class _TrialRun:
+    """One trial's walk through its stages and measurement, via the cache actor.
+
+    `where` names what the trial is waiting for (its error says it); `used` is the seconds of
+    running stages charged to the time limit `limit` so far (None: no limit).
+    """
+
+    def __init__(self, cache: Any, *, limit: float | None) -> None:
+        self.cache = cache
+        self.limit = limit
+        self.used = 0.0
+        self.where = "measure"
+
+    def stages(
+        self, requests: list[StageRequest], result: dict[str, Any], on_stage: Any
+    ) -> list[Any]:
+        """Each stage in order (the cache starts it or hands back a shared one), recorded in
+        `result`; returns the last stage's checkpoint ref (as a one-element parent list)."""
+        import ray
+
+        parent: list[Any] = []
+        teacher: list[Any] = []
         for index, request in enumerate(requests):
-            where = f"stage {request.stage}"
-            ckpt_ref, info_ref = ray.get(cache.get.remote(request, parent, teacher))
-            info = wait_for(info_ref, request.key)
+            self.where = f"stage {request.stage}"
+            ckpt_ref, info_ref = ray.get(self.cache.get.remote(request, parent, teacher))
+            info = self.wait(info_ref, request.key)
             parent = [ckpt_ref]
             if request.stage == "teacher":
                 teacher = [ckpt_ref]
@@ -212,31 +238,36 @@ def run_pipeline(
                 result["last_val_accuracy"] = float(val)
             if on_stage is not None:
                 on_stage(index, request.stage, info, result)
-        where = "measure"
-        measure = plan.measure_request(requests[-1].key)
-        (metrics_ref,) = ray.get(cache.measure.remote(measure, parent))
-        result.update(wait_for(metrics_ref, measure_clock_key(measure.key)))
-    except _TrialTimeout:
-        result.update(
-            status="timeout",
-            error=(
-                f"{where}: trial exceeded its time limit of {limit:g} s of running stages "
-                "(time spent queued for a free CPU/GPU slot is not counted)"
-            ),
-        )
-        # Stop the stage it was waiting for unless another trial still needs it.
-        ray.get(cache.release.remote(trial_id))
-    except Exception as exc:  # a stage's own error, a dead worker after retries, OOM...
-        result.update(status="error", error=bounded(f"{where}: {describe_error(exc)}"))
-        result["error_log"] = write_error_log(
-            plan.storage,
-            plan.sweep_id,
-            trial_id,
-            exc,
-            header=f"{where} failed; knobs: {result['effective_params']}",
-        )
-    result["wall_s"] = time.perf_counter() - t0
-    return result
+        return parent
+
+    def measure(self, plan: SweepPlan, key: str, parent: list[Any]) -> Any:
+        """The metrics of the final model (the stage `key`, whose checkpoint ref is `parent`)."""
+        import ray
+
+        from orchestrator.engine.stage_tasks import measure_clock_key
+
+        self.where = "measure"
+        request = plan.measure_request(key)
+        (metrics_ref,) = ray.get(self.cache.measure.remote(request, parent))
+        return self.wait(metrics_ref, measure_clock_key(request.key))
+
+    def wait(self, ref: Any, clock_key: str) -> Any:
+        """`ray.get(ref)`, raising _TrialTimeout once the trial's running time passes its
+        limit (`clock_key`: the cache's clock of the stage or measurement behind `ref`)."""
+        import ray
+
+        if self.limit is None:
+            return ray.get(ref)
+        began = time.time()
+        while True:
+            ready, _ = ray.wait([ref], timeout=_POLL_S)
+            since = ray.get(self.cache.running_since.remote(clock_key))
+            running = 0.0 if since is None else max(0.0, time.time() - max(since, began))
+            if ready:
+                self.used += running
+                return ray.get(ref)
+            if self.used + running >= self.limit:
+                raise _TrialTimeout
 
 
 def bounded(text: str, limit: int = MAX_ERROR_CHARS) -> str:
@@ -320,23 +351,27 @@ def trial_function(
             tune.report({**stored, "final": True, "replayed": True})
             return
 
-    def report_stage(
-        index: int, stage: str, info: Mapping[str, Any], so_far: Mapping[str, Any]
-    ) -> None:
-        metrics = info.get("metrics", {})
-        # The knobs and the stages done so far travel with every report: a trial that ASHA or
-        # the time budget stops after this one still gets a row that says what it was.
-        tune.report(
-            {
-                "stage": stage,
-                "stage_index": index + 1,
-                "val_accuracy": float(metrics.get("val_accuracy", float("nan"))),
-                "last_val_accuracy": so_far.get("last_val_accuracy"),
-                "stage_keys": list(so_far.get("stage_keys") or []),
-                "effective_params": dict(so_far.get("effective_params") or {}),
-                "final": False,
-            }
-        )
-
-    result = run_pipeline(plan, cache, config, trial_id=trial_id, on_stage=report_stage)
+    result = run_pipeline(plan, cache, config, trial_id=trial_id, on_stage=_report_stage)
     tune.report({**result, "final": True})
+
+
+def _report_stage(
+    index: int, stage: str, info: Mapping[str, Any], so_far: Mapping[str, Any]
+) -> None:
+    """A trial's report after a stage (its val_accuracy, for ASHA). The knobs and the stages
+    done so far travel with every report: a trial that ASHA or the time budget stops after this
+    one still gets a row that says what it was."""
+    from ray import tune
+
+    metrics = info.get("metrics", {})
+    tune.report(
+        {
+            "stage": stage,
+            "stage_index": index + 1,
+            "val_accuracy": float(metrics.get("val_accuracy", float("nan"))),
+            "last_val_accuracy": so_far.get("last_val_accuracy"),
+            "stage_keys": list(so_far.get("stage_keys") or []),
+            "effective_params": dict(so_far.get("effective_params") or {}),
+            "final": False,
+        }
+    )

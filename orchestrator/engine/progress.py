@@ -84,62 +84,11 @@ def print_outcome(
 ) -> None:
     """The sweep's summary line and its Pareto front next to the baseline."""
     from orchestrator.query.frontview import print_front
-
-    s = outcome.summary
-    failed = ", ".join(
-        f"{n} {label}"
-        for n, label in (
-            (s.trials_error, "error"),
-            (s.trials_timeout, "timeout"),
-            (s.trials_stopped, "stopped early"),
-        )
-        if n
-    )
-    console.print(
-        f"sweep {s.sweep_id}: {s.trials_ok} ok, {s.trials_failed} failed"
-        f"{f' ({failed})' if failed else ''} in {s.wall_s:.1f} s; "
-        f"stage executions {s.stages_executed} (+{s.stages_loaded} loaded from cache) vs "
-        f"{s.stage_requests} for a naive per-trial pipeline",
-        highlight=False,
-        markup=False,
-    )
-    if s.latency_final_models:
-        console.print(
-            f"latency: the front's {s.latency_final_models} model(s) and the baseline were "
-            f"re-measured apart in {space.latency.rounds} interleaved rounds (lat ms, lat cv, "
-            "speedup below)",
-            highlight=False,
-        )
-    elif s.latency_final_note:
-        console.print(f"[yellow]latency: {s.latency_final_note}[/]", highlight=False)
-    if s.ended:
-        console.print(f"ended: {s.ended}", highlight=False, markup=False, soft_wrap=True)
-    if s.corrupt_checkpoints:
-        console.print(
-            f"{s.corrupt_checkpoints} damaged stage checkpoint(s) failed their checksum and "
-            "were recomputed",
-            highlight=False,
-            markup=False,
-            soft_wrap=True,
-        )
-    if s.baseline_error:
-        console.print(
-            f"baseline failed: {s.baseline_error}",
-            style="yellow",
-            highlight=False,
-            markup=False,
-            soft_wrap=True,
-        )
-    if s.exit_code and s.most_common_error:
-        console.print(
-            f"most common error: {s.most_common_error}",
-            style="red",
-            highlight=False,
-            markup=False,
-            soft_wrap=True,
-        )
     from orchestrator.space.constraints import closest_miss
 
+    s = outcome.summary
+    console.print(_summary_line(s), highlight=False, markup=False)
+    _print_notes(s, space, console)
     constraints = list(space.search_constraints())
     miss = closest_miss(constraints, outcome.table.to_pylist())
     if miss:
@@ -150,3 +99,54 @@ def print_outcome(
         f"results: {s.storage} - query again with `squeezeray pareto {s.storage}`",
         highlight=False,
     )
+
+
+def _summary_line(s: Any) -> str:
+    """Trials ok and failed (by status), wall time, and stage executions vs a naive pipeline
+    (`s`: a SweepSummary)."""
+    failed = ", ".join(
+        f"{n} {label}"
+        for n, label in (
+            (s.trials_error, "error"),
+            (s.trials_timeout, "timeout"),
+            (s.trials_stopped, "stopped early"),
+        )
+        if n
+    )
+    return (
+        f"sweep {s.sweep_id}: {s.trials_ok} ok, {s.trials_failed} failed"
+        f"{f' ({failed})' if failed else ''} in {s.wall_s:.1f} s; "
+        f"stage executions {s.stages_executed} (+{s.stages_loaded} loaded from cache) vs "
+        f"{s.stage_requests} for a naive per-trial pipeline"
+    )
+
+
+def _print_notes(s: Any, space: SearchSpace, console: Console) -> None:
+    """What else the summary `s` has to say: the final latency phase, why the sweep ended,
+    damaged checkpoints, a failed baseline, the commonest error."""
+    if s.latency_final_models:
+        console.print(
+            f"latency: the front's {s.latency_final_models} model(s) and the baseline were "
+            f"re-measured apart in {space.latency.rounds} interleaved rounds (lat ms, lat cv, "
+            "speedup below)",
+            highlight=False,
+        )
+    elif s.latency_final_note:
+        console.print(f"[yellow]latency: {s.latency_final_note}[/]", highlight=False)
+    if s.ended:
+        _print_plain(console, f"ended: {s.ended}")
+    if s.corrupt_checkpoints:
+        _print_plain(
+            console,
+            f"{s.corrupt_checkpoints} damaged stage checkpoint(s) failed their checksum and "
+            "were recomputed",
+        )
+    if s.baseline_error:
+        _print_plain(console, f"baseline failed: {s.baseline_error}", style="yellow")
+    if s.exit_code and s.most_common_error:
+        _print_plain(console, f"most common error: {s.most_common_error}", style="red")
+
+
+def _print_plain(console: Console, text: str, *, style: str | None = None) -> None:
+    """`text` as it is (no markup, no highlighting), wrapped softly."""
+    console.print(text, style=style, highlight=False, markup=False, soft_wrap=True)
