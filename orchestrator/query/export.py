@@ -111,7 +111,7 @@ def select_row(
         )
     if trial_id is not None:
         return _row_by_id(table, trial_id)
-    from orchestrator.space.knobs import with_knob_columns
+    from orchestrator.query.knobs import with_knob_columns
 
     table = with_knob_columns(table)  # --where and --pick may name any searched knob
     candidates = _ok_trials_matching(table, where)

@@ -16,6 +16,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
 
+from orchestrator.query.knobs import varying_knobs, with_knob_columns
 from orchestrator.query.pareto import (
     DEFAULT_OBJECTIVES,
     check_objectives,
@@ -23,7 +24,6 @@ from orchestrator.query.pareto import (
     pareto_front,
     resolve_objectives,
 )
-from orchestrator.space.knobs import varying_knobs, with_knob_columns
 from stages.errors import SqueezerayError
 
 if TYPE_CHECKING:

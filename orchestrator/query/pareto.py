@@ -521,8 +521,8 @@ def pareto_front(
     """
     chosen = resolve_objectives(check_objectives(objectives, table.schema), table)
     if where:
+        from orchestrator.query.knobs import with_knob_columns
         from orchestrator.query.where import parse_where
-        from orchestrator.space.knobs import with_knob_columns
 
         table = with_knob_columns(table)
         table = table.filter(parse_where(where, table.schema))

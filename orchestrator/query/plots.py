@@ -15,13 +15,13 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from orchestrator.query.knobs import varying_knobs, with_knob_columns
 from orchestrator.query.pareto import (
     check_objectives,
     eligible_mask,
     is_non_dominated,
     resolve_objectives,
 )
-from orchestrator.space.knobs import varying_knobs, with_knob_columns
 from stages.errors import SqueezerayError
 
 if TYPE_CHECKING:

@@ -6,7 +6,7 @@ become a frozen `SearchSpace` + `SweepOptions`. Reading a space, bottom to top:
 and the validation column each selects on) -> `model` (the frozen dataclasses and the rules
 their methods re-check) -> `params` (distributions, checked by each stage's own params) ->
 `parse` (YAML data -> SearchSpace, section by section) -> `config` (files: `load_space`).
-`coherence` says which knob combinations run the same model; `knobs` names the searched knobs
-as result columns; `constraints` are the validation-metric limits a trial must meet.
+`coherence` says which knob combinations run the same model; `constraints` are the
+validation-metric limits a trial must meet.
 Torch- and Ray-free.
 """

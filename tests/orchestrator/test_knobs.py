@@ -11,7 +11,7 @@ import pytest
 from typer.testing import CliRunner
 
 from orchestrator.cli import app
-from orchestrator.space.knobs import varying_knobs, with_knob_columns
+from orchestrator.query.knobs import varying_knobs, with_knob_columns
 from orchestrator.store.results import append_results, load_results
 from tests.rows import T0, make_rows
 
