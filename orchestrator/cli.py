@@ -201,9 +201,17 @@ def sweep(
     from rich.markup import escape
 
     from orchestrator.engine.progress import SweepProgress, print_outcome
-    from orchestrator.engine.sweep import execute_sweep, prepare_sweep, resume_command
+    from orchestrator.engine.sweep import (
+        execute_sweep,
+        finished_note,
+        prepare_sweep,
+        resume_command,
+    )
 
     prepared = prepare_sweep(space, _sweep_options(ctx.params), sweep_id=sweep_id, resume=resume)
+    if prepared.finished:  # --resume of a finished sweep: nothing to run, Ray never starts
+        console.print(finished_note(prepared.storage, prepared.sweep_id), highlight=False)
+        return
     _print_start("sweep", prepared, note=" (resumed)" if prepared.resume else "")
     # Printed up front: after a crash (no chance to print anything) this is how to continue.
     command = escape(resume_command(prepared.storage, prepared.sweep_id))

@@ -52,6 +52,7 @@ def write_manifest(
         "trials": space.search.trials,
         "seed": space.search.seed,
         "algorithm": space.search.algorithm,
+        "time_budget_s": space.search.time_budget_s,
         "cpus_per_trial": sweep.cpus_per_trial,
         "gpus_per_trial": sweep.gpus_per_trial,
         "trial_timeout_s": sweep.trial_timeout_s,
@@ -73,6 +74,16 @@ def resume_command(store: Storage, sweep_id: str) -> str:
     return (
         f"squeezeray sweep --resume --sweep-id {shlex.quote(sweep_id)} "
         f"--storage {shlex.quote(location)}"
+    )
+
+
+def finished_note(store: Storage, sweep_id: str) -> str:
+    """What `--resume` of a sweep that already finished says instead of running it."""
+    location = store.root if store.is_local else store.uri
+    return (
+        f"sweep {sweep_id} already finished: nothing is left to resume (its rows are all "
+        f"written). See its front with: squeezeray pareto {shlex.quote(location)} "
+        f"--sweep {shlex.quote(sweep_id)}"
     )
 
 
@@ -104,8 +115,9 @@ def resumed_options(
     manifest: Mapping[str, Any], given: SweepOptions, store: Storage, sweep_id: str
 ) -> SweepOptions:
     """The options a sweep was started with (its manifest), plus the placement options given
-    now. Any other option given now with another value is refused: a resumed sweep runs
-    exactly what was started."""
+    now. Any other option given now with another value than the one the sweep used (the
+    option, or the space's own value where the option was left out: `_effective`) is
+    refused: a resumed sweep runs exactly what was started."""
     stored = manifest.get("options")
     if stored is None:  # a manifest written before SweepOptions: its flat fields
         stored = {
@@ -124,14 +136,29 @@ def resumed_options(
     for key, value in given.given().items():
         if key in PLACEMENT:
             changes[key] = value
-        elif value != getattr(started, key):
+            continue
+        used = _effective(manifest, started, key)
+        if value != used:
             raise SqueezerayError(
-                f"{FLAGS[key]}: sweep {sweep_id!r} was started with {getattr(started, key)!r}, "
+                f"{FLAGS[key]}: sweep {sweep_id!r} was started with {used!r}, "
                 f"not {value!r}; --resume runs exactly what was started, so leave "
                 f"{FLAGS[key]} out, or start a new sweep with it (without --resume) in "
                 f"{store.uri}"
             )
     return dataclasses.replace(started, **changes)
+
+
+# The options whose None means "the space's own value", which the manifest records as used.
+_FROM_SPACE = ("task", "trials", "seed", "name", "algorithm", "time_budget_s")
+
+
+def _effective(manifest: Mapping[str, Any], started: SweepOptions, key: str) -> Any:
+    """The value option `key` had in the sweep as it ran: the option as given at the start,
+    else (None: the space's own) what the manifest recorded for the space."""
+    value = getattr(started, key)
+    if value is None and key in _FROM_SPACE:
+        return manifest.get(key)
+    return value
 
 
 def stored_results(store: Storage, sweep_id: str) -> dict[str, dict[str, Any]]:

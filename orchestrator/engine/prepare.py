@@ -57,7 +57,7 @@ def prepare_sweep(
         _check_sweep_id(sweep_id)
     # The storage directory is created only once everything else has passed.
     store = _checked_storage(opts.storage, sweep_id, resume=resume)
-    start = _resumed(store, opts, sweep_id) if resume else _Start(space, opts, sweep_id)
+    start = _resumed(store, opts, sweep_id, space) if resume else _Start(space, opts, sweep_id)
     given = start.space
     loaded = given if isinstance(given, SearchSpace) else load_space(given, check_task=False)
     space_text = start.space_text if resume else config_space_text(loaded)
@@ -79,6 +79,7 @@ def prepare_sweep(
         fingerprint=fingerprint,
         space_text=space_text,
         budget_elapsed_s=start.budget_elapsed_s,
+        finished=start.finished,
     )
 
 
@@ -92,23 +93,69 @@ class _Start:
     sweep_id: str | None
     space_text: str | None = None  # the YAML the manifest kept (a resumed sweep)
     budget_elapsed_s: float = 0.0
+    finished: bool = False  # a resumed sweep whose manifest says it finished: nothing to run
 
 
-def _resumed(store: Storage, given: SweepOptions, sweep_id: str | None) -> _Start:
+def _resumed(
+    store: Storage,
+    given: SweepOptions,
+    sweep_id: str | None,
+    given_space: SearchSpace | str | Path | None,
+) -> _Start:
     """A resumed sweep's start, from its manifest: the options it was started with (plus the
     placement options given now) and the space as started (its YAML text), whatever became of
     its file since; only a manifest from before the text was kept (or a space built in
-    Python) reads the file."""
+    Python) reads the file. A space given now must be the one started (`_check_same_space`)."""
     if sweep_id is None:
         sweep_id = latest_sweep_id(store)
     manifest = read_manifest(store, sweep_id)
-    opts = resumed_options(manifest, given, store, sweep_id)
     budget_elapsed_s = float(manifest.get("budget_elapsed_s") or 0.0)
     space_text = manifest.get("space_yaml")
     space: SearchSpace | str = manifest["space_source"]
     if space_text is not None:
         space = parse_space_text(space_text, source=manifest["space_source"], check_task=False)
-    return _Start(space, opts, sweep_id, space_text, budget_elapsed_s)
+    if given_space is not None:
+        _check_same_space(given_space, space, manifest, store, sweep_id)
+    opts = resumed_options(manifest, given, store, sweep_id)
+    finished = manifest.get("status") == "finished"
+    return _Start(space, opts, sweep_id, space_text, budget_elapsed_s, finished)
+
+
+# What makes two spaces the same sweep (`source`, the file's path, does not; `task_metric` is
+# filled in from the task later).
+_SPACE_CONTENT = ("name", "task", "pipeline", "objectives", "params", "search", "constraints",
+                  "latency")  # fmt: skip
+
+
+def _check_same_space(
+    given: SearchSpace | str | Path,
+    started: SearchSpace | str,
+    manifest: Mapping[str, Any],
+    store: Storage,
+    sweep_id: str,
+) -> None:
+    """A space given with --resume must read as the one the sweep was started with (the same
+    content, wherever its file is): resuming runs the space the manifest kept, so another
+    space would be silently ignored. Raises SqueezerayError naming the file, the sweep, its
+    task and the ways out."""
+    mine = given if isinstance(given, SearchSpace) else load_space(given, check_task=False)
+    try:
+        theirs = (
+            started if isinstance(started, SearchSpace) else load_space(started, check_task=False)
+        )
+    except SqueezerayError:
+        theirs = None  # the started space's file is gone and the manifest kept no text
+    if theirs is not None and all(
+        getattr(mine, key) == getattr(theirs, key) for key in _SPACE_CONTENT
+    ):
+        return
+    raise SqueezerayError(
+        f"{mine.source}: --resume continues sweep {sweep_id!r} (task {manifest.get('task')}, "
+        f"space {manifest.get('space_source')}), which was started with another search space; "
+        f"leave the space out to resume {sweep_id!r} as started, pass --sweep-id of the sweep "
+        f"this space belongs to (list them with `squeezeray sweeps {store.uri}`), or start a "
+        f"new sweep with it (without --resume)"
+    )
 
 
 def _checked_storage(storage: str, sweep_id: str | None, *, resume: bool) -> Storage:

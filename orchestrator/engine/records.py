@@ -34,6 +34,7 @@ class PreparedSweep:
     fingerprint: dict[str, str] = field(default_factory=dict)  # stages.fingerprint, per task
     space_text: str | None = None  # the YAML it was read from (the manifest keeps it)
     budget_elapsed_s: float = 0.0  # seconds of the time budget spent before (--resume)
+    finished: bool = False  # resumed, but its manifest says it finished: nothing left to run
 
     @property
     def cpus_per_trial(self) -> float:

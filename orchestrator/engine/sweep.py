@@ -35,6 +35,7 @@ from typing import Any
 from orchestrator.engine.deadlines import end_budget, start_budget
 from orchestrator.engine.latency_phase import record_baseline, run_final_latency, start_baseline
 from orchestrator.engine.manifest import (
+    finished_note,
     read_manifest,
     resume_command,
     stored_results,
@@ -74,6 +75,7 @@ __all__ = [
     "SweepOutcome",
     "SweepSummary",
     "execute_sweep",
+    "finished_note",
     "prepare_sweep",
     "resume_command",
     "run_sweep",
@@ -101,9 +103,13 @@ def run_sweep(
     (the default space). The sweep's options are `options` or, as keywords, the fields of
     `SweepOptions` (`trials=`, `storage=`, `time_budget="30m"`, `cpus_per_trial=`, ...);
     they win over the file. Everything is validated before Ray starts; a SqueezerayError
-    names the key, the value and what is accepted.
+    names the key, the value and what is accepted. `resume=True` of a sweep that already
+    finished returns its rows without starting Ray.
     """
     sweep = prepare_sweep(space, options, sweep_id=sweep_id, resume=resume, **keywords)
+    if sweep.finished:
+        log.warning("%s", finished_note(sweep.storage, sweep.sweep_id))
+        return sweep_table(sweep.storage, sweep.sweep_id)
     return execute_sweep(sweep, warm_start=warm_start, progress=progress).table
 
 

@@ -109,6 +109,51 @@ def test_resume_runs_what_was_started_and_refuses_a_changed_option(tmp_path: Pat
     assert result.exit_code == 2 and "--trials" in result.output, result.output
 
 
+def test_resume_compares_an_option_with_the_value_the_sweep_used(tmp_path: Path) -> None:
+    """An option left out at the start took the space's value (tiny: 4 trials, seed 0): the
+    same value again resumes, another is refused naming the value used, not None."""
+    storage = tmp_path / "runs"
+    first = prepare_sweep("tiny", storage=storage, sweep_id="b")
+    write_manifest(first.storage, first, status="interrupted")
+    resumed = prepare_sweep(None, storage=storage, resume=True, sweep_id="b", trials=4, seed=0)
+    assert resumed.options == first.options and resumed.space.search.trials == 4
+    with pytest.raises(SqueezerayError, match=r"--trials: sweep 'b' was started with 4, not 8"):
+        prepare_sweep(None, storage=storage, resume=True, sweep_id="b", trials=8)
+    with pytest.raises(SqueezerayError, match=r"--algorithm: .* started with 'random', not 'grid"):
+        prepare_sweep(None, storage=storage, resume=True, sweep_id="b", algorithm="grid")
+
+
+def test_resume_refuses_another_space_and_says_a_finished_sweep_is_done(tmp_path: Path) -> None:
+    """A space given with --resume must be the one the sweep started with (same content, any
+    file): another one is refused before Ray, naming the file, the sweep, its task and the way
+    out. A finished sweep is not run again: the CLI says so and exits 0, its manifest as it was."""
+    from orchestrator.space.config import load_space
+
+    storage = tmp_path / "runs"
+    first = prepare_sweep("tiny", storage=storage, sweep_id="t")
+    write_manifest(first.storage, first, status="interrupted")
+    copy = tmp_path / "copy.yaml"  # the same content elsewhere resumes
+    copy.write_text(Path(load_space("tiny").source).read_text() + "\n# a comment\n")
+    assert prepare_sweep(str(copy), storage=storage, resume=True).sweep_id == "t"
+    assert prepare_sweep("tiny", storage=storage, resume=True, sweep_id="t").sweep_id == "t"
+    with pytest.raises(SqueezerayError) as err:
+        prepare_sweep("quick", storage=storage, resume=True)  # the latest sweep is t
+    message = str(err.value)
+    assert "quick.yaml" in message and "'t'" in message and "task blobs" in message
+    assert "leave the space out" in message and "--sweep-id" in message
+    assert "without --resume" in message
+    result = runner.invoke(app, ["sweep", "quick", "--resume", "--storage", str(storage)])
+    assert result.exit_code == 2 and "another search space" in result.output, result.output
+
+    write_manifest(first.storage, first, status="finished")
+    manifest = (storage / Path(*manifest_path("t"))).read_text()
+    result = runner.invoke(app, ["sweep", "--resume", "--storage", str(storage)])
+    assert result.exit_code == 0, result.output
+    assert "sweep t already finished" in result.output
+    assert f"squeezeray pareto {storage} --sweep t" in " ".join(result.output.split())
+    assert (storage / Path(*manifest_path("t"))).read_text() == manifest  # Ray never ran
+
+
 HANG_SPACE = """
 task: @TASK@
 pipeline: [teacher, distill]
