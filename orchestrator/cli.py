@@ -243,16 +243,22 @@ def validate(
         str | None,
         typer.Option("--task", help="Check with this task instead (NAME or pkg.mod:callable)."),
     ] = None,
+    teacher_weights: TeacherWeightsOpt = None,
 ) -> None:
-    """Check a search space (YAML, stages, ranges, task) without starting Ray; print a summary."""
+    """Check a search space (YAML, stages, ranges, task, teacher weights) without starting Ray;
+    print a summary. The same checks as `squeezeray sweep` runs before Ray starts."""
     from orchestrator.space.config import load_space
-    from orchestrator.space.parse import check_stages_apply_to_task
 
     loaded = load_space(space, check_task=task is None)
     if task is not None:
         loaded = loaded.with_overrides(task=task)
-    if ":" in loaded.task:  # a user task was imported above; built-ins stay unimported here
-        check_stages_apply_to_task(loaded)
+    # A user task (imported above) or a weights file gets the sweep's own checks: stages that
+    # cannot apply, the weights loaded into the teacher; built-in tasks stay unimported here.
+    if ":" in loaded.task or teacher_weights is not None:
+        from orchestrator.engine.prepare import bound_to_task
+        from orchestrator.space.options import SweepOptions
+
+        loaded, _ = bound_to_task(loaded, SweepOptions.build(teacher_weights=teacher_weights))
     out.print(loaded.summary(), markup=False, highlight=False, soft_wrap=True)
     out.print(f"ok: {loaded.source} is valid", markup=False, highlight=False, soft_wrap=True)
 
@@ -749,15 +755,9 @@ def trials_phrase(space: Any) -> str:
     """ "24 trials (optuna)", or for a grid the trials it runs and the grid's size."""
     if space.search.algorithm != "grid":
         return f"{space.search.trials} trials ({space.search.algorithm})"
-    from orchestrator.space.coherence import grid_points
+    from orchestrator.space.coherence import grid_trials_text
 
-    points, total = grid_points(space)
-    if len(points) == total:
-        return f"{total} trials (grid)"
-    return (
-        f"{len(points)} trials (grid of {total}: {total - len(points)} points repeat another's "
-        "effective configuration and run once)"
-    )
+    return grid_trials_text(space)
 
 
 def main() -> None:

@@ -37,9 +37,10 @@ def check_stages_apply(
     is the stage's own error. Raises SqueezerayError naming the stage, the value and the fix:
 
     - lora with a reachable rank > 0 on a model with no nn.Linear / nn.MultiheadAttention;
-    - lowrank with a reachable rank_ratio < 1 on a model with no plain nn.Linear, or (when
-      nothing upstream resizes layers) with no Linear that the smallest reachable rank_ratio
-      and min_features would factorise;
+    - lowrank with a reachable rank_ratio < 1 on a model with no plain nn.Linear, or with no
+      Linear that the smallest reachable rank_ratio and min_features would factorise (when
+      structured pruning or a made student resizes layers upstream, which only shrinks them:
+      with no Linear of min(out, in) >= the smallest min_features);
     - prune with a reachable unstructured method and ratio > 0 on a model whose Linear/Conv
       weights hold under `stages.prune.MIN_PRUNABLE_SHARE` of its parameters (RNN models);
     - quantize.mode dynamic_int8 reachable on a model with no nn.Linear or (supported)
@@ -93,14 +94,16 @@ def check_stages_apply(
         resized = (
             "prune" in pipeline and "structured" in reachable("prune.method", "l1_unstructured")
         ) or ("distill" in pipeline and task.student is None)
-        if ratios and has_linear and not resized:
+        # Resizing upstream only shrinks layers, so min_features alone still decides: a layer
+        # below it as built stays below it (whether the rank shrinks it depends on the new shape).
+        if ratios and has_linear:
             ratio = min(ratios)
             min_features = min(reachable("lowrank.min_features", LowRankParams().min_features))
             sizes = [
                 (m.out_features, m.in_features) for m in model.modules() if type(m) is nn.Linear
             ]
             if not any(
-                min(o, i) >= min_features and shrinks(o, i, target_rank(o, i, ratio))
+                min(o, i) >= min_features and (resized or shrinks(o, i, target_rank(o, i, ratio)))
                 for o, i in sizes
             ):
                 raise SqueezerayError(

@@ -69,7 +69,7 @@ def prepare_sweep(
         time_budget_s=start.options.time_budget_s,
         algorithm=start.options.algorithm,
     )
-    loaded, fingerprint = _bound_to_task(loaded, start.options)
+    loaded, fingerprint = bound_to_task(loaded, start.options)
     return PreparedSweep(
         space=loaded,
         storage=open_storage(start.options.storage, create=True),
@@ -176,7 +176,7 @@ def _checked_storage(storage: str, sweep_id: str | None, *, resume: bool) -> Sto
     return store
 
 
-def _bound_to_task(space: SearchSpace, opts: SweepOptions) -> tuple[SearchSpace, dict[str, str]]:
+def bound_to_task(space: SearchSpace, opts: SweepOptions) -> tuple[SearchSpace, dict[str, str]]:
     """The space with the task's teacher weights and metric, and the task's fingerprint.
 
     The task import path is checked here, on the driver, before any Ray work (and so is every

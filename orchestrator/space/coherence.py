@@ -79,3 +79,15 @@ def grid_points(space: _Grid) -> tuple[list[dict[str, Any]], int]:
             seen.add(key)
             points.append(point)
     return points, total
+
+
+def grid_trials_text(space: _Grid) -> str:
+    """ "6 trials (grid)", or when some grid points repeat another's effective configuration
+    "4 trials (grid of 6: 2 points repeat another's effective configuration and run once)"."""
+    points, total = grid_points(space)
+    if len(points) == total:
+        return f"{total} trials (grid)"
+    return (
+        f"{len(points)} trials (grid of {total}: {total - len(points)} points repeat another's "
+        "effective configuration and run once)"
+    )

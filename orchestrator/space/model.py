@@ -182,14 +182,13 @@ class SearchSpace:
         return dataclasses.replace(self, task_metric=name)
 
     def _trials_text(self) -> str:
-        """ "16 trials", or for a grid the trials it runs (one per distinct effective
-        configuration) and the grid's size."""
+        """ "16 trials", or for a grid the trials it runs and the grid's size
+        (`coherence.grid_trials_text`)."""
         if self.search.algorithm != "grid":
             return f"{self.search.trials} trials"
-        from orchestrator.space.coherence import grid_points
+        from orchestrator.space.coherence import grid_trials_text
 
-        points, total = grid_points(self)
-        return f"{len(points)} trials" + ("" if len(points) == total else f" (grid of {total})")
+        return grid_trials_text(self)
 
     def searched(self) -> dict[str, Distribution]:
         """The knobs the search samples, "stage.param" -> Distribution."""

@@ -69,4 +69,4 @@ def test_grid_sweep_runs_each_effective_configuration_once(tmp_path: Path) -> No
 
 def test_validate_summary_gives_the_grid_trials_not_search_trials(tmp_path: Path) -> None:
     summary = _space(tmp_path).summary()
-    assert "grid, 4 trials (grid of 6)" in summary, summary
+    assert "grid, 4 trials (grid of 6: 2 points repeat another's effective" in summary, summary

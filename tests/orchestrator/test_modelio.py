@@ -439,6 +439,13 @@ def test_teacher_weights_option(tmp_path: Path, monkeypatch: pytest.MonkeyPatch)
     assert result.exit_code == 2, result.output
     assert "--teacher-weights" in result.output and "does not fit" in result.output
     assert not storage.exists()
+    # `squeezeray validate` runs the same check (and loads the good file), no Ray, no storage
+    result = CliRunner().invoke(app, ["validate", str(space_file), "--teacher-weights", str(bad)])
+    assert result.exit_code == 2 and "does not fit" in result.output, result.output
+    result = CliRunner().invoke(
+        app, ["validate", str(space_file), "--teacher-weights", str(weights)]
+    )
+    assert result.exit_code == 0 and "teacher.epochs" in result.output, result.output
     result = CliRunner().invoke(
         app,
         ["sweep", str(space_file), "--storage", str(storage), "--teacher-weights", str(weights)],
