@@ -22,7 +22,9 @@ Modes (`quantize.mode`):
 - `qat`: FX quantization-aware training (`prepare_qat_fx`; the inner Linears as above with
   eager `prepare_qat`), `qat_epochs` of CE fine-tuning with fake quantization, then convert.
 - `onnx_int8`: ONNX export of the float model, then ONNX Runtime's dynamic quantization (QInt8
-  weights of MatMul/Gemm nodes: attention projections included). The checkpoint deploys to
+  weights of every op its registry covers: MatMul/Gemm, attention projections included, Conv
+  as `ConvInteger`, LSTM, and Embedding tables behind a Gather as uint8; biases, norms and GRU
+  stay float). The checkpoint deploys to
   ONNX Runtime: its `onnx` bytes are the int8 model, its
   state_dict keeps the float weights for reference (so `build_model` still gives the float
   eager model); `stages.metrics.size_bytes` measures the ONNX bytes.
@@ -141,7 +143,7 @@ _WHAT_MODES_QUANTIZE = {
     "qat": "qat quantizes the Linear/Conv layers FX graph mode can trace, plus the Linears and "
     "attention inside built-in torch.nn modules (e.g. nn.TransformerEncoder)",
     "onnx_int8": "onnx_int8 (ONNX Runtime dynamic quantization) quantizes the weights of "
-    "MatMul/Gemm/Conv nodes",
+    "MatMul/Gemm/Conv/LSTM nodes and Embedding lookups (Gather)",
 }
 
 

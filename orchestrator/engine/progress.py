@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from types import TracebackType
 from typing import Any
@@ -9,15 +10,19 @@ from typing import Any
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
+from orchestrator.space.metrics import VALIDATION_PREFIX
 from orchestrator.space.model import SearchSpace
 
 
 class SweepProgress:
-    """A progress bar: trials done/running/failed and the best accuracy so far."""
+    """A progress bar: trials done/running/failed and the best value so far of the quality
+    metric the search selects on (`quality_column`: `val_accuracy`, or e.g. `val_f1_macro`
+    when that is the objective)."""
 
     def __init__(self, console: Console, space: SearchSpace) -> None:
         self.console = console
         self.total = space.search.trials
+        self.quality, self.direction = quality_column(space)
         self.best_accuracy: float | None = None
         self.running = 0
         self.progress = Progress(
@@ -50,9 +55,11 @@ class SweepProgress:
             self.running += 1
         elif event == "done":
             self.running = max(0, self.running - 1)
-            acc = data.get("val_accuracy")
-            if data.get("status") == "ok" and acc is not None:
-                self.best_accuracy = max(self.best_accuracy or 0.0, float(acc))
+            value = _metric_value(data, self.quality)
+            if data.get("status") == "ok" and value is not None:
+                better = max if self.direction == "max" else min
+                prior = self.best_accuracy
+                self.best_accuracy = value if prior is None else better(prior, value)
             if data.get("status") != "ok":
                 from rich.markup import escape
 
@@ -65,9 +72,8 @@ class SweepProgress:
                     highlight=False,
                     soft_wrap=True,
                 )
-        best = (
-            f"best val accuracy {self.best_accuracy:.4f}" if self.best_accuracy is not None else ""
-        )
+        label = self.quality.replace(VALIDATION_PREFIX, "val ", 1)
+        best = f"best {label} {self.best_accuracy:.4f}" if self.best_accuracy is not None else ""
         self.progress.update(
             self.task_id,
             total=total,
@@ -77,6 +83,28 @@ class SweepProgress:
                 f"running {self.running}  {best}"
             ),
         )
+
+
+def quality_column(space: SearchSpace) -> tuple[str, str]:
+    """(column, direction) of the first objective that selects on a validation column
+    (`val_accuracy`, a task metric's `val_f1_macro`); `val_accuracy`, max when none does."""
+    for column, direction in space.search_objectives():
+        if column.startswith(VALIDATION_PREFIX):
+            return column, direction
+    return "val_accuracy", "max"
+
+
+def _metric_value(data: Mapping[str, Any], column: str) -> float | None:
+    """`column` of a finished trial's row or result (a task metric may sit in the row's
+    `custom_metrics` JSON); None when absent or not finite."""
+    value = data.get(column)
+    if value is None and data.get("custom_metrics"):
+        import json
+
+        value = json.loads(str(data["custom_metrics"])).get(column)
+    if value is None or not math.isfinite(float(value)):
+        return None
+    return float(value)
 
 
 def print_outcome(

@@ -238,3 +238,34 @@ def test_same_seed_same_weights(digits: Task, digits_teacher: ModelCheckpoint) -
     a = _run(digits, digits_teacher, mode="static_int8", calibration_batches=2)
     b = _run(digits, digits_teacher, mode="static_int8", calibration_batches=2)
     assert torch.equal(_outputs(digits, a), _outputs(digits, b))
+
+
+def test_onnx_int8_quantizes_conv_and_linear_weights(
+    cnn: Task, cnn_teacher: ModelCheckpoint
+) -> None:
+    """onnx_int8 is ONNX Runtime's dynamic quantization of every op its registry covers:
+    Conv becomes ConvInteger with int8 weights as Linear (Gemm/MatMul) becomes MatMulInteger,
+    and quantized_fraction counts both (the README's table says so)."""
+    import numpy as np
+    import onnx
+    from onnx import numpy_helper
+
+    from stages.metrics import quantized_fraction
+
+    ckpt = _run(cnn, cnn_teacher, mode="onnx_int8")
+    assert ckpt.onnx is not None
+    graph = onnx.load_from_string(ckpt.onnx).graph
+    ops = {n.op_type for n in graph.node}
+    assert {"ConvInteger", "MatMulInteger"} <= ops and not ops & {"Conv", "Gemm", "MatMul"}
+    arrays = {i.name: numpy_helper.to_array(i) for i in graph.initializer}
+    weights = {
+        n: a
+        for n, a in arrays.items()
+        if (a.ndim > 0 and a.dtype.kind == "f") or a.dtype in (np.int8, np.uint8)
+    }
+    weights = {n: a for n, a in weights.items() if not n.endswith(("_scale", "_zero_point"))}
+    conv_weights = [a for n, a in weights.items() if a.ndim == 4]
+    assert conv_weights and all(a.dtype == np.int8 for a in conv_weights)
+    int8 = sum(a.size for a in weights.values() if a.dtype in (np.int8, np.uint8))
+    assert quantized_fraction(ckpt) == pytest.approx(int8 / sum(a.size for a in weights.values()))
+    assert quantized_fraction(ckpt) > 0.9  # the float rest is biases (and norms)
