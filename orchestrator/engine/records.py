@@ -26,6 +26,8 @@ EXIT_NO_TRIAL_OK = 4
 
 @dataclass(frozen=True)
 class PreparedSweep:
+    """A sweep that passed every check before Ray (`prepare.prepare_sweep`); nothing started."""
+
     space: SearchSpace  # the options' overrides applied
     storage: Storage
     sweep_id: str
@@ -101,6 +103,8 @@ class SweepSummary:
 
 @dataclass(frozen=True)
 class SweepOutcome:
+    """A finished sweep: its rows and its summary."""
+
     table: Any  # pyarrow.Table of this sweep's rows
     summary: SweepSummary
 
