@@ -11,6 +11,7 @@ Three ways, one cron expression:
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import re
 import shlex
@@ -313,19 +314,19 @@ def _cronjob(cron: str) -> dict[str, Any]:
     }
 
 
+def _literal_block(dumper: Any, value: str) -> Any:
+    """A YAML representer: multi-line strings as literal blocks, others plain."""
+    style = "|" if "\n" in value else None
+    return dumper.represent_scalar("tag:yaml.org,2002:str", value, style=style)
+
+
 def _dump(doc: dict[str, Any]) -> str:
     """YAML with multi-line strings as literal blocks (the ConfigMap's embedded RayJob)."""
     import yaml
 
-    class Dumper(yaml.SafeDumper):
-        pass
-
-    def text(dumper: yaml.SafeDumper, value: str) -> yaml.ScalarNode:
-        style = "|" if "\n" in value else None
-        return dumper.represent_scalar("tag:yaml.org,2002:str", value, style=style)
-
-    Dumper.add_representer(str, text)
-    return yaml.dump(doc, Dumper=Dumper, sort_keys=False)
+    dumper: type[yaml.SafeDumper] = type("LiteralDumper", (yaml.SafeDumper,), {})
+    dumper.add_representer(str, _literal_block)
+    return yaml.dump(doc, Dumper=dumper, sort_keys=False)
 
 
 def _ray_version() -> str:
@@ -378,8 +379,4 @@ def run_forever(
 
 def subprocess_runner(command: NightlyCommand) -> Callable[[], int]:
     """Run `squeezeray nightly` as a child process: each night gets a fresh Ray and memory."""
-
-    def run() -> int:
-        return subprocess.call(command.argv(), cwd=command.cwd)
-
-    return run
+    return functools.partial(subprocess.call, command.argv(), cwd=command.cwd)

@@ -431,12 +431,14 @@ def _same_knob_checks(
     return out
 
 
-def _drift(previous: pa.Table, tonight: pa.Table) -> list[Drift]:
-    def baseline(rows: pa.Table) -> dict[str, Any]:
-        found = [r for r in rows.to_pylist() if r.get("is_baseline") and r["status"] == "ok"]
-        return found[0] if found else {}
+def _ok_baseline(rows: pa.Table) -> dict[str, Any]:
+    """The first ok baseline row of `rows`, or {}."""
+    found = [r for r in rows.to_pylist() if r.get("is_baseline") and r["status"] == "ok"]
+    return found[0] if found else {}
 
-    b0, b1 = baseline(previous), baseline(tonight)
+
+def _drift(previous: pa.Table, tonight: pa.Table) -> list[Drift]:
+    b0, b1 = _ok_baseline(previous), _ok_baseline(tonight)
     return [
         Drift(metric=m, before=_float(b0.get(m)), after=_float(b1.get(m)))
         for m in ("accuracy", "size_bytes", "params_total", "latency_ms")

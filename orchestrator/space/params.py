@@ -290,16 +290,16 @@ def _make_params(source: str, key: str, spec: Any, values: dict[str, Any], shown
         ) from exc
 
 
+def _as_float(value: Any) -> Any:
+    return float(value) if isinstance(value, int) and not isinstance(value, bool) else value
+
+
 def _as_float_values(dist: Distribution) -> Distribution:
     """Ints given for a float param become floats (4 and 4.0 must give one stage-cache key)."""
-
-    def as_float(v: Any) -> Any:
-        return float(v) if isinstance(v, int) and not isinstance(v, bool) else v
-
     if dist.kind == "fixed":
-        return dataclasses.replace(dist, value=as_float(dist.value))
+        return dataclasses.replace(dist, value=_as_float(dist.value))
     if dist.kind == "choice":
-        return dataclasses.replace(dist, choices=tuple(as_float(v) for v in dist.choices))
+        return dataclasses.replace(dist, choices=tuple(_as_float(v) for v in dist.choices))
     return dist
 
 

@@ -1,4 +1,4 @@
-"""The sweep engine stays in named parts (issue 16 item 2), read from the source with `ast`.
+"""The orchestrator stays in named parts (issue 16 item 2), read from the source with `ast`.
 
 Beside the length limit every orchestrator function keeps (tests/test_code_shape.py): no
 function or class defined inside a function in PACKAGES (a helper hidden in a long function is
@@ -12,7 +12,7 @@ import ast
 from pathlib import Path
 
 ORCHESTRATOR = Path(__file__).resolve().parents[2] / "orchestrator"
-PACKAGES = ("engine", "store")
+PACKAGES = ("space", "engine", "store", "query", "nightly")
 
 Function = ast.FunctionDef | ast.AsyncFunctionDef
 
