@@ -564,6 +564,18 @@ GcKeepLastOpt = Annotated[
     ),
 ]
 
+NightlyResumeOpt = Annotated[
+    bool,
+    typer.Option(
+        "--resume",
+        help="Finish an interrupted night (the newest nightly sweep in --storage, or "
+        "--sweep-id) as it was started, then write its report and exit as the night would.",
+    ),
+]
+NightlySweepIdOpt = Annotated[
+    str | None, typer.Option(help="With --resume: which night (default: the latest).")
+]
+
 
 @app.command()
 def nightly(
@@ -591,22 +603,26 @@ def nightly(
     latency_resource: LatencyResourceOpt = None,
     teacher_weights: TeacherWeightsOpt = None,
     gc_keep_last: GcKeepLastOpt = None,
+    resume: NightlyResumeOpt = False,
+    sweep_id: NightlySweepIdOpt = None,
 ) -> None:
     """Tonight's sweep: warm-started from earlier sweeps in --storage, reusing their cached
     stages, then a report (markdown + HTML) against the previous and the all-time front.
-    Exit code 3 on a regression."""
-    from orchestrator.engine.progress import SweepProgress
-    from orchestrator.nightly.run import execute_nightly, prepare_nightly
-    from orchestrator.query.report import Thresholds
+    Exit code 3 on a regression.
 
-    thresholds = Thresholds(
-        hypervolume_drop_pct=regression_threshold,
-        accuracy_drop_points=accuracy_threshold,
-        latency_increase_pct=latency_threshold,
-    )
+    --resume finishes an interrupted night (the latest, or --sweep-id) under the lock, then
+    writes its report and exits as the night would have."""
+    from orchestrator.engine.progress import SweepProgress
+    from orchestrator.engine.sweep import finished_note
+    from orchestrator.nightly.run import execute_nightly, prepare_nightly
+
+    thresholds = _thresholds(regression_threshold, accuracy_threshold, latency_threshold)
     lock_timeout_s = _duration("--lock-timeout", lock_timeout)
-    prepared = prepare_nightly(space, _sweep_options(ctx.params))
-    _print_start("nightly", prepared)
+    prepared = prepare_nightly(space, _sweep_options(ctx.params), resume=resume, sweep_id=sweep_id)
+    if prepared.finished:  # --resume of a night that ended: nothing to run, no new report
+        console.print(finished_note(prepared.storage, prepared.sweep_id), highlight=False)
+        return
+    _print_night_start(prepared, report_dir, thresholds, gc_keep_last)
     with SweepProgress(console, prepared.space) as progress:
         outcome = execute_nightly(
             prepared,
@@ -620,6 +636,39 @@ def nightly(
     _print_nightly_outcome(outcome)
     if outcome.exit_code:
         raise typer.Exit(outcome.exit_code)
+
+
+def _thresholds(
+    hypervolume_drop_pct: float, accuracy_drop_points: float, latency_pct: float
+) -> Any:
+    """nightly's regression thresholds (`orchestrator.query.report.Thresholds`)."""
+    from orchestrator.query.report import Thresholds
+
+    return Thresholds(
+        hypervolume_drop_pct=hypervolume_drop_pct,
+        accuracy_drop_points=accuracy_drop_points,
+        latency_increase_pct=latency_pct,
+    )
+
+
+def _print_night_start(
+    prepared: Any, report_dir: Path | None, thresholds: Any, gc_keep_last: int | None
+) -> None:
+    """The night's first line, then the command that finishes it if it is interrupted
+    (printed up front: after a crash there is no chance to print anything)."""
+    from rich.markup import escape
+
+    from orchestrator.nightly.run import nightly_resume_command
+
+    _print_start("nightly", prepared, note=" (resumed)" if prepared.resume else "")
+    command = nightly_resume_command(
+        prepared.storage, prepared.sweep_id, report_dir=report_dir, thresholds=thresholds,
+        gc_keep_last=gc_keep_last,
+    )  # fmt: skip
+    console.print(
+        f"[dim]if interrupted, finish it with: {escape(command)}[/]",
+        highlight=False, soft_wrap=True,
+    )  # fmt: skip
 
 
 def _print_nightly_outcome(outcome: Any) -> None:

@@ -96,19 +96,28 @@ def read_manifest(store: Storage, sweep_id: str) -> dict[str, Any]:
     return dict(json.loads(store.read_bytes(*manifest_path(sweep_id))))
 
 
-def latest_sweep_id(store: Storage) -> str:
+def latest_sweep_id(store: Storage, *, name_prefix: str | None = None) -> str:
+    """The newest sweep in `store` (by its manifest's time); with `name_prefix`, the newest
+    whose name starts with it (`nightly-`: the latest nightly run)."""
     from pyarrow.fs import FileSelector
 
     if not store.exists(SWEEPS_DIR):
         raise SqueezerayError(f"no sweep to resume under {store.uri}: it holds no {SWEEPS_DIR}/")
     infos = store.fs.get_file_info(FileSelector(store.path(SWEEPS_DIR)))
-    manifests = [
-        i for i in infos if i.base_name.endswith(".json") and not i.base_name.startswith(".")
-    ]
-    if not manifests:
-        raise SqueezerayError(f"no sweep to resume under {store.uri}")
-    newest = max(manifests, key=lambda i: i.mtime_ns or 0)
-    return str(newest.base_name.removesuffix(".json"))
+    manifests = sorted(
+        (i for i in infos if i.base_name.endswith(".json") and not i.base_name.startswith(".")),
+        key=lambda i: i.mtime_ns or 0,
+        reverse=True,
+    )
+    for info in manifests:
+        sweep_id = str(info.base_name.removesuffix(".json"))
+        if name_prefix is None:
+            return sweep_id
+        name = read_manifest(store, sweep_id).get("name") or ""
+        if str(name).startswith(name_prefix):
+            return sweep_id
+    which = f"no sweep named {name_prefix}*" if name_prefix else "no sweep"
+    raise SqueezerayError(f"{which} to resume under {store.uri}")
 
 
 def resumed_options(

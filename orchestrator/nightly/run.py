@@ -8,6 +8,10 @@
 The sweep is named `nightly-YYYYMMDD`; its id adds the time and a random suffix
 (`nightly-YYYYMMDD-HHMMSS-xxxx`), so two runs on one day never mix rows. The search seed
 defaults to that date, so successive nights explore differently and a night can be replayed.
+
+An interrupted night is finished by `squeezeray nightly --resume` (`prepare_nightly(resume=
+True)`): the same sweep resumed under the lock, then the report and the night's exit code, as
+an uninterrupted night; the interruption's message says that command (`nightly_resume_command`).
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ import dataclasses
 import json
 import math
 import secrets
+import shlex
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import date as Date
@@ -23,8 +28,10 @@ from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from orchestrator.engine.manifest import latest_sweep_id
 from orchestrator.engine.sweep import (
     PreparedSweep,
+    SweepInterrupted,
     SweepSummary,
     execute_sweep,
     prepare_sweep,
@@ -34,6 +41,7 @@ from orchestrator.query.report import NightlyReport, Thresholds, build_report, w
 from orchestrator.space.model import Distribution, SearchSpace
 from orchestrator.space.options import SweepOptions
 from orchestrator.store.lock import DEFAULT_TIMEOUT_S, storage_lock
+from orchestrator.store.storage import Storage, open_storage
 from stages.errors import SqueezerayError
 
 if TYPE_CHECKING:
@@ -157,12 +165,19 @@ def prepare_nightly(
     options: SweepOptions | None = None,
     *,
     day: Date | None = None,
+    resume: bool = False,
+    sweep_id: str | None = None,
     **keywords: Any,
 ) -> PreparedSweep:
     """Tonight's sweep, validated (no Ray, no lock yet): named `nightly-YYYYMMDD` and seeded
     by the date unless the options give a name / seed. The options are `options` or its
     fields as keywords (as `prepare_sweep`; `storage=` is required). With keywords,
-    `algorithm` defaults to "optuna" (warm starting needs it); None keeps the space's own."""
+    `algorithm` defaults to "optuna" (warm starting needs it); None keeps the space's own.
+
+    `resume=True`: the interrupted night `sweep_id` (default: the newest nightly sweep in the
+    storage, or the newest named `--name`) as it was started (`prepare_sweep(resume=True)`:
+    its manifest's options and space; another given is refused). Its `finished` says that
+    the night already ended."""
     day = day or Date.today()
     if options is None:
         keywords.setdefault("algorithm", "optuna")
@@ -171,6 +186,16 @@ def prepare_nightly(
                 "prepare_nightly needs storage=: the results every night builds on"
             )
     opts = sweep_options(options, keywords)
+    if resume:
+        if sweep_id is None:
+            store = open_storage(opts.storage)
+            sweep_id = latest_sweep_id(store, name_prefix=opts.name or "nightly-")
+        return prepare_sweep(space, opts, sweep_id=sweep_id, resume=True)
+    if sweep_id is not None:
+        raise SqueezerayError(
+            f"--sweep-id {sweep_id!r} is only for --resume: a new night's id is "
+            "nightly-YYYYMMDD-HHMMSS-xxxx (give --name to change its prefix)"
+        )
     opts = dataclasses.replace(
         opts,
         seed=int(f"{day:%Y%m%d}") if opts.seed is None else opts.seed,
@@ -179,6 +204,34 @@ def prepare_nightly(
     # The id repeats no date: nightly-YYYYMMDD-HHMMSS-xxxx (time and suffix: runs never mix).
     sweep_id = f"{opts.name}-{datetime.now():%H%M%S}-{secrets.token_hex(2)}"
     return prepare_sweep(space, opts, sweep_id=sweep_id)
+
+
+def nightly_resume_command(
+    store: Storage,
+    sweep_id: str,
+    *,
+    report_dir: str | Path | None = None,
+    thresholds: Thresholds = Thresholds(),
+    gc_keep_last: int | None = None,
+) -> str:
+    """The shell command that finishes the interrupted night `sweep_id`: `squeezeray nightly
+    --resume`, with the report's options that were not the defaults (the manifest keeps only
+    the sweep's)."""
+    location = store.root if store.is_local else store.uri
+    words = ["squeezeray", "nightly", "--resume", "--sweep-id", sweep_id, "--storage", location]
+    if report_dir is not None:
+        words += ["--report-dir", str(Path(report_dir).resolve())]
+    flags = {
+        "--regression-threshold": "hypervolume_drop_pct",
+        "--accuracy-threshold": "accuracy_drop_points",
+        "--latency-threshold": "latency_increase_pct",
+    }
+    for flag, field in flags.items():
+        if getattr(thresholds, field) != getattr(Thresholds(), field):
+            words += [flag, f"{getattr(thresholds, field):g}"]
+    if gc_keep_last is not None:
+        words += ["--gc-keep-last", str(gc_keep_last)]
+    return shlex.join(words)
 
 
 def execute_nightly(
@@ -209,16 +262,23 @@ def execute_nightly(
             "leave it out to keep every checkpoint"
         )
     store = prepared.storage
+    if prepared.finished:
+        from orchestrator.engine.manifest import finished_note
+
+        raise SqueezerayError(finished_note(store, prepared.sweep_id))
     with storage_lock(store, wait=wait, timeout_s=lock_timeout_s):
         warm, notes = _warm_start(prepared)
-        outcome = execute_sweep(
-            prepared,
-            address=address,
-            latency_resource=latency_resource,
-            num_cpus=num_cpus,
-            warm_start=warm,
-            progress=progress,
-        )
+        try:
+            outcome = execute_sweep(
+                prepared,
+                address=address,
+                latency_resource=latency_resource,
+                num_cpus=num_cpus,
+                warm_start=warm,
+                progress=progress,
+            )
+        except SweepInterrupted as exc:  # finished as a night: report, exit code, lock
+            raise _as_night(exc, prepared, report_dir, thresholds, gc_keep_last) from None
         report = _report(prepared, outcome.summary, thresholds=thresholds, notes=notes)
         paths = write_report(report, store=store, report_dir=report_dir)
         gc_plan, gc_error = _collect_after_night(store.uri, gc_keep_last)
@@ -231,6 +291,22 @@ def execute_nightly(
         gc=gc_plan,
         gc_error=gc_error,
     )
+
+
+def _as_night(
+    exc: SweepInterrupted,
+    prepared: PreparedSweep,
+    report_dir: str | Path | None,
+    thresholds: Thresholds,
+    gc_keep_last: int | None,
+) -> SweepInterrupted:
+    """An interrupted night's error, naming `squeezeray nightly --resume` (which writes the
+    report and gives the night's exit code under the lock) instead of `sweep --resume`."""
+    command = nightly_resume_command(
+        prepared.storage, prepared.sweep_id, report_dir=report_dir, thresholds=thresholds,
+        gc_keep_last=gc_keep_last,
+    )  # fmt: skip
+    return SweepInterrupted(dataclasses.replace(exc.summary, resume_command=command))
 
 
 def _warm_start(prepared: PreparedSweep) -> tuple[WarmStart | None, list[str]]:
@@ -300,12 +376,17 @@ def run_nightly(
     day: Date | None = None,
     progress: Callable[[str, Mapping[str, Any]], None] | None = None,
     gc_keep_last: int | None = None,
+    resume: bool = False,
+    sweep_id: str | None = None,
     **keywords: Any,
 ) -> NightlyOutcome:
     """`prepare_nightly` then `execute_nightly` (the Python API of `squeezeray nightly`);
     the sweep options as `options` or as keywords (`storage=`, `trials=`, `trial_timeout=`,
-    ... every field of `SweepOptions`)."""
-    prepared = prepare_nightly(space, options, day=day, **keywords)
+    ... every field of `SweepOptions`). `resume=True` finishes an interrupted night (see
+    `prepare_nightly`; one that already finished raises SqueezerayError saying so)."""
+    prepared = prepare_nightly(
+        space, options, day=day, resume=resume, sweep_id=sweep_id, **keywords
+    )
     return execute_nightly(
         prepared,
         report_dir=report_dir,

@@ -242,6 +242,61 @@ def test_prepare_nightly_names_and_seeds_by_date(tmp_path: Path) -> None:
     assert prepared.space.search.seed == 20260304 and prepared.space.search.algorithm == "optuna"
 
 
+def test_nightly_resume_picks_the_latest_night_and_names_itself_when_interrupted(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`nightly --resume` (no Ray here): the newest nightly sweep, not a later manual one;
+    an interruption under it names `nightly --resume` with the report's options (and the lock
+    is released); a night that ended is not run again (exit 0)."""
+    import orchestrator.nightly.run as night
+    from orchestrator.cli import app
+    from orchestrator.engine.manifest import write_manifest
+    from orchestrator.engine.sweep import SweepInterrupted, SweepSummary, prepare_sweep
+    from orchestrator.store.lock import storage_lock
+
+    storage = tmp_path / "runs"
+    with pytest.raises(SqueezerayError, match="no sweep"):
+        prepare_nightly(storage=storage, resume=True)
+    with pytest.raises(SqueezerayError, match="--sweep-id 'x' is only for --resume"):
+        prepare_nightly("tiny", storage=storage, sweep_id="x")
+    tonight = prepare_nightly("tiny", storage=storage, trials=3)
+    write_manifest(tonight.storage, tonight, status="interrupted")
+    manual = prepare_sweep("tiny", storage=storage, sweep_id="manual")  # newer, not a night
+    write_manifest(manual.storage, manual, status="interrupted")
+    resumed = prepare_nightly(storage=storage, resume=True)
+    assert (resumed.sweep_id, resumed.resume) == (tonight.sweep_id, True)
+    assert resumed.space == tonight.space and not resumed.finished
+
+    def interrupted(prepared: Any, **_: Any) -> Any:
+        summary = SweepSummary(
+            sweep_id=prepared.sweep_id, storage=str(storage), trials_ok=1, trials_failed=0,
+            stages_executed=0, stages_loaded=0, stage_requests=0, corrupt_checkpoints=0,
+            wall_s=1.0, interrupted=True, resume_command="squeezeray sweep --resume ...",
+        )  # fmt: skip
+        raise SweepInterrupted(summary)
+
+    monkeypatch.setattr(night, "execute_sweep", interrupted)
+    reports = tmp_path / "reports"
+    with pytest.raises(SweepInterrupted) as err:
+        night.execute_nightly(
+            resumed, report_dir=reports, thresholds=Thresholds(accuracy_drop_points=1.0),
+            gc_keep_last=2,
+        )  # fmt: skip
+    command = str(err.value).split("To continue, run: ")[1]
+    assert command.split() == [
+        "squeezeray", "nightly", "--resume", "--sweep-id", tonight.sweep_id, "--storage",
+        str(storage.resolve()), "--report-dir", str(reports.resolve()), "--accuracy-threshold",
+        "1", "--gc-keep-last", "2",
+    ]  # fmt: skip
+    with storage_lock(storage, wait=False):
+        pass  # released
+
+    write_manifest(tonight.storage, tonight, status="finished")
+    result = CliRunner().invoke(app, ["nightly", "--resume", "--storage", str(storage)])
+    assert result.exit_code == 0, result.output
+    assert f"sweep {tonight.sweep_id} already finished" in result.output
+
+
 # -- two real nights ------------------------------------------------------------------------
 
 
@@ -249,6 +304,7 @@ def test_prepare_nightly_names_and_seeds_by_date(tmp_path: Path) -> None:
 @pytest.mark.usefixtures("ray_session")
 def test_nightly_twice_reuses_stages_reports_and_flags_a_regression(tmp_path: Path) -> None:
     from orchestrator.cli import app
+    from orchestrator.engine.manifest import write_manifest
     from orchestrator.store.results import append_results, list_sweeps, load_results, load_stages
     from orchestrator.store.rows import now
 
@@ -270,12 +326,17 @@ def test_nightly_twice_reuses_stages_reports_and_flags_a_regression(tmp_path: Pa
         row["finished_at"] = now()
     append_results(storage, rows)
 
+    # The second night was killed before Tune saved anything (its manifest only);
+    # `nightly --resume` finishes it as a night: the report, exit code 3, gc under the lock.
+    killed = prepare_nightly("tiny", storage=storage, trials=3)
+    write_manifest(killed.storage, killed, status="running")
     report_dir = tmp_path / "reports"
     second = runner.invoke(
         app,
         [
             "nightly",
             "tiny",
+            "--resume",
             "--storage",
             str(storage),
             "--trials",
@@ -287,6 +348,7 @@ def test_nightly_twice_reuses_stages_reports_and_flags_a_regression(tmp_path: Pa
         ],
     )
     assert second.exit_code == 3, second.output
+    assert f"{killed.sweep_id}" in second.output and "(resumed)" in second.output
     assert "REGRESSION hypervolume" in second.stdout
     # --gc-keep-last 1: only checkpoints tonight's sweep references are left in the cache.
     assert "gc: removed" in second.stdout
