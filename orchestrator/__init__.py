@@ -7,8 +7,8 @@ The public API is small (as Tune's four names):
     load_results(storage, *, sweep="latest"|"all"|ID)      -> pyarrow.Table
     pareto_front(table, objectives, *, where=None)          -> pyarrow.Table
     hypervolume(front, objectives, reference=None)          -> float
-    load_model(storage, trial_id, *, sweep="latest")        -> nn.Module | ONNX predictor
-    export_trial(storage, trial_id, *, output=DIR)          -> ExportResult
+    load_model(storage, trial_id, *, sweep="latest")        -> p(*inputs) -> logits, any runtime
+    export_trial(storage, trial_id, *, output=DIR, overwrite=False) -> ExportResult
 
 Names load lazily, so `import orchestrator` (and validating a space) never imports ray or torch.
 """

@@ -502,10 +502,19 @@ def export(
             "--recompute", help="Re-run the trial's stages whose checkpoints are missing."
         ),
     ] = False,
+    overwrite: Annotated[
+        bool,
+        typer.Option(
+            "--overwrite",
+            help="Replace a previous export in --output (only files an export writes; "
+            "any other file there is refused).",
+        ),
+    ] = False,
 ) -> None:
     """Write a trial's model in the runtime it was measured in (model.onnx, or TorchScript
     model.pt; eager adds state_dict.pt and recipe.json) plus a model.json card, then check
-    that the written file scores the row's test accuracy.
+    that the written file scores the row's test accuracy. --output must be a new or empty
+    folder (or hold a previous export, with --overwrite).
 
     e.g. squeezeray export runs/ --where "accuracy >= 0.96" --pick size_bytes --output best/"""
     from orchestrator.query.export import export_trial
@@ -518,6 +527,8 @@ def export(
         where=where,
         pick=pick,
         recompute=recompute,
+        overwrite=overwrite,
+        option_style="cli",
     )
     _print_export(result)
 

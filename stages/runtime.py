@@ -50,8 +50,10 @@ class Predictor:
     def to_tensor(self, out: Any) -> torch.Tensor:
         raise NotImplementedError
 
-    def __call__(self, x: Any) -> torch.Tensor:
-        return self.to_tensor(self.run_native(self.prepare(x)))
+    def __call__(self, *inputs: Any) -> torch.Tensor:
+        """(B, num_classes) logits of a batch given as the model's positional inputs (`p(x)`,
+        `p(cat_ids, numeric)`) or as one tuple of them, the form a DataLoader yields."""
+        return self.to_tensor(self.run_native(self.prepare(_one_batch(inputs))))
 
     def outputs(
         self, dataset: Dataset, *, batch_size: int = 256
@@ -71,6 +73,29 @@ class Predictor:
             correct += int((pred == y).sum())
             total += int(y.numel())
         return correct / max(total, 1)
+
+
+def _one_batch(inputs: tuple[Any, ...]) -> Any:
+    """The call's inputs as one batch: `(x,)` -> x; several tensors -> their tuple."""
+    return inputs[0] if len(inputs) == 1 else inputs
+
+
+class LoadedModule(nn.Module):
+    """A deployed torch model called like the user's model, returning only its logits.
+
+    `m(x)` or `m(cat_ids, numeric)` (or one tuple of the inputs, as a DataLoader yields it)
+    -> the (B, num_classes) logits tensor, whatever form the model's own output takes (a
+    dict, a tuple, an object with `.logits`). `model`: the wrapped module, the rebuilt eager
+    module itself or the frozen TorchScript one; `runtime`: "eager" or "torchscript".
+    """
+
+    def __init__(self, model: nn.Module | torch.jit.ScriptModule, runtime: str) -> None:
+        super().__init__()
+        self.model = model
+        self.runtime = runtime
+
+    def forward(self, *inputs: Any) -> torch.Tensor:
+        return logits_of(self.model(*as_args(as_inputs(_one_batch(inputs)))))
 
 
 class TorchPredictor(Predictor):

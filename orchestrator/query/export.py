@@ -30,7 +30,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 from stages.errors import SqueezerayError
 
@@ -40,11 +40,21 @@ if TYPE_CHECKING:
 
     from orchestrator.store.storage import Storage
     from stages.checkpoint import ModelCheckpoint
-    from stages.runtime import OnnxPredictor
+    from stages.runtime import LoadedModule, OnnxPredictor
     from stages.tasks import Task
 
+OptionStyle = Literal["python", "cli"]
 CARD = "model.json"
 ARTIFACT = {"onnxruntime": "model.onnx", "torchscript": "model.pt", "eager": "model.pt"}
+# every file an export writes, in any runtime: what `overwrite=True` may remove
+EXPORT_FILES = (
+    "model.onnx",
+    "model.pt",
+    "state_dict.pt",
+    "checkpoint.pt",
+    "recipe.json",
+    CARD,
+)
 METRICS_IN_CARD = (
     "accuracy",
     "val_accuracy",
@@ -95,6 +105,7 @@ def select_row(
     *,
     where: str | None = None,
     pick: str | None = None,
+    option_style: OptionStyle = "python",
 ) -> dict[str, Any]:
     """The row to export: by trial id, or the best `pick` among ok trials matching `where`.
 
@@ -103,14 +114,15 @@ def select_row(
     `where` filters on the columns it names, as `squeezeray pareto --where` does.
 
     Raises SqueezerayError when the trial is unknown, ambiguous (`--sweep all` with one id in
-    two sweeps), not ok, or when no trial id and no single candidate is given.
+    two sweeps), not ok, or when no trial id and no single candidate is given (`option_style`:
+    errors spell the sweep option `sweep=` or `--sweep`).
     """
     if trial_id is not None and (where or pick):
         raise SqueezerayError(
             "give either a TRIAL_ID or --where/--pick to choose the row, not both"
         )
     if trial_id is not None:
-        return _row_by_id(table, trial_id)
+        return _row_by_id(table, trial_id, option_style)
     from orchestrator.query.knobs import with_knob_columns
 
     table = with_knob_columns(table)  # --where and --pick may name any searched knob
@@ -125,7 +137,16 @@ def select_row(
     return _best_by_pick(candidates, pick, _task_metric_directions(table))
 
 
-def _row_by_id(table: pa.Table, trial_id: str) -> dict[str, Any]:
+def _sweep_option(option_style: OptionStyle, sweep_id: str = "ID") -> str:
+    """How the user chooses a sweep: `sweep='ID'` in Python, `--sweep ID` on the command line."""
+    if option_style == "cli":
+        return f"--sweep {sweep_id}"
+    return "sweep=ID" if sweep_id == "ID" else f"sweep={sweep_id!r}"
+
+
+def _row_by_id(
+    table: pa.Table, trial_id: str, option_style: OptionStyle = "python"
+) -> dict[str, Any]:
     """The one ok row of `trial_id` (unknown, in two sweeps or not ok: SqueezerayError)."""
     import pyarrow.compute as pc
 
@@ -134,13 +155,14 @@ def _row_by_id(table: pa.Table, trial_id: str) -> dict[str, Any]:
         known = [r["trial_id"] for r in table.to_pylist() if r["status"] == "ok"][:12]
         raise SqueezerayError(
             f"trial {trial_id!r} is not in the chosen sweep(s); ok trials there: "
-            f"{', '.join(known) or 'none'} (choose the sweep with --sweep ID)"
+            f"{', '.join(known) or 'none'} (choose the sweep with "
+            f"{_sweep_option(option_style)})"
         )
     if len(rows) > 1:
         sweeps = sorted({str(r["sweep_id"]) for r in rows})
         raise SqueezerayError(
             f"trial {trial_id!r} is in {len(rows)} sweeps ({', '.join(sweeps)}); "
-            "choose one with --sweep ID"
+            f"choose one with {_sweep_option(option_style, sweeps[0])}"
         )
     row = rows[0]
     if row["status"] != "ok":
@@ -223,16 +245,43 @@ def find_row(
     sweep: str = "latest",
     where: str | None = None,
     pick: str | None = None,
+    option_style: OptionStyle = "python",
 ) -> tuple[dict[str, Any], pa.Table]:
-    """(the chosen row, every row of its sweep)."""
+    """(the chosen row, every row of its sweep).
+
+    A `trial_id` that is not in the chosen sweep but in others of the storage is a
+    SqueezerayError naming those sweeps and how to choose one (`option_style`).
+    """
     import pyarrow.compute as pc
 
     from orchestrator.store.results import load_results
 
     table = load_results(os.fspath(storage), sweep=sweep)
-    row = select_row(table, trial_id, where=where, pick=pick)
+    if trial_id is not None and trial_id not in set(table.column("trial_id").to_pylist()):
+        _raise_if_in_other_sweeps(storage, trial_id, sweep, option_style)
+    row = select_row(table, trial_id, where=where, pick=pick, option_style=option_style)
     sweep_rows = table.filter(pc.equal(table.column("sweep_id"), row["sweep_id"]))
     return row, sweep_rows
+
+
+def _raise_if_in_other_sweeps(
+    storage: str | os.PathLike[str], trial_id: str, sweep: str, option_style: OptionStyle
+) -> None:
+    """SqueezerayError naming the sweeps of the storage that hold `trial_id` (if any do)."""
+    import pyarrow.compute as pc
+
+    from orchestrator.store.results import load_results
+
+    everything = load_results(os.fspath(storage), sweep="all")
+    found = everything.filter(pc.equal(everything.column("trial_id"), trial_id))
+    holders = sorted({str(s) for s in found.column("sweep_id").to_pylist()})
+    if holders:
+        chosen = "the latest sweep" if sweep == "latest" else f"sweep {sweep!r}"
+        options = " or ".join(_sweep_option(option_style, h) for h in holders)
+        raise SqueezerayError(
+            f"trial {trial_id!r} is not in {chosen} but in sweep {', '.join(holders)}; "
+            f"choose it with {options}"
+        )
 
 
 # -- the checkpoint ------------------------------------------------------------------------
@@ -365,15 +414,19 @@ def load_model(
     *,
     sweep: str = "latest",
     recompute: bool = False,
-) -> nn.Module | OnnxPredictor:
+) -> LoadedModule | OnnxPredictor:
     """A ready predictor of a trial's model, in the runtime it was measured in.
 
-    eager: the rebuilt `nn.Module` (eval mode, CPU); torchscript: the traced, frozen module;
-    onnxruntime: an `OnnxPredictor` whose `__call__(x)` runs the ONNX Runtime session. Each maps
-    an input batch `x` of shape (B, *input_shape) to logits (B, num_classes). The task must be
-    importable here (for eager and torchscript it rebuilds the module from its factory).
+    Every runtime is called the same way, like the user's model: `p(x)`, or `p(cat_ids,
+    numeric)` for a model of several inputs (one tuple of them, as a DataLoader yields it,
+    works too), and returns the (B, num_classes) logits tensor, whatever form the model's own
+    output takes (a dict with "logits", a tuple, ...). eager and torchscript: a
+    `stages.runtime.LoadedModule` (an `nn.Module` in eval mode, CPU; `.model` is the rebuilt
+    module itself, or the traced and frozen TorchScript module); onnxruntime: an
+    `OnnxPredictor` running the ONNX Runtime session (`.session`). The task must be
+    importable here (eager and torchscript rebuild the module from its factory).
     """
-    from stages.runtime import OnnxPredictor, TorchPredictor, make_predictor
+    from stages.runtime import LoadedModule, OnnxPredictor, TorchPredictor, make_predictor
     from stages.tasks import load_task
 
     row, _ = find_row(storage, trial_id, sweep=sweep)
@@ -384,7 +437,7 @@ def load_model(
         return OnnxPredictor(ckpt.onnx, threads=1)
     predictor = make_predictor(load_task(str(row["task"])), ckpt)
     assert isinstance(predictor, TorchPredictor)
-    return predictor.module  # type: ignore[return-value]
+    return LoadedModule(predictor.module, ckpt.runtime).eval()
 
 
 # -- exporting -----------------------------------------------------------------------------
@@ -399,27 +452,47 @@ def export_trial(
     where: str | None = None,
     pick: str | None = None,
     recompute: bool = False,
+    overwrite: bool = False,
+    option_style: OptionStyle = "python",
 ) -> ExportResult:
     """Write a trial's deployable artifact and `model.json` card under `output` (created).
 
     The trial is `trial_id`, or the best `pick` (`COLUMN[:min|max]`) among ok trials matching
     `where`. The written artifact is loaded back and its test-split accuracy must equal the
     row's `accuracy`; otherwise a SqueezerayError says so (the files stay for inspection).
+
+    `output` must be new or empty, so no file of another export is left beside this one; with
+    `overwrite`, a folder holding only files an export writes (`EXPORT_FILES`) is emptied of
+    them first (after the trial and its checkpoint were found). Any other file there is a
+    SqueezerayError, checked before anything is read. `option_style`: how errors spell the
+    options, `sweep=` ("python") or `--sweep` ("cli", the command line).
     """
     from orchestrator.store.storage import open_storage
     from stages.tasks import load_task
 
-    row, sweep_rows = find_row(storage, trial_id, sweep=sweep, where=where, pick=pick)
+    out = Path(output)
+    stale = _check_output(out, overwrite=overwrite, option_style=option_style)
+    row, sweep_rows = find_row(
+        storage, trial_id, sweep=sweep, where=where, pick=pick, option_style=option_style
+    )
     ckpt = trial_checkpoint(storage, row, recompute=recompute)
     task = load_task(str(row["task"]))
-    out = Path(output)
+    model = None if ckpt.runtime == "onnxruntime" else _build(task, ckpt)
+    for path in stale:
+        path.unlink()
     out.mkdir(parents=True, exist_ok=True)
-    written = _write_artifacts(task, ckpt, row, out)
+    written = _write_artifacts(task, ckpt, model, row, out)
     check = recheck(task, ckpt, out, float(row["accuracy"]), custom=_custom(row))
     files = {name: _sha256(out / name) for name in written}
     store = open_storage(storage)
     card = _card(
-        row, sweep_rows, ckpt, files, check, storage=store.root if store.is_local else store.uri
+        row,
+        sweep_rows,
+        ckpt,
+        files,
+        check,
+        storage=store.root if store.is_local else store.uri,
+        input_card=_input_card(task, ckpt, model),
     )
     (out / CARD).write_text(json.dumps(card, indent=2, default=str) + "\n")
     if not check["ok"]:
@@ -431,11 +504,49 @@ def export_trial(
     return ExportResult(output=out, files={**files, CARD: _sha256(out / CARD)}, card=card)
 
 
+def _check_output(out: Path, *, overwrite: bool, option_style: OptionStyle) -> list[Path]:
+    """The files of a previous export in `out` that `overwrite` removes (none for a new or
+    empty folder); SqueezerayError when `out` is a file, or holds files and not `overwrite`,
+    or holds files an export does not write."""
+    if out.exists() and not out.is_dir():
+        raise SqueezerayError(f"output {str(out)!r} is a file; choose a new or empty folder")
+    present = sorted(out.iterdir()) if out.is_dir() else []
+    if not present:
+        return []
+    flag = "--overwrite" if option_style == "cli" else "overwrite=True"
+    names = ", ".join(p.name for p in present[:8]) + (", ..." if len(present) > 8 else "")
+    if not overwrite:
+        raise SqueezerayError(
+            f"output folder {str(out)!r} is not empty ({names}): an export there would leave "
+            "another model's files beside this one; choose a new or empty folder, or pass "
+            f"{flag} to replace a previous export in it"
+        )
+    foreign = [p.name for p in present if p.name not in EXPORT_FILES or not p.is_file()]
+    if foreign:
+        raise SqueezerayError(
+            f"output folder {str(out)!r} holds files an export does not write "
+            f"({', '.join(foreign[:8])}); {flag} only replaces a previous export "
+            f"({', '.join(EXPORT_FILES)}): choose a new or empty folder"
+        )
+    return present
+
+
+def _build(task: Task, ckpt: ModelCheckpoint) -> nn.Module:
+    from stages.rebuild import build_model
+
+    return build_model(task, ckpt)
+
+
 def _write_artifacts(
-    task: Task, ckpt: ModelCheckpoint, row: Mapping[str, Any], out: Path
+    task: Task,
+    ckpt: ModelCheckpoint,
+    model: nn.Module | None,
+    row: Mapping[str, Any],
+    out: Path,
 ) -> list[str]:
     """The trial's model in the runtime it was measured in: model.onnx, or a frozen
-    TorchScript model.pt (eager adds its rebuild files). Returns the file names written."""
+    TorchScript model.pt of `model` (the rebuilt module; eager adds its rebuild files).
+    Returns the file names written."""
     runtime = ckpt.runtime
     if runtime == "onnxruntime":
         assert ckpt.onnx is not None
@@ -443,10 +554,9 @@ def _write_artifacts(
         return [ARTIFACT[runtime]]
     import torch
 
-    from stages.rebuild import build_model
     from stages.runtime import _trace_and_freeze
 
-    model = build_model(task, ckpt)
+    assert model is not None
     torch.jit.save(_trace_and_freeze(task, model, ckpt), str(out / "model.pt"))
     if runtime != "eager":
         return ["model.pt"]
@@ -552,6 +662,7 @@ def _card(
     check: dict[str, Any],
     *,
     storage: str,
+    input_card: dict[str, Any] | list[dict[str, Any]],
 ) -> dict[str, Any]:
     from importlib import metadata
 
@@ -575,7 +686,7 @@ def _card(
         "storage": storage,
         "runtime": ckpt.runtime,
         "artifact": ARTIFACT[ckpt.runtime],
-        "input": _input_card(row, ckpt.onnx),
+        "input": input_card,
         "output": {"name": "logits", "shape": ["batch", "num_classes"]},
         "knobs": json.loads(row.get("params") or "{}"),
         "metrics": metrics,
@@ -599,21 +710,21 @@ def _card(
 
 
 def _input_card(
-    row: Mapping[str, Any], onnx_bytes: bytes | None = None
+    task: Task, ckpt: ModelCheckpoint, model: nn.Module | None
 ) -> dict[str, Any] | list[dict[str, Any]]:
     """{name, dtype, shape} of the model input (a list of them for a model with several
-    inputs), named as in the ONNX model (read from `onnx_bytes` when given, else
-    `stages.onnxio.onnx_input_names`)."""
+    inputs), in every runtime named as the parameters of the model's `forward`: read from the
+    ONNX graph (which the export named so), else `stages.onnxio.onnx_input_names` of `model`
+    (the rebuilt module; x, x0, x1, ... when its forward takes `*args`)."""
     from stages.batches import as_args
     from stages.onnxio import onnx_input_names
-    from stages.tasks import load_task
 
-    args = as_args(load_task(str(row["task"])).example_input(1))
-    names = onnx_input_names(len(args))
-    if onnx_bytes is not None:
+    args = as_args(task.example_input(1))
+    names = onnx_input_names(len(args), model=model)
+    if ckpt.runtime == "onnxruntime" and ckpt.onnx is not None:
         import onnx
 
-        graph_inputs = [i.name for i in onnx.load_from_string(onnx_bytes).graph.input]
+        graph_inputs = [i.name for i in onnx.load_from_string(ckpt.onnx).graph.input]
         if len(graph_inputs) == len(args):
             names = graph_inputs
     cards = [

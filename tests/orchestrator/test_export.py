@@ -38,7 +38,16 @@ def student(digits: Task) -> Any:
     return train_checkpoint(digits, "student", epochs=4, lr=3e-3)
 
 
-def _store(storage: Path, digits: Task, ckpt: Any, trial_id: str, mode: str) -> dict[str, Any]:
+def _store(
+    storage: Path,
+    digits: Task,
+    ckpt: Any,
+    trial_id: str,
+    mode: str,
+    *,
+    sweep_id: str = "s1",
+    task_name: str = "digits",
+) -> dict[str, Any]:
     """Write `ckpt` as a sweep would (cache file + manifest, results row); return the row."""
     store = open_storage(storage, create=True)
     data = ckpt.to_bytes()
@@ -62,10 +71,10 @@ def _store(storage: Path, digits: Task, ckpt: Any, trial_id: str, mode: str) -> 
     from datetime import datetime, timezone
 
     row = trial_row(
-        sweep_id="s1",
-        sweep_name="s1",
+        sweep_id=sweep_id,
+        sweep_name=sweep_id,
         trial_id=trial_id,
-        task="digits",
+        task=task_name,
         started_at=datetime.now(timezone.utc),
         result=result,
         code_version="test",
@@ -153,3 +162,114 @@ def test_choosing_the_row_and_its_errors(tmp_path: Path, digits: Task, student: 
     (storage / "cache" / f"{row['stage_keys'][0]}.ckpt").unlink()
     with pytest.raises(SqueezerayError, match=r"trial 'a' .* is missing\. .*--recompute"):
         export_trial(storage, "a", output=tmp_path / "out")
+
+
+def test_export_refuses_a_folder_with_other_files_and_overwrite_replaces_an_export(
+    tmp_path: Path, digits: Task, student: Any
+) -> None:
+    """An export into a folder holding another export would leave that model's files beside
+    the new one: refused, and `--overwrite` removes only the files an export writes."""
+    from typer.testing import CliRunner
+
+    from orchestrator.cli import app
+
+    storage = tmp_path / "runs"
+    _store(storage, digits, student, "baseline", "none")
+    eager = export(StageInput(task=digits, parent=student), ExportParams(runtime="eager"))
+    _store(storage, digits, eager.checkpoint, "eager1", "none")
+    onnx = export(StageInput(task=digits, parent=student), ExportParams(runtime="onnxruntime"))
+    _store(storage, digits, onnx.checkpoint, "onnx1", "none")
+    out = tmp_path / "best"
+    first = export_trial(storage, "eager1", output=out)
+    assert {"model.pt", "state_dict.pt", "recipe.json", "checkpoint.pt"} <= set(first.files)
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    with pytest.raises(SqueezerayError, match=r"'.*best' is not empty.*overwrite=True"):
+        export_trial(storage, "onnx1", output=out)
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before  # nothing touched
+    runner = CliRunner()
+    result = runner.invoke(app, ["export", str(storage), "onnx1", "--output", str(out)])
+    assert result.exit_code == 2 and "--overwrite" in result.output, result.output
+    result = runner.invoke(
+        app, ["export", str(storage), "onnx1", "--output", str(out), "--overwrite"]
+    )
+    assert result.exit_code == 0, result.output
+    # only the new export's files: no model.pt of the eager trial left to load by mistake
+    assert sorted(p.name for p in out.iterdir()) == ["model.json", "model.onnx"]
+    assert json.loads((out / "model.json").read_text())["trial_id"] == "onnx1"
+    # a file squeezeray did not write is never removed, with or without overwrite
+    (out / "notes.txt").write_text("mine")
+    with pytest.raises(SqueezerayError, match=r"does not write \(notes.txt\).*new or empty"):
+        export_trial(storage, "eager1", output=out, overwrite=True)
+    assert sorted(p.name for p in out.iterdir()) == ["model.json", "model.onnx", "notes.txt"]
+    # a new folder and an empty one are fine without overwrite
+    (tmp_path / "empty").mkdir()
+    assert export_trial(storage, "onnx1", output=tmp_path / "empty").card["trial_id"] == "onnx1"
+
+
+def test_a_trial_of_another_sweep_is_named_with_its_sweep(
+    tmp_path: Path, digits: Task, student: Any
+) -> None:
+    from typer.testing import CliRunner
+
+    from orchestrator.cli import app
+
+    storage = tmp_path / "runs"
+    _store(storage, digits, student, "old1", "none", sweep_id="sweep-a")
+    _store(storage, digits, student, "new1", "none", sweep_id="sweep-b")  # the latest
+    with pytest.raises(
+        SqueezerayError,
+        match=r"'old1' is not in the latest sweep but in sweep sweep-a; .*sweep='sweep-a'",
+    ) as err:
+        load_model(storage, "old1")
+    assert "--sweep" not in str(err.value)  # the Python API names its own keyword
+    with pytest.raises(SqueezerayError, match=r"sweep-a; choose it with sweep='sweep-a'"):
+        export_trial(storage, "old1", output=tmp_path / "out")
+    result = CliRunner().invoke(
+        app, ["export", str(storage), "old1", "--output", str(tmp_path / "out")]
+    )
+    assert result.exit_code == 2 and "--sweep sweep-a" in result.output, result.output
+    assert "sweep=" not in result.output
+    assert (
+        export_trial(storage, "old1", output=tmp_path / "out", sweep="sweep-a").card["sweep_id"]
+        == "sweep-a"
+    )
+    # unknown everywhere: the ok trials of the chosen sweep, and how to choose one
+    with pytest.raises(SqueezerayError, match=r"'zz' is not in .*there: new1 .*sweep=ID"):
+        load_model(storage, "zz")
+
+
+@pytest.fixture(scope="module")
+def two_inputs() -> Task:
+    return load_task("tests.zoo:two_inputs")
+
+
+@pytest.fixture(scope="module")
+def two_input_student(two_inputs: Task) -> Any:
+    torch.set_num_threads(1)
+    return train_checkpoint(two_inputs, "student", epochs=2, lr=3e-3)
+
+
+@pytest.mark.parametrize("runtime", ["eager", "torchscript", "onnxruntime"])
+def test_two_input_model_card_names_and_predictor_call_agree_across_runtimes(
+    tmp_path: Path, two_inputs: Task, two_input_student: Any, runtime: str
+) -> None:
+    """A model `forward(x_chem, x_color) -> (logits, features)`: every runtime's card names
+    the forward's parameters, and every `load_model` predictor is called like the model,
+    p(chem, color) or p((chem, color)), and returns the logits tensor."""
+    trained = two_input_student
+    ckpt = export(StageInput(task=two_inputs, parent=trained), ExportParams(runtime=runtime))
+    storage = tmp_path / "runs"
+    _store(storage, two_inputs, ckpt.checkpoint, "t2", "none", task_name="tests.zoo:two_inputs")
+    card = export_trial(storage, "t2", output=tmp_path / "out").card
+    assert [i["name"] for i in card["input"]] == ["x_chem", "x_color"]
+    assert [i["shape"] for i in card["input"]] == [["batch", 8], ["batch", 5]]
+    chem, color = two_inputs.test.a, two_inputs.test.b  # type: ignore[attr-defined]
+    from stages.rebuild import build_model
+
+    with torch.no_grad():
+        expected = build_model(two_inputs, trained)(chem, color)[0]
+        predictor = load_model(storage, "t2")
+        separate, as_tuple = predictor(chem, color), predictor((chem, color))
+    assert isinstance(separate, torch.Tensor) and separate.shape == (len(chem), 3)
+    assert torch.equal(separate, as_tuple)
+    torch.testing.assert_close(separate, expected, atol=1e-4, rtol=1e-4)
