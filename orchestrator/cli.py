@@ -210,7 +210,9 @@ def sweep(
 
     prepared = prepare_sweep(space, _sweep_options(ctx.params), sweep_id=sweep_id, resume=resume)
     if prepared.finished:  # --resume of a finished sweep: nothing to run, Ray never starts
-        console.print(finished_note(prepared.storage, prepared.sweep_id), highlight=False)
+        console.print(
+            finished_note(prepared.storage, prepared.sweep_id), highlight=False, soft_wrap=True
+        )
         return
     _print_start("sweep", prepared, note=" (resumed)" if prepared.resume else "")
     # Printed up front: after a crash (no chance to print anything) this is how to continue.
@@ -631,7 +633,9 @@ def nightly(
     lock_timeout_s = _duration("--lock-timeout", lock_timeout)
     prepared = prepare_nightly(space, _sweep_options(ctx.params), resume=resume, sweep_id=sweep_id)
     if prepared.finished:  # --resume of a night that ended: nothing to run, no new report
-        console.print(finished_note(prepared.storage, prepared.sweep_id), highlight=False)
+        console.print(
+            finished_note(prepared.storage, prepared.sweep_id), highlight=False, soft_wrap=True
+        )
         return
     _print_night_start(prepared, report_dir, thresholds, gc_keep_last)
     with SweepProgress(console, prepared.space) as progress:

@@ -51,7 +51,8 @@ def prepare_sweep(
     `teacher.epochs` becomes 0, use as given, unless the space sets it).
     With `resume`, the options and the space come from the sweep's manifest; an option given
     again with another value is refused (placement options - storage, address, num_cpus,
-    latency_resource - may change)."""
+    latency_resource - may change). A resumed sweep that already finished comes back with
+    `finished` set, its task not imported: there is nothing to run."""
     opts = sweep_options(options, keywords)
     if sweep_id is not None:
         _check_sweep_id(sweep_id)
@@ -68,8 +69,10 @@ def prepare_sweep(
         name=start.options.name,
         time_budget_s=start.options.time_budget_s,
         algorithm=start.options.algorithm,
+        check_task=not start.finished,
     )
-    loaded, fingerprint = bound_to_task(loaded, start.options)
+    # A finished sweep runs nothing: its task is not imported (nor re-checked) to say so.
+    loaded, fingerprint = (loaded, {}) if start.finished else bound_to_task(loaded, start.options)
     return PreparedSweep(
         space=loaded,
         storage=open_storage(start.options.storage, create=True),

@@ -153,6 +153,11 @@ def test_resume_refuses_another_space_and_says_a_finished_sweep_is_done(tmp_path
     assert "sweep t already finished" in result.output
     assert f"squeezeray pareto {storage} --sweep t" in " ".join(result.output.split())
     assert (storage / Path(*manifest_path("t"))).read_text() == manifest  # Ray never ran
+    # Its task is not even imported (a task gone since, or checks grown stricter, are moot).
+    gone = json.loads(manifest)
+    gone["options"]["task"] = "no_such_module_anywhere:make"
+    (storage / Path(*manifest_path("t"))).write_text(json.dumps(gone))
+    assert prepare_sweep(None, storage=storage, resume=True).finished
 
 
 HANG_SPACE = """
