@@ -54,6 +54,10 @@ search: {algorithm: optuna, trials: 12, seed: 0, max_concurrent: 1}
 latency: {warmup: 2, repeats: 5}
 """
 TRIALS = 12
+# The SIGKILL test needs trials still to run when it sees 2 rows: prune.ratio drawn from a range
+# gives every trial its own prune and quantize stages (with the 3 x 2 choices above most trials
+# are stage-cache hits, and all 12 could end within ~1.5 s of each other under load).
+KILL_SPACE = SPACE.replace("{choice: [0.2, 0.4, 0.6]}", "{uniform: [0.1, 0.9]}")
 
 
 # --- helpers ---------------------------------------------------------------------------------
@@ -189,7 +193,7 @@ def _check_complete(storage: Path, sweep_id: str) -> list[dict[str, Any]]:
 @pytest.mark.slow
 def test_sigkilled_driver_resumes_with_every_trial_once(tmp_path: Path, cleanup: list[int]) -> None:
     space = tmp_path / "space.yaml"
-    space.write_text(SPACE)
+    space.write_text(KILL_SPACE)
     storage = tmp_path / "results"
     run = _Run(tmp_path, "first", ["sweep", str(space), "--storage", str(storage)])
     cleanup.append(run.proc.pid)
