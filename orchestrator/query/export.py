@@ -258,16 +258,22 @@ def find_row(
 
     table = load_results(os.fspath(storage), sweep=sweep)
     if trial_id is not None and trial_id not in set(table.column("trial_id").to_pylist()):
-        _raise_if_in_other_sweeps(storage, trial_id, sweep, option_style)
+        chosen = sorted({str(s) for s in table.column("sweep_id").to_pylist()})
+        _raise_if_in_other_sweeps(storage, trial_id, sweep, chosen, option_style)
     row = select_row(table, trial_id, where=where, pick=pick, option_style=option_style)
     sweep_rows = table.filter(pc.equal(table.column("sweep_id"), row["sweep_id"]))
     return row, sweep_rows
 
 
 def _raise_if_in_other_sweeps(
-    storage: str | os.PathLike[str], trial_id: str, sweep: str, option_style: OptionStyle
+    storage: str | os.PathLike[str],
+    trial_id: str,
+    sweep: str,
+    chosen_ids: list[str],
+    option_style: OptionStyle,
 ) -> None:
-    """SqueezerayError naming the sweeps of the storage that hold `trial_id` (if any do)."""
+    """SqueezerayError naming the sweeps of the storage that hold `trial_id` (if any do);
+    `chosen_ids`: the sweep(s) `sweep` chose, where it is not."""
     import pyarrow.compute as pc
 
     from orchestrator.store.results import load_results
@@ -276,7 +282,9 @@ def _raise_if_in_other_sweeps(
     found = everything.filter(pc.equal(everything.column("trial_id"), trial_id))
     holders = sorted({str(s) for s in found.column("sweep_id").to_pylist()})
     if holders:
-        chosen = "the latest sweep" if sweep == "latest" else f"sweep {sweep!r}"
+        chosen = f"sweep {', '.join(chosen_ids)}"
+        if sweep == "latest":
+            chosen = f"the latest {chosen}"
         options = " or ".join(_sweep_option(option_style, h) for h in holders)
         raise SqueezerayError(
             f"trial {trial_id!r} is not in {chosen} but in sweep {', '.join(holders)}; "

@@ -218,7 +218,8 @@ def test_a_trial_of_another_sweep_is_named_with_its_sweep(
     _store(storage, digits, student, "new1", "none", sweep_id="sweep-b")  # the latest
     with pytest.raises(
         SqueezerayError,
-        match=r"'old1' is not in the latest sweep but in sweep sweep-a; .*sweep='sweep-a'",
+        match=r"'old1' is not in the latest sweep sweep-b but in sweep sweep-a; "
+        r"choose it with sweep='sweep-a'",
     ) as err:
         load_model(storage, "old1")
     assert "--sweep" not in str(err.value)  # the Python API names its own keyword
