@@ -19,8 +19,9 @@ from contextlib import contextmanager
 import torch
 from torch import nn
 
-from stages.batches import Inputs, LogitsOnly, as_args, batch_size, concat
+from stages.batches import Inputs, LogitsOnly, as_args, batch_size, concat, logits_of
 from stages.errors import SqueezerayError
+from stages.tracing import strict_trace
 
 ONNX_INPUT = "x"
 ONNX_OUTPUT = "logits"
@@ -61,25 +62,77 @@ def onnx_input_names(count: int, *, model: nn.Module | None = None) -> list[str]
     return [ONNX_INPUT] if count == 1 else [f"{ONNX_INPUT}{i}" for i in range(count)]
 
 
-def _varying_axes(t: torch.Tensor) -> list[int]:
-    """Non-batch axes left dynamic in the ONNX model: every axis >= 1 of an integer (token
-    id) input, so a text model takes other sequence lengths; float inputs keep their shape."""
-    if t.is_floating_point() or t.is_complex() or t.dtype == torch.bool:
-        return []
-    return list(range(1, t.dim()))
+def _is_integer(t: torch.Tensor) -> bool:
+    return not (t.is_floating_point() or t.is_complex() or t.dtype == torch.bool)
 
 
-def to_onnx_bytes(model: nn.Module, example_input: Inputs) -> bytes:
+def _runs_at_other_length(
+    model: nn.Module, args: tuple[torch.Tensor, ...], members: list[int], axis: int
+) -> bool:
+    """Whether `model(*args)` still gives logits of the same shape when inputs `members`
+    are cut by one along `axis` (or doubled there when their length is 1)."""
+    probe = list(args)
+    for i in members:
+        t = args[i]
+        probe[i] = (
+            t.narrow(axis, 0, t.shape[axis] - 1) if t.shape[axis] > 1 else torch.cat([t, t], axis)
+        )
+    try:
+        with torch.no_grad(), quiet_logging():
+            expected = logits_of(model(*args))
+            got = logits_of(model(*probe))
+    except Exception:  # any failure at another length: the axis is fixed
+        return False
+    return bool(got.shape == expected.shape)
+
+
+def varying_axes(model: nn.Module, args: tuple[torch.Tensor, ...]) -> list[list[int]]:
+    """Per input, its non-batch axes left dynamic in the ONNX model.
+
+    Only integer inputs (token ids) can have one, and only where the eager model accepts
+    another length: for each axis >= 1, the integer inputs of the same length there (ids and
+    their attention mask) are cut by one together (doubled when the length is 1) and the
+    model run again; the axis is dynamic for them when that works and the logits keep their
+    shape. So a text model's sequence axis is dynamic, while categorical columns (an int64
+    (B, 2) input indexed column by column, or flattened into a Linear) keep their width:
+    another width fails or changes the output there. Float and bool inputs keep their shape.
+    """
+    axes: list[list[int]] = [[] for _ in args]
+    ints = [i for i, t in enumerate(args) if _is_integer(t)]
+    for axis in range(1, max((args[i].dim() for i in ints), default=1)):
+        groups: dict[int, list[int]] = {}
+        for i in ints:
+            if args[i].dim() > axis:
+                groups.setdefault(int(args[i].shape[axis]), []).append(i)
+        for members in groups.values():
+            if _runs_at_other_length(model, args, members, axis):
+                for i in members:
+                    axes[i].append(axis)
+    return axes
+
+
+def to_onnx_bytes(
+    model: nn.Module,
+    example_input: Inputs,
+    *,
+    what: str = "export.runtime=onnxruntime",
+    fix: str = "keep export.runtime: eager",
+) -> bytes:
     """Serialized ONNX model of `model` (eval mode): one input per model argument (named as
     in `model.forward`, see `onnx_input_names`; dtypes as given, so int64 ids stay int64), each
     with a dynamic batch axis, and one output, the logits (a tuple or `.logits` output is
     reduced to them). Integer inputs' other axes (a sequence length) are dynamic too where the
-    model allows: with the dynamo exporter they are `Dim.AUTO`, so a model that needs a fixed
-    length (e.g. a learned position table added whole) keeps the example's length instead of
-    failing; with the legacy exporter they are named dynamic axes.
+    eager model runs at another length (`varying_axes`): with the dynamo exporter they are
+    `Dim.AUTO`, so a model that needs a fixed length (e.g. a learned position table added
+    whole) keeps the example's length instead of failing; with the legacy exporter they are
+    named dynamic axes.
 
     The dynamo exporter comes first (it folds BatchNorm into Conv and was the fastest in ONNX
-    Runtime here); a model it cannot export goes through the legacy exporter.
+    Runtime here); a model it cannot export goes through the legacy exporter. That one
+    traces, so it runs under `stages.tracing.strict_trace`: a `forward` that branches in
+    Python on its inputs' values (which the dynamo exporter refuses with a data-dependent
+    guard error) raises `SqueezerayError` instead of exporting one branch. `what` names the
+    export in error messages, `fix` the way out besides rewriting the model.
     """
     wrapped = LogitsOnly(model.eval()).eval()
     if batch_size(example_input) < 2:  # torch.export specializes a size-1 dim: use >= 2 rows
@@ -87,14 +140,12 @@ def to_onnx_bytes(model: nn.Module, example_input: Inputs) -> bytes:
     args = as_args(example_input)
     names = onnx_input_names(len(args), model=model)
     tensors = [a if isinstance(a, torch.Tensor) else torch.empty(0) for a in args]
+    dynamic = varying_axes(wrapped, tuple(tensors))
     try:
         batch = torch.export.Dim("batch")
         # LogitsOnly.forward(*args): the specs of all inputs nest in one tuple, for `args`.
         dynamic_shapes = (
-            tuple(
-                {0: batch, **{axis: torch.export.Dim.AUTO for axis in _varying_axes(t)}}
-                for t in tensors
-            ),
+            tuple({0: batch, **{axis: torch.export.Dim.AUTO for axis in axes}} for axes in dynamic),
         )
         with quiet_logging():
             program = torch.onnx.export(
@@ -112,7 +163,7 @@ def to_onnx_bytes(model: nn.Module, example_input: Inputs) -> bytes:
     except Exception as dynamo_error:
         buf = io.BytesIO()
         try:
-            with quiet_logging():
+            with quiet_logging(), strict_trace(f"{what} (legacy ONNX exporter)", fix=fix):
                 torch.onnx.export(
                     wrapped,
                     args,
@@ -124,18 +175,19 @@ def to_onnx_bytes(model: nn.Module, example_input: Inputs) -> bytes:
                         **{
                             name: {
                                 0: "batch",
-                                **{axis: f"{name}_dim{axis}" for axis in _varying_axes(t)},
+                                **{axis: f"{name}_dim{axis}" for axis in axes},
                             }
-                            for name, t in zip(names, tensors, strict=True)
+                            for name, axes in zip(names, dynamic, strict=True)
                         },
                         ONNX_OUTPUT: {0: "batch"},
                     },
                 )
+        except SqueezerayError:
+            raise
         except Exception as legacy_error:
             raise SqueezerayError(
-                f"export.runtime=onnxruntime: ONNX export failed with both exporters "
-                f"(dynamo: {dynamo_error}; legacy: {legacy_error}); use export.runtime=eager "
-                "or torchscript for this model"
+                f"{what}: ONNX export failed with both exporters "
+                f"(dynamo: {dynamo_error}; legacy: {legacy_error}); {fix}"
             ) from legacy_error
         return buf.getvalue()
 

@@ -232,7 +232,12 @@ def _parent_masks(prepared: nn.Module, parent: ModelCheckpoint) -> MaskedWeights
 
 def _quantize_onnx(task: Task, parent: ModelCheckpoint) -> StageOutput:
     float_model = build_model(task, parent)
-    float_onnx = to_onnx_bytes(float_model, task.example_input(2))
+    float_onnx = to_onnx_bytes(
+        float_model,
+        task.example_input(2),
+        what="quantize.mode=onnx_int8",
+        fix="use quantize.mode=dynamic_int8 with export.runtime: eager",
+    )
     int8_onnx = ort_quantize_dynamic(float_onnx)
     ckpt = replace(parent.with_recipe(quantize="onnx_int8", runtime="onnxruntime"), onnx=int8_onnx)
     fraction = _require_some_int8(ckpt, task, parent, "onnx_int8")

@@ -3,7 +3,8 @@
 - `eager`: `build_model` (torch module in eval mode, CPU), run under `torch.inference_mode`.
 - `torchscript`: that module traced on two test inputs and frozen (`torch.jit.freeze` inlines
   the weights; scripting fails on FX-quantized GraphModules, tracing works for float, dynamic-
-  and static-int8 models).
+  and static-int8 models). A `forward` that branches in Python on its inputs' values is
+  refused (`stages.tracing.strict_trace`): the trace would keep one branch.
 - `onnxruntime`: an `InferenceSession` on `ckpt.onnx`, CPU provider, sequential execution,
   `threads` intra-op threads and one inter-op thread.
 
@@ -31,6 +32,7 @@ from stages.checkpoint import ModelCheckpoint
 from stages.errors import SqueezerayError
 from stages.rebuild import build_model
 from stages.tasks import Task
+from stages.tracing import strict_trace
 
 
 class Predictor:
@@ -179,11 +181,15 @@ def _trace_and_freeze(
     task: Task, model: nn.Module, ckpt: ModelCheckpoint
 ) -> torch.jit.ScriptModule:
     example = as_args(task.example_input(2))
+    what = f"export.runtime='torchscript' (quantize.mode={ckpt.quantize!r})"
     try:
         with warnings.catch_warnings(), torch.no_grad():
-            warnings.simplefilter("ignore")  # TorchScript deprecation, tracer warnings
-            traced = torch.jit.trace(LogitsOnly(model.eval()).eval(), example)
+            warnings.simplefilter("ignore")  # TorchScript deprecation, benign tracer warnings
+            with strict_trace(what):  # but a data-dependent branch is an error
+                traced = torch.jit.trace(LogitsOnly(model.eval()).eval(), example)
             return torch.jit.freeze(traced.eval())
+    except SqueezerayError:
+        raise
     except Exception as exc:  # any tracing failure is a model/runtime mismatch to report
         raise SqueezerayError(
             f"export.runtime='torchscript' does not work for this model with "
