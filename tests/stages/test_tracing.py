@@ -1,0 +1,200 @@
+"""Tracing faults: a data-dependent branch must not be exported as one branch, and an integer
+input's non-batch axis is dynamic in ONNX only where the eager model runs at another length.
+
+User-style models: a forward with `if x[:, 0].mean() > 0:` (newuser-2 item 1), two int64
+categorical columns beside float features (item 5), token ids with and without a padding mask.
+"""
+
+from __future__ import annotations
+
+import onnx
+import onnxruntime as ort
+import pytest
+import torch
+from torch import nn
+from torch.utils.data import TensorDataset
+
+from stages.base import StageInput
+from stages.checkpoint import ModelCheckpoint, from_model
+from stages.errors import SqueezerayError
+from stages.export import SPEC as EXPORT
+from stages.export import ExportParams
+from stages.onnxio import to_onnx_bytes, varying_axes
+from stages.quantize import SPEC as QUANTIZE
+from stages.quantize import QuantizeParams
+from stages.runner import run_stage
+from stages.tasks import Task
+
+from .user_text_task import MaskedTextNet
+
+
+class Branchy(nn.Module):
+    """Two heads; the batch's mean first feature picks one (a Python `if` on tensor values)."""
+
+    def __init__(self, hidden: int = 12) -> None:
+        super().__init__()
+        self.a = nn.Sequential(nn.Linear(13, hidden), nn.ReLU(), nn.Linear(hidden, 3))
+        self.b = nn.Sequential(nn.Linear(13, hidden), nn.Tanh(), nn.Linear(hidden, 3))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x[:, 0].mean() > 0:  # data-dependent branch
+            return self.a(x)  # type: ignore[no-any-return]
+        return self.b(x)  # type: ignore[no-any-return]
+
+
+def _split(n: int, seed: int) -> TensorDataset:
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(n, 13, generator=g)
+    return TensorDataset(x, (x[:, 1] > 0).long() + (x[:, 2] > 1).long())
+
+
+@pytest.fixture(scope="module")
+def branchy() -> tuple[Task, ModelCheckpoint]:
+    task = Task(
+        name="branchy",
+        teacher=lambda: Branchy(16),
+        student=lambda: Branchy(8),
+        train=_split(64, 0),
+        val=_split(32, 1),
+        test=_split(32, 2),
+        num_classes=3,
+    )
+    torch.manual_seed(0)
+    return task, from_model(task, task.build("student"), {"arch": "student"})
+
+
+@pytest.mark.parametrize(
+    ("spec", "params", "what"),
+    [
+        (EXPORT, ExportParams(runtime="torchscript"), "export.runtime='torchscript'"),
+        (EXPORT, ExportParams(runtime="onnxruntime"), "export.runtime=onnxruntime"),
+        (QUANTIZE, QuantizeParams(mode="onnx_int8"), "quantize.mode=onnx_int8"),
+    ],
+    ids=["torchscript", "onnxruntime", "onnx_int8"],
+)
+def test_data_dependent_branch_is_an_error_not_one_branch(
+    branchy: tuple[Task, ModelCheckpoint], spec: object, params: object, what: str
+) -> None:
+    task, ckpt = branchy
+    with pytest.raises(SqueezerayError) as err:
+        run_stage(spec, StageInput(task=task, parent=ckpt), params)  # type: ignore[arg-type]
+    message = str(err.value)
+    assert what in message
+    assert "Python boolean at " in message and "test_tracing.py:" in message
+    assert "`if x[:, 0].mean() > 0:" in message  # the source line
+    assert "torch.where" in message
+
+
+def test_data_dependent_branch_still_runs_eager(branchy: tuple[Task, ModelCheckpoint]) -> None:
+    task, ckpt = branchy
+    out, _ = run_stage(EXPORT, StageInput(task=task, parent=ckpt), ExportParams(runtime="eager"))
+    assert out.checkpoint.runtime == "eager"
+    assert 0.0 <= out.metrics["val_accuracy"] <= 1.0
+    model = out.model
+    assert isinstance(model, Branchy)
+    x = torch.randn(4, 13)
+    with torch.no_grad():
+        for sign in (1.0, -1.0):  # both branches, as written
+            x[:, 0] = sign
+            torch.testing.assert_close(model(x), (model.a if sign > 0 else model.b)(x))
+
+
+class ShapeChecked(nn.Module):
+    """Branches on shapes and converts a shape to int: benign, the trace is right."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.lin = nn.Linear(13, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.shape[-1] != 13:
+            raise ValueError("expected 13 features")
+        return self.lin(x[:, : int(x.size(1))])  # type: ignore[no-any-return]
+
+
+def test_shape_branches_still_export_to_torchscript_and_onnx() -> None:
+    task = Task(
+        name="shape-checked",
+        teacher=ShapeChecked,
+        student=ShapeChecked,
+        train=_split(16, 0),
+        val=_split(16, 1),
+        test=_split(16, 2),
+        num_classes=3,
+    )
+    ckpt = from_model(task, task.build("student"), {"arch": "student"})
+    for runtime in ("torchscript", "onnxruntime"):
+        params = ExportParams(runtime=runtime)
+        out, _ = run_stage(EXPORT, StageInput(task=task, parent=ckpt), params)
+        assert out.checkpoint.runtime == runtime
+
+
+class Tabular(nn.Module):
+    """model(cat_ids (B, 2) int64 categorical columns, numeric (B, 4) float) -> logits (B, 3)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.color = nn.Embedding(5, 3)
+        self.size = nn.Embedding(7, 3)
+        self.head = nn.Linear(3 + 3 + 4, 3)
+
+    def forward(self, cat_ids: torch.Tensor, numeric: torch.Tensor) -> torch.Tensor:
+        columns = [self.color(cat_ids[:, 0]), self.size(cat_ids[:, 1]), numeric]
+        return self.head(torch.cat(columns, dim=1))  # type: ignore[no-any-return]
+
+
+def _input_dims(data: bytes) -> dict[str, list[int | str]]:
+    return {
+        i.name: [d.dim_param or d.dim_value for d in i.type.tensor_type.shape.dim]
+        for i in onnx.load_from_string(data).graph.input
+    }
+
+
+def test_categorical_columns_keep_a_static_axis() -> None:
+    torch.manual_seed(0)
+    model = Tabular().eval()
+    cat_ids = torch.stack([torch.randint(0, 5, (4,)), torch.randint(0, 7, (4,))], dim=1)
+    example = (cat_ids, torch.randn(4, 4))
+    assert varying_axes(model, example) == [[], []]
+    data = to_onnx_bytes(model, example)
+    dims = _input_dims(data)
+    assert dims["cat_ids"][1] == 2 and dims["numeric"][1] == 4
+    session = ort.InferenceSession(data, providers=["CPUExecutionProvider"])
+    (got,) = session.run(None, {"cat_ids": cat_ids.numpy(), "numeric": example[1].numpy()})
+    with torch.no_grad():
+        torch.testing.assert_close(torch.from_numpy(got), model(*example), rtol=1e-4, atol=1e-5)
+    three = torch.zeros(4, 3, dtype=torch.int64)
+    with pytest.raises(Exception, match="cat_ids"):  # a third column is refused, not run
+        session.run(None, {"cat_ids": three.numpy(), "numeric": example[1].numpy()})
+
+
+class IdsAndMask(nn.Module):
+    """model(ids (B, L) int64, mask (B, L) int64) -> logits (B, 2): mean of unmasked embeddings."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.emb = nn.Embedding(20, 6)
+        self.cls = nn.Linear(6, 2)
+
+    def forward(self, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        keep = mask.unsqueeze(-1).float()
+        pooled = (self.emb(ids) * keep).sum(1) / keep.sum(1).clamp(min=1)
+        return self.cls(pooled)  # type: ignore[no-any-return]
+
+
+def test_token_models_keep_a_dynamic_sequence_axis() -> None:
+    torch.manual_seed(0)
+    ids = torch.randint(1, 20, (2, 8))
+    text = MaskedTextNet(8).eval()
+    assert varying_axes(text, (ids,)) == [[1]]
+    assert isinstance(_input_dims(to_onnx_bytes(text, ids))["ids"][1], str)
+    # ids and their mask are cut together: alone, either one would not run
+    pair = IdsAndMask().eval()
+    assert varying_axes(pair, (ids, torch.ones_like(ids))) == [[1], [1]]
+    data = to_onnx_bytes(pair, (ids, torch.ones_like(ids)))
+    session = ort.InferenceSession(data, providers=["CPUExecutionProvider"])
+    short = torch.randint(1, 20, (3, 5))
+    mask = torch.ones_like(short)
+    (got,) = session.run(None, {"ids": short.numpy(), "mask": mask.numpy()})
+    with torch.no_grad():
+        torch.testing.assert_close(torch.from_numpy(got), pair(short, mask), rtol=1e-4, atol=1e-5)
