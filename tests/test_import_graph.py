@@ -193,8 +193,8 @@ def test_stages_import_neither_ray_nor_orchestrator() -> None:
 
 # stages/ bottom to top: a module imports only modules of its own layer or below.
 STAGES_LAYERS: tuple[tuple[str, ...], ...] = (
-    # leaves: errors, mode names, batch forms, demo models, layer kinds, device
-    ("errors", "names", "batches", "models", "attention", "device", "layers"),
+    # leaves: errors, mode names, batch forms, demo models, layer kinds, device, strict tracing
+    ("errors", "names", "batches", "models", "attention", "device", "layers", "tracing"),
     ("tasks",),  # the Task contract
     ("checkpoint", "surgery", "onnxio", "fingerprint"),  # data format, pruning history, ONNX
     ("base", "int8"),  # the stage contract types; torch int8 structure
