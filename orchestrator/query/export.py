@@ -256,7 +256,13 @@ def find_row(
 
     from orchestrator.store.results import load_results
 
-    table = load_results(os.fspath(storage), sweep=sweep)
+    try:
+        table = load_results(os.fspath(storage), sweep=sweep)
+    except SqueezerayError as exc:  # an unknown sweep: spelled as the caller passes it
+        text = str(exc)
+        if option_style == "python" and text.startswith("--sweep "):
+            raise SqueezerayError("sweep=" + text.removeprefix("--sweep ")) from None
+        raise
     if trial_id is not None and trial_id not in set(table.column("trial_id").to_pylist()):
         chosen = sorted({str(s) for s in table.column("sweep_id").to_pylist()})
         _raise_if_in_other_sweeps(storage, trial_id, sweep, chosen, option_style)

@@ -234,6 +234,8 @@ def test_a_trial_of_another_sweep_is_named_with_its_sweep(
         export_trial(storage, "old1", output=tmp_path / "out", sweep="sweep-a").card["sweep_id"]
         == "sweep-a"
     )
+    with pytest.raises(SqueezerayError, match=r"^sweep='sweep-z' is not in storage.*sweep-a"):
+        load_model(storage, "old1", sweep="sweep-z")
     # unknown everywhere: the ok trials of the chosen sweep, and how to choose one
     with pytest.raises(SqueezerayError, match=r"'zz' is not in .*there: new1 .*sweep=ID"):
         load_model(storage, "zz")
