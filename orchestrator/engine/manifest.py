@@ -61,18 +61,19 @@ def write_manifest(
         "options": sweep.options.to_dict(),  # what --resume runs (SweepOptions)
         "status": status,
         "error": error,
-        "resume_command": resume_command(store, sweep.sweep_id),
+        "resume_command": resume_command(store, sweep.sweep_id, command=sweep.command),
         "updated_at": now().isoformat(),
     }
     store.write_atomic(json.dumps(data, indent=2).encode(), *manifest_path(sweep.sweep_id))
 
 
-def resume_command(store: Storage, sweep_id: str) -> str:
+def resume_command(store: Storage, sweep_id: str, *, command: str = "sweep") -> str:
     """The shell command that continues sweep `sweep_id` (absolute for local storage, so it
-    works from any directory)."""
+    works from any directory); `command`: the one that started it (`nightly`: a resumed night
+    also writes its report)."""
     location = store.root if store.is_local else store.uri
     return (
-        f"squeezeray sweep --resume --sweep-id {shlex.quote(sweep_id)} "
+        f"squeezeray {command} --resume --sweep-id {shlex.quote(sweep_id)} "
         f"--storage {shlex.quote(location)}"
     )
 

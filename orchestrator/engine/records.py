@@ -37,6 +37,7 @@ class PreparedSweep:
     space_text: str | None = None  # the YAML it was read from (the manifest keeps it)
     budget_elapsed_s: float = 0.0  # seconds of the time budget spent before (--resume)
     finished: bool = False  # resumed, but its manifest says it finished: nothing left to run
+    command: str = "sweep"  # the CLI command that runs it: sweep, or nightly (its resume command)
 
     @property
     def cpus_per_trial(self) -> float:

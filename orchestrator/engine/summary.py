@@ -51,7 +51,7 @@ def sweep_summary(run: SweepRun, table: Any, end: RunEnd) -> SweepSummary:
         corrupt_checkpoints=len(stats["corrupt"]),
         wall_s=time.perf_counter() - run.started_s,
         interrupted=end.interrupted,
-        resume_command=resume_command(sweep.storage, sweep.sweep_id),
+        resume_command=resume_command(sweep.storage, sweep.sweep_id, command=sweep.command),
         stages_cancelled=len(stats["cancelled"]),
         latency_final_models=end.final_models,
         latency_final_note=end.final_note,

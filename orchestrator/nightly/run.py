@@ -190,7 +190,8 @@ def prepare_nightly(
         if sweep_id is None:
             store = open_storage(opts.storage)
             sweep_id = latest_sweep_id(store, name_prefix=opts.name or "nightly-")
-        return prepare_sweep(space, opts, sweep_id=sweep_id, resume=True)
+        resumed = prepare_sweep(space, opts, sweep_id=sweep_id, resume=True)
+        return dataclasses.replace(resumed, command="nightly")
     if sweep_id is not None:
         raise SqueezerayError(
             f"--sweep-id {sweep_id!r} is only for --resume: a new night's id is "
@@ -203,7 +204,7 @@ def prepare_nightly(
     )
     # The id repeats no date: nightly-YYYYMMDD-HHMMSS-xxxx (time and suffix: runs never mix).
     sweep_id = f"{opts.name}-{datetime.now():%H%M%S}-{secrets.token_hex(2)}"
-    return prepare_sweep(space, opts, sweep_id=sweep_id)
+    return dataclasses.replace(prepare_sweep(space, opts, sweep_id=sweep_id), command="nightly")
 
 
 def nightly_resume_command(

@@ -250,7 +250,7 @@ def test_nightly_resume_picks_the_latest_night_and_names_itself_when_interrupted
     is released); a night that ended is not run again (exit 0)."""
     import orchestrator.nightly.run as night
     from orchestrator.cli import app
-    from orchestrator.engine.manifest import write_manifest
+    from orchestrator.engine.manifest import read_manifest, write_manifest
     from orchestrator.engine.sweep import SweepInterrupted, SweepSummary, prepare_sweep
     from orchestrator.store.lock import storage_lock
 
@@ -265,6 +265,8 @@ def test_nightly_resume_picks_the_latest_night_and_names_itself_when_interrupted
     write_manifest(manual.storage, manual, status="interrupted")
     resumed = prepare_nightly(storage=storage, resume=True)
     assert (resumed.sweep_id, resumed.resume) == (tonight.sweep_id, True)
+    manifest = read_manifest(tonight.storage, tonight.sweep_id)  # for a crash: no message
+    assert manifest["resume_command"].startswith("squeezeray nightly --resume --sweep-id")
     assert resumed.space == tonight.space and not resumed.finished
 
     def interrupted(prepared: Any, **_: Any) -> Any:
