@@ -163,7 +163,10 @@ def to_onnx_bytes(
     except Exception as dynamo_error:
         buf = io.BytesIO()
         try:
-            with quiet_logging(), strict_trace(f"{what} (legacy ONNX exporter)", fix=fix):
+            with (
+                quiet_logging(),
+                strict_trace(f"{what} (legacy ONNX exporter)", inputs=len(args), fix=fix),
+            ):
                 torch.onnx.export(
                     wrapped,
                     args,

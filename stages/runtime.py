@@ -185,7 +185,7 @@ def _trace_and_freeze(
     try:
         with warnings.catch_warnings(), torch.no_grad():
             warnings.simplefilter("ignore")  # TorchScript deprecation, benign tracer warnings
-            with strict_trace(what):  # but a data-dependent branch is an error
+            with strict_trace(what, inputs=len(example)):  # but a data-dependent branch is an error
                 traced = torch.jit.trace(LogitsOnly(model.eval()).eval(), example)
             return torch.jit.freeze(traced.eval())
     except SqueezerayError:

@@ -46,8 +46,14 @@ def _last_node(nodes: Any) -> torch._C.Node | None:
     return None
 
 
-def _depends_on_inputs(node: torch._C.Node) -> bool:
-    """Whether a trace-graph node's value is computed from an input tensor's values."""
+def _depends_on_inputs(graph: torch._C.Graph, node: torch._C.Node, inputs: int) -> bool:
+    """Whether a trace-graph node's value is computed from the values of the model's first
+    `inputs` tensor arguments: the graph's leading tensor inputs (the legacy ONNX exporter
+    passes the weights as further graph inputs; `torch.jit.trace` reads them by attribute)."""
+    tensor_inputs = [
+        v.unique() for v in graph.inputs() if isinstance(v.type(), torch._C.TensorType)
+    ]
+    data = set(tensor_inputs[:inputs])
     seen: set[torch._C.Node] = set()
     stack = [node]
     while stack:
@@ -57,20 +63,24 @@ def _depends_on_inputs(node: torch._C.Node) -> bool:
         seen.add(n)
         for value in n.inputs():
             producer = value.node()
-            if producer.kind() == "prim::Param":
-                if isinstance(value.type(), torch._C.TensorType):
-                    return True
-                continue
-            stack.append(producer)
+            if producer.kind() != "prim::Param":
+                stack.append(producer)
+            elif isinstance(value.type(), torch._C.TensorType) and (
+                producer != graph.param_node() or value.unique() in data
+            ):
+                return True
     return False
 
 
 @contextmanager
-def strict_trace(what: str, *, fix: str = "keep export.runtime: eager") -> Iterator[None]:
+def strict_trace(
+    what: str, *, inputs: int, fix: str = "keep export.runtime: eager"
+) -> Iterator[None]:
     """Run a tracing block (`torch.jit.trace`, `torch.onnx.export(dynamo=False)`) and raise
     `SqueezerayError` after it when the traced `forward` branched in Python on a value computed
     from its inputs (see the module docstring). `what` names the export in the message, e.g.
-    "export.runtime='torchscript'"; `fix` is the message's way out besides rewriting the model.
+    "export.runtime='torchscript'"; `inputs` is the number of tensor arguments the model is
+    traced with; `fix` is the message's way out besides rewriting the model.
     Other warnings keep whatever filters the caller set.
     """
     found: list[str] = []
@@ -91,8 +101,9 @@ def strict_trace(what: str, *, fix: str = "keep export.runtime: eager") -> Itera
         state = torch._C._get_tracing_state()
         if state is None or found:
             return
-        node = _last_node(state.graph().nodes())
-        if node is not None and _depends_on_inputs(node):
+        graph = state.graph()
+        node = _last_node(graph.nodes())
+        if node is not None and _depends_on_inputs(graph, node, inputs):
             code = linecache.getline(filename, lineno).strip()
             where = f"{filename}:{lineno}" + (f" `{code}`" if code else "")
             found.append(f"a tensor converted to a Python {kind.group(1)} at {where}")

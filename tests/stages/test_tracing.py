@@ -198,3 +198,39 @@ def test_token_models_keep_a_dynamic_sequence_axis() -> None:
     (got,) = session.run(None, {"ids": short.numpy(), "mask": mask.numpy()})
     with torch.no_grad():
         torch.testing.assert_close(torch.from_numpy(got), pair(short, mask), rtol=1e-4, atol=1e-5)
+
+
+class WeightBranch(nn.Module):
+    """Branches on its own weights only: the same for every input, so tracing is right."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.lin = nn.Linear(13, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.lin.weight.abs().sum() > 1e6:
+            return self.lin(x) * 2  # type: ignore[no-any-return]
+        return self.lin(x)  # type: ignore[no-any-return]
+
+
+@pytest.mark.parametrize("tracer", ["jit", "legacy_onnx"])
+def test_strict_trace_tells_inputs_from_weights_and_shapes(tracer: str) -> None:
+    import io
+
+    from stages.tracing import strict_trace
+
+    def trace(model: nn.Module) -> None:
+        x = (torch.randn(4, 13),)
+        with strict_trace("t", inputs=1):
+            if tracer == "jit":
+                torch.jit.trace(model.eval(), x)
+            else:
+                torch.onnx.export(model.eval(), x, io.BytesIO(), dynamo=False)
+
+    # the tracers' deprecation warnings still reach the caller's filters
+    with pytest.warns(DeprecationWarning):
+        trace(WeightBranch())
+        trace(ShapeChecked())
+    expected = r"t: .*Python boolean at .*test_tracing\.py"
+    with pytest.warns(DeprecationWarning), pytest.raises(SqueezerayError, match=expected):
+        trace(Branchy())
