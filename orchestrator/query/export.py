@@ -729,24 +729,30 @@ def _input_card(
     """{name, dtype, shape} of the model input (a list of them for a model with several
     inputs), in every runtime named as the parameters of the model's `forward`: read from the
     ONNX graph (which the export named so), else `stages.onnxio.onnx_input_names` of `model`
-    (the rebuilt module; x, x0, x1, ... when its forward takes `*args`)."""
+    (the rebuilt module; x, x0, x1, ... when its forward takes `*args`). Shapes: "batch", then
+    the example's sizes, or for ONNX the graph's axes (a dynamic one by its symbol name)."""
     from stages.batches import as_args
     from stages.onnxio import onnx_input_names
 
     args = as_args(task.example_input(1))
     names = onnx_input_names(len(args), model=model)
+    shapes: list[list[int | str]] = [["batch", *(int(d) for d in t.shape[1:])] for t in args]
     if ckpt.runtime == "onnxruntime" and ckpt.onnx is not None:
         import onnx
 
-        graph_inputs = [i.name for i in onnx.load_from_string(ckpt.onnx).graph.input]
+        graph_inputs = list(onnx.load_from_string(ckpt.onnx).graph.input)
         if len(graph_inputs) == len(args):
-            names = graph_inputs
+            names = [i.name for i in graph_inputs]
+            # the graph's own axes: a dynamic sequence axis by its name, fixed ones as numbers
+            shapes = [
+                [
+                    "batch",
+                    *(d.dim_param or int(d.dim_value) for d in i.type.tensor_type.shape.dim[1:]),
+                ]
+                for i in graph_inputs
+            ]
     cards = [
-        {
-            "name": name,
-            "dtype": str(t.dtype).removeprefix("torch."),
-            "shape": ["batch", *(int(d) for d in t.shape[1:])],
-        }
-        for name, t in zip(names, args, strict=True)
+        {"name": name, "dtype": str(t.dtype).removeprefix("torch."), "shape": shape}
+        for name, t, shape in zip(names, args, shapes, strict=True)
     ]
     return cards[0] if len(cards) == 1 else cards
