@@ -257,10 +257,12 @@ def validate(
     # A user task (imported above) or a weights file gets the sweep's own checks: stages that
     # cannot apply, the weights loaded into the teacher; built-in tasks stay unimported here.
     if ":" in loaded.task or teacher_weights is not None:
-        from orchestrator.engine.prepare import bound_to_task
+        from orchestrator.engine.prepare import checked_against_task
         from orchestrator.space.options import SweepOptions
+        from stages.tasks import load_task
 
-        loaded, _ = bound_to_task(loaded, SweepOptions.build(teacher_weights=teacher_weights))
+        opts = SweepOptions.build(teacher_weights=teacher_weights)
+        loaded = checked_against_task(loaded, opts, load_task(loaded.task))
     out.print(loaded.summary(), markup=False, highlight=False, soft_wrap=True)
     out.print(f"ok: {loaded.source} is valid", markup=False, highlight=False, soft_wrap=True)
 

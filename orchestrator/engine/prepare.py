@@ -180,17 +180,22 @@ def _checked_storage(storage: str, sweep_id: str | None, *, resume: bool) -> Sto
 
 
 def bound_to_task(space: SearchSpace, opts: SweepOptions) -> tuple[SearchSpace, dict[str, str]]:
-    """The space with the task's teacher weights and metric, and the task's fingerprint.
-
-    The task import path is checked here, on the driver, before any Ray work (and so is every
-    stage that could not change the task's model at all: issue 12 item 6); its fingerprint
-    (architectures, weights, data) goes into the stage keys, so an edited model or dataset is
-    recomputed instead of served from the cache.
-    """
+    """The space checked against its task (`checked_against_task`), and the task's
+    fingerprint: architectures, weights and data go into the stage keys, so an edited model or
+    dataset is recomputed instead of served from the cache."""
     from stages.fingerprint import task_fingerprint
     from stages.tasks import load_task
 
     task_obj = load_task(space.task)
+    space = checked_against_task(space, opts, task_obj)
+    return space, task_fingerprint(task_obj, seed=TRAINING_SEED).as_dict()
+
+
+def checked_against_task(space: SearchSpace, opts: SweepOptions, task_obj: Any) -> SearchSpace:
+    """The space with the task's teacher weights and metric, every check that needs the task
+    passed: the task import path (on the driver, before any Ray work), the teacher weights,
+    `distill.student_ratio`, and every stage that could not change the task's model at all
+    (issue 12 item 6). `squeezeray validate` runs these too, without the fingerprint."""
     space = _with_teacher_weights(space, opts.teacher_weights, task_obj)
     space = space.with_task_metric(task_obj.metric.name if task_obj.metric else None)
     if task_obj.student is not None and "distill.student_ratio" in space.params:
@@ -200,7 +205,7 @@ def bound_to_task(space: SearchSpace, opts: SweepOptions) -> tuple[SearchSpace, 
             "task student=None to have the student made from the teacher"
         )
     check_stages_apply_to_task(space)
-    return space, task_fingerprint(task_obj, seed=TRAINING_SEED).as_dict()
+    return space
 
 
 def sweep_options(options: SweepOptions | None, keywords: Mapping[str, Any]) -> SweepOptions:
