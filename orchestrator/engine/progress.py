@@ -23,7 +23,7 @@ class SweepProgress:
         self.console = console
         self.total = space.search.trials
         self.quality, self.direction = quality_column(space)
-        self.best_accuracy: float | None = None
+        self.best_value: float | None = None
         self.running = 0
         self.progress = Progress(
             TextColumn("[bold]trials"),
@@ -58,8 +58,8 @@ class SweepProgress:
             value = _metric_value(data, self.quality)
             if data.get("status") == "ok" and value is not None:
                 better = max if self.direction == "max" else min
-                prior = self.best_accuracy
-                self.best_accuracy = value if prior is None else better(prior, value)
+                prior = self.best_value
+                self.best_value = value if prior is None else better(prior, value)
             if data.get("status") != "ok":
                 from rich.markup import escape
 
@@ -73,7 +73,7 @@ class SweepProgress:
                     soft_wrap=True,
                 )
         label = self.quality.replace(VALIDATION_PREFIX, "val ", 1)
-        best = f"best {label} {self.best_accuracy:.4f}" if self.best_accuracy is not None else ""
+        best = f"best {label} {self.best_value:.4f}" if self.best_value is not None else ""
         self.progress.update(
             self.task_id,
             total=total,
