@@ -65,7 +65,7 @@ class SweepPlan:
     def resolve(self, sampled: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
         """{stage: full params} from defaults, fixed values and this trial's sampled knobs.
 
-        Coherence rules (documented in the README): `quantize.mode=onnx_int8` deploys in ONNX
+        Coherence rules (documented in docs/sweeps.md): `quantize.mode=onnx_int8` deploys in ONNX
         Runtime, so it sets `export.runtime=onnxruntime`; a torch int8 model cannot be exported
         to ONNX, so `dynamic_int8`/`static_int8`/`qat` with `export.runtime=onnxruntime` deploys
         eager instead. The row records the effective values.

@@ -83,16 +83,16 @@ def run_sandboxed(tmp_path: Path, script: str, timeout: float = 900) -> str:
 
 
 def _readme_steps() -> str:
-    readme = (ROOT / "README.md").read_text()
+    readme = (ROOT / "docs" / "operations.md").read_text()
     block = re.search(r"To try the cluster path on one machine.*?```bash\n(.*?)```", readme, re.S)
-    assert block, "README lost its one-machine cluster steps"
+    assert block, "docs/operations.md lost its one-machine cluster steps"
     return block.group(1)
 
 
 # Every scenario, in order, in one sandbox. Each writes its command's output to its own log and
 # echoes its exit code; `[Ns]` lines (bash's SECONDS) show where the time goes.
 SCENARIOS = """
-# 1. The README's steps, exactly as written (set -e: any failing step fails the scenario).
+# 1. The docs' steps, exactly as written (set -e: any failing step fails the scenario).
 ( set -e
 @README@
 ) > readme.log 2>&1
@@ -151,7 +151,7 @@ def _trials(storage: Path) -> list[dict]:
 
 
 def test_readme_cluster_steps_as_written_join_a_ray_start_head(sandbox: tuple[Path, str]) -> None:
-    """The README's one-machine cluster steps, exactly as written, with token auth on."""
+    """The one-machine cluster steps of docs/operations.md, exactly as written, with token auth on."""
     tmp_path, out = sandbox
     steps = _readme_steps()
     assert "ray start --head" in steps and "--address auto" in steps
