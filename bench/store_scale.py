@@ -6,9 +6,10 @@ Builds the store the way sweeps write it (`append_results` once per trial and ba
 `append_stage_rows` once per executed stage, a checkpoint pair per stage under `cache/`),
 copies it, compacts the copy (`squeezeray compact`, timed), then times the user-facing
 commands on both, alternating uncompacted and compacted in every round so that both see the
-same machine load (this machine is shared): `squeezeray pareto STORE --sweep all`,
-`squeezeray pareto STORE` (latest), `squeezeray sweeps STORE`, each a fresh process, as a
-user runs them, plus `squeezeray --help` (the process start-up alone) and the library calls
+same machine load (this machine is shared): `squeezeray pareto --storage STORE --sweep all`,
+`squeezeray pareto --storage STORE` (latest), `squeezeray sweeps --storage STORE`, each a
+fresh process, as a user runs them, plus `squeezeray --help` (the process start-up alone)
+and the library calls
 in this process (`load_results`, `list_sweeps`; first round only). Wall and CPU seconds
 (user + sys) are both recorded: on a shared machine the wall time mostly measures the queue
 for a core, the CPU time what the command costs. Both stores must answer the same.
@@ -38,9 +39,9 @@ T0 = datetime(2025, 12, 1, 2, 0, tzinfo=timezone.utc)
 STAGES_PER_SWEEP = 8  # teacher, a few KD settings, prune/finetune variants the cache ran
 COMMANDS: dict[str, list[str]] = {
     "help": ["--help"],
-    "pareto_all": ["pareto", "{store}", "--sweep", "all"],
-    "pareto_latest": ["pareto", "{store}"],
-    "sweeps": ["sweeps", "{store}"],
+    "pareto_all": ["pareto", "--storage", "{store}", "--sweep", "all"],
+    "pareto_latest": ["pareto", "--storage", "{store}"],
+    "sweeps": ["sweeps", "--storage", "{store}"],
 }
 
 
@@ -190,7 +191,7 @@ def run(
         compacted = Path(tmp) / "compacted"
         built = build_store(plain, sweeps, trials)
         shutil.copytree(plain, compacted)
-        compact_s, compact_cpu_s = _cli(["compact", "{store}"], compacted)
+        compact_s, compact_cpu_s = _cli(["compact", "--storage", "{store}"], compacted)
         files_after = _count_files(compacted)
 
         # Both stores answer the same before anything is timed.

@@ -12,7 +12,7 @@ from typing import Annotated, Any, Optional
 
 import typer
 from rich.console import Console
-from typer.core import TyperGroup
+from typer.core import TyperCommand, TyperGroup
 
 from stages.errors import SqueezerayError
 
@@ -23,8 +23,34 @@ console = Console(stderr=True, width=_WIDTH)
 out = Console(width=_WIDTH)
 
 
+def _bare_flags(params: list[Any]) -> list[Any]:
+    """Flags take no value, so --help shows no `<bool>` type beside them (typer prints one)."""
+    for param in params:
+        if getattr(param, "is_flag", False):
+            param.metavar = ""
+    return params
+
+
+class _SqueezerayCommand(TyperCommand):
+    """A command whose --help shows flags as `--flag/--no-flag` without a `<bool>` type."""
+
+    def get_params(self, ctx: Any) -> list[Any]:
+        return _bare_flags(super().get_params(ctx))
+
+    def collect_usage_pieces(self, ctx: Any) -> list[str]:
+        """The usage line without hidden (deprecated) arguments."""
+        pieces = [self.options_metavar] if self.options_metavar else []
+        for param in self.get_params(ctx):
+            if not getattr(param, "hidden", False):
+                pieces.extend(param.get_usage_pieces(ctx))
+        return pieces
+
+
 class _SqueezerayGroup(TyperGroup):
     """Turns SqueezerayError into a one-line message and exit code 2 - the one place it happens."""
+
+    def get_params(self, ctx: Any) -> list[Any]:
+        return _bare_flags(super().get_params(ctx))
 
     def invoke(self, ctx: Any) -> Any:
         try:
@@ -33,6 +59,7 @@ class _SqueezerayGroup(TyperGroup):
             from rich.markup import escape
 
             message = f"[bold red]error:[/] {escape(str(exc))}"
+            console.quiet = False  # -q hides progress and notes, never the reason for exit 2
             console.print(message, highlight=False, soft_wrap=True)
             raise typer.Exit(2) from exc
 
@@ -46,6 +73,66 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 # Commands are grouped by owner module; each body is a thin call into that module.
+
+
+def _print_version(value: bool) -> None:
+    """`--version`: the installed distribution's version, then exit (before any command)."""
+    if value:
+        from importlib.metadata import PackageNotFoundError, version
+
+        try:
+            text = version("squeezeray")
+        except PackageNotFoundError:  # run from a source tree that was never installed
+            text = "unknown (not installed)"
+        out.print(f"squeezeray {text}", highlight=False)
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: Annotated[
+        bool,
+        typer.Option(
+            "--version",
+            callback=_print_version,
+            is_eager=True,
+            help="Print squeezeray's version and exit.",
+        ),
+    ] = False,
+    quiet: Annotated[
+        bool,
+        typer.Option(
+            "--quiet/--no-quiet",
+            "-q",
+            help="Print only results and errors: no progress bar, start lines or notes.",
+        ),
+    ] = False,
+    verbose: Annotated[
+        bool,
+        typer.Option(
+            "--verbose/--no-verbose",
+            "-v",
+            help="Show Ray's worker output (stage logs, warnings) and Ray's INFO logs.",
+        ),
+    ] = False,
+    dashboard: Annotated[
+        bool,
+        typer.Option(
+            "--dashboard/--no-dashboard",
+            help="Keep Ray's web dashboard on an embedded Ray (needs ray\\[default]).",
+        ),
+    ] = False,
+) -> None:
+    """Find the best small version of a neural network: compression sweeps on Ray.
+
+    Options before the command apply to every command, e.g. squeezeray -q sweep quick."""
+    from orchestrator.engine.runtime import RayDisplay, set_ray_display
+
+    if quiet and verbose:
+        raise SqueezerayError("-q/--quiet and -v/--verbose exclude each other; give one")
+    console.quiet = quiet
+    set_ray_display(RayDisplay(verbose=verbose, dashboard=dashboard))
+
 
 # --- sweep (orchestrator.engine.sweep) ------------------------------------------------------------
 
@@ -120,7 +207,7 @@ TopOpt = Annotated[int | None, typer.Option(help="Show at most K front points.")
 ResumeOpt = Annotated[
     bool,
     typer.Option(
-        "--resume",
+        "--resume/--no-resume",
         help="Continue an interrupted sweep in --storage, with the options and search "
         "space it was started with (an option given again must not differ).",
     ),
@@ -169,7 +256,7 @@ def _print_start(command: str, prepared: Any, *, note: str = "") -> None:
     )
 
 
-@app.command()
+@app.command(cls=_SqueezerayCommand)
 def sweep(
     ctx: typer.Context,
     space: SpaceArg = None,
@@ -231,7 +318,7 @@ def sweep(
 # --- validate (orchestrator.space) ---------------------------------------------------------------
 
 
-@app.command()
+@app.command(cls=_SqueezerayCommand)
 def validate(
     space: Annotated[
         str | None,
@@ -269,15 +356,45 @@ def validate(
 
 # --- pareto / sweeps (orchestrator.query.pareto, orchestrator.store.results) ----------------------
 
-# The storage argument of the commands that read or tidy stored results.
-StorageArg = Annotated[
-    str, typer.Argument(help="Results directory or URI (file://, s3://, gs://, memory://).")
+# Every command names its storage the same way, `--storage DIR|URI`. pareto, sweeps, compact,
+# gc and export once took it as their first argument: that spelling still works (a hidden
+# argument) and prints a deprecation note.
+DEFAULT_STORAGE = "squeezeray-results"
+ReadStorageOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--storage",
+        help="Results directory or URI (file://, s3://, gs://, memory://).",
+        show_default=DEFAULT_STORAGE,
+    ),
 ]
+LegacyStorageArg = Annotated[str | None, typer.Argument(hidden=True, show_default=False)]
 
 
-@app.command()
+def _storage(command: str, legacy: str | None, given: str | None) -> str:
+    """The storage a command reads: --storage, else the deprecated positional STORAGE (with a
+    note saying the new spelling), else the default."""
+    if legacy is None:
+        return DEFAULT_STORAGE if given is None else given
+    if given is not None and given != legacy:
+        raise SqueezerayError(
+            f"{command}: storage given twice ({legacy!r} as an argument and --storage "
+            f"{given!r}); accepted: --storage only"
+        )
+    console.print(
+        f"note: `squeezeray {command} STORAGE` is deprecated; write `squeezeray {command} "
+        f"--storage {legacy}` (every command takes --storage)",
+        highlight=False,
+        markup=False,
+        soft_wrap=True,
+    )
+    return legacy
+
+
+@app.command(cls=_SqueezerayCommand)
 def pareto(
-    storage: StorageArg = "squeezeray-results",
+    legacy_storage: LegacyStorageArg = None,
+    storage: ReadStorageOpt = None,
     sweep: Annotated[
         str, typer.Option("--sweep", help="A sweep id, 'latest' or 'all'.")
     ] = "latest",
@@ -287,7 +404,9 @@ def pareto(
     ] = "accuracy:max,size_bytes:min,latency_ms:min",
     where: Annotated[
         str | None,
-        typer.Option(help='Filter trials first, e.g. "accuracy >= 0.95 and latency_ms < 0.2".'),
+        typer.Option(
+            help='Filter trials first, e.g. "val_accuracy >= 0.95 and latency_ms_sweep < 0.2".'
+        ),
     ] = None,
     format: Annotated[
         str, typer.Option("--format", help="table, csv, json or parquet (parquet needs --output).")
@@ -305,6 +424,7 @@ def pareto(
     from orchestrator.query.pareto import parse_objectives
     from orchestrator.store.results import load_results
 
+    storage = _storage("pareto", legacy_storage, storage)
     _check_front_output(format, output, plot)
     chosen = parse_objectives(objectives)
     table = load_results(storage, sweep=sweep)
@@ -348,14 +468,17 @@ def _write_front(view: Any, format: str, output: Path | None) -> None:
         console.print(f"wrote {view.front.num_rows} front rows to {output}", highlight=False)
 
 
-@app.command()
+@app.command(cls=_SqueezerayCommand)
 def sweeps(
-    storage: StorageArg = "squeezeray-results",
+    legacy_storage: LegacyStorageArg = None,
+    storage: ReadStorageOpt = None,
 ) -> None:
     """List the sweeps in a storage: id, name, start, trials ok/failed, front hypervolume."""
     from rich.table import Table
 
     from orchestrator.store.results import list_sweeps
+
+    storage = _storage("sweeps", legacy_storage, storage)
 
     listing = list_sweeps(storage)
     table = Table(
@@ -380,14 +503,14 @@ def sweeps(
     if backlog:
         out.print(
             f"{len(backlog)} sweep(s) not compacted (running, crashed, or written before "
-            f"compaction): `squeezeray compact {storage}` makes queries faster",
+            f"compaction): `squeezeray compact --storage {storage}` makes queries faster",
             highlight=False,
             soft_wrap=True,
         )
     count, size = cache_size(storage)
     out.print(
         f"stage cache: {count} checkpoint(s), {human_bytes(size)} "
-        f"(free space with `squeezeray gc {storage} --keep-last N`)",
+        f"(free space with `squeezeray gc --storage {storage} --keep-last N`)",
         highlight=False,
         soft_wrap=True,
     )
@@ -396,9 +519,10 @@ def sweeps(
 # --- compact / gc (orchestrator.store.compact, orchestrator.store.gc) -----------------------------
 
 
-@app.command()
+@app.command(cls=_SqueezerayCommand)
 def compact(
-    storage: StorageArg = "squeezeray-results",
+    legacy_storage: LegacyStorageArg = None,
+    storage: ReadStorageOpt = None,
     sweep: Annotated[
         str | None, typer.Option("--sweep", help="Compact only this sweep (default: all).")
     ] = None,
@@ -409,7 +533,7 @@ def compact(
     and for sweeps that crashed. Safe while sweeps run and queries read."""
     from orchestrator.store.compact import compact_storage
 
-    done = compact_storage(storage, sweep=sweep)
+    done = compact_storage(_storage("compact", legacy_storage, storage), sweep=sweep)
     merged = [c for c in done if c.changed]
     before = sum(c.files_before for c in merged)
     out.print(
@@ -420,9 +544,10 @@ def compact(
     )
 
 
-@app.command()
+@app.command(cls=_SqueezerayCommand)
 def gc(
-    storage: StorageArg = "squeezeray-results",
+    legacy_storage: LegacyStorageArg = None,
+    storage: ReadStorageOpt = None,
     keep_last: Annotated[
         int | None, typer.Option(help="Keep the checkpoints of the N newest sweeps.")
     ] = None,
@@ -432,7 +557,9 @@ def gc(
     ] = None,
     dry_run: Annotated[
         bool,
-        typer.Option("--dry-run", help="List what would go and the bytes freed; delete nothing."),
+        typer.Option(
+            "--dry-run/--no-dry-run", help="List what would go and the bytes freed; delete nothing."
+        ),
     ] = False,
     wait: WaitOpt = True,
     lock_timeout: LockTimeoutOpt = "6h",
@@ -445,7 +572,7 @@ def gc(
 
     older_than_s = None if older_than is None else _duration("--older-than", older_than)
     plan = collect(
-        storage,
+        _storage("gc", legacy_storage, storage),
         keep_last=keep_last,
         older_than_s=older_than_s,
         dry_run=dry_run,
@@ -480,21 +607,20 @@ def _print_gc_plan(plan: Any, *, dry_run: bool) -> None:
 # --- export (orchestrator.query.export) -----------------------------------------------------------
 
 
-@app.command()
+@app.command(cls=_SqueezerayCommand)
 def export(
-    storage: Annotated[
-        str, typer.Argument(help="Results directory or URI (file://, s3://, gs://).")
-    ],
     trial_id: Annotated[
         str | None, typer.Argument(help="The trial to export (or choose it with --where/--pick).")
     ] = None,
+    legacy_trial_id: Annotated[str | None, typer.Argument(hidden=True)] = None,
+    storage: ReadStorageOpt = None,
     output: Annotated[Path, typer.Option(help="Directory to write the files to.")] = Path(
         "squeezeray-model"
     ),
     sweep: Annotated[str, typer.Option("--sweep", help="A sweep id, or 'latest'.")] = "latest",
     where: Annotated[
         str | None,
-        typer.Option(help='Only trials matching this, e.g. "accuracy >= 0.96".'),
+        typer.Option(help='Only trials matching this, e.g. "val_accuracy >= 0.96".'),
     ] = None,
     pick: Annotated[
         str | None,
@@ -503,13 +629,14 @@ def export(
     recompute: Annotated[
         bool,
         typer.Option(
-            "--recompute", help="Re-run the trial's stages whose checkpoints are missing."
+            "--recompute/--no-recompute",
+            help="Re-run the trial's stages whose checkpoints are missing.",
         ),
     ] = False,
     overwrite: Annotated[
         bool,
         typer.Option(
-            "--overwrite",
+            "--overwrite/--no-overwrite",
             help="Replace a previous export in --output (only files an export writes; "
             "any other file there is refused).",
         ),
@@ -520,9 +647,11 @@ def export(
     that the written file scores the row's test accuracy. --output must be a new or empty
     folder (or hold a previous export, with --overwrite).
 
-    e.g. squeezeray export runs/ --where "accuracy >= 0.96" --pick size_bytes --output best/"""
+    e.g. squeezeray export --storage runs/ --where "val_accuracy >= 0.96" --pick size_bytes
+    --output best/"""
     from orchestrator.query.export import export_trial
 
+    storage, trial_id = _export_target(trial_id, legacy_trial_id, storage)
     result = export_trial(
         storage,
         trial_id,
@@ -535,6 +664,20 @@ def export(
         option_style="cli",
     )
     _print_export(result)
+
+
+def _export_target(
+    first: str | None, second: str | None, storage: str | None
+) -> tuple[str, str | None]:
+    """export's (storage, trial id). The old spelling `export STORAGE [TRIAL_ID]` is still
+    read, with a deprecation note: two arguments, or one that names an existing directory or
+    a URI while --storage is not given."""
+    old_style = second is not None or (
+        first is not None and storage is None and ("://" in first or Path(first).is_dir())
+    )
+    if not old_style:
+        return _storage("export", None, storage), first
+    return _storage("export", first, storage), second
 
 
 def _print_export(result: Any) -> None:
@@ -582,7 +725,7 @@ GcKeepLastOpt = Annotated[
 NightlyResumeOpt = Annotated[
     bool,
     typer.Option(
-        "--resume",
+        "--resume/--no-resume",
         help="Finish an interrupted night (the newest nightly sweep in --storage, or "
         "--sweep-id) as it was started, then write its report and exit as the night would.",
     ),
@@ -592,7 +735,7 @@ NightlySweepIdOpt = Annotated[
 ]
 
 
-@app.command()
+@app.command(cls=_SqueezerayCommand)
 def nightly(
     ctx: typer.Context,
     storage: StorageOpt,
@@ -728,6 +871,7 @@ def _g(value: float | None) -> str:
 
 
 @app.command(
+    cls=_SqueezerayCommand,
     context_settings={"allow_extra_args": True, "ignore_unknown_options": True},
 )
 def schedule(
@@ -736,13 +880,15 @@ def schedule(
         str, typer.Option(help='When to run, in cron syntax, e.g. "0 2 * * *" (02:00 daily).')
     ],
     print_: Annotated[
-        bool, typer.Option("--print", help="Print the crontab line and a KubeRay snippet.")
+        bool,
+        typer.Option("--print/--no-print", help="Print the crontab line and a KubeRay snippet."),
     ] = False,
     install: Annotated[
-        bool, typer.Option("--install", help="Add the line to your crontab (idempotent).")
+        bool,
+        typer.Option("--install/--no-install", help="Add the line to your crontab (idempotent)."),
     ] = False,
     foreground: Annotated[
-        bool, typer.Option("--foreground", help="Run the schedule in this process.")
+        bool, typer.Option("--foreground/--no-foreground", help="Run the schedule in this process.")
     ] = False,
     log: Annotated[
         Path | None, typer.Option(help="Crontab: append each run's output here.")

@@ -83,7 +83,7 @@ def finished_note(store: Storage, sweep_id: str) -> str:
     location = store.root if store.is_local else store.uri
     return (
         f"sweep {sweep_id} already finished: nothing is left to resume (its rows are all "
-        f"written). See its front with: squeezeray pareto {shlex.quote(location)} "
+        f"written). See its front with: squeezeray pareto --storage {shlex.quote(location)} "
         f"--sweep {shlex.quote(sweep_id)}"
     )
 
@@ -92,7 +92,7 @@ def read_manifest(store: Storage, sweep_id: str) -> dict[str, Any]:
     if not store.exists(*manifest_path(sweep_id)):
         raise SqueezerayError(
             f"sweep {sweep_id!r} has no manifest under {store.uri}/{SWEEPS_DIR}; "
-            "list sweeps with `squeezeray sweeps <storage>`"
+            "list sweeps with `squeezeray sweeps --storage <storage>`"
         )
     return dict(json.loads(store.read_bytes(*manifest_path(sweep_id))))
 

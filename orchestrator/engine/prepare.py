@@ -156,8 +156,8 @@ def _check_same_space(
         f"{mine.source}: --resume continues sweep {sweep_id!r} (task {manifest.get('task')}, "
         f"space {manifest.get('space_source')}), which was started with another search space; "
         f"leave the space out to resume {sweep_id!r} as started, pass --sweep-id of the sweep "
-        f"this space belongs to (list them with `squeezeray sweeps {store.uri}`), or start a "
-        f"new sweep with it (without --resume)"
+        f"this space belongs to (list them with `squeezeray sweeps --storage {store.uri}`), "
+        f"or start a new sweep with it (without --resume)"
     )
 
 

@@ -124,7 +124,7 @@ def print_outcome(
     objectives = {o.name: o.direction for o in space.objectives}
     print_front(outcome.table, objectives, console, top=top)
     console.print(
-        f"results: {s.storage} - query again with `squeezeray pareto {s.storage}`",
+        f"results: {s.storage} - query again with `squeezeray pareto --storage {s.storage}`",
         highlight=False,
     )
 

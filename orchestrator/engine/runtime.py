@@ -24,6 +24,32 @@ LATENCY_RESOURCE = "squeezeray_latency"
 
 
 @dataclass(frozen=True)
+class RayDisplay:
+    """What Ray shows while squeezeray runs: its worker processes' stdout/stderr and INFO
+    logs (`verbose`, the CLI's `-v`), and its web dashboard on an embedded Ray (`dashboard`,
+    the CLI's `--dashboard`; needs `ray[default]`). Both off by default: the progress bar and
+    the results are the output."""
+
+    verbose: bool = False
+    dashboard: bool = False
+
+
+_display = RayDisplay()
+
+
+def set_ray_display(display: RayDisplay) -> None:
+    """Use `display` for the next Ray this process starts or joins (the CLI sets it once per
+    command from `-v/--verbose` and `--dashboard`)."""
+    global _display
+    _display = display
+
+
+def ray_display() -> RayDisplay:
+    """The RayDisplay in effect (`set_ray_display`)."""
+    return _display
+
+
+@dataclass(frozen=True)
 class ClusterInfo:
     """What the connected Ray offers (totals over alive nodes)."""
 
@@ -39,9 +65,12 @@ def init_ray(
     address: str | None,
     num_cpus: int | None = None,
     num_gpus: int | None = None,
-    quiet: bool = True,
+    quiet: bool | None = None,
 ) -> ClusterInfo:
-    """Start an embedded Ray (address None) or connect to one; reuse a running session."""
+    """Start an embedded Ray (address None) or connect to one; reuse a running session.
+
+    `quiet` (default: not `ray_display().verbose`) keeps Ray's worker output and INFO logs
+    away; the dashboard of an embedded Ray starts only with `ray_display().dashboard`."""
     import ray
 
     started_here = False
@@ -50,6 +79,8 @@ def init_ray(
         os.environ.setdefault("RAY_DEDUP_LOGS", "1")
         os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
         os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")  # verbose=0 then prints nothing
+        display = ray_display()
+        quiet = not display.verbose if quiet is None else quiet
         log_level = logging.ERROR if quiet else logging.INFO
         if address is None:
             # "local" always starts a new instance: a bare ray.init() would join RAY_ADDRESS, a
@@ -59,7 +90,7 @@ def init_ray(
                 address="local",
                 num_cpus=num_cpus,
                 num_gpus=num_gpus,
-                include_dashboard=False,
+                include_dashboard=display.dashboard,
                 resources={LATENCY_RESOURCE: 1},
                 logging_level=log_level,
                 log_to_driver=not quiet,

@@ -325,6 +325,6 @@ def _compact_quietly(store: Storage, sweep_id: str) -> None:
     except Exception as exc:  # housekeeping: never fail a sweep whose rows are all written
         log.warning(
             "could not compact sweep %s (%s); its rows are kept as they are. Retry with: "
-            "squeezeray compact %s --sweep %s",
+            "squeezeray compact --storage %s --sweep %s",
             sweep_id, exc, shlex.quote(store.uri), shlex.quote(sweep_id),
         )  # fmt: skip

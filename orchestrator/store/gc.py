@@ -1,4 +1,4 @@
-"""Stage-cache garbage collection: `squeezeray gc STORAGE`.
+"""Stage-cache garbage collection: `squeezeray gc --storage STORAGE`.
 
 Every executed stage leaves a checkpoint under `<storage>/cache/` (`<key>.ckpt` + its
 `<key>.json` manifest). Nothing else ever deletes them, so a year of nightly sweeps keeps every

@@ -381,7 +381,7 @@ def _choose_sweep(table: PartitionedTable, sweep: str, storage: str | Path) -> s
         return str(ranked[-1][0])
     raise SqueezerayError(
         f"--sweep {sweep!r} is not in storage={str(storage)!r}; accepted: all, latest, or "
-        f"one of {', '.join(sorted(map(str, ids)))} (see `squeezeray sweeps {storage}`)"
+        f"one of {', '.join(sorted(map(str, ids)))} (see `squeezeray sweeps --storage {storage}`)"
     )
 
 

@@ -39,7 +39,7 @@ def invoke(*args: str) -> tuple[int, str, str]:
 
 
 def test_default_table_shows_baseline_then_front_with_ratios(storage: Path) -> None:
-    code, stdout, _ = invoke("pareto", str(storage))
+    code, stdout, _ = invoke("pareto", "--storage", str(storage))
     assert code == 0
     front = expected_front(storage)
     assert 0 < len(front) < 28
@@ -51,7 +51,9 @@ def test_default_table_shows_baseline_then_front_with_ratios(storage: Path) -> N
 
 
 def test_json_goes_to_stdout_alone_and_matches_the_api(storage: Path) -> None:
-    code, stdout, _ = invoke("pareto", str(storage), "--format", "json", "--sweep", "old-1")
+    code, stdout, _ = invoke(
+        "pareto", "--storage", str(storage), "--format", "json", "--sweep", "old-1"
+    )
     assert code == 0
     rows = json.loads(stdout)  # nothing but the document on stdout
     assert {r["trial_id"] for r in rows} == expected_front(storage, "old-1")
@@ -66,7 +68,9 @@ def test_json_goes_to_stdout_alone_and_matches_the_api(storage: Path) -> None:
 
 def test_csv_with_where_and_top(storage: Path) -> None:
     where = "accuracy >= 0.95 and latency_ms < 0.02"
-    code, stdout, _ = invoke("pareto", str(storage), "--format", "csv", "--where", where)
+    code, stdout, _ = invoke(
+        "pareto", "--storage", str(storage), "--format", "csv", "--where", where
+    )
     assert code == 0
     rows = list(csv.DictReader(io.StringIO(stdout)))
     assert {r["trial_id"] for r in rows} == expected_front(storage, where=where)
@@ -82,6 +86,7 @@ def test_csv_with_where_and_top(storage: Path) -> None:
 def test_all_sweeps_and_custom_objectives(storage: Path) -> None:
     code, stdout, _ = invoke(
         "pareto",
+        "--storage",
         str(storage),
         "--sweep",
         "all",
@@ -103,7 +108,7 @@ def test_all_sweeps_and_custom_objectives(storage: Path) -> None:
 
 
 def test_parquet_needs_output_and_writes_it(storage: Path, tmp_path: Path) -> None:
-    code, _, stderr = invoke("pareto", str(storage), "--format", "parquet")
+    code, _, stderr = invoke("pareto", "--storage", str(storage), "--format", "parquet")
     assert code == 2 and "--output" in stderr
     target = tmp_path / "front.parquet"
     code, stdout, stderr = invoke(
@@ -125,7 +130,7 @@ def test_output_file_for_text_formats(storage: Path, tmp_path: Path) -> None:
 
 
 def test_empty_result_is_a_message_and_exit_0(storage: Path) -> None:
-    code, stdout, stderr = invoke("pareto", str(storage), "--where", "accuracy > 2")
+    code, stdout, stderr = invoke("pareto", "--storage", str(storage), "--where", "accuracy > 2")
     assert code == 0
     assert "no ok trial matches --where 'accuracy > 2'" in stderr
     code, stdout, stderr = invoke(
@@ -135,46 +140,48 @@ def test_empty_result_is_a_message_and_exit_0(storage: Path) -> None:
 
 
 def test_bad_expression_and_unknown_column_exit_2(storage: Path) -> None:
-    code, stdout, stderr = invoke("pareto", str(storage), "--where", "accuracy >> 1")
+    code, stdout, stderr = invoke("pareto", "--storage", str(storage), "--where", "accuracy >> 1")
     assert code == 2 and stdout == ""
     assert "syntax error at position 11" in stderr
-    code, _, stderr = invoke("pareto", str(storage), "--where", "acc > 0.9")
+    code, _, stderr = invoke("pareto", "--storage", str(storage), "--where", "acc > 0.9")
     assert code == 2
     assert "unknown column 'acc'" in stderr and "latency_ms" in stderr
-    code, _, stderr = invoke("pareto", str(storage), "--objectives", "accuracy:up")
+    code, _, stderr = invoke("pareto", "--storage", str(storage), "--objectives", "accuracy:up")
     assert code == 2 and "accepted: max, min" in stderr
 
 
 def test_missing_storage_exit_2_with_how_to(tmp_path: Path) -> None:
-    code, stdout, stderr = invoke("pareto", str(tmp_path / "missing"))
+    code, stdout, stderr = invoke("pareto", "--storage", str(tmp_path / "missing"))
     assert code == 2 and stdout == ""
     assert "no results at" in stderr and "squeezeray sweep --storage" in stderr
 
 
 def test_unknown_sweep_and_format(storage: Path) -> None:
-    code, _, stderr = invoke("pareto", str(storage), "--sweep", "zzz")
+    code, _, stderr = invoke("pareto", "--storage", str(storage), "--sweep", "zzz")
     assert code == 2 and "old-1" in stderr and "new-2" in stderr
-    code, _, stderr = invoke("pareto", str(storage), "--format", "xml")
+    code, _, stderr = invoke("pareto", "--storage", str(storage), "--format", "xml")
     assert code == 2 and "accepted: table, csv, json, parquet" in stderr
-    code, _, stderr = invoke("pareto", str(storage), "--plot", "front.svg")
+    code, _, stderr = invoke("pareto", "--storage", str(storage), "--plot", "front.svg")
     assert code == 2 and ".png, .html" in stderr
 
 
 def test_plot_option_writes_the_file(storage: Path, tmp_path: Path) -> None:
     target = tmp_path / "front.png"
-    code, _, _ = invoke("pareto", str(storage), "--plot", str(target), "--format", "json")
+    code, _, _ = invoke(
+        "pareto", "--storage", str(storage), "--plot", str(target), "--format", "json"
+    )
     assert code == 0 and target.stat().st_size > 10_000
 
 
 def test_sweeps_lists_every_sweep(storage: Path) -> None:
-    code, stdout, _ = invoke("sweeps", str(storage))
+    code, stdout, _ = invoke("sweeps", "--storage", str(storage))
     assert code == 0
     assert stdout.index("old-1") < stdout.index("new-2")
     assert "28" in stdout and "22" in stdout  # ok counts of the two sweeps
 
 
 def test_sweeps_missing_storage(tmp_path: Path) -> None:
-    code, _, stderr = invoke("sweeps", str(tmp_path / "nothing"))
+    code, _, stderr = invoke("sweeps", "--storage", str(tmp_path / "nothing"))
     assert code == 2 and "squeezeray sweep --storage" in stderr
 
 

@@ -343,14 +343,20 @@ def test_compact_cli(tmp_path: Path) -> None:
 
     _fill(tmp_path, sweeps=2, trials=3)
     runner = CliRunner()
-    assert "2 sweep(s) not compacted" in runner.invoke(app, ["sweeps", str(tmp_path)]).output
-    result = runner.invoke(app, ["compact", str(tmp_path), "--sweep", "s1"])
+    assert (
+        "2 sweep(s) not compacted"
+        in runner.invoke(app, ["sweeps", "--storage", str(tmp_path)]).output
+    )
+    result = runner.invoke(app, ["compact", "--storage", str(tmp_path), "--sweep", "s1"])
     assert result.exit_code == 0, result.output
     assert "compacted 1 sweep(s): 6 file(s) merged into 2" in result.output  # 4 + 2 stage files
     assert len(_parts(tmp_path, "s0")) == 4 and len(_parts(tmp_path, "s1")) == 1
-    assert "1 sweep(s) not compacted" in runner.invoke(app, ["sweeps", str(tmp_path)]).output
-    result = runner.invoke(app, ["compact", str(tmp_path)])
-    assert "not compacted" not in runner.invoke(app, ["sweeps", str(tmp_path)]).output
+    assert (
+        "1 sweep(s) not compacted"
+        in runner.invoke(app, ["sweeps", "--storage", str(tmp_path)]).output
+    )
+    result = runner.invoke(app, ["compact", "--storage", str(tmp_path)])
+    assert "not compacted" not in runner.invoke(app, ["sweeps", "--storage", str(tmp_path)]).output
     assert (
         "compacted 1 sweep(s)" in result.output
         and "1 sweep(s) were already compact" in result.output
@@ -396,5 +402,5 @@ def test_a_failing_compaction_at_sweep_end_only_warns(
     with caplog.at_level("WARNING"):
         _compact_quietly(open_storage(tmp_path), "s0")
     assert "could not compact sweep s0 (disk full)" in caplog.text
-    assert f"squeezeray compact {tmp_path} --sweep s0" in caplog.text
+    assert f"squeezeray compact --storage {tmp_path} --sweep s0" in caplog.text
     assert load_results(tmp_path).equals(before)

@@ -187,10 +187,12 @@ def test_export_refuses_a_folder_with_other_files_and_overwrite_replaces_an_expo
         export_trial(storage, "onnx1", output=out)
     assert {p.name: p.read_bytes() for p in out.iterdir()} == before  # nothing touched
     runner = CliRunner()
-    result = runner.invoke(app, ["export", str(storage), "onnx1", "--output", str(out)])
+    result = runner.invoke(
+        app, ["export", "onnx1", "--storage", str(storage), "--output", str(out)]
+    )
     assert result.exit_code == 2 and "--overwrite" in result.output, result.output
     result = runner.invoke(
-        app, ["export", str(storage), "onnx1", "--output", str(out), "--overwrite"]
+        app, ["export", "onnx1", "--storage", str(storage), "--output", str(out), "--overwrite"]
     )
     assert result.exit_code == 0, result.output
     # only the new export's files: no model.pt of the eager trial left to load by mistake
@@ -226,7 +228,7 @@ def test_a_trial_of_another_sweep_is_named_with_its_sweep(
     with pytest.raises(SqueezerayError, match=r"sweep-a; choose it with sweep='sweep-a'"):
         export_trial(storage, "old1", output=tmp_path / "out")
     result = CliRunner().invoke(
-        app, ["export", str(storage), "old1", "--output", str(tmp_path / "out")]
+        app, ["export", "old1", "--storage", str(storage), "--output", str(tmp_path / "out")]
     )
     assert result.exit_code == 2 and "--sweep sweep-a" in result.output, result.output
     assert "sweep=" not in result.output

@@ -121,13 +121,15 @@ def test_gc_refuses_while_a_sweep_runs_and_waits_for_the_storage_lock(store: Pat
 def test_gc_rejects_bad_options(store: Path) -> None:
     with pytest.raises(SqueezerayError, match="--keep-last=-1 must be >= 0"):
         plan_gc(store, keep_last=-1)
-    result = CliRunner().invoke(app, ["gc", str(store), "--older-than", "soon"])
+    result = CliRunner().invoke(app, ["gc", "--storage", str(store), "--older-than", "soon"])
     assert result.exit_code == 2
     assert "--older-than: 'soon' is not a duration" in result.output
 
 
 def test_gc_cli_dry_run_prints_keys_and_bytes(store: Path) -> None:
-    result = CliRunner().invoke(app, ["gc", str(store), "--dry-run", "--keep-last", "2"])
+    result = CliRunner().invoke(
+        app, ["gc", "--storage", str(store), "--dry-run", "--keep-last", "2"]
+    )
     assert result.exit_code == 0, result.output
     lines = result.output.splitlines()
     listed = {line.split()[2] for line in lines if line.startswith("would remove ")}
@@ -136,7 +138,7 @@ def test_gc_cli_dry_run_prints_keys_and_bytes(store: Path) -> None:
     freed = sum(e.bytes for e in cache_entries(store) if e.key in gone)
     assert f"({freed} bytes)" in result.output
     assert (store / CACHE_DIR / "A1.ckpt").exists()
-    result = CliRunner().invoke(app, ["sweeps", str(store)])
+    result = CliRunner().invoke(app, ["sweeps", "--storage", str(store)])
     assert result.exit_code == 0, result.output
     size = sum(e.bytes for e in cache_entries(store))
     assert f"stage cache: 10 checkpoint(s), {size / 1000:.1f} KB" in result.output

@@ -53,13 +53,24 @@ def test_knob_columns_come_from_the_params_json(tmp_path: Path) -> None:
 @pytest.mark.parametrize("fmt", ["table", "csv"])
 def test_pareto_shows_and_filters_on_a_searched_knob(tmp_path: Path, fmt: str) -> None:
     storage = _store(tmp_path)
-    result = runner.invoke(app, ["pareto", str(storage), "--format", fmt], terminal_width=160)
+    result = runner.invoke(
+        app, ["pareto", "--storage", str(storage), "--format", fmt], terminal_width=160
+    )
     assert result.exit_code == 0, result.stdout
     assert "lowrank.rank_ratio" in result.stdout
     assert "0.25" in result.stdout and "0.75" in result.stdout
 
     result = runner.invoke(
-        app, ["pareto", str(storage), "--format", "json", "--where", "lowrank.rank_ratio < 0.5"]
+        app,
+        [
+            "pareto",
+            "--storage",
+            str(storage),
+            "--format",
+            "json",
+            "--where",
+            "lowrank.rank_ratio < 0.5",
+        ],
     )
     assert result.exit_code == 0, result.stdout
     assert [r["lowrank.rank_ratio"] for r in json.loads(result.stdout)] == [0.25]

@@ -211,8 +211,8 @@ def test_pretrained_teacher_sweep_export_and_load_model(
     smallest = min(trials, key=lambda r: (r["size_bytes"], r["trial_id"]))
     result = CliRunner().invoke(
         app,
-        ["export", str(storage), "--where", f"accuracy >= {floor}", "--pick", "size_bytes",
-         "--output", str(tmp_path / "picked")],
+        ["export", "--storage", str(storage), "--where", f"accuracy >= {floor}",
+         "--pick", "size_bytes", "--output", str(tmp_path / "picked")],
     )  # fmt: skip
     assert result.exit_code == 0, result.output
     picked = json.loads((tmp_path / "picked" / "model.json").read_text())
@@ -225,7 +225,9 @@ def test_pretrained_teacher_sweep_export_and_load_model(
     with pytest.raises(SqueezerayError, match=r"export stage.*sha256.*--recompute"):
         export_trial(storage, row["trial_id"], output=tmp_path / "broken")
     result = CliRunner().invoke(
-        app, ["export", str(storage), row["trial_id"], "--output", str(tmp_path / "broken")]
+        app,
+        ["export", row["trial_id"], "--storage", str(storage),
+         "--output", str(tmp_path / "broken")],
     )
     assert result.exit_code == 2 and "--recompute" in result.output
     again = export_trial(storage, row["trial_id"], output=tmp_path / "again", recompute=True)

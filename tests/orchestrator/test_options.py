@@ -151,7 +151,7 @@ def test_resume_refuses_another_space_and_says_a_finished_sweep_is_done(tmp_path
     result = runner.invoke(app, ["sweep", "--resume", "--storage", str(storage)])
     assert result.exit_code == 0, result.output
     assert "sweep t already finished" in result.output
-    assert f"squeezeray pareto {storage} --sweep t" in " ".join(result.output.split())
+    assert f"squeezeray pareto --storage {storage} --sweep t" in " ".join(result.output.split())
     assert (storage / Path(*manifest_path("t"))).read_text() == manifest  # Ray never ran
     # Its task is not even imported (a task gone since, or checks grown stricter, are moot).
     gone = json.loads(manifest)

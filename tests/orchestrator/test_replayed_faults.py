@@ -542,7 +542,7 @@ def test_sweep_on_an_s3_compatible_store_addressed_by_a_uri_with_a_query_string(
     assert top == {"runs"}, top
 
     # Reading it back through the CLI, the nightly report and the storage lock.
-    listing = CliRunner().invoke(app, ["sweeps", uri])
+    listing = CliRunner().invoke(app, ["sweeps", "--storage", uri])
     assert listing.exit_code == 0 and "s3-sweep" in listing.output, listing.output
     report = build_report(
         table, "s3-sweep", objectives={"accuracy": "max"}, thresholds=Thresholds(), storage=uri

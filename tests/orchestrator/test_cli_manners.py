@@ -1,0 +1,105 @@
+"""The CLI's manners (issue 25, item 7): --version, -q/-v, --dashboard, flags as
+--flag/--no-flag without a `<bool>` type, storage given as --storage in every command (the old
+positional spelling still works, with a deprecation note)."""
+
+from __future__ import annotations
+
+from importlib.metadata import version
+from pathlib import Path
+
+import pytest
+import typer
+from typer.testing import CliRunner
+
+from orchestrator.cli import app
+from orchestrator.engine.runtime import RayDisplay, ray_display, set_ray_display
+
+runner = CliRunner()
+COMMANDS = ("sweep", "validate", "pareto", "sweeps", "compact", "gc", "export", "nightly")
+
+
+def _click_app() -> typer.core.TyperGroup:
+    return typer.main.get_command(app)  # type: ignore[return-value]
+
+
+def test_version_prints_the_installed_version() -> None:
+    result = runner.invoke(app, ["--version"])
+    assert result.exit_code == 0
+    assert result.stdout.strip() == f"squeezeray {version('squeezeray')}"
+
+
+@pytest.mark.parametrize("command", [None, *COMMANDS, "schedule"])
+def test_flags_are_flag_no_flag_and_show_no_bool_type(command: str | None) -> None:
+    args = ["--help"] if command is None else [command, "--help"]
+    result = runner.invoke(app, args, terminal_width=200)
+    assert result.exit_code == 0, result.output
+    assert "<bool>" not in result.stdout
+    group = _click_app()
+    cmd = group if command is None else group.commands[command]
+    for param in cmd.params:
+        if getattr(param, "is_flag", False) and param.name != "version":
+            assert param.secondary_opts, f"{command} {param.opts} has no --no- form"
+
+
+@pytest.mark.parametrize("command", COMMANDS)
+def test_every_command_takes_storage_as_an_option(command: str) -> None:
+    if command == "validate":  # checks a space; it reads no storage
+        return
+    cmd = _click_app().commands[command]
+    opts = [o for p in cmd.params for o in getattr(p, "opts", ())]
+    assert "--storage" in opts
+
+
+def test_old_positional_storage_still_works_with_a_note(tmp_path: Path) -> None:
+    new = runner.invoke(app, ["gc", "--storage", str(tmp_path), "--dry-run"])
+    old = runner.invoke(app, ["gc", str(tmp_path), "--dry-run"])
+    assert new.exit_code == old.exit_code == 0
+    assert new.stdout == old.stdout
+    assert "deprecated" not in new.stderr
+    assert f"squeezeray gc --storage {tmp_path}" in " ".join(old.stderr.split())
+    clash = runner.invoke(app, ["gc", str(tmp_path), "--storage", str(tmp_path / "other")])
+    assert clash.exit_code == 2 and "--storage only" in clash.stderr
+
+
+def test_quiet_hides_notes_but_not_results_or_errors(tmp_path: Path) -> None:
+    quiet = runner.invoke(app, ["-q", "gc", str(tmp_path), "--dry-run"])
+    assert quiet.exit_code == 0 and quiet.stderr == ""
+    assert "would remove 0 checkpoint(s)" in quiet.stdout
+    failed = runner.invoke(app, ["-q", "gc", "--storage", str(tmp_path), "--older-than", "soon"])
+    assert failed.exit_code == 2 and "error:" in failed.stderr
+
+
+def test_verbose_and_dashboard_reach_ray_init(tmp_path: Path) -> None:
+    try:
+        result = runner.invoke(app, ["-v", "--dashboard", "gc", "--storage", str(tmp_path)])
+        assert result.exit_code == 0, result.output
+        assert ray_display() == RayDisplay(verbose=True, dashboard=True)
+        runner.invoke(app, ["gc", "--storage", str(tmp_path)])
+        assert ray_display() == RayDisplay()  # each command starts from the defaults
+        both = runner.invoke(app, ["-q", "-v", "gc", "--storage", str(tmp_path)])
+        assert both.exit_code == 2 and "exclude each other" in both.stderr
+    finally:
+        set_ray_display(RayDisplay())
+
+
+def test_init_ray_takes_worker_logs_and_dashboard_from_the_display(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import ray
+
+    from orchestrator.engine import runtime
+
+    calls: list[dict[str, object]] = []
+    monkeypatch.setattr(ray, "is_initialized", lambda: False)
+    monkeypatch.setattr(ray, "init", lambda **kw: calls.append(kw))
+    monkeypatch.setattr(runtime, "cluster_info", lambda **kw: None)
+    try:
+        runtime.init_ray(address=None)
+        set_ray_display(RayDisplay(verbose=True, dashboard=True))
+        runtime.init_ray(address=None)
+    finally:
+        set_ray_display(RayDisplay())
+    assert [(c["log_to_driver"], c["include_dashboard"]) for c in calls] == [
+        (False, False),
+        (True, True),
+    ]
