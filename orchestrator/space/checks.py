@@ -12,26 +12,71 @@ from __future__ import annotations
 import difflib
 import math
 import re
-from collections.abc import Mapping, Sequence
-from typing import Any, NoReturn
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, NoReturn, TypeVar
 
 from stages.errors import SqueezerayError
+
+T = TypeVar("T")
 
 
 def fail(source: str, key: str, message: str) -> NoReturn:
     raise SqueezerayError(f"{source}: {key}: {message}")
 
 
+class SpaceErrors(SqueezerayError):
+    """Every problem found in one search space, in file order: `errors` holds one
+    "FILE: KEY: VALUE ...; accepted: ..." message per problem, and the exception's message
+    shows them one a line (a single problem reads as it always did)."""
+
+    def __init__(self, errors: Sequence[str]) -> None:
+        self.errors = tuple(errors)
+        if len(self.errors) == 1:
+            text = self.errors[0]
+        else:
+            text = f"{len(self.errors)} problems:\n" + "\n".join(f"  - {e}" for e in self.errors)
+        super().__init__(text)
+
+
+class Collector:
+    """Runs independent checks and keeps every SqueezerayError they raise, so a file with
+    three typos reports three problems in one run (`squeezeray validate`) instead of one a run.
+    A check that fails stands in with its `fallback` so the later, independent checks go on."""
+
+    def __init__(self) -> None:
+        self.errors: list[str] = []
+
+    def attempt(self, check: Callable[..., T], *args: Any, fallback: T, **kwargs: Any) -> T:
+        try:
+            return check(*args, **kwargs)
+        except SpaceErrors as exc:
+            self.errors.extend(e for e in exc.errors if e not in self.errors)
+        except SqueezerayError as exc:
+            if str(exc) not in self.errors:
+                self.errors.append(str(exc))
+        return fallback
+
+    def raise_if_any(self) -> None:
+        """SpaceErrors listing everything collected so far; nothing when all passed."""
+        if self.errors:
+            raise SpaceErrors(self.errors)
+
+
 def check_keys(source: str, prefix: str, raw: Mapping[Any, Any], known: Sequence[str]) -> None:
+    """Every key of `raw` is in `known`; SpaceErrors lists each unknown one."""
+    errors = Collector()
     for key in raw:
         if key not in known:
-            fail(
+            errors.attempt(
+                fail,
                 source,
                 f"{prefix}{key}",
                 f"{str(key)!r} is not a known key"
                 f"{did_you_mean(str(key), known, prefix=prefix)}; accepted: "
                 + ", ".join(f"{prefix}{k}" for k in known),
+                fallback=None,
             )
+    errors.raise_if_any()
 
 
 def check_section(source: str, name: str, raw: Any, keys: Sequence[str]) -> None:

@@ -13,7 +13,7 @@ import typing
 from collections.abc import Mapping
 from typing import Any
 
-from orchestrator.space.checks import did_you_mean, fail, fmt_list, short
+from orchestrator.space.checks import Collector, did_you_mean, fail, fmt_list, short
 from orchestrator.space.model import DISTRIBUTION_KINDS, Distribution
 from stages.errors import SqueezerayError
 
@@ -21,8 +21,7 @@ _Scalar = str | int | float | bool
 
 
 def parse_params(source: str, raw: Any, pipeline: tuple[str, ...]) -> dict[str, Distribution]:
-    from stages import PIPELINE_ORDER
-
+    """Each `params` key as a Distribution; SpaceErrors lists every bad key."""
     if raw is None:
         return {}
     if not isinstance(raw, Mapping):
@@ -33,31 +32,38 @@ def parse_params(source: str, raw: Any, pipeline: tuple[str, ...]) -> dict[str, 
             "{stage.param: distribution or value}",
         )
     params: dict[str, Distribution] = {}
+    errors = Collector()
     for key, spec in raw.items():
-        full = f"params.{key}"
-        if not isinstance(key, str) or key.count(".") != 1 or not all(key.split(".")):
-            fail(
-                source,
-                f"params.{key}",
-                f"{key!r} is not a key; accepted: 'stage.param', e.g. prune.ratio",
-            )
-        stage = key.split(".")[0]
-        if stage not in PIPELINE_ORDER:
-            fail(
-                source,
-                full,
-                f"{stage!r} is not a stage{did_you_mean(stage, PIPELINE_ORDER)};"
-                f" accepted: {', '.join(PIPELINE_ORDER)}",
-            )
-        if stage not in pipeline:
-            fail(
-                source,
-                full,
-                f"stage {stage!r} is not in the pipeline {fmt_list(pipeline)}; "
-                f"accepted: add {stage} to the pipeline or remove the key",
-            )
-        params[key] = _parse_distribution(source, full, spec)
+        dist = errors.attempt(_parse_param, source, key, spec, pipeline, fallback=None)
+        if dist is not None:
+            params[key] = dist
+    errors.raise_if_any()
     return params
+
+
+def _parse_param(source: str, key: Any, spec: Any, pipeline: tuple[str, ...]) -> Distribution:
+    """One `params` entry: a `stage.param` key of a stage in the pipeline, and its value."""
+    from stages import PIPELINE_ORDER
+
+    full = f"params.{key}"
+    if not isinstance(key, str) or key.count(".") != 1 or not all(key.split(".")):
+        fail(source, full, f"{key!r} is not a key; accepted: 'stage.param', e.g. prune.ratio")
+    stage = key.split(".")[0]
+    if stage not in PIPELINE_ORDER:
+        fail(
+            source,
+            full,
+            f"{stage!r} is not a stage{did_you_mean(stage, PIPELINE_ORDER)};"
+            f" accepted: {', '.join(PIPELINE_ORDER)}",
+        )
+    if stage not in pipeline:
+        fail(
+            source,
+            full,
+            f"stage {stage!r} is not in the pipeline {fmt_list(pipeline)}; "
+            f"accepted: add {stage} to the pipeline or remove the key",
+        )
+    return _parse_distribution(source, full, spec)
 
 
 _ACCEPTED_DISTRIBUTIONS = (
@@ -226,49 +232,80 @@ def validate_stage_params(
     source: str, pipeline: tuple[str, ...], params: dict[str, Distribution]
 ) -> dict[str, Distribution]:
     """Check every key and candidate value against the stage's own params dataclass; float
-    params get float values (so 4 and 4.0 give one stage-cache key)."""
-    from stages import get_stage
-
+    params get float values (so 4 and 4.0 give one stage-cache key). SpaceErrors lists every
+    bad key of every stage."""
+    errors = Collector()
     out: dict[str, Distribution] = {}
     for stage in pipeline:
-        spec = get_stage(stage)
-        names = spec.param_names()
-        hints = _field_types(spec.params)
         mine = {k: d for k, d in params.items() if k.split(".")[0] == stage}
-        for key, dist in mine.items():
-            param = key.split(".")[1]
-            if param not in names:
-                fail(
-                    source,
-                    f"params.{key}",
-                    f"{param!r} is not a parameter of stage "
-                    f"{stage!r}{did_you_mean(param, names, prefix=stage + '.')}; accepted: "
-                    + ", ".join(f"{stage}.{n}" for n in names),
-                )
-            if hints.get(param) is int and dist.kind in ("uniform", "loguniform"):
-                fail(
-                    source,
-                    f"params.{key}",
-                    f"{dist.describe()}: {key} is an integer parameter; accepted: "
-                    "{int: [low, high]} or a choice of integers",
-                )
-        fixed = {k.split(".")[1]: d.value for k, d in mine.items() if d.kind == "fixed"}
-        # Fixed values one at a time (so an error names the right key), then every candidate
-        # value of a searched knob together with all the fixed ones.
-        for key, dist in mine.items():
-            param = key.split(".")[1]
-            base = fixed if dist.kind != "fixed" else {}
-            shown = f"{dist.describe()}: " if dist.kind != "fixed" else ""
-            for value in dist.values_for_validation():
-                _make_params(source, f"params.{key}", spec, {**base, param: value}, shown)
-        _make_params(source, f"params.{stage}.*", spec, fixed, "")
-        out.update(
-            {
-                k: _as_float_values(d) if hints.get(k.split(".")[1]) is float else d
-                for k, d in mine.items()
-            }
-        )
+        out.update(errors.attempt(_validate_stage, source, stage, mine, fallback=mine))
+    errors.raise_if_any()
     return {k: out[k] for k in params}  # the YAML's order
+
+
+def _validate_stage(
+    source: str, stage: str, mine: dict[str, Distribution]
+) -> dict[str, Distribution]:
+    """One stage's keys: known names, integer params not given float ranges, then every
+    candidate value built into the stage's params (each key alone, then all fixed values
+    together, so an error names the right key)."""
+    from stages import get_stage
+
+    spec = get_stage(stage)
+    hints = _field_types(spec.params)
+    errors = Collector()
+    for key, dist in mine.items():
+        errors.attempt(_check_param_name, source, spec, key, dist, hints, fallback=None)
+    errors.raise_if_any()
+    fixed = {k.split(".")[1]: d.value for k, d in mine.items() if d.kind == "fixed"}
+    # Fixed values first, each alone; then every candidate of a searched knob with all the
+    # fixed ones (only once those passed, so one bad fixed value is reported once).
+    for searched in (False, True):
+        for key, dist in mine.items():
+            if (dist.kind != "fixed") is searched:
+                _check_values(errors, source, spec, key, dist, fixed if searched else {})
+        errors.raise_if_any()
+    _make_params(source, f"params.{stage}.*", spec, fixed, "")
+    return {k: _as_float_values(d) if hints.get(k.split(".")[1]) is float else d
+            for k, d in mine.items()}  # fmt: skip
+
+
+def _check_values(
+    errors: Collector,
+    source: str,
+    spec: Any,
+    key: str,
+    dist: Distribution,
+    base: dict[str, Any],
+) -> None:
+    """Every candidate value of `key` built into the stage's params together with `base`."""
+    param = key.split(".")[1]
+    shown = f"{dist.describe()}: " if dist.kind != "fixed" else ""
+    for value in dist.values_for_validation():
+        errors.attempt(_make_params, source, f"params.{key}", spec, {**base, param: value},
+                       shown, fallback=None)  # fmt: skip
+
+
+def _check_param_name(
+    source: str, spec: Any, key: str, dist: Distribution, hints: dict[str, Any]
+) -> None:
+    stage, param = key.split(".")
+    names = spec.param_names()
+    if param not in names:
+        fail(
+            source,
+            f"params.{key}",
+            f"{param!r} is not a parameter of stage "
+            f"{stage!r}{did_you_mean(param, names, prefix=stage + '.')}; accepted: "
+            + ", ".join(f"{stage}.{n}" for n in names),
+        )
+    if hints.get(param) is int and dist.kind in ("uniform", "loguniform"):
+        fail(
+            source,
+            f"params.{key}",
+            f"{dist.describe()}: {key} is an integer parameter; accepted: "
+            "{int: [low, high]} or a choice of integers",
+        )
 
 
 def _field_types(params_cls: type) -> dict[str, Any]:

@@ -7,12 +7,14 @@ what is accepted.
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import re
 from collections.abc import Mapping
 from typing import Any
 
 from orchestrator.space.checks import (
+    Collector,
     check_choice,
     check_duration,
     check_int,
@@ -31,6 +33,7 @@ from orchestrator.space.model import (
     SAMPLERS,
     SCHEDULERS,
     Constraint,
+    Distribution,
     LatencySettings,
     Objective,
     SearchSettings,
@@ -74,7 +77,51 @@ _COMPRESSORS: tuple[str, ...] = ("distill", "prune", "lowrank")
 
 
 def parse_space(data: Mapping[str, Any], *, source: str, check_task: bool = True) -> SearchSpace:
-    """Validate already-loaded YAML data (cheap checks first, the task import last)."""
+    """Validate already-loaded YAML data (cheap checks first, the task import last).
+
+    Every section is checked even after another one failed: SpaceErrors (a SqueezerayError)
+    lists every problem found, each with the file, the key, the value and what is accepted.
+    The task is imported only when nothing else is wrong."""
+    _check_top_level(source, data)
+    errors = Collector()
+    errors.attempt(check_keys, source, "", data, TOP_LEVEL_KEYS, fallback=None)
+    for required in ("task", "pipeline"):
+        if data.get(required) is None:
+            errors.attempt(fail, source, required, _MISSING, fallback=None)
+    name = errors.attempt(_parse_name, source, data.get("name"), fallback=None)
+    task = errors.attempt(_parse_task_text, source, data.get("task"), fallback="")
+    pipeline = None
+    if data.get("pipeline") is not None:
+        pipeline = errors.attempt(_parse_pipeline, source, data["pipeline"], fallback=None)
+    space = SearchSpace(
+        source=source,
+        task=task,
+        pipeline=pipeline or (),
+        objectives=errors.attempt(
+            _parse_objectives, source, data.get("objectives"), fallback=DEFAULT_OBJECTIVES
+        ),
+        params=_parse_all_params(errors, source, data.get("params"), pipeline),
+        search=errors.attempt(_parse_search, source, data.get("search"), fallback=SearchSettings()),
+        constraints=errors.attempt(
+            _parse_constraints, source, data.get("constraints"), fallback=()
+        ),
+        latency=errors.attempt(
+            _parse_latency, source, data.get("latency"), fallback=LatencySettings()
+        ),
+        name=None if name is None else str(name),
+    )
+    errors.attempt(check_grid, source, space.search.algorithm, space.params,
+                   flag="search.algorithm", fallback=None)  # fmt: skip
+    errors.raise_if_any()
+    task = check_task_name(source, "task", task, check_task=check_task)
+    return with_known_task_metric(dataclasses.replace(space, task=task), check_task=check_task)
+
+
+_MISSING = f"missing; it is required (accepted keys: {', '.join(TOP_LEVEL_KEYS)})"
+
+
+def _check_top_level(source: str, data: Any) -> None:
+    """The file holds a mapping (nothing else can be checked when it does not)."""
     if data is None:
         fail(
             source,
@@ -88,19 +135,18 @@ def parse_space(data: Mapping[str, Any], *, source: str, check_task: bool = True
             f"{short(data)} is a {type(data).__name__}; accepted: a mapping with keys "
             + ", ".join(TOP_LEVEL_KEYS),
         )
-    check_keys(source, "", data, TOP_LEVEL_KEYS)
-    for required in ("task", "pipeline"):
-        if data.get(required) is None:
-            fail(
-                source,
-                required,
-                f"missing; it is required (accepted keys: {', '.join(TOP_LEVEL_KEYS)})",
-            )
 
-    name = data.get("name")
+
+def _parse_name(source: str, name: Any) -> Any:
     if name is not None and (not isinstance(name, str | int) or not str(name).strip()):
         fail(source, "name", f"{short(name)} is not accepted; accepted: a non-empty string")
-    task = data["task"]
+    return name
+
+
+def _parse_task_text(source: str, task: Any) -> str:
+    """The task's text (checked as a name or an import path later, once all else passed)."""
+    if task is None:
+        return ""  # reported as missing
     if not isinstance(task, str) or not task.strip():
         fail(
             source,
@@ -108,28 +154,23 @@ def parse_space(data: Mapping[str, Any], *, source: str, check_task: bool = True
             f"{short(task)} is not accepted; accepted: a built-in task name "
             "or 'package.module:callable'",
         )
-    pipeline = _parse_pipeline(source, data["pipeline"])
-    objectives = _parse_objectives(source, data.get("objectives"))
-    raw_params = parse_params(source, data.get("params"), pipeline)
-    search = _parse_search(source, data.get("search"))
-    constraints = _parse_constraints(source, data.get("constraints"))
-    latency = _parse_latency(source, data.get("latency"))
+    return task.strip()
 
-    params = validate_stage_params(source, pipeline, raw_params)
-    check_grid(source, search.algorithm, params, flag="search.algorithm")
-    task = check_task_name(source, "task", task.strip(), check_task=check_task)
-    space = SearchSpace(
-        source=source,
-        task=task,
-        pipeline=pipeline,
-        objectives=objectives,
-        params=params,
-        search=search,
-        constraints=constraints,
-        latency=latency,
-        name=None if name is None else str(name),
+
+def _parse_all_params(
+    errors: Collector, source: str, raw: Any, pipeline: tuple[str, ...] | None
+) -> dict[str, Distribution]:
+    """The `params` section, each key checked on its own; a stage's values are checked
+    against its params dataclass once the pipeline itself is valid."""
+    from stages import PIPELINE_ORDER
+
+    empty: dict[str, Distribution] = {}
+    raw_params = errors.attempt(
+        parse_params, source, raw, pipeline or PIPELINE_ORDER, fallback=empty
     )
-    return with_known_task_metric(space, check_task=check_task)
+    if pipeline is None:
+        return raw_params
+    return errors.attempt(validate_stage_params, source, pipeline, raw_params, fallback=raw_params)
 
 
 def _parse_pipeline(source: str, raw: Any) -> tuple[str, ...]:
@@ -200,27 +241,39 @@ def _parse_objectives(source: str, raw: Any) -> tuple[Objective, ...]:
             "{metric: max|min}, e.g. {accuracy: max, size_bytes: min}",
         )
     objectives: list[Objective] = []
+    errors = Collector()
     for metric, direction in raw.items():
-        key = f"objectives.{metric}"
-        check_metric(source, key, metric)
-        if direction not in DIRECTIONS:
-            fail(
-                source,
-                key,
-                f"{short(direction)} is not a direction"
-                f"{did_you_mean(str(direction), DIRECTIONS)}; accepted: max, min",
-            )
-        chosen = selection_column(str(metric))
-        twin = next((o.name for o in objectives if selection_column(o.name) == chosen), None)
-        if twin is not None:
-            fail(
-                source,
-                key,
-                f"{metric!r} and {twin!r} are one objective (the search uses {chosen!r}, the "
-                "validation split, for both); accepted: name it once",
-            )
-        objectives.append(Objective(str(metric), str(direction)))
+        parsed = errors.attempt(
+            _parse_objective, source, metric, direction, objectives, fallback=None
+        )
+        if parsed is not None:
+            objectives.append(parsed)
+    errors.raise_if_any()
     return tuple(objectives)
+
+
+def _parse_objective(
+    source: str, metric: Any, direction: Any, earlier: list[Objective]
+) -> Objective:
+    key = f"objectives.{metric}"
+    check_metric(source, key, metric)
+    if direction not in DIRECTIONS:
+        fail(
+            source,
+            key,
+            f"{short(direction)} is not a direction"
+            f"{did_you_mean(str(direction), DIRECTIONS)}; accepted: max, min",
+        )
+    chosen = selection_column(str(metric))
+    twin = next((o.name for o in earlier if selection_column(o.name) == chosen), None)
+    if twin is not None:
+        fail(
+            source,
+            key,
+            f"{metric!r} and {twin!r} are one objective (the search uses {chosen!r}, the "
+            "validation split, for both); accepted: name it once",
+        )
+    return Objective(str(metric), str(direction))
 
 
 def _parse_search(source: str, raw: Any) -> SearchSettings:
@@ -271,20 +324,27 @@ def _parse_constraints(source: str, raw: Any) -> tuple[Constraint, ...]:
             f"{short(raw)} is not accepted; accepted: a mapping "
             '{metric: "OP number"}, e.g. {accuracy: ">= 0.95"}',
         )
-    constraints = []
-    for metric, text in raw.items():
-        key = f"constraints.{metric}"
-        check_metric(source, key, metric)
-        match = _CONSTRAINT_RE.match(text) if isinstance(text, str) else None
-        if match is None:
-            fail(
-                source,
-                key,
-                f"{short(text)} is not a constraint; accepted: a quoted string "
-                f'"OP number" with OP one of {", ".join(OPERATORS)}, e.g. ">= 0.95"',
-            )
-        constraints.append(Constraint(str(metric), match.group(1), float(match.group(2))))
-    return tuple(constraints)
+    errors = Collector()
+    constraints = [
+        errors.attempt(_parse_constraint, source, metric, text, fallback=None)
+        for metric, text in raw.items()
+    ]
+    errors.raise_if_any()
+    return tuple(c for c in constraints if c is not None)
+
+
+def _parse_constraint(source: str, metric: Any, text: Any) -> Constraint:
+    key = f"constraints.{metric}"
+    check_metric(source, key, metric)
+    match = _CONSTRAINT_RE.match(text) if isinstance(text, str) else None
+    if match is None:
+        fail(
+            source,
+            key,
+            f"{short(text)} is not a constraint; accepted: a quoted string "
+            f'"OP number" with OP one of {", ".join(OPERATORS)}, e.g. ">= 0.95"',
+        )
+    return Constraint(str(metric), match.group(1), float(match.group(2)))
 
 
 def _parse_latency(source: str, raw: Any) -> LatencySettings:

@@ -147,3 +147,35 @@ def test_load_space_subprocess_imports_no_ray() -> None:
     )
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.strip() == "False"
+
+
+def test_validate_reports_every_problem_in_one_run(tmp_path: Path) -> None:
+    """Five mistakes in four sections: one run lists all five (file, key, value, accepted),
+    not one per run."""
+    data = _with(
+        params__prune__ratoi={"uniform": [0.0, 0.5]},  # typo in a param name
+        params__distill__alpha={"choice": [0.5, 1.5]},  # out of range
+        search={"algorithm": "optuna", "trails": 4},  # typo in a search key
+        objectives={"val_accuracy": "up", "size_bytes": "min"},  # bad direction
+        colour="blue",  # unknown top-level key
+    )
+    path = _write(tmp_path, data)
+    result = runner.invoke(app, ["validate", str(path)])
+    assert result.exit_code == 2
+    text = " ".join(result.stderr.split())
+    assert "5 problems:" in text
+    for key, value in (
+        ("params.prune.ratoi", "did you mean prune.ratio"),
+        ("params.distill.alpha", "1.5"),
+        ("search.trails", "did you mean search.trials"),
+        ("objectives.val_accuracy", "'up' is not a direction"),
+        ("colour", "is not a known key"),
+    ):
+        assert f"{path}: {key}: " in text and value in text, key
+    from orchestrator.space.checks import SpaceErrors
+    from orchestrator.space.config import load_space
+
+    with pytest.raises(SpaceErrors) as caught:
+        load_space(path)
+    assert len(caught.value.errors) == 5
+    assert all(e.startswith(f"{path}: ") for e in caught.value.errors)
