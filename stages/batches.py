@@ -2,8 +2,9 @@
 
 Inputs (a dataset sample's `x`):
 - a tensor, or a tuple/list of tensors for a model with several inputs (`model(*x)`);
-- dtypes are kept: int64 token ids reach the model unchanged; float64 (numpy's default) is
-  cast to float32, the dtype of the model's weights; other floats and integers stay as they are.
+- dtypes are kept: int64 token ids reach the model unchanged; float64 (numpy's default),
+  float16 and bfloat16 are cast to float32, the dtype of the model's weights (models are
+  float32: `stages.tasks.check_task`); integers stay as they are.
 
 Outputs (what `model(*x)` returns), read as logits of shape (B, num_classes):
 - a tensor;
@@ -37,12 +38,15 @@ OUTPUT_RULE = (
 )
 
 
+_TO_FLOAT32 = (torch.float64, torch.float16, torch.bfloat16)
+
+
 def _cast(t: torch.Tensor) -> torch.Tensor:
-    return t.float() if t.dtype == torch.float64 else t
+    return t.float() if t.dtype in _TO_FLOAT32 else t
 
 
 def as_inputs(x: Any) -> Inputs:
-    """A collated batch (or one sample) as model inputs: dtypes kept, float64 -> float32.
+    """A collated batch (or one sample) as model inputs: dtypes kept, other floats -> float32.
 
     Raises SqueezerayError when `x` is neither a tensor nor a tuple/list of tensors.
     """

@@ -107,7 +107,7 @@ class Task:
     def example_input(self, batch_size: int = 1) -> Inputs:
         """A real input batch from the test split: a tensor (batch_size, *input_shape), or a
         tuple of such tensors for a model with several inputs; dtypes as in
-        `stages.batches.as_inputs` (int64 ids unchanged, float64 -> float32)."""
+        `stages.batches.as_inputs` (int64 ids unchanged, other floats -> float32)."""
         n = min(batch_size, len(self.test))  # type: ignore[arg-type]
         return stack_samples([self.test[i % n][0] for i in range(batch_size)])
 
@@ -316,6 +316,7 @@ def check_task(task: Task, *, source: str) -> None:
             raise SqueezerayError(
                 f"task={source!r}: {arch}() returned {type(model).__name__}, not an nn.Module"
             )
+        _check_float32(model, arch=arch, source=source)
         model.eval()
         try:
             with torch.no_grad():
@@ -337,6 +338,28 @@ def check_task(task: Task, *, source: str) -> None:
             )
         if arch == "teacher" and task.metric is not None:
             _try_metric(task.metric, out, task.test[0][1], source=source)
+
+
+DTYPE_RULE = (
+    "squeezeray trains, compresses and measures models in float32 (int8 quantization, the LoRA "
+    "merge check and the checkpoint rebuild all start from float32 weights)"
+)
+
+
+def _check_float32(model: nn.Module, *, arch: str, source: str) -> None:
+    """Refuse a model with floating-point parameters or buffers other than float32 (bf16,
+    fp16, float64): the stages would fail one by one with errors about other causes."""
+    tensors = [*model.named_parameters(), *model.named_buffers()]
+    other = [(n, t) for n, t in tensors if t.is_floating_point() and t.dtype != torch.float32]
+    if not other:
+        return
+    dtypes = sorted({str(t.dtype).replace("torch.", "") for _, t in other})
+    raise SqueezerayError(
+        f"task={source!r}: the {arch} model has {'/'.join(dtypes)} weights ({len(other)} "
+        f"tensors, e.g. {other[0][0]!r}); {DTYPE_RULE}: build it in float32 (return "
+        "model.float() from the factory, or from_pretrained(..., dtype=torch.float32)); its "
+        "size and latency are then measured in float32, and int8 quantization makes it smaller"
+    )
 
 
 LABEL_RULE = (

@@ -9,10 +9,12 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.nn.modules.batchnorm import _BatchNorm
 from torch.utils.data import DataLoader, Dataset
 
 from stages.base import StageOutput
 from stages.batches import Inputs, as_inputs, forward_logits, to_device
+from stages.batches import batch_size as batch_size_of
 from stages.checkpoint import from_model
 from stages.errors import SqueezerayError
 from stages.masks import param_counts
@@ -88,12 +90,24 @@ def fit(
     what is trained (LoRA trains only adapters); `after_step` runs after every optimizer step
     (re-applying pruning masks). With `restore_best`, the weights of the best validation epoch
     are restored at the end (the seeds' early best-val checkpoint). Raises SqueezerayError on a
-    non-finite loss rather than training on NaNs.
+    non-finite loss rather than training on NaNs (naming the inputs when they hold the NaN),
+    and on a label outside the model's classes.
+
+    A last batch of one sample is dropped when the model has a BatchNorm that trains
+    (`drops_last_batch`): batch statistics of one value per channel are undefined (torch
+    raises "Expected more than 1 value per channel when training").
     """
     torch.manual_seed(seed)
     generator = torch.Generator().manual_seed(seed)
-    loader = DataLoader(train, batch_size=batch_size, shuffle=True, generator=generator)
     model.to(device)
+    model.train()
+    loader = DataLoader(
+        train,
+        batch_size=batch_size,
+        shuffle=True,
+        generator=generator,
+        drop_last=drops_last_batch(model, len(train), batch_size),  # type: ignore[arg-type]
+    )
     if teacher is not None:
         teacher.to(device).eval()
     trainable = params if params is not None else [p for p in model.parameters() if p.requires_grad]
@@ -106,6 +120,7 @@ def fit(
         for x, y in loader:
             x, y = to_device(as_inputs(x), device), y.to(device)
             logits = forward_logits(model, x)
+            _check_labels(y, logits)
             if teacher is not None:
                 loss = kd_loss(
                     logits, _teacher_logits(teacher, x), y, temperature=temperature, alpha=alpha
@@ -113,10 +128,7 @@ def fit(
             else:
                 loss = F.cross_entropy(logits, y)
             if not torch.isfinite(loss):
-                raise SqueezerayError(
-                    f"training diverged: loss is {loss.item()} at epoch {_epoch + 1}; "
-                    f"lower the learning rate (lr={lr:g})"
-                )
+                raise _diverged(loss, x, epoch=_epoch + 1, lr=lr)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
@@ -137,6 +149,47 @@ def fit(
         "train_loss": last_loss,
         "epochs": float(epochs),
     }
+
+
+def drops_last_batch(model: nn.Module, size: int, batch_size: int) -> bool:
+    """Whether training `model` on `size` samples in batches of `batch_size` drops the last
+    batch: only when it would hold one sample and the model has a BatchNorm in training mode
+    (one value per channel has no batch variance). One sample in all is left to fail: dropping
+    it would leave nothing to train on."""
+    if size % batch_size != 1 or size == 1:
+        return False
+    return any(isinstance(m, _BatchNorm) and m.training for m in model.modules())
+
+
+def _check_labels(y: torch.Tensor, logits: torch.Tensor) -> None:
+    """A label outside the logits' classes: cross-entropy would raise a bare IndexError (the
+    whole-split check before a sweep, `stages.datacheck`, normally catches it first)."""
+    classes = int(logits.shape[-1])
+    if y.numel() and (int(y.min()) < 0 or int(y.max()) >= classes):
+        bad = y[(y < 0) | (y >= classes)]
+        raise SqueezerayError(
+            f"a training label is {int(bad[0])}, outside [0, {classes}) (the model's "
+            f"{classes} logits); labels are integer classes 0..{classes - 1}: map them "
+            "(e.g. y - 1 for labels counted from 1) or set num_classes to cover them"
+        )
+
+
+def _diverged(loss: torch.Tensor, x: Inputs, *, epoch: int, lr: float) -> SqueezerayError:
+    """The error for a non-finite loss: the inputs' NaN/inf when the batch has any (no
+    learning rate fixes those), else a divergence."""
+    from stages.datacheck import non_finite_rows
+
+    rows = non_finite_rows(x, batch_size_of(x))
+    if rows is not None and bool(rows.any()):
+        return SqueezerayError(
+            f"the loss is {loss.item()} at epoch {epoch} because {int(rows.sum())} samples of "
+            "the batch have NaN or inf inputs; drop or impute those samples (e.g. "
+            "torch.nan_to_num) before building the Task"
+        )
+    return SqueezerayError(
+        f"training diverged: loss is {loss.item()} at epoch {epoch}; "
+        f"lower the learning rate (lr={lr:g})"
+    )
 
 
 def trained_output(

@@ -196,7 +196,8 @@ STAGES_LAYERS: tuple[tuple[str, ...], ...] = (
     # leaves: errors, mode names, batch forms, demo models, layer kinds, device, strict tracing
     ("errors", "names", "batches", "models", "attention", "device", "layers", "tracing"),
     ("tasks",),  # the Task contract
-    ("checkpoint", "surgery", "onnxio", "fingerprint"),  # data format, pruning history, ONNX
+    # data format, pruning history, ONNX, task fingerprint, whole-split data checks
+    ("checkpoint", "surgery", "onnxio", "fingerprint", "datacheck"),
     ("base", "int8"),  # the stage contract types; torch int8 structure
     ("rebuild",),  # checkpoint -> model
     ("masks", "runtime"),  # keep-zeros; a checkpoint in its deployment runtime

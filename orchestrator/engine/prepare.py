@@ -193,9 +193,13 @@ def bound_to_task(space: SearchSpace, opts: SweepOptions) -> tuple[SearchSpace, 
 
 def checked_against_task(space: SearchSpace, opts: SweepOptions, task_obj: Any) -> SearchSpace:
     """The space with the task's teacher weights and metric, every check that needs the task
-    passed: the task import path (on the driver, before any Ray work), the teacher weights,
+    passed: the task import path (on the driver, before any Ray work), every sample of every
+    split (labels in range, finite inputs: `stages.datacheck`), the teacher weights,
     `distill.student_ratio`, and every stage that could not change the task's model at all
     (issue 12 item 6). `squeezeray validate` runs these too, without the fingerprint."""
+    from stages.datacheck import check_splits
+
+    check_splits(task_obj, source=space.task)
     space = _with_teacher_weights(space, opts.teacher_weights, task_obj)
     space = space.with_task_metric(task_obj.metric.name if task_obj.metric else None)
     if task_obj.student is not None and "distill.student_ratio" in space.params:
