@@ -161,8 +161,11 @@ def inject_lora(
 ) -> list[nn.Parameter]:
     """Add a LoRAUpdate to every weight of `lora_targets(model)` (in place); return the adapters.
 
-    The model's own parameters are frozen; the returned list is [A, B] per target, in order.
-    With `masked`, each adapter's update is restricted to the base weight's nonzeros.
+    The model's own parameters are frozen; the returned list is [A, B] per adapted weight, in
+    order. With `masked`, each adapter's update is restricted to the base weight's nonzeros.
+    A weight shared by several modules (tied weights: two Linears with one weight Parameter,
+    an Embedding tied to its output Linear) gets one adapter, registered on every module that
+    holds it, so they all see the same adapted weight in training and it is merged once.
     Raises SqueezerayError when the model has no weight LoRA can adapt.
     """
     targets = lora_targets(model)
@@ -174,9 +177,15 @@ def inject_lora(
         )
     model.requires_grad_(False)
     generator = torch.Generator().manual_seed(seed)
+    holders = tied_holders(model)
+    # read before any registration: a registered weight reads as a new (computed) tensor
+    weights = [getattr(module, attr) for _name, module, attr in targets]
+    adapted: set[int] = set()
     adapters: list[nn.Parameter] = []
-    for _name, module, attr in targets:
-        weight = getattr(module, attr)  # (out, in)
+    for (_name, module, attr), weight in zip(targets, weights, strict=True):
+        if id(weight) in adapted:
+            continue  # a tied weight, adapted with its first holder
+        adapted.add(id(weight))
         mask = keep_mask(weight).to(weight.dtype) if masked else None
         update = LoRAUpdate(
             weight.shape[0],
@@ -188,29 +197,48 @@ def inject_lora(
             device=weight.device,
             dtype=weight.dtype,
         )
-        parametrize.register_parametrization(module, attr, update)
+        for holder, holder_attr in holders.get(id(weight), [(module, attr)]):
+            parametrize.register_parametrization(holder, holder_attr, update)
         adapters += [update.lora_A, update.lora_B]
     return adapters
 
 
-def _adapted(model: nn.Module) -> list[tuple[nn.Module, str]]:
-    """(module, weight attribute) pairs that carry a LoRAUpdate."""
-    found: list[tuple[nn.Module, str]] = []
+def tied_holders(model: nn.Module) -> dict[int, list[tuple[nn.Module, str]]]:
+    """id(parameter) -> every (module, attribute) that holds that very Parameter, for the
+    parameters held by more than one module attribute (tied weights)."""
+    seen: dict[int, list[tuple[nn.Module, str]]] = {}
+    for module in model.modules():
+        for attr, param in module._parameters.items():
+            if param is not None:
+                seen.setdefault(id(param), []).append((module, attr))
+    return {key: where for key, where in seen.items() if len(where) > 1}
+
+
+def _adapted(model: nn.Module) -> list[list[tuple[nn.Module, str]]]:
+    """The (module, weight attribute) pairs that carry a LoRAUpdate, grouped by adapter (a
+    tied weight's holders share one)."""
+    groups: dict[int, list[tuple[nn.Module, str]]] = {}
     for module in model.modules():
         if not parametrize.is_parametrized(module):
             continue
         plists: Any = module.parametrizations
         for attr, plist in plists.items():
-            if any(isinstance(p, LoRAUpdate) for p in plist):
-                found.append((module, str(attr)))
-    return found
+            for p in plist:
+                if isinstance(p, LoRAUpdate):
+                    groups.setdefault(id(p), []).append((module, str(attr)))
+    return list(groups.values())
 
 
-def _merge_weight(module: nn.Module, attr: str) -> None:
-    """W' = W + M ⊙ (s·B A) becomes the plain weight again; raises on a non-finite result."""
-    if not torch.isfinite(getattr(module, attr)).all():
+def _merge_weight(holders: list[tuple[nn.Module, str]]) -> None:
+    """W' = W + M ⊙ (s·B A) becomes the plain weight again, written once into the (possibly
+    shared) Parameter W, which every holder keeps; raises on a non-finite result."""
+    module, attr = holders[0]
+    merged = getattr(module, attr).detach().clone()
+    if not torch.isfinite(merged).all():
         raise SqueezerayError("LoRA merge produced NaN/inf weights; lower lora.lr or lora.alpha")
-    parametrize.remove_parametrizations(module, attr, leave_parametrized=True)
+    for holder, holder_attr in holders:
+        parametrize.remove_parametrizations(holder, holder_attr, leave_parametrized=False)
+    getattr(module, attr).copy_(merged)
 
 
 @dataclass(frozen=True)
@@ -237,8 +265,8 @@ def merge_lora(model: nn.Module, batch: Inputs) -> MergeCheck:
     reference = copy.deepcopy(model).double()
     before64 = forward_logits(reference, to_double(batch))
     before32 = forward_logits(model, batch)
-    for module, attr in _adapted(model):
-        _merge_weight(module, attr)
+    for holders in _adapted(model):
+        _merge_weight(holders)
     after32 = forward_logits(model, batch)
     after64 = forward_logits(copy.deepcopy(model).double(), to_double(batch))
     if not all(torch.isfinite(t).all() for t in (before32, after32, before64, after64)):
@@ -351,4 +379,5 @@ __all__ = [
     "lora",
     "lora_targets",
     "merge_lora",
+    "tied_holders",
 ]

@@ -141,9 +141,10 @@ def test_merge_check_catches_a_wrong_merge(
     # A merge that drops the update no longer reproduces the trained (unmerged) function.
     monkeypatch.setattr(
         "stages.lora._merge_weight",
-        lambda module, attr: parametrize.remove_parametrizations(
-            module, attr, leave_parametrized=False
-        ),
+        lambda holders: [
+            parametrize.remove_parametrizations(module, attr, leave_parametrized=False)
+            for module, attr in holders
+        ],
     )
     with pytest.raises(SqueezerayError, match="merge check failed"):
         merge_lora(model, task.example_input(8))
