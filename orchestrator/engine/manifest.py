@@ -20,10 +20,8 @@ from typing import Any
 from orchestrator.engine.records import PreparedSweep
 from orchestrator.space.options import FLAGS, PLACEMENT, SweepOptions
 from orchestrator.store.rows import now
-from orchestrator.store.storage import Storage
+from orchestrator.store.storage import SWEEPS_DIR, Storage
 from stages.errors import SqueezerayError
-
-SWEEPS_DIR = "sweeps"
 
 
 def manifest_path(sweep_id: str) -> tuple[str, str]:

@@ -4,7 +4,9 @@ The options (`SweepOptions`, or its fields as keywords), the sweep id, the stora
 (as given, or on `--resume` the YAML text and options its manifest kept), the task (imported
 here, on the driver), `teacher.weights` (loaded into the teacher once, its sha256 pinned) and
 the task's fingerprint. A bad input raises a SqueezerayError naming the key, the value and
-what is accepted; nothing is created in the storage until everything has passed.
+what is accepted; nothing is created in the storage until everything has passed. Last, the
+storage is probed writable (a full or read-only storage is refused before Ray starts) and no
+other driver may be running the sweep (`store.lock.check_no_driver`).
 """
 
 from __future__ import annotations
@@ -32,7 +34,8 @@ from orchestrator.space.config import space_text as config_space_text
 from orchestrator.space.model import SearchSpace
 from orchestrator.space.options import SweepOptions
 from orchestrator.space.parse import check_stages_apply_to_task
-from orchestrator.store.storage import Storage, open_storage
+from orchestrator.store.lock import check_no_driver
+from orchestrator.store.storage import Storage, open_storage, probe_writable
 from stages.errors import SqueezerayError
 
 
@@ -73,10 +76,11 @@ def prepare_sweep(
     )
     # A finished sweep runs nothing: its task is not imported (nor re-checked) to say so.
     loaded, fingerprint = (loaded, {}) if start.finished else bound_to_task(loaded, start.options)
+    final_id = start.sweep_id or new_sweep_id(loaded.name)
     return PreparedSweep(
         space=loaded,
-        storage=open_storage(start.options.storage, create=True),
-        sweep_id=start.sweep_id or new_sweep_id(loaded.name),
+        storage=_ready_storage(start.options.storage, final_id, finished=start.finished),
+        sweep_id=final_id,
         options=start.options,
         resume=resume,
         fingerprint=fingerprint,
@@ -171,11 +175,26 @@ def _checked_storage(storage: str, sweep_id: str | None, *, resume: bool) -> Sto
             "and Ray workers write stage checkpoints from theirs; use a directory, file://, "
             "s3:// or gs://"
         )
+    if sweep_id is not None:
+        check_no_driver(store, sweep_id)  # the same --sweep-id twice: name the running driver
     if not resume and sweep_id is not None and store.exists(*manifest_path(sweep_id)):
         raise SqueezerayError(
             f"--sweep-id {sweep_id!r} already exists in {store.uri}; continue it with "
             f"`{resume_command(store, sweep_id)}` or choose another id"
         )
+    return store
+
+
+def _ready_storage(storage: str, sweep_id: str, *, finished: bool) -> Storage:
+    """The storage, created, once every other check has passed: writable (a full, read-only or
+    forbidden storage is a StorageFault naming it and the fix, before Ray starts), and with no
+    other driver running sweep `sweep_id` (StorageLocked naming its pid and host). A finished
+    sweep writes nothing, so read-only storage is fine for it."""
+    store = open_storage(storage)
+    if finished:
+        return store
+    probe_writable(store)
+    check_no_driver(store, sweep_id)
     return store
 
 

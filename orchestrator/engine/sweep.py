@@ -122,39 +122,66 @@ def execute_sweep(
     warm_start: tuple[Any, ...] | None = None,
     progress: Progress | None = None,
 ) -> SweepOutcome:
-    """`_execute_sweep` while holding the storage's shared in-use lock (`lock.storage_in_use`),
-    so `squeezeray gc` never deletes a checkpoint this sweep may load. Options as there;
-    `address`, `latency_resource` and `num_cpus` default to the sweep's `SweepOptions`.
+    """`_execute_sweep` as the sweep's one driver (`lock.sweep_lock`: a second driver is
+    refused, naming this one's pid and host) while holding the storage's shared in-use lock
+    (`lock.storage_in_use`), so `squeezeray gc` never deletes a checkpoint this sweep may load.
+    Options as there; `address`, `latency_resource` and `num_cpus` default to the sweep's
+    `SweepOptions`.
 
     A sweep that fails after it started (its manifest says `running`) leaves a manifest that
-    says `failed` and why, not `running`.
+    says `failed` and why, not `running`. A storage fault (full, read-only: `StorageFault`)
+    is raised with the command that continues the sweep once it is fixed.
     """
-    from orchestrator.store.lock import storage_in_use
+    from orchestrator.store.lock import storage_in_use, sweep_lock
 
     opts = sweep.options
-    try:
-        with storage_in_use(sweep.storage):
-            return _execute_sweep(
-                sweep,
-                address=opts.address if address is None else address,
-                latency_resource=opts.latency_resource
-                if latency_resource is None
-                else latency_resource,
-                num_cpus=opts.num_cpus if num_cpus is None else num_cpus,
-                warm_start=warm_start,
-                progress=progress,
-            )
-    except SweepInterrupted:
-        raise
-    except BaseException as exc:
-        with contextlib.suppress(Exception):
-            if read_manifest(sweep.storage, sweep.sweep_id).get("status") == "running":
-                from orchestrator.engine.pipeline import bounded, describe_error
-
-                write_manifest(
-                    sweep.storage, sweep, status="failed", error=bounded(describe_error(exc))
+    # Outside the try: a second driver refused here must not mark the running one's sweep failed.
+    with sweep_lock(sweep.storage, sweep.sweep_id):
+        try:
+            with storage_in_use(sweep.storage):
+                return _execute_sweep(
+                    sweep,
+                    address=opts.address if address is None else address,
+                    latency_resource=opts.latency_resource
+                    if latency_resource is None
+                    else latency_resource,
+                    num_cpus=opts.num_cpus if num_cpus is None else num_cpus,
+                    warm_start=warm_start,
+                    progress=progress,
                 )
-        raise
+        except SweepInterrupted:
+            raise
+        except BaseException as exc:
+            _record_failure(sweep, exc)
+            hinted = _with_resume_hint(sweep, exc)
+            if hinted is exc:
+                raise
+            raise hinted from exc
+
+
+def _record_failure(sweep: PreparedSweep, exc: BaseException) -> None:
+    """The manifest of a sweep that failed after it started says `failed` and why (when it can
+    still be written: a full disk may refuse even that)."""
+    from orchestrator.engine.pipeline import bounded, describe_error
+
+    with contextlib.suppress(Exception):
+        if read_manifest(sweep.storage, sweep.sweep_id).get("status") == "running":
+            write_manifest(
+                sweep.storage, sweep, status="failed", error=bounded(describe_error(exc))
+            )
+
+
+def _with_resume_hint(sweep: PreparedSweep, exc: BaseException) -> BaseException:
+    """A storage fault (full, read-only) with the command that continues the sweep once it is
+    fixed; any other error as it is."""
+    from orchestrator.store.faults import StorageFault
+
+    if not isinstance(exc, StorageFault):
+        return exc
+    command = resume_command(sweep.storage, sweep.sweep_id, command=sweep.command)
+    fault = StorageFault(f"{exc}; once that is fixed, continue the sweep with: {command}")
+    fault.errno = exc.errno
+    return fault
 
 
 def _execute_sweep(

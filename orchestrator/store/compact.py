@@ -22,6 +22,7 @@ carries every column the files hold: the store's schema, plus any column a newer
 
 from __future__ import annotations
 
+import functools
 import json
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -29,6 +30,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from orchestrator.store.faults import atomic_write
 from orchestrator.store.results import (
     RESULTS_DIR,
     STAGE_ROW_KEY,
@@ -41,6 +43,7 @@ from orchestrator.store.results import (
     partition_files,
     summarise_sweep,
     summary_version,
+    write_parquet,
 )
 from orchestrator.store.schema import RESULTS_SCHEMA, STAGES_SCHEMA
 from stages.errors import SqueezerayError
@@ -175,18 +178,8 @@ def _read_files(
 
 
 def _write_merged(fs: pafs.FileSystem, directory: str, name: str, rows: pa.Table) -> str:
-    import pyarrow.parquet as pq
-
     target = f"{directory}/{name}"
-    if fs.type_name in ("s3", "gcs"):
-        # No rename on an object store; an object appears only once its upload completes.
-        with fs.open_output_stream(target) as sink:
-            pq.write_table(rows, sink, compression="zstd")
-        return target
-    tmp = f"{directory}/.{name}.tmp"
-    with fs.open_output_stream(tmp) as sink:
-        pq.write_table(rows, sink, compression="zstd")
-    fs.move(tmp, target)
+    atomic_write(fs, target, functools.partial(write_parquet, rows))
     return target
 
 
@@ -209,13 +202,5 @@ def _write_summary(fs: pafs.FileSystem, directory: str, rows: pa.Table, files: l
         value = sweep[key]
         sweep[key] = value.isoformat() if isinstance(value, datetime) else None
     data = {"files": files, "rows": rows.num_rows, "version": summary_version(), "sweep": sweep}
-    target = f"{directory}/{SUMMARY_NAME}"
     payload = json.dumps(data, indent=1).encode()
-    if fs.type_name in ("s3", "gcs"):
-        with fs.open_output_stream(target) as sink:
-            sink.write(payload)
-        return
-    tmp = f"{directory}/.{SUMMARY_NAME}.{_writer_name()}.tmp"
-    with fs.open_output_stream(tmp) as sink:
-        sink.write(payload)
-    fs.move(tmp, target)
+    atomic_write(fs, f"{directory}/{SUMMARY_NAME}", lambda sink: sink.write(payload))

@@ -4,10 +4,10 @@
     <storage>/stages/sweep_id=<id>/<pid>-<token>-<seq>.parquet    stage rows
 
 Every append is a new file with the explicit schema (`orchestrator.store.schema`), written under a
-hidden temp name and renamed into place, so readers (which skip names starting with `.` or
-`_`) never see a partial file, and two processes never write the same name. The partition
-column `sweep_id` lives in the directory name only (the hive convention), so pandas
-(`pd.read_parquet(storage + "/results")`), `pyarrow.dataset` and DuckDB
+hidden temp name and renamed into place (`faults.atomic_write`), so readers (which skip names
+starting with `.` or `_`) never see a partial file, and two processes never write the same
+name. The partition column `sweep_id` lives in the directory name only (the hive convention),
+so pandas (`pd.read_parquet(storage + "/results")`), `pyarrow.dataset` and DuckDB
 (`read_parquet('.../results/*/*.parquet', hive_partitioning=true)`) read the files unchanged.
 Ids are percent-encoded in directory names when they hold characters outside [A-Za-z0-9._-].
 
@@ -34,6 +34,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from orchestrator.store.faults import atomic_write
 from orchestrator.store.schema import RESULTS_SCHEMA, STAGES_SCHEMA
 from stages.errors import SqueezerayError
 
@@ -154,8 +155,8 @@ def rows_to_table(rows: Sequence[Mapping[str, Any]], schema: pa.Schema) -> pa.Ta
 def _append(
     storage: str | Path, kind: str, schema: pa.Schema, rows: Sequence[Mapping[str, Any]]
 ) -> None:
-    import pyarrow.parquet as pq
-
+    """One new file per sweep partition (`faults.atomic_write`: a failed write leaves no temp
+    file and the partition as it was; a full or read-only storage is a StorageFault)."""
     if not rows:
         return
     table = rows_to_table(rows, schema)
@@ -167,17 +168,15 @@ def _append(
         part = table.take(indices) if len(by_sweep) > 1 else table
         part = part.drop_columns(["sweep_id"])  # the directory name carries it
         directory = f"{root}/{kind}/{_partition_dir(sweep_id)}"
-        fs.create_dir(directory, recursive=True)
         name = f"{_writer_name()}.parquet"
-        if fs.type_name in ("s3", "gcs"):
-            # An object store publishes an object only once its upload completes.
-            with fs.open_output_stream(f"{directory}/{name}") as sink:
-                pq.write_table(part, sink, compression="zstd")
-            continue
-        tmp = f"{directory}/.{name}.tmp"
-        with fs.open_output_stream(tmp) as sink:
-            pq.write_table(part, sink, compression="zstd")
-        fs.move(tmp, f"{directory}/{name}")
+        atomic_write(fs, f"{directory}/{name}", functools.partial(write_parquet, part))
+
+
+def write_parquet(table: pa.Table, sink: Any) -> None:
+    """Write `table` to an open output stream as zstd Parquet (the store's one format)."""
+    import pyarrow.parquet as pq
+
+    pq.write_table(table, sink, compression="zstd")
 
 
 # -- reading --------------------------------------------------------------------------------

@@ -1,8 +1,10 @@
 """Files under a sweep storage: a local path or a URI (file://, s3://, gs://, memory://).
 
-Everything squeezeray writes goes through `write_atomic`: the bytes land under a hidden temp
-name (readers skip names starting with `.` or `_`) and are then renamed into place, so a
-partial file is never visible.
+Everything squeezeray writes goes through `write_atomic` (`faults.atomic_write`): the bytes land
+under a hidden temp name (readers skip names starting with `.` or `_`) and are then renamed into
+place, so a partial file is never visible; a failed write removes its temp file, and a full,
+read-only or forbidden storage is a `faults.StorageFault`. `probe_writable` finds such a storage
+before any work starts.
 """
 
 from __future__ import annotations
@@ -12,12 +14,16 @@ import os
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
+from typing import IO
 
 import pyarrow.fs as pafs
 
+from orchestrator.store.faults import StorageFault, atomic_write, remove_quietly, storage_writes
 from stages.errors import SqueezerayError
 
 CACHE_DIR = "cache"  # stage checkpoints: <storage>/cache/<key>.ckpt + <key>.json
+SWEEPS_DIR = "sweeps"  # sweep manifests, <storage>/sweeps/<id>.json, and their drivers' locks
+PROBE_BYTES = 64 * 1024  # `probe_writable`'s file: a disk without this much room holds no row
 
 
 @dataclass(frozen=True)
@@ -47,14 +53,9 @@ class Storage:
 
     def write_atomic(self, data: bytes, *parts: str) -> str:
         """Write `data` to `<root>/<parts>` via a hidden temp file + rename; return where it is
-        (`location`: a local path or a URI)."""
-        target = self.path(*parts)
-        parent, _, name = target.rpartition("/")
-        self.fs.create_dir(parent, recursive=True)
-        tmp = f"{parent}/.{name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp"
-        with self.fs.open_output_stream(tmp) as f:
-            f.write(data)
-        self.fs.move(tmp, target)
+        (`location`: a local path or a URI). A failed write leaves no temp file; a full,
+        read-only or forbidden storage raises StorageFault (`faults.atomic_write`)."""
+        atomic_write(self.fs, self.path(*parts), lambda stream: stream.write(data))
         return self.location(*parts)
 
     def delete(self, *parts: str) -> None:
@@ -119,8 +120,47 @@ def open_storage(storage: str | os.PathLike[str], *, create: bool = False) -> St
         text = root
     result = Storage(fs=fs, root=root, uri=text)
     if create:
-        fs.create_dir(root, recursive=True)
+        with storage_writes(result.location()):
+            fs.create_dir(root, recursive=True)
     return result
+
+
+def probe_writable(store: Storage) -> None:
+    """Check before any work that `store` takes a write: create its root, write PROBE_BYTES to
+    a hidden probe file, fsync it (local storage: a full disk may only say so then) and remove
+    it. Raises StorageFault naming the storage and the fix; another OSError (an object store
+    refusing) is a SqueezerayError saying what failed."""
+    probe = store.path(f".squeezeray-probe-{os.getpid()}-{uuid.uuid4().hex[:8]}")
+    try:
+        with storage_writes(store.location()):
+            store.fs.create_dir(store.root, recursive=True)
+            if store.is_local:
+                _probe_local(probe)
+            else:
+                with store.fs.open_output_stream(probe) as stream:
+                    stream.write(b"\0" * PROBE_BYTES)
+                remove_quietly(store.fs, probe)
+    except StorageFault:
+        raise
+    except OSError as exc:
+        raise SqueezerayError(
+            f"storage {store.uri} cannot be written ({exc}); check the location and its "
+            "credentials, or give --storage a writable location"
+        ) from exc
+
+
+def _probe_local(probe: str) -> None:
+    fd = os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    try:
+        stream: IO[bytes] = os.fdopen(fd, "wb", closefd=False)
+        with stream:
+            stream.write(b"\0" * PROBE_BYTES)
+            stream.flush()
+            os.fsync(fd)
+    finally:
+        os.close(fd)
+        with contextlib.suppress(OSError):
+            os.unlink(probe)
 
 
 def _from_uri(uri: str) -> tuple[pafs.FileSystem, str]:

@@ -93,3 +93,75 @@ def test_object_store_uri_gets_a_host_local_lock(tmp_path: Path, monkeypatch) ->
         storage_lock(store, wait=False),
     ):
         pass
+
+
+# --- one driver per sweep (issue 21 item 2) --------------------------------------------------
+
+DRIVER = """
+import sys, time
+from orchestrator.store.lock import sweep_lock
+from orchestrator.store.storage import open_storage
+with sweep_lock(open_storage(sys.argv[1]), sys.argv[2]):
+    print("held", flush=True)
+    time.sleep(float(sys.argv[3]))
+"""
+
+
+def _drive(storage: Path, sweep_id: str, seconds: float) -> subprocess.Popen[str]:
+    """Another process that is the driver of `sweep_id` for `seconds`."""
+    proc = subprocess.Popen(
+        [sys.executable, "-c", DRIVER, str(storage), sweep_id, str(seconds)],
+        stdout=subprocess.PIPE,
+        text=True,
+        cwd=Path(__file__).resolve().parents[2],
+    )
+    assert proc.stdout is not None
+    assert proc.stdout.readline().strip() == "held"
+    return proc
+
+
+def _no_ray(*args: object, **kwargs: object) -> None:
+    raise AssertionError("Ray was started: a second driver must be refused before")
+
+
+def test_a_second_driver_of_a_sweep_is_refused_naming_the_running_one(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import socket
+
+    from typer.testing import CliRunner
+
+    from orchestrator.cli import app
+    from orchestrator.engine.manifest import read_manifest, write_manifest
+    from orchestrator.engine.prepare import prepare_sweep
+    from orchestrator.engine.sweep import execute_sweep
+
+    monkeypatch.setattr("orchestrator.engine.runtime.init_ray", _no_ray)
+    storage = tmp_path / "results"
+    started = prepare_sweep("tiny", storage=storage, sweep_id="run-a")
+    write_manifest(started.storage, started, status="running")
+    proc = _drive(storage, "run-a", 60)
+    try:
+        for args in (["--resume", "--sweep-id", "run-a"], ["tiny", "--sweep-id", "run-a"]):
+            result = CliRunner().invoke(app, ["sweep", *args, "--storage", str(storage)])
+            out = " ".join(result.output.split())
+            assert result.exit_code == 2, (result.output, result.exception)
+            assert f"sweep run-a is already being run by pid {proc.pid} on" in out, out
+            assert socket.gethostname() in out and "continue with" not in out, out
+        # Past the checks (a race, or the Python API): execute_sweep refuses too, and the
+        # running sweep's manifest is left alone (not marked failed by the refused driver).
+        with pytest.raises(StorageLocked, match=f"pid {proc.pid}"):
+            execute_sweep(started)
+        assert read_manifest(started.storage, "run-a")["status"] == "running"
+    finally:
+        proc.kill()
+        proc.wait()
+    # The driver died: its lock (and the holder file it left) is taken over.
+    from orchestrator.store.lock import read_holder, sweep_lock, sweep_lock_files
+
+    files = sweep_lock_files(started.storage, "run-a")
+    assert read_holder(files) is not None and read_holder(files).pid == proc.pid  # type: ignore[union-attr]
+    with sweep_lock(started.storage, "run-a") as me:
+        assert me.pid != proc.pid
+        assert read_holder(files) == me
+    assert prepare_sweep(None, storage=storage, resume=True, sweep_id="run-a").resume
