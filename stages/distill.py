@@ -97,7 +97,8 @@ def student_from_teacher(
     if ratio < 1.0:
         cpu = torch.device("cpu")
         params = PruneParams(ratio=1.0 - ratio, method="structured", steps=1)
-        history = prune_module(model, task, params, device=cpu, seed=seed)
+        what = f"distill.student_ratio={ratio:g} (the student made from the teacher)"
+        history = prune_module(model, task, params, device=cpu, seed=seed, what=what)
     return model, concat_histories(teacher.recipe.get("pruned"), history)
 
 

@@ -13,15 +13,26 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+import torch
 from torch import nn
 
 from stages.attention import LinearAttention
+from stages.batches import forward_logits
+from stages.distill import DistillParams
 from stages.errors import SqueezerayError
 from stages.layers import weight_layer_summary
 from stages.lora import lora_targets
 from stages.lowrank import LowRankParams, target_rank
 from stages.lowrank import reduces_params as shrinks
-from stages.prune import MIN_PRUNABLE_SHARE, prunable_share, untouched_summary
+from stages.prune import (
+    MIN_PRUNABLE_SHARE,
+    PruneParams,
+    check_pruned_forward,
+    prunable_share,
+    prune_module,
+    tensor_shapes,
+    untouched_summary,
+)
 from stages.tasks import Task
 
 
@@ -114,6 +125,7 @@ def check_stages_apply(
                     "out*in/(out+in); lower lowrank.min_features or lowrank.rank_ratio, or drop "
                     "lowrank from the pipeline"
                 )
+    check_pruned_widths(task, pipeline, values)
     dynamic = "quantize" in pipeline and "dynamic_int8" in reachable("quantize.mode", "none")
     attention = any(LinearAttention.supports(m) for m in model.modules())
     if dynamic and not (has_linear or attention):
@@ -125,4 +137,56 @@ def check_stages_apply(
         )
 
 
-__all__ = ["check_stages_apply"]
+def check_pruned_widths(
+    task: Task, pipeline: Sequence[str], values: Mapping[str, Sequence[Any]]
+) -> None:
+    """Refuse, before any work starts, a model that structured pruning leaves unable to run.
+
+    Structured pruning runs in `prune` (prune.method: structured) and in `distill` for a task
+    without a student (the student is the teacher pruned to distill.student_ratio). When the
+    space can reach either, the model that stage receives is built and pruned once here, on
+    the CPU, at the largest reachable ratio (`stages.prune.prune_module`), and must still run:
+    a parameter or buffer left at its old width (a per-channel buffer, `h * self.scale`) is
+    named, with the stage and the fix (`stages.prune.check_pruned_forward`). Other failures
+    of torch-pruning on the model stay the stage's own error.
+    """
+    runs: list[tuple[str, str, float, str]] = []
+    if "distill" in pipeline and task.student is None:
+        kept = min(values.get("distill.student_ratio", [DistillParams().student_ratio]))
+        if kept < 1.0:
+            fix = "or give the task its own student (Task(student=...))"
+            runs.append(("distill", "teacher", 1.0 - kept, fix))
+    if "prune" in pipeline and "structured" in values.get("prune.method", ["l1_unstructured"]):
+        ratio = max(values.get("prune.ratio", [PruneParams().ratio]))
+        arch = "student" if "distill" in pipeline and task.student is not None else "teacher"
+        if ratio > 0.0:
+            runs.append(("prune", arch, ratio, "or use an unstructured prune.method"))
+    for stage, arch, ratio, fix in runs:
+        what = (
+            f"distill.student_ratio={1.0 - ratio:g} (the student made from the teacher)"
+            if stage == "distill"
+            else f"prune.method='structured' prune.ratio={ratio:g}"
+        )
+        _check_pruned(task, arch, PruneParams(ratio=ratio, method="structured"), what, fix)
+
+
+def _check_pruned(task: Task, arch: str, params: PruneParams, what: str, fix: str) -> None:
+    """Prune a fresh `arch` model as the stage would and check that it still runs."""
+    cpu = torch.device("cpu")
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        model = task.build(arch)
+    example = task.example_input(2)
+    with torch.no_grad():
+        before = tensor_shapes(model), tuple(forward_logits(model.eval(), example).shape)
+    try:
+        prune_module(model, task, params, device=cpu, seed=0, check_forward=False)
+    except SqueezerayError:
+        return  # torch-pruning cannot prune this model: the stage reports it per trial
+    try:
+        check_pruned_forward(model, example, before, what=f"{what} on the {arch} model")
+    except SqueezerayError as exc:
+        raise SqueezerayError(f"task {task.name!r}: {exc}; {fix}") from exc
+
+
+__all__ = ["check_pruned_widths", "check_stages_apply"]

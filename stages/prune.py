@@ -198,19 +198,35 @@ def _require_removed(
 
 
 def prune_module(
-    model: nn.Module, task: Task, params: PruneParams, *, device: torch.device, seed: int
+    model: nn.Module,
+    task: Task,
+    params: PruneParams,
+    *,
+    device: torch.device,
+    seed: int,
+    what: str | None = None,
+    check_forward: bool = True,
 ) -> PruningHistory:
     """Prune `model` (on `device`) in place as the stage does; leaves it in eval mode.
 
     Returns the structured pruning history (`stages.surgery`; empty for unstructured
     methods), which `stages.surgery.replay` applies to a fresh model of the same structure.
     Structured pruning swaps the layers' parameters for smaller ones: create any optimizer
-    afterwards.
+    afterwards. With `check_forward`, the structurally pruned model must still run
+    (`check_pruned_forward`; `what` names the setting in its error, by default the prune
+    params).
     """
     history: PruningHistory = []
     if params.ratio > 0.0:
         if params.method == "structured":
+            example = to_device(task.example_input(2), device)
+            with torch.no_grad():
+                logits = forward_logits(model.eval(), example)
+            before = tensor_shapes(model), tuple(logits.shape)
             history = _prune_structured(model, task, params, device=device, seed=seed)
+            if check_forward:
+                what = what or f"prune.method='structured' prune.ratio={params.ratio:g}"
+                check_pruned_forward(model, example, before, what=what)
         else:
             _prune_unstructured(model, task, params, device=device, seed=seed)
     model.eval()
@@ -334,6 +350,67 @@ def _prune_structured(
             _finetune_keeping_zeros(model, task, params, device=device, seed=seed + step)
             model.eval()
     return history_of(pruner.DG)
+
+
+def tensor_shapes(model: nn.Module) -> dict[str, tuple[int, ...]]:
+    """Shape of every parameter and buffer (non-persistent buffers too), by qualified name."""
+    named = [*model.named_parameters(), *model.named_buffers()]
+    return {name: tuple(t.shape) for name, t in named}
+
+
+PRUNED_WIDTH_FIX = (
+    "torch-pruning narrows layers and the trainable nn.Parameters it traces beside them, not "
+    "buffers, frozen parameters or plain tensor attributes; make such a per-channel tensor a "
+    "trainable nn.Parameter (requires_grad=True) so it is pruned with its channels, or fold it "
+    "into the layer before it (scale that layer's weight rows)"
+)
+
+
+def check_pruned_forward(
+    model: nn.Module,
+    example: Inputs,
+    before: tuple[dict[str, tuple[int, ...]], tuple[int, ...]],
+    *,
+    what: str,
+) -> None:
+    """A structurally pruned model must run and give logits of the shape it gave before.
+
+    `before`: (`tensor_shapes`, logits shape) of the model before pruning. A parameter or
+    buffer that kept its shape while a width it has was pruned elsewhere (a per-channel
+    buffer, `h * self.scale`) is named in the SqueezerayError, with the fix.
+    """
+    shapes, logits_shape = before
+    try:
+        with torch.no_grad():
+            got: tuple[int, ...] | str = tuple(forward_logits(model, example).shape)
+    except Exception as exc:  # a user's forward over pruned shapes: any error is the finding
+        got = f"{type(exc).__name__}: {exc}"
+    if got == logits_shape:
+        return
+    now = tensor_shapes(model)
+    pruned_widths = {
+        old
+        for name, shape in shapes.items()
+        if name in now and now[name] != shape
+        for old, new in zip(shape, now[name], strict=False)
+        if old != new
+    }
+    stale = [
+        f"{'parameter' if name in dict(model.named_parameters()) else 'buffer'} {name!r} {shape}"
+        for name, shape in now.items()
+        if shapes.get(name) == shape and any(d > 1 and d in pruned_widths for d in shape)
+    ]
+    found = (
+        f"{', '.join(stale)} kept {'its' if len(stale) == 1 else 'their'} width while the "
+        f"channels of that width were pruned"
+        if stale
+        else "a tensor kept a pruned width (a plain tensor attribute, or a width written in "
+        "forward())"
+    )
+    result = got if isinstance(got, str) else f"logits of shape {got}, not {logits_shape}"
+    raise SqueezerayError(
+        f"{what}: the pruned model no longer runs ({result}): {found}; {PRUNED_WIDTH_FIX}"
+    )
 
 
 def rnn_layers(model: nn.Module) -> list[nn.Module]:

@@ -24,6 +24,10 @@ CASES = [
         ["NaN or inf values in train: 2 of 60 samples (first train[17])"],
     ),
     ("tests.stages.test_dtypes:bf16_teacher", ["bfloat16 weights", "model.float()"]),
+    (
+        "tests.stages.test_pruned_widths:scaled_buffer",
+        ["distill.student_ratio=0.5 (the student made from the teacher)", "buffer 'scale'"],
+    ),
 ]
 
 
