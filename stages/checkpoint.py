@@ -9,13 +9,18 @@ Format 2 (this one) records structured pruning; format 1 resized layers to the s
 which could not rebuild depthwise convs, LayerNorm or attention, and is refused with the fix.
 
 An ONNX Runtime artifact (`runtime == "onnxruntime"`) carries the ONNX model bytes beside it.
+
+Memory: `to_buffer` serialises once and hands out the serialised bytes without copying them
+(a memoryview); `from_bytes` reads from any bytes-like object (bytes, memoryview, a read-only
+numpy array that Ray maps from its object store) without copying it first, so a checkpoint in
+transit costs its serialised bytes once plus the loaded tensors once.
 """
 
 from __future__ import annotations
 
 import io
 from dataclasses import dataclass, field, replace
-from typing import Any
+from typing import IO, Any, cast
 
 import torch
 from torch import nn
@@ -71,15 +76,25 @@ class ModelCheckpoint:
             payload["onnx"] = torch.frombuffer(bytearray(self.onnx), dtype=torch.uint8)
         return payload
 
-    def to_bytes(self) -> bytes:
+    def to_buffer(self) -> memoryview:
+        """The serialised checkpoint (`torch.save` of `to_payload`), not copied again: a
+        read-only view of the one buffer it was written to."""
         buf = io.BytesIO()
         torch.save(self.to_payload(), buf)
-        return buf.getvalue()
+        return buf.getbuffer().toreadonly()
+
+    def to_bytes(self) -> bytes:
+        """The serialised checkpoint as `bytes` (a copy of `to_buffer`; prefer that one for
+        large models)."""
+        return bytes(self.to_buffer())
 
     @classmethod
-    def from_bytes(cls, data: bytes) -> ModelCheckpoint:
+    def from_bytes(cls, data: bytes | memoryview | Any) -> ModelCheckpoint:
+        """The checkpoint serialised in `data` (bytes, a memoryview or a uint8 numpy array),
+        loaded `weights_only` without first copying `data`."""
         try:
-            payload = torch.load(io.BytesIO(data), weights_only=True, map_location="cpu")
+            reader = cast(IO[bytes], _BufferReader(data))
+            payload = torch.load(reader, weights_only=True, map_location="cpu")
         except Exception as exc:  # truncated/corrupt file or a non-checkpoint pickle
             # torch's message advises weights_only=False or allowlisting the global, either of
             # which would run a poisoned file's code: say what was refused, and the safe fix.
@@ -100,8 +115,37 @@ class ModelCheckpoint:
             task=str(payload["task"]),
             state_dict=dict(payload["state_dict"]),
             recipe=dict(payload["recipe"]),
-            onnx=bytes(onnx.numpy().tobytes()) if onnx is not None else None,
+            onnx=onnx.numpy().tobytes() if onnx is not None else None,
         )
+
+
+class _BufferReader(io.RawIOBase):
+    """A seekable, read-only file over a bytes-like object that does not copy it (io.BytesIO
+    copies any buffer that is not `bytes`)."""
+
+    def __init__(self, data: Any) -> None:
+        self._view = memoryview(data).cast("B")
+        self._pos = 0
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        n = max(0, min(len(buffer), len(self._view) - self._pos))
+        buffer[:n] = self._view[self._pos : self._pos + n]
+        self._pos += n
+        return n
+
+    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
+        base = {io.SEEK_SET: 0, io.SEEK_CUR: self._pos, io.SEEK_END: len(self._view)}[whence]
+        self._pos = max(0, base + offset)
+        return self._pos
+
+    def tell(self) -> int:
+        return self._pos
 
 
 def refusal_reason(exc: BaseException) -> str:

@@ -2,14 +2,20 @@
 
 - accuracy: top-1 on the task's test split, in [0, 1], through the checkpoint's runtime
   (reported only); val_accuracy: the same on the validation split (what selects models).
-- size_bytes: bytes of the zstd-compressed (level 19) deployed artifact: the ONNX model for
-  ONNX Runtime, else `torch.save(state_dict)`. zstd makes zeros (sparsity) cheap and int8
-  weights take a quarter of float32, so both show.
+- size_bytes: bytes of the deployed artifact (the ONNX model for ONNX Runtime, else
+  `torch.save(state_dict)`) compressed with zstd at level `ZSTD_LEVEL` (3, zstd's default),
+  streamed: the artifact is never held whole a second time. zstd makes zeros (sparsity) cheap
+  and int8 weights take a quarter of float32, so both show. Level 3 costs a few ms per MB,
+  linear in the model; level 19 (used before) cost 0.2-0.6 s per MB, superlinear, and was at
+  most 0.02% smaller on float/int8 models and 5-15% smaller on 70%-sparse ones (docs/scale.md).
 - params_total / params_nonzero: counts of weight and bias elements (int8 ones included).
 - quantized_fraction: the share of those elements stored as int8, in [0, 1] (0.0 for a float
   model; for ONNX Runtime, int8/uint8 initializers of the ONNX graph).
-- latency: milliseconds per call, median and p90 of many single-thread batch-1 calls after a
-  warm-up (timing noise measured here: 8-11% single thread, 23-36% with two threads).
+- latency: milliseconds per call, median and p90 of single-thread batch-1 calls after a
+  warm-up (timing noise measured here: 8-11% single thread, 23-36% with two threads),
+  time-boxed: the warm-up's last calls time the model, and the timed calls are as many as fit
+  in `time_cap_s` seconds (at most `repeats`, at least `MIN_REPEATS`); `LatencyResult.repeats`
+  (the row's `latency_repeats`) says how many were taken.
 """
 
 from __future__ import annotations
@@ -26,13 +32,17 @@ import torch
 import zstandard
 
 from stages.base import check_int
-from stages.batches import Inputs, select, stack_samples
+from stages.batches import Inputs, stack_samples
 from stages.checkpoint import ModelCheckpoint
+from stages.errors import SqueezerayError
 from stages.runtime import Predictor, make_predictor
 from stages.tasks import Task
 
-ZSTD_LEVEL = 19  # near-max ratio; a digits model compresses in milliseconds
+ZSTD_LEVEL = 3  # zstd's default: linear, a few ms/MB (level 19: 0.2-0.6 s/MB, docs/scale.md)
 _LATENCY_DISTINCT_INPUTS = 32  # cycle through this many test batches, not one cached input
+LATENCY_TIME_CAP_S = 1.0  # seconds of timed calls per measurement (`latency.time_cap`)
+MIN_REPEATS = 5  # timed calls taken even when one call is longer than the time cap
+WARMUP_SHARE = 0.25  # the warm-up stops after this share of the time cap
 
 
 @dataclass(frozen=True)
@@ -61,6 +71,7 @@ class ModelMetrics:
     latency_ms_p90: float | None
     runtime: str
     val_accuracy: float | None = None  # validation split (selects models); None: not measured
+    latency_repeats: int | None = None  # timed calls behind latency_ms (time-boxed)
     # the task's own metric (stages.tasks.Metric): {name: test value, "val_" + name: val value}
     custom: dict[str, float] = field(default_factory=dict)
 
@@ -77,7 +88,8 @@ def accuracy(task: Task, ckpt: ModelCheckpoint) -> float:
 
 
 def deployed_bytes(ckpt: ModelCheckpoint) -> bytes:
-    """The uncompressed deployed artifact: ONNX bytes (onnxruntime) or torch.save(state_dict)."""
+    """The uncompressed deployed artifact: ONNX bytes (onnxruntime) or torch.save(state_dict).
+    (A copy of the model's bytes: `size_bytes` streams instead.)"""
     if ckpt.runtime == "onnxruntime" and ckpt.onnx is not None:
         return ckpt.onnx
     buf = io.BytesIO()
@@ -85,9 +97,37 @@ def deployed_bytes(ckpt: ModelCheckpoint) -> bytes:
     return buf.getvalue()
 
 
+class _ByteCounter(io.RawIOBase):
+    """A write-only sink that keeps only the number of bytes written to it."""
+
+    def __init__(self) -> None:
+        self.count = 0
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, data: Any) -> int:
+        n = memoryview(data).nbytes
+        self.count += n
+        return n
+
+
 def size_bytes(ckpt: ModelCheckpoint) -> int:
-    """Size in bytes of the zstd(level 19)-compressed deployed artifact."""
-    return len(zstandard.ZstdCompressor(level=ZSTD_LEVEL).compress(deployed_bytes(ckpt)))
+    """Size in bytes of the deployed artifact compressed with zstd at `ZSTD_LEVEL` (3).
+
+    The artifact (the ONNX bytes, or `torch.save(state_dict)` written straight into the
+    compressor) is streamed through zstd into a byte counter, so it is never held in memory a
+    second time; the cost is linear in the model's bytes (a few ms per MB).
+    """
+    sink = _ByteCounter()
+    compressor = zstandard.ZstdCompressor(level=ZSTD_LEVEL)
+    # zstandard takes any object with write(); its stubs name IO[bytes]
+    with compressor.stream_writer(sink, closefd=False) as writer:  # type: ignore[arg-type]
+        if ckpt.runtime == "onnxruntime" and ckpt.onnx is not None:
+            writer.write(ckpt.onnx)
+        else:
+            torch.save(ckpt.state_dict, writer)
+    return sink.count
 
 
 # -- parameter counts ----------------------------------------------------------------------
@@ -198,19 +238,29 @@ def measure_latency(
     warmup: int = 50,
     repeats: int = 300,
     threads: int = 1,
+    time_cap_s: float = LATENCY_TIME_CAP_S,
 ) -> LatencyResult:
     """Milliseconds per forward call in the checkpoint's runtime (median, p90, mean).
 
     Runs with `threads` torch threads (restored afterwards) and `threads` ONNX Runtime intra-op
-    threads; inputs are `batch_size` rows of the test split (cycling through a few batches);
-    `warmup` untimed calls first, then `repeats` calls each timed with `perf_counter_ns`.
+    threads; inputs are `batch_size` rows of the test split (cycling through a few batches).
+    Time-boxed (`_time_calls`): at most `warmup` untimed calls, then as many calls as fit in
+    `time_cap_s` seconds (at most `repeats`, at least `MIN_REPEATS`), each timed with
+    `perf_counter_ns`; `LatencyResult.repeats` is the number taken.
     """
     check_int("threads", threads, low=1)
     previous = torch.get_num_threads()
     torch.set_num_threads(threads)
     try:
         predictor = make_predictor(task, ckpt, threads=threads)
-        return _time_calls(predictor, task, batch_size=batch_size, warmup=warmup, repeats=repeats)
+        return _time_calls(
+            predictor,
+            task,
+            batch_size=batch_size,
+            warmup=warmup,
+            repeats=repeats,
+            time_cap_s=time_cap_s,
+        )
     finally:
         torch.set_num_threads(previous)
 
@@ -223,37 +273,97 @@ def throughput(
     warmup: int = 5,
     repeats: int = 30,
     threads: int = 1,
+    time_cap_s: float = LATENCY_TIME_CAP_S,
 ) -> float:
     """Samples per second at `batch_size` (from the median call time)."""
     result = measure_latency(
-        task, ckpt, batch_size=batch_size, warmup=warmup, repeats=repeats, threads=threads
+        task,
+        ckpt,
+        batch_size=batch_size,
+        warmup=warmup,
+        repeats=repeats,
+        threads=threads,
+        time_cap_s=time_cap_s,
     )
     return batch_size / (result.median_ms / 1e3)
 
 
+def _check_time_cap(time_cap_s: float) -> None:
+    if not isinstance(time_cap_s, int | float) or not time_cap_s > 0 or time_cap_s == float("inf"):
+        raise SqueezerayError(
+            f"latency.time_cap={time_cap_s!r} is not accepted; accepted: a number of seconds "
+            "> 0 (or a duration such as 2s), e.g. 1.0"
+        )
+
+
 def _time_calls(
-    predictor: Predictor, task: Task, *, batch_size: int, warmup: int, repeats: int
+    predictor: Predictor,
+    task: Task,
+    *,
+    batch_size: int,
+    warmup: int,
+    repeats: int,
+    time_cap_s: float = LATENCY_TIME_CAP_S,
 ) -> LatencyResult:
     check_int("latency.batch_size", batch_size, low=1)
     check_int("latency.warmup", warmup, low=0)
     check_int("latency.repeats", repeats, low=1)
+    _check_time_cap(time_cap_s)
     inputs = [predictor.prepare(x) for x in _test_batches(task, batch_size)]
-    times_ms = _timed_ms(predictor, inputs, warmup=warmup, repeats=repeats)
+    per_call_s = _warm_up(predictor, inputs, warmup=warmup, time_cap_s=time_cap_s)
+    planned = planned_repeats(per_call_s, repeats=repeats, time_cap_s=time_cap_s)
+    times_ms = _timed_ms(predictor, inputs, warmup=0, repeats=planned, time_cap_s=time_cap_s)
     return LatencyResult(
         median_ms=float(np.median(times_ms)),
         p90_ms=float(np.percentile(times_ms, 90)),
         mean_ms=float(times_ms.mean()),
-        repeats=repeats,
+        repeats=int(times_ms.size),
         batch_size=batch_size,
         runtime=predictor.runtime,
     )
 
 
-def _timed_ms(predictor: Predictor, inputs: list[Any], *, warmup: int, repeats: int) -> np.ndarray:
-    """`warmup` untimed calls, then `repeats` calls each timed (ms), GC off while timing."""
+def planned_repeats(per_call_s: float, *, repeats: int, time_cap_s: float) -> int:
+    """Timed calls for a model whose call takes `per_call_s` seconds: as many as fit in
+    `time_cap_s`, at most `repeats`, at least `MIN_REPEATS` (or `repeats` when smaller)."""
+    fit = int(time_cap_s / per_call_s) if per_call_s > 0 else repeats
+    return max(min(repeats, MIN_REPEATS), min(repeats, fit))
+
+
+def _warm_up(predictor: Predictor, inputs: list[Any], *, warmup: int, time_cap_s: float) -> float:
+    """At most `warmup` calls (at least one), stopping once `WARMUP_SHARE * time_cap_s` seconds
+    have passed; returns the first timing: the median seconds per call of the last three."""
+    deadline = time.perf_counter() + WARMUP_SHARE * time_cap_s
+    durations: list[float] = []
+    for i in range(max(1, warmup)):
+        start = time.perf_counter()
+        predictor.run_native(inputs[i % len(inputs)])
+        end = time.perf_counter()
+        durations.append(end - start)
+        if end >= deadline:
+            break
+    return float(np.median(durations[-3:]))
+
+
+def _timed_ms(
+    predictor: Predictor,
+    inputs: list[Any],
+    *,
+    warmup: int,
+    repeats: int,
+    time_cap_s: float | None = None,
+) -> np.ndarray:
+    """`warmup` untimed calls, then up to `repeats` calls each timed (ms), GC off while timing.
+
+    With `time_cap_s`, timing also stops once twice that many seconds have passed and
+    `MIN_REPEATS` calls are taken (a first timing that was too fast does not run on): the
+    returned array holds the calls actually timed.
+    """
     for i in range(warmup):
         predictor.run_native(inputs[i % len(inputs)])
     times_ns = np.empty(repeats, dtype=np.int64)
+    stop_ns = time.perf_counter_ns() + int(2e9 * time_cap_s) if time_cap_s is not None else None
+    taken = 0
     gc_was_enabled = gc.isenabled()
     gc.disable()  # a collection inside a timed call is noise, not the model's latency
     try:
@@ -261,11 +371,15 @@ def _timed_ms(predictor: Predictor, inputs: list[Any], *, warmup: int, repeats: 
             native = inputs[i % len(inputs)]
             start = time.perf_counter_ns()
             predictor.run_native(native)
-            times_ns[i] = time.perf_counter_ns() - start
+            end = time.perf_counter_ns()
+            times_ns[i] = end - start
+            taken = i + 1
+            if stop_ns is not None and end >= stop_ns and taken >= MIN_REPEATS:
+                break
     finally:
         if gc_was_enabled:
             gc.enable()
-    return times_ns / 1e6
+    return times_ns[:taken] / 1e6
 
 
 @dataclass(frozen=True)
@@ -278,7 +392,7 @@ class RoundsLatency:
     a slow spell of the machine does not flag a steady model); speedup: the median over rounds
     of reference / this model's round median (paired per round, so a slow spell of the machine
     that hits both cancels out; 1.0 for the reference itself); round_medians_ms: each round's
-    median.
+    median; repeats: the timed calls of all rounds together.
     """
 
     median_ms: float
@@ -288,6 +402,7 @@ class RoundsLatency:
     rounds: int
     round_medians_ms: tuple[float, ...]
     runtime: str
+    repeats: int = 0  # timed calls over all rounds
 
 
 def robust_cv(values: np.ndarray) -> float:
@@ -310,6 +425,7 @@ def interleaved_latency(
     repeats: int = 300,
     batch_size: int = 1,
     threads: int = 1,
+    time_cap_s: float = LATENCY_TIME_CAP_S,
 ) -> list[RoundsLatency]:
     """Time `ckpts` side by side: every round times each model in turn (ckpts[0], the
     reference, first), `repeats` calls each after a short re-warm; one `RoundsLatency` per
@@ -319,11 +435,15 @@ def interleaved_latency(
     per-round ratio to the reference cancels a drift of the machine's speed between rounds
     (on shared hosts batch-1 latency has slow spells of seconds: bench/RESULTS.md §3). Each
     predictor is built once and warmed up with `warmup` calls before the first round.
+    Time-boxed like `measure_latency`: each model's calls per round are chosen from its warm-up
+    timing to fit in `time_cap_s / rounds` seconds (at most `repeats`, at least `MIN_REPEATS`),
+    so a model's rounds together time about `time_cap_s` seconds of calls.
     """
     check_int("latency.rounds", rounds, low=1)
     check_int("latency.warmup", warmup, low=0)
     check_int("latency.repeats", repeats, low=1)
     check_int("threads", threads, low=1)
+    _check_time_cap(time_cap_s)
     if not ckpts:
         return []
     previous = torch.get_num_threads()
@@ -332,13 +452,28 @@ def interleaved_latency(
         predictors = [make_predictor(task, c, threads=threads) for c in ckpts]
         batches = _test_batches(task, batch_size)
         inputs = [[p.prepare(x) for x in batches] for p in predictors]
-        for p, xs in zip(predictors, inputs, strict=True):
-            _timed_ms(p, xs, warmup=warmup, repeats=1)
+        round_cap_s = time_cap_s / rounds
+        planned = [
+            planned_repeats(
+                _warm_up(p, xs, warmup=warmup, time_cap_s=time_cap_s),
+                repeats=repeats,
+                time_cap_s=round_cap_s,
+            )
+            for p, xs in zip(predictors, inputs, strict=True)
+        ]
         rewarm = min(warmup, 10)
         times: list[list[np.ndarray]] = [[] for _ in ckpts]
         for _ in range(rounds):
             for i, (p, xs) in enumerate(zip(predictors, inputs, strict=True)):
-                times[i].append(_timed_ms(p, xs, warmup=rewarm, repeats=repeats))
+                times[i].append(
+                    _timed_ms(
+                        p,
+                        xs,
+                        warmup=min(rewarm, planned[i]),
+                        repeats=planned[i],
+                        time_cap_s=round_cap_s,
+                    )
+                )
     finally:
         torch.set_num_threads(previous)
     medians = np.array([[float(np.median(t)) for t in per_model] for per_model in times])
@@ -355,6 +490,7 @@ def interleaved_latency(
                 rounds=rounds,
                 round_medians_ms=tuple(float(v) for v in m),
                 runtime=p.runtime,
+                repeats=sum(int(t.size) for t in times[i]),
             )
         )
     return out
@@ -362,11 +498,14 @@ def interleaved_latency(
 
 def _test_batches(task: Task, batch_size: int) -> list[Inputs]:
     """A few distinct batches of `batch_size` test samples (wrapping); tuple inputs stay
-    tuples and dtypes are kept (`stages.batches`)."""
+    tuples and dtypes are kept (`stages.batches`). Only the samples used are read (at most
+    `_LATENCY_DISTINCT_INPUTS * batch_size`), never the whole split."""
     n = len(task.test)  # type: ignore[arg-type]
-    xs = stack_samples([task.test[i][0] for i in range(n)])
     count = max(1, min(_LATENCY_DISTINCT_INPUTS, n // batch_size))
-    return [select(xs, (torch.arange(batch_size) + j * batch_size) % n) for j in range(count)]
+    return [
+        stack_samples([task.test[(j * batch_size + i) % n][0] for i in range(batch_size)])
+        for j in range(count)
+    ]
 
 
 # -- everything at once --------------------------------------------------------------------
@@ -380,13 +519,15 @@ def evaluate(
     threads: int = 1,
     warmup: int = 50,
     repeats: int = 300,
+    time_cap_s: float = LATENCY_TIME_CAP_S,
 ) -> ModelMetrics:
     """All trial metrics of a checkpoint, one predictor built for accuracy and latency.
 
     accuracy on the test split and val_accuracy on the validation split, in [0, 1];
     size_bytes (zstd of the deployed artifact); params; quantized_fraction (share of weight
     elements stored as int8, in [0, 1]); latency_ms / latency_ms_p90 = median / p90 ms of
-    single-thread batch-1 calls (None when `latency=False`).
+    single-thread batch-1 calls, time-boxed to `time_cap_s` seconds of timed calls, and
+    latency_repeats = the calls timed (None when `latency=False`).
     """
     check_int("threads", threads, low=1)
     previous = torch.get_num_threads()
@@ -397,7 +538,14 @@ def evaluate(
         val_acc = predictor.accuracy(task.val)
         custom = task_metric_values(task, predictor)
         timing = (
-            _time_calls(predictor, task, batch_size=1, warmup=warmup, repeats=repeats)
+            _time_calls(
+                predictor,
+                task,
+                batch_size=1,
+                warmup=warmup,
+                repeats=repeats,
+                time_cap_s=time_cap_s,
+            )
             if latency
             else None
         )
@@ -412,6 +560,7 @@ def evaluate(
         quantized_fraction=counts.quantized_fraction,
         latency_ms=timing.median_ms if timing else None,
         latency_ms_p90=timing.p90_ms if timing else None,
+        latency_repeats=timing.repeats if timing else None,
         runtime=predictor.runtime,
         val_accuracy=val_acc,
         custom=custom,

@@ -21,6 +21,7 @@ The orchestrator's stage task (`orchestrator.engine.stage_tasks.execute_stage`) 
 
 from __future__ import annotations
 
+import time
 from dataclasses import replace
 from typing import Any
 
@@ -30,15 +31,27 @@ from stages.errors import SqueezerayError
 from stages.selfcheck import check_output
 
 
-def run_stage(spec: StageSpec[Any], inp: StageInput, params: Any) -> tuple[StageOutput, bytes]:
+def run_stage(
+    spec: StageSpec[Any],
+    inp: StageInput,
+    params: Any,
+    *,
+    timing: dict[str, float] | None = None,
+) -> tuple[StageOutput, memoryview]:
     """Run `spec` on `inp` with `params` under its contract; return its output and the
-    checkpoint bytes that were checked to rebuild into `out.model`.
+    checkpoint bytes (a read-only view, `ModelCheckpoint.to_buffer`) that were checked to
+    rebuild into `out.model`. `timing`, when given, receives run_s and run_cpu_s: the wall
+    and CPU seconds of the stage function alone (what a hand-written loop would spend).
 
     Raises SqueezerayError (naming the stage) for an input the contract refuses, a missing
     metric, or a checkpoint that does not rebuild; the stage's own errors pass through.
     """
     inp = check_input(spec, inp, params)
+    wall0, cpu0 = time.perf_counter(), time.process_time()
     out = spec.run(inp, params)
+    if timing is not None:  # the stage's own compute, apart from the contract's checks
+        timing["run_s"] = time.perf_counter() - wall0
+        timing["run_cpu_s"] = time.process_time() - cpu0
     check_metrics(spec, out)
     return out, check_output(inp.task, spec.name, out)
 

@@ -25,7 +25,13 @@ from typing import Any
 import ray
 
 from orchestrator.engine.requests import MeasureRequest, StageRequest
-from orchestrator.engine.stage_tasks import CACHE_DIR, checkpoint_path, run_measure, run_stage
+from orchestrator.engine.stage_tasks import (
+    CACHE_DIR,
+    as_transfer,
+    checkpoint_path,
+    run_measure,
+    run_stage,
+)
 from orchestrator.store.storage import open_storage
 
 log = logging.getLogger(__name__)
@@ -94,7 +100,14 @@ class _StageCache:
     ) -> list[ray.ObjectRef]:
         """[metrics_ref] for a final checkpoint; identical pipelines are measured once."""
         memo = json.dumps(
-            [request.key, request.warmup, request.repeats, request.batch_size, request.threads]
+            [
+                request.key,
+                request.warmup,
+                request.repeats,
+                request.time_cap_s,
+                request.batch_size,
+                request.threads,
+            ]
         )
         if memo not in self.measures:
             self.measures[memo] = run_measure.options(**self.measure_options).remote(
@@ -156,7 +169,8 @@ class _StageCache:
             self.storage.delete(CACHE_DIR, manifest_name)
             return None
         info = {**info, "cached": True}
-        return ray.put(data), ray.put(info)
+        # a numpy array: readers map it from the object store instead of copying it
+        return ray.put(as_transfer(data)), ray.put(info)
 
     async def checkpoints(self, keys: list[str]) -> list[ray.ObjectRef | None]:
         """The checkpoint refs of `keys` (from memory or from their disk checkpoints); None

@@ -215,8 +215,15 @@ def _remeasured_rows(
         new = {k: v for k, v in row.items() if k in stored}
         if new.get("latency_ms_sweep") is None:
             new["latency_ms_sweep"] = row.get("latency_ms")
-        for column in ("latency_ms", "latency_ms_p90", "latency_cv", "speedup", "latency_rounds"):
-            new[column] = figures[column]
+        for column in (
+            "latency_ms",
+            "latency_ms_p90",
+            "latency_cv",
+            "speedup",
+            "latency_rounds",
+            "latency_repeats",
+        ):
+            new[column] = figures.get(column)
         new["finished_at"] = finished
         updated.append(new)
     return updated

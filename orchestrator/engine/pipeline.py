@@ -36,7 +36,8 @@ class SweepPlan:
     device: str = "cpu"
     threads: int = 1
     sys_path: tuple[str, ...] = ()
-    latency: dict[str, int] = field(default_factory=dict)  # warmup, repeats, batch_size, threads
+    # warmup, repeats, batch_size, threads, rounds, time_cap_s (LatencySettings as a dict)
+    latency: dict[str, float] = field(default_factory=dict)
     trial_timeout_s: float | None = None
     # stages.fingerprint.TaskFingerprint.as_dict() of the task (teacher, student, data),
     # computed once on the driver; empty: keys without a fingerprint (tests of the plan alone)
@@ -127,6 +128,7 @@ class SweepPlan:
             sys_path=self.sys_path,
             warmup=int(lat.get("warmup", 50)),
             repeats=int(lat.get("repeats", 300)),
+            time_cap_s=float(lat.get("time_cap_s", 1.0)),
             batch_size=int(lat.get("batch_size", 1)),
             threads=int(lat.get("threads", 1)),
             storage=self.storage,

@@ -2,6 +2,12 @@
 
 This module is imported by Tune trial coordinators (to get the remote handles), so it must not
 import torch at module level; the task bodies import `stages` inside the worker.
+
+Checkpoints travel between tasks as read-only uint8 numpy arrays (`as_transfer`): Ray stores a
+numpy array's buffer out of band in its object store once and hands it to the next task as a
+zero-copy view, where `bytes` would be copied into every reader's heap. A stage serialises its
+output once (`ModelCheckpoint.to_buffer`); the same buffer is hashed, written to the cache
+directory and returned.
 """
 
 from __future__ import annotations
@@ -50,7 +56,17 @@ def _cache_file(storage: str, key: str | None) -> str:
     return join_uri(storage, CACHE_DIR, checkpoint_path(key)[0])
 
 
-def _load_input(data: bytes | None, what: str) -> Any:
+def as_transfer(data: Any) -> Any:
+    """A checkpoint's bytes as a read-only uint8 numpy array over the same memory (no copy),
+    the form Ray's object store passes to readers without copying."""
+    import numpy as np
+
+    array = np.frombuffer(data, dtype=np.uint8)
+    array.flags.writeable = False
+    return array
+
+
+def _load_input(data: Any, what: str) -> Any:
     """An input checkpoint, loaded `weights_only` (never unpickles code); a bad one is a
     SqueezerayError that names the file, what was refused, and the fix (delete it: it is
     recomputed). torch's advice to load unsafely is never repeated."""
@@ -72,10 +88,14 @@ def _load_input(data: bytes | None, what: str) -> Any:
         ) from exc
 
 
-def execute_stage(
-    request: StageRequest, parent: bytes | None, teacher: bytes | None
-) -> tuple[bytes, dict[str, Any]]:
-    """Run one stage; write its checkpoint under the storage; return (bytes, info)."""
+def execute_stage(request: StageRequest, parent: Any, teacher: Any) -> tuple[Any, dict[str, Any]]:
+    """Run one stage; write its checkpoint under the storage; return (its bytes as a uint8
+    numpy array, `as_transfer`; info). `parent`/`teacher`: checkpoint bytes (any bytes-like
+    object) or None; the same checkpoint given as both is loaded once.
+
+    info: key, stage, params, parent_key, metrics, wall_s and cpu_s (the whole task), run_s and
+    run_cpu_s (the stage function alone; the rest is loading, the checkpoint round trip and
+    writing), sha256 and nbytes of the checkpoint, finished_at, cached."""
     from orchestrator.store.storage import open_storage
     from stages import get_stage
     from stages.base import StageInput
@@ -89,17 +109,24 @@ def execute_stage(
         check_same_task(request)
     spec = get_stage(request.stage)
     params = spec.make_params(request.params)
+    parent_ckpt = _load_input(parent, _cache_file(request.storage, request.parent_key))
+    same = request.teacher_key is not None and request.teacher_key == request.parent_key
     inp = StageInput(
         task=task,
-        parent=_load_input(parent, _cache_file(request.storage, request.parent_key)),
-        teacher=_load_input(teacher, _cache_file(request.storage, request.teacher_key)),
+        parent=parent_ckpt,
+        # distill's parent is the teacher: one loaded copy serves both (stages never mutate
+        # an input checkpoint; build_model copies its tensors into a fresh module)
+        teacher=parent_ckpt
+        if same and parent_ckpt is not None
+        else _load_input(teacher, _cache_file(request.storage, request.teacher_key)),
         device=request.device,
         seed=request.seed,
     )
     # The stage contract (parent, teacher, device, metrics) and the checkpoint round trip
     # (its bytes rebuild into the model it computed): a SqueezerayError here is this
     # stage's error row, and nothing is cached.
-    out, data = run_stage(spec, inp, params)
+    timing: dict[str, float] = {}
+    out, data = run_stage(spec, inp, params, timing=timing)
     wall_s, cpu_s = time.perf_counter() - wall0, time.process_time() - cpu0
     info: dict[str, Any] = {
         "key": request.key,
@@ -109,6 +136,8 @@ def execute_stage(
         "metrics": {k: float(v) for k, v in out.metrics.items()},
         "wall_s": wall_s,
         "cpu_s": cpu_s,
+        "run_s": timing.get("run_s"),
+        "run_cpu_s": timing.get("run_cpu_s"),
         "sha256": hashlib.sha256(data).hexdigest(),
         "nbytes": len(data),
         "finished_at": datetime.now(timezone.utc).isoformat(),
@@ -119,7 +148,7 @@ def execute_stage(
     # Data first, manifest second: a checkpoint without a manifest is never trusted.
     storage.write_atomic(data, CACHE_DIR, data_name)
     storage.write_atomic(json.dumps(info).encode(), CACHE_DIR, manifest_name)
-    return data, info
+    return as_transfer(data), info
 
 
 @functools.lru_cache(maxsize=8)
@@ -171,7 +200,7 @@ def pinned_to_one_cpu() -> Iterator[None]:
         os.sched_setaffinity(0, before)
 
 
-def execute_measure(request: MeasureRequest, checkpoint: bytes) -> dict[str, Any]:
+def execute_measure(request: MeasureRequest, checkpoint: Any) -> dict[str, Any]:
     """Accuracy (test split, reported) and val_accuracy (validation split, selects), size,
     parameter counts and single-thread latency of a model."""
     from stages.metrics import evaluate
@@ -188,6 +217,7 @@ def execute_measure(request: MeasureRequest, checkpoint: bytes) -> dict[str, Any
             warmup=request.warmup,
             repeats=request.repeats,
             threads=request.threads,
+            time_cap_s=request.time_cap_s,
         )
     return {
         "accuracy": m.accuracy,
@@ -199,6 +229,7 @@ def execute_measure(request: MeasureRequest, checkpoint: bytes) -> dict[str, Any
         "latency_ms": m.latency_ms,
         "latency_ms_sweep": m.latency_ms,  # kept when latency_ms is re-measured at the end
         "latency_ms_p90": m.latency_ms_p90,
+        "latency_repeats": m.latency_repeats,
         "runtime": m.runtime,
         # the task's own metric: flat keys for the search and constraints, names for the row
         **m.custom,
@@ -206,12 +237,12 @@ def execute_measure(request: MeasureRequest, checkpoint: bytes) -> dict[str, Any
     }
 
 
-def execute_remeasure(request: MeasureRequest, rounds: int, *checkpoints: bytes) -> list[dict]:
+def execute_remeasure(request: MeasureRequest, rounds: int, *checkpoints: Any) -> list[dict]:
     """The final latency phase: `checkpoints[0]` (the baseline) and every other checkpoint
     timed in `rounds` interleaved rounds on one pinned CPU (`stages.metrics.
     interleaved_latency`); one dict per checkpoint with latency_ms (median of the round
-    medians), latency_ms_p90, latency_cv, speedup (paired per round, vs the baseline) and
-    latency_rounds."""
+    medians), latency_ms_p90, latency_cv, speedup (paired per round, vs the baseline),
+    latency_rounds and latency_repeats (the timed calls of all rounds)."""
     from stages.metrics import interleaved_latency
     from stages.tasks import load_task
 
@@ -227,6 +258,7 @@ def execute_remeasure(request: MeasureRequest, rounds: int, *checkpoints: bytes)
             repeats=request.repeats,
             batch_size=request.batch_size,
             threads=request.threads,
+            time_cap_s=request.time_cap_s,
         )
     return [
         {
@@ -235,6 +267,7 @@ def execute_remeasure(request: MeasureRequest, rounds: int, *checkpoints: bytes)
             "latency_cv": r.cv,
             "speedup": r.speedup,
             "latency_rounds": r.rounds,
+            "latency_repeats": r.repeats,
             "round_medians_ms": list(r.round_medians_ms),
         }
         for r in results
@@ -259,14 +292,12 @@ def _announce_start(sweep_id: str, key: str) -> None:
         ray.get_actor(cache_actor_name(sweep_id)).started.remote(key, time.time())
 
 
-def _stage_task(
-    request: StageRequest, parent: bytes | None, teacher: bytes | None
-) -> tuple[bytes, dict[str, Any]]:
+def _stage_task(request: StageRequest, parent: Any, teacher: Any) -> tuple[Any, dict[str, Any]]:
     _announce_start(request.sweep_id, request.key)
     return execute_stage(request, parent, teacher)
 
 
-def _measure_task(request: MeasureRequest, checkpoint: bytes) -> dict[str, Any]:
+def _measure_task(request: MeasureRequest, checkpoint: Any) -> dict[str, Any]:
     _announce_start(request.sweep_id, measure_clock_key(request.key))
     return execute_measure(request, checkpoint)
 

@@ -123,10 +123,13 @@ class SearchSettings:
 @dataclass(frozen=True)
 class LatencySettings:
     warmup: int = 50
-    repeats: int = 300
+    repeats: int = 300  # timed calls at most
     batch_size: int = 1
     threads: int = 1
     rounds: int = 7  # interleaved rounds of the final re-measurement; 0: no final phase
+    # seconds of timed calls per measurement (`latency.time_cap`): the calls taken are as many
+    # as fit, at most `repeats`, at least stages.metrics.MIN_REPEATS (the row's latency_repeats)
+    time_cap_s: float = 1.0
 
 
 DEFAULT_OBJECTIVES: tuple[Objective, ...] = (
@@ -288,8 +291,8 @@ class SearchSpace:
         lines += [f"  {k:<{width}}  {v!r}" for k, v in fixed.items()]
         lat = self.latency
         lines.append(
-            f"latency:      warmup {lat.warmup}, repeats {lat.repeats}, batch {lat.batch_size}, "
-            f"threads {lat.threads}"
+            f"latency:      warmup {lat.warmup}, repeats {lat.repeats} within "
+            f"{lat.time_cap_s:g}s, batch {lat.batch_size}, threads {lat.threads}"
         )
         return "\n".join(lines)
 

@@ -66,7 +66,14 @@ SEARCH_KEYS: tuple[str, ...] = (
     "sampler",
 )
 
-LATENCY_KEYS: tuple[str, ...] = ("warmup", "repeats", "batch_size", "threads", "rounds")
+LATENCY_KEYS: tuple[str, ...] = (
+    "warmup",
+    "repeats",
+    "batch_size",
+    "threads",
+    "rounds",
+    "time_cap",
+)
 
 
 # Stages that only make sense on a model that some earlier stage made smaller: fine-tuning or
@@ -360,6 +367,7 @@ def _parse_latency(source: str, raw: Any) -> LatencySettings:
         ),
         threads=check_int(source, "latency.threads", raw.get("threads", d.threads), low=1),
         rounds=check_int(source, "latency.rounds", raw.get("rounds", d.rounds), low=0),
+        time_cap_s=check_duration(source, "latency.time_cap", raw.get("time_cap", d.time_cap_s)),
     )
 
 

@@ -11,11 +11,12 @@ from typing import Any
 from orchestrator.store.schema import (
     CUSTOM_METRICS,
     KNOB_COLUMNS,
+    LATENCY_COUNT_COLUMNS,
     LATENCY_FINAL_COLUMNS,
     METRIC_COLUMNS,
 )
 
-INT_METRICS = ("size_bytes", "params_total", "params_nonzero", "latency_rounds")
+INT_METRICS = ("size_bytes", "params_total", "params_nonzero", "latency_rounds", "latency_repeats")
 
 
 def now() -> datetime:
@@ -72,7 +73,7 @@ def trial_row(
         if column == "lora.rank" and value is not None:
             value = int(value)
         row[column] = value
-    for column in (*METRIC_COLUMNS, *LATENCY_FINAL_COLUMNS):
+    for column in (*METRIC_COLUMNS, *LATENCY_FINAL_COLUMNS, *LATENCY_COUNT_COLUMNS):
         row[column] = _clean_metric(column, result.get(column))
     custom = {n: _clean_metric(n, result.get(n)) for n in result.get("custom_metric_names") or []}
     row[CUSTOM_METRICS] = json.dumps(custom, sort_keys=True) if custom else None

@@ -2,6 +2,18 @@
 
 Results: one row per trial (failed ones too) plus one `is_baseline` row per sweep. Knob columns
 are named `stage.param`; knobs outside the fixed list are kept in the `params` JSON column.
+
+What the measured columns count (`stages.metrics`):
+- `size_bytes`: the deployed artifact's bytes (the ONNX model for ONNX Runtime, else
+  `torch.save(state_dict)` of the checkpoint) compressed with zstd at level 3 (zstd's default
+  level; streamed, linear in the model's bytes). zstd turns zeros (sparsity) and int8 weights
+  into fewer bytes, so both show; it is not the file's uncompressed size. Rows written before
+  this version used level 19: at most 0.02% smaller on float/int8 models, 5-15% smaller on
+  70%-sparse ones (docs/scale.md).
+- `latency_ms`/`latency_ms_p90`: median/p90 milliseconds of single-thread calls, time-boxed
+  (`latency.time_cap` seconds of timed calls, at most `latency.repeats`);
+  `latency_repeats`: how many timed calls are behind that row's `latency_ms` (in-sweep: one
+  measurement's; after the final phase: all its rounds' together).
 """
 
 from __future__ import annotations
@@ -33,12 +45,15 @@ METRIC_COLUMNS: dict[str, pa.DataType] = {
     "latency_ms_sweep": pa.float64(),  # in-sweep measurement (every trial): selects
 }
 # The final latency phase (rows of the front and the baseline; null elsewhere): the spread of
-# the round medians (stdev / mean), the paired per-round speedup against the baseline, rounds.
+# the round medians (robust: scaled MAD / median), the paired per-round speedup against the
+# baseline, rounds.
 LATENCY_FINAL_COLUMNS: dict[str, pa.DataType] = {
     "latency_cv": pa.float64(),
     "speedup": pa.float64(),
     "latency_rounds": pa.int64(),
 }
+# How a row's latency_ms was measured (every measured row): the timed calls behind it.
+LATENCY_COUNT_COLUMNS: dict[str, pa.DataType] = {"latency_repeats": pa.int64()}
 DEFAULT_DIRECTIONS: dict[str, str] = {
     "accuracy": "max",
     "val_accuracy": "max",
@@ -73,6 +88,7 @@ RESULTS_SCHEMA = pa.schema(
         pa.field("params", pa.string()),  # JSON of every knob of the trial
         *(pa.field(name, dtype) for name, dtype in METRIC_COLUMNS.items()),
         *(pa.field(name, dtype) for name, dtype in LATENCY_FINAL_COLUMNS.items()),
+        *(pa.field(name, dtype) for name, dtype in LATENCY_COUNT_COLUMNS.items()),
         # The task's own metric (stages.Metric) as JSON {name: test value, val_<name>: val
         # value}; `load_results` expands it into float64 columns of those names.
         pa.field(CUSTOM_METRICS, pa.string()),

@@ -51,7 +51,7 @@ class Storage:
         with self.fs.open_input_stream(self.path(*parts)) as f:
             return bytes(f.read())
 
-    def write_atomic(self, data: bytes, *parts: str) -> str:
+    def write_atomic(self, data: bytes | memoryview, *parts: str) -> str:
         """Write `data` to `<root>/<parts>` via a hidden temp file + rename; return where it is
         (`location`: a local path or a URI). A failed write leaves no temp file; a full,
         read-only or forbidden storage raises StorageFault (`faults.atomic_write`)."""
