@@ -333,16 +333,16 @@ def planned_repeats(per_call_s: float, *, repeats: int, time_cap_s: float) -> in
 def _warm_up(predictor: Predictor, inputs: list[Any], *, warmup: int, time_cap_s: float) -> float:
     """At most `warmup` calls (at least one), stopping once `WARMUP_SHARE * time_cap_s` seconds
     have passed; returns the first timing: the median seconds per call of the last three."""
-    deadline = time.perf_counter() + WARMUP_SHARE * time_cap_s
-    durations: list[float] = []
+    deadline_ns = time.perf_counter_ns() + int(WARMUP_SHARE * time_cap_s * 1e9)
+    durations_ns: list[int] = []
     for i in range(max(1, warmup)):
-        start = time.perf_counter()
+        start = time.perf_counter_ns()
         predictor.run_native(inputs[i % len(inputs)])
-        end = time.perf_counter()
-        durations.append(end - start)
-        if end >= deadline:
+        end = time.perf_counter_ns()
+        durations_ns.append(end - start)
+        if end >= deadline_ns:
             break
-    return float(np.median(durations[-3:]))
+    return float(np.median(durations_ns[-3:])) / 1e9
 
 
 def _timed_ms(

@@ -89,6 +89,9 @@ def test_tiny_sweep_rows_shared_prefix_and_reuse(tmp_path: Path) -> None:
         front = set(pareto_front(table).column("trial_id").to_pylist())
     assert front and outcome.summary.latency_final_models == len(front)
     assert all(r["latency_ms_sweep"] > 0 for r in rows)
+    # time-boxed latency: every row says how many calls were timed (digits-size models are
+    # fast, so the repeats cap binds in the sweep; the final phase sums its rounds' calls)
+    assert all(r["latency_repeats"] >= 5 for r in rows)
     for r in rows:
         final = r["is_baseline"] or r["trial_id"] in front
         assert (r["latency_rounds"] == 7) is final, r

@@ -58,10 +58,13 @@ def cnn_teacher(digits_cnn: Task) -> StageOutput:
 
 
 def zstd_size(ckpt: ModelCheckpoint) -> int:
-    """Bytes of the zstd(19)-compressed `torch.save(state_dict)`, as results report size."""
+    """Bytes of the zstd-compressed `torch.save(state_dict)` at the level results report
+    size with (`stages.metrics.ZSTD_LEVEL`)."""
+    from stages.metrics import ZSTD_LEVEL
+
     buf = io.BytesIO()
     torch.save(ckpt.state_dict, buf)
-    return len(zstandard.ZstdCompressor(level=19).compress(buf.getvalue()))
+    return len(zstandard.ZstdCompressor(level=ZSTD_LEVEL).compress(buf.getvalue()))
 
 
 def same_state(a: ModelCheckpoint, b: ModelCheckpoint) -> bool:

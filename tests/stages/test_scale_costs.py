@@ -1,0 +1,324 @@
+"""The per-model steps that are not training cost no more than the model (issue 24).
+
+Counted, never timed: bytes fed to zstd, timed latency calls on a simulated clock, and how many
+times a stage task serialises, loads and rebuilds a model.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, ClassVar
+
+import pytest
+import torch
+import zstandard
+from torch import nn
+from torch.utils.data import TensorDataset
+
+from stages import metrics
+from stages.checkpoint import ModelCheckpoint
+from stages.runtime import Predictor
+from stages.tasks import Task
+
+# -- size: every byte of the artifact compressed once, at a cheap level --------------------
+
+_ZSTD = zstandard.ZstdCompressor  # the real one (tests patch the module's attribute)
+
+
+class _CountingCompressor:
+    """zstandard.ZstdCompressor that counts the bytes it is given (streamed or one-shot)."""
+
+    fed = 0
+    instances = 0
+    levels: ClassVar[list[int]] = []
+
+    def __init__(self, *, level: int) -> None:
+        type(self).instances += 1
+        type(self).levels.append(level)
+        self._real = _ZSTD(level=level)
+
+    def compress(self, data: Any) -> bytes:
+        type(self).fed += memoryview(data).nbytes
+        return self._real.compress(data)
+
+    def stream_writer(self, sink: Any, **kwargs: Any) -> Any:
+        writer = self._real.stream_writer(sink, **kwargs)
+        counter = type(self)
+
+        class Tee:
+            def write(self, data: Any) -> int:
+                counter.fed += memoryview(data).nbytes
+                return writer.write(data)
+
+            def flush(self) -> None:
+                writer.flush()
+
+            def __enter__(self) -> Tee:
+                writer.__enter__()
+                return self
+
+            def __exit__(self, *exc: Any) -> None:
+                writer.__exit__(*exc)
+
+        return Tee()
+
+
+def _float_checkpoint(rows: int) -> ModelCheckpoint:
+    torch.manual_seed(0)
+    state = {"0.weight": torch.randn(rows, 256), "0.bias": torch.randn(rows)}
+    return ModelCheckpoint(task="t", state_dict=state)
+
+
+def test_size_compresses_each_byte_once_at_a_cheap_level_and_scales_linearly(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(metrics.zstandard, "ZstdCompressor", _CountingCompressor)
+    fed = []
+    for rows in (100, 1000):  # a model and one 10x larger
+        _CountingCompressor.fed = _CountingCompressor.instances = 0
+        ckpt = _float_checkpoint(rows)
+        size = metrics.size_bytes(ckpt)
+        float_bytes = sum(t.numel() * t.element_size() for t in ckpt.state_dict.values())
+        assert _CountingCompressor.instances == 1  # one compression per measurement
+        # every byte of the serialised artifact once (plus torch.save's small zip framing)
+        assert float_bytes <= _CountingCompressor.fed <= float_bytes * 1.02 + 8192
+        assert 0 < size <= _CountingCompressor.fed
+        fed.append(_CountingCompressor.fed)
+    assert fed[1] / fed[0] <= 10.5  # linear: 10x the model, 10x the bytes
+    assert set(_CountingCompressor.levels) == {metrics.ZSTD_LEVEL} and metrics.ZSTD_LEVEL <= 3
+
+
+def test_size_still_shows_sparsity() -> None:
+    dense = _float_checkpoint(500)
+    sparse = ModelCheckpoint(
+        task="t", state_dict={k: v * (v.abs() > 1.0) for k, v in dense.state_dict.items()}
+    )  # ~68% zeros
+    assert metrics.size_bytes(sparse) < 0.6 * metrics.size_bytes(dense)
+
+
+# -- latency: time-boxed, on a simulated clock ---------------------------------------------
+
+
+class _Clock:
+    """perf_counter / perf_counter_ns of a simulated clock that only model calls advance."""
+
+    def __init__(self) -> None:
+        self.ns = 0
+
+    def perf_counter(self) -> float:
+        return self.ns / 1e9
+
+    def perf_counter_ns(self) -> int:
+        return self.ns
+
+
+@dataclass
+class _FakePredictor(Predictor):
+    """A model whose every call costs `cost_s` simulated seconds (proportional to its size)."""
+
+    clock: _Clock
+    cost_s: float
+    calls: int = 0
+    runtime: str = "eager"
+
+    def prepare(self, x: Any) -> Any:
+        return x
+
+    def run_native(self, native: Any) -> Any:
+        self.calls += 1
+        self.clock.ns += int(self.cost_s * 1e9)
+        return None
+
+
+def _task() -> Task:
+    data = TensorDataset(torch.zeros(64, 4), torch.zeros(64, dtype=torch.long))
+    return Task(
+        name="fake",
+        teacher=lambda: nn.Linear(4, 2),
+        student=None,
+        train=data,
+        val=data,
+        test=data,
+        num_classes=2,
+    )
+
+
+def _timed(monkeypatch: pytest.MonkeyPatch, cost_s: float, **kw: Any) -> tuple[Any, int, float]:
+    clock = _Clock()
+    monkeypatch.setattr(metrics, "time", clock)
+    predictor = _FakePredictor(clock=clock, cost_s=cost_s)
+    result = metrics._time_calls(predictor, _task(), batch_size=1, **kw)
+    return result, predictor.calls, clock.ns / 1e9
+
+
+def test_latency_is_time_boxed_and_does_not_grow_with_the_model(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    cap = 1.0
+    kw = {"warmup": 50, "repeats": 300, "time_cap_s": cap}
+    small, small_calls, small_s = _timed(monkeypatch, 0.001, **kw)
+    big, big_calls, big_s = _timed(monkeypatch, 0.010, **kw)  # a model 10x larger
+    huge, huge_calls, _ = _timed(monkeypatch, 3.0, **kw)  # one call longer than the cap
+    # a fast model: the repeats cap (300) binds; warm-up and timing together 0.35 s
+    assert small.repeats == 300 and small_calls == 350
+    # 10x the cost per call: the time cap binds, the calls drop, the work stays bounded
+    assert big.repeats == 100 and big_calls == 125
+    assert big_s <= (1 + metrics.WARMUP_SHARE) * cap + 0.01
+    assert big_s / small_s < 10  # not superlinear (here: not even linear)
+    # a call over the cap: one warm-up call, then MIN_REPEATS timed calls
+    assert huge.repeats == metrics.MIN_REPEATS and huge_calls == 1 + metrics.MIN_REPEATS
+    assert big.median_ms == pytest.approx(10.0)
+
+
+def test_timing_stops_at_twice_the_cap_when_the_first_timing_was_too_fast(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    clock = _Clock()
+    monkeypatch.setattr(metrics, "time", clock)
+    predictor = _FakePredictor(clock=clock, cost_s=0.1)
+    times = metrics._timed_ms(predictor, [None], warmup=0, repeats=1000, time_cap_s=1.0)
+    assert times.size == 20  # 2 x the cap of 0.1 s calls, not 1000
+
+
+def test_interleaved_rounds_share_the_time_cap(monkeypatch: pytest.MonkeyPatch) -> None:
+    clock = _Clock()
+    monkeypatch.setattr(metrics, "time", clock)
+    predictors = [
+        _FakePredictor(clock=clock, cost_s=0.001),
+        _FakePredictor(clock=clock, cost_s=0.010),
+    ]
+    monkeypatch.setattr(metrics, "make_predictor", lambda task, ckpt, threads: predictors[ckpt])
+    out = metrics.interleaved_latency(
+        _task(),
+        [0, 1],  # type: ignore[list-item]
+        rounds=5,
+        warmup=20,
+        repeats=300,
+        time_cap_s=1.0,
+    )
+    # per round and model: as many calls as fit in cap / rounds = 0.2 s
+    assert out[0].repeats == 5 * 200 and out[1].repeats == 5 * 20
+    assert predictors[1].calls * 0.010 <= 1.0 + 0.25 + 5 * 10 * 0.010  # + warm-up, re-warms
+
+
+# -- a stage task: one serialisation, one hash, a bounded number of model builds -----------
+
+
+@dataclass
+class _Counts:
+    saves: int = 0
+    loads: int = 0
+    builds: int = 0
+    hashes: int = 0
+
+
+def _counted_task(counts: _Counts, width: int) -> Task:
+    """The blobs data with a teacher of `width` hidden units whose every build is counted."""
+    from stages.models import MLP
+    from stages.tasks import make_blobs
+
+    blobs = make_blobs(n_per_class=40)
+
+    def teacher() -> nn.Module:
+        counts.builds += 1
+        return MLP(2, [width, width], 3)
+
+    return Task(
+        name="counted",
+        teacher=teacher,
+        student=None,
+        train=blobs.train,
+        val=blobs.val,
+        test=blobs.test,
+        num_classes=3,
+    )
+
+
+def _count(monkeypatch: pytest.MonkeyPatch, counts: _Counts) -> None:
+    real_save, real_load, real_sha = torch.save, torch.load, hashlib.sha256
+
+    def save(*args: Any, **kwargs: Any) -> Any:
+        counts.saves += 1
+        return real_save(*args, **kwargs)
+
+    def load(*args: Any, **kwargs: Any) -> Any:
+        counts.loads += 1
+        return real_load(*args, **kwargs)
+
+    def sha(*args: Any, **kwargs: Any) -> Any:
+        counts.hashes += 1
+        return real_sha(*args, **kwargs)
+
+    monkeypatch.setattr(torch, "save", save)
+    monkeypatch.setattr(torch, "load", load)
+    monkeypatch.setattr(hashlib, "sha256", sha)
+
+
+@pytest.mark.parametrize(
+    ("stage", "params", "builds"),
+    [
+        # teacher (as given): the stage's build, the self-check's rebuild
+        ("teacher", {"epochs": 0}, 2),
+        # distill (student from the teacher): teacher, student, self-check (+ the student's
+        # structured-pruning trace of the teacher)
+        ("distill", {"epochs": 1, "student_ratio": 0.5}, 4),
+        # quantize: float model, the layer summary's, quantized rebuild, self-check
+        ("quantize", {"mode": "dynamic_int8"}, 4),
+    ],
+)
+def test_a_stage_task_serialises_once_and_builds_a_bounded_number_of_models(
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    stage: str,
+    params: dict[str, Any],
+    builds: int,
+) -> None:
+    from orchestrator.engine.requests import StageRequest
+    from orchestrator.engine.stage_tasks import execute_stage
+    from stages.base import StageInput
+    from stages.teacher import TeacherParams, train_teacher
+
+    counts = _Counts()
+    task = _counted_task(counts, width=64)
+    monkeypatch.setattr("stages.tasks.load_task", lambda name: task)
+    teacher = train_teacher(StageInput(task=task, parent=None), TeacherParams(epochs=0))
+    parent = None if stage == "teacher" else teacher.checkpoint.to_buffer()
+    counts.builds = 0
+    _count(monkeypatch, counts)
+    request = StageRequest(
+        stage=stage,
+        params=params,
+        key="k" * 16,
+        parent_key=None if stage == "teacher" else "t" * 16,
+        teacher_key=None if stage == "teacher" else "t" * 16,
+        task="counted",
+        storage=str(tmp_path),
+    )
+    data, info = execute_stage(request, parent, parent)
+    assert counts.saves == 1  # the one serialisation: hashed, written and returned as is
+    assert counts.hashes == 1
+    # the inputs (parent and teacher, the same checkpoint here) load once; the self-check once
+    assert counts.loads == (1 if stage == "teacher" else 2)
+    assert counts.builds <= builds, counts
+    assert info["nbytes"] == data.nbytes and info["run_cpu_s"] <= info["cpu_s"]
+    assert not data.flags.writeable  # a zero-copy view travels, not a copy
+
+
+def test_measuring_a_model_compresses_it_once_and_builds_it_once(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from stages.base import StageInput
+    from stages.teacher import TeacherParams, train_teacher
+
+    counts = _Counts()
+    task = _counted_task(counts, width=64)
+    ckpt = train_teacher(StageInput(task=task, parent=None), TeacherParams(epochs=0)).checkpoint
+    counts.builds = 0
+    _count(monkeypatch, counts)
+    monkeypatch.setattr(metrics.zstandard, "ZstdCompressor", _CountingCompressor)
+    _CountingCompressor.instances = 0
+    m = metrics.evaluate(task, ckpt, warmup=2, repeats=5)
+    assert counts.builds == 1 and _CountingCompressor.instances == 1 and counts.saves == 1
+    assert m.latency_repeats == 5 and m.size_bytes > 0
