@@ -88,6 +88,27 @@ def _load_input(data: Any, what: str) -> Any:
         ) from exc
 
 
+def _stage_input(request: StageRequest, task: Any, parent: Any, teacher: Any) -> Any:
+    """The StageInput of a stage task, its checkpoints loaded; distill's parent is the teacher,
+    and then one loaded copy serves both (stages never mutate an input checkpoint: build_model
+    copies its tensors into a fresh module)."""
+    from stages.base import StageInput
+
+    parent_ckpt = _load_input(parent, _cache_file(request.storage, request.parent_key))
+    same = request.teacher_key is not None and request.teacher_key == request.parent_key
+    if same and parent_ckpt is not None:
+        teacher_ckpt = parent_ckpt
+    else:
+        teacher_ckpt = _load_input(teacher, _cache_file(request.storage, request.teacher_key))
+    return StageInput(
+        task=task,
+        parent=parent_ckpt,
+        teacher=teacher_ckpt,
+        device=request.device,
+        seed=request.seed,
+    )
+
+
 def execute_stage(request: StageRequest, parent: Any, teacher: Any) -> tuple[Any, dict[str, Any]]:
     """Run one stage; write its checkpoint under the storage; return (its bytes as a uint8
     numpy array, `as_transfer`; info). `parent`/`teacher`: checkpoint bytes (any bytes-like
@@ -98,7 +119,6 @@ def execute_stage(request: StageRequest, parent: Any, teacher: Any) -> tuple[Any
     writing), sha256 and nbytes of the checkpoint, finished_at, cached."""
     from orchestrator.store.storage import open_storage
     from stages import get_stage
-    from stages.base import StageInput
     from stages.runner import run_stage
     from stages.tasks import load_task
 
@@ -109,19 +129,7 @@ def execute_stage(request: StageRequest, parent: Any, teacher: Any) -> tuple[Any
         check_same_task(request)
     spec = get_stage(request.stage)
     params = spec.make_params(request.params)
-    parent_ckpt = _load_input(parent, _cache_file(request.storage, request.parent_key))
-    same = request.teacher_key is not None and request.teacher_key == request.parent_key
-    inp = StageInput(
-        task=task,
-        parent=parent_ckpt,
-        # distill's parent is the teacher: one loaded copy serves both (stages never mutate
-        # an input checkpoint; build_model copies its tensors into a fresh module)
-        teacher=parent_ckpt
-        if same and parent_ckpt is not None
-        else _load_input(teacher, _cache_file(request.storage, request.teacher_key)),
-        device=request.device,
-        seed=request.seed,
-    )
+    inp = _stage_input(request, task, parent, teacher)
     # The stage contract (parent, teacher, device, metrics) and the checkpoint round trip
     # (its bytes rebuild into the model it computed): a SqueezerayError here is this
     # stage's error row, and nothing is cached.
