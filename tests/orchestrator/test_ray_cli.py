@@ -151,7 +151,7 @@ def _trials(storage: Path) -> list[dict]:
 
 
 def test_readme_cluster_steps_as_written_join_a_ray_start_head(sandbox: tuple[Path, str]) -> None:
-    """The one-machine cluster steps of docs/operations.md, exactly as written, with token auth on."""
+    """The one-machine cluster steps of docs/operations.md, as written, with token auth on."""
     tmp_path, out = sandbox
     steps = _readme_steps()
     assert "ray start --head" in steps and "--address auto" in steps
