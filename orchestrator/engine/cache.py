@@ -11,19 +11,30 @@ copies, a model: it only hands refs on.
 
 A trial that runs out of time calls `release(trial_id)`: a stage no other trial is waiting for is
 then cancelled, so a runaway stage does not hold its CPUs for the rest of the sweep.
+
+Sweeps sharing a storage share stages: before computing a key the actor looks for its checkpoint
+on disk (another sweep may have written it since) and takes an on-disk claim on it
+(`claims.StageClaims`); a key claimed by another live sweep is waited for (its checkpoint
+polled) instead of computed. The actor restarts when it dies (`CACHE_RESTARTS`; the method calls
+in flight are retried on the new one): it keeps nothing but the disk, so the restarted actor
+loads every finished stage from its checkpoint, and trials whose refs died with the old actor
+walk their chain again (`pipeline.run_pipeline`).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import json
 import logging
+import warnings
 from datetime import datetime
 from typing import Any
 
 import ray
 
+from orchestrator.engine.claims import HEARTBEAT_S, POLL_S, StageClaims
 from orchestrator.engine.requests import MeasureRequest, StageRequest
 from orchestrator.engine.stage_tasks import (
     CACHE_DIR,
@@ -64,6 +75,14 @@ class _StageCache:
         self.started_at: dict[str, float] = {}
         self.rows: list[dict[str, Any]] = []
         self._watchers: set[asyncio.Task[None]] = set()
+        self.claims = StageClaims(self.storage)
+        self.waited: list[str] = []  # keys another sweep was computing: waited for, then loaded
+        self.pending: dict[str, asyncio.Future[None]] = {}  # key -> its lookup under way
+        self._heartbeat: asyncio.Task[None] | None = None
+        # A restarted actor (it died and Ray started it again) knows only what is on disk.
+        self.restarted = _restarted()
+        if self.restarted:
+            log.warning("stage cache of sweep %s restarted; stages load from disk", sweep_id)
 
     async def get(
         self,
@@ -71,29 +90,84 @@ class _StageCache:
         parent: list[ray.ObjectRef],
         teacher: list[ray.ObjectRef],
     ) -> list[ray.ObjectRef]:
-        """[checkpoint_ref, info_ref] for a stage: from memory, from disk, or computed."""
+        """[checkpoint_ref, info_ref] for a stage: from memory, from disk, or computed (after
+        waiting for another sweep that claimed it, when one did)."""
         key = request.key
+        while key not in self.refs:
+            await self._resolve(request, parent, teacher)
         if key in self.waiting:
             self.waiting[key].add(request.trial_id)
-        if key in self.refs:
-            return list(self.refs[key])
-        loaded = self._load_from_disk(key)
-        if loaded is not None:
-            self.loaded.append(key)
-            self.refs[key] = loaded
-            return list(loaded)
+        return list(self.refs[key])
+
+    async def _resolve(
+        self, request: StageRequest, parent: list[ray.ObjectRef], teacher: list[ray.ObjectRef]
+    ) -> None:
+        """Fill `refs[key]`: loaded from disk, or the stage started. One lookup per key at a
+        time; the trials asking meanwhile wait for it."""
+        key = request.key
+        under_way = self.pending.get(key)
+        if under_way is not None:
+            await asyncio.shield(under_way)
+            return
+        done = asyncio.get_running_loop().create_future()
+        self.pending[key] = done
+        try:
+            loaded = await self._load_or_claim(key)
+            if loaded is not None:
+                self.refs[key] = loaded
+            else:
+                self._start(request, parent, teacher)
+        finally:
+            del self.pending[key]
+            done.set_result(None)
+
+    async def _load_or_claim(self, key: str) -> tuple[ray.ObjectRef, ray.ObjectRef] | None:
+        """The key's checkpoint refs from disk, or None once this actor holds its claim (it
+        computes it). While another live sweep holds the claim, poll for its checkpoint."""
+        waited = False
+        while True:
+            loaded = self._load_from_disk(key)
+            if loaded is None and self.claims.acquire(key):
+                # Look again: the claimant may have written it and let go since our look.
+                loaded = self._load_from_disk(key)
+                if loaded is None:
+                    self._start_heartbeat()
+                    return None
+                self.claims.release(key)
+            if loaded is not None:
+                self.loaded.append(key)
+                if waited:
+                    self.waited.append(key)
+                return loaded
+            waited = True
+            await asyncio.sleep(POLL_S)
+
+    def _start(
+        self, request: StageRequest, parent: list[ray.ObjectRef], teacher: list[ray.ObjectRef]
+    ) -> None:
+        """Start the stage's task (this actor owns its refs) and the watcher that records it."""
         ckpt_ref, info_ref = run_stage.options(**self.stage_options).remote(
             request,
             parent[0] if parent else None,
             teacher[0] if teacher else None,
         )
+        key = request.key
         self.refs[key] = (ckpt_ref, info_ref)
         self.executed.append(key)
-        self.waiting[key] = {request.trial_id}
+        self.waiting[key] = set()
         watcher = asyncio.get_running_loop().create_task(self._record(request, info_ref))
         self._watchers.add(watcher)
         watcher.add_done_callback(self._watchers.discard)
-        return [ckpt_ref, info_ref]
+
+    def _start_heartbeat(self) -> None:
+        if self._heartbeat is None or self._heartbeat.done():
+            self._heartbeat = asyncio.get_running_loop().create_task(self._beat())
+
+    async def _beat(self) -> None:
+        """Keep this actor's claims fresh while it holds any."""
+        while self.claims.held:
+            self.claims.refresh()
+            await asyncio.sleep(HEARTBEAT_S)
 
     async def measure(
         self, request: MeasureRequest, checkpoint: list[ray.ObjectRef]
@@ -126,9 +200,11 @@ class _StageCache:
                 self.refs.pop(request.key, None)
                 self.waiting.pop(request.key, None)
                 self.started_at.pop(request.key, None)
+                self.claims.release(request.key)
             return
         if self._current(request.key, info_ref):
             self.waiting.pop(request.key, None)
+            self.claims.release(request.key)  # its checkpoint is written: others load it
         row = {
             "stage_key": request.key,
             "stage": request.stage,
@@ -208,6 +284,7 @@ class _StageCache:
                 continue  # finished meanwhile: keep it, its watcher records it
             del self.refs[key]
             self.started_at.pop(key, None)
+            self.claims.release(key)
             # force=True kills the worker: a stage stuck in native code never checks for a
             # cancellation. A cancelled task is not retried.
             ray.cancel(refs[0], force=True)
@@ -225,11 +302,60 @@ class _StageCache:
             "loaded": list(self.loaded),
             "corrupt": list(self.corrupt),
             "cancelled": list(self.cancelled),
+            "waited": list(self.waited),
             "rows": len(self.rows),
+            "restarted": self.restarted,
         }
 
+    async def close(self) -> None:
+        """Let go of every claim this actor holds (the sweep ends; its stages are recorded or
+        abandoned), so another sweep waiting on one computes it at once."""
+        self.claims.release_all()
+
+
+CACHE_RESTARTS = 5
+"""How often Ray restarts a dead cache actor (and retries the method calls in flight), per
+sweep run. A restarted actor loads finished stages from their checkpoints."""
 
 # The actor: no CPU of its own (it only hands refs on); concurrent calls so one trial waiting on
 # a stage never blocks another trial's lookup.
 _ray: Any = ray
-StageCache: Any = _ray.remote(num_cpus=0, max_concurrency=1000)(_StageCache)
+StageCache: Any = _ray.remote(
+    num_cpus=0,
+    max_concurrency=1000,
+    max_restarts=CACHE_RESTARTS,
+    max_task_retries=CACHE_RESTARTS,
+)(_StageCache)
+
+
+def _restarted() -> bool:
+    """Whether this actor was restarted by Ray after it died (False outside an actor)."""
+    context = ray.get_runtime_context()
+    if context.get_actor_id() is None:  # not in an actor (a test building the cache directly)
+        return False
+    with warnings.catch_warnings():
+        # The property is public and current; it reads Ray's own deprecated `actor_id` inside.
+        warnings.simplefilter("ignore", DeprecationWarning)
+        return bool(context.was_current_actor_reconstructed)
+
+
+def cache_stats(cache: Any, *, wait: bool) -> dict[str, Any]:
+    """The cache actor's `stats`, from the driver. An actor gone for good (its restarts used
+    up, its node lost) answers with empty counts and `gone: True`: the sweep still ends with
+    its summary (its trials are `lost` rows), never with a raw Ray error."""
+    try:
+        return dict(ray.get(cache.stats.remote(wait=wait)))
+    except ray.exceptions.RayError as exc:
+        log.warning("the stage cache actor is gone (%s); its counts are lost", type(exc).__name__)
+        empty: dict[str, Any] = {
+            name: [] for name in ("executed", "loaded", "corrupt", "cancelled", "waited")
+        }
+        return {**empty, "rows": 0, "restarted": True, "gone": True}
+
+
+def stop_cache(cache: Any) -> None:
+    """Free the cache actor's claims, then end it (best effort: it may be gone already)."""
+    with contextlib.suppress(ray.exceptions.RayError):
+        ray.get(cache.close.remote(), timeout=30)
+    with contextlib.suppress(Exception):
+        ray.kill(cache)

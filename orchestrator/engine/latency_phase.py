@@ -28,14 +28,18 @@ FINAL_LATENCY_TIMEOUT_S = 1800.0
 
 def start_baseline(run: SweepRun) -> Any:
     """Start measuring the baseline (the uncompressed teacher, eager) beside the trials,
-    sharing their teacher; returns the ref of its metrics."""
+    sharing their teacher; returns the ref of its metrics, or None when the cache actor is
+    gone for good (no baseline row: `--resume` measures it)."""
     import ray
 
     teacher_request = run.plan.requests({}, trial_id="baseline")[0]
-    t_ref, _ = ray.get(run.cache.get.remote(teacher_request, [], []))
-    (metrics_ref,) = ray.get(
-        run.cache.measure.remote(run.plan.measure_request(teacher_request.key), [t_ref])
-    )
+    try:
+        t_ref, _ = ray.get(run.cache.get.remote(teacher_request, [], []))
+        (metrics_ref,) = ray.get(
+            run.cache.measure.remote(run.plan.measure_request(teacher_request.key), [t_ref])
+        )
+    except ray.exceptions.RayError:
+        return None
     return metrics_ref
 
 
@@ -62,16 +66,24 @@ def baseline_row(
     """The baseline's results row (`is_baseline`), an error row when it could not be measured."""
     import ray
 
+    from orchestrator.engine.faults import is_infrastructure_error, lost_message
     from orchestrator.engine.pipeline import bounded, describe_error, write_error_log
+    from orchestrator.store.schema import LOST
 
     teacher_key = plan.requests({}, trial_id="baseline")[0].key
     result: dict[str, Any] = {"status": "ok", "stage_keys": [teacher_key], "effective_params": {}}
     try:
         result.update(ray.get(metrics_ref))
     except Exception as exc:
+        where = "baseline (the teacher, measured as given)"
+        lost = is_infrastructure_error(exc)
         result.update(
-            status="error",
-            error=bounded(f"baseline (the teacher, measured as given): {describe_error(exc)}"),
+            status=LOST if lost else "error",
+            error=bounded(
+                lost_message(where, describe_error(exc))
+                if lost
+                else f"{where}: {describe_error(exc)}"
+            ),
             error_log=write_error_log(plan.storage, plan.sweep_id, "baseline", exc),
         )
     return trial_row(
@@ -93,9 +105,11 @@ def run_final_latency(run: SweepRun) -> tuple[int, str]:
     every trial is already recorded."""
     import ray
 
+    from orchestrator.engine.cache import cache_stats
+
     if run.sweep.space.latency.rounds <= 0:
         return 0, ""
-    ray.get(run.cache.stats.remote(wait=True))  # every stage has finished recording
+    cache_stats(run.cache, wait=True)  # every stage has finished recording
     try:
         options = final_latency_options(run.info, run.latency_resource)
     except SqueezerayError as exc:
@@ -104,6 +118,10 @@ def run_final_latency(run: SweepRun) -> tuple[int, str]:
         return final_latency_phase(run, options=options)
     except KeyboardInterrupt:
         return 0, "final latency phase interrupted; rows keep their in-sweep latency"
+    except ray.exceptions.RayError as exc:  # the cache actor is gone for good, a node died
+        from orchestrator.engine.pipeline import describe_error
+
+        return 0, f"final latency phase failed ({describe_error(exc)}); rows keep in-sweep latency"
 
 
 def final_latency_options(info: Any, latency_resource: str | None) -> dict[str, Any]:

@@ -8,6 +8,7 @@ trials), and finally reports the measured objectives. Torch never loads in the c
 
 from __future__ import annotations
 
+import contextlib
 import time
 import traceback
 from collections.abc import Mapping
@@ -17,6 +18,7 @@ from typing import Any
 from orchestrator.engine.keys import stage_key
 from orchestrator.engine.requests import MeasureRequest, StageRequest
 from orchestrator.space.coherence import make_coherent, plain
+from orchestrator.store.schema import RERUN_STATUSES
 
 
 @dataclass(frozen=True)
@@ -145,6 +147,11 @@ class _TrialTimeout(Exception):
     """The trial's stages ran past its time limit."""
 
 
+class TrialLost(RuntimeError):
+    """A trial lost to an infrastructure failure (its row says `lost`); raised in its Tune
+    trainable so Tune keeps it as errored and a restored experiment runs it again."""
+
+
 def run_pipeline(
     plan: SweepPlan,
     cache: Any,
@@ -155,20 +162,23 @@ def run_pipeline(
 ) -> dict[str, Any]:
     """Run one trial's chain through the cache; return the final result dict.
 
-    Never raises for a stage failure: the result has `status` (ok | error | timeout), `error`
-    (the whole message, at most MAX_ERROR_CHARS), `error_log` (the log file holding the full
-    traceback, under `<storage>/logs/<sweep>/<trial>.txt`), `stage_keys` (the stages it
+    Never raises for a stage failure: the result has `status` (ok | error | timeout | lost),
+    `error` (the whole message, at most MAX_ERROR_CHARS), `error_log` (the log file holding the
+    full traceback, under `<storage>/logs/<sweep>/<trial>.txt`), `stage_keys` (the stages it
     completed) and `last_val_accuracy` (the validation accuracy after its last stage), so the
     sweep records the trial and goes on. `on_stage(index, stage, info, result so far)` is
     called after each stage.
+
+    An infrastructure failure (`faults.is_infrastructure_error`: the cache actor died and its
+    refs with it, an object or node was lost) walks the chain again, up to INFRA_ATTEMPTS
+    times: the restarted cache actor loads the finished stages from disk. Still failing, the
+    trial is `lost` (re-run by `--resume`), never `error`.
 
     The time limit (`plan.trial_timeout_s`) counts the time this trial's stages (and its
     measurement) spend *running*: a task waiting in Ray's queue for a CPU slot does not use
     it, so a trial queued behind a long one is never a timeout. Waiting on a stage another
     trial started counts once that stage runs (the trial needs it).
     """
-    import ray
-
     t0 = time.perf_counter()
     requests = plan.requests(sampled, trial_id=trial_id)
     result: dict[str, Any] = {
@@ -180,8 +190,7 @@ def run_pipeline(
     }
     run = _TrialRun(cache, limit=plan.trial_timeout_s)
     try:
-        parent = run.stages(requests, result, on_stage)
-        result.update(run.measure(plan, requests[-1].key, parent))
+        _walk(run, plan, requests, result, on_stage)
     except _TrialTimeout:
         result.update(
             status="timeout",
@@ -190,19 +199,61 @@ def run_pipeline(
                 "stages (time spent queued for a free CPU/GPU slot is not counted)"
             ),
         )
-        # Stop the stage it was waiting for unless another trial still needs it.
-        ray.get(cache.release.remote(trial_id))
+        run.release(trial_id)  # stop the stage it waited for unless another trial needs it
     except Exception as exc:  # a stage's own error, a dead worker after retries, OOM...
-        result.update(status="error", error=bounded(f"{run.where}: {describe_error(exc)}"))
-        result["error_log"] = write_error_log(
-            plan.storage,
-            plan.sweep_id,
-            trial_id,
-            exc,
-            header=f"{run.where} failed; knobs: {result['effective_params']}",
-        )
+        _record_failure(plan, trial_id, run.where, exc, result)
     result["wall_s"] = time.perf_counter() - t0
     return result
+
+
+INFRA_ATTEMPTS = 3  # walks of a trial's chain when the infrastructure fails under it
+_INFRA_PAUSE_S = 1.0  # before walking again: the dead actor's restart is under way
+
+
+def _walk(
+    run: _TrialRun,
+    plan: SweepPlan,
+    requests: list[StageRequest],
+    result: dict[str, Any],
+    on_stage: Any,
+) -> None:
+    """The trial's stages and measurement, walked again after an infrastructure failure (the
+    stages reported before are not reported twice: ASHA counts reports)."""
+    reported = 0
+    for attempt in range(1, INFRA_ATTEMPTS + 1):
+        try:
+            parent = run.stages(requests, result, on_stage, reported=reported)
+            result.update(run.measure(plan, requests[-1].key, parent))
+            return
+        except Exception as exc:
+            from orchestrator.engine.faults import is_infrastructure_error
+
+            if attempt == INFRA_ATTEMPTS or not is_infrastructure_error(exc):
+                raise
+            reported = max(reported, len(result["stage_keys"]))
+            result["stage_keys"] = []
+            time.sleep(_INFRA_PAUSE_S)
+
+
+def _record_failure(
+    plan: SweepPlan, trial_id: str, where: str, exc: Exception, result: dict[str, Any]
+) -> None:
+    """The result of a trial that failed at `where`: `lost` for an infrastructure failure,
+    else `error`; the whole traceback goes to its log file."""
+    from orchestrator.engine.faults import is_infrastructure_error, lost_message
+    from orchestrator.store.schema import LOST
+
+    if is_infrastructure_error(exc):
+        result.update(status=LOST, error=bounded(lost_message(where, describe_error(exc))))
+    else:
+        result.update(status="error", error=bounded(f"{where}: {describe_error(exc)}"))
+    result["error_log"] = write_error_log(
+        plan.storage,
+        plan.sweep_id,
+        trial_id,
+        exc,
+        header=f"{where} failed; knobs: {result['effective_params']}",
+    )
 
 
 class _TrialRun:
@@ -219,10 +270,16 @@ class _TrialRun:
         self.where = "measure"
 
     def stages(
-        self, requests: list[StageRequest], result: dict[str, Any], on_stage: Any
+        self,
+        requests: list[StageRequest],
+        result: dict[str, Any],
+        on_stage: Any,
+        *,
+        reported: int = 0,
     ) -> list[Any]:
         """Each stage in order (the cache starts it or hands back a shared one), recorded in
-        `result`; returns the last stage's checkpoint ref (as a one-element parent list)."""
+        `result`; returns the last stage's checkpoint ref (as a one-element parent list).
+        `on_stage` is not called for the first `reported` stages (reported on an earlier walk)."""
         import ray
 
         parent: list[Any] = []
@@ -238,9 +295,16 @@ class _TrialRun:
             val = info.get("metrics", {}).get("val_accuracy")
             if val is not None:
                 result["last_val_accuracy"] = float(val)
-            if on_stage is not None:
+            if on_stage is not None and index >= reported:
                 on_stage(index, request.stage, info, result)
         return parent
+
+    def release(self, trial_id: str) -> None:
+        """Tell the cache this trial gave up (best effort: a dead cache has nothing to stop)."""
+        import ray
+
+        with contextlib.suppress(ray.exceptions.RayError):
+            ray.get(self.cache.release.remote(trial_id))
 
     def measure(self, plan: SweepPlan, key: str, parent: list[Any]) -> Any:
         """The metrics of the final model (the stage `key`, whose checkpoint ref is `parent`)."""
@@ -341,13 +405,16 @@ def trial_function(
     dataset. Tune re-runs a trial that finished after its last experiment snapshot; when that
     trial's row is already stored for the same stages, the stored result is reported again
     (the search algorithm learns it; `ResultsWriter` does not write it twice) instead of
-    running the trial a second time.
+    running the trial a second time. A stored `lost` row is not replayed: the trial runs.
+
+    A trial that ends `lost` reports its result, then raises `TrialLost`, so Tune records it
+    as errored and `--resume` runs it again.
     """
     from ray import tune
 
     trial_id = tune.get_context().get_trial_id() or "trial"
     stored = (replay or {}).get(trial_id)
-    if stored is not None:
+    if stored is not None and stored.get("status") not in RERUN_STATUSES:
         keys = [r.key for r in plan.requests(config, trial_id=trial_id)]
         if list(stored.get("stage_keys") or []) == keys:
             tune.report({**stored, "final": True, "replayed": True})
@@ -355,6 +422,11 @@ def trial_function(
 
     result = run_pipeline(plan, cache, config, trial_id=trial_id, on_stage=_report_stage)
     tune.report({**result, "final": True})
+    if result["status"] in RERUN_STATUSES:
+        # Tune then keeps the trial as errored: a restored experiment (`--resume`) runs it
+        # again under its id, where a trial that returned counts as done. Its row is written
+        # from the final report above (`ResultsWriter.on_trial_error`).
+        raise TrialLost(result["error"])
 
 
 def _report_stage(

@@ -138,6 +138,7 @@ def _summary_line(s: Any) -> str:
             (s.trials_error, "error"),
             (s.trials_timeout, "timeout"),
             (s.trials_stopped, "stopped early"),
+            (s.trials_lost, "lost"),
         )
         if n
     )
@@ -168,6 +169,19 @@ def _print_notes(s: Any, space: SearchSpace, console: Console) -> None:
             console,
             f"{s.corrupt_checkpoints} damaged stage checkpoint(s) failed their checksum and "
             "were recomputed",
+        )
+    if s.stages_waited:
+        _print_plain(
+            console,
+            f"{s.stages_waited} stage(s) were being computed by another sweep on this storage: "
+            "waited for and loaded, not computed again",
+        )
+    if s.cache_restarted:
+        _print_plain(
+            console,
+            "the stage cache actor died during the sweep and was restarted; finished stages "
+            "were loaded from their checkpoints (stage counts cover the restarted actor only)",
+            style="yellow",
         )
     if s.baseline_error:
         _print_plain(console, f"baseline failed: {s.baseline_error}", style="yellow")

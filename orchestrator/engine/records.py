@@ -95,6 +95,9 @@ class SweepSummary:
     trials_error: int = 0
     trials_timeout: int = 0
     trials_stopped: int = 0
+    trials_lost: int = 0  # failed by the infrastructure, not their model: --resume re-runs them
+    stages_waited: int = 0  # stages another sweep on the storage computed while this one waited
+    cache_restarted: bool = False  # the stage cache actor died and was restarted (or is gone)
     trials_total: int = 0  # trials the search was to run (the grid's size for grid search)
     ended: str = ""  # why the sweep ended, in words (see `summary.end_reason`)
     exit_code: int = 0  # 0; EXIT_NO_TRIAL_OK when no trial succeeded; 2 when interrupted

@@ -21,7 +21,7 @@ from ray.tune.search.optuna import OptunaSearch
 from orchestrator.engine import deadlines
 from orchestrator.space.constraints import violations
 
-FAILED_STATUSES = ("error", "timeout", "stopped")
+FAILED_STATUSES = ("error", "timeout", "stopped", "lost")
 
 Constraints = tuple[tuple[str, str, float], ...]
 

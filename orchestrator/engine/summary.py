@@ -10,6 +10,7 @@ from typing import Any
 
 from orchestrator.engine.manifest import resume_command
 from orchestrator.engine.records import EXIT_NO_TRIAL_OK, SweepRun, SweepSummary
+from orchestrator.store.schema import LOST
 
 
 @dataclass(frozen=True)
@@ -58,6 +59,9 @@ def sweep_summary(run: SweepRun, table: Any, end: RunEnd) -> SweepSummary:
         trials_error=sum(s == "error" for s in statuses),
         trials_timeout=sum(s == "timeout" for s in statuses),
         trials_stopped=sum(s == "stopped" for s in statuses),
+        trials_lost=sum(s == LOST for s in statuses),
+        stages_waited=len(stats.get("waited", [])),
+        cache_restarted=bool(stats.get("restarted")),
         trials_total=end.trials_total,
         ended=ended,
         exit_code=exit_code,
@@ -83,12 +87,14 @@ def end_reason(
         budget = (
             f"time budget of {budget_s:g} s reached ({len(statuses)} of {total} trials launched)"
         )
+    lost = sum(s == LOST for s in statuses)
+    rerun = f"; {lost} lost to infrastructure failures (`--resume` runs them again)" if lost else ""
     if statuses and not any(s == "ok" for s in statuses):
-        failed = f"every trial failed ({len(statuses)} of {len(statuses)})"
+        failed = f"every trial failed ({len(statuses)} of {len(statuses)}){rerun}"
         return (f"{budget}; {failed}" if budget else failed), EXIT_NO_TRIAL_OK
     if not statuses:
         return (budget or "no trial ran"), EXIT_NO_TRIAL_OK if total else 0
-    return (budget or f"all trials done ({len(statuses)} of {total})"), 0
+    return (budget or f"all trials done ({len(statuses)} of {total})") + rerun, 0
 
 
 def most_common_error(rows: list[dict[str, Any]]) -> str:

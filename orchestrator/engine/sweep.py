@@ -173,15 +173,39 @@ def _record_failure(sweep: PreparedSweep, exc: BaseException) -> None:
 
 def _with_resume_hint(sweep: PreparedSweep, exc: BaseException) -> BaseException:
     """A storage fault (full, read-only) with the command that continues the sweep once it is
-    fixed; any other error as it is."""
+    fixed; a Ray failure as one line with that command (`SweepLostToRay`, never a raw Ray
+    traceback); any other error as it is."""
     from orchestrator.store.faults import StorageFault
 
+    if _is_ray_error(exc):
+        return SweepLostToRay(sweep, exc)
     if not isinstance(exc, StorageFault):
         return exc
     command = resume_command(sweep.storage, sweep.sweep_id, command=sweep.command)
     fault = StorageFault(f"{exc}; once that is fixed, continue the sweep with: {command}")
     fault.errno = exc.errno
     return fault
+
+
+def _is_ray_error(exc: BaseException) -> bool:
+    import ray
+
+    return isinstance(exc, ray.exceptions.RayError)
+
+
+class SweepLostToRay(SqueezerayError):
+    """A Ray failure the sweep could not absorb (its cluster died under it): one line naming
+    the cause and the resume command, never a raw Ray traceback (exit 2 in the CLI)."""
+
+    def __init__(self, sweep: PreparedSweep, exc: BaseException) -> None:
+        from orchestrator.engine.pipeline import describe_error
+
+        command = resume_command(sweep.storage, sweep.sweep_id, command=sweep.command)
+        cause = describe_error(exc).splitlines()[0]
+        super().__init__(
+            f"sweep {sweep.sweep_id} stopped: Ray failed under it ({cause}); every finished "
+            f"trial is saved. To continue, run: {command}"
+        )
 
 
 def _execute_sweep(
@@ -320,11 +344,11 @@ def _finish(
     """Stop the cache actor (after its stages have recorded, unless interrupted), end the
     budget's clock, write the manifest's final status and compact the sweep's files; returns
     what the run did (`final`: the final latency phase's models and note)."""
-    import ray
+    from orchestrator.engine.cache import cache_stats, stop_cache
 
     sweep = run.sweep
-    stats = ray.get(run.cache.stats.remote(wait=not interrupted))
-    ray.kill(run.cache)
+    stats = cache_stats(run.cache, wait=not interrupted)
+    stop_cache(run.cache)
     end_budget(sweep.sweep_id)
     elapsed = sweep.budget_elapsed_s + (time.monotonic() - run.clock_start)
     status = "interrupted" if interrupted else "finished"

@@ -77,15 +77,27 @@ class ResultsWriter(Callback):  # type: ignore[misc]
         self._write(trial, result)
 
     def on_trial_error(self, iteration: int, trials: list[Any], trial: Any, **info: Any) -> None:
+        """A trial whose trainable raised: a `lost` trial (it reported its final result, then
+        raised so `--resume` runs it again), or a coordinator that failed, `lost` when Ray
+        failed under it (`faults.names_infrastructure_error`), else `error`."""
+        from orchestrator.engine.faults import lost_message, names_infrastructure_error
         from orchestrator.engine.pipeline import bounded, write_error_log
+        from orchestrator.store.schema import LOST
 
-        error = _trial_error_text(trial)
         last = dict(trial.last_result or {})
+        if last.get("final") and last.get("status") == LOST:
+            self._write(trial, last)
+            return
+        error = _trial_error_text(trial)
+        cause = error.strip().splitlines()[-1]
+        lost = names_infrastructure_error(error)
         result = {
             **self._from_config(trial),
             **{k: last[k] for k in _CARRIED if last.get(k) is not None},
-            "status": "error",
-            "error": bounded(f"trial coordinator: {error.strip().splitlines()[-1]}"),
+            "status": LOST if lost else "error",
+            "error": bounded(
+                lost_message("trial coordinator", cause) if lost else f"trial coordinator: {cause}"
+            ),
             "error_log": write_error_log(self.storage, self.sweep_id, trial.trial_id, error),
         }
         self._write(trial, result)

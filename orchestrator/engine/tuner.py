@@ -106,8 +106,10 @@ def results_writer(
     total: int,
     progress: Progress | None,
 ) -> Any:
-    """The driver-side callback writing each trial's row; `stored` rows count as done."""
+    """The driver-side callback writing each trial's row; `stored` rows count as done, but
+    `lost` ones (`schema.RERUN_STATUSES`), which this run runs again."""
     from orchestrator.engine.tune_callbacks import ResultsWriter
+    from orchestrator.store.schema import RERUN_STATUSES
 
     space, sweep_id = run.sweep.space, run.sweep.sweep_id
     return ResultsWriter(
@@ -121,7 +123,7 @@ def results_writer(
         progress=progress,
         done={
             "ok": sum(r["status"] == "ok" for r in stored.values()),
-            "failed": sum(r["status"] != "ok" for r in stored.values()),
+            "failed": sum(r["status"] not in ("ok", *RERUN_STATUSES) for r in stored.values()),
         },
         plan=run.plan,
     )

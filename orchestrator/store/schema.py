@@ -68,7 +68,17 @@ DEFAULT_DIRECTIONS: dict[str, str] = {
 
 CUSTOM_METRICS = "custom_metrics"
 
-STATUSES = ("ok", "error", "timeout", "stopped")
+STATUSES = ("ok", "error", "timeout", "stopped", "lost")
+"""A row's `status`: `ok` (measured), `error` (the trial's model or data failed: a stage raised,
+or its worker crashed on every retry), `timeout` (its stages ran past --trial-timeout),
+`stopped` (ASHA stopped it early) or `lost` (the infrastructure failed it, not its model: the
+stage cache actor, a node, the owner of its objects or Ray itself died and did not come back
+in time; `orchestrator.engine.faults`). Every status but `lost` is final; `--resume` runs a
+`lost` trial again under its trial id (its new row replaces the old on read)."""
+
+LOST = "lost"
+RERUN_STATUSES = (LOST,)
+"""Statuses `--resume` runs again (a resumed sweep does not count or replay them as done)."""
 
 RESULTS_SCHEMA = pa.schema(
     [
