@@ -71,4 +71,15 @@ def weight_layer_summary(model: nn.Module) -> str:
     return ", ".join(f"{name} x{n}" for name, n in counts.most_common())
 
 
-__all__ = ["restore_slow_path", "weight_layer_summary"]
+def tied_holders(model: nn.Module) -> dict[int, list[tuple[nn.Module, str]]]:
+    """id(parameter) -> every (module, attribute) that holds that very Parameter, for the
+    parameters held by more than one module attribute (tied weights)."""
+    seen: dict[int, list[tuple[nn.Module, str]]] = {}
+    for module in model.modules():
+        for attr, param in module._parameters.items():
+            if param is not None:
+                seen.setdefault(id(param), []).append((module, attr))
+    return {key: where for key, where in seen.items() if len(where) > 1}
+
+
+__all__ = ["restore_slow_path", "tied_holders", "weight_layer_summary"]

@@ -35,6 +35,7 @@ from stages.base import StageInput, StageOutput, StageSpec, check_choice, check_
 from stages.batches import Inputs, as_inputs, batch_size, forward_logits, to_device, to_double
 from stages.checkpoint import from_model
 from stages.errors import SqueezerayError
+from stages.layers import tied_holders
 from stages.layers import weight_layer_summary as layer_summary
 from stages.masks import keep_mask
 from stages.rebuild import build_model
@@ -201,17 +202,6 @@ def inject_lora(
             parametrize.register_parametrization(holder, holder_attr, update)
         adapters += [update.lora_A, update.lora_B]
     return adapters
-
-
-def tied_holders(model: nn.Module) -> dict[int, list[tuple[nn.Module, str]]]:
-    """id(parameter) -> every (module, attribute) that holds that very Parameter, for the
-    parameters held by more than one module attribute (tied weights)."""
-    seen: dict[int, list[tuple[nn.Module, str]]] = {}
-    for module in model.modules():
-        for attr, param in module._parameters.items():
-            if param is not None:
-                seen.setdefault(id(param), []).append((module, attr))
-    return {key: where for key, where in seen.items() if len(where) > 1}
 
 
 def _adapted(model: nn.Module) -> list[list[tuple[nn.Module, str]]]:

@@ -18,7 +18,7 @@ from torch import nn
 from stages.base import StageInput, StageOutput, StageSpec, check_int, check_range
 from stages.checkpoint import from_model
 from stages.errors import SqueezerayError
-from stages.layers import restore_slow_path
+from stages.layers import restore_slow_path, tied_holders
 from stages.layers import weight_layer_summary as layer_summary
 from stages.masks import keep_masks, zero_masks
 from stages.rebuild import build_model
@@ -96,7 +96,8 @@ def lowrank(inp: StageInput, params: LowRankParams) -> StageOutput:
     are (its forward reads their weights directly). rank_ratio 1.0 is the documented no-op
     (a copy, `layers_factorized` 0); a rank_ratio < 1 that factorises no layer raises a
     SqueezerayError that says why (no Linear, all below min_features, or no saving).
-    A masked (unstructured-pruned) parent stays `masked`: its layers that hold pruned zeros
+    Linears whose weight is tied to another module's (`stages.layers.tied_holders`) are left
+    whole. A masked (unstructured-pruned) parent stays `masked`: its layers that hold pruned zeros
     are not factorised (dense SVD factors would throw the pruning away: 1226 of 2410
     parameters non-zero became 1788 of 1788), they keep their zeros through the fine-tune;
     when that leaves no layer to factorise, a SqueezerayError names both stages. Metric
@@ -126,8 +127,11 @@ def lowrank(inp: StageInput, params: LowRankParams) -> StageOutput:
     too_small = not_smaller = 0
     masked = bool(parent.recipe.get("masked"))
     sparse: list[str] = []  # layers of a masked parent that hold pruned zeros: left alone
+    # A tied weight (one Parameter held by several modules) stays whole: factorising one
+    # holder would untie it and keep the full weight in the others (the model would grow).
+    tied = {id(m) for holders in tied_holders(model).values() for m, _attr in holders}
     for name, module in list(model.named_modules()):
-        if not _is_plain_linear(module):
+        if not _is_plain_linear(module) or id(module) in tied:
             continue
         assert isinstance(module, nn.Linear)
         out_f, in_f = module.out_features, module.in_features

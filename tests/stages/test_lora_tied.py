@@ -1,5 +1,6 @@
 """LoRA on tied (shared) weights (issue 21 item 10): one adapter per shared tensor, registered on
-every module that holds it, merged once; the tie survives the merge and the checkpoint.
+every module that holds it, merged once; the tie survives the merge and the checkpoint. Lowrank
+leaves a tied Linear whole (factorising one holder would untie it and grow the model).
 
 Before, each holder got its own adapter on the one tensor, the first merge wrote into the
 shared tensor and the second added its update on top: "LoRA merge check failed ... the merged
@@ -12,8 +13,11 @@ from torch import nn
 from torch.utils.data import TensorDataset
 
 from stages.base import StageInput
+from stages.layers import tied_holders
 from stages.lora import SPEC as LORA
-from stages.lora import LoraParams, inject_lora, merge_lora, tied_holders
+from stages.lora import LoraParams, inject_lora, merge_lora
+from stages.lowrank import SPEC as LOWRANK
+from stages.lowrank import LowRankParams
 from stages.rebuild import build_model
 from stages.runner import run_stage
 from stages.tasks import Task
@@ -96,3 +100,13 @@ def test_the_lora_stage_adapts_tied_weights_end_to_end() -> None:
         assert out.metrics["merge_max_abs_diff"] <= 1e-5
         rebuilt = build_model(task, out.checkpoint)
         assert len(tied_holders(rebuilt)) == 1
+
+
+def test_lowrank_leaves_a_tied_linear_whole() -> None:
+    task = _task(TiedHead)
+    teacher = TEACHER.run(StageInput(task=task, parent=None), TeacherParams(epochs=1))
+    inp = StageInput(task=task, parent=teacher.checkpoint)
+    out, _ = run_stage(LOWRANK, inp, LowRankParams(rank_ratio=0.25, min_features=3))
+    assert out.checkpoint.recipe["lowrank"] == {"body": 2}  # head (tied to emb) left whole
+    assert out.metrics["params_total_after"] < out.metrics["params_total_before"]
+    assert len(tied_holders(build_model(task, out.checkpoint))) == 1

@@ -62,6 +62,10 @@ def scaled_buffer() -> Task:
     return _task()
 
 
+def scaled_parameter() -> Task:
+    return _task(as_parameter=True)
+
+
 def test_a_student_made_from_the_teacher_is_refused_naming_the_buffer() -> None:
     with pytest.raises(SqueezerayError) as info:
         check_stages_apply(_task(), ["teacher", "distill"], {})
