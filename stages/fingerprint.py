@@ -25,7 +25,7 @@ from __future__ import annotations
 import hashlib
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -47,6 +47,9 @@ class TaskFingerprint:
     teacher: str  # teacher architecture + its factory's weights
     student: str  # student architecture + its factory's weights
     data: str  # the three splits' contents, or "version:<Task.version>"
+    # bytes of the larger factory model's state_dict as built (float32: 4 per parameter); not
+    # part of the identity (`as_dict`): what the sweep sizes its memory requests with
+    model_bytes: int = field(default=0, compare=False)
 
     def as_dict(self) -> dict[str, str]:
         return {"teacher": self.teacher, "student": self.student, "data": self.data}
@@ -57,19 +60,30 @@ def task_fingerprint(task: Task, *, seed: int = 0) -> TaskFingerprint:
     it was. Models are built on the CPU with `seed` (the stages' training seed)."""
     version = getattr(task, "version", None)
     data = f"version:{version}" if version is not None else _data_digest(task)
+    teacher, teacher_bytes = _model_digest(task, "teacher", seed)
+    # a task without a student factory (the student made from the teacher) has none
+    student, student_bytes = (
+        _model_digest(task, "student", seed) if task.student is not None else ("none", 0)
+    )
     return TaskFingerprint(
-        teacher=_model_digest(task, "teacher", seed),
-        # a task without a student factory (the student made from the teacher) has none
-        student=_model_digest(task, "student", seed) if task.student is not None else "none",
+        teacher=teacher,
+        student=student,
         data=data,
+        model_bytes=max(teacher_bytes, student_bytes),
     )
 
 
-def _model_digest(task: Task, arch: str, seed: int) -> str:
+def _model_digest(task: Task, arch: str, seed: int) -> tuple[str, int]:
+    """(digest, state_dict bytes) of the `arch` model as the stages build it."""
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         model = task.build(arch)
-    return model_digest(model)
+    nbytes = sum(
+        t.numel() * t.element_size()
+        for t in model.state_dict().values()
+        if isinstance(t, torch.Tensor)
+    )
+    return model_digest(model), nbytes
 
 
 def model_digest(model: nn.Module) -> str:
@@ -116,12 +130,12 @@ def _feed(h: Any, value: Any) -> None:
             t = t.dequantize()
         t = t.cpu().contiguous()
         h.update(f"T{t.dtype}{tuple(t.shape)}".encode())
-        if t.numel():
-            h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+        if t.numel():  # the tensor's own memory, not a bytes copy of it
+            h.update(t.reshape(-1).view(torch.uint8).numpy())
     elif isinstance(value, np.ndarray):
         a = np.ascontiguousarray(value)
         h.update(f"A{a.dtype}{a.shape}".encode())
-        h.update(a.tobytes() if a.dtype != object else repr(a.tolist()).encode())
+        h.update(a.reshape(-1).view(np.uint8) if a.dtype != object else repr(a.tolist()).encode())
     elif isinstance(value, tuple | list):
         h.update(f"L{len(value)}".encode())
         for item in value:

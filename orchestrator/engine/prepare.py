@@ -75,7 +75,9 @@ def prepare_sweep(
         check_task=not start.finished,
     )
     # A finished sweep runs nothing: its task is not imported (nor re-checked) to say so.
-    loaded, fingerprint = (loaded, {}) if start.finished else bound_to_task(loaded, start.options)
+    loaded, fingerprint, model_bytes = (
+        (loaded, {}, 0) if start.finished else bound_to_task(loaded, start.options)
+    )
     final_id = start.sweep_id or new_sweep_id(loaded.name)
     return PreparedSweep(
         space=loaded,
@@ -84,6 +86,7 @@ def prepare_sweep(
         options=start.options,
         resume=resume,
         fingerprint=fingerprint,
+        model_bytes=model_bytes,
         space_text=space_text,
         budget_elapsed_s=start.budget_elapsed_s,
         finished=start.finished,
@@ -198,16 +201,20 @@ def _ready_storage(storage: str, sweep_id: str, *, finished: bool) -> Storage:
     return store
 
 
-def bound_to_task(space: SearchSpace, opts: SweepOptions) -> tuple[SearchSpace, dict[str, str]]:
-    """The space checked against its task (`checked_against_task`), and the task's
-    fingerprint: architectures, weights and data go into the stage keys, so an edited model or
-    dataset is recomputed instead of served from the cache."""
+def bound_to_task(
+    space: SearchSpace, opts: SweepOptions
+) -> tuple[SearchSpace, dict[str, str], int]:
+    """The space checked against its task (`checked_against_task`), the task's fingerprint
+    (architectures, weights and data go into the stage keys, so an edited model or dataset is
+    recomputed instead of served from the cache) and its larger model's bytes (the models
+    built for the fingerprint, counted: the sweep's memory requests, `engine.memory`)."""
     from stages.fingerprint import task_fingerprint
     from stages.tasks import load_task
 
     task_obj = load_task(space.task)
     space = checked_against_task(space, opts, task_obj)
-    return space, task_fingerprint(task_obj, seed=TRAINING_SEED).as_dict()
+    fingerprint = task_fingerprint(task_obj, seed=TRAINING_SEED)
+    return space, fingerprint.as_dict(), fingerprint.model_bytes
 
 
 def checked_against_task(space: SearchSpace, opts: SweepOptions, task_obj: Any) -> SearchSpace:

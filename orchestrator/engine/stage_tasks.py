@@ -185,20 +185,48 @@ def check_same_task(request: StageRequest) -> None:
         )
 
 
+def idlest_cpu(allowed: set[int], *, window_s: float = 0.05) -> int:
+    """The CPU of `allowed` with the most idle time over the next `window_s` (from
+    /proc/stat; ties: the highest-numbered), or the highest-numbered where /proc/stat is not
+    readable."""
+    first = _idle_jiffies()
+    time.sleep(window_s)
+    second = _idle_jiffies()
+    if not first or not second:
+        return max(allowed)
+    return max(allowed, key=lambda cpu: (second.get(cpu, 0) - first.get(cpu, 0), cpu))
+
+
+def _idle_jiffies() -> dict[int, int]:
+    """{cpu: idle + iowait jiffies} from /proc/stat; empty where it is not readable."""
+    out: dict[int, int] = {}
+    try:
+        with open("/proc/stat") as f:
+            for line in f:
+                name, *fields = line.split()
+                if name.startswith("cpu") and name[3:].isdigit():
+                    out[int(name[3:])] = int(fields[3]) + int(fields[4])
+    except (OSError, ValueError, IndexError):
+        return {}
+    return out
+
+
 @contextlib.contextmanager
 def pinned_to_one_cpu() -> Iterator[None]:
     """Pin this worker to one CPU while it measures latency, then restore its affinity.
 
     Migrations between cores add to the spread of single-thread timings; the node-exclusive
-    latency slot already keeps two measurements from overlapping. No-op where the OS has no
-    affinity API.
+    latency slot already keeps two measurements from overlapping. The CPU is the idlest one
+    this worker may use at the start (`idlest_cpu`), not always the same one: stage tasks of
+    the sweep run beside a measurement on the node, and a fixed core would time the model
+    against whatever stage the OS put there. No-op where the OS has no affinity API.
     """
     if not hasattr(os, "sched_setaffinity"):
         yield
         return
     before = os.sched_getaffinity(0)
     try:
-        os.sched_setaffinity(0, {max(before)})
+        os.sched_setaffinity(0, {idlest_cpu(before)})
     except OSError:
         yield
         return

@@ -277,7 +277,10 @@ def _start(
 
 
 def _check_resources(sweep: PreparedSweep, info: ClusterInfo) -> None:
-    """The cluster offers what one trial asks for (--gpus-per-trial, --cpus-per-trial)."""
+    """The cluster offers what one trial asks for (--gpus-per-trial, --cpus-per-trial, and
+    the memory of a stage task over the task's model: `engine.memory.check_fits`)."""
+    from orchestrator.engine.memory import check_fits, node_memory_bytes
+
     if sweep.gpus_per_trial > 0 and info.gpus < sweep.gpus_per_trial:
         raise SqueezerayError(
             f"--gpus-per-trial={sweep.gpus_per_trial:g} but the Ray cluster offers "
@@ -287,23 +290,31 @@ def _check_resources(sweep: PreparedSweep, info: ClusterInfo) -> None:
         raise SqueezerayError(
             f"--cpus-per-trial={sweep.cpus_per_trial:g} but the Ray cluster has {info.cpus:g} CPUs"
         )
+    check_fits(sweep.model_bytes, node_memory_bytes())
 
 
 def _start_cache(sweep: PreparedSweep, info: ClusterInfo, latency_resource: str | None) -> Any:
     """The sweep's stage cache actor: it owns every stage's result and starts stage tasks
-    (the trial's CPUs/GPUs) and latency measurements (one CPU and the latency slot)."""
+    (the trial's CPUs/GPUs) and latency measurements (one CPU and the latency slot), each
+    with a memory request when the task's model is large (`engine.memory`)."""
     from orchestrator.engine.cache import StageCache
+    from orchestrator.engine.memory import MEASURE_COPIES, STAGE_COPIES, memory_options
     from orchestrator.engine.runtime import latency_resources
     from orchestrator.engine.stage_tasks import cache_actor_name
 
     measure_options: dict[str, Any] = {
         "num_cpus": 1,
         "resources": latency_resources(info, latency_resource),
+        **memory_options(sweep.model_bytes, copies=MEASURE_COPIES),
+    }
+    stage_options = {
+        **stage_task_options(sweep.cpus_per_trial, sweep.gpus_per_trial),
+        **memory_options(sweep.model_bytes, copies=STAGE_COPIES),
     }
     return StageCache.options(name=cache_actor_name(sweep.sweep_id)).remote(  # type: ignore[attr-defined]
         sweep.storage.uri,
         sweep.sweep_id,
-        stage_options=stage_task_options(sweep.cpus_per_trial, sweep.gpus_per_trial),
+        stage_options=stage_options,
         measure_options=measure_options,
     )
 

@@ -1,0 +1,74 @@
+"""Memory requests of stage and measure tasks, sized from the task's model (issue 24).
+
+Ray schedules by CPUs only unless a task asks for `memory`: two 150M-parameter distill tasks on
+one 24 GB node could each pass the CPU check and together run it out of memory. A sweep whose
+model is large (`REQUEST_FROM_BYTES` float bytes or more) gives every stage task a `memory=`
+request of `STAGE_COPIES` model copies plus a worker's own footprint, and every measure task
+`MEASURE_COPIES` copies, so Ray runs only as many at once as fit; a sweep whose one stage task
+cannot fit on any node is refused before any Ray work starts, with the numbers.
+
+What a stage task holds at its peak (distill with the student made from the teacher, the
+largest stage): the teacher's checkpoint bytes (mapped from the object store) and its loaded
+tensors, the teacher module, the student being trained with its gradients and two AdamW
+moments, the best-epoch copy, the output checkpoint and its serialised bytes, and the
+self-check's rebuild. Counted in teacher-sized copies with a student of half the width (a
+quarter of the parameters), that is about 4-5; `STAGE_COPIES` adds a margin. Small models
+ask for nothing: Ray's CPU scheduling is enough, and a memory request would only hold back a
+machine whose free memory Ray under-reports.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from stages.errors import SqueezerayError
+
+STAGE_COPIES = 6  # model-sized copies a stage task may hold at its peak (see above)
+MEASURE_COPIES = 3  # a measure task: the checkpoint bytes, the loaded tensors, the module
+WORKER_BASELINE_BYTES = 768 * 2**20  # a worker with torch and the stages imported: ~450 MB here
+REQUEST_FROM_BYTES = 64 * 2**20  # models from 16M float32 parameters get memory requests
+
+
+def task_memory_bytes(model_bytes: int, *, copies: int) -> int:
+    """Bytes a task holding `copies` copies of a `model_bytes` model asks Ray for."""
+    return copies * model_bytes + WORKER_BASELINE_BYTES
+
+
+def memory_options(model_bytes: int, *, copies: int) -> dict[str, Any]:
+    """Ray options of a task over this model: `{"memory": bytes}` for a model of at least
+    REQUEST_FROM_BYTES, else nothing."""
+    if model_bytes < REQUEST_FROM_BYTES:
+        return {}
+    return {"memory": task_memory_bytes(model_bytes, copies=copies)}
+
+
+def node_memory_bytes() -> list[float]:
+    """The `memory` resource of every alive Ray node (what Ray may schedule there), bytes."""
+    import ray
+
+    return [
+        float(n["Resources"].get("memory", 0.0))
+        for n in ray.nodes()
+        if n.get("Alive") and n["Resources"].get("CPU", 0) > 0
+    ]
+
+
+def check_fits(model_bytes: int, nodes: list[float]) -> None:
+    """Refuse a sweep whose stage task (`memory_options` with STAGE_COPIES) fits on no node.
+
+    Raises SqueezerayError with the model's size, the request and the largest node's memory.
+    """
+    options = memory_options(model_bytes, copies=STAGE_COPIES)
+    if not options or not nodes:
+        return
+    need, largest = options["memory"], max(nodes)
+    if need > largest:
+        gib = 2**30
+        raise SqueezerayError(
+            f"the task's model holds {model_bytes / gib:.2f} GiB of weights; a stage task "
+            f"needs about {STAGE_COPIES} copies of it plus a worker's own "
+            f"{WORKER_BASELINE_BYTES / gib:.2f} GiB = {need / gib:.2f} GiB, and the largest "
+            f"Ray node offers {largest / gib:.2f} GiB of memory to tasks; run on a node with "
+            "more memory (or give Ray more with `ray start --memory=BYTES`), or compress a "
+            "smaller model"
+        )
