@@ -47,6 +47,9 @@ from stages.base import StageInput, StageOutput, StageSpec, check_choice, check_
 from stages.batches import Inputs, forward_logits, to_device
 from stages.checkpoint import from_model
 from stages.errors import SqueezerayError
+from stages.hfheads import check_config, no_cache, pretrained_models, sync_config
+from stages.hfheads import plan as hf_plan
+from stages.hfheads import sizes as hf_sizes
 from stages.layers import weight_layer_summary
 from stages.masks import (
     apply_masks,
@@ -219,6 +222,7 @@ def prune_module(
     history: PruningHistory = []
     if params.ratio > 0.0:
         if params.method == "structured":
+<<<<<<< HEAD
             example = to_device(task.example_input(2), device)
             with torch.no_grad():
                 logits = forward_logits(model.eval(), example)
@@ -227,6 +231,10 @@ def prune_module(
             if check_forward:
                 what = what or f"prune.method='structured' prune.ratio={params.ratio:g}"
                 check_pruned_forward(model, example, before, what=what)
+=======
+            with no_cache(model):  # a Hugging Face cache is no part of the logits
+                history = _prune_structured(model, task, params, device=device, seed=seed)
+>>>>>>> 6b94a64 (Hugging Face structured pruning keeps a from_pretrained-loadable model: whole heads (torch-pruning num_heads), hidden width in whole heads, FFN widths, config updated from shapes after pruning and after replay (stages.hfheads); GPT-2's fused c_attn keeps its heads (FFN only); use_cache off while tracing; transformers Conv1D becomes an exact nn.Linear in Task.build (stages.conv1d), so prune/lowrank/LoRA/int8 reach GPT-2 blocks; teacher weights load before the swap)
         else:
             _prune_unstructured(model, task, params, device=device, seed=seed)
     model.eval()
@@ -322,6 +330,10 @@ def _prune_structured(
     # RNN layers: torch-pruning's LSTM handler indexes out of range (IndexError from
     # dependency.py) and it has none for GRU/RNN; leave them and what feeds them alone
     ignored = [output_layer(model, example), *rnn_layers(model)]
+    if pretrained_models(model):
+        return _prune_hugging_face(
+            model, task, params, example=example, ignored=ignored, device=device, seed=seed
+        )
     pruner = tp.pruner.MetaPruner(
         model,
         example,
@@ -352,6 +364,7 @@ def _prune_structured(
     return history_of(pruner.DG)
 
 
+<<<<<<< HEAD
 def tensor_shapes(model: nn.Module) -> dict[str, tuple[int, ...]]:
     """Shape of every parameter and buffer (non-persistent buffers too), by qualified name."""
     named = [*model.named_parameters(), *model.named_buffers()]
@@ -411,6 +424,63 @@ def check_pruned_forward(
     raise SqueezerayError(
         f"{what}: the pruned model no longer runs ({result}): {found}; {PRUNED_WIDTH_FIX}"
     )
+=======
+def _prune_hugging_face(
+    model: nn.Module,
+    task: Task,
+    params: PruneParams,
+    *,
+    example: Inputs,
+    ignored: list[nn.Module],
+    device: torch.device,
+    seed: int,
+) -> PruningHistory:
+    """Structured pruning of a model holding Hugging Face transformers (`stages.hfheads`):
+    whole attention heads, the hidden width in whole heads, FFN widths, and the config.
+
+    Each step prunes to the absolute widths of its cubic-schedule target (one MetaPruner per
+    step, targets relative to the sizes before step 1), then updates heads and config.
+    """
+    import torch_pruning as tp
+
+    original = hf_sizes(model)
+    history: PruningHistory = []
+    for step, fraction in enumerate(cubic_schedule(params.ratio, params.steps)[1:]):
+        model.eval()
+        hf = hf_plan(model, fraction, original=original)
+        skip = [*ignored, *hf.ignored]
+        ratios = _keep_one_channel(model, fraction, ignored=skip, example=example)
+        ratios.update(hf.ratios)
+        try:
+            pruner = tp.pruner.MetaPruner(
+                model,
+                example,
+                importance=_importance(p=2),
+                pruning_ratio=fraction,
+                pruning_ratio_dict=ratios,
+                ignored_layers=skip,
+                forward_fn=forward_logits,
+                num_heads=hf.num_heads,
+                prune_num_heads=True,
+                prune_head_dims=False,
+                head_pruning_ratio_dict=hf.head_ratios,
+            )
+            pruner.step()
+        except Exception as exc:  # torch-pruning on a layer pattern it does not handle
+            raise SqueezerayError(
+                f"prune.method='structured' prune.ratio={params.ratio:g}: torch-pruning could "
+                f"not prune this Hugging Face model (it has {weight_layer_summary(model)}) at "
+                f"step {step + 1}/{params.steps}: {type(exc).__name__}: {exc}; use an "
+                "unstructured method (l1_unstructured, global, random)"
+            ) from exc
+        history = concat_histories(history, history_of(pruner.DG))
+        sync_config(model)
+        if params.steps > 1 and params.finetune_epochs > 0:
+            _finetune_keeping_zeros(model, task, params, device=device, seed=seed + step)
+    model.eval()
+    check_config(model)
+    return history
+>>>>>>> 6b94a64 (Hugging Face structured pruning keeps a from_pretrained-loadable model: whole heads (torch-pruning num_heads), hidden width in whole heads, FFN widths, config updated from shapes after pruning and after replay (stages.hfheads); GPT-2's fused c_attn keeps its heads (FFN only); use_cache off while tracing; transformers Conv1D becomes an exact nn.Linear in Task.build (stages.conv1d), so prune/lowrank/LoRA/int8 reach GPT-2 blocks; teacher weights load before the swap)
 
 
 def rnn_layers(model: nn.Module) -> list[nn.Module]:

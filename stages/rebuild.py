@@ -6,7 +6,8 @@ starts from the task's own model factory and replays the recipe, never unpicklin
 1. `pruned`: torch-pruning's pruning history of structured pruning (`stages.surgery.replay`),
    replayed on the fresh model traced on the task's example input: depthwise/grouped convs,
    Conv1d/2d, BatchNorm, LayerNorm, Embedding, MultiheadAttention and residual couplings come
-   back exactly;
+   back exactly; a Hugging Face model then gets its head counts and config from the new
+   shapes (`stages.hfheads.sync_config`);
 2. `lowrank`: {layer name: rank} - those Linear layers become two factor Linears
    (`factorize_layers`);
 3. `quantize`: `dynamic_int8` re-applies `quantize_dynamic`; `static_int8`/`qat` re-run FX
@@ -29,6 +30,7 @@ from stages.base import check_choice
 from stages.batches import as_args
 from stages.checkpoint import ModelCheckpoint
 from stages.errors import SqueezerayError
+from stages.hfheads import sync_config
 from stages.int8 import convert_int8, dynamic_int8, prepare_int8, quiet_ao, rnn_state_for_load
 from stages.layers import restore_slow_path
 from stages.names import QUANTIZE_MODES
@@ -47,6 +49,7 @@ def build_model(task: Task, ckpt: ModelCheckpoint) -> nn.Module:
     pruned = ckpt.recipe.get("pruned") or []
     if pruned:
         replay(model, task.example_input(2), pruned)
+        sync_config(model)  # Hugging Face head counts and config from the new shapes
     lowrank = ckpt.recipe.get("lowrank") or {}
     if lowrank:
         model = factorize_layers(model, {str(k): int(v) for k, v in lowrank.items()})

@@ -33,6 +33,7 @@ from torch import nn
 
 from stages.batches import Inputs, forward_logits
 from stages.errors import SqueezerayError
+from stages.hfheads import no_cache
 
 PruningHistory = list[list[Any]]
 """[[module name: str, is_out_channel_pruning: bool, indices: list[int]], ...]"""
@@ -92,7 +93,7 @@ def replay(model: nn.Module, example: Inputs, history: Sequence[Sequence[Any]]) 
     entries = check_history(list(history))
     if not entries:
         return model
-    with torch.enable_grad():  # torch-pruning traces through autograd
+    with torch.enable_grad(), no_cache(model):  # torch-pruning traces through autograd
         graph = dependency_graph(model, example)
     for step, entry in enumerate(entries):
         try:

@@ -14,6 +14,7 @@ from torch import nn
 from torch.utils.data import Dataset, TensorDataset
 
 from stages.batches import INPUT_RULE, OUTPUT_RULE, Inputs, as_args, logits_of, stack_samples
+from stages.conv1d import linear_form
 from stages.errors import SqueezerayError
 from stages.models import MLP, ConvNet
 
@@ -111,18 +112,30 @@ class Task:
         n = min(batch_size, len(self.test))  # type: ignore[arg-type]
         return stack_samples([self.test[i % n][0] for i in range(batch_size)])
 
-    def build(self, arch: str) -> nn.Module:
-        """A fresh `teacher` or `student` module."""
+    def build(self, arch: str, *, prepare: Callable[[nn.Module], None] | None = None) -> nn.Module:
+        """A fresh `teacher` or `student` module in the form every stage sees.
+
+        That is the factory's module with each transformers `Conv1D` swapped for the
+        equivalent `nn.Linear` (`stages.conv1d.linear_form`; exact, state_dict keys kept).
+        `prepare(module)` runs on the factory's module before the swap, e.g. to load weights
+        saved from the user's own (Conv1D) model.
+        """
         if arch == "teacher":
-            return self.teacher()
-        if arch == "student":
+            model = self.teacher()
+        elif arch == "student":
             if self.student is None:
                 raise SqueezerayError(
                     f"task {self.name!r} has no student factory (student=None): its student is "
                     "made from the teacher by the distill stage (distill.student_ratio)"
                 )
-            return self.student()
-        raise SqueezerayError(f"arch={arch!r} is not a model role; accepted: teacher, student")
+            model = self.student()
+        else:
+            raise SqueezerayError(f"arch={arch!r} is not a model role; accepted: teacher, student")
+        if prepare is not None:
+            prepare(model)
+        if isinstance(model, nn.Module):  # check_task reports anything else
+            linear_form(model)
+        return model
 
 
 # -- built-in tasks -----------------------------------------------------------------------

@@ -12,6 +12,7 @@ fingerprint in the teacher's key hashes the weights the factory returns (`stages
 
 from __future__ import annotations
 
+import functools
 import io
 from dataclasses import dataclass
 from pathlib import Path
@@ -60,9 +61,16 @@ def train_teacher(inp: StageInput, params: TeacherParams) -> StageOutput:
     task = inp.task
     device = inp.torch_device
     torch.manual_seed(inp.seed)  # the initial weights
-    model = task.build("teacher")
-    if params.weights:
-        load_weights(model, params.weights, sha256=params.weights_sha256)
+    # the user's weights fit the factory's own module (a GPT-2 Conv1D layout, say): load them
+    # before Task.build swaps Conv1D for Linear
+    model = task.build(
+        "teacher",
+        prepare=(
+            functools.partial(load_weights, path=params.weights, sha256=params.weights_sha256)
+            if params.weights
+            else None
+        ),
+    )
     if params.epochs == 0:
         return pretrained_output(task, model, device=device)
     stats = fit(

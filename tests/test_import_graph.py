@@ -195,6 +195,7 @@ def test_stages_import_neither_ray_nor_orchestrator() -> None:
 STAGES_LAYERS: tuple[tuple[str, ...], ...] = (
     # leaves: errors, mode names, batch forms, demo models, layer kinds, device, strict tracing
     ("errors", "names", "batches", "models", "attention", "device", "layers", "tracing"),
+    ("conv1d", "hfheads"),  # transformers' Conv1D as Linear; Hugging Face heads and config
     ("tasks",),  # the Task contract
     # data format, pruning history, ONNX, task fingerprint, whole-split data checks
     ("checkpoint", "surgery", "onnxio", "fingerprint", "datacheck"),

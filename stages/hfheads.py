@@ -1,0 +1,365 @@
+"""Structured pruning of Hugging Face transformers: whole heads, FFN widths, and the config.
+
+A `transformers.PreTrainedModel` is rebuilt by `from_pretrained` from its `config`: hidden
+size, head count (head size = hidden / heads) and FFN (intermediate) width, one value each for
+every layer. torch-pruning left alone cuts query/key/value to widths that are not whole heads
+(a reshape error later) and never touches `config`. This module makes structured pruning keep
+a model `from_pretrained` can build:
+
+- `plan(model, fraction)`: for each Hugging Face model inside `model`, the config it will
+  have and the per-layer pruning ratios that reach exactly those shapes. Self-attention with
+  separate query/key/value Linears (BERT, RoBERTa, DistilBERT, ViT, ...) loses
+  `round(fraction * heads)` whole heads per layer (at least one head kept; torch-pruning's
+  `prune_num_heads`, head importance = mean L2 magnitude of the head's weights), and the
+  hidden width shrinks to `heads kept * head size` so the config's head size stays exact; the
+  FFN keeps `int(width * (1 - fraction))` (at least 1). Attention whose heads torch-pruning
+  cannot map (GPT-2's fused `c_attn`, grouped-query attention) keeps its heads and the hidden
+  width; only the FFN width is pruned there (`n_inner`).
+- `sync_config(model)`: after pruning, and after `stages.surgery.replay` on a rebuilt model,
+  sets each attention module's head count (`num_attention_heads`/`n_heads`, `all_head_size`,
+  `dim`) and a copy of `config` (hidden size, heads, FFN width) from the new weight shapes.
+  Derived from shapes only, so a checkpoint needs no recipe entry for it.
+- `check_config(model)`: the model `type(model)(model.config)` builds (on the meta device)
+  must have exactly the pruned model's parameter shapes, else a SqueezerayError names the
+  first layer that differs: what `save_pretrained` -> `from_pretrained` needs.
+
+Source of the head handling: torch-pruning's own Hugging Face examples
+(examples/transformers/prune_hf_bert.py, prune_hf_vit.py), which pass `num_heads` per
+query/key/value Linear, prune with `prune_num_heads=True, prune_head_dims=False`, then set
+`num_attention_heads`/`all_head_size` by hand.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import sys
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+
+from stages.conv1d import linear_form
+from stages.errors import SqueezerayError
+
+# (query, key, value) attribute names of self-attention modules with separate projections
+SEPARATE_QKV = (
+    ("query", "key", "value"),
+    ("q_lin", "k_lin", "v_lin"),
+    ("q_proj", "k_proj", "v_proj"),
+)
+# one Linear holding q, k and v (torch-pruning 1.6 cannot map heads through its split)
+FUSED_QKV = ("c_attn", "qkv", "query_key_value", "Wqkv")
+HEADS_ATTRS = ("num_attention_heads", "n_heads", "num_heads", "n_head")
+HEAD_SIZE_ATTRS = ("attention_head_size", "head_dim", "head_size")
+# config keys of the FFN width, in the order they are looked for
+FFN_KEYS = ("intermediate_size", "hidden_dim", "n_inner", "ffn_dim")
+# the FFN's first Linear in a layer, by its name's tail
+FFN_LAYERS = ("intermediate.dense", "ffn.lin1", "mlp.c_fc", "mlp.fc1", "fc1")
+
+
+def pretrained_models(model: nn.Module) -> list[tuple[str, nn.Module]]:
+    """(name, module) of the outermost `transformers.PreTrainedModel`s in `model` ('' for the
+    model itself); empty when transformers is not imported or none is there."""
+    modeling = sys.modules.get("transformers.modeling_utils")
+    base = getattr(modeling, "PreTrainedModel", None)
+    if base is None:
+        return []
+    found: list[tuple[str, nn.Module]] = []
+    for name, module in model.named_modules():
+        inside = any(name.startswith(f"{outer}.") or outer == "" for outer, _ in found)
+        if isinstance(module, base) and not inside:
+            found.append((name, module))
+    return found
+
+
+@dataclass(frozen=True)
+class Attention:
+    """One self-attention module of a Hugging Face model."""
+
+    name: str  # relative to the PreTrainedModel
+    module: nn.Module
+    projections: tuple[nn.Linear, ...]  # (q, k, v), or (fused,) when `fused`
+    heads: int
+    head_size: int
+    fused: bool  # heads cannot be pruned (fused qkv, or q/k/v of different widths)
+
+
+def attentions(pm: nn.Module) -> list[Attention]:
+    """The self-attention modules of `pm` (in the form `Task.build` gives: Linears)."""
+    found = []
+    for name, module in pm.named_modules():
+        heads = next((getattr(module, a) for a in HEADS_ATTRS if hasattr(module, a)), None)
+        if not isinstance(heads, int) or heads < 1:
+            continue
+        projections = _projections(module)
+        if projections is None:
+            continue
+        q = projections[0]
+        fused = len(projections) == 1 or len({p.out_features for p in projections}) > 1
+        size = next((getattr(module, a) for a in HEAD_SIZE_ATTRS if hasattr(module, a)), None)
+        if not isinstance(size, int):
+            size = q.out_features // (3 * heads if len(projections) == 1 else heads)
+        if not fused and (size < 1 or q.out_features % size):
+            fused = True  # not laid out as heads x head size: leave its heads alone
+        if not fused:  # the weights' head count (the attribute may predate a pruning)
+            heads = q.out_features // size
+        found.append(Attention(name, module, projections, heads, size, fused))
+    return found
+
+
+def _projections(module: nn.Module) -> tuple[nn.Linear, ...] | None:
+    for names in SEPARATE_QKV:
+        layers = [getattr(module, n, None) for n in names]
+        if all(isinstance(m, nn.Linear) for m in layers):
+            return tuple(layers)  # type: ignore[arg-type]
+    for name in FUSED_QKV:
+        layer = getattr(module, name, None)
+        if isinstance(layer, nn.Linear):
+            return (layer,)
+    return None
+
+
+def config_of(pm: nn.Module) -> Any:
+    """A Hugging Face model's `config` (a `PretrainedConfig`), typed for attribute access."""
+    return pm.config
+
+
+def _config_get(config: Any, key: str) -> Any:
+    return getattr(config, key, None)
+
+
+def ffn_key(config: Any) -> str | None:
+    """The config key holding the FFN width (`intermediate_size`, DistilBERT `hidden_dim`,
+    GPT-2 `n_inner`), or None."""
+    keys = set(config.to_dict())
+    return next((k for k in FFN_KEYS if k in keys), None)
+
+
+def _ffn_width(config: Any) -> int | None:
+    key = ffn_key(config)
+    value = _config_get(config, key) if key else None
+    if value is None and key == "n_inner":  # GPT-2: None means 4 * hidden
+        return 4 * int(config.hidden_size)
+    return int(value) if isinstance(value, int) else None
+
+
+@dataclass(frozen=True)
+class Plan:
+    """How one structured pruning step treats the Hugging Face models of a model."""
+
+    ratios: dict[nn.Module, float]  # per Linear/Conv: MetaPruner pruning_ratio_dict entries
+    num_heads: dict[nn.Module, int]  # q/k/v Linear -> its attention's current head count
+    head_ratios: dict[nn.Module, float]  # q/k/v Linear -> fraction of current heads to remove
+    ignored: list[nn.Module]  # fused/GQA projections: their outputs stay
+
+
+def plan(model: nn.Module, fraction: float, *, original: dict[str, dict[str, int]]) -> Plan:
+    """Ratios that prune each Hugging Face model in `model` to the config of `fraction`.
+
+    `original`: `sizes(model)` taken before the first step (targets are relative to it, so
+    gradual steps end exactly where one step would). Layers outside the Hugging Face models
+    get no entry (the caller's defaults apply).
+    """
+    ratios: dict[nn.Module, float] = {}
+    num_heads: dict[nn.Module, int] = {}
+    head_ratios: dict[nn.Module, float] = {}
+    ignored: list[nn.Module] = []
+    for name, pm in pretrained_models(model):
+        target = _target_config(pm, fraction, original[name])
+        with torch.device("meta"):
+            shaped = type(pm)(target)
+        linear_form(shaped)
+        attn = attentions(pm)
+        qkv = {id(p) for a in attn for p in a.projections}
+        for a in attn:
+            if a.fused:
+                ignored.extend(a.projections)
+                continue
+            keep = int(target.num_attention_heads)
+            remove = a.heads - keep
+            for p in a.projections:
+                num_heads[p] = a.heads
+                head_ratios[p] = (remove - 0.5) / a.heads if remove > 0 else 0.0
+                ratios[p] = 0.5 if remove > 0 else 0.0  # > 0 so that the heads are pruned
+        for layer_name, layer in pm.named_modules():
+            if id(layer) in qkv or not isinstance(layer, (nn.Linear, nn.Embedding)):
+                continue
+            try:
+                shaped_layer = shaped.get_submodule(layer_name)
+            except AttributeError:
+                continue
+            now, want = _out_width(layer), _out_width(shaped_layer)
+            # n * (1 - r) = want + 0.5: MetaPruner keeps int(n * (1 - r)) = want exactly
+            ratios[layer] = (now - want - 0.5) / now if want < now else 0.0
+    return Plan(ratios, num_heads, head_ratios, ignored)
+
+
+def _out_width(layer: nn.Module) -> int:
+    if isinstance(layer, nn.Embedding):
+        return int(layer.embedding_dim)
+    weight = layer.weight
+    assert isinstance(weight, torch.Tensor)
+    return int(weight.shape[0])
+
+
+def sizes(model: nn.Module) -> dict[str, dict[str, int]]:
+    """{Hugging Face model name: {"hidden": ..., "heads": ..., "head_size": ..., "ffn": ...}}
+    as its config says now; "prunable_heads" is 1 when every attention has separate q/k/v."""
+    out: dict[str, dict[str, int]] = {}
+    for name, pm in pretrained_models(model):
+        config = config_of(pm)
+        attn = attentions(pm)
+        heads = int(_config_get(config, "num_attention_heads") or 0)
+        hidden = int(_config_get(config, "hidden_size") or 0)
+        head_size = attn[0].head_size if attn else 0
+        prunable = bool(attn) and not any(a.fused for a in attn) and hidden == heads * head_size
+        out[name] = {
+            "hidden": hidden,
+            "heads": heads,
+            "head_size": head_size,
+            "ffn": _ffn_width(config) or 0,
+            "prunable_heads": int(prunable),
+        }
+    return out
+
+
+def _target_config(pm: nn.Module, fraction: float, size: dict[str, int]) -> Any:
+    """A copy of `pm.config` with the head count, hidden and FFN widths of `fraction`."""
+    config = copy.deepcopy(config_of(pm))
+    if size["prunable_heads"]:
+        heads = size["heads"] - min(size["heads"] - 1, round(fraction * size["heads"]))
+        config.num_attention_heads = heads
+        config.hidden_size = heads * size["head_size"]
+    key = ffn_key(config)
+    if key and size["ffn"]:
+        setattr(config, key, max(1, int(size["ffn"] * (1.0 - fraction))))
+    return config
+
+
+def sync_config(model: nn.Module) -> None:
+    """Set every Hugging Face model's head counts and config from its weight shapes (in place).
+
+    Each attention module gets its head count (and `all_head_size`, DistilBERT's `dim`); each
+    model gets a copy of its config (never the factory's object: a config shared between
+    factory calls must not change) with hidden size, heads and FFN width as the weights have
+    them. Unpruned models are left as they are. Raises SqueezerayError when layers differ in
+    head count or FFN width (a config has one value for all).
+    """
+    for _, pm in pretrained_models(model):
+        changes: dict[str, int] = {}
+        attn = [a for a in attentions(pm) if not a.fused]
+        for a in attn:
+            q, heads = a.projections[0], a.heads
+            for attr in HEADS_ATTRS:
+                if hasattr(a.module, attr):
+                    setattr(a.module, attr, heads)
+            if hasattr(a.module, "all_head_size"):
+                setattr(a.module, "all_head_size", q.out_features)  # noqa: B010
+            if isinstance(getattr(a.module, "dim", None), int):  # DistilBERT: the hidden size
+                setattr(a.module, "dim", q.in_features)  # noqa: B010
+            _agree(changes, "num_attention_heads", heads, pm, a.name)
+            _agree(changes, "hidden_size", q.in_features, pm, a.name)
+        key = ffn_key(config_of(pm))
+        for name, layer in _ffn_layers(pm):
+            if key:
+                _agree(changes, key, layer.out_features, pm, name)
+        _set_config(pm, changes)
+
+
+def _agree(changes: dict[str, int], key: str, value: int, pm: nn.Module, where: str) -> None:
+    if changes.setdefault(key, value) != value:
+        raise SqueezerayError(
+            f"structured pruning left {type(pm).__name__} layer {where!r} with {key}={value} "
+            f"while an earlier layer has {changes[key]}; a Hugging Face config holds one value "
+            "for every layer, so this model could not be saved with save_pretrained; use an "
+            "unstructured prune.method (l1_unstructured, global, random)"
+        )
+
+
+def _ffn_layers(pm: nn.Module) -> Iterator[tuple[str, nn.Linear]]:
+    for name, layer in pm.named_modules():
+        if isinstance(layer, nn.Linear) and any(
+            name == tail or name.endswith(f".{tail}") for tail in FFN_LAYERS
+        ):
+            yield name, layer
+
+
+def _set_config(pm: nn.Module, changes: dict[str, int]) -> None:
+    old = config_of(pm)
+    if all(_current(old, k) == v for k, v in changes.items()):
+        return
+    new = copy.deepcopy(old)
+    for key, value in changes.items():
+        setattr(new, key, value)
+    for module in pm.modules():  # every submodule that holds the same config object
+        if getattr(module, "config", None) is old:
+            module.config = new
+
+
+def _current(config: Any, key: str) -> int | None:
+    if key == "n_inner" and _config_get(config, key) is None:
+        return 4 * int(config.hidden_size)
+    value = _config_get(config, key)
+    return int(value) if isinstance(value, int) else None
+
+
+@contextlib.contextmanager
+def no_cache(model: nn.Module) -> Iterator[None]:
+    """`config.use_cache = False` on every Hugging Face model in `model` while tracing.
+
+    With the cache on, GPT-2 builds a key/value cache in every forward pass, and its
+    `torch.cat` made torch-pruning's dependency graph fail (`unsupported operand type(s) for
+    +: 'int' and 'NoneType'`); the logits do not depend on it.
+    """
+    saved = [
+        (pm, config_of(pm).use_cache)
+        for _, pm in pretrained_models(model)
+        if hasattr(config_of(pm), "use_cache")
+    ]
+    try:
+        for pm, _ in saved:
+            config_of(pm).use_cache = False
+        yield
+    finally:
+        for pm, value in saved:  # its config object may have been replaced (sync_config)
+            config_of(pm).use_cache = value
+
+
+def check_config(model: nn.Module) -> None:
+    """Every Hugging Face model in `model` has the parameter shapes its config builds.
+
+    Raises SqueezerayError naming the first layer whose shape differs (what
+    `from_pretrained` on a `save_pretrained` directory of this model would fail on).
+    """
+    for prefix, pm in pretrained_models(model):
+        with torch.device("meta"):
+            fresh = type(pm)(copy.deepcopy(config_of(pm)))
+        linear_form(fresh)
+        want = {k: tuple(v.shape) for k, v in fresh.state_dict().items()}
+        for key, value in pm.state_dict().items():
+            if key in want and tuple(value.shape) != want[key]:
+                where = f"{prefix}.{key}" if prefix else key
+                raise SqueezerayError(
+                    f"structured pruning left {where} with shape {tuple(value.shape)} but "
+                    f"{type(pm).__name__}'s updated config builds {want[key]}; the result "
+                    "could not be saved with save_pretrained and loaded back; use an "
+                    "unstructured prune.method (l1_unstructured, global, random) for this model"
+                )
+
+
+__all__ = [
+    "Attention",
+    "Plan",
+    "attentions",
+    "check_config",
+    "config_of",
+    "ffn_key",
+    "no_cache",
+    "plan",
+    "pretrained_models",
+    "sizes",
+    "sync_config",
+]

@@ -1,0 +1,123 @@
+"""Tiny Hugging Face models (built from configs, no hub) and Tasks around them, for the
+structured-pruning and Conv1D tests. Each builds in well under a second."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+from torch import nn
+from torch.utils.data import TensorDataset
+
+from stages.tasks import Task
+
+VOCAB, SEQ, CLASSES = 50, 8, 3
+
+
+def bert(*, seed: int = 0) -> nn.Module:
+    from transformers import BertConfig, BertForSequenceClassification
+
+    torch.manual_seed(seed)
+    config = BertConfig(
+        vocab_size=VOCAB,
+        hidden_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        intermediate_size=128,
+        max_position_embeddings=SEQ,
+        num_labels=CLASSES,
+    )
+    return BertForSequenceClassification(config).eval()
+
+
+def distilbert(*, seed: int = 0) -> nn.Module:
+    from transformers import DistilBertConfig, DistilBertForSequenceClassification
+
+    torch.manual_seed(seed)
+    config = DistilBertConfig(
+        vocab_size=VOCAB,
+        dim=64,
+        n_layers=2,
+        n_heads=4,
+        hidden_dim=128,
+        max_position_embeddings=SEQ,
+        num_labels=CLASSES,
+    )
+    return DistilBertForSequenceClassification(config).eval()
+
+
+def gpt2(*, seed: int = 0) -> nn.Module:
+    from transformers import GPT2Config, GPT2ForSequenceClassification
+
+    torch.manual_seed(seed)
+    config = GPT2Config(
+        vocab_size=VOCAB,
+        n_embd=64,
+        n_layer=2,
+        n_head=4,
+        n_positions=SEQ,
+        num_labels=CLASSES,
+        pad_token_id=0,
+        bos_token_id=1,
+        eos_token_id=1,
+    )
+    return GPT2ForSequenceClassification(config).eval()
+
+
+def vit(*, seed: int = 0) -> nn.Module:
+    from transformers import ViTConfig, ViTForImageClassification
+
+    torch.manual_seed(seed)
+    config = ViTConfig(
+        image_size=8,
+        patch_size=4,
+        num_channels=3,
+        hidden_size=32,
+        num_hidden_layers=1,
+        num_attention_heads=4,
+        intermediate_size=64,
+        num_labels=CLASSES,
+    )
+    return ViTForImageClassification(config).eval()
+
+
+BUILDERS: dict[str, Callable[..., nn.Module]] = {
+    "bert": bert,
+    "distilbert": distilbert,
+    "gpt2": gpt2,
+    "vit": vit,
+}
+
+
+def _splits(name: str) -> tuple[TensorDataset, TensorDataset, TensorDataset]:
+    g = torch.Generator().manual_seed(0)
+    n = 48
+    if name == "vit":
+        x = torch.randn(n, 3, 8, 8, generator=g)
+        y = (x[:, 0].mean(dim=(1, 2)) > 0).long() + (x[:, 1].mean(dim=(1, 2)) > 0.3).long()
+    else:
+        x = torch.randint(1, VOCAB, (n, SEQ), generator=g)  # 0 is GPT-2's pad token
+        y = (x[:, 0] % CLASSES).long()
+    parts = (slice(0, 32), slice(32, 40), slice(40, 48))
+    return tuple(TensorDataset(x[p], y[p]) for p in parts)  # type: ignore[return-value]
+
+
+def hf_task(name: str, *, student: bool = False) -> Task:
+    """A Task on the tiny model `name` (bert, distilbert, gpt2, vit), inputs positional
+    (input_ids alone, or pixel_values); `student=True` adds a student of the same kind."""
+    build = BUILDERS[name]
+    train, val, test = _splits(name)
+    return Task(
+        name=f"hf-{name}",
+        teacher=build,
+        student=(lambda: build(seed=1)) if student else None,
+        train=train,
+        val=val,
+        test=test,
+        num_classes=CLASSES,
+    )
+
+
+def make_bert_task() -> Task:
+    """Import path for sweeps: `tests.stages.hf_tiny:make_bert_task`."""
+    return hf_task("bert")
