@@ -20,6 +20,7 @@ from stages.attention import LinearAttention
 from stages.batches import forward_logits
 from stages.distill import DistillParams
 from stages.errors import SqueezerayError
+from stages.hfheads import pretrained_models
 from stages.layers import weight_layer_summary
 from stages.lora import lora_targets
 from stages.lowrank import LowRankParams, target_rank
@@ -147,8 +148,9 @@ def check_pruned_widths(
     space can reach either, the model that stage receives is built and pruned once here, on
     the CPU, at the largest reachable ratio (`stages.prune.prune_module`), and must still run:
     a parameter or buffer left at its old width (a per-channel buffer, `h * self.scale`) is
-    named, with the stage and the fix (`stages.prune.check_pruned_forward`). Other failures
-    of torch-pruning on the model stay the stage's own error.
+    named, with the stage and the fix (`stages.prune.check_pruned_forward`). On a Hugging Face
+    model any failure is refused here (heads or a config that cannot follow the pruning,
+    `stages.hfheads`); on other models torch-pruning's own failures stay the stage's error.
     """
     runs: list[tuple[str, str, float, str]] = []
     if "distill" in pipeline and task.student is None:
@@ -181,7 +183,9 @@ def _check_pruned(task: Task, arch: str, params: PruneParams, what: str, fix: st
         before = tensor_shapes(model), tuple(forward_logits(model.eval(), example).shape)
     try:
         prune_module(model, task, params, device=cpu, seed=0, check_forward=False)
-    except SqueezerayError:
+    except SqueezerayError as exc:
+        if pretrained_models(model):  # a Hugging Face model it cannot keep loadable: refuse
+            raise SqueezerayError(f"task {task.name!r}: {what}: {exc}") from exc
         return  # torch-pruning cannot prune this model: the stage reports it per trial
     try:
         check_pruned_forward(model, example, before, what=f"{what} on the {arch} model")

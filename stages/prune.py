@@ -222,19 +222,15 @@ def prune_module(
     history: PruningHistory = []
     if params.ratio > 0.0:
         if params.method == "structured":
-<<<<<<< HEAD
             example = to_device(task.example_input(2), device)
             with torch.no_grad():
                 logits = forward_logits(model.eval(), example)
             before = tensor_shapes(model), tuple(logits.shape)
-            history = _prune_structured(model, task, params, device=device, seed=seed)
+            with no_cache(model):  # a Hugging Face cache is no part of the logits
+                history = _prune_structured(model, task, params, device=device, seed=seed)
             if check_forward:
                 what = what or f"prune.method='structured' prune.ratio={params.ratio:g}"
                 check_pruned_forward(model, example, before, what=what)
-=======
-            with no_cache(model):  # a Hugging Face cache is no part of the logits
-                history = _prune_structured(model, task, params, device=device, seed=seed)
->>>>>>> 6b94a64 (Hugging Face structured pruning keeps a from_pretrained-loadable model: whole heads (torch-pruning num_heads), hidden width in whole heads, FFN widths, config updated from shapes after pruning and after replay (stages.hfheads); GPT-2's fused c_attn keeps its heads (FFN only); use_cache off while tracing; transformers Conv1D becomes an exact nn.Linear in Task.build (stages.conv1d), so prune/lowrank/LoRA/int8 reach GPT-2 blocks; teacher weights load before the swap)
         else:
             _prune_unstructured(model, task, params, device=device, seed=seed)
     model.eval()
@@ -364,7 +360,6 @@ def _prune_structured(
     return history_of(pruner.DG)
 
 
-<<<<<<< HEAD
 def tensor_shapes(model: nn.Module) -> dict[str, tuple[int, ...]]:
     """Shape of every parameter and buffer (non-persistent buffers too), by qualified name."""
     named = [*model.named_parameters(), *model.named_buffers()]
@@ -424,7 +419,8 @@ def check_pruned_forward(
     raise SqueezerayError(
         f"{what}: the pruned model no longer runs ({result}): {found}; {PRUNED_WIDTH_FIX}"
     )
-=======
+
+
 def _prune_hugging_face(
     model: nn.Module,
     task: Task,
@@ -480,7 +476,6 @@ def _prune_hugging_face(
     model.eval()
     check_config(model)
     return history
->>>>>>> 6b94a64 (Hugging Face structured pruning keeps a from_pretrained-loadable model: whole heads (torch-pruning num_heads), hidden width in whole heads, FFN widths, config updated from shapes after pruning and after replay (stages.hfheads); GPT-2's fused c_attn keeps its heads (FFN only); use_cache off while tracing; transformers Conv1D becomes an exact nn.Linear in Task.build (stages.conv1d), so prune/lowrank/LoRA/int8 reach GPT-2 blocks; teacher weights load before the swap)
 
 
 def rnn_layers(model: nn.Module) -> list[nn.Module]:

@@ -201,3 +201,15 @@ def test_every_linear_stage_reaches_gpt2_conv1d_weights() -> None:
     pruned = prune(StageInput(task=task, parent=teacher), PruneParams(ratio=0.5))
     c_attn = pruned.model.transformer.h[0].attn.c_attn.weight
     assert float((c_attn == 0).float().mean()) == pytest.approx(0.5, abs=0.01)
+
+
+def test_precheck_refuses_it_before_any_work(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The same failure, for the student made from the teacher, stops before Ray."""
+    import stages.hfheads
+    from stages.precheck import check_pruned_widths
+
+    task = hf_task("bert")
+    check_pruned_widths(task, ["teacher", "distill"], {})  # prunable: passes
+    monkeypatch.setattr(stages.hfheads, "FFN_LAYERS", ())
+    with pytest.raises(SqueezerayError, match=r"distill.student_ratio=0.5 .*intermediate\.dense"):
+        check_pruned_widths(task, ["teacher", "distill"], {})
