@@ -266,7 +266,7 @@ def test_two_sweeps_on_one_storage_compute_each_stage_once(
             return True
         if not since and blocked and _running(storage, "first") and _running(storage, "second"):
             since.append(time.monotonic())
-        return bool(since) and time.monotonic() - since[0] > 8.0
+        return bool(since) and time.monotonic() - since[0] > 5.0
 
     with _second_sweep(tmp_path, space, storage) as second:
         _when(both_asked, lambda: (markers / "go").write_text(""), timeout=240)

@@ -175,3 +175,22 @@ def test_ray_infrastructure_errors_are_told_from_the_trials_own() -> None:
     assert names_infrastructure_error("Traceback ...\nray.exceptions.ActorDiedError: it died")
     assert not names_infrastructure_error("Traceback ...\nValueError: bad")
     assert "--resume" in lost_message("stage distill", "OwnerDiedError: x")
+
+
+def test_a_ray_failure_reaching_the_driver_is_one_line_with_the_resume_command(
+    tmp_path: Path,
+) -> None:
+    from ray import exceptions as rex
+
+    from orchestrator.engine.sweep import SweepLostToRay, _with_resume_hint, prepare_sweep
+    from stages.errors import SqueezerayError
+
+    sweep = prepare_sweep("tiny", storage=tmp_path / "store", sweep_id="s1")
+    hinted = _with_resume_hint(sweep, rex.ActorDiedError())
+    assert isinstance(hinted, SweepLostToRay) and isinstance(hinted, SqueezerayError)  # exit 2
+    message = str(hinted)
+    assert message.startswith("sweep s1 stopped: Ray failed under it (ActorDiedError")
+    assert "squeezeray sweep --resume --sweep-id s1 --storage" in message
+    assert "\n" not in message
+    plain = ValueError("not Ray's")
+    assert _with_resume_hint(sweep, plain) is plain
