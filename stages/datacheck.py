@@ -9,8 +9,9 @@ collates it):
 - labels: every `y` an integer class in `[0, num_classes)` (a label out of range fails
   training with an IndexError inside Ray, or, in the val/test split only, silently counts as a
   wrong prediction and skews every accuracy);
-- inputs: every floating-point input finite (a NaN or inf in `x` makes the loss NaN, which
-  training reports as a divergence no learning rate can fix).
+- inputs: every floating-point input finite as the model receives it (float64 cast to float32,
+  so 1e300 is inf too): a NaN or inf in `x` makes the loss NaN, which training reported as a
+  divergence no learning rate can fix.
 
 Cost is one pass over the data: a `TensorDataset` is read in slices of `CHECK_BATCH` samples
 (memory speed); another map-style dataset of up to `FULL_CHECK_MAX_ITEMS`
@@ -131,6 +132,9 @@ def non_finite_rows(x: Any, n: int) -> torch.Tensor | None:
     for t in _tensors(x):
         if not t.is_floating_point() or t.dim() == 0 or t.shape[0] != n:
             continue
+        # as the model sees it: float64 becomes float32 (`stages.batches.as_inputs`), where
+        # a value above 3.4e38 is inf
+        t = t.float() if t.dtype == torch.float64 else t
         bad = ~torch.isfinite(t.reshape(n, -1)).all(dim=1)
         rows = bad if rows is None else rows | bad
     return rows

@@ -106,7 +106,7 @@ def fit(
         batch_size=batch_size,
         shuffle=True,
         generator=generator,
-        drop_last=drops_last_batch(model, len(train), batch_size),  # type: ignore[arg-type]
+        drop_last=drops_last_batch(model, _length(train), batch_size),
     )
     if teacher is not None:
         teacher.to(device).eval()
@@ -151,12 +151,20 @@ def fit(
     }
 
 
-def drops_last_batch(model: nn.Module, size: int, batch_size: int) -> bool:
+def _length(dataset: Dataset) -> int | None:
+    """len(dataset), or None for a dataset without one (a stream)."""
+    try:
+        return len(dataset)  # type: ignore[arg-type]
+    except TypeError:
+        return None
+
+
+def drops_last_batch(model: nn.Module, size: int | None, batch_size: int) -> bool:
     """Whether training `model` on `size` samples in batches of `batch_size` drops the last
     batch: only when it would hold one sample and the model has a BatchNorm in training mode
     (one value per channel has no batch variance). One sample in all is left to fail: dropping
-    it would leave nothing to train on."""
-    if size % batch_size != 1 or size == 1:
+    it would leave nothing to train on; a dataset without a length (a stream) is left as it is."""
+    if size is None or size % batch_size != 1 or size == 1:
         return False
     return any(isinstance(m, _BatchNorm) and m.training for m in model.modules())
 

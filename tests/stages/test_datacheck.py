@@ -71,6 +71,13 @@ def test_nan_inputs_are_named_with_split_count_and_first_index() -> None:
     assert "learning rate" not in message.split(";")[0]
 
 
+def test_float64_inputs_too_large_for_float32_are_inf_to_the_model() -> None:
+    x = torch.zeros(10, 2, dtype=torch.float64)
+    x[6, 0] = 1e300  # finite in float64, inf once cast to float32 for the model
+    check = split_check(TensorDataset(x, torch.zeros(10, dtype=torch.long)), "val", num_classes=3)
+    assert (check.non_finite, check.non_finite_index) == (1, 6)
+
+
 def test_good_data_passes_and_every_sample_is_read() -> None:
     checks = check_splits(_task(_data(60), _data(30), _data(30)), source="t")
     assert [(c.split, c.checked, c.bad_labels, c.non_finite) for c in checks] == [
