@@ -57,6 +57,7 @@ def write_manifest(
         "max_concurrent": sweep.max_concurrent,
         "teacher_weights": sweep.teacher_weights,
         "options": sweep.options.to_dict(),  # what --resume runs (SweepOptions)
+        "tune_experiment": sweep.tune_experiment or sweep.sweep_id,  # what --resume restores
         "status": status,
         "error": error,
         "resume_command": resume_command(store, sweep.sweep_id, command=sweep.command),

@@ -18,6 +18,7 @@ from typing import Any
 from orchestrator.engine.keys import stage_key
 from orchestrator.engine.requests import MeasureRequest, StageRequest
 from orchestrator.space.coherence import make_coherent, plain
+from orchestrator.store.faults import as_storage_fault
 from orchestrator.store.schema import RERUN_STATUSES
 
 
@@ -167,7 +168,9 @@ def run_pipeline(
     full traceback, under `<storage>/logs/<sweep>/<trial>.txt`), `stage_keys` (the stages it
     completed) and `last_val_accuracy` (the validation accuracy after its last stage), so the
     sweep records the trial and goes on. `on_stage(index, stage, info, result so far)` is
-    called after each stage.
+    called after each stage. A stage that could not write its checkpoint because the storage
+    is full or read-only is no fault of the trial: its result carries `storage_fault` (the
+    message), and the results writer stops the sweep on it instead of recording the trial.
 
     An infrastructure failure (`faults.is_infrastructure_error`: the cache actor died and its
     refs with it, an object or node was lost) walks the chain again, up to INFRA_ATTEMPTS
@@ -239,10 +242,15 @@ def _record_failure(
     plan: SweepPlan, trial_id: str, where: str, exc: Exception, result: dict[str, Any]
 ) -> None:
     """The result of a trial that failed at `where`: `lost` for an infrastructure failure,
-    else `error`; the whole traceback goes to its log file."""
+    else `error`; the whole traceback goes to its log file. A storage fault (a stage could not
+    write its checkpoint: full or read-only storage) is `storage_fault`, and no log."""
     from orchestrator.engine.faults import is_infrastructure_error, lost_message
     from orchestrator.store.schema import LOST
 
+    fault = as_storage_fault(exc, plan.storage)
+    if fault is not None:  # full or read-only storage: not the trial's fault, the sweep stops
+        result.update(status="error", error=bounded(str(fault)), storage_fault=str(fault))
+        return
     if is_infrastructure_error(exc):
         result.update(status=LOST, error=bounded(lost_message(where, describe_error(exc))))
     else:

@@ -90,6 +90,7 @@ def prepare_sweep(
         space_text=space_text,
         budget_elapsed_s=start.budget_elapsed_s,
         finished=start.finished,
+        tune_experiment=start.tune_experiment,
     )
 
 
@@ -104,6 +105,7 @@ class _Start:
     space_text: str | None = None  # the YAML the manifest kept (a resumed sweep)
     budget_elapsed_s: float = 0.0
     finished: bool = False  # a resumed sweep whose manifest says it finished: nothing to run
+    tune_experiment: str | None = None  # the Tune experiment its manifest names (a resume)
 
 
 def _resumed(
@@ -128,7 +130,8 @@ def _resumed(
         _check_same_space(given_space, space, manifest, store, sweep_id)
     opts = resumed_options(manifest, given, store, sweep_id)
     finished = manifest.get("status") == "finished"
-    return _Start(space, opts, sweep_id, space_text, budget_elapsed_s, finished)
+    experiment = manifest.get("tune_experiment")
+    return _Start(space, opts, sweep_id, space_text, budget_elapsed_s, finished, experiment)
 
 
 # What makes two spaces the same sweep (`source`, the file's path, does not; `task_metric` is

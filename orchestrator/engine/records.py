@@ -39,6 +39,9 @@ class PreparedSweep:
     budget_elapsed_s: float = 0.0  # seconds of the time budget spent before (--resume)
     finished: bool = False  # resumed, but its manifest says it finished: nothing left to run
     command: str = "sweep"  # the CLI command that runs it: sweep, or nightly (its resume command)
+    # The Tune experiment its trials run in (<storage>/tune/<name>; the manifest keeps it):
+    # None is the sweep id; a resume whose Tune state could not be restored runs a new one.
+    tune_experiment: str | None = None
 
     @property
     def cpus_per_trial(self) -> float:

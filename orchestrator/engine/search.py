@@ -24,8 +24,14 @@ def make_search(
     warm_constraint_values: list[dict[str, float]] | None = None,
     max_concurrent: int | None = None,
     deadline_key: str | None = None,
+    done: tuple[dict[str, Any], ...] = (),
 ) -> tuple[Any, dict[str, Any], int]:
     """(search_alg, param_space, num_samples) for the Tuner.
+
+    `done`: the knob points of trials already finished (a resumed sweep whose Tune state was
+    rebuilt, `tune_state`): grid search leaves them out, random search draws from its seed
+    moved on by their count (so it does not draw the earlier run's points again); Optuna
+    learns them from the warm start.
 
     With a time budget, the search stops launching trials at `DEADLINES[deadline_key]` (a
     `time.monotonic()` value of this process, set by the sweep; default: now + the budget).
@@ -45,9 +51,9 @@ def make_search(
 
     inner: Any
     if space.search.algorithm == "grid":
-        inner, param_space, num_samples = _grid_search(space, max_concurrent)
+        inner, param_space, num_samples = _grid_search(space, max_concurrent, done)
     elif space.search.algorithm == "random":
-        inner, param_space, num_samples = _random_search(space, max_concurrent)
+        inner, param_space, num_samples = _random_search(space, max_concurrent, len(done))
     else:
         searcher: Any = _optuna_search(
             space, constraints, points_to_evaluate, evaluated_rewards, warm_constraint_values
@@ -65,13 +71,17 @@ def make_search(
     return inner, param_space, num_samples
 
 
-def _grid_search(space: SearchSpace, max_concurrent: int | None) -> tuple[Any, dict[str, Any], int]:
+def _grid_search(
+    space: SearchSpace, max_concurrent: int | None, done: tuple[dict[str, Any], ...] = ()
+) -> tuple[Any, dict[str, Any], int]:
     """Explicit points, one per distinct effective configuration (Tune's grid_search would run
-    e.g. onnx_int8 once per export.runtime, though onnx_int8 always deploys to ORT)."""
+    e.g. onnx_int8 once per export.runtime, though onnx_int8 always deploys to ORT); points
+    in `done` (every knob of the point equal) are left out."""
     from ray import tune
     from ray.tune.search.basic_variant import BasicVariantGenerator
 
     points, _ = grid_points(space)
+    points = [p for p in points if not any(all(d.get(k) == v for k, v in p.items()) for d in done)]
     inner = BasicVariantGenerator(points_to_evaluate=points, max_concurrent=max_concurrent or 0)
     # The domains are declared (Tune resolves points against them); every sample is a point.
     param_space = {k: tune.choice(list(d.choices)) for k, d in space.searched().items()}
@@ -79,14 +89,15 @@ def _grid_search(space: SearchSpace, max_concurrent: int | None) -> tuple[Any, d
 
 
 def _random_search(
-    space: SearchSpace, max_concurrent: int | None
+    space: SearchSpace, max_concurrent: int | None, skip: int = 0
 ) -> tuple[Any, dict[str, Any], int]:
-    """Tune's random search over the searched knobs' domains, seeded by the search seed."""
+    """Tune's random search over the searched knobs' domains, seeded by the search seed (plus
+    `skip`, the trials an earlier run already drew: a rebuilt resume)."""
     from ray.tune.search.basic_variant import BasicVariantGenerator
 
     param_space = {k: _tune_domain(d) for k, d in space.searched().items()}
     inner = BasicVariantGenerator(
-        random_state=space.search.seed, max_concurrent=max_concurrent or 0
+        random_state=space.search.seed + skip, max_concurrent=max_concurrent or 0
     )
     return inner, param_space, space.search.trials
 

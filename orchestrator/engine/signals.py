@@ -55,6 +55,18 @@ class StopSignals:
             raise KeyboardInterrupt
 
 
+def interrupt_tune() -> bool:
+    """Stop a running `tuner.fit()` as a first Ctrl-C does (Tune stops launching trials, saves
+    its experiment state and returns): call Tune's own stop handler, which it installs for
+    SIGUSR1 while it runs in the main thread. False when none is installed (not in a fit, or
+    not in the main thread)."""
+    handler = signal.getsignal(signal.SIGUSR1)
+    if not callable(handler) or handler in (signal.default_int_handler,):
+        return False
+    handler(signal.SIGUSR1, None)
+    return True
+
+
 @contextlib.contextmanager
 def stop_signals() -> Iterator[StopSignals]:
     stop = StopSignals()

@@ -23,6 +23,7 @@ benchmarks import from here.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 import shlex
 import time
@@ -60,6 +61,7 @@ from orchestrator.engine.records import (
 from orchestrator.engine.runtime import ClusterInfo
 from orchestrator.engine.signals import stop_signals
 from orchestrator.engine.summary import RunEnd, sweep_summary
+from orchestrator.engine.tune_state import tune_plan
 from orchestrator.engine.tuner import TuneSetup, configure_tune, make_tuner, tune_setup
 from orchestrator.space.model import SearchSpace
 from orchestrator.space.options import SweepOptions
@@ -175,16 +177,16 @@ def _with_resume_hint(sweep: PreparedSweep, exc: BaseException) -> BaseException
     """A storage fault (full, read-only) with the command that continues the sweep once it is
     fixed; a Ray failure as one line with that command (`SweepLostToRay`, never a raw Ray
     traceback); any other error as it is."""
-    from orchestrator.store.faults import StorageFault
+    from orchestrator.store.faults import StorageFault, as_storage_fault
 
-    if _is_ray_error(exc):
-        return SweepLostToRay(sweep, exc)
-    if not isinstance(exc, StorageFault):
+    fault = as_storage_fault(exc, sweep.storage.location())
+    if fault is None:
+        return SweepLostToRay(sweep, exc) if _is_ray_error(exc) else exc
         return exc
     command = resume_command(sweep.storage, sweep.sweep_id, command=sweep.command)
-    fault = StorageFault(f"{exc}; once that is fixed, continue the sweep with: {command}")
-    fault.errno = exc.errno
-    return fault
+    hinted = StorageFault(f"{fault}; once that is fixed, continue the sweep with: {command}")
+    hinted.errno = fault.errno
+    return hinted
 
 
 def _is_ray_error(exc: BaseException) -> bool:
@@ -225,13 +227,17 @@ def _execute_sweep(
     the Tune experiment: finished trials are kept, unfinished ones re-run under their ids.
     """
     configure_tune()
-    run = _start(sweep, address=address, num_cpus=num_cpus, latency_resource=latency_resource)
-    # A resumed sweep: the rows written before the interruption (trial id -> result).
+    # A resumed sweep: the rows written before the interruption (trial id -> result), and its
+    # Tune experiment restored, or rebuilt when its state cannot be (`tune_state`).
     stored = stored_results(sweep.storage, sweep.sweep_id) if sweep.resume else {}
+    plan = tune_plan(sweep, stored)
+    sweep = dataclasses.replace(sweep, tune_experiment=plan.experiment)
+    run = _start(sweep, address=address, num_cpus=num_cpus, latency_resource=latency_resource)
     stored_baseline = stored.pop("baseline", None)
     setup = tune_setup(
         run,
         stored,
+        plan=plan,
         concurrency=trial_concurrency(sweep, run.info),
         warm_start=warm_start,
         progress=progress,
@@ -239,6 +245,9 @@ def _execute_sweep(
     trials = _run_trials(
         run, setup, measure_baseline=stored_baseline is None or stored_baseline["status"] != "ok"
     )
+    if setup.writer.fault is not None:  # a row could not be written: the sweep stops here
+        _abandon(run)
+        raise setup.writer.fault
     record_baseline(run, trials.baseline_ref, trials.started, interrupted=trials.interrupted)
     final = (0, "") if trials.interrupted else run_final_latency(run)
     end = _finish(run, setup, interrupted=trials.interrupted, final=final)
@@ -339,10 +348,11 @@ def _run_trials(run: SweepRun, setup: TuneSetup, *, measure_baseline: bool) -> _
             if measure_baseline:
                 # The baseline (uncompressed teacher, eager) shares the trials' teacher.
                 baseline_ref = start_baseline(run)
-            tuner = make_tuner(run, setup)
-            stop.enter_fit()
-            tuner.fit()
-            stop.leave_fit()
+            if setup.restore or setup.num_samples > 0:  # (a rebuilt sweep may have none left)
+                tuner = make_tuner(run, setup)
+                stop.enter_fit()
+                tuner.fit()
+                stop.leave_fit()
         except KeyboardInterrupt:
             interrupted = True
         interrupted = interrupted or stop.received is not None
@@ -375,6 +385,16 @@ def _finish(
         final_models=final[0],
         final_note=final[1],
     )
+
+
+def _abandon(run: SweepRun) -> None:
+    """Stop what a sweep that cannot go on started: its cache actor and its budget's clock
+    (its manifest then says `failed`, `execute_sweep`)."""
+    import ray
+
+    with contextlib.suppress(Exception):
+        ray.kill(run.cache)
+    end_budget(run.sweep.sweep_id)
 
 
 def _compact_quietly(store: Storage, sweep_id: str) -> None:

@@ -1,14 +1,26 @@
-"""Driver-side Tune callbacks: each finished trial's row is written as it finishes."""
+"""Driver-side Tune callbacks: each finished trial's row is written as it finishes.
+
+A row is never written over a final row of the same trial (`tune_state.is_final`) that an
+earlier run of the sweep wrote: a resumed run that comes to such a trial id again keeps the
+stored row and says so. When a row cannot be written because the storage is full or read-only
+(or a trial's stage could not write its checkpoint for that reason), the writer stops the sweep
+the way Ctrl-C does (Tune saves its state; unfinished trials keep their configs for `--resume`),
+writes nothing more, and the sweep raises the `StorageFault` once Tune has returned.
+"""
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Mapping
 from datetime import datetime
 from typing import Any
 
 from ray.tune import Callback
 
+from orchestrator.store.faults import StorageFault
 from orchestrator.store.rows import now, trial_row
+
+log = logging.getLogger(__name__)
 
 # What a trial's stage reports carry over to its row when it ends without a final report.
 _CARRIED = ("effective_params", "stage_keys", "last_val_accuracy")
@@ -30,6 +42,7 @@ class ResultsWriter(Callback):  # type: ignore[misc]
         progress: Callable[[str, Mapping[str, Any]], None] | None,
         done: Mapping[str, int] | None = None,
         plan: Any = None,
+        final: frozenset[str] = frozenset(),
     ) -> None:
         self.storage = storage
         self.sweep_id = sweep_id
@@ -49,6 +62,9 @@ class ResultsWriter(Callback):  # type: ignore[misc]
         self.launched: set[str] = set()  # trials Tune started in this run
         # SweepPlan: a stopped or crashed trial's knobs from its config when it reported none
         self.plan = plan
+        self.final = final  # trial ids whose final row an earlier run wrote: never replaced
+        self.kept: list[str] = []  # trials of this run whose row was refused (see `final`)
+        self.fault: StorageFault | None = None  # the storage fault that stopped the sweep
 
     def __getstate__(self) -> dict[str, Any]:
         # Tune pickles its run config (callbacks included) for restore; a terminal progress
@@ -119,15 +135,19 @@ class ResultsWriter(Callback):  # type: ignore[misc]
 
     def _write(self, trial: Any, result: dict[str, Any]) -> None:
         from orchestrator.space.constraints import feasible
-        from orchestrator.store.results import append_results
 
-        if trial.trial_id in self.written:
+        if trial.trial_id in self.written or self.fault is not None:
             return
         if result.get("replayed"):
             # A resumed trial whose row was written before the interruption: already stored
             # and already counted in `done`.
             self.written.add(trial.trial_id)
             self._progress("done", trial, result)
+            return
+        if result.get("storage_fault"):  # a stage could not write its checkpoint
+            self._stop(StorageFault(str(result["storage_fault"])))
+        if trial.trial_id in self.final:
+            self._keep_stored(trial.trial_id)
             return
         self.stage_requests += len(result.get("stage_keys") or [])
         ok = result.get("status") == "ok"
@@ -143,11 +163,41 @@ class ResultsWriter(Callback):  # type: ignore[misc]
             if ok
             else (False if self.constraints else None),
         )
-        append_results(self.storage, [row])
+        self._append(row)
         self.written.add(trial.trial_id)
         self.counts["ok" if ok else "failed"] += 1
         self.by_status[row["status"]] = self.by_status.get(row["status"], 0) + 1
         self._progress("done", trial, row)
+
+    def _append(self, row: dict[str, Any]) -> None:
+        """Write one row; a storage fault stops the sweep (`_stop`)."""
+        from orchestrator.store.results import append_results
+
+        try:
+            append_results(self.storage, [row])
+        except StorageFault as fault:
+            self._stop(fault)
+
+    def _keep_stored(self, trial_id: str) -> None:
+        """This run came to a trial whose final row is stored: that row stays, this one is
+        not written (another run's result must never replace a finished trial's)."""
+        log.warning(
+            "trial %s of sweep %s already has a final row from an earlier run; it is kept and "
+            "this run's result for that trial id is not written",
+            trial_id, self.sweep_id,
+        )  # fmt: skip
+        self.written.add(trial_id)
+        self.kept.append(trial_id)
+
+    def _stop(self, fault: StorageFault) -> None:
+        """Stop the sweep on a storage fault: Tune stops as on Ctrl-C (saving its state) and
+        marks this trial errored (so `--resume` runs it again, with its config); nothing more
+        is written. Raises the fault (Tune's error for this trial)."""
+        from orchestrator.engine.signals import interrupt_tune
+
+        self.fault = fault
+        interrupt_tune()
+        raise fault
 
     def _progress(self, event: str, trial: Any, row: Mapping[str, Any]) -> None:
         if self.progress is not None:

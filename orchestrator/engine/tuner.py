@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from orchestrator.engine.records import SweepRun
+from orchestrator.engine.tune_state import TunePlan, final_trials
 from orchestrator.space.model import SearchSpace
 from orchestrator.store.storage import tune_storage
 from stages.errors import SqueezerayError
@@ -37,8 +38,10 @@ class TuneSetup:
     num_samples: int
     concurrency: int  # trials at once (enforced by the search algorithm)
     writer: Any  # the ResultsWriter callback
-    path: str  # the Tune experiments' directory on `fs` (the experiment is path/sweep_id)
+    path: str  # the Tune experiments' directory on `fs` (the experiment is path/experiment)
     fs: Any  # its pyarrow filesystem
+    experiment: str  # the Tune experiment's name (`tune_state.TunePlan`)
+    restore: bool  # restore that experiment (a resumed sweep whose Tune state is sound)
 
 
 def configure_tune() -> None:
@@ -57,29 +60,37 @@ def tune_setup(
     run: SweepRun,
     stored: Mapping[str, Mapping[str, Any]],
     *,
+    plan: TunePlan,
     concurrency: int,
     warm_start: tuple[Any, ...] | None,
     progress: Progress | None,
 ) -> TuneSetup:
     """The trainable, search and writer of a sweep. `stored`: trial id -> the result already
-    written (a resumed sweep: replayed, and counted as done); `warm_start`: (points, rewards[,
-    constraint values]) seeding Optuna."""
+    written (a resumed sweep: replayed, and counted as done); `plan`: the Tune experiment to
+    restore or start (`tune_state.tune_plan`; a rebuilt one runs only the trials left, seeded
+    by the finished ones); `warm_start`: (points, rewards[, constraint values]) seeding Optuna."""
     from ray import tune
 
     from orchestrator.engine.pipeline import trial_function
     from orchestrator.engine.search import make_search
 
     space, sweep_id = run.sweep.space, run.sweep.sweep_id
+    warm = _merged_warm_start(warm_start, plan.warm_start)
     search_alg, param_space, num_samples = make_search(
         space,
         constraints=run.plan.constraints,
-        points_to_evaluate=warm_start[0] if warm_start else None,
-        evaluated_rewards=warm_start[1] if warm_start else None,
-        warm_constraint_values=warm_start[2] if warm_start and len(warm_start) > 2 else None,
+        points_to_evaluate=warm[0] if warm else None,
+        evaluated_rewards=warm[1] if warm else None,
+        warm_constraint_values=warm[2] if warm and len(warm) > 2 else None,
         max_concurrent=concurrency,
         deadline_key=sweep_id,
+        done=plan.done,
     )
-    writer = results_writer(run, stored, total=num_samples, progress=progress)
+    finals = final_trials(stored)
+    if plan.trials_left is not None and space.search.algorithm != "grid":
+        num_samples = plan.trials_left  # (a grid left out the points done: its count is right)
+    total = len(finals) + num_samples if plan.trials_left is not None else num_samples
+    writer = results_writer(run, stored, total=total, progress=progress)
     trainable = tune.with_resources(
         tune.with_parameters(trial_function, plan=run.plan, cache=run.cache, replay=stored),
         COORDINATOR_RESOURCES,
@@ -96,7 +107,24 @@ def tune_setup(
         writer=writer,
         path=path,
         fs=fs,
+        experiment=plan.experiment,
+        restore=plan.restore,
     )
+
+
+def _merged_warm_start(*starts: tuple[Any, ...] | None) -> tuple[Any, ...] | None:
+    """Warm starts given together (nightly's earlier sweeps, a rebuilt resume's own rows) as
+    one (points, rewards, constraint values); None when there is none."""
+    given = [w for w in starts if w]
+    if not given:
+        return None
+    if len(given) == 1:
+        return given[0]
+    parts: list[list[Any]] = [[], [], []]
+    for warm in given:
+        for i in range(3):
+            parts[i].extend(warm[i] if len(warm) > i else [{} for _ in warm[0]])
+    return tuple(parts)
 
 
 def results_writer(
@@ -126,17 +154,18 @@ def results_writer(
             "failed": sum(r["status"] not in ("ok", *RERUN_STATUSES) for r in stored.values()),
         },
         plan=run.plan,
+        final=final_trials(stored),
     )
 
 
 def make_tuner(run: SweepRun, setup: TuneSetup) -> Any:
     """The sweep's Tuner: the interrupted experiment restored (a resumed sweep whose Tune
-    state exists), else a new one."""
+    state is sound: `tune_state.tune_plan`), else a new one named `setup.experiment`."""
     from ray import tune
 
     sweep = run.sweep
-    experiment_dir = f"{setup.path}/{sweep.sweep_id}"
-    if sweep.resume and tune.Tuner.can_restore(experiment_dir, storage_filesystem=setup.fs):
+    if setup.restore:
+        experiment_dir = f"{setup.path}/{setup.experiment}"
         return restored_tuner(experiment_dir, setup.trainable, setup.writer, setup.fs)
     return tune.Tuner(
         setup.trainable,
@@ -149,7 +178,7 @@ def make_tuner(run: SweepRun, setup: TuneSetup) -> Any:
             reuse_actors=True,
         ),
         run_config=tune.RunConfig(
-            name=sweep.sweep_id,
+            name=setup.experiment,
             storage_path=setup.path,
             storage_filesystem=setup.fs,
             verbose=0,

@@ -17,8 +17,6 @@ an uninterrupted night; the interruption's message says that command (`nightly_r
 from __future__ import annotations
 
 import dataclasses
-import json
-import math
 import secrets
 import shlex
 from collections.abc import Callable, Mapping
@@ -37,23 +35,18 @@ from orchestrator.engine.sweep import (
     prepare_sweep,
     sweep_options,
 )
+from orchestrator.engine.warm import WarmStart, warm_start_from
 from orchestrator.query.report import NightlyReport, Thresholds, build_report, write_report
-from orchestrator.space.model import Distribution, SearchSpace
+from orchestrator.space.model import SearchSpace
 from orchestrator.space.options import SweepOptions
 from orchestrator.store.lock import DEFAULT_TIMEOUT_S, storage_lock
 from orchestrator.store.storage import Storage, open_storage
 from stages.errors import SqueezerayError
 
 if TYPE_CHECKING:
-    import pyarrow as pa
-
     from orchestrator.store.gc import GcPlan
 
-WARM_START_MAX = 1000  # newest distinct knob points given to Optuna (older ones add little)
 EXIT_REGRESSION = 3
-
-# (knob points, their objective values, their stored constraint-column values)
-WarmStart = tuple[list[dict[str, Any]], list[list[float]], list[dict[str, float]]]
 
 
 @dataclass(frozen=True)
@@ -75,89 +68,6 @@ class NightlyOutcome:
 
 def nightly_name(day: Date) -> str:
     return f"nightly-{day:%Y%m%d}"
-
-
-def warm_start_from(table: pa.Table | None, space: SearchSpace) -> WarmStart | None:
-    """Earlier ok trials of `space.task` as Optuna warm-start points, their objectives and the
-    values of the space's constraint columns (read from the stored rows, so a constraint on a
-    column that is not an objective is judged on what that trial measured).
-
-    Only the knobs searched by `space` are kept, and only rows that have all of them with a
-    value the space can produce, every objective and every constraint column (a row missing
-    one is skipped, not assumed feasible); the newest row of a knob point wins.
-    """
-    if table is None or table.num_rows == 0:
-        return None
-    searched = space.searched()
-    # The values the search optimises and constrains (validation columns: `accuracy` means
-    # val_accuracy), as the sweep's searcher sees them; rows without them (written before
-    # squeezeray recorded val_accuracy) are skipped.
-    names = [column for column, _ in space.search_objectives()]
-    constrained = sorted({column for column, _, _ in space.search_constraints()})
-    if not searched or any(n not in table.column_names for n in [*names, *constrained]):
-        return None
-    rows = sorted(
-        (
-            r
-            for r in table.to_pylist()
-            if r["status"] == "ok" and not r["is_baseline"] and r.get("task") == space.task
-        ),
-        key=lambda r: (r.get("finished_at") is not None, r.get("finished_at")),
-    )
-    points: dict[str, tuple[dict[str, Any], list[float], dict[str, float]]] = {}
-    for row in rows:
-        params = json.loads(row.get("params") or "{}")
-        point: dict[str, Any] = {}
-        for key, dist in searched.items():
-            value = _fits(dist, params.get(key))
-            if value is None:
-                break
-            point[key] = value
-        else:
-            values = [_selection_value(row, n) for n in [*names, *constrained]]
-            if any(v is None or not math.isfinite(float(v)) for v in values):
-                continue
-            key = json.dumps(point, sort_keys=True, default=str)
-            points.pop(key, None)  # re-insert: newest last
-            measured = {c: float(row[c]) for c in constrained}
-            points[key] = (point, [float(v) for v in values[: len(names)]], measured)
-    if not points:
-        return None
-    kept = list(points.values())[-WARM_START_MAX:]
-    return [p for p, _, _ in kept], [v for _, v, _ in kept], [c for _, _, c in kept]
-
-
-def _selection_value(row: Mapping[str, Any], column: str) -> Any:
-    """A row's value of a selection column. Rows written before latency_ms_sweep existed
-    have only latency_ms, which was then the in-sweep measurement (no final phase)."""
-    value = row.get(column)
-    if value is None and column == "latency_ms_sweep" and row.get("latency_rounds") is None:
-        return row.get("latency_ms")
-    return value
-
-
-def _fits(dist: Distribution, value: Any) -> Any:
-    """`value` as the distribution would produce it, or None when it cannot."""
-    if value is None:
-        return None
-    if dist.kind == "choice":
-        for choice in dist.choices:
-            if isinstance(value, bool) == isinstance(choice, bool) and value == choice:
-                return choice  # (True == 1 in Python; a bool matches only a bool)
-        return None
-    try:
-        number = float(value)
-    except (TypeError, ValueError):
-        return None
-    assert dist.low is not None and dist.high is not None
-    if not (dist.low <= number <= dist.high):
-        return None
-    if dist.kind == "int":
-        step = dist.step or 1
-        if not number.is_integer() or (int(number) - int(dist.low)) % step:
-            return None
-        return int(number)
-    return number
 
 
 def prepare_nightly(

@@ -59,29 +59,28 @@ class StorageFault(SqueezerayError):
     errno: int | None = None
 
 
-def fault_errno(exc: BaseException) -> int | None:
-    """The storage errno (one of FAULTS) behind `exc` or its causes, or None."""
+def as_storage_fault(exc: BaseException, path: str) -> StorageFault | None:
+    """The storage fault behind `exc` - `exc` itself, its causes, or a Ray task error's
+    original exception - as a StorageFault (an OSError of a FAULTS kind becomes one naming
+    `path`); None when there is none."""
     seen: set[int] = set()
     current: BaseException | None = exc
     while current is not None and id(current) not in seen:
         seen.add(id(current))
+        inner = getattr(current, "cause", None)  # a Ray task error's original exception
+        if isinstance(inner, BaseException) and id(inner) not in seen:
+            current = inner
+            continue
         if isinstance(current, StorageFault):
-            return current.errno if current.errno is not None else errno.ENOSPC
+            return current
         number = getattr(current, "errno", None)
         if isinstance(current, OSError) and number in FAULTS:
-            return int(number)
-        inner = getattr(current, "cause", None)  # a Ray task error's original exception
-        current = inner if isinstance(inner, BaseException) else current.__cause__
+            return _fault(int(number), path)
+        current = current.__cause__ or current.__context__
     return None
 
 
-def as_storage_fault(exc: BaseException, path: str) -> StorageFault | None:
-    """`exc` as a StorageFault naming `path` when it is a storage fault (see FAULTS), else None."""
-    if isinstance(exc, StorageFault):
-        return exc
-    number = fault_errno(exc)
-    if number is None:
-        return None
+def _fault(number: int, path: str) -> StorageFault:
     what, fix = FAULTS[number]
     fault = StorageFault(
         f"storage {what}: could not write {path} ({os.strerror(number)}); {fix}. "

@@ -1,0 +1,189 @@
+"""Resume never runs a trial with a config it did not draw, and never replaces a finished row
+(issue 21 item 1).
+
+Reproduced first (on main before the fix): a sweep whose Tune experiment state is truncated
+(a full disk while Tune saved it), then `--resume`: Tune logged "Failed to restore the run
+state", dropped its trials, ran a trial with a config it did not draw and wrote it over the
+stored rows' count ("all trials done (5 of 4)"). Now the state is checked first
+(`tune_state.state_problem`) and the sweep rebuilt from its manifest and rows; the results
+writer refuses a row for a trial whose final row is stored.
+
+The end-to-end test fills a small real filesystem (tmpfs) during a sweep, frees it, resumes
+after Tune's state file was cut as the full disk left it in the report, and checks every
+finished row unchanged and every other trial run with the knobs its Tune trial drew.
+"""
+
+from __future__ import annotations
+
+import glob
+import json
+import re
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from orchestrator.store.results import load_results
+
+from .small_fs import SmallFs, small_fs, temp_files
+
+
+def _trial(trial_id: str, result: dict[str, Any]) -> Any:
+    return type("T", (), {"trial_id": trial_id, "last_result": result, "config": {}})()
+
+
+def test_a_finished_trials_row_is_never_replaced_by_another_runs_row(tmp_path: Path) -> None:
+    from orchestrator.engine.tune_callbacks import ResultsWriter
+    from orchestrator.store.results import append_results
+    from tests.rows import result_row
+
+    stored = result_row("s", "t1", 0, accuracy=0.91, status="ok")
+    append_results(str(tmp_path), [stored])
+    writer = ResultsWriter(
+        storage=str(tmp_path), sweep_id="s", sweep_name="s", task="digits", code_version="v",
+        constraints=(), total=2, progress=None, done={"ok": 1, "failed": 0},
+        final=frozenset({"t1"}),
+    )  # fmt: skip
+    # Another run comes to trial id t1 again (not a replay of its row): its row is refused.
+    writer.on_trial_complete(0, [], _trial("t1", {"final": True, "status": "ok", "accuracy": 0.1}))
+    writer.on_trial_error(0, [], _trial("t1", {}))
+    writer.on_trial_complete(0, [], _trial("t2", {"final": True, "status": "ok", "accuracy": 0.5}))
+    rows = {r["trial_id"]: r for r in load_results(str(tmp_path)).to_pylist()}
+    assert set(rows) == {"t1", "t2"}
+    assert rows["t1"]["accuracy"] == pytest.approx(0.91)
+    assert rows["t1"]["finished_at"] == stored["finished_at"]
+    assert writer.kept == ["t1"] and writer.counts["ok"] == 2
+
+
+def test_a_storage_fault_stops_the_writer_and_writes_nothing_more(tmp_path: Path) -> None:
+    from orchestrator.engine.tune_callbacks import ResultsWriter
+    from orchestrator.store.faults import StorageFault
+
+    writer = ResultsWriter(
+        storage=str(tmp_path), sweep_id="s", sweep_name="s", task="digits", code_version="v",
+        constraints=(), total=2, progress=None,
+    )  # fmt: skip
+    fault = "storage is full (no space left on device): could not write x; free space on it"
+    with pytest.raises(StorageFault, match="is full"):  # Tune marks that trial errored
+        writer.on_trial_complete(
+            0, [], _trial("t1", {"final": True, "status": "error", "storage_fault": fault})
+        )
+    assert writer.fault is not None
+    writer.on_trial_complete(0, [], _trial("t2", {"final": True, "status": "ok"}))
+    writer.on_trial_error(0, [], _trial("t1", {}))
+    assert not (tmp_path / "results").exists()  # no error row for t1, nothing for t2
+
+
+# --- end to end: a full disk during a real sweep, then --resume -------------------------------
+
+SPACE = """
+name: diskfull
+task: blobs
+pipeline: [teacher, distill, prune, quantize]
+params:
+  teacher.epochs: 1
+  distill.epochs: 1
+  prune.ratio: {choice: [0.2, 0.4, 0.6]}
+  quantize.mode: {choice: [none, dynamic_int8]}
+search: {algorithm: optuna, trials: 6, seed: 0, max_concurrent: 1}
+latency: {warmup: 1, repeats: 3}
+"""
+TRIALS = 6
+KNOBS = {"prune.ratio": {0.2, 0.4, 0.6}, "quantize.mode": {"none", "dynamic_int8"}}
+
+
+def _tune_configs(storage: Path) -> dict[str, dict[str, Any]]:
+    """Trial id -> the knobs its Tune trial drew, over every Tune experiment of the storage,
+    read from the trial directories' names (`trial_function_<id>_<n>_prune_ratio=0.4000,
+    quantize_mode=none_<date>`): the state files may be cut short by the full disk."""
+    configs: dict[str, dict[str, Any]] = {}
+    for path in glob.glob(str(storage / "tune" / "*" / "trial_function_*")):
+        match = re.match(r"trial_function_([0-9a-f]+)_\d+_(.*)_\d{4}-\d\d-\d\d_", Path(path).name)
+        assert match is not None, path
+        knobs = dict(pair.split("=") for pair in match[2].split(","))
+        configs[match[1]] = {
+            "prune.ratio": float(knobs["prune_ratio"]),
+            "quantize.mode": knobs["quantize_mode"],
+        }
+    return configs
+
+
+@pytest.fixture
+def disk(tmp_path: Path) -> Any:
+    with small_fs(tmp_path / "disk", size="48m") as fs:
+        yield fs
+
+
+@pytest.mark.slow
+def test_disk_full_during_a_sweep_then_resume_keeps_rows_and_runs_drawn_knobs(
+    disk: SmallFs, tmp_path: Path, ray_session: None
+) -> None:
+    from orchestrator.engine.sweep import run_sweep
+    from orchestrator.store.faults import StorageFault
+
+    space = tmp_path / "space.yaml"
+    space.write_text(SPACE)
+    storage = disk.root / "results"
+
+    def fill_after_two(event: str, data: Any) -> None:
+        if event == "done" and data["counts"]["ok"] + data["counts"]["failed"] == 2:
+            disk.fill()
+
+    with pytest.raises(StorageFault) as info:
+        run_sweep(space, storage=str(storage), sweep_id="full-a", progress=fill_after_two)
+    message = str(info.value)
+    assert "is full" in message and str(storage) in message and "\n" not in message
+    assert "squeezeray sweep --resume --sweep-id full-a" in message
+    assert [p for p in temp_files(storage) if "/tune/" not in str(p)] == []
+    before = {r["trial_id"]: r for r in load_results(str(storage)).to_pylist()}
+    assert len([t for t in before if t != "baseline"]) == 2
+
+    disk.free()
+    # Tune's newest experiment state cut short, as the full disk left it in the report (it
+    # usually is already: Tune copies it to the storage without a temp file).
+    newest = Path(max(glob.glob(str(storage / "tune" / "full-a" / "experiment_state-*.json"))))
+    newest.write_bytes(newest.read_bytes()[:300])
+    table = run_sweep(None, storage=str(storage), sweep_id="full-a", resume=True)
+
+    after = {r["trial_id"]: r for r in table.to_pylist()}
+    trials = {t: r for t, r in after.items() if t != "baseline"}
+    assert len(trials) == TRIALS, sorted(trials)
+    for trial_id, row in before.items():  # finished rows kept as they were
+        if trial_id == "baseline":
+            continue
+        for column in ("started_at", "wall_s", "params", "val_accuracy", "size_bytes", "status"):
+            assert after[trial_id][column] == row[column], (trial_id, column)
+    # The cut state was not restored: the trials left ran as a new Tune experiment.
+    assert len(glob.glob(str(storage / "tune" / "full-a.rebuilt-*"))) == 1
+    configs = _tune_configs(storage)
+    for trial_id, row in trials.items():  # every trial ran the knobs its Tune trial drew
+        assert row["status"] == "ok", row["error"]
+        params = json.loads(row["params"])
+        assert configs[trial_id] == {k: params[k] for k in KNOBS}, trial_id
+        assert all(params[k] in allowed for k, allowed in KNOBS.items()), params
+    assert temp_files(storage / "results") == [] and temp_files(storage / "cache") == []
+
+
+def test_tune_state_that_disagrees_with_the_store_is_not_restored() -> None:
+    """Tune counts a trial finished whose row could not be written: restoring would never run
+    it again, so the sweep would end short; the newest state file of each kind is checked."""
+    from orchestrator.engine.tune_state import _finished_without_row, _newest_state_files
+
+    def entry(trial_id: str, status: str) -> list[str]:
+        return [json.dumps({"trial_id": trial_id, "status": status}), "{}"]
+
+    state = {
+        "trial_data": [entry("a", "TERMINATED"), entry("b", "TERMINATED"), entry("c", "RUNNING")]
+    }
+    ok = {"status": "ok"}
+    assert _finished_without_row(state, {"a": ok, "b": ok}) is None
+    problem = _finished_without_row(state, {"a": ok, "baseline": ok})
+    assert problem is not None and "b" in problem and "no row" in problem
+    names = [
+        "experiment_state-2026-12-07_00-54-25.json", "experiment_state-2026-12-07_00-55-29.json",
+        "searcher-state-2026-12-07_00-54-25.pkl", "tuner.pkl", "trial_function_x",
+    ]  # fmt: skip
+    assert _newest_state_files(names) == [
+        "experiment_state-2026-12-07_00-55-29.json",
+        "searcher-state-2026-12-07_00-54-25.pkl",
+    ]
