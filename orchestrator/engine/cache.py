@@ -58,7 +58,10 @@ class _StageCache:
         *,
         stage_options: dict[str, Any],
         measure_options: dict[str, Any],
+        run_started: float | None = None,
     ) -> None:
+        """`run_started`: when this sweep run began (time.time()); a restarted actor counts the
+        stages its dead predecessor executed in this run from the `stages` rows since then."""
         self.storage = open_storage(storage, create=True)
         self.storage_uri = storage
         self.sweep_id = sweep_id
@@ -83,6 +86,7 @@ class _StageCache:
         self.restarted = _restarted()
         if self.restarted:
             log.warning("stage cache of sweep %s restarted; stages load from disk", sweep_id)
+            self.executed = _executed_since(storage, sweep_id, run_started)
 
     async def get(
         self,
@@ -326,6 +330,21 @@ StageCache: Any = _ray.remote(
     max_restarts=CACHE_RESTARTS,
     max_task_retries=CACHE_RESTARTS,
 )(_StageCache)
+
+
+def _executed_since(storage: str, sweep_id: str, since: float | None) -> list[str]:
+    """The stage keys sweep `sweep_id` executed (its `stages` rows) since `since` (time.time()),
+    in order: what a restarted actor's predecessor ran in this run."""
+    from orchestrator.store.results import load_stages
+
+    if since is None:
+        return []
+    try:
+        rows = load_stages(storage, sweep=sweep_id).to_pylist()
+    except Exception:  # nothing written yet, or unreadable: count from here
+        return []
+    recent = [r for r in rows if r["finished_at"] and r["finished_at"].timestamp() >= since]
+    return [r["stage_key"] for r in sorted(recent, key=lambda r: r["finished_at"])]
 
 
 def _restarted() -> bool:

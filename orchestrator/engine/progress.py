@@ -180,7 +180,7 @@ def _print_notes(s: Any, space: SearchSpace, console: Console) -> None:
         _print_plain(
             console,
             "the stage cache actor died during the sweep and was restarted; finished stages "
-            "were loaded from their checkpoints (stage counts cover the restarted actor only)",
+            "were loaded from their checkpoints, the running ones started again",
             style="yellow",
         )
     if s.baseline_error:

@@ -325,6 +325,7 @@ def _start_cache(sweep: PreparedSweep, info: ClusterInfo, latency_resource: str 
         sweep.sweep_id,
         stage_options=stage_options,
         measure_options=measure_options,
+        run_started=time.time(),
     )
 
 

@@ -161,6 +161,11 @@ def test_cache_actor_killed_mid_sweep_restarts_and_every_trial_is_ok(
     assert sorted(trials) == [2.0, 4.0]
     assert all(r["status"] == "ok" for r in trials.values()), [r["error"] for r in trials.values()]
     assert outcome.summary.cache_restarted
+    # Both actors' executions are counted: one per stage row (the teacher, run before the kill,
+    # and whatever the restarted actor ran).
+    executed = load_stages(str(tmp_path / "store"), sweep="killed").to_pylist()
+    assert executed[0]["stage"] == "teacher"
+    assert outcome.summary.stages_executed == len(executed)
     assert outcome.summary.exit_code == 0
     baseline = [r for r in outcome.table.to_pylist() if r["is_baseline"]]
     assert baseline and baseline[-1]["status"] == "ok", baseline[-1]["error"]
