@@ -31,6 +31,7 @@ from stages.prune import (
     check_pruned_forward,
     prunable_share,
     prune_module,
+    pruned_forward_problem,
     tensor_shapes,
     untouched_summary,
 )
@@ -173,7 +174,10 @@ def check_pruned_widths(
 
 
 def _check_pruned(task: Task, arch: str, params: PruneParams, what: str, fix: str) -> None:
-    """Prune a fresh `arch` model as the stage would and check that it still runs."""
+    """Prune a fresh `arch` model as the stage would; refuse it when it no longer runs because
+    a parameter or buffer kept a pruned width (or, for a Hugging Face model, for any reason).
+    Another model that fails for another reason is left to the stage, whose error row says so
+    per trial (`check_pruned_forward`)."""
     cpu = torch.device("cpu")
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(0)
@@ -187,10 +191,12 @@ def _check_pruned(task: Task, arch: str, params: PruneParams, what: str, fix: st
         if pretrained_models(model):  # a Hugging Face model it cannot keep loadable: refuse
             raise SqueezerayError(f"task {task.name!r}: {what}: {exc}") from exc
         return  # torch-pruning cannot prune this model: the stage reports it per trial
-    try:
-        check_pruned_forward(model, example, before, what=f"{what} on the {arch} model")
-    except SqueezerayError as exc:
-        raise SqueezerayError(f"task {task.name!r}: {exc}; {fix}") from exc
+    problem = pruned_forward_problem(model, example, before)
+    if problem is not None and (problem[1] or pretrained_models(model)):
+        try:
+            check_pruned_forward(model, example, before, what=f"{what} on the {arch} model")
+        except SqueezerayError as exc:
+            raise SqueezerayError(f"task {task.name!r}: {exc}; {fix}") from exc
 
 
 __all__ = ["check_pruned_widths", "check_stages_apply"]

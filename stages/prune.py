@@ -387,6 +387,30 @@ def check_pruned_forward(
     buffer that kept its shape while a width it has was pruned elsewhere (a per-channel
     buffer, `h * self.scale`) is named in the SqueezerayError, with the fix.
     """
+    problem = pruned_forward_problem(model, example, before)
+    if problem is None:
+        return
+    result, stale = problem
+    found = (
+        f"{', '.join(stale)} kept {'its' if len(stale) == 1 else 'their'} width while the "
+        f"channels of that width were pruned"
+        if stale
+        else "a tensor kept a pruned width (a plain tensor attribute, or a width written in "
+        "forward())"
+    )
+    raise SqueezerayError(
+        f"{what}: the pruned model no longer runs ({result}): {found}; {PRUNED_WIDTH_FIX}"
+    )
+
+
+def pruned_forward_problem(
+    model: nn.Module,
+    example: Inputs,
+    before: tuple[dict[str, tuple[int, ...]], tuple[int, ...]],
+) -> tuple[str, list[str]] | None:
+    """None when the pruned model runs with logits of the shape it had `before`; else what
+    happened and the parameters/buffers that kept a width pruned elsewhere ("buffer 'scale'
+    (16,)"): those whose shape is unchanged and has a size that some other tensor lost."""
     shapes, logits_shape = before
     try:
         with torch.no_grad():
@@ -394,7 +418,7 @@ def check_pruned_forward(
     except Exception as exc:  # a user's forward over pruned shapes: any error is the finding
         got = f"{type(exc).__name__}: {exc}"
     if got == logits_shape:
-        return
+        return None
     now = tensor_shapes(model)
     pruned_widths = {
         old
@@ -403,22 +427,14 @@ def check_pruned_forward(
         for old, new in zip(shape, now[name], strict=False)
         if old != new
     }
+    parameters = {name for name, _ in model.named_parameters()}
     stale = [
-        f"{'parameter' if name in dict(model.named_parameters()) else 'buffer'} {name!r} {shape}"
+        f"{'parameter' if name in parameters else 'buffer'} {name!r} {shape}"
         for name, shape in now.items()
         if shapes.get(name) == shape and any(d > 1 and d in pruned_widths for d in shape)
     ]
-    found = (
-        f"{', '.join(stale)} kept {'its' if len(stale) == 1 else 'their'} width while the "
-        f"channels of that width were pruned"
-        if stale
-        else "a tensor kept a pruned width (a plain tensor attribute, or a width written in "
-        "forward())"
-    )
     result = got if isinstance(got, str) else f"logits of shape {got}, not {logits_shape}"
-    raise SqueezerayError(
-        f"{what}: the pruned model no longer runs ({result}): {found}; {PRUNED_WIDTH_FIX}"
-    )
+    return result, stale
 
 
 def _prune_hugging_face(

@@ -107,3 +107,28 @@ def test_the_fixed_model_prunes_and_rebuilds_from_its_checkpoint() -> None:
     inp = StageInput(task=task, parent=teacher.checkpoint, teacher=teacher.checkpoint)
     out, _ = run_stage(PRUNE, inp, PruneParams(ratio=0.5, method="structured"))
     assert out.checkpoint.state_dict["scale"].shape == (8,)
+
+
+class FixedReshape(nn.Module):
+    """A width written in forward (`view(-1, 4, 4)`): no tensor to name."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc1 = nn.Linear(4, 16)
+        self.fc2 = nn.Linear(16, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = torch.relu(self.fc1(x)).view(-1, 4, 4).flatten(1)
+        return self.fc2(h)
+
+
+def test_a_failure_with_no_tensor_to_name_is_left_to_the_stage() -> None:
+    g = torch.Generator().manual_seed(0)
+    y = torch.arange(30) % 3
+    data = TensorDataset(torch.randn(30, 4, generator=g), y)
+    task = Task("reshape", FixedReshape, None, data, data, data, 3)
+    check_stages_apply(task, ["teacher", "distill"], {})  # not refused up front
+    teacher = TEACHER.run(StageInput(task=task, parent=None), TeacherParams(epochs=1))
+    inp = StageInput(task=task, parent=teacher.checkpoint, teacher=teacher.checkpoint)
+    with pytest.raises(SqueezerayError, match=r"a width written in forward"):
+        DISTILL.run(inp, DistillParams(epochs=1))
