@@ -24,6 +24,8 @@ import sys
 import torch
 from torch import nn
 
+from stages.layers import is_linear
+
 CONV1D_MARK = "squeezeray_from_conv1d"
 """Attribute (True) on an nn.Linear that `linear_form` made from a transformers Conv1D."""
 
@@ -70,7 +72,7 @@ def conv1d_form(model: nn.Module) -> int:
     names = [
         name
         for name, module in model.named_modules()
-        if type(module) is nn.Linear and getattr(module, CONV1D_MARK, False)
+        if is_linear(module, replaceable=True) and getattr(module, CONV1D_MARK, False)
     ]
     for name in names:
         old = model.get_submodule(name)

@@ -43,6 +43,7 @@ from torch import nn
 
 from stages.conv1d import linear_form
 from stages.errors import SqueezerayError
+from stages.layers import is_linear
 
 # (query, key, value) attribute names of self-attention modules with separate projections
 SEPARATE_QKV = (
@@ -113,11 +114,11 @@ def attentions(pm: nn.Module) -> list[Attention]:
 def _projections(module: nn.Module) -> tuple[nn.Linear, ...] | None:
     for names in SEPARATE_QKV:
         layers = [getattr(module, n, None) for n in names]
-        if all(isinstance(m, nn.Linear) for m in layers):
+        if all(is_linear(m) for m in layers):
             return tuple(layers)  # type: ignore[arg-type]
     for name in FUSED_QKV:
         layer = getattr(module, name, None)
-        if isinstance(layer, nn.Linear):
+        if is_linear(layer):
             return (layer,)
     return None
 
@@ -281,7 +282,7 @@ def _agree(changes: dict[str, int], key: str, value: int, pm: nn.Module, where: 
 
 def _ffn_layers(pm: nn.Module) -> Iterator[tuple[str, nn.Linear]]:
     for name, layer in pm.named_modules():
-        if isinstance(layer, nn.Linear) and any(
+        if is_linear(layer) and any(
             name == tail or name.endswith(f".{tail}") for tail in FFN_LAYERS
         ):
             yield name, layer

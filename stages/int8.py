@@ -26,7 +26,7 @@ from torch import nn
 
 from stages.attention import convert_attention
 from stages.batches import Inputs, as_args
-from stages.layers import restore_slow_path
+from stages.layers import is_linear, restore_slow_path
 from stages.names import FX_BACKEND
 from stages.surgery import set_submodule
 
@@ -147,7 +147,7 @@ def inner_linears(model: nn.Module) -> list[str]:
     def visit(module: nn.Module, prefix: str, inside_leaf: bool) -> None:
         for name, child in module.named_children():
             full = f"{prefix}{name}"
-            if inside_leaf and type(child) is nn.Linear:
+            if inside_leaf and is_linear(child, replaceable=True):
                 found.append(full)
                 continue
             visit(child, f"{full}.", inside_leaf or _is_fx_leaf(child))
@@ -192,7 +192,7 @@ def prepare_int8(model: nn.Module, mode: str, example: Inputs) -> nn.Module:
             # FX set its qconfig on every module, leaves' insides included; there only the
             # wrappers are quantized (MultiheadAttention, LayerNorm stay float).
             for module in prepared.modules():
-                if _is_fx_leaf(module) and not isinstance(module, nn.Linear):
+                if _is_fx_leaf(module) and not is_linear(module):
                     for inner in module.modules():
                         inner.qconfig = None  # type: ignore[assignment]
             qconfig = _qconfig(mode)

@@ -14,6 +14,7 @@ nobody replaced keep the fast path. The flags it sets are plain attributes, not 
 from __future__ import annotations
 
 from collections import Counter
+from typing import TypeGuard
 
 import torch
 from torch import nn
@@ -60,6 +61,19 @@ def restore_slow_path(model: nn.Module) -> int:
     return switched
 
 
+def is_linear(module: object, *, replaceable: bool = False) -> TypeGuard[nn.Linear]:
+    """Whether `module` is a Linear layer to the stages: the one test every stage uses.
+
+    An `nn.Linear` or a subclass (MultiheadAttention's `out_proj`, a lowrank factor): its
+    weight can be pruned, adapted (LoRA) or counted in place. `replaceable=True`: exactly
+    `nn.Linear`, the layers a stage may swap for another module (lowrank's two factors, an
+    int8 Linear); a subclass's owner reads its `.weight` directly, so it must stay.
+    transformers' `Conv1D` (GPT-2) counts: `Task.build` has made it an `nn.Linear` before any
+    stage sees it (`stages.conv1d`).
+    """
+    return type(module) is nn.Linear if replaceable else isinstance(module, nn.Linear)
+
+
 def weight_layer_summary(model: nn.Module) -> str:
     """The model's weight-carrying layer types with counts, e.g. 'Conv2d x3, BatchNorm2d x3'."""
     counts: Counter[str] = Counter()
@@ -82,4 +96,4 @@ def tied_holders(model: nn.Module) -> dict[int, list[tuple[nn.Module, str]]]:
     return {key: where for key, where in seen.items() if len(where) > 1}
 
 
-__all__ = ["restore_slow_path", "tied_holders", "weight_layer_summary"]
+__all__ = ["is_linear", "restore_slow_path", "tied_holders", "weight_layer_summary"]

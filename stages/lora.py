@@ -35,7 +35,7 @@ from stages.base import StageInput, StageOutput, StageSpec, check_choice, check_
 from stages.batches import Inputs, as_inputs, batch_size, forward_logits, to_device, to_double
 from stages.checkpoint import from_model
 from stages.errors import SqueezerayError
-from stages.layers import tied_holders
+from stages.layers import is_linear, tied_holders
 from stages.layers import weight_layer_summary as layer_summary
 from stages.masks import keep_mask
 from stages.rebuild import build_model
@@ -123,7 +123,7 @@ def lora_targets(model: nn.Module) -> list[tuple[str, nn.Module, str]]:
     """
     targets: list[tuple[str, nn.Module, str]] = []
     for name, module in model.named_modules():
-        if isinstance(module, nn.Linear):
+        if is_linear(module):
             targets.append((name, module, "weight"))
         elif isinstance(module, nn.MultiheadAttention):
             attrs = (

@@ -18,7 +18,7 @@ from torch import nn
 from stages.base import StageInput, StageOutput, StageSpec, check_int, check_range
 from stages.checkpoint import from_model
 from stages.errors import SqueezerayError
-from stages.layers import restore_slow_path, tied_holders
+from stages.layers import is_linear, restore_slow_path, tied_holders
 from stages.layers import weight_layer_summary as layer_summary
 from stages.masks import keep_masks, zero_masks
 from stages.rebuild import build_model
@@ -57,7 +57,7 @@ def reduces_params(out_features: int, in_features: int, rank: int) -> bool:
 def _is_plain_linear(module: nn.Module) -> bool:
     # Exact type only: Linear subclasses such as MultiheadAttention's out_proj are read
     # directly by their owner (`.weight`), so replacing them with a Sequential would break it.
-    return type(module) is nn.Linear
+    return is_linear(module, replaceable=True)
 
 
 @torch.no_grad()

@@ -26,10 +26,11 @@ from torch import nn
 
 from stages.checkpoint import ModelCheckpoint
 from stages.errors import SqueezerayError
+from stages.layers import is_linear
 from stages.rebuild import build_model
 from stages.tasks import Task
 
-PRUNABLE_TYPES: tuple[type[nn.Module], ...] = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
+CONV_TYPES: tuple[type[nn.Module], ...] = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
 
 # {module name: bool tensor shaped like that module's weight; True = kept, False = pruned}
 Masks = dict[str, torch.Tensor]
@@ -40,7 +41,7 @@ def prunable_layers(model: nn.Module) -> list[tuple[str, nn.Module]]:
     return [
         (name, module)
         for name, module in model.named_modules()
-        if isinstance(module, PRUNABLE_TYPES)
+        if (is_linear(module) or isinstance(module, CONV_TYPES))
         and isinstance(getattr(module, "weight", None), torch.Tensor)
     ]
 

@@ -14,14 +14,13 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 import torch
-from torch import nn
 
 from stages.attention import LinearAttention
 from stages.batches import forward_logits
 from stages.distill import DistillParams
 from stages.errors import SqueezerayError
 from stages.hfheads import pretrained_models
-from stages.layers import weight_layer_summary
+from stages.layers import is_linear, weight_layer_summary
 from stages.lora import lora_targets
 from stages.lowrank import LowRankParams, target_rank
 from stages.lowrank import reduces_params as shrinks
@@ -91,7 +90,7 @@ def check_stages_apply(
                 "pipeline (prune.method: structured shrinks Linear/Conv/Embedding widths but "
                 "leaves LSTM/GRU/RNN layers alone too)"
             )
-    has_linear = any(type(m) is nn.Linear for m in model.modules())
+    has_linear = any(is_linear(m, replaceable=True) for m in model.modules())
     if "lowrank" in pipeline:
         ratios = [r for r in reachable("lowrank.rank_ratio", 1.0) if r < 1.0]
         if ratios and not has_linear:
@@ -113,7 +112,9 @@ def check_stages_apply(
             ratio = min(ratios)
             min_features = min(reachable("lowrank.min_features", LowRankParams().min_features))
             sizes = [
-                (m.out_features, m.in_features) for m in model.modules() if type(m) is nn.Linear
+                (m.out_features, m.in_features)
+                for m in model.modules()
+                if is_linear(m, replaceable=True)
             ]
             if not any(
                 min(o, i) >= min_features and (resized or shrinks(o, i, target_rank(o, i, ratio)))

@@ -32,7 +32,7 @@ from stages.checkpoint import ModelCheckpoint
 from stages.errors import SqueezerayError
 from stages.hfheads import sync_config
 from stages.int8 import convert_int8, dynamic_int8, prepare_int8, quiet_ao, rnn_state_for_load
-from stages.layers import restore_slow_path
+from stages.layers import is_linear, restore_slow_path
 from stages.names import QUANTIZE_MODES
 from stages.surgery import replay, set_submodule
 from stages.tasks import Task
@@ -110,7 +110,7 @@ def factorize_layers(model: nn.Module, ranks: dict[str, int]) -> nn.Module:
             raise SqueezerayError(
                 f"recipe lowrank names layer {name!r}, which the model does not have"
             ) from exc
-        if not isinstance(module, nn.Linear):
+        if not is_linear(module):
             raise SqueezerayError(
                 f"recipe lowrank names layer {name!r}, a {type(module).__name__}; "
                 "only nn.Linear layers can be factorised"

@@ -213,3 +213,20 @@ def test_precheck_refuses_it_before_any_work(monkeypatch: pytest.MonkeyPatch) ->
     monkeypatch.setattr(stages.hfheads, "FFN_LAYERS", ())
     with pytest.raises(SqueezerayError, match=r"distill.student_ratio=0.5 .*intermediate\.dense"):
         check_pruned_widths(task, ["teacher", "distill"], {})
+
+
+def test_one_linear_predicate_in_the_stages() -> None:
+    """Every stage asks `stages.layers.is_linear` what a Linear is (GPT-2's Conv1D is one
+    after Task.build); no stage module tests `nn.Linear` types on its own (asserts aside)."""
+    import re
+
+    root = Path(__file__).resolve().parents[2] / "stages"
+    own = re.compile(r"type\([^)]*\) is nn\.Linear|isinstance\([^)]*,\s*nn\.Linear\)")
+    found = [
+        f"{path.name}:{number}"
+        for path in sorted(root.glob("*.py"))
+        if path.name != "layers.py"
+        for number, line in enumerate(path.read_text().splitlines(), 1)
+        if own.search(line) and not line.strip().startswith("assert")
+    ]
+    assert not found, f"use stages.layers.is_linear: {found}"
