@@ -146,8 +146,8 @@ class _AdaptersOnly(nn.Module):
         super().__init__()
         self.model = model
 
-    def forward(self, *args: torch.Tensor) -> Any:
-        return self.model(*args)
+    def forward(self, *args: torch.Tensor, **named: torch.Tensor) -> Any:
+        return self.model(*args, **named)  # named inputs stay keyword arguments
 
     def train(self, mode: bool = True) -> _AdaptersOnly:
         super().train(mode)

@@ -11,20 +11,32 @@ import inspect
 import io
 import logging
 import os
+import re
 import tempfile
 import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
+from typing import Any
 
 import torch
 from torch import nn
 
-from stages.batches import Inputs, LogitsOnly, as_args, batch_size, concat, logits_of
+from stages.batches import (
+    Inputs,
+    LogitsOnly,
+    batch_size,
+    concat,
+    input_names,
+    logits_of,
+    tensors,
+)
 from stages.errors import SqueezerayError
 from stages.tracing import strict_trace
 
 ONNX_INPUT = "x"
 ONNX_OUTPUT = "logits"
+BATCH_AXIS = "batch"
+SEQUENCE_AXIS = "sequence"
 
 
 @contextmanager
@@ -111,6 +123,44 @@ def varying_axes(model: nn.Module, args: tuple[torch.Tensor, ...]) -> list[list[
     return axes
 
 
+def axis_names(
+    names: list[str], args: tuple[torch.Tensor, ...], dynamic: list[list[int]]
+) -> list[dict[int, str]]:
+    """Per input, a readable name for each of its dynamic axes: axis 0 is "batch"; inputs
+    that vary together (same axis, same length: ids and their mask) share one name,
+    "sequence" for axis 1 when only one such group varies there, else "<input>_dim<axis>"
+    after the group's first input."""
+    groups: dict[tuple[int, int], list[int]] = {}
+    for i, axes in enumerate(dynamic):
+        for axis in axes:
+            groups.setdefault((axis, int(args[i].shape[axis])), []).append(i)
+    on_axis_1 = sum(1 for axis, _ in groups if axis == 1)
+    result: list[dict[int, str]] = [{0: BATCH_AXIS} for _ in args]
+    for (axis, _), members in groups.items():
+        name = SEQUENCE_AXIS if axis == 1 and on_axis_1 == 1 else f"{names[members[0]]}_dim{axis}"
+        for i in members:
+            result[i][axis] = name
+    return result
+
+
+def _rename_symbols(proto: Any, readable: list[dict[int, str]]) -> None:
+    """Give the dynamo exporter's symbolic axes (`s50`, `Min(16, s50)`) their readable names
+    (`axis_names`) in every shape annotation of the graph: inputs, outputs, value_info."""
+    mapping: dict[str, str] = {}
+    for graph_input, axes in zip(proto.graph.input, readable, strict=False):
+        dims = graph_input.type.tensor_type.shape.dim
+        for axis, name in axes.items():
+            if axis < len(dims) and dims[axis].dim_param:
+                mapping.setdefault(dims[axis].dim_param, name)
+    if not mapping:
+        return
+    pattern = re.compile(r"\b(" + "|".join(re.escape(k) for k in mapping) + r")\b")
+    for value in (*proto.graph.input, *proto.graph.output, *proto.graph.value_info):
+        for dim in value.type.tensor_type.shape.dim:
+            if dim.dim_param:
+                dim.dim_param = pattern.sub(lambda m: mapping[m.group(1)], dim.dim_param)
+
+
 def to_onnx_bytes(
     model: nn.Module,
     example_input: Inputs,
@@ -118,14 +168,16 @@ def to_onnx_bytes(
     what: str = "export.runtime=onnxruntime",
     fix: str = "keep export.runtime: eager",
 ) -> bytes:
-    """Serialized ONNX model of `model` (eval mode): one input per model argument (named as
-    in `model.forward`, see `onnx_input_names`; dtypes as given, so int64 ids stay int64), each
-    with a dynamic batch axis, and one output, the logits (a tuple or `.logits` output is
-    reduced to them). Integer inputs' other axes (a sequence length) are dynamic too where the
-    eager model runs at another length (`varying_axes`): with the dynamo exporter they are
-    `Dim.AUTO`, so a model that needs a fixed length (e.g. a learned position table added
-    whole) keeps the example's length instead of failing; with the legacy exporter they are
-    named dynamic axes.
+    """Serialized ONNX model of `model` (eval mode): one input per model argument, and one
+    output, the logits (a tuple or `.logits` output is reduced to them). Named inputs (a dict,
+    e.g. input_ids, attention_mask) keep their names and order and reach `model` by keyword;
+    positional ones are named as in `model.forward` (see `onnx_input_names`). Dtypes as given,
+    so int64 ids stay int64. Every input has a dynamic batch axis named "batch". Integer
+    inputs' other axes (a sequence length) are dynamic too where the eager model runs at
+    another length (`varying_axes`), named "sequence" (`axis_names`): with the dynamo
+    exporter they are `Dim.AUTO`, so a model that needs a fixed length (e.g. a learned
+    position table added whole) keeps the example's length instead of failing; with the
+    legacy exporter they are named dynamic axes.
 
     The dynamo exporter comes first (it folds BatchNorm into Conv and was the fastest in ONNX
     Runtime here); a model it cannot export goes through the legacy exporter. That one
@@ -134,15 +186,16 @@ def to_onnx_bytes(
     guard error) raises `SqueezerayError` instead of exporting one branch. `what` names the
     export in error messages, `fix` the way out besides rewriting the model.
     """
-    wrapped = LogitsOnly(model.eval()).eval()
+    keywords = input_names(example_input)
+    wrapped = LogitsOnly(model.eval(), keywords).eval()
     if batch_size(example_input) < 2:  # torch.export specializes a size-1 dim: use >= 2 rows
         example_input = concat([example_input, example_input])
-    args = as_args(example_input)
-    names = onnx_input_names(len(args), model=model)
-    tensors = [a if isinstance(a, torch.Tensor) else torch.empty(0) for a in args]
-    dynamic = varying_axes(wrapped, tuple(tensors))
+    args = tensors(example_input)
+    names = list(keywords) if keywords else onnx_input_names(len(args), model=model)
+    dynamic = varying_axes(wrapped, args)
+    readable = axis_names(names, args, dynamic)
     try:
-        batch = torch.export.Dim("batch")
+        batch = torch.export.Dim(BATCH_AXIS)
         # LogitsOnly.forward(*args): the specs of all inputs nest in one tuple, for `args`.
         dynamic_shapes = (
             tuple({0: batch, **{axis: torch.export.Dim.AUTO for axis in axes}} for axes in dynamic),
@@ -159,7 +212,9 @@ def to_onnx_bytes(
             )
         if program is None:
             raise RuntimeError("the dynamo exporter returned no program")
-        return bytes(program.model_proto.SerializeToString())
+        proto = program.model_proto
+        _rename_symbols(proto, readable)
+        return bytes(proto.SerializeToString())
     except Exception as dynamo_error:
         buf = io.BytesIO()
         try:
@@ -175,14 +230,8 @@ def to_onnx_bytes(
                     input_names=names,
                     output_names=[ONNX_OUTPUT],
                     dynamic_axes={
-                        **{
-                            name: {
-                                0: "batch",
-                                **{axis: f"{name}_dim{axis}" for axis in axes},
-                            }
-                            for name, axes in zip(names, dynamic, strict=True)
-                        },
-                        ONNX_OUTPUT: {0: "batch"},
+                        **dict(zip(names, readable, strict=True)),
+                        ONNX_OUTPUT: {0: BATCH_AXIS},
                     },
                 )
         except SqueezerayError:

@@ -59,7 +59,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from stages.base import StageInput, StageOutput, StageSpec, check_choice, check_int, check_range
-from stages.batches import as_args, as_inputs
+from stages.batches import as_inputs, call
 from stages.checkpoint import ModelCheckpoint
 from stages.errors import SqueezerayError
 from stages.int8 import (
@@ -175,7 +175,7 @@ def _static(task: Task, model: nn.Module, params: QuantizeParams, *, seed: int) 
         for i, (x, _y) in enumerate(loader):
             if i >= params.calibration_batches:
                 break
-            prepared(*as_args(as_inputs(x)))
+            call(prepared, as_inputs(x))
     return convert_int8(prepared)
 
 

@@ -27,7 +27,7 @@ import torch
 from torch import nn
 
 from stages.base import check_choice
-from stages.batches import as_args
+from stages.batches import call
 from stages.checkpoint import ModelCheckpoint
 from stages.errors import SqueezerayError
 from stages.hfheads import sync_config
@@ -149,5 +149,5 @@ def rebuild_quantized(
     # replaced by the saved scales and zero points right after.
     prepared.eval()
     with torch.no_grad(), quiet_ao():
-        prepared(*as_args(example))
+        call(prepared, example)
     return convert_int8(prepared)

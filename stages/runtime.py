@@ -1,4 +1,9 @@
-"""Deployment runtimes: a checkpoint as a callable `(x: Tensor) -> logits Tensor`.
+"""Deployment runtimes: a checkpoint as a callable `(x) -> logits Tensor`.
+
+Every runtime takes the task's inputs as the task's samples give them: a tensor, several
+positional tensors, or named tensors (`p(input_ids=..., attention_mask=...)` or one dict of
+them), see `stages.batches`. A traced runtime (TorchScript, ONNX) takes named inputs by name
+whatever their order in the call.
 
 - `eager`: `build_model` (torch module in eval mode, CPU), run under `torch.inference_mode`.
 - `torchscript`: that module traced on two test inputs and frozen (`torch.jit.freeze` inlines
@@ -27,7 +32,15 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 from stages.base import check_int
-from stages.batches import LogitsOnly, as_args, as_inputs, logits_of
+from stages.batches import (
+    Inputs,
+    LogitsOnly,
+    as_inputs,
+    call,
+    input_names,
+    logits_of,
+    tensors,
+)
 from stages.checkpoint import ModelCheckpoint
 from stages.errors import SqueezerayError
 from stages.rebuild import build_model
@@ -36,8 +49,9 @@ from stages.tracing import strict_trace
 
 
 class Predictor:
-    """Logits of a checkpoint in its runtime. x: a batch of inputs (a tensor, or a tuple of
-    tensors for several model inputs; see `stages.batches`) -> (B, num_classes) logits."""
+    """Logits of a checkpoint in its runtime. x: a batch of inputs (a tensor, a tuple of
+    tensors for several model inputs, or a dict of named tensors; see `stages.batches`) ->
+    (B, num_classes) logits."""
 
     runtime: str
 
@@ -52,10 +66,11 @@ class Predictor:
     def to_tensor(self, out: Any) -> torch.Tensor:
         raise NotImplementedError
 
-    def __call__(self, *inputs: Any) -> torch.Tensor:
+    def __call__(self, *inputs: Any, **named: torch.Tensor) -> torch.Tensor:
         """(B, num_classes) logits of a batch given as the model's positional inputs (`p(x)`,
-        `p(cat_ids, numeric)`) or as one tuple of them, the form a DataLoader yields."""
-        return self.to_tensor(self.run_native(self.prepare(_one_batch(inputs))))
+        `p(cat_ids, numeric)`), as one tuple or dict of them (the form a DataLoader yields),
+        or by keyword (`p(input_ids=ids, attention_mask=mask)`)."""
+        return self.to_tensor(self.run_native(self.prepare(_one_batch(inputs, named))))
 
     def outputs(
         self, dataset: Dataset, *, batch_size: int = 256
@@ -77,42 +92,102 @@ class Predictor:
         return correct / max(total, 1)
 
 
-def _one_batch(inputs: tuple[Any, ...]) -> Any:
-    """The call's inputs as one batch: `(x,)` -> x; several tensors -> their tuple."""
+def _one_batch(inputs: tuple[Any, ...], named: dict[str, Any]) -> Any:
+    """The call's inputs as one batch: `(x,)` -> x; several tensors -> their tuple; keyword
+    tensors -> their dict."""
+    if named:
+        if inputs:
+            raise SqueezerayError(
+                "pass the inputs either positionally or by keyword, not both "
+                f"(got {len(inputs)} positional and {', '.join(named)} by keyword)"
+            )
+        return named
     return inputs[0] if len(inputs) == 1 else inputs
+
+
+def ordered(x: Inputs, names: tuple[str, ...] | None) -> tuple[torch.Tensor, ...]:
+    """`x` as the positional tensors of a traced model whose inputs are `names` (None: a model
+    traced on positional inputs). Named inputs are taken by name, so their order in `x` does
+    not matter; positional inputs are taken in order. Raises SqueezerayError when a named
+    input is missing or unknown, or the count differs."""
+    if names is not None and isinstance(x, dict):
+        missing = [n for n in names if n not in x]
+        extra = [k for k in x if k not in names]
+        if missing or extra:
+            raise SqueezerayError(
+                f"the model takes inputs {', '.join(names)}; got {', '.join(x)}"
+                + (f" (missing {', '.join(missing)})" if missing else "")
+                + (f" (unknown {', '.join(extra)})" if extra else "")
+            )
+        return tuple(x[n] for n in names)
+    args = tensors(x)
+    if names is not None and len(args) != len(names):
+        raise SqueezerayError(
+            f"the model takes {len(names)} inputs ({', '.join(names)}) but the batch has "
+            f"{len(args)}; pass them by name"
+        )
+    if names is None and isinstance(x, dict):
+        raise SqueezerayError(f"the model takes positional inputs; got named inputs {', '.join(x)}")
+    return args
 
 
 class LoadedModule(nn.Module):
     """A deployed torch model called like the user's model, returning only its logits.
 
-    `m(x)` or `m(cat_ids, numeric)` (or one tuple of the inputs, as a DataLoader yields it)
-    -> the (B, num_classes) logits tensor, whatever form the model's own output takes (a
-    dict, a tuple, an object with `.logits`). `model`: the wrapped module, the rebuilt eager
-    module itself or the frozen TorchScript one; `runtime`: "eager" or "torchscript".
+    `m(x)`, `m(cat_ids, numeric)`, `m(input_ids=..., attention_mask=...)` (or one tuple or
+    dict of the inputs, as a DataLoader yields it) -> the (B, num_classes) logits tensor,
+    whatever form the model's own output takes (a dict, a tuple, an object with `.logits`).
+    `model`: the wrapped module, the rebuilt eager module itself or the frozen TorchScript
+    one; `runtime`: "eager" or "torchscript"; `names`: the input names a TorchScript module
+    was traced with (named inputs), None otherwise.
     """
 
-    def __init__(self, model: nn.Module | torch.jit.ScriptModule, runtime: str) -> None:
+    def __init__(
+        self,
+        model: nn.Module | torch.jit.ScriptModule,
+        runtime: str,
+        *,
+        names: tuple[str, ...] | None = None,
+    ) -> None:
         super().__init__()
         self.model = model
         self.runtime = runtime
+        self.names = names
 
-    def forward(self, *inputs: Any) -> torch.Tensor:
-        return logits_of(self.model(*as_args(as_inputs(_one_batch(inputs)))))
+    def forward(self, *inputs: Any, **named: torch.Tensor) -> torch.Tensor:
+        x = as_inputs(_one_batch(inputs, named))
+        if self.runtime == "torchscript":
+            return logits_of(self.model(*ordered(x, self.names)))
+        return logits_of(call(self.model, x))
 
 
 class TorchPredictor(Predictor):
-    """An eager or TorchScript module (CPU)."""
+    """An eager or TorchScript module (CPU). An eager module gets the inputs as the task gives
+    them (named ones by keyword); a TorchScript one, traced on positional tensors, gets them
+    in its traced order (`names`: its input names, for named inputs; see `ordered`)."""
 
-    def __init__(self, module: nn.Module | torch.jit.ScriptModule, runtime: str) -> None:
+    def __init__(
+        self,
+        module: nn.Module | torch.jit.ScriptModule,
+        runtime: str,
+        *,
+        names: tuple[str, ...] | None = None,
+    ) -> None:
         self.module = module
         self.runtime = runtime
+        self.names = names
 
-    def prepare(self, x: Any) -> tuple[torch.Tensor, ...]:
-        return tuple(t.detach().to("cpu").contiguous() for t in as_args(as_inputs(x)))
+    def prepare(self, x: Any) -> Inputs | tuple[torch.Tensor, ...]:
+        inputs = as_inputs(x)
+        if self.runtime == "torchscript":
+            return tuple(t.detach().to("cpu").contiguous() for t in ordered(inputs, self.names))
+        return _contiguous_cpu(inputs)
 
-    def run_native(self, native: tuple[torch.Tensor, ...]) -> Any:
+    def run_native(self, native: Inputs | tuple[torch.Tensor, ...]) -> Any:
         with torch.inference_mode():
-            return self.module(*native)
+            if self.runtime == "torchscript":
+                return self.module(*tensors(native))
+            return call(self.module, native)
 
     def to_tensor(self, out: Any) -> torch.Tensor:
         return logits_of(out)
@@ -138,7 +213,10 @@ class OnnxPredictor(Predictor):
         self.output_names = [self.session.get_outputs()[0].name]
 
     def prepare(self, x: Any) -> dict[str, np.ndarray]:
-        args = as_args(as_inputs(x))
+        inputs = as_inputs(x)
+        # named inputs by name; positional ones in the graph's order
+        names = tuple(self.input_names) if isinstance(inputs, dict) else None
+        args = ordered(inputs, names)
         if len(args) != len(self.input_names):
             raise SqueezerayError(
                 f"the ONNX model takes {len(self.input_names)} inputs "
@@ -156,6 +234,13 @@ class OnnxPredictor(Predictor):
         return torch.from_numpy(np.asarray(out))
 
 
+def _contiguous_cpu(x: Inputs) -> Inputs:
+    if isinstance(x, dict):
+        return {k: t.detach().to("cpu").contiguous() for k, t in x.items()}
+    args = tuple(t.detach().to("cpu").contiguous() for t in tensors(x))
+    return args if isinstance(x, tuple) else args[0]
+
+
 def make_predictor(task: Task, ckpt: ModelCheckpoint, *, threads: int = 1) -> Predictor:
     """The checkpoint's runtime as a Predictor (`threads`: ONNX Runtime intra-op threads)."""
     check_int("threads", threads, low=1)
@@ -171,7 +256,8 @@ def make_predictor(task: Task, ckpt: ModelCheckpoint, *, threads: int = 1) -> Pr
     if runtime == "eager":
         return TorchPredictor(model, "eager")
     if runtime == "torchscript":
-        return TorchPredictor(_trace_and_freeze(task, model, ckpt), "torchscript")
+        names = input_names(task.example_input(1))
+        return TorchPredictor(_trace_and_freeze(task, model, ckpt), "torchscript", names=names)
     raise SqueezerayError(
         f"runtime={runtime!r} is not a runtime; accepted: eager, torchscript, onnxruntime"
     )
@@ -180,13 +266,16 @@ def make_predictor(task: Task, ckpt: ModelCheckpoint, *, threads: int = 1) -> Pr
 def _trace_and_freeze(
     task: Task, model: nn.Module, ckpt: ModelCheckpoint
 ) -> torch.jit.ScriptModule:
-    example = as_args(task.example_input(2))
+    """`model` traced on two test inputs (positionally: named inputs in the task's key order,
+    passed on by keyword through `LogitsOnly`) and frozen."""
+    x = task.example_input(2)
+    example = tensors(x)
     what = f"export.runtime='torchscript' (quantize.mode={ckpt.quantize!r})"
     try:
         with warnings.catch_warnings(), torch.no_grad():
             warnings.simplefilter("ignore")  # TorchScript deprecation, benign tracer warnings
             with strict_trace(what, inputs=len(example)):  # but a data-dependent branch is an error
-                traced = torch.jit.trace(LogitsOnly(model.eval()).eval(), example)
+                traced = torch.jit.trace(LogitsOnly(model.eval(), input_names(x)).eval(), example)
             return torch.jit.freeze(traced.eval())
     except SqueezerayError:
         raise

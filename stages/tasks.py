@@ -6,14 +6,23 @@ import functools
 import importlib
 import math
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
 import torch
 from torch import nn
 from torch.utils.data import Dataset, TensorDataset
 
-from stages.batches import INPUT_RULE, OUTPUT_RULE, Inputs, as_args, logits_of, stack_samples
+from stages.batches import (
+    INPUT_RULE,
+    OUTPUT_RULE,
+    Inputs,
+    call,
+    input_names,
+    logits_of,
+    stack_samples,
+    tensors,
+)
 from stages.conv1d import linear_form
 from stages.errors import SqueezerayError
 from stages.models import MLP, ConvNet
@@ -84,11 +93,13 @@ class Task:
 
     `teacher` builds the teacher: a fresh module (the `teacher` stage trains it), or a trained
     one, e.g. loading the user's state dict with `weights_only=True` (`teacher.epochs: 0` uses
-    it as given). `student` builds the fresh, smaller module distillation trains; `None`
-    makes the student from the teacher (the teacher structurally pruned to the width ratio
-    `distill.student_ratio`, then distilled). Datasets yield `(x, y)` with `y` an integer
-    class in `[0, num_classes)`. `metric`: an optional quality metric of the task's own
-    (`Metric`, e.g. macro F1), recorded beside accuracy.
+    it as given). `student` builds the fresh, smaller module distillation trains; `None` makes
+    the student from the teacher (the teacher structurally pruned to the width ratio
+    `distill.student_ratio`, then distilled). Datasets yield `(x, y)`: `x` a tensor, a tuple of
+    tensors (positional model arguments) or a dict of tensors (keyword arguments, e.g.
+    `input_ids`, `attention_mask`: `model(**x)`), `y` an integer class in `[0, num_classes)`.
+    `metric`: an optional quality metric of the task's own (`Metric`, e.g. macro F1), recorded
+    beside accuracy.
     """
 
     name: str
@@ -106,9 +117,10 @@ class Task:
     metric: Metric | None = field(default=None, compare=False)  # the task's own quality metric
 
     def example_input(self, batch_size: int = 1) -> Inputs:
-        """A real input batch from the test split: a tensor (batch_size, *input_shape), or a
-        tuple of such tensors for a model with several inputs; dtypes as in
-        `stages.batches.as_inputs` (int64 ids unchanged, other floats -> float32)."""
+        """A real input batch from the test split: a tensor (batch_size, *input_shape), a
+        tuple of such tensors for a model with several inputs, or a dict of them for named
+        inputs; dtypes as in `stages.batches.as_inputs` (int64 ids unchanged, other floats ->
+        float32)."""
         n = min(batch_size, len(self.test))  # type: ignore[arg-type]
         return stack_samples([self.test[i % n][0] for i in range(batch_size)])
 
@@ -308,6 +320,11 @@ def check_task(task: Task, *, source: str) -> None:
         if not (
             _is_array(x0)
             or (isinstance(x0, (tuple, list)) and x0 and all(_is_array(t) for t in x0))
+            or (
+                isinstance(x0, Mapping)
+                and x0
+                and all(isinstance(k, str) and _is_array(t) for k, t in x0.items())
+            )
         ):
             raise SqueezerayError(
                 f"task={source!r}: {split}[0] has x of type {_kind(x0)}; {INPUT_RULE}"
@@ -322,7 +339,12 @@ def check_task(task: Task, *, source: str) -> None:
                 f"{arch}=lambda: {type(factory).__name__}(...) or {arch}={type(factory).__name__}"
             )
     x = task.example_input(1)
-    shapes = ", ".join(f"{tuple(t.shape)} {str(t.dtype).replace('torch.', '')}" for t in as_args(x))
+    names = input_names(x)
+    shapes = ", ".join(
+        (f"{names[i]}=" if names else "") + f"{tuple(t.shape)} {str(t.dtype).replace('torch.', '')}"
+        for i, t in enumerate(tensors(x))
+    )
+    how = "model(**x)" if names else "model(*x)"
     for arch in ("teacher", "student") if task.student is not None else ("teacher",):
         model = task.build(arch)
         if not isinstance(model, nn.Module):
@@ -333,11 +355,11 @@ def check_task(task: Task, *, source: str) -> None:
         model.eval()
         try:
             with torch.no_grad():
-                raw = model(*as_args(x))
+                raw = call(model, x)
         except Exception as exc:  # a user's model: any error is a shape/type problem to report
             raise SqueezerayError(
                 f"task={source!r}: {arch} model fails on one test sample, called as "
-                f"model(*x) with x = [{shapes}]: {type(exc).__name__}: {exc}"
+                f"{how} with x = [{shapes}]: {type(exc).__name__}: {exc}"
             ) from exc
         try:
             out = logits_of(raw)

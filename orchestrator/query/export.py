@@ -431,15 +431,17 @@ def load_model(
 ) -> LoadedModule | OnnxPredictor:
     """A ready predictor of a trial's model, in the runtime it was measured in.
 
-    Every runtime is called the same way, like the user's model: `p(x)`, or `p(cat_ids,
-    numeric)` for a model of several inputs (one tuple of them, as a DataLoader yields it,
-    works too), and returns the (B, num_classes) logits tensor, whatever form the model's own
-    output takes (a dict with "logits", a tuple, ...). eager and torchscript: a
-    `stages.runtime.LoadedModule` (an `nn.Module` in eval mode, CPU; `.model` is the rebuilt
-    module itself, or the traced and frozen TorchScript module); onnxruntime: an
-    `OnnxPredictor` running the ONNX Runtime session (`.session`). The task must be
-    importable here (eager and torchscript rebuild the module from its factory).
+    Every runtime is called the same way, like the user's model: `p(x)`, `p(cat_ids, numeric)`
+    for a model of several inputs, or `p(input_ids=..., attention_mask=...)` for named inputs
+    (one tuple or dict of them, as a DataLoader yields it, works too), and returns the (B,
+    num_classes) logits tensor, whatever form the model's own output takes (a dict with
+    "logits", a tuple, ...). eager and torchscript: a `stages.runtime.LoadedModule` (an
+    `nn.Module` in eval mode, CPU; `.model` is the rebuilt module itself, or the traced and
+    frozen TorchScript module); onnxruntime: an `OnnxPredictor` running the ONNX Runtime session
+    (`.session`). The task must be importable here (eager and torchscript rebuild the module
+    from its factory).
     """
+    from stages.batches import input_names
     from stages.runtime import LoadedModule, OnnxPredictor, TorchPredictor, make_predictor
     from stages.tasks import load_task
 
@@ -449,9 +451,11 @@ def load_model(
         if ckpt.onnx is None:
             raise SqueezerayError(f"trial {trial_id!r}: its onnxruntime checkpoint has no ONNX")
         return OnnxPredictor(ckpt.onnx, threads=1)
-    predictor = make_predictor(load_task(str(row["task"])), ckpt)
+    task = load_task(str(row["task"]))
+    predictor = make_predictor(task, ckpt)
     assert isinstance(predictor, TorchPredictor)
-    return LoadedModule(predictor.module, ckpt.runtime).eval()
+    names = input_names(task.example_input(1))
+    return LoadedModule(predictor.module, ckpt.runtime, names=names).eval()
 
 
 # -- exporting -----------------------------------------------------------------------------
@@ -621,10 +625,12 @@ def recheck(
     """
     import torch
 
+    from stages.batches import input_names
     from stages.checkpoint import ModelCheckpoint
     from stages.rebuild import build_model
     from stages.runtime import OnnxPredictor, TorchPredictor
 
+    names = input_names(task.example_input(1))  # model.pt takes named inputs in this order
     n = len(task.test)  # type: ignore[arg-type]
     # batches of 256, as rows are measured (dynamic int8 quantizes each batch's activations
     # with that batch's range, so its outputs depend on the batching)
@@ -638,7 +644,7 @@ def recheck(
         onnx = OnnxPredictor((out / "model.onnx").read_bytes(), threads=1)
         result["accuracy"] = onnx.accuracy(task.test)
     else:
-        scripted = TorchPredictor(torch.jit.load(str(out / "model.pt")), "torchscript")
+        scripted = TorchPredictor(torch.jit.load(str(out / "model.pt")), "torchscript", names=names)
         result["torchscript_accuracy"] = scripted.accuracy(task.test)
         if ckpt.runtime == "torchscript":
             result["accuracy"] = result["torchscript_accuracy"]
@@ -729,13 +735,16 @@ def _input_card(
     """{name, dtype, shape} of the model input (a list of them for a model with several
     inputs), in every runtime named as the parameters of the model's `forward`: read from the
     ONNX graph (which the export named so), else `stages.onnxio.onnx_input_names` of `model`
-    (the rebuilt module; x, x0, x1, ... when its forward takes `*args`). Shapes: "batch", then
-    the example's sizes, or for ONNX the graph's axes (a dynamic one by its symbol name)."""
-    from stages.batches import as_args
+    (the rebuilt module; x, x0, x1, ... when its forward takes `*args`), or for named inputs
+    (a dict sample, passed by keyword) the dict's keys in order. Shapes: "batch", then the
+    example's sizes, or for ONNX the graph's axes (a dynamic one by its name, "sequence")."""
+    from stages.batches import input_names, tensors
     from stages.onnxio import onnx_input_names
 
-    args = as_args(task.example_input(1))
-    names = onnx_input_names(len(args), model=model)
+    example = task.example_input(1)
+    args = tensors(example)
+    keywords = input_names(example)
+    names = list(keywords) if keywords else onnx_input_names(len(args), model=model)
     shapes: list[list[int | str]] = [["batch", *(int(d) for d in t.shape[1:])] for t in args]
     if ckpt.runtime == "onnxruntime" and ckpt.onnx is not None:
         import onnx

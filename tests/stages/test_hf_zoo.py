@@ -1,24 +1,188 @@
-"""The Hugging Face zoo (tests/hf_zoo.py): tiny models from configs, loaded from local dirs."""
+"""Every stage x every choice over the Hugging Face zoo (issue 22 item 7; tests/hf_zoo.py).
+
+The same case table as `tests/stages/test_zoo.py`, run over tiny BERT, DistilBERT, GPT-2 and ViT
+models loaded with `from_pretrained` from local `save_pretrained` directories, with named
+inputs (dict samples passed by keyword). Each case runs the stage as a Ray stage task does
+(`run_stage`: the checkpoint is serialized, loaded `weights_only`, rebuilt and compared), then
+checks the metrics are honest. The student is made from the teacher (`student=None`).
+
+Combinations not supported yet are refused up front (REFUSED, with the message asserted) or
+marked xfail(strict=True) naming the branch that owns them (PENDING).
+"""
 
 from __future__ import annotations
+
+import functools
+from typing import Any
 
 import pytest
 import torch
 
+from stages import get_stage
+from stages.base import StageInput, StageOutput
+from stages.checkpoint import ModelCheckpoint
+from stages.distill import DistillParams, distill
+from stages.errors import SqueezerayError
+from stages.metrics import count_params, evaluate, quantized_fraction
+from stages.rebuild import build_model
+from stages.runner import run_stage
+from stages.tasks import Task
+from stages.teacher import TeacherParams, train_teacher
 from tests import hf_zoo
+from tests.stages.test_zoo import CASES, Case
+
+HFPRUNE = "issue 22 items 3-4 (branch hfprune): head-aware structured pruning, Conv1D"
+QUANT = "issue 22 item 5 (branch quant): static int8/QAT on Hugging Face models (PT2E)"
+
+# (model, stage or case id) -> the owner of a combination that does not work yet
+PENDING: dict[tuple[str, str], str] = {
+    **{(kind, "quantize[mode=static_int8,calibration_batches=2]"): QUANT for kind in hf_zoo.KINDS},
+    **{(kind, "quantize[mode=qat,qat_epochs=1]"): QUANT for kind in hf_zoo.KINDS},
+    # the student made from GPT-2 (torch-pruning over transformers' Conv1D) fails inside
+    # torch-pruning; later stages start from the teacher meanwhile (see _student)
+    ("gpt2", "distill"): HFPRUNE,
+    # transformers' Conv1D (GPT-2's attention and MLP) is not yet a Linear to these stages:
+    # they refuse, or touch only the classification head
+    ("gpt2", "prune"): HFPRUNE,
+    ("gpt2", "lowrank"): HFPRUNE,
+    ("gpt2", "lora"): HFPRUNE,
+    ("gpt2", "quantize[mode=dynamic_int8]"): HFPRUNE,
+    # torch-pruning cuts query/key/value to widths that are not whole heads
+    **{
+        (kind, "prune[method=structured,ratio=0.5,steps=2,finetune_epochs=1]"): HFPRUNE
+        for kind in ("bert", "distilbert", "vit")
+    },
+}
+
+# share of the weights a weight-touching stage must reach: the tiny models' Linear (and
+# Conv1D) layers hold ~85% of their parameters, embeddings the rest
+MIN_QUANTIZED_FRACTION = 0.5
+
+# (model, stage or case id) -> a message fragment of the refusal the test asserts
+REFUSED: dict[tuple[str, str], str] = {}
 
 
-@pytest.mark.parametrize("kind", hf_zoo.KINDS)
-def test_zoo_model_loads_from_its_directory_and_takes_named_inputs(kind: str) -> None:
-    directory = hf_zoo.checkpoint_dir(kind)
-    assert (directory / "config.json").is_file()
-    assert (directory / "model.safetensors").is_file()
-    task = hf_zoo.ZOO[kind]()
-    batch = hf_zoo.example_batch(kind, 3)
-    with torch.no_grad():
-        a = task.teacher()(**batch).logits
-        b = hf_zoo.load(kind)(**batch).logits
-    assert a.shape == (3, task.num_classes)
-    assert torch.equal(a, b)  # the directory is the teacher, loaded the same way twice
-    x, y = task.train[0]
-    assert isinstance(x, dict) and set(x) == set(batch) and 0 <= int(y) < task.num_classes
+@functools.cache
+def _task(kind: str) -> Task:
+    return hf_zoo.ZOO[kind]()
+
+
+@functools.cache
+def _teacher(kind: str) -> StageOutput:
+    return train_teacher(StageInput(task=_task(kind), parent=None), TeacherParams(epochs=2))
+
+
+@functools.cache
+def _student(kind: str) -> StageOutput:
+    if (kind, "distill") in PENDING:  # no student yet: the later stages get the teacher
+        return _teacher(kind)
+    teacher = _teacher(kind).checkpoint
+    return distill(StageInput(task=_task(kind), parent=teacher), DistillParams(epochs=1))
+
+
+def _parent(kind: str, stage: str) -> ModelCheckpoint | None:
+    if stage == "teacher":
+        return None
+    if stage == "distill":
+        return _teacher(kind).checkpoint
+    return _student(kind).checkpoint
+
+
+def _linear_like(model: torch.nn.Module) -> list[tuple[int, int]]:
+    """(in, out) features of every nn.Linear and transformers Conv1D (a transposed Linear)."""
+    from transformers.pytorch_utils import Conv1D
+
+    found = []
+    for module in model.modules():
+        if isinstance(module, torch.nn.Linear):
+            found.append((module.in_features, module.out_features))
+        elif isinstance(module, Conv1D):
+            found.append(tuple(module.weight.shape))  # (in, out)
+    return found
+
+
+def _lookup(table: dict[tuple[str, str], str], kind: str, case: Case) -> str | None:
+    return table.get((kind, case.stage)) or table.get((kind, case.id))
+
+
+def _marks(kind: str, case: Case) -> list[Any]:
+    marks: list[Any] = [pytest.mark.slow] if case.slow or kind != "bert" else []
+    reason = _lookup(PENDING, kind, case)
+    if reason:
+        marks.append(pytest.mark.xfail(strict=True, reason=reason))
+    return marks
+
+
+def test_zoo_model_loads_from_its_directory_and_takes_named_inputs() -> None:
+    for kind in hf_zoo.KINDS:
+        directory = hf_zoo.checkpoint_dir(kind)
+        assert (directory / "config.json").is_file()
+        assert (directory / "model.safetensors").is_file()
+        task = _task(kind)
+        batch = hf_zoo.example_batch(kind, 3)
+        with torch.no_grad():
+            a = task.teacher()(**batch).logits
+            b = hf_zoo.load(kind)(**batch).logits
+        assert a.shape == (3, task.num_classes)
+        assert torch.equal(a, b)  # the directory is the teacher, loaded the same way twice
+        x, y = task.train[0]
+        assert isinstance(x, dict) and set(x) == set(batch) and 0 <= int(y) < task.num_classes
+
+
+@pytest.mark.parametrize(
+    ("kind", "case"),
+    [
+        pytest.param(kind, case, id=f"{kind}-{case.id}", marks=_marks(kind, case))
+        for kind in hf_zoo.KINDS
+        for case in CASES
+    ],
+)
+def test_every_stage_and_choice_on_the_hf_zoo(kind: str, case: Case) -> None:
+    task = _task(kind)
+    spec = get_stage(case.stage)
+    params = spec.make_params(case.params)
+    parent = _parent(kind, case.stage)
+    inp = StageInput(
+        task=task,
+        parent=parent,
+        teacher=_teacher(kind).checkpoint if case.stage != "teacher" else None,
+    )
+    refused = _lookup(REFUSED, kind, case)
+    if refused:
+        with pytest.raises(SqueezerayError, match=refused):
+            run_stage(spec, inp, params)
+        return
+
+    out, data = run_stage(spec, inp, params)  # checkpoint rebuilt from bytes == its model
+
+    assert 0.0 <= out.metrics["val_accuracy"] <= 1.0
+    loaded = ModelCheckpoint.from_bytes(data)
+    before = count_params(parent) if parent is not None else None
+    total, nonzero = count_params(loaded)
+
+    if case.stage == "prune" and case.params["method"] == "structured":
+        assert before is not None and total < before[0], "structured pruning shrinks params"
+    elif case.stage == "prune":
+        assert before is not None and total == before[0]
+        assert nonzero < before[1], "unstructured pruning lowers params_nonzero"
+    elif case.stage == "lowrank":
+        assert before is not None and loaded.recipe["lowrank"] and total < before[0]
+    elif case.stage == "lora":
+        # an adapter on every Linear-like layer (attention, FFN, head): rank * (in + out) each
+        assert parent is not None
+        layers = _linear_like(build_model(task, parent))
+        assert out.metrics["trainable_params"] == case.params["rank"] * sum(
+            i + o for i, o in layers
+        )
+        assert out.metrics["merge_max_abs_diff"] <= 1e-5
+    elif case.stage == "quantize":
+        fraction = quantized_fraction(loaded)
+        assert out.metrics["quantized_fraction"] == pytest.approx(fraction)
+        if case.params["mode"] == "none":
+            assert fraction == 0.0
+        else:
+            assert fraction >= MIN_QUANTIZED_FRACTION
+    elif case.stage == "export":
+        measured = evaluate(task, loaded, warmup=1, repeats=3)
+        assert measured.runtime == loaded.runtime == case.params["runtime"]
+        assert measured.latency_ms is not None and measured.latency_ms > 0

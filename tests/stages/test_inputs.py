@@ -155,3 +155,102 @@ def _strings_task() -> Task:
             return "some text", 0
 
     return Task("strings", _Scores, _Scores, Strings(), Strings(), Strings(), num_classes=2)
+
+
+class _Keywords(nn.Module):
+    """forward(input_ids, past=None, attention_mask=None), as GPT-2's: the mask is not the
+    second positional parameter, so only a call by keyword gives the model its mask (a mask
+    passed as `past` raises)."""
+
+    def __init__(self, width: int = 8) -> None:
+        super().__init__()
+        self.embed = nn.Embedding(10, width)
+        self.head = nn.Linear(width, 2)
+
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        past: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+    ) -> _Out:
+        assert past is None, "the mask went to `past`: inputs were passed positionally"
+        assert attention_mask is not None
+        mask = attention_mask.unsqueeze(-1).float()
+        pooled = (self.embed(input_ids) * mask).sum(1) / mask.sum(1).clamp(min=1.0)
+        return _Out(logits=self.head(pooled))
+
+
+class _Named(torch.utils.data.Dataset):
+    def __init__(self, ids: torch.Tensor, mask: torch.Tensor, y: torch.Tensor) -> None:
+        self.ids, self.mask, self.y = ids, mask, y
+
+    def __len__(self) -> int:
+        return len(self.y)
+
+    def __getitem__(self, i: int) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+        return {"input_ids": self.ids[i], "attention_mask": self.mask[i]}, self.y[i]
+
+
+def _named_task() -> Task:
+    # class 0: real tokens in 1..4, class 1: in 5..9; padding holds the other class's tokens,
+    # so a model that does not get its mask learns nothing
+    g = torch.Generator().manual_seed(0)
+    y = torch.arange(64) % 2
+    low, high = (
+        torch.randint(1, 5, (64, 6), generator=g),
+        torch.randint(5, 10, (64, 6), generator=g),
+    )
+    mask = (torch.arange(6)[None, :] < torch.randint(2, 5, (64, 1), generator=g)).long()
+    real = torch.where(y[:, None] == 1, high, low)
+    ids = torch.where(mask.bool(), real, torch.where(y[:, None] == 1, low, high))
+    ds = _Named(ids, mask, y)
+    return Task("named", _Keywords, lambda: _Keywords(width=4), ds, ds, ds, num_classes=2)
+
+
+def test_named_inputs_reach_forward_by_keyword_through_every_stage_and_runtime() -> None:
+    import onnx
+
+    from stages.runtime import make_predictor
+
+    task = _named_task()
+    check_task(task, source="named")
+    x = task.example_input(3)
+    assert isinstance(x, dict) and list(x) == ["input_ids", "attention_mask"]
+    teacher = train_teacher(StageInput(task=task, parent=None), TeacherParams(epochs=15, lr=0.02))
+    student = distill(
+        StageInput(task=task, parent=teacher.checkpoint), DistillParams(epochs=15, lr=0.02)
+    )
+    assert student.metrics["val_accuracy"] > 0.6  # it learned: the mask reached the model
+    eager = make_predictor(task, student.checkpoint)
+    expected = eager(x)
+    for runtime in ("torchscript", "onnxruntime"):
+        out = export(StageInput(task=task, parent=student.checkpoint), ExportParams(runtime))
+        predictor = make_predictor(task, out.checkpoint)
+        # by keyword in any order, or as the dict a DataLoader yields
+        reordered = predictor(attention_mask=x["attention_mask"], input_ids=x["input_ids"])
+        torch.testing.assert_close(reordered, expected, rtol=1e-4, atol=1e-5)
+        torch.testing.assert_close(predictor(x), expected, rtol=1e-4, atol=1e-5)
+        assert evaluate(task, out.checkpoint, warmup=1, repeats=3).accuracy == pytest.approx(
+            eager.accuracy(task.test)
+        )
+        if runtime == "onnxruntime":
+            assert out.checkpoint.onnx is not None
+            graph = onnx.load_from_string(out.checkpoint.onnx).graph
+            axes = {
+                i.name: [d.dim_param or d.dim_value for d in i.type.tensor_type.shape.dim]
+                for i in graph.input
+            }
+            assert axes == {
+                "input_ids": ["batch", "sequence"],
+                "attention_mask": ["batch", "sequence"],
+            }
+            # another sequence length runs
+            short = {k: v[:, :4] for k, v in x.items()}
+            torch.testing.assert_close(predictor(short), eager(short), rtol=1e-4, atol=1e-5)
+
+
+def test_named_inputs_refused_where_a_tool_is_positional_only() -> None:
+    from stages.batches import as_args
+
+    with pytest.raises(SqueezerayError, match="named inputs \\(input_ids\\) cannot be passed"):
+        as_args({"input_ids": torch.zeros(1, 2, dtype=torch.long)})
