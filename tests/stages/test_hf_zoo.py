@@ -38,20 +38,6 @@ QUANT = "issue 22 item 5 (branch quant): static int8/QAT on Hugging Face models 
 PENDING: dict[tuple[str, str], str] = {
     **{(kind, "quantize[mode=static_int8,calibration_batches=2]"): QUANT for kind in hf_zoo.KINDS},
     **{(kind, "quantize[mode=qat,qat_epochs=1]"): QUANT for kind in hf_zoo.KINDS},
-    # the student made from GPT-2 (torch-pruning over transformers' Conv1D) fails inside
-    # torch-pruning; later stages start from the teacher meanwhile (see _student)
-    ("gpt2", "distill"): HFPRUNE,
-    # transformers' Conv1D (GPT-2's attention and MLP) is not yet a Linear to these stages:
-    # they refuse, or touch only the classification head
-    ("gpt2", "prune"): HFPRUNE,
-    ("gpt2", "lowrank"): HFPRUNE,
-    ("gpt2", "lora"): HFPRUNE,
-    ("gpt2", "quantize[mode=dynamic_int8]"): HFPRUNE,
-    # torch-pruning cuts query/key/value to widths that are not whole heads
-    **{
-        (kind, "prune[method=structured,ratio=0.5,steps=2,finetune_epochs=1]"): HFPRUNE
-        for kind in ("bert", "distilbert", "vit")
-    },
 }
 
 # share of the weights a weight-touching stage must reach: the tiny models' Linear (and
