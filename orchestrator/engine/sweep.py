@@ -389,12 +389,11 @@ def _finish(
 
 
 def _abandon(run: SweepRun) -> None:
-    """Stop what a sweep that cannot go on started: its cache actor and its budget's clock
-    (its manifest then says `failed`, `execute_sweep`)."""
-    import ray
+    """Stop what a sweep that cannot go on started: its cache actor (its stage claims freed
+    first) and its budget's clock (its manifest then says `failed`, `execute_sweep`)."""
+    from orchestrator.engine.cache import stop_cache
 
-    with contextlib.suppress(Exception):
-        ray.kill(run.cache)
+    stop_cache(run.cache)
     end_budget(run.sweep.sweep_id)
 
 

@@ -154,16 +154,20 @@ def _newest_state_files(names: list[str]) -> list[str]:
     return sorted(newest.values())
 
 
+_PICKLE = b"\x80"  # the first byte of a pickle (protocol 2 and later)
+
+
 class _Unreadable(Exception):
     """A Tune state file that does not load (its path and why)."""
 
 
 def _load(fs: Any, path: str) -> Any:
-    """A state file's content (JSON or a pickle, by its suffix), or _Unreadable saying why."""
+    """A state file's content (JSON or a pickle), or _Unreadable saying why. The suffix does
+    not tell: Tune's grid/random search state is a pickle named `basic-variant-state-*.json`."""
     try:
         with fs.open_input_stream(path) as f:
             data = f.read()
-        if path.endswith(".json"):
+        if path.endswith(".json") and not data.startswith(_PICKLE):
             return json.loads(data)
         import cloudpickle
 

@@ -187,3 +187,20 @@ def test_tune_state_that_disagrees_with_the_store_is_not_restored() -> None:
         "experiment_state-2026-12-07_00-55-29.json",
         "searcher-state-2026-12-07_00-54-25.pkl",
     ]
+
+
+def test_grid_search_state_a_pickle_named_json_is_readable(tmp_path: Path) -> None:
+    """Tune keeps a grid/random search's state as a pickle named `basic-variant-state-*.json`:
+    it loads, so such a sweep is restored, not rebuilt (seen: a resumed grid sweep rebuilt with
+    the space's default of 16 trials instead of its 2 grid points)."""
+    import cloudpickle
+    import pyarrow.fs as pafs
+
+    from orchestrator.engine.tune_state import _load
+
+    path = tmp_path / "basic-variant-state-2026-12-07_01-33-09.json"
+    path.write_bytes(cloudpickle.dumps({"_uuid_prefix": "26fc5_"}))
+    assert _load(pafs.LocalFileSystem(), str(path)) == {"_uuid_prefix": "26fc5_"}
+    state = tmp_path / "experiment_state-2026-12-07_01-33-09.json"
+    state.write_text('{"trial_data": []}')
+    assert _load(pafs.LocalFileSystem(), str(state)) == {"trial_data": []}
