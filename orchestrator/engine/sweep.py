@@ -14,7 +14,10 @@ tasks hold the real CPUs/GPUs; a driver-side callback writes each trial's row as
 Interruptions: Ctrl-C or SIGTERM stops launching trials, lets Tune save its experiment state,
 records what finished and raises `SweepInterrupted`, whose message is the resume command. A
 killed driver loses nothing either: rows and checkpoints are written as they finish, and
-`resume=True` restores the Tune experiment (same trial ids; finished trials are not re-run).
+`resume=True` restores the Tune experiment (same trial ids; finished trials are not re-run),
+or - when its state cannot be restored (cut short by a full disk) - runs the trials left as a
+new one (`tune_state`). A full or read-only storage stops the sweep at the failing write with
+a `StorageFault` naming the resume command; one driver runs a sweep at a time (`sweep_lock`).
 
 This module is the engine's public face for a sweep (`__all__`): the CLI, nightly runs and
 benchmarks import from here.
@@ -224,7 +227,9 @@ def _execute_sweep(
     Ctrl-C or SIGTERM (in the main thread) stops launching trials, lets Tune save its
     experiment state, records everything finished and raises `SweepInterrupted` naming the
     resume command; a second signal stops at once. A resumed sweep (`sweep.resume`) restores
-    the Tune experiment: finished trials are kept, unfinished ones re-run under their ids.
+    the Tune experiment: finished trials are kept, unfinished ones re-run under their ids; when
+    its state cannot be restored, the trials left run as a new experiment (`tune_state`). A row
+    that cannot be written (full or read-only storage) stops the trials; its fault is raised.
     """
     configure_tune()
     # A resumed sweep: the rows written before the interruption (trial id -> result), and its
