@@ -228,9 +228,15 @@ class _StageCache:
         return refs is not None and refs[1] == info_ref
 
     def _flush(self, rows: list[dict[str, Any]]) -> None:
+        """Write stage rows. On a full or read-only storage they are left out with a warning
+        (they describe stages, not results); the trials' own writes stop the sweep."""
+        from orchestrator.store.faults import StorageFault
         from orchestrator.store.results import append_stage_rows
 
-        append_stage_rows(self.storage_uri, rows)
+        try:
+            append_stage_rows(self.storage_uri, rows)
+        except StorageFault as fault:
+            log.warning("%d stage row(s) not written: %s", len(rows), fault)
 
     def _load_from_disk(self, key: str) -> tuple[ray.ObjectRef, ray.ObjectRef] | None:
         data_name, manifest_name = checkpoint_path(key)

@@ -204,3 +204,24 @@ def test_grid_search_state_a_pickle_named_json_is_readable(tmp_path: Path) -> No
     state = tmp_path / "experiment_state-2026-12-07_01-33-09.json"
     state.write_text('{"trial_data": []}')
     assert _load(pafs.LocalFileSystem(), str(state)) == {"trial_data": []}
+
+
+def test_state_files_load_as_tune_writes_them_and_cut_ones_do_not(tmp_path: Path) -> None:
+    """Tune pickles its search algorithm's state even under a `.json` name: a sound pickle or
+    JSON file loads, the same file cut short (a full disk) is unreadable, naming the file."""
+    import cloudpickle
+    import pyarrow.fs as pafs
+
+    from orchestrator.engine.tune_state import _load, _Unreadable
+
+    fs = pafs.LocalFileSystem()
+    pickled = tmp_path / "search_gen_state-2026-12-07_00-54-25.json"
+    pickled.write_bytes(cloudpickle.dumps({"counter": 4, "points": [1.5] * 50}))
+    text = tmp_path / "experiment_state-2026-12-07_00-54-25.json"
+    text.write_text(json.dumps({"trial_data": [], "runner_data": {}}))
+    assert _load(fs, str(pickled))["counter"] == 4
+    assert _load(fs, str(text))["trial_data"] == []
+    for path in (pickled, text):
+        path.write_bytes(path.read_bytes()[:20])
+        with pytest.raises(_Unreadable, match=path.name):
+            _load(fs, str(path))
