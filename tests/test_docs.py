@@ -44,7 +44,7 @@ def _commands() -> list[tuple[str, list[str]]]:
         # Continuation lines joined; `$ ` prompts (console blocks) dropped.
         for offset, raw in enumerate(body.replace("\\\n", " ").splitlines()):
             text = raw.strip().removeprefix("$ ")
-            for part in re.split(r"&&|;|\|", text):
+            for part in re.split(r"&&|&|;|\|", text):
                 words = shlex.split(part, comments=True)
                 if words and words[0] == "squeezeray":
                     commands.append((f"{where}:{line + 1 + offset}", words[1:]))
