@@ -8,7 +8,7 @@ from __future__ import annotations
 import os
 import sys
 from pathlib import Path
-from typing import Annotated, Any, Optional
+from typing import Annotated, Any, NoReturn, Optional
 
 import typer
 from rich.console import Console
@@ -47,7 +47,8 @@ class _SqueezerayCommand(TyperCommand):
 
 
 class _SqueezerayGroup(TyperGroup):
-    """Turns SqueezerayError into a one-line message and exit code 2 - the one place it happens."""
+    """Turns SqueezerayError into a one-line message and exit code 2 - the one place it happens
+    (as is an OSError of a full, read-only or forbidden disk: `faults.as_storage_fault`)."""
 
     def get_params(self, ctx: Any) -> list[Any]:
         return _bare_flags(super().get_params(ctx))
@@ -56,12 +57,23 @@ class _SqueezerayGroup(TyperGroup):
         try:
             return super().invoke(ctx)
         except SqueezerayError as exc:
-            from rich.markup import escape
+            _exit_2(exc)
+        except OSError as exc:  # a full or read-only disk under any other file we write
+            from orchestrator.store.faults import as_storage_fault
 
-            message = f"[bold red]error:[/] {escape(str(exc))}"
-            console.quiet = False  # -q hides progress and notes, never the reason for exit 2
-            console.print(message, highlight=False, soft_wrap=True)
-            raise typer.Exit(2) from exc
+            fault = as_storage_fault(exc, str(exc.filename or "a file"))
+            if fault is None:
+                raise
+            _exit_2(fault)
+
+
+def _exit_2(exc: SqueezerayError) -> NoReturn:
+    from rich.markup import escape
+
+    message = f"[bold red]error:[/] {escape(str(exc))}"
+    console.quiet = False  # -q hides progress and notes, never the reason for exit 2
+    console.print(message, highlight=False, soft_wrap=True)
+    raise typer.Exit(2) from exc
 
 
 app = typer.Typer(

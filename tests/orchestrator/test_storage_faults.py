@@ -159,3 +159,24 @@ def test_sweep_and_resume_on_unwritable_storage_stop_before_ray_with_one_line(
         assert "continue with" not in out and "Traceback" not in out
         assert temp_files(disk.root) == []
         assert snapshot(disk.root) == before
+
+
+def test_a_query_writing_its_output_to_a_read_only_disk_is_one_line(disk: SmallFs) -> None:
+    """Outside the store (a front written with --output), a full or read-only disk is the same
+    one line and exit 2 from the CLI's one handler, not a traceback."""
+    from typer.testing import CliRunner
+
+    from orchestrator.cli import app
+    from orchestrator.store.results import append_results
+    from tests.rows import make_rows
+
+    storage = disk.root.parent / "readable"
+    append_results(str(storage), make_rows("run-a", 6))
+    disk.read_only()
+    output = disk.root / "front.csv"
+    result = CliRunner().invoke(
+        app, ["pareto", "--storage", str(storage), "--format", "csv", "--output", str(output)]
+    )
+    out = " ".join(result.output.split())
+    assert result.exit_code == 2, (result.output, result.exception)
+    assert out.startswith("error: storage is read-only") and str(output) in out, out
