@@ -70,12 +70,13 @@ def _lock(storage: Path) -> None:
         pass
 
 
+_PREPARED: dict[str, Any] = {}  # the sweep `_manifest` writes, prepared before the disk fills
+
+
 def _manifest(storage: Path) -> None:
     from orchestrator.engine.manifest import write_manifest
-    from orchestrator.engine.prepare import prepare_sweep
 
-    # prepare_sweep probes the storage: it is the one that refuses here
-    write_manifest(open_storage(storage), prepare_sweep("tiny", storage=storage), status="running")
+    write_manifest(open_storage(storage), _PREPARED["sweep"], status="running")
 
 
 WRITERS: dict[str, Callable[[Path], None]] = {
@@ -103,8 +104,11 @@ def _seed(storage: Path) -> None:
 def test_every_writer_on_full_or_read_only_storage_raises_one_fault_and_leaves_it_as_it_was(
     disk: SmallFs, kind: str
 ) -> None:
+    from orchestrator.engine.prepare import prepare_sweep
+
     storage = disk.root / "results"
     _seed(storage)
+    _PREPARED["sweep"] = prepare_sweep("tiny", storage=storage, sweep_id="m")
     before = snapshot(disk.root)
     if kind == "full":
         disk.fill()
