@@ -211,8 +211,9 @@ NumCpusOpt = Annotated[int | None, typer.Option(help="CPUs of the embedded Ray (
 TeacherWeightsOpt = Annotated[
     Path | None,
     typer.Option(
-        help="A trained state_dict (torch.save) loaded into the task's teacher with "
-        "weights_only=True; teacher.epochs becomes 0 (use as given) unless the space sets it."
+        help="Trained weights loaded into the task's teacher: a state_dict (torch.save, read "
+        "with weights_only=True), a .safetensors file or a save_pretrained directory; "
+        "teacher.epochs becomes 0 (use as given) unless the space sets it."
     ),
 ]
 TopOpt = Annotated[int | None, typer.Option(help="Show at most K front points.")]

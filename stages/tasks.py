@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 import importlib
 import math
+import os
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -115,6 +116,10 @@ class Task:
     # and change it whenever the data changes.
     version: str | None = field(default=None, compare=False)
     metric: Metric | None = field(default=None, compare=False)  # the task's own quality metric
+    # Files copied beside a Hugging Face export (`save_pretrained` directory) of a trial's
+    # model: the tokenizer/processor files the model is used with (absolute paths).
+    # `stages.hf` tasks fill it from their checkpoint directory.
+    export_files: tuple[str, ...] = field(default=(), compare=False)
 
     def example_input(self, batch_size: int = 1) -> Inputs:
         """A real input batch from the test split: a tensor (batch_size, *input_shape), a
@@ -300,6 +305,17 @@ def check_task(task: Task, *, source: str) -> None:
     """Fail early, with the fix, when a task cannot run through the pipeline."""
     if task.num_classes < 2:
         raise SqueezerayError(f"task={source!r}: num_classes={task.num_classes} must be >= 2")
+    files = task.export_files
+    if not isinstance(files, tuple) or not all(isinstance(f, str) for f in files):
+        raise SqueezerayError(
+            f"task={source!r}: export_files={files!r}; accepted: a tuple of file paths (str)"
+        )
+    missing = [f for f in files if not os.path.isfile(f)]
+    if missing:
+        raise SqueezerayError(
+            f"task={source!r}: export_files names {len(missing)} file(s) that do not exist "
+            f"({', '.join(missing[:3])}); give the tokenizer/processor files' paths"
+        )
     for split in ("train", "val", "test"):
         ds = getattr(task, split)
         try:

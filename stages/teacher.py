@@ -13,9 +13,7 @@ fingerprint in the teacher's key hashes the weights the factory returns (`stages
 from __future__ import annotations
 
 import functools
-import io
 from dataclasses import dataclass
-from pathlib import Path
 
 import torch
 from torch import nn
@@ -26,6 +24,7 @@ from stages.errors import SqueezerayError
 from stages.masks import param_counts
 from stages.tasks import Task
 from stages.training import accuracy, fit, trained_output
+from stages.weightfiles import load_weights
 
 
 @dataclass(frozen=True)
@@ -34,10 +33,11 @@ class TeacherParams:
     lr: float = 1e-3
     batch_size: int = 64
     weight_decay: float = 1e-4
-    # A state_dict file (torch.save) loaded with weights_only=True into task.teacher() before
-    # anything else; "" = none. `squeezeray sweep --teacher-weights PATH` sets it (absolute)
-    # and `weights_sha256` from the file, so new weights get new stage keys and a file changed
-    # since the sweep started is refused.
+    # Weights loaded into task.teacher() before anything else (`stages.weightfiles`: a
+    # torch.save state_dict read with weights_only=True, a .safetensors file or a
+    # save_pretrained directory); "" = none. `squeezeray sweep --teacher-weights PATH` sets
+    # it (absolute) and `weights_sha256` from its bytes, so new weights get new stage keys
+    # and weights changed since the sweep started are refused.
     weights: str = ""
     weights_sha256: str = ""
 
@@ -85,53 +85,6 @@ def train_teacher(inp: StageInput, params: TeacherParams) -> StageOutput:
         weight_decay=params.weight_decay,
     )
     return trained_output(task, model, stats, arch="teacher")
-
-
-def load_weights(model: nn.Module, path: str, *, sha256: str = "") -> None:
-    """Load a state_dict file into `model` (strictly, `torch.load(weights_only=True)`).
-
-    A file holding {"state_dict": ...} (a common training-script layout) is accepted too.
-    Raises SqueezerayError for a missing or unreadable file, a sha256 other than `sha256`
-    (when given), or keys/shapes that do not fit the task's teacher.
-    """
-    import hashlib
-
-    file = Path(path)
-    try:
-        data = file.read_bytes()
-    except OSError as exc:
-        raise SqueezerayError(
-            f"teacher.weights={path!r} cannot be read ({exc.strerror or exc}); give the path "
-            "of a state_dict saved with torch.save, readable on every node"
-        ) from exc
-    if sha256 and hashlib.sha256(data).hexdigest() != sha256:
-        raise SqueezerayError(
-            f"teacher.weights={path!r} changed since the sweep started (sha256 differs); "
-            "start a new sweep with the new weights"
-        )
-    try:
-        state = torch.load(io.BytesIO(data), weights_only=True, map_location="cpu")
-    except Exception as exc:  # not a torch file, or one that would run code when unpickled
-        first = next((line for line in str(exc).splitlines() if line.strip()), "")
-        raise SqueezerayError(
-            f"teacher.weights={path!r} is not a state_dict torch.load(weights_only=True) "
-            f"accepts ({type(exc).__name__}: {first[:200]}); save it with "
-            "torch.save(model.state_dict(), path)"
-        ) from exc
-    if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
-        state = state["state_dict"]
-    if not isinstance(state, dict):
-        raise SqueezerayError(
-            f"teacher.weights={path!r} holds a {type(state).__name__}, not a state_dict; save it "
-            "with torch.save(model.state_dict(), path)"
-        )
-    try:
-        model.load_state_dict(state)
-    except RuntimeError as exc:
-        lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
-        raise SqueezerayError(
-            f"teacher.weights={path!r} does not fit the task's teacher: {' '.join(lines)[:500]}"
-        ) from exc
 
 
 def pretrained_output(task: Task, model: nn.Module, *, device: torch.device) -> StageOutput:

@@ -8,6 +8,10 @@ the same weights, so task fingerprints agree.
 Entries (`ZOO`, zero-argument callables returning a `stages.Task`, named as
 `task: tests.hf_zoo:<callable>`):
 
+Each task is built by `stages.hf.sequence_classification_task` (`image_classification_task`
+for ViT) from the model's directory, as a user builds one: the teacher as loaded, the student
+made from it (`student=None`).
+
 - `bert`: `BertForSequenceClassification` (hidden 32, 2 layers, 4 heads of 8, FFN 64), samples
   `{"input_ids", "attention_mask", "token_type_ids"}`; its directory also holds a WordPiece
   tokenizer (`vocab.txt`, `tokenizer_config.json`) as a real checkpoint does.
@@ -44,8 +48,8 @@ from typing import Any
 import pytest
 import torch
 from torch import nn
-from torch.utils.data import Dataset
 
+from stages.hf import NamedTensorDataset, image_classification_task, sequence_classification_task
 from stages.tasks import Task
 
 transformers = pytest.importorskip("transformers")
@@ -145,20 +149,7 @@ def load(kind: str) -> nn.Module:
 # -- data -------------------------------------------------------------------------------------
 
 
-class NamedDataset(Dataset):
-    """Samples `({name: tensor}, y)`: named model inputs, as a tokenized dataset yields them."""
-
-    def __init__(self, inputs: dict[str, torch.Tensor], y: torch.Tensor) -> None:
-        self.inputs, self.y = inputs, y
-
-    def __len__(self) -> int:
-        return len(self.y)
-
-    def __getitem__(self, i: int) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
-        return {k: v[i] for k, v in self.inputs.items()}, self.y[i]
-
-
-def _text(n: int, *, seed: int, keys: tuple[str, ...]) -> NamedDataset:
+def _text(n: int, *, seed: int, keys: tuple[str, ...]) -> NamedTensorDataset:
     """`n` right-padded sequences of SEQ_LEN int64 ids: [CLS] key w w ... [SEP] [PAD]...
 
     label = key % NUM_CLASSES; lengths vary in [SEQ_LEN // 2, SEQ_LEN]; attention_mask is 1 on
@@ -178,16 +169,16 @@ def _text(n: int, *, seed: int, keys: tuple[str, ...]) -> NamedDataset:
         "attention_mask": mask,
         "token_type_ids": torch.zeros_like(ids),
     }
-    return NamedDataset({k: columns[k] for k in keys}, (key % NUM_CLASSES).long())
+    return NamedTensorDataset({k: columns[k] for k in keys}, (key % NUM_CLASSES).long())
 
 
-def _images(n: int, *, seed: int) -> NamedDataset:
+def _images(n: int, *, seed: int) -> NamedTensorDataset:
     """`n` noisy 3x16x16 float32 images; class = the colour channel (0-2) made brighter."""
     g = torch.Generator().manual_seed(seed)
     x = torch.randn(n, 3, IMAGE_SIZE, IMAGE_SIZE, generator=g)
     y = torch.randint(0, IMAGE_CLASSES, (n,), generator=g)
     x[torch.arange(n), y] += 1.0
-    return NamedDataset({"pixel_values": x}, y.long())
+    return NamedTensorDataset({"pixel_values": x}, y.long())
 
 
 TEXT_KEYS: dict[str, tuple[str, ...]] = {
@@ -199,20 +190,20 @@ TEXT_KEYS: dict[str, tuple[str, ...]] = {
 
 def text_splits(
     keys: tuple[str, ...] = ("input_ids", "attention_mask"),
-) -> tuple[NamedDataset, NamedDataset, NamedDataset]:
+) -> tuple[NamedTensorDataset, NamedTensorDataset, NamedTensorDataset]:
     """Train/val/test token datasets (SPLIT_SIZES), each split from its own seed."""
     return tuple(  # type: ignore[return-value]
         _text(n, seed=SEED + i, keys=keys) for i, n in enumerate(SPLIT_SIZES)
     )
 
 
-def image_splits() -> tuple[NamedDataset, NamedDataset, NamedDataset]:
+def image_splits() -> tuple[NamedTensorDataset, NamedTensorDataset, NamedTensorDataset]:
     return tuple(  # type: ignore[return-value]
         _images(n, seed=SEED + i) for i, n in enumerate(SPLIT_SIZES)
     )
 
 
-def splits(kind: str) -> tuple[NamedDataset, NamedDataset, NamedDataset]:
+def splits(kind: str) -> tuple[NamedTensorDataset, NamedTensorDataset, NamedTensorDataset]:
     return image_splits() if kind == "vit" else text_splits(TEXT_KEYS[kind])
 
 
@@ -230,19 +221,10 @@ def example_batch(kind: str, batch_size: int = 2) -> dict[str, torch.Tensor]:
 
 
 def _task(kind: str) -> Task:
+    """The zoo's `kind` as a user builds it: `stages.hf`'s helper on the local directory."""
     train, val, test = splits(kind)
-    directory = checkpoint_dir(kind)
-    return Task(
-        name=f"hf-zoo-{kind}",
-        teacher=functools.partial(load, kind),
-        student=None,  # made from the teacher (distill.student_ratio)
-        train=train,
-        val=val,
-        test=test,
-        num_classes=num_classes(kind),
-        description=f"tiny {_model_class(kind).__name__} from a local save_pretrained directory "
-        f"({directory.name}), named inputs",
-    )
+    make = image_classification_task if kind == "vit" else sequence_classification_task
+    return make(checkpoint_dir(kind), train=train, val=val, test=test, name=f"hf-zoo-{kind}")
 
 
 def bert() -> Task:

@@ -196,7 +196,8 @@ STAGES_LAYERS: tuple[tuple[str, ...], ...] = (
     # leaves: errors, mode names, batch forms, demo models, layer kinds, device, strict tracing
     ("errors", "names", "batches", "models", "attention", "device", "layers", "tracing"),
     ("conv1d", "hfheads"),  # transformers' Conv1D as Linear; Hugging Face heads and config
-    ("tasks",),  # the Task contract
+    # the Task contract; Tasks from Hugging Face checkpoint directories; user weight files
+    ("tasks", "hf", "weightfiles"),
     # data format, pruning history, ONNX, task fingerprint, whole-split data checks
     ("checkpoint", "surgery", "onnxio", "fingerprint", "datacheck"),
     ("base", "int8"),  # the stage contract types; torch int8 structure

@@ -280,10 +280,9 @@ def _with_teacher_weights(
     (`teacher.weights_sha256`: new weights give new stage keys) and load it into the task's
     teacher once here, so a wrong file fails before Ray starts."""
     import dataclasses
-    import hashlib
 
     from orchestrator.space.model import Distribution
-    from stages.teacher import load_weights
+    from stages.weightfiles import ACCEPTED, load_weights, weights_digest
 
     given = space.params.get("teacher.weights")
     if cli_path is None and given is None:
@@ -298,11 +297,12 @@ def _with_teacher_weights(
             f"{space.source}: {key}: the pipeline has no teacher stage to load the weights into"
         )
     path = _weights_path(space, cli_path)
-    if not path.is_file():
+    if not path.exists():
         raise SqueezerayError(
-            f"{space.source}: {key}={os.fspath(cli_path or path)!r}: no such file ({path})"
+            f"{space.source}: {key}={os.fspath(cli_path or path)!r}: no such file or directory "
+            f"({path}); {ACCEPTED}"
         )
-    digest = hashlib.sha256(path.read_bytes()).hexdigest()
+    digest = weights_digest(path)
     try:
         load_weights(task.teacher(), str(path), sha256=digest)
     except SqueezerayError as exc:

@@ -50,7 +50,8 @@ class SweepOptions:
     stops launching trials; the timeout limits the time one trial's stages run, queueing not
     counted); `cpus_per_trial` / `gpus_per_trial` are Ray logical CPUs / GPUs per stage task
     (fractions allowed); `max_concurrent` is trials at once; `num_cpus` the CPUs of an
-    embedded Ray. `teacher_weights` is an absolute path to a `torch.save` state_dict.
+    embedded Ray. `teacher_weights` is an absolute path to the teacher's weights (a
+    `torch.save` state_dict, a .safetensors file or a `save_pretrained` directory).
 
     Raises SqueezerayError naming the flag, the value and what is accepted.
     """
