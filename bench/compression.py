@@ -63,9 +63,9 @@ def child_sweep(payload: dict[str, Any]) -> dict[str, Any]:
                     "trial_id",
                     "is_baseline",
                     "status",
-                    "accuracy",
+                    "test_accuracy",
                     "size_bytes",
-                    "latency_ms",
+                    "latency_ms_sweep",
                     "runtime",
                     "params",
                     "params_total",
@@ -156,8 +156,8 @@ def close_rows(sweep: dict[str, Any]) -> list[dict[str, Any]]:
         for r in rows
         if not r["is_baseline"]
         and r["status"] == "ok"
-        and r["accuracy"] is not None
-        and r["accuracy"] >= base["accuracy"] - WITHIN - 1e-12
+        and r["test_accuracy"] is not None
+        and r["test_accuracy"] >= base["test_accuracy"] - WITHIN - 1e-12
     ]
 
 
@@ -181,7 +181,7 @@ def summarise_remeasured(
         }
         row = by_trial.get(name)
         if row is not None:
-            entry |= {k: row[k] for k in ("accuracy", "size_bytes", "params")}
+            entry |= {k: row[k] for k in ("test_accuracy", "size_bytes", "params")}
         out[name] = entry
     return out
 
@@ -208,32 +208,41 @@ def analyse(sweep: dict[str, Any]) -> dict[str, Any]:
     ok = [
         r
         for r in rows
-        if not r["is_baseline"] and r["status"] == "ok" and r["accuracy"] is not None
+        if not r["is_baseline"] and r["status"] == "ok" and r["test_accuracy"] is not None
     ]
     close = close_rows(sweep)
     out: dict[str, Any] = {
-        "teacher": {k: base[k] for k in ("accuracy", "size_bytes", "latency_ms", "runtime")},
+        "teacher": {
+            k: base[k] for k in ("test_accuracy", "size_bytes", "latency_ms_sweep", "runtime")
+        },
         "trials_ok": len(ok),
         "within_1pt": len(close),
-        "best_accuracy": max((r["accuracy"] for r in ok), default=None),
+        "best_accuracy": max((r["test_accuracy"] for r in ok), default=None),
     }
 
     def pick(r: dict[str, Any]) -> dict[str, Any]:
-        keep = ("trial_id", "accuracy", "size_bytes", "latency_ms", "runtime", "final_key")
+        keep = (
+            "trial_id",
+            "test_accuracy",
+            "size_bytes",
+            "latency_ms_sweep",
+            "runtime",
+            "final_key",
+        )
         return {k: r[k] for k in keep} | {
-            "accuracy_delta_pts": 100 * (r["accuracy"] - base["accuracy"]),
+            "accuracy_delta_pts": 100 * (r["test_accuracy"] - base["test_accuracy"]),
             "size_ratio": base["size_bytes"] / r["size_bytes"],
-            "latency_ratio": base["latency_ms"] / r["latency_ms"],
+            "latency_ratio": base["latency_ms_sweep"] / r["latency_ms_sweep"],
             "params": r["params"],
         }
 
     if close:
         out["smallest"] = pick(min(close, key=lambda r: r["size_bytes"]))
-        out["fastest"] = pick(min(close, key=lambda r: r["latency_ms"]))
+        out["fastest"] = pick(min(close, key=lambda r: r["latency_ms_sweep"]))
         for runtime in ("eager", "torchscript", "onnxruntime"):
             same = [r for r in close if r["runtime"] == runtime]
             if same:
-                out[f"fastest_{runtime}"] = pick(min(same, key=lambda r: r["latency_ms"]))
+                out[f"fastest_{runtime}"] = pick(min(same, key=lambda r: r["latency_ms_sweep"]))
     return out
 
 

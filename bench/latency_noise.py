@@ -163,11 +163,11 @@ def child_sweep_final(payload: dict[str, Any]) -> dict[str, Any]:
                 "trial_id": r["trial_id"],
                 "baseline": r["is_baseline"],
                 "runtime": r["runtime"],
-                "latency_ms": r["latency_ms"],
+                "latency_ms_final": r["latency_ms_final"],
                 "latency_ms_sweep": r["latency_ms_sweep"],
                 "latency_cv": r["latency_cv"],
                 "speedup": r["speedup"],
-                "sweep_vs_final": r["latency_ms_sweep"] / r["latency_ms"] - 1.0,
+                "sweep_vs_final": r["latency_ms_sweep"] / r["latency_ms_final"] - 1.0,
             }
             for r in rows
         ],

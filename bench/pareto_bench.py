@@ -56,9 +56,9 @@ def _arrow_table(points: np.ndarray) -> Any:
             "row": pa.array(np.arange(n)),
             "status": pa.repeat("ok", n),
             "is_baseline": pa.array(np.zeros(n, dtype=bool)),
-            "accuracy": pa.array(1.0 - points[:, 0]),  # maximised
+            "val_accuracy": pa.array(1.0 - points[:, 0]),  # maximised
             "size_bytes": pa.array(points[:, 1] * 1e6),
-            "latency_ms": pa.array(points[:, 2]),
+            "latency_ms_sweep": pa.array(points[:, 2]),
         }
     )
 
@@ -66,7 +66,9 @@ def _arrow_table(points: np.ndarray) -> Any:
 def _squeezeray_arrow(table: Any) -> np.ndarray:
     from orchestrator.query.pareto import pareto_front
 
-    front = pareto_front(table, {"accuracy": "max", "size_bytes": "min", "latency_ms": "min"})
+    front = pareto_front(
+        table, {"val_accuracy": "max", "size_bytes": "min", "latency_ms_sweep": "min"}
+    )
     mask = np.zeros(table.num_rows, dtype=bool)
     mask[front.column("row").to_numpy()] = True
     return mask

@@ -47,7 +47,7 @@ SPACE = """\
 name: scale-{size}
 task: bench.scale_task:{factory}
 pipeline: [teacher, distill, prune, finetune, quantize, export]
-objectives: {{accuracy: max, size_bytes: min, latency_ms: min}}
+objectives: {{val_accuracy: max, size_bytes: min, latency_ms_sweep: min}}
 params:
   teacher.epochs: 0
   distill.epochs: 1
@@ -241,8 +241,8 @@ def child_sweep(payload: dict[str, Any]) -> dict[str, Any]:
                     "is_baseline",
                     "size_bytes",
                     "params_total",
-                    "latency_ms",
-                    "latency_repeats",
+                    "latency_ms_sweep",
+                    "latency_repeats_sweep",
                     "latency_rounds",
                     "val_accuracy",
                 )

@@ -20,8 +20,8 @@ from typing import Any
 from bench.common import ROOT, run_child, scratch_dir, spread, write_result
 
 SPACE = str(ROOT / "search_spaces" / "bench-quality.yaml")
-OBJECTIVES = {"accuracy": "max", "size_bytes": "min", "latency_ms": "min"}
-ACCURACY_SIZE = {"accuracy": "max", "size_bytes": "min"}
+OBJECTIVES = {"val_accuracy": "max", "size_bytes": "min", "latency_ms_sweep": "min"}
+ACCURACY_SIZE = {"val_accuracy": "max", "size_bytes": "min"}
 ACCURACY_MARGIN = 0.05  # reference accuracy = baseline accuracy - 5 points
 
 
@@ -92,12 +92,12 @@ def reference_point(storage: str, sweep_ids: list[str]) -> dict[str, float]:
 
     from orchestrator.store.results import load_results
 
-    rows = load_results(storage).to_pylist()
+    rows = load_results(storage, sweep="all").to_pylist()
     bases = [r for r in rows if r["is_baseline"] and r["sweep_id"] in sweep_ids]
     return {
-        "accuracy": float(bases[0]["accuracy"]) - ACCURACY_MARGIN,
+        "val_accuracy": float(bases[0]["val_accuracy"]) - ACCURACY_MARGIN,
         "size_bytes": float(bases[0]["size_bytes"]),
-        "latency_ms": statistics.median(float(r["latency_ms"]) for r in bases),
+        "latency_ms_sweep": statistics.median(float(r["latency_ms_sweep"]) for r in bases),
     }
 
 
@@ -139,7 +139,7 @@ def run(*, smoke: bool = False, results_dir: Any = None) -> dict[str, Any]:
     reference = reference_point(storage, [r["sweep_id"] for r in runs])
     # HV as a fraction of the box between the reference and (baseline accuracy, 0 B, 0 ms):
     # 1.0 would be a model as accurate as the teacher with no size and no latency.
-    box = ACCURACY_MARGIN * reference["size_bytes"] * reference["latency_ms"]
+    box = ACCURACY_MARGIN * reference["size_bytes"] * reference["latency_ms_sweep"]
     hv: dict[str, dict[str, list[float]]] = {label: {} for label in searchers}
     hv2: dict[str, dict[str, list[float]]] = {label: {} for label in searchers}
     for r in runs:

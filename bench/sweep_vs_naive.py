@@ -102,13 +102,13 @@ def _squeezeray(payload: dict[str, Any]) -> dict[str, Any]:
         "unique_stage_cpu_s": sum(s["cpu_s"] for s in stages),
         "unique_stage_wall_s": sum(s["wall_s"] for s in stages),
         "per_stage": per_stage,
-        "baseline": {k: baseline[k] for k in ("accuracy", "size_bytes", "latency_ms")},
+        "baseline": {k: baseline[k] for k in ("test_accuracy", "size_bytes", "latency_ms_sweep")},
         "rows": [
             {
                 "params": json.loads(r["params"]),
-                "accuracy": r["accuracy"],
+                "accuracy": r["test_accuracy"],
                 "size_bytes": r["size_bytes"],
-                "latency_ms": r["latency_ms"],
+                "latency_ms": r["latency_ms_sweep"],
                 "runtime": r["runtime"],
                 "wall_s": r["wall_s"],
                 "status": r["status"],

@@ -1,14 +1,27 @@
 """squeezeray's Ray side: search spaces, the stage DAG and its cache, Tune search, results.
 
-The public API is small (as Tune's four names):
+The public API (every name in `__all__`; docs/guide.md shows each):
 
-    run_sweep(space, options=None, *, trials=..., storage=...) -> pyarrow.Table
+    run_sweep(space, options=None, *, trials=..., storage=...)  -> SweepResult
+        space: a SearchSpace, a dict of the YAML's keys, a YAML path or a packaged name
+    SweepResult: .table, .front(), .best(metric, mode, where=), .to_pandas(), .plot(path),
+                 .export(trial, output)
     SweepOptions.build(storage=..., trials=..., time_budget="30m", ...) -> SweepOptions
-    load_results(storage, *, sweep="latest"|"all"|ID)      -> pyarrow.Table
+    load_space(path) -> SearchSpace;  SearchSpace: a validated search space
+    load_results(storage, *, sweep="latest")                -> pyarrow.Table
+    load_stages(storage, *, sweep="latest")                 -> pyarrow.Table
+    list_sweeps(storage)                                    -> pyarrow.Table
     pareto_front(table, objectives, *, where=None)          -> pyarrow.Table
     hypervolume(front, objectives, reference=None)          -> float
+    non_dominated_rank(values, directions)                  -> numpy array of ranks
     load_model(storage, trial_id, *, sweep="latest")        -> p(*inputs) -> logits, any runtime
-    export_trial(storage, trial_id, *, output=DIR, overwrite=False) -> ExportResult
+    export_trial(storage, trial_id, *, output=DIR, sweep="latest") -> ExportResult
+    SqueezerayError: every problem a user can fix
+
+One rule for `sweep=`: every function that reads stored results reads the latest sweep unless
+given a sweep id or "all". One rule for metric names: a name says its split or measurement
+(`val_accuracy`, `test_accuracy`, `latency_ms_sweep`, `latency_ms_final`); the bare
+`accuracy` is refused everywhere (`orchestrator.space.metrics`).
 
 Names load lazily, so `import orchestrator` (and validating a space) never imports ray or torch.
 """
@@ -24,6 +37,7 @@ if TYPE_CHECKING:
     from orchestrator.engine.sweep import run_sweep
     from orchestrator.query.export import export_trial, load_model
     from orchestrator.query.pareto import hypervolume, non_dominated_rank, pareto_front
+    from orchestrator.query.result import SweepResult
     from orchestrator.space.config import load_space
     from orchestrator.space.model import SearchSpace
     from orchestrator.space.options import SweepOptions
@@ -42,6 +56,7 @@ _LAZY = {
     "export_trial": "orchestrator.query.export",
     "SearchSpace": "orchestrator.space.model",
     "SweepOptions": "orchestrator.space.options",
+    "SweepResult": "orchestrator.query.result",
 }
 
 
@@ -55,6 +70,7 @@ __all__ = [
     "SearchSpace",
     "SqueezerayError",
     "SweepOptions",
+    "SweepResult",
     "export_trial",
     "hypervolume",
     "list_sweeps",

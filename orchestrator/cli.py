@@ -413,8 +413,10 @@ def pareto(
     ] = "latest",
     objectives: Annotated[
         str,
-        typer.Option(help="Comma-separated column:max|min (a bare name takes its usual way)."),
-    ] = "accuracy:max,size_bytes:min,latency_ms:min",
+        typer.Option(
+            help="Comma-separated column:max|min (a column alone takes its usual direction)."
+        ),
+    ] = "val_accuracy:max,size_bytes:min,latency_ms_sweep:min",
     where: Annotated[
         str | None,
         typer.Option(
@@ -496,8 +498,9 @@ def sweeps(
     listing = list_sweeps(storage)
     table = Table(
         title=f"sweeps in {storage}",
-        caption="hypervolume: accuracy x size x latency dominated by the sweep's front, "
-        "against its worst observed values (compare within a task)",
+        caption="hypervolume: val_accuracy x size_bytes x latency_ms_sweep dominated by the "
+        "sweep's front, against one reference per task (its earliest sweep's baseline: "
+        "accuracy 0, twice the size and latency), as nightly reports use",
     )
     for header in ("sweep", "name", "task", "started (UTC)", "ok", "failed", "hypervolume"):
         table.add_column(header, justify="right" if header in ("ok", "failed") else "left")

@@ -37,8 +37,14 @@ RESERVED_METRIC_NAMES: tuple[str, ...] = (
     "size_bytes",
     "params_total",
     "params_nonzero",
+    "quantized_fraction",
     "latency_ms",
     "latency_ms_p90",
+    "latency_ms_sweep",
+    "latency_ms_sweep_p90",
+    "latency_ms_final",
+    "latency_ms_final_p90",
+    "speedup",
     "wall_s",
 )
 _METRIC_NAME = re.compile(r"[a-z][a-z0-9_]{0,62}")
@@ -50,8 +56,9 @@ class Metric:
 
     `fn(logits, targets) -> float` gets a whole split at once: logits (N, num_classes) float,
     targets (N,) int64 (so it can compute per-class statistics). squeezeray records it for
-    every trial as two results columns, `<name>` (test split, reported) and `val_<name>`
-    (validation split, which objectives, constraints and the front use), like accuracy.
+    every trial as two results columns, `test_<name>` (test split, reported) and `val_<name>`
+    (validation split, which objectives, constraints, fronts and --pick use), like
+    `test_accuracy`/`val_accuracy`; the bare `<name>` is refused as ambiguous, as `accuracy`.
     `name`: lower-case letters, digits and `_`, not a built-in column; `direction`: max|min.
     """
 
@@ -70,11 +77,11 @@ def check_metric(metric: Metric, *, source: str) -> None:
         raise SqueezerayError(
             f"{where} is a {type(metric).__name__}; accepted: stages.Metric(name, fn, direction)"
         )
-    if not _METRIC_NAME.fullmatch(metric.name) or metric.name.startswith("val_"):
+    if not _METRIC_NAME.fullmatch(metric.name) or metric.name.startswith(("val_", "test_")):
         raise SqueezerayError(
             f"{where} name {metric.name!r} is not accepted; accepted: lower-case letters, digits "
-            "and '_', starting with a letter, not starting with 'val_' (that prefix names the "
-            "validation column), e.g. 'f1_macro'"
+            "and '_', starting with a letter, not starting with 'val_' or 'test_' (those "
+            "prefixes name the split's column), e.g. 'f1_macro'"
         )
     if metric.name in RESERVED_METRIC_NAMES:
         raise SqueezerayError(

@@ -20,9 +20,9 @@ def result_row(
     """One ok row of sweep `sweep` (trial "baseline" is the sweep's baseline row).
 
     It starts `minute` minutes after `start` and finishes one minute later; its metrics move
-    with `minute` (accuracy 0.9 + minute/1000, size_bytes 1000 - minute, latency_ms
-    0.05 + minute/10_000), so rows written later are distinguishable; its one stage key is
-    `k-<sweep>-<trial>`. `values` set or override any column.
+    with `minute` (test_accuracy = val_accuracy = 0.9 + minute/1000, size_bytes 1000 - minute,
+    latency_ms_sweep 0.05 + minute/10_000), so rows written later are distinguishable; its one
+    stage key is `k-<sweep>-<trial>`. `values` set or override any column.
     """
     row: dict[str, Any] = {
         "sweep_id": sweep,
@@ -33,9 +33,10 @@ def result_row(
         "task": "digits",
         "status": "ok",
         "is_baseline": trial == "baseline",
-        "accuracy": 0.9 + minute / 1000,
+        "test_accuracy": 0.9 + minute / 1000,
+        "val_accuracy": 0.9 + minute / 1000,
         "size_bytes": 1000 - minute,
-        "latency_ms": 0.05 + minute / 10_000,
+        "latency_ms_sweep": 0.05 + minute / 10_000,
         "stage_keys": [f"k-{sweep}-{trial}"],
     }
     row.update(values)
@@ -68,12 +69,13 @@ def make_rows(
             finished_at=start + timedelta(seconds=3),
             task=task,
             runtime="eager",
-            accuracy=0.9722,
+            test_accuracy=0.9722,
+            val_accuracy=0.9722,
             size_bytes=189_700,
             params_total=50_826,
             params_nonzero=50_826,
-            latency_ms=0.026,
-            latency_ms_p90=0.029,
+            latency_ms_sweep=0.026,
+            latency_ms_sweep_p90=0.029,
             wall_s=2.1,
             stage_keys=None,
             code_version="test",
@@ -105,14 +107,21 @@ def make_rows(
                 "quantize.mode": mode,
             },
             params=json.dumps({"prune.ratio": ratio, "prune.method": method}),
-            accuracy=round(
-                0.975 - 0.06 * ratio**2 - (0.004 if mode != "none" else 0) + rng.gauss(0, 0.003), 4
+            test_accuracy=(
+                accuracy := round(
+                    0.975
+                    - 0.06 * ratio**2
+                    - (0.004 if mode != "none" else 0)
+                    + rng.gauss(0, 0.003),
+                    4,
+                )
             ),
+            val_accuracy=accuracy,  # one value for both splits: the expected fronts stay put
             size_bytes=size,
             params_total=2_410,
             params_nonzero=int(2_410 * (1 - ratio)),
-            latency_ms=round(latency * rng.uniform(0.9, 1.1), 5),
-            latency_ms_p90=round(latency * 1.2, 5),
+            latency_ms_sweep=round(latency * rng.uniform(0.9, 1.1), 5),
+            latency_ms_sweep_p90=round(latency * 1.2, 5),
             wall_s=round(rng.uniform(1, 4), 2),
             stage_keys=[f"teacher-{seed}", f"distill-{i % 3}", f"prune-{i}"],
             code_version="test",
@@ -121,9 +130,10 @@ def make_rows(
             row.update(
                 status="error",
                 error="RuntimeError: boom",
-                accuracy=None,
+                test_accuracy=None,
+                val_accuracy=None,
                 size_bytes=None,
-                latency_ms=None,
+                latency_ms_sweep=None,
             )
         rows.append(row)
     return rows

@@ -89,8 +89,6 @@ def test_every_documented_command_parses(where: str, argv: list[str]) -> None:
 PYTHON = _blocks({"python"})
 
 
-@pytest.mark.parametrize(
-    ("where", "line", "body"), PYTHON, ids=[f"{w}:{n}" for w, n, _ in PYTHON]
-)
+@pytest.mark.parametrize(("where", "line", "body"), PYTHON, ids=[f"{w}:{n}" for w, n, _ in PYTHON])
 def test_every_documented_python_block_compiles(where: str, line: int, body: str) -> None:
     compile(body, f"{where}:{line}", "exec")

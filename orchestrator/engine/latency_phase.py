@@ -153,9 +153,9 @@ def final_latency_phase(run: SweepRun, *, options: Mapping[str, Any]) -> tuple[i
     The front (the space's objectives on their selection columns: val_accuracy, size,
     latency_ms_sweep) and the baseline are timed together in `latency.rounds` interleaved
     rounds by one task that holds a whole node (`final_latency_options`). Each of their rows is
-    written again (the newer row wins on read) with latency_ms / latency_ms_p90 from those
-    rounds, latency_cv (spread of the round medians), speedup (paired per round, vs the
-    baseline) and latency_rounds; latency_ms_sweep keeps the in-sweep figure. Returns (models
+    written again (the newer row wins on read) with latency_ms_final / latency_ms_final_p90
+    from those rounds, latency_cv (spread of the round medians), speedup (paired per round, vs
+    the baseline) and latency_rounds; latency_ms_sweep keeps the in-sweep figure. Returns (models
     re-measured, a note when the phase was skipped or failed). A failure never fails the sweep:
     the rows keep their in-sweep latency.
     """
@@ -222,8 +222,9 @@ def _best_front_rows(table: Any, space: SearchSpace) -> list[dict[str, Any]]:
 def _remeasured_rows(
     rows: list[dict[str, Any]], measured: list[Mapping[str, Any]]
 ) -> list[dict[str, Any]]:
-    """The rows again with the final phase's latency figures (the in-sweep one kept in
-    latency_ms_sweep), only the stored columns (not the task metrics load_results derives)."""
+    """The rows again with the final phase's latency figures in their own columns (the
+    in-sweep latency_ms_sweep unchanged), only the stored columns (not the task metrics
+    load_results derives)."""
     from orchestrator.store.schema import RESULTS_SCHEMA
 
     finished = now()
@@ -231,15 +232,13 @@ def _remeasured_rows(
     updated = []
     for row, figures in zip(rows, measured, strict=True):
         new = {k: v for k, v in row.items() if k in stored}
-        if new.get("latency_ms_sweep") is None:
-            new["latency_ms_sweep"] = row.get("latency_ms")
         for column in (
-            "latency_ms",
-            "latency_ms_p90",
+            "latency_ms_final",
+            "latency_ms_final_p90",
             "latency_cv",
             "speedup",
             "latency_rounds",
-            "latency_repeats",
+            "latency_repeats_final",
         ):
             new[column] = figures.get(column)
         new["finished_at"] = finished

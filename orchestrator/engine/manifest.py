@@ -35,9 +35,13 @@ def write_manifest(
     status: str,
     error: str | None = None,
     budget_elapsed_s: float | None = None,
+    hypervolume_reference: dict[str, float] | None = None,
 ) -> None:
     """`budget_elapsed_s`: seconds of the sweep's run time so far, over all its runs (a
-    resumed sweep's time budget is what is left of it); default: as at its start."""
+    resumed sweep's time budget is what is left of it); default: as at its start.
+    `hypervolume_reference`: the sweep's reference point once its baseline is measured
+    (`orchestrator.query.pareto.metrics_reference`: 0 for max metrics, 2 x the baseline for
+    min ones), stored so hypervolumes of later sweeps of the task compare with it."""
     space = sweep.space
     elapsed = sweep.budget_elapsed_s if budget_elapsed_s is None else budget_elapsed_s
     data = {
@@ -61,6 +65,7 @@ def write_manifest(
         "status": status,
         "error": error,
         "resume_command": resume_command(store, sweep.sweep_id, command=sweep.command),
+        "hypervolume_reference": hypervolume_reference,
         "updated_at": now().isoformat(),
     }
     store.write_atomic(json.dumps(data, indent=2).encode(), *manifest_path(sweep.sweep_id))

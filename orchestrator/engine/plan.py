@@ -23,9 +23,9 @@ TRAINING_SEED = 0
 
 
 def sweep_plan(sweep: PreparedSweep) -> SweepPlan:
-    """The sweep's plan. Selection happens on the validation split: `accuracy` objectives and
-    constraints resolve to `val_accuracy` (config.selection_column); the test accuracy is only
-    reported."""
+    """The sweep's plan. Selection happens on the validation split: objectives and constraints
+    name validation columns (`val_accuracy`, see `orchestrator.space.metrics`); the test
+    accuracy is only reported."""
     from orchestrator.engine.keys import code_version
 
     space = sweep.space

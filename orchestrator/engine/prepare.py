@@ -40,7 +40,7 @@ from stages.errors import SqueezerayError
 
 
 def prepare_sweep(
-    space: SearchSpace | str | Path | None,
+    space: SearchSpace | Mapping[str, Any] | str | Path | None,
     options: SweepOptions | None = None,
     *,
     sweep_id: str | None = None,
@@ -62,9 +62,8 @@ def prepare_sweep(
     # The storage directory is created only once everything else has passed.
     store = _checked_storage(opts.storage, sweep_id, resume=resume)
     start = _resumed(store, opts, sweep_id, space) if resume else _Start(space, opts, sweep_id)
-    given = start.space
-    loaded = given if isinstance(given, SearchSpace) else load_space(given, check_task=False)
-    space_text = start.space_text if resume else config_space_text(loaded)
+    loaded, space_text = _load_given(start.space)
+    space_text = start.space_text if resume else space_text
     loaded = loaded.with_overrides(
         task=start.options.task,
         trials=start.options.trials,
@@ -94,12 +93,41 @@ def prepare_sweep(
     )
 
 
+DICT_SOURCE = "(space given as a dict)"
+
+
+def _load_given(given: Any) -> tuple[SearchSpace, str | None]:
+    """The space as given - a SearchSpace, a dict with the YAML's keys, a YAML path or a
+    packaged space name, None for the default - and the YAML text a manifest keeps for
+    --resume (None when there is none). Anything else is a SqueezerayError."""
+    if isinstance(given, SearchSpace):
+        return given, config_space_text(given)
+    if isinstance(given, Mapping):
+        import yaml
+
+        from orchestrator.space.parse import parse_space
+
+        loaded = parse_space(dict(given), source=DICT_SOURCE, check_task=False)
+        try:
+            return loaded, yaml.safe_dump(dict(given), sort_keys=False)
+        except yaml.YAMLError:  # values YAML cannot write: the sweep runs, --resume cannot
+            return loaded, None
+    if given is not None and not isinstance(given, str | Path):
+        raise SqueezerayError(
+            f"space={given!r} is a {type(given).__name__}; accepted: a SearchSpace, a dict "
+            "with a search space's keys (task, pipeline, params, ...), a YAML path or a "
+            "packaged space name (default, quick, tiny)"
+        )
+    loaded = load_space(given, check_task=False)
+    return loaded, config_space_text(loaded)
+
+
 @dataclass(frozen=True)
 class _Start:
     """What a sweep starts from: the space as given (or kept by the manifest), its options,
     its id when known, and the seconds of its time budget spent by earlier runs."""
 
-    space: SearchSpace | str | Path | None
+    space: SearchSpace | Mapping[str, Any] | str | Path | None
     options: SweepOptions
     sweep_id: str | None
     space_text: str | None = None  # the YAML the manifest kept (a resumed sweep)
@@ -112,7 +140,7 @@ def _resumed(
     store: Storage,
     given: SweepOptions,
     sweep_id: str | None,
-    given_space: SearchSpace | str | Path | None,
+    given_space: SearchSpace | Mapping[str, Any] | str | Path | None,
 ) -> _Start:
     """A resumed sweep's start, from its manifest: the options it was started with (plus the
     placement options given now) and the space as started (its YAML text), whatever became of
@@ -141,7 +169,7 @@ _SPACE_CONTENT = ("name", "task", "pipeline", "objectives", "params", "search", 
 
 
 def _check_same_space(
-    given: SearchSpace | str | Path,
+    given: SearchSpace | Mapping[str, Any] | str | Path,
     started: SearchSpace | str,
     manifest: Mapping[str, Any],
     store: Storage,
@@ -151,7 +179,7 @@ def _check_same_space(
     content, wherever its file is): resuming runs the space the manifest kept, so another
     space would be silently ignored. Raises SqueezerayError naming the file, the sweep, its
     task and the ways out."""
-    mine = given if isinstance(given, SearchSpace) else load_space(given, check_task=False)
+    mine = _load_given(given)[0]
     try:
         theirs = (
             started if isinstance(started, SearchSpace) else load_space(started, check_task=False)

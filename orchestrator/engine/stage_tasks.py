@@ -256,16 +256,15 @@ def execute_measure(request: MeasureRequest, checkpoint: Any) -> dict[str, Any]:
             time_cap_s=request.time_cap_s,
         )
     return {
-        "accuracy": m.accuracy,
+        "test_accuracy": m.accuracy,
         "val_accuracy": m.val_accuracy,
         "size_bytes": m.size_bytes,
         "params_total": m.params_total,
         "params_nonzero": m.params_nonzero,
         "quantized_fraction": m.quantized_fraction,
-        "latency_ms": m.latency_ms,
-        "latency_ms_sweep": m.latency_ms,  # kept when latency_ms is re-measured at the end
-        "latency_ms_p90": m.latency_ms_p90,
-        "latency_repeats": m.latency_repeats,
+        "latency_ms_sweep": m.latency_ms,
+        "latency_ms_sweep_p90": m.latency_ms_p90,
+        "latency_repeats_sweep": m.latency_repeats,
         "runtime": m.runtime,
         # the task's own metric: flat keys for the search and constraints, names for the row
         **m.custom,
@@ -276,9 +275,9 @@ def execute_measure(request: MeasureRequest, checkpoint: Any) -> dict[str, Any]:
 def execute_remeasure(request: MeasureRequest, rounds: int, *checkpoints: Any) -> list[dict]:
     """The final latency phase: `checkpoints[0]` (the baseline) and every other checkpoint
     timed in `rounds` interleaved rounds on one pinned CPU (`stages.metrics.
-    interleaved_latency`); one dict per checkpoint with latency_ms (median of the round
-    medians), latency_ms_p90, latency_cv, speedup (paired per round, vs the baseline),
-    latency_rounds and latency_repeats (the timed calls of all rounds)."""
+    interleaved_latency`); one dict per checkpoint with latency_ms_final (median of the round
+    medians), latency_ms_final_p90, latency_cv, speedup (paired per round, vs the baseline),
+    latency_rounds and latency_repeats_final (the timed calls of all rounds)."""
     from stages.metrics import interleaved_latency
     from stages.tasks import load_task
 
@@ -298,12 +297,12 @@ def execute_remeasure(request: MeasureRequest, rounds: int, *checkpoints: Any) -
         )
     return [
         {
-            "latency_ms": r.median_ms,
-            "latency_ms_p90": r.p90_ms,
+            "latency_ms_final": r.median_ms,
+            "latency_ms_final_p90": r.p90_ms,
             "latency_cv": r.cv,
             "speedup": r.speedup,
             "latency_rounds": r.rounds,
-            "latency_repeats": r.repeats,
+            "latency_repeats_final": r.repeats,
             "round_medians_ms": list(r.round_medians_ms),
         }
         for r in results

@@ -66,6 +66,7 @@ from orchestrator.engine.signals import stop_signals
 from orchestrator.engine.summary import RunEnd, sweep_summary
 from orchestrator.engine.tune_state import tune_plan
 from orchestrator.engine.tuner import TuneSetup, configure_tune, make_tuner, tune_setup
+from orchestrator.query.result import SweepResult
 from orchestrator.space.model import SearchSpace
 from orchestrator.space.options import SweepOptions
 from orchestrator.store.rows import now
@@ -93,7 +94,7 @@ Progress = Callable[[str, Mapping[str, Any]], None]
 
 
 def run_sweep(
-    space: SearchSpace | str | Path | None = None,
+    space: SearchSpace | Mapping[str, Any] | str | Path | None = None,
     options: SweepOptions | None = None,
     *,
     sweep_id: str | None = None,
@@ -101,21 +102,36 @@ def run_sweep(
     warm_start: tuple[Any, ...] | None = None,
     progress: Progress | None = None,
     **keywords: Any,
-) -> Any:
-    """Run a compression sweep and return its rows (a `pyarrow.Table`, baseline included).
+) -> SweepResult:
+    """Run a compression sweep and return a frozen `SweepResult`: its rows as a
+    `pyarrow.Table` (`.table`, baseline included) with `front()`, `best()`, `to_pandas()`,
+    `plot()` and `export()`.
 
-    `space` is a SearchSpace, a YAML path, a packaged space name ("default", "quick") or None
-    (the default space). The sweep's options are `options` or, as keywords, the fields of
-    `SweepOptions` (`trials=`, `storage=`, `time_budget="30m"`, `cpus_per_trial=`, ...);
-    they win over the file. Everything is validated before Ray starts; a SqueezerayError
-    names the key, the value and what is accepted. `resume=True` of a sweep that already
-    finished returns its rows without starting Ray.
+    `space` is a SearchSpace, a dict with a search space's YAML keys ({"task": "digits",
+    "pipeline": [...], "params": {...}}), a YAML path, a packaged space name ("default",
+    "quick") or None (the default space). The sweep's options are `options` or, as keywords,
+    the fields of `SweepOptions` (`trials=`, `storage=`, `time_budget="30m"`,
+    `cpus_per_trial=`, ...); they win over the space. Everything is validated before Ray
+    starts; a SqueezerayError names the key, the value and what is accepted (all of them for
+    the space). `resume=True` of a sweep that already finished returns its rows without
+    starting Ray.
     """
     sweep = prepare_sweep(space, options, sweep_id=sweep_id, resume=resume, **keywords)
     if sweep.finished:
         log.warning("%s", finished_note(sweep.storage, sweep.sweep_id))
-        return sweep_table(sweep.storage, sweep.sweep_id)
-    return execute_sweep(sweep, warm_start=warm_start, progress=progress).table
+        return _result(sweep, sweep_table(sweep.storage, sweep.sweep_id), None)
+    outcome = execute_sweep(sweep, warm_start=warm_start, progress=progress)
+    return _result(sweep, outcome.table, outcome.summary)
+
+
+def _result(sweep: PreparedSweep, table: Any, summary: Any) -> SweepResult:
+    return SweepResult(
+        table=table,
+        storage=sweep.storage.uri,
+        sweep_id=sweep.sweep_id,
+        objectives={o.name: o.direction for o in sweep.space.objectives},
+        summary=summary,
+    )
 
 
 def execute_sweep(
@@ -379,7 +395,8 @@ def _finish(
     end_budget(sweep.sweep_id)
     elapsed = sweep.budget_elapsed_s + (time.monotonic() - run.clock_start)
     status = "interrupted" if interrupted else "finished"
-    write_manifest(sweep.storage, sweep, status=status, budget_elapsed_s=elapsed)
+    write_manifest(sweep.storage, sweep, status=status, budget_elapsed_s=elapsed,
+                   hypervolume_reference=_reference(sweep))  # fmt: skip
     _compact_quietly(sweep.storage, sweep.sweep_id)
     return RunEnd(
         interrupted=interrupted,
@@ -400,6 +417,14 @@ def _abandon(run: SweepRun) -> None:
 
     stop_cache(run.cache)
     end_budget(run.sweep.sweep_id)
+
+
+def _reference(sweep: PreparedSweep) -> dict[str, float] | None:
+    """The sweep's hypervolume reference from its baseline row (None without rows)."""
+    from orchestrator.query.pareto import metrics_reference
+
+    table = sweep_table(sweep.storage, sweep.sweep_id)
+    return metrics_reference(table) if table.num_rows else None
 
 
 def _compact_quietly(store: Storage, sweep_id: str) -> None:

@@ -34,9 +34,9 @@ def warm_start_from(table: pa.Table | None, space: SearchSpace) -> WarmStart | N
     if table is None or table.num_rows == 0:
         return None
     searched = space.searched()
-    # The values the search optimises and constrains (validation columns: `accuracy` means
-    # val_accuracy), as the sweep's searcher sees them; rows without them (written before
-    # squeezeray recorded val_accuracy) are skipped.
+    # The values the search optimises and constrains (validation columns, `val_accuracy`), as
+    # the sweep's searcher sees them; rows without them (written before squeezeray recorded
+    # val_accuracy) are skipped.
     names = [column for column, _ in space.search_objectives()]
     constrained = sorted({column for column, _, _ in space.search_constraints()})
     if not searched or any(n not in table.column_names for n in [*names, *constrained]):
@@ -73,12 +73,9 @@ def warm_start_from(table: pa.Table | None, space: SearchSpace) -> WarmStart | N
 
 
 def _selection_value(row: Mapping[str, Any], column: str) -> Any:
-    """A row's value of a selection column. Rows written before latency_ms_sweep existed
-    have only latency_ms, which was then the in-sweep measurement (no final phase)."""
-    value = row.get(column)
-    if value is None and column == "latency_ms_sweep" and row.get("latency_rounds") is None:
-        return row.get("latency_ms")
-    return value
+    """A row's value of a selection column (rows of older versions were renamed on read,
+    `orchestrator.store.results.upgrade_columns`)."""
+    return row.get(column)
 
 
 def _fits(dist: Distribution, value: Any) -> Any:

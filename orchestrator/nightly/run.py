@@ -253,7 +253,7 @@ def _report(
         "the trials."
     )
     return build_report(
-        load_results(store.uri),
+        load_results(store.uri, sweep="all"),
         prepared.sweep_id,
         objectives={o.name: o.direction for o in space.objectives},
         thresholds=thresholds,

@@ -56,14 +56,15 @@ EXPORT_FILES = (
     CARD,
 )
 METRICS_IN_CARD = (
-    "accuracy",
     "val_accuracy",
+    "test_accuracy",
     "size_bytes",
     "params_total",
     "params_nonzero",
-    "latency_ms",
-    "latency_ms_p90",
     "latency_ms_sweep",
+    "latency_ms_sweep_p90",
+    "latency_ms_final",
+    "latency_ms_final_p90",
     "latency_cv",
     "speedup",
 )
@@ -83,17 +84,20 @@ class ExportResult:
 
 def parse_pick(text: str, directions: Mapping[str, str] | None = None) -> tuple[str, str]:
     """`COLUMN[:min|max]` -> (column, direction); a bare metric takes its usual direction
-    (built-in metrics, and those in `directions`, e.g. a task metric's)."""
+    (built-in metrics, and those in `directions`, e.g. a task metric's). The column follows
+    the one naming rule (`orchestrator.space.metrics`: `accuracy` is refused)."""
+    from orchestrator.space.metrics import resolve_metric
     from orchestrator.store.schema import DEFAULT_DIRECTIONS
 
     known = {**DEFAULT_DIRECTIONS, **(directions or {})}
     column, _, direction = text.partition(":")
     column = column.strip()
+    resolve_metric("--pick", column, purpose="choose", columns=list(known))
     direction = direction.strip() or known.get(column, "")
     if not column or direction not in ("min", "max"):
         raise SqueezerayError(
             f"--pick {text!r} is not accepted; accepted: COLUMN[:min|max], e.g. size_bytes or "
-            "accuracy:max (min|max may be left out for "
+            "val_accuracy:max (min|max may be left out for "
             f"{', '.join(DEFAULT_DIRECTIONS)})"
         )
     return column, direction
@@ -109,8 +113,8 @@ def select_row(
 ) -> dict[str, Any]:
     """The row to export: by trial id, or the best `pick` among ok trials matching `where`.
 
-    `pick` chooses on the selection column, as the search and the front do: `accuracy` picks
-    on `val_accuracy` (validation) when the table has it; the test split is only reported.
+    `pick` names its column under the one naming rule, as the search and the front do
+    (`val_accuracy`; a bare `accuracy` is refused, the test split is never picked on).
     `where` filters on the columns it names, as `squeezeray pareto --where` does.
 
     Raises SqueezerayError when the trial is unknown, ambiguous (`--sweep all` with one id in
@@ -193,12 +197,11 @@ def _ok_trials_matching(table: pa.Table, where: str | None) -> pa.Table:
 
 
 def _best_by_pick(candidates: pa.Table, pick: str, directions: Mapping[str, str]) -> dict[str, Any]:
-    """The candidate best on `pick`'s selection column (validation for accuracy); ties go to
-    the smallest trial id."""
-    from orchestrator.space.metrics import selection_column
+    """The candidate best on `pick`'s column; ties go to the smallest trial id."""
+    from orchestrator.space.metrics import resolve_metric
 
     column, direction = parse_pick(pick, directions)
-    column = selection_column(column, candidates.column_names)
+    resolve_metric("--pick", column, purpose="choose", columns=candidates.column_names)
     if column not in candidates.column_names:
         raise SqueezerayError(
             f"--pick {pick!r}: no column {column!r}; accepted: "
@@ -214,8 +217,9 @@ def _best_by_pick(candidates: pa.Table, pick: str, directions: Mapping[str, str]
 
 
 def _task_metric_directions(table: pa.Table) -> dict[str, str]:
-    """{name: direction, val_<name>: direction} of the task metrics the rows record (the
-    tasks are loaded only when some row has one)."""
+    """{name: direction, val_<name>: direction, test_<name>: direction} of the task metrics
+    the rows record (the tasks are loaded only when some row has one); the bare name is known
+    only to be refused as ambiguous."""
     from stages.tasks import load_task
 
     rows = table.select(["task", "custom_metrics"]).to_pylist()
@@ -223,7 +227,8 @@ def _task_metric_directions(table: pa.Table) -> dict[str, str]:
     for task_name in sorted({str(r["task"]) for r in rows if r["custom_metrics"]}):
         metric = load_task(task_name).metric
         if metric is not None:
-            out[metric.name] = out["val_" + metric.name] = metric.direction
+            for column in (metric.name, "val_" + metric.name, "test_" + metric.name):
+                out[column] = metric.direction
     return out
 
 
@@ -376,9 +381,9 @@ def trial_checkpoint(
 def _recompute(store: Storage, row: Mapping[str, Any], keys: list[str]) -> bytes:
     """Run the trial's stage chain in this process, loading every intact cached stage."""
     from orchestrator.engine.keys import code_version
+    from orchestrator.engine.plan import TRAINING_SEED
     from orchestrator.engine.requests import StageRequest
     from orchestrator.engine.stage_tasks import execute_stage
-    from orchestrator.engine.sweep import TRAINING_SEED
 
     if row.get("code_version") and row["code_version"] != code_version():
         raise SqueezerayError(
@@ -500,7 +505,7 @@ def export_trial(
         path.unlink()
     out.mkdir(parents=True, exist_ok=True)
     written = _write_artifacts(task, ckpt, model, row, out)
-    check = recheck(task, ckpt, out, float(row["accuracy"]), custom=_custom(row))
+    check = recheck(task, ckpt, out, float(row["test_accuracy"]), custom=_custom(row))
     files = {name: _sha256(out / name) for name in written}
     store = open_storage(storage)
     card = _card(
@@ -516,7 +521,7 @@ def export_trial(
     if not check["ok"]:
         raise SqueezerayError(
             f"the exported {ARTIFACT[ckpt.runtime]} has test accuracy {check['accuracy']:.6f}, "
-            f"the row says {row['accuracy']:.6f}: the checkpoint does not reproduce trial "
+            f"the row says {row['test_accuracy']:.6f}: the checkpoint does not reproduce trial "
             f"{row['trial_id']!r}; see {out / CARD}"
         )
     return ExportResult(output=out, files={**files, CARD: _sha256(out / CARD)}, card=card)
@@ -604,8 +609,15 @@ def _write_eager_rebuild(ckpt: ModelCheckpoint, row: Mapping[str, Any], out: Pat
 
 
 def _custom(row: Mapping[str, Any]) -> dict[str, float]:
-    """The row's task-metric values ({name: test, val_<name>: validation})."""
+    """The row's task-metric values as stored ({name: test, val_<name>: validation})."""
     return {k: float(v) for k, v in json.loads(row.get("custom_metrics") or "{}").items()}
+
+
+def _custom_columns(row: Mapping[str, Any]) -> dict[str, float]:
+    """The row's task-metric values under their column names (test_<name>, val_<name>)."""
+    return {
+        k if k.startswith("val_") else f"test_{k}": v for k, v in _custom(row).items()
+    }
 
 
 def recheck(
@@ -687,14 +699,11 @@ def _card(
     from importlib import metadata
 
     from orchestrator.engine.keys import code_version
-    from orchestrator.query.frontview import _ratio
+    from orchestrator.query.frontview import accuracy_delta_pts, size_ratio
 
     baselines = [r for r in sweep_rows.to_pylist() if r["is_baseline"]]
     base = baselines[0] if baselines else None
-    metrics = {**{m: row.get(m) for m in METRICS_IN_CARD}, **_custom(row)}
-    delta = None
-    if base and _finite(base.get("accuracy")) and _finite(row.get("accuracy")):
-        delta = (float(row["accuracy"]) - float(base["accuracy"])) * 100.0
+    metrics = {**{m: row.get(m) for m in METRICS_IN_CARD}, **_custom_columns(row)}
     try:
         version = metadata.version("squeezeray")
     except metadata.PackageNotFoundError:
@@ -710,13 +719,15 @@ def _card(
         "output": {"name": "logits", "shape": ["batch", "num_classes"]},
         "knobs": json.loads(row.get("params") or "{}"),
         "metrics": metrics,
-        "baseline": {**{m: base.get(m) for m in METRICS_IN_CARD}, **_custom(base)}
+        "baseline": {**{m: base.get(m) for m in METRICS_IN_CARD}, **_custom_columns(base)}
         if base
         else None,
+        # the same definitions as the front table's: speedup is the row's paired speedup
+        # (baseline / model latency per round of the final phase), null when not re-measured
         "ratios": {
-            "size_x": _ratio(base, row, "size_bytes"),
-            "latency_x": _ratio(base, row, "latency_ms"),
-            "accuracy_delta_pts": delta,
+            "size_x": size_ratio(base, row),
+            "speedup": row.get("speedup"),
+            "accuracy_delta_pts": accuracy_delta_pts(base, row),
         },
         "recipe": ckpt.recipe,
         "code_version": row.get("code_version"),

@@ -2,8 +2,9 @@
 
 Shared by `squeezeray pareto` and the end of `squeezeray sweep` (`print_front`). Ratios are
 to the baseline of the point's own sweep: size_x = baseline size / size (how many times
-smaller), latency_x = baseline latency / latency (how many times faster), accuracy_delta_pts =
-(accuracy - baseline accuracy) x 100.
+smaller), accuracy_delta_pts = (test_accuracy - baseline test_accuracy) x 100. The one latency
+ratio is the row's `speedup` column: baseline / model latency, paired per round of the final
+phase (`stages.metrics.interleaved_latency`); rows that were not re-measured have none.
 """
 
 from __future__ import annotations
@@ -32,7 +33,7 @@ if TYPE_CHECKING:
     from rich.table import Table as RichTable
 
 FORMATS = ("table", "csv", "json", "parquet")
-RATIO_COLUMNS = ("size_x", "latency_x", "accuracy_delta_pts")
+RATIO_COLUMNS = ("size_x", "accuracy_delta_pts")
 
 
 @dataclass(frozen=True)
@@ -126,29 +127,34 @@ def _with_ratios(front: pa.Table, baselines: pa.Table) -> pa.Table:
             by_sweep.setdefault(row["sweep_id"], row)
     elif baselines.num_rows:
         by_sweep[None] = baselines.to_pylist()[0]
-    sizes, latencies, deltas = [], [], []
+    sizes, deltas = [], []
     sweep_ids = front.column("sweep_id").to_pylist() if "sweep_id" in front.column_names else None
     for i, row in enumerate(front.to_pylist()):
         base = by_sweep.get(sweep_ids[i] if sweep_ids is not None else None)
         sizes.append(_ratio(base, row, "size_bytes"))
-        latencies.append(_ratio(base, row, "latency_ms"))
-        delta = None
-        if (
-            base
-            and _num(base.get("accuracy")) is not None
-            and _num(row.get("accuracy")) is not None
-        ):
-            delta = (row["accuracy"] - base["accuracy"]) * 100.0
-        deltas.append(delta)
-    for name, values in zip(RATIO_COLUMNS, (sizes, latencies, deltas), strict=True):
+        deltas.append(accuracy_delta_pts(base, row))
+    for name, values in zip(RATIO_COLUMNS, (sizes, deltas), strict=True):
         front = front.append_column(pa.field(name, pa.float64()), pa.array(values, pa.float64()))
     return front
+
+
+def accuracy_delta_pts(base: Mapping[str, Any] | None, row: Mapping[str, Any]) -> float | None:
+    """(test_accuracy - the baseline's test_accuracy) x 100, in points; None without both."""
+    if not base:
+        return None
+    top, mine = _num(base.get("test_accuracy")), _num(row.get("test_accuracy"))
+    return None if top is None or mine is None else (mine - top) * 100.0
 
 
 def _num(value: Any) -> float | None:
     if value is None or (isinstance(value, float) and math.isnan(value)):
         return None
     return float(value)
+
+
+def size_ratio(base: Mapping[str, Any] | None, row: Mapping[str, Any]) -> float | None:
+    """Baseline size / size (how many times smaller); None without both."""
+    return _ratio(base, row, "size_bytes")
 
 
 def _ratio(base: Mapping[str, Any] | None, row: Mapping[str, Any], column: str) -> float | None:
@@ -194,16 +200,16 @@ def _columns(view: FrontView) -> list[tuple[str, str]]:
     cols.append(("trial", "trial_id"))
     headers = {
         "size_bytes": "size",
-        "latency_ms": "lat ms",
-        "accuracy": "test acc",
+        "test_accuracy": "test acc",
         "val_accuracy": "val acc",
         "latency_ms_sweep": "sweep ms",
+        "latency_ms_final": "final ms",
         "latency_cv": "lat cv",
         "speedup": "speedup",
     }
-    metric_cols = list(dict.fromkeys([*view.objectives, *DEFAULT_OBJECTIVES]))
-    if _final_latency(view):  # the front was re-measured apart: show the spread and speedup
-        metric_cols += ["latency_cv", "speedup"]
+    metric_cols = list(dict.fromkeys([*view.objectives, *DEFAULT_OBJECTIVES, "test_accuracy"]))
+    if _final_latency(view):  # the front was re-measured apart: its figures and speedup
+        metric_cols += ["latency_ms_final", "latency_cv", "speedup"]
     cols += [(headers.get(c, c), c) for c in metric_cols if c in names]
     if "runtime" in names:
         cols.append(("runtime", "runtime"))
@@ -222,7 +228,7 @@ def _col(table: pa.Table, name: str) -> list[Any]:
 def _cell(column: str, value: Any) -> str:
     if column == "size_bytes":
         return _fmt_size(value)
-    if column in ("accuracy", "val_accuracy") and _num(value) is not None:
+    if column.endswith("accuracy") and _num(value) is not None:
         return f"{float(value):.4f}"
     if column == "latency_cv" and _num(value) is not None:
         return f"{100 * float(value):.1f}%"
@@ -307,7 +313,7 @@ def render_front(view: FrontView, *, knobs: bool = True) -> RichTable:
     for header, column in cols:
         numeric = column not in ("trial_id", "sweep_id", "runtime")
         table.add_column(header, no_wrap=True, justify="right" if numeric else "left")
-    for header in ("size×", "lat×", "Δacc"):
+    for header in ("size×", "Δacc"):
         table.add_column(header, justify="right", no_wrap=True)
     if knobs:
         table.add_column("knobs", overflow="fold", min_width=12)
@@ -329,14 +335,13 @@ def _front_caption(view: FrontView) -> str:
     if _final_latency(view):
         rounds = max(r for r in _col(view.front, "latency_rounds") if r is not None)
         caption_parts.append(
-            f"lat ms = final latency, re-measured apart after the search with the baseline in "
+            f"final ms = latency re-measured apart after the search with the baseline in "
             f"{rounds} interleaved rounds (lat cv: spread of the round medians; speedup: "
-            "baseline / model, paired per round); sweep ms = the in-sweep figure the front was "
-            "chosen on"
+            "baseline / model, paired per round: the one latency ratio); sweep ms = the "
+            "in-sweep figure the front was chosen on"
         )
     caption_parts.append(
-        "size× = baseline size / size, lat× = baseline latency / latency (ms, batch 1), "
-        "Δacc = accuracy - baseline accuracy, in points"
+        "size× = baseline size / size, Δacc = test accuracy - baseline test accuracy, in points"
     )
     return "; ".join(caption_parts)
 
@@ -351,14 +356,13 @@ def _add_front_rows(
         label = "baseline" if trial in (None, "baseline") else f"baseline ({trial})"
         cells[[c for _, c in cols].index("trial_id")] = label
         extra = ["teacher, uncompressed"] if knobs else []
-        table.add_row(*cells, "1.0×", "1.0×", "+0.00", *extra, style="bold")
+        table.add_row(*cells, "1.0×", "+0.00", *extra, style="bold")
     for row in view.front.to_pylist():
         cells = [_cell(c, row.get(c)) for _, c in cols]
-        size_x, latency_x, delta = (row.get(c) for c in RATIO_COLUMNS)
+        size_x, delta = (row.get(c) for c in RATIO_COLUMNS)
         table.add_row(
             *cells,
             "-" if size_x is None else f"{size_x:.1f}×",
-            "-" if latency_x is None else f"{latency_x:.2f}×",
             "-" if delta is None else f"{delta:+.2f}",
             *([_knobs(row, view.knobs)] if knobs else []),
         )

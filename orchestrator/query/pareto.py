@@ -36,7 +36,11 @@ from stages.errors import SqueezerayError
 if TYPE_CHECKING:
     import pyarrow as pa
 
-DEFAULT_OBJECTIVES: dict[str, str] = {"accuracy": "max", "size_bytes": "min", "latency_ms": "min"}
+DEFAULT_OBJECTIVES: dict[str, str] = {
+    "val_accuracy": "max",
+    "size_bytes": "min",
+    "latency_ms_sweep": "min",
+}
 DIRECTIONS = ("max", "min")
 
 _BRUTE_MAX = 256  # up to this many points a plain n x n comparison is fastest
@@ -48,13 +52,17 @@ _LEAF = 16  # divide and conquer: blocks this small are compared pairwise
 
 
 def parse_objectives(text: str) -> dict[str, str]:
-    """Parse `accuracy:max,size_bytes:min`; a bare column takes its natural direction."""
+    """Parse `val_accuracy:max,size_bytes:min`; a bare column takes its natural direction.
+    Names follow the one rule of `orchestrator.space.metrics` (`accuracy` is refused)."""
+    from orchestrator.space.metrics import resolve_metric
+
     out: dict[str, str] = {}
     for item in (part.strip() for part in text.split(",")):
         if not item:
             continue
         name, _, direction = item.partition(":")
         name, direction = name.strip(), direction.strip().lower()
+        resolve_metric("--objectives", name, purpose="choose")
         if not direction:
             if name not in DEFAULT_DIRECTIONS:
                 raise SqueezerayError(
@@ -71,7 +79,7 @@ def parse_objectives(text: str) -> dict[str, str]:
         out[name] = direction
     if not out:
         raise SqueezerayError(
-            f"objectives={text!r} names no objective; e.g. accuracy:max,size_bytes:min"
+            f"objectives={text!r} names no objective; e.g. val_accuracy:max,size_bytes:min"
         )
     return out
 
@@ -79,13 +87,19 @@ def parse_objectives(text: str) -> dict[str, str]:
 def check_objectives(
     objectives: Mapping[str, str] | None, schema: pa.Schema | None = None
 ) -> dict[str, str]:
-    """Validate directions (and, given a schema, that each objective is a numeric column)."""
+    """Validate names (the one rule of `orchestrator.space.metrics`: a bare `accuracy` is
+    refused, a test-split column is never chosen on) and directions, and, given a schema,
+    that each objective is a numeric column."""
     import pyarrow as pa
+
+    from orchestrator.space.metrics import resolve_metric
 
     chosen = dict(DEFAULT_OBJECTIVES if objectives is None else objectives)
     if not chosen:
-        raise SqueezerayError("objectives={} is empty; e.g. {'accuracy': 'max'}")
+        raise SqueezerayError("objectives={} is empty; e.g. {'val_accuracy': 'max'}")
     for name, direction in chosen.items():
+        columns = None if schema is None else schema.names
+        resolve_metric("objectives", name, purpose="choose", columns=columns)
         if direction not in DIRECTIONS:
             raise SqueezerayError(
                 f"objective {name}={direction!r} has an unknown direction; accepted: max, min"
@@ -104,25 +118,9 @@ def check_objectives(
 
 
 def resolve_objectives(objectives: Mapping[str, str], table: pa.Table) -> dict[str, str]:
-    """Objective names -> the columns that choose the front: each metric's validation column
-    when `table` has one (`accuracy` -> `val_accuracy`, see `config.selection_column`), so a
-    front is never chosen on the test split. Tables written before squeezeray recorded
-    validation accuracy (the column absent, or null in every row) use the metric itself.
-    """
-    from orchestrator.space.metrics import selection_column
-
-    out: dict[str, str] = {}
-    for name, direction in objectives.items():
-        column = selection_column(name, table.column_names)
-        if column != name and table.num_rows and table.column(column).null_count == table.num_rows:
-            column = name
-        if column in out:
-            raise SqueezerayError(
-                f"objectives {list(objectives)} name {column!r} twice (accuracy means "
-                "val_accuracy when choosing a front); name it once"
-            )
-        out[column] = direction
-    return out
+    """Objective names -> the columns that choose the front: each name is its column (the
+    names say their split: `val_accuracy`), checked by `check_objectives` against `table`."""
+    return check_objectives(objectives, table.schema)
 
 
 # -- the core: arrays -----------------------------------------------------------------------
@@ -511,13 +509,14 @@ def pareto_front(
     *,
     where: str | None = None,
 ) -> pa.Table:
-    """The rows of `table` on the Pareto front of `objectives` (default accuracy:max,
-    size_bytes:min, latency_ms:min), in table order.
+    """The rows of `table` on the Pareto front of `objectives` (default val_accuracy:max,
+    size_bytes:min, latency_ms_sweep:min), in table order.
 
     `where` (see `orchestrator.query.where`) filters rows first. Only rows with status "ok" that are
-    not baselines compete, each objective read from its validation column where the table has
-    one (`resolve_objectives`: `accuracy` chooses on `val_accuracy`); rows with a null/NaN
-    objective are left out with a warning that counts them. Copies of a front point are all kept.
+    not baselines compete; objectives name their columns under the one rule of
+    `orchestrator.space.metrics` (a bare `accuracy` is refused, the test split is never chosen
+    on); rows with a null/NaN objective are left out with a warning that counts them. Copies of
+    a front point are all kept.
     """
     chosen = resolve_objectives(check_objectives(objectives, table.schema), table)
     if where:
@@ -546,32 +545,78 @@ def pareto_front(
     return table.take(rows[_non_dominated_min(ys)])
 
 
-def default_reference(table: pa.Table, objectives: Mapping[str, str]) -> dict[str, float]:
-    """The worst value of each objective over the ok rows, the baseline row included.
+REFERENCE_SLACK = 2.0  # min objectives: the reference is this multiple of the baseline value
 
-    (The baseline alone would be a poor reference: it is the most accurate model, so no
-    compressed model would be strictly better in accuracy and the hypervolume would be 0.)
-    Keyed by the names given; values come from their selection columns (`resolve_objectives`).
+
+def baseline_reference(table: pa.Table, objectives: Mapping[str, str]) -> dict[str, float]:
+    """The one hypervolume reference point squeezeray uses, from the ok baseline row (the
+    uncompressed teacher) of `table`:
+
+        a max objective (val_accuracy)        0: every model that predicts anything counts
+        a min objective (size, latency, ...)  2 x the baseline's value: a compressed model
+                                              counts while it is no worse than twice the teacher
+
+    (The baseline itself would be a poor reference: it is the most accurate model, so nothing
+    would be strictly better than it in accuracy, and tiny models are often no faster.)
+    Without a usable baseline value (it failed, or is 0), 2 x the worst ok value of the
+    objective is used. Keyed by the objectives' names. A sweep stores it in its manifest
+    (`hypervolume_reference`); `squeezeray sweeps` and nightly reports measure every sweep of a
+    task against the reference of the task's earliest sweep, so their numbers compare.
     """
-    columns = resolve_objectives(objectives, table)
-    values = _objective_matrix(table, columns)
-    status_ok = np.ones(table.num_rows, dtype=bool)
-    if "status" in table.column_names:
-        import pyarrow.compute as pc
+    import pyarrow.compute as pc
 
-        status_ok = pc.fill_null(pc.equal(table.column("status"), "ok"), False).to_numpy(
-            zero_copy_only=False
-        )
+    rows = table.filter(pc.fill_null(pc.equal(table.column("status"), "ok"), False))
+    baseline = rows.filter(pc.fill_null(rows.column("is_baseline"), False)).to_pylist()
     ref: dict[str, float] = {}
-    for k, (name, direction) in enumerate(objectives.items()):
-        column = values[status_ok, k]
-        column = column[~np.isnan(column)]
-        if column.size == 0:
-            raise SqueezerayError(
-                f"no ok row has a value for objective {name!r}; pass reference={{...}}"
-            )
-        ref[name] = float(column.min() if direction == "max" else column.max())
+    for name, direction in objectives.items():
+        if direction == "max":
+            ref[name] = 0.0
+            continue
+        value = baseline[0].get(name) if baseline else None
+        if value is None or not np.isfinite(float(value)) or float(value) <= 0:
+            value = _worst(rows, name, direction)
+        ref[name] = float(value) * REFERENCE_SLACK
     return ref
+
+
+def metrics_reference(table: pa.Table) -> dict[str, float]:
+    """`baseline_reference` of every metric column of `table` that has a natural direction
+    (what a sweep stores in its manifest as `hypervolume_reference`, so any objectives of a
+    later query find their reference there); metrics without any value are left out."""
+    ref: dict[str, float] = {}
+    for name, direction in DEFAULT_DIRECTIONS.items():
+        if name in table.column_names and name != "speedup":
+            try:
+                ref.update(baseline_reference(table, {name: direction}))
+            except SqueezerayError:
+                continue
+    return ref
+
+
+def hypervolume_of_points(
+    points: Sequence[Sequence[float]],
+    objectives: Mapping[str, str],
+    reference: Mapping[str, float],
+) -> float:
+    """The hypervolume of `points` (one value per objective, in `objectives`' order) against
+    `reference`, as `hypervolume` computes it for a table's rows."""
+    if not points:
+        return 0.0
+    signs = np.array([-1.0 if d == "max" else 1.0 for d in objectives.values()])
+    values = np.asarray(points, dtype=float).reshape(len(points), len(objectives))
+    values = values[~np.isnan(values).any(axis=1)]
+    ref = np.array([float(reference[name]) for name in objectives]) * signs
+    return _hypervolume_min(values * signs, ref)
+
+
+def _worst(rows: pa.Table, name: str, direction: str) -> float:
+    column = _objective_columns(rows, {name: direction})[0]
+    column = column[~np.isnan(column)]
+    if column.size == 0:
+        raise SqueezerayError(
+            f"no ok row has a value for objective {name!r}; pass reference={{...}}"
+        )
+    return float(column.min() if direction == "max" else column.max())
 
 
 def hypervolume(
@@ -582,22 +627,21 @@ def hypervolume(
     """Exact hypervolume dominated by the ok, non-baseline rows of `front` (any results table;
     dominated rows add nothing), in the product of the objectives' own units.
 
-    `reference` maps every objective to a value in its units, e.g. {"accuracy": 0.5,
-    "size_bytes": 200_000, "latency_ms": 0.1}; default `default_reference(front, objectives)`,
-    the worst observed value of each objective (baseline included). A point adds volume only
-    where it is strictly better than the reference in every objective, so points on the
-    reference's boundary add nothing. Objectives are read from their selection columns
-    (`resolve_objectives`); `reference` may be keyed by either name.
+    `reference` maps every objective to a value in its units, e.g. {"val_accuracy": 0.5,
+    "size_bytes": 200_000, "latency_ms_sweep": 0.1}; default `baseline_reference(front,
+    objectives)`: 0 for max objectives, 2 x the baseline row's value for min ones. A point adds
+    volume only where it is strictly better than the reference in every objective, so points
+    on the reference's boundary add nothing. Extra keys in `reference` (a stored reference
+    covers every metric) are ignored.
     """
     chosen = check_objectives(objectives, front.schema)
-    columns = list(resolve_objectives(chosen, front))
-    if reference is not None:  # keys may name the selection column (val_accuracy)
-        by_column = dict(zip(columns, chosen, strict=True))
-        reference = {by_column.get(k, k): v for k, v in reference.items()}
+    columns = list(chosen)
+    if reference is not None:
+        reference = {k: v for k, v in reference.items() if k in chosen} or reference
     if reference is None:
         if front.num_rows == 0:
             return 0.0
-        ref_map = default_reference(front, chosen)
+        ref_map = baseline_reference(front, chosen)
     else:
         unknown = sorted(set(reference) - set(chosen))
         missing = [name for name in chosen if name not in reference]

@@ -64,10 +64,11 @@ def _axis(column: str, values: np.ndarray) -> tuple[np.ndarray, str]:
         return values / 1e3, "size (KB, zstd)"
     if column.startswith("latency_ms"):
         label = "latency p90" if column.endswith("p90") else "latency"
-        return values, f"{label} (ms, batch 1, one thread)"
+        when = "final" if "_final" in column else "in-sweep"
+        return values, f"{label} (ms, {when}, batch 1, one thread)"
     if column.startswith("params_"):
         return values, f"{column.removeprefix('params_')} parameters"
-    if column == "accuracy":
+    if column == "test_accuracy":
         return values, "accuracy (test)"
     if column == "val_accuracy":
         return values, "accuracy (validation)"

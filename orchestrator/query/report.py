@@ -4,17 +4,22 @@ All hypervolumes in a report use one fixed reference point, derived from the *ea
 baseline (the uncompressed teacher) of the task in the storage, so numbers in successive
 reports compare:
 
-    accuracy (a max objective)   0            every model that predicts anything counts
-    size_bytes, latency_ms, ...  2 x baseline a compressed model counts while it is no worse
-                                              than twice the teacher
+    val_accuracy (a max objective)     0            every model that predicts anything counts
+    size_bytes, latency_ms_sweep, ...  2 x baseline a compressed model counts while it is no
+                                                    worse than twice the teacher
+
+(`orchestrator.query.pareto.baseline_reference`, the one reference squeezeray uses: each
+sweep stores its own in its manifest, and `squeezeray sweeps` uses the task's earliest too.)
 
 (The baseline itself is a poor reference: it is the most accurate model, so nothing would be
 strictly better than it in accuracy, and tiny models are often no faster than the teacher.)
 
 Regressions (any one makes the nightly exit with code 3):
   - hypervolume: tonight's front lost more than `hypervolume_drop_pct` % of the previous one's;
-  - accuracy: a knob point run in both sweeps lost more than `accuracy_drop_points` points;
-  - latency: a knob point run in both sweeps got slower by more than `latency_increase_pct` %.
+  - accuracy: a knob point run in both sweeps lost more than `accuracy_drop_points` points of
+    test_accuracy (reported, not chosen on);
+  - latency: a knob point run in both sweeps got slower (latency_ms_sweep) by more than
+    `latency_increase_pct` %.
 "Same knobs" means the same effective parameters (the `params` JSON of the rows); several rows
 of one knob point are summarised by their median. Baseline drift (the teacher's accuracy, size
 and latency against the previous sweep) is reported, not alerted on.
@@ -42,7 +47,6 @@ if TYPE_CHECKING:
     from orchestrator.store.storage import Storage
 
 REPORTS_DIR = "reports"
-REFERENCE_SLACK = 2.0  # min objectives: the reference is this multiple of the baseline value
 
 
 @dataclass(frozen=True)
@@ -278,26 +282,11 @@ def _front_points(
 
 
 def fixed_reference(rows: pa.Table, objectives: Mapping[str, str]) -> dict[str, float]:
-    """The reference point from the baseline row of `rows` (see the module docstring).
+    """The reference point from the baseline row of `rows`: squeezeray's one hypervolume
+    reference (`orchestrator.query.pareto.baseline_reference`, see the module docstring)."""
+    from orchestrator.query.pareto import baseline_reference
 
-    Without a usable baseline (it failed), the worst observed values are used instead.
-    """
-    from orchestrator.query.pareto import default_reference
-
-    baseline = [r for r in rows.to_pylist() if r.get("is_baseline") and r.get("status") == "ok"]
-    fallback: dict[str, float] | None = None
-    ref: dict[str, float] = {}
-    for name, direction in objectives.items():
-        if direction == "max":
-            ref[name] = 0.0
-            continue
-        value = baseline[0].get(name) if baseline else None
-        if value is None or not math.isfinite(float(value)) or float(value) <= 0:
-            fallback = fallback or default_reference(rows, objectives)
-            ref[name] = fallback[name] * REFERENCE_SLACK
-        else:
-            ref[name] = float(value) * REFERENCE_SLACK
-    return ref
+    return baseline_reference(rows, objectives)
 
 
 def _sweeps_by_start(table: pa.Table) -> list[str]:
@@ -400,7 +389,8 @@ def _same_knob_checks(
     out: list[Comparison] = []
     for key in sorted(set(before) & set(after)):
         knobs = _knob_text(_knobs({"params": key}, names))
-        acc0, acc1 = _median(before[key], "accuracy"), _median(after[key], "accuracy")
+        acc0 = _median(before[key], "test_accuracy")
+        acc1 = _median(after[key], "test_accuracy")
         if acc0 is not None and acc1 is not None:
             points = (acc1 - acc0) * 100.0
             out.append(
@@ -414,7 +404,9 @@ def _same_knob_checks(
                     crossed=-points > thresholds.accuracy_drop_points,
                 )
             )
-        lat0, lat1 = _median(before[key], "latency_ms"), _median(after[key], "latency_ms")
+        # the in-sweep latency: every row has it, measured the same way each night
+        lat0 = _median(before[key], "latency_ms_sweep")
+        lat1 = _median(after[key], "latency_ms_sweep")
         if lat0 is not None and lat1 is not None and lat0 > 0:
             pct = (lat1 / lat0 - 1.0) * 100.0
             out.append(
@@ -441,7 +433,7 @@ def _drift(previous: pa.Table, tonight: pa.Table) -> list[Drift]:
     b0, b1 = _ok_baseline(previous), _ok_baseline(tonight)
     return [
         Drift(metric=m, before=_float(b0.get(m)), after=_float(b1.get(m)))
-        for m in ("accuracy", "size_bytes", "params_total", "latency_ms")
+        for m in ("test_accuracy", "size_bytes", "params_total", "latency_ms_sweep")
     ]
 
 

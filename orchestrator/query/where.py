@@ -1,6 +1,6 @@
 """`--where` filters: a tiny expression language parsed into a `pyarrow.compute` expression.
 
-    accuracy >= 0.95 and latency_ms < 0.2 or prune.method == "structured"
+    val_accuracy >= 0.95 and latency_ms_sweep < 0.2 or prune.method == "structured"
 
 Grammar (keywords are case-insensitive; `and` binds tighter than `or`):
 
@@ -11,9 +11,11 @@ Grammar (keywords are case-insensitive; `and` binds tighter than `or`):
     operand    := column | number | "string" | 'string' | true | false | null
 
 A bare operand must be a boolean column (`feasible`, `is_baseline`). Columns are names with
-dots (`prune.ratio`). Timestamps compare with ISO strings (`started_at >= "2025-01-01"`, UTC
-when no zone is given). A comparison with a null value is null, so that row is left out. The
-text is tokenised and parsed by hand: nothing is ever evaluated as Python.
+dots (`prune.ratio`); metric names follow the one rule of `orchestrator.space.metrics` (the
+bare `accuracy` is refused, name `val_accuracy` or `test_accuracy`). Timestamps compare with
+ISO strings (`started_at >= "2025-01-01"`, UTC when no zone is given). A comparison with a
+null value is null, so that row is left out. The text is tokenised and parsed by hand: nothing
+is ever evaluated as Python.
 """
 
 from __future__ import annotations
@@ -77,7 +79,7 @@ def _syntax(text: str, pos: int, problem: str) -> SqueezerayError:
     return SqueezerayError(
         f"--where syntax error at position {pos + 1}: {problem}\n  {text}\n  {pointer}\n"
         "accepted: comparisons (== != < <= > >=) of columns with numbers, quoted strings or "
-        "true/false, joined by and/or/not and parentheses, e.g. accuracy >= 0.95 and "
+        "true/false, joined by and/or/not and parentheses, e.g. val_accuracy >= 0.95 and "
         'prune.method == "structured"'
     )
 
@@ -179,6 +181,10 @@ class _Parser:
             return _Operand("null", None, token.pos)
         if token.kind == "name":
             if token.text not in self.schema.names:
+                from orchestrator.space.metrics import resolve_metric
+
+                # the one naming rule: a bare `accuracy` names no column, it is ambiguous
+                resolve_metric("--where", token.text, purpose="filter", columns=self.schema.names)
                 hint = difflib.get_close_matches(token.text, self.schema.names, n=1)
                 did_you_mean = f" (did you mean {hint[0]}?)" if hint else ""
                 raise SqueezerayError(

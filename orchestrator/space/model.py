@@ -22,7 +22,7 @@ from orchestrator.space.checks import (
     fail,
     fmt_list,
 )
-from orchestrator.space.metrics import METRICS, VALIDATION_PREFIX, selection_column, unknown_metric
+from orchestrator.space.metrics import METRICS, resolve_metric, task_metric_pair, unknown_metric
 from stages.errors import SqueezerayError
 
 DISTRIBUTION_KINDS: tuple[str, ...] = ("uniform", "loguniform", "int", "choice", "fixed")
@@ -128,14 +128,14 @@ class LatencySettings:
     threads: int = 1
     rounds: int = 7  # interleaved rounds of the final re-measurement; 0: no final phase
     # seconds of timed calls per measurement (`latency.time_cap`): the calls taken are as many
-    # as fit, at most `repeats`, at least stages.metrics.MIN_REPEATS (the row's latency_repeats)
+    # as fit, at most `repeats`, at least stages.metrics.MIN_REPEATS (latency_repeats_sweep)
     time_cap_s: float = 1.0
 
 
 DEFAULT_OBJECTIVES: tuple[Objective, ...] = (
-    Objective("accuracy", "max"),
+    Objective("val_accuracy", "max"),
     Objective("size_bytes", "min"),
-    Objective("latency_ms", "min"),
+    Objective("latency_ms_sweep", "min"),
 )
 
 
@@ -155,33 +155,30 @@ class SearchSpace:
     name: str | None = None
     task_metric: str | None = None  # the task's own metric (stages.Metric.name), once checked
 
-    def _metric_columns(self) -> tuple[str, ...]:
-        own = self.task_metric
-        return METRICS + ((own, VALIDATION_PREFIX + own) if own else ())
-
     def search_objectives(self) -> tuple[tuple[str, str], ...]:
-        """(selection column, direction) per objective: what the search optimises (validation
-        columns, a task metric's too: `f1` -> `val_f1`; see `selection_column`)."""
-        columns = self._metric_columns()
-        return tuple((selection_column(o.name, columns), o.direction) for o in self.objectives)
+        """(column, direction) per objective: what the search optimises. Objectives name
+        their column (`val_accuracy`, `val_f1`, `latency_ms_sweep`): see `space.metrics`."""
+        return tuple((o.name, o.direction) for o in self.objectives)
 
     def search_constraints(self) -> tuple[tuple[str, str, float], ...]:
-        """(selection column, op, bound) per constraint: what the search and `feasible` check."""
-        columns = self._metric_columns()
-        return tuple(
-            (selection_column(c.column, columns), c.op, float(c.value)) for c in self.constraints
-        )
+        """(column, op, bound) per constraint: what the search and `feasible` check."""
+        return tuple((c.column, c.op, float(c.value)) for c in self.constraints)
 
     def with_task_metric(self, name: str | None) -> SearchSpace:
         """The space checked against the task's own metric (`name`, None when the task has
-        none): every objective and constraint must name a built-in metric, `name` or
-        `val_<name>`; the search then selects on `val_<name>`."""
-        allowed = set(METRICS) | ({name, VALIDATION_PREFIX + name} if name else set())
+        none): every objective and constraint must name a built-in metric or `val_<name>`;
+        the bare `name` is refused as ambiguous, as `accuracy` is."""
+        allowed = set(METRICS) | (set(task_metric_pair(name)) if name else set())
         for kind, metric in [("objectives", o.name) for o in self.objectives] + [
             ("constraints", c.column) for c in self.constraints
         ]:
+            key = f"{kind}.{metric}"
+            try:
+                resolve_metric(key, metric, purpose="search", task_metric=name)
+            except SqueezerayError as exc:
+                raise SqueezerayError(f"{self.source}: {exc}") from exc
             if metric not in allowed:
-                fail(self.source, f"{kind}.{metric}", unknown_metric(metric, name))
+                fail(self.source, key, unknown_metric(metric, name))
         return dataclasses.replace(self, task_metric=name)
 
     def _trials_text(self) -> str:
@@ -258,10 +255,8 @@ class SearchSpace:
             f"task:         {self.task}",
             f"pipeline:     {' -> '.join(self.pipeline)}",
             "objectives:   " + ", ".join(f"{o.name} {o.direction}" for o in self.objectives),
-            "selected on:  "
-            + ", ".join(column for column, _ in self.search_objectives())
-            + " (accuracy on the validation split, latency as measured in the sweep; the test"
-            " accuracy and the final latency are reported, never optimised)",
+            "              (the search chooses on the validation split and the in-sweep "
+            "latency; test_* columns and latency_ms_final are reported, never optimised)",
         ]
         s = self.search
         budget = "none" if s.time_budget_s is None else f"{s.time_budget_s:g} s"

@@ -25,7 +25,7 @@ from orchestrator.space.checks import (
     fmt_list,
     short,
 )
-from orchestrator.space.metrics import DIRECTIONS, check_metric, selection_column
+from orchestrator.space.metrics import DIRECTIONS, check_metric
 from orchestrator.space.model import (
     ALGORITHMS,
     DEFAULT_OBJECTIVES,
@@ -245,13 +245,13 @@ def _parse_objectives(source: str, raw: Any) -> tuple[Objective, ...]:
             source,
             "objectives",
             f"{short(raw)} is not accepted; accepted: a mapping "
-            "{metric: max|min}, e.g. {accuracy: max, size_bytes: min}",
+            "{metric: max|min}, e.g. {val_accuracy: max, size_bytes: min}",
         )
     objectives: list[Objective] = []
     errors = Collector()
     for metric, direction in raw.items():
         parsed = errors.attempt(
-            _parse_objective, source, metric, direction, objectives, fallback=None
+            _parse_objective, source, metric, direction, fallback=None
         )
         if parsed is not None:
             objectives.append(parsed)
@@ -259,9 +259,7 @@ def _parse_objectives(source: str, raw: Any) -> tuple[Objective, ...]:
     return tuple(objectives)
 
 
-def _parse_objective(
-    source: str, metric: Any, direction: Any, earlier: list[Objective]
-) -> Objective:
+def _parse_objective(source: str, metric: Any, direction: Any) -> Objective:
     key = f"objectives.{metric}"
     check_metric(source, key, metric)
     if direction not in DIRECTIONS:
@@ -270,15 +268,6 @@ def _parse_objective(
             key,
             f"{short(direction)} is not a direction"
             f"{did_you_mean(str(direction), DIRECTIONS)}; accepted: max, min",
-        )
-    chosen = selection_column(str(metric))
-    twin = next((o.name for o in earlier if selection_column(o.name) == chosen), None)
-    if twin is not None:
-        fail(
-            source,
-            key,
-            f"{metric!r} and {twin!r} are one objective (the search uses {chosen!r}, the "
-            "validation split, for both); accepted: name it once",
         )
     return Objective(str(metric), str(direction))
 
@@ -329,7 +318,7 @@ def _parse_constraints(source: str, raw: Any) -> tuple[Constraint, ...]:
             source,
             "constraints",
             f"{short(raw)} is not accepted; accepted: a mapping "
-            '{metric: "OP number"}, e.g. {accuracy: ">= 0.95"}',
+            '{metric: "OP number"}, e.g. {val_accuracy: ">= 0.95"}',
         )
     errors = Collector()
     constraints = [

@@ -31,11 +31,12 @@ import re
 import urllib.parse
 import uuid
 from collections.abc import Mapping, Sequence
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from orchestrator.store.faults import atomic_write
-from orchestrator.store.schema import RESULTS_SCHEMA, STAGES_SCHEMA
+from orchestrator.store.schema import RESULTS_READ_SCHEMA, RESULTS_SCHEMA, STAGES_SCHEMA
 from stages.errors import SqueezerayError
 
 if TYPE_CHECKING:
@@ -317,7 +318,7 @@ def summary_version() -> str:
     import hashlib
     import importlib.util
 
-    h = hashlib.sha256(b"summary-1")
+    h = hashlib.sha256(b"summary-2")
     for module in ("orchestrator.store.results", "orchestrator.query.pareto"):
         spec = importlib.util.find_spec(module)
         if spec is not None and spec.origin is not None:
@@ -384,15 +385,16 @@ def _choose_sweep(table: PartitionedTable, sweep: str, storage: str | Path) -> s
     )
 
 
-def load_results(storage: str | Path, *, sweep: str = "all") -> pa.Table:
-    """The results rows of one sweep (`sweep` = an id or "latest") or of all sweeps ("all").
+def load_results(storage: str | Path, *, sweep: str = "latest") -> pa.Table:
+    """The results rows of one sweep (`sweep` = "latest", the default as everywhere in the
+    API and the CLI, or an id) or of all sweeps ("all").
 
     Rows come sorted by sweep_id, started_at, trial_id; a trial written twice keeps its row
     with the latest finished_at. Only the chosen sweep's partition is read (for "latest" the
     start times come from the partition summaries a compaction writes). A missing storage or
     an empty one is a SqueezerayError that says how to create it.
     """
-    dataset = _dataset(storage, RESULTS_DIR, RESULTS_SCHEMA)
+    dataset = _dataset(storage, RESULTS_DIR, RESULTS_READ_SCHEMA)
     chosen = _choose_sweep(dataset, sweep, storage)
     table = dataset.read(None if chosen is None else [chosen])
     if table.num_rows == 0:
@@ -400,18 +402,53 @@ def load_results(storage: str | Path, *, sweep: str = "all") -> pa.Table:
             f"storage={str(storage)!r} holds no results yet; run: squeezeray sweep "
             f"--storage {storage}"
         )
-    table = keep_last_per_trial(table)
+    table = upgrade_columns(keep_last_per_trial(table))
     table = expand_custom_metrics(table)
     return table.sort_by(
         [("sweep_id", "ascending"), ("started_at", "ascending"), ("trial_id", "ascending")]
     )
 
 
+def upgrade_columns(table: pa.Table) -> pa.Table:
+    """Rows written before the metric names said their split or measurement, in today's
+    columns: `accuracy` -> `test_accuracy`; `latency_ms`/`latency_ms_p90`/`latency_repeats`
+    -> the `_final` columns on re-measured rows (latency_rounds set), else the `_sweep` ones
+    (where those are empty). The legacy columns are then dropped, so every table has one set
+    of names."""
+    import pyarrow.compute as pc
+
+    from orchestrator.store.schema import LEGACY_COLUMNS
+
+    present = [name for name in LEGACY_COLUMNS if name in table.column_names]
+    if not present:
+        return table
+    remeasured = pc.is_valid(table.column("latency_rounds"))
+    moves = [
+        ("accuracy", "test_accuracy", None),
+        ("latency_ms", "latency_ms_final", remeasured),
+        ("latency_ms", "latency_ms_sweep", pc.invert(remeasured)),
+        ("latency_ms_p90", "latency_ms_final_p90", remeasured),
+        ("latency_ms_p90", "latency_ms_sweep_p90", pc.invert(remeasured)),
+        ("latency_repeats", "latency_repeats_final", remeasured),
+        ("latency_repeats", "latency_repeats_sweep", pc.invert(remeasured)),
+    ]
+    for old, new, when in moves:
+        if old not in present:
+            continue
+        legacy = table.column(old)
+        if when is not None:
+            legacy = pc.if_else(when, legacy, None)
+        merged = pc.coalesce(table.column(new), legacy)
+        table = table.set_column(table.schema.get_field_index(new), new, merged)
+    return table.drop_columns(present)
+
+
 def expand_custom_metrics(table: pa.Table) -> pa.Table:
-    """Append one float64 column per task metric found in the `custom_metrics` JSON column
-    (e.g. `f1_macro` and `val_f1_macro`), null in rows without it, so `--where`, objectives,
-    constraints and fronts use a task's own metric like any built-in column. A name that is
-    already a column is left alone."""
+    """Append two float64 columns per task metric found in the `custom_metrics` JSON column
+    (which stores {name: test value, val_<name>: validation value}): `test_<name>` and
+    `val_<name>`, null in rows without it, so `--where`, objectives, constraints and fronts
+    use a task's own metric like any built-in column, under the same split-naming rule as
+    accuracy (`orchestrator.space.metrics`). A name that is already a column is left alone."""
     import pyarrow as pa
 
     from orchestrator.store.schema import CUSTOM_METRICS
@@ -419,10 +456,13 @@ def expand_custom_metrics(table: pa.Table) -> pa.Table:
     if CUSTOM_METRICS not in table.column_names:
         return table
     parsed = [json.loads(text) if text else {} for text in table.column(CUSTOM_METRICS).to_pylist()]
-    names = sorted({name for values in parsed for name in values} - set(table.column_names))
-    for name in names:
+    stored = sorted({name for values in parsed for name in values})
+    for name in stored:
+        column = name if name.startswith("val_") else f"test_{name}"
+        if column in table.column_names:
+            continue
         values = [None if values.get(name) is None else float(values[name]) for values in parsed]
-        table = table.append_column(pa.field(name, pa.float64()), pa.array(values, pa.float64()))
+        table = table.append_column(pa.field(column, pa.float64()), pa.array(values, pa.float64()))
     return table
 
 
@@ -461,7 +501,7 @@ def keep_last(table: pa.Table, keys: Sequence[str], when: str = "finished_at") -
 STAGE_ROW_KEY = ("sweep_id", "stage_key", "trial_id")
 
 
-def load_stages(storage: str | Path, *, sweep: str = "all") -> pa.Table:
+def load_stages(storage: str | Path, *, sweep: str = "latest") -> pa.Table:
     """The stage rows of one sweep (an id or "latest", as in `load_results`) or of all.
 
     A row seen twice (during a compaction) is returned once."""
@@ -491,17 +531,33 @@ SWEEP_COLUMNS = (
 
 
 def summarise_sweep(rows: pa.Table) -> dict[str, Any]:
-    """One sweep's listing row (SWEEP_COLUMNS) from its (de-duplicated) results rows."""
+    """One sweep's listing row (SWEEP_COLUMNS) from its (de-duplicated) results rows, plus
+    what its hypervolume needs: `front_points` (the default objectives' values of its front)
+    and `reference` (its own baseline reference, `pareto.baseline_reference`); `hypervolume`
+    is against that reference (`list_sweeps` uses the task's earliest sweep's instead)."""
+    import warnings
+
     import pyarrow.compute as pc
 
-    from orchestrator.query.pareto import DEFAULT_OBJECTIVES, hypervolume
+    from orchestrator.query.pareto import (
+        DEFAULT_OBJECTIVES,
+        baseline_reference,
+        hypervolume_of_points,
+        pareto_front,
+    )
 
     trials = rows.filter(pc.invert(rows.column("is_baseline")))
     ok = int(pc.sum(pc.equal(trials.column("status"), "ok")).as_py() or 0)
+    columns = list(DEFAULT_OBJECTIVES)
     try:
-        hv: float | None = hypervolume(rows, DEFAULT_OBJECTIVES)
+        reference: dict[str, float] | None = baseline_reference(rows, DEFAULT_OBJECTIVES)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # rows without objectives: counted by `pareto`
+            front = pareto_front(rows, DEFAULT_OBJECTIVES).select(columns).to_pylist()
+        points = [[float(r[c]) for c in columns] for r in front]
+        hv: float | None = hypervolume_of_points(points, DEFAULT_OBJECTIVES, reference or {})
     except SqueezerayError:
-        hv = None
+        reference, points, hv = None, [], None
     return {
         "sweep_id": _first(rows.column("sweep_id").to_pylist()),
         "sweep_name": _first(rows.column("sweep_name").to_pylist()),
@@ -511,24 +567,27 @@ def summarise_sweep(rows: pa.Table) -> dict[str, Any]:
         "trials_ok": ok,
         "trials_failed": trials.num_rows - ok,
         "hypervolume": hv,
+        "front_points": points,
+        "reference": reference,
     }
 
 
 def list_sweeps(storage: str | Path) -> pa.Table:
     """One row per sweep: sweep_id, sweep_name, task, started_at, finished_at, trials_ok,
-    trials_failed, hypervolume (front of accuracy:max, size_bytes:min, latency_ms:min against
-    `pareto.default_reference` of that sweep; null when it cannot be computed).
+    trials_failed, hypervolume (front of val_accuracy:max, size_bytes:min,
+    latency_ms_sweep:min; null when it cannot be computed).
 
     A compacted sweep is listed from its partition summary (`_summary.json`, written by the
     compaction and trusted only while the partition holds exactly the files it names); other
     sweeps are computed from their rows.
 
-    Hypervolumes of different sweeps use each sweep's own reference, so compare them only
-    between sweeps of the same task and similar baselines."""
+    Every sweep of a task is measured against one reference, the task's earliest sweep's
+    (`pareto.baseline_reference`: 0 for accuracy, 2 x the baseline's size and latency), as
+    nightly reports do, so hypervolumes of one task compare across sweeps."""
     import pyarrow as pa
     import pyarrow.compute as pc
 
-    dataset = _dataset(storage, RESULTS_DIR, RESULTS_SCHEMA)
+    dataset = _dataset(storage, RESULTS_DIR, RESULTS_READ_SCHEMA)
     out: list[dict[str, Any]] = []
     stale: list[str | None] = []
     for sweep_id in dataset.partitions():
@@ -542,7 +601,7 @@ def list_sweeps(storage: str | Path) -> pa.Table:
             row[name] = _parse_time(row.get(name))
         out.append(row)
     if stale:
-        table = keep_last_per_trial(dataset.read(stale))
+        table = expand_custom_metrics(upgrade_columns(keep_last_per_trial(dataset.read(stale))))
         for sweep_id in pc.unique(table.column("sweep_id")).to_pylist():
             out.append(summarise_sweep(table.filter(pc.equal(table.column("sweep_id"), sweep_id))))
     if not out:
@@ -562,8 +621,27 @@ def list_sweeps(storage: str | Path) -> pa.Table:
             ("hypervolume", pa.float64()),
         ]
     )
+    _task_hypervolumes(out)
     columns = {name: [row.get(name) for row in out] for name in SWEEP_COLUMNS}
     return pa.table(columns, schema=schema).sort_by([("started_at", "ascending")])
+
+
+def _task_hypervolumes(listing: list[dict[str, Any]]) -> None:
+    """Set each sweep's hypervolume against its task's earliest sweep's reference (in place);
+    a summary written before fronts were kept keeps the hypervolume it has."""
+    from orchestrator.query.pareto import DEFAULT_OBJECTIVES, hypervolume_of_points
+
+    never = datetime.max.replace(tzinfo=timezone.utc)
+    references: dict[Any, dict[str, float]] = {}
+    for row in sorted(listing, key=lambda r: r.get("started_at") or never):
+        if row.get("reference") and row.get("task") not in references:
+            references[row.get("task")] = row["reference"]
+    for row in listing:
+        reference = references.get(row.get("task"))
+        if reference is not None and "front_points" in row:
+            row["hypervolume"] = hypervolume_of_points(
+                row["front_points"], DEFAULT_OBJECTIVES, reference
+            )
 
 
 def _first(values: list[Any]) -> Any:

@@ -16,7 +16,14 @@ from orchestrator.store.schema import (
     METRIC_COLUMNS,
 )
 
-INT_METRICS = ("size_bytes", "params_total", "params_nonzero", "latency_rounds", "latency_repeats")
+INT_METRICS = (
+    "size_bytes",
+    "params_total",
+    "params_nonzero",
+    "latency_rounds",
+    "latency_repeats_sweep",
+    "latency_repeats_final",
+)
 
 
 def now() -> datetime:

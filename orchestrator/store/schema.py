@@ -10,10 +10,11 @@ What the measured columns count (`stages.metrics`):
   into fewer bytes, so both show; it is not the file's uncompressed size. Rows written before
   this version used level 19: at most 0.02% smaller on float/int8 models, 5-15% smaller on
   70%-sparse ones (docs/scale.md).
-- `latency_ms`/`latency_ms_p90`: median/p90 milliseconds of single-thread calls, time-boxed
-  (`latency.time_cap` seconds of timed calls, at most `latency.repeats`);
-  `latency_repeats`: how many timed calls are behind that row's `latency_ms` (in-sweep: one
-  measurement's; after the final phase: all its rounds' together).
+- `latency_ms_sweep`/`latency_ms_sweep_p90`: median/p90 milliseconds of single-thread calls
+  measured in the sweep (every row), time-boxed (`latency.time_cap` seconds of timed calls, at
+  most `latency.repeats`); `latency_repeats_sweep`: how many timed calls are behind them.
+- `latency_ms_final`/`latency_ms_final_p90`: the final phase's re-measurement (front and
+  baseline rows only), with `latency_repeats_final`: the timed calls of all its rounds.
 """
 
 from __future__ import annotations
@@ -30,40 +31,58 @@ KNOB_COLUMNS: dict[str, pa.DataType] = {
     "quantize.mode": pa.string(),
 }
 
-# Objectives a search may name, with their natural direction. `accuracy` is the test split
-# (reported only); `val_accuracy` the validation split, which the search, constraints, early
-# stopping and the default front use (`orchestrator.space.metrics.selection_column`).
+# The metric columns. Each says which split or which measurement it holds (one rule for every
+# place a user names a metric: orchestrator.space.metrics): `val_accuracy` is the validation
+# split (searches, constraints, fronts and --pick choose on it), `test_accuracy` the test split
+# (reported only); `latency_ms_sweep` the in-sweep measurement every row has (chosen on).
 METRIC_COLUMNS: dict[str, pa.DataType] = {
-    "accuracy": pa.float64(),
     "val_accuracy": pa.float64(),
+    "test_accuracy": pa.float64(),
     "size_bytes": pa.int64(),
     "params_total": pa.int64(),
     "params_nonzero": pa.int64(),
     "quantized_fraction": pa.float64(),  # share of weight elements stored as int8, [0, 1]
-    "latency_ms": pa.float64(),  # final for the front and the baseline (re-measured apart)
-    "latency_ms_p90": pa.float64(),
-    "latency_ms_sweep": pa.float64(),  # in-sweep measurement (every trial): selects
+    "latency_ms_sweep": pa.float64(),  # median, measured in the sweep (every row)
+    "latency_ms_sweep_p90": pa.float64(),
+    "latency_ms_final": pa.float64(),  # median of the final phase's round medians (front rows)
+    "latency_ms_final_p90": pa.float64(),
 }
-# The final latency phase (rows of the front and the baseline; null elsewhere): the spread of
-# the round medians (robust: scaled MAD / median), the paired per-round speedup against the
-# baseline, rounds.
+# The rest of the final latency phase (rows of the front and the baseline; null elsewhere): the
+# spread of the round medians (MAD / median), the paired per-round speedup against the
+# baseline (the one latency ratio squeezeray reports), the rounds.
 LATENCY_FINAL_COLUMNS: dict[str, pa.DataType] = {
     "latency_cv": pa.float64(),
     "speedup": pa.float64(),
     "latency_rounds": pa.int64(),
 }
-# How a row's latency_ms was measured (every measured row): the timed calls behind it.
-LATENCY_COUNT_COLUMNS: dict[str, pa.DataType] = {"latency_repeats": pa.int64()}
+# How each latency was measured: the timed calls behind latency_ms_sweep (every measured row)
+# and behind latency_ms_final (all the final phase's rounds; its rows only).
+LATENCY_COUNT_COLUMNS: dict[str, pa.DataType] = {
+    "latency_repeats_sweep": pa.int64(),
+    "latency_repeats_final": pa.int64(),
+}
 DEFAULT_DIRECTIONS: dict[str, str] = {
-    "accuracy": "max",
     "val_accuracy": "max",
+    "test_accuracy": "max",
     "size_bytes": "min",
     "params_total": "min",
     "params_nonzero": "min",
     "quantized_fraction": "max",
-    "latency_ms": "min",
-    "latency_ms_p90": "min",
     "latency_ms_sweep": "min",
+    "latency_ms_sweep_p90": "min",
+    "latency_ms_final": "min",
+    "latency_ms_final_p90": "min",
+    "speedup": "max",
+}
+# Columns of results written before the names said their split or measurement: read beside
+# the schema and folded into the new columns (orchestrator.store.results.upgrade_columns).
+# accuracy was the test split; latency_ms/latency_ms_p90/latency_repeats held the final
+# phase's figures on re-measured rows (latency_rounds set) and the in-sweep ones elsewhere.
+LEGACY_COLUMNS: dict[str, pa.DataType] = {
+    "accuracy": pa.float64(),
+    "latency_ms": pa.float64(),
+    "latency_ms_p90": pa.float64(),
+    "latency_repeats": pa.int64(),
 }
 
 CUSTOM_METRICS = "custom_metrics"
@@ -100,7 +119,7 @@ RESULTS_SCHEMA = pa.schema(
         *(pa.field(name, dtype) for name, dtype in LATENCY_FINAL_COLUMNS.items()),
         *(pa.field(name, dtype) for name, dtype in LATENCY_COUNT_COLUMNS.items()),
         # The task's own metric (stages.Metric) as JSON {name: test value, val_<name>: val
-        # value}; `load_results` expands it into float64 columns of those names.
+        # value}; `load_results` expands it into float64 columns test_<name> and val_<name>.
         pa.field(CUSTOM_METRICS, pa.string()),
         pa.field("wall_s", pa.float64()),
         pa.field("stage_keys", pa.list_(pa.string())),  # the stages the trial completed
@@ -123,4 +142,9 @@ STAGES_SCHEMA = pa.schema(
         pa.field("cpu_s", pa.float64()),
         pa.field("finished_at", pa.timestamp("us", tz="UTC")),
     ]
+)
+
+# What a results read asks the files for: the schema plus the legacy columns old files hold.
+RESULTS_READ_SCHEMA = pa.schema(
+    [*RESULTS_SCHEMA, *(pa.field(name, dtype) for name, dtype in LEGACY_COLUMNS.items())]
 )

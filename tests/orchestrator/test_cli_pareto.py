@@ -59,25 +59,28 @@ def test_json_goes_to_stdout_alone_and_matches_the_api(storage: Path) -> None:
     assert {r["trial_id"] for r in rows} == expected_front(storage, "old-1")
     assert all(r["sweep_id"] == "old-1" and r["status"] == "ok" for r in rows)
     best = rows[0]  # best accuracy first
-    assert best["accuracy"] == max(r["accuracy"] for r in rows)
+    assert best["test_accuracy"] == max(r["test_accuracy"] for r in rows)
     assert best["size_x"] == pytest.approx(189_700 / best["size_bytes"])
-    assert best["latency_x"] == pytest.approx(0.026 / best["latency_ms"])
-    assert best["accuracy_delta_pts"] == pytest.approx((best["accuracy"] - 0.9722) * 100)
+    # the one latency ratio is the paired speedup of the final phase (none in these rows)
+    assert "latency_x" not in best and best["speedup"] is None
+    assert best["accuracy_delta_pts"] == pytest.approx((best["test_accuracy"] - 0.9722) * 100)
     assert isinstance(best["stage_keys"], list) and best["started_at"].startswith("2025-03-01")
 
 
 def test_csv_with_where_and_top(storage: Path) -> None:
-    where = "accuracy >= 0.95 and latency_ms < 0.02"
+    where = "val_accuracy >= 0.95 and latency_ms_sweep < 0.02"
     code, stdout, _ = invoke(
         "pareto", "--storage", str(storage), "--format", "csv", "--where", where
     )
     assert code == 0
     rows = list(csv.DictReader(io.StringIO(stdout)))
     assert {r["trial_id"] for r in rows} == expected_front(storage, where=where)
-    assert all(float(r["accuracy"]) >= 0.95 and float(r["latency_ms"]) < 0.02 for r in rows)
+    assert all(
+        float(r["val_accuracy"]) >= 0.95 and float(r["latency_ms_sweep"]) < 0.02 for r in rows
+    )
     assert ";" in rows[0]["stage_keys"]  # lists are joined for CSV
     code, stdout, _ = invoke(
-        "pareto", str(storage), "--format", "csv", "--where", where, "--top", "2"
+        "pareto", "--storage", str(storage), "--format", "csv", "--where", where, "--top", "2"
     )
     top = list(csv.DictReader(io.StringIO(stdout)))
     assert [r["trial_id"] for r in top] == [r["trial_id"] for r in rows[:2]]
@@ -93,11 +96,13 @@ def test_all_sweeps_and_custom_objectives(storage: Path) -> None:
         "--format",
         "json",
         "--objectives",
-        "accuracy:max,params_nonzero",
+        "val_accuracy:max,params_nonzero",
     )
     assert code == 0
     rows = json.loads(stdout)
-    expected = pareto_front(load_results(storage), {"accuracy": "max", "params_nonzero": "min"})
+    expected = pareto_front(
+        load_results(storage, sweep="all"), {"val_accuracy": "max", "params_nonzero": "min"}
+    )
     assert {(r["sweep_id"], r["trial_id"]) for r in rows} == set(
         zip(
             expected.column("sweep_id").to_pylist(),
@@ -112,7 +117,7 @@ def test_parquet_needs_output_and_writes_it(storage: Path, tmp_path: Path) -> No
     assert code == 2 and "--output" in stderr
     target = tmp_path / "front.parquet"
     code, stdout, stderr = invoke(
-        "pareto", str(storage), "--format", "parquet", "--output", str(target)
+        "pareto", "--storage", str(storage), "--format", "parquet", "--output", str(target)
     )
     assert code == 0 and stdout == ""
     table = pq.read_table(target)
@@ -123,30 +128,34 @@ def test_parquet_needs_output_and_writes_it(storage: Path, tmp_path: Path) -> No
 def test_output_file_for_text_formats(storage: Path, tmp_path: Path) -> None:
     target = tmp_path / "front.csv"
     code, stdout, stderr = invoke(
-        "pareto", str(storage), "--format", "csv", "--output", str(target)
+        "pareto", "--storage", str(storage), "--format", "csv", "--output", str(target)
     )
     assert code == 0 and stdout == "" and "wrote" in stderr
     assert len(list(csv.DictReader(target.open()))) == len(expected_front(storage))
 
 
 def test_empty_result_is_a_message_and_exit_0(storage: Path) -> None:
-    code, stdout, stderr = invoke("pareto", "--storage", str(storage), "--where", "accuracy > 2")
-    assert code == 0
-    assert "no ok trial matches --where 'accuracy > 2'" in stderr
     code, stdout, stderr = invoke(
-        "pareto", str(storage), "--where", "accuracy > 2", "--format", "json"
+        "pareto", "--storage", str(storage), "--where", "val_accuracy > 2"
+    )
+    assert code == 0
+    assert "no ok trial matches --where 'val_accuracy > 2'" in stderr
+    code, stdout, stderr = invoke(
+        "pareto", "--storage", str(storage), "--where", "val_accuracy > 2", "--format", "json"
     )
     assert code == 0 and json.loads(stdout) == []
 
 
 def test_bad_expression_and_unknown_column_exit_2(storage: Path) -> None:
-    code, stdout, stderr = invoke("pareto", "--storage", str(storage), "--where", "accuracy >> 1")
+    code, stdout, stderr = invoke(
+        "pareto", "--storage", str(storage), "--where", "val_accuracy >> 1"
+    )
     assert code == 2 and stdout == ""
-    assert "syntax error at position 11" in stderr
+    assert "syntax error at position 15" in stderr
     code, _, stderr = invoke("pareto", "--storage", str(storage), "--where", "acc > 0.9")
     assert code == 2
     assert "unknown column 'acc'" in stderr and "latency_ms" in stderr
-    code, _, stderr = invoke("pareto", "--storage", str(storage), "--objectives", "accuracy:up")
+    code, _, stderr = invoke("pareto", "--storage", str(storage), "--objectives", "val_accuracy:up")
     assert code == 2 and "accepted: max, min" in stderr
 
 

@@ -155,11 +155,11 @@ def test_sweep_on_a_two_node_cluster(tmp_path: Path) -> None:
     assert info["rc"] == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert info["nodes"] == 2 and info["latency_slots"] == 2 and info["cpus"] == 2
 
-    rows = load_results(storage).to_pylist()
+    rows = load_results(storage, sweep="all").to_pylist()
     trials = [r for r in rows if not r["is_baseline"]]
     assert len(trials) == 4 and all(r["status"] == "ok" for r in trials), rows
     assert [r["is_baseline"] for r in rows].count(True) == 1
-    assert all(r["latency_ms"] > 0 and 0 <= r["accuracy"] <= 1 for r in trials)
-    stages = load_stages(storage).to_pylist()
+    assert all(r["latency_ms_sweep"] > 0 and 0 <= r["test_accuracy"] <= 1 for r in trials)
+    stages = load_stages(storage, sweep="all").to_pylist()
     assert [s["stage"] for s in stages].count("teacher") == 1  # shared across the cluster
     assert any((storage / "cache").glob("*.ckpt")) and (storage / "tune").is_dir()

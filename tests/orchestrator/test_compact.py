@@ -76,7 +76,11 @@ def _fill(storage: Path, sweeps: int, trials: int) -> None:
 
 def test_compaction_merges_each_sweep_into_one_file_and_keeps_every_row(tmp_path: Path) -> None:
     _fill(tmp_path, sweeps=3, trials=6)
-    before, listing, stages = load_results(tmp_path), list_sweeps(tmp_path), load_stages(tmp_path)
+    before, listing, stages = (
+        load_results(tmp_path, sweep="all"),
+        list_sweeps(tmp_path),
+        load_stages(tmp_path, sweep="all"),
+    )
     done = compact_storage(tmp_path)
     assert {(c.sweep_id, c.table) for c in done if c.changed} == {
         (f"s{i}", t) for i in range(3) for t in ("results", "stages")
@@ -84,14 +88,14 @@ def test_compaction_merges_each_sweep_into_one_file_and_keeps_every_row(tmp_path
     for s in range(3):
         assert len(_parts(tmp_path, f"s{s}")) == 1
         assert len(_parts(tmp_path, f"s{s}", "stages")) == 1
-    assert load_results(tmp_path).equals(before)
+    assert load_results(tmp_path, sweep="all").equals(before)
     assert list_sweeps(tmp_path).equals(listing)
-    assert sorted(load_stages(tmp_path).column("stage_key").to_pylist()) == sorted(
+    assert sorted(load_stages(tmp_path, sweep="all").column("stage_key").to_pylist()) == sorted(
         stages.column("stage_key").to_pylist()
     )
     # Compacting again changes nothing.
     assert not any(c.changed for c in compact_storage(tmp_path))
-    assert load_results(tmp_path).equals(before)
+    assert load_results(tmp_path, sweep="all").equals(before)
 
 
 def test_compact_unknown_sweep_and_empty_storage_are_clear_errors(tmp_path: Path) -> None:
@@ -182,8 +186,8 @@ def test_property_compaction_preserves_every_row_with_appends_and_readers(
         assert sorted(table.column("trial_id").to_pylist()) == sorted(written)
         for row in table.to_pylist():
             want = written[row["trial_id"]]
-            assert (row["accuracy"], row["size_bytes"], row["stage_keys"]) == (
-                want["accuracy"],
+            assert (row["test_accuracy"], row["size_bytes"], row["stage_keys"]) == (
+                want["test_accuracy"],
                 want["size_bytes"],
                 want["stage_keys"],
             )
@@ -197,7 +201,11 @@ def test_crash_between_merged_write_and_part_deletion_loses_and_duplicates_nothi
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, deleted_before_crash: int
 ) -> None:
     _fill(tmp_path, sweeps=2, trials=5)
-    before, listing, stages = load_results(tmp_path), list_sweeps(tmp_path), load_stages(tmp_path)
+    before, listing, stages = (
+        load_results(tmp_path, sweep="all"),
+        list_sweeps(tmp_path),
+        load_stages(tmp_path, sweep="all"),
+    )
     parts = _parts(tmp_path, "s1")
     real_delete = compact_mod._delete_parts
 
@@ -211,15 +219,15 @@ def test_crash_between_merged_write_and_part_deletion_loses_and_duplicates_nothi
     # The merged file and (some of) the parts exist side by side: nothing lost, nothing twice.
     left = _parts(tmp_path, "s1")
     assert len(left) == len(parts) - deleted_before_crash + 1
-    assert load_results(tmp_path).equals(before)
+    assert load_results(tmp_path, sweep="all").equals(before)
     assert load_results(tmp_path, sweep="s1").equals(load_results(tmp_path, sweep="s1"))
     assert list_sweeps(tmp_path).equals(listing)
-    assert load_stages(tmp_path).num_rows == stages.num_rows
+    assert load_stages(tmp_path, sweep="all").num_rows == stages.num_rows
     # The next compaction (here: `squeezeray compact`) finishes the job.
     monkeypatch.setattr(compact_mod, "_delete_parts", real_delete)
     compact_storage(tmp_path, sweep="s1")
     assert len(_parts(tmp_path, "s1")) == 1
-    assert load_results(tmp_path).equals(before)
+    assert load_results(tmp_path, sweep="all").equals(before)
     assert list_sweeps(tmp_path).equals(listing)
 
 
@@ -238,7 +246,7 @@ def test_compaction_carries_columns_beyond_the_schema(tmp_path: Path) -> None:
     assert table.column("newer_column").to_pylist() == [None, "logs/t2.txt"]
     # ... and every column the store's schema holds, whatever other developers added to it.
     assert set(RESULTS_SCHEMA.names) - {"sweep_id"} <= set(table.column_names)
-    assert set(load_results(tmp_path).column("trial_id").to_pylist()) == {"t1", "t2"}
+    assert set(load_results(tmp_path, sweep="all").column("trial_id").to_pylist()) == {"t1", "t2"}
 
 
 def test_queries_read_only_the_needed_partition_after_compaction(tmp_path: Path) -> None:
@@ -260,7 +268,7 @@ def test_summary_goes_stale_when_a_resumed_sweep_appends(tmp_path: Path) -> None
     _fill(tmp_path, sweeps=1, trials=2)
     compact_storage(tmp_path)
     assert (tmp_path / "results" / "sweep_id=s0" / SUMMARY_NAME).exists()
-    append_results(tmp_path, [_row("s0", "t900", 9, status="error", accuracy=None)])
+    append_results(tmp_path, [_row("s0", "t900", 9, status="error", test_accuracy=None)])
     (row,) = list_sweeps(tmp_path).to_pylist()
     assert (row["trials_ok"], row["trials_failed"]) == (2, 1)
     compact_storage(tmp_path)
@@ -271,10 +279,10 @@ def test_compaction_on_an_fsspec_memory_uri() -> None:
     uri = f"memory://squeezeray-compact-{uuid.uuid4().hex[:8]}/store"
     for t in range(4):
         append_results(uri, [_row("s1", f"t{t}", t)])
-    before = load_results(uri)
+    before = load_results(uri, sweep="all")
     done = compact_storage(uri)
     assert [c.files_before for c in done if c.changed] == [4]
-    assert load_results(uri).equals(before)
+    assert load_results(uri, sweep="all").equals(before)
     assert list_sweeps(uri).column("trials_ok").to_pylist() == [4]
 
 
@@ -297,7 +305,7 @@ def test_compaction_and_gc_on_s3_with_a_crash_between_write_and_delete(
     for s in range(2):
         for t in range(3):
             append_results(s3_uri, [_row(f"s{s}", f"t{t}", t, stage_keys=[f"k{s}", f"k{s}{t}"])])
-    before, listing = load_results(s3_uri), list_sweeps(s3_uri)
+    before, listing = load_results(s3_uri, sweep="all"), list_sweeps(s3_uri)
 
     def crash(fs: Any, paths: Any) -> int:
         raise KeyboardInterrupt("killed after the merged upload")
@@ -307,12 +315,12 @@ def test_compaction_and_gc_on_s3_with_a_crash_between_write_and_delete(
         with pytest.raises(KeyboardInterrupt):
             compact_sweep(s3_uri, "s0")
     assert len(_s3_parts(store, "s0")) == 4  # 3 parts + the merged object
-    assert load_results(s3_uri).equals(before)
+    assert load_results(s3_uri, sweep="all").equals(before)
     assert list_sweeps(s3_uri).equals(listing)
 
     compact_storage(s3_uri)
     assert [len(_s3_parts(store, s)) for s in ("s0", "s1")] == [1, 1]
-    assert load_results(s3_uri).equals(before)
+    assert load_results(s3_uri, sweep="all").equals(before)
     assert list_sweeps(s3_uri).equals(listing)
     assert load_results(s3_uri, sweep="latest").column("sweep_id").unique().to_pylist() == ["s1"]
 
@@ -325,7 +333,7 @@ def test_compaction_and_gc_on_s3_with_a_crash_between_write_and_delete(
     }  # fmt: skip
     collect(s3_uri, keep_last=1)
     assert {e.key for e in cache_entries(s3_uri)} == {"k1", "k10"}
-    assert load_results(s3_uri).equals(before)
+    assert load_results(s3_uri, sweep="all").equals(before)
 
 
 def _s3_parts(store: Any, sweep: str) -> list[str]:
@@ -393,7 +401,7 @@ def test_a_failing_compaction_at_sweep_end_only_warns(
     from orchestrator.store.storage import open_storage
 
     _fill(tmp_path, sweeps=1, trials=2)
-    before = load_results(tmp_path)
+    before = load_results(tmp_path, sweep="all")
 
     def broken(storage: Any, sweep_id: Any) -> Any:
         raise RuntimeError("disk full")
@@ -403,4 +411,4 @@ def test_a_failing_compaction_at_sweep_end_only_warns(
         _compact_quietly(open_storage(tmp_path), "s0")
     assert "could not compact sweep s0 (disk full)" in caplog.text
     assert f"squeezeray compact --storage {tmp_path} --sweep s0" in caplog.text
-    assert load_results(tmp_path).equals(before)
+    assert load_results(tmp_path, sweep="all").equals(before)

@@ -34,7 +34,7 @@ for i in range(appends):
             "task": name,
             "status": "ok",
             "is_baseline": False,
-            "accuracy": i / appends,
+            "test_accuracy": i / appends,
             "size_bytes": 1000 * i + j,
             "stage_keys": [name, str(i), str(j)],
         }

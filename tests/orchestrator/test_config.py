@@ -28,7 +28,7 @@ BASE: dict[str, Any] = {
     "name": "t",
     "task": "blobs",
     "pipeline": ["teacher", "distill", "prune", "finetune", "lora", "quantize"],
-    "objectives": {"accuracy": "max", "size_bytes": "min"},
+    "objectives": {"val_accuracy": "max", "size_bytes": "min"},
     "params": {
         "distill.temperature": {"choice": [2.0, 4.0]},
         "prune.ratio": {"uniform": [0.0, 0.9]},
@@ -180,17 +180,17 @@ BAD_CASES: list[tuple[str, dict[str, Any] | str, list[str]]] = [
     (
         "unknown-objective",
         _with(objectives={"acuracy": "max"}),
-        ["objectives.acuracy", "did you mean accuracy"],
+        ["objectives.acuracy", "did you mean val_accuracy"],
     ),
     (
         "bad-direction",
-        _with(objectives={"accuracy": "maximize"}),
-        ["objectives.accuracy", "'maximize'", "max, min"],
+        _with(objectives={"val_accuracy": "maximize"}),
+        ["objectives.val_accuracy", "'maximize'", "max, min"],
     ),
     (
         "constraint-syntax",
-        _with(constraints={"accuracy": "at least 0.9"}),
-        ["constraints.accuracy", "'at least 0.9'", ">="],
+        _with(constraints={"val_accuracy": "at least 0.9"}),
+        ["constraints.val_accuracy", "'at least 0.9'", ">="],
     ),
     (
         "constraint-unknown-metric",
@@ -258,7 +258,7 @@ def test_default_space_searches_the_required_knobs() -> None:
     # Expensive upstream knobs are choices, so trials share teacher and KD runs.
     assert searched["distill.temperature"].kind == "choice"
     assert searched["distill.alpha"].kind == "choice"
-    assert [o.name for o in space.objectives] == ["accuracy", "size_bytes", "latency_ms"]
+    assert [o.name for o in space.objectives] == ["val_accuracy", "size_bytes", "latency_ms_sweep"]
 
 
 def test_tiny_space_shares_teacher_and_kd() -> None:
@@ -272,14 +272,14 @@ def test_parse_values_and_helpers(tmp_path: Path) -> None:
 name: mine
 task: digits
 pipeline: [teacher, distill, prune, lora, quantize]
-objectives: {accuracy: max, latency_ms_p90: min}
+objectives: {val_accuracy: max, latency_ms_sweep_p90: min}
 params:
   distill.temperature: {choice: [1, 2, 4]}     # ints become floats for a float param
   distill.lr: 3e-3                             # YAML 1.1 would read this as a string
   prune.ratio: {uniform: [0, 0.5]}
   lora.rank: {int: [0, 8], step: 4}
   teacher.epochs: 5
-constraints: {accuracy: ">= 0.9", size_bytes: "<= 5e4"}
+constraints: {val_accuracy: ">= 0.9", size_bytes: "<= 5e4"}
 search: {algorithm: random, trials: 3, seed: 7, scheduler: asha, time_budget: 1h30m,
          max_concurrent: 2, sampler: gp}
 latency: {warmup: 3, repeats: 9}
@@ -297,7 +297,7 @@ latency: {warmup: 3, repeats: 9}
     assert space.search.sampler == "gp"
     assert space.latency.warmup == 3 and space.latency.repeats == 9
     assert space.latency.batch_size == 1
-    assert [str(c) for c in space.constraints] == ["accuracy >= 0.9", "size_bytes <= 50000"]
+    assert [str(c) for c in space.constraints] == ["val_accuracy >= 0.9", "size_bytes <= 50000"]
     sampled = {"distill.temperature": 2.0, "prune.ratio": 0.25, "lora.rank": 4}
     assert space.stage_params("distill", sampled) == {"lr": 0.003, "temperature": 2.0}
     assert space.stage_params("prune", sampled) == {"ratio": 0.25}
@@ -454,18 +454,24 @@ def _middle(d: Distribution) -> Any:
 def test_accuracy_objectives_and_constraints_select_on_the_validation_column(
     tmp_path: Path,
 ) -> None:
-    """`objectives: {accuracy: max}` keeps working; the search uses `val_accuracy`."""
-    data = _with(constraints={"accuracy": ">= 0.9", "size_bytes": "< 5000"})
+    """Objectives and constraints name their column; the bare `accuracy` and the test split are
+    refused with the columns to choose from."""
+    data = _with(constraints={"val_accuracy": ">= 0.9", "size_bytes": "< 5000"})
     space = load_space(_write(tmp_path, data))
-    assert [o.name for o in space.objectives] == ["accuracy", "size_bytes"]
-    assert space.search_objectives() == (("val_accuracy", "max"), ("size_bytes", "min"))
+    assert [o.name for o in space.objectives] == ["size_bytes", "val_accuracy"]  # sorted YAML
+    assert space.search_objectives() == (("size_bytes", "min"), ("val_accuracy", "max"))
     assert space.search_constraints() == (
         ("val_accuracy", ">=", 0.9),
         ("size_bytes", "<", 5000.0),
     )
-    assert "selected on:  val_accuracy, size_bytes (accuracy on the validation" in space.summary()
-    named = load_space(_write(tmp_path, _with(objectives={"val_accuracy": "max"}), "v.yaml"))
-    assert named.search_objectives() == (("val_accuracy", "max"),)
-    both = _with(objectives={"accuracy": "max", "val_accuracy": "max"})
-    with pytest.raises(SqueezerayError, match=r"objectives\.val_accuracy: .* are one objective"):
-        load_space(_write(tmp_path, both, "both.yaml"))
+    assert "the search chooses on the validation split" in space.summary()
+    for bad, message in (
+        (_with(objectives={"accuracy": "max"}), "'accuracy' is ambiguous; name the column"),
+        (_with(constraints={"accuracy": ">= 0.9"}), "'accuracy' is ambiguous; name the column"),
+        (_with(objectives={"latency_ms": "min"}), "'latency_ms' is ambiguous; name the column"),
+        (_with(objectives={"test_accuracy": "max"}), "'test_accuracy' is the test split"),
+        (_with(constraints={"test_accuracy": ">= 0.9"}), "'test_accuracy' is the test split"),
+        (_with(objectives={"latency_ms_final": "min"}), "measured after the search"),
+    ):
+        with pytest.raises(SqueezerayError, match=message):
+            load_space(_write(tmp_path, bad, "bad.yaml"))

@@ -60,12 +60,12 @@ def _store(
         "status": "ok",
         "stage_keys": [key],
         "effective_params": {"quantize.mode": mode, "export.runtime": ckpt.runtime},
-        "accuracy": m.accuracy,
+        "test_accuracy": m.accuracy,
         "val_accuracy": m.val_accuracy,
         "size_bytes": m.size_bytes,
         "params_total": m.params_total,
         "params_nonzero": m.params_nonzero,
-        "latency_ms": m.latency_ms,
+        "latency_ms_sweep": m.latency_ms,
         "runtime": m.runtime,
     }
     from datetime import datetime, timezone
@@ -110,7 +110,7 @@ def test_export_every_runtime_and_int8_mode(
     result = export_trial(storage, "t1", output=out)
     card = result.card
     assert card["recheck"]["ok"] and card["runtime"] == runtime
-    assert card["recheck"]["accuracy"] == pytest.approx(row["accuracy"], abs=1e-12)
+    assert card["recheck"]["accuracy"] == pytest.approx(row["test_accuracy"], abs=1e-12)
     assert card["ratios"]["size_x"] == pytest.approx(
         card["baseline"]["size_bytes"] / row["size_bytes"]
     )
@@ -121,9 +121,9 @@ def test_export_every_runtime_and_int8_mode(
         run: Any = lambda x: torch.from_numpy(session.run(None, {"x": x.numpy()})[0])  # noqa: E731
     else:
         run = torch.jit.load(str(out / "model.pt"))
-    assert _accuracy(run, digits) == pytest.approx(row["accuracy"], abs=1e-12)
+    assert _accuracy(run, digits) == pytest.approx(row["test_accuracy"], abs=1e-12)
     assert _accuracy(load_model(storage, "t1", sweep="s1"), digits) == pytest.approx(
-        row["accuracy"], abs=1e-12
+        row["test_accuracy"], abs=1e-12
     )
 
 
@@ -142,7 +142,7 @@ def test_choosing_the_row_and_its_errors(tmp_path: Path, digits: Task, student: 
     _store(storage, digits, student, "a", "none")
     dyn = quantize(StageInput(task=digits, parent=student), QuantizeParams(mode="dynamic_int8"))
     _store(storage, digits, dyn.checkpoint, "b", "dynamic_int8")
-    table = load_results(storage)
+    table = load_results(storage, sweep="all")
     assert select_row(table, pick="size_bytes")["trial_id"] == "b"
     assert select_row(table, where='quantize.mode == "none"')["trial_id"] == "a"
     with pytest.raises(SqueezerayError, match=r"2 trials match; give a TRIAL_ID, or --pick"):
@@ -156,7 +156,7 @@ def test_choosing_the_row_and_its_errors(tmp_path: Path, digits: Task, student: 
     ):
         select_row(table, pick="speed")
     with pytest.raises(SqueezerayError, match="no ok trial matches"):
-        select_row(table, where="accuracy > 2")
+        select_row(table, where="val_accuracy > 2")
     # a deleted checkpoint: the error names the trial, the file and --recompute
     row = next(r for r in table.to_pylist() if r["trial_id"] == "a")
     (storage / "cache" / f"{row['stage_keys'][0]}.ckpt").unlink()

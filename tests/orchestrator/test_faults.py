@@ -126,7 +126,7 @@ def test_worker_killed_mid_stage_is_retried_and_the_trial_is_ok(
     assert (markers / "died").exists(), "the fault never fired"
     (trial,) = _trials(outcome)
     assert trial["status"] == "ok", trial["error"]
-    assert 0.0 <= trial["accuracy"] <= 1.0
+    assert 0.0 <= trial["test_accuracy"] <= 1.0
     # The retry recomputed the stage in a new worker: one distill row, from the retry.
     stages = load_stages(str(tmp_path / "results"), sweep=outcome.summary.sweep_id).to_pylist()
     assert [r["stage"] for r in stages].count("distill") == 1
@@ -171,7 +171,7 @@ def test_nan_loss_and_out_of_memory_give_clear_error_rows(
     assert trial["error"].startswith(expected), trial["error"]
     if fault == "oom":
         assert "can't allocate memory" in trial["error"]
-    assert trial["accuracy"] is None
+    assert trial["test_accuracy"] is None
     assert time.perf_counter() - started < 120  # an error row, not a hang
 
 

@@ -16,7 +16,7 @@ SPACE = """
 name: grid-dupes
 task: blobs
 pipeline: [teacher, distill, quantize, export]
-objectives: {accuracy: max, size_bytes: min}
+objectives: {val_accuracy: max, size_bytes: min}
 params:
   teacher.epochs: 2
   distill.epochs: 1

@@ -28,10 +28,10 @@ def _store(tmp_path: Path) -> Path:
         row["prune.ratio"] = 0.5  # the other two live only in the params JSON, as a sweep writes
         row.update(
             params=json.dumps(knobs),
-            accuracy=acc,
+            test_accuracy=acc,
             val_accuracy=acc,
             size_bytes=size,
-            latency_ms=0.01,
+            latency_ms_sweep=0.01,
             status="ok",
             started_at=T0 + timedelta(seconds=ratio),
         )
@@ -41,7 +41,7 @@ def _store(tmp_path: Path) -> Path:
 
 
 def test_knob_columns_come_from_the_params_json(tmp_path: Path) -> None:
-    table = with_knob_columns(load_results(_store(tmp_path)))
+    table = with_knob_columns(load_results(_store(tmp_path), sweep="all"))
     assert table.schema.field("lowrank.rank_ratio").type == "double"
     trials = [r for r in table.to_pylist() if not r["is_baseline"]]
     assert sorted(r["lowrank.rank_ratio"] for r in trials) == [0.25, 0.75]

@@ -76,7 +76,7 @@ SPACE = """
 name: pretrained
 task: {module}:make_task
 pipeline: [teacher, distill, prune, export]
-objectives: {{accuracy: max, size_bytes: min, latency_ms: min}}
+objectives: {{val_accuracy: max, size_bytes: min, latency_ms_sweep: min}}
 params:
   teacher.epochs: 0
   distill.epochs: 3
@@ -145,15 +145,16 @@ def test_pretrained_teacher_sweep_export_and_load_model(
     # The teacher stage trained nothing: its checkpoint is the saved state dict, bit for bit,
     # and the baseline's accuracy is the one computed outside squeezeray.
     assert baseline["status"] == "ok"
-    assert baseline["accuracy"] == pytest.approx(outside_accuracy, abs=1e-12)
+    assert baseline["test_accuracy"] == pytest.approx(outside_accuracy, abs=1e-12)
     teacher_key = baseline["stage_keys"][0]
     teacher = ModelCheckpoint.from_bytes((storage / CACHE_DIR / f"{teacher_key}.ckpt").read_bytes())
     assert teacher.state_dict.keys() == saved.keys()
     assert all(torch.equal(teacher.state_dict[k], saved[k]) for k in saved)
     assert all(r["stage_keys"][0] == teacher_key for r in trials)
     # The front is computed over the trials.
-    front = pareto_front(outcome.table, {"accuracy": "max", "size_bytes": "min"})
+    front = pareto_front(outcome.table, {"val_accuracy": "max", "size_bytes": "min"})
     assert front.num_rows >= 1
+    assert any(r["speedup"] is not None for r in trials)  # the front was re-measured
 
     _, _, test = module.splits()
     x, y = test.tensors
@@ -166,9 +167,12 @@ def test_pretrained_teacher_sweep_export_and_load_model(
         assert card["trial_id"] == row["trial_id"] and card["sweep_id"] == row["sweep_id"]
         assert card["runtime"] == runtime
         assert card["knobs"]["teacher.epochs"] == 0 and card["knobs"]["prune.ratio"] == 0.3
-        assert card["metrics"]["accuracy"] == row["accuracy"]
-        assert card["baseline"]["accuracy"] == baseline["accuracy"]
+        assert card["metrics"]["test_accuracy"] == row["test_accuracy"]
+        assert card["baseline"]["test_accuracy"] == baseline["test_accuracy"]
         assert card["ratios"]["size_x"] == pytest.approx(baseline["size_bytes"] / row["size_bytes"])
+        # one latency ratio: the card's is the row's paired speedup (null if not re-measured)
+        assert card["ratios"]["speedup"] == row["speedup"] and "latency_x" not in card["ratios"]
+        assert card["metrics"]["latency_ms_final"] == row["latency_ms_final"]
         assert card["stage_keys"] == row["stage_keys"]
         assert card["recheck"]["ok"] is True
         for name, digest in card["sha256"].items():
@@ -186,7 +190,7 @@ def test_pretrained_teacher_sweep_export_and_load_model(
             scripted = torch.jit.load(str(out / "model.pt"))
             with torch.no_grad():
                 logits = scripted(x)
-        assert _test_accuracy(logits, y) == pytest.approx(row["accuracy"], abs=1e-12)
+        assert _test_accuracy(logits, y) == pytest.approx(row["test_accuracy"], abs=1e-12)
         if runtime == "eager":
             assert {"state_dict.pt", "recipe.json", "checkpoint.pt"} <= set(card["sha256"])
             state = torch.load(out / "state_dict.pt", weights_only=True)
@@ -200,18 +204,18 @@ def test_pretrained_teacher_sweep_export_and_load_model(
         else:
             assert isinstance(predictor, torch.nn.Module)
         with torch.no_grad():
-            assert _test_accuracy(predictor(x), y) == pytest.approx(row["accuracy"], abs=1e-12)
+            assert _test_accuracy(predictor(x), y) == pytest.approx(row["test_accuracy"], abs=1e-12)
 
     # --where/--pick through the CLI: the smallest trial at least as accurate as the worst.
     from typer.testing import CliRunner
 
     from orchestrator.cli import app
 
-    floor = min(r["accuracy"] for r in trials)
+    floor = min(r["val_accuracy"] for r in trials)
     smallest = min(trials, key=lambda r: (r["size_bytes"], r["trial_id"]))
     result = CliRunner().invoke(
         app,
-        ["export", "--storage", str(storage), "--where", f"accuracy >= {floor}",
+        ["export", "--storage", str(storage), "--where", f"val_accuracy >= {floor}",
          "--pick", "size_bytes", "--output", str(tmp_path / "picked")],
     )  # fmt: skip
     assert result.exit_code == 0, result.output
@@ -226,8 +230,14 @@ def test_pretrained_teacher_sweep_export_and_load_model(
         export_trial(storage, row["trial_id"], output=tmp_path / "broken")
     result = CliRunner().invoke(
         app,
-        ["export", row["trial_id"], "--storage", str(storage),
-         "--output", str(tmp_path / "broken")],
+        [
+            "export",
+            row["trial_id"],
+            "--storage",
+            str(storage),
+            "--output",
+            str(tmp_path / "broken"),
+        ],
     )
     assert result.exit_code == 2 and "--recompute" in result.output
     again = export_trial(storage, row["trial_id"], output=tmp_path / "again", recompute=True)
@@ -265,7 +275,7 @@ def test_student_made_from_a_pretrained_teacher(
     assert set(trials) == {0.25, 0.5}
     assert all(r["status"] == "ok" for r in trials.values()), [r["error"] for r in trials.values()]
     assert trials[0.25]["params_total"] < trials[0.5]["params_total"] < baseline["params_total"]
-    assert all(r["accuracy"] > 0.5 for r in trials.values())
+    assert all(r["test_accuracy"] > 0.5 for r in trials.values())
 
 
 def test_student_ratio_on_a_task_with_a_student_is_refused(
@@ -319,8 +329,8 @@ F1_SPACE = """
 name: f1
 task: usermetric_f1:make_task
 pipeline: [teacher, distill, prune]
-objectives: {f1_macro: max, size_bytes: min}
-constraints: {f1_macro: ">= 0.3"}
+objectives: {val_f1_macro: max, size_bytes: min}
+constraints: {val_f1_macro: ">= 0.3"}
 params:
   teacher.epochs: 4
   distill.epochs: 3
@@ -350,7 +360,8 @@ def test_custom_metric_macro_f1_as_objective_and_constraint(
     storage = tmp_path / "runs"
     outcome = execute_sweep(prepare_sweep(space, storage=storage))
     table = outcome.table
-    assert {"f1_macro", "val_f1_macro"} <= set(table.column_names)
+    assert {"test_f1_macro", "val_f1_macro"} <= set(table.column_names)
+    assert "f1_macro" not in table.column_names  # the bare name is no column
     rows = table.to_pylist()
     trials = [r for r in rows if not r["is_baseline"]]
     assert len(trials) == 3 and all(r["status"] == "ok" for r in trials), rows
@@ -359,7 +370,7 @@ def test_custom_metric_macro_f1_as_objective_and_constraint(
     task = make_task()
     x, y = task.test.tensors
     for row in [*trials, next(r for r in rows if r["is_baseline"])]:
-        assert 0.0 <= row["f1_macro"] <= 1.0 and 0.0 <= row["val_f1_macro"] <= 1.0
+        assert 0.0 <= row["test_f1_macro"] <= 1.0 and 0.0 <= row["val_f1_macro"] <= 1.0
         # feasibility is judged on the validation column
         if not row["is_baseline"]:
             assert row["feasible"] is (row["val_f1_macro"] >= 0.3)
@@ -367,19 +378,23 @@ def test_custom_metric_macro_f1_as_objective_and_constraint(
         model = load_model(storage, row["trial_id"], sweep=row["sweep_id"])
         with torch.no_grad():
             pred = model(x).argmax(1)
-        assert row["f1_macro"] == pytest.approx(f1_score(y, pred, average="macro"), abs=1e-12)
+        assert row["test_f1_macro"] == pytest.approx(f1_score(y, pred, average="macro"), abs=1e-12)
     # usable on read: the front (chosen on val_f1_macro) and --where
-    view = build_front(table, {"f1_macro": "max", "size_bytes": "min"}, where="f1_macro >= 0")
+    view = build_front(
+        table, {"val_f1_macro": "max", "size_bytes": "min"}, where="val_f1_macro >= 0"
+    )
     assert view.front.num_rows >= 1
     assert "val_f1_macro" in view.objectives
-    kept = table.filter(pc.greater_equal(table.column("f1_macro"), 0.0))
+    kept = table.filter(pc.greater_equal(table.column("test_f1_macro"), 0.0))
     assert kept.num_rows == len(rows)
     # export re-checks the metric too, and its card carries it
     best = max(trials, key=lambda r: (r["val_f1_macro"], r["trial_id"]))
-    card = export_trial(storage, output=tmp_path / "best", pick="f1_macro").card
+    card = export_trial(storage, output=tmp_path / "best", pick="val_f1_macro").card
     assert card["trial_id"] == best["trial_id"]
-    assert card["metrics"]["f1_macro"] == best["f1_macro"]
-    assert card["recheck"]["ok"] and card["recheck"]["f1_macro"] == pytest.approx(best["f1_macro"])
+    assert card["metrics"]["test_f1_macro"] == best["test_f1_macro"]
+    assert card["recheck"]["ok"] and card["recheck"]["f1_macro"] == pytest.approx(
+        best["test_f1_macro"]
+    )
 
 
 def test_unknown_metric_names_the_task_metric(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
@@ -388,11 +403,13 @@ def test_unknown_metric_names_the_task_metric(tmp_path: Path, monkeypatch: pytes
     sys.modules.pop("usermetric_f1b", None)
     space_file = tmp_path / "space.yaml"
     space_file.write_text(
-        F1_SPACE.replace("usermetric_f1:", "usermetric_f1b:").replace("{f1_macro: max", "{f1: max")
+        F1_SPACE.replace("usermetric_f1:", "usermetric_f1b:").replace(
+            "{val_f1_macro: max", "{f1: max"
+        )
     )
-    with pytest.raises(SqueezerayError, match=r"objectives.f1: 'f1' is not a metric.*'f1_macro'"):
+    with pytest.raises(SqueezerayError, match=r"objectives.f1: 'f1' is not a metric.*val_f1_macro"):
         load_space(space_file)
-    with pytest.raises(SqueezerayError, match=r"objectives.f1: .*'f1_macro'"):
+    with pytest.raises(SqueezerayError, match=r"objectives.f1: .*val_f1_macro"):
         prepare_sweep(load_space(space_file, check_task=False), storage=tmp_path / "runs")
     # a built-in task has no metric of its own: caught without importing anything
     builtin = tmp_path / "builtin.yaml"
@@ -453,9 +470,9 @@ def test_teacher_weights_option(tmp_path: Path, monkeypatch: pytest.MonkeyPatch)
         ["sweep", str(space_file), "--storage", str(storage), "--teacher-weights", str(weights)],
     )
     assert result.exit_code == 0, result.output
-    rows = load_results(storage).to_pylist()
+    rows = load_results(storage, sweep="all").to_pylist()
     baseline = next(r for r in rows if r["is_baseline"])
-    assert baseline["accuracy"] == pytest.approx(outside_accuracy, abs=1e-12)
+    assert baseline["test_accuracy"] == pytest.approx(outside_accuracy, abs=1e-12)
     knobs = json.loads(next(r for r in rows if not r["is_baseline"])["params"])
     assert knobs["teacher.epochs"] == 0 and knobs["teacher.weights"] == str(weights)
     assert len(knobs["teacher.weights_sha256"]) == 64

@@ -26,7 +26,7 @@ from orchestrator.store.results import rows_to_table
 from orchestrator.store.schema import RESULTS_SCHEMA
 from stages.errors import SqueezerayError
 
-OBJECTIVES = {"accuracy": "max", "size_bytes": "min", "latency_ms": "min"}
+OBJECTIVES = {"val_accuracy": "max", "size_bytes": "min", "latency_ms_sweep": "min"}
 T0 = datetime(2026, 1, 5, 2, 0, tzinfo=timezone.utc)
 
 
@@ -40,10 +40,10 @@ def _sweep(
     """A sweep's rows: the baseline, then one trial per (ratio, mode, accuracy, size, latency)."""
     start = T0 + timedelta(days=day)
     base = {
-        "accuracy": 0.99,
+        "test_accuracy": 0.99,
         "val_accuracy": 0.985,
         "size_bytes": 100_000,
-        "latency_ms": 0.05,
+        "latency_ms_sweep": 0.05,
         "params_total": 25_000,
     }
     base.update(baseline)
@@ -75,10 +75,10 @@ def _sweep(
                 "params": _params(ratio, mode),
                 "prune.ratio": ratio,
                 "quantize.mode": mode,
-                "accuracy": acc,
+                "test_accuracy": acc,
                 "val_accuracy": None if acc is None else acc - 0.005,  # validation: a bit lower
                 "size_bytes": size,
-                "latency_ms": lat,
+                "latency_ms_sweep": lat,
             }
         )
     return rows
@@ -115,7 +115,11 @@ def test_same_results_again_are_no_regression() -> None:
 def test_reference_is_the_earliest_baseline_with_slack() -> None:
     rows = _sweep("n1", 0, NIGHT_1) + _sweep("n2", 1, NIGHT_1, size_bytes=300_000)
     report = _report(rows, "n2")
-    assert report.reference == {"val_accuracy": 0.0, "size_bytes": 200_000.0, "latency_ms": 0.1}
+    assert report.reference == {
+        "val_accuracy": 0.0,
+        "size_bytes": 200_000.0,
+        "latency_ms_sweep": 0.1,
+    }
     assert report.reference_sweep_id == "n1"
     reference = fixed_reference(rows_to_table(rows[:3], RESULTS_SCHEMA), OBJECTIVES)
     assert list(reference.values()) == list(report.reference.values())
@@ -126,7 +130,7 @@ def test_reference_is_the_earliest_baseline_with_slack() -> None:
     assert report.hypervolume_previous == pytest.approx(expected)
     drift = {d.metric: d for d in report.drift}
     assert drift["size_bytes"].change_pct == pytest.approx(200.0)
-    assert drift["accuracy"].change_pct == pytest.approx(0.0)
+    assert drift["test_accuracy"].change_pct == pytest.approx(0.0)
 
 
 def test_accuracy_drop_on_the_same_knobs_is_a_regression() -> None:
@@ -201,10 +205,17 @@ def test_warm_start_keeps_valid_points_of_the_task() -> None:
     space = load_space("tiny").with_overrides(algorithm="optuna")
     rows = _sweep("n1", 0, [*NIGHT_1, (0.45, "none", 0.9, 1, 0.1)])  # 0.45 is not a choice
     rows += _sweep("n2", 1, [(0.3, "none", 0.98, 7000, 0.030)])  # newer run of a point
-    rows.append(dict(rows[1], trial_id="failed", status="error", accuracy=None, val_accuracy=None))
+    rows.append(
+        dict(rows[1], trial_id="failed", status="error", test_accuracy=None, val_accuracy=None)
+    )
     rows.append(dict(rows[1], trial_id="other-task", task="digits"))
     rows.append(
-        dict(rows[1], trial_id="no-latency", latency_ms=None, params=_params(0.6, "dynamic_int8"))
+        dict(
+            rows[1],
+            trial_id="no-latency",
+            latency_ms_sweep=None,
+            params=_params(0.6, "dynamic_int8"),
+        )
     )
     points, rewards, _ = warm_start_from(rows_to_table(rows, RESULTS_SCHEMA), space) or (
         [],
@@ -322,7 +333,7 @@ def test_nightly_twice_reuses_stages_reports_and_flags_a_regression(tmp_path: Pa
     rows = [r for r in load_results(storage, sweep=first_id).to_pylist() if not r["is_baseline"]]
     for row in rows:
         # both figures: the front and its hypervolume select on the in-sweep one
-        for column in ("latency_ms", "latency_ms_sweep"):
+        for column in ("latency_ms_sweep", "latency_ms_final"):
             if row.get(column) is not None:
                 row[column] = row[column] / 100
         row["finished_at"] = now()
@@ -364,7 +375,7 @@ def test_nightly_twice_reuses_stages_reports_and_flags_a_regression(tmp_path: Pa
     second_id = listing.column("sweep_id").to_pylist()[1]
     assert set(listing.column("sweep_name").to_pylist()) == {f"nightly-{date.today():%Y%m%d}"}
     # The second night loaded its teacher (and KD) from the first night's checkpoints.
-    stages = load_stages(storage)
+    stages = load_stages(storage, sweep="all")
     teachers = stages.filter(pc.equal(stages.column("stage"), "teacher"))
     assert teachers.column("sweep_id").to_pylist() == [first_id]
 
@@ -373,7 +384,10 @@ def test_nightly_twice_reuses_stages_reports_and_flags_a_regression(tmp_path: Pa
     assert (storage / "reports" / f"{first_id}.md").is_file()  # default place
     # The report names both hypervolumes, recomputed here from the stored rows.
     report = build_report(
-        load_results(storage), second_id, objectives=OBJECTIVES, knob_names=["prune.ratio"]
+        load_results(storage, sweep="all"),
+        second_id,
+        objectives=OBJECTIVES,
+        knob_names=["prune.ratio"],
     )
     assert report.previous_sweep_id == first_id
     before = report.hypervolume_previous

@@ -196,7 +196,7 @@ def test_nightly_trial_timeout_records_timeout_and_releases_the_lock(
         ["nightly", str(space), "--storage", str(storage), "--trial-timeout", "15s", "--no-wait"],
     )
     assert (markers / "hung").exists(), result.output  # the distill stage did start
-    rows = [r for r in load_results(str(storage)).to_pylist() if not r["is_baseline"]]
+    rows = [r for r in load_results(str(storage), sweep="all").to_pylist() if not r["is_baseline"]]
     assert [r["status"] for r in rows] == ["timeout"], result.output
     assert result.exit_code == 4, result.output  # no trial succeeded
     with storage_lock(storage, wait=False), exclusive_use(storage):

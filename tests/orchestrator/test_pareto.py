@@ -205,13 +205,22 @@ def table_of(rows: list[dict]) -> pa.Table:
 def test_pareto_front_skips_failed_and_baseline_rows_and_warns_on_nan() -> None:
     table = table_of(
         [
-            {"accuracy": 0.99, "size_bytes": 100_000, "latency_ms": 0.03, "is_baseline": True},
-            {"accuracy": 0.999, "size_bytes": 1, "latency_ms": 0.001, "status": "error"},
-            {"accuracy": 0.97, "size_bytes": 20_000, "latency_ms": 0.02},
-            {"accuracy": 0.96, "size_bytes": 6_000, "latency_ms": 0.02},
-            {"accuracy": 0.95, "size_bytes": 7_000, "latency_ms": 0.03},  # dominated by t3
-            {"accuracy": float("nan"), "size_bytes": 10, "latency_ms": 0.01},
-            {"accuracy": 0.5, "size_bytes": None, "latency_ms": 0.001},
+            {
+                "val_accuracy": 0.99,
+                "size_bytes": 100_000,
+                "latency_ms_sweep": 0.03,
+                "is_baseline": True,
+            },
+            {"val_accuracy": 0.999, "size_bytes": 1, "latency_ms_sweep": 0.001, "status": "error"},
+            {"val_accuracy": 0.97, "size_bytes": 20_000, "latency_ms_sweep": 0.02},
+            {"val_accuracy": 0.96, "size_bytes": 6_000, "latency_ms_sweep": 0.02},
+            {
+                "val_accuracy": 0.95,
+                "size_bytes": 7_000,
+                "latency_ms_sweep": 0.03,
+            },  # dominated by t3
+            {"val_accuracy": float("nan"), "size_bytes": 10, "latency_ms_sweep": 0.01},
+            {"val_accuracy": 0.5, "size_bytes": None, "latency_ms_sweep": 0.001},
         ]
     )
     with pytest.warns(UserWarning, match=r"2 of 5 ok rows have a missing or NaN objective"):
@@ -223,15 +232,17 @@ def test_pareto_front_skips_failed_and_baseline_rows_and_warns_on_nan() -> None:
 def test_pareto_front_custom_objectives_and_where() -> None:
     table = table_of(
         [
-            {"accuracy": 0.97, "params_nonzero": 900, "prune.method": "structured"},
-            {"accuracy": 0.98, "params_nonzero": 2000, "prune.method": "global"},
-            {"accuracy": 0.96, "params_nonzero": 800, "prune.method": "structured"},
+            {"val_accuracy": 0.97, "params_nonzero": 900, "prune.method": "structured"},
+            {"val_accuracy": 0.98, "params_nonzero": 2000, "prune.method": "global"},
+            {"val_accuracy": 0.96, "params_nonzero": 800, "prune.method": "structured"},
         ]
     )
-    front = pareto_front(table, {"accuracy": "max", "params_nonzero": "min"})
+    front = pareto_front(table, {"val_accuracy": "max", "params_nonzero": "min"})
     assert front.column("trial_id").to_pylist() == ["t0", "t1", "t2"]
     front = pareto_front(
-        table, {"accuracy": "max", "params_nonzero": "min"}, where='prune.method == "structured"'
+        table,
+        {"val_accuracy": "max", "params_nonzero": "min"},
+        where='prune.method == "structured"',
     )
     assert front.column("trial_id").to_pylist() == ["t0", "t2"]
 
@@ -246,69 +257,94 @@ def test_objective_checks() -> None:
     with pytest.raises(SqueezerayError, match=r"'prune.method' is not a numeric column.*accuracy"):
         pareto_front(table_of([]), {"prune.method": "max"})
     with pytest.raises(SqueezerayError, match="unknown direction; accepted: max, min"):
-        pareto_front(table_of([]), {"accuracy": "maximum"})
+        pareto_front(table_of([]), {"val_accuracy": "maximum"})
 
 
 def test_parse_objectives() -> None:
-    assert parse_objectives("accuracy:max, size_bytes:min,latency_ms") == {
-        "accuracy": "max",
+    assert parse_objectives("val_accuracy:max, size_bytes:min,latency_ms_sweep") == {
+        "val_accuracy": "max",
         "size_bytes": "min",
-        "latency_ms": "min",
+        "latency_ms_sweep": "min",
     }
     with pytest.raises(SqueezerayError, match="unknown direction"):
-        parse_objectives("accuracy:up")
+        parse_objectives("val_accuracy:up")
     with pytest.raises(SqueezerayError, match="no direction; write wall_s:max or wall_s:min"):
         parse_objectives("wall_s")
     with pytest.raises(SqueezerayError, match="named twice"):
-        parse_objectives("accuracy,accuracy:min")
+        parse_objectives("val_accuracy,val_accuracy:min")
+    with pytest.raises(SqueezerayError, match=r"'accuracy' is ambiguous.*val_accuracy.*test_acc"):
+        parse_objectives("accuracy:max")
+    with pytest.raises(SqueezerayError, match=r"'latency_ms' is ambiguous.*latency_ms_sweep"):
+        parse_objectives("latency_ms")
 
 
 def test_hypervolume_of_a_table_default_reference_and_explicit() -> None:
     table = table_of(
         [
-            {"accuracy": 0.9, "size_bytes": 200, "latency_ms": 2.0, "is_baseline": True},
-            {"accuracy": 0.8, "size_bytes": 100, "latency_ms": 1.0},
-            {"accuracy": 0.7, "size_bytes": 50, "latency_ms": 1.0},
-            {"accuracy": 0.6, "size_bytes": 150, "latency_ms": 1.5},  # dominated
+            {"val_accuracy": 0.9, "size_bytes": 200, "latency_ms_sweep": 2.0, "is_baseline": True},
+            {"val_accuracy": 0.8, "size_bytes": 100, "latency_ms_sweep": 1.0},
+            {"val_accuracy": 0.7, "size_bytes": 50, "latency_ms_sweep": 1.0},
+            {"val_accuracy": 0.6, "size_bytes": 150, "latency_ms_sweep": 1.5},  # dominated
         ]
     )
-    # default reference: worst of each objective over ok rows incl. baseline: (0.6, 200, 2.0)
-    # minimisation: points (-0.8, 100, 1) and (-0.7, 50, 1) against (-0.6, 200, 2)
+    # default reference: the baseline's, 0 for accuracy and x2 for size and latency:
+    # (0, 400, 4.0); minimisation: the three trials against (-0, 400, 4)
     expected = oracle_hypervolume(
-        np.array([[-0.8, 100, 1.0], [-0.7, 50, 1.0]]), np.array([-0.6, 200, 2.0])
+        np.array([[-0.8, 100, 1.0], [-0.7, 50, 1.0], [-0.6, 150, 1.5]]), np.array([0, 400, 4.0])
     )
     assert hypervolume(table) == pytest.approx(expected)
-    ref = {"accuracy": 0.75, "size_bytes": 120, "latency_ms": 1.2}
+    ref = {"val_accuracy": 0.75, "size_bytes": 120, "latency_ms_sweep": 1.2}
     assert hypervolume(table, reference=ref) == pytest.approx(0.05 * 20 * 0.2)
-    with pytest.raises(SqueezerayError, match="missing: \\['latency_ms'\\]"):
-        hypervolume(table, reference={"accuracy": 0.5, "size_bytes": 10})
+    with pytest.raises(SqueezerayError, match="missing: \\['latency_ms_sweep'\\]"):
+        hypervolume(table, reference={"val_accuracy": 0.5, "size_bytes": 10})
 
 
 def test_hypervolume_grows_with_a_better_point() -> None:
     rows = [
-        {"accuracy": 0.5, "size_bytes": 300, "latency_ms": 3.0},
-        {"accuracy": 0.8, "size_bytes": 100, "latency_ms": 1.0},
+        {"val_accuracy": 0.5, "size_bytes": 300, "latency_ms_sweep": 3.0},
+        {"val_accuracy": 0.8, "size_bytes": 100, "latency_ms_sweep": 1.0},
     ]
-    ref = {"accuracy": 0.5, "size_bytes": 300, "latency_ms": 3.0}
+    ref = {"val_accuracy": 0.5, "size_bytes": 300, "latency_ms_sweep": 3.0}
     before = hypervolume(table_of(rows), reference=ref)
     after = hypervolume(
-        table_of([*rows, {"accuracy": 0.85, "size_bytes": 90, "latency_ms": 1.0}]), reference=ref
+        table_of([*rows, {"val_accuracy": 0.85, "size_bytes": 90, "latency_ms_sweep": 1.0}]),
+        reference=ref,
     )
     assert after > before > 0
 
 
 def test_front_is_chosen_on_validation_when_validation_and_test_disagree() -> None:
-    """The test split never chooses: `accuracy` objectives resolve to `val_accuracy`."""
+    """The test split never chooses: objectives name `val_accuracy`."""
     table = table_of(
         [
             # t0 is the best on test but the worst on validation, at the same size/latency
-            {"val_accuracy": 0.90, "accuracy": 0.99, "size_bytes": 1000, "latency_ms": 0.02},
-            {"val_accuracy": 0.95, "accuracy": 0.91, "size_bytes": 1000, "latency_ms": 0.02},
-            {"val_accuracy": 0.93, "accuracy": 0.97, "size_bytes": 500, "latency_ms": 0.02},
-            {"val_accuracy": 0.92, "accuracy": 0.98, "size_bytes": 600, "latency_ms": 0.02},
+            {
+                "val_accuracy": 0.90,
+                "test_accuracy": 0.99,
+                "size_bytes": 1000,
+                "latency_ms_sweep": 0.02,
+            },
+            {
+                "val_accuracy": 0.95,
+                "test_accuracy": 0.91,
+                "size_bytes": 1000,
+                "latency_ms_sweep": 0.02,
+            },
+            {
+                "val_accuracy": 0.93,
+                "test_accuracy": 0.97,
+                "size_bytes": 500,
+                "latency_ms_sweep": 0.02,
+            },
+            {
+                "val_accuracy": 0.92,
+                "test_accuracy": 0.98,
+                "size_bytes": 600,
+                "latency_ms_sweep": 0.02,
+            },
         ]
     )
-    assert resolve_objectives({"accuracy": "max", "size_bytes": "min"}, table) == {
+    assert resolve_objectives({"val_accuracy": "max", "size_bytes": "min"}, table) == {
         "val_accuracy": "max",
         "size_bytes": "min",
     }
@@ -317,27 +353,24 @@ def test_front_is_chosen_on_validation_when_validation_and_test_disagree() -> No
     assert pareto_front(table, {"val_accuracy": "max", "size_bytes": "min"}).column(
         "trial_id"
     ).to_pylist() == ["t1", "t2"]
-    # the hypervolume too: reference keyed by the metric or by its validation column
-    ref = {"accuracy": 0.0, "size_bytes": 2000.0, "latency_ms": 1.0}
-    val_ref = {"val_accuracy": 0.0, "size_bytes": 2000.0, "latency_ms": 1.0}
+    # the hypervolume too
+    val_ref = {"val_accuracy": 0.0, "size_bytes": 2000.0, "latency_ms_sweep": 1.0}
     expected = (0.95 * 1000 + 0.93 * 500) * 0.98  # the staircase of t1, t2 x latency depth
-    assert hypervolume(table, reference=ref) == pytest.approx(expected)
     assert hypervolume(table, reference=val_ref) == pytest.approx(expected)
 
 
-def test_tables_without_validation_values_fall_back_to_the_metric() -> None:
+def test_tables_without_validation_values_never_fall_back_to_the_test_split() -> None:
     table = table_of(
         [
-            {"accuracy": 0.99, "size_bytes": 1000, "latency_ms": 0.02},
-            {"accuracy": 0.91, "size_bytes": 500, "latency_ms": 0.02},
+            {"test_accuracy": 0.99, "size_bytes": 1000, "latency_ms_sweep": 0.02},
+            {"test_accuracy": 0.91, "size_bytes": 500, "latency_ms_sweep": 0.02},
         ]
     )
-    assert list(resolve_objectives({"accuracy": "max"}, table)) == ["accuracy"]
-    assert pareto_front(table).column("trial_id").to_pylist() == ["t0", "t1"]
-    with pytest.raises(SqueezerayError, match="twice"):
-        resolve_objectives(
-            {"accuracy": "max", "val_accuracy": "max"}, table_of([{"val_accuracy": 1}])
-        )
+    assert resolve_objectives({"val_accuracy": "max"}, table) == {"val_accuracy": "max"}
+    with pytest.warns(UserWarning, match="2 of 2 ok rows have a missing or NaN objective"):
+        assert pareto_front(table).num_rows == 0
+    with pytest.raises(SqueezerayError, match="'test_accuracy' is the test split"):
+        pareto_front(table, {"test_accuracy": "max"})
 
 
 def test_front_view_shows_both_splits_and_the_final_latency() -> None:
@@ -349,12 +382,14 @@ def test_front_view_shows_both_splits_and_the_final_latency() -> None:
     base = {"size_bytes": 1000, "latency_ms_sweep": 0.02}
     table = table_of(
         [
-            {**base, "is_baseline": True, "val_accuracy": 0.97, "accuracy": 0.98,
-             "latency_ms": 0.03, "latency_cv": 0.01, "speedup": 1.0, "latency_rounds": 7},
-            {**base, "val_accuracy": 0.95, "accuracy": 0.91, "size_bytes": 300,
-             "latency_ms": 0.015, "latency_cv": 0.02, "speedup": 2.0, "latency_rounds": 7},
-            {**base, "val_accuracy": 0.90, "accuracy": 0.99, "size_bytes": 400,
-             "latency_ms": 0.02},  # best on test, dominated on validation
+            {**base, "is_baseline": True, "val_accuracy": 0.97, "test_accuracy": 0.98,
+             "latency_ms_sweep": 0.03, "latency_ms_final": 0.031, "latency_cv": 0.01,
+             "speedup": 1.0, "latency_rounds": 7},
+            {**base, "val_accuracy": 0.95, "test_accuracy": 0.91, "size_bytes": 300,
+             "latency_ms_sweep": 0.015, "latency_ms_final": 0.0155, "latency_cv": 0.02,
+             "speedup": 2.0, "latency_rounds": 7},
+            {**base, "val_accuracy": 0.90, "test_accuracy": 0.99, "size_bytes": 400,
+             "latency_ms_sweep": 0.02},  # best on test, dominated on validation
         ]
     )  # fmt: skip
     view = build_front(table)
@@ -367,7 +402,7 @@ def test_front_view_shows_both_splits_and_the_final_latency() -> None:
     console = Console(width=200, record=True)
     console.print(render_front(view))
     text = console.export_text()
-    for header in ("val acc", "test acc", "sweep ms", "lat ms", "lat cv", "speedup"):
+    for header in ("val acc", "test acc", "sweep ms", "final ms", "lat cv", "speedup"):
         assert header in text, header
     assert "front chosen on the validation split (val_accuracy)" in text
     assert "2.00×" in text and "2.0%" in text and "7 interleaved rounds" in text

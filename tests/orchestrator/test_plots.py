@@ -41,7 +41,7 @@ def test_png_without_baseline_and_with_two_objectives(table: pa.Table, tmp_path:
     import pyarrow.compute as pc
 
     trials = table.filter(pc.invert(table.column("is_baseline")))
-    path = plot_front(trials, {"accuracy": "max", "params_nonzero": "min"}, tmp_path / "a.png")
+    path = plot_front(trials, {"val_accuracy": "max", "params_nonzero": "min"}, tmp_path / "a.png")
     image = mpimg.imread(path)
     assert image.shape[1] < image.shape[0] * 2  # a single panel
 
@@ -58,11 +58,14 @@ def test_html_is_self_contained_and_carries_the_points(table: pa.Table, tmp_path
         assert f"\\u003cb\\u003e{trial}\\u003c\\u002fb\\u003e" in html
     assert "prune.method = " in html and "quantize.mode = " in html  # knobs in the hover
     assert "Pareto front" in html and "baseline (teacher)" in html
-    assert re.search(r"size \(KB, zstd\)", html) and "latency (ms, batch 1, one thread)" in html
+    assert (
+        re.search(r"size \(KB, zstd\)", html)
+        and "latency (ms, in-sweep, batch 1, one thread)" in html
+    )
 
 
 def test_other_extensions_are_refused(table: pa.Table, tmp_path: Path) -> None:
     with pytest.raises(SqueezerayError, match=r"unknown file type '.svg'; accepted: .png"):
         plot_front(table, None, tmp_path / "front.svg")
     with pytest.raises(SqueezerayError, match="two or more objectives"):
-        plot_front(table, {"accuracy": "max"}, tmp_path / "front.png")
+        plot_front(table, {"val_accuracy": "max"}, tmp_path / "front.png")

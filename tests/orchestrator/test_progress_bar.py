@@ -41,15 +41,15 @@ def test_progress_shows_the_task_metric_it_selects_on(tmp_path: Path) -> None:
         {"val_accuracy": 0.5, "custom_metrics": json.dumps({"val_f1_macro": 0.62})},
         {"val_accuracy": 0.7, "val_f1_macro": 0.55},  # a replayed trial's result
     ]
-    text = _bar(tmp_path, "{f1_macro: max, size_bytes: min}", "f1_macro", rows)
+    text = _bar(tmp_path, "{val_f1_macro: max, size_bytes: min}", "f1_macro", rows)
     assert "best val f1_macro 0.6200" in text and "accuracy" not in text
     # a metric to minimise keeps the smallest value
-    text = _bar(tmp_path, "{f1_macro: min}", "f1_macro", rows)
+    text = _bar(tmp_path, "{val_f1_macro: min}", "f1_macro", rows)
     assert "best val f1_macro 0.4100" in text
 
 
 def test_progress_defaults_to_validation_accuracy(tmp_path: Path) -> None:
     rows = [{"val_accuracy": 0.8}, {"val_accuracy": 0.6}]
-    assert "best val accuracy 0.8000" in _bar(tmp_path, "{accuracy: max}", None, rows)
+    assert "best val accuracy 0.8000" in _bar(tmp_path, "{val_accuracy: max}", None, rows)
     # no quality objective (size only): still the validation accuracy
     assert "best val accuracy 0.8000" in _bar(tmp_path, "{size_bytes: min}", None, rows)

@@ -146,7 +146,7 @@ def _log(sandbox: tuple[Path, str], name: str) -> str:
 def _trials(storage: Path) -> list[dict]:
     from orchestrator.store.results import load_results
 
-    rows = load_results(str(storage)).to_pylist()
+    rows = load_results(str(storage), sweep="all").to_pylist()
     return [r for r in rows if not r["is_baseline"]]
 
 

@@ -35,22 +35,28 @@ def memory_uri() -> str:
 
 def test_store_functions_on_an_fsspec_memory_filesystem(memory_uri: str) -> None:
     rows = [
-        result_row("night-1", "baseline", 0, accuracy=0.99, size_bytes=1000, latency_ms=0.05),
-        result_row("night-1", "t1", 1, accuracy=0.97, size_bytes=200, latency_ms=0.04),
-        result_row("night-2", "baseline", 1440, accuracy=0.99, size_bytes=1000, latency_ms=0.05),
-        result_row("night-2", "t1", 1441, accuracy=0.98, size_bytes=150, latency_ms=0.03),
+        result_row(
+            "night-1", "baseline", 0, test_accuracy=0.99, size_bytes=1000, latency_ms_sweep=0.05
+        ),
+        result_row("night-1", "t1", 1, test_accuracy=0.97, size_bytes=200, latency_ms_sweep=0.04),
+        result_row(
+            "night-2", "baseline", 1440, test_accuracy=0.99, size_bytes=1000, latency_ms_sweep=0.05
+        ),
+        result_row(
+            "night-2", "t1", 1441, test_accuracy=0.98, size_bytes=150, latency_ms_sweep=0.03
+        ),
     ]
     append_results(memory_uri, rows[:2])
     append_results(memory_uri, rows[2:])
     # A resumed sweep re-reports a trial: the later row wins.
     append_results(
-        memory_uri, [{**rows[3], "accuracy": 0.985, "finished_at": T0 + timedelta(days=2)}]
+        memory_uri, [{**rows[3], "test_accuracy": 0.985, "finished_at": T0 + timedelta(days=2)}]
     )
-    table = load_results(memory_uri)
+    table = load_results(memory_uri, sweep="all")
     assert table.num_rows == 4
     latest = load_results(memory_uri, sweep="latest").to_pylist()
     assert {r["sweep_id"] for r in latest} == {"night-2"}
-    assert [r["accuracy"] for r in latest if r["trial_id"] == "t1"] == [0.985]
+    assert [r["test_accuracy"] for r in latest if r["trial_id"] == "t1"] == [0.985]
 
     append_stage_rows(
         memory_uri,
@@ -60,7 +66,7 @@ def test_store_functions_on_an_fsspec_memory_filesystem(memory_uri: str) -> None
         ],
     )
     assert [r["stage"] for r in load_stages(memory_uri, sweep="night-1").to_pylist()] == ["teacher"]
-    assert load_stages(memory_uri).num_rows == 2
+    assert load_stages(memory_uri, sweep="all").num_rows == 2
 
     listing = list_sweeps(memory_uri).to_pylist()
     assert [r["sweep_id"] for r in listing] == ["night-1", "night-2"]
@@ -72,7 +78,7 @@ def test_store_functions_on_an_fsspec_memory_filesystem(memory_uri: str) -> None
     report = build_report(
         table,
         "night-2",
-        objectives={"accuracy": "max", "size_bytes": "min"},
+        objectives={"val_accuracy": "max", "size_bytes": "min"},
         thresholds=Thresholds(),
     )
     md_path, html_path = write_report(report, store=store)
@@ -83,14 +89,14 @@ def test_store_functions_on_an_fsspec_memory_filesystem(memory_uri: str) -> None
 
 def test_memory_filesystem_is_per_process(memory_uri: str) -> None:
     """Why a real sweep cannot use memory://: another process sees an empty filesystem."""
-    append_results(memory_uri, [result_row("s", "t1", 0, accuracy=0.9)])
-    assert load_results(memory_uri).num_rows == 1
+    append_results(memory_uri, [result_row("s", "t1", 0, test_accuracy=0.9)])
+    assert load_results(memory_uri, sweep="all").num_rows == 1
     code = (
         "import sys\n"
         "from orchestrator.store.results import load_results\n"
         "from stages.errors import SqueezerayError\n"
         "try:\n"
-        "    load_results(sys.argv[1])\n"
+        "    load_results(sys.argv[1], sweep='all')\n"
         "except SqueezerayError as exc:\n"
         "    print('empty:', exc)\n"
     )
@@ -124,7 +130,7 @@ def test_full_sweep_under_a_file_uri(tmp_path: Path) -> None:
     assert (root / "sweeps" / f"{sweep_id}.json").is_file()
     assert (root / "tune" / sweep_id).is_dir()
     # The URI and the plain path read the same rows.
-    by_uri = load_results(uri).sort_by("trial_id")
-    by_path = load_results(str(root)).sort_by("trial_id")
+    by_uri = load_results(uri, sweep="all").sort_by("trial_id")
+    by_path = load_results(str(root), sweep="all").sort_by("trial_id")
     assert by_uri.equals(by_path) and by_uri.num_rows == 3
-    assert [r["stage"] for r in load_stages(uri).to_pylist()].count("teacher") == 1
+    assert [r["stage"] for r in load_stages(uri, sweep="all").to_pylist()].count("teacher") == 1

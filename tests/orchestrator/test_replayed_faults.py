@@ -53,7 +53,7 @@ def test_every_accepted_sweep_id_reads_back_unchanged_through_pandas_and_duckdb(
     for sweep_id in CANDIDATE_IDS:
         storage = tmp_path / f"s{len(accepted)}-{abs(hash(sweep_id))}"
         try:
-            append_results(storage, [result_row(sweep_id, "t1", accuracy=0.5)])
+            append_results(storage, [result_row(sweep_id, "t1", test_accuracy=0.5)])
         except SqueezerayError:
             continue
         accepted.append(sweep_id)
@@ -65,7 +65,7 @@ def test_every_accepted_sweep_id_reads_back_unchanged_through_pandas_and_duckdb(
             f"SELECT sweep_id FROM read_parquet('{glob}', hive_partitioning = true)"
         ).fetchall()
         assert read == [(sweep_id,)], (sweep_id, read)
-        assert load_results(storage).column("sweep_id").to_pylist() == [sweep_id]
+        assert load_results(storage, sweep="all").column("sweep_id").to_pylist() == [sweep_id]
     # The refusal is narrow: ids with a word in them stay usable.
     assert {"run-007", "007a", "nightly-20250101", "20250101-120000-1234", "v1"} <= set(accepted)
     assert not {"007", "20250101", "2025-01-01", "0x1f", "epoch", "inf"} & set(accepted)
@@ -88,8 +88,8 @@ def test_warm_start_constraint_values_come_from_the_stored_rows() -> None:
     space = load_space("tiny").with_overrides(algorithm="optuna")
     space = dataclasses.replace(space, constraints=(Constraint("params_nonzero", "<=", 100.0),))
     # Rows of the space's task (rows of another task are not warm starts), equal scores.
-    same: dict[str, Any] = {"task": "blobs", "accuracy": 0.97, "val_accuracy": 0.96}
-    same.update(size_bytes=4000, latency_ms=0.05)
+    same: dict[str, Any] = {"task": "blobs", "test_accuracy": 0.97, "val_accuracy": 0.96}
+    same.update(size_bytes=4000, latency_ms_sweep=0.05)
 
     def knobs(ratio: float, mode: str) -> str:
         return json.dumps({"prune.ratio": ratio, "quantize.mode": mode})
@@ -240,7 +240,7 @@ def test_early_stopped_rows_keep_their_knobs_stages_and_score(tmp_path: Path) ->
         assert row["last_val_accuracy"] is not None and 0 <= row["last_val_accuracy"] <= 1
     for row in stopped:
         assert 1 <= len(row["stage_keys"]) < 5  # the stages done before it was stopped
-        assert row["accuracy"] is None
+        assert row["test_accuracy"] is None
     s = outcome.summary
     assert s.trials_stopped == len(stopped) and s.trials_ok + s.trials_stopped == 8
     assert s.stage_requests == sum(len(r["stage_keys"]) for r in trials)
@@ -351,7 +351,7 @@ def test_failed_trials_keep_whole_messages_and_tracebacks_and_the_cli_exits_non_
     assert "most common error: stage distill: RuntimeError: Error(s) in loading state_dict" in (
         result.output
     )
-    table = load_results(storage)
+    table = load_results(storage, sweep="all")
     trials = _trial_rows(table)
     assert len(trials) == 2
     for row in trials:
@@ -441,7 +441,7 @@ def test_baseline_failure_and_recomputed_checkpoints_are_said_at_the_end(tmp_pat
     storage = tmp_path / "runs"
     first = CliRunner().invoke(app, ["sweep", str(space), "--storage", str(storage)])
     assert first.exit_code == 0, first.output
-    keys = {r["stage"]: r["stage_key"] for r in load_stages(storage).to_pylist()}
+    keys = {r["stage"]: r["stage_key"] for r in load_stages(storage, sweep="all").to_pylist()}
 
     distill = storage / CACHE_DIR / checkpoint_path(keys["distill"])[0]
     distill.write_bytes(distill.read_bytes()[:200])
@@ -545,7 +545,7 @@ def test_sweep_on_an_s3_compatible_store_addressed_by_a_uri_with_a_query_string(
     listing = CliRunner().invoke(app, ["sweeps", "--storage", uri])
     assert listing.exit_code == 0 and "s3-sweep" in listing.output, listing.output
     report = build_report(
-        table, "s3-sweep", objectives={"accuracy": "max"}, thresholds=Thresholds(), storage=uri
+        table, "s3-sweep", objectives={"val_accuracy": "max"}, thresholds=Thresholds(), storage=uri
     )
     md, html = write_report(report, store=store)
     assert (
@@ -579,7 +579,7 @@ def test_a_crashed_coordinator_gets_a_row_with_its_knobs_error_and_log(tmp_path:
     pipeline = ("teacher", "distill")
     plan = SweepPlan(
         sweep_id="crash-1", task="blobs", pipeline=pipeline, defaults=stage_defaults(pipeline),
-        fixed={}, code_version="v", storage=str(tmp_path), objectives=(("accuracy", "max"),),
+        fixed={}, code_version="v", storage=str(tmp_path), objectives=(("val_accuracy", "max"),),
     )  # fmt: skip
     error_file = tmp_path / "error.txt"
     error_file.write_text(
@@ -595,7 +595,7 @@ def test_a_crashed_coordinator_gets_a_row_with_its_knobs_error_and_log(tmp_path:
         error_file=str(error_file),
     )  # fmt: skip
     writer.on_trial_error(0, [], trial)
-    (row,) = load_results(tmp_path).to_pylist()
+    (row,) = load_results(tmp_path, sweep="all").to_pylist()
     assert row["status"] == "error"
     assert row["error"] == (
         "trial coordinator: ray.exceptions.ActorDiedError: The actor died unexpectedly before "

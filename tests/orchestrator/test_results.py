@@ -41,11 +41,11 @@ def test_layout_is_hive_partitioned_and_files_are_complete(storage: Path) -> Non
     for f in (storage / "results").rglob("*.parquet"):
         schema = pq.read_schema(f)
         assert "sweep_id" not in schema.names  # carried by the directory name
-        assert schema.field("accuracy").type == pa.float64()
+        assert schema.field("test_accuracy").type == pa.float64()
 
 
 def test_load_all_latest_and_one(storage: Path) -> None:
-    everything = load_results(storage)
+    everything = load_results(storage, sweep="all")
     assert everything.schema.names == RESULTS_SCHEMA.names
     assert everything.num_rows == 50
     assert set(everything.column("sweep_id").to_pylist()) == {"a-1", "b-2"}
@@ -69,7 +69,7 @@ def test_unknown_sweep_lists_the_known_ones(storage: Path) -> None:
 
 def test_missing_storage_says_how_to_create_it(tmp_path: Path) -> None:
     with pytest.raises(SqueezerayError, match=r"no results at .*squeezeray sweep --storage"):
-        load_results(tmp_path / "nothing-here")
+        load_results(tmp_path / "nothing-here", sweep="all")
 
 
 def test_rewritten_trial_keeps_the_latest_finished_row(tmp_path: Path) -> None:
@@ -81,19 +81,21 @@ def test_rewritten_trial_keeps_the_latest_finished_row(tmp_path: Path) -> None:
         error="second run",
         finished_at=rows[1]["finished_at"] + timedelta(minutes=5),
     )
-    older = dict(rows[2], accuracy=0.1, finished_at=rows[2]["finished_at"] - timedelta(minutes=5))
+    older = dict(
+        rows[2], test_accuracy=0.1, finished_at=rows[2]["finished_at"] - timedelta(minutes=5)
+    )
     append_results(tmp_path, [again, older])
-    table = load_results(tmp_path)
+    table = load_results(tmp_path, sweep="all")
     assert table.num_rows == 4
     by_trial = {r["trial_id"]: r for r in table.to_pylist()}
     assert by_trial["t000"]["error"] == "second run"
-    assert by_trial["t001"]["accuracy"] == rows[2]["accuracy"]  # the older copy lost
+    assert by_trial["t001"]["test_accuracy"] == rows[2]["test_accuracy"]  # the older copy lost
 
 
 def test_keep_last_per_trial_breaks_time_ties_by_read_order() -> None:
     rows = make_rows("s", n=1, failures=0)
-    table = pa.Table.from_pylist([rows[1], dict(rows[1], accuracy=0.5)], schema=RESULTS_SCHEMA)
-    assert keep_last_per_trial(table).column("accuracy").to_pylist() == [0.5]
+    table = pa.Table.from_pylist([rows[1], dict(rows[1], test_accuracy=0.5)], schema=RESULTS_SCHEMA)
+    assert keep_last_per_trial(table).column("test_accuracy").to_pylist() == [0.5]
 
 
 def test_unknown_key_and_missing_required_value_are_errors(tmp_path: Path) -> None:
@@ -113,8 +115,8 @@ def test_missing_columns_are_null(tmp_path: Path) -> None:
     append_results(
         tmp_path, [{"sweep_id": "s", "trial_id": "t", "status": "error", "is_baseline": False}]
     )
-    row = load_results(tmp_path).to_pylist()[0]
-    assert row["accuracy"] is None and row["stage_keys"] is None and row["sweep_id"] == "s"
+    row = load_results(tmp_path, sweep="all").to_pylist()[0]
+    assert row["test_accuracy"] is None and row["stage_keys"] is None and row["sweep_id"] == "s"
 
 
 def test_two_writers_never_clash(tmp_path: Path) -> None:
@@ -123,7 +125,7 @@ def test_two_writers_never_clash(tmp_path: Path) -> None:
         append_results(tmp_path, make_rows("s", n=2, seed=i, failures=0)[1:])
     assert len(list((tmp_path / "results" / "sweep_id=s").glob("*.parquet"))) == 5
     # same trial ids from each seed -> dedup keeps 2 trials
-    assert load_results(tmp_path).num_rows == 2
+    assert load_results(tmp_path, sweep="all").num_rows == 2
 
 
 def test_forked_child_gets_its_own_file_names(tmp_path: Path) -> None:
@@ -150,7 +152,7 @@ def test_partial_and_hidden_files_are_ignored(storage: Path) -> None:
 
 def test_odd_sweep_ids_round_trip(tmp_path: Path) -> None:
     append_results(tmp_path, make_rows("my sweep/ä", n=1))
-    assert load_results(tmp_path).column("sweep_id").to_pylist()[0] == "my sweep/ä"
+    assert load_results(tmp_path, sweep="all").column("sweep_id").to_pylist()[0] == "my sweep/ä"
 
 
 def test_pandas_pyarrow_dataset_and_duckdb_read_it_unchanged(storage: Path) -> None:
@@ -163,11 +165,11 @@ def test_pandas_pyarrow_dataset_and_duckdb_read_it_unchanged(storage: Path) -> N
     assert ds.dataset(storage / "results", partitioning="hive").count_rows() == 50
     glob = (storage / "results" / "*" / "*.parquet").as_posix()
     rows = duckdb.sql(
-        f"SELECT sweep_id, count(*), max(accuracy) FROM read_parquet('{glob}', "
+        f"SELECT sweep_id, count(*), max(test_accuracy) FROM read_parquet('{glob}', "
         "hive_partitioning = true) WHERE NOT is_baseline GROUP BY sweep_id ORDER BY sweep_id"
     ).fetchall()
     assert [(r[0], r[1]) for r in rows] == [("a-1", 24), ("b-2", 24)]
-    expected = frame[~frame["is_baseline"] & (frame["sweep_id"] == "a-1")]["accuracy"].max()
+    expected = frame[~frame["is_baseline"] & (frame["sweep_id"] == "a-1")]["test_accuracy"].max()
     assert rows[0][2] == pytest.approx(expected)
 
 
@@ -177,7 +179,7 @@ def test_memory_uri_storage() -> None:
     fs, root = resolve_storage(uri)
     assert fs.type_name.startswith("py")  # fsspec wrapped for pyarrow
     assert root.endswith("runs")
-    assert load_results(uri).num_rows == 4
+    assert load_results(uri, sweep="all").num_rows == 4
 
 
 def test_file_uri_is_the_local_path(storage: Path) -> None:
@@ -195,7 +197,7 @@ def test_stage_rows_round_trip(tmp_path: Path) -> None:
         "finished_at": T0,
     }
     append_stage_rows(tmp_path, [stage, dict(stage, stage_key="k2", sweep_id=None)])
-    table = load_stages(tmp_path)
+    table = load_stages(tmp_path, sweep="all")
     assert sorted(
         zip(
             table.column("stage_key").to_pylist(), table.column("sweep_id").to_pylist(), strict=True

@@ -139,7 +139,7 @@ def cleanup() -> Iterator[list[int]]:
 
 def _trial_rows(storage: Path) -> list[dict[str, Any]]:
     try:
-        table = load_results(str(storage))
+        table = load_results(str(storage), sweep="all")
     except SqueezerayError:
         return []
     return [r for r in table.to_pylist() if not r["is_baseline"]]
@@ -201,7 +201,7 @@ def test_sigkilled_driver_resumes_with_every_trial_once(tmp_path: Path, cleanup:
     run.proc.kill()  # SIGKILL: no handler runs, nothing is flushed
     assert run.wait(timeout=30) == -signal.SIGKILL
     before = {r["trial_id"]: r for r in _trial_rows(storage)}
-    stages_before = set(load_stages(str(storage)).column("stage_key").to_pylist())
+    stages_before = set(load_stages(str(storage), sweep="all").column("stage_key").to_pylist())
     assert len(before) >= 2 and stages_before
 
     # Ray's head processes share the driver's fate; workers and agents follow within seconds.
@@ -229,7 +229,7 @@ def test_sigkilled_driver_resumes_with_every_trial_once(tmp_path: Path, cleanup:
         assert after[trial_id]["wall_s"] == row["wall_s"]
     # Finished stages were loaded from their checkpoints, not run again: no stage key has a
     # second row, and the resumed sweep computed only stages it did not have.
-    stage_keys = load_stages(str(storage)).column("stage_key").to_pylist()
+    stage_keys = load_stages(str(storage), sweep="all").column("stage_key").to_pylist()
     assert len(stage_keys) == len(set(stage_keys))
     assert read_manifest(open_storage(storage), sweep_id)["status"] == "finished"
     summary_line = " ".join(resume.output.split())
@@ -376,7 +376,7 @@ def _plan(storage: Path) -> Any:
     pipeline = ("teacher", "distill")
     return SweepPlan(
         sweep_id="s", task="blobs", pipeline=pipeline, defaults=stage_defaults(pipeline),
-        fixed={}, code_version="v", storage=str(storage), objectives=(("accuracy", "max"),),
+        fixed={}, code_version="v", storage=str(storage), objectives=(("val_accuracy", "max"),),
     )  # fmt: skip
 
 
@@ -395,7 +395,7 @@ def test_resumed_trial_with_a_stored_row_reports_it_instead_of_running(
     plan = _plan(tmp_path)
     config = {"distill.temperature": 2.0}
     keys = [r.key for r in plan.requests(config, trial_id="t1")]
-    stored = {"status": "ok", "stage_keys": keys, "accuracy": 0.9}
+    stored = {"status": "ok", "stage_keys": keys, "val_accuracy": 0.9}
     # cache=None: running the pipeline would fail, so a replayed trial must not touch it.
     trial_function(config, plan=plan, cache=None, replay={"t1": stored})
     assert reports == [{**stored, "final": True, "replayed": True}]
@@ -424,8 +424,10 @@ def test_results_writer_does_not_write_a_replayed_trial_twice(tmp_path: Path) ->
     writer.on_trial_complete(0, [], trial("old", {"final": True, "replayed": True, "status": "ok"}))
     assert not (tmp_path / "results").exists()
     assert events[-1][1]["counts"]["ok"] == 1  # counted once, in `done`
-    writer.on_trial_complete(0, [], trial("new", {"final": True, "status": "ok", "accuracy": 0.5}))
-    rows = load_results(str(tmp_path)).to_pylist()
+    writer.on_trial_complete(
+        0, [], trial("new", {"final": True, "status": "ok", "val_accuracy": 0.5})
+    )
+    rows = load_results(str(tmp_path), sweep="all").to_pylist()
     assert [r["trial_id"] for r in rows] == ["new"]
     assert events[-1][1]["counts"]["ok"] == 2
 

@@ -37,7 +37,7 @@ def test_a_finished_trials_row_is_never_replaced_by_another_runs_row(tmp_path: P
     from orchestrator.store.results import append_results
     from tests.rows import result_row
 
-    stored = result_row("s", "t1", 0, accuracy=0.91, status="ok")
+    stored = result_row("s", "t1", 0, test_accuracy=0.91, status="ok")
     append_results(str(tmp_path), [stored])
     writer = ResultsWriter(
         storage=str(tmp_path), sweep_id="s", sweep_name="s", task="digits", code_version="v",
@@ -45,12 +45,16 @@ def test_a_finished_trials_row_is_never_replaced_by_another_runs_row(tmp_path: P
         final=frozenset({"t1"}),
     )  # fmt: skip
     # Another run comes to trial id t1 again (not a replay of its row): its row is refused.
-    writer.on_trial_complete(0, [], _trial("t1", {"final": True, "status": "ok", "accuracy": 0.1}))
+    writer.on_trial_complete(
+        0, [], _trial("t1", {"final": True, "status": "ok", "test_accuracy": 0.1})
+    )
     writer.on_trial_error(0, [], _trial("t1", {}))
-    writer.on_trial_complete(0, [], _trial("t2", {"final": True, "status": "ok", "accuracy": 0.5}))
+    writer.on_trial_complete(
+        0, [], _trial("t2", {"final": True, "status": "ok", "test_accuracy": 0.5})
+    )
     rows = {r["trial_id"]: r for r in load_results(str(tmp_path)).to_pylist()}
     assert set(rows) == {"t1", "t2"}
-    assert rows["t1"]["accuracy"] == pytest.approx(0.91)
+    assert rows["t1"]["test_accuracy"] == pytest.approx(0.91)
     assert rows["t1"]["finished_at"] == stored["finished_at"]
     assert writer.kept == ["t1"] and writer.counts["ok"] == 2
 

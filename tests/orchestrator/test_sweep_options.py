@@ -68,7 +68,7 @@ def test_gpu_trials_constraints_and_asha(tmp_path: Path) -> None:
         "search: {algorithm: random, trials: 4, seed: 0}",
         "search: {algorithm: random, trials: 4, seed: 0, scheduler: asha}",
     )
-    text += '\nconstraints: {accuracy: ">= 1.5"}\n'
+    text += '\nconstraints: {val_accuracy: ">= 1.5"}\n'
     space_file.write_text(text)
     outcome = execute_sweep(
         prepare_sweep(str(space_file), storage=tmp_path / "r", gpus_per_trial=0.5)
@@ -117,7 +117,8 @@ def test_optuna_learns_constraint_values_and_its_state_can_be_saved(tmp_path: Pa
 
     space = load_space("tiny").with_overrides(algorithm="optuna")
     space = dataclasses.replace(
-        space, constraints=(Constraint("accuracy", ">=", 0.95), Constraint("size_bytes", "<", 4e3))
+        space,
+        constraints=(Constraint("val_accuracy", ">=", 0.95), Constraint("size_bytes", "<", 4e3)),
     )
     alg, _, _ = make_search(space, constraints=space.search_constraints())
     searcher = alg.searcher
@@ -127,10 +128,10 @@ def test_optuna_learns_constraint_values_and_its_state_can_be_saved(tmp_path: Pa
         "status": "ok",
         "final": True,
         "val_accuracy": 0.9,
-        "accuracy": 0.99,  # the test split: never what the search sees
+        "test_accuracy": 0.99,  # the test split: never what the search sees
         "size_bytes": 3000,
-        "latency_ms_sweep": 0.02,  # the in-sweep latency: what the search sees for latency_ms
-        "latency_ms": 0.02,
+        "latency_ms_sweep": 0.02,  # the in-sweep latency: what the search sees
+        "latency_ms_final": 0.5,  # measured after the search: never what it sees
     }
     searcher.on_trial_complete("t1", result=result)
     (trial,) = searcher._ot_study.trials
@@ -152,7 +153,7 @@ def test_optuna_is_told_fail_for_trials_without_final_objectives() -> None:
     from orchestrator.engine.search import make_search
 
     space = load_space("tiny").with_overrides(algorithm="optuna")
-    alg, _, _ = make_search(space, constraints=(("accuracy", ">=", 0.95),))
+    alg, _, _ = make_search(space, constraints=(("val_accuracy", ">=", 0.95),))
     searcher = alg.searcher
     searcher.set_search_properties(None, None, {})
     searcher.suggest("stopped")
@@ -161,9 +162,9 @@ def test_optuna_is_told_fail_for_trials_without_final_objectives() -> None:
     nan = {
         "status": "ok",
         "final": True,
-        "accuracy": float("nan"),
+        "val_accuracy": float("nan"),
         "size_bytes": 1,
-        "latency_ms": 1,
+        "latency_ms_sweep": 1,
     }
     searcher.on_trial_complete("nan", result=nan)
     states = [t.state for t in searcher._ot_study.trials]
@@ -181,7 +182,7 @@ def test_optuna_sweep_with_constraints_runs_to_the_end(tmp_path: Path) -> None:
         # one at a time: trials 5 and 6 are suggested after 4 results, so the GP is fitted
         "search: {algorithm: optuna, sampler: gp, trials: 6, seed: 0, max_concurrent: 1}",
     )
-    space_file.write_text(text + '\nconstraints: {accuracy: ">= 0.5"}\n')
+    space_file.write_text(text + '\nconstraints: {val_accuracy: ">= 0.5"}\n')
     outcome = execute_sweep(prepare_sweep(str(space_file), storage=tmp_path / "r"))
     trials = [r for r in outcome.table.to_pylist() if not r["is_baseline"]]
     assert len(trials) == 6 and all(r["status"] == "ok" for r in trials)

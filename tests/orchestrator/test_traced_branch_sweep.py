@@ -76,4 +76,4 @@ def test_traced_runtimes_of_a_branching_model_are_error_rows(
         assert row["error"].startswith("stage export: "), row["error"]
         assert "Python boolean" in row["error"] and "if x[:, 0].mean() > 0:" in row["error"]
         assert "torch.where" in row["error"] and "export.runtime: eager" in row["error"]
-        assert row["accuracy"] is None
+        assert row["test_accuracy"] is None

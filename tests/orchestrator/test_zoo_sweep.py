@@ -22,7 +22,7 @@ def zoo_space(model: str, *, epochs: int = 2) -> dict[str, object]:
         "name": f"zoo-{model}",
         "task": f"tests.zoo:{model}",
         "pipeline": ["teacher", "distill", "prune", "finetune", "lora", "quantize", "export"],
-        "objectives": {"accuracy": "max", "size_bytes": "min", "latency_ms": "min"},
+        "objectives": {"val_accuracy": "max", "size_bytes": "min", "latency_ms_sweep": "min"},
         "params": {
             "prune.method": {"choice": METHODS},
             "quantize.mode": {"choice": MODES},
