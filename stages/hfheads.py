@@ -12,9 +12,11 @@ a model `from_pretrained` can build:
   `round(fraction * heads)` whole heads per layer (at least one head kept; torch-pruning's
   `prune_num_heads`, head importance = mean L2 magnitude of the head's weights), and the
   hidden width shrinks to `heads kept * head size` so the config's head size stays exact; the
-  FFN keeps `int(width * (1 - fraction))` (at least 1). Attention whose heads torch-pruning
-  cannot map (GPT-2's fused `c_attn`, grouped-query attention) keeps its heads and the hidden
-  width; only the FFN width is pruned there (`n_inner`).
+  FFN keeps `int(width * (1 - fraction))` (at least 1). GPT-2's fused attention (`c_attn`
+  -> split -> `c_proj`), whose heads torch-pruning 1.6 cannot map, loses the same whole heads
+  through `slice_heads`/`remove_heads` (history entries `<attention>:heads`, replayed by
+  `stages.surgery.replay`). Other fused or grouped-query attention keeps its heads and the
+  hidden width; only the FFN width is pruned there.
 - `sync_config(model)`: after pruning, and after `stages.surgery.replay` on a rebuilt model,
   sets each attention module's head count (`num_attention_heads`/`n_heads`, `all_head_size`,
   `dim`) and a copy of `config` (hidden size, heads, FFN width) from the new weight shapes.
@@ -59,6 +61,8 @@ HEAD_SIZE_ATTRS = ("attention_head_size", "head_dim", "head_size")
 FFN_KEYS = ("intermediate_size", "hidden_dim", "n_inner", "ffn_dim")
 # the FFN's first Linear in a layer, by its name's tail
 FFN_LAYERS = ("intermediate.dense", "ffn.lin1", "mlp.c_fc", "mlp.fc1", "fc1")
+# a pruning-history entry whose module name ends so removes whole heads (`remove_heads`)
+HEADS_SUFFIX = ":heads"
 
 
 def pretrained_models(model: nn.Module) -> list[tuple[str, nn.Module]]:
@@ -85,7 +89,8 @@ class Attention:
     projections: tuple[nn.Linear, ...]  # (q, k, v), or (fused,) when `fused`
     heads: int
     head_size: int
-    fused: bool  # heads cannot be pruned (fused qkv, or q/k/v of different widths)
+    fused: bool  # torch-pruning cannot prune its heads (fused qkv, q/k/v of different widths)
+    sliced: bool = False  # fused like GPT-2 (c_attn -> split -> c_proj): `remove_heads` does it
 
 
 def attentions(pm: nn.Module) -> list[Attention]:
@@ -107,8 +112,97 @@ def attentions(pm: nn.Module) -> list[Attention]:
             fused = True  # not laid out as heads x head size: leave its heads alone
         if not fused:  # the weights' head count (the attribute may predate a pruning)
             heads = q.out_features // size
-        found.append(Attention(name, module, projections, heads, size, fused))
+        sliced = fused and _sliceable(module, q, size)
+        if sliced:
+            heads = q.out_features // (3 * size)
+        found.append(Attention(name, module, projections, heads, size, fused, sliced))
     return found
+
+
+def _sliceable(module: nn.Module, fused: nn.Linear, size: int) -> bool:
+    """GPT-2's layout: `c_attn` (E -> 3 x heads x size, q|k|v), split at `split_size`, then
+    `c_proj` (heads x size -> E)."""
+    proj = getattr(module, "c_proj", None)
+    width = fused.out_features // 3
+    return (
+        getattr(module, "c_attn", None) is fused
+        and is_linear(proj)
+        and size > 0
+        and fused.out_features % (3 * size) == 0
+        and getattr(module, "split_size", None) in (width, fused.in_features)
+        and proj.in_features == width
+    )
+
+
+@torch.no_grad()
+def remove_heads(attention: nn.Module, heads: list[int]) -> None:
+    """Remove whole heads from a GPT-2-style fused attention (in place): their query, key and
+    value rows of `c_attn` and their input columns of `c_proj`; `split_size` and the head count
+    follow. Heads are numbered 0..n-1 in the current layout."""
+    c_attn, c_proj = attention.c_attn, attention.c_proj
+    assert is_linear(c_attn) and is_linear(c_proj)
+    size = int(next(getattr(attention, a) for a in HEAD_SIZE_ATTRS if hasattr(attention, a)))
+    width = c_attn.out_features // 3
+    gone = set(heads)
+    cols = [h * size + j for h in range(width // size) if h not in gone for j in range(size)]
+    rows = [part * width + c for part in range(3) for c in cols]
+    _keep_rows(c_attn, rows)
+    c_proj.weight = nn.Parameter(
+        c_proj.weight[:, cols].clone(), requires_grad=c_proj.weight.requires_grad
+    )
+    c_proj.in_features = len(cols)
+    setattr(attention, "split_size", len(cols))  # noqa: B010
+    for attr in HEADS_ATTRS:
+        if hasattr(attention, attr):
+            setattr(attention, attr, len(cols) // size)
+
+
+def _keep_rows(layer: nn.Linear, rows: list[int]) -> None:
+    weight = layer.weight
+    layer.weight = nn.Parameter(weight[rows].clone(), requires_grad=weight.requires_grad)
+    if layer.bias is not None:
+        bias = layer.bias
+        layer.bias = nn.Parameter(bias[rows].clone(), requires_grad=bias.requires_grad)
+    layer.out_features = len(rows)
+
+
+def _head_scores(a: Attention) -> list[float]:
+    """Per head: squared L2 norm of its q, k and v rows of c_attn and its c_proj columns."""
+    c_attn, c_proj = a.projections[0], a.module.c_proj
+    assert is_linear(c_proj)
+    width, size = c_attn.out_features // 3, a.head_size
+    w, p = c_attn.weight.detach(), c_proj.weight.detach()
+    return [
+        sum(
+            float(w[k * width + h * size : k * width + (h + 1) * size].pow(2).sum())
+            for k in range(3)
+        )
+        + float(p[:, h * size : (h + 1) * size].pow(2).sum())
+        for h in range(a.heads)
+    ]
+
+
+def slice_heads(model: nn.Module, keep: dict[str, int]) -> list[list[Any]]:
+    """Remove the least important heads of every GPT-2-style fused attention of `model` so
+    that `keep[Hugging Face model name]` heads remain in each (in place).
+
+    Returns pruning-history entries `[attention name + HEADS_SUFFIX, False, [head indices]]`,
+    which `stages.surgery.replay` applies with `remove_heads`. Importance: the squared L2 norm
+    of a head's q, k and v rows and its c_proj columns (torch-pruning's group magnitude, per
+    head); torch-pruning 1.6 itself maps c_proj's inputs to c_attn's query rows, not its value
+    rows, so it cannot do this.
+    """
+    entries: list[list[Any]] = []
+    for prefix, pm in pretrained_models(model):
+        for a in attentions(pm):
+            if not a.sliced or prefix not in keep or a.heads <= keep[prefix]:
+                continue
+            score = _head_scores(a)
+            gone = sorted(sorted(range(a.heads), key=lambda h: score[h])[: a.heads - keep[prefix]])
+            remove_heads(a.module, gone)
+            name = ".".join(n for n in (prefix, a.name) if n)
+            entries.append([name + HEADS_SUFFIX, False, gone])
+    return entries
 
 
 def _projections(module: nn.Module) -> tuple[nn.Linear, ...] | None:
@@ -154,7 +248,8 @@ class Plan:
     ratios: dict[nn.Module, float]  # per Linear/Conv: MetaPruner pruning_ratio_dict entries
     num_heads: dict[nn.Module, int]  # q/k/v Linear -> its attention's current head count
     head_ratios: dict[nn.Module, float]  # q/k/v Linear -> fraction of current heads to remove
-    ignored: list[nn.Module]  # fused/GQA projections: their outputs stay
+    ignored: list[nn.Module]  # fused/GQA projections: torch-pruning leaves their outputs
+    keep_heads: dict[str, int]  # Hugging Face model name -> heads each attention keeps
 
 
 def plan(model: nn.Module, fraction: float, *, original: dict[str, dict[str, int]]) -> Plan:
@@ -168,8 +263,10 @@ def plan(model: nn.Module, fraction: float, *, original: dict[str, dict[str, int
     num_heads: dict[nn.Module, int] = {}
     head_ratios: dict[nn.Module, float] = {}
     ignored: list[nn.Module] = []
+    keep_heads: dict[str, int] = {}
     for name, pm in pretrained_models(model):
         target = _target_config(pm, fraction, original[name])
+        keep_heads[name] = int(target.num_attention_heads)
         with torch.device("meta"):
             shaped = type(pm)(target)
         linear_form(shaped)
@@ -195,7 +292,7 @@ def plan(model: nn.Module, fraction: float, *, original: dict[str, dict[str, int
             now, want = _out_width(layer), _out_width(shaped_layer)
             # n * (1 - r) = want + 0.5: MetaPruner keeps int(n * (1 - r)) = want exactly
             ratios[layer] = (now - want - 0.5) / now if want < now else 0.0
-    return Plan(ratios, num_heads, head_ratios, ignored)
+    return Plan(ratios, num_heads, head_ratios, ignored, keep_heads)
 
 
 def _out_width(layer: nn.Module) -> int:
@@ -216,7 +313,11 @@ def sizes(model: nn.Module) -> dict[str, dict[str, int]]:
         heads = int(_config_get(config, "num_attention_heads") or 0)
         hidden = int(_config_get(config, "hidden_size") or 0)
         head_size = attn[0].head_size if attn else 0
-        prunable = bool(attn) and not any(a.fused for a in attn) and hidden == heads * head_size
+        prunable = (
+            bool(attn)
+            and all(a.sliced or not a.fused for a in attn)
+            and hidden == heads * head_size
+        )
         out[name] = {
             "hidden": hidden,
             "heads": heads,
@@ -251,9 +352,12 @@ def sync_config(model: nn.Module) -> None:
     """
     for _, pm in pretrained_models(model):
         changes: dict[str, int] = {}
-        attn = [a for a in attentions(pm) if not a.fused]
+        attn = [a for a in attentions(pm) if a.sliced or not a.fused]
         for a in attn:
             q, heads = a.projections[0], a.heads
+            if a.sliced:  # GPT-2: q's width is 3 x heads x size
+                setattr(a.module, "split_size", q.out_features // 3)  # noqa: B010
+                setattr(a.module, "embed_dim", q.in_features)  # noqa: B010
             for attr in HEADS_ATTRS:
                 if hasattr(a.module, attr):
                     setattr(a.module, attr, heads)
@@ -352,6 +456,7 @@ def check_config(model: nn.Module) -> None:
 
 
 __all__ = [
+    "HEADS_SUFFIX",
     "Attention",
     "Plan",
     "attentions",
@@ -361,6 +466,8 @@ __all__ = [
     "no_cache",
     "plan",
     "pretrained_models",
+    "remove_heads",
     "sizes",
+    "slice_heads",
     "sync_config",
 ]

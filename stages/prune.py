@@ -47,7 +47,7 @@ from stages.base import StageInput, StageOutput, StageSpec, check_choice, check_
 from stages.batches import Inputs, forward_logits, to_device
 from stages.checkpoint import from_model
 from stages.errors import SqueezerayError
-from stages.hfheads import check_config, no_cache, pretrained_models, sync_config
+from stages.hfheads import check_config, no_cache, pretrained_models, slice_heads, sync_config
 from stages.hfheads import plan as hf_plan
 from stages.hfheads import sizes as hf_sizes
 from stages.layers import weight_layer_summary
@@ -485,7 +485,10 @@ def _prune_hugging_face(
                 f"step {step + 1}/{params.steps}: {type(exc).__name__}: {exc}; use an "
                 "unstructured method (l1_unstructured, global, random)"
             ) from exc
-        history = concat_histories(history, history_of(pruner.DG))
+        # GPT-2's fused attention: its heads go here (after the hidden width, another dim)
+        history = concat_histories(
+            history, history_of(pruner.DG), slice_heads(model, hf.keep_heads)
+        )
         sync_config(model)
         if params.steps > 1 and params.finetune_epochs > 0:
             _finetune_keeping_zeros(model, task, params, device=device, seed=seed + step)

@@ -10,7 +10,9 @@ LayerNorms). torch-pruning keeps a *pruning history*, one entry per pruned group
 (`DependencyGraph.load_pruning_history`), which rebuilds exactly the pruned structure (checked
 on MobileNetV2-style nets and Transformer encoders: max output difference 0.0 after loading
 the weights). The history is plain str/bool/int lists, so it travels in a checkpoint's recipe
-(`recipe["pruned"]`) and loads with `torch.load(weights_only=True)`.
+(`recipe["pruned"]`) and loads with `torch.load(weights_only=True)`. One entry kind is
+squeezeray's own: `[attention name + ":heads", False, [head indices]]` removes whole heads of a
+GPT-2-style fused attention, which torch-pruning cannot map (`stages.hfheads.remove_heads`).
 
 Record and replay (any torch-pruning pruner, or groups pruned by hand with `group.prune()`):
 
@@ -33,7 +35,7 @@ from torch import nn
 
 from stages.batches import Inputs, forward_logits
 from stages.errors import SqueezerayError
-from stages.hfheads import no_cache
+from stages.hfheads import HEADS_SUFFIX, no_cache, remove_heads
 
 PruningHistory = list[list[Any]]
 """[[module name: str, is_out_channel_pruning: bool, indices: list[int]], ...]"""
@@ -97,7 +99,10 @@ def replay(model: nn.Module, example: Inputs, history: Sequence[Sequence[Any]]) 
         graph = dependency_graph(model, example)
     for step, entry in enumerate(entries):
         try:
-            graph.load_pruning_history([entry])
+            if entry[0].endswith(HEADS_SUFFIX):  # whole heads of a fused attention (GPT-2)
+                remove_heads(model.get_submodule(entry[0].removesuffix(HEADS_SUFFIX)), entry[2])
+            else:
+                graph.load_pruning_history([entry])
         except Exception as exc:  # a module that is not there, an index out of range
             raise SqueezerayError(
                 f"cannot replay structured pruning step {step + 1}/{len(entries)} on "

@@ -94,32 +94,61 @@ def test_a_ratio_between_head_counts_rounds_to_whole_heads(tmp_path: Path) -> No
     _check_loads_back(task, out, tmp_path)
 
 
-def test_gpt2_fused_attention_keeps_its_heads_and_prunes_the_ffn(tmp_path: Path) -> None:
-    """torch-pruning 1.6 cannot map heads through GPT-2's fused c_attn: heads and hidden width
-    stay, n_inner halves; the model has its cache on (use_cache), which used to break tracing."""
+def test_gpt2_fused_attention_loses_whole_heads(tmp_path: Path) -> None:
+    """GPT-2's fused c_attn: squeezeray removes whole heads itself (q, k and v rows, c_proj
+    columns; torch-pruning 1.6 cannot map them), recorded in the pruning history and replayed;
+    the model has its cache on (use_cache), which used to break tracing."""
     task = hf_task("gpt2")
     teacher = _teacher(task)
     assert build_model(task, teacher).config.use_cache
     out = prune(StageInput(task=task, parent=teacher), PruneParams(ratio=0.5, method="structured"))
     config = out.model.config
-    assert (config.n_head, config.n_embd, config.n_inner) == (4, 64, 128)
+    assert (config.n_head, config.n_embd, config.n_inner) == (2, 32, 128)
     assert config.use_cache  # restored after tracing
+    assert any(entry[0].endswith(":heads") for entry in out.checkpoint.recipe["pruned"])
     rebuilt = _check_loads_back(task, out, tmp_path)
-    assert rebuilt.transformer.h[0].mlp.c_fc.out_features == 128
+    attn = rebuilt.transformer.h[0].attn
+    assert (attn.c_attn.out_features, attn.c_proj.in_features, attn.split_size) == (96, 32, 32)
 
 
+def test_removing_a_gpt2_head_that_adds_nothing_changes_nothing() -> None:
+    """remove_heads takes the head's own q, k and v rows: a head whose c_proj columns are zero
+    contributes nothing, and removing it leaves the logits as they were."""
+    from stages.hfheads import remove_heads
+
+    task = hf_task("gpt2")
+    model = task.build("teacher")
+    attn = model.transformer.h[0].attn
+    with torch.no_grad():
+        attn.c_proj.weight[:, 16:32] = 0.0  # head 1 of 4 (head size 16)
+    x = task.example_input(4)
+    with torch.no_grad():
+        before = forward_logits(model, x)
+        remove_heads(attn, [1])
+        after = forward_logits(model, x)
+    assert attn.c_attn.out_features == 3 * 48 and attn.num_heads == 3
+    assert torch.allclose(before, after, atol=1e-6)
+    with torch.no_grad():  # a head that does contribute changes them
+        remove_heads(attn, [0])
+        assert not torch.allclose(forward_logits(model, x), after, atol=1e-4)
+
+
+@pytest.mark.parametrize(
+    ("name", "expected"), [("bert", (2, 32, 64)), ("gpt2", (2, 32, 128))], ids=["bert", "gpt2"]
+)
 def test_student_from_an_hf_teacher_has_half_the_heads_and_loads_with_from_pretrained(
-    tmp_path: Path,
+    name: str, expected: tuple[int, int, int], tmp_path: Path
 ) -> None:
-    """Issue 22's required check: student=None, distill.student_ratio 0.5 on BERT."""
-    task = hf_task("bert")
+    """Issue 22's required check: student=None, distill.student_ratio 0.5 (BERT; and GPT-2,
+    whose heads squeezeray removes itself)."""
+    task = hf_task(name)
     teacher = _teacher(task)
     out = distill(
         StageInput(task=task, parent=teacher, seed=0), DistillParams(epochs=1, student_ratio=0.5)
     )
     assert out.checkpoint.arch == "teacher" and out.checkpoint.recipe["pruned"]
     config = out.model.config
-    assert (config.num_attention_heads, config.hidden_size, config.intermediate_size) == (2, 32, 64)
+    assert (config.num_attention_heads, config.hidden_size, _ffn(config)) == expected
     student = torch.load(_saved(out.checkpoint, tmp_path), weights_only=True)
     assert student["recipe"]["arch"] == "teacher"  # the recipe is plain data
     _check_loads_back(task, out, tmp_path / "hf")
