@@ -16,7 +16,21 @@ TORCH_INT8_MODES: tuple[str, ...] = ("dynamic_int8", "static_int8", "qat")
 """Modes whose model is torch-quantized: it deploys in eager/TorchScript only (quantized torch
 ops do not go through `torch.export`, so not to ONNX Runtime)."""
 
+PRUNE_METHODS: tuple[str, ...] = ("l1_unstructured", "global", "structured", "random")
+"""`prune.method` values; the first is the default."""
+
+UNSTRUCTURED_PRUNE_METHODS: tuple[str, ...] = ("l1_unstructured", "global", "random")
+"""Methods that zero weights in place (the layers keep their shapes and hold the zeros):
+`lowrank` leaves such layers whole, since dense SVD factors would undo the pruning."""
+
 FX_BACKEND = "x86"
 """torch.ao backend of static_int8/qat (fbgemm + onednn kernels; x86 torch builds' default)."""
 
-__all__ = ["FX_BACKEND", "QUANTIZE_MODES", "RUNTIMES", "TORCH_INT8_MODES"]
+__all__ = [
+    "FX_BACKEND",
+    "PRUNE_METHODS",
+    "QUANTIZE_MODES",
+    "RUNTIMES",
+    "TORCH_INT8_MODES",
+    "UNSTRUCTURED_PRUNE_METHODS",
+]

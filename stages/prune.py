@@ -61,12 +61,13 @@ from stages.masks import (
     sparsity,
     zero_masks,
 )
+from stages.names import PRUNE_METHODS
 from stages.rebuild import build_model
 from stages.surgery import PruningHistory, concat_histories, dependency_graph, history_of
 from stages.tasks import Task
 from stages.training import accuracy, fit
 
-METHODS = ("l1_unstructured", "global", "structured", "random")
+METHODS = PRUNE_METHODS
 FINETUNE_BATCH_SIZE = 64  # of the gradual steps' fine-tuning; no batch_size knob
 # unstructured pruning of a model whose Linear/Conv weights hold less than this share of its
 # parameters is an error (an LSTM/GRU/Embedding model: it would report ok, pruning ~nothing)
@@ -76,7 +77,7 @@ MIN_PRUNABLE_SHARE = 0.1
 @dataclass(frozen=True)
 class PruneParams:
     ratio: float = 0.5  # unstructured: fraction of zero weights; structured: of channels removed
-    method: str = "l1_unstructured"
+    method: str = PRUNE_METHODS[0]
     steps: int = 1  # > 1: reach `ratio` gradually (cubic schedule), fine-tuning each step
     finetune_epochs: int = 2  # CE epochs after each gradual step (unused when steps = 1)
     lr: float = 1e-3  # of that fine-tuning

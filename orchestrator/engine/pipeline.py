@@ -69,10 +69,13 @@ class SweepPlan:
     def resolve(self, sampled: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
         """{stage: full params} from defaults, fixed values and this trial's sampled knobs.
 
-        Coherence rules (documented in docs/sweeps.md): `quantize.mode=onnx_int8` deploys in ONNX
-        Runtime, so it sets `export.runtime=onnxruntime`; a torch int8 model cannot be exported
-        to ONNX, so `dynamic_int8`/`static_int8`/`qat` with `export.runtime=onnxruntime` deploys
-        eager instead. The row records the effective values.
+        Coherence rules (`orchestrator.space.coherence`, docs/guide.md): `quantize.mode=
+        onnx_int8` deploys in ONNX Runtime, so it sets `export.runtime=onnxruntime`; a torch
+        int8 model cannot be exported to ONNX, so `dynamic_int8`/`static_int8`/`qat` with
+        `export.runtime=onnxruntime` deploys eager instead; lowrank after an unstructured prune
+        is its no-op `rank_ratio=1.0`. A knob that does nothing for the task is left out:
+        `distill.student_ratio` when the task has its own student. The row records the
+        effective values.
         """
         values = {**self.fixed, **{k: plain(v) for k, v in sampled.items()}}
         params: dict[str, dict[str, Any]] = {}
@@ -83,6 +86,8 @@ class SweepPlan:
                 if owner == stage:
                     merged[param] = value
             params[stage] = merged
+        if "distill" in params and self.fingerprint.get("student", "none") != "none":
+            params["distill"].pop("student_ratio", None)  # the task's own student is used
         return make_coherent(params)
 
     def requests(self, sampled: Mapping[str, Any], *, trial_id: str) -> list[StageRequest]:

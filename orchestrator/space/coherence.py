@@ -1,8 +1,18 @@
 """What a trial really runs: the coherence rules between knobs, and the grid's distinct points.
 
-Some knob combinations run the same model (onnx_int8 always deploys on onnxruntime; torch int8
-modes never do). `make_coherent` applies those rules, so stage keys, grid deduplication and the
-results' knob columns all see the configuration a trial actually runs.
+Some knob combinations cannot run as written, or run the same model as another:
+
+- `quantize.mode: onnx_int8` always deploys on onnxruntime (`export.runtime` becomes
+  onnxruntime); a torch int8 mode (dynamic_int8, static_int8, qat) never does (onnxruntime
+  becomes eager).
+- `lowrank` after an unstructured `prune` (l1_unstructured, global, random, ratio > 0) is the
+  recorded no-op `lowrank.rank_ratio: 1.0`: lowrank leaves every layer that holds pruned zeros
+  whole (dense SVD factors would undo the pruning), which after unstructured pruning is every
+  layer it could factorise, so the trial would only fail.
+
+`make_coherent` applies those rules, so stage keys, grid deduplication and the results' knob
+columns all see the configuration a trial actually runs: a grid runs each effective point once
+and no trial of any search becomes an error row for a combination that cannot apply.
 """
 
 from __future__ import annotations
@@ -12,7 +22,7 @@ import json
 from collections.abc import Mapping
 from typing import Any, Protocol
 
-from stages.names import TORCH_INT8_MODES
+from stages.names import PRUNE_METHODS, TORCH_INT8_MODES, UNSTRUCTURED_PRUNE_METHODS
 
 
 class _Choices(Protocol):
@@ -33,14 +43,25 @@ class _Grid(Protocol):
 
 
 def make_coherent(params: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
-    """Apply the coherence rules to {stage: params} in place (see `SweepPlan.resolve`)."""
+    """Apply the coherence rules (module docstring) to {stage: params} in place; a param not
+    given takes its stage's default (`SweepPlan.resolve` passes every one)."""
     mode = params.get("quantize", {}).get("mode", "none")
     if "export" in params:
         if mode == "onnx_int8":
             params["export"]["runtime"] = "onnxruntime"
         elif mode in TORCH_INT8_MODES and params["export"].get("runtime") == "onnxruntime":
             params["export"]["runtime"] = "eager"
+    if "lowrank" in params and _zeroes_weights(params.get("prune")):
+        params["lowrank"]["rank_ratio"] = 1.0  # the stage's documented no-op
     return params
+
+
+def _zeroes_weights(prune: Mapping[str, Any] | None) -> bool:
+    """True when a prune stage with these params leaves zeros in the layers it prunes."""
+    if prune is None:
+        return False
+    method = prune.get("method", PRUNE_METHODS[0])
+    return method in UNSTRUCTURED_PRUNE_METHODS and float(prune.get("ratio", 0.5)) > 0
 
 
 def effective_knobs(values: Mapping[str, Any], pipeline: tuple[str, ...]) -> dict[str, Any]:

@@ -70,3 +70,82 @@ def test_grid_sweep_runs_each_effective_configuration_once(tmp_path: Path) -> No
 def test_validate_summary_gives_the_grid_trials_not_search_trials(tmp_path: Path) -> None:
     summary = _space(tmp_path).summary()
     assert "grid, 4 trials (grid of 6: 2 points repeat another's effective" in summary, summary
+
+
+def test_lowrank_after_unstructured_prune_is_its_recorded_no_op(tmp_path: Path) -> None:
+    """lowrank leaves layers holding pruned zeros whole, so after an unstructured prune it has
+    nothing to factorise: the space makes it `rank_ratio: 1.0` (its no-op) instead of a trial
+    that can only fail; the default prune method counts as what it is (l1_unstructured)."""
+    from orchestrator.space.coherence import effective_knobs
+    from stages.prune import PruneParams
+
+    pipeline = ("teacher", "prune", "lowrank")
+    for method, kept in (("l1_unstructured", 1.0), ("global", 1.0), ("random", 1.0),
+                         ("structured", 0.5)):  # fmt: skip
+        knobs = effective_knobs({"prune.method": method, "lowrank.rank_ratio": 0.5}, pipeline)
+        assert knobs["lowrank.rank_ratio"] == kept, method
+    assert PruneParams().method == "l1_unstructured" and PruneParams().ratio == 0.5
+    default = effective_knobs({"lowrank.rank_ratio": 0.5}, pipeline)
+    assert default["lowrank.rank_ratio"] == 1.0
+    unpruned = effective_knobs({"prune.ratio": 0.0, "lowrank.rank_ratio": 0.5}, pipeline)
+    assert unpruned["lowrank.rank_ratio"] == 0.5  # no zeros: lowrank applies
+
+
+def test_a_knob_the_task_does_not_use_is_not_recorded() -> None:
+    """distill.student_ratio shapes the student made from the teacher; a task with its own
+    student does not use it, so its trials' effective knobs leave it out."""
+    from orchestrator.engine.pipeline import SweepPlan
+    from orchestrator.engine.plan import stage_defaults
+
+    pipeline = ("teacher", "distill")
+    plan = SweepPlan(sweep_id="s", task="t", pipeline=pipeline, defaults=stage_defaults(pipeline),
+                     fixed={}, code_version="v", storage="x", objectives=(),
+                     fingerprint={"teacher": "a", "student": "b", "data": "c"})  # fmt: skip
+    assert "student_ratio" not in plan.resolve({})["distill"]
+    made = SweepPlan(**{**plan.__dict__, "fingerprint": {"teacher": "a", "student": "none"}})
+    assert made.resolve({})["distill"]["student_ratio"] == 0.5
+
+
+GRID_LOWRANK = {
+    "name": "prune-x-lowrank",
+    "task": "digits",
+    "pipeline": ["teacher", "prune", "lowrank"],
+    "objectives": {"val_accuracy": "max", "size_bytes": "min"},
+    "params": {
+        "teacher.epochs": 2,
+        "prune.ratio": 0.5,
+        "prune.method": {"choice": ["l1_unstructured", "structured"]},
+        "lowrank.rank_ratio": 0.5,
+        "lowrank.epochs": 1,
+    },
+    "search": {"algorithm": "grid", "trials": 2},
+    "latency": {"warmup": 2, "repeats": 5, "rounds": 2},
+}
+
+
+@pytest.mark.slow
+@pytest.mark.usefixtures("ray_session")
+def test_grid_of_prune_method_x_lowrank_runs_no_error_rows(tmp_path: Path) -> None:
+    """Through Ray, from a dict space: the unstructured point runs as lowrank's no-op (no
+    error row); `run_sweep` returns a SweepResult whose helpers answer on the same rows."""
+    import orchestrator
+
+    result = orchestrator.run_sweep(GRID_LOWRANK, storage=tmp_path / "runs")
+    assert isinstance(result, orchestrator.SweepResult)
+    trials = [r for r in result.table.to_pylist() if not r["is_baseline"]]
+    assert [r["status"] for r in trials] == ["ok", "ok"], [r["error"] for r in trials]
+    ratio = {json.loads(r["params"])["prune.method"]: json.loads(r["params"]) for r in trials}
+    assert ratio["l1_unstructured"]["lowrank.rank_ratio"] == 1.0
+    assert ratio["structured"]["lowrank.rank_ratio"] == 0.5
+    # the result object
+    assert result.front().num_rows >= 1 and len(result.to_pandas()) == len(trials) + 1
+    smallest = result.best("size_bytes", where="val_accuracy >= 0")
+    assert smallest["size_bytes"] == min(r["size_bytes"] for r in trials)
+    with pytest.raises(orchestrator.SqueezerayError, match="'accuracy' is ambiguous"):
+        result.best("accuracy")
+    assert result.plot(tmp_path / "front.png").stat().st_size > 1000
+    card = result.export(smallest["trial_id"], tmp_path / "model").card
+    assert card["ratios"]["speedup"] == smallest["speedup"] and card["recheck"]["ok"]
+    again = orchestrator.run_sweep(storage=tmp_path / "runs", resume=True,
+                                   sweep_id=result.sweep_id)  # fmt: skip
+    assert again.sweep_id == result.sweep_id and again.table.num_rows == result.table.num_rows
