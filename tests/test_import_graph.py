@@ -203,7 +203,7 @@ STAGES_LAYERS: tuple[tuple[str, ...], ...] = (
     ("base", "int8"),  # the stage contract types; torch int8 structure
     ("rebuild",),  # checkpoint -> model
     ("masks", "runtime"),  # keep-zeros; a checkpoint in its deployment runtime
-    ("training", "metrics"),
+    ("training", "metrics", "hfexport"),  # hfexport: a model in save_pretrained form
     ("teacher", "distill", "prune", "finetune", "lowrank", "lora", "quantize", "export"),
     ("selfcheck", "precheck"),  # checks over stages: round trip; applicability up front
     ("runner", "__init__"),  # the stage runner; the package's lazy public names

@@ -8,7 +8,13 @@ row was measured in:
 - `torchscript`: `model.pt`, the traced and frozen module (`torch.jit.load`);
 - `eager`: `model.pt` (TorchScript, for deployment without the model's code), plus
   `state_dict.pt` (`torch.load(weights_only=True)`) and `recipe.json`, how to rebuild the eager
-  module from the task's own factory (`stages.build_model`); `checkpoint.pt` holds both.
+  module from the task's own factory (`stages.build_model`); `checkpoint.pt` holds both;
+- besides, for a Hugging Face model (`transformers.PreTrainedModel`) of float weights
+  (`quantize.mode: none`, no lowrank), in any runtime: `huggingface/`, its `save_pretrained`
+  directory (config.json with the sizes structured pruning left, model.safetensors) plus the
+  task's `export_files` (tokenizer/processor files), loaded back with `from_pretrained` and
+  compared logit for logit (`stages.hfexport`); an int8 or low-rank row's card says why it
+  has none;
 
 and a `model.json` card: task, sweep and trial ids, every effective knob, the row's metrics,
 the baseline's and the ratios to it, code version, stage keys, and the sha256 of every file.
@@ -26,6 +32,7 @@ import hashlib
 import json
 import math
 import os
+import shutil
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -47,6 +54,7 @@ OptionStyle = Literal["python", "cli"]
 CARD = "model.json"
 ARTIFACT = {"onnxruntime": "model.onnx", "torchscript": "model.pt", "eager": "model.pt"}
 # every file an export writes, in any runtime: what `overwrite=True` may remove
+HF_DIR = "huggingface"  # = stages.hfexport.HF_DIR (not imported here: that loads torch)
 EXPORT_FILES = (
     "model.onnx",
     "model.pt",
@@ -54,6 +62,7 @@ EXPORT_FILES = (
     "checkpoint.pt",
     "recipe.json",
     CARD,
+    HF_DIR,  # a directory: the save_pretrained form of a Hugging Face model
 )
 METRICS_IN_CARD = (
     "val_accuracy",
@@ -482,7 +491,9 @@ def export_trial(
 
     The trial is `trial_id`, or the best `pick` (`COLUMN[:min|max]`) among ok trials matching
     `where`. The written artifact is loaded back and its test-split accuracy must equal the
-    row's `accuracy`; otherwise a SqueezerayError says so (the files stay for inspection).
+    row's `accuracy`, and a `huggingface/` directory (see the module docstring) must give the
+    rebuilt model's logits; otherwise a SqueezerayError says so (the files stay for
+    inspection).
 
     `output` must be new or empty, so no file of another export is left beside this one; with
     `overwrite`, a folder holding only files an export writes (`EXPORT_FILES`) is emptied of
@@ -502,10 +513,12 @@ def export_trial(
     task = load_task(str(row["task"]))
     model = None if ckpt.runtime == "onnxruntime" else _build(task, ckpt)
     for path in stale:
-        path.unlink()
+        shutil.rmtree(path) if path.is_dir() else path.unlink()
     out.mkdir(parents=True, exist_ok=True)
     written = _write_artifacts(task, ckpt, model, row, out)
     check = recheck(task, ckpt, out, float(row["test_accuracy"]), custom=_custom(row))
+    hf_card, hf_files = _export_pretrained(task, ckpt, model, out)
+    written += hf_files
     files = {name: _sha256(out / name) for name in written}
     store = open_storage(storage)
     card = _card(
@@ -517,14 +530,31 @@ def export_trial(
         storage=store.root if store.is_local else store.uri,
         input_card=_input_card(task, ckpt, model),
     )
+    card["huggingface"] = hf_card
     (out / CARD).write_text(json.dumps(card, indent=2, default=str) + "\n")
+    _raise_unless_reproduced(check, hf_card, ckpt, row, out)
+    return ExportResult(output=out, files={**files, CARD: _sha256(out / CARD)}, card=card)
+
+
+def _raise_unless_reproduced(
+    check: Mapping[str, Any],
+    hf_card: Mapping[str, Any] | None,
+    ckpt: ModelCheckpoint,
+    row: Mapping[str, Any],
+    out: Path,
+) -> None:
+    """SqueezerayError when a written artifact does not compute what the row measured."""
+    if hf_card is not None and not hf_card.get("recheck", {}).get("ok", True):
+        raise SqueezerayError(
+            f"the exported {HF_DIR}/ directory loaded with from_pretrained does not compute the "
+            f"trial's logits ({hf_card['recheck']}); see {out / CARD}"
+        )
     if not check["ok"]:
         raise SqueezerayError(
             f"the exported {ARTIFACT[ckpt.runtime]} has test accuracy {check['accuracy']:.6f}, "
             f"the row says {row['test_accuracy']:.6f}: the checkpoint does not reproduce trial "
             f"{row['trial_id']!r}; see {out / CARD}"
         )
-    return ExportResult(output=out, files={**files, CARD: _sha256(out / CARD)}, card=card)
 
 
 def _check_output(out: Path, *, overwrite: bool, option_style: OptionStyle) -> list[Path]:
@@ -544,7 +574,11 @@ def _check_output(out: Path, *, overwrite: bool, option_style: OptionStyle) -> l
             "another model's files beside this one; choose a new or empty folder, or pass "
             f"{flag} to replace a previous export in it"
         )
-    foreign = [p.name for p in present if p.name not in EXPORT_FILES or not p.is_file()]
+    foreign = [
+        p.name
+        for p in present
+        if p.name not in EXPORT_FILES or not (p.is_file() or (p.name == HF_DIR and p.is_dir()))
+    ]
     if foreign:
         raise SqueezerayError(
             f"output folder {str(out)!r} holds files an export does not write "
@@ -552,6 +586,31 @@ def _check_output(out: Path, *, overwrite: bool, option_style: OptionStyle) -> l
             f"({', '.join(EXPORT_FILES)}): choose a new or empty folder"
         )
     return present
+
+
+def _export_pretrained(
+    task: Task, ckpt: ModelCheckpoint, model: nn.Module | None, out: Path
+) -> tuple[dict[str, Any] | None, list[str]]:
+    """The Hugging Face form of a trial's model (`stages.hfexport`): a `save_pretrained`
+    directory `out/huggingface` plus the task's tokenizer/processor files, loaded back with
+    `from_pretrained` and compared with the rebuilt model. Returns the card's "huggingface"
+    section (None: not a transformers model) and the files written (paths relative to
+    `out`). An onnxruntime row of float weights is rebuilt here for it."""
+    from stages.hfexport import check_pretrained_dir, save_pretrained_dir
+
+    if model is None and ckpt.quantize == "none":
+        model = _build(task, ckpt)
+    if model is None:
+        return None, []
+    done = save_pretrained_dir(task, model, ckpt, out / HF_DIR)
+    if done is None:
+        return None, []
+    card: dict[str, Any] = {"dir": HF_DIR, "class": done.model_class}
+    if done.skipped is not None:
+        return {**card, "skipped": done.skipped}, []
+    card["load"] = done.load
+    card["recheck"] = check_pretrained_dir(task, model, out / HF_DIR)
+    return card, [f"{HF_DIR}/{name}" for name in done.files]
 
 
 def _build(task: Task, ckpt: ModelCheckpoint) -> nn.Module:
