@@ -49,7 +49,8 @@ def export(inp: StageInput, params: ExportParams) -> StageOutput:
                 "quantize.mode"
             )
         predictor = make_predictor(task, parent)
-        return StageOutput(parent, {"val_accuracy": predictor.accuracy(task.val)})
+        val_acc = predictor.accuracy(task.val, batch_size=task.eval_batch_size)
+        return StageOutput(parent, {"val_accuracy": val_acc})
 
     if runtime == "onnxruntime" and parent.quantize in TORCH_INT8_MODES:
         raise SqueezerayError(
@@ -64,7 +65,8 @@ def export(inp: StageInput, params: ExportParams) -> StageOutput:
     predictor = make_predictor(task, ckpt)  # traces / opens the session: a failure names it
     if runtime != "eager":
         _check_same_outputs(task, model, predictor, ckpt)
-    return StageOutput(ckpt, {"val_accuracy": predictor.accuracy(task.val)}, model=model)
+    val_acc = predictor.accuracy(task.val, batch_size=task.eval_batch_size)
+    return StageOutput(ckpt, {"val_accuracy": val_acc}, model=model)
 
 
 def _check_same_outputs(

@@ -81,7 +81,7 @@ class ModelMetrics:
 
 def accuracy(task: Task, ckpt: ModelCheckpoint) -> float:
     """Top-1 accuracy in [0, 1] on the test split, through the checkpoint's runtime."""
-    return make_predictor(task, ckpt).accuracy(task.test)
+    return make_predictor(task, ckpt).accuracy(task.test, batch_size=task.eval_batch_size)
 
 
 # -- size ----------------------------------------------------------------------------------
@@ -523,7 +523,8 @@ def evaluate(
 ) -> ModelMetrics:
     """All trial metrics of a checkpoint, one predictor built for accuracy and latency.
 
-    accuracy on the test split and val_accuracy on the validation split, in [0, 1];
+    accuracy on the test split and val_accuracy on the validation split, in [0, 1], in
+    batches of `task.eval_batch_size`;
     size_bytes (zstd of the deployed artifact); params; quantized_fraction (share of weight
     elements stored as int8, in [0, 1]); latency_ms / latency_ms_p90 = median / p90 ms of
     single-thread batch-1 calls, time-boxed to `time_cap_s` seconds of timed calls, and
@@ -534,8 +535,8 @@ def evaluate(
     torch.set_num_threads(threads)
     try:
         predictor = make_predictor(task, ckpt, threads=threads)
-        acc = predictor.accuracy(task.test)
-        val_acc = predictor.accuracy(task.val)
+        acc = predictor.accuracy(task.test, batch_size=task.eval_batch_size)
+        val_acc = predictor.accuracy(task.val, batch_size=task.eval_batch_size)
         custom = task_metric_values(task, predictor)
         timing = (
             _time_calls(
@@ -575,6 +576,6 @@ def task_metric_values(task: Task, predictor: Predictor) -> dict[str, float]:
         return {}
     out = {}
     for prefix, split in (("", task.test), ("val_", task.val)):
-        logits, targets = predictor.outputs(split)
+        logits, targets = predictor.outputs(split, batch_size=task.eval_batch_size)
         out[prefix + metric.name] = metric(logits, targets)
     return out

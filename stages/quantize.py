@@ -243,12 +243,16 @@ def _quantize_onnx(task: Task, parent: ModelCheckpoint) -> StageOutput:
     fraction = _require_some_int8(ckpt, task, parent, "onnx_int8")
     predictor = make_predictor(task, ckpt)
     return StageOutput(
-        ckpt, {"val_accuracy": predictor.accuracy(task.val), "quantized_fraction": fraction}
+        ckpt,
+        {
+            "val_accuracy": predictor.accuracy(task.val, batch_size=task.eval_batch_size),
+            "quantized_fraction": fraction,
+        },
     )
 
 
 def _val_accuracy(task: Task, model: nn.Module) -> float:
-    return accuracy(model, task.val, device=torch.device("cpu"))
+    return accuracy(model, task.val, device=torch.device("cpu"), batch_size=task.eval_batch_size)
 
 
 SPEC = StageSpec(

@@ -44,7 +44,7 @@ from stages.batches import (
 from stages.checkpoint import ModelCheckpoint
 from stages.errors import SqueezerayError
 from stages.rebuild import build_model
-from stages.tasks import Task
+from stages.tasks import DEFAULT_EVAL_BATCH_SIZE, Task
 from stages.tracing import strict_trace
 
 
@@ -73,7 +73,7 @@ class Predictor:
         return self.to_tensor(self.run_native(self.prepare(_one_batch(inputs, named))))
 
     def outputs(
-        self, dataset: Dataset, *, batch_size: int = 256
+        self, dataset: Dataset, *, batch_size: int = DEFAULT_EVAL_BATCH_SIZE
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """(logits (N, num_classes) float32, targets (N,) int64) over a dataset of (x, y)."""
         logits, targets = [], []
@@ -82,8 +82,9 @@ class Predictor:
             targets.append(torch.as_tensor(y).long())
         return torch.cat(logits), torch.cat(targets)
 
-    def accuracy(self, dataset: Dataset, *, batch_size: int = 256) -> float:
-        """Top-1 accuracy in [0, 1] on a dataset of (x, y) pairs."""
+    def accuracy(self, dataset: Dataset, *, batch_size: int = DEFAULT_EVAL_BATCH_SIZE) -> float:
+        """Top-1 accuracy in [0, 1] on a dataset of (x, y) pairs, in order, in batches of
+        `batch_size` (rows use their task's `eval_batch_size`)."""
         correct = total = 0
         for x, y in DataLoader(dataset, batch_size=batch_size, shuffle=False):
             pred = self(x).argmax(dim=1)

@@ -29,6 +29,8 @@ from stages.errors import SqueezerayError
 from stages.models import MLP, ConvNet
 
 DATA_SEED = 0  # fixed: every process (every Ray worker) must see the same split
+# Task.eval_batch_size's default: the batches accuracy and task metrics are measured in.
+DEFAULT_EVAL_BATCH_SIZE = 256
 
 
 # Result columns a task metric may not take (orchestrator.store.schema's own metric columns).
@@ -107,7 +109,10 @@ class Task:
     tensors (positional model arguments) or a dict of tensors (keyword arguments, e.g.
     `input_ids`, `attention_mask`: `model(**x)`), `y` an integer class in `[0, num_classes)`.
     `metric`: an optional quality metric of the task's own (`Metric`, e.g. macro F1), recorded
-    beside accuracy.
+    beside accuracy. `eval_batch_size`: the batch size every accuracy and task metric of a row
+    is measured at (validation and test splits, in the trial's runtime, in order, unshuffled);
+    int8 modes that quantize activations per batch (dynamic_int8, onnx_int8) score slightly
+    differently at other batch sizes, so rows and model cards record it.
     """
 
     name: str
@@ -127,6 +132,7 @@ class Task:
     # model: the tokenizer/processor files the model is used with (absolute paths).
     # `stages.hf` tasks fill it from their checkpoint directory.
     export_files: tuple[str, ...] = field(default=(), compare=False)
+    eval_batch_size: int = field(default=DEFAULT_EVAL_BATCH_SIZE, compare=False)
 
     def example_input(self, batch_size: int = 1) -> Inputs:
         """A real input batch from the test split: a tensor (batch_size, *input_shape), a
@@ -312,6 +318,12 @@ def check_task(task: Task, *, source: str) -> None:
     """Fail early, with the fix, when a task cannot run through the pipeline."""
     if task.num_classes < 2:
         raise SqueezerayError(f"task={source!r}: num_classes={task.num_classes} must be >= 2")
+    size = task.eval_batch_size
+    if isinstance(size, bool) or not isinstance(size, int) or size < 1:
+        raise SqueezerayError(
+            f"task={source!r}: eval_batch_size={size!r}; accepted: an integer >= 1 (the batch "
+            f"size accuracy is measured at, default {DEFAULT_EVAL_BATCH_SIZE})"
+        )
     files = task.export_files
     if not isinstance(files, tuple) or not all(isinstance(f, str) for f in files):
         raise SqueezerayError(

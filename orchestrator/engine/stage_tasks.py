@@ -266,6 +266,7 @@ def execute_measure(request: MeasureRequest, checkpoint: Any) -> dict[str, Any]:
         "latency_ms_sweep_p90": m.latency_ms_p90,
         "latency_repeats_sweep": m.latency_repeats,
         "runtime": m.runtime,
+        "eval_batch_size": task.eval_batch_size,
         # the task's own metric: flat keys for the search and constraints, names for the row
         **m.custom,
         "custom_metric_names": sorted(m.custom),

@@ -516,7 +516,7 @@ def export_trial(
         shutil.rmtree(path) if path.is_dir() else path.unlink()
     out.mkdir(parents=True, exist_ok=True)
     written = _write_artifacts(task, ckpt, model, row, out)
-    check = recheck(task, ckpt, out, float(row["test_accuracy"]), custom=_custom(row))
+    check = _recheck_row(task, ckpt, out, row)
     hf_card, hf_files = _export_pretrained(task, ckpt, model, out)
     written += hf_files
     files = {name: _sha256(out / name) for name in written}
@@ -674,9 +674,7 @@ def _custom(row: Mapping[str, Any]) -> dict[str, float]:
 
 def _custom_columns(row: Mapping[str, Any]) -> dict[str, float]:
     """The row's task-metric values under their column names (test_<name>, val_<name>)."""
-    return {
-        k if k.startswith("val_") else f"test_{k}": v for k, v in _custom(row).items()
-    }
+    return {k if k.startswith("val_") else f"test_{k}": v for k, v in _custom(row).items()}
 
 
 def recheck(
@@ -686,8 +684,11 @@ def recheck(
     expected: float,
     *,
     custom: Mapping[str, float] | None = None,
+    batch_size: int = 256,
 ) -> dict[str, Any]:
-    """Load the written artifact as a deployment would and measure its test accuracy.
+    """Load the written artifact as a deployment would and measure its test accuracy, in
+    batches of `batch_size` (the row's `eval_batch_size`: per-batch int8 activations make
+    the number depend on it).
 
     onnxruntime: an InferenceSession on model.onnx; torchscript: torch.jit.load(model.pt);
     eager: the module rebuilt from state_dict.pt + the recipe (the row's own runtime), and
@@ -703,42 +704,54 @@ def recheck(
 
     names = input_names(task.example_input(1))  # model.pt takes named inputs in this order
     n = len(task.test)  # type: ignore[arg-type]
-    # batches of 256, as rows are measured (dynamic int8 quantizes each batch's activations
-    # with that batch's range, so its outputs depend on the batching)
+    # batches as the row was measured (dynamic int8 quantizes each batch's activations with
+    # that batch's range, so its outputs depend on the batching)
     result: dict[str, Any] = {
         "split": "test",
         "samples": n,
-        "batch_size": 256,
+        "batch_size": batch_size,
         "expected": expected,
     }
     if ckpt.runtime == "onnxruntime":
         onnx = OnnxPredictor((out / "model.onnx").read_bytes(), threads=1)
-        result["accuracy"] = onnx.accuracy(task.test)
+        result["accuracy"] = onnx.accuracy(task.test, batch_size=batch_size)
     else:
         scripted = TorchPredictor(torch.jit.load(str(out / "model.pt")), "torchscript", names=names)
-        result["torchscript_accuracy"] = scripted.accuracy(task.test)
+        result["torchscript_accuracy"] = scripted.accuracy(task.test, batch_size=batch_size)
         if ckpt.runtime == "torchscript":
             result["accuracy"] = result["torchscript_accuracy"]
         else:
             state = torch.load(out / "state_dict.pt", weights_only=True)
             rebuilt = ModelCheckpoint(task=ckpt.task, state_dict=state, recipe=ckpt.recipe)
             eager = TorchPredictor(build_model(task, rebuilt), "eager")
-            result["accuracy"] = eager.accuracy(task.test)
+            result["accuracy"] = eager.accuracy(task.test, batch_size=batch_size)
     accuracies = [result["accuracy"], result.get("torchscript_accuracy", result["accuracy"])]
     result["ok"] = all(round(a * n) == round(expected * n) for a in accuracies)
-    metric = task.metric
-    if metric is not None and custom and metric.name in custom:
-        # the task's own metric on the test split, through the row's runtime
-        from stages.runtime import make_predictor
-
-        logits, targets = make_predictor(task, ckpt).outputs(task.test)
-        value = metric(logits, targets)
-        result[metric.name] = value
-        result[f"expected_{metric.name}"] = custom[metric.name]
-        result["ok"] = result["ok"] and math.isclose(
-            value, custom[metric.name], rel_tol=1e-9, abs_tol=1e-12
-        )
+    if task.metric is not None and custom and task.metric.name in custom:
+        result.update(_recheck_metric(task, ckpt, custom, batch_size, ok=result["ok"]))
     return result
+
+
+def _recheck_metric(
+    task: Task, ckpt: ModelCheckpoint, custom: Mapping[str, float], batch_size: int, *, ok: bool
+) -> dict[str, Any]:
+    """The task's own metric on the test split, through the row's runtime, against the row."""
+    from stages.runtime import make_predictor
+
+    metric = task.metric
+    assert metric is not None
+    logits, targets = make_predictor(task, ckpt).outputs(task.test, batch_size=batch_size)
+    value = metric(logits, targets)
+    expected = custom[metric.name]
+    same = math.isclose(value, expected, rel_tol=1e-9, abs_tol=1e-12)
+    return {metric.name: value, f"expected_{metric.name}": expected, "ok": ok and same}
+
+
+def _recheck_row(task: Task, ckpt: ModelCheckpoint, out: Path, row: Mapping[str, Any]) -> Any:
+    """`recheck` of the written files against `row`, at the batch size the row was measured."""
+    batch_size = int(row.get("eval_batch_size") or task.eval_batch_size)
+    return recheck(task, ckpt, out, float(row["test_accuracy"]), custom=_custom(row),
+                   batch_size=batch_size)  # fmt: skip
 
 
 def _sha256(path: Path) -> str:
@@ -776,6 +789,8 @@ def _card(
         "artifact": ARTIFACT[ckpt.runtime],
         "input": input_card,
         "output": {"name": "logits", "shape": ["batch", "num_classes"]},
+        # the batch size the metrics were measured at (per-batch int8 activations depend on it)
+        "eval_batch_size": row.get("eval_batch_size"),
         "knobs": json.loads(row.get("params") or "{}"),
         "metrics": metrics,
         "baseline": {**{m: base.get(m) for m in METRICS_IN_CARD}, **_custom_columns(base)}

@@ -421,7 +421,7 @@ def upgrade_columns(table: pa.Table) -> pa.Table:
 
     present = [name for name in LEGACY_COLUMNS if name in table.column_names]
     if not present:
-        return table
+        return _with_eval_batch_size(table)
     remeasured = pc.is_valid(table.column("latency_rounds"))
     moves = [
         ("accuracy", "test_accuracy", None),
@@ -440,7 +440,23 @@ def upgrade_columns(table: pa.Table) -> pa.Table:
             legacy = pc.if_else(when, legacy, None)
         merged = pc.coalesce(table.column(new), legacy)
         table = table.set_column(table.schema.get_field_index(new), new, merged)
-    return table.drop_columns(present)
+    return _with_eval_batch_size(table.drop_columns(present))
+
+
+def _with_eval_batch_size(table: pa.Table) -> pa.Table:
+    """Rows measured before `eval_batch_size` was recorded were measured in batches of 256
+    (then the only batch size): say so on the rows that have an accuracy."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    if "eval_batch_size" not in table.column_names:
+        return table
+    measured = pc.or_(pc.is_valid(table.column("val_accuracy")),
+                      pc.is_valid(table.column("test_accuracy")))  # fmt: skip
+    old = pc.if_else(measured, pa.scalar(256, pa.int64()), pa.scalar(None, pa.int64()))
+    filled = pc.coalesce(table.column("eval_batch_size"), old)
+    return table.set_column(table.schema.get_field_index("eval_batch_size"), "eval_batch_size",
+                            filled)  # fmt: skip
 
 
 def expand_custom_metrics(table: pa.Table) -> pa.Table:

@@ -113,6 +113,9 @@ RESULTS_SCHEMA = pa.schema(
         pa.field("is_baseline", pa.bool_(), nullable=False),
         pa.field("feasible", pa.bool_()),
         pa.field("runtime", pa.string()),
+        # the batch size the row's accuracies and task metrics were measured at
+        # (stages.Task.eval_batch_size: per-batch int8 activations make them depend on it)
+        pa.field("eval_batch_size", pa.int64()),
         *(pa.field(name, dtype) for name, dtype in KNOB_COLUMNS.items()),
         pa.field("params", pa.string()),  # JSON of every knob of the trial
         *(pa.field(name, dtype) for name, dtype in METRIC_COLUMNS.items()),

@@ -67,6 +67,7 @@ def _store(
         "params_nonzero": m.params_nonzero,
         "latency_ms_sweep": m.latency_ms,
         "runtime": m.runtime,
+        "eval_batch_size": digits.eval_batch_size,
     }
     from datetime import datetime, timezone
 
@@ -278,3 +279,29 @@ def test_two_input_model_card_names_and_predictor_call_agree_across_runtimes(
     assert isinstance(separate, torch.Tensor) and separate.shape == (len(chem), 3)
     assert torch.equal(separate, as_tuple)
     torch.testing.assert_close(separate, expected, atol=1e-4, rtol=1e-4)
+
+
+def _guide_snippet() -> str:
+    """The "use it without squeezeray" code block of docs/guide.md."""
+    text = (Path(__file__).resolve().parents[2] / "docs" / "guide.md").read_text()
+    after = text.split("<!-- snippet: without-squeezeray -->", 1)[1]
+    return after.split("```python\n", 1)[1].split("```", 1)[0]
+
+
+def test_the_guides_plain_onnxruntime_snippet_reproduces_the_cards_accuracy(
+    tmp_path: Path, digits: Task, student: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """onnx_int8 quantizes activations per batch: run in the card's eval_batch_size, with
+    onnxruntime alone, the exported model scores exactly the card's test accuracy."""
+    ckpt = quantize(StageInput(task=digits, parent=student, seed=0), QuantizeParams("onnx_int8"))
+    storage = tmp_path / "runs"
+    _store(storage, digits, student, "baseline", "none")
+    row = _store(storage, digits, ckpt.checkpoint, "t1", "onnx_int8")
+    assert row["eval_batch_size"] == digits.eval_batch_size == 256
+    card = export_trial(storage, "t1", output=tmp_path / "best").card
+    assert card["eval_batch_size"] == 256 and card["recheck"]["batch_size"] == 256
+    x, y = digits.test.tensors  # type: ignore[attr-defined]
+    monkeypatch.chdir(tmp_path)
+    namespace: dict[str, Any] = {"X_test": x.numpy(), "y_test": y.numpy()}
+    exec(compile(_guide_snippet(), "docs/guide.md", "exec"), namespace)
+    assert namespace["accuracy"] == card["metrics"]["test_accuracy"] == row["test_accuracy"]

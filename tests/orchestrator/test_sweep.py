@@ -40,6 +40,7 @@ REQUIRED = [
     "stage_keys",
     "code_version",
     "runtime",
+    "eval_batch_size",
 ]
 
 pytestmark = pytest.mark.usefixtures("ray_session")
@@ -93,6 +94,7 @@ def test_tiny_sweep_rows_shared_prefix_and_reuse(tmp_path: Path) -> None:
     # time-boxed latency: every row says how many calls were timed (digits-size models are
     # fast, so the repeats cap binds in the sweep; the final phase sums its rounds' calls)
     assert all(r["latency_repeats_sweep"] >= 5 for r in rows)
+    assert all(r["eval_batch_size"] == 256 for r in rows)  # Task's default, on every row
     for r in rows:
         final = r["is_baseline"] or r["trial_id"] in front
         assert (r["latency_rounds"] == 7) is final, r
