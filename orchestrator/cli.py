@@ -618,6 +618,11 @@ def _print_gc_plan(plan: Any, *, dry_run: bool) -> None:
         highlight=False,
         soft_wrap=True,
     )
+    if plan.claims:
+        out.print(
+            f"{verb} {len(plan.claims)} stale stage claim(s) left by sweeps that died",
+            highlight=False,
+        )
 
 
 # --- export (orchestrator.query.export) -----------------------------------------------------------

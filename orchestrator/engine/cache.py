@@ -34,7 +34,6 @@ from typing import Any
 
 import ray
 
-from orchestrator.engine.claims import HEARTBEAT_S, POLL_S, StageClaims
 from orchestrator.engine.requests import MeasureRequest, StageRequest
 from orchestrator.engine.stage_tasks import (
     CACHE_DIR,
@@ -43,6 +42,7 @@ from orchestrator.engine.stage_tasks import (
     run_measure,
     run_stage,
 )
+from orchestrator.store.claims import HEARTBEAT_S, POLL_S, StageClaims
 from orchestrator.store.storage import open_storage
 
 log = logging.getLogger(__name__)

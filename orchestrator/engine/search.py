@@ -25,13 +25,16 @@ def make_search(
     max_concurrent: int | None = None,
     deadline_key: str | None = None,
     done: tuple[dict[str, Any], ...] = (),
+    reruns: tuple[tuple[str, dict[str, Any]], ...] = (),
 ) -> tuple[Any, dict[str, Any], int]:
-    """(search_alg, param_space, num_samples) for the Tuner.
+    """(search_alg, param_space, num_samples) for the Tuner; num_samples counts the trials
+    the search draws, not `reruns`.
 
-    `done`: the knob points of trials already finished (a resumed sweep whose Tune state was
-    rebuilt, `tune_state`): grid search leaves them out, random search draws from its seed
-    moved on by their count (so it does not draw the earlier run's points again); Optuna
-    learns them from the warm start.
+    `done`: the knob points of trials already finished or re-run (a resumed sweep whose Tune
+    state was rebuilt, `tune_state`): grid search leaves them out, random search draws from its
+    seed moved on by their count (so it does not draw the earlier run's points again); Optuna
+    learns the finished ones from the warm start. `reruns`: (trial id, knobs) of lost trials
+    run first under their own ids with their own knobs (`rerun_search.RerunLost`).
 
     With a time budget, the search stops launching trials at `DEADLINES[deadline_key]` (a
     `time.monotonic()` value of this process, set by the sweep; default: now + the budget).
@@ -61,6 +64,15 @@ def make_search(
         if max_concurrent:
             searcher = ConcurrencyLimiter(searcher, max_concurrent=max_concurrent)
         inner, param_space, num_samples = SearchGenerator(searcher), {}, space.search.trials
+    if reruns:
+        from orchestrator.engine.rerun_search import RerunLost
+
+        inner = RerunLost(inner, list(reruns), max_concurrent=max_concurrent or 0)
+    return _with_deadline(space, inner, deadline_key), param_space, num_samples
+
+
+def _with_deadline(space: SearchSpace, inner: Any, deadline_key: str | None) -> Any:
+    """`inner` stopped from launching trials at the sweep's deadline (with a time budget)."""
     if space.search.time_budget_s is not None:
         from orchestrator.engine.searchers import DeadlineSearch
 
@@ -68,7 +80,7 @@ def make_search(
         if deadline_key is not None:
             deadline = DEADLINES.setdefault(deadline_key, deadline)
         inner = DeadlineSearch(inner, deadline, key=deadline_key)
-    return inner, param_space, num_samples
+    return inner
 
 
 def _grid_search(

@@ -370,7 +370,8 @@ def _run_trials(run: SweepRun, setup: TuneSetup, *, measure_baseline: bool) -> _
             if measure_baseline:
                 # The baseline (uncompressed teacher, eager) shares the trials' teacher.
                 baseline_ref = start_baseline(run)
-            if setup.restore or setup.num_samples > 0:  # (a rebuilt sweep may have none left)
+            # (a rebuilt sweep may have none left)
+            if setup.restore or setup.num_samples + setup.reruns > 0:
                 tuner = make_tuner(run, setup)
                 stop.enter_fit()
                 tuner.fit()

@@ -8,9 +8,11 @@ it counts as finished has its row. A truncated file (a full disk while Tune save
 finished without a row would otherwise make Tune drop its trials and run others under old ids
 with an empty config (issue 21). Then the sweep is rebuilt from the manifest and the stored
 rows: the trials still to run (the space's count less the trials with a final row) run as a
-new Tune experiment (`<sweep id>.rebuilt-<n>`, new trial ids), drawn afresh by the search -
-Optuna warm-started from the stored rows, grid search without the points already done, random
-search from a seed moved past the earlier run. Finished rows are kept as they are.
+new Tune experiment (`<sweep id>.rebuilt-<n>`). A `lost` trial runs again under its own trial id
+with the knobs its row records (`rerun_search.RerunLost`), so its new row replaces the `lost`
+one; only trials never started are drawn afresh by the search (new trial ids) - Optuna
+warm-started from the stored rows, grid search without the points already done or re-run,
+random search from a seed moved past the earlier run. Finished rows are kept as they are.
 """
 
 from __future__ import annotations
@@ -52,8 +54,11 @@ class TunePlan:
 
     experiment: str  # the Tune experiment's name: its directory under <storage>/tune
     restore: bool  # restore that experiment (else a new Tuner under that name)
-    trials_left: int | None  # trials the new Tuner runs (None: the search's own count)
-    done: tuple[dict[str, Any], ...] = ()  # knob points of the finished trials (a rebuild)
+    trials_left: int | None  # trials the new Tuner draws afresh (None: the search's own count)
+    # knob points of the finished and the re-run trials (a rebuild: not drawn again)
+    done: tuple[dict[str, Any], ...] = ()
+    # (trial id, its knobs) of each lost trial run again as it was drawn (a rebuild)
+    reruns: tuple[tuple[str, dict[str, Any]], ...] = ()
     warm_start: WarmStart | None = None  # the finished ok trials, for Optuna (a rebuild)
     note: str = ""  # why the experiment was rebuilt (empty: it was not)
 
@@ -78,17 +83,19 @@ def _rebuilt(
     from orchestrator.engine.warm import warm_start_from
 
     finals = final_trials(stored)
-    left = max(0, sweep.space.search.trials - len(finals))
-    name = _next_name(sweep.sweep_id, path, fs)
     searched = sweep.space.searched()
+    reruns = lost_reruns(stored, searched)
+    left = max(0, sweep.space.search.trials - len(finals) - len(reruns))
+    name = _next_name(sweep.sweep_id, path, fs)
     done = tuple(
         {k: v for k, v in stored[t].get("effective_params", {}).items() if k in searched}
         for t in sorted(finals)
-    )
+    ) + tuple(knobs for _, knobs in reruns)
     note = (
         f"Tune's experiment state of sweep {sweep.sweep_id} cannot be restored ({problem}); "
-        f"its {len(finals)} finished trial(s) are kept as stored, and the {left} trial(s) still "
-        f"to run are drawn afresh as Tune experiment {name}"
+        f"its {len(finals)} finished trial(s) are kept as stored, its {len(reruns)} lost "
+        f"trial(s) run again with the knobs they drew, and the {left} trial(s) never started "
+        f"are drawn afresh, as Tune experiment {name}"
     )
     log.warning("%s", note)
     return TunePlan(
@@ -96,9 +103,32 @@ def _rebuilt(
         restore=False,
         trials_left=left,
         done=done,
+        reruns=reruns,
         warm_start=warm_start_from(sweep_table(sweep.storage, sweep.sweep_id), sweep.space),
         note=note,
     )
+
+
+def lost_reruns(
+    stored: Mapping[str, Mapping[str, Any]], searched: Mapping[str, Any]
+) -> tuple[tuple[str, dict[str, Any]], ...]:
+    """(trial id, the searched knobs its row records) of each stored `lost` trial, in trial id
+    order. A lost row without every searched knob (none is known to be written so) cannot be
+    run as drawn: it is left as it is, and its place is drawn afresh."""
+    reruns = []
+    for trial_id in sorted(stored):
+        row = stored[trial_id]
+        if trial_id == "baseline" or is_final(row) or row.get("status") is None:
+            continue
+        params = row.get("effective_params") or {}
+        if all(k in params for k in searched):
+            reruns.append((trial_id, {k: params[k] for k in searched}))
+        else:
+            log.warning(
+                "lost trial %s has no stored value of every searched knob; its row is kept "
+                "and a trial is drawn afresh in its place", trial_id,
+            )  # fmt: skip
+    return tuple(reruns)
 
 
 def _next_name(sweep_id: str, path: str, fs: Any) -> str:

@@ -42,6 +42,7 @@ class TuneSetup:
     fs: Any  # its pyarrow filesystem
     experiment: str  # the Tune experiment's name (`tune_state.TunePlan`)
     restore: bool  # restore that experiment (a resumed sweep whose Tune state is sound)
+    reruns: int = 0  # lost trials run again as drawn, beside num_samples (a rebuild)
 
 
 def configure_tune() -> None:
@@ -67,8 +68,9 @@ def tune_setup(
 ) -> TuneSetup:
     """The trainable, search and writer of a sweep. `stored`: trial id -> the result already
     written (a resumed sweep: replayed, and counted as done); `plan`: the Tune experiment to
-    restore or start (`tune_state.tune_plan`; a rebuilt one runs only the trials left, seeded
-    by the finished ones); `warm_start`: (points, rewards[, constraint values]) seeding Optuna."""
+    restore or start (`tune_state.tune_plan`; a rebuilt one runs its lost trials again as
+    they were drawn and draws the trials never started, seeded by the finished ones);
+    `warm_start`: (points, rewards[, constraint values]) seeding Optuna."""
     from ray import tune
 
     from orchestrator.engine.pipeline import trial_function
@@ -85,11 +87,13 @@ def tune_setup(
         max_concurrent=concurrency,
         deadline_key=sweep_id,
         done=plan.done,
+        reruns=plan.reruns,
     )
     finals = final_trials(stored)
     if plan.trials_left is not None and space.search.algorithm != "grid":
         num_samples = plan.trials_left  # (a grid left out the points done: its count is right)
-    total = len(finals) + num_samples if plan.trials_left is not None else num_samples
+    rebuilt = plan.trials_left is not None
+    total = len(finals) + len(plan.reruns) + num_samples if rebuilt else num_samples
     writer = results_writer(run, stored, total=total, progress=progress)
     trainable = tune.with_resources(
         tune.with_parameters(trial_function, plan=run.plan, cache=run.cache, replay=stored),
@@ -109,6 +113,7 @@ def tune_setup(
         fs=fs,
         experiment=plan.experiment,
         restore=plan.restore,
+        reruns=len(plan.reruns),
     )
 
 

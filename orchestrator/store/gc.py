@@ -11,6 +11,10 @@ model it ever trained. `collect` removes the checkpoints that no *kept* sweep re
 - referenced: every `stage_keys` entry of a kept sweep's results rows (each trial's chain, the
   baseline's teacher) and every `stage_key` of its stage rows.
 
+It also removes stage claims left behind by sweeps that died (`<storage>/cache/.claims/`,
+`claims.remove_stale_claims`: the claimant's process gone, or silent beyond the claims' stale
+bound); a live claim is never touched.
+
 So every stage of a kept sweep stays loadable, and repeating or resuming it hits the cache. The
 results and stage tables are never touched (rows of dropped sweeps stay queryable; only their
 models go). The collection holds the storage lock (as a nightly run does) and the in-use lock
@@ -63,6 +67,7 @@ class GcPlan:
     kept_entries: int
     kept_bytes: int
     dry_run: bool
+    claims: tuple[str, ...] = ()  # stale stage-claim files removed (or that would be)
 
     @property
     def bytes_freed(self) -> int:
@@ -148,7 +153,15 @@ def plan_gc(
         kept_entries=len(keep),
         kept_bytes=sum(e.bytes for e in keep),
         dry_run=True,
+        claims=_stale_claims(storage, dry_run=True),
     )
+
+
+def _stale_claims(storage: str | Path, *, dry_run: bool) -> tuple[str, ...]:
+    from orchestrator.store.claims import remove_stale_claims
+    from orchestrator.store.storage import open_storage
+
+    return remove_stale_claims(open_storage(os.fspath(storage)), dry_run=dry_run)
 
 
 def _kept(
@@ -196,7 +209,8 @@ def collect(
             for path in entry.paths:
                 with contextlib.suppress(FileNotFoundError):
                     fs.delete_file(path)
-    return GcPlan(**{**plan.__dict__, "dry_run": False})
+        claims = _stale_claims(storage, dry_run=False)
+    return GcPlan(**{**plan.__dict__, "dry_run": False, "claims": claims})
 
 
 @contextlib.contextmanager

@@ -1,4 +1,4 @@
-"""On-disk stage claims (`orchestrator.engine.claims`) between claimants, the cache actor's
+"""On-disk stage claims (`orchestrator.store.claims`) between claimants, the cache actor's
 wait for a stage another sweep claimed (its logic, driven directly), and which failures are
 the infrastructure's (`orchestrator.engine.faults`). The sweeps themselves, through Ray, are
 in test_cache_faults.py."""
@@ -16,12 +16,12 @@ from pathlib import Path
 
 import pytest
 
-from orchestrator.engine.claims import StageClaims
 from orchestrator.engine.faults import (
     is_infrastructure_error,
     lost_message,
     names_infrastructure_error,
 )
+from orchestrator.store.claims import StageClaims
 from orchestrator.store.storage import CACHE_DIR, open_storage
 
 KEY = "k" * 16

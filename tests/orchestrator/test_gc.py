@@ -184,3 +184,46 @@ def test_gc_after_two_sweeps_keeps_the_last_sweeps_stages_loadable(tmp_path: Pat
     assert again.summary.stages_loaded >= 1
     assert again.summary.corrupt_checkpoints == 0
     assert set(again.table.column("status").to_pylist()) == {"ok"}
+
+
+def test_gc_removes_stale_stage_claims_and_never_a_live_one(store: Path) -> None:
+    """Claims left by sweeps that died (`cache/.claims/`, orchestrator.store.claims) go with gc:
+    a dead pid's on this host, another host's claim untouched beyond the stale bound, and an
+    old leftover of an interrupted takeover; a live claim (a running pid, another host's
+    fresh claim, a takeover in progress) stays. A dry run lists them and removes nothing."""
+    import socket
+    import subprocess
+    import sys
+    import time
+
+    from orchestrator.store.claims import STALE_S
+
+    claims = store / CACHE_DIR / ".claims"
+    claims.mkdir(parents=True)
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], check=True,
+                          capture_output=True, text=True)  # fmt: skip
+    here = socket.gethostname()
+
+    def claim(name: str, pid: int, host: str, *, age_s: float = 0.0) -> None:
+        path = claims / name
+        path.write_text(json.dumps({"pid": pid, "host": host, "token": name, "claimed_at": 0.0}))
+        then = time.time() - age_s
+        os.utime(path, (then, then))
+
+    claim("dead.claim", int(dead.stdout), here)
+    claim("silent.claim", 1, "elsewhere", age_s=2 * STALE_S)
+    claim("k1.claim.stale.tok", 1, "elsewhere", age_s=2 * STALE_S)
+    claim("live.claim", os.getpid(), here)
+    claim("remote.claim", 1, "elsewhere", age_s=STALE_S / 2)
+    claim("k2.claim.stale.tok", 1, "elsewhere")
+    stale = {"dead.claim", "silent.claim", "k1.claim.stale.tok"}
+    live = {"live.claim", "remote.claim", "k2.claim.stale.tok"}
+
+    plan = collect(store, dry_run=True, now=NOW)
+    assert {Path(p).name for p in plan.claims} == stale
+    assert {p.name for p in claims.iterdir()} == stale | live
+    result = CliRunner().invoke(app, ["gc", "--storage", str(store)])
+    assert result.exit_code == 0, result.output
+    assert "removed 3 stale stage claim(s)" in result.output
+    assert {p.name for p in claims.iterdir()} == live
+    assert collect(store, now=NOW).claims == ()

@@ -13,6 +13,9 @@ killed or restarted actor, a killed sweep), or when it was not touched for `STAL
 on another host that died). Taking over renames the stale file to a name of our own, checks
 that what it moved is the claim it judged stale (else puts it back) and claims afresh.
 
+`squeezeray gc` removes the claims left behind (`remove_stale_claims`): those judged stale as
+above, and the leftovers of an interrupted takeover; it never touches a live claim.
+
 Object stores (s3://, gs://) and other fsspec URIs have no create-if-absent that pyarrow
 exposes, so there are no claims there (`supported` is False, `acquire` always grants): two
 sweeps may then compute one stage at the same time. Each still loads any checkpoint already
@@ -162,7 +165,7 @@ class StageClaims:
             judged = path.read_bytes()
         except OSError:
             return True  # released meanwhile
-        moved = path.with_name(f"{path.name}.stale.{self.owner.token}")
+        moved = path.with_name(f"{key}{TAKEOVER_MARK}{self.owner.token}")
         try:
             os.rename(path, moved)
         except OSError:
@@ -178,6 +181,46 @@ class StageClaims:
         with contextlib.suppress(OSError):
             moved.unlink()
         return True
+
+
+# A claim moved aside while it is taken over (`StageClaims._take_over_if_stale`).
+TAKEOVER_MARK = ".claim.stale."
+
+
+def remove_stale_claims(store: Storage, *, dry_run: bool = False) -> tuple[str, ...]:
+    """The claim files under `<storage>/cache/.claims/` whose claimant is dead or silent
+    (`StageClaims.is_stale`: its pid gone on this host, or untouched for `STALE_S`), and the
+    leftovers of a takeover interrupted between its rename and its delete (untouched for
+    `STALE_S`), removed unless `dry_run`; their paths. A live claim is never touched: a stale one
+    is removed as a takeover moves it (renamed, checked to be the claim judged stale, deleted).
+    Object stores have no claims: ()."""
+    judge = StageClaims(store)
+    if judge.directory is None or not judge.directory.is_dir():
+        return ()
+    removed = []
+    for path in sorted(judge.directory.iterdir()):
+        if path.name.endswith(".claim"):
+            key = path.name[: -len(".claim")]
+            if judge.is_stale(key) and (dry_run or _removed(judge, key)):
+                removed.append(str(path))
+        elif TAKEOVER_MARK in path.name and _age_s(path) > judge.stale_s:
+            if not dry_run:
+                with contextlib.suppress(OSError):
+                    path.unlink()
+            removed.append(str(path))
+    return tuple(removed)
+
+
+def _removed(judge: StageClaims, key: str) -> bool:
+    """Remove `key`'s stale claim as a takeover does; False when it was claimed afresh."""
+    return judge._take_over_if_stale(key) and not judge.path(key).exists()
+
+
+def _age_s(path: Path) -> float:
+    try:
+        return time.time() - path.stat().st_mtime
+    except OSError:
+        return 0.0
 
 
 def _read_owner(path: Path) -> ClaimOwner | None:
