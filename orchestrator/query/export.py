@@ -595,10 +595,11 @@ def _export_pretrained(
     directory `out/huggingface` plus the task's tokenizer/processor files, loaded back with
     `from_pretrained` and compared with the rebuilt model. Returns the card's "huggingface"
     section (None: not a transformers model) and the files written (paths relative to
-    `out`). An onnxruntime row of float weights is rebuilt here for it."""
+    `out`). An onnxruntime row (float, or onnx_int8 over float weights) is rebuilt here for
+    it, so its card says why it has none when it is int8."""
     from stages.hfexport import check_pretrained_dir, save_pretrained_dir
 
-    if model is None and ckpt.quantize == "none":
+    if model is None and ckpt.quantize in ("none", "onnx_int8"):  # float state_dicts
         model = _build(task, ckpt)
     if model is None:
         return None, []
