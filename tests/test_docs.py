@@ -80,7 +80,7 @@ def test_the_docs_show_commands() -> None:
 def test_every_documented_command_parses(where: str, argv: list[str]) -> None:
     try:
         _parse(argv)
-    except ClickExit:
+    except (ClickExit, typer.Exit):
         pass  # --help, --version
     except UsageError as exc:
         pytest.fail(f"{where}: `squeezeray {shlex.join(argv)}` does not parse: {exc}")
