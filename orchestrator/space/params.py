@@ -254,17 +254,23 @@ def _validate_stage(
     spec = get_stage(stage)
     hints = _field_types(spec.params)
     errors = Collector()
-    for key, dist in mine.items():
-        errors.attempt(_check_param_name, source, spec, key, dist, hints, fallback=None)
-    errors.raise_if_any()
-    fixed = {k.split(".")[1]: d.value for k, d in mine.items() if d.kind == "fixed"}
+    named = {
+        key: dist
+        for key, dist in mine.items()
+        if errors.attempt(_check_param_name, source, spec, key, dist, hints, fallback=False)
+    }  # the values of keys with a bad name are not checked (nothing to check them against)
+    fixed = {k.split(".")[1]: d.value for k, d in named.items() if d.kind == "fixed"}
     # Fixed values first, each alone; then every candidate of a searched knob with all the
     # fixed ones (only once those passed, so one bad fixed value is reported once).
+    values = Collector()
     for searched in (False, True):
-        for key, dist in mine.items():
+        if values.errors:  # a bad fixed value: the searched knobs need good fixed ones
+            break
+        for key, dist in named.items():
             if (dist.kind != "fixed") is searched:
-                _check_values(errors, source, spec, key, dist, fixed if searched else {})
-        errors.raise_if_any()
+                _check_values(values, source, spec, key, dist, fixed if searched else {})
+    errors.errors.extend(e for e in values.errors if e not in errors.errors)
+    errors.raise_if_any()
     _make_params(source, f"params.{stage}.*", spec, fixed, "")
     return {k: _as_float_values(d) if hints.get(k.split(".")[1]) is float else d
             for k, d in mine.items()}  # fmt: skip
@@ -288,7 +294,7 @@ def _check_values(
 
 def _check_param_name(
     source: str, spec: Any, key: str, dist: Distribution, hints: dict[str, Any]
-) -> None:
+) -> bool:
     stage, param = key.split(".")
     names = spec.param_names()
     if param not in names:
@@ -306,6 +312,7 @@ def _check_param_name(
             f"{dist.describe()}: {key} is an integer parameter; accepted: "
             "{int: [low, high]} or a choice of integers",
         )
+    return True
 
 
 def _field_types(params_cls: type) -> dict[str, Any]:

@@ -150,10 +150,11 @@ def test_load_space_subprocess_imports_no_ray() -> None:
 
 
 def test_validate_reports_every_problem_in_one_run(tmp_path: Path) -> None:
-    """Five mistakes in four sections: one run lists all five (file, key, value, accepted),
-    not one per run."""
+    """Six mistakes in four sections: one run lists all six (file, key, value, accepted),
+    not one per run; a stage's bad key does not hide its other keys' bad values."""
     data = _with(
         params__prune__ratoi={"uniform": [0.0, 0.5]},  # typo in a param name
+        params__prune__method={"choice": ["l1", "structured"]},  # same stage: a bad value
         params__distill__alpha={"choice": [0.5, 1.5]},  # out of range
         search={"algorithm": "optuna", "trails": 4},  # typo in a search key
         objectives={"val_accuracy": "up", "size_bytes": "min"},  # bad direction
@@ -163,10 +164,11 @@ def test_validate_reports_every_problem_in_one_run(tmp_path: Path) -> None:
     result = runner.invoke(app, ["validate", str(path)])
     assert result.exit_code == 2
     text = " ".join(result.stderr.split())
-    assert "5 problems:" in text
+    assert "6 problems:" in text
     for key, value in (
         ("params.prune.ratoi", "did you mean prune.ratio"),
         ("params.distill.alpha", "1.5"),
+        ("params.prune.method", "prune.method='l1' is not accepted"),
         ("search.trails", "did you mean search.trials"),
         ("objectives.val_accuracy", "'up' is not a direction"),
         ("colour", "is not a known key"),
@@ -177,5 +179,5 @@ def test_validate_reports_every_problem_in_one_run(tmp_path: Path) -> None:
 
     with pytest.raises(SpaceErrors) as caught:
         load_space(path)
-    assert len(caught.value.errors) == 5
+    assert len(caught.value.errors) == 6
     assert all(e.startswith(f"{path}: ") for e in caught.value.errors)
