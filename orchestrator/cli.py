@@ -716,7 +716,8 @@ def _print_export(result: Any) -> None:
         out.print(f"  {name}  sha256 {digest[:16]}...", highlight=False, markup=False)
     out.print(
         f"re-checked {ARTIFACT[card['runtime']]}: test accuracy {check['accuracy']:.4f} "
-        f"= row {check['expected']:.4f} ({check['samples']} samples)",
+        f"= row {check['expected']:.4f} ({check['samples']} samples in batches of "
+        f"{check['batch_size']}, as the row was measured)",
         highlight=False,
     )
 
