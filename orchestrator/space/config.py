@@ -5,14 +5,14 @@ starts (this module never imports ray).
 name: my-sweep
 task: digits                      # built-in name or "package.module:callable"
 pipeline: [teacher, distill, prune, finetune, lora, quantize, export]
-objectives: {accuracy: max, size_bytes: min, latency_ms: min}
+objectives: {val_accuracy: max, size_bytes: min, latency_ms_sweep: min}
 params:                           # "stage.param": a distribution or a plain (fixed) value
   distill.temperature: {choice: [2.0, 4.0, 8.0]}
   prune.ratio: {uniform: [0.0, 0.9]}
   lora.rank: {int: [0, 16], step: 4}
   distill.epochs: 60
 search: {algorithm: optuna, trials: 24, seed: 0, scheduler: none, time_budget: 30m}
-constraints: {accuracy: ">= 0.95"}
+constraints: {val_accuracy: ">= 0.95"}
 latency: {warmup: 50, repeats: 300, batch_size: 1, threads: 1}
 ```
 
