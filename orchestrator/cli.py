@@ -475,7 +475,9 @@ def _write_front(view: Any, format: str, output: Path | None) -> None:
             if output is None:
                 show_front(view, out)
             else:
-                with open(output, "w") as sink:
+                from orchestrator.store.outputs import output_file
+
+                with output_file(output) as tmp, open(tmp, "w") as sink:
                     show_front(view, Console(file=sink, width=200))
         return
     export_front(view, format, output, sys.stdout)

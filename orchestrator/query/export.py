@@ -32,7 +32,6 @@ import hashlib
 import json
 import math
 import os
-import shutil
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -493,7 +492,8 @@ def export_trial(
     `where`. The written artifact is loaded back and its test-split accuracy must equal the
     row's `accuracy`, and a `huggingface/` directory (see the module docstring) must give the
     rebuilt model's logits; otherwise a SqueezerayError says so (the files stay for
-    inspection).
+    inspection). The files are written all or nothing (`store.outputs.output_folder`): a write
+    that fails (a full disk, an error while writing or re-checking) leaves `output` as it was.
 
     `output` must be new or empty, so no file of another export is left beside this one; with
     `overwrite`, a folder holding only files an export writes (`EXPORT_FILES`) is emptied of
@@ -501,6 +501,7 @@ def export_trial(
     SqueezerayError, checked before anything is read. `option_style`: how errors spell the
     options, `sweep=` ("python") or `--sweep` ("cli", the command line).
     """
+    from orchestrator.store.outputs import output_folder
     from orchestrator.store.storage import open_storage
     from stages.tasks import load_task
 
@@ -512,26 +513,25 @@ def export_trial(
     ckpt = trial_checkpoint(storage, row, recompute=recompute)
     task = load_task(str(row["task"]))
     model = None if ckpt.runtime == "onnxruntime" else _build(task, ckpt)
-    for path in stale:
-        shutil.rmtree(path) if path.is_dir() else path.unlink()
-    out.mkdir(parents=True, exist_ok=True)
-    written = _write_artifacts(task, ckpt, model, row, out)
-    check = _recheck_row(task, ckpt, out, row)
-    hf_card, hf_files = _export_pretrained(task, ckpt, model, out)
-    written += hf_files
-    files = {name: _sha256(out / name) for name in written}
     store = open_storage(storage)
-    card = _card(
-        row,
-        sweep_rows,
-        ckpt,
-        files,
-        check,
-        storage=store.root if store.is_local else store.uri,
-        input_card=_input_card(task, ckpt, model),
-    )
-    card["huggingface"] = hf_card
-    (out / CARD).write_text(json.dumps(card, indent=2, default=str) + "\n")
+    # Staged in `out`, moved in (old files removed) once all is written, or `out` left as it was.
+    with output_folder(out, replace=stale) as staging:
+        written = _write_artifacts(task, ckpt, model, row, staging)
+        check = _recheck_row(task, ckpt, staging, row)
+        hf_card, hf_files = _export_pretrained(task, ckpt, model, staging)
+        written += hf_files
+        files = {name: _sha256(staging / name) for name in written}
+        card = _card(
+            row,
+            sweep_rows,
+            ckpt,
+            files,
+            check,
+            storage=store.root if store.is_local else store.uri,
+            input_card=_input_card(task, ckpt, model),
+        )
+        card["huggingface"] = hf_card
+        (staging / CARD).write_text(json.dumps(card, indent=2, default=str) + "\n")
     _raise_unless_reproduced(check, hf_card, ckpt, row, out)
     return ExportResult(output=out, files={**files, CARD: _sha256(out / CARD)}, card=card)
 
@@ -560,12 +560,17 @@ def _raise_unless_reproduced(
 def _check_output(out: Path, *, overwrite: bool, option_style: OptionStyle) -> list[Path]:
     """The files of a previous export in `out` that `overwrite` removes (none for a new or
     empty folder); SqueezerayError when `out` is a file, or holds files and not `overwrite`,
-    or holds files an export does not write."""
+    or holds files an export does not write. The staging folder a killed export left
+    (`store.outputs.output_folder`) does not count, and is removed with them."""
+    from orchestrator.store.outputs import STAGING_PREFIX
+
     if out.exists() and not out.is_dir():
         raise SqueezerayError(f"output {str(out)!r} is a file; choose a new or empty folder")
-    present = sorted(out.iterdir()) if out.is_dir() else []
+    listed = sorted(out.iterdir()) if out.is_dir() else []
+    leftovers = [p for p in listed if p.name.startswith(STAGING_PREFIX)]
+    present = [p for p in listed if p not in leftovers]
     if not present:
-        return []
+        return leftovers
     flag = "--overwrite" if option_style == "cli" else "overwrite=True"
     names = ", ".join(p.name for p in present[:8]) + (", ..." if len(present) > 8 else "")
     if not overwrite:
@@ -585,7 +590,7 @@ def _check_output(out: Path, *, overwrite: bool, option_style: OptionStyle) -> l
             f"({', '.join(foreign[:8])}); {flag} only replaces a previous export "
             f"({', '.join(EXPORT_FILES)}): choose a new or empty folder"
         )
-    return present
+    return present + leftovers
 
 
 def _export_pretrained(
@@ -640,10 +645,21 @@ def _write_artifacts(
     from stages.runtime import _trace_and_freeze
 
     assert model is not None
-    torch.jit.save(_trace_and_freeze(task, model, ckpt), str(out / "model.pt"))
+    # Serialised in memory, then written by Python: torch's own file writer reports a full
+    # disk as a RuntimeError ("unexpected pos"), which no handler can tell from a bug.
+    (out / "model.pt").write_bytes(_saved(torch.jit.save, _trace_and_freeze(task, model, ckpt)))
     if runtime != "eager":
         return ["model.pt"]
     return ["model.pt", *_write_eager_rebuild(ckpt, row, out)]
+
+
+def _saved(save: Any, obj: Any) -> bytes:
+    """`save(obj, buffer)` (torch.save, torch.jit.save) as bytes."""
+    import io
+
+    buffer = io.BytesIO()
+    save(obj, buffer)
+    return buffer.getvalue()
 
 
 def _write_eager_rebuild(ckpt: ModelCheckpoint, row: Mapping[str, Any], out: Path) -> list[str]:
@@ -651,7 +667,7 @@ def _write_eager_rebuild(ckpt: ModelCheckpoint, row: Mapping[str, Any], out: Pat
     module with `build_model`). Returns the file names written."""
     import torch
 
-    torch.save(ckpt.state_dict, out / "state_dict.pt")
+    (out / "state_dict.pt").write_bytes(_saved(torch.save, ckpt.state_dict))
     (out / "checkpoint.pt").write_bytes(ckpt.to_bytes())
     recipe = {
         "task": row["task"],

@@ -25,6 +25,7 @@ from orchestrator.query.pareto import (
     pareto_front,
     resolve_objectives,
 )
+from orchestrator.store.outputs import output_file, write_text_output
 from stages.errors import SqueezerayError
 
 if TYPE_CHECKING:
@@ -419,7 +420,8 @@ def print_front(
 
 
 def export_front(view: FrontView, fmt: str, output: Path | None, stdout: IO[str]) -> None:
-    """Write the front rows (with ratio columns) as csv, json or parquet.
+    """Write the front rows (with ratio columns) as csv, json or parquet; a file `output` all
+    or nothing (`store.outputs`: a failed write leaves it as it was).
 
     csv/json go to `stdout` when `output` is None; parquet needs `output`. An empty front is
     a valid empty document (csv header, `[]`, an empty parquet file)."""
@@ -434,7 +436,8 @@ def export_front(view: FrontView, fmt: str, output: Path | None, stdout: IO[str]
     if fmt == "parquet":
         if output is None:
             raise SqueezerayError("--format parquet writes binary data; give --output FILE.parquet")
-        pq.write_table(front, str(output))
+        with output_file(output) as tmp:
+            pq.write_table(front, str(tmp))
         return
     if fmt == "json":
         text = json.dumps([_json_row(r) for r in front.to_pylist()], indent=1, allow_nan=False)
@@ -453,7 +456,7 @@ def _write_text(text: str, output: Path | None, stdout: IO[str]) -> None:
         stdout.write(text)
         stdout.flush()
     else:
-        Path(output).write_text(text)
+        write_text_output(output, text)
 
 
 def _json_row(row: Mapping[str, Any]) -> dict[str, Any]:

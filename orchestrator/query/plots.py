@@ -22,6 +22,7 @@ from orchestrator.query.pareto import (
     is_non_dominated,
     resolve_objectives,
 )
+from orchestrator.store.outputs import output_file
 from stages.errors import SqueezerayError
 
 if TYPE_CHECKING:
@@ -31,7 +32,9 @@ SUFFIXES = (".png", ".html")
 
 
 def plot_front(table: pa.Table, objectives: Mapping[str, str] | None, path: str | Path) -> Path:
-    """Draw the front of `table` (a results table, baseline rows included) to `path`."""
+    """Draw the front of `table` (a results table, baseline rows included) to `path`, all or
+    nothing (`store.outputs.output_file`: a failed write leaves no file, and any file that was
+    at `path` as it was)."""
     target = Path(path)
     suffix = target.suffix.lower()
     if suffix not in SUFFIXES:
@@ -43,11 +46,12 @@ def plot_front(table: pa.Table, objectives: Mapping[str, str] | None, path: str 
     if len(chosen) < 2:
         raise SqueezerayError(f"a front plot needs two or more objectives, got {list(chosen)}")
     data = _PlotData.build(table, chosen)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    if suffix == ".png":
-        _png(data, target)
-    else:
-        _html(data, target)
+    # All or nothing: drawn to a temp file renamed into place (a failure leaves no part file).
+    with output_file(target, parents=True) as tmp:
+        if suffix == ".png":
+            _png(data, tmp)
+        else:
+            _html(data, tmp)
     return target
 
 
@@ -210,7 +214,7 @@ def _png(data: _PlotData, target: Path) -> None:
         ax.legend(fontsize=8, loc="best")
     fig.suptitle(f"squeezeray: {int(data.on_front.sum())} front points of {n} ok trials")
     fig.tight_layout()
-    fig.savefig(target, dpi=110)
+    fig.savefig(target, dpi=110, format="png")  # (a temp name: the suffix cannot tell)
     plt.close(fig)
 
 
