@@ -141,7 +141,7 @@ def _load_yaml(text: str, *, source: str) -> Any:
         line = text.splitlines()[mark.line] if mark and mark.line < len(text.splitlines()) else ""
         hint = ""
         if re.search(r":\s*[<>]=?", line):
-            hint = '; quote constraint values, e.g. accuracy: ">= 0.95"'
+            hint = '; quote constraint values, e.g. val_accuracy: ">= 0.95"'
         snippet = f" (line: {line.strip()!r})" if line.strip() else ""
         raise SqueezerayError(f"{where}: malformed YAML: {problem}{snippet}{hint}") from exc
     except yaml.YAMLError as exc:

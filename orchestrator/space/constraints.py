@@ -1,4 +1,4 @@
-"""Constraints (`accuracy: ">= 0.95"`): checking rows, Optuna violations, and the closest miss."""
+"""Constraints (`val_accuracy: ">= 0.95"`): checking rows, Optuna violations, the closest miss."""
 
 from __future__ import annotations
 

@@ -81,7 +81,7 @@ class Objective:
 
 @dataclass(frozen=True)
 class Constraint:
-    """`column op value`, e.g. val_accuracy >= 0.95; rows that meet every constraint are feasible."""
+    """`column op value`, e.g. val_accuracy >= 0.95; rows meeting every constraint are feasible."""
 
     column: str  # a metric column (METRICS)
     op: str  # one of OPERATORS
