@@ -705,8 +705,6 @@ def _export_target(
 
 def _print_export(result: Any) -> None:
     """Where the trial went, each file's digest, and the re-check of the written model."""
-    from orchestrator.query.export import ARTIFACT
-
     card = result.card
     check = card["recheck"]
     out.print(
@@ -717,7 +715,7 @@ def _print_export(result: Any) -> None:
     for name, digest in result.files.items():
         out.print(f"  {name}  sha256 {digest[:16]}...", highlight=False, markup=False)
     out.print(
-        f"re-checked {ARTIFACT[card['runtime']]}: test accuracy {check['accuracy']:.4f} "
+        f"re-checked {card['artifact']}: test accuracy {check['accuracy']:.4f} "
         f"= row {check['expected']:.4f} ({check['samples']} samples in batches of "
         f"{check['batch_size']}, as the row was measured)",
         highlight=False,

@@ -5,8 +5,10 @@
   model that does not trace fails in this stage with its name rather than at measurement.
 - `onnxruntime`: ONNX export (`torch.onnx.export(dynamo=True)`, the legacy TorchScript-based
   exporter as fallback) with a dynamic batch axis; the bytes travel in `ModelCheckpoint.onnx`,
-  the float state_dict stays beside them. A torch-quantized model cannot be exported to ONNX
-  (`torch.export` rejects quantized ops): quantize with `quantize.mode=onnx_int8` instead.
+  the float state_dict stays beside them. A torch-quantized (or half-cast) model is not
+  exported to ONNX: quantize with `quantize.mode=onnx_int8`/`onnx_static_int8` instead.
+- `compiled`: the module through `torch.compile` (Inductor) at load (`stages.runtime`);
+  compiled here once too, so a model Inductor cannot compile fails in this stage.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ from stages.base import StageInput, StageOutput, StageSpec, check_choice
 from stages.batches import forward_logits
 from stages.checkpoint import ModelCheckpoint
 from stages.errors import SqueezerayError
-from stages.names import RUNTIMES, TORCH_INT8_MODES
+from stages.names import RUNTIMES, TORCH_QUANT_MODES
 from stages.onnxio import to_onnx_bytes
 from stages.rebuild import build_model
 from stages.runtime import Predictor, make_predictor
@@ -41,7 +43,7 @@ def export(inp: StageInput, params: ExportParams) -> StageOutput:
     task = inp.task
     runtime = params.runtime
     if parent.runtime == "onnxruntime" and parent.onnx is not None:
-        # quantize.mode=onnx_int8 already produced the ONNX Runtime artifact.
+        # an ONNX quantize mode already produced the ONNX Runtime artifact.
         if runtime != "onnxruntime":
             raise SqueezerayError(
                 f"export.runtime={runtime!r} cannot deploy quantize.mode={parent.quantize!r} "
@@ -52,12 +54,12 @@ def export(inp: StageInput, params: ExportParams) -> StageOutput:
         val_acc = predictor.accuracy(task.val, batch_size=task.eval_batch_size)
         return StageOutput(parent, {"val_accuracy": val_acc})
 
-    if runtime == "onnxruntime" and parent.quantize in TORCH_INT8_MODES:
+    if runtime == "onnxruntime" and parent.quantize in TORCH_QUANT_MODES:
         raise SqueezerayError(
             f"export.runtime=onnxruntime cannot export a torch-quantized model "
-            f"(quantize.mode={parent.quantize!r}): quantized torch ops do not go through "
-            "torch.export; use quantize.mode=onnx_int8 to quantize for ONNX Runtime, or "
-            "export.runtime=eager/torchscript"
+            f"(quantize.mode={parent.quantize!r}): squeezeray quantizes for ONNX Runtime in "
+            "ONNX itself; use quantize.mode=onnx_int8 or onnx_static_int8, or "
+            "export.runtime=eager/torchscript/compiled"
         )
     model = build_model(task, parent)
     onnx_bytes = to_onnx_bytes(model, task.example_input(2)) if runtime == "onnxruntime" else None

@@ -72,6 +72,9 @@ class ModelMetrics:
     runtime: str
     val_accuracy: float | None = None  # validation split (selects models); None: not measured
     latency_repeats: int | None = None  # timed calls behind latency_ms (time-boxed)
+    # seconds torch.compile took when the model was loaded (runtime "compiled"; else None):
+    # paid once per process that loads the model, never part of latency_ms
+    compile_s: float | None = None
     # the task's own metric (stages.tasks.Metric): {name: test value, "val_" + name: val value}
     custom: dict[str, float] = field(default_factory=dict)
 
@@ -137,6 +140,10 @@ def size_bytes(ckpt: ModelCheckpoint) -> int:
 _NOT_PARAMS = {"running_mean", "running_var", "num_batches_tracked", "scale", "zero_point"}
 _ACTIVATION_QPARAM = re.compile(r"_(scale|zero_point)_\d+$")
 _PACKED_SUFFIX = "._packed_params._packed_params"
+# Plain int8 tensors that hold weights: torchao's flattened tensors (`<layer>.weight:qdata`,
+# stages.torchao_quant) and PT2E's folded int8 constants (`_frozen_param0`, stages.pt2e).
+_INT8_WEIGHT = re.compile(r"(:qdata|(^|\.)_frozen_param\d+)$")
+_TORCHAO_INNER = ":"  # other inner tensors of a flattened torchao tensor: scales, zero points
 
 
 @dataclass(frozen=True)
@@ -144,7 +151,8 @@ class WeightCounts:
     """Element counts of a checkpoint's deployed weights and biases.
 
     total: every weight/bias element; nonzero: those not (de)quantizing to 0; int8: those
-    stored as 8-bit integers (torch qint8/quint8 tensors, ONNX int8/uint8 initializers).
+    stored as 8-bit integers (torch qint8/quint8 tensors, torchao's and PT2E's int8 weight
+    tensors, ONNX int8/uint8 initializers).
     """
 
     total: int
@@ -170,6 +178,12 @@ def count_weights(ckpt: ModelCheckpoint) -> WeightCounts:
         return _count_onnx(ckpt.onnx)
     total = nonzero = int8 = 0
     for key, value in ckpt.state_dict.items():
+        if isinstance(value, torch.Tensor) and _INT8_WEIGHT.search(key):
+            n = value.numel()  # symmetric int8 (zero point 0): an int 0 is a zero weight
+            total, nonzero, int8 = total + n, nonzero + int((value != 0).sum()), int8 + n
+            continue
+        if _TORCHAO_INNER in key:
+            continue
         if key.endswith(_PACKED_SUFFIX) and isinstance(value, tuple):
             tensors = [t for t in value if isinstance(t, torch.Tensor)]
         elif isinstance(value, torch.Tensor):
@@ -563,6 +577,7 @@ def evaluate(
         latency_ms_p90=timing.p90_ms if timing else None,
         latency_repeats=timing.repeats if timing else None,
         runtime=predictor.runtime,
+        compile_s=predictor.compile_s,
         val_accuracy=val_acc,
         custom=custom,
     )

@@ -10,10 +10,11 @@ starts from the task's own model factory and replays the recipe, never unpicklin
    shapes (`stages.hfheads.sync_config`);
 2. `lowrank`: {layer name: rank} - those Linear layers become two factor Linears
    (`factorize_layers`);
-3. `quantize`: `dynamic_int8` re-applies `quantize_dynamic`; `static_int8`/`qat` re-run FX
-   prepare/convert on the example input (and the eager int8 wrapping of Linears inside
-   Transformer layers) (`rebuild_quantized`, over `stages.int8`), then the saved (calibrated)
-   state loads over it;
+3. `quantize`: `dynamic_int8` re-applies `quantize_dynamic` (`stages.torch_ao`); the torchao
+   modes re-apply their `quantize_` config and the saved inner tensors go back into torchao
+   tensors (`stages.torchao_quant`); `static_int8`/`qat` re-run `torch.export` + PT2E
+   prepare/convert and set the recipe's activation scales (`stages.pt2e`); `float16`/`bfloat16`
+   cast again (`stages.casting`) (`rebuild_quantized`), then the saved state loads over it;
 4. `stages.layers.restore_slow_path`: Transformer encoder layers whose Linears were replaced
    run their regular path (the fast path reads `linear1.weight` directly).
 """
@@ -23,19 +24,18 @@ from __future__ import annotations
 from collections import OrderedDict
 from typing import Any
 
-import torch
 from torch import nn
 
 from stages.base import check_choice
-from stages.batches import call
+from stages.casting import cast_model
 from stages.checkpoint import ModelCheckpoint
 from stages.errors import SqueezerayError
 from stages.hfheads import sync_config
-from stages.int8 import convert_int8, dynamic_int8, prepare_int8, quiet_ao, rnn_state_for_load
 from stages.layers import is_linear, restore_slow_path
-from stages.names import QUANTIZE_MODES
+from stages.names import CAST_MODES, ONNX_QUANT_MODES, QUANTIZE_MODES
 from stages.surgery import replay, set_submodule
 from stages.tasks import Task
+from stages.torchao_quant import TORCHAO_MODES, quantize_torchao, unflatten_state
 
 
 def build_model(task: Task, ckpt: ModelCheckpoint) -> nn.Module:
@@ -55,10 +55,8 @@ def build_model(task: Task, ckpt: ModelCheckpoint) -> nn.Module:
         model = factorize_layers(model, {str(k): int(v) for k, v in lowrank.items()})
     mode = ckpt.quantize
     if mode != "none":
-        model = rebuild_quantized(task, model, ckpt.state_dict, mode)
-    state = ckpt.state_dict
-    if mode == "dynamic_int8":
-        state = rnn_state_for_load(model, state)  # int8 GRU/LSTM tensors -> packed cells
+        model = rebuild_quantized(task, model, ckpt.state_dict, mode, recipe=ckpt.recipe)
+    state = _state_for_load(model, ckpt.state_dict, mode)
     try:
         model.load_state_dict(_with_versions(state, model))
     except RuntimeError as exc:  # shapes or keys differ: the recipe does not rebuild the model
@@ -70,6 +68,18 @@ def build_model(task: Task, ckpt: ModelCheckpoint) -> nn.Module:
     restore_slow_path(model)  # replaced layers inside nn.TransformerEncoderLayer (not state)
     model.eval()
     return model
+
+
+def _state_for_load(model: nn.Module, state: dict[str, Any], mode: str) -> dict[str, Any]:
+    """The saved state in the form the rebuilt modules load: torch.ao's int8 GRU/LSTM tensors
+    as packed cells, torchao's flattened inner tensors as torchao tensors."""
+    if mode == "dynamic_int8":
+        from stages.torch_ao import rnn_state_for_load
+
+        return rnn_state_for_load(model, state)
+    if mode in TORCHAO_MODES:
+        return unflatten_state(model, state)
+    return state
 
 
 def _with_versions(state: dict[str, Any], model: nn.Module) -> dict[str, Any]:
@@ -128,26 +138,39 @@ def factorize_layers(model: nn.Module, ranks: dict[str, int]) -> nn.Module:
 
 
 def rebuild_quantized(
-    task: Task, float_model: nn.Module, state_dict: dict[str, Any], mode: str
+    task: Task,
+    float_model: nn.Module,
+    state_dict: dict[str, Any],
+    mode: str,
+    *,
+    recipe: dict[str, Any] | None = None,
 ) -> nn.Module:
     """The quantized module structure of `mode`, ready for `load_state_dict(state_dict)`.
 
     `float_model` is the task's fresh model with the recipe's structural changes already
     replayed (structured pruning, low-rank factors); it is quantized again the same way.
-    Values do not matter here: weights, biases and every scale and zero point (activations
-    included) are in `state_dict` and load over it.
+    Values do not matter here: weights, biases and weight scales are in `state_dict` and load
+    over it; PT2E's activation scales (graph constants) come from `recipe`.
     """
     check_choice("quantize.mode", mode, QUANTIZE_MODES)
     model = float_model.eval()
-    if mode in ("none", "onnx_int8"):  # onnx_int8 keeps the float weights in its state_dict
+    if mode == "none" or mode in ONNX_QUANT_MODES:  # ONNX modes keep the float state_dict
         return model
     if mode == "dynamic_int8":
+        from stages.torch_ao import dynamic_int8
+
         return dynamic_int8(model)
-    example = task.example_input(1)
-    prepared = prepare_int8(model, mode, example)
-    # One pass so the observers hold finite values (else convert warns); the values are
-    # replaced by the saved scales and zero points right after.
-    prepared.eval()
-    with torch.no_grad(), quiet_ao():
-        call(prepared, example)
-    return convert_int8(prepared)
+    if mode in TORCHAO_MODES:
+        return quantize_torchao(model, mode)
+    if mode in CAST_MODES:
+        return cast_model(model, mode, copy_first=False)
+    qparams = (recipe or {}).get("activation_qparams")
+    if qparams is None:
+        raise SqueezerayError(
+            f"the checkpoint's recipe has quantize={mode!r} but no activation_qparams: it was "
+            "written by an older squeezeray (FX graph mode); delete it and let squeezeray "
+            "recompute it"
+        )
+    from stages.pt2e import rebuild_pt2e
+
+    return rebuild_pt2e(model, task.example_input(2), qparams, qat=mode == "qat")

@@ -10,6 +10,12 @@ whatever their order in the call.
   the weights; scripting fails on FX-quantized GraphModules, tracing works for float, dynamic-
   and static-int8 models). A `forward` that branches in Python on its inputs' values is
   refused (`stages.tracing.strict_trace`): the trace would keep one branch.
+- `compiled`: the eager module through `torch.compile` (Inductor, CPU: generated C++ kernels;
+  for PT2E int8 graphs Inductor fuses the quantize/dequantize pairs into int8 kernels, the
+  path torchao intends for CPU speed). Compiled when the predictor is made, by two warm-up
+  calls (batch 1, then batch 2, after which the batch axis is dynamic): that compile time is
+  paid once per process that loads the model and is reported as `Predictor.compile_s`
+  (seconds), apart from latency.
 - `onnxruntime`: an `InferenceSession` on `ckpt.onnx`, CPU provider, sequential execution,
   `threads` intra-op threads and one inter-op thread.
 
@@ -23,6 +29,7 @@ the (zero-copy) tensor <-> numpy conversion ONNX Runtime needs.
 
 from __future__ import annotations
 
+import time
 import warnings
 from typing import Any
 
@@ -43,6 +50,7 @@ from stages.batches import (
 )
 from stages.checkpoint import ModelCheckpoint
 from stages.errors import SqueezerayError
+from stages.names import RUNTIMES
 from stages.rebuild import build_model
 from stages.tasks import DEFAULT_EVAL_BATCH_SIZE, Task
 from stages.tracing import strict_trace
@@ -54,6 +62,7 @@ class Predictor:
     (B, num_classes) logits."""
 
     runtime: str
+    compile_s: float | None = None  # seconds `torch.compile` took at load (runtime compiled)
 
     def prepare(self, x: Any) -> Any:
         """The runtime's native input for `x` (done once, outside any timing)."""
@@ -259,9 +268,28 @@ def make_predictor(task: Task, ckpt: ModelCheckpoint, *, threads: int = 1) -> Pr
     if runtime == "torchscript":
         names = input_names(task.example_input(1))
         return TorchPredictor(_trace_and_freeze(task, model, ckpt), "torchscript", names=names)
-    raise SqueezerayError(
-        f"runtime={runtime!r} is not a runtime; accepted: eager, torchscript, onnxruntime"
-    )
+    if runtime == "compiled":
+        return _compiled(task, model, ckpt)
+    raise SqueezerayError(f"runtime={runtime!r} is not a runtime; accepted: {', '.join(RUNTIMES)}")
+
+
+def _compiled(task: Task, model: nn.Module, ckpt: ModelCheckpoint) -> TorchPredictor:
+    """`torch.compile(model)` (Inductor), compiled now by a batch-1 and a batch-2 call; the
+    seconds that took are the predictor's `compile_s`."""
+    compiled = torch.compile(model)
+    predictor = TorchPredictor(compiled, "compiled")  # type: ignore[arg-type]
+    start = time.perf_counter()
+    try:
+        for rows in (1, 2):
+            predictor.run_native(predictor.prepare(task.example_input(rows)))
+    except Exception as exc:  # a model Inductor cannot compile: name the runtime and the way out
+        raise SqueezerayError(
+            f"export.runtime='compiled' does not work for this model with "
+            f"quantize.mode={ckpt.quantize!r}: torch.compile failed ({type(exc).__name__}: "
+            f"{str(exc).splitlines()[0] if str(exc) else ''}); use export.runtime=eager"
+        ) from exc
+    predictor.compile_s = time.perf_counter() - start
+    return predictor
 
 
 def _trace_and_freeze(

@@ -9,8 +9,8 @@ stage's own `SqueezerayError`, raised before anything is cached or reported.
 
 Tolerances (max |rebuilt - in-memory| over the batch, relative to max(1, max |logits|)):
 `FLOAT_TOLERANCE` for float models (TorchScript freezing and ONNX Runtime reorder float
-sums), `INT8_TOLERANCE` for torch-int8 ones (a rounding flip moves a value by one
-quantization step).
+sums), `INT8_TOLERANCE` for torch-quantized and half-cast ones (a rounding flip moves a value
+by one quantization step).
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ from stages.base import StageOutput
 from stages.batches import forward_logits
 from stages.checkpoint import ModelCheckpoint
 from stages.errors import SqueezerayError
-from stages.names import TORCH_INT8_MODES
+from stages.names import TORCH_QUANT_MODES
 from stages.runtime import make_predictor
 from stages.tasks import Task
 
@@ -30,9 +30,9 @@ INT8_TOLERANCE = 1e-2
 CHECK_BATCH = 8  # test inputs run through both models
 
 _REPORT = "this is a bug in how the stage records its changes: please report it with the model"
-# Known limits with a workaround: FX quantization state that a fresh trace does not reproduce.
-_FX_FIX = "use quantize.mode=dynamic_int8 or onnx_int8 for this model"
-_FIXES = {("quantize", "static_int8"): _FX_FIX, ("quantize", "qat"): _FX_FIX}
+# Known limits with a workaround: PT2E state that a fresh export does not reproduce.
+_PT2E_FIX = "use quantize.mode=dynamic_int8, int8_weight_only or onnx_int8 for this model"
+_FIXES = {("quantize", "static_int8"): _PT2E_FIX, ("quantize", "qat"): _PT2E_FIX}
 
 
 @torch.no_grad()
@@ -72,7 +72,7 @@ def check_output(task: Task, stage: str, out: StageOutput) -> memoryview:
             f"{what}: the model rebuilt from its checkpoint gives logits of shape "
             f"{tuple(got.shape)}, the stage's model {tuple(expected.shape)}"
         )
-    tolerance = INT8_TOLERANCE if ckpt.quantize in TORCH_INT8_MODES else FLOAT_TOLERANCE
+    tolerance = INT8_TOLERANCE if ckpt.quantize in TORCH_QUANT_MODES else FLOAT_TOLERANCE
     scale = max(1.0, float(expected.abs().nan_to_num(0.0).max()))
     diff = (got - expected).abs().nan_to_num(0.0)
     same_nan = bool((got.isnan() == expected.isnan()).all())

@@ -200,7 +200,9 @@ STAGES_LAYERS: tuple[tuple[str, ...], ...] = (
     ("tasks", "hf", "weightfiles"),
     # data format, pruning history, ONNX, task fingerprint, whole-split data checks
     ("checkpoint", "surgery", "onnxio", "fingerprint", "datacheck"),
-    ("base", "int8"),  # the stage contract types; torch int8 structure
+    # the stage contract types; quantized structures: torch.ao (the only importer of
+    # torch.ao.quantization), torchao quantize_, PT2E, half-float casts
+    ("base", "torch_ao", "torchao_quant", "pt2e", "casting"),
     ("rebuild",),  # checkpoint -> model
     ("masks", "runtime"),  # keep-zeros; a checkpoint in its deployment runtime
     ("training", "metrics", "hfexport"),  # hfexport: a model in save_pretrained form

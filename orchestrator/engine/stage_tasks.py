@@ -267,6 +267,7 @@ def execute_measure(request: MeasureRequest, checkpoint: Any) -> dict[str, Any]:
         "latency_repeats_sweep": m.latency_repeats,
         "runtime": m.runtime,
         "eval_batch_size": task.eval_batch_size,
+        "compile_s": m.compile_s,
         # the task's own metric: flat keys for the search and constraints, names for the row
         **m.custom,
         "custom_metric_names": sorted(m.custom),

@@ -6,9 +6,12 @@ row was measured in:
 
 - `onnxruntime`: `model.onnx` (the exact bytes that were measured);
 - `torchscript`: `model.pt`, the traced and frozen module (`torch.jit.load`);
-- `eager`: `model.pt` (TorchScript, for deployment without the model's code), plus
-  `state_dict.pt` (`torch.load(weights_only=True)`) and `recipe.json`, how to rebuild the eager
-  module from the task's own factory (`stages.build_model`); `checkpoint.pt` holds both;
+- `eager`: `model.pt` (TorchScript, for deployment without the model's code; left out for a
+  model that does not trace, e.g. torchao's dynamic int8), plus `state_dict.pt`
+  (`torch.load(weights_only=True)`) and `recipe.json`, how to rebuild the eager module from the
+  task's own factory (`stages.build_model`); `checkpoint.pt` holds both;
+- `compiled`: the eager rebuild files (no `model.pt`); the deployment rebuilds the module and
+  calls `torch.compile` on it, as the row was measured.
 - besides, for a Hugging Face model (`transformers.PreTrainedModel`) of float weights
   (`quantize.mode: none`, no lowrank), in any runtime: `huggingface/`, its `save_pretrained`
   directory (config.json with the sizes structured pruning left, model.safetensors) plus the
@@ -51,7 +54,13 @@ if TYPE_CHECKING:
 
 OptionStyle = Literal["python", "cli"]
 CARD = "model.json"
-ARTIFACT = {"onnxruntime": "model.onnx", "torchscript": "model.pt", "eager": "model.pt"}
+ARTIFACT = {
+    "onnxruntime": "model.onnx",
+    "torchscript": "model.pt",
+    "eager": "model.pt",
+    # torch.compile output is not a file: the eager rebuild files, compiled at load
+    "compiled": "checkpoint.pt",
+}
 # every file an export writes, in any runtime: what `overwrite=True` may remove
 HF_DIR = "huggingface"  # = stages.hfexport.HF_DIR (not imported here: that loads torch)
 EXPORT_FILES = (
@@ -647,10 +656,18 @@ def _write_artifacts(
     assert model is not None
     # Serialised in memory, then written by Python: torch's own file writer reports a full
     # disk as a RuntimeError ("unexpected pos"), which no handler can tell from a bug.
-    (out / "model.pt").write_bytes(_saved(torch.jit.save, _trace_and_freeze(task, model, ckpt)))
-    if runtime != "eager":
+    if runtime == "torchscript":
+        (out / "model.pt").write_bytes(_saved(torch.jit.save, _trace_and_freeze(task, model, ckpt)))
         return ["model.pt"]
-    return ["model.pt", *_write_eager_rebuild(ckpt, row, out)]
+    scripted: list[str] = []
+    if runtime == "eager":
+        try:  # a convenience beside the rebuild files: kept only when the model traces
+            traced = _trace_and_freeze(task, model, ckpt)
+            (out / "model.pt").write_bytes(_saved(torch.jit.save, traced))
+            scripted = ["model.pt"]
+        except SqueezerayError:
+            pass
+    return [*scripted, *_write_eager_rebuild(ckpt, row, out)]
 
 
 def _saved(save: Any, obj: Any) -> bytes:
@@ -712,14 +729,6 @@ def recheck(
     model.pt through torch.jit.load as well. ok: every accuracy equals `expected` (the same
     number of correct test samples).
     """
-    import torch
-
-    from stages.batches import input_names
-    from stages.checkpoint import ModelCheckpoint
-    from stages.rebuild import build_model
-    from stages.runtime import OnnxPredictor, TorchPredictor
-
-    names = input_names(task.example_input(1))  # model.pt takes named inputs in this order
     n = len(task.test)  # type: ignore[arg-type]
     # batches as the row was measured (dynamic int8 quantizes each batch's activations with
     # that batch's range, so its outputs depend on the batching)
@@ -728,20 +737,8 @@ def recheck(
         "samples": n,
         "batch_size": batch_size,
         "expected": expected,
+        **_written_accuracies(task, ckpt, out, batch_size),
     }
-    if ckpt.runtime == "onnxruntime":
-        onnx = OnnxPredictor((out / "model.onnx").read_bytes(), threads=1)
-        result["accuracy"] = onnx.accuracy(task.test, batch_size=batch_size)
-    else:
-        scripted = TorchPredictor(torch.jit.load(str(out / "model.pt")), "torchscript", names=names)
-        result["torchscript_accuracy"] = scripted.accuracy(task.test, batch_size=batch_size)
-        if ckpt.runtime == "torchscript":
-            result["accuracy"] = result["torchscript_accuracy"]
-        else:
-            state = torch.load(out / "state_dict.pt", weights_only=True)
-            rebuilt = ModelCheckpoint(task=ckpt.task, state_dict=state, recipe=ckpt.recipe)
-            eager = TorchPredictor(build_model(task, rebuilt), "eager")
-            result["accuracy"] = eager.accuracy(task.test, batch_size=batch_size)
     accuracies = [result["accuracy"], result.get("torchscript_accuracy", result["accuracy"])]
     result["ok"] = all(round(a * n) == round(expected * n) for a in accuracies)
     if task.metric is not None and custom and task.metric.name in custom:
@@ -769,6 +766,39 @@ def _recheck_row(task: Task, ckpt: ModelCheckpoint, out: Path, row: Mapping[str,
     batch_size = int(row.get("eval_batch_size") or task.eval_batch_size)
     return recheck(task, ckpt, out, float(row["test_accuracy"]), custom=_custom(row),
                    batch_size=batch_size)  # fmt: skip
+
+
+def _written_accuracies(
+    task: Task, ckpt: ModelCheckpoint, out: Path, batch_size: int
+) -> dict[str, float]:
+    """{accuracy (the row's runtime), torchscript_accuracy (when model.pt was written)} of the
+    files in `out`, loaded as a deployment loads them (compiled: rebuilt, then compiled)."""
+    import torch
+
+    from stages.batches import input_names
+    from stages.checkpoint import ModelCheckpoint
+    from stages.rebuild import build_model
+    from stages.runtime import OnnxPredictor, TorchPredictor, make_predictor
+
+    if ckpt.runtime == "onnxruntime":
+        onnx = OnnxPredictor((out / "model.onnx").read_bytes(), threads=1)
+        return {"accuracy": onnx.accuracy(task.test, batch_size=batch_size)}
+    found: dict[str, float] = {}
+    if (out / "model.pt").exists():
+        names = input_names(task.example_input(1))  # model.pt takes named inputs in this order
+        scripted = TorchPredictor(torch.jit.load(str(out / "model.pt")), "torchscript", names=names)
+        found["torchscript_accuracy"] = scripted.accuracy(task.test, batch_size=batch_size)
+    if ckpt.runtime == "torchscript":
+        return {**found, "accuracy": found["torchscript_accuracy"]}
+    state = torch.load(out / "state_dict.pt", weights_only=True)
+    rebuilt = ModelCheckpoint(task=ckpt.task, state_dict=state, recipe=ckpt.recipe)
+    if ckpt.runtime == "compiled":  # compiled as the deployment compiles it
+        return {
+            **found,
+            "accuracy": make_predictor(task, rebuilt).accuracy(task.test, batch_size=batch_size),
+        }
+    eager = TorchPredictor(build_model(task, rebuilt), "eager")
+    return {**found, "accuracy": eager.accuracy(task.test, batch_size=batch_size)}
 
 
 def _sha256(path: Path) -> str:

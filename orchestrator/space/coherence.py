@@ -2,9 +2,9 @@
 
 Some knob combinations cannot run as written, or run the same model as another:
 
-- `quantize.mode: onnx_int8` always deploys on onnxruntime (`export.runtime` becomes
-  onnxruntime); a torch int8 mode (dynamic_int8, static_int8, qat) never does (onnxruntime
-  becomes eager).
+- the ONNX modes (`quantize.mode: onnx_int8`, `onnx_static_int8`) always deploy on
+  onnxruntime (`export.runtime` becomes onnxruntime); a torch-quantized or half-cast mode
+  (`stages.names.TORCH_QUANT_MODES`) never does (onnxruntime becomes eager).
 - `lowrank` after an unstructured `prune` (l1_unstructured, global, random, ratio > 0) is the
   recorded no-op `lowrank.rank_ratio: 1.0`: lowrank leaves every layer that holds pruned zeros
   whole (dense SVD factors would undo the pruning), which after unstructured pruning is every
@@ -22,7 +22,12 @@ import json
 from collections.abc import Mapping
 from typing import Any, Protocol
 
-from stages.names import PRUNE_METHODS, TORCH_INT8_MODES, UNSTRUCTURED_PRUNE_METHODS
+from stages.names import (
+    ONNX_QUANT_MODES,
+    PRUNE_METHODS,
+    TORCH_QUANT_MODES,
+    UNSTRUCTURED_PRUNE_METHODS,
+)
 
 
 class _Choices(Protocol):
@@ -47,9 +52,9 @@ def make_coherent(params: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]
     given takes its stage's default (`SweepPlan.resolve` passes every one)."""
     mode = params.get("quantize", {}).get("mode", "none")
     if "export" in params:
-        if mode == "onnx_int8":
+        if mode in ONNX_QUANT_MODES:
             params["export"]["runtime"] = "onnxruntime"
-        elif mode in TORCH_INT8_MODES and params["export"].get("runtime") == "onnxruntime":
+        elif mode in TORCH_QUANT_MODES and params["export"].get("runtime") == "onnxruntime":
             params["export"]["runtime"] = "eager"
     if "lowrank" in params and _zeroes_weights(params.get("prune")):
         params["lowrank"]["rank_ratio"] = 1.0  # the stage's documented no-op

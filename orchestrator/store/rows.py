@@ -70,6 +70,7 @@ def trial_row(
         "feasible": feasible,
         "runtime": result.get("runtime"),
         "eval_batch_size": result.get("eval_batch_size"),
+        "compile_s": _clean_metric("compile_s", result.get("compile_s")),
         "params": json.dumps(params, sort_keys=True, default=str),
         "wall_s": _clean_metric("wall_s", result.get("wall_s")),
         "stage_keys": list(result.get("stage_keys") or []),

@@ -116,6 +116,9 @@ RESULTS_SCHEMA = pa.schema(
         # the batch size the row's accuracies and task metrics were measured at
         # (stages.Task.eval_batch_size: per-batch int8 activations make them depend on it)
         pa.field("eval_batch_size", pa.int64()),
+        # seconds torch.compile took when the measuring process loaded the model (runtime
+        # "compiled"; null for the others): paid once per process at load, not in latency_ms
+        pa.field("compile_s", pa.float64()),
         *(pa.field(name, dtype) for name, dtype in KNOB_COLUMNS.items()),
         pa.field("params", pa.string()),  # JSON of every knob of the trial
         *(pa.field(name, dtype) for name, dtype in METRIC_COLUMNS.items()),

@@ -149,3 +149,47 @@ def test_grid_of_prune_method_x_lowrank_runs_no_error_rows(tmp_path: Path) -> No
     again = orchestrator.run_sweep(storage=tmp_path / "runs", resume=True,
                                    sweep_id=result.sweep_id)  # fmt: skip
     assert again.sweep_id == result.sweep_id and again.table.num_rows == result.table.num_rows
+
+
+NEW_MODES_SPACE = """
+name: quantize-modes
+task: blobs
+pipeline: [teacher, quantize, export]
+objectives: {val_accuracy: max, size_bytes: min}
+params:
+  teacher.epochs: 1
+  quantize.mode: {choice: [torchao_dynamic_int8, int8_weight_only, static_int8, qat,
+                           onnx_static_int8, float16, bfloat16]}
+  export.runtime: {choice: [eager, onnxruntime, compiled]}
+search: {algorithm: grid}
+"""
+
+
+def test_every_quantize_mode_parses_and_deploys_where_it_can(tmp_path: Path) -> None:
+    """The space parser accepts the torchao/PT2E/ORT-static/half modes and the `compiled`
+    runtime; onnx_static_int8 always deploys to onnxruntime, torch modes never do."""
+    path = tmp_path / "space.yaml"
+    path.write_text(textwrap.dedent(NEW_MODES_SPACE))
+    points, total = grid_points(load_space(path))
+    assert total == 7 * 3
+    from orchestrator.space.coherence import effective_knobs
+
+    runtimes: dict[str, set[str]] = {}
+    for point in points:
+        knobs = effective_knobs(point, ("teacher", "quantize", "export"))
+        runtimes.setdefault(knobs["quantize.mode"], set()).add(knobs["export.runtime"])
+    assert runtimes.pop("onnx_static_int8") == {"onnxruntime"}
+    assert all(found == {"eager", "compiled"} for found in runtimes.values()), runtimes
+
+
+def test_int4_without_its_kernel_package_is_refused_when_the_space_loads(tmp_path: Path) -> None:
+    import importlib.util
+
+    from stages.errors import SqueezerayError
+
+    if importlib.util.find_spec("mslk") is not None:
+        pytest.skip("mslk is installed: int4_weight_only runs")
+    path = tmp_path / "space.yaml"
+    path.write_text(textwrap.dedent(NEW_MODES_SPACE).replace("bfloat16]", "int4_weight_only]"))
+    with pytest.raises(SqueezerayError, match=r"int4_weight_only.*mslk"):
+        load_space(path)

@@ -63,6 +63,10 @@ CASES: list[Case] = [
     Case("quantize", {"mode": "static_int8", "calibration_batches": 2}),
     Case("quantize", {"mode": "qat", "qat_epochs": 1}, True),
     Case("quantize", {"mode": "onnx_int8"}),
+    Case("quantize", {"mode": "int8_weight_only"}),
+    Case("quantize", {"mode": "torchao_dynamic_int8"}, True),
+    Case("quantize", {"mode": "onnx_static_int8", "calibration_batches": 2}, True),
+    Case("quantize", {"mode": "bfloat16"}, True),
     Case("export", {"runtime": "eager"}),
     Case("export", {"runtime": "torchscript"}),
     Case("export", {"runtime": "onnxruntime"}),
@@ -166,7 +170,7 @@ def test_every_stage_and_choice_on_the_zoo(name: str, case: Case) -> None:
     elif case.stage == "quantize":
         fraction = quantized_fraction(loaded)  # share of weight elements stored as int8
         assert out.metrics["quantized_fraction"] == pytest.approx(fraction)
-        if case.params["mode"] == "none":
+        if case.params["mode"] in ("none", "bfloat16"):
             assert fraction == 0.0
         else:  # some int8 (a Transformer's Embedding and attention may stay float)
             assert fraction > 0.0

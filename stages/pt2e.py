@@ -1,0 +1,302 @@
+"""Static int8 and QAT through PT2E: `torch.export`, torchao's X86 Inductor quantizer, convert.
+
+Source: torchao's PT2E flow (`torchao.quantization.pt2e.quantize_pt2e.prepare_pt2e` /
+`prepare_qat_pt2e` / `convert_pt2e` with `X86InductorQuantizer`), the replacement PyTorch 2.13
+names for the deprecated FX graph mode (`prepare_fx`/`convert_fx`). `torch.export` captures the
+model's whole forward (Hugging Face models, shape-dependent Python and keyword inputs included),
+so no FX symbolic tracing is needed.
+
+The converted model is a `torch.fx.GraphModule` whose Linear/Conv weights are int8 constants
+(`_frozen_param<i>`, per-channel `_scale_<i>`/`_zero_point_<i>` buffers) dequantized on the fly,
+and whose activations pass through quantize/dequantize pairs (per-tensor uint8). Eager, this
+graph is slower than float (it dequantizes in Python ops); `torch.compile` (Inductor) fuses the
+pairs into int8 kernels, which is the deployment path torchao intends for CPU (runtime
+`compiled`, `stages.runtime`).
+
+Checkpoints: weights and weight scales are in the state_dict; activation scales and zero points
+are literal arguments of graph nodes, not tensors, so they travel in the recipe as
+`activation_qparams` ([[node name, scale, zero point], ...], JSON-safe).
+`rebuild_pt2e` exports and prepares the fresh float model the same way, converts it, then sets
+those node arguments (`apply_activation_qparams`) and the state_dict loads over it.
+
+A model of positional inputs is exported wrapped in `_Logits` (its output reduced to the logits
+tensor: a user's output dataclass needs no pytree registration; state_dict keys then start with
+`model.`); a model of named inputs (a Hugging Face model) is exported itself, called by
+keyword. Before export, attention becomes
+`stages.attention.LinearAttention` and Transformer encoder layers take their regular path
+(`restore_slow_path`), so the quantizer sees their Linears.
+"""
+
+from __future__ import annotations
+
+import copy
+import types
+from collections import OrderedDict
+from collections.abc import Mapping
+from typing import Any
+
+import torch
+from torch import nn
+
+from stages.attention import convert_attention
+from stages.batches import Inputs, call, logits_of, tensors
+from stages.errors import SqueezerayError
+from stages.layers import restore_slow_path
+
+_QDQ_TARGETS = ("quantize_per_tensor.default", "dequantize_per_tensor.default")
+
+
+def _call(example: Any) -> tuple[tuple[Any, ...], dict[str, Any]]:
+    """(args, kwargs) of the model call on `example` (a tensor, a tuple, or a dict of named
+    inputs)."""
+    if isinstance(example, Mapping):
+        return (), dict(example)
+    return tensors(example), {}
+
+
+class _Logits(nn.Module):
+    """`model` called with positional inputs, returning only its logits tensor: what
+    torch.export captures for a model of positional inputs. Its one child is `model`, so
+    state_dict keys start with `model.`."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, *args: torch.Tensor) -> torch.Tensor:
+        return logits_of(self.model(*args))
+
+
+def _dynamic_batch(args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+    """`dynamic_shapes` with every tensor input's batch axis (0) dynamic (`Dim.AUTO`: a
+    model that needs a fixed batch specializes instead of failing)."""
+
+    def spec(value: Any) -> Any:
+        return {0: torch.export.Dim.AUTO} if isinstance(value, torch.Tensor) else None
+
+    if kwargs:  # the user's forward itself is exported: specs by its parameter names
+        return {k: spec(v) for k, v in kwargs.items()}
+    return (tuple(spec(a) for a in args),)  # _Logits.forward(*args): one spec per input
+
+
+def _quantizer(*, qat: bool) -> Any:
+    import torchao.quantization.pt2e.quantizer.x86_inductor_quantizer as xiq
+
+    quantizer = xiq.X86InductorQuantizer()
+    quantizer.set_global(xiq.get_default_x86_inductor_quantization_config(is_qat=qat))
+    return quantizer
+
+
+def export_for_quantization(model: nn.Module, example: Inputs, *, qat: bool, what: str) -> Any:
+    """The model's forward captured by `torch.export` (train mode for QAT), as a GraphModule.
+
+    `example`: a batch of at least 2 rows (a batch of 1 would specialize the batch axis).
+    Raises SqueezerayError naming `what` when the model does not export.
+    """
+    model = copy.deepcopy(model)
+    args, kwargs = _call(example)
+    if not kwargs:  # logits out: a user's output class needs no pytree registration
+        model = _Logits(model)
+    convert_attention(model)  # attention projections as Linears, which the quantizer annotates
+    restore_slow_path(model)  # the encoder fast path is one opaque op the quantizer cannot see
+    model.train(qat)
+    try:
+        program = torch.export.export(
+            model, args, kwargs, dynamic_shapes=_dynamic_batch(args, kwargs)
+        )
+    except Exception as exc:  # any export failure is this model's limit, said with the fix
+        raise SqueezerayError(
+            f"{what}: torch.export could not capture the model ({type(exc).__name__}: "
+            f"{str(exc).splitlines()[0] if str(exc) else ''}); use quantize.mode=dynamic_int8, "
+            "int8_weight_only or onnx_int8 for this model"
+        ) from exc
+    exported = program.module()
+    _one_partition_per_activation_call(exported)
+    return exported
+
+
+_SINGLE_NODE_ACTIVATIONS = ("ReLU", "ReLU6", "Hardtanh", "LeakyReLU", "GELU", "SiLU")
+
+
+def _one_partition_per_activation_call(gm: torch.fx.GraphModule) -> None:
+    """Give each call of a reused activation module (ResNet's one `self.relu` after the conv
+    and after the residual add) its own module path.
+
+    The quantizer groups nodes into source partitions by the innermost entry of each node's
+    `nn_module_stack` (module path, class); the two calls of one module share the path, so
+    their partition has two outputs, which X86InductorQuantizer's conv-add-relu annotation
+    refuses ('Input partition has more than one output node'). torch.export already tells the
+    calls apart in the entry's key (`...relu@1`); that suffix is copied into the path. An
+    activation module's call is a single node, so nothing else changes.
+    """
+    for node in gm.graph.nodes:
+        stack = node.meta.get("nn_module_stack")
+        if not stack:
+            continue
+        key, (path, cls) = list(stack.items())[-1]
+        call = key.rpartition("@")[2] if "@" in key else ""
+        name = cls.rpartition(".")[2] if isinstance(cls, str) else getattr(cls, "__name__", "")
+        if call.isdigit() and name in _SINGLE_NODE_ACTIVATIONS:
+            stack = dict(stack)
+            stack[key] = (f"{path}@{call}", cls)
+            node.meta["nn_module_stack"] = stack
+
+
+def prepare(model: nn.Module, example: Inputs, *, qat: bool, what: str) -> nn.Module:
+    """The exported model with observers (static) or fake quantization (QAT, in train mode;
+    `.train()`/`.eval()` work on it)."""
+    from torchao.quantization.pt2e.quantize_pt2e import prepare_pt2e, prepare_qat_pt2e
+
+    exported = export_for_quantization(model, example, qat=qat, what=what)
+    if qat:
+        prepared = prepare_qat_pt2e(exported, _quantizer(qat=True))
+    else:
+        prepared = prepare_pt2e(exported, _quantizer(qat=False))
+    allow_train_eval(prepared, training=qat)
+    return prepared.train(qat)  # type: ignore[no-any-return]
+
+
+def _train(self: nn.Module, mode: bool = True) -> nn.Module:
+    from torchao.quantization.pt2e import (
+        move_exported_model_to_eval,
+        move_exported_model_to_train,
+    )
+
+    if getattr(self, _MODE, None) == mode:  # the graph is in that mode: rewriting costs seconds
+        return self
+    if mode:
+        move_exported_model_to_train(self)  # type: ignore[arg-type]
+    else:
+        move_exported_model_to_eval(self)  # type: ignore[arg-type]
+    setattr(self, _MODE, mode)
+    self.training = mode
+    return self
+
+
+def _eval(self: nn.Module) -> nn.Module:
+    return _train(self, False)
+
+
+_MODE = "_squeezeray_graph_training"  # the mode the exported graph's ops are in
+
+
+def allow_train_eval(gm: nn.Module, *, training: bool) -> None:
+    """Make `.train()`/`.eval()` of an exported GraphModule switch its dropout and BatchNorm
+        ops (torchao's `move_exported_model_to_train/eval`) and return the module, as
+        `nn.Module`'s do (exported modules refuse them; torchao's
+        `allow_exported_model_train_eval` returns None), so training and evaluation code that
+        calls them works unchanged. `training`: the mode the graph was exported in; switching to
+    the mode it is already in does nothing (each rewrite re-traces patterns: seconds)."""
+    setattr(gm, _MODE, training)
+    gm.training = training
+    gm.train = types.MethodType(_train, gm)  # type: ignore[method-assign]
+    gm.eval = types.MethodType(_eval, gm)  # type: ignore[method-assign]
+
+
+def convert(prepared: nn.Module) -> nn.Module:
+    """The int8 GraphModule of a `prepare` result (eval mode), without the float weights the
+    int8 constants replaced."""
+    from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e
+
+    prepared.eval()
+    converted = convert_pt2e(prepared)  # type: ignore[arg-type]
+    _drop_unused_state(converted)
+    allow_train_eval(converted, training=False)
+    return converted.eval()
+
+
+def _drop_unused_state(gm: torch.fx.GraphModule) -> None:
+    """Delete parameters and buffers no graph node reads (the float weights that convert
+    replaced by `_frozen_param`s, folded BatchNorm's), so size and counts are the int8 model's."""
+    used = {str(n.target) for n in gm.graph.nodes if n.op == "get_attr"}
+    names = [n for n, _ in gm.named_parameters(remove_duplicate=False)]
+    names += [n for n, _ in gm.named_buffers(remove_duplicate=False)]
+    for name in names:
+        if name in used:
+            continue
+        owner_name, _, leaf = name.rpartition(".")
+        owner = gm.get_submodule(owner_name) if owner_name else gm
+        if leaf in owner._parameters:
+            del owner._parameters[leaf]
+        elif leaf in owner._buffers:
+            del owner._buffers[leaf]
+    gm.delete_all_unused_submodules()
+
+
+def _qdq_nodes(gm: torch.fx.GraphModule) -> list[torch.fx.Node]:
+    return [
+        n
+        for n in gm.graph.nodes
+        if n.op == "call_function" and str(n.target).endswith(_QDQ_TARGETS)
+    ]
+
+
+def activation_qparams(gm: torch.fx.GraphModule) -> list[list[Any]]:
+    """[[node name, scale (float), zero point (int)], ...] of every per-tensor (activation)
+    quantize/dequantize node of a converted model, JSON-safe, in graph order."""
+    return [[n.name, float(n.args[1]), int(n.args[2])] for n in _qdq_nodes(gm)]  # type: ignore[arg-type]
+
+
+def apply_activation_qparams(gm: torch.fx.GraphModule, qparams: list[list[Any]]) -> None:
+    """Set the scale and zero point of each node named in `qparams` (`activation_qparams` of
+    the model this one rebuilds); raises SqueezerayError when the graphs differ."""
+    nodes = {n.name: n for n in _qdq_nodes(gm)}
+    if set(nodes) != {str(q[0]) for q in qparams}:
+        raise SqueezerayError(
+            "the rebuilt PT2E graph has other activation quantization nodes than the "
+            f"checkpoint's recipe ({len(nodes)} vs {len(qparams)}): the model or torch/torchao "
+            "changed since the checkpoint was written; delete it and let squeezeray recompute it"
+        )
+    for name, scale, zero_point in qparams:
+        node = nodes[str(name)]
+        node.args = (node.args[0], float(scale), int(zero_point), *node.args[3:])
+    gm.recompile()
+
+
+# Converted structures by float model structure: rebuilding a PT2E model re-runs export,
+# prepare and convert, and convert alone took 81 s for QAT on the digits ConvNet here (it
+# folds Conv+BN by matching many exported patterns). The structure depends only on the float
+# model's structure, so a process keeps the last few and copies them.
+_TEMPLATES: OrderedDict[str, nn.Module] = OrderedDict()
+_TEMPLATES_KEPT = 4
+
+
+def _structure_key(model: nn.Module, example: Inputs, *, qat: bool) -> str:
+    """The float model's module tree, parameter shapes and the example's shapes and dtypes."""
+    args, kwargs = _call(example)
+    inputs = [(tuple(t.shape), str(t.dtype)) for t in (*args, *kwargs.values())]
+    shapes = [(k, tuple(v.shape), str(v.dtype)) for k, v in model.state_dict().items()]
+    return repr((qat, repr(model), shapes, inputs, sorted(kwargs)))
+
+
+def remember(model: nn.Module, example: Inputs, converted: nn.Module, *, qat: bool) -> None:
+    """Keep a copy of `converted` (the PT2E result of float `model`) as the template that
+    `rebuild_pt2e` copies for models of the same structure in this process."""
+    key = _structure_key(model, example, qat=qat)
+    _TEMPLATES[key] = copy.deepcopy(converted)
+    _TEMPLATES.move_to_end(key)
+    while len(_TEMPLATES) > _TEMPLATES_KEPT:
+        _TEMPLATES.popitem(last=False)
+
+
+@torch.no_grad()
+def rebuild_pt2e(
+    model: nn.Module, example: Inputs, qparams: list[list[Any]], *, qat: bool
+) -> nn.Module:
+    """The converted structure of `model` (static or QAT), activation qparams set from
+    `qparams`, ready for `load_state_dict` of the saved weights. A structure this process
+    converted before (`remember`) is copied instead of converted again."""
+    template = _TEMPLATES.get(_structure_key(model, example, qat=qat))
+    if template is not None:
+        converted = copy.deepcopy(template)
+        apply_activation_qparams(converted, qparams)  # type: ignore[arg-type]
+        return converted
+    prepared = prepare(
+        model, example, qat=qat, what=f"quantize.mode={'qat' if qat else 'static_int8'}"
+    )
+    prepared.eval()
+    call(prepared, example)  # observers hold finite values (the saved state replaces them)
+    converted = convert(prepared)
+    remember(model, example, converted, qat=qat)
+    apply_activation_qparams(converted, qparams)  # type: ignore[arg-type]
+    return converted
