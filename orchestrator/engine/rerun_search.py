@@ -109,7 +109,9 @@ class RerunLost(SearchAlgorithm):  # type: ignore[misc]
 
     def save_to_dir(self, dirpath: str, **kwargs: Any) -> None:
         self.inner.save_to_dir(dirpath, **kwargs)
-        state = {"pending": self.pending}
+        # The experiment too: a restored run is not given it again (Tune skips
+        # add_configurations on restore), as SearchGenerator keeps its own.
+        state = {"pending": self.pending, "experiment": self._experiment}
         name = STATE_FILE.format(kwargs.get("session_str", "0"))
         _atomic_save(state=state, checkpoint_dir=dirpath, file_name=name, tmp_file_name=name)
 
@@ -122,6 +124,7 @@ class RerunLost(SearchAlgorithm):  # type: ignore[misc]
             with open(saved[-1], "rb") as f:
                 state = cloudpickle.load(f)
             self.pending = list(state["pending"])
+            self._experiment = state["experiment"]
         # The restored experiment's running trials are Tune's to resume: they are not counted
         # here (a trial restored as finished would never be told complete, and would hold a slot).
         self.live = set()

@@ -229,3 +229,72 @@ def test_state_files_load_as_tune_writes_them_and_cut_ones_do_not(tmp_path: Path
         path.write_bytes(path.read_bytes()[:20])
         with pytest.raises(_Unreadable, match=path.name):
             _load(fs, str(path))
+
+
+def test_a_rebuild_reruns_lost_trials_with_their_knobs_and_saves_which_it_launched(
+    tmp_path: Path,
+) -> None:
+    """`tune_state.lost_reruns`: each lost row with every searched knob is re-run as drawn (a
+    lost row without them is left, its place drawn afresh); `RerunLost` yields them first under
+    their own ids, within the concurrency limit, and a restored experiment does not launch the
+    ones already launched (its state file is one `tune_state` checks)."""
+    from orchestrator.engine.rerun_search import RerunLost
+    from orchestrator.engine.tune_state import _newest_state_files, lost_reruns
+
+    searched = {"prune.ratio": None, "quantize.mode": None}
+    knobs = {"prune.ratio": 0.25, "quantize.mode": "none", "teacher.epochs": 1}
+    stored = {
+        "baseline": {"status": "lost", "effective_params": {}},
+        "a": {"status": "ok", "effective_params": knobs},
+        "b": {"status": "lost", "effective_params": knobs},
+        "c": {"status": "lost", "effective_params": {"prune.ratio": 0.5}},
+    }
+    reruns = lost_reruns(stored, searched)
+    assert reruns == (("b", {"prune.ratio": 0.25, "quantize.mode": "none"}),)
+
+    class Inner:
+        total_samples = 2
+
+        def __init__(self) -> None:
+            self.made = 0
+            self.told: list[str] = []
+
+        def next_trial(self) -> Any:
+            self.made += 1
+            return type("T", (), {"trial_id": f"new{self.made}"})()
+
+        def on_trial_complete(self, trial_id: str, **kw: Any) -> None:
+            self.told.append(trial_id)
+
+        def is_finished(self) -> bool:
+            return self.made >= 2
+
+        def has_checkpoint(self, dirpath: str) -> bool:
+            return True
+
+        def save_to_dir(self, dirpath: str, **kw: Any) -> None:
+            pass
+
+        def restore_from_dir(self, dirpath: str) -> None:
+            pass
+
+    inner = Inner()
+    search = RerunLost(inner, [("b", {"prune.ratio": 0.25}), ("d", {"prune.ratio": 0.7})],
+                       max_concurrent=1)  # fmt: skip
+    made: list[str] = []
+    search._rerun_trial = lambda: type("T", (), {"trial_id": search.pending.pop(0)[0]})()  # type: ignore[method-assign]
+    made.append(search.next_trial().trial_id)
+    assert search.next_trial() is None  # one at a time
+    search.save_to_dir(str(tmp_path), session_str="2026-12-07_02-20-00")
+    search.on_trial_complete("b", result={})
+    made.append(search.next_trial().trial_id)
+    search.on_trial_complete("d", result={})
+    made += [search.next_trial().trial_id, "-"]
+    assert made == ["b", "d", "new1", "-"] and inner.told == [] and search.total_samples == 4
+    assert not search.is_finished()
+
+    restored = RerunLost(Inner(), [("b", {}), ("d", {})], max_concurrent=1)
+    restored.restore_from_dir(str(tmp_path))
+    assert [t for t, _ in restored.pending] == ["d"]  # b was launched before the save
+    names = [p.name for p in tmp_path.iterdir()]
+    assert _newest_state_files(names) == ["rerun-lost-state-2026-12-07_02-20-00.json"]
