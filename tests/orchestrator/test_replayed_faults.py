@@ -569,7 +569,8 @@ def test_sweep_on_an_s3_compatible_store_addressed_by_a_uri_with_a_query_string(
 def test_a_crashed_coordinator_gets_a_row_with_its_knobs_error_and_log(tmp_path: Path) -> None:
     """Fault 2 and issue 12 item 7 for a trial whose coordinator itself failed: Tune keeps the
     traceback in the trial's error file; the row carries its last line, the log the rest, and
-    the knobs come from the trial's config (it reported none)."""
+    the knobs come from the trial's config (it reported none). Its coordinator died in Ray
+    (ActorDiedError), not in the model: the row is `lost`, which --resume runs again."""
     from types import SimpleNamespace
 
     from orchestrator.engine.pipeline import SweepPlan
@@ -596,16 +597,17 @@ def test_a_crashed_coordinator_gets_a_row_with_its_knobs_error_and_log(tmp_path:
     )  # fmt: skip
     writer.on_trial_error(0, [], trial)
     (row,) = load_results(tmp_path, sweep="all").to_pylist()
-    assert row["status"] == "error"
+    assert row["status"] == "lost"
     assert row["error"] == (
-        "trial coordinator: ray.exceptions.ActorDiedError: The actor died unexpectedly before "
-        "finishing this task."
+        "trial coordinator: lost to an infrastructure failure (ray.exceptions.ActorDiedError: The "
+        "actor died unexpectedly before finishing this task.); its model did not fail. "
+        "`squeezeray sweep --resume` runs it again"
     )
     assert json_params(row)["distill.temperature"] == 8.0 and row["stage_keys"] == []
     log = Path(row["error_log"])
     assert log == tmp_path / "logs" / "crash-1" / "t_00000.txt"
     assert "Traceback (most recent call last)" in log.read_text()
-    assert writer.by_status == {"error": 1}
+    assert writer.by_status == {"lost": 1}
 
 
 def test_object_store_lock_is_one_per_storage_however_its_query_is_spelled() -> None:
