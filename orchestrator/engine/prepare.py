@@ -26,6 +26,7 @@ from orchestrator.engine.manifest import (
     read_manifest,
     resume_command,
     resumed_options,
+    stored_results,
 )
 from orchestrator.engine.plan import TRAINING_SEED
 from orchestrator.engine.records import PreparedSweep
@@ -157,9 +158,18 @@ def _resumed(
     if given_space is not None:
         _check_same_space(given_space, space, manifest, store, sweep_id)
     opts = resumed_options(manifest, given, store, sweep_id)
-    finished = manifest.get("status") == "finished"
+    finished = manifest.get("status") == "finished" and not _rerun_rows(store, sweep_id)
     experiment = manifest.get("tune_experiment")
     return _Start(space, opts, sweep_id, space_text, budget_elapsed_s, finished, experiment)
+
+
+def _rerun_rows(store: Storage, sweep_id: str) -> list[str]:
+    """The trial ids (the baseline's too) whose row `--resume` runs again (`lost` to Ray): a
+    sweep that finished with such rows still has them to run, so it is not finished."""
+    from orchestrator.store.schema import RERUN_STATUSES
+
+    stored = stored_results(store, sweep_id)
+    return sorted(t for t, r in stored.items() if r.get("status") in RERUN_STATUSES)
 
 
 # What makes two spaces the same sweep (`source`, the file's path, does not; `task_metric` is

@@ -92,12 +92,18 @@ def _grid_search(
     from ray import tune
     from ray.tune.search.basic_variant import BasicVariantGenerator
 
-    points, _ = grid_points(space)
-    points = [p for p in points if not any(all(d.get(k) == v for k, v in p.items()) for d in done)]
+    points = grid_left(space, done)
     inner = BasicVariantGenerator(points_to_evaluate=points, max_concurrent=max_concurrent or 0)
     # The domains are declared (Tune resolves points against them); every sample is a point.
     param_space = {k: tune.choice(list(d.choices)) for k, d in space.searched().items()}
     return inner, param_space, len(points)
+
+
+def grid_left(space: SearchSpace, done: tuple[dict[str, Any], ...] = ()) -> list[dict[str, Any]]:
+    """The grid's points (one per distinct effective configuration) less those in `done`
+    (every knob of the point equal)."""
+    points, _ = grid_points(space)
+    return [p for p in points if not any(all(d.get(k) == v for k, v in p.items()) for d in done)]
 
 
 def _random_search(

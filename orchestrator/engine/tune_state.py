@@ -85,12 +85,16 @@ def _rebuilt(
     finals = final_trials(stored)
     searched = sweep.space.searched()
     reruns = lost_reruns(stored, searched)
-    left = max(0, sweep.space.search.trials - len(finals) - len(reruns))
     name = _next_name(sweep.sweep_id, path, fs)
     done = tuple(
         {k: v for k, v in stored[t].get("effective_params", {}).items() if k in searched}
         for t in sorted(finals)
     ) + tuple(knobs for _, knobs in reruns)
+    left = max(0, sweep.space.search.trials - len(finals) - len(reruns))
+    if sweep.space.search.algorithm == "grid":  # the grid's own count: its points not done
+        from orchestrator.engine.search import grid_left
+
+        left = len(grid_left(sweep.space, done))
     note = (
         f"Tune's experiment state of sweep {sweep.sweep_id} cannot be restored ({problem}); "
         f"its {len(finals)} finished trial(s) are kept as stored, its {len(reruns)} lost "

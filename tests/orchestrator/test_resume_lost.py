@@ -126,3 +126,49 @@ def test_resume_reruns_unfinished_and_lost_trials_with_their_drawn_knobs(
     (fresh,) = [r for t, r in after.items() if t not in (first["trial_id"], second["trial_id"])]
     assert fresh["status"] == "ok" and fresh["trial_id"] != faulted["trial_id"]
     assert _ratio(fresh) not in (_ratio(first), _ratio(second))
+
+
+def test_a_finished_sweep_with_lost_rows_is_resumed_not_called_done(tmp_path: Path) -> None:
+    """A sweep can finish with `lost` rows (the cache actor gone for good; its summary says
+    `--resume` runs them again): `--resume` then runs them, where it used to say "already
+    finished: nothing is left to resume". Without lost rows a finished sweep stays done."""
+    from orchestrator.engine.manifest import write_manifest
+    from orchestrator.engine.sweep import prepare_sweep
+    from orchestrator.store.results import append_results
+    from tests.rows import result_row
+
+    storage = tmp_path / "runs"
+    first = prepare_sweep("tiny", storage=storage, sweep_id="t")
+    write_manifest(first.storage, first, status="finished")
+    append_results(str(storage), [result_row("t", "baseline"), result_row("t", "a", 1)])
+    assert prepare_sweep(None, storage=storage, resume=True, sweep_id="t").finished
+    append_results(str(storage), [result_row("t", "b", 2, status="lost")])
+    assert not prepare_sweep(None, storage=storage, resume=True, sweep_id="t").finished
+
+
+def test_a_rebuilt_grid_reruns_its_lost_point_and_draws_only_the_points_never_run(
+    tmp_path: Path,
+) -> None:
+    """The plan of a rebuilt resume (no readable Tune state) of a 3-point grid with one ok and
+    one lost point: the lost point re-run under its id, one point left (not the space's default
+    trial count, which the note used to say), the two others out of the grid."""
+    import dataclasses
+
+    from orchestrator.engine.search import grid_left
+    from orchestrator.engine.sweep import prepare_sweep
+    from orchestrator.engine.tune_state import tune_plan
+
+    space = tmp_path / "grid.yaml"
+    space.write_text(SPACE.replace("{uniform: [0.1, 0.8]}", "{choice: [0.2, 0.4, 0.6]}")
+                     .replace("algorithm: random, trials: 3", "algorithm: grid"))  # fmt: skip
+    sweep = prepare_sweep(str(space), storage=tmp_path / "runs", sweep_id="g")
+    knobs = {"prune.ratio": 0.4, "teacher.epochs": 1}
+    stored = {
+        "g_0": {"status": "ok", "effective_params": {**knobs, "prune.ratio": 0.2}},
+        "g_1": {"status": "lost", "effective_params": knobs},
+    }
+    plan = tune_plan(dataclasses.replace(sweep, resume=True), stored)
+    assert not plan.restore and plan.experiment == "g.rebuilt-1"
+    assert plan.reruns == (("g_1", {"prune.ratio": 0.4}),)
+    assert plan.trials_left == 1 and "the 1 trial(s) never started" in plan.note
+    assert grid_left(sweep.space, plan.done) == [{"prune.ratio": 0.6}]
