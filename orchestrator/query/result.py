@@ -48,6 +48,18 @@ class SweepResult:
     objectives: Mapping[str, str]
     summary: Any = field(default=None, compare=False)
 
+    def __repr__(self) -> str:
+        """One line a user can read (the default dumps the whole table's schema)."""
+        statuses = self.table.column("status").to_pylist() if self.table.num_rows else []
+        baseline = self.table.column("is_baseline").to_pylist() if self.table.num_rows else []
+        trials = [s for s, b in zip(statuses, baseline, strict=True) if not b]
+        counts = ", ".join(f"{trials.count(s)} {s}" for s in sorted(set(trials)))
+        objectives = ", ".join(f"{k}:{v}" for k, v in self.objectives.items())
+        return (
+            f"SweepResult(sweep_id={self.sweep_id!r}, storage={self.storage!r}, "
+            f"trials={len(trials)} ({counts or 'none'}), objectives={{{objectives}}})"
+        )
+
     @property
     def baseline(self) -> dict[str, Any] | None:
         """The baseline row (the teacher as given), or None when it did not finish."""

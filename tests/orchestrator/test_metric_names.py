@@ -218,3 +218,13 @@ def test_sweeps_and_nightly_reports_measure_hypervolume_against_one_reference(
     assert report.reference == pytest.approx(reference)
     assert report.hypervolume == pytest.approx(listed["b-2"])
     assert report.hypervolume_previous == pytest.approx(listed["a-1"])
+
+
+def test_a_sweep_result_prints_as_one_line(storage: Path, table: pa.Table) -> None:
+    result = SweepResult(
+        table=table, storage=str(storage), sweep_id="s-1", objectives={"val_accuracy": "max"}
+    )
+    text = repr(result)
+    trials = [r for r in table.to_pylist() if not r["is_baseline"]]
+    assert "\n" not in text and "sweep_id='s-1'" in text
+    assert f"trials={len(trials)} (" in text and "objectives={val_accuracy:max}" in text
