@@ -667,8 +667,10 @@ def export(
 ) -> None:
     """Write a trial's model in the runtime it was measured in (model.onnx, or TorchScript
     model.pt; eager adds state_dict.pt and recipe.json) plus a model.json card, then check
-    that the written file scores the row's test accuracy. --output must be a new or empty
-    folder (or hold a previous export, with --overwrite).
+    that the written file scores the row's test accuracy. A Hugging Face model of float
+    weights also gets huggingface/, a save_pretrained directory (with the task's tokenizer
+    files) checked with from_pretrained. --output must be a new or empty folder (or hold a
+    previous export, with --overwrite).
 
     e.g. squeezeray export --storage runs/ --where "val_accuracy >= 0.96" --pick size_bytes
     --output best/"""
@@ -719,6 +721,24 @@ def _print_export(result: Any) -> None:
         f"= row {check['expected']:.4f} ({check['samples']} samples in batches of "
         f"{check['batch_size']}, as the row was measured)",
         highlight=False,
+    )
+    _print_pretrained(card.get("huggingface"))
+
+
+def _print_pretrained(hf: dict[str, Any] | None) -> None:
+    """The Hugging Face form's line: how to load huggingface/, or why there is none."""
+    if hf is None:
+        return
+    if "skipped" in hf:
+        out.print(f"no {hf['dir']}/ (save_pretrained form): {hf['skipped']}", highlight=False)
+        return
+    check = hf["recheck"]
+    out.print(
+        f"re-checked {hf['dir']}/ with from_pretrained: max |logit difference| "
+        f"{check['max_abs_logit_diff']:.2g}, test accuracy {check['accuracy']:.4f}; load it: "
+        f"{hf['load']}",
+        highlight=False,
+        markup=False,
     )
 
 

@@ -115,9 +115,16 @@ def _load(auto_class: str, path: str) -> nn.Module:
     """`transformers.<auto_class>.from_pretrained(path)` from local files only, in float32
     and eval mode (the teacher as given)."""
     transformers = require_transformers(auto_class)
-    model: nn.Module = getattr(transformers, auto_class).from_pretrained(
-        path, local_files_only=True, dtype=torch.float32
-    )
+    bars = transformers.utils.logging  # the factory runs in every stage: no progress bar each time
+    shown = bars.is_progress_bar_enabled()
+    bars.disable_progress_bar()
+    try:
+        model: nn.Module = getattr(transformers, auto_class).from_pretrained(
+            path, local_files_only=True, dtype=torch.float32
+        )
+    finally:
+        if shown:
+            bars.enable_progress_bar()
     return model.eval()
 
 

@@ -115,7 +115,7 @@ def _write_bert_tokenizer(directory: Path) -> None:
     vocab += [f"w{i}" for i in range(VOCAB - len(vocab))]
     vocab_file = directory / "vocab.txt"
     vocab_file.write_text("\n".join(vocab) + "\n")
-    tokenizer = transformers.BertTokenizer(vocab_file=str(vocab_file), do_lower_case=True)
+    tokenizer = transformers.BertTokenizer(vocab=str(vocab_file), do_lower_case=True)
     tokenizer.model_max_length = SEQ_LEN
     tokenizer.save_pretrained(str(directory))
 

@@ -44,6 +44,10 @@ def test_sequence_classification_task_from_a_local_directory() -> None:
     torch.testing.assert_close(
         _logits(task.teacher(), "bert"), _logits(hf_zoo.load("bert"), "bert")
     )
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(str(hf_zoo.checkpoint_dir("bert")))
+    assert tokenizer("w1 w2")["input_ids"] == [hf_zoo.CLS_ID, 6, 7, hf_zoo.SEP_ID]  # no [UNK]
     names = {Path(f).name for f in task.export_files}
     assert {"vocab.txt", "tokenizer_config.json"} <= names
     assert not names & {"config.json", "model.safetensors"}
