@@ -25,7 +25,8 @@ from __future__ import annotations
 import functools
 import importlib
 import os
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -115,17 +116,25 @@ def _load(auto_class: str, path: str) -> nn.Module:
     """`transformers.<auto_class>.from_pretrained(path)` from local files only, in float32
     and eval mode (the teacher as given)."""
     transformers = require_transformers(auto_class)
-    bars = transformers.utils.logging  # the factory runs in every stage: no progress bar each time
-    shown = bars.is_progress_bar_enabled()
-    bars.disable_progress_bar()
-    try:
+    with quiet_progress():  # the factory runs in every stage: no progress bar each time
         model: nn.Module = getattr(transformers, auto_class).from_pretrained(
             path, local_files_only=True, dtype=torch.float32
         )
+    return model.eval()
+
+
+@contextmanager
+def quiet_progress() -> Iterator[None]:
+    """transformers' progress bars (loading, writing shards) off for the block, then back as
+    they were."""
+    bars = require_transformers("quiet_progress").utils.logging
+    shown = bars.is_progress_bar_enabled()
+    bars.disable_progress_bar()
+    try:
+        yield
     finally:
         if shown:
             bars.enable_progress_bar()
-    return model.eval()
 
 
 def _task(

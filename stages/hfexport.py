@@ -31,6 +31,7 @@ from torch import nn
 from stages.batches import forward_logits
 from stages.checkpoint import ModelCheckpoint
 from stages.conv1d import conv1d_form
+from stages.hf import quiet_progress
 from stages.tasks import Task
 
 HF_DIR = "huggingface"  # the save_pretrained directory's name inside an export folder
@@ -60,11 +61,17 @@ def is_pretrained(model: nn.Module) -> bool:
 def not_loadable_reason(model: nn.Module, ckpt: ModelCheckpoint) -> str | None:
     """Why `from_pretrained` could not load this model's weights into the class its config
     builds (None: it can). Checked before writing; the reload check catches the rest."""
+    if ckpt.quantize == "onnx_int8":
+        return (
+            "quantize.mode='onnx_int8': the measured model is the int8 ONNX model "
+            "(model.onnx); a save_pretrained directory would hold the float weights before "
+            "quantization, another model. Rows with quantize.mode: none export in Hugging "
+            "Face form"
+        )
     if ckpt.quantize != "none":
         return (
-            f"quantize.mode={ckpt.quantize!r}: its weights are int8 (or only the ONNX model is "
-            "int8), which from_pretrained does not build from a config; the float rows of the "
-            "sweep (quantize.mode: none) export in Hugging Face form"
+            f"quantize.mode={ckpt.quantize!r}: int8 weights, which from_pretrained does not "
+            "build from a config. Rows with quantize.mode: none export in Hugging Face form"
         )
     if ckpt.recipe.get("lowrank"):
         return (
@@ -105,7 +112,8 @@ def save_pretrained_dir(
     saved = copy.deepcopy(model).eval()
     conv1d_form(saved)  # GPT-2: its Conv1D layout back, with the pruned sizes
     directory.mkdir(parents=True, exist_ok=True)
-    saved.save_pretrained(str(directory))  # type: ignore[operator]
+    with quiet_progress():
+        saved.save_pretrained(str(directory))  # type: ignore[operator]
     for file in task.export_files:
         shutil.copy2(file, directory / Path(file).name)
     files = tuple(
@@ -121,9 +129,10 @@ def check_pretrained_dir(task: Task, model: nn.Module, directory: Path) -> dict[
     is missing or unexpected and the logits agree within LOGITS_TOLERANCE."""
     from stages.runtime import TorchPredictor
 
-    loaded, info = type(model).from_pretrained(  # type: ignore[attr-defined]
-        str(directory), local_files_only=True, output_loading_info=True
-    )
+    with quiet_progress():
+        loaded, info = type(model).from_pretrained(  # type: ignore[attr-defined]
+            str(directory), local_files_only=True, output_loading_info=True
+        )
     loaded.eval()
     n = min(CHECK_SAMPLES, len(task.test))  # type: ignore[arg-type]
     x = task.example_input(n)
