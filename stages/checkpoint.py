@@ -175,6 +175,10 @@ def refusal_reason(exc: BaseException) -> str:
 
 
 def from_model(task: Task, model: nn.Module, recipe: dict[str, Any]) -> ModelCheckpoint:
-    """Snapshot a model (moved to CPU, detached copies) into a checkpoint."""
-    state = {k: v.detach().to("cpu").clone() for k, v in model.state_dict().items()}
+    """A checkpoint of a stage's finished model: its state_dict moved to CPU and detached.
+
+    A CPU model's tensors are shared, not copied (a model's worth of memory saved at the end
+    of every stage): stages call this last and return the model beside it, which nothing
+    changes afterwards. A caller that goes on training `model` must snapshot it first."""
+    state = {k: v.detach().to("cpu") for k, v in model.state_dict().items()}
     return ModelCheckpoint(task=task.name, state_dict=state, recipe=dict(recipe))

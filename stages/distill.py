@@ -56,8 +56,9 @@ def distill(inp: StageInput, params: DistillParams) -> StageOutput:
     task = inp.task
     teacher_ckpt = inp.require_parent()
     device = inp.torch_device
-    # alpha = 1 never reads the teacher's logits: skip its forward passes entirely.
-    teacher = build_model(task, teacher_ckpt) if params.alpha < 1.0 else None
+    # alpha = 1 never reads the teacher's logits: skip its forward passes entirely. The
+    # teacher only runs forward: it shares its checkpoint's tensors (no second copy).
+    teacher = build_model(task, teacher_ckpt, share_weights=True) if params.alpha < 1.0 else None
     torch.manual_seed(inp.seed)  # the student's initial weights
     pruned: PruningHistory = []
     if task.student is None:

@@ -48,7 +48,11 @@ def finetune(inp: StageInput, params: FinetuneParams) -> StageOutput:
     metrics: dict[str, float] = {}
     if params.epochs > 0:
         masked = bool(parent.recipe.get("masked", False))
-        teacher = build_model(task, inp.require_teacher()) if params.mode == "kd" else None
+        teacher = (  # forward only: it shares its checkpoint's tensors
+            build_model(task, inp.require_teacher(), share_weights=True)
+            if params.mode == "kd"
+            else None
+        )
         stats = fit(
             model,
             task.train,

@@ -40,7 +40,7 @@ from stages.tasks import Task
 
 ZSTD_LEVEL = 3  # zstd's default: linear, a few ms/MB (level 19: 0.2-0.6 s/MB, docs/scale.md)
 _LATENCY_DISTINCT_INPUTS = 32  # cycle through this many test batches, not one cached input
-LATENCY_TIME_CAP_S = 1.0  # seconds of timed calls per measurement (`latency.time_cap`)
+LATENCY_TIME_CAP_S = 0.5  # seconds of timed calls per measurement (`latency.time_cap`)
 MIN_REPEATS = 5  # timed calls taken even when one call is longer than the time cap
 WARMUP_SHARE = 0.25  # the warm-up stops after this share of the time cap
 
@@ -266,7 +266,7 @@ def measure_latency(
     previous = torch.get_num_threads()
     torch.set_num_threads(threads)
     try:
-        predictor = make_predictor(task, ckpt, threads=threads)
+        predictor = make_predictor(task, ckpt, threads=threads, share_weights=True)
         return _time_calls(
             predictor,
             task,
@@ -535,7 +535,8 @@ def evaluate(
     repeats: int = 300,
     time_cap_s: float = LATENCY_TIME_CAP_S,
 ) -> ModelMetrics:
-    """All trial metrics of a checkpoint, one predictor built for accuracy and latency.
+    """All trial metrics of a checkpoint, one predictor built for accuracy and latency (the
+    model runs on the checkpoint's own tensors: `make_predictor(share_weights=True)`).
 
     accuracy on the test split and val_accuracy on the validation split, in [0, 1], in
     batches of `task.eval_batch_size`;
@@ -548,7 +549,7 @@ def evaluate(
     previous = torch.get_num_threads()
     torch.set_num_threads(threads)
     try:
-        predictor = make_predictor(task, ckpt, threads=threads)
+        predictor = make_predictor(task, ckpt, threads=threads, share_weights=True)
         acc = predictor.accuracy(task.test, batch_size=task.eval_batch_size)
         val_acc = predictor.accuracy(task.val, batch_size=task.eval_batch_size)
         custom = task_metric_values(task, predictor)

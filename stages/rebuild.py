@@ -38,8 +38,15 @@ from stages.tasks import Task
 from stages.torchao_quant import TORCHAO_MODES, quantize_torchao, unflatten_state
 
 
-def build_model(task: Task, ckpt: ModelCheckpoint) -> nn.Module:
-    """Rebuild the eager torch module of a checkpoint (in eval mode, on CPU)."""
+def build_model(task: Task, ckpt: ModelCheckpoint, *, share_weights: bool = False) -> nn.Module:
+    """Rebuild the eager torch module of a checkpoint (in eval mode, on CPU).
+
+    `share_weights`: a float model takes the checkpoint's tensors as its own parameters and
+    buffers (`load_state_dict(assign=True)`) instead of copying them, so the rebuild costs no
+    second copy of the weights; only for a checkpoint used for nothing else while the model
+    runs (inference on a checkpoint loaded for it: the self-check, a measurement). Quantized
+    models always copy (their packed parameters are rebuilt from the state).
+    """
     if ckpt.task != task.name:
         raise SqueezerayError(
             f"checkpoint belongs to task {ckpt.task!r}, not {task.name!r}; "
@@ -58,7 +65,8 @@ def build_model(task: Task, ckpt: ModelCheckpoint) -> nn.Module:
         model = rebuild_quantized(task, model, ckpt.state_dict, mode, recipe=ckpt.recipe)
     state = _state_for_load(model, ckpt.state_dict, mode)
     try:
-        model.load_state_dict(_with_versions(state, model))
+        share = share_weights and mode == "none"
+        model.load_state_dict(_with_versions(state, model), assign=share)
     except RuntimeError as exc:  # shapes or keys differ: the recipe does not rebuild the model
         raise SqueezerayError(
             f"the checkpoint's weights do not fit the model its recipe rebuilds "

@@ -251,8 +251,11 @@ def _contiguous_cpu(x: Inputs) -> Inputs:
     return args if isinstance(x, tuple) else args[0]
 
 
-def make_predictor(task: Task, ckpt: ModelCheckpoint, *, threads: int = 1) -> Predictor:
-    """The checkpoint's runtime as a Predictor (`threads`: ONNX Runtime intra-op threads)."""
+def make_predictor(
+    task: Task, ckpt: ModelCheckpoint, *, threads: int = 1, share_weights: bool = False
+) -> Predictor:
+    """The checkpoint's runtime as a Predictor (`threads`: ONNX Runtime intra-op threads;
+    `share_weights`: see `stages.rebuild.build_model`, for a checkpoint loaded only to be run)."""
     check_int("threads", threads, low=1)
     runtime = ckpt.runtime
     if runtime == "onnxruntime":
@@ -262,7 +265,7 @@ def make_predictor(task: Task, ckpt: ModelCheckpoint, *, threads: int = 1) -> Pr
                 "stage with export.runtime=onnxruntime (or quantize.mode=onnx_int8)"
             )
         return OnnxPredictor(ckpt.onnx, threads=threads)
-    model = build_model(task, ckpt)
+    model = build_model(task, ckpt, share_weights=share_weights)
     if runtime == "eager":
         return TorchPredictor(model, "eager")
     if runtime == "torchscript":

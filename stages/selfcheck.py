@@ -54,7 +54,7 @@ def check_output(task: Task, stage: str, out: StageOutput) -> memoryview:
     fix = _FIXES.get((stage, ckpt.quantize), _REPORT)
     try:
         loaded = ModelCheckpoint.from_bytes(data)
-        got = make_predictor(task, loaded)(x)
+        got = make_predictor(task, loaded, share_weights=True)(x)
         del loaded  # its tensors: no second copy of the model alive beside the stage's
     except Exception as exc:  # a checkpoint that does not rebuild is this stage's fault
         raise SqueezerayError(

@@ -136,7 +136,7 @@ class SweepPlan:
             sys_path=self.sys_path,
             warmup=int(lat.get("warmup", 50)),
             repeats=int(lat.get("repeats", 300)),
-            time_cap_s=float(lat.get("time_cap_s", 1.0)),
+            time_cap_s=float(lat.get("time_cap_s", 0.5)),
             batch_size=int(lat.get("batch_size", 1)),
             threads=int(lat.get("threads", 1)),
             storage=self.storage,

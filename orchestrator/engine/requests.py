@@ -36,7 +36,7 @@ class MeasureRequest:
     key: str  # the final stage's key
     warmup: int = 50
     repeats: int = 300  # timed calls at most
-    time_cap_s: float = 1.0  # seconds of timed calls (stages.metrics: time-boxed latency)
+    time_cap_s: float = 0.5  # seconds of timed calls (stages.metrics: time-boxed latency)
     batch_size: int = 1
     threads: int = 1
     sys_path: tuple[str, ...] = ()

@@ -129,7 +129,7 @@ class LatencySettings:
     rounds: int = 7  # interleaved rounds of the final re-measurement; 0: no final phase
     # seconds of timed calls per measurement (`latency.time_cap`): the calls taken are as many
     # as fit, at most `repeats`, at least stages.metrics.MIN_REPEATS (latency_repeats_sweep)
-    time_cap_s: float = 1.0
+    time_cap_s: float = 0.5
 
 
 DEFAULT_OBJECTIVES: tuple[Objective, ...] = (
