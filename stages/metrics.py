@@ -42,6 +42,7 @@ ZSTD_LEVEL = 3  # zstd's default: linear, a few ms/MB (level 19: 0.2-0.6 s/MB, d
 _LATENCY_DISTINCT_INPUTS = 32  # cycle through this many test batches, not one cached input
 LATENCY_TIME_CAP_S = 0.5  # seconds of timed calls per measurement (`latency.time_cap`)
 MIN_REPEATS = 5  # timed calls taken even when one call is longer than the time cap
+MIN_ROUND_REPEATS = 3  # the same per round of `interleaved_latency` (7 rounds: 21 calls)
 WARMUP_SHARE = 0.25  # the warm-up stops after this share of the time cap
 
 
@@ -337,11 +338,13 @@ def _time_calls(
     )
 
 
-def planned_repeats(per_call_s: float, *, repeats: int, time_cap_s: float) -> int:
+def planned_repeats(
+    per_call_s: float, *, repeats: int, time_cap_s: float, least: int = MIN_REPEATS
+) -> int:
     """Timed calls for a model whose call takes `per_call_s` seconds: as many as fit in
-    `time_cap_s`, at most `repeats`, at least `MIN_REPEATS` (or `repeats` when smaller)."""
+    `time_cap_s`, at most `repeats`, at least `least` (or `repeats` when smaller)."""
     fit = int(time_cap_s / per_call_s) if per_call_s > 0 else repeats
-    return max(min(repeats, MIN_REPEATS), min(repeats, fit))
+    return max(min(repeats, least), min(repeats, fit))
 
 
 def _warm_up(predictor: Predictor, inputs: list[Any], *, warmup: int, time_cap_s: float) -> float:
@@ -472,6 +475,7 @@ def interleaved_latency(
                 _warm_up(p, xs, warmup=warmup, time_cap_s=time_cap_s),
                 repeats=repeats,
                 time_cap_s=round_cap_s,
+                least=MIN_ROUND_REPEATS,
             )
             for p, xs in zip(predictors, inputs, strict=True)
         ]
