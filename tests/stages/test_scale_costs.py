@@ -322,3 +322,23 @@ def test_measuring_a_model_compresses_it_once_and_builds_it_once(
     m = metrics.evaluate(task, ckpt, warmup=2, repeats=5)
     assert counts.builds == 1 and _CountingCompressor.instances == 1 and counts.saves == 1
     assert m.latency_repeats == 5 and m.size_bytes > 0
+
+
+def test_a_rebuild_draws_no_random_initial_weights() -> None:
+    """The factory's random init is skipped (a strict load overwrites every weight): the
+    global RNG does not advance, and the rebuilt model is the checkpoint's."""
+    from stages.rebuild import build_model
+    from stages.tasks import load_task
+
+    task = load_task("blobs")
+    torch.manual_seed(1)
+    ckpt = ModelCheckpoint(
+        task="blobs",
+        state_dict=dict(task.build("teacher").state_dict()),
+        recipe={"arch": "teacher"},
+    )
+    before = torch.random.get_rng_state()
+    model = build_model(task, ckpt)
+    assert torch.equal(torch.random.get_rng_state(), before)
+    assert all(torch.equal(v, ckpt.state_dict[k]) for k, v in model.state_dict().items())
+    assert torch.nn.init.kaiming_uniform_.__name__ == "kaiming_uniform_"  # restored
