@@ -38,6 +38,7 @@ def checkpoint_path(key: str) -> tuple[str, str]:
 def _prepare_worker(sys_path: tuple[str, ...], threads: int) -> None:
     import torch
 
+    release_memory()  # what an earlier task on this reused worker left behind
     for entry in sys_path:
         if entry not in sys.path:
             sys.path.insert(0, entry)
@@ -329,18 +330,45 @@ def _announce_start(sweep_id: str, key: str) -> None:
         ray.get_actor(cache_actor_name(sweep_id)).started.remote(key, time.time())
 
 
+def release_memory() -> None:
+    """Hand the memory a finished task freed back to the OS (Linux glibc: `malloc_trim`).
+
+    Ray reuses a worker for the next task, and glibc keeps freed heap pages: at 50M parameters
+    a worker that had run stage tasks measured the next model at 5.4 GB resident. No-op where
+    there is no glibc."""
+    import ctypes
+    import gc
+
+    gc.collect()
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+
+
 def _stage_task(request: StageRequest, parent: Any, teacher: Any) -> tuple[Any, dict[str, Any]]:
     _announce_start(request.sweep_id, request.key)
-    return execute_stage(request, parent, teacher)
+    try:
+        return execute_stage(request, parent, teacher)
+    finally:
+        release_memory()  # the stage's models are garbage once execute_stage returns
 
 
 def _measure_task(request: MeasureRequest, checkpoint: Any) -> dict[str, Any]:
     _announce_start(request.sweep_id, measure_clock_key(request.key))
-    return execute_measure(request, checkpoint)
+    try:
+        return execute_measure(request, checkpoint)
+    finally:
+        release_memory()
+
+
+def _remeasure_task(request: MeasureRequest, rounds: int, *checkpoints: Any) -> list[dict]:
+    try:
+        return execute_remeasure(request, rounds, *checkpoints)
+    finally:
+        release_memory()
 
 
 # Deterministic stages are safe to retry when a worker dies (max_retries); an exception raised
 # by the stage itself is not retried (retry_exceptions=False): it would fail again.
 run_stage: Any = ray.remote(num_returns=2, max_retries=3)(_stage_task)
 run_measure: Any = ray.remote(max_retries=3)(_measure_task)
-run_remeasure: Any = ray.remote(max_retries=1)(execute_remeasure)
+run_remeasure: Any = ray.remote(max_retries=1)(_remeasure_task)
