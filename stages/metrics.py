@@ -15,7 +15,7 @@
   warm-up (timing noise measured here: 8-11% single thread, 23-36% with two threads),
   time-boxed: the warm-up's last calls time the model, and the timed calls are as many as fit
   in `time_cap_s` seconds (at most `repeats`, at least `MIN_REPEATS`); `LatencyResult.repeats`
-  (the row's `latency_repeats`) says how many were taken.
+  (the row's `latency_repeats_sweep`) says how many were taken.
 """
 
 from __future__ import annotations
