@@ -92,3 +92,18 @@ PYTHON = _blocks({"python"})
 @pytest.mark.parametrize(("where", "line", "body"), PYTHON, ids=[f"{w}:{n}" for w, n, _ in PYTHON])
 def test_every_documented_python_block_compiles(where: str, line: int, body: str) -> None:
     compile(body, f"{where}:{line}", "exec")
+
+
+LINK = re.compile(r"\]\(([^)#\s]+)(#[^)\s]*)?\)")
+
+
+def test_every_relative_link_points_to_a_file() -> None:
+    broken = []
+    for path in DOCS:
+        for match in LINK.finditer(path.read_text()):
+            target = match.group(1)
+            if "://" in target or target.startswith("mailto:"):
+                continue
+            if not (path.parent / target).exists():
+                broken.append(f"{path.relative_to(ROOT)} -> {target}")
+    assert not broken, broken
