@@ -147,7 +147,7 @@ def test_disk_full_during_a_sweep_then_resume_keeps_rows_and_runs_drawn_knobs(
     # usually is already: Tune copies it to the storage without a temp file).
     newest = Path(max(glob.glob(str(storage / "tune" / "full-a" / "experiment_state-*.json"))))
     newest.write_bytes(newest.read_bytes()[:300])
-    table = run_sweep(None, storage=str(storage), sweep_id="full-a", resume=True)
+    table = run_sweep(None, storage=str(storage), sweep_id="full-a", resume=True).table
 
     after = {r["trial_id"]: r for r in table.to_pylist()}
     trials = {t: r for t, r in after.items() if t != "baseline"}
