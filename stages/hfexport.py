@@ -1,8 +1,9 @@
 """A trial's model in Hugging Face form: a `save_pretrained` directory, checked by loading it back.
 
 For a model that is a `transformers.PreTrainedModel` whose weights `from_pretrained` can load
-into the class its config builds (float weights: `quantize.mode: none`; pruned, distilled,
-fine-tuned and LoRA-merged models qualify, with the config structured pruning updated),
+into the class its config builds (float weights: `quantize.mode` none, float16 or bfloat16;
+pruned, distilled, fine-tuned and LoRA-merged models qualify, with the config structured
+pruning updated),
 `save_pretrained_dir` writes `config.json` + `model.safetensors` and copies the task's
 `export_files` (tokenizer/processor files) beside them. Conv1D layers that `Task.build` made
 Linear go back to Conv1D first (`stages.conv1d.conv1d_form`, on a copy), so the files have
@@ -61,14 +62,14 @@ def is_pretrained(model: nn.Module) -> bool:
 def not_loadable_reason(model: nn.Module, ckpt: ModelCheckpoint) -> str | None:
     """Why `from_pretrained` could not load this model's weights into the class its config
     builds (None: it can). Checked before writing; the reload check catches the rest."""
-    if ckpt.quantize == "onnx_int8":
+    if ckpt.quantize.startswith("onnx_"):
         return (
-            "quantize.mode='onnx_int8': the measured model is the int8 ONNX model "
+            f"quantize.mode={ckpt.quantize!r}: the measured model is the int8 ONNX model "
             "(model.onnx); a save_pretrained directory would hold the float weights before "
             "quantization, another model. Rows with quantize.mode: none export in Hugging "
             "Face form"
         )
-    if ckpt.quantize != "none":
+    if ckpt.quantize not in ("none", "float16", "bfloat16"):  # float casts load as they are
         return (
             f"quantize.mode={ckpt.quantize!r}: int8 weights, which from_pretrained does not "
             "build from a config. Rows with quantize.mode: none export in Hugging Face form"
@@ -131,7 +132,10 @@ def check_pretrained_dir(task: Task, model: nn.Module, directory: Path) -> dict[
 
     with quiet_progress():
         loaded, info = type(model).from_pretrained(  # type: ignore[attr-defined]
-            str(directory), local_files_only=True, output_loading_info=True
+            str(directory),
+            local_files_only=True,
+            output_loading_info=True,
+            dtype=next(model.parameters()).dtype,  # float16/bfloat16 rows compare in their dtype
         )
     loaded.eval()
     n = min(CHECK_SAMPLES, len(task.test))  # type: ignore[arg-type]

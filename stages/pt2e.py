@@ -41,6 +41,7 @@ from torch import nn
 from stages.attention import convert_attention
 from stages.batches import Inputs, call, logits_of, tensors
 from stages.errors import SqueezerayError
+from stages.hfheads import no_cache
 from stages.layers import restore_slow_path
 
 _QDQ_TARGETS = ("quantize_per_tensor.default", "dequantize_per_tensor.default")
@@ -101,9 +102,11 @@ def export_for_quantization(model: nn.Module, example: Inputs, *, qat: bool, wha
     restore_slow_path(model)  # the encoder fast path is one opaque op the quantizer cannot see
     model.train(qat)
     try:
-        program = torch.export.export(
-            model, args, kwargs, dynamic_shapes=_dynamic_batch(args, kwargs)
-        )
+        # GPT-2 returns its key/value cache (a DynamicCache, no pytree) unless use_cache is off
+        with no_cache(model):
+            program = torch.export.export(
+                model, args, kwargs, dynamic_shapes=_dynamic_batch(args, kwargs)
+            )
     except Exception as exc:  # any export failure is this model's limit, said with the fix
         raise SqueezerayError(
             f"{what}: torch.export could not capture the model ({type(exc).__name__}: "

@@ -37,14 +37,8 @@ from stages.teacher import TeacherParams, train_teacher
 from tests import hf_zoo
 from tests.stages.test_zoo import CASES, Case
 
-HFPRUNE = "issue 22 items 3-4 (branch hfprune): head-aware structured pruning, Conv1D"
-QUANT = "issue 22 item 5 (branch quant): static int8/QAT on Hugging Face models (PT2E)"
-
 # (model, stage or case id) -> the owner of a combination that does not work yet
-PENDING: dict[tuple[str, str], str] = {
-    **{(kind, "quantize[mode=static_int8,calibration_batches=2]"): QUANT for kind in hf_zoo.KINDS},
-    **{(kind, "quantize[mode=qat,qat_epochs=1]"): QUANT for kind in hf_zoo.KINDS},
-}
+PENDING: dict[tuple[str, str], str] = {}
 
 # share of the weights a weight-touching stage must reach: the tiny models' Linear (and
 # Conv1D) layers hold ~85% of their parameters, embeddings the rest
@@ -175,7 +169,7 @@ def test_every_stage_and_choice_on_the_hf_zoo(kind: str, case: Case, tmp_path: P
     elif case.stage == "quantize":
         fraction = quantized_fraction(loaded)
         assert out.metrics["quantized_fraction"] == pytest.approx(fraction)
-        if case.params["mode"] == "none":
+        if case.params["mode"] in ("none", "float16", "bfloat16"):
             assert fraction == 0.0
         else:
             assert fraction >= MIN_QUANTIZED_FRACTION
@@ -214,9 +208,11 @@ def _check_save_pretrained_round_trip(task: Task, ckpt: ModelCheckpoint, tmp_pat
     logits (an int8 or low-rank one says why it cannot)."""
     model = build_model(task, ckpt)
     done = save_pretrained_dir(task, model, ckpt, tmp_path / "hf")
-    assert done is not None  # every zoo model is a PreTrainedModel
+    if done is None:  # PT2E int8 (static_int8, qat) turns the model into a GraphModule
+        assert ckpt.quantize in ("static_int8", "qat"), ckpt.quantize
+        return
     if done.skipped is not None:
-        assert ckpt.quantize != "none" or ckpt.recipe.get("lowrank"), done.skipped
+        assert ckpt.quantize not in ("none", "float16", "bfloat16") or ckpt.recipe.get("lowrank")
         return
     check = check_pretrained_dir(task, model, tmp_path / "hf")
     assert check["ok"], check
