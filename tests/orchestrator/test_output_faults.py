@@ -40,6 +40,7 @@ def _leftovers(root: Path) -> list[str]:
     return sorted(str(p) for p in root.rglob(".*") if p.name.endswith(".tmp"))
 
 
+@pytest.mark.slow  # trains a small student and exports it three times (~15 s under load)
 def test_an_export_that_fills_the_disk_leaves_the_output_folder_as_it_was(
     disk: SmallFs, tmp_path: Path
 ) -> None:
