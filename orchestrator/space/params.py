@@ -22,27 +22,56 @@ _Scalar = str | int | float | bool
 
 def parse_params(source: str, raw: Any, pipeline: tuple[str, ...]) -> dict[str, Distribution]:
     """Each `params` key as a Distribution; SpaceErrors lists every bad key."""
+    errors = Collector()
+    params = collect_params(errors, source, raw, pipeline)
+    errors.raise_if_any()
+    return {k: d for k, d in params.items() if k.split(".")[0] in pipeline}
+
+
+def collect_params(
+    errors: Collector, source: str, raw: Any, pipeline: tuple[str, ...]
+) -> dict[str, Distribution]:
+    """Each `params` key that parses, as a Distribution; every bad key goes to `errors`.
+
+    A key of a known stage that is not in the pipeline is an error but is returned too, so
+    its values are still checked against that stage (one `validate` run reports both)."""
     if raw is None:
         return {}
     if not isinstance(raw, Mapping):
-        fail(
+        errors.attempt(
+            fail,
             source,
             "params",
             f"{short(raw)} is not accepted; accepted: a mapping "
             "{stage.param: distribution or value}",
+            fallback=None,
         )
+        return {}
     params: dict[str, Distribution] = {}
-    errors = Collector()
     for key, spec in raw.items():
-        dist = errors.attempt(_parse_param, source, key, spec, pipeline, fallback=None)
+        in_pipeline = errors.attempt(_parse_param_key, source, key, pipeline, fallback=False)
+        if not in_pipeline and not _known_stage_key(key):
+            continue  # no stage to check its values against
+        dist = errors.attempt(_parse_distribution, source, f"params.{key}", spec, fallback=None)
         if dist is not None:
             params[key] = dist
-    errors.raise_if_any()
     return params
 
 
-def _parse_param(source: str, key: Any, spec: Any, pipeline: tuple[str, ...]) -> Distribution:
-    """One `params` entry: a `stage.param` key of a stage in the pipeline, and its value."""
+def _known_stage_key(key: Any) -> bool:
+    """`stage.param` with a known stage (whether or not the pipeline holds it)."""
+    from stages import PIPELINE_ORDER
+
+    return (
+        isinstance(key, str)
+        and key.count(".") == 1
+        and all(key.split("."))
+        and (key.split(".")[0] in PIPELINE_ORDER)
+    )
+
+
+def _parse_param_key(source: str, key: Any, pipeline: tuple[str, ...]) -> bool:
+    """True for a `stage.param` key of a stage in the pipeline; else raises, naming the fix."""
     from stages import PIPELINE_ORDER
 
     full = f"params.{key}"
@@ -63,7 +92,7 @@ def _parse_param(source: str, key: Any, spec: Any, pipeline: tuple[str, ...]) ->
             f"stage {stage!r} is not in the pipeline {fmt_list(pipeline)}; "
             f"accepted: add {stage} to the pipeline or remove the key",
         )
-    return _parse_distribution(source, full, spec)
+    return True
 
 
 _ACCEPTED_DISTRIBUTIONS = (
@@ -234,9 +263,12 @@ def validate_stage_params(
     """Check every key and candidate value against the stage's own params dataclass; float
     params get float values (so 4 and 4.0 give one stage-cache key). SpaceErrors lists every
     bad key of every stage."""
+    from stages import PIPELINE_ORDER
+
     errors = Collector()
     out: dict[str, Distribution] = {}
-    for stage in pipeline:
+    keyed = {k.split(".")[0] for k in params}
+    for stage in [s for s in PIPELINE_ORDER if s in pipeline or s in keyed]:
         mine = {k: d for k, d in params.items() if k.split(".")[0] == stage}
         out.update(errors.attempt(_validate_stage, source, stage, mine, fallback=mine))
     errors.raise_if_any()
@@ -260,16 +292,19 @@ def _validate_stage(
         if errors.attempt(_check_param_name, source, spec, key, dist, hints, fallback=False)
     }  # the values of keys with a bad name are not checked (nothing to check them against)
     fixed = {k.split(".")[1]: d.value for k, d in named.items() if d.kind == "fixed"}
-    # Fixed values first, each alone; then every candidate of a searched knob with all the
-    # fixed ones (only once those passed, so one bad fixed value is reported once).
-    values = Collector()
-    for searched in (False, True):
-        if values.errors:  # a bad fixed value: the searched knobs need good fixed ones
-            break
-        for key, dist in named.items():
-            if (dist.kind != "fixed") is searched:
-                _check_values(values, source, spec, key, dist, fixed if searched else {})
-    errors.errors.extend(e for e in values.errors if e not in errors.errors)
+    # Fixed values first, each alone; then every candidate of a searched knob with the fixed
+    # ones that passed (so one bad fixed value is reported once, and the searched knobs are
+    # still checked in the same run).
+    good: dict[str, Any] = {}
+    for key, dist in named.items():
+        if dist.kind == "fixed":
+            before = len(errors.errors)
+            _check_values(errors, source, spec, key, dist, {})
+            if len(errors.errors) == before:
+                good[key.split(".")[1]] = dist.value
+    for key, dist in named.items():
+        if dist.kind != "fixed":
+            _check_values(errors, source, spec, key, dist, good)
     errors.raise_if_any()
     _make_params(source, f"params.{stage}.*", spec, fixed, "")
     return {k: _as_float_values(d) if hints.get(k.split(".")[1]) is float else d

@@ -8,6 +8,7 @@ what is accepted.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import itertools
 import re
 from collections.abc import Mapping
@@ -42,7 +43,7 @@ from orchestrator.space.model import (
     check_task_name,
     with_known_task_metric,
 )
-from orchestrator.space.params import parse_params, validate_stage_params
+from orchestrator.space.params import collect_params, validate_stage_params
 from stages.errors import SqueezerayError
 
 TOP_LEVEL_KEYS: tuple[str, ...] = (
@@ -100,6 +101,8 @@ def parse_space(data: Mapping[str, Any], *, source: str, check_task: bool = True
     pipeline = None
     if data.get("pipeline") is not None:
         pipeline = errors.attempt(_parse_pipeline, source, data["pipeline"], fallback=None)
+    # A pipeline that failed its checks still names stages: their params are checked too.
+    listed = pipeline if pipeline is not None else _listed_stages(data.get("pipeline"))
     space = SearchSpace(
         source=source,
         task=task,
@@ -107,7 +110,7 @@ def parse_space(data: Mapping[str, Any], *, source: str, check_task: bool = True
         objectives=errors.attempt(
             _parse_objectives, source, data.get("objectives"), fallback=DEFAULT_OBJECTIVES
         ),
-        params=_parse_all_params(errors, source, data.get("params"), pipeline),
+        params=_parse_all_params(errors, source, data.get("params"), listed),
         search=errors.attempt(_parse_search, source, data.get("search"), fallback=SearchSettings()),
         constraints=errors.attempt(
             _parse_constraints, source, data.get("constraints"), fallback=()
@@ -119,9 +122,33 @@ def parse_space(data: Mapping[str, Any], *, source: str, check_task: bool = True
     )
     errors.attempt(check_grid, source, space.search.algorithm, space.params,
                    flag="search.algorithm", fallback=None)  # fmt: skip
+    # A built-in task name (or a name that is neither built in nor an import path) is checked
+    # with the rest; a user's module is imported only once nothing else is wrong.
+    cheap = bool(task) and ":" not in task
+    if cheap:
+        space = errors.attempt(_with_task, space, check_task=check_task, fallback=space)
     errors.raise_if_any()
-    task = check_task_name(source, "task", task, check_task=check_task)
+    return space if cheap else _with_task(space, check_task=check_task)
+
+
+def _with_task(space: SearchSpace, *, check_task: bool) -> SearchSpace:
+    """The space with its task name checked and its metric names checked against the task."""
+    task = check_task_name(space.source, "task", space.task, check_task=check_task)
     return with_known_task_metric(dataclasses.replace(space, task=task), check_task=check_task)
+
+
+def _listed_stages(raw: Any) -> tuple[str, ...] | None:
+    """The stages a pipeline that failed its checks lists, when every item is a stage (its
+    order, duplicates or a missing teacher were wrong), else None."""
+    from stages import PIPELINE_ORDER
+
+    if isinstance(raw, str):
+        raw = [s.strip() for s in raw.split(",")]
+    if not isinstance(raw, list):
+        return None
+    if not all(isinstance(s, str) and s in PIPELINE_ORDER for s in raw):
+        return None  # a misspelt stage: which keys belong is unknown (each key is still checked)
+    return tuple(s for s in PIPELINE_ORDER if s in raw) or None
 
 
 _MISSING = f"missing; it is required (accepted keys: {', '.join(TOP_LEVEL_KEYS)})"
@@ -168,16 +195,18 @@ def _parse_all_params(
     errors: Collector, source: str, raw: Any, pipeline: tuple[str, ...] | None
 ) -> dict[str, Distribution]:
     """The `params` section, each key checked on its own; a stage's values are checked
-    against its params dataclass once the pipeline itself is valid."""
+    against its params dataclass whenever the pipeline names stages (even a pipeline that
+    failed its own checks), so one run reports both."""
     from stages import PIPELINE_ORDER
 
-    empty: dict[str, Distribution] = {}
-    raw_params = errors.attempt(
-        parse_params, source, raw, pipeline or PIPELINE_ORDER, fallback=empty
-    )
-    if pipeline is None:
-        return raw_params
-    return errors.attempt(validate_stage_params, source, pipeline, raw_params, fallback=raw_params)
+    parsed = collect_params(errors, source, raw, pipeline or PIPELINE_ORDER)
+    if pipeline is None:  # no pipeline to check against: each key's values are still checked
+        errors.attempt(validate_stage_params, source, (), parsed, fallback=parsed)
+        return parsed
+    # Keys of stages missing from the pipeline are errors already; their values are still
+    # checked against their stage, then dropped.
+    checked = errors.attempt(validate_stage_params, source, pipeline, parsed, fallback=parsed)
+    return {k: d for k, d in checked.items() if k.split(".")[0] in pipeline}
 
 
 def _parse_pipeline(source: str, raw: Any) -> tuple[str, ...]:
@@ -275,33 +304,51 @@ def _parse_objective(source: str, metric: Any, direction: Any) -> Objective:
 def _parse_search(source: str, raw: Any) -> SearchSettings:
     if raw is None:
         return SearchSettings()
-    check_section(source, "search", raw, SEARCH_KEYS)
-    defaults = SearchSettings()
-    algorithm = check_choice(source, "search.algorithm", raw.get("algorithm", "optuna"), ALGORITHMS)
-    trials = check_int(source, "search.trials", raw.get("trials", defaults.trials), low=1)
-    seed = check_int(source, "search.seed", raw.get("seed", defaults.seed), low=0)
-    max_concurrent = raw.get("max_concurrent")
-    if max_concurrent is not None:
-        max_concurrent = check_int(source, "search.max_concurrent", max_concurrent, low=1)
-    scheduler = raw.get("scheduler", "none")
-    scheduler = check_choice(
-        source, "search.scheduler", "none" if scheduler is None else scheduler, SCHEDULERS
+    errors = Collector()
+    if not _section_checked(errors, source, "search", raw, SEARCH_KEYS):
+        errors.raise_if_any()
+    d = SearchSettings()
+    field = functools.partial(_field, errors, source, "search", raw)
+    settings = SearchSettings(
+        algorithm=field("algorithm", "optuna", check_choice, ALGORITHMS),
+        trials=field("trials", d.trials, check_int, low=1),
+        seed=field("seed", d.seed, check_int, low=0),
+        max_concurrent=field("max_concurrent", None, check_int, low=1, null_ok=True),
+        scheduler=field("scheduler", "none", check_choice, SCHEDULERS, null_ok=True),
+        time_budget_s=field("time_budget", None, check_duration, null_ok=True),
+        sampler=field("sampler", "tpe", check_choice, SAMPLERS, null_ok=True),
     )
-    sampler = raw.get("sampler")
-    sampler = check_choice(
-        source, "search.sampler", "tpe" if sampler is None else sampler, SAMPLERS
-    )
-    budget = raw.get("time_budget")
-    budget_s = None if budget is None else check_duration(source, "search.time_budget", budget)
-    return SearchSettings(
-        algorithm=algorithm,
-        trials=trials,
-        seed=seed,
-        max_concurrent=max_concurrent,
-        scheduler=scheduler,
-        time_budget_s=budget_s,
-        sampler=sampler,
-    )
+    errors.raise_if_any()
+    return settings
+
+
+def _field(
+    errors: Collector,
+    source: str,
+    section: str,
+    raw: Mapping[str, Any],
+    key: str,
+    default: Any,
+    check: Any,
+    *args: Any,
+    null_ok: bool = False,
+    **kwargs: Any,
+) -> Any:
+    """`raw[key]` checked by `check` (its error collected, the default standing in), or the
+    default when absent (or null, with `null_ok`)."""
+    value = raw.get(key, default)
+    if value is None and null_ok:
+        return default
+    key = f"{section}.{key}"
+    return errors.attempt(check, source, key, value, *args, fallback=default, **kwargs)
+
+
+def _section_checked(
+    errors: Collector, source: str, name: str, raw: Any, keys: tuple[str, ...]
+) -> bool:
+    """Collect the section's unknown keys; False when it is not a mapping (nothing to read)."""
+    errors.attempt(check_section, source, name, raw, keys, fallback=None)
+    return isinstance(raw, Mapping)
 
 
 _CONSTRAINT_RE = re.compile(
@@ -346,18 +393,21 @@ def _parse_constraint(source: str, metric: Any, text: Any) -> Constraint:
 def _parse_latency(source: str, raw: Any) -> LatencySettings:
     if raw is None:
         return LatencySettings()
-    check_section(source, "latency", raw, LATENCY_KEYS)
+    errors = Collector()
+    if not _section_checked(errors, source, "latency", raw, LATENCY_KEYS):
+        errors.raise_if_any()
     d = LatencySettings()
-    return LatencySettings(
-        warmup=check_int(source, "latency.warmup", raw.get("warmup", d.warmup), low=0),
-        repeats=check_int(source, "latency.repeats", raw.get("repeats", d.repeats), low=1),
-        batch_size=check_int(
-            source, "latency.batch_size", raw.get("batch_size", d.batch_size), low=1
-        ),
-        threads=check_int(source, "latency.threads", raw.get("threads", d.threads), low=1),
-        rounds=check_int(source, "latency.rounds", raw.get("rounds", d.rounds), low=0),
-        time_cap_s=check_duration(source, "latency.time_cap", raw.get("time_cap", d.time_cap_s)),
+    field = functools.partial(_field, errors, source, "latency", raw)
+    settings = LatencySettings(
+        warmup=field("warmup", d.warmup, check_int, low=0),
+        repeats=field("repeats", d.repeats, check_int, low=1),
+        batch_size=field("batch_size", d.batch_size, check_int, low=1),
+        threads=field("threads", d.threads, check_int, low=1),
+        rounds=field("rounds", d.rounds, check_int, low=0),
+        time_cap_s=field("time_cap", d.time_cap_s, check_duration),
     )
+    errors.raise_if_any()
+    return settings
 
 
 def check_stages_apply_to_task(space: SearchSpace) -> None:

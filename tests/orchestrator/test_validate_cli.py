@@ -181,3 +181,60 @@ def test_validate_reports_every_problem_in_one_run(tmp_path: Path) -> None:
         load_space(path)
     assert len(caught.value.errors) == 6
     assert all(e.startswith(f"{path}: ") for e in caught.value.errors)
+
+
+def test_validate_reports_every_tier_of_problem_in_one_run(tmp_path: Path) -> None:
+    """Eight mistakes that used to surface over four runs (4, then 1, then 2, then 1): a
+    misspelled top-level key, a key of a stage missing from the pipeline (whose values are
+    still checked), a misspelled stage param, bad choices, a bad fixed value beside a bad
+    searched one, a misspelled search key beside a bad search value, and an unknown metric
+    (checked with the rest for a built-in task)."""
+    path = tmp_path / "typos.yaml"
+    path.write_text(
+        "name: typos\n"
+        "task: digits\n"
+        "pipelin: [teacher, prune]\n"
+        "pipeline: [teacher, distill, prune, finetune]\n"
+        "objectives: {val_acuracy: max}\n"
+        "params:\n"
+        "  prune.ration: 0.5\n"
+        "  prune.method: {choice: [l1, structured]}\n"
+        "  quantize.mode: {choice: [none, int8]}\n"
+        "  distill.alpha: 1.5\n"
+        "  distill.temperature: {choice: [2.0, 0.0]}\n"
+        "search: {algoritm: optuna, trials: 0}\n"
+    )
+    result = runner.invoke(app, ["validate", str(path)])
+    assert result.exit_code == 2
+    text = " ".join(result.stderr.split())
+    expected = (
+        ("pipelin", "did you mean pipeline"),
+        ("params.quantize.mode", "stage 'quantize' is not in the pipeline"),
+        ("params.quantize.mode", "quantize.mode='int8' is not accepted"),
+        ("params.prune.ration", "did you mean prune.ratio"),
+        ("params.prune.method", "prune.method='l1' is not accepted"),
+        ("params.distill.alpha", "1.5"),
+        ("params.distill.temperature", "0.0"),
+        ("search.algoritm", "did you mean search.algorithm"),
+        ("search.trials", "0 is out of range"),
+        ("objectives.val_acuracy", "did you mean val_accuracy"),
+    )
+    assert f"{len(expected)} problems:" in text
+    for key, value in expected:
+        assert any(
+            f"{path}: {key}: " in line and value in line for line in result.stderr.splitlines()
+        ), (key, value)
+
+
+def test_a_misordered_pipeline_still_has_its_params_checked(tmp_path: Path) -> None:
+    path = tmp_path / "order.yaml"
+    path.write_text(
+        "task: digits\npipeline: [teacher, prune, distill]\nparams:\n  prune.ratoi: 0.5\n"
+        "latency: {warmup: -1, repeat: 3}\n"
+    )
+    result = runner.invoke(app, ["validate", str(path)])
+    text = " ".join(result.stderr.split())
+    assert "4 problems:" in text
+    for part in ("puts 'distill' after 'prune'", "did you mean prune.ratio",
+                 "latency.repeat", "latency.warmup: -1"):  # fmt: skip
+        assert part in text, part
