@@ -56,7 +56,8 @@ def check_stages_apply(
     - prune with a reachable unstructured method and ratio > 0 on a model whose Linear/Conv
       weights hold under `stages.prune.MIN_PRUNABLE_SHARE` of its parameters (RNN models);
     - quantize.mode dynamic_int8 reachable on a model with no nn.Linear or (supported)
-      nn.MultiheadAttention.
+      nn.MultiheadAttention;
+    - a quantize.mode / export.runtime pair that cannot deploy (`check_runtimes_apply`).
     """
     # A student made from the teacher (student=None) has the teacher's layer types.
     arch = "student" if "distill" in pipeline and task.student is not None else "teacher"
@@ -129,6 +130,7 @@ def check_stages_apply(
                     "lowrank from the pipeline"
                 )
     check_pruned_widths(task, pipeline, values)
+    check_runtimes_apply(task, pipeline, values)
     dynamic = "quantize" in pipeline and "dynamic_int8" in reachable("quantize.mode", "none")
     attention = any(LinearAttention.supports(m) for m in model.modules())
     if dynamic and not (has_linear or attention):
@@ -138,6 +140,49 @@ def check_stages_apply(
             "model has none "
             f"({layers}); use static_int8, qat or onnx_int8"
         )
+
+
+# Working runtimes per mode, for the refusals' "use ..." part (docs/quantization.md).
+_TORCHSCRIPT_MODES = ("none", "dynamic_int8", "int8_weight_only", "float16", "bfloat16")
+
+
+def check_runtimes_apply(
+    task: Task, pipeline: Sequence[str], values: Mapping[str, Sequence[Any]]
+) -> None:
+    """Refuse, before any work starts, a quantize.mode and export.runtime pair the space can
+    reach that cannot deploy this task's model (every trial drawing it would be an error row):
+
+    - `torchao_dynamic_int8` with `torchscript`: torch.jit.trace cannot trace torchao's
+      quantized tensor subclass (any model);
+    - `static_int8` / `qat` with `torchscript` on a model taking named inputs (dict samples,
+      a Hugging Face model): the traced PT2E graph fails in the TorchScript interpreter when
+      it runs (seen on BertForSequenceClassification, torch 2.13).
+
+    Raises SqueezerayError naming both values, why, and the runtimes and modes that work.
+    """
+    if "quantize" not in pipeline or "export" not in pipeline:
+        return
+    modes = set(values.get("quantize.mode", ["none"]))
+    if "torchscript" not in values.get("export.runtime", ["eager"]):
+        return
+    named = isinstance(task.example_input(1), Mapping)
+    bad = [m for m in ("torchao_dynamic_int8", "static_int8", "qat") if m in modes]
+    if not named:
+        bad = [m for m in bad if m == "torchao_dynamic_int8"]
+    if not bad:
+        return
+    why = (
+        "torch.jit.trace cannot trace torchao's quantized tensors"
+        if bad[0] == "torchao_dynamic_int8"
+        else f"task {task.name!r} takes named inputs (dict samples) and the TorchScript trace "
+        "of its PT2E-quantized graph fails when it runs"
+    )
+    raise SqueezerayError(
+        f"quantize.mode={bad[0]!r} cannot deploy with export.runtime='torchscript': {why}; "
+        f"accepted: export.runtime eager or compiled for {bad[0]}, or with torchscript "
+        f"quantize.mode one of {', '.join(_TORCHSCRIPT_MODES)}; remove torchscript from "
+        f"export.runtime or {bad[0]} from quantize.mode"
+    )
 
 
 def check_pruned_widths(
@@ -200,4 +245,4 @@ def _check_pruned(task: Task, arch: str, params: PruneParams, what: str, fix: st
             raise SqueezerayError(f"task {task.name!r}: {exc}; {fix}") from exc
 
 
-__all__ = ["check_pruned_widths", "check_stages_apply"]
+__all__ = ["check_pruned_widths", "check_runtimes_apply", "check_stages_apply"]
