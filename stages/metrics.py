@@ -433,6 +433,9 @@ def robust_cv(values: np.ndarray) -> float:
     return 1.4826 * float(np.median(np.abs(values - median))) / median
 
 
+TURNS_PER_ROUND = 10  # each round's calls of every model are taken in this many alternating turns
+
+
 def interleaved_latency(
     task: Task,
     ckpts: list[ModelCheckpoint],
@@ -444,17 +447,22 @@ def interleaved_latency(
     threads: int = 1,
     time_cap_s: float = LATENCY_TIME_CAP_S,
 ) -> list[RoundsLatency]:
-    """Time `ckpts` side by side: every round times each model in turn (ckpts[0], the
-    reference, first), `repeats` calls each after a short re-warm; one `RoundsLatency` per
+    """Time `ckpts` side by side: every round times each model's calls in short alternating
+    turns (ckpts[0], the reference, is not always first); one `RoundsLatency` per
     checkpoint, in order.
 
-    Interleaving puts every model under the same conditions within a round, and the paired
-    per-round ratio to the reference cancels a drift of the machine's speed between rounds
-    (on shared hosts batch-1 latency has slow spells of seconds: bench/RESULTS.md §3). Each
-    predictor is built once and warmed up with `warmup` calls before the first round.
-    Time-boxed like `measure_latency`: each model's calls per round are chosen from its warm-up
-    timing to fit in `time_cap_s / rounds` seconds (at most `repeats`, at least `MIN_REPEATS`),
-    so a model's rounds together time about `time_cap_s` seconds of calls.
+    Interleaving puts every model under the same conditions, and the paired per-round ratio
+    to the reference cancels a drift of the machine's speed between rounds (on shared hosts
+    batch-1 latency has slow spells of seconds: bench/RESULTS.md §3). Within a round the
+    models take turns (`TURNS_PER_ROUND`, fewer when a model has fewer calls), each turn one
+    untimed call (the model's caches after the switch) then its share of timed calls, the
+    first model of each turn rotating: a slow model's calls and a fast one's span the same
+    stretch of time, so a slow spell hits the same share of each. (Timing each model's round
+    in one block let the slow reference fill nearly all the phase's wall time and take every
+    slow spell alone, inflating `speedup` several times.) Each predictor is built once and
+    warmed up with `warmup` calls before the first round. Time-boxed like `measure_latency`:
+    each model's calls per round are chosen from its warm-up timing to fit in
+    `time_cap_s / rounds` seconds (at most `repeats`, at least `MIN_REPEATS`).
     """
     check_int("latency.rounds", rounds, low=1)
     check_int("latency.warmup", warmup, low=0)
@@ -479,33 +487,72 @@ def interleaved_latency(
             )
             for p, xs in zip(predictors, inputs, strict=True)
         ]
-        rewarm = min(warmup, 10)
-        times: list[list[np.ndarray]] = [[] for _ in ckpts]
-        for _ in range(rounds):
-            for i, (p, xs) in enumerate(zip(predictors, inputs, strict=True)):
-                times[i].append(
-                    _timed_ms(
-                        p,
-                        xs,
-                        warmup=min(rewarm, planned[i]),
-                        repeats=planned[i],
-                        time_cap_s=round_cap_s,
-                    )
-                )
+        times = [
+            _round_in_turns(predictors, inputs, planned, first=r, cap_s=round_cap_s)
+            for r in range(rounds)
+        ]
     finally:
         torch.set_num_threads(previous)
+    return _rounds_results(predictors, [list(per_model) for per_model in zip(*times, strict=True)])
+
+
+def _round_in_turns(
+    predictors: list[Predictor],
+    inputs: list[list[Any]],
+    planned: list[int],
+    *,
+    first: int,
+    cap_s: float,
+) -> list[np.ndarray]:
+    """One round: `planned[i]` timed calls (ms) of each model, taken in alternating turns;
+    each turn gives every model one untimed call then its share of timed ones, in an order
+    rotated by the turn (and `first`, the round's number). GC is off while timing. The round
+    ends after a turn once `2 * cap_s` seconds have passed and every model has `MIN_REPEATS`
+    calls (a machine slower than the warm-up timed does not run on): the arrays hold the
+    calls actually timed."""
+    turns = max(1, min(TURNS_PER_ROUND, *planned))
+    shares = [np.array_split(np.arange(n), turns) for n in planned]
+    out = [np.empty(n, dtype=np.int64) for n in planned]
+    taken = [0] * len(planned)
+    count = len(predictors)
+    stop_ns = time.perf_counter_ns() + int(2e9 * cap_s)
+    gc_was_enabled = gc.isenabled()
+    gc.disable()  # a collection inside a timed call is noise, not the model's latency
+    try:
+        for turn in range(turns):
+            for k in range(count):
+                i = (first + turn + k) % count
+                p, xs = predictors[i], inputs[i]
+                p.run_native(xs[turn % len(xs)])  # untimed: the model's caches after the switch
+                for j in shares[i][turn]:
+                    native = xs[int(j) % len(xs)]
+                    start = time.perf_counter_ns()
+                    p.run_native(native)
+                    out[i][j] = time.perf_counter_ns() - start
+                taken[i] += len(shares[i][turn])
+            if time.perf_counter_ns() >= stop_ns and min(taken) >= MIN_REPEATS:
+                break
+    finally:
+        if gc_was_enabled:
+            gc.enable()
+    return [t[:n] / 1e6 for t, n in zip(out, taken, strict=True)]
+
+
+def _rounds_results(
+    predictors: list[Predictor], times: list[list[np.ndarray]]
+) -> list[RoundsLatency]:
+    """One RoundsLatency per model from its rounds' call times (ms); model 0 the reference."""
     medians = np.array([[float(np.median(t)) for t in per_model] for per_model in times])
     out = []
     for i, p in enumerate(predictors):
         m = medians[i]
-        ratios = medians[0] / m
         out.append(
             RoundsLatency(
                 median_ms=float(np.median(m)),
                 p90_ms=float(np.percentile(np.concatenate(times[i]), 90)),
                 cv=robust_cv(m),
-                speedup=float(np.median(ratios)),
-                rounds=rounds,
+                speedup=float(np.median(medians[0] / m)),
+                rounds=len(m),
                 round_medians_ms=tuple(float(v) for v in m),
                 runtime=p.runtime,
                 repeats=sum(int(t.size) for t in times[i]),
@@ -535,6 +582,7 @@ def evaluate(
     *,
     latency: bool = True,
     threads: int = 1,
+    batch_size: int = 1,
     warmup: int = 50,
     repeats: int = 300,
     time_cap_s: float = LATENCY_TIME_CAP_S,
@@ -546,7 +594,8 @@ def evaluate(
     batches of `task.eval_batch_size`;
     size_bytes (zstd of the deployed artifact); params; quantized_fraction (share of weight
     elements stored as int8, in [0, 1]); latency_ms / latency_ms_p90 = median / p90 ms of
-    single-thread batch-1 calls, time-boxed to `time_cap_s` seconds of timed calls, and
+    single-thread calls on `batch_size` rows (`latency.batch_size`, as the final latency
+    phase times them), time-boxed to `time_cap_s` seconds of timed calls, and
     latency_repeats = the calls timed (None when `latency=False`).
     """
     check_int("threads", threads, low=1)
@@ -561,7 +610,7 @@ def evaluate(
             _time_calls(
                 predictor,
                 task,
-                batch_size=1,
+                batch_size=batch_size,
                 warmup=warmup,
                 repeats=repeats,
                 time_cap_s=time_cap_s,

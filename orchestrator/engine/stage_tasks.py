@@ -253,6 +253,7 @@ def execute_measure(request: MeasureRequest, checkpoint: Any) -> dict[str, Any]:
             ckpt,
             warmup=request.warmup,
             repeats=request.repeats,
+            batch_size=request.batch_size,
             threads=request.threads,
             time_cap_s=request.time_cap_s,
         )

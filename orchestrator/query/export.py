@@ -805,6 +805,18 @@ def _sha256(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
+def _card_metrics(row: Mapping[str, Any]) -> dict[str, Any]:
+    """A row's metrics as the card gives them, with `latency_unsteady` (its latency_cv above
+    the threshold: `orchestrator.query.steadiness`) and the task's own metric."""
+    from orchestrator.query.steadiness import latency_unsteady
+
+    return {
+        **{m: row.get(m) for m in METRICS_IN_CARD},
+        "latency_unsteady": latency_unsteady(row),
+        **_custom_columns(row),
+    }
+
+
 def _card(
     row: Mapping[str, Any],
     sweep_rows: pa.Table,
@@ -819,10 +831,11 @@ def _card(
 
     from orchestrator.engine.keys import code_version
     from orchestrator.query.frontview import accuracy_delta_pts, size_ratio
+    from orchestrator.query.steadiness import speedup_unsteady
 
     baselines = [r for r in sweep_rows.to_pylist() if r["is_baseline"]]
     base = baselines[0] if baselines else None
-    metrics = {**{m: row.get(m) for m in METRICS_IN_CARD}, **_custom_columns(row)}
+    metrics = _card_metrics(row)
     try:
         version = metadata.version("squeezeray")
     except metadata.PackageNotFoundError:
@@ -840,14 +853,16 @@ def _card(
         "eval_batch_size": row.get("eval_batch_size"),
         "knobs": json.loads(row.get("params") or "{}"),
         "metrics": metrics,
-        "baseline": {**{m: base.get(m) for m in METRICS_IN_CARD}, **_custom_columns(base)}
-        if base
-        else None,
+        "baseline": _card_metrics(base) if base else None,
         # the same definitions as the front table's: speedup is the row's paired speedup
         # (baseline / model latency per round of the final phase), null when not re-measured
         "ratios": {
             "size_x": size_ratio(base, row),
             "speedup": row.get("speedup"),
+            # true when speedup rests on an unsteady latency (the model's or the baseline's)
+            "latency_unsteady": speedup_unsteady(row, base)
+            if row.get("speedup") is not None
+            else None,
             "accuracy_delta_pts": accuracy_delta_pts(base, row),
         },
         "recipe": ckpt.recipe,

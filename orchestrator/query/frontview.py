@@ -334,12 +334,17 @@ def _front_caption(view: FrontView) -> str:
         )
     caption_parts.append(_chosen_on(view))
     if _final_latency(view):
+        from orchestrator.query.steadiness import LATENCY_CV_UNSTEADY, UNSTEADY_MARK
+
         rounds = max(r for r in _col(view.front, "latency_rounds") if r is not None)
         caption_parts.append(
             f"final ms = latency re-measured apart after the search with the baseline in "
             f"{rounds} interleaved rounds (lat cv: spread of the round medians; speedup: "
             "baseline / model, paired per round: the one latency ratio); sweep ms = the "
-            "in-sweep figure the front was chosen on"
+            f"in-sweep figure the front was chosen on; {UNSTEADY_MARK} = latency_unsteady: "
+            f"lat cv above {100 * LATENCY_CV_UNSTEADY:.0f}% (the row's, or for speedup its "
+            "baseline's): not to be trusted, re-measure with more latency.rounds or on a "
+            "quieter node"
         )
     caption_parts.append(
         "size× = baseline size / size, Δacc = test accuracy - baseline test accuracy, in points"
@@ -351,15 +356,16 @@ def _add_front_rows(
     table: RichTable, view: FrontView, cols: list[tuple[str, str]], *, knobs: bool
 ) -> None:
     """The baseline row(s) in bold (ratios 1.0), then one row per front point."""
+    baselines = {b.get("sweep_id"): b for b in view.baselines.to_pylist()}
     for row in view.baselines.to_pylist():
-        cells = [_cell(c, row.get(c)) for _, c in cols]
+        cells = _marked_cells(cols, row, None)
         trial = row.get("trial_id")
         label = "baseline" if trial in (None, "baseline") else f"baseline ({trial})"
         cells[[c for _, c in cols].index("trial_id")] = label
         extra = ["teacher, uncompressed"] if knobs else []
         table.add_row(*cells, "1.0×", "+0.00", *extra, style="bold")
     for row in view.front.to_pylist():
-        cells = [_cell(c, row.get(c)) for _, c in cols]
+        cells = _marked_cells(cols, row, baselines.get(row.get("sweep_id")))
         size_x, delta = (row.get(c) for c in RATIO_COLUMNS)
         table.add_row(
             *cells,
@@ -367,6 +373,24 @@ def _add_front_rows(
             "-" if delta is None else f"{delta:+.2f}",
             *([_knobs(row, view.knobs)] if knobs else []),
         )
+
+
+def _marked_cells(
+    cols: list[tuple[str, str]], row: Mapping[str, Any], baseline: Mapping[str, Any] | None
+) -> list[str]:
+    """The row's cells, `lat cv` and `speedup` marked `!` where they rest on an unsteady final
+    latency (`orchestrator.query.steadiness`: the row's or its baseline's)."""
+    from orchestrator.query.steadiness import UNSTEADY_MARK, latency_unsteady, speedup_unsteady
+
+    cells = []
+    for _, column in cols:
+        cell = _cell(column, row.get(column))
+        if (column == "latency_cv" and latency_unsteady(row)) or (
+            column == "speedup" and row.get(column) is not None and speedup_unsteady(row, baseline)
+        ):
+            cell += f" {UNSTEADY_MARK}"
+        cells.append(cell)
+    return cells
 
 
 def _chosen_on(view: FrontView) -> str:

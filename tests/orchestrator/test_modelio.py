@@ -173,6 +173,13 @@ def test_pretrained_teacher_sweep_export_and_load_model(
         # one latency ratio: the card's is the row's paired speedup (null if not re-measured)
         assert card["ratios"]["speedup"] == row["speedup"] and "latency_x" not in card["ratios"]
         assert card["metrics"]["latency_ms_final"] == row["latency_ms_final"]
+        # one flag, one name: the row's (and, for speedup, its baseline's) latency_cv > 0.25
+        from orchestrator.query.steadiness import latency_unsteady, speedup_unsteady
+
+        assert card["metrics"]["latency_unsteady"] == latency_unsteady(row)
+        assert card["baseline"]["latency_unsteady"] == latency_unsteady(baseline)
+        if row["speedup"] is not None:
+            assert card["ratios"]["latency_unsteady"] == speedup_unsteady(row, baseline)
         assert card["stage_keys"] == row["stage_keys"]
         assert card["recheck"]["ok"] is True
         for name, digest in card["sha256"].items():

@@ -406,3 +406,35 @@ def test_front_view_shows_both_splits_and_the_final_latency() -> None:
         assert header in text, header
     assert "front chosen on the validation split (val_accuracy)" in text
     assert "2.00×" in text and "2.0%" in text and "7 interleaved rounds" in text
+
+
+def test_front_marks_speedup_resting_on_an_unsteady_latency() -> None:
+    """latency_cv above LATENCY_CV_UNSTEADY flags the row's `lat cv` and every `speedup` that
+    uses it (a baseline's too) with `!`, and the caption names `latency_unsteady`."""
+    from rich.console import Console
+
+    from orchestrator.query.frontview import build_front, render_front
+    from orchestrator.query.steadiness import (
+        LATENCY_CV_UNSTEADY,
+        latency_unsteady,
+        speedup_unsteady,
+    )
+
+    base = {"size_bytes": 1000, "latency_ms_sweep": 1.4, "latency_rounds": 2}
+    table = table_of(
+        [
+            {**base, "is_baseline": True, "val_accuracy": 0.97, "test_accuracy": 0.98,
+             "latency_ms_final": 8.3, "latency_cv": 1.02, "speedup": 1.0},
+            {**base, "val_accuracy": 0.95, "test_accuracy": 0.91, "size_bytes": 300,
+             "latency_ms_sweep": 0.2, "latency_ms_final": 0.21, "latency_cv": 0.02,
+             "speedup": 40.46},
+        ]
+    )  # fmt: skip
+    console = Console(width=200, record=True)
+    console.print(render_front(build_front(table)))
+    text = console.export_text()
+    assert "102.0% !" in text and " 2.0%  40.46× !" in text  # t1 itself is steady
+    assert "latency_unsteady" in text and f"{100 * LATENCY_CV_UNSTEADY:.0f}%" in text
+    assert latency_unsteady({"latency_cv": 0.02}) is False and latency_unsteady({}) is None
+    assert speedup_unsteady({"latency_cv": 0.02}, {"latency_cv": 1.02})
+    assert not speedup_unsteady({"latency_cv": 0.02}, {"latency_cv": 0.05})

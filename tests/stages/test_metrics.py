@@ -230,3 +230,88 @@ def test_interleaved_latency_pairs_rounds_against_the_reference(digits: Task) ->
     assert interleaved_latency(digits, []) == []
     with pytest.raises(SqueezerayError, match=r"latency\.rounds=0"):
         interleaved_latency(digits, [teacher], rounds=0)
+
+
+class _FakeClock:
+    """perf_counter_ns of a machine whose speed the test sets: calls advance it."""
+
+    def __init__(self) -> None:
+        self.ns = 0
+        self.spell: tuple[int, int] = (0, 0)  # [start, end) ns in which calls run 5x slower
+
+    def perf_counter_ns(self) -> int:
+        return self.ns
+
+    def run(self, cost_ns: int) -> None:
+        start, end = self.spell
+        self.ns += cost_ns * (5 if start <= self.ns < end else 1)
+
+
+class _FakePredictor:
+    def __init__(self, clock: _FakeClock, cost_ns: int, runtime: str) -> None:
+        self.clock, self.cost_ns, self.runtime, self.calls = clock, cost_ns, runtime, 0
+
+    def prepare(self, x: object) -> object:
+        return x
+
+    def run_native(self, native: object) -> None:
+        self.calls += 1
+        self.clock.run(self.cost_ns)
+
+
+def test_interleaved_latency_pairs_a_slow_reference_with_a_fast_model_in_time(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A slow spell of the machine must hit a slow reference (1 ms) and a fast model (0.1 ms)
+    alike: the paired speedup stays near the true 10x. Timing each model's round in one block
+    let the reference fill nearly all the wall time and take a spell alone (speedup ~30x).
+    Deterministic: a fake clock advanced by the fake models' calls, no wall-clock timing."""
+    from types import SimpleNamespace
+
+    from stages import metrics
+
+    clock = _FakeClock()
+    made = iter(
+        [_FakePredictor(clock, 1_000_000, "eager"), _FakePredictor(clock, 100_000, "onnxruntime")]
+    )
+    monkeypatch.setattr(metrics, "time", SimpleNamespace(perf_counter_ns=clock.perf_counter_ns))
+    monkeypatch.setattr(metrics, "make_predictor", lambda task, ckpt, threads: next(made))
+    monkeypatch.setattr(metrics, "_test_batches", lambda task, batch_size: [0, 1, 2])
+    # warm-up: 5 calls each (1 ms, 0.1 ms); the spell covers the 30 ms after them: as long
+    # as the reference's first round of 30 calls, when rounds are timed model by model
+    warmup_ns = 5 * 1_000_000 + 5 * 100_000
+    clock.spell = (warmup_ns, warmup_ns + 30 * 5 * 1_000_000)
+    ckpts = [object(), object()]
+    results = metrics.interleaved_latency(
+        None, ckpts, rounds=2, warmup=5, repeats=30, time_cap_s=1.0  # type: ignore[arg-type]
+    )
+    reference, model = results
+    assert reference.speedup == 1.0 and reference.repeats == model.repeats == 60
+    assert 7.0 < model.speedup < 14.0, model
+    assert reference.median_ms < 5.0  # the reference is not timed inside the spell alone
+
+
+def test_in_sweep_latency_times_the_batch_size_the_final_phase_times(
+    monkeypatch: pytest.MonkeyPatch, digits: Task
+) -> None:
+    """`latency.batch_size` reaches the in-sweep measurement (it timed batch 1 whatever the
+    setting, while the final phase timed `batch_size` rows: two different figures side by
+    side), from the measure task down to the timed calls."""
+    from orchestrator.engine import stage_tasks
+    from orchestrator.engine.requests import MeasureRequest
+    from stages import metrics
+    from tests.stages.conftest import train_checkpoint
+
+    seen: list[int] = []
+    real = metrics._time_calls
+
+    def spy(predictor: object, task: Task, **kwargs: object) -> object:
+        seen.append(int(kwargs["batch_size"]))  # type: ignore[call-overload]
+        return real(predictor, task, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(metrics, "_time_calls", spy)
+    ckpt = train_checkpoint(digits, "student", epochs=1)
+    monkeypatch.setattr(stage_tasks, "_load_input", lambda data, where: ckpt)
+    request = MeasureRequest(task="digits", key="k", warmup=1, repeats=5, batch_size=4)
+    row = stage_tasks.execute_measure(request, b"")
+    assert seen == [4] and row["latency_ms_sweep"] > 0
