@@ -490,7 +490,9 @@ def sweeps(
     legacy_storage: LegacyStorageArg = None,
     storage: ReadStorageOpt = None,
 ) -> None:
-    """List the sweeps in a storage: id, name, start, trials ok/failed, front hypervolume."""
+    """List the sweeps in a storage: id, name, start, status, trials ok/failed, front
+    hypervolume; a sweep that crashed or was interrupted (even before any row) with the
+    command that resumes it."""
     from rich.table import Table
 
     from orchestrator.store.results import list_sweeps
@@ -504,16 +506,23 @@ def sweeps(
         "sweep's front, against one reference per task (its earliest sweep's baseline: "
         "accuracy 0, twice the size and latency), as nightly reports use",
     )
-    for header in ("sweep", "name", "task", "started (UTC)", "ok", "failed", "hypervolume"):
+    headers = ("sweep", "name", "task", "started (UTC)", "status", "ok", "failed", "hypervolume")
+    for header in headers:
         table.add_column(header, justify="right" if header in ("ok", "failed") else "left")
-    for row in listing.to_pylist():
+    rows = listing.to_pylist()
+    for row in rows:
         started = row["started_at"].strftime("%Y-%m-%d %H:%M") if row["started_at"] else "-"
         hv = "-" if row["hypervolume"] is None else f"{row['hypervolume']:.4g}"
         table.add_row(
             row["sweep_id"], row["sweep_name"] or "-", row["task"] or "-", started,
-            str(row["trials_ok"]), str(row["trials_failed"]), hv,
+            row["status"] or "-", str(row["trials_ok"]), str(row["trials_failed"]), hv,
         )  # fmt: skip
     out.print(table)
+    for row in rows:
+        if row["resume_command"]:
+            out.print(f"{row['sweep_id']} ({row['status']}): resume with: "
+                      f"{row['resume_command']}", highlight=False, markup=False,
+                      soft_wrap=True)  # fmt: skip
     from orchestrator.store.compact import uncompacted_sweeps
     from orchestrator.store.gc import cache_size, human_bytes
 

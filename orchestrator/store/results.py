@@ -542,7 +542,7 @@ def load_stages(storage: str | Path, *, sweep: str = "latest") -> pa.Table:
 
 SWEEP_COLUMNS = (
     "sweep_id", "sweep_name", "task", "started_at", "finished_at",
-    "trials_ok", "trials_failed", "hypervolume",
+    "trials_ok", "trials_failed", "hypervolume", "status", "resume_command",
 )  # fmt: skip
 
 
@@ -591,7 +591,10 @@ def summarise_sweep(rows: pa.Table) -> dict[str, Any]:
 def list_sweeps(storage: str | Path) -> pa.Table:
     """One row per sweep: sweep_id, sweep_name, task, started_at, finished_at, trials_ok,
     trials_failed, hypervolume (front of val_accuracy:max, size_bytes:min,
-    latency_ms_sweep:min; null when it cannot be computed).
+    latency_ms_sweep:min; null when it cannot be computed), status (its manifest's: running,
+    finished, interrupted or failed; null without one) and resume_command (for a sweep not
+    finished). A sweep with a manifest and no rows (it crashed first) is listed with 0 trials
+    and its manifest's last update as started_at.
 
     A compacted sweep is listed from its partition summary (`_summary.json`, written by the
     compaction and trusted only while the partition holds exactly the files it names); other
@@ -601,25 +604,11 @@ def list_sweeps(storage: str | Path) -> pa.Table:
     (`pareto.baseline_reference`: 0 for accuracy, 2 x the baseline's size and latency), as
     nightly reports do, so hypervolumes of one task compare across sweeps."""
     import pyarrow as pa
-    import pyarrow.compute as pc
 
-    dataset = _dataset(storage, RESULTS_DIR, RESULTS_READ_SCHEMA)
-    out: list[dict[str, Any]] = []
-    stale: list[str | None] = []
-    for sweep_id in dataset.partitions():
-        summary = dataset.summary(sweep_id)
-        if summary is None:
-            stale.append(sweep_id)
-            continue
-        row = dict(summary["sweep"])
-        row["sweep_id"] = sweep_id
-        for name in ("started_at", "finished_at"):
-            row[name] = _parse_time(row.get(name))
-        out.append(row)
-    if stale:
-        table = expand_custom_metrics(upgrade_columns(keep_last_per_trial(dataset.read(stale))))
-        for sweep_id in pc.unique(table.column("sweep_id")).to_pylist():
-            out.append(summarise_sweep(table.filter(pc.equal(table.column("sweep_id"), sweep_id))))
+
+    manifests = _sweep_manifests(storage)
+    out = _listed_from_rows(storage, manifests)
+    _add_manifests(out, manifests)
     if not out:
         raise SqueezerayError(
             f"storage={str(storage)!r} holds no results yet; run: squeezeray sweep "
@@ -635,11 +624,87 @@ def list_sweeps(storage: str | Path) -> pa.Table:
             ("trials_ok", pa.int64()),
             ("trials_failed", pa.int64()),
             ("hypervolume", pa.float64()),
+            ("status", pa.string()),
+            ("resume_command", pa.string()),
         ]
     )
     _task_hypervolumes(out)
     columns = {name: [row.get(name) for row in out] for name in SWEEP_COLUMNS}
     return pa.table(columns, schema=schema).sort_by([("started_at", "ascending")])
+
+
+def _listed_from_rows(
+    storage: str | Path, manifests: dict[str, dict[str, Any]]
+) -> list[dict[str, Any]]:
+    """One listing row per sweep that wrote results (from its summary where current);
+    none when there is no results/ but there are manifests (sweeps that crashed first)."""
+    import pyarrow.compute as pc
+
+    out: list[dict[str, Any]] = []
+    if manifests and not PartitionedTable(storage, RESULTS_DIR, RESULTS_READ_SCHEMA).exists():
+        return out
+    dataset = _dataset(storage, RESULTS_DIR, RESULTS_READ_SCHEMA)
+    stale: list[str | None] = []
+    for sweep_id in dataset.partitions():
+        summary = dataset.summary(sweep_id)
+        if summary is None:
+            stale.append(sweep_id)
+            continue
+        row = dict(summary["sweep"])
+        row["sweep_id"] = sweep_id
+        for name in ("started_at", "finished_at"):
+            row[name] = _parse_time(row.get(name))
+        out.append(row)
+    if stale:
+        table = expand_custom_metrics(upgrade_columns(keep_last_per_trial(dataset.read(stale))))
+        for sweep_id in pc.unique(table.column("sweep_id")).to_pylist():
+            out.append(summarise_sweep(table.filter(pc.equal(table.column("sweep_id"), sweep_id))))
+    return out
+
+
+# A sweep in one of these states has trials left to run: `--resume` continues it.
+_RESUMABLE = ("failed", "interrupted", "running")
+
+
+def _sweep_manifests(storage: str | Path) -> dict[str, dict[str, Any]]:
+    """sweep_id -> its manifest (`<storage>/sweeps/<id>.json`, written when a sweep starts
+    and ends: `orchestrator.engine.manifest`); {} when there are none. A manifest that cannot
+    be read is skipped (its sweep is still listed from its rows)."""
+    import pyarrow.fs as pafs
+
+    from orchestrator.store.storage import SWEEPS_DIR, open_storage
+
+    store = open_storage(storage)
+    if not store.exists(SWEEPS_DIR):
+        return {}
+    found: dict[str, dict[str, Any]] = {}
+    for info in store.fs.get_file_info(pafs.FileSelector(store.path(SWEEPS_DIR))):
+        if not info.base_name.endswith(".json") or info.base_name.startswith("."):
+            continue
+        try:
+            data = json.loads(store.read_bytes(SWEEPS_DIR, info.base_name))
+        except (OSError, ValueError):
+            continue
+        if isinstance(data, dict):
+            found[info.base_name.removesuffix(".json")] = data
+    return found
+
+
+def _add_manifests(listing: list[dict[str, Any]], manifests: dict[str, dict[str, Any]]) -> None:
+    """Each sweep's status and resume command from its manifest (in place), and a row for a
+    sweep that has a manifest but no result rows (one that crashed before its first trial)."""
+    listed = {row.get("sweep_id") for row in listing}
+    for sweep_id, manifest in manifests.items():
+        if sweep_id not in listed:
+            row = {"sweep_id": sweep_id, "sweep_name": manifest.get("name"),
+                   "task": manifest.get("task"), "trials_ok": 0, "trials_failed": 0,
+                   "started_at": _parse_time(manifest.get("updated_at"))}  # fmt: skip
+            listing.append(row)
+    for row in listing:
+        manifest = manifests.get(row.get("sweep_id") or "", {})
+        row["status"] = manifest.get("status")
+        if row["status"] in _RESUMABLE:
+            row["resume_command"] = manifest.get("resume_command")
 
 
 def _task_hypervolumes(listing: list[dict[str, Any]]) -> None:

@@ -14,7 +14,7 @@ from typer.testing import CliRunner
 
 from orchestrator.cli import app
 from orchestrator.query.pareto import pareto_front
-from orchestrator.store.results import append_results, load_results
+from orchestrator.store.results import append_results, list_sweeps, load_results
 from tests.rows import T0, make_rows
 
 runner = CliRunner()
@@ -213,3 +213,37 @@ def test_knobs_stay_readable_on_narrow_and_wide_consoles(storage: Path, width: i
             for line in lines
         ), (row["sweep_id"], row["trial_id"])
     assert (sink.getvalue().count("knobs") == 2) is (width < KNOBS_INLINE_MIN_WIDTH)
+
+
+def test_sweeps_lists_a_crashed_sweep_from_its_manifest(tmp_path: Path) -> None:
+    """A sweep whose manifest says `failed` is listed even with no rows at all, with its
+    status and the command that resumes it; a finished one gets no resume command."""
+
+
+    root = tmp_path / "runs"
+    append_results(root, make_rows("done-1", n=5, seed=1, start=T0))
+    (root / "sweeps").mkdir(parents=True)
+    for sweep_id, status in (("done-1", "finished"), ("crashed-2", "failed")):
+        manifest = {
+            "sweep_id": sweep_id, "name": f"name-{sweep_id}", "task": "digits",
+            "status": status, "error": "boom" if status == "failed" else None,
+            "resume_command": f"squeezeray sweep --resume --sweep-id {sweep_id} "
+                              f"--storage {root}",
+            "updated_at": (T0 + timedelta(days=1)).isoformat(),
+        }  # fmt: skip
+        (root / "sweeps" / f"{sweep_id}.json").write_text(json.dumps(manifest))
+    code, stdout, _ = invoke("sweeps", "--storage", str(root))
+    assert code == 0
+    text = " ".join(stdout.split())
+    assert "crashed-2" in text and "failed" in text and "finished" in text
+    assert f"squeezeray sweep --resume --sweep-id crashed-2 --storage {root}" in text
+    assert "--sweep-id done-1" not in text
+    listing = {r["sweep_id"]: r for r in list_sweeps(root).to_pylist()}
+    assert listing["crashed-2"]["trials_ok"] == 0 and listing["crashed-2"]["status"] == "failed"
+    assert listing["done-1"]["resume_command"] is None
+
+    only = tmp_path / "only-crashed"  # no results/ at all: still listed, not "no results"
+    (only / "sweeps").mkdir(parents=True)
+    (root / "sweeps" / "crashed-2.json").rename(only / "sweeps" / "crashed-2.json")
+    code, stdout, _ = invoke("sweeps", "--storage", str(only))
+    assert code == 0 and "crashed-2" in stdout and "--resume" in stdout
