@@ -7,7 +7,8 @@ listed by `stage_registry()` in pipeline order; every stage runs through one run
 Layout, bottom to top (a module imports only its own layer or below; checked by
 tests/test_import_graph.py):
 
-    errors, names, batches,      SqueezerayError; mode/runtime names; input/output forms;
+    errors, quiet                SqueezerayError; known-harmless library log lines dropped
+    names, batches,              mode/runtime names; input/output forms;
     models, attention, device,   demo models; MultiheadAttention as Linears; device choice;
     layers                       Transformer fast path after layer swaps, layer summaries
     tasks                        the Task contract and the built-in tasks
@@ -32,6 +33,9 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 from stages.errors import SqueezerayError
+from stages.quiet import install_log_filters
+
+install_log_filters()  # known-harmless library log lines (torchao on CPU...): stages.quiet
 
 if TYPE_CHECKING:
     from stages.base import StageInput, StageOutput, StageSpec
