@@ -152,9 +152,19 @@ def _root(
 # The sweep options (orchestrator.space.options.SweepOptions), defined once: `sweep` and `nightly`
 # take every one of them (each command sets its own defaults) and build SweepOptions from the
 # parsed flags with `_sweep_options`.
+def packaged_space_names() -> str:
+    """The packaged spaces (`search_spaces/*.yaml`), as help lists them: "bench-quality,
+    default, ..." (read from the installed package, so a space added there is listed)."""
+    import search_spaces
+
+    return ", ".join(search_spaces.names())
+
+
 SpaceArg = Annotated[
     str | None,
-    typer.Argument(help="Search-space YAML, or a packaged space name (default, quick)."),
+    typer.Argument(
+        help=f"Search-space YAML, or a packaged space name ({packaged_space_names()})."
+    ),
 ]
 StorageOpt = Annotated[
     str,
@@ -336,8 +346,8 @@ def validate(
     space: Annotated[
         str | None,
         typer.Argument(
-            help="A search-space YAML file, or a packaged space name (default, quick, tiny, "
-            "digits-cnn). Default: the packaged default.yaml.",
+            help=f"A search-space YAML file, or a packaged space name "
+            f"({packaged_space_names()}). Default: the packaged default.yaml.",
             show_default=False,
         ),
     ] = None,

@@ -114,10 +114,12 @@ def _load_given(given: Any) -> tuple[SearchSpace, str | None]:
         except yaml.YAMLError:  # values YAML cannot write: the sweep runs, --resume cannot
             return loaded, None
     if given is not None and not isinstance(given, str | Path):
+        import search_spaces
+
         raise SqueezerayError(
             f"space={given!r} is a {type(given).__name__}; accepted: a SearchSpace, a dict "
             "with a search space's keys (task, pipeline, params, ...), a YAML path or a "
-            "packaged space name (default, quick, tiny)"
+            f"packaged space name ({', '.join(search_spaces.names())})"
         )
     loaded = load_space(given, check_task=False)
     return loaded, config_space_text(loaded)

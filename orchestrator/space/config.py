@@ -44,7 +44,7 @@ def packaged_space_path(name: str) -> Path:
     stem = name[: -len(".yaml")] if name.endswith(".yaml") else name
     path = folder / f"{stem}.yaml"
     if not path.is_file():
-        known = sorted(p.stem for p in folder.glob("*.yaml"))
+        known = search_spaces.names()
         raise SqueezerayError(
             f"search space {name!r} is not a packaged space{did_you_mean(stem, known)}; "
             f"accepted: {', '.join(known)}, or a path to a YAML file"
@@ -155,4 +155,4 @@ def _is_bare_name(path: str) -> bool:
 def _packaged_names() -> list[str]:
     import search_spaces
 
-    return sorted(p.stem for p in Path(search_spaces.__file__).parent.glob("*.yaml"))
+    return search_spaces.names()

@@ -238,3 +238,15 @@ def test_a_misordered_pipeline_still_has_its_params_checked(tmp_path: Path) -> N
     for part in ("puts 'distill' after 'prune'", "did you mean prune.ratio",
                  "latency.repeat", "latency.warmup: -1"):  # fmt: skip
         assert part in text, part
+
+
+@pytest.mark.parametrize("command", ["sweep", "nightly", "validate"])
+def test_help_lists_every_packaged_space(command: str) -> None:
+    """The names come from the package (search_spaces/*.yaml), not a hand-kept list."""
+    import search_spaces
+
+    names = search_spaces.names()
+    assert {"default", "quick", "tiny", "digits-cnn"} <= set(names)
+    result = runner.invoke(app, [command, "--help"], env={"COLUMNS": "400"})
+    assert result.exit_code == 0
+    assert f"({', '.join(names)})" in " ".join(result.stdout.split())
