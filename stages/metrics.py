@@ -44,6 +44,7 @@ LATENCY_TIME_CAP_S = 0.5  # seconds of timed calls per measurement (`latency.tim
 MIN_REPEATS = 5  # timed calls taken even when one call is longer than the time cap
 MIN_ROUND_REPEATS = 3  # the same per round of `interleaved_latency` (7 rounds: 21 calls)
 WARMUP_SHARE = 0.25  # the warm-up stops after this share of the time cap
+PREEMPTED_SHARE = 0.1  # a call whose thread was off the CPU this share of its wall time: dropped
 
 
 @dataclass(frozen=True)
@@ -374,29 +375,56 @@ def _timed_ms(
 
     With `time_cap_s`, timing also stops once twice that many seconds have passed and
     `MIN_REPEATS` calls are taken (a first timing that was too fast does not run on): the
-    returned array holds the calls actually timed.
+    returned array holds the calls actually timed that kept their CPU (`running_calls`).
     """
     for i in range(warmup):
         predictor.run_native(inputs[i % len(inputs)])
     times_ns = np.empty(repeats, dtype=np.int64)
+    off_cpu_ns = np.empty(repeats, dtype=np.int64)
     stop_ns = time.perf_counter_ns() + int(2e9 * time_cap_s) if time_cap_s is not None else None
     taken = 0
     gc_was_enabled = gc.isenabled()
     gc.disable()  # a collection inside a timed call is noise, not the model's latency
     try:
         for i in range(repeats):
-            native = inputs[i % len(inputs)]
-            start = time.perf_counter_ns()
-            predictor.run_native(native)
+            times_ns[i], off_cpu_ns[i] = _timed_call(predictor, inputs[i % len(inputs)])
             end = time.perf_counter_ns()
-            times_ns[i] = end - start
             taken = i + 1
             if stop_ns is not None and end >= stop_ns and taken >= MIN_REPEATS:
                 break
     finally:
         if gc_was_enabled:
             gc.enable()
-    return times_ns[:taken] / 1e6
+    return running_calls(times_ns[:taken], off_cpu_ns[:taken]) / 1e6
+
+
+def _timed_call(predictor: Predictor, native: Any) -> tuple[int, int]:
+    """(wall ns, ns this thread was off the CPU) of one call: the wall time minus the
+    thread's CPU time (`time.thread_time_ns`, read outside the wall window, so the off-CPU
+    time is never overstated)."""
+    cpu_start = time.thread_time_ns()
+    start = time.perf_counter_ns()
+    predictor.run_native(native)
+    wall = time.perf_counter_ns() - start
+    return wall, max(0, wall - (time.thread_time_ns() - cpu_start))
+
+
+def running_calls(times_ns: np.ndarray, off_cpu_ns: np.ndarray) -> np.ndarray:
+    """The timed calls during which the measuring thread kept its CPU (off the CPU at most
+    `PREEMPTED_SHARE` of the call), when at least `MIN_REPEATS` (or all) calls did; else all.
+
+    On a host whose cores are shared, the OS deschedules a call for a time slice of
+    milliseconds with a chance that grows with the call's length: a 1 ms call is hit ten
+    times as often as a 0.1 ms one, so wall-time medians overstate the slower model and its
+    ratio to a fast one, however the calls are interleaved. A single-thread call's work all
+    runs on this thread, so a call whose wall time exceeds its thread's CPU time was
+    descheduled. With more than one torch thread the work runs on others too: every call is
+    kept.
+    """
+    if torch.get_num_threads() != 1 or times_ns.size == 0:
+        return times_ns
+    kept = times_ns[off_cpu_ns <= PREEMPTED_SHARE * times_ns]
+    return kept if kept.size >= min(MIN_REPEATS, times_ns.size) else times_ns
 
 
 @dataclass(frozen=True)
@@ -507,15 +535,16 @@ def _round_in_turns(
     """One round: `planned[i]` timed calls (ms) of each model, taken in alternating turns;
     each turn gives every model one untimed call then its share of timed ones, in an order
     rotated by the turn (and `first`, the round's number). GC is off while timing. The round
-    ends after a turn once `2 * cap_s` seconds have passed and every model has `MIN_REPEATS`
-    calls (a machine slower than the warm-up timed does not run on): the arrays hold the
-    calls actually timed."""
+    ends after a turn once `2 * cap_s` seconds per model have passed and every model has
+    `MIN_REPEATS` calls (a machine slower than the warm-up timed does not run on): the arrays
+    hold the calls actually timed that kept their CPU (`running_calls`)."""
     turns = max(1, min(TURNS_PER_ROUND, *planned))
     shares = [np.array_split(np.arange(n), turns) for n in planned]
-    out = [np.empty(n, dtype=np.int64) for n in planned]
-    taken = [0] * len(planned)
     count = len(predictors)
-    stop_ns = time.perf_counter_ns() + int(2e9 * cap_s)
+    out = [np.empty(n, dtype=np.int64) for n in planned]
+    off_cpu = [np.empty(n, dtype=np.int64) for n in planned]
+    taken = [0] * len(planned)
+    stop_ns = time.perf_counter_ns() + int(2e9 * cap_s * count)  # each model's share: cap_s
     gc_was_enabled = gc.isenabled()
     gc.disable()  # a collection inside a timed call is noise, not the model's latency
     try:
@@ -525,17 +554,16 @@ def _round_in_turns(
                 p, xs = predictors[i], inputs[i]
                 p.run_native(xs[turn % len(xs)])  # untimed: the model's caches after the switch
                 for j in shares[i][turn]:
-                    native = xs[int(j) % len(xs)]
-                    start = time.perf_counter_ns()
-                    p.run_native(native)
-                    out[i][j] = time.perf_counter_ns() - start
+                    out[i][j], off_cpu[i][j] = _timed_call(p, xs[int(j) % len(xs)])
                 taken[i] += len(shares[i][turn])
             if time.perf_counter_ns() >= stop_ns and min(taken) >= MIN_REPEATS:
                 break
     finally:
         if gc_was_enabled:
             gc.enable()
-    return [t[:n] / 1e6 for t, n in zip(out, taken, strict=True)]
+    return [
+        running_calls(t[:n], off[:n]) / 1e6 for t, off, n in zip(out, off_cpu, taken, strict=True)
+    ]
 
 
 def _rounds_results(
