@@ -14,8 +14,9 @@
 - latency: milliseconds per call, median and p90 of single-thread batch-1 calls after a
   warm-up (timing noise measured here: 8-11% single thread, 23-36% with two threads),
   time-boxed: the warm-up's last calls time the model, and the timed calls are as many as fit
-  in `time_cap_s` seconds (at most `repeats`, at least `MIN_REPEATS`); `LatencyResult.repeats`
-  (the row's `latency_repeats_sweep`) says how many were taken.
+  in `time_cap_s` seconds (at most `repeats`, at least `MIN_REPEATS`); single-thread calls
+  during which the OS descheduled the measuring thread are dropped (`running_calls`);
+  `LatencyResult.repeats` (the row's `latency_repeats_sweep`) says how many counted.
 """
 
 from __future__ import annotations
