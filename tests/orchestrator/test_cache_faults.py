@@ -284,7 +284,7 @@ def test_two_sweeps_on_one_storage_compute_each_stage_once(
     second_rows = load_results(str(storage), sweep="second").to_pylist()
     assert [r["status"] for r in second_rows if not r["is_baseline"]] == ["ok", "ok"]
     # Each stage key computed once over both sweeps (a stage row per execution).
-    computed = Counter(r["stage_key"] for r in load_stages(str(storage)).to_pylist())
+    computed = Counter(r["stage_key"] for r in load_stages(str(storage), sweep="all").to_pylist())
     assert len(computed) == 3  # the teacher and two distillations
     assert set(computed.values()) == {1}, computed
     assert len(list(markers.glob("blocked-*"))) == 1
