@@ -75,7 +75,13 @@ CASES: list[Case] = [
 # (model, stage, choice) -> why it is not expected to work yet. Strict: when it starts to work
 # the xfail fails, and the entry must go.
 B_TRANSFORMERS = "issue 12 item 3 (developer B): Transformers through lowrank/LoRA/int8"
-PENDING: dict[tuple[str, str], str] = {}
+PENDING: dict[tuple[str, str], str] = {
+    # PT2E QAT on the zoo Transformer: the rebuilt checkpoint's logits differ from the stage's
+    # model by 0.019 (> INT8_TOLERANCE x 1.06), so the stage refuses its own checkpoint (an
+    # error row, never a silent mismatch); static_int8 on the same model rebuilds exactly.
+    ("transformer", "quantize[mode=qat,qat_epochs=1]"): "issue 23: PT2E qat round trip on "
+    "the zoo Transformer is off by one quantization step",
+}
 
 # (model, stage or case id) -> a message fragment of the refusal the test asserts.
 REFUSED: dict[tuple[str, str], str] = {
