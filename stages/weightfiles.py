@@ -109,14 +109,17 @@ def _torch_state(file: Path, where: str) -> dict[str, Any]:
     return state
 
 
+def _does_not_fit(where: str, exc: RuntimeError) -> SqueezerayError:
+    """torch's missing/unexpected/size-mismatch message on one line, cut to 500 characters."""
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    return SqueezerayError(f"{where} does not fit the task's teacher: {' '.join(lines)[:500]}")
+
+
 def _load_state_dict(model: nn.Module, state: dict[str, Any], where: str) -> None:
     try:
         model.load_state_dict(state)
     except RuntimeError as exc:
-        lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
-        raise SqueezerayError(
-            f"{where} does not fit the task's teacher: {' '.join(lines)[:500]}"
-        ) from exc
+        raise _does_not_fit(where, exc) from exc
 
 
 def _load_safetensors(model: nn.Module, file: Path, where: str) -> None:
@@ -135,10 +138,7 @@ def _load_safetensors(model: nn.Module, file: Path, where: str) -> None:
             f"{where} is not a readable safetensors file ({exc}); {ACCEPTED}"
         ) from exc
     except RuntimeError as exc:
-        lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
-        raise SqueezerayError(
-            f"{where} does not fit the task's teacher: {' '.join(lines)[:500]}"
-        ) from exc
+        raise _does_not_fit(where, exc) from exc
 
 
 def _load_directory(model: nn.Module, directory: Path, where: str) -> None:
