@@ -20,9 +20,10 @@ from typing import Any
 
 from ray.tune.experiment import Trial, _convert_to_experiment_list
 from ray.tune.experiment.config_parser import _create_trial_from_spec, _make_parser
-from ray.tune.search import SearchAlgorithm
 from ray.tune.search.variant_generator import format_vars
 from ray.tune.utils.util import _atomic_save, merge_dicts
+
+from orchestrator.engine.searchers import WrappingSearch
 
 # Beside Tune's own search state files (`<kind>-<session stamp>.json`, `tune_state` checks it).
 STATE_FILE = "rerun-lost-state-{}.json"
@@ -30,7 +31,7 @@ STATE_FILE = "rerun-lost-state-{}.json"
 Rerun = tuple[str, dict[str, Any]]  # (the lost trial's id, the knobs it drew: "stage.param" -> v)
 
 
-class RerunLost(SearchAlgorithm):  # type: ignore[misc]
+class RerunLost(WrappingSearch):
     """Yields one trial per `reruns` entry (its trial id and config), then `inner`'s trials.
 
     `max_concurrent` bounds the trials of both that run at once (Tune ignores its own limit
@@ -47,13 +48,6 @@ class RerunLost(SearchAlgorithm):  # type: ignore[misc]
         self.live: set[str] = set()
         self._experiment: Any = None
         self._parser: Any = None
-
-    @property
-    def metric(self) -> Any:
-        return self.inner.metric
-
-    def set_search_properties(self, metric: Any, mode: Any, config: Any, **spec: Any) -> bool:
-        return bool(self.inner.set_search_properties(metric, mode, config, **spec))
 
     @property
     def total_samples(self) -> int:
@@ -100,12 +94,6 @@ class RerunLost(SearchAlgorithm):  # type: ignore[misc]
 
     def is_finished(self) -> bool:
         return not self.pending and bool(self.inner.is_finished())
-
-    def set_finished(self) -> None:
-        self.inner.set_finished()
-
-    def has_checkpoint(self, dirpath: str) -> bool:
-        return bool(self.inner.has_checkpoint(dirpath))
 
     def save_to_dir(self, dirpath: str, **kwargs: Any) -> None:
         self.inner.save_to_dir(dirpath, **kwargs)

@@ -26,19 +26,11 @@ FAILED_STATUSES = ("error", "timeout", "stopped", "lost")
 Constraints = tuple[tuple[str, str, float], ...]
 
 
-class DeadlineSearch(SearchAlgorithm):  # type: ignore[misc]
-    """A search algorithm that stops *launching* trials at `deadline` (time.monotonic()).
+class WrappingSearch(SearchAlgorithm):  # type: ignore[misc]
+    """A search algorithm that hands every call to the one it wraps, `self.inner` (set by the
+    subclass); `DeadlineSearch` and `engine.rerun_search.RerunLost` override what they change."""
 
-    Tune's own `time_budget_s` kills running trials, losing their results; here running
-    trials finish and are recorded, and the sweep then ends. The deadline in force is the
-    one `deadlines.DEADLINES` holds for `key` in this process (`deadline` when it holds none).
-    """
-
-    def __init__(self, inner: Any, deadline: float, key: str | None = None) -> None:
-        self.inner = inner
-        self.deadline = deadline
-        self.key = key
-        self.out_of_time = False
+    inner: Any
 
     @property
     def metric(self) -> Any:
@@ -55,15 +47,7 @@ class DeadlineSearch(SearchAlgorithm):  # type: ignore[misc]
         self.inner.add_configurations(experiments)
 
     def next_trial(self) -> Any:
-        if self._expired():
-            self.out_of_time = True
-            return None
         return self.inner.next_trial()
-
-    def _expired(self) -> bool:
-        # This process's deadline: a search restored from a dead process's checkpoint has the
-        # resumed budget left, not the pickled one.
-        return time.monotonic() >= deadlines.current_deadline(self.key, self.deadline)
 
     def on_trial_result(self, trial_id: str, result: dict[str, Any]) -> None:
         self.inner.on_trial_result(trial_id, result)
@@ -74,8 +58,7 @@ class DeadlineSearch(SearchAlgorithm):  # type: ignore[misc]
         self.inner.on_trial_complete(trial_id, result=result, error=error)
 
     def is_finished(self) -> bool:
-        # Not the pickled out_of_time: a restored search has the resumed budget left.
-        return self._expired() or bool(self.inner.is_finished())
+        return bool(self.inner.is_finished())
 
     def set_finished(self) -> None:
         self.inner.set_finished()
@@ -88,6 +71,36 @@ class DeadlineSearch(SearchAlgorithm):  # type: ignore[misc]
 
     def restore_from_dir(self, dirpath: str) -> None:
         self.inner.restore_from_dir(dirpath)
+
+
+class DeadlineSearch(WrappingSearch):
+    """A search algorithm that stops *launching* trials at `deadline` (time.monotonic()).
+
+    Tune's own `time_budget_s` kills running trials, losing their results; here running
+    trials finish and are recorded, and the sweep then ends. The deadline in force is the
+    one `deadlines.DEADLINES` holds for `key` in this process (`deadline` when it holds none).
+    """
+
+    def __init__(self, inner: Any, deadline: float, key: str | None = None) -> None:
+        self.inner = inner
+        self.deadline = deadline
+        self.key = key
+        self.out_of_time = False
+
+    def next_trial(self) -> Any:
+        if self._expired():
+            self.out_of_time = True
+            return None
+        return self.inner.next_trial()
+
+    def _expired(self) -> bool:
+        # This process's deadline: a search restored from a dead process's checkpoint has the
+        # resumed budget left, not the pickled one.
+        return time.monotonic() >= deadlines.current_deadline(self.key, self.deadline)
+
+    def is_finished(self) -> bool:
+        # Not the pickled out_of_time: a restored search has the resumed budget left.
+        return self._expired() or bool(self.inner.is_finished())
 
 
 class SqueezeOptunaSearch(OptunaSearch):  # type: ignore[misc]
