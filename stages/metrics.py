@@ -632,9 +632,7 @@ def evaluate(
     torch.set_num_threads(threads)
     try:
         predictor = make_predictor(task, ckpt, threads=threads, share_weights=True)
-        acc = predictor.accuracy(task.test, batch_size=task.eval_batch_size)
-        val_acc = predictor.accuracy(task.val, batch_size=task.eval_batch_size)
-        custom = task_metric_values(task, predictor)
+        acc, val_acc, custom = split_scores(task, predictor)
         timing = (
             _time_calls(
                 predictor,
@@ -666,14 +664,21 @@ def evaluate(
     )
 
 
-def task_metric_values(task: Task, predictor: Predictor) -> dict[str, float]:
-    """{name: value on the test split, "val_" + name: on the validation split} of the task's
-    own metric (empty when it has none), through the checkpoint's runtime."""
+def split_scores(task: Task, predictor: Predictor) -> tuple[float, float, dict[str, float]]:
+    """(test accuracy, validation accuracy, the task's own metric) through the checkpoint's
+    runtime, each split run through the model once. The metric's dict is {name: value on the
+    test split, "val_" + name: on the validation split}, empty when the task has none (then
+    accuracy streams and no logits are kept)."""
     metric = task.metric
+    batch = task.eval_batch_size
     if metric is None:
-        return {}
-    out = {}
+        test = predictor.accuracy(task.test, batch_size=batch)
+        return test, predictor.accuracy(task.val, batch_size=batch), {}
+    accuracy: dict[str, float] = {}
+    custom: dict[str, float] = {}
     for prefix, split in (("", task.test), ("val_", task.val)):
-        logits, targets = predictor.outputs(split, batch_size=task.eval_batch_size)
-        out[prefix + metric.name] = metric(logits, targets)
-    return out
+        logits, targets = predictor.outputs(split, batch_size=batch)
+        correct = int((logits.argmax(dim=1) == targets).sum())
+        accuracy[prefix] = correct / max(int(targets.numel()), 1)
+        custom[prefix + metric.name] = metric(logits, targets)
+    return accuracy[""], accuracy["val_"], custom

@@ -59,3 +59,21 @@ def test_measurements_pin_the_idlest_allowed_cpu(monkeypatch: pytest.MonkeyPatch
     assert stage_tasks.idlest_cpu({0, 2, 3}) == 2  # only the CPUs this worker may use
     samples = iter([{}, {}])  # no /proc/stat: the highest-numbered, as before
     assert stage_tasks.idlest_cpu({0, 2}) == 2
+
+
+def test_a_returned_task_freezes_what_survives_and_a_raising_one_does_not() -> None:
+    """After a task returns, what survives a full collection is the worker's long-lived state
+    and is frozen out of later collections (gc.freeze); a task that raised leaves its frames
+    collectable (its traceback holds them in a cycle)."""
+    import gc
+
+    gc.unfreeze()
+    try:
+        with pytest.raises(ValueError), stage_tasks._released():
+            raise ValueError("stage failed")
+        assert gc.get_freeze_count() == 0
+        with stage_tasks._released():
+            pass
+        assert gc.get_freeze_count() > 0
+    finally:
+        gc.unfreeze()

@@ -345,3 +345,38 @@ def test_a_rebuild_draws_no_random_initial_weights() -> None:
     assert torch.equal(torch.random.get_rng_state(), before)
     assert all(torch.equal(v, ckpt.state_dict[k]) for k, v in model.state_dict().items())
     assert torch.nn.init.kaiming_uniform_.__name__ == "kaiming_uniform_"  # restored
+
+
+def test_a_task_metric_runs_each_split_through_the_model_once() -> None:
+    """Accuracy and the task's own metric come from one pass over each split, not two."""
+    from stages.base import StageInput
+    from stages.tasks import Metric
+    from stages.teacher import TeacherParams, train_teacher
+
+    counts = _Counts()
+    base = _counted_task(counts, width=16)
+    task = Task(
+        name=base.name,
+        teacher=base.teacher,
+        student=None,
+        train=base.train,
+        val=base.val,
+        test=base.test,
+        num_classes=3,
+        metric=Metric("top1", lambda logits, y: float((logits.argmax(1) == y).float().mean())),
+    )
+    ckpt = train_teacher(StageInput(task=task, parent=None), TeacherParams(epochs=0)).checkpoint
+    calls: list[int] = []
+    real_call = Predictor.__call__
+
+    def counted(self: Predictor, *args: Any, **kwargs: Any) -> Any:
+        out = real_call(self, *args, **kwargs)
+        calls.append(int(out.shape[0]))
+        return out
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(Predictor, "__call__", counted)
+        m = metrics.evaluate(task, ckpt, latency=False)
+    assert sum(calls) == len(task.test) + len(task.val)  # type: ignore[arg-type]
+    assert m.custom["top1"] == pytest.approx(m.accuracy)
+    assert m.custom["val_top1"] == pytest.approx(m.val_accuracy)
