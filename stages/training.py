@@ -9,12 +9,12 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.nn.modules.batchnorm import _BatchNorm
 from torch.utils.data import DataLoader, Dataset
 
 from stages.base import StageOutput
 from stages.batches import Inputs, as_inputs, forward_logits, to_device
 from stages.batches import batch_size as batch_size_of
+from stages.batchnorm import normalises_over_batch
 from stages.checkpoint import from_model
 from stages.errors import SqueezerayError
 from stages.masks import param_counts
@@ -93,9 +93,10 @@ def fit(
     non-finite loss rather than training on NaNs (naming the inputs when they hold the NaN),
     and on a label outside the model's classes.
 
-    A last batch of one sample is dropped when the model has a BatchNorm that trains
-    (`drops_last_batch`): batch statistics of one value per channel are undefined (torch
-    raises "Expected more than 1 value per channel when training").
+    A last batch of one sample is dropped when the model normalises over the batch (a BatchNorm
+    module or an exported graph's batch-norm op that trains, `drops_last_batch`): batch
+    statistics of one value per channel are undefined (eager torch raises "Expected more than 1
+    value per channel when training"; an exported graph writes NaN into the running variance).
     """
     torch.manual_seed(seed)
     generator = torch.Generator().manual_seed(seed)
@@ -161,12 +162,14 @@ def _length(dataset: Dataset) -> int | None:
 
 def drops_last_batch(model: nn.Module, size: int | None, batch_size: int) -> bool:
     """Whether training `model` on `size` samples in batches of `batch_size` drops the last
-    batch: only when it would hold one sample and the model has a BatchNorm in training mode
-    (one value per channel has no batch variance). One sample in all is left to fail: dropping
-    it would leave nothing to train on; a dataset without a length (a stream) is left as it is."""
+    batch: only when it would hold one sample and the model normalises over the batch
+    (`stages.batchnorm.normalises_over_batch`: a BatchNorm module in training mode, or a
+    training batch-norm op of an exported graph, as PT2E QAT trains). One value per channel has
+    no batch variance. One sample in all is left to fail: dropping it would leave nothing to
+    train on; a dataset without a length (a stream) is left as it is."""
     if size is None or size % batch_size != 1 or size == 1:
         return False
-    return any(isinstance(m, _BatchNorm) and m.training for m in model.modules())
+    return normalises_over_batch(model)
 
 
 def _check_labels(y: torch.Tensor, logits: torch.Tensor) -> None:

@@ -1,0 +1,158 @@
+"""`normalises_over_batch` answers for eager BatchNorm modules (every kind, Hugging Face models
+included) and for graphs that hold batch norm as an op (torch.export, FX, PT2E QAT), and the
+PT2E QAT graph's `.eval()` really stops normalising over the batch.
+
+Before, the rule read only `nn.BatchNorm` modules in training mode: a PT2E QAT graph (no such
+modules) trained on a last batch of one and wrote NaN into its running variance."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from stages.batchnorm import normalises_over_batch
+from stages.training import accuracy, drops_last_batch
+
+
+def _mlp(norm: nn.Module) -> nn.Module:
+    return nn.Sequential(nn.Linear(4, 8), norm, nn.ReLU(), nn.Linear(8, 3))
+
+
+def _conv(norm: nn.Module) -> nn.Module:
+    return nn.Sequential(nn.Conv2d(1, 4, 3), norm, nn.ReLU(), nn.Flatten(), nn.Linear(144, 3))
+
+
+EAGER = [
+    pytest.param(lambda: _mlp(nn.BatchNorm1d(8)), id="BatchNorm1d"),
+    pytest.param(lambda: _conv(nn.BatchNorm2d(4)), id="BatchNorm2d"),
+    pytest.param(lambda: nn.Sequential(nn.Conv3d(1, 2, 1), nn.BatchNorm3d(2)), id="BatchNorm3d"),
+    pytest.param(lambda: _conv(nn.SyncBatchNorm(4)), id="SyncBatchNorm"),
+    pytest.param(lambda: _mlp(nn.LazyBatchNorm1d()), id="LazyBatchNorm1d"),
+]
+
+
+@pytest.mark.parametrize("build", EAGER)
+def test_an_eager_batchnorm_normalises_over_the_batch_in_training_mode_only(build) -> None:
+    model = build()
+    assert normalises_over_batch(model.train())
+    assert not normalises_over_batch(model.eval())
+
+
+def test_a_batchnorm_without_running_statistics_normalises_over_the_batch_in_eval_too() -> None:
+    # _BatchNorm.forward uses batch statistics when it has no running ones, in any mode (a
+    # frozen base in LoRA's training is in eval mode and still fails on a batch of one)
+    model = _mlp(nn.BatchNorm1d(8, track_running_stats=False)).eval()
+    assert normalises_over_batch(model)
+    with pytest.raises(ValueError, match="more than 1 value per channel"):
+        model(torch.randn(1, 4))
+
+
+def test_models_without_batch_normalisation_do_not() -> None:
+    for model in (_mlp(nn.LayerNorm(8)), _conv(nn.GroupNorm(2, 4)), _conv(nn.InstanceNorm2d(4))):
+        assert not normalises_over_batch(model.train())
+
+
+def test_a_hugging_face_model_with_batchnorm() -> None:
+    from transformers import ResNetConfig, ResNetForImageClassification
+
+    config = ResNetConfig(
+        num_channels=1, embedding_size=4, hidden_sizes=[4], depths=[1], num_labels=3
+    )
+    model = ResNetForImageClassification(config)
+    assert normalises_over_batch(model.train())
+    assert not normalises_over_batch(model.eval())
+
+
+class _FunctionalBN(nn.Module):
+    """Batch norm called as a function (no BatchNorm module): visible only in a graph."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.register_buffer("mean", torch.zeros(4))
+        self.register_buffer("var", torch.ones(4))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.batch_norm(x, self.mean, self.var, training=self.training)
+
+
+def test_an_fx_graph_with_a_functional_batch_norm() -> None:
+    traced_train = torch.fx.symbolic_trace(_FunctionalBN().train())
+    traced_eval = torch.fx.symbolic_trace(_FunctionalBN().eval())
+    assert not any(isinstance(m, nn.BatchNorm1d) for m in traced_train.modules())
+    assert normalises_over_batch(traced_train)
+    assert not normalises_over_batch(traced_eval)
+
+
+@pytest.mark.parametrize("build", [EAGER[0], EAGER[1]])
+def test_an_exported_graph_normalises_over_the_batch_as_it_was_exported(build) -> None:
+    model = build()
+    x = torch.randn(2, 4) if isinstance(model[0], nn.Linear) else torch.randn(2, 1, 8, 8)
+    trained = torch.export.export(model.train(), (x,))
+    evaluated = torch.export.export(model.eval(), (x,))
+    # the exported module has no BatchNorm module: the op in the graph is what counts
+    gm = trained.module()
+    assert not any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in gm.modules())
+    assert normalises_over_batch(gm)
+    assert not normalises_over_batch(evaluated.module())
+    # an unflattened program keeps each submodule's graph in its own InterpreterModule
+    unflat = torch.export.unflatten(trained)
+    assert not any(
+        isinstance(n.target, torch._ops.OpOverload) and "batch_norm" in str(n.target)
+        for n in unflat.graph.nodes
+    )
+    assert normalises_over_batch(unflat)
+
+
+@pytest.fixture(scope="module")
+def qat_graph() -> nn.Module:
+    """A conv+BatchNorm model prepared for PT2E QAT by the quantize stage's own code."""
+    from stages.pt2e import prepare
+
+    torch.manual_seed(0)
+    model = _conv(nn.BatchNorm2d(4)).eval()
+    return prepare(model, torch.randn(2, 1, 8, 8), qat=True, what="quantize.mode=qat")
+
+
+def test_a_pt2e_qat_graph_normalises_over_the_batch_while_it_trains(qat_graph) -> None:
+    assert not any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in qat_graph.modules())
+    qat_graph.train()
+    assert normalises_over_batch(qat_graph)
+    assert drops_last_batch(qat_graph, 65, 64)  # fit drops its last batch of one
+    qat_graph.eval()
+    assert not normalises_over_batch(qat_graph)
+    assert not drops_last_batch(qat_graph, 65, 64)
+    qat_graph.train()
+    assert normalises_over_batch(qat_graph)
+
+
+def _bn_stats(gm: nn.Module) -> dict[str, torch.Tensor]:
+    return {
+        k: v.clone()
+        for k, v in gm.state_dict().items()
+        if k.endswith(("running_mean", "running_var"))
+    }
+
+
+def test_a_pt2e_qat_graph_evaluates_with_its_running_statistics(qat_graph) -> None:
+    """In eval mode (as `accuracy` and `convert` put it) BatchNorm uses its running statistics:
+    a batch of one is fine and the statistics stay put."""
+    g = torch.Generator().manual_seed(1)
+    x = torch.randn(8, 1, 8, 8, generator=g)
+    qat_graph.train()
+    with torch.no_grad():
+        qat_graph(x * 3 + 1)  # train-mode forward: moves the running statistics
+    before = _bn_stats(qat_graph)
+    assert before and all(torch.isfinite(v).all() for v in before.values())
+    qat_graph.eval()
+    with torch.no_grad():
+        qat_graph(x[:1])
+        qat_graph(x * 10)
+    after = _bn_stats(qat_graph)
+    assert all(torch.equal(before[k], after[k]) for k in before)
+    # `accuracy` (fit's validation) leaves the graph in the mode it found it in
+    data = torch.utils.data.TensorDataset(x, torch.zeros(len(x), dtype=torch.long))
+    qat_graph.train()
+    accuracy(qat_graph, data, device=torch.device("cpu"))
+    assert normalises_over_batch(qat_graph)
