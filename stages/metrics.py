@@ -183,7 +183,7 @@ def count_weights(ckpt: ModelCheckpoint) -> WeightCounts:
     for key, value in ckpt.state_dict.items():
         if isinstance(value, torch.Tensor) and _INT8_WEIGHT.search(key):
             n = value.numel()  # symmetric int8 (zero point 0): an int 0 is a zero weight
-            total, nonzero, int8 = total + n, nonzero + int((value != 0).sum()), int8 + n
+            total, nonzero, int8 = total + n, nonzero + int(torch.count_nonzero(value)), int8 + n
             continue
         if _TORCHAO_INNER in key:
             continue
@@ -217,11 +217,12 @@ def quantized_fraction(ckpt: ModelCheckpoint) -> float:
 
 
 def _count_tensor(t: torch.Tensor) -> tuple[int, int]:
+    # count_nonzero allocates nothing; `(t != 0).sum()` summed an int64 copy (2x a float32 model)
     if t.is_quantized:
-        return t.numel(), int((t.dequantize() != 0).sum())
+        return t.numel(), int(torch.count_nonzero(t.dequantize()))
     if not t.is_floating_point():
         return 0, 0  # integer buffers (counters, indices) are not parameters
-    return t.numel(), int((t != 0).sum())
+    return t.numel(), int(torch.count_nonzero(t))
 
 
 def _count_onnx(onnx_bytes: bytes) -> WeightCounts:

@@ -63,7 +63,13 @@ from stages.masks import (
 )
 from stages.names import PRUNE_METHODS
 from stages.rebuild import build_model
-from stages.surgery import PruningHistory, concat_histories, dependency_graph, history_of
+from stages.surgery import (
+    PruningHistory,
+    collect_cycles,
+    concat_histories,
+    dependency_graph,
+    history_of,
+)
 from stages.tasks import Task
 from stages.training import accuracy, fit
 
@@ -229,6 +235,7 @@ def prune_module(
             before = tensor_shapes(model), tuple(logits.shape)
             with no_cache(model):  # a Hugging Face cache is no part of the logits
                 history = _prune_structured(model, task, params, device=device, seed=seed)
+            collect_cycles()  # the pruner's graph held the unpruned weights (stages.surgery)
             if check_forward:
                 what = what or f"prune.method='structured' prune.ratio={params.ratio:g}"
                 check_pruned_forward(model, example, before, what=what)
@@ -295,7 +302,7 @@ def _pruned_count(module: nn.Module) -> int:
     """Zeros of the mask torch.nn.utils.prune installed on `module.weight`."""
     mask = module.weight_mask
     assert isinstance(mask, torch.Tensor)
-    return int((mask == 0).sum())
+    return mask.numel() - int(torch.count_nonzero(mask))
 
 
 def _finetune_keeping_zeros(

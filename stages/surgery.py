@@ -109,7 +109,19 @@ def replay(model: nn.Module, example: Inputs, history: Sequence[Sequence[Any]]) 
                 f"{entry[0]!r} ({len(entry[2])} channels): {type(exc).__name__}: {exc}; the "
                 "model factory builds another structure than the one that was pruned"
             ) from exc
+    del graph
+    collect_cycles()
     return model
+
+
+def collect_cycles() -> None:
+    """Run the cycle collector once a DependencyGraph is dropped. Its nodes reference each
+    other and the traced autograd graph, which saved the model's weights as they were before
+    pruning: left to Python's allocation-count trigger, a whole unpruned model stayed alive
+    (191 MB of a 50M-parameter teacher beside its 50 MB student) for the rest of the stage."""
+    import gc
+
+    gc.collect()
 
 
 def concat_histories(*histories: Sequence[Sequence[Any]] | None) -> PruningHistory:
