@@ -29,7 +29,6 @@ import torch
 from torch import nn
 from torch.nn.modules.batchnorm import _NormBase
 from torch.nn.utils import parametrize
-from torch.utils.data import DataLoader
 
 from stages.base import StageInput, StageOutput, StageSpec, check_choice, check_int, check_range
 from stages.batches import Inputs, as_inputs, batch_size, forward_logits, to_device, to_double
@@ -37,6 +36,7 @@ from stages.checkpoint import from_model
 from stages.errors import SqueezerayError
 from stages.layers import is_linear, tied_holders
 from stages.layers import weight_layer_summary as layer_summary
+from stages.loading import batches
 from stages.masks import keep_mask
 from stages.rebuild import build_model
 from stages.training import accuracy, fit
@@ -322,7 +322,7 @@ def lora(inp: StageInput, params: LoraParams) -> StageOutput:
         params=adapters,
     )
 
-    batch, _ = next(iter(DataLoader(task.val, batch_size=MERGE_CHECK_BATCH, shuffle=False)))
+    batch, _ = next(iter(batches(task.val, batch_size=MERGE_CHECK_BATCH)))
     check = merge_lora(model, to_device(as_inputs(batch), device))
     model.requires_grad_(True)
     return StageOutput(

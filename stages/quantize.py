@@ -59,7 +59,6 @@ from typing import Any
 
 import torch
 from torch import nn
-from torch.utils.data import DataLoader
 
 from stages.base import StageInput, StageOutput, StageSpec, check_choice, check_int, check_range
 from stages.batches import Inputs, as_inputs, call, tensors
@@ -67,6 +66,7 @@ from stages.casting import cast_model
 from stages.checkpoint import ModelCheckpoint
 from stages.errors import SqueezerayError
 from stages.layers import weight_layer_summary
+from stages.loading import batches as load_batches
 from stages.masks import MaskedWeights, keep_mask, keep_zeros
 from stages.metrics import quantized_fraction
 from stages.names import CAST_MODES, PT2E_QUANTIZER, QUANTIZE_MODES
@@ -175,7 +175,7 @@ def _require_some_int8(fraction: float, task: Task, parent: ModelCheckpoint, mod
 
 def calibration_batches(task: Task, count: int, *, seed: int) -> list[Inputs]:
     """`count` shuffled batches of 64 train inputs (fixed by `seed`) for calibration."""
-    loader = DataLoader(
+    loader = load_batches(
         task.train,
         batch_size=CALIBRATION_BATCH_SIZE,
         shuffle=True,

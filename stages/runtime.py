@@ -36,7 +36,7 @@ from typing import Any
 import numpy as np
 import torch
 from torch import nn
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import Dataset
 
 from stages.base import check_int
 from stages.batches import (
@@ -50,6 +50,7 @@ from stages.batches import (
 )
 from stages.checkpoint import ModelCheckpoint
 from stages.errors import SqueezerayError
+from stages.loading import batches
 from stages.names import RUNTIMES
 from stages.rebuild import build_model
 from stages.tasks import DEFAULT_EVAL_BATCH_SIZE, Task
@@ -86,7 +87,7 @@ class Predictor:
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """(logits (N, num_classes) float32, targets (N,) int64) over a dataset of (x, y)."""
         logits, targets = [], []
-        for x, y in DataLoader(dataset, batch_size=batch_size, shuffle=False):
+        for x, y in batches(dataset, batch_size=batch_size):
             logits.append(self(x).float())
             targets.append(torch.as_tensor(y).long())
         return torch.cat(logits), torch.cat(targets)
@@ -95,7 +96,7 @@ class Predictor:
         """Top-1 accuracy in [0, 1] on a dataset of (x, y) pairs, in order, in batches of
         `batch_size` (rows use their task's `eval_batch_size`)."""
         correct = total = 0
-        for x, y in DataLoader(dataset, batch_size=batch_size, shuffle=False):
+        for x, y in batches(dataset, batch_size=batch_size):
             pred = self(x).argmax(dim=1)
             correct += int((pred == y).sum())
             total += int(y.numel())

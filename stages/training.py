@@ -9,7 +9,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import Dataset
 
 from stages.base import StageOutput
 from stages.batches import Inputs, as_inputs, forward_logits, to_device
@@ -17,6 +17,7 @@ from stages.batches import batch_size as batch_size_of
 from stages.batchnorm import normalises_over_batch
 from stages.checkpoint import from_model
 from stages.errors import SqueezerayError
+from stages.loading import batches
 from stages.masks import param_counts
 from stages.tasks import Task
 
@@ -53,7 +54,7 @@ def accuracy(
     was_training = model.training
     model.eval()
     correct = total = 0
-    for x, y in DataLoader(dataset, batch_size=batch_size, shuffle=False):
+    for x, y in batches(dataset, batch_size=batch_size):
         pred = forward_logits(model, to_device(as_inputs(x), device)).argmax(dim=1)
         correct += int((pred.cpu() == y).sum())
         total += int(y.numel())
@@ -102,7 +103,7 @@ def fit(
     generator = torch.Generator().manual_seed(seed)
     model.to(device)
     model.train()
-    loader = DataLoader(
+    loader = batches(
         train,
         batch_size=batch_size,
         shuffle=True,

@@ -200,8 +200,8 @@ STAGES_LAYERS: tuple[tuple[str, ...], ...] = (
     ("conv1d", "hfheads"),  # transformers' Conv1D as Linear; Hugging Face heads and config
     # the Task contract; Tasks from Hugging Face checkpoint directories; user weight files
     ("tasks", "hf", "weightfiles"),
-    # data format, pruning history, ONNX, task fingerprint, whole-split data checks
-    ("checkpoint", "surgery", "onnxio", "fingerprint", "datacheck"),
+    # data format, pruning history, ONNX, task fingerprint, whole-split data checks, batches
+    ("checkpoint", "surgery", "onnxio", "fingerprint", "datacheck", "loading"),
     # the stage contract types; quantized structures: torch.ao (the only importer of
     # torch.ao.quantization), torchao quantize_, PT2E, half-float casts
     ("base", "torch_ao", "torchao_quant", "pt2e", "casting"),
