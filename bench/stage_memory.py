@@ -8,11 +8,12 @@ a fresh child process, without Ray: `orchestrator.engine.stage_tasks.execute_sta
 `execute_measure` and `execute_remeasure`, called as a Ray worker calls them.
 
 What Ray would do around a task is imitated where it costs memory: an input checkpoint is
-the previous stage's file mapped read-only (`numpy.memmap`; Ray maps an argument from its
+a StoredCheckpoint of the previous stage's file (what a local storage hands on), or with
+`--transfer bytes` that file mapped read-only (`numpy.memmap`; Ray maps an argument from its
 object store the same way, and the pages read count in the worker's RSS), and a stage's
 returned array is copied into a shared anonymous mapping (Ray copies a return value into its
-object store from the worker). The fingerprint check builds the task's models as a worker's
-first stage does.
+object store from the worker; a StoredCheckpoint costs nothing there). The fingerprint check
+builds the task's models as a worker's first stage does.
 
 Memory is read from /proc/self/status: VmRSS at each event, and VmHWM (the peak RSS since the
 last reset; reset by writing 5 to /proc/self/clear_refs) between events. Events are the entry
@@ -183,16 +184,28 @@ def _key(step: str) -> str:
 
 
 def _mapped(storage: str, step: str) -> Any:
-    """The checkpoint file of `step` mapped read-only, as Ray maps an object-store argument."""
+    """The checkpoint of `step` as a task gets it: its StoredCheckpoint (a local storage's
+    handoff), or with --transfer bytes its file mapped read-only, as Ray maps an object-store
+    argument."""
     import numpy as np
 
+    from orchestrator.engine.requests import StoredCheckpoint
     from orchestrator.engine.stage_tasks import CACHE_DIR
 
-    return np.memmap(Path(storage, CACHE_DIR, f"{_key(step)}.ckpt"), dtype=np.uint8, mode="r")
+    path = Path(storage, CACHE_DIR, f"{_key(step)}.ckpt")
+    if os.environ.get("SQUEEZERAY_BENCH_TRANSFER") == "bytes":
+        return np.memmap(path, dtype=np.uint8, mode="r")
+    manifest = json.loads(path.with_suffix(".json").read_text())
+    return StoredCheckpoint(path=str(path), nbytes=path.stat().st_size, sha256=manifest["sha256"])
 
 
 def _into_object_store(array: Any) -> int:
-    """Copy a returned array into a shared mapping (Ray's object store takes it so); bytes."""
+    """Copy a returned array into a shared mapping (Ray's object store takes it so); bytes.
+    A StoredCheckpoint is a few bytes: nothing to copy."""
+    from orchestrator.engine.requests import StoredCheckpoint
+
+    if isinstance(array, StoredCheckpoint):
+        return 0
     store = mmap.mmap(-1, max(1, array.nbytes))
     store.write(memoryview(array).cast("B"))
     size = store.tell()
@@ -319,7 +332,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quantize", default="none", help="quantize.mode of the chain (none)")
     parser.add_argument("--steps", default=",".join(STEPS), help="steps to report (all)")
     parser.add_argument("--out", default="stage_memory", help="results file name")
+    parser.add_argument(
+        "--transfer",
+        choices=("stored", "bytes"),
+        default="stored",
+        help="how checkpoints reach a task: their cache file (a local storage's "
+        "StoredCheckpoint, the default) or their bytes mapped from the object store (a URI's)",
+    )
     args = parser.parse_args(argv)
+    os.environ["SQUEEZERAY_BENCH_TRANSFER"] = args.transfer  # children inherit it
     wanted = set(args.steps.split(","))
     storage = scratch_dir("stage-memory")
     results = []

@@ -13,12 +13,14 @@ An ONNX Runtime artifact (`runtime == "onnxruntime"`) carries the ONNX model byt
 Memory: `to_buffer` serialises once and hands out the serialised bytes without copying them
 (a memoryview); `from_bytes` reads from any bytes-like object (bytes, memoryview, a read-only
 numpy array that Ray maps from its object store) without copying it first, so a checkpoint in
-transit costs its serialised bytes once plus the loaded tensors once.
+transit costs its serialised bytes once plus the loaded tensors once; `from_file` maps the
+tensors from a checkpoint file instead, so they cost the file's pages only.
 """
 
 from __future__ import annotations
 
 import io
+import os
 from dataclasses import dataclass, field, replace
 from typing import IO, Any, cast
 
@@ -91,10 +93,20 @@ class ModelCheckpoint:
     @classmethod
     def from_bytes(cls, data: bytes | memoryview | Any) -> ModelCheckpoint:
         """The checkpoint serialised in `data` (bytes, a memoryview or a uint8 numpy array),
-        loaded `weights_only` without first copying `data`."""
+        loaded `weights_only` without first copying `data` (its tensors are a copy of it)."""
+        return cls._load(cast(IO[bytes], _BufferReader(data)), mmap=False)
+
+    @classmethod
+    def from_file(cls, path: str | os.PathLike[str]) -> ModelCheckpoint:
+        """The checkpoint in the file at `path`, loaded `weights_only` with its tensors mapped
+        from the file (`torch.load(mmap=True)`, private: writes never reach the file), so the
+        weights cost no memory of their own beyond the file's pages the model reads."""
+        return cls._load(os.fspath(path), mmap=True)
+
+    @classmethod
+    def _load(cls, source: str | IO[bytes], *, mmap: bool) -> ModelCheckpoint:
         try:
-            reader = cast(IO[bytes], _BufferReader(data))
-            payload = torch.load(reader, weights_only=True, map_location="cpu")
+            payload = torch.load(source, weights_only=True, map_location="cpu", mmap=mmap)
         except Exception as exc:  # truncated/corrupt file or a non-checkpoint pickle
             # torch's message advises weights_only=False or allowlisting the global, either of
             # which would run a poisoned file's code: say what was refused, and the safe fix.

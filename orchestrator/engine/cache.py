@@ -28,13 +28,14 @@ import contextlib
 import hashlib
 import json
 import logging
+import os
 import warnings
 from datetime import datetime
 from typing import Any
 
 import ray
 
-from orchestrator.engine.requests import MeasureRequest, StageRequest
+from orchestrator.engine.requests import MeasureRequest, StageRequest, StoredCheckpoint
 from orchestrator.engine.stage_tasks import (
     CACHE_DIR,
     as_transfer,
@@ -244,19 +245,32 @@ class _StageCache:
             return None
         try:
             info = json.loads(self.storage.read_bytes(CACHE_DIR, manifest_name))
-            data = self.storage.read_bytes(CACHE_DIR, data_name)
+            data, digest = self._read_checkpoint(data_name)
         except (OSError, ValueError) as exc:
             log.warning("stage checkpoint %s unreadable (%s); recomputing", key, exc)
             self.corrupt.append(key)
             return None
-        if hashlib.sha256(data).hexdigest() != info.get("sha256"):
+        if digest != info.get("sha256"):
             log.warning("stage checkpoint %s fails its checksum; recomputing", key)
             self.corrupt.append(key)
             self.storage.delete(CACHE_DIR, manifest_name)
             return None
         info = {**info, "cached": True}
-        # a numpy array: readers map it from the object store instead of copying it
-        return ray.put(as_transfer(data)), ray.put(info)
+        return ray.put(data), ray.put(info)
+
+    def _read_checkpoint(self, data_name: str) -> tuple[Any, str]:
+        """(the checkpoint as tasks take it, its sha256): on a local storage its file
+        (`StoredCheckpoint`, hashed in chunks: this actor never holds the model), else its
+        bytes as a numpy array that readers map from the object store instead of copying."""
+        if not self.storage.is_local:
+            data = self.storage.read_bytes(CACHE_DIR, data_name)
+            return as_transfer(data), hashlib.sha256(data).hexdigest()
+        path = self.storage.path(CACHE_DIR, data_name)
+        with open(path, "rb") as f:
+            digest = hashlib.file_digest(f, "sha256").hexdigest()
+            size = os.fstat(f.fileno()).st_size
+        stored = StoredCheckpoint(path=path, nbytes=size, sha256=digest)
+        return stored, digest
 
     async def checkpoints(self, keys: list[str]) -> list[ray.ObjectRef | None]:
         """The checkpoint refs of `keys` (from memory or from their disk checkpoints); None

@@ -43,3 +43,17 @@ class MeasureRequest:
     extra: dict[str, Any] = field(default_factory=dict)
     storage: str = ""  # where the checkpoint of `key` lives (names it in errors)
     sweep_id: str = ""
+
+
+@dataclass(frozen=True)
+class StoredCheckpoint:
+    """A checkpoint handed from task to task as its file in a local storage's cache, not as
+    its bytes: the reader maps the file (`ModelCheckpoint.from_file`) instead of holding a
+    copy from Ray's object store and loaded tensors beside it.
+
+    `path`: the checkpoint file (written atomically, then never changed); `nbytes` and
+    `sha256`: its size and digest when it was written (the manifest's)."""
+
+    path: str
+    nbytes: int
+    sha256: str

@@ -3,11 +3,14 @@
 This module is imported by Tune trial coordinators (to get the remote handles), so it must not
 import torch at module level; the task bodies import `stages` inside the worker.
 
-Checkpoints travel between tasks as read-only uint8 numpy arrays (`as_transfer`): Ray stores a
-numpy array's buffer out of band in its object store once and hands it to the next task as a
-zero-copy view, where `bytes` would be copied into every reader's heap. A stage serialises its
-output once (`ModelCheckpoint.to_buffer`); the same buffer is hashed, written to the cache
-directory and returned.
+Checkpoints travel between tasks as their cache files when the storage is a local path
+(`StoredCheckpoint`: path, size, sha256): the reader maps the file's tensors
+(`ModelCheckpoint.from_file`), so no copy goes through Ray's object store and the loaded
+weights cost no memory beside it. On other storage (a URI) they travel as read-only uint8
+numpy arrays (`as_transfer`): Ray stores a numpy array's buffer out of band in its object store
+once and hands it to the next task as a zero-copy view, where `bytes` would be copied into
+every reader's heap. A stage serialises its output once (`ModelCheckpoint.to_buffer`); the same
+buffer is hashed, written to the cache directory and returned (or its file named).
 """
 
 from __future__ import annotations
@@ -26,7 +29,7 @@ from typing import Any
 
 import ray
 
-from orchestrator.engine.requests import MeasureRequest, StageRequest
+from orchestrator.engine.requests import MeasureRequest, StageRequest, StoredCheckpoint
 from orchestrator.store.storage import CACHE_DIR
 
 
@@ -77,6 +80,8 @@ def _load_input(data: Any, what: str) -> Any:
     if data is None:
         return None
     try:
+        if isinstance(data, StoredCheckpoint):
+            return ModelCheckpoint.from_file(_stored_file(data))
         return ModelCheckpoint.from_bytes(data)
     except SqueezerayError as exc:
         cause = exc.__cause__
@@ -89,18 +94,50 @@ def _load_input(data: Any, what: str) -> Any:
         ) from exc
 
 
-def _stage_input(request: StageRequest, task: Any, parent: Any, teacher: Any) -> Any:
+def _stored_file(stored: StoredCheckpoint) -> str:
+    """The path of a StoredCheckpoint, once it is there with the size it was written with."""
+    from stages.errors import SqueezerayError
+
+    try:
+        size = os.path.getsize(stored.path)
+    except OSError:
+        size = None
+    if size != stored.nbytes:
+        found = "is missing" if size is None else f"has {size} bytes, not {stored.nbytes}"
+        raise SqueezerayError(
+            f"the checkpoint file {stored.path} {found} on this node "
+            f"({socket.gethostname()}); a sweep on several nodes needs a storage every node "
+            "reads and writes (a shared filesystem path or an object-store URI), and a cache "
+            "file must not be deleted while a sweep runs"
+        )
+    return stored.path
+
+
+def as_handoff(storage: Any, location: str, data: Any, sha256: str) -> Any:
+    """What a stage task returns for its checkpoint, written at `location`: a StoredCheckpoint
+    of that file when `storage` is local, else its bytes (`as_transfer`)."""
+    if storage.is_local:
+        return StoredCheckpoint(path=location, nbytes=len(data), sha256=sha256)
+    return as_transfer(data)
+
+
+def _stage_input(
+    request: StageRequest, task: Any, parent: Any, teacher: Any, *, reads_teacher: bool
+) -> Any:
     """The StageInput of a stage task, its checkpoints loaded; distill's parent is the teacher,
     and then one loaded copy serves both (stages never mutate an input checkpoint: build_model
-    copies its tensors into a fresh module)."""
+    copies its tensors into a fresh module). The teacher is loaded only for a stage that
+    `reads_teacher`: prune, quantize or export would hold a whole teacher for nothing."""
     from stages.base import StageInput
 
     parent_ckpt = _load_input(parent, _cache_file(request.storage, request.parent_key))
     same = request.teacher_key is not None and request.teacher_key == request.parent_key
     if same and parent_ckpt is not None:
         teacher_ckpt = parent_ckpt
-    else:
+    elif reads_teacher:
         teacher_ckpt = _load_input(teacher, _cache_file(request.storage, request.teacher_key))
+    else:
+        teacher_ckpt = None
     return StageInput(
         task=task,
         parent=parent_ckpt,
@@ -110,10 +147,16 @@ def _stage_input(request: StageRequest, task: Any, parent: Any, teacher: Any) ->
     )
 
 
+def reads_teacher(spec: Any, params: Any) -> bool:
+    """Whether a stage with these params reads the teacher checkpoint (its spec says so)."""
+    return bool(spec.teacher_as_parent or (spec.needs_teacher and spec.needs_teacher(params)))
+
+
 def execute_stage(request: StageRequest, parent: Any, teacher: Any) -> tuple[Any, dict[str, Any]]:
-    """Run one stage; write its checkpoint under the storage; return (its bytes as a uint8
-    numpy array, `as_transfer`; info). `parent`/`teacher`: checkpoint bytes (any bytes-like
-    object) or None; the same checkpoint given as both is loaded once.
+    """Run one stage; write its checkpoint under the storage; return (the checkpoint as the
+    next task takes it, `as_handoff`: a StoredCheckpoint of its file on a local storage, else
+    its bytes as a uint8 numpy array; info). `parent`/`teacher`: a StoredCheckpoint, checkpoint
+    bytes (any bytes-like object) or None; the same checkpoint given as both is loaded once.
 
     info: key, stage, params, parent_key, metrics, wall_s and cpu_s (the whole task), run_s and
     run_cpu_s (the stage function alone; the rest is loading, the checkpoint round trip and
@@ -130,7 +173,7 @@ def execute_stage(request: StageRequest, parent: Any, teacher: Any) -> tuple[Any
         check_same_task(request)
     spec = get_stage(request.stage)
     params = spec.make_params(request.params)
-    inp = _stage_input(request, task, parent, teacher)
+    inp = _stage_input(request, task, parent, teacher, reads_teacher=reads_teacher(spec, params))
     # The stage contract (parent, teacher, device, metrics) and the checkpoint round trip
     # (its bytes rebuild into the model it computed): a SqueezerayError here is this
     # stage's error row, and nothing is cached.
@@ -155,9 +198,9 @@ def execute_stage(request: StageRequest, parent: Any, teacher: Any) -> tuple[Any
     storage = open_storage(request.storage)
     data_name, manifest_name = checkpoint_path(request.key)
     # Data first, manifest second: a checkpoint without a manifest is never trusted.
-    storage.write_atomic(data, CACHE_DIR, data_name)
+    location = storage.write_atomic(data, CACHE_DIR, data_name)
     storage.write_atomic(json.dumps(info).encode(), CACHE_DIR, manifest_name)
-    return as_transfer(data), info
+    return as_handoff(storage, location, data, info["sha256"]), info
 
 
 @functools.lru_cache(maxsize=8)

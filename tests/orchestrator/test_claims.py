@@ -149,7 +149,9 @@ def test_a_second_cache_waits_for_the_stage_another_claimed_then_loads_it(
 
     mine, loaded, still_waiting = asyncio.run(scenario())
     assert mine is None and still_waiting
-    assert loaded is not None and bytes(ray.get(loaded[0])) == b"model bytes"  # type: ignore[index]
+    assert loaded is not None
+    stored = ray.get(loaded[0])  # a local storage's checkpoint travels as its file
+    assert Path(stored.path).read_bytes() == b"model bytes" and stored.nbytes == 11
     assert caches[1].waited == [KEY] and caches[1].loaded == [KEY]
     assert caches[0].claims.held == set() and caches[1].claims.held == set()
 
