@@ -47,13 +47,17 @@ def run_stage(
     metric, or a checkpoint that does not rebuild; the stage's own errors pass through.
     """
     inp = check_input(spec, inp, params)
+    task = inp.task
     wall0, cpu0 = time.perf_counter(), time.process_time()
     out = spec.run(inp, params)
     if timing is not None:  # the stage's own compute, apart from the contract's checks
         timing["run_s"] = time.perf_counter() - wall0
         timing["run_cpu_s"] = time.process_time() - cpu0
+    # The input checkpoints (a KD teacher, the parent) are garbage from here when the caller
+    # kept no reference (the stage task does not): freed before the self-check's rebuild.
+    del inp
     check_metrics(spec, out)
-    return out, check_output(inp.task, spec.name, out)
+    return out, check_output(task, spec.name, out)
 
 
 def check_input(spec: StageSpec[Any], inp: StageInput, params: Any) -> StageInput:

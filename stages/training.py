@@ -143,8 +143,13 @@ def fit(
             acc = accuracy(model, val, device=device)
             if acc > best_acc:
                 best_acc, best_state = acc, copy.deepcopy(model.state_dict())
+    # The last step's gradients and AdamW's two moments are not part of the model: freed
+    # before the stage serialises and rebuilds it (3 model copies otherwise held to the end).
+    optimizer.zero_grad(set_to_none=True)
+    del optimizer
     if restore_best and best_state is not None:
         model.load_state_dict(best_state)
+        del best_state
     model.eval()
     return {
         "val_accuracy": accuracy(model, val, device=device),

@@ -173,12 +173,17 @@ def execute_stage(request: StageRequest, parent: Any, teacher: Any) -> tuple[Any
         check_same_task(request)
     spec = get_stage(request.stage)
     params = spec.make_params(request.params)
-    inp = _stage_input(request, task, parent, teacher, reads_teacher=reads_teacher(spec, params))
     # The stage contract (parent, teacher, device, metrics) and the checkpoint round trip
     # (its bytes rebuild into the model it computed): a SqueezerayError here is this
-    # stage's error row, and nothing is cached.
+    # stage's error row, and nothing is cached. The loaded inputs are not kept here: run_stage
+    # holds the only reference, and frees them before the self-check.
     timing: dict[str, float] = {}
-    out, data = run_stage(spec, inp, params, timing=timing)
+    out, data = run_stage(
+        spec,
+        _stage_input(request, task, parent, teacher, reads_teacher=reads_teacher(spec, params)),
+        params,
+        timing=timing,
+    )
     wall_s, cpu_s = time.perf_counter() - wall0, time.process_time() - cpu0
     info: dict[str, Any] = {
         "key": request.key,
