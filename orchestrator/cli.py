@@ -1027,7 +1027,7 @@ def _say_stamped(message: str) -> None:
 def trials_phrase(space: Any) -> str:
     """ "24 trials (optuna)", or for a grid the trials it runs and the grid's size."""
     if space.search.algorithm != "grid":
-        return f"{space.search.trials} trials ({space.search.algorithm})"
+        return f"{space.trial_count()} trials ({space.search.algorithm})"
     from orchestrator.space.coherence import grid_trials_text
 
     return grid_trials_text(space)

@@ -21,7 +21,9 @@ class SweepProgress:
 
     def __init__(self, console: Console, space: SearchSpace) -> None:
         self.console = console
-        self.total = space.search.trials
+        # The planned trials (a grid's points, not `search.trials`), as the start line says;
+        # the results writer's total (a resumed sweep's) replaces it with the first event.
+        self.total = space.trial_count()
         self.quality, self.direction = quality_column(space)
         self.best_value: float | None = None
         self.running = 0

@@ -181,11 +181,21 @@ class SearchSpace:
                 fail(self.source, key, unknown_metric(metric, name))
         return dataclasses.replace(self, task_metric=name)
 
+    def trial_count(self) -> int:
+        """The trials a sweep of this space runs: `search.trials`, or for a grid its distinct
+        points (`coherence.grid_points`; `search.trials` does not apply to a grid). Every
+        trial total shown (start line, progress bar, progress lines) is this number."""
+        if self.search.algorithm != "grid":
+            return self.search.trials
+        from orchestrator.space.coherence import grid_points
+
+        return len(grid_points(self)[0])
+
     def _trials_text(self) -> str:
         """ "16 trials", or for a grid the trials it runs and the grid's size
         (`coherence.grid_trials_text`)."""
         if self.search.algorithm != "grid":
-            return f"{self.search.trials} trials"
+            return f"{self.trial_count()} trials"
         from orchestrator.space.coherence import grid_trials_text
 
         return grid_trials_text(self)

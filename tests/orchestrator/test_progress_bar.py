@@ -53,3 +53,28 @@ def test_progress_defaults_to_validation_accuracy(tmp_path: Path) -> None:
     assert "best val accuracy 0.8000" in _bar(tmp_path, "{val_accuracy: max}", None, rows)
     # no quality objective (size only): still the validation accuracy
     assert "best val accuracy 0.8000" in _bar(tmp_path, "{size_bytes: min}", None, rows)
+
+
+GRID = """
+task: digits
+pipeline: [teacher, distill, prune]
+params:
+  prune.ratio: {choice: [0.2, 0.5]}
+  distill.temperature: {choice: [2.0, 4.0]}
+search: {algorithm: grid}
+"""
+
+
+def test_a_grid_shows_its_own_trial_total_from_the_start(tmp_path: Path) -> None:
+    """The bar's total before any trial event (while Ray starts) is the grid's 4 points, as
+    the start line says - not `search.trials`' default of 16."""
+    from orchestrator.cli import trials_phrase
+
+    (tmp_path / "space.yaml").write_text(GRID)
+    space = load_space(tmp_path / "space.yaml", check_task=False)
+    assert space.search.trials != 4  # the default the bar used to show
+    out = io.StringIO()
+    progress = SweepProgress(Console(file=out, width=200), space)
+    assert progress.progress.tasks[0].total == 4
+    assert trials_phrase(space).startswith("4 trials (grid)")
+    assert space.trial_count() == 4
