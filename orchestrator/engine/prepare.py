@@ -75,8 +75,8 @@ def prepare_sweep(
         check_task=not start.finished,
     )
     # A finished sweep runs nothing: its task is not imported (nor re-checked) to say so.
-    loaded, fingerprint, model_bytes = (
-        (loaded, {}, 0) if start.finished else bound_to_task(loaded, start.options)
+    loaded, fingerprint, model_bytes, activation_bytes = (
+        (loaded, {}, 0, 0) if start.finished else bound_to_task(loaded, start.options)
     )
     final_id = start.sweep_id or new_sweep_id(loaded.name)
     return PreparedSweep(
@@ -87,6 +87,7 @@ def prepare_sweep(
         resume=resume,
         fingerprint=fingerprint,
         model_bytes=model_bytes,
+        activation_bytes=activation_bytes,
         space_text=space_text,
         budget_elapsed_s=start.budget_elapsed_s,
         finished=start.finished,
@@ -246,18 +247,24 @@ def _ready_storage(storage: str, sweep_id: str, *, finished: bool) -> Storage:
 
 def bound_to_task(
     space: SearchSpace, opts: SweepOptions
-) -> tuple[SearchSpace, dict[str, str], int]:
+) -> tuple[SearchSpace, dict[str, str], int, int]:
     """The space checked against its task (`checked_against_task`), the task's fingerprint
     (architectures, weights and data go into the stage keys, so an edited model or dataset is
-    recomputed instead of served from the cache) and its larger model's bytes (the models
-    built for the fingerprint, counted: the sweep's memory requests, `engine.memory`)."""
+    recomputed instead of served from the cache), its larger model's bytes (the models built
+    for the fingerprint, counted) and, for a model large enough to get memory requests, the
+    activation bytes of a training step at the space's largest batch (`engine.memory`)."""
+    from orchestrator.engine.memory import REQUEST_FROM_BYTES, training_batch_size
+    from stages.activations import task_activation_bytes
     from stages.fingerprint import task_fingerprint
     from stages.tasks import load_task
 
     task_obj = load_task(space.task)
     space = checked_against_task(space, opts, task_obj)
     fingerprint = task_fingerprint(task_obj, seed=TRAINING_SEED)
-    return space, fingerprint.as_dict(), fingerprint.model_bytes
+    activations = 0
+    if fingerprint.model_bytes >= REQUEST_FROM_BYTES:
+        activations = task_activation_bytes(task_obj, training_batch_size(space))
+    return space, fingerprint.as_dict(), fingerprint.model_bytes, activations
 
 
 def checked_against_task(space: SearchSpace, opts: SweepOptions, task_obj: Any) -> SearchSpace:

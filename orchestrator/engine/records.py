@@ -35,6 +35,8 @@ class PreparedSweep:
     resume: bool
     fingerprint: dict[str, str] = field(default_factory=dict)  # stages.fingerprint, per task
     model_bytes: int = 0  # the task's larger model, float bytes (0: unknown; engine.memory)
+    # a training step's activations at the space's largest batch (0: not measured, small model)
+    activation_bytes: int = 0
     space_text: str | None = None  # the YAML it was read from (the manifest keeps it)
     budget_elapsed_s: float = 0.0  # seconds of the time budget spent before (--resume)
     finished: bool = False  # resumed, but its manifest says it finished: nothing left to run

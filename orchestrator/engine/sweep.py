@@ -320,7 +320,7 @@ def _check_resources(sweep: PreparedSweep, info: ClusterInfo) -> None:
         raise SqueezerayError(
             f"--cpus-per-trial={sweep.cpus_per_trial:g} but the Ray cluster has {info.cpus:g} CPUs"
         )
-    check_fits(sweep.model_bytes, node_memory_bytes())
+    check_fits(sweep.model_bytes, node_memory_bytes(), activation_bytes=sweep.activation_bytes)
 
 
 def _start_cache(sweep: PreparedSweep, info: ClusterInfo, latency_resource: str | None) -> Any:
@@ -339,7 +339,9 @@ def _start_cache(sweep: PreparedSweep, info: ClusterInfo, latency_resource: str 
     }
     stage_options = {
         **stage_task_options(sweep.cpus_per_trial, sweep.gpus_per_trial),
-        **memory_options(sweep.model_bytes, copies=STAGE_COPIES),
+        **memory_options(
+            sweep.model_bytes, copies=STAGE_COPIES, activation_bytes=sweep.activation_bytes
+        ),
     }
     return StageCache.options(name=cache_actor_name(sweep.sweep_id)).remote(  # type: ignore[attr-defined]
         sweep.storage.uri,

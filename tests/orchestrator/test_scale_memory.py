@@ -77,3 +77,36 @@ def test_a_returned_task_freezes_what_survives_and_a_raising_one_does_not() -> N
         assert gc.get_freeze_count() > 0
     finally:
         gc.unfreeze()
+
+
+def test_a_large_models_training_activations_are_measured_and_requested(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A transformer's activations outweigh its weights: the stage request counts them,
+    measured at the space's largest training batch before Ray starts."""
+    from orchestrator.engine.prepare import prepare_sweep
+
+    small = prepare_sweep("tiny", storage=tmp_path / "a")
+    assert small.activation_bytes == 0  # a small model: nothing measured, nothing requested
+    monkeypatch.setattr(memory, "REQUEST_FROM_BYTES", 1)  # this tiny model counts as large
+    space = tmp_path / "space.yaml"
+    space.write_text(
+        "task: blobs\npipeline: [teacher, distill]\n"
+        "objectives: {val_accuracy: max}\n"
+        "params: {distill.batch_size: {choice: [32, 128]}}\n"
+        "search: {algorithm: random, trials: 2}\n"
+    )
+    default = prepare_sweep("tiny", storage=tmp_path / "b")
+    large = prepare_sweep(str(space), storage=tmp_path / "c")
+    assert memory.training_batch_size(default.space) == 64
+    assert memory.training_batch_size(large.space) == 128
+    assert default.activation_bytes > 0
+    assert large.activation_bytes == 2 * default.activation_bytes  # linear in the batch
+    request = memory.memory_options(
+        default.model_bytes, copies=memory.STAGE_COPIES, activation_bytes=large.activation_bytes
+    )["memory"]
+    without = memory.memory_options(default.model_bytes, copies=memory.STAGE_COPIES)["memory"]
+    assert request - without == memory.ACTIVATION_COPIES * large.activation_bytes
+    with pytest.raises(SqueezerayError, match="activations") as info:
+        memory.check_fits(default.model_bytes, [float(without)], activation_bytes=2**30)
+    assert "batch_size" in str(info.value)
