@@ -214,7 +214,30 @@ def _columns(view: FrontView) -> list[tuple[str, str]]:
     cols += [(headers.get(c, c), c) for c in metric_cols if c in names]
     if "runtime" in names:
         cols.append(("runtime", "runtime"))
-    return cols
+    return [*cols, ("size×", "size_x"), ("Δacc", "accuracy_delta_pts")]
+
+
+# When a console is too narrow for every column, they give way from the end of this order
+# (`_fitted`): who the row is and what the front was chosen on stay, then the speedup and the
+# final latency; test accuracy, the ratios, lat cv and runtime go first.
+_GIVE_WAY_LAST = ("sweep_id", "trial_id")
+_GIVE_WAY_ORDER = (
+    "speedup",
+    "latency_ms_final",
+    "test_accuracy",
+    "accuracy_delta_pts",
+    "size_x",
+    "latency_cv",
+    "runtime",
+)
+
+
+def _keep_order(view: FrontView, cols: list[tuple[str, str]]) -> list[str]:
+    """The columns of `cols`, most important first (ids, the objectives, then
+    `_GIVE_WAY_ORDER`, then any other)."""
+    present = [c for _, c in cols]
+    order = dict.fromkeys([*_GIVE_WAY_LAST, *view.objectives, *_GIVE_WAY_ORDER, *present])
+    return [c for c in order if c in present]
 
 
 def _final_latency(view: FrontView) -> bool:
@@ -227,6 +250,10 @@ def _col(table: pa.Table, name: str) -> list[Any]:
 
 
 def _cell(column: str, value: Any) -> str:
+    if column == "size_x":
+        return "-" if _num(value) is None else f"{float(value):.1f}×"
+    if column == "accuracy_delta_pts":
+        return "-" if _num(value) is None else f"{float(value):+.2f}"
     if column == "size_bytes":
         return _fmt_size(value)
     if column.endswith("accuracy") and _num(value) is not None:
@@ -266,13 +293,18 @@ def _knobs(row: Mapping[str, Any], names: tuple[str, ...]) -> str:
 KNOBS_INLINE_MIN_WIDTH = 120
 
 
+# The knobs column's share of a wide console's width when the other columns are fitted.
+_KNOBS_MIN_WIDTH = 12
+
+
 def show_front(view: FrontView, console: Console) -> None:
-    """Print the front table, with the knobs as its last column when the console has room,
-    else followed by a trial -> knobs table."""
+    """Print the front table fitted to the console's width (`render_front(width=)`), with
+    the knobs as its last column when the console has room, else followed by a trial -> knobs
+    table."""
     if console.width >= KNOBS_INLINE_MIN_WIDTH:
-        console.print(render_front(view))
+        console.print(render_front(view, width=console.width))
         return
-    console.print(render_front(view, knobs=False))
+    console.print(render_front(view, knobs=False, width=console.width))
     console.print(render_knobs(view))
 
 
@@ -291,9 +323,57 @@ def render_knobs(view: FrontView) -> RichTable:
     return table
 
 
-def render_front(view: FrontView, *, knobs: bool = True) -> RichTable:
+def render_front(view: FrontView, *, knobs: bool = True, width: int | None = None) -> RichTable:
     """The rich table: baseline row(s) first, then the front points with their ratios (and
-    their knobs as the last column unless `knobs=False`)."""
+    their knobs as the last column unless `knobs=False`).
+
+    `width` (a console's columns): the columns that do not fit give way, least important
+    first (`_GIVE_WAY_ORDER`), instead of every column being cut to an ellipsis; the caption
+    names those left out and how to see them. None: every column."""
+    cols = _columns(view)
+    hidden: list[str] = []
+    if width is not None:
+        room = width - (_KNOBS_MIN_WIDTH + 2 if knobs else 0)
+        cols, hidden = _fitted(view, cols, room)
+    table = _front_table(view, cols, knobs=knobs, hidden=hidden, width=width)
+    _add_front_rows(table, view, cols, knobs=knobs)
+    return table
+
+
+def _fitted(
+    view: FrontView, cols: list[tuple[str, str]], width: int
+) -> tuple[list[tuple[str, str]], list[str]]:
+    """(the columns of `cols` whose natural widths fit in `width` characters, in their order;
+    the headers of those left out). The ids and the first objective always stay."""
+    import io
+
+    from rich.console import Console
+    from rich.measure import Measurement
+
+    probe = Console(width=max(width, 1) * 4, file=io.StringIO())  # measures, never prints
+    keep = _keep_order(view, cols)
+    floor = sum(c in _GIVE_WAY_LAST for c in keep) + 1  # the ids and the first objective
+    while len(keep) > floor:
+        shown = [hc for hc in cols if hc[1] in keep]
+        table = _front_table(view, shown, knobs=False, hidden=[], width=None, caption=False)
+        _add_front_rows(table, view, shown, knobs=False)
+        if Measurement.get(probe, probe.options, table).maximum <= width:
+            break
+        keep.pop()
+    shown = [hc for hc in cols if hc[1] in keep]
+    return shown, [h for h, c in cols if c not in keep]
+
+
+def _front_table(
+    view: FrontView,
+    cols: list[tuple[str, str]],
+    *,
+    knobs: bool,
+    hidden: list[str],
+    width: int | None,
+    caption: bool = True,
+) -> RichTable:
+    """The front table's frame: title, caption and the columns `cols` (no rows yet)."""
     from rich import box
     from rich.table import Table
 
@@ -303,28 +383,25 @@ def render_front(view: FrontView, *, knobs: bool = True) -> RichTable:
     )
     table = Table(
         title=title,
-        caption=_front_caption(view),
+        caption=_front_caption(view, [c for _, c in cols], hidden, width) if caption else None,
         title_justify="left",
         caption_justify="left",
         box=box.SIMPLE_HEAD,  # no vertical rules: the knobs keep room on 80 columns
         pad_edge=False,
         collapse_padding=True,
     )
-    cols = _columns(view)
     for header, column in cols:
         numeric = column not in ("trial_id", "sweep_id", "runtime")
         table.add_column(header, no_wrap=True, justify="right" if numeric else "left")
-    for header in ("size×", "Δacc"):
-        table.add_column(header, justify="right", no_wrap=True)
     if knobs:
-        table.add_column("knobs", overflow="fold", min_width=12)
-    _add_front_rows(table, view, cols, knobs=knobs)
+        table.add_column("knobs", overflow="fold", min_width=_KNOBS_MIN_WIDTH)
     return table
 
 
-def _front_caption(view: FrontView) -> str:
+def _front_caption(view: FrontView, shown: list[str], hidden: list[str], width: int | None) -> str:
     """The front table's caption: the filter, a cut to the best K, the split the front was
-    chosen on, how latency was measured, and what the ratio columns mean."""
+    chosen on, how latency was measured, what the ratio columns shown mean, and the columns
+    a narrow console left out (`hidden`: their headers)."""
     caption_parts = []
     if view.where:
         caption_parts.append(f"where {view.where}")
@@ -333,7 +410,7 @@ def _front_caption(view: FrontView) -> str:
             f"showing the best {view.front.num_rows} by {next(iter(view.objectives))}"
         )
     caption_parts.append(_chosen_on(view))
-    if _final_latency(view):
+    if _final_latency(view) and {"latency_ms_final", "speedup"} & set(shown):
         from orchestrator.query.steadiness import LATENCY_CV_UNSTEADY, UNSTEADY_MARK
 
         rounds = max(r for r in _col(view.front, "latency_rounds") if r is not None)
@@ -346,9 +423,21 @@ def _front_caption(view: FrontView) -> str:
             "baseline's): not to be trusted, re-measure with more latency.rounds or on a "
             "quieter node"
         )
-    caption_parts.append(
-        "size× = baseline size / size, Δacc = test accuracy - baseline test accuracy, in points"
-    )
+    ratios = [
+        text
+        for column, text in (
+            ("size_x", "size× = baseline size / size"),
+            ("accuracy_delta_pts", "Δacc = test accuracy - baseline test accuracy, in points"),
+        )
+        if column in shown
+    ]
+    if ratios:
+        caption_parts.append(", ".join(ratios))
+    if hidden:
+        caption_parts.append(
+            f"not shown at {width} columns: {', '.join(hidden)}; a wider terminal "
+            "(e.g. COLUMNS=200) or `squeezeray pareto --format csv` shows every column"
+        )
     return "; ".join(caption_parts)
 
 
@@ -357,22 +446,17 @@ def _add_front_rows(
 ) -> None:
     """The baseline row(s) in bold (ratios 1.0), then one row per front point."""
     baselines = {b.get("sweep_id"): b for b in view.baselines.to_pylist()}
+    columns = [c for _, c in cols]
     for row in view.baselines.to_pylist():
-        cells = _marked_cells(cols, row, None)
+        cells = _marked_cells(cols, {**row, "size_x": 1.0, "accuracy_delta_pts": 0.0}, None)
         trial = row.get("trial_id")
         label = "baseline" if trial in (None, "baseline") else f"baseline ({trial})"
-        cells[[c for _, c in cols].index("trial_id")] = label
+        cells[columns.index("trial_id")] = label
         extra = ["teacher, uncompressed"] if knobs else []
-        table.add_row(*cells, "1.0×", "+0.00", *extra, style="bold")
+        table.add_row(*cells, *extra, style="bold")
     for row in view.front.to_pylist():
         cells = _marked_cells(cols, row, baselines.get(row.get("sweep_id")))
-        size_x, delta = (row.get(c) for c in RATIO_COLUMNS)
-        table.add_row(
-            *cells,
-            "-" if size_x is None else f"{size_x:.1f}×",
-            "-" if delta is None else f"{delta:+.2f}",
-            *([_knobs(row, view.knobs)] if knobs else []),
-        )
+        table.add_row(*cells, *([_knobs(row, view.knobs)] if knobs else []))
 
 
 def _marked_cells(

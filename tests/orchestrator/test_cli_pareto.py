@@ -247,3 +247,51 @@ def test_sweeps_lists_a_crashed_sweep_from_its_manifest(tmp_path: Path) -> None:
     (root / "sweeps" / "crashed-2.json").rename(only / "sweeps" / "crashed-2.json")
     code, stdout, _ = invoke("sweeps", "--storage", str(only))
     assert code == 0 and "crashed-2" in stdout and "--resume" in stdout
+
+
+def _final_phase_rows(sweeps: tuple[str, ...]) -> list[dict]:
+    """A 50M-parameter-like sweep's rows with the final latency phase's columns."""
+    from tests.rows import result_row
+
+    rows = []
+    for sweep in sweeps:
+        common = {"runtime": "eager", "latency_rounds": 7, "latency_cv": 0.02}
+        rows.append(result_row(sweep, "baseline", val_accuracy=0.9123, test_accuracy=0.9034,
+                               size_bytes=180_500_000, latency_ms_sweep=41.2,
+                               latency_ms_final=40.8, speedup=1.0, **common))  # fmt: skip
+        for i, (acc, size, ms) in enumerate([(0.9101, 95e6, 25.0), (0.8871, 30.1e6, 9.8)]):
+            rows.append(result_row(sweep, f"a1b2c_0000{i}", minute=i, val_accuracy=acc,
+                                   test_accuracy=acc - 0.01, size_bytes=size,
+                                   latency_ms_sweep=ms, latency_ms_final=ms * 1.01,
+                                   speedup=40.8 / ms, **common))  # fmt: skip
+    return rows
+
+
+@pytest.mark.parametrize("sweeps", [("s1",), ("sweep-20261207-041500-ab12", "sweep-2-xy")])
+def test_front_fits_an_80_column_terminal_without_ellipses(
+    tmp_path: Path, sweeps: tuple[str, ...]
+) -> None:
+    """At 80 columns every shown cell is whole (rich cut each column to "0.9…" and the baseline
+    to "baseli…"): the ids, val acc, size, latency and speedup stay, the least important columns
+    give way, and the caption names them and how to see every column."""
+    from rich.console import Console
+
+    from orchestrator.query.frontview import build_front, show_front
+
+    root = tmp_path / "runs"
+    append_results(root, _final_phase_rows(sweeps))
+    view = build_front(load_results(root, sweep="all"), None)
+    sink = io.StringIO()
+    show_front(view, Console(file=sink, width=80))
+    text = sink.getvalue()
+    assert "…" not in text and max(len(line) for line in text.splitlines()) <= 80
+    lines = text.splitlines()
+    baseline = next(line for line in lines if line.lstrip().startswith(("baseline", "sweep")) and
+                    "baseline" in line)  # fmt: skip
+    assert "0.9123" in baseline and "180.50 MB" in baseline
+    point = next(line for line in lines if "a1b2c_00000" in line and "MB" in line)
+    for value in ("0.9101", "95.00 MB", "25", "1.63×"):
+        assert value in point, (value, point)
+    assert "not shown at 80 columns" in text and "--format csv" in " ".join(text.split())
+    if len(sweeps) > 1:
+        assert all(s in text for s in sweeps)
