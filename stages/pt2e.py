@@ -147,7 +147,7 @@ def _one_partition_per_activation_call(gm: torch.fx.GraphModule) -> None:
 
 def prepare(model: nn.Module, example: Inputs, *, qat: bool, what: str) -> nn.Module:
     """The exported model with observers (static) or fake quantization (QAT, in train mode;
-    `.train()`/`.eval()` work on it)."""
+    `.train()`/`.eval()` work on it, `allow_train_eval`)."""
     from torchao.quantization.pt2e.quantize_pt2e import prepare_pt2e, prepare_qat_pt2e
 
     exported = export_for_quantization(model, example, qat=qat, what=what)
@@ -159,41 +159,58 @@ def prepare(model: nn.Module, example: Inputs, *, qat: bool, what: str) -> nn.Mo
     return prepared.train(qat)  # type: ignore[no-any-return]
 
 
-def _train(self: nn.Module, mode: bool = True) -> nn.Module:
+def _train(self: torch.fx.GraphModule, mode: bool = True) -> torch.fx.GraphModule:
     from torchao.quantization.pt2e import (
+        disable_observer,
+        enable_observer,
         move_exported_model_to_eval,
         move_exported_model_to_train,
     )
 
-    if getattr(self, _MODE, None) == mode:  # the graph is in that mode: rewriting costs seconds
+    if self.meta.get(_MODE) == mode:  # the graph is in that mode: rewriting costs seconds
         return self
     if mode:
         move_exported_model_to_train(self)  # type: ignore[arg-type]
     else:
         move_exported_model_to_eval(self)  # type: ignore[arg-type]
-    setattr(self, _MODE, mode)
+    # QAT's fake quantizers observe in any mode: evaluation would move the activation ranges
+    # (validation data calibrating the model, each row's logits depending on what ran before).
+    # Only fake quantizers are switched; static_int8's observers calibrate in eval mode.
+    self.apply(enable_observer if mode else disable_observer)
+    self.meta[_MODE] = mode
     self.training = mode
     return self
 
 
-def _eval(self: nn.Module) -> nn.Module:
+def _eval(self: torch.fx.GraphModule) -> torch.fx.GraphModule:
     return _train(self, False)
 
 
-_MODE = "_squeezeray_graph_training"  # the mode the exported graph's ops are in
+# gm.meta key: the mode the exported graph's ops are in (meta survives copy.deepcopy)
+_MODE = "squeezeray_graph_training"
 
 
-def allow_train_eval(gm: nn.Module, *, training: bool) -> None:
+def _copied(copy_: torch.fx.GraphModule) -> None:
+    """GraphModule deepcopy hook: a copy is built afresh (its `train`/`eval` would be
+    nn.Module's, which leave the graph's ops as they are); give it the switch again."""
+    allow_train_eval(copy_, training=bool(copy_.meta.get(_MODE)))
+
+
+def allow_train_eval(gm: torch.fx.GraphModule, *, training: bool) -> None:
     """Make `.train()`/`.eval()` of an exported GraphModule switch its dropout and BatchNorm
-        ops (torchao's `move_exported_model_to_train/eval`) and return the module, as
-        `nn.Module`'s do (exported modules refuse them; torchao's
-        `allow_exported_model_train_eval` returns None), so training and evaluation code that
-        calls them works unchanged. `training`: the mode the graph was exported in; switching to
-    the mode it is already in does nothing (each rewrite re-traces patterns: seconds)."""
-    setattr(gm, _MODE, training)
+    ops (torchao's `move_exported_model_to_train/eval`) and its QAT fake quantizers' observers
+    (torchao's `enable_observer`/`disable_observer`: on in train, off in eval) and return the
+    module, as `nn.Module`'s do (exported modules refuse them; torchao's
+    `allow_exported_model_train_eval` returns None), so training and evaluation code that calls
+    them works unchanged. `training`: the mode the graph was exported in; switching to the mode
+    it is already in does nothing (each rewrite re-traces patterns: seconds). A
+    `copy.deepcopy` of `gm` keeps the switch and the mode."""
+    gm.meta[_MODE] = training
     gm.training = training
     gm.train = types.MethodType(_train, gm)  # type: ignore[method-assign]
     gm.eval = types.MethodType(_eval, gm)  # type: ignore[method-assign]
+    if _copied not in gm._deepcopy_hooks:
+        gm._register_deepcopy_hook(_copied)
 
 
 def convert(prepared: nn.Module) -> nn.Module:
@@ -297,7 +314,10 @@ def rebuild_pt2e(
     prepared = prepare(
         model, example, qat=qat, what=f"quantize.mode={'qat' if qat else 'static_int8'}"
     )
+    from torchao.quantization.pt2e import enable_observer
+
     prepared.eval()
+    prepared.apply(enable_observer)  # QAT's eval turned them off; this call is their calibration
     call(prepared, example)  # observers hold finite values (the saved state replaces them)
     converted = convert(prepared)
     remember(model, example, converted, qat=qat)

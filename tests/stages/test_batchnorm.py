@@ -7,6 +7,8 @@ modules) trained on a last batch of one and wrote NaN into its running variance.
 
 from __future__ import annotations
 
+import copy
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -125,6 +127,13 @@ def test_a_pt2e_qat_graph_normalises_over_the_batch_while_it_trains(qat_graph) -
     assert not drops_last_batch(qat_graph, 65, 64)
     qat_graph.train()
     assert normalises_over_batch(qat_graph)
+    # a deep copy (GraphModule builds it afresh) keeps the switch, on its own graph
+    copied = copy.deepcopy(qat_graph)
+    assert copied.training and normalises_over_batch(copied)
+    copied.eval()
+    assert not normalises_over_batch(copied) and not copied.training
+    assert normalises_over_batch(qat_graph)
+    assert not normalises_over_batch(copy.deepcopy(copied))
 
 
 def _bn_stats(gm: nn.Module) -> dict[str, torch.Tensor]:
@@ -156,3 +165,58 @@ def test_a_pt2e_qat_graph_evaluates_with_its_running_statistics(qat_graph) -> No
     qat_graph.train()
     accuracy(qat_graph, data, device=torch.device("cpu"))
     assert normalises_over_batch(qat_graph)
+
+
+def test_evaluating_a_pt2e_qat_graph_changes_nothing(qat_graph) -> None:
+    """QAT's fake quantizers observe in any mode unless told: `.eval()` turns their observers
+    off (and `.train()` on), so an evaluation leaves the activation ranges alone and a row's
+    logits do not depend on the rows evaluated with or before it."""
+    g = torch.Generator().manual_seed(2)
+    x = torch.randn(8, 1, 8, 8, generator=g)
+    qat_graph.train()
+    with torch.no_grad():
+        qat_graph(x)  # a training step's forward: the observers have ranges
+    qat_graph.eval()
+    # num_batches_tracked: the exported graph counts batches in eval too (torchao's
+    # move_exported_model_to_eval leaves that op; read only by BatchNorm(momentum=None))
+    state = {
+        k: v.clone()
+        for k, v in qat_graph.state_dict().items()
+        if not k.endswith("num_batches_tracked")
+    }
+    with torch.no_grad():
+        whole = qat_graph(x)
+        alone = torch.cat([qat_graph(x[i : i + 1]) for i in range(len(x))])
+        qat_graph(x * 100)  # far outside the observed ranges
+        again = qat_graph(x)
+    changed = [k for k, v in state.items() if not torch.equal(v, qat_graph.state_dict()[k])]
+    assert not changed
+    torch.testing.assert_close(alone, whole)
+    torch.testing.assert_close(again, whole, rtol=0, atol=0)
+    qat_graph.train()  # training observes again
+    with torch.no_grad():
+        qat_graph(x * 100)
+    moved = [k for k, v in state.items() if not torch.equal(v, qat_graph.state_dict()[k])]
+    assert any(k.endswith("max_val") for k in moved)
+
+
+def test_qat_training_is_not_calibrated_on_the_validation_split(qat_graph) -> None:
+    """fit evaluates the QAT graph on validation data every epoch: the trained graph (activation
+    ranges included) is the same whatever that data is."""
+    from torch.utils.data import TensorDataset
+
+    from stages.training import fit
+
+    g = torch.Generator().manual_seed(3)
+    train = TensorDataset(torch.randn(32, 1, 8, 8, generator=g), torch.arange(32) % 3)
+    calm = TensorDataset(torch.randn(16, 1, 8, 8, generator=g), torch.arange(16) % 3)
+    wild = TensorDataset(torch.randn(16, 1, 8, 8, generator=g) * 50, torch.arange(16) % 3)
+    trained = []
+    for val in (calm, wild):
+        model = copy.deepcopy(qat_graph)
+        fit(model, train, val, epochs=1, lr=1e-3, batch_size=16, device=torch.device("cpu"),
+            seed=0, restore_best=False)  # fmt: skip
+        trained.append(model.state_dict())
+    assert trained[0].keys() == trained[1].keys()
+    differ = [k for k in trained[0] if not torch.equal(trained[0][k], trained[1][k])]
+    assert not differ
