@@ -98,11 +98,13 @@ def fit(
     module or an exported graph's batch-norm op that trains, `drops_last_batch`): batch
     statistics of one value per channel are undefined (eager torch raises "Expected more than 1
     value per channel when training"; an exported graph writes NaN into the running variance).
+    For the same reason `batch_size=1` on such a model raises SqueezerayError.
     """
     torch.manual_seed(seed)
     generator = torch.Generator().manual_seed(seed)
     model.to(device)
     model.train()
+    _check_batch_size(model, batch_size)
     loader = batches(
         train,
         batch_size=batch_size,
@@ -176,6 +178,17 @@ def drops_last_batch(model: nn.Module, size: int | None, batch_size: int) -> boo
     if size is None or size % batch_size != 1 or size == 1:
         return False
     return normalises_over_batch(model)
+
+
+def _check_batch_size(model: nn.Module, batch_size: int) -> None:
+    """Batches of one sample on a model that normalises over the batch (in the mode it trains
+    in): every step would fail (eager BatchNorm) or write NaN statistics (an exported graph)."""
+    if batch_size < 2 and normalises_over_batch(model):
+        raise SqueezerayError(
+            f"batch_size={batch_size} trains a model with BatchNorm in training mode, which "
+            "needs more than one sample per batch (batch statistics of one sample are "
+            "undefined); set the stage's batch_size to 2 or more"
+        )
 
 
 def _check_labels(y: torch.Tensor, logits: torch.Tensor) -> None:

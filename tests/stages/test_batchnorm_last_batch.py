@@ -16,6 +16,7 @@ from torch.utils.data import TensorDataset
 from stages.base import StageInput, StageOutput
 from stages.distill import SPEC as DISTILL
 from stages.distill import DistillParams
+from stages.errors import SqueezerayError
 from stages.finetune import SPEC as FINETUNE
 from stages.finetune import FinetuneParams
 from stages.lora import SPEC as LORA
@@ -95,6 +96,17 @@ def test_every_training_stage_trains_a_batchnorm_model_with_a_last_batch_of_one(
 ) -> None:
     inp = StageInput(task=bn_task(), parent=teacher.checkpoint, teacher=teacher.checkpoint)
     out = spec.run(inp, params)
+    assert 0.0 <= out.metrics["val_accuracy"] <= 1.0
+
+
+def test_batches_of_one_on_a_training_batchnorm_are_refused_with_the_fix(
+    teacher: StageOutput,
+) -> None:
+    inp = StageInput(task=bn_task(), parent=teacher.checkpoint, teacher=teacher.checkpoint)
+    with pytest.raises(SqueezerayError, match=r"batch_size=1 .*BatchNorm.*2 or more"):
+        FINETUNE.run(inp, FinetuneParams(epochs=1, batch_size=1))
+    # LoRA trains with the BatchNorm frozen (eval mode, running statistics): batches of one work
+    out = LORA.run(inp, LoraParams(rank=2, epochs=1, mode="ce", batch_size=1))
     assert 0.0 <= out.metrics["val_accuracy"] <= 1.0
 
 
