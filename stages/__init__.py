@@ -7,7 +7,8 @@ listed by `stage_registry()` in pipeline order; every stage runs through one run
 Layout, bottom to top (a module imports only its own layer or below; checked by
 tests/test_import_graph.py):
 
-    errors, quiet                SqueezerayError; known-harmless library log lines dropped
+    errors, quiet, heap          SqueezerayError; known-harmless library log lines dropped;
+                                 freed heap pages back to the OS
     names, batches,              mode/runtime names; input/output forms;
     models, attention, device,   demo models; MultiheadAttention as Linears; device choice;
     layers                       Transformer fast path after layer swaps, layer summaries

@@ -28,6 +28,7 @@ from typing import Any
 from stages.base import StageInput, StageOutput, StageSpec
 from stages.device import resolve_device
 from stages.errors import SqueezerayError
+from stages.heap import trim
 from stages.selfcheck import check_output
 
 
@@ -56,6 +57,7 @@ def run_stage(
     # The input checkpoints (a KD teacher, the parent) are garbage from here when the caller
     # kept no reference (the stage task does not): freed before the self-check's rebuild.
     del inp
+    trim()  # and the pages the stage freed (gradients, optimizer moments) go back to the OS
     check_metrics(spec, out)
     return out, check_output(task, spec.name, out)
 
