@@ -279,6 +279,20 @@ def _print_start(command: str, prepared: Any, *, note: str = "") -> None:
     )
 
 
+def _print_sweep_start(prepared: Any) -> None:
+    """The sweep's first line, then the command that continues it if it is interrupted
+    (printed up front: after a crash there is no chance to print anything)."""
+    from rich.markup import escape
+
+    from orchestrator.engine.sweep import resume_command
+
+    _print_start("sweep", prepared, note=" (resumed)" if prepared.resume else "")
+    command = escape(resume_command(prepared.storage, prepared.sweep_id))
+    console.print(
+        f"[dim]if interrupted, continue with: {command}[/]", highlight=False, soft_wrap=True
+    )
+
+
 @app.command(cls=_SqueezerayCommand)
 def sweep(
     ctx: typer.Context,
@@ -308,29 +322,22 @@ def sweep(
     A sweep in which no trial succeeded prints the most common error and exits with code 4.
 
     --resume continues an interrupted sweep: finished trials are kept, the rest run."""
-    from rich.markup import escape
-
     from orchestrator.engine.progress import SweepProgress, print_outcome
-    from orchestrator.engine.sweep import (
-        execute_sweep,
-        finished_note,
-        prepare_sweep,
-        resume_command,
-    )
+    from orchestrator.engine.sweep import execute_sweep, finished_note, prepare_sweep
 
-    prepared = prepare_sweep(space, _sweep_options(ctx.params), sweep_id=sweep_id, resume=resume)
-    if prepared.finished:  # --resume of a finished sweep: nothing to run, Ray never starts
-        console.print(
-            finished_note(prepared.storage, prepared.sweep_id), highlight=False, soft_wrap=True
-        )
-        return
-    _print_start("sweep", prepared, note=" (resumed)" if prepared.resume else "")
-    # Printed up front: after a crash (no chance to print anything) this is how to continue.
-    command = escape(resume_command(prepared.storage, prepared.sweep_id))
-    console.print(
-        f"[dim]if interrupted, continue with: {command}[/]", highlight=False, soft_wrap=True
-    )
-    with SweepProgress(console, prepared.space) as progress:
+    # The display starts before the pre-flight checks: on a big model they take a while.
+    with SweepProgress(console) as progress:
+        prepared = prepare_sweep(
+            space, _sweep_options(ctx.params), sweep_id=sweep_id, resume=resume,
+            progress=progress.update,
+        )  # fmt: skip
+        if prepared.finished:  # --resume of a finished sweep: nothing to run, Ray never starts
+            console.print(
+                finished_note(prepared.storage, prepared.sweep_id), highlight=False, soft_wrap=True
+            )
+            return
+        progress.plan(prepared.space)
+        _print_sweep_start(prepared)
         outcome = execute_sweep(prepared, progress=progress.update)
     print_outcome(outcome, prepared.space, out, top=top)
     if outcome.summary.exit_code:

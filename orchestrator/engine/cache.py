@@ -40,6 +40,7 @@ from orchestrator.engine.stage_tasks import (
     CACHE_DIR,
     as_transfer,
     checkpoint_path,
+    measure_clock_key,
     run_measure,
     run_stage,
 )
@@ -75,6 +76,8 @@ class _StageCache:
         self.corrupt: list[str] = []  # keys whose checkpoint failed its checksum
         self.cancelled: list[str] = []  # keys cancelled after every waiting trial timed out
         self.waiting: dict[str, set[str]] = {}  # running stage key -> trial ids waiting on it
+        self.stage_names: dict[str, str] = {}  # stage key this actor started -> its stage name
+        self.measuring: dict[str, ray.ObjectRef] = {}  # measured pipeline key -> metrics ref
         # key -> wall time (time.time()) its task left the queue and started running
         self.started_at: dict[str, float] = {}
         self.rows: list[dict[str, Any]] = []
@@ -159,6 +162,7 @@ class _StageCache:
         key = request.key
         self.refs[key] = (ckpt_ref, info_ref)
         self.executed.append(key)
+        self.stage_names[key] = request.stage
         self.waiting[key] = set()
         watcher = asyncio.get_running_loop().create_task(self._record(request, info_ref))
         self._watchers.add(watcher)
@@ -192,6 +196,7 @@ class _StageCache:
             self.measures[memo] = run_measure.options(**self.measure_options).remote(
                 request, checkpoint[0]
             )
+            self.measuring[request.key] = self.measures[memo]
         return [self.measures[memo]]
 
     async def _record(self, request: StageRequest, info_ref: ray.ObjectRef) -> None:
@@ -290,6 +295,25 @@ class _StageCache:
     async def running_since(self, key: str) -> float | None:
         """When the task of `key` started running (wall time), or None while it is queued."""
         return self.started_at.get(key)
+
+    async def running(self) -> dict[str, Any]:
+        """What runs now, for progress displays: `stages`, the stage names of the tasks that
+        left the queue and have not finished (a stage shared by trials once; measurements as
+        `measure`), sorted; `queued`, the stage tasks started but still waiting for CPUs.
+        Cheap: no task is waited for."""
+        stages = [self.stage_names.get(k, "?") for k in self.waiting if k in self.started_at]
+        queued = sum(k not in self.started_at for k in self.waiting)
+        started = self.started_at
+        measures = {k: r for k, r in self.measuring.items() if measure_clock_key(k) in started}
+        if measures:
+            done, _ = ray.wait(list(measures.values()), num_returns=len(measures), timeout=0)
+            finished = set(done)
+            for key, ref in measures.items():
+                if ref in finished:
+                    del self.measuring[key]
+                else:
+                    stages.append("measure")
+        return {"stages": sorted(stages), "queued": queued}
 
     async def release(self, trial_id: str) -> list[str]:
         """A trial gave up (its time limit): cancel the running stages only it was waiting for.
@@ -390,6 +414,15 @@ def cache_stats(cache: Any, *, wait: bool) -> dict[str, Any]:
             name: [] for name in ("executed", "loaded", "corrupt", "cancelled", "waited")
         }
         return {**empty, "rows": 0, "restarted": True, "gone": True}
+
+
+def running_stages(cache: Any) -> dict[str, Any]:
+    """The cache actor's `running` (stages running now, stage tasks queued), from the driver,
+    waiting at most 2 s; empty once the actor is gone (the sweep is ending)."""
+    try:
+        return dict(ray.get(cache.running.remote(), timeout=2))
+    except Exception:  # gone, restarting or slow: a progress display shows nothing
+        return {"stages": [], "queued": 0}
 
 
 def stop_cache(cache: Any) -> None:

@@ -20,6 +20,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+from orchestrator.engine.events import Progress, report_step
 from orchestrator.engine.manifest import (
     latest_sweep_id,
     manifest_path,
@@ -46,9 +47,11 @@ def prepare_sweep(
     *,
     sweep_id: str | None = None,
     resume: bool = False,
+    progress: Progress | None = None,
     **keywords: Any,
 ) -> PreparedSweep:
-    """Every check that can fail before Ray starts.
+    """Every check that can fail before Ray starts (`progress` hears a `step` event as each
+    check on the task starts: `engine.events`).
 
     `options` (or its fields as keywords, see `SweepOptions.build`) override the space.
     `teacher_weights`: a state_dict file loaded into the task's teacher (`teacher.weights`;
@@ -76,7 +79,9 @@ def prepare_sweep(
     )
     # A finished sweep runs nothing: its task is not imported (nor re-checked) to say so.
     loaded, fingerprint, model_bytes, activation_bytes = (
-        (loaded, {}, 0, 0) if start.finished else bound_to_task(loaded, start.options)
+        (loaded, {}, 0, 0)
+        if start.finished
+        else bound_to_task(loaded, start.options, progress=progress)
     )
     final_id = start.sweep_id or new_sweep_id(loaded.name)
     return PreparedSweep(
@@ -246,7 +251,7 @@ def _ready_storage(storage: str, sweep_id: str, *, finished: bool) -> Storage:
 
 
 def bound_to_task(
-    space: SearchSpace, opts: SweepOptions
+    space: SearchSpace, opts: SweepOptions, *, progress: Progress | None = None
 ) -> tuple[SearchSpace, dict[str, str], int, int]:
     """The space checked against its task (`checked_against_task`), the task's fingerprint
     (architectures, weights and data go into the stage keys, so an edited model or dataset is
@@ -258,16 +263,21 @@ def bound_to_task(
     from stages.fingerprint import task_fingerprint
     from stages.tasks import load_task
 
+    report_step(progress, f"pre-flight: loading task {space.task}")
     task_obj = load_task(space.task)
-    space = checked_against_task(space, opts, task_obj)
+    space = checked_against_task(space, opts, task_obj, progress=progress)
+    report_step(progress, "pre-flight: fingerprinting the task (models, weights, data digest)")
     fingerprint = task_fingerprint(task_obj, seed=TRAINING_SEED)
     activations = 0
     if fingerprint.model_bytes >= REQUEST_FROM_BYTES:
+        report_step(progress, "pre-flight: measuring a training step's activation memory")
         activations = task_activation_bytes(task_obj, training_batch_size(space))
     return space, fingerprint.as_dict(), fingerprint.model_bytes, activations
 
 
-def checked_against_task(space: SearchSpace, opts: SweepOptions, task_obj: Any) -> SearchSpace:
+def checked_against_task(
+    space: SearchSpace, opts: SweepOptions, task_obj: Any, *, progress: Progress | None = None
+) -> SearchSpace:
     """The space with the task's teacher weights and metric, every check that needs the task
     passed: the task import path (on the driver, before any Ray work), every sample of every
     split (labels in range, finite inputs: `stages.datacheck`), the teacher weights,
@@ -275,6 +285,7 @@ def checked_against_task(space: SearchSpace, opts: SweepOptions, task_obj: Any) 
     (issue 12 item 6). `squeezeray validate` runs these too, without the fingerprint."""
     from stages.datacheck import check_splits
 
+    report_step(progress, "pre-flight: checking every sample of the train/val/test splits")
     check_splits(task_obj, source=space.task)
     space = _with_teacher_weights(space, opts.teacher_weights, task_obj)
     space = space.with_task_metric(task_obj.metric.name if task_obj.metric else None)
@@ -284,6 +295,7 @@ def checked_against_task(space: SearchSpace, opts: SweepOptions, task_obj: Any) 
             "student, so distill.student_ratio would change nothing; drop the key, or give the "
             "task student=None to have the student made from the teacher"
         )
+    report_step(progress, "pre-flight: checking that each stage applies to the task's model")
     check_stages_apply_to_task(space)
     return space
 

@@ -27,16 +27,18 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import logging
 import shlex
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 from orchestrator.engine.deadlines import end_budget, start_budget
+from orchestrator.engine.events import Progress, report_step
 from orchestrator.engine.latency_phase import record_baseline, run_final_latency, start_baseline
 from orchestrator.engine.manifest import (
     finished_note,
@@ -90,7 +92,6 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-Progress = Callable[[str, Mapping[str, Any]], None]
 
 
 def run_sweep(
@@ -116,7 +117,9 @@ def run_sweep(
     the space). `resume=True` of a sweep that already finished returns its rows without
     starting Ray.
     """
-    sweep = prepare_sweep(space, options, sweep_id=sweep_id, resume=resume, **keywords)
+    sweep = prepare_sweep(
+        space, options, sweep_id=sweep_id, resume=resume, progress=progress, **keywords
+    )
     if sweep.finished:
         log.warning("%s", finished_note(sweep.storage, sweep.sweep_id))
         return _result(sweep, sweep_table(sweep.storage, sweep.sweep_id), None)
@@ -253,7 +256,12 @@ def _execute_sweep(
     stored = stored_results(sweep.storage, sweep.sweep_id) if sweep.resume else {}
     plan = tune_plan(sweep, stored)
     sweep = dataclasses.replace(sweep, tune_experiment=plan.experiment)
+    report_step(progress, "starting Ray" if address is None else f"joining Ray at {address}")
     run = _start(sweep, address=address, num_cpus=num_cpus, latency_resource=latency_resource)
+    if progress is not None:
+        from orchestrator.engine.cache import running_stages
+
+        progress("ready", {"running_stages": functools.partial(running_stages, run.cache)})
     stored_baseline = stored.pop("baseline", None)
     setup = tune_setup(
         run,
@@ -270,6 +278,8 @@ def _execute_sweep(
         _abandon(run)
         raise setup.writer.fault
     record_baseline(run, trials.baseline_ref, trials.started, interrupted=trials.interrupted)
+    if not trials.interrupted:
+        report_step(progress, "final latency phase: re-measuring the front with the baseline")
     final = (0, "") if trials.interrupted else run_final_latency(run)
     end = _finish(run, setup, interrupted=trials.interrupted, final=final)
     table = sweep_table(sweep.storage, sweep.sweep_id)

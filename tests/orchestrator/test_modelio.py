@@ -7,6 +7,7 @@ a teacher factory that loads a state dict trained outside squeezeray (`weights_o
 from __future__ import annotations
 
 import json
+import re
 import sys
 import textwrap
 from pathlib import Path
@@ -477,6 +478,8 @@ def test_teacher_weights_option(tmp_path: Path, monkeypatch: pytest.MonkeyPatch)
         ["sweep", str(space_file), "--storage", str(storage), "--teacher-weights", str(weights)],
     )
     assert result.exit_code == 0, result.output
+    # stderr is no terminal here: the trial's own plain line, with its validation metrics
+    assert re.search(r"trial \S+ ok \(1/1 done\): val accuracy [01]\.\d{4}, size ", result.stderr)
     rows = load_results(storage, sweep="all").to_pylist()
     baseline = next(r for r in rows if r["is_baseline"])
     assert baseline["test_accuracy"] == pytest.approx(outside_accuracy, abs=1e-12)

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import re
 import uuid
 from pathlib import Path
 
@@ -191,11 +192,17 @@ def test_nightly_trial_timeout_records_timeout_and_releases_the_lock(
     space = tmp_path / "space.yaml"
     space.write_text(HANG_SPACE.replace("@TASK@", f"{module}:make"))
     storage = tmp_path / "runs"
+    monkeypatch.setenv("SQUEEZERAY_HEARTBEAT_S", "1")
     result = runner.invoke(
         app,
         ["nightly", str(space), "--storage", str(storage), "--trial-timeout", "15s", "--no-wait"],
     )
     assert (markers / "hung").exists(), result.output  # the distill stage did start
+    # No terminal: heartbeat lines name the stage running (asked of the cache actor), and the
+    # trial's own line says how it ended.
+    heartbeat = r"trials 0/1 done \(ok 0, failed 0\), running 1: distill"
+    assert re.search(heartbeat, result.stderr), result.stderr
+    assert re.search(r"trial \S+ timeout \(1/1 done\)", result.stderr), result.stderr
     rows = [r for r in load_results(str(storage), sweep="all").to_pylist() if not r["is_baseline"]]
     assert [r["status"] for r in rows] == ["timeout"], result.output
     assert result.exit_code == 4, result.output  # no trial succeeded

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import itertools
 import json
 from pathlib import Path
 
@@ -78,3 +79,143 @@ def test_a_grid_shows_its_own_trial_total_from_the_start(tmp_path: Path) -> None
     assert progress.progress.tasks[0].total == 4
     assert trials_phrase(space).startswith("4 trials (grid)")
     assert space.trial_count() == 4
+
+
+class _Clock:
+    """A clock the test moves (the display's ticks take `now`; its steps read this)."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def _grid_space(tmp_path: Path):  # type: ignore[no-untyped-def]
+    (tmp_path / "space.yaml").write_text(GRID)
+    return load_space(tmp_path / "space.yaml", check_task=False)
+
+
+def test_plain_lines_when_stderr_is_not_a_terminal(tmp_path: Path) -> None:
+    """Without a terminal rich draws no bar: a step still running after `step_after_s` gets a
+    line (a fast one none), each finished trial a line with its status, validation metrics
+    and knobs, and a heartbeat after `heartbeat_s` without a line names what runs; the cache is
+    asked what runs only when a heartbeat is due."""
+    out, clock, polls = io.StringIO(), _Clock(), []
+    progress = SweepProgress(Console(file=out, width=300), heartbeat_s=30, clock=clock)
+    assert not progress.console.is_terminal and progress.plain
+
+    def running() -> dict:
+        polls.append(clock.now)
+        return {"stages": ["distill", "prune"], "queued": 1}
+
+    progress.update("step", {"step": "pre-flight: loading task digits"})
+    clock.now += 0.5
+    progress.update("step", {"step": "pre-flight: checking every sample of the splits"})
+    progress.tick(clock.now + 1.0)
+    assert out.getvalue() == ""  # neither step has run 2 s yet
+    clock.now += 2.5
+    progress.tick()
+    lines = out.getvalue().splitlines()
+    assert len(lines) == 1 and lines[0].endswith(
+        "pre-flight: checking every sample of the splits ..."
+    )
+    clock.now += 30
+    progress.tick()
+    assert "still pre-flight: checking every sample of the splits (32 s)" in out.getvalue()
+
+    progress.plan(_grid_space(tmp_path))
+    progress.update("step", {"step": "starting Ray"})  # over at once: never said, no mute
+    progress.update("ready", {"running_stages": running})
+    counts = {"ok": 0, "failed": 0}
+    for _ in range(3):
+        progress.update("start", {"counts": dict(counts), "total": 4})
+    counts["ok"] += 1
+    params = json.dumps({"prune.ratio": 0.35, "distill.epochs": 3})
+    row = {"trial_id": "ab_00001", "status": "ok", "val_accuracy": 0.91, "size_bytes": 45.2e6,
+           "latency_ms_sweep": 11.3, "params": params}  # fmt: skip
+    row |= {"counts": dict(counts), "total": 4}
+    progress.update("done", row)
+    assert (
+        out.getvalue()
+        .splitlines()[-1]
+        .endswith(
+            "trial ab_00001 ok (1/4 done): val accuracy 0.9100, size 45.2 MB, latency 11.3 ms; "
+            "prune.ratio=0.35"  # the searched knobs only
+        )
+    )
+    counts["failed"] += 1
+    error = "stage prune: RuntimeError: boom\nmore"
+    progress.update("done", {"trial_id": "ab_00002", "status": "error", "counts": dict(counts),
+                             "error": error, "total": 4})  # fmt: skip
+    assert (
+        out.getvalue()
+        .splitlines()[-1]
+        .endswith("trial ab_00002 error (2/4 done): stage prune: RuntimeError: boom")
+    )
+    for _ in range(29):  # no heartbeat before 30 s without a line, and no poll of the cache
+        clock.now += 1
+        progress.tick()
+    assert polls == [] and "running 1" not in out.getvalue()
+    clock.now += 1
+    progress.tick()
+    assert len(polls) == 1
+    assert (
+        out.getvalue()
+        .splitlines()[-1]
+        .endswith(
+            "trials 2/4 done (ok 1, failed 1), running 1: distill, prune (+1 queued); "
+            "best val accuracy 0.9100; 1m03s elapsed"  # since the display started
+        )
+    )
+
+
+def test_terminal_bar_names_the_running_stages_and_polls_every_two_seconds(
+    tmp_path: Path,
+) -> None:
+    """On a terminal the bar's description shows the running trials' stages, asked of the
+    cache at most every POLL_S however often the display ticks; a step under way replaces it."""
+    from orchestrator.engine.progress import POLL_S
+
+    clock, polls = _Clock(), []
+    console = Console(file=io.StringIO(), width=200, force_terminal=True)
+    progress = SweepProgress(console, _grid_space(tmp_path), clock=clock)
+    assert not progress.plain
+    progress.update("step", {"step": "starting Ray"})
+    assert progress.progress.tasks[0].description == "starting Ray..."
+    assert progress.progress.tasks[0].total == 4
+
+    def running() -> dict:
+        polls.append(clock.now)
+        return {"stages": ["distill", "prune", "teacher"], "queued": 0}
+
+    progress.update("ready", {"running_stages": running})
+    for _ in range(3):
+        progress.update("start", {"counts": {"ok": 0, "failed": 0}, "total": 4})
+    for _ in range(10):
+        progress.tick()
+        clock.now += 0.5
+    assert len(polls) == 3 and all(b - a >= POLL_S for a, b in itertools.pairwise(polls))
+    assert "running 3: distill, prune, teacher" in progress.progress.tasks[0].description
+
+
+def test_quiet_console_prints_no_progress_and_starts_no_thread(tmp_path: Path) -> None:
+    out = io.StringIO()
+    console = Console(file=out, width=200, quiet=True)
+    with SweepProgress(console, _grid_space(tmp_path), heartbeat_s=0.01, step_after_s=0) as p:
+        p.update("step", {"step": "starting Ray"})
+        p.update("done", {"trial_id": "t", "status": "ok", "counts": {"ok": 1}, "total": 4})
+        assert p.ticker is None
+    assert out.getvalue() == ""
+
+
+def test_a_bad_heartbeat_setting_names_the_variable(monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    import pytest
+
+    from stages.errors import SqueezerayError
+
+    monkeypatch.setenv("SQUEEZERAY_HEARTBEAT_S", "often")
+    with pytest.raises(SqueezerayError, match="SQUEEZERAY_HEARTBEAT_S='often'"):
+        SweepProgress(Console(file=io.StringIO()))
+    monkeypatch.setenv("SQUEEZERAY_HEARTBEAT_S", "5")
+    assert SweepProgress(Console(file=io.StringIO())).heartbeat_s == 5.0
