@@ -220,3 +220,27 @@ def test_qat_training_is_not_calibrated_on_the_validation_split(qat_graph) -> No
     assert trained[0].keys() == trained[1].keys()
     differ = [k for k in trained[0] if not torch.equal(trained[0][k], trained[1][k])]
     assert not differ
+
+
+def test_a_qat_graph_rebuilds_without_a_template(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A process without the converted template (a fresh worker) exports, prepares, calibrates
+    and converts the float model again: its observers must observe that calibration call though
+    eval mode turns QAT's off; the saved state and activation scales then give the same logits.
+    (No BatchNorm here: convert's BatchNorm folding costs seconds per model.)"""
+    from stages import pt2e
+
+    torch.manual_seed(0)
+    model = _mlp(nn.Identity()).eval()
+    example = torch.randn(2, 4)
+    prepared = pt2e.prepare(model, example, qat=True, what="quantize.mode=qat")
+    with torch.no_grad():
+        for _ in range(3):  # QAT's training forwards: the ranges move
+            prepared(torch.randn(16, 4) * 2 + 1)
+    converted = pt2e.convert(prepared)
+    monkeypatch.setattr(pt2e, "_TEMPLATES", type(pt2e._TEMPLATES)())
+    rebuilt = pt2e.rebuild_pt2e(model, example, pt2e.activation_qparams(converted), qat=True)
+    assert len(pt2e._TEMPLATES) == 1  # converted afresh
+    rebuilt.load_state_dict(converted.state_dict())
+    x = torch.randn(16, 4)
+    with torch.no_grad():
+        torch.testing.assert_close(rebuilt(x), converted(x), rtol=0, atol=0)
