@@ -105,6 +105,18 @@ def test_an_exported_graph_normalises_over_the_batch_as_it_was_exported(build) -
         for n in unflat.graph.nodes
     )
     assert normalises_over_batch(unflat)
+    # the core-ATen forms after decomposition (_native_batch_norm_legit_functional /
+    # _no_training)
+    assert normalises_over_batch(trained.run_decompositions().module())
+    assert not normalises_over_batch(evaluated.run_decompositions().module())
+
+
+def test_an_exported_batchnorm_without_running_statistics() -> None:
+    model = _mlp(nn.BatchNorm1d(8, track_running_stats=False)).eval()
+    program = torch.export.export(model, (torch.randn(2, 4),))
+    assert normalises_over_batch(program.module())
+    decomposed = program.run_decompositions()  # _native_batch_norm_legit.no_stats
+    assert normalises_over_batch(decomposed.module())
 
 
 @pytest.fixture(scope="module")
