@@ -279,6 +279,14 @@ def _print_start(command: str, prepared: Any, *, note: str = "") -> None:
     )
 
 
+def _print_finished(prepared: Any) -> None:
+    """--resume of a sweep or night that already finished: there is nothing to run."""
+    from orchestrator.engine.sweep import finished_note
+
+    note = finished_note(prepared.storage, prepared.sweep_id)
+    console.print(note, highlight=False, soft_wrap=True)
+
+
 def _print_sweep_start(prepared: Any) -> None:
     """The sweep's first line, then the command that continues it if it is interrupted
     (printed up front: after a crash there is no chance to print anything)."""
@@ -323,7 +331,7 @@ def sweep(
 
     --resume continues an interrupted sweep: finished trials are kept, the rest run."""
     from orchestrator.engine.progress import SweepProgress, print_outcome
-    from orchestrator.engine.sweep import execute_sweep, finished_note, prepare_sweep
+    from orchestrator.engine.sweep import execute_sweep, prepare_sweep
 
     # The display starts before the pre-flight checks: on a big model they take a while.
     with SweepProgress(console) as progress:
@@ -332,9 +340,7 @@ def sweep(
             progress=progress.update,
         )  # fmt: skip
         if prepared.finished:  # --resume of a finished sweep: nothing to run, Ray never starts
-            console.print(
-                finished_note(prepared.storage, prepared.sweep_id), highlight=False, soft_wrap=True
-            )
+            _print_finished(prepared)
             return
         progress.plan(prepared.space)
         _print_sweep_start(prepared)
@@ -839,28 +845,24 @@ def nightly(
     --resume finishes an interrupted night (the latest, or --sweep-id) under the lock, then
     writes its report and exits as the night would have."""
     from orchestrator.engine.progress import SweepProgress
-    from orchestrator.engine.sweep import finished_note
     from orchestrator.nightly.run import execute_nightly, prepare_nightly
 
     thresholds = _thresholds(regression_threshold, accuracy_threshold, latency_threshold)
     lock_timeout_s = _duration("--lock-timeout", lock_timeout)
-    prepared = prepare_nightly(space, _sweep_options(ctx.params), resume=resume, sweep_id=sweep_id)
-    if prepared.finished:  # --resume of a night that ended: nothing to run, no new report
-        console.print(
-            finished_note(prepared.storage, prepared.sweep_id), highlight=False, soft_wrap=True
-        )
-        return
-    _print_night_start(prepared, report_dir, thresholds, gc_keep_last)
-    with SweepProgress(console, prepared.space) as progress:
-        outcome = execute_nightly(
-            prepared,
-            report_dir=report_dir,
-            thresholds=thresholds,
-            wait=wait,
-            lock_timeout_s=lock_timeout_s,
+    with SweepProgress(console) as progress:  # from the pre-flight checks on
+        prepared = prepare_nightly(
+            space, _sweep_options(ctx.params), resume=resume, sweep_id=sweep_id,
             progress=progress.update,
-            gc_keep_last=gc_keep_last,
-        )
+        )  # fmt: skip
+        if prepared.finished:  # --resume of a night that ended: nothing to run, no new report
+            _print_finished(prepared)
+            return
+        progress.plan(prepared.space)
+        _print_night_start(prepared, report_dir, thresholds, gc_keep_last)
+        outcome = execute_nightly(
+            prepared, report_dir=report_dir, thresholds=thresholds, wait=wait,
+            lock_timeout_s=lock_timeout_s, progress=progress.update, gc_keep_last=gc_keep_last,
+        )  # fmt: skip
     _print_nightly_outcome(outcome)
     if outcome.exit_code:
         raise typer.Exit(outcome.exit_code)

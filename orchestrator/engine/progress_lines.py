@@ -79,7 +79,7 @@ def knobs_text(params: Any, knobs: Sequence[str]) -> str:
 def running_text(trials: int, stages: Sequence[str], queued: int) -> str:
     """ "running 3: distill, prune, teacher (+1 queued)": the running trials and the stage
     tasks running for them now (a stage shared by trials runs once)."""
-    text = f"running {trials}" if trials else "running"
+    text = "running" if stages and not trials else f"running {trials}"
     if stages:
         text += ": " + ", ".join(stages)
     if queued:

@@ -77,9 +77,11 @@ def prepare_nightly(
     day: Date | None = None,
     resume: bool = False,
     sweep_id: str | None = None,
+    progress: Callable[[str, Mapping[str, Any]], None] | None = None,
     **keywords: Any,
 ) -> PreparedSweep:
-    """Tonight's sweep, validated (no Ray, no lock yet): named `nightly-YYYYMMDD` and seeded
+    """Tonight's sweep, validated (no Ray, no lock yet; `progress` hears each pre-flight step,
+    as `prepare_sweep`'s): named `nightly-YYYYMMDD` and seeded
     by the date unless the options give a name / seed. The options are `options` or its
     fields as keywords (as `prepare_sweep`; `storage=` is required). With keywords,
     `algorithm` defaults to "optuna" (warm starting needs it); None keeps the space's own.
@@ -100,7 +102,7 @@ def prepare_nightly(
         if sweep_id is None:
             store = open_storage(opts.storage)
             sweep_id = latest_sweep_id(store, name_prefix=opts.name or "nightly-")
-        resumed = prepare_sweep(space, opts, sweep_id=sweep_id, resume=True)
+        resumed = prepare_sweep(space, opts, sweep_id=sweep_id, resume=True, progress=progress)
         return dataclasses.replace(resumed, command="nightly")
     if sweep_id is not None:
         raise SqueezerayError(
@@ -114,7 +116,8 @@ def prepare_nightly(
     )
     # The id repeats no date: nightly-YYYYMMDD-HHMMSS-xxxx (time and suffix: runs never mix).
     sweep_id = f"{opts.name}-{datetime.now():%H%M%S}-{secrets.token_hex(2)}"
-    return dataclasses.replace(prepare_sweep(space, opts, sweep_id=sweep_id), command="nightly")
+    prepared = prepare_sweep(space, opts, sweep_id=sweep_id, progress=progress)
+    return dataclasses.replace(prepared, command="nightly")
 
 
 def nightly_resume_command(

@@ -219,3 +219,22 @@ def test_a_bad_heartbeat_setting_names_the_variable(monkeypatch) -> None:  # typ
         SweepProgress(Console(file=io.StringIO()))
     monkeypatch.setenv("SQUEEZERAY_HEARTBEAT_S", "5")
     assert SweepProgress(Console(file=io.StringIO())).heartbeat_s == 5.0
+
+
+def test_every_pre_flight_step_reaches_the_progress_callback(tmp_path: Path) -> None:
+    """`prepare_sweep` and `prepare_nightly` tell `progress` as each check on the task starts
+    (what a plain log shows for a big model instead of a minute of silence)."""
+    from orchestrator.engine.sweep import prepare_sweep
+    from orchestrator.nightly.run import prepare_nightly
+
+    for prepare in (prepare_sweep, prepare_nightly):
+        events: list[tuple[str, dict]] = []
+        prepare("tiny", storage=tmp_path / "runs", progress=lambda e, d, s=events: s.append((e, d)))
+        assert {e for e, _ in events} == {"step"}
+        steps = [d["step"] for _, d in events]
+        assert steps[0] == "pre-flight: loading task blobs", steps
+        assert steps[1:] == [
+            "pre-flight: checking every sample of the train/val/test splits",
+            "pre-flight: checking that each stage applies to the task's model",
+            "pre-flight: fingerprinting the task (models, weights, data digest)",
+        ]
