@@ -78,7 +78,7 @@ def child_sweep(payload: dict[str, Any]) -> dict[str, Any]:
         "sweep_id": sweep.sweep_id,
         "task": sweep.space.task,
         "sweep_s": time.perf_counter() - t0,
-        "trials": sweep.space.search.trials,
+        "trials": sweep.space.trial_count(),  # a grid: its points, not search.trials
         "rows": rows,
     }
 
