@@ -77,11 +77,16 @@ def knobs_text(params: Any, knobs: Sequence[str]) -> str:
 
 
 def running_text(trials: int, stages: Sequence[str], queued: int) -> str:
-    """ "running 3: distill, prune, teacher (+1 queued)": the running trials and the stage
-    tasks running for them now (a stage shared by trials runs once)."""
+    """ "running 3: distill ×2, prune (+1 queued)": the running trials and the stage tasks
+    running for them now, by stage name (a stage shared by trials runs once)."""
+    from collections import Counter
+
     text = "running" if stages and not trials else f"running {trials}"
     if stages:
-        text += ": " + ", ".join(stages)
+        counts = Counter(stages)
+        text += ": " + ", ".join(
+            name if n == 1 else f"{name} ×{n}" for name, n in sorted(counts.items())
+        )
     if queued:
         text += f" (+{queued} queued)"
     return text

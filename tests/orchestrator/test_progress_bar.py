@@ -238,3 +238,12 @@ def test_every_pre_flight_step_reaches_the_progress_callback(tmp_path: Path) -> 
             "pre-flight: checking that each stage applies to the task's model",
             "pre-flight: fingerprinting the task (models, weights, data digest)",
         ]
+
+
+def test_running_stages_are_counted_by_name() -> None:
+    from orchestrator.engine.progress_lines import running_text
+
+    stages = ["prune", "distill", "distill", "teacher"]
+    assert running_text(4, stages, 2) == "running 4: distill ×2, prune, teacher (+2 queued)"
+    assert running_text(0, ["teacher"], 0) == "running: teacher"  # the baseline's, before trials
+    assert running_text(0, [], 0) == "running 0"
