@@ -327,7 +327,9 @@ def sweep(
     """Run a compression sweep and print its Pareto front next to the baseline.
 
     Ctrl-C or SIGTERM saves what finished, prints the resume command and exits with code 2.
-    A sweep in which no trial succeeded prints the most common error and exits with code 4.
+    A sweep in which no trial succeeded prints the most common error and exits with code 4;
+    one that ended with trials lost to the infrastructure exits with code 5 (--resume runs
+    them again). 0 only for a complete sweep.
 
     --resume continues an interrupted sweep: finished trials are kept, the rest run."""
     from orchestrator.engine.progress import SweepProgress, print_outcome
@@ -347,7 +349,7 @@ def sweep(
         outcome = execute_sweep(prepared, progress=progress.update)
     print_outcome(outcome, prepared.space, out, top=top)
     if outcome.summary.exit_code:
-        # No trial succeeded: a scheduler or CI job must see it (the reason was printed).
+        # No trial succeeded (4) or trials were lost (5): a scheduler or CI job must see it.
         raise typer.Exit(outcome.summary.exit_code)
 
 
@@ -840,7 +842,7 @@ def nightly(
 ) -> None:
     """Tonight's sweep: warm-started from earlier sweeps in --storage, reusing their cached
     stages, then a report (markdown + HTML) against the previous and the all-time front.
-    Exit code 3 on a regression.
+    Exit code 3 on a regression, 4 when no trial succeeded, 5 when trials were lost (resume).
 
     --resume finishes an interrupted night (the latest, or --sweep-id) under the lock, then
     writes its report and exits as the night would have."""
@@ -908,6 +910,8 @@ def _print_nightly_outcome(outcome: Any) -> None:
     out.print(f"ended: {summary.ended}", highlight=False, markup=False)
     if summary.exit_code and summary.most_common_error:
         out.print(f"most common error: {summary.most_common_error}", highlight=False, markup=False)
+    if summary.code_changed:
+        out.print(summary.code_changed, highlight=False, markup=False)
     out.print(
         f"hypervolume tonight {_g(report.hypervolume)}, previous sweep "
         f"{_g(report.hypervolume_previous)}, all time {_g(report.hypervolume_all_time)}; "

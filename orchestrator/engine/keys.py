@@ -37,6 +37,26 @@ def code_version() -> str:
     return h.hexdigest()[:12]
 
 
+def source_version() -> str:
+    """A short hash of squeezeray's own source as it is on disk now (`orchestrator/` and
+    `stages/`, every .py file), read afresh at each call.
+
+    Not part of any stage key: a sweep records it when it starts (`SweepPlan.source_version`)
+    and compares it at its end, so that failures from workers that imported newer code (an
+    editable install whose repository moved under a running sweep) are named as such.
+    """
+    h = hashlib.sha256()
+    for package in ("orchestrator", "stages"):
+        spec = importlib.util.find_spec(package)
+        if spec is None or spec.submodule_search_locations is None:
+            continue
+        root = Path(next(iter(spec.submodule_search_locations)))
+        for path in sorted(root.rglob("*.py")):
+            h.update(str(path.relative_to(root)).encode())
+            h.update(path.read_bytes())
+    return h.hexdigest()[:12]
+
+
 def canonical_params(params: Mapping[str, Any]) -> str:
     """Params as canonical JSON: sorted keys, floats as repr (so 4 and 4.0 differ not)."""
     return json.dumps(_normalise(dict(params)), sort_keys=True, separators=(",", ":"))

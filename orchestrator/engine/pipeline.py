@@ -45,6 +45,9 @@ class SweepPlan:
     # stages.fingerprint.TaskFingerprint.as_dict() of the task (teacher, student, data),
     # computed once on the driver; empty: keys without a fingerprint (tests of the plan alone)
     fingerprint: dict[str, str] = field(default_factory=dict)
+    # keys.source_version() when the sweep started: its end compares the code on disk then
+    # (summary.code_change_note); "" when not recorded
+    source_version: str = ""
 
     def checked_parts(self, stage: str) -> dict[str, str]:
         """The fingerprint parts a stage's worker checks its copy of the task against."""

@@ -26,7 +26,7 @@ def sweep_plan(sweep: PreparedSweep) -> SweepPlan:
     """The sweep's plan. Selection happens on the validation split: objectives and constraints
     name validation columns (`val_accuracy`, see `orchestrator.space.metrics`); the test
     accuracy is only reported."""
-    from orchestrator.engine.keys import code_version
+    from orchestrator.engine.keys import code_version, source_version
 
     space = sweep.space
     return SweepPlan(
@@ -46,6 +46,7 @@ def sweep_plan(sweep: PreparedSweep) -> SweepPlan:
         latency=asdict(space.latency),
         trial_timeout_s=sweep.trial_timeout_s,
         fingerprint=sweep.fingerprint,
+        source_version=source_version(),
     )
 
 

@@ -340,6 +340,8 @@ def _print_notes(s: Any, space: SearchSpace, console: Console) -> None:
         _print_plain(console, f"baseline failed: {s.baseline_error}", style="yellow")
     if s.exit_code and s.most_common_error:
         _print_plain(console, f"most common error: {s.most_common_error}", style="red")
+    if s.code_changed:
+        _print_plain(console, s.code_changed, style="yellow")
 
 
 def _print_plain(console: Console, text: str, *, style: str | None = None) -> None:

@@ -20,8 +20,11 @@ from orchestrator.store.storage import Storage
 from stages.errors import SqueezerayError
 
 # `squeezeray sweep` exit codes: 2 is a bad input or an interrupted sweep (SqueezerayError),
-# 3 a nightly regression; a sweep that ran but in which no trial succeeded exits with 4.
+# 3 a nightly regression; a sweep that ran but in which no trial succeeded exits with 4, and
+# one that ran to its end with trials `lost` to the infrastructure (some ok) with 5: it is not
+# complete, `--resume` runs the lost trials again. 0 only for a complete sweep.
 EXIT_NO_TRIAL_OK = 4
+EXIT_LOST_TRIALS = 5
 
 
 @dataclass(frozen=True)
@@ -106,9 +109,12 @@ class SweepSummary:
     cache_restarted: bool = False  # the stage cache actor died and was restarted (or is gone)
     trials_total: int = 0  # trials the search was to run (the grid's size for grid search)
     ended: str = ""  # why the sweep ended, in words (see `summary.end_reason`)
-    exit_code: int = 0  # 0; EXIT_NO_TRIAL_OK when no trial succeeded; 2 when interrupted
+    # 0; EXIT_NO_TRIAL_OK when no trial succeeded; EXIT_LOST_TRIALS when trials were lost
+    # (resume to complete); 2 when interrupted
+    exit_code: int = 0
     most_common_error: str = ""  # when trials failed: the commonest error and how often
     baseline_error: str = ""  # when the baseline (the teacher as given) could not be measured
+    code_changed: str = ""  # when trials failed after the code changed under the sweep
 
 
 @dataclass(frozen=True)

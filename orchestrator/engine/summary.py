@@ -3,13 +3,19 @@ words (`end_reason`), its exit code, and the commonest error when trials failed.
 
 from __future__ import annotations
 
+import re
 import time
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
 from orchestrator.engine.manifest import resume_command
-from orchestrator.engine.records import EXIT_NO_TRIAL_OK, SweepRun, SweepSummary
+from orchestrator.engine.records import (
+    EXIT_LOST_TRIALS,
+    EXIT_NO_TRIAL_OK,
+    SweepRun,
+    SweepSummary,
+)
 from orchestrator.store.schema import LOST
 
 
@@ -67,6 +73,7 @@ def sweep_summary(run: SweepRun, table: Any, end: RunEnd) -> SweepSummary:
         exit_code=exit_code,
         most_common_error=most_common_error(trial_rows),
         baseline_error=baseline_error(rows),
+        code_changed=_code_changed(run, trial_rows),
     )
 
 
@@ -79,7 +86,9 @@ def end_reason(
     out_of_time: bool,
     wall_s: float,
 ) -> tuple[str, int]:
-    """Why a sweep ended, in words, and its exit code (0, EXIT_NO_TRIAL_OK, or 2)."""
+    """Why a sweep ended, in words, and its exit code: 2 interrupted, EXIT_NO_TRIAL_OK when
+    no trial succeeded, EXIT_LOST_TRIALS when trials were lost to the infrastructure (the sweep
+    is not complete: `--resume` runs them again), 0 for a complete sweep."""
     if interrupted:
         return f"interrupted (Ctrl-C or SIGTERM) after {len(statuses)} of {total} trials", 2
     budget = ""
@@ -94,7 +103,49 @@ def end_reason(
         return (f"{budget}; {failed}" if budget else failed), EXIT_NO_TRIAL_OK
     if not statuses:
         return (budget or "no trial ran"), EXIT_NO_TRIAL_OK if total else 0
-    return (budget or f"all trials done ({len(statuses)} of {total})") + rerun, 0
+    ended = (budget or f"all trials done ({len(statuses)} of {total})") + rerun
+    return ended, EXIT_LOST_TRIALS if lost else 0
+
+
+# What a worker raises when the code it imported lacks what the driver pickled: pickle's
+# "Can't get attribute 'StoredCheckpoint' on <module ...>", or an import of squeezeray's own
+# modules that no longer resolves.
+_CODE_MISMATCH = re.compile(
+    r"Can't get attribute '[^']+' on <module"
+    r"|No module named '(orchestrator|stages)[.']"
+    r"|cannot import name '[^']+' from '(orchestrator|stages)[.']"
+)
+
+
+def code_change_note(errors: Iterable[str], *, driver: str, worker: str) -> str:
+    """One line when failed or lost trials' `errors` show that the workers ran other code
+    than the driver, "" otherwise.
+
+    `driver`: `keys.source_version()` when the sweep started ("" unknown); `worker`: the
+    same read at the sweep's end, the code a worker started since then imports. Either a
+    differing version, or an error naming an unpickling/import mismatch, says so."""
+    errors = [e for e in errors if e]
+    if not errors:
+        return ""
+    mismatch = any(_CODE_MISMATCH.search(e) for e in errors)
+    changed = bool(driver and worker and driver != worker)
+    if not (mismatch or changed):
+        return ""
+    seen = worker if changed else "unknown: it could not load the driver's objects"
+    return (
+        f"the code changed while the sweep ran (driver {driver or 'unknown'}, worker {seen}): "
+        "rerun with --resume once the code is stable"
+    )
+
+
+def _code_changed(run: SweepRun, trial_rows: list[dict[str, Any]]) -> str:
+    """`code_change_note` for a sweep's failed trial rows (the source read again only then)."""
+    from orchestrator.engine.keys import source_version
+
+    errors = [str(r["error"] or "") for r in trial_rows if r["status"] != "ok"]
+    if not any(errors):
+        return ""
+    return code_change_note(errors, driver=run.plan.source_version, worker=source_version())
 
 
 def most_common_error(rows: list[dict[str, Any]]) -> str:

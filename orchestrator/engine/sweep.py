@@ -56,6 +56,7 @@ from orchestrator.engine.plan import (
 )
 from orchestrator.engine.prepare import prepare_sweep, sweep_options
 from orchestrator.engine.records import (
+    EXIT_LOST_TRIALS,
     EXIT_NO_TRIAL_OK,
     PreparedSweep,
     SweepInterrupted,
@@ -76,6 +77,7 @@ from orchestrator.store.storage import Storage
 from stages.errors import SqueezerayError
 
 __all__ = [
+    "EXIT_LOST_TRIALS",
     "EXIT_NO_TRIAL_OK",
     "TRAINING_SEED",
     "PreparedSweep",

@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING, Any
 
 from orchestrator.engine.manifest import latest_sweep_id
 from orchestrator.engine.sweep import (
+    EXIT_LOST_TRIALS,
     PreparedSweep,
     SweepInterrupted,
     SweepSummary,
@@ -61,8 +62,10 @@ class NightlyOutcome:
 
     @property
     def exit_code(self) -> int:
-        """EXIT_NO_TRIAL_OK when no trial of tonight succeeded, else the report's (3 on a
-        regression, 0)."""
+        """EXIT_NO_TRIAL_OK when no trial of tonight succeeded, else the report's 3 on a
+        regression, else EXIT_LOST_TRIALS when trials were lost (resume to complete), else 0."""
+        if self.summary.exit_code == EXIT_LOST_TRIALS and self.report.exit_code:
+            return self.report.exit_code
         return self.summary.exit_code or self.report.exit_code
 
 
