@@ -504,7 +504,8 @@ def interleaved_latency(
     previous = torch.get_num_threads()
     torch.set_num_threads(threads)
     try:
-        predictors = [make_predictor(task, c, threads=threads) for c in ckpts]
+        # the models run on their checkpoints' tensors (no second copy of each model)
+        predictors = [make_predictor(task, c, threads=threads, share_weights=True) for c in ckpts]
         batches = _test_batches(task, batch_size)
         inputs = [[p.prepare(x) for x in batches] for p in predictors]
         round_cap_s = time_cap_s / rounds

@@ -286,7 +286,7 @@ def _fake_machine(
         perf_counter_ns=clock.perf_counter_ns, thread_time_ns=clock.thread_time_ns
     )
     monkeypatch.setattr(metrics, "time", fake_time)
-    monkeypatch.setattr(metrics, "make_predictor", lambda task, ckpt, threads: next(made))
+    monkeypatch.setattr(metrics, "make_predictor", lambda task, ckpt, **kw: next(made))
     monkeypatch.setattr(metrics, "_test_batches", lambda task, batch_size: [0, 1, 2])
 
 

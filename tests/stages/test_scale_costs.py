@@ -192,7 +192,7 @@ def test_interleaved_rounds_share_the_time_cap(monkeypatch: pytest.MonkeyPatch) 
         _FakePredictor(clock=clock, cost_s=0.001),
         _FakePredictor(clock=clock, cost_s=0.010),
     ]
-    monkeypatch.setattr(metrics, "make_predictor", lambda task, ckpt, threads: predictors[ckpt])
+    monkeypatch.setattr(metrics, "make_predictor", lambda task, ckpt, **kw: predictors[ckpt])
     out = metrics.interleaved_latency(
         _task(),
         [0, 1],  # type: ignore[list-item]
