@@ -79,10 +79,9 @@ def _load_input(data: Any, what: str) -> Any:
 
     if data is None:
         return None
+    path = _stored_file(data) if isinstance(data, StoredCheckpoint) else None
     try:
-        if isinstance(data, StoredCheckpoint):
-            return ModelCheckpoint.from_file(_stored_file(data))
-        return ModelCheckpoint.from_bytes(data)
+        return ModelCheckpoint.from_file(path) if path else ModelCheckpoint.from_bytes(data)
     except SqueezerayError as exc:
         cause = exc.__cause__
         reason = refusal_reason(cause) if cause is not None else str(exc)

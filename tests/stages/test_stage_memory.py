@@ -50,3 +50,37 @@ def test_every_stage_task_holds_a_few_copies_of_the_model_at_most(tmp_path: Path
     copies = json.loads(done.stdout.strip().splitlines()[-1])
     assert set(copies) == set(LIMITS)
     assert all(copies[stage] <= limit for stage, limit in LIMITS.items()), copies
+
+
+def test_a_stored_checkpoint_loads_mapped_from_its_file(tmp_path: Path) -> None:
+    """A local storage's handoff: the next task maps the file's tensors (no copy of them)."""
+    import torch
+
+    from orchestrator.engine.requests import StoredCheckpoint
+    from orchestrator.engine.stage_tasks import _load_input
+    from stages.checkpoint import ModelCheckpoint
+
+    ckpt = ModelCheckpoint(task="t", state_dict={"w": torch.arange(4096.0)})
+    path = tmp_path / "k.ckpt"
+    path.write_bytes(bytes(ckpt.to_buffer()))
+    stored = StoredCheckpoint(path=str(path), nbytes=path.stat().st_size, sha256="")
+    loaded = _load_input(stored, str(path))
+    assert torch.equal(loaded.state_dict["w"], ckpt.state_dict["w"])
+    if Path("/proc/self/maps").exists():  # torch.load(mmap=True): the file's own pages
+        ptr = loaded.state_dict["w"].data_ptr()
+        spans = [
+            [int(a, 16) for a in line.split()[0].split("-")]
+            for line in Path("/proc/self/maps").read_text().splitlines()
+            if line.endswith(str(path))
+        ]
+        assert any(lo <= ptr < hi for lo, hi in spans), spans
+
+
+def test_a_stored_checkpoint_missing_on_this_node_names_the_storage_fix(tmp_path: Path) -> None:
+    from orchestrator.engine.requests import StoredCheckpoint
+    from orchestrator.engine.stage_tasks import _load_input
+    from stages.errors import SqueezerayError
+
+    gone = StoredCheckpoint(path=str(tmp_path / "gone.ckpt"), nbytes=10, sha256="")
+    with pytest.raises(SqueezerayError, match=r"is missing on this node.*shared filesystem"):
+        _load_input(gone, "the checkpoint")
