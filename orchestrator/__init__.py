@@ -13,6 +13,8 @@ The public API (every name in `__all__`; docs/guide.md shows each):
     list_sweeps(storage)                                    -> pyarrow.Table
     pareto_front(table, objectives, *, where=None)          -> pyarrow.Table
     hypervolume(front, objectives, reference=None)          -> float
+        objectives: ["val_accuracy", "size_bytes"], "val_accuracy:max,size_bytes:min",
+        [("val_accuracy", "max"), ...] or {"val_accuracy": "max", ...}
     non_dominated_rank(values, directions)                  -> numpy array of ranks
     load_model(storage, trial_id, *, sweep="latest")        -> p(*inputs) -> logits, any runtime
     export_trial(storage, trial_id, *, output=DIR, sweep="latest") -> ExportResult

@@ -51,52 +51,101 @@ _LEAF = 16  # divide and conquer: blocks this small are compared pairwise
 # -- objectives -----------------------------------------------------------------------------
 
 
-def parse_objectives(text: str) -> dict[str, str]:
+# What `objectives=` takes, everywhere in the Python API (and the CLI's string):
+Objectives = Mapping[str, str] | str | Sequence[str | tuple[str, str]]
+OBJECTIVE_SHAPES = (
+    '"val_accuracy:max,size_bytes:min" (the CLI\'s --objectives; a column alone takes its '
+    'usual direction), a list of columns ["val_accuracy", "size_bytes"], a list of pairs '
+    '[("val_accuracy", "max"), ("size_bytes", "min")], or a dict {"val_accuracy": "max"}'
+)
+
+
+def parse_objectives(text: str, *, key: str = "--objectives") -> dict[str, str]:
     """Parse `val_accuracy:max,size_bytes:min`; a bare column takes its natural direction.
     Names follow the one rule of `orchestrator.space.metrics` (`accuracy` is refused)."""
-    from orchestrator.space.metrics import resolve_metric
-
     out: dict[str, str] = {}
     for item in (part.strip() for part in text.split(",")):
-        if not item:
-            continue
-        name, _, direction = item.partition(":")
-        name, direction = name.strip(), direction.strip().lower()
-        resolve_metric("--objectives", name, purpose="choose")
-        if not direction:
-            if name not in DEFAULT_DIRECTIONS:
-                raise SqueezerayError(
-                    f"objective {name!r} has no direction; write {name}:max or {name}:min "
-                    f"(columns with a natural direction: {', '.join(DEFAULT_DIRECTIONS)})"
-                )
-            direction = DEFAULT_DIRECTIONS[name]
-        if direction not in DIRECTIONS:
-            raise SqueezerayError(
-                f"objective {name}:{direction} has an unknown direction; accepted: max, min"
-            )
-        if name in out:
-            raise SqueezerayError(f"objective {name!r} is named twice in {text!r}")
-        out[name] = direction
+        if item:
+            name, _, direction = item.partition(":")
+            _add_objective(out, name, direction, key=key, given=text)
     if not out:
         raise SqueezerayError(
-            f"objectives={text!r} names no objective; e.g. val_accuracy:max,size_bytes:min"
+            f"{key}={text!r} names no objective; e.g. val_accuracy:max,size_bytes:min"
         )
     return out
 
 
+def as_objectives(objectives: object, *, key: str = "objectives") -> dict[str, str]:
+    """Objectives in any shape the API takes (`OBJECTIVE_SHAPES`) -> {column: "max"|"min"},
+    with the CLI's meaning for each name: one parser for both (`parse_objectives`)."""
+    if isinstance(objectives, str):
+        return parse_objectives(objectives, key=key)
+    out: dict[str, str] = {}
+    if isinstance(objectives, Mapping):
+        pairs = list(objectives.items())
+    elif isinstance(objectives, Sequence) and not isinstance(objectives, bytes):
+        pairs = [_objective_pair(item, key=key) for item in objectives]
+    else:
+        raise SqueezerayError(
+            f"{key}={objectives!r} is a {type(objectives).__name__}; accepted: {OBJECTIVE_SHAPES}"
+        )
+    for name, direction in pairs:
+        if not isinstance(name, str) or not isinstance(direction, str | None):
+            raise SqueezerayError(
+                f"{key} has the entry {name!r}: {direction!r}; accepted: {OBJECTIVE_SHAPES}"
+            )
+        _add_objective(out, name, direction or "", key=key, given=repr(objectives))
+    return out
+
+
+def _objective_pair(item: object, *, key: str) -> tuple[str, str]:
+    """One entry of a list of objectives: a column (its usual direction: "" here) or
+    "column:max", or a (column, direction) pair."""
+    if isinstance(item, str):
+        name, _, direction = item.partition(":")
+        return name, direction
+    if isinstance(item, Sequence) and len(item) == 2 and all(isinstance(x, str) for x in item):
+        return item[0], item[1]
+    raise SqueezerayError(f"{key} has the entry {item!r}; accepted: {OBJECTIVE_SHAPES}")
+
+
+def _add_objective(out: dict[str, str], name: str, direction: str, *, key: str, given: str) -> None:
+    """Check one objective (its name under the metric rule; its direction, or the column's
+    usual one when "") and add it to `out`."""
+    from orchestrator.space.metrics import resolve_metric
+
+    name, direction = name.strip(), direction.strip().lower()
+    resolve_metric(key, name, purpose="choose")
+    if not direction:
+        if name not in DEFAULT_DIRECTIONS:
+            raise SqueezerayError(
+                f"objective {name!r} has no direction; write {name}:max or {name}:min "
+                f"(columns with a natural direction: {', '.join(DEFAULT_DIRECTIONS)})"
+            )
+        direction = DEFAULT_DIRECTIONS[name]
+    if direction not in DIRECTIONS:
+        raise SqueezerayError(
+            f"objective {name}:{direction} has an unknown direction; accepted: max, min"
+        )
+    if name in out:
+        raise SqueezerayError(f"objective {name!r} is named twice in {given}")
+    out[name] = direction
+
+
 def check_objectives(
-    objectives: Mapping[str, str] | None, schema: pa.Schema | None = None
+    objectives: Objectives | None, schema: pa.Schema | None = None
 ) -> dict[str, str]:
-    """Validate names (the one rule of `orchestrator.space.metrics`: a bare `accuracy` is
-    refused, a test-split column is never chosen on) and directions, and, given a schema,
-    that each objective is a numeric column."""
+    """Objectives in any accepted shape (`as_objectives`; None: DEFAULT_OBJECTIVES) as
+    {column: "max"|"min"}: names under the one rule of `orchestrator.space.metrics` (a bare
+    `accuracy` is refused, a test-split column is never chosen on), directions checked, and,
+    given a schema, each objective a numeric column."""
     import pyarrow as pa
 
     from orchestrator.space.metrics import resolve_metric
 
-    chosen = dict(DEFAULT_OBJECTIVES if objectives is None else objectives)
+    chosen = dict(DEFAULT_OBJECTIVES) if objectives is None else as_objectives(objectives)
     if not chosen:
-        raise SqueezerayError("objectives={} is empty; e.g. {'val_accuracy': 'max'}")
+        raise SqueezerayError(f"objectives={objectives!r} is empty; accepted: {OBJECTIVE_SHAPES}")
     for name, direction in chosen.items():
         columns = None if schema is None else schema.names
         resolve_metric("objectives", name, purpose="choose", columns=columns)
@@ -505,12 +554,17 @@ def eligible_mask(table: pa.Table) -> np.ndarray:
 
 def pareto_front(
     table: pa.Table,
-    objectives: Mapping[str, str] | None = None,
+    objectives: Objectives | None = None,
     *,
     where: str | None = None,
 ) -> pa.Table:
     """The rows of `table` on the Pareto front of `objectives` (default val_accuracy:max,
     size_bytes:min, latency_ms_sweep:min), in table order.
+
+    `objectives`: "val_accuracy:max,size_bytes:min" (the CLI's --objectives), a list of
+    columns ["val_accuracy", "size_bytes"] (each its usual direction), a list of
+    (column, "max"|"min") pairs, or a dict {column: "max"|"min"}; anything else is a
+    SqueezerayError naming these shapes (`as_objectives`).
 
     `where` (see `orchestrator.query.where`) filters rows first. Only rows with status "ok" that are
     not baselines compete; objectives name their columns under the one rule of
@@ -621,11 +675,12 @@ def _worst(rows: pa.Table, name: str, direction: str) -> float:
 
 def hypervolume(
     front: pa.Table,
-    objectives: Mapping[str, str] | None = None,
+    objectives: Objectives | None = None,
     reference: Mapping[str, float] | None = None,
 ) -> float:
     """Exact hypervolume dominated by the ok, non-baseline rows of `front` (any results table;
-    dominated rows add nothing), in the product of the objectives' own units.
+    dominated rows add nothing), in the product of the objectives' own units. `objectives`
+    takes the shapes `pareto_front` takes (a list of columns, the CLI's string, pairs, a dict).
 
     `reference` maps every objective to a value in its units, e.g. {"val_accuracy": 0.5,
     "size_bytes": 200_000, "latency_ms_sweep": 0.1}; default `baseline_reference(front,

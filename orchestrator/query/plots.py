@@ -28,10 +28,12 @@ from stages.errors import SqueezerayError
 if TYPE_CHECKING:
     import pyarrow as pa
 
+    from orchestrator.query.pareto import Objectives
+
 SUFFIXES = (".png", ".html")
 
 
-def plot_front(table: pa.Table, objectives: Mapping[str, str] | None, path: str | Path) -> Path:
+def plot_front(table: pa.Table, objectives: Objectives | None, path: str | Path) -> Path:
     """Draw the front of `table` (a results table, baseline rows included) to `path`, all or
     nothing (`store.outputs.output_file`: a failed write leaves no file, and any file that was
     at `path` as it was)."""

@@ -26,6 +26,7 @@ if TYPE_CHECKING:
     import pyarrow as pa
 
     from orchestrator.query.export import ExportResult
+    from orchestrator.query.pareto import Objectives
 
 
 @dataclass(frozen=True)
@@ -66,14 +67,13 @@ class SweepResult:
         rows = [r for r in self.table.to_pylist() if r.get("is_baseline")]
         return rows[0] if rows else None
 
-    def front(
-        self, objectives: Mapping[str, str] | None = None, *, where: str | None = None
-    ) -> pa.Table:
-        """The ok trials on the Pareto front of `objectives` (default: the sweep's), after the
+    def front(self, objectives: Objectives | None = None, *, where: str | None = None) -> pa.Table:
+        """The ok trials on the Pareto front of `objectives` (default: the sweep's; any shape
+        `pareto_front` takes: a list of columns, "col:max,col:min", pairs, a dict), after the
         `where` filter (`squeezeray pareto --where` syntax); `pareto_front` does the work."""
         from orchestrator.query.pareto import pareto_front
 
-        return pareto_front(self.table, dict(objectives or self.objectives), where=where)
+        return pareto_front(self.table, objectives or dict(self.objectives), where=where)
 
     def best(
         self, metric: str, mode: str | None = None, *, where: str | None = None
@@ -93,16 +93,14 @@ class SweepResult:
         """The rows as a pandas DataFrame (`pyarrow.Table.to_pandas`)."""
         return self.table.to_pandas()
 
-    def plot(self, path: str | Path, objectives: Mapping[str, str] | None = None) -> Path:
+    def plot(self, path: str | Path, objectives: Objectives | None = None) -> Path:
         """Draw the front of `objectives` (default: the sweep's) against the other trials and
         the baseline to `path`: .png (matplotlib) or .html (interactive plotly)."""
         from orchestrator.query.plots import plot_front
 
-        return plot_front(self.table, dict(objectives or self.objectives), path)
+        return plot_front(self.table, objectives or dict(self.objectives), path)
 
-    def export(
-        self, trial: str, output: str | Path, *, overwrite: bool = False
-    ) -> ExportResult:
+    def export(self, trial: str, output: str | Path, *, overwrite: bool = False) -> ExportResult:
         """Write trial `trial`'s model in the runtime it was measured in, with its `model.json`
         card, under `output` (`orchestrator.export_trial` on this sweep)."""
         from orchestrator.query.export import export_trial

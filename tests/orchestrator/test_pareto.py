@@ -278,6 +278,46 @@ def test_parse_objectives() -> None:
         parse_objectives("latency_ms")
 
 
+def test_objectives_take_every_documented_shape_with_the_clis_meaning() -> None:
+    """A list of columns (each its usual direction, as the CLI's bare column), the CLI's
+    "col:max,col:min" string, pairs and a dict all mean the same front and hypervolume; any
+    other shape is a SqueezerayError naming the accepted ones."""
+    table = table_of(
+        [
+            {"val_accuracy": 0.9, "size_bytes": 200, "is_baseline": True},
+            {"val_accuracy": 0.8, "size_bytes": 100},
+            {"val_accuracy": 0.7, "size_bytes": 50},
+            {"val_accuracy": 0.6, "size_bytes": 150},  # dominated
+        ]
+    )
+    shapes = [
+        ["val_accuracy", "size_bytes"],
+        "val_accuracy:max,size_bytes:min",
+        "val_accuracy, size_bytes",
+        [("val_accuracy", "max"), ("size_bytes", "min")],
+        ["val_accuracy:max", "size_bytes"],
+        {"val_accuracy": "max", "size_bytes": "min"},
+    ]
+    expected = {"val_accuracy": "max", "size_bytes": "min"}
+    for objectives in shapes:
+        assert pareto.check_objectives(objectives) == expected, objectives
+        front = pareto_front(table, objectives)
+        assert front.column("trial_id").to_pylist() == ["t1", "t2"], objectives
+        assert hypervolume(table, objectives) == pytest.approx(0.8 * 300 + 0.7 * 50), objectives
+    # one meaning per name: the list refuses what the CLI refuses, with the same words
+    with pytest.raises(SqueezerayError, match=r"'accuracy' is ambiguous.*val_accuracy"):
+        pareto_front(table, ["accuracy", "size_bytes"])
+    with pytest.raises(SqueezerayError, match="no direction; write wall_s:max or wall_s:min"):
+        pareto_front(table, ["wall_s"])
+    with pytest.raises(SqueezerayError, match="named twice"):
+        hypervolume(table, ["size_bytes", ("size_bytes", "max")])
+    for bad in (42, [("val_accuracy", "max", "x")], [3], {"val_accuracy": 1}):
+        with pytest.raises(SqueezerayError, match=r"accepted: .*col.*list of pairs.*dict"):
+            pareto_front(table, bad)  # type: ignore[arg-type]
+    with pytest.raises(SqueezerayError, match="empty; accepted"):
+        pareto_front(table, [])
+
+
 def test_hypervolume_of_a_table_default_reference_and_explicit() -> None:
     table = table_of(
         [
