@@ -2,7 +2,8 @@
 
 Methods:
 - `l1_unstructured`: in every prunable layer, the smallest-|w| weights until that layer holds
-  `ratio` zeros (`torch.nn.utils.prune`).
+  `ratio` zeros (`torch.nn.utils.prune`'s L1Unstructured choice, computed by `prune_to` with a
+  fraction of its memory).
 - `global`: the smallest-|w| weights across all prunable layers together until they hold `ratio`
   zeros in total; layers with many small weights lose more.
 - `random`: per layer like `l1_unstructured`, but the weights are drawn at random (a baseline).
