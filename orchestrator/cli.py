@@ -510,6 +510,42 @@ def _write_front(view: Any, format: str, output: Path | None) -> None:
         console.print(f"wrote {view.front.num_rows} front rows to {output}", highlight=False)
 
 
+def _sweeps_table(storage: str, rows: list[dict[str, Any]]) -> Any:
+    """`sweeps`' table of `rows` (`list_sweeps`). A sweep id (what --sweep and --resume take)
+    is never cut, nor are status and counts; on a narrow terminal the start wraps at its space
+    and the rest folds, nothing ends in an ellipsis. The name column shows only when some name
+    is not its id's prefix (ids are NAME-DATE-TIME-xxxx)."""
+    from rich import box
+    from rich.table import Table
+
+    table = Table(
+        title=f"sweeps in {storage}",
+        caption="hypervolume: val_accuracy x size_bytes x latency_ms_sweep dominated by the "
+        "sweep's front, against one reference per task (its earliest sweep's baseline: "
+        "accuracy 0, twice the size and latency), as nightly reports use",
+        box=box.SIMPLE_HEAD, pad_edge=False, collapse_padding=True,  # no rules: 9 columns more
+    )  # fmt: skip
+    named = any(not r["sweep_id"].startswith(r["sweep_name"] or "") for r in rows)
+    table.add_column("sweep", no_wrap=True)
+    if named:
+        table.add_column("name", overflow="fold")
+    table.add_column("task", overflow="fold")
+    table.add_column("started (UTC)", min_width=10, overflow="fold")  # the date whole
+    table.add_column("status", no_wrap=True)
+    table.add_column("ok", no_wrap=True, justify="right")
+    table.add_column("failed", no_wrap=True, justify="right")
+    table.add_column("hypervolume", no_wrap=True)
+    for row in rows:
+        started = row["started_at"].strftime("%Y-%m-%d %H:%M") if row["started_at"] else "-"
+        hv = "-" if row["hypervolume"] is None else f"{row['hypervolume']:.4g}"
+        name = [row["sweep_name"] or "-"] if named else []
+        table.add_row(
+            row["sweep_id"], *name, row["task"] or "-", started, row["status"] or "-",
+            str(row["trials_ok"]), str(row["trials_failed"]), hv,
+        )  # fmt: skip
+    return table
+
+
 @app.command(cls=_SqueezerayCommand)
 def sweeps(
     legacy_storage: LegacyStorageArg = None,
@@ -518,30 +554,13 @@ def sweeps(
     """List the sweeps in a storage: id, name, start, status, trials ok/failed, front
     hypervolume; a sweep that crashed or was interrupted (even before any row) with the
     command that resumes it."""
-    from rich.table import Table
-
     from orchestrator.store.results import list_sweeps
 
     storage = _storage("sweeps", legacy_storage, storage)
 
     listing = list_sweeps(storage)
-    table = Table(
-        title=f"sweeps in {storage}",
-        caption="hypervolume: val_accuracy x size_bytes x latency_ms_sweep dominated by the "
-        "sweep's front, against one reference per task (its earliest sweep's baseline: "
-        "accuracy 0, twice the size and latency), as nightly reports use",
-    )
-    headers = ("sweep", "name", "task", "started (UTC)", "status", "ok", "failed", "hypervolume")
-    for header in headers:
-        table.add_column(header, justify="right" if header in ("ok", "failed") else "left")
     rows = listing.to_pylist()
-    for row in rows:
-        started = row["started_at"].strftime("%Y-%m-%d %H:%M") if row["started_at"] else "-"
-        hv = "-" if row["hypervolume"] is None else f"{row['hypervolume']:.4g}"
-        table.add_row(
-            row["sweep_id"], row["sweep_name"] or "-", row["task"] or "-", started,
-            row["status"] or "-", str(row["trials_ok"]), str(row["trials_failed"]), hv,
-        )  # fmt: skip
+    table = _sweeps_table(storage, rows)
     out.print(table)
     for row in rows:
         if row["resume_command"]:

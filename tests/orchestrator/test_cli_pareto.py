@@ -219,7 +219,6 @@ def test_sweeps_lists_a_crashed_sweep_from_its_manifest(tmp_path: Path) -> None:
     """A sweep whose manifest says `failed` is listed even with no rows at all, with its
     status and the command that resumes it; a finished one gets no resume command."""
 
-
     root = tmp_path / "runs"
     append_results(root, make_rows("done-1", n=5, seed=1, start=T0))
     (root / "sweeps").mkdir(parents=True)
@@ -295,3 +294,26 @@ def test_front_fits_an_80_column_terminal_without_ellipses(
     assert "not shown at 80 columns" in text and "--format csv" in " ".join(text.split())
     if len(sweeps) > 1:
         assert all(s in text for s in sweeps)
+
+
+def test_sweeps_keeps_ids_whole_on_80_columns(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`squeezeray sweeps` on an 80-column terminal: a sweep id (what --sweep and --resume
+    take) is never cut to "tiny-2026…", and no header or value ends in an ellipsis."""
+    from rich.console import Console
+
+    import orchestrator.cli as cli
+
+    root = tmp_path / "runs"
+    sweep_id = "tiny-20261207-044823-7902"
+    rows = make_rows(sweep_id, n=4, seed=3)
+    for row in rows:
+        row["sweep_name"], row["task"] = "tiny", "blobs"  # as `squeezeray sweep tiny` names it
+    append_results(root, rows)
+    sink = io.StringIO()
+    monkeypatch.setattr(cli, "out", Console(file=sink, width=80))
+    code, _, _ = invoke("sweeps", "--storage", str(root))
+    text = sink.getvalue()
+    assert code == 0 and sweep_id in text and "…" not in text, text
+    assert "2025-03-01" in text and "name" not in text.split("─")[0]  # the name is the id's prefix
