@@ -22,8 +22,11 @@ starts from the task's own model factory and replays the recipe, never unpicklin
 from __future__ import annotations
 
 import contextlib
+import copy
+import json
 from collections import OrderedDict
 from collections.abc import Iterator
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -58,18 +61,10 @@ def build_model(task: Task, ckpt: ModelCheckpoint, *, share_weights: bool = Fals
     pruned = ckpt.recipe.get("pruned") or []
     lowrank = ckpt.recipe.get("lowrank") or {}
     mode = ckpt.quantize
-    # A float model that takes the checkpoint's tensors as its own never runs before they
-    # replace its fresh ones: those are left as allocated, so a large one is never touched
-    # (no memory: the 50M teacher's self-check and measurement held 191 MB more for them).
-    # Otherwise zeros: pruning replay and quantization trace the model before the load.
-    plain = share_weights and mode == "none" and not pruned and not lowrank
-    with skipped_random_init(fill=not plain):  # every weight is loaded below (strictly)
-        model = task.build(ckpt.arch)
-    if pruned:
-        replay(model, task.example_input(2), pruned)
-        sync_config(model)  # Hugging Face head counts and config from the new shapes
-    if lowrank:
-        model = factorize_layers(model, {str(k): int(v) for k, v in lowrank.items()})
+    # A float model's every weight is replaced by the load below before it runs: its fresh
+    # ones can be left unallocated and its structure copied from the last rebuild. A quantized
+    # one is traced and converted first, which reads its fresh weights: zeros, as built.
+    model = float_structure(task, ckpt.arch, pruned, lowrank, fill=mode != "none")
     if mode != "none":
         model = rebuild_quantized(task, model, ckpt.state_dict, mode, recipe=ckpt.recipe)
     state = _state_for_load(model, ckpt.state_dict, mode)
@@ -84,6 +79,123 @@ def build_model(task: Task, ckpt: ModelCheckpoint, *, share_weights: bool = Fals
         ) from exc
     restore_slow_path(model)  # replaced layers inside nn.TransformerEncoderLayer (not state)
     model.eval()
+    return model
+
+
+# Rebuilt float structures of the last few tasks (by identity: a worker's tasks come from
+# load_task's per-process cache), on the meta device: a worker rebuilds the same few structures
+# over and over (every stage input, self-check and measurement of a trial's chain).
+_STRUCTURES: OrderedDict[int, tuple[Task, OrderedDict[str, _Structure]]] = OrderedDict()
+TASKS_KEPT = 4
+STRUCTURES_PER_TASK = 8
+
+
+@dataclass(frozen=True)
+class _Structure:
+    """A rebuilt float model with no weights: its modules on the meta device (no memory) and
+    the values of its buffers as the factory made them (BatchNorm statistics, position ids)."""
+
+    module: nn.Module
+    buffers: dict[str, torch.Tensor]
+    ties: tuple[tuple[str, ...], ...]  # names of one shared (tied) parameter
+
+
+def float_structure(
+    task: Task,
+    arch: str,
+    pruned: list[Any],
+    lowrank: dict[str, Any],
+    *,
+    fill: bool = True,
+) -> nn.Module:
+    """A fresh float module of `arch` with the recipe's structure replayed (structured pruning,
+    then low-rank factors); buffers as the factory made them. `fill`: its weights as the
+    factory builds them with `skipped_random_init` (random initialisers give zeros), for a
+    model that runs before its weights are loaded (quantization traces it); else unallocated
+    memory, for a model whose every weight is replaced before it runs.
+
+    A rebuild with `fill` builds the structure (task factory with `skipped_random_init`,
+    `replay`, `factorize_layers`) and keeps it on the meta device; one without copies a kept
+    structure (`copy.deepcopy` of modules without tensor data) and allocates: no factory call,
+    no trace, no replay. At 10M parameters a student made from the teacher costs 0.05-0.1 CPU s per
+    rebuild the first way (a whole teacher built, traced and pruned), and a stage task and its
+    measurement rebuild it 2-3 times; a Hugging Face factory also reads its files each time.
+    The same idea as building on the meta device and `to_empty` (PyTorch's recipe for big
+    models), keyed by the task object, the role and the recipe.
+    """
+    key = json.dumps([arch, pruned, lowrank], sort_keys=True, default=str)
+    kept = _kept_structures(task)
+    if key in kept and not fill:
+        kept.move_to_end(key)
+        return _materialise(kept[key])
+    with skipped_random_init(fill=fill or bool(pruned) or bool(lowrank)):
+        model = task.build(arch)
+    if pruned:
+        replay(model, task.example_input(2), pruned)
+        sync_config(model)  # Hugging Face head counts and config from the new shapes
+    if lowrank:
+        model = factorize_layers(model, {str(k): int(v) for k, v in lowrank.items()})
+    if key not in kept:
+        buffers = {n: b.clone() for n, b in model.named_buffers(remove_duplicate=False)}
+        kept[key] = _Structure(_on_meta(model), buffers, _ties(model))
+        while len(kept) > STRUCTURES_PER_TASK:
+            kept.popitem(last=False)
+    return model
+
+
+def _kept_structures(task: Task) -> OrderedDict[str, _Structure]:
+    """The kept structures of `task` (this very object), most recently used last."""
+    entry = _STRUCTURES.get(id(task))
+    if entry is None or entry[0] is not task:
+        entry = (task, OrderedDict())
+        _STRUCTURES[id(task)] = entry
+    _STRUCTURES.move_to_end(id(task))
+    while len(_STRUCTURES) > TASKS_KEPT:
+        _STRUCTURES.popitem(last=False)
+    return entry[1]
+
+
+def _ties(model: nn.Module) -> tuple[tuple[str, ...], ...]:
+    """The groups of parameter names that are one Parameter (tied weights)."""
+    names: dict[int, list[str]] = {}
+    for name, p in model.named_parameters(remove_duplicate=False):
+        names.setdefault(id(p), []).append(name)
+    return tuple(tuple(group) for group in names.values() if len(group) > 1)
+
+
+def _set_tensor(model: nn.Module, name: str, value: torch.Tensor, *, parameter: bool) -> None:
+    owner, _, leaf = name.rpartition(".")
+    module = model.get_submodule(owner)
+    if parameter:
+        module._parameters[leaf] = value  # type: ignore[assignment]
+    else:
+        module._buffers[leaf] = value
+
+
+def _on_meta(model: nn.Module) -> nn.Module:
+    """A copy of `model` whose parameters and buffers are meta tensors of the same shapes
+    (the modules, their attributes and hooks copied; no tensor data). Tied parameters stay tied."""
+    memo: dict[int, Any] = {}
+    for p in model.parameters():
+        memo[id(p)] = nn.Parameter(
+            torch.empty_like(p, device="meta"), requires_grad=p.requires_grad
+        )
+    for b in model.buffers():
+        memo[id(b)] = torch.empty_like(b, device="meta")
+    return copy.deepcopy(model, memo)
+
+
+def _materialise(structure: _Structure) -> nn.Module:
+    """A fresh module from a kept structure: parameters allocated on the CPU (not filled),
+    tied ones tied again, buffers set to the factory's values."""
+    model = copy.deepcopy(structure.module)
+    model.to_empty(device="cpu")  # gives each module its own new Parameter: re-tie below
+    for group in structure.ties:
+        shared = model.get_parameter(group[0])
+        for name in group[1:]:
+            _set_tensor(model, name, shared, parameter=True)
+    for name, value in structure.buffers.items():
+        _set_tensor(model, name, value.clone(), parameter=False)
     return model
 
 

@@ -382,3 +382,81 @@ def test_a_task_metric_runs_each_split_through_the_model_once() -> None:
     assert sum(calls) == len(task.test) + len(task.val)  # type: ignore[arg-type]
     assert m.custom["top1"] == pytest.approx(m.accuracy)
     assert m.custom["val_top1"] == pytest.approx(m.val_accuracy)
+
+
+def test_a_structure_is_built_and_replayed_once_then_copied_from_the_meta_device(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The second rebuild of a pruned student calls neither the factory nor the replay, and
+    rebuilds the same model (logits, BatchNorm buffers); another task object builds its own."""
+    from stages import rebuild
+    from stages.base import StageInput
+    from stages.distill import DistillParams, distill
+    from stages.teacher import TeacherParams, train_teacher
+
+    counts = _Counts()
+    task = _counted_task(counts, width=32)
+    teacher = train_teacher(StageInput(task=task, parent=None), TeacherParams(epochs=0))
+    student = distill(
+        StageInput(task=task, parent=teacher.checkpoint, teacher=teacher.checkpoint),
+        DistillParams(epochs=1, student_ratio=0.5),
+    ).checkpoint
+    assert student.recipe.get("pruned")  # made from the teacher: a replayed structure
+    replays: list[int] = []
+    real_replay = rebuild.replay
+    monkeypatch.setattr(rebuild, "replay", lambda *a: replays.append(1) or real_replay(*a))
+    x = task.example_input(4)
+    counts.builds = 0
+    first = rebuild.build_model(task, student)
+    builds, replayed = counts.builds, len(replays)
+    again = [rebuild.build_model(task, student, share_weights=s) for s in (True, False)]
+    assert counts.builds == builds and len(replays) == replayed  # copied, not rebuilt
+    for model in again:
+        assert torch.equal(model(x), first(x))
+        assert all(p.device.type == "cpu" for p in model.parameters())
+    other = _counted_task(counts, width=32)
+    rebuild.build_model(
+        other,
+        ModelCheckpoint(task=other.name, state_dict=student.state_dict, recipe=student.recipe),
+    )
+    assert counts.builds == builds + 1  # a new task object: its own structure
+
+
+def test_a_kept_structure_restores_its_buffers_and_keeps_tied_weights_tied() -> None:
+    from stages import rebuild
+
+    class Tied(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.embed = nn.Linear(3, 3, bias=False)
+            self.head = nn.Linear(3, 3, bias=False)
+            self.head.weight = self.embed.weight
+            self.norm = nn.BatchNorm1d(3)
+            self.register_buffer("offset", torch.full((3,), 2.0), persistent=False)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.head(self.norm(self.embed(x))) + self.offset
+
+    blobs = _counted_task(_Counts(), width=4)
+    task = Task(
+        name="tied",
+        teacher=Tied,
+        student=None,
+        train=blobs.train,
+        val=blobs.val,
+        test=blobs.test,
+        num_classes=3,
+    )
+    model = Tied()
+    model.norm.running_mean.fill_(0.5)
+    ckpt = ModelCheckpoint(
+        task="tied", state_dict=dict(model.state_dict()), recipe={"arch": "teacher"}
+    )
+    x = torch.randn(5, 3)
+    expected = model.eval()(x)
+    for share in (True, False, True):
+        got = rebuild.build_model(task, ckpt, share_weights=share)
+        # one tensor: the same Parameter (copied in), or the checkpoint's one storage (shared)
+        assert got.head.weight.data_ptr() == got.embed.weight.data_ptr()
+        assert torch.equal(got.offset, torch.full((3,), 2.0))  # not in the state_dict
+        assert torch.allclose(got(x), expected)
