@@ -392,14 +392,14 @@ def release_memory(*, freeze: bool = True) -> None:
     the largest fixed cost of a task at 10M parameters). A frozen object is still freed when
     its last reference goes; only a cycle among frozen objects stays, so a task that raised
     does not freeze (its traceback's frames hold its models in a cycle)."""
-    import ctypes
     import gc
+
+    from stages.heap import trim
 
     gc.collect()
     if freeze:
         gc.freeze()
-    with contextlib.suppress(OSError, AttributeError):
-        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    trim()
 
 
 @contextlib.contextmanager
