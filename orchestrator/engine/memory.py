@@ -8,12 +8,12 @@ request of `STAGE_COPIES` model copies plus a worker's own footprint, and every 
 cannot fit on any node is refused before any Ray work starts, with the numbers.
 
 What a stage task holds at its peak (distill with the student made from the teacher, the
-largest stage): the teacher's checkpoint bytes (mapped from the object store) and its loaded
-tensors, the teacher module, the student being trained with its gradients and two AdamW
-moments, the best-epoch copy, the output checkpoint and its serialised bytes, and the
-self-check's rebuild. Counted in teacher-sized copies with a student of half the width (a
-quarter of the parameters), that is about 4-5; `STAGE_COPIES` adds a margin. Training also
-holds activations, which are not weight copies: a 30M-parameter BERT at batch 64 of 32 tokens
+largest stage): the teacher's checkpoint (mapped from its file) and module, the student being
+trained with its gradients and two AdamW moments, the best-epoch copy, the output's
+serialised bytes and the self-check's rebuild. Measured in teacher-sized copies over a
+worker's imports (`bench/stage_memory.py`): 2.7-3.4 per stage at 50M parameters, distill up
+to 4.6 at 17M; a measurement 1.2-1.8. `STAGE_COPIES` and `MEASURE_COPIES` add a margin.
+Training also holds activations, which are not weight copies: a 30M-parameter BERT at batch 64 of 32 tokens
 keeps 640 MB of them for backward beside 114 MB of weights. They are measured before Ray starts
 (`stages.activations.task_activation_bytes`: autograd's saved tensors of one training step of
 the teacher at the space's largest training batch) and a stage task asks for
@@ -28,8 +28,8 @@ from typing import Any
 
 from stages.errors import SqueezerayError
 
-STAGE_COPIES = 6  # model-sized copies a stage task may hold at its peak (see above)
-MEASURE_COPIES = 3  # a measure task: the checkpoint bytes, the loaded tensors, the module
+STAGE_COPIES = 5  # model-sized copies a stage task may hold at its peak (see above)
+MEASURE_COPIES = 2  # a measure task: the checkpoint mapped from its file, the module's tensors
 ACTIVATION_COPIES = 2  # a training step's saved activations, and their gradients in backward
 WORKER_BASELINE_BYTES = 768 * 2**20  # a worker with torch and the stages imported: ~450 MB here
 REQUEST_FROM_BYTES = 64 * 2**20  # models from 16M float32 parameters get memory requests
