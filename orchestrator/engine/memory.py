@@ -13,11 +13,12 @@ trained with its gradients and two AdamW moments, the best-epoch copy, the outpu
 serialised bytes and the self-check's rebuild. Measured in teacher-sized copies over a
 worker's imports (`bench/stage_memory.py`): 2.7-3.4 per stage at 50M parameters, distill up
 to 4.6 at 17M; a measurement 1.2-1.8. `STAGE_COPIES` and `MEASURE_COPIES` add a margin.
-Training also holds activations, which are not weight copies: a 30M-parameter BERT at batch 64 of 32 tokens
-keeps 640 MB of them for backward beside 114 MB of weights. They are measured before Ray starts
-(`stages.activations.task_activation_bytes`: autograd's saved tensors of one training step of
-the teacher at the space's largest training batch) and a stage task asks for
-`ACTIVATION_COPIES` of them too (the saved activations, and their gradients in backward).
+Training also holds activations, which are not weight copies: a 30M-parameter BERT at
+batch 64 of 32 tokens keeps 640 MB of them for backward beside 114 MB of weights. They are
+measured before Ray starts (`stages.activations.task_activation_bytes`: autograd's saved
+tensors of one training step of the teacher at the space's largest training batch) and a
+stage task asks for `ACTIVATION_COPIES` of them too (the saved activations, and their
+gradients in backward).
 Small models ask for nothing: Ray's CPU scheduling is enough, and a memory request would only
 hold back a machine whose free memory Ray under-reports.
 """
