@@ -5,8 +5,10 @@ instant. `SqueezerayError` becomes exit code 2 here, in one place (`_SqueezerayG
 
 from __future__ import annotations
 
+import functools
 import os
 import sys
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Annotated, Any, NoReturn, Optional
 
@@ -162,9 +164,7 @@ def packaged_space_names() -> str:
 
 SpaceArg = Annotated[
     str | None,
-    typer.Argument(
-        help=f"Search-space YAML, or a packaged space name ({packaged_space_names()})."
-    ),
+    typer.Argument(help=f"Search-space YAML, or a packaged space name ({packaged_space_names()})."),
 ]
 StorageOpt = Annotated[
     str,
@@ -287,18 +287,28 @@ def _print_finished(prepared: Any) -> None:
     console.print(note, highlight=False, soft_wrap=True)
 
 
-def _print_sweep_start(prepared: Any) -> None:
-    """The sweep's first line, then the command that continues it if it is interrupted
-    (printed up front: after a crash there is no chance to print anything)."""
+def _print_sweep_start(prepared: Any) -> str:
+    """The sweep's first line; returns the line that says how to continue it if it is
+    interrupted, for `_hint_once_started`."""
     from rich.markup import escape
 
     from orchestrator.engine.sweep import resume_command
 
     _print_start("sweep", prepared, note=" (resumed)" if prepared.resume else "")
     command = escape(resume_command(prepared.storage, prepared.sweep_id))
-    console.print(
-        f"[dim]if interrupted, continue with: {command}[/]", highlight=False, soft_wrap=True
-    )
+    return f"[dim]if interrupted, continue with: {command}[/]"
+
+
+def _hint_once_started(
+    update: Callable[[str, Mapping[str, Any]], None], hint: str, event: str, data: Mapping[str, Any]
+) -> None:
+    """A progress callback: `update`, and first the resume `hint` on the `ready` event (Ray
+    up, the sweep's checks passed, its manifest written: `engine.events`). It is printed as the
+    sweep really starts, before any trial (after a crash there is no chance to print it), and
+    never for a sweep refused before then (memory, resources): there is nothing to resume."""
+    if event == "ready":
+        console.print(hint, highlight=False, soft_wrap=True)
+    update(event, data)
 
 
 @app.command(cls=_SqueezerayCommand)
@@ -345,8 +355,9 @@ def sweep(
             _print_finished(prepared)
             return
         progress.plan(prepared.space)
-        _print_sweep_start(prepared)
-        outcome = execute_sweep(prepared, progress=progress.update)
+        hint = _print_sweep_start(prepared)
+        report = functools.partial(_hint_once_started, progress.update, hint)
+        outcome = execute_sweep(prepared, progress=report)
     print_outcome(outcome, prepared.space, out, top=top)
     if outcome.summary.exit_code:
         # No trial succeeded (4) or trials were lost (5): a scheduler or CI job must see it.
@@ -536,7 +547,7 @@ def _sweeps_table(storage: str, rows: list[dict[str, Any]]) -> Any:
     table.add_column("failed", no_wrap=True, justify="right")
     table.add_column("hypervolume", no_wrap=True)
     for row in rows:
-        started = row["started_at"].strftime("%Y-%m-%d %H:%M") if row["started_at"] else "-"
+        started = row["started_at"].strftime("%Y-%m-%d %H:%M:%S") if row["started_at"] else "-"
         hv = "-" if row["hypervolume"] is None else f"{row['hypervolume']:.4g}"
         name = [row["sweep_name"] or "-"] if named else []
         table.add_row(
@@ -559,9 +570,15 @@ def sweeps(
     storage = _storage("sweeps", legacy_storage, storage)
 
     listing = list_sweeps(storage)
+    if not listing.num_rows:  # sweeps were tried here, none started (refused by a check)
+        out.print(
+            f"no sweeps in {storage}: none has started (a sweep refused by its checks before it "
+            f"starts leaves nothing to list); run one with: squeezeray sweep --storage {storage}",
+            highlight=False, markup=False, soft_wrap=True,
+        )  # fmt: skip
+        return
     rows = listing.to_pylist()
-    table = _sweeps_table(storage, rows)
-    out.print(table)
+    out.print(_sweeps_table(storage, rows))
     for row in rows:
         if row["resume_command"]:
             out.print(f"{row['sweep_id']} ({row['status']}): resume with: "
@@ -879,10 +896,11 @@ def nightly(
             _print_finished(prepared)
             return
         progress.plan(prepared.space)
-        _print_night_start(prepared, report_dir, thresholds, gc_keep_last)
+        hint = _print_night_start(prepared, report_dir, thresholds, gc_keep_last)
         outcome = execute_nightly(
             prepared, report_dir=report_dir, thresholds=thresholds, wait=wait,
-            lock_timeout_s=lock_timeout_s, progress=progress.update, gc_keep_last=gc_keep_last,
+            lock_timeout_s=lock_timeout_s, gc_keep_last=gc_keep_last,
+            progress=functools.partial(_hint_once_started, progress.update, hint),
         )  # fmt: skip
     _print_nightly_outcome(outcome)
     if outcome.exit_code:
@@ -904,9 +922,9 @@ def _thresholds(
 
 def _print_night_start(
     prepared: Any, report_dir: Path | None, thresholds: Any, gc_keep_last: int | None
-) -> None:
-    """The night's first line, then the command that finishes it if it is interrupted
-    (printed up front: after a crash there is no chance to print anything)."""
+) -> str:
+    """The night's first line; returns the line that says how to finish it if it is
+    interrupted, for `_hint_once_started`."""
     from rich.markup import escape
 
     from orchestrator.nightly.run import nightly_resume_command
@@ -916,10 +934,7 @@ def _print_night_start(
         prepared.storage, prepared.sweep_id, report_dir=report_dir, thresholds=thresholds,
         gc_keep_last=gc_keep_last,
     )  # fmt: skip
-    console.print(
-        f"[dim]if interrupted, finish it with: {escape(command)}[/]",
-        highlight=False, soft_wrap=True,
-    )  # fmt: skip
+    return f"[dim]if interrupted, finish it with: {escape(command)}[/]"
 
 
 def _print_nightly_outcome(outcome: Any) -> None:

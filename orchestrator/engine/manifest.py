@@ -10,6 +10,7 @@ a resumed trial reports its stored result again, and the summary counts them.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import shlex
@@ -66,9 +67,21 @@ def write_manifest(
         "error": error,
         "resume_command": resume_command(store, sweep.sweep_id, command=sweep.command),
         "hypervolume_reference": hypervolume_reference,
+        "started_at": _started_at(store, sweep.sweep_id),
         "updated_at": now().isoformat(),
     }
     store.write_atomic(json.dumps(data, indent=2).encode(), *manifest_path(sweep.sweep_id))
+
+
+def _started_at(store: Storage, sweep_id: str) -> str:
+    """When the sweep started (ISO time, UTC): its manifest's first write (Ray up, every
+    check passed), kept by every later write and by --resume; now for a first write."""
+    if store.exists(*manifest_path(sweep_id)):
+        with contextlib.suppress(OSError, ValueError):
+            started = json.loads(store.read_bytes(*manifest_path(sweep_id))).get("started_at")
+            if isinstance(started, str):
+                return started
+    return str(now().isoformat())
 
 
 def resume_command(store: Storage, sweep_id: str, *, command: str = "sweep") -> str:

@@ -593,8 +593,13 @@ def list_sweeps(storage: str | Path) -> pa.Table:
     trials_failed, hypervolume (front of val_accuracy:max, size_bytes:min,
     latency_ms_sweep:min; null when it cannot be computed), status (its manifest's: running,
     finished, interrupted or failed; null without one) and resume_command (for a sweep not
-    finished). A sweep with a manifest and no rows (it crashed first) is listed with 0 trials
-    and its manifest's last update as started_at.
+    finished). A sweep with a manifest and no rows (it crashed first) is listed with 0 trials.
+    The columns mean the same for every status: `started_at` is when the sweep started (its
+    manifest's `started_at`: Ray up and its checks passed; its earliest row's for a sweep
+    without one), `sweep_name` its space's name, else its id (as its rows say).
+    A storage in which sweeps were started but none got that far (each refused by a check
+    before it started: memory, resources) gives an empty table; a storage holding nothing at
+    all is a SqueezerayError.
 
     A compacted sweep is listed from its partition summary (`_summary.json`, written by the
     compaction and trusted only while the partition holds exactly the files it names); other
@@ -605,11 +610,13 @@ def list_sweeps(storage: str | Path) -> pa.Table:
     nightly reports do, so hypervolumes of one task compare across sweeps."""
     import pyarrow as pa
 
+    from orchestrator.store.storage import SWEEPS_DIR, open_storage
 
     manifests = _sweep_manifests(storage)
-    out = _listed_from_rows(storage, manifests)
+    started = bool(manifests) or open_storage(storage).exists(SWEEPS_DIR)
+    out = _listed_from_rows(storage, started=started)
     _add_manifests(out, manifests)
-    if not out:
+    if not out and not started:
         raise SqueezerayError(
             f"storage={str(storage)!r} holds no results yet; run: squeezeray sweep "
             f"--storage {storage}"
@@ -633,15 +640,14 @@ def list_sweeps(storage: str | Path) -> pa.Table:
     return pa.table(columns, schema=schema).sort_by([("started_at", "ascending")])
 
 
-def _listed_from_rows(
-    storage: str | Path, manifests: dict[str, dict[str, Any]]
-) -> list[dict[str, Any]]:
+def _listed_from_rows(storage: str | Path, *, started: bool) -> list[dict[str, Any]]:
     """One listing row per sweep that wrote results (from its summary where current);
-    none when there is no results/ but there are manifests (sweeps that crashed first)."""
+    none when there is no results/ but sweeps were started there (`started`: they crashed
+    or were refused first)."""
     import pyarrow.compute as pc
 
     out: list[dict[str, Any]] = []
-    if manifests and not PartitionedTable(storage, RESULTS_DIR, RESULTS_READ_SCHEMA).exists():
+    if started and not PartitionedTable(storage, RESULTS_DIR, RESULTS_READ_SCHEMA).exists():
         return out
     dataset = _dataset(storage, RESULTS_DIR, RESULTS_READ_SCHEMA)
     stale: list[str | None] = []
@@ -696,13 +702,16 @@ def _add_manifests(listing: list[dict[str, Any]], manifests: dict[str, dict[str,
     listed = {row.get("sweep_id") for row in listing}
     for sweep_id, manifest in manifests.items():
         if sweep_id not in listed:
-            row = {"sweep_id": sweep_id, "sweep_name": manifest.get("name"),
+            # the name as a row writes it (`tuner`: the space's name, else the sweep id)
+            row = {"sweep_id": sweep_id, "sweep_name": manifest.get("name") or sweep_id,
                    "task": manifest.get("task"), "trials_ok": 0, "trials_failed": 0,
                    "started_at": _parse_time(manifest.get("updated_at"))}  # fmt: skip
             listing.append(row)
     for row in listing:
         manifest = manifests.get(row.get("sweep_id") or "", {})
         row["status"] = manifest.get("status")
+        if manifest.get("started_at"):  # the sweep's start, not its first row's
+            row["started_at"] = _parse_time(manifest["started_at"])
         if row["status"] in _RESUMABLE:
             row["resume_command"] = manifest.get("resume_command")
 

@@ -103,3 +103,46 @@ def test_init_ray_takes_worker_logs_and_dashboard_from_the_display(
         (False, False),
         (True, True),
     ]
+
+
+def test_the_resume_hint_is_printed_once_the_sweep_has_started(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The hint goes out on the `ready` event (Ray up, checks passed, the manifest written),
+    before the display hears of it; no other event prints it."""
+    from rich.console import Console
+
+    from orchestrator import cli
+
+    recording = Console(record=True, width=300)
+    monkeypatch.setattr(cli, "console", recording)
+    heard: list[str] = []
+    hint = "if interrupted, continue with: squeezeray sweep --resume --sweep-id s"
+    for event in ("step", "ready", "start"):
+        cli._hint_once_started(lambda e, _d: heard.append(e), hint, event, {})
+        if event == "step":
+            assert "if interrupted" not in recording.export_text(clear=False)
+    assert heard == ["step", "ready", "start"]
+    assert recording.export_text().count("if interrupted") == 1
+
+
+@pytest.mark.usefixtures("ray_session")
+def test_a_sweep_refused_before_it_starts_has_no_resume_hint_and_lists_as_none(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A sweep refused by a check once Ray is up (here the memory check: `engine.memory`)
+    never started: no `--resume` hint, exit 2, and `squeezeray sweeps` says there are none."""
+    from orchestrator.engine import memory
+    from stages.errors import SqueezerayError
+
+    def refuse(*_args: object, **_kwargs: object) -> None:
+        raise SqueezerayError("the task's model needs 9 GiB per stage task; no node has it")
+
+    monkeypatch.setattr(memory, "check_fits", refuse)
+    storage = tmp_path / "runs_fit"
+    result = runner.invoke(app, ["sweep", "tiny", "--storage", str(storage)])
+    assert result.exit_code == 2 and "no node has it" in result.output, result.output
+    assert "if interrupted" not in result.output and "--resume" not in result.output
+    listed = runner.invoke(app, ["sweeps", "--storage", str(storage)])
+    assert listed.exit_code == 0, listed.output
+    assert "no sweeps in" in listed.stdout

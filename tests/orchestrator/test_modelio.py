@@ -478,6 +478,8 @@ def test_teacher_weights_option(tmp_path: Path, monkeypatch: pytest.MonkeyPatch)
         ["sweep", str(space_file), "--storage", str(storage), "--teacher-weights", str(weights)],
     )
     assert result.exit_code == 0, result.output
+    # the sweep started: the line that says how to continue it, once (refused ones have none)
+    assert result.stderr.count("if interrupted, continue with: squeezeray sweep --resume") == 1
     # stderr is no terminal here: the trial's own plain line, with its validation metrics
     assert re.search(r"trial \S+ ok \(1/1 done\): val accuracy [01]\.\d{4}, size ", result.stderr)
     rows = load_results(storage, sweep="all").to_pylist()

@@ -206,6 +206,57 @@ def test_stage_rows_round_trip(tmp_path: Path) -> None:
     assert load_stages(tmp_path, sweep="s").column("stage_key").to_pylist() == ["k1"]
 
 
+def test_list_sweeps_columns_mean_the_same_for_every_status(storage: Path) -> None:
+    """started_at is the sweep's start (its manifest's), not its first row's, and a sweep
+    listed from its manifest alone (it crashed before any row) is named as its rows would
+    be (the space's name, else its id): one meaning per column whatever the status."""
+    import json
+
+    from typer.testing import CliRunner
+
+    from orchestrator.cli import app
+
+    sweeps = storage / "sweeps"
+    sweeps.mkdir()
+    start = T0 - timedelta(minutes=1, seconds=4)  # Ray up, checks passed: before any trial
+    (sweeps / "a-1.json").write_text(json.dumps(
+        {"status": "interrupted", "name": "a", "started_at": start.isoformat(),
+         "updated_at": (T0 + timedelta(hours=1)).isoformat(), "resume_command": "resume a-1"}
+    ))  # fmt: skip
+    (sweeps / "c-3.json").write_text(json.dumps(
+        {"status": "failed", "name": None, "task": "digits",
+         "started_at": (T0 + timedelta(days=3)).isoformat(),
+         "updated_at": (T0 + timedelta(days=3, minutes=2)).isoformat()}
+    ))  # fmt: skip
+    rows = {r["sweep_id"]: r for r in list_sweeps(storage).to_pylist()}
+    assert rows["a-1"]["started_at"] == start
+    assert rows["b-2"]["started_at"] == T0 + timedelta(days=1)  # no manifest: its rows' start
+    assert rows["c-3"]["started_at"] == T0 + timedelta(days=3)  # not its last update
+    assert rows["c-3"]["sweep_name"] == "c-3" and rows["a-1"]["sweep_name"] == "a"
+    listed = CliRunner().invoke(app, ["sweeps", "--storage", str(storage)])
+    assert listed.exit_code == 0, listed.output
+    assert start.strftime("%Y-%m-%d %H:%M:%S") in listed.stdout
+
+
+def test_sweeps_of_a_storage_where_no_sweep_started(tmp_path: Path) -> None:
+    """A sweep refused by a check after taking its lock leaves only hidden lock files under
+    sweeps/: `squeezeray sweeps` says there are none (exit 0), not "no results at"; a storage
+    that holds nothing at all is still an error naming how to make one."""
+    from typer.testing import CliRunner
+
+    from orchestrator.cli import app
+
+    storage = tmp_path / "runs_fit"
+    (storage / "sweeps").mkdir(parents=True)
+    (storage / "sweeps" / ".tiny-20261207-043056-0001.lock").write_text("")
+    assert list_sweeps(storage).num_rows == 0
+    listed = CliRunner().invoke(app, ["sweeps", "--storage", str(storage)])
+    assert listed.exit_code == 0, listed.output
+    assert "no sweeps in" in listed.stdout and "none has started" in listed.stdout
+    missing = CliRunner().invoke(app, ["sweeps", "--storage", str(tmp_path / "nothing")])
+    assert missing.exit_code == 2 and "squeezeray sweep --storage" in missing.stderr
+
+
 def test_list_sweeps(storage: Path) -> None:
     listing = list_sweeps(storage)
     rows = listing.to_pylist()
