@@ -146,3 +146,39 @@ def test_a_sweep_refused_before_it_starts_has_no_resume_hint_and_lists_as_none(
     listed = runner.invoke(app, ["sweeps", "--storage", str(storage)])
     assert listed.exit_code == 0, listed.output
     assert "no sweeps in" in listed.stdout
+
+
+_ENTRY = """
+import atexit, sys
+heavy = ("torch", "torchao", "ray", "transformers")
+atexit.register(lambda: print("HEAVY", [m for m in heavy if m in sys.modules], file=sys.stderr))
+import @FIRST@  # the `squeezeray` script imports orchestrator.cli; the API, orchestrator
+if sys.argv[1] == "--help":
+    from orchestrator.cli import main
+    sys.argv = ["squeezeray", "--help"]
+    main()
+import torchao  # noqa: F401  as a torchao quantize stage does: its import lines
+"""
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("first", ["orchestrator.cli", "orchestrator"])
+def test_commands_print_no_torchao_import_lines_and_help_imports_no_torch(first: str) -> None:
+    """torchao logs, at import, `Failed to load .../_C_*.so` (its CUDA kernels, on a CPU
+    machine) and torch `_pytree`'s Enum `register_constant` note: `stages.quiet` drops them in
+    every process that loads squeezeray first, the CLI's and the API's (`import orchestrator`).
+    `squeezeray --help` stays instant: no torch, torchao, ray or transformers."""
+    import subprocess
+    import sys
+
+    root = Path(__file__).resolve().parents[2]
+    code = _ENTRY.replace("@FIRST@", first)
+    env = {"PYTHONPATH": str(root), "PATH": "/usr/bin:/bin"}
+    helped = subprocess.run([sys.executable, "-c", code, "--help"], capture_output=True,
+                            text=True, cwd=root, env=env, timeout=120)  # fmt: skip
+    assert helped.returncode == 0 and "HEAVY []" in helped.stderr, helped.stderr
+    loaded = subprocess.run([sys.executable, "-c", code, "load"], capture_output=True,
+                            text=True, cwd=root, env=env, timeout=300)  # fmt: skip
+    assert loaded.returncode == 0 and "'torchao'" in loaded.stderr, loaded.stderr
+    for noise in ("Failed to load", "_C_", "is an Enum subclass", "register_constant"):
+        assert noise not in loaded.stderr, (noise, loaded.stderr)
