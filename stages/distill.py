@@ -75,6 +75,7 @@ def distill(inp: StageInput, params: DistillParams) -> StageOutput:
         epochs=params.epochs,
         lr=params.lr,
         batch_size=params.batch_size,
+        num_workers=task.num_workers,
         device=device,
         seed=inp.seed,
         teacher=teacher,

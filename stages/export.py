@@ -51,7 +51,9 @@ def export(inp: StageInput, params: ExportParams) -> StageOutput:
                 "quantize.mode"
             )
         predictor = make_predictor(task, parent)
-        val_acc = predictor.accuracy(task.val, batch_size=task.eval_batch_size)
+        val_acc = predictor.accuracy(
+            task.val, batch_size=task.eval_batch_size, num_workers=task.num_workers
+        )
         return StageOutput(parent, {"val_accuracy": val_acc})
 
     if runtime == "onnxruntime" and parent.quantize in TORCH_QUANT_MODES:
@@ -67,7 +69,9 @@ def export(inp: StageInput, params: ExportParams) -> StageOutput:
     predictor = make_predictor(task, ckpt)  # traces / opens the session: a failure names it
     if runtime != "eager":
         _check_same_outputs(task, model, predictor, ckpt)
-    val_acc = predictor.accuracy(task.val, batch_size=task.eval_batch_size)
+    val_acc = predictor.accuracy(
+        task.val, batch_size=task.eval_batch_size, num_workers=task.num_workers
+    )
     return StageOutput(ckpt, {"val_accuracy": val_acc}, model=model)
 
 

@@ -60,6 +60,7 @@ def finetune(inp: StageInput, params: FinetuneParams) -> StageOutput:
             epochs=params.epochs,
             lr=params.lr,
             batch_size=params.batch_size,
+            num_workers=task.num_workers,
             device=device,
             seed=inp.seed,
             teacher=teacher,
@@ -71,7 +72,7 @@ def finetune(inp: StageInput, params: FinetuneParams) -> StageOutput:
     model.eval()
     total, nonzero = param_counts(model)
     metrics.update(
-        val_accuracy=accuracy(model, task.val, device=device),
+        val_accuracy=accuracy(model, task.val, device=device, num_workers=task.num_workers),
         sparsity=sparsity(model),
         params_total=float(total),
         params_nonzero=float(nonzero),

@@ -148,7 +148,9 @@ def check_pretrained_dir(task: Task, model: nn.Module, directory: Path) -> dict[
         "max_abs_logit_diff": diff,
         "missing_keys": missing[:10],
         "unexpected_keys": unexpected[:10],
-        "accuracy": TorchPredictor(loaded, "eager").accuracy(task.test),
+        "accuracy": TorchPredictor(loaded, "eager").accuracy(
+            task.test, num_workers=task.num_workers
+        ),
         "ok": not missing and not unexpected and diff <= LOGITS_TOLERANCE,
     }
 

@@ -42,10 +42,13 @@ def batches(
     shuffle: bool = False,
     generator: torch.Generator | None = None,
     drop_last: bool = False,
+    num_workers: int = 0,
 ) -> DataLoader[Any]:
     """A DataLoader of `(x, y)` batches of `batch_size` samples (the last one smaller unless
     `drop_last`), in order or shuffled by `generator`, as `DataLoader(dataset, batch_size,
-    shuffle, generator, drop_last)` gives them."""
+    shuffle, generator, drop_last)` gives them. `num_workers`: DataLoader worker processes
+    that read the samples (`Task.num_workers`), for a dataset whose `__getitem__` does real
+    work; a tensor dataset is read in this process (one index per batch needs no workers)."""
     if not batch_indexed(dataset):
         return DataLoader(
             dataset,
@@ -53,6 +56,7 @@ def batches(
             shuffle=shuffle,
             generator=generator,
             drop_last=drop_last,
+            num_workers=num_workers,
         )
     order: Any = (
         RandomSampler(dataset, generator=generator)  # type: ignore[arg-type]

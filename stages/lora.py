@@ -281,7 +281,7 @@ def lora(inp: StageInput, params: LoraParams) -> StageOutput:
     device = inp.torch_device
     torch.manual_seed(inp.seed)
     model = build_model(task, parent).to(device)
-    acc_before = accuracy(model, task.val, device=device)
+    acc_before = accuracy(model, task.val, device=device, num_workers=task.num_workers)
 
     if params.rank == 0:  # the search's "no LoRA" choice: a plain copy
         return StageOutput(
@@ -314,6 +314,7 @@ def lora(inp: StageInput, params: LoraParams) -> StageOutput:
         epochs=params.epochs,
         lr=params.lr,
         batch_size=params.batch_size,
+        num_workers=task.num_workers,
         device=device,
         seed=inp.seed,
         teacher=teacher,
@@ -329,7 +330,7 @@ def lora(inp: StageInput, params: LoraParams) -> StageOutput:
         # Merged: plain Linears again, so the parent's recipe (lowrank, masked) still holds.
         checkpoint=from_model(task, model, copy.deepcopy(parent.recipe)),
         metrics={
-            "val_accuracy": accuracy(model, task.val, device=device),
+            "val_accuracy": accuracy(model, task.val, device=device, num_workers=task.num_workers),
             "val_accuracy_before": acc_before,
             "trainable_params": float(sum(p.numel() for p in adapters)),
             "merge_max_abs_diff": check.max_abs_diff,

@@ -111,7 +111,7 @@ def lowrank(inp: StageInput, params: LowRankParams) -> StageOutput:
     params_before = count_params(model)
 
     if params.rank_ratio == 1.0:  # the search's "no low-rank" choice: a plain copy
-        acc = accuracy(model.to(device), task.val, device=device)
+        acc = accuracy(model.to(device), task.val, device=device, num_workers=task.num_workers)
         return StageOutput(
             checkpoint=from_model(task, model, copy.deepcopy(parent.recipe)),
             metrics={
@@ -170,7 +170,7 @@ def lowrank(inp: StageInput, params: LowRankParams) -> StageOutput:
         "params_total_after": float(count_params(model)),
         "layers_factorized": float(len(ranks)),
         "layers_skipped_sparse": float(len(sparse)),
-        "val_accuracy_svd": accuracy(model, task.val, device=device),
+        "val_accuracy_svd": accuracy(model, task.val, device=device, num_workers=task.num_workers),
     }
     if params.epochs > 0:
         # a masked parent: the layers SVD left alone keep their zeros
@@ -182,11 +182,12 @@ def lowrank(inp: StageInput, params: LowRankParams) -> StageOutput:
             epochs=params.epochs,
             lr=FINETUNE_LR,
             batch_size=FINETUNE_BATCH_SIZE,
+            num_workers=task.num_workers,
             device=device,
             seed=inp.seed,
             after_step=keep,
         )
-    metrics["val_accuracy"] = accuracy(model, task.val, device=device)
+    metrics["val_accuracy"] = accuracy(model, task.val, device=device, num_workers=task.num_workers)
     return StageOutput(checkpoint=from_model(task, model, recipe), metrics=metrics, model=model)
 
 

@@ -87,7 +87,9 @@ class ModelMetrics:
 
 def accuracy(task: Task, ckpt: ModelCheckpoint) -> float:
     """Top-1 accuracy in [0, 1] on the test split, through the checkpoint's runtime."""
-    return make_predictor(task, ckpt).accuracy(task.test, batch_size=task.eval_batch_size)
+    return make_predictor(task, ckpt).accuracy(
+        task.test, batch_size=task.eval_batch_size, num_workers=task.num_workers
+    )
 
 
 # -- size ----------------------------------------------------------------------------------
@@ -674,12 +676,13 @@ def split_scores(task: Task, predictor: Predictor) -> tuple[float, float, dict[s
     metric = task.metric
     batch = task.eval_batch_size
     if metric is None:
-        test = predictor.accuracy(task.test, batch_size=batch)
-        return test, predictor.accuracy(task.val, batch_size=batch), {}
+        test = predictor.accuracy(task.test, batch_size=batch, num_workers=task.num_workers)
+        val = predictor.accuracy(task.val, batch_size=batch, num_workers=task.num_workers)
+        return test, val, {}
     accuracy: dict[str, float] = {}
     custom: dict[str, float] = {}
     for prefix, split in (("", task.test), ("val_", task.val)):
-        logits, targets = predictor.outputs(split, batch_size=batch)
+        logits, targets = predictor.outputs(split, batch_size=batch, num_workers=task.num_workers)
         correct = int((logits.argmax(dim=1) == targets).sum())
         accuracy[prefix] = correct / max(int(targets.numel()), 1)
         custom[prefix + metric.name] = metric(logits, targets)

@@ -145,7 +145,7 @@ def prune(inp: StageInput, params: PruneParams) -> StageOutput:
     return StageOutput(
         checkpoint=from_model(task, model, recipe),
         metrics={
-            "val_accuracy": accuracy(model, task.val, device=device),
+            "val_accuracy": accuracy(model, task.val, device=device, num_workers=task.num_workers),
             "sparsity": sparsity(model),  # of the prunable (Linear/Conv) weights
             "prunable_share": share,  # of all parameters, before pruning
             "model_sparsity": (total - nonzero) / total if total else 0.0,  # of all parameters
@@ -345,6 +345,7 @@ def _finetune_keeping_zeros(
         epochs=params.finetune_epochs,
         lr=params.lr,
         batch_size=FINETUNE_BATCH_SIZE,
+        num_workers=task.num_workers,
         device=device,
         seed=seed,
         after_step=keep_masks(model, zero_masks(model)),

@@ -179,6 +179,7 @@ def calibration_batches(task: Task, count: int, *, seed: int) -> list[Inputs]:
         task.train,
         batch_size=CALIBRATION_BATCH_SIZE,
         shuffle=True,
+        num_workers=task.num_workers,
         generator=torch.Generator().manual_seed(seed),
     )
     batches: list[Inputs] = []
@@ -221,6 +222,7 @@ def _pt2e(
         epochs=params.qat_epochs,
         lr=params.lr,
         batch_size=QAT_BATCH_SIZE,
+        num_workers=task.num_workers,
         device=torch.device("cpu"),
         seed=seed,
         after_step=keep if masks else None,
@@ -271,14 +273,22 @@ def _quantize_onnx(
     return StageOutput(
         ckpt,
         {
-            "val_accuracy": predictor.accuracy(task.val, batch_size=task.eval_batch_size),
+            "val_accuracy": predictor.accuracy(
+                task.val, batch_size=task.eval_batch_size, num_workers=task.num_workers
+            ),
             "quantized_fraction": fraction,
         },
     )
 
 
 def _val_accuracy(task: Task, model: nn.Module) -> float:
-    return accuracy(model, task.val, device=torch.device("cpu"), batch_size=task.eval_batch_size)
+    return accuracy(
+        model,
+        task.val,
+        device=torch.device("cpu"),
+        batch_size=task.eval_batch_size,
+        num_workers=task.num_workers,
+    )
 
 
 SPEC = StageSpec(

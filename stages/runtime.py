@@ -83,20 +83,30 @@ class Predictor:
         return self.to_tensor(self.run_native(self.prepare(_one_batch(inputs, named))))
 
     def outputs(
-        self, dataset: Dataset, *, batch_size: int = DEFAULT_EVAL_BATCH_SIZE
+        self,
+        dataset: Dataset,
+        *,
+        batch_size: int = DEFAULT_EVAL_BATCH_SIZE,
+        num_workers: int = 0,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """(logits (N, num_classes) float32, targets (N,) int64) over a dataset of (x, y)."""
         logits, targets = [], []
-        for x, y in batches(dataset, batch_size=batch_size):
+        for x, y in batches(dataset, batch_size=batch_size, num_workers=num_workers):
             logits.append(self(x).float())
             targets.append(torch.as_tensor(y).long())
         return torch.cat(logits), torch.cat(targets)
 
-    def accuracy(self, dataset: Dataset, *, batch_size: int = DEFAULT_EVAL_BATCH_SIZE) -> float:
+    def accuracy(
+        self,
+        dataset: Dataset,
+        *,
+        batch_size: int = DEFAULT_EVAL_BATCH_SIZE,
+        num_workers: int = 0,
+    ) -> float:
         """Top-1 accuracy in [0, 1] on a dataset of (x, y) pairs, in order, in batches of
         `batch_size` (rows use their task's `eval_batch_size`)."""
         correct = total = 0
-        for x, y in batches(dataset, batch_size=batch_size):
+        for x, y in batches(dataset, batch_size=batch_size, num_workers=num_workers):
             pred = self(x).argmax(dim=1)
             correct += int((pred == y).sum())
             total += int(y.numel())

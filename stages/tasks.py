@@ -112,7 +112,8 @@ class Task:
     beside accuracy. `eval_batch_size`: the batch size every accuracy and task metric of a row
     is measured at (validation and test splits, in the trial's runtime, in order, unshuffled);
     int8 modes that quantize activations per batch (dynamic_int8, onnx_int8) score slightly
-    differently at other batch sizes, so rows and model cards record it.
+    differently at other batch sizes, so rows and model cards record it. `num_workers`:
+    DataLoader worker processes reading the datasets in training and evaluation (default 0).
     """
 
     name: str
@@ -133,6 +134,11 @@ class Task:
     # `stages.hf` tasks fill it from their checkpoint directory.
     export_files: tuple[str, ...] = field(default=(), compare=False)
     eval_batch_size: int = field(default=DEFAULT_EVAL_BATCH_SIZE, compare=False)
+    # DataLoader worker processes that read the datasets in training and evaluation
+    # (`stages.loading.batches`): 0 reads them in the stage's own process. More helps a dataset
+    # whose __getitem__ does real work (decoding, tokenising); a stage task runs on
+    # --cpus-per-trial CPUs, so more workers than that only compete with it.
+    num_workers: int = field(default=0, compare=False)
 
     def example_input(self, batch_size: int = 1) -> Inputs:
         """A real input batch from the test split: a tensor (batch_size, *input_shape), a
@@ -323,6 +329,12 @@ def check_task(task: Task, *, source: str) -> None:
         raise SqueezerayError(
             f"task={source!r}: eval_batch_size={size!r}; accepted: an integer >= 1 (the batch "
             f"size accuracy is measured at, default {DEFAULT_EVAL_BATCH_SIZE})"
+        )
+    workers = task.num_workers
+    if isinstance(workers, bool) or not isinstance(workers, int) or workers < 0:
+        raise SqueezerayError(
+            f"task={source!r}: num_workers={workers!r}; accepted: an integer >= 0 (DataLoader "
+            "worker processes reading the datasets; 0 reads them in the stage's own process)"
         )
     files = task.export_files
     if not isinstance(files, tuple) or not all(isinstance(f, str) for f in files):

@@ -80,6 +80,7 @@ def train_teacher(inp: StageInput, params: TeacherParams) -> StageOutput:
         epochs=params.epochs,
         lr=params.lr,
         batch_size=params.batch_size,
+        num_workers=task.num_workers,
         device=device,
         seed=inp.seed,
         weight_decay=params.weight_decay,
@@ -94,7 +95,7 @@ def pretrained_output(task: Task, model: nn.Module, *, device: torch.device) -> 
     return StageOutput(
         checkpoint=from_model(task, model, {"arch": "teacher"}),
         metrics={
-            "val_accuracy": accuracy(model, task.val, device=device),
+            "val_accuracy": accuracy(model, task.val, device=device, num_workers=task.num_workers),
             "params_total": float(total),
         },
         model=model,

@@ -48,13 +48,18 @@ def kd_loss(
 
 @torch.no_grad()
 def accuracy(
-    model: nn.Module, dataset: Dataset, *, device: torch.device, batch_size: int = 512
+    model: nn.Module,
+    dataset: Dataset,
+    *,
+    device: torch.device,
+    batch_size: int = 512,
+    num_workers: int = 0,
 ) -> float:
     """Top-1 accuracy in [0, 1] of an eager model on a dataset."""
     was_training = model.training
     model.eval()
     correct = total = 0
-    for x, y in batches(dataset, batch_size=batch_size):
+    for x, y in batches(dataset, batch_size=batch_size, num_workers=num_workers):
         pred = forward_logits(model, to_device(as_inputs(x), device)).argmax(dim=1)
         correct += int((pred.cpu() == y).sum())
         total += int(y.numel())
@@ -84,13 +89,15 @@ def fit(
     params: list[nn.Parameter] | None = None,
     after_step: Callable[[], None] | None = None,
     restore_best: bool = True,
+    num_workers: int = 0,
 ) -> dict[str, float]:
     """Train `model` in place with AdamW; return {"val_accuracy", "train_loss", "epochs"}.
 
     With a `teacher`, the loss is `kd_loss(T, alpha)`; without one, plain CE. `params` limits
     what is trained (LoRA trains only adapters); `after_step` runs after every optimizer step
     (re-applying pruning masks). With `restore_best`, the weights of the best validation epoch
-    are restored at the end (the seeds' early best-val checkpoint). Raises SqueezerayError on a
+    are restored at the end (the seeds' early best-val checkpoint). `num_workers`: DataLoader
+    worker processes reading the datasets (`Task.num_workers`). Raises SqueezerayError on a
     non-finite loss rather than training on NaNs (naming the inputs when they hold the NaN),
     and on a label outside the model's classes.
 
@@ -111,6 +118,7 @@ def fit(
         shuffle=True,
         generator=generator,
         drop_last=drops_last_batch(model, _length(train), batch_size),
+        num_workers=num_workers,
     )
     if teacher is not None:
         teacher.to(device).eval()
@@ -142,7 +150,7 @@ def fit(
             n += int(y.numel())
         last_loss = total / max(n, 1)
         if restore_best:
-            acc = accuracy(model, val, device=device)
+            acc = accuracy(model, val, device=device, num_workers=num_workers)
             if acc > best_acc:
                 best_acc, best_state = acc, copy.deepcopy(model.state_dict())
     # The last step's gradients and AdamW's two moments are not part of the model: freed
@@ -154,7 +162,7 @@ def fit(
         del best_state
     model.eval()
     return {
-        "val_accuracy": accuracy(model, val, device=device),
+        "val_accuracy": accuracy(model, val, device=device, num_workers=num_workers),
         "train_loss": last_loss,
         "epochs": float(epochs),
     }

@@ -97,3 +97,62 @@ def test_a_tensor_dataset_is_read_once_per_batch_and_a_subclass_per_sample() -> 
         mp.setattr(TensorDataset, "__getitem__", counted)
         assert [len(b[1]) for b in batches(plain, batch_size=8)] == [8, 8, 4]
     assert reads == [8, 8, 4]  # one read per batch
+
+
+class _PidDataset(Dataset[Any]):
+    """A user's dataset that does work per sample; it records which process read it."""
+
+    def __init__(self, n: int, pids: Any) -> None:
+        self.n, self.pids = n, pids
+        self.x = torch.randn(n, 4, generator=torch.Generator().manual_seed(0))
+        self.y = (self.x[:, 0] > 0).long()
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
+        import os
+
+        self.pids.put(os.getpid())
+        return self.x[i], self.y[i]
+
+
+def test_a_tasks_num_workers_reads_its_datasets_in_worker_processes() -> None:
+    """Task.num_workers reaches the DataLoaders of training and evaluation (finetune runs
+    both); 0 reads in this process; a bad value is refused with the rule."""
+    import multiprocessing
+    import os
+    from dataclasses import replace
+
+    from stages.base import StageInput
+    from stages.errors import SqueezerayError
+    from stages.finetune import FinetuneParams, finetune
+    from stages.models import MLP
+    from stages.tasks import Task, check_task
+    from stages.teacher import TeacherParams, train_teacher
+
+    pids = multiprocessing.get_context("fork").Manager().Queue()
+    data = _PidDataset(40, pids)
+    task = Task(
+        name="pids",
+        teacher=lambda: MLP(4, [8], 2),
+        student=None,
+        train=data,
+        val=data,
+        test=data,
+        num_classes=2,
+    )
+    teacher = train_teacher(StageInput(task=task, parent=None), TeacherParams(epochs=0))
+
+    def readers(t: Task) -> set[int]:
+        inp = StageInput(task=t, parent=teacher.checkpoint, teacher=teacher.checkpoint)
+        finetune(inp, FinetuneParams(epochs=1))
+        seen = set()
+        while not pids.empty():
+            seen.add(pids.get())
+        return seen
+
+    assert readers(task) == {os.getpid()}
+    assert os.getpid() not in readers(replace(task, num_workers=1))
+    with pytest.raises(SqueezerayError, match=r"num_workers=-1; accepted: an integer >= 0"):
+        check_task(replace(task, num_workers=-1), source="pids")
