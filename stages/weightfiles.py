@@ -109,17 +109,39 @@ def _torch_state(file: Path, where: str) -> dict[str, Any]:
     return state
 
 
-def _does_not_fit(where: str, exc: RuntimeError) -> SqueezerayError:
-    """torch's missing/unexpected/size-mismatch message on one line, cut to 500 characters."""
-    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
-    return SqueezerayError(f"{where} does not fit the task's teacher: {' '.join(lines)[:500]}")
+def _does_not_fit(
+    where: str, model: nn.Module, shapes: dict[str, tuple[int, ...]], exc: RuntimeError
+) -> SqueezerayError:
+    """Why a file's tensors (`shapes`: name -> shape) do not load into `model`, summarised:
+    how many differ in shape, are missing or are unexpected, with the first few of each (torch's
+    own message lists every missing key first and buries the shapes that explain it)."""
+    mine = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    differ = [k for k in mine if k in shapes and tuple(shapes[k]) != mine[k]]
+    missing = [k for k in mine if k not in shapes]
+    unexpected = [k for k in shapes if k not in mine]
+    parts = []
+    if differ:
+        shown = "; ".join(f"{k}: file {tuple(shapes[k])} vs model {mine[k]}" for k in differ[:3])
+        parts.append(f"{len(differ)} tensor(s) differ in shape, e.g. {shown}")
+    if missing:
+        parts.append(f"{len(missing)} missing from the file, e.g. {', '.join(missing[:3])}")
+    if unexpected:
+        parts.append(f"{len(unexpected)} not in the model, e.g. {', '.join(unexpected[:3])}")
+    if not parts:  # not a key or shape problem: torch's own words, on one line
+        parts.append(" ".join(line.strip() for line in str(exc).splitlines() if line.strip()))
+    return SqueezerayError(
+        f"{where} does not fit the task's teacher ({type(model).__name__}, {len(mine)} "
+        f"tensors; the file has {len(shapes)}): {'; '.join(parts)}; give the weights of the "
+        "architecture the task's teacher factory builds (same sizes and layer names)"
+    )
 
 
 def _load_state_dict(model: nn.Module, state: dict[str, Any], where: str) -> None:
     try:
         model.load_state_dict(state)
     except RuntimeError as exc:
-        raise _does_not_fit(where, exc) from exc
+        shapes = {k: tuple(v.shape) for k, v in state.items() if hasattr(v, "shape")}
+        raise _does_not_fit(where, model, shapes, exc) from exc
 
 
 def _load_safetensors(model: nn.Module, file: Path, where: str) -> None:
@@ -138,7 +160,15 @@ def _load_safetensors(model: nn.Module, file: Path, where: str) -> None:
             f"{where} is not a readable safetensors file ({exc}); {ACCEPTED}"
         ) from exc
     except RuntimeError as exc:
-        raise _does_not_fit(where, exc) from exc
+        raise _does_not_fit(where, model, _safetensors_shapes(file), exc) from exc
+
+
+def _safetensors_shapes(file: Path) -> dict[str, tuple[int, ...]]:
+    """name -> shape of every tensor in a safetensors file (its header; no data read)."""
+    from safetensors import safe_open
+
+    with safe_open(str(file), framework="pt") as f:  # type: ignore[no-untyped-call]
+        return {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}  # noqa: SIM118
 
 
 def _load_directory(model: nn.Module, directory: Path, where: str) -> None:

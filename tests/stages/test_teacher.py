@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 import torch
 
@@ -146,3 +148,28 @@ def test_teacher_weights_param_loads_and_checks_the_file(digits: Task, tmp_path)
     path.write_bytes(pickle.dumps(TeacherParams()))  # a pickle that is not weights-only
     with pytest.raises(SqueezerayError, match="weights_only=True"):
         load_weights(digits.build("teacher"), str(path))
+
+
+@pytest.mark.parametrize("suffix", [".pt", ".safetensors"])
+def test_weights_of_another_size_name_the_shapes_first_then_the_counts(
+    tmp_path: Any, suffix: str
+) -> None:
+    """The shapes that explain a mismatch come first, with counts, not torch's full key list."""
+    from safetensors.torch import save_file
+
+    from stages.models import MLP
+    from stages.teacher import load_weights
+
+    wide = MLP(4, [16, 16, 16], 2).state_dict()  # another width and one layer more
+    state = {k: v.contiguous() for k, v in wide.items()}
+    path = tmp_path / f"w{suffix}"
+    if suffix == ".pt":
+        torch.save(state, path)
+    else:
+        save_file(state, str(path))
+    with pytest.raises(SqueezerayError) as info:
+        load_weights(MLP(4, [8, 8], 2), str(path))
+    message = str(info.value)
+    assert "tensor(s) differ in shape, e.g. net.0.weight: file (16, 4) vs model (8, 4)" in message
+    assert "not in the model, e.g." in message and "give the weights of the architecture" in message
+    assert message.index("differ in shape") < message.index("not in the model")
