@@ -63,7 +63,8 @@ class Predictor:
     (B, num_classes) logits."""
 
     runtime: str
-    compile_s: float | None = None  # seconds `torch.compile` took at load (runtime compiled)
+    # seconds the warm-up compile took in this process (runtime compiled; caches shorten it)
+    compile_s: float | None = None
 
     def prepare(self, x: Any) -> Any:
         """The runtime's native input for `x` (done once, outside any timing)."""
@@ -289,7 +290,8 @@ def make_predictor(
 
 def _compiled(task: Task, model: nn.Module, ckpt: ModelCheckpoint) -> TorchPredictor:
     """`torch.compile(model)` (Inductor), compiled now by a batch-1 and a batch-2 call; the
-    seconds that took are the predictor's `compile_s`."""
+    seconds that took are the predictor's `compile_s`: this process's cost, less than a fresh
+    process pays when Inductor's in-process or on-disk caches already hold the graph."""
     compiled = torch.compile(model)
     predictor = TorchPredictor(compiled, "compiled")  # type: ignore[arg-type]
     start = time.perf_counter()
