@@ -68,16 +68,22 @@ class _Logits(nn.Module):
         return logits_of(self.model(*args))
 
 
-def _dynamic_batch(args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
-    """`dynamic_shapes` with every tensor input's batch axis (0) dynamic (`Dim.AUTO`: a
-    model that needs a fixed batch specializes instead of failing)."""
+def _dynamic_shapes(args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+    """`dynamic_shapes` with every tensor input's batch axis (0) dynamic, and for named inputs
+    (a Hugging Face model's input_ids, attention_mask, ...) the sequence axis (1) too, so the
+    int8 model runs at any length as the float and ONNX exports do. `Dim.AUTO`: an axis the
+    model needs fixed (a ViT's channels, a model of one length) specializes instead of
+    failing."""
+    auto = torch.export.Dim.AUTO
 
-    def spec(value: Any) -> Any:
-        return {0: torch.export.Dim.AUTO} if isinstance(value, torch.Tensor) else None
+    def spec(value: Any, *, named: bool) -> Any:
+        if not isinstance(value, torch.Tensor):
+            return None
+        return {0: auto, 1: auto} if named and value.dim() >= 2 else {0: auto}
 
     if kwargs:  # the user's forward itself is exported: specs by its parameter names
-        return {k: spec(v) for k, v in kwargs.items()}
-    return (tuple(spec(a) for a in args),)  # _Logits.forward(*args): one spec per input
+        return {k: spec(v, named=True) for k, v in kwargs.items()}
+    return (tuple(spec(a, named=False) for a in args),)  # _Logits.forward(*args): one each
 
 
 def _quantizer(*, qat: bool) -> Any:
@@ -105,7 +111,7 @@ def export_for_quantization(model: nn.Module, example: Inputs, *, qat: bool, wha
         # GPT-2 returns its key/value cache (a DynamicCache, no pytree) unless use_cache is off
         with no_cache(model):
             program = torch.export.export(
-                model, args, kwargs, dynamic_shapes=_dynamic_batch(args, kwargs)
+                model, args, kwargs, dynamic_shapes=_dynamic_shapes(args, kwargs)
             )
     except Exception as exc:  # any export failure is this model's limit, said with the fix
         raise SqueezerayError(

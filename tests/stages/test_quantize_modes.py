@@ -126,3 +126,20 @@ def test_compiled_runtime_reports_its_compile_time(digits: Task, teacher: ModelC
     assert measured.runtime == "compiled"
     assert measured.compile_s is not None and measured.compile_s > 0
     assert measured.accuracy == pytest.approx(accuracy(digits, teacher), abs=0.005)
+
+
+@pytest.mark.slow
+def test_pt2e_named_inputs_run_at_any_sequence_length() -> None:
+    """A static_int8 Hugging Face model (named inputs) calibrated at one length runs at
+    another, as its float and ONNX forms do: the sequence axis is exported dynamic."""
+    from tests import hf_zoo
+
+    task = hf_zoo.ZOO["bert"]()
+    parent = train_checkpoint(task, "teacher", epochs=1)
+    ckpt = _run(task, parent, mode="static_int8", calibration_batches=1)
+    model = build_model(task, ckpt)
+    x = task.example_input(3)
+    short = {k: v[:, : hf_zoo.SEQ_LEN // 2] for k, v in x.items()}
+    with torch.no_grad():
+        logits = model(**short).logits
+    assert logits.shape == (3, hf_zoo.NUM_CLASSES) and torch.isfinite(logits).all()
