@@ -792,6 +792,10 @@ def _print_export(result: Any) -> None:
         f"{check['batch_size']}, as the row was measured)",
         highlight=False,
     )
+    for name, why in card.get("not_written", {}).items():
+        out.print(f"no {name}: {why}", highlight=False, markup=False)
+    if "load" in card:
+        out.print(f"load {card['artifact']}: {card['load']}", highlight=False, markup=False)
     _print_pretrained(card.get("huggingface"))
 
 

@@ -55,6 +55,9 @@ ONNX here; quantize for ONNX Runtime with an ONNX mode instead)."""
 ONNX_QUANT_MODES: tuple[str, ...] = ("onnx_int8", "onnx_static_int8")
 """Modes whose artifact is an ONNX Runtime int8 model: they always deploy to onnxruntime."""
 
+PT2E_MODES: tuple[str, ...] = ("static_int8", "qat")
+"""Modes quantized through PT2E (`stages.pt2e`): an exported int8 graph, not a module tree."""
+
 PT2E_QUANTIZER = "x86_inductor"
 """The PT2E quantizer of static_int8/qat (torchao's X86InductorQuantizer), recorded in the
 recipe as `quantize_backend`."""
@@ -63,6 +66,7 @@ __all__ = [
     "CAST_MODES",
     "ONNX_QUANT_MODES",
     "PRUNE_METHODS",
+    "PT2E_MODES",
     "PT2E_QUANTIZER",
     "QUANTIZE_MODES",
     "RUNTIMES",

@@ -39,7 +39,7 @@ import torch
 from torch import nn
 
 from stages.attention import convert_attention
-from stages.batches import Inputs, call, logits_of, tensors
+from stages.batches import Inputs, LogitsOnly, call, input_names, logits_of, tensors
 from stages.errors import SqueezerayError
 from stages.hfheads import no_cache
 from stages.layers import restore_slow_path
@@ -74,16 +74,50 @@ def _dynamic_shapes(args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
     int8 model runs at any length as the float and ONNX exports do. `Dim.AUTO`: an axis the
     model needs fixed (a ViT's channels, a model of one length) specializes instead of
     failing."""
-    auto = torch.export.Dim.AUTO
-
-    def spec(value: Any, *, named: bool) -> Any:
-        if not isinstance(value, torch.Tensor):
-            return None
-        return {0: auto, 1: auto} if named and value.dim() >= 2 else {0: auto}
-
     if kwargs:  # the user's forward itself is exported: specs by its parameter names
-        return {k: spec(v, named=True) for k, v in kwargs.items()}
-    return (tuple(spec(a, named=False) for a in args),)  # _Logits.forward(*args): one each
+        return {k: _axes(v, named=True) for k, v in kwargs.items()}
+    return (tuple(_axes(a, named=False) for a in args),)  # _Logits.forward(*args): one each
+
+
+def _axes(value: Any, *, named: bool) -> Any:
+    """One input's dynamic axes: batch (0), and sequence (1) for a named input."""
+    if not isinstance(value, torch.Tensor):
+        return None
+    auto = torch.export.Dim.AUTO
+    return {0: auto, 1: auto} if named and value.dim() >= 2 else {0: auto}
+
+
+# What a process must import before it loads a PT2E model's model.pt2 (torch.export.load) or
+# model.pt (torch.jit.load): the module that registers the `quantized_decomposed` ops the int8
+# graph calls (torchao's PT2E package imports torch's op library).
+LOAD_IMPORT = "import torchao.quantization.pt2e"
+
+
+def program_bytes(model: nn.Module, example: Inputs) -> bytes:
+    """A converted PT2E model (`convert`, `rebuild_pt2e`) as the bytes of a `model.pt2` file
+    (`torch.export.save` of it re-exported): positional tensor inputs (named inputs in
+    `example`'s key order), logits out, the batch axis dynamic and, for named inputs, the
+    sequence axis too. Unlike a TorchScript trace of the graph, which fixes the example's
+    sizes, it runs at any size the model accepts. Loading needs `LOAD_IMPORT` first (the
+    int8 ops are torchao's); then `torch.export.load(path).module()(*tensors)`.
+    Raises SqueezerayError when torch.export cannot capture the graph again."""
+    import io
+
+    names = input_names(example)
+    args = tensors(example)
+    wrapped = LogitsOnly(model.eval(), names).eval()
+    shapes = (tuple(_axes(a, named=bool(names)) for a in args),)
+    try:
+        program = torch.export.export(wrapped, args, dynamic_shapes=shapes)
+    except Exception as exc:  # said with the files that do deploy the row
+        raise SqueezerayError(
+            f"model.pt2: torch.export could not capture the int8 graph again "
+            f"({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}); "
+            "deploy the row with checkpoint.pt (build_model) or export.runtime=compiled"
+        ) from exc
+    buffer = io.BytesIO()
+    torch.export.save(program, buffer)
+    return buffer.getvalue()
 
 
 def _quantizer(*, qat: bool) -> Any:

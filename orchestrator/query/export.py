@@ -66,6 +66,7 @@ HF_DIR = "huggingface"  # = stages.hfexport.HF_DIR (not imported here: that load
 EXPORT_FILES = (
     "model.onnx",
     "model.pt",
+    "model.pt2",  # an eager static_int8/qat row's torch.export program
     "state_dict.pt",
     "checkpoint.pt",
     "recipe.json",
@@ -560,7 +561,7 @@ def _raise_unless_reproduced(
         )
     if not check["ok"]:
         raise SqueezerayError(
-            f"the exported {ARTIFACT[ckpt.runtime]} has test accuracy {check['accuracy']:.6f}, "
+            f"the exported {_artifact(ckpt)} has test accuracy {check['accuracy']:.6f}, "
             f"the row says {row['test_accuracy']:.6f}: the checkpoint does not reproduce trial "
             f"{row['trial_id']!r}; see {out / CARD}"
         )
@@ -660,7 +661,12 @@ def _write_artifacts(
         (out / "model.pt").write_bytes(_saved(torch.jit.save, _trace_and_freeze(task, model, ckpt)))
         return ["model.pt"]
     scripted: list[str] = []
-    if runtime == "eager":
+    if runtime == "eager" and _is_pt2e(ckpt):  # a traced PT2E graph keeps the example's sizes
+        from stages.pt2e import program_bytes
+
+        (out / "model.pt2").write_bytes(program_bytes(model, task.example_input(2)))
+        scripted = ["model.pt2"]
+    elif runtime == "eager":
         try:  # a convenience beside the rebuild files: kept only when the model traces
             traced = _trace_and_freeze(task, model, ckpt)
             (out / "model.pt").write_bytes(_saved(torch.jit.save, traced))
@@ -668,6 +674,38 @@ def _write_artifacts(
         except SqueezerayError:
             pass
     return [*scripted, *_write_eager_rebuild(ckpt, row, out)]
+
+
+def _is_pt2e(ckpt: ModelCheckpoint) -> bool:
+    from stages.names import PT2E_MODES
+
+    return ckpt.quantize in PT2E_MODES
+
+
+def _artifact(ckpt: ModelCheckpoint) -> str:
+    """The file a deployment loads: ARTIFACT of the runtime, model.pt2 for an eager PT2E row."""
+    return "model.pt2" if ckpt.runtime == "eager" and _is_pt2e(ckpt) else ARTIFACT[ckpt.runtime]
+
+
+def _load_card(ckpt: ModelCheckpoint) -> dict[str, Any]:
+    """The card's `load` (how a fresh Python process loads the artifact, for the rows that
+    need more than torch) and `not_written` ({file: why}) of a static_int8/qat row."""
+    if not _is_pt2e(ckpt) or ckpt.runtime not in ("eager", "torchscript"):
+        return {}
+    from stages.pt2e import LOAD_IMPORT
+
+    if ckpt.runtime == "torchscript":
+        return {"load": f"import torch; {LOAD_IMPORT}; model = torch.jit.load('model.pt')"}
+    return {
+        "load": f"import torch; {LOAD_IMPORT}; "
+        "model = torch.export.load('model.pt2').module()  # logits = model(*inputs), "
+        "the tensors in the card's input order",
+        "not_written": {
+            "model.pt": f"quantize.mode={ckpt.quantize!r}: a TorchScript trace of the int8 "
+            "graph keeps the example's batch and sequence sizes; model.pt2 (torch.export, "
+            "dynamic batch and sequence axes) is written instead"
+        },
+    }
 
 
 def _saved(save: Any, obj: Any) -> bytes:
@@ -695,7 +733,8 @@ def _write_eager_rebuild(ckpt: ModelCheckpoint, row: Mapping[str, Any], out: Pat
             f"model = build_model(load_task({row['task']!r}), ckpt)"
         ),
         "note": "state_dict.pt loads with torch.load(weights_only=True) into the "
-        "module build_model rebuilds; model.pt needs no model code (torch.jit.load)",
+        "module build_model rebuilds; model.pt (torch.jit.load) and model.pt2 "
+        "(torch.export.load) need no model code (model.json's 'load' names any import)",
     }
     (out / "recipe.json").write_text(json.dumps(recipe, indent=2) + "\n")
     return ["state_dict.pt", "checkpoint.pt", "recipe.json"]
@@ -739,7 +778,9 @@ def recheck(
         "expected": expected,
         **_written_accuracies(task, ckpt, out, batch_size),
     }
-    accuracies = [result["accuracy"], result.get("torchscript_accuracy", result["accuracy"])]
+    accuracies = [
+        result[k] for k in ("accuracy", "torchscript_accuracy", "pt2_accuracy") if k in result
+    ]
     result["ok"] = all(round(a * n) == round(expected * n) for a in accuracies)
     if task.metric is not None and custom and task.metric.name in custom:
         result.update(_recheck_metric(task, ckpt, custom, batch_size, ok=result["ok"]))
@@ -771,7 +812,8 @@ def _recheck_row(task: Task, ckpt: ModelCheckpoint, out: Path, row: Mapping[str,
 def _written_accuracies(
     task: Task, ckpt: ModelCheckpoint, out: Path, batch_size: int
 ) -> dict[str, float]:
-    """{accuracy (the row's runtime), torchscript_accuracy (when model.pt was written)} of the
+    """{accuracy (the row's runtime), torchscript_accuracy (when model.pt was written),
+    pt2_accuracy (model.pt2, torch.export.load)} of the
     files in `out`, loaded as a deployment loads them (compiled: rebuilt, then compiled)."""
     import torch
 
@@ -788,6 +830,12 @@ def _written_accuracies(
         names = input_names(task.example_input(1))  # model.pt takes named inputs in this order
         scripted = TorchPredictor(torch.jit.load(str(out / "model.pt")), "torchscript", names=names)
         found["torchscript_accuracy"] = scripted.accuracy(task.test, batch_size=batch_size)
+    if (out / "model.pt2").exists():  # loaded as the card says (its ops are registered here)
+        names = input_names(task.example_input(1))
+        program = torch.export.load(str(out / "model.pt2")).module()
+        # called as model.pt is: positional tensors in the card's input order
+        positional = TorchPredictor(program, "torchscript", names=names)
+        found["pt2_accuracy"] = positional.accuracy(task.test, batch_size=batch_size)
     if ckpt.runtime == "torchscript":
         return {**found, "accuracy": found["torchscript_accuracy"]}
     state = torch.load(out / "state_dict.pt", weights_only=True)
@@ -846,7 +894,8 @@ def _card(
         "trial_id": row["trial_id"],
         "storage": storage,
         "runtime": ckpt.runtime,
-        "artifact": ARTIFACT[ckpt.runtime],
+        "artifact": _artifact(ckpt),
+        **_load_card(ckpt),
         "input": input_card,
         "output": {"name": "logits", "shape": ["batch", "num_classes"]},
         # the batch size the metrics were measured at (per-batch int8 activations depend on it)
