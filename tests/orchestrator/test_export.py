@@ -305,3 +305,38 @@ def test_the_guides_plain_onnxruntime_snippet_reproduces_the_cards_accuracy(
     namespace: dict[str, Any] = {"X_test": x.numpy(), "y_test": y.numpy()}
     exec(compile(_guide_snippet(), "docs/guide.md", "exec"), namespace)
     assert namespace["accuracy"] == card["metrics"]["test_accuracy"] == row["test_accuracy"]
+
+
+@pytest.mark.parametrize(
+    ("runtime", "artifact"), [("eager", "model.pt2"), ("torchscript", "model.pt")]
+)
+def test_static_int8_artifact_loads_in_a_fresh_python_by_the_card_line(
+    tmp_path: Path, digits: Task, student: Any, runtime: str, artifact: str
+) -> None:
+    """A static_int8 model.pt/model.pt2 calls the quantized_decomposed ops, which plain
+    `torch.jit.load` does not know (`Unknown builtin op`): the card's `load` line names the
+    import that registers them, and run alone in a new process it loads the file, which then
+    gives the rebuilt model's logits at another batch size (7; the export traced at 2)."""
+    import subprocess
+    import sys
+
+    inp = StageInput(task=digits, parent=student, seed=0)
+    ckpt = quantize(inp, QuantizeParams(mode="static_int8")).checkpoint
+    ckpt = export(StageInput(task=digits, parent=ckpt), ExportParams(runtime=runtime)).checkpoint
+    storage = tmp_path / "runs"
+    _store(storage, digits, student, "baseline", "none")
+    _store(storage, digits, ckpt, "t1", "static_int8")
+    out = tmp_path / "out"
+    card = export_trial(storage, "t1", output=out).card
+    assert card["artifact"] == artifact and (out / artifact).is_file()
+    assert "import torchao.quantization.pt2e" in card["load"]
+    x, _ = digits.test.tensors  # type: ignore[attr-defined]
+    torch.save(x[:7], tmp_path / "x.pt")
+    script = (
+        f"{card['load']}\n"
+        f"torch.save(model(torch.load({str(tmp_path / 'x.pt')!r})), "
+        f"{str(tmp_path / 'logits.pt')!r})\n"
+    )
+    subprocess.run([sys.executable, "-c", script], cwd=out, check=True, capture_output=True)
+    expected = load_model(storage, "t1", sweep="s1")(x[:7])
+    torch.testing.assert_close(torch.load(tmp_path / "logits.pt"), expected, rtol=0, atol=1e-4)
