@@ -956,6 +956,8 @@ def _input_card(
                 ]
                 for i in graph_inputs
             ]
+    if keywords and _is_pt2e(ckpt):  # model.pt2 was exported with a dynamic sequence axis
+        shapes = [[s[0], "sequence", *s[2:]] if len(s) > 1 else s for s in shapes]
     cards = [
         {"name": name, "dtype": str(t.dtype).removeprefix("torch."), "shape": shape}
         for name, t, shape in zip(names, args, shapes, strict=True)

@@ -124,6 +124,7 @@ def test_pt2e_row_exports_model_pt2_that_loads_as_its_card_says(tmp_path: Path) 
     assert card["recheck"]["ok"] and card["artifact"] == "model.pt2"
     assert card["recheck"]["pt2_accuracy"] == card["recheck"]["expected"]
     assert not (out / "model.pt").exists() and "model.pt" in card["not_written"]
+    assert [i["shape"] for i in card["input"]] == [["batch", "sequence"]] * 3
     x = {k: v[:, : hf_zoo.SEQ_LEN - 5] for k, v in task.example_input(3).items()}
     torch.save(tuple(x.values()), tmp_path / "inputs.pt")
     script = (

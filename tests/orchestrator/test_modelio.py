@@ -498,3 +498,43 @@ def test_teacher_weights_option(tmp_path: Path, monkeypatch: pytest.MonkeyPatch)
         first.space.fixed()["teacher.weights_sha256"]
         != second.space.fixed()["teacher.weights_sha256"]
     )
+
+
+PT2E_HF_SPACE = """
+task: tests.hf_zoo:bert
+pipeline: [teacher, quantize, export]
+params:
+  teacher.epochs: 1
+  quantize.mode: static_int8
+  quantize.calibration_batches: 1
+search: {algorithm: grid, trials: 1}
+latency: {warmup: 1, repeats: 2}
+"""
+
+
+def test_static_int8_hugging_face_row_exports_through_the_cli(tmp_path: Path) -> None:
+    """The new user's F3 through a real sweep: `squeezeray export` of a static_int8 row of a
+    named-input BERT exits 0 (was: exit 1, a TorchScript RuntimeError traceback), writes
+    model.pt2 and says why there is no model.pt and how to load model.pt2; the row's model
+    (load_model) runs at a sequence length other than the calibration one (F5)."""
+    from typer.testing import CliRunner
+
+    from orchestrator.cli import app
+    from tests import hf_zoo
+
+    space_file = tmp_path / "space.yaml"
+    space_file.write_text(PT2E_HF_SPACE)
+    storage = tmp_path / "runs"
+    outcome = execute_sweep(prepare_sweep(load_space(space_file), storage=storage))
+    (row,) = [r for r in outcome.table.to_pylist() if not r["is_baseline"]]
+    assert row["status"] == "ok", row["error"]
+    out = tmp_path / "export"
+    args = ["export", row["trial_id"], "--storage", str(storage), "--output", str(out)]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    assert "no model.pt: quantize.mode='static_int8'" in result.output
+    assert "load model.pt2: import torch; import torchao.quantization.pt2e" in result.output
+    assert (out / "model.pt2").is_file() and not (out / "model.pt").exists()
+    x = {k: v[:, : hf_zoo.SEQ_LEN - 4] for k, v in hf_zoo.example_batch("bert", 3).items()}
+    with torch.no_grad():
+        assert load_model(storage, row["trial_id"])(**x).shape == (3, hf_zoo.NUM_CLASSES)
