@@ -213,6 +213,7 @@ def _train(self: torch.fx.GraphModule, mode: bool = True) -> torch.fx.GraphModul
         move_exported_model_to_train(self)  # type: ignore[arg-type]
     else:
         move_exported_model_to_eval(self)  # type: ignore[arg-type]
+    _switch_attention_dropout(self, training=mode)
     # QAT's fake quantizers observe in any mode: evaluation would move the activation ranges
     # (validation data calibrating the model, each row's logits depending on what ran before).
     # Only fake quantizers are switched; static_int8's observers calibrate in eval mode.
@@ -220,6 +221,36 @@ def _train(self: torch.fx.GraphModule, mode: bool = True) -> torch.fx.GraphModul
     self.meta[_MODE] = mode
     self.training = mode
     return self
+
+
+_SDPA = "aten.scaled_dot_product_attention.default"
+_DROPOUT_P = 4  # scaled_dot_product_attention(query, key, value, attn_mask, dropout_p, ...)
+_TRAIN_DROPOUT = "squeezeray_train_dropout_p"  # node.meta key: the p of the train-mode export
+
+
+def _switch_attention_dropout(gm: torch.fx.GraphModule, *, training: bool) -> None:
+    """Set the attention dropout of `gm`'s scaled_dot_product_attention calls: 0 in eval, the
+    exported p in train. A model exported in train mode (QAT) has its attention dropout
+    (a Hugging Face model passes `attention_probs_dropout_prob` only when training) baked
+    into the call as a number, which torchao's `move_exported_model_to_eval` (it rewrites
+    `aten.dropout` only) leaves on: the int8 model then gave other logits at every call."""
+    changed = False
+    for node in gm.graph.nodes:
+        if node.op != "call_function" or str(node.target) != _SDPA:
+            continue
+        args = list(node.args)
+        if len(args) > _DROPOUT_P:
+            node.meta.setdefault(_TRAIN_DROPOUT, args[_DROPOUT_P])
+            args[_DROPOUT_P] = node.meta[_TRAIN_DROPOUT] if training else 0.0
+            node.args = tuple(args)
+            changed = True
+        elif "dropout_p" in node.kwargs:
+            node.meta.setdefault(_TRAIN_DROPOUT, node.kwargs["dropout_p"])
+            p = node.meta[_TRAIN_DROPOUT] if training else 0.0
+            node.kwargs = {**node.kwargs, "dropout_p": p}
+            changed = True
+    if changed:
+        gm.recompile()
 
 
 def _eval(self: torch.fx.GraphModule) -> torch.fx.GraphModule:

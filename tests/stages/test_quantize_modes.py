@@ -143,3 +143,20 @@ def test_pt2e_named_inputs_run_at_any_sequence_length() -> None:
     with torch.no_grad():
         logits = model(**short).logits
     assert logits.shape == (3, hf_zoo.NUM_CLASSES) and torch.isfinite(logits).all()
+
+
+@pytest.mark.slow
+def test_qat_hugging_face_model_turns_attention_dropout_off_in_eval() -> None:
+    """QAT exports a Hugging Face model in train mode, which bakes its attention dropout
+    (p=0.1) into scaled_dot_product_attention as a number; eval must turn it off (torchao's
+    move_exported_model_to_eval did not): the int8 model gave other logits at each call, and
+    an exported qat row failed its re-check at random."""
+    from tests import hf_zoo
+
+    task = hf_zoo.ZOO["bert"]()
+    parent = train_checkpoint(task, "teacher", epochs=1)
+    ckpt = _run(task, parent, mode="qat", calibration_batches=1, qat_epochs=1)
+    model = build_model(task, ckpt).eval()
+    x = task.example_input(16)
+    with torch.no_grad():
+        assert torch.equal(model(**x).logits, model(**x).logits)
