@@ -540,7 +540,7 @@ def export_trial(
             storage=store.root if store.is_local else store.uri,
             input_card=_input_card(task, ckpt, model),
         )
-        card["huggingface"] = hf_card
+        card.update(huggingface=hf_card, **_load_card(ckpt, written))
         (staging / CARD).write_text(json.dumps(card, indent=2, default=str) + "\n")
     _raise_unless_reproduced(check, hf_card, ckpt, row, out)
     return ExportResult(output=out, files={**files, CARD: _sha256(out / CARD)}, card=card)
@@ -664,8 +664,11 @@ def _write_artifacts(
     if runtime == "eager" and _is_pt2e(ckpt):  # a traced PT2E graph keeps the example's sizes
         from stages.pt2e import program_bytes
 
-        (out / "model.pt2").write_bytes(program_bytes(model, task.example_input(2)))
-        scripted = ["model.pt2"]
+        try:  # a graph torch.export cannot capture again: the card's not_written says so
+            (out / "model.pt2").write_bytes(program_bytes(model, task.example_input(2)))
+            scripted = ["model.pt2"]
+        except SqueezerayError:
+            pass
     elif runtime == "eager":
         try:  # a convenience beside the rebuild files: kept only when the model traces
             traced = _trace_and_freeze(task, model, ckpt)
@@ -687,25 +690,47 @@ def _artifact(ckpt: ModelCheckpoint) -> str:
     return "model.pt2" if ckpt.runtime == "eager" and _is_pt2e(ckpt) else ARTIFACT[ckpt.runtime]
 
 
-def _load_card(ckpt: ModelCheckpoint) -> dict[str, Any]:
+def _load_card(ckpt: ModelCheckpoint, written: list[str]) -> dict[str, Any]:
     """The card's `load` (how a fresh Python process loads the artifact, for the rows that
-    need more than torch) and `not_written` ({file: why}) of a static_int8/qat row."""
+    need more than torch), `not_written` ({file: why}) and, when model.pt2 could not be
+    written, `artifact` (the rebuild files) of a static_int8/qat row."""
     if not _is_pt2e(ckpt) or ckpt.runtime not in ("eager", "torchscript"):
         return {}
     from stages.pt2e import LOAD_IMPORT
 
     if ckpt.runtime == "torchscript":
         return {"load": f"import torch; {LOAD_IMPORT}; model = torch.jit.load('model.pt')"}
+    why_not_pt = (
+        f"quantize.mode={ckpt.quantize!r}: a TorchScript trace of the int8 graph keeps the "
+        "example's batch and sequence sizes"
+    )
+    if "model.pt2" not in written:
+        return {
+            "artifact": "checkpoint.pt",
+            "load": _REBUILD_LOAD,
+            "not_written": {
+                "model.pt": why_not_pt,
+                "model.pt2": "torch.export could not capture the int8 graph again; deploy "
+                "checkpoint.pt (rebuilt with squeezeray's build_model) or export.runtime: "
+                "compiled",
+            },
+        }
     return {
         "load": f"import torch; {LOAD_IMPORT}; "
         "model = torch.export.load('model.pt2').module()  # logits = model(*inputs), "
         "the tensors in the card's input order",
         "not_written": {
-            "model.pt": f"quantize.mode={ckpt.quantize!r}: a TorchScript trace of the int8 "
-            "graph keeps the example's batch and sequence sizes; model.pt2 (torch.export, "
-            "dynamic batch and sequence axes) is written instead"
+            "model.pt": f"{why_not_pt}; model.pt2 (torch.export, dynamic batch and sequence "
+            "axes) is written instead"
         },
     }
+
+
+_REBUILD_LOAD = (
+    "from stages import ModelCheckpoint, build_model, load_task; "
+    "ckpt = ModelCheckpoint.from_bytes(open('checkpoint.pt', 'rb').read()); "
+    "model = build_model(load_task(TASK), ckpt)  # TASK: the card's task"
+)
 
 
 def _saved(save: Any, obj: Any) -> bytes:
@@ -895,7 +920,6 @@ def _card(
         "storage": storage,
         "runtime": ckpt.runtime,
         "artifact": _artifact(ckpt),
-        **_load_card(ckpt),
         "input": input_card,
         "output": {"name": "logits", "shape": ["batch", "num_classes"]},
         # the batch size the metrics were measured at (per-batch int8 activations depend on it)

@@ -338,3 +338,28 @@ def test_static_int8_artifact_loads_in_a_fresh_python_by_the_card_line(
     subprocess.run([sys.executable, "-c", script], cwd=out, check=True, capture_output=True)
     expected = load_model(storage, "t1", sweep="s1")(x[:7])
     torch.testing.assert_close(torch.load(tmp_path / "logits.pt"), expected, rtol=0, atol=1e-4)
+
+
+def test_a_pt2e_row_whose_graph_does_not_export_again_says_why_and_what_to_use(
+    tmp_path: Path, digits: Task, student: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """When model.pt2 cannot be written (torch.export fails on the int8 graph), the export
+    still succeeds with the rebuild files, and the card names the missing files, why, and
+    what to deploy instead (never a traceback)."""
+    import stages.pt2e
+
+    def refuse(*_: Any) -> bytes:
+        raise SqueezerayError("model.pt2: torch.export could not capture the int8 graph again")
+
+    monkeypatch.setattr(stages.pt2e, "program_bytes", refuse)
+    ckpt = quantize(StageInput(task=digits, parent=student), QuantizeParams("static_int8"))
+    storage = tmp_path / "runs"
+    _store(storage, digits, student, "baseline", "none")
+    _store(storage, digits, ckpt.checkpoint, "t1", "static_int8")
+    out = tmp_path / "out"
+    card = export_trial(storage, "t1", output=out).card
+    assert card["recheck"]["ok"] and card["artifact"] == "checkpoint.pt"
+    assert set(card["not_written"]) == {"model.pt", "model.pt2"}
+    assert "checkpoint.pt" in card["not_written"]["model.pt2"] and "build_model" in card["load"]
+    assert not (out / "model.pt").exists() and not (out / "model.pt2").exists()
+    assert (out / "checkpoint.pt").is_file()
