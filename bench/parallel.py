@@ -26,7 +26,7 @@ TRIALS = 24
 
 def run(*, smoke: bool = False, repeats: int = 2, results_dir: Any = None) -> dict[str, Any]:
     """`repeats` alternating pairs of (1 CPU, 2 CPU) sweeps; writes the JSON."""
-    space, trials = ("tiny", 2) if smoke else (SPACE, TRIALS)
+    space, trials = ("tiny", 1) if smoke else (SPACE, TRIALS)
     runs: dict[str, list[dict[str, Any]]] = {"1": [], "2": []}
     for _ in range(1 if smoke else repeats):
         for cpus in (1, 2):
@@ -43,7 +43,7 @@ def run(*, smoke: bool = False, repeats: int = 2, results_dir: Any = None) -> di
                     "load_before": load_before,
                 }
             )
-    control = machine_scaling(repeats=1 if smoke else repeats, epochs=2 if smoke else 40)
+    control = machine_scaling(repeats=1 if smoke else repeats, epochs=1 if smoke else 40)
     t1 = [r["sweep_s"] for r in runs["1"]]
     t2 = [r["sweep_s"] for r in runs["2"]]
     efficiency = spread([a / (2 * b) for a, b in zip(t1, t2, strict=True)])

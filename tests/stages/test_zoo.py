@@ -83,6 +83,15 @@ PENDING: dict[tuple[str, str], str] = {
     "the zoo Transformer is off by one quantization step",
 }
 
+# Not run here: QAT on a conv+BatchNorm model pays torchao 0.18's conv-BN fold at every convert
+# (102 pattern graphs exported by torch.export, ~35 CPU s here, twice with the self-check's
+# rebuild). resnet keeps that path in this table; tests/stages/test_quantize.py (digits-cnn)
+# and test_batchnorm_last_batch.py cover it too.
+NOT_HERE = {
+    ("mobilenet", "quantize[mode=qat,qat_epochs=1]"),
+    ("timeseries", "quantize[mode=qat,qat_epochs=1]"),
+}
+
 # (model, stage or case id) -> a message fragment of the refusal the test asserts.
 REFUSED: dict[tuple[str, str], str] = {
     # its only Linear is the 6 -> 3 head, below lowrank.min_features: nothing to factorise
@@ -132,6 +141,7 @@ def _marks(name: str, case: Case) -> list[Any]:
         pytest.param(name, case, id=f"{name}-{case.id}", marks=_marks(name, case))
         for name in ZOO
         for case in CASES
+        if (name, case.id) not in NOT_HERE
     ],
 )
 def test_every_stage_and_choice_on_the_zoo(name: str, case: Case) -> None:
