@@ -75,13 +75,7 @@ CASES: list[Case] = [
 # (model, stage, choice) -> why it is not expected to work yet. Strict: when it starts to work
 # the xfail fails, and the entry must go.
 B_TRANSFORMERS = "issue 12 item 3 (developer B): Transformers through lowrank/LoRA/int8"
-PENDING: dict[tuple[str, str], str] = {
-    # PT2E QAT on the zoo Transformer: the rebuilt checkpoint's logits differ from the stage's
-    # model by 0.019 (> INT8_TOLERANCE x 1.06), so the stage refuses its own checkpoint (an
-    # error row, never a silent mismatch); static_int8 on the same model rebuilds exactly.
-    ("transformer", "quantize[mode=qat,qat_epochs=1]"): "issue 23: PT2E qat round trip on "
-    "the zoo Transformer is off by one quantization step",
-}
+PENDING: dict[tuple[str, str], str] = {}
 
 # Not run here: QAT on a conv+BatchNorm model pays torchao 0.18's conv-BN fold at every convert
 # (102 pattern graphs exported by torch.export, ~35 CPU s here, twice with the self-check's
