@@ -114,12 +114,13 @@ def float_structure(
     model that runs before its weights are loaded (quantization traces it); else unallocated
     memory, for a model whose every weight is replaced before it runs.
 
-    A rebuild with `fill` builds the structure (task factory with `skipped_random_init`,
-    `replay`, `factorize_layers`) and keeps it on the meta device; one without copies a kept
-    structure (`copy.deepcopy` of modules without tensor data) and allocates: no factory call,
-    no trace, no replay. At 10M parameters a student made from the teacher costs 0.05-0.1 CPU s per
-    rebuild the first way (a whole teacher built, traced and pruned), and a stage task and its
-    measurement rebuild it 2-3 times; a Hugging Face factory also reads its files each time.
+    The first rebuild of a structure, and every one with `fill`, builds it (task factory with
+    `skipped_random_init`, `replay`, `factorize_layers`; the first keeps it on the meta
+    device); a later one without `fill` copies the kept structure (`copy.deepcopy` of modules
+    without tensor data) and allocates: no factory call, no trace, no replay. At 10M
+    parameters a student made from the teacher costs 0.05-0.1 CPU s per rebuild the first
+    way (a whole teacher built, traced and pruned), and a stage task and its measurement
+    rebuild it 2-3 times; a Hugging Face factory also reads its files each time.
     The same idea as building on the meta device and `to_empty` (PyTorch's recipe for big
     models), keyed by the task object, the role and the recipe.
     """
