@@ -294,7 +294,8 @@ def _run_measure(timeline: Timeline, step: str, task_name: str, storage: str) ->
     teacher, final = _mapped(storage, "teacher"), _mapped(storage, CHAIN[-1])
     if step == "remeasure":
         request = MeasureRequest(task=task_name, key=_key(CHAIN[-1]), storage=storage)
-        timeline.watch("execute_remeasure", execute_remeasure)(request, 7, teacher, final)
+        remeasure = timeline.watch("execute_remeasure", execute_remeasure)
+        remeasure(request, 7, (None, None), teacher, final)
         return
     which = "teacher" if step == "measure_teacher" else CHAIN[-1]
     request = MeasureRequest(task=task_name, key=_key(which), storage=storage)

@@ -14,17 +14,21 @@
 - latency: milliseconds per call, median and p90 of single-thread batch-1 calls after a
   warm-up (timing noise measured here: 8-11% single thread, 23-36% with two threads),
   time-boxed: the warm-up's last calls time the model, and the timed calls are as many as fit
-  in `time_cap_s` seconds (at most `repeats`, at least `MIN_REPEATS`); single-thread calls
-  during which the OS descheduled the measuring thread are dropped (`running_calls`);
-  `LatencyResult.repeats` (the row's `latency_repeats_sweep`) says how many counted.
+  in `time_cap_s` seconds (at most `repeats`, at least `MIN_REPEATS`), stopping sooner once
+  the median is known to `precision` (its 95% confidence interval within +-precision of it,
+  `median_ci`); single-thread calls during which the OS descheduled the measuring thread are
+  dropped (`running_calls`); `LatencyResult.repeats` (the row's `latency_repeats_sweep`) says
+  how many counted and `LatencyResult.ci` (`latency_ci_sweep`) how precise the median is.
 """
 
 from __future__ import annotations
 
 import gc
 import io
+import math
 import re
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -43,6 +47,12 @@ ZSTD_LEVEL = 3  # zstd's default: linear, a few ms/MB (level 19: 0.2-0.6 s/MB, d
 _LATENCY_DISTINCT_INPUTS = 32  # cycle through this many test batches, not one cached input
 LATENCY_TIME_CAP_S = 0.5  # seconds of timed calls per measurement (`latency.time_cap`)
 MIN_REPEATS = 5  # timed calls taken even when one call is longer than the time cap
+# Stop timing once the median's 95% confidence interval is within +-2% of it (`latency.precision`):
+# run-to-run noise of single-thread latency is 8-11% here, so more calls sharpen a figure the
+# next run would not repeat; a noisy machine never reaches it and runs to the time cap.
+LATENCY_PRECISION = 0.02
+MIN_PRECISION_REPEATS = 20  # timed calls before precision may stop the timing
+PRECISION_CHECK_EVERY = 10  # timed calls between two checks of the precision
 MIN_ROUND_REPEATS = 3  # the same per round of `interleaved_latency` (7 rounds: 21 calls)
 WARMUP_SHARE = 0.25  # the warm-up stops after this share of the time cap
 PREEMPTED_SHARE = 0.1  # a call whose thread was off the CPU this share of its wall time: dropped
@@ -58,6 +68,7 @@ class LatencyResult:
     repeats: int
     batch_size: int
     runtime: str
+    ci: float = math.nan  # half-width of the median's 95% CI / median (`median_ci`)
 
 
 @dataclass(frozen=True)
@@ -75,6 +86,7 @@ class ModelMetrics:
     runtime: str
     val_accuracy: float | None = None  # validation split (selects models); None: not measured
     latency_repeats: int | None = None  # timed calls behind latency_ms (time-boxed)
+    latency_ci: float | None = None  # half-width of latency_ms's 95% CI / latency_ms
     # seconds torch.compile took when the model was loaded (runtime "compiled"; else None):
     # paid once per process that loads the model, never part of latency_ms
     compile_s: float | None = None
@@ -259,6 +271,7 @@ def measure_latency(
     repeats: int = 300,
     threads: int = 1,
     time_cap_s: float = LATENCY_TIME_CAP_S,
+    precision: float = LATENCY_PRECISION,
 ) -> LatencyResult:
     """Milliseconds per forward call in the checkpoint's runtime (median, p90, mean).
 
@@ -266,7 +279,9 @@ def measure_latency(
     threads; inputs are `batch_size` rows of the test split (cycling through a few batches).
     Time-boxed (`_time_calls`): at most `warmup` untimed calls, then as many calls as fit in
     `time_cap_s` seconds (at most `repeats`, at least `MIN_REPEATS`), each timed with
-    `perf_counter_ns`; `LatencyResult.repeats` is the number taken.
+    `perf_counter_ns`, stopping sooner once the median's 95% CI is within +-`precision` of it
+    (0: never; `median_ci`); `LatencyResult.repeats` is the number taken, `.ci` the precision
+    reached. Raises SqueezerayError for a knob out of range.
     """
     check_int("threads", threads, low=1)
     previous = torch.get_num_threads()
@@ -280,6 +295,7 @@ def measure_latency(
             warmup=warmup,
             repeats=repeats,
             time_cap_s=time_cap_s,
+            precision=precision,
         )
     finally:
         torch.set_num_threads(previous)
@@ -316,6 +332,42 @@ def _check_time_cap(time_cap_s: float) -> None:
         )
 
 
+def check_precision(precision: float) -> None:
+    """`latency.precision` must be a share in [0, 1): 0 turns the early stop off."""
+    if isinstance(precision, bool) or not isinstance(precision, int | float):
+        ok = False
+    else:
+        ok = 0 <= precision < 1
+    if not ok:
+        raise SqueezerayError(
+            f"latency.precision={precision!r} is not accepted; accepted: a share in [0, 1), "
+            "the half-width of the median's 95% confidence interval at which timing stops "
+            "(e.g. 0.02 for +-2%; 0 times as many calls as fit in latency.time_cap)"
+        )
+
+
+def median_ci(times: np.ndarray) -> float:
+    """The half-width of a 95% confidence interval of the median of `times`, relative to the
+    median; nan for fewer than 6 values (no interval at 95%).
+
+    Distribution-free: the interval between the order statistics of ranks n/2 -+ 1.96 sqrt(n)/2
+    (the binomial count of values below the median, normal approximation; Conover, Practical
+    Nonparametric Statistics, 3rd ed., 3.2), so a skewed or heavy-tailed timing distribution
+    needs no model. Timing calls are not independent (the machine drifts): the interval says
+    how well this run's median is known, not what the next run will measure."""
+    n = int(times.size)
+    if n < 6:
+        return math.nan
+    ordered = np.sort(times)
+    half = 1.96 * math.sqrt(n) / 2
+    low = max(0, math.floor(n / 2 - half) - 1)
+    high = min(n - 1, math.ceil(n / 2 + half))
+    median = float(np.median(ordered))
+    if median <= 0:
+        return math.nan
+    return float(ordered[high] - ordered[low]) / (2 * median)
+
+
 def _time_calls(
     predictor: Predictor,
     task: Task,
@@ -324,15 +376,19 @@ def _time_calls(
     warmup: int,
     repeats: int,
     time_cap_s: float = LATENCY_TIME_CAP_S,
+    precision: float = LATENCY_PRECISION,
 ) -> LatencyResult:
     check_int("latency.batch_size", batch_size, low=1)
     check_int("latency.warmup", warmup, low=0)
     check_int("latency.repeats", repeats, low=1)
     _check_time_cap(time_cap_s)
+    check_precision(precision)
     inputs = [predictor.prepare(x) for x in _test_batches(task, batch_size)]
     per_call_s = _warm_up(predictor, inputs, warmup=warmup, time_cap_s=time_cap_s)
     planned = planned_repeats(per_call_s, repeats=repeats, time_cap_s=time_cap_s)
-    times_ms = _timed_ms(predictor, inputs, warmup=0, repeats=planned, time_cap_s=time_cap_s)
+    times_ms = _timed_ms(
+        predictor, inputs, warmup=0, repeats=planned, time_cap_s=time_cap_s, precision=precision
+    )
     return LatencyResult(
         median_ms=float(np.median(times_ms)),
         p90_ms=float(np.percentile(times_ms, 90)),
@@ -340,6 +396,7 @@ def _time_calls(
         repeats=int(times_ms.size),
         batch_size=batch_size,
         runtime=predictor.runtime,
+        ci=median_ci(times_ms),
     )
 
 
@@ -374,11 +431,14 @@ def _timed_ms(
     warmup: int,
     repeats: int,
     time_cap_s: float | None = None,
+    precision: float = 0.0,
 ) -> np.ndarray:
     """`warmup` untimed calls, then up to `repeats` calls each timed (ms), GC off while timing.
 
     With `time_cap_s`, timing also stops once twice that many seconds have passed and
-    `MIN_REPEATS` calls are taken (a first timing that was too fast does not run on): the
+    `MIN_REPEATS` calls are taken (a first timing that was too fast does not run on); with
+    `precision` > 0, once `MIN_PRECISION_REPEATS` calls are taken and the median's 95% CI is
+    within +-precision of it (`median_ci`, checked every `PRECISION_CHECK_EVERY` calls). The
     returned array holds the calls actually timed that kept their CPU (`running_calls`).
     """
     for i in range(warmup):
@@ -396,10 +456,21 @@ def _timed_ms(
             taken = i + 1
             if stop_ns is not None and end >= stop_ns and taken >= MIN_REPEATS:
                 break
+            if _precise_enough(times_ns[:taken], precision):
+                break
     finally:
         if gc_was_enabled:
             gc.enable()
     return running_calls(times_ns[:taken], off_cpu_ns[:taken]) / 1e6
+
+
+def _precise_enough(times_ns: np.ndarray, precision: float) -> bool:
+    """Whether timing may stop: `precision` > 0, at least `MIN_PRECISION_REPEATS` calls, a
+    check every `PRECISION_CHECK_EVERY` calls, and the median known to +-precision."""
+    n = int(times_ns.size)
+    if precision <= 0 or n < MIN_PRECISION_REPEATS or n % PRECISION_CHECK_EVERY:
+        return False
+    return median_ci(times_ns) <= precision
 
 
 def _timed_call(predictor: Predictor, native: Any) -> tuple[int, int]:
@@ -478,6 +549,7 @@ def interleaved_latency(
     batch_size: int = 1,
     threads: int = 1,
     time_cap_s: float = LATENCY_TIME_CAP_S,
+    calls: Sequence[int | None] | None = None,
 ) -> list[RoundsLatency]:
     """Time `ckpts` side by side: every round times each model's calls in short alternating
     turns (ckpts[0], the reference, is not always first); one `RoundsLatency` per
@@ -494,7 +566,11 @@ def interleaved_latency(
     slow spell alone, inflating `speedup` several times.) Each predictor is built once and
     warmed up with `warmup` calls before the first round. Time-boxed like `measure_latency`:
     each model's calls per round are chosen from its warm-up timing to fit in
-    `time_cap_s / rounds` seconds (at most `repeats`, at least `MIN_REPEATS`).
+    `time_cap_s / rounds` seconds (at most `repeats`, at least `MIN_ROUND_REPEATS`). With
+    `calls` (one per checkpoint, None for unknown), a model takes at most about that many
+    timed calls over all rounds (`calls / rounds` a round, at least `MIN_ROUND_REPEATS`): the
+    final phase gives each model the calls its in-sweep measurement needed to know its median
+    to `latency.precision`, spread over the rounds, not the whole time cap.
     """
     check_int("latency.rounds", rounds, low=1)
     check_int("latency.warmup", warmup, low=0)
@@ -511,14 +587,22 @@ def interleaved_latency(
         batches = _test_batches(task, batch_size)
         inputs = [[p.prepare(x) for x in batches] for p in predictors]
         round_cap_s = time_cap_s / rounds
+        wanted = list(calls) if calls is not None else [None] * len(ckpts)
+        if len(wanted) != len(ckpts):
+            raise SqueezerayError(
+                f"interleaved_latency: {len(wanted)} call counts for {len(ckpts)} models; "
+                "give one per checkpoint (None where unknown)"
+            )
         planned = [
             planned_repeats(
                 _warm_up(p, xs, warmup=warmup, time_cap_s=time_cap_s),
-                repeats=repeats,
+                repeats=min(repeats, max(MIN_ROUND_REPEATS, math.ceil(n / rounds)))
+                if n
+                else repeats,
                 time_cap_s=round_cap_s,
                 least=MIN_ROUND_REPEATS,
             )
-            for p, xs in zip(predictors, inputs, strict=True)
+            for p, xs, n in zip(predictors, inputs, wanted, strict=True)
         ]
         times = [
             _round_in_turns(predictors, inputs, planned, first=r, cap_s=round_cap_s)
@@ -619,6 +703,7 @@ def evaluate(
     warmup: int = 50,
     repeats: int = 300,
     time_cap_s: float = LATENCY_TIME_CAP_S,
+    precision: float = LATENCY_PRECISION,
 ) -> ModelMetrics:
     """All trial metrics of a checkpoint, one predictor built for accuracy and latency (the
     model runs on the checkpoint's own tensors: `make_predictor(share_weights=True)`).
@@ -628,8 +713,9 @@ def evaluate(
     size_bytes (zstd of the deployed artifact); params; quantized_fraction (share of weight
     elements stored as int8, in [0, 1]); latency_ms / latency_ms_p90 = median / p90 ms of
     single-thread calls on `batch_size` rows (`latency.batch_size`, as the final latency
-    phase times them), time-boxed to `time_cap_s` seconds of timed calls, and
-    latency_repeats = the calls timed (None when `latency=False`).
+    phase times them), time-boxed to `time_cap_s` seconds of timed calls and stopped once known
+    to +-`precision` (`measure_latency`), latency_repeats = the calls timed and latency_ci =
+    the median's 95% CI half-width / median (None when `latency=False`).
     """
     check_int("threads", threads, low=1)
     previous = torch.get_num_threads()
@@ -645,6 +731,7 @@ def evaluate(
                 warmup=warmup,
                 repeats=repeats,
                 time_cap_s=time_cap_s,
+                precision=precision,
             )
             if latency
             else None
@@ -661,6 +748,7 @@ def evaluate(
         latency_ms=timing.median_ms if timing else None,
         latency_ms_p90=timing.p90_ms if timing else None,
         latency_repeats=timing.repeats if timing else None,
+        latency_ci=timing.ci if timing else None,
         runtime=predictor.runtime,
         compile_s=predictor.compile_s,
         val_accuracy=val_acc,

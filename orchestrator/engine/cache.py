@@ -188,6 +188,7 @@ class _StageCache:
                 request.warmup,
                 request.repeats,
                 request.time_cap_s,
+                request.precision,
                 request.batch_size,
                 request.threads,
             ]

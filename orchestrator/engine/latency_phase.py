@@ -174,8 +174,10 @@ def final_latency_phase(run: SweepRun, *, options: Mapping[str, Any]) -> tuple[i
     if not pairs or pairs[0][0] is not chosen[0]:
         return 0, "the baseline's checkpoint is gone"
     request = run.plan.measure_request(chosen[0]["stage_keys"][-1])
+    # each model about the timed calls its in-sweep measurement needed (latency.precision)
+    calls = tuple(row.get("latency_repeats_sweep") for row, _ in pairs)
     task = run_remeasure.options(**options).remote(
-        request, sweep.space.latency.rounds, *[ref for _, ref in pairs]
+        request, sweep.space.latency.rounds, calls, *[ref for _, ref in pairs]
     )
     try:
         results = ray.get(task, timeout=FINAL_LATENCY_TIMEOUT_S)

@@ -39,7 +39,7 @@ class SweepPlan:
     device: str = "cpu"
     threads: int = 1
     sys_path: tuple[str, ...] = ()
-    # warmup, repeats, batch_size, threads, rounds, time_cap_s (LatencySettings as a dict)
+    # warmup, repeats, batch_size, threads, rounds, time_cap_s, precision (LatencySettings)
     latency: dict[str, float] = field(default_factory=dict)
     trial_timeout_s: float | None = None
     # stages.fingerprint.TaskFingerprint.as_dict() of the task (teacher, student, data),
@@ -140,6 +140,7 @@ class SweepPlan:
             warmup=int(lat.get("warmup", 50)),
             repeats=int(lat.get("repeats", 300)),
             time_cap_s=float(lat.get("time_cap_s", 0.5)),
+            precision=float(lat.get("precision", 0.02)),
             batch_size=int(lat.get("batch_size", 1)),
             threads=int(lat.get("threads", 1)),
             storage=self.storage,

@@ -37,6 +37,7 @@ class MeasureRequest:
     warmup: int = 50
     repeats: int = 300  # timed calls at most
     time_cap_s: float = 0.5  # seconds of timed calls (stages.metrics: time-boxed latency)
+    precision: float = 0.02  # timing stops once the median's 95% CI is within +-this share
     batch_size: int = 1
     threads: int = 1
     sys_path: tuple[str, ...] = ()

@@ -303,6 +303,7 @@ def execute_measure(request: MeasureRequest, checkpoint: Any) -> dict[str, Any]:
             batch_size=request.batch_size,
             threads=request.threads,
             time_cap_s=request.time_cap_s,
+            precision=request.precision,
         )
     return {
         "test_accuracy": m.accuracy,
@@ -314,6 +315,7 @@ def execute_measure(request: MeasureRequest, checkpoint: Any) -> dict[str, Any]:
         "latency_ms_sweep": m.latency_ms,
         "latency_ms_sweep_p90": m.latency_ms_p90,
         "latency_repeats_sweep": m.latency_repeats,
+        "latency_ci_sweep": m.latency_ci,
         "runtime": m.runtime,
         "eval_batch_size": task.eval_batch_size,
         "compile_s": m.compile_s,
@@ -323,12 +325,16 @@ def execute_measure(request: MeasureRequest, checkpoint: Any) -> dict[str, Any]:
     }
 
 
-def execute_remeasure(request: MeasureRequest, rounds: int, *checkpoints: Any) -> list[dict]:
+def execute_remeasure(
+    request: MeasureRequest, rounds: int, calls: tuple[int | None, ...], *checkpoints: Any
+) -> list[dict]:
     """The final latency phase: `checkpoints[0]` (the baseline) and every other checkpoint
     timed in `rounds` interleaved rounds on one pinned CPU (`stages.metrics.
-    interleaved_latency`); one dict per checkpoint with latency_ms_final (median of the round
-    medians), latency_ms_final_p90, latency_cv, speedup (paired per round, vs the baseline),
-    latency_rounds and latency_repeats_final (the timed calls of all rounds)."""
+    interleaved_latency`), each about as many timed calls as `calls` gives it (its in-sweep
+    measurement's; None: as many as fit the time cap); one dict per checkpoint with
+    latency_ms_final (median of the round medians), latency_ms_final_p90, latency_cv, speedup
+    (paired per round, vs the baseline), latency_rounds and latency_repeats_final (the timed
+    calls of all rounds)."""
     from stages.metrics import interleaved_latency
     from stages.tasks import load_task
 
@@ -345,6 +351,7 @@ def execute_remeasure(request: MeasureRequest, rounds: int, *checkpoints: Any) -
             batch_size=request.batch_size,
             threads=request.threads,
             time_cap_s=request.time_cap_s,
+            calls=calls,
         )
     return [
         {
@@ -425,9 +432,11 @@ def _measure_task(request: MeasureRequest, checkpoint: Any) -> dict[str, Any]:
         return execute_measure(request, checkpoint)
 
 
-def _remeasure_task(request: MeasureRequest, rounds: int, *checkpoints: Any) -> list[dict]:
+def _remeasure_task(
+    request: MeasureRequest, rounds: int, calls: tuple[int | None, ...], *checkpoints: Any
+) -> list[dict]:
     with _released():
-        return execute_remeasure(request, rounds, *checkpoints)
+        return execute_remeasure(request, rounds, calls, *checkpoints)
 
 
 # Deterministic stages are safe to retry when a worker dies (max_retries); an exception raised

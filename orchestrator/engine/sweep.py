@@ -95,7 +95,6 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 
-
 def run_sweep(
     space: SearchSpace | Mapping[str, Any] | str | Path | None = None,
     options: SweepOptions | None = None,

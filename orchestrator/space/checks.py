@@ -98,6 +98,16 @@ def check_int(source: str, key: str, value: Any, *, low: int) -> int:
     return value
 
 
+def check_share(source: str, key: str, value: Any) -> float:
+    """A number in [0, 1) (`latency.precision`)."""
+    accepted = "accepted: a number in [0, 1), e.g. 0.02"
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        fail(source, key, f"{short(value)} is not a number; {accepted}")
+    if not 0 <= value < 1:
+        fail(source, key, f"{value!r} is out of range; {accepted}")
+    return float(value)
+
+
 def check_choice(source: str, key: str, value: Any, choices: Sequence[str]) -> str:
     if value not in choices:
         fail(

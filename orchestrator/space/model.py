@@ -130,6 +130,9 @@ class LatencySettings:
     # seconds of timed calls per measurement (`latency.time_cap`): the calls taken are as many
     # as fit, at most `repeats`, at least stages.metrics.MIN_REPEATS (latency_repeats_sweep)
     time_cap_s: float = 0.5
+    # timing stops sooner once the median's 95% CI is within +-precision of it (a share;
+    # `latency.precision`, 0: never): latency_ci_sweep says how precise each row's median is
+    precision: float = 0.02
 
 
 DEFAULT_OBJECTIVES: tuple[Objective, ...] = (
@@ -297,7 +300,8 @@ class SearchSpace:
         lat = self.latency
         lines.append(
             f"latency:      warmup {lat.warmup}, repeats {lat.repeats} within "
-            f"{lat.time_cap_s:g}s, batch {lat.batch_size}, threads {lat.threads}"
+            f"{lat.time_cap_s:g}s (stop at +-{lat.precision:.0%}), batch {lat.batch_size}, "
+            f"threads {lat.threads}"
         )
         return "\n".join(lines)
 

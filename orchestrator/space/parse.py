@@ -21,6 +21,7 @@ from orchestrator.space.checks import (
     check_int,
     check_keys,
     check_section,
+    check_share,
     did_you_mean,
     fail,
     fmt_list,
@@ -74,6 +75,7 @@ LATENCY_KEYS: tuple[str, ...] = (
     "threads",
     "rounds",
     "time_cap",
+    "precision",
 )
 
 
@@ -279,9 +281,7 @@ def _parse_objectives(source: str, raw: Any) -> tuple[Objective, ...]:
     objectives: list[Objective] = []
     errors = Collector()
     for metric, direction in raw.items():
-        parsed = errors.attempt(
-            _parse_objective, source, metric, direction, fallback=None
-        )
+        parsed = errors.attempt(_parse_objective, source, metric, direction, fallback=None)
         if parsed is not None:
             objectives.append(parsed)
     errors.raise_if_any()
@@ -405,6 +405,7 @@ def _parse_latency(source: str, raw: Any) -> LatencySettings:
         threads=field("threads", d.threads, check_int, low=1),
         rounds=field("rounds", d.rounds, check_int, low=0),
         time_cap_s=field("time_cap", d.time_cap_s, check_duration),
+        precision=field("precision", d.precision, check_share),
     )
     errors.raise_if_any()
     return settings

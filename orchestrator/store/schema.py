@@ -12,7 +12,10 @@ What the measured columns count (`stages.metrics`):
   70%-sparse ones (docs/scale.md).
 - `latency_ms_sweep`/`latency_ms_sweep_p90`: median/p90 milliseconds of single-thread calls
   measured in the sweep (every row), time-boxed (`latency.time_cap` seconds of timed calls, at
-  most `latency.repeats`); `latency_repeats_sweep`: how many timed calls are behind them.
+  most `latency.repeats`, fewer once the median's 95% confidence interval is within
+  +-`latency.precision` of it); `latency_repeats_sweep`: how many timed calls are behind them,
+  `latency_ci_sweep`: that interval's half-width / the median (the precision reached; above
+  the space's precision when the time cap came first, on a noisy machine).
 - `latency_ms_final`/`latency_ms_final_p90`: the final phase's re-measurement (front and
   baseline rows only), with `latency_repeats_final`: the timed calls of all its rounds.
 """
@@ -56,10 +59,13 @@ LATENCY_FINAL_COLUMNS: dict[str, pa.DataType] = {
     "latency_rounds": pa.int64(),
 }
 # How each latency was measured: the timed calls behind latency_ms_sweep (every measured row)
-# and behind latency_ms_final (all the final phase's rounds; its rows only).
+# and behind latency_ms_final (all the final phase's rounds; its rows only), and how precisely
+# latency_ms_sweep is known: the half-width of its 95% confidence interval / the median
+# (stages.metrics.median_ci; null on rows written before it was recorded).
 LATENCY_COUNT_COLUMNS: dict[str, pa.DataType] = {
     "latency_repeats_sweep": pa.int64(),
     "latency_repeats_final": pa.int64(),
+    "latency_ci_sweep": pa.float64(),
 }
 DEFAULT_DIRECTIONS: dict[str, str] = {
     "val_accuracy": "max",

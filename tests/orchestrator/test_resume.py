@@ -180,7 +180,11 @@ def _check_complete(storage: Path, sweep_id: str) -> list[dict[str, Any]]:
         # latency_ms_final: only the front's rows are re-measured (null elsewhere, by design)
         for column in REQUIRED:
             if column not in (
-                "error", "distill.temperature", "distill.alpha", "lora.rank", "latency_ms_final"
+                "error",
+                "distill.temperature",
+                "distill.alpha",
+                "lora.rank",
+                "latency_ms_final",
             ):
                 assert row[column] is not None, (column, row)
     tune_trials = _tune_trials(storage, sweep_id)

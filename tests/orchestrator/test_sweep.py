@@ -94,12 +94,20 @@ def test_tiny_sweep_rows_shared_prefix_and_reuse(tmp_path: Path) -> None:
     # time-boxed latency: every row says how many calls were timed (digits-size models are
     # fast, so the repeats cap binds in the sweep; the final phase sums its rounds' calls)
     assert all(r["latency_repeats_sweep"] >= 5 for r in rows)
+    # and how precisely its median is known: the 95% CI half-width / median, which stops the
+    # timing at latency.precision (+-2%) unless the time cap or the repeats cap came first
+    assert all(0 <= r["latency_ci_sweep"] < 1 for r in rows)
+    precise = [r for r in rows if r["latency_ci_sweep"] <= 0.02]
+    assert all(r["latency_repeats_sweep"] < 300 for r in precise)
     assert all(r["eval_batch_size"] == 256 for r in rows)  # Task's default, on every row
     for r in rows:
         final = r["is_baseline"] or r["trial_id"] in front
         assert (r["latency_rounds"] == 7) is final, r
         if final:
             assert r["latency_cv"] >= 0 and r["speedup"] > 0 and r["latency_ms_final"] > 0
+            # the final phase spreads about the calls the sweep needed over its 7 rounds
+            per_round = max(3, -(-r["latency_repeats_sweep"] // 7))
+            assert r["latency_repeats_final"] <= 7 * per_round, r
         else:
             assert r["latency_cv"] is None and r["speedup"] is None
             assert r["latency_ms_final"] is None

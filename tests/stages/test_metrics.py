@@ -307,7 +307,11 @@ def test_descheduled_calls_do_not_overstate_the_slower_model(
     _fake_machine(monkeypatch, clock, made)
     torch.set_num_threads(1)
     reference, model = metrics.interleaved_latency(
-        None, [object(), object()], rounds=3, warmup=5, repeats=30  # type: ignore[arg-type]
+        None,
+        [object(), object()],
+        rounds=3,
+        warmup=5,
+        repeats=30,  # type: ignore[arg-type]
     )
     assert model.speedup == pytest.approx(10.0) and reference.median_ms == pytest.approx(1.0)
     # with more than one torch thread the work is not all on this thread: every call counts
@@ -340,7 +344,12 @@ def test_interleaved_latency_pairs_a_slow_reference_with_a_fast_model_in_time(
     clock.spell = (warmup_ns, warmup_ns + 30 * 5 * 1_000_000)
     ckpts = [object(), object()]
     results = metrics.interleaved_latency(
-        None, ckpts, rounds=2, warmup=5, repeats=30, time_cap_s=1.0  # type: ignore[arg-type]
+        None,
+        ckpts,
+        rounds=2,
+        warmup=5,
+        repeats=30,
+        time_cap_s=1.0,  # type: ignore[arg-type]
     )
     reference, model = results
     assert reference.speedup == 1.0 and reference.repeats == model.repeats == 60

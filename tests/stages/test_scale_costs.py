@@ -7,10 +7,11 @@ times a stage task serialises, loads and rebuilds a model.
 from __future__ import annotations
 
 import hashlib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
 
+import numpy as np
 import pytest
 import torch
 import zstandard
@@ -19,6 +20,7 @@ from torch.utils.data import TensorDataset
 
 from stages import metrics
 from stages.checkpoint import ModelCheckpoint
+from stages.errors import SqueezerayError
 from stages.runtime import Predictor
 from stages.tasks import Task
 
@@ -160,7 +162,8 @@ def test_latency_is_time_boxed_and_does_not_grow_with_the_model(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     cap = 1.0
-    kw = {"warmup": 50, "repeats": 300, "time_cap_s": cap}
+    # precision 0: no early stop, so the time cap and the repeats cap are what bind here
+    kw = {"warmup": 50, "repeats": 300, "time_cap_s": cap, "precision": 0.0}
     small, small_calls, small_s = _timed(monkeypatch, 0.001, **kw)
     big, big_calls, big_s = _timed(monkeypatch, 0.010, **kw)  # a model 10x larger
     huge, huge_calls, _ = _timed(monkeypatch, 3.0, **kw)  # one call longer than the cap
@@ -173,6 +176,80 @@ def test_latency_is_time_boxed_and_does_not_grow_with_the_model(
     # a call over the cap: one warm-up call, then MIN_REPEATS timed calls
     assert huge.repeats == metrics.MIN_REPEATS and huge_calls == 1 + metrics.MIN_REPEATS
     assert big.median_ms == pytest.approx(10.0)
+
+
+@dataclass
+class _NoisyPredictor(_FakePredictor):
+    """Calls whose cost spreads +-`spread` around `cost_s` (a fixed pseudo-random sequence)."""
+
+    spread: float = 0.0
+    rng: np.random.Generator = field(default_factory=lambda: np.random.default_rng(0))
+
+    def run_native(self, native: Any) -> Any:
+        self.calls += 1
+        jitter = 1 + self.spread * (2 * self.rng.random() - 1)
+        self.clock.ns += int(self.cost_s * jitter * 1e9)
+        return None
+
+
+def _timed_noisy(
+    monkeypatch: pytest.MonkeyPatch, spread: float, precision: float
+) -> tuple[Any, int]:
+    clock = _Clock()
+    monkeypatch.setattr(metrics, "time", clock)
+    predictor = _NoisyPredictor(clock=clock, cost_s=0.001, spread=spread)
+    result = metrics._time_calls(
+        predictor,
+        _task(),
+        batch_size=1,
+        warmup=10,
+        repeats=300,
+        time_cap_s=1.0,
+        precision=precision,
+    )
+    return result, predictor.calls
+
+
+def test_latency_stops_once_the_median_is_known_to_the_precision(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # +-1% noise: the median's 95% CI is within +-2% at the first check (20 calls)
+    steady, steady_calls = _timed_noisy(monkeypatch, 0.01, 0.02)
+    assert steady.repeats == metrics.MIN_PRECISION_REPEATS and steady.ci <= 0.02
+    assert steady_calls == 10 + metrics.MIN_PRECISION_REPEATS
+    # +-8% noise: more calls are needed for +-2% (about 60), and the CI reached is reported
+    noisy, _ = _timed_noisy(monkeypatch, 0.08, 0.02)
+    assert metrics.MIN_PRECISION_REPEATS < noisy.repeats < 300 and noisy.ci <= 0.02
+    # a precision the cap cannot reach: timing runs to the repeats cap, the CI says so
+    loose, _ = _timed_noisy(monkeypatch, 0.20, 0.001)
+    assert loose.repeats == 300 and loose.ci > 0.001
+    # precision 0 never stops early
+    off, _ = _timed_noisy(monkeypatch, 0.01, 0.0)
+    assert off.repeats == 300
+
+
+def test_median_ci_is_distribution_free_and_shrinks_with_the_calls() -> None:
+    rng = np.random.default_rng(1)
+    skewed = 1 + rng.exponential(0.1, size=2000)  # a long right tail, as timings have
+    wide, narrow = metrics.median_ci(skewed[:30]), metrics.median_ci(skewed)
+    assert 0 < narrow < wide
+    # the interval holds the true median in about 95% of samples of 100
+    true_median = 1 + 0.1 * np.log(2)
+    hits = 0
+    for _ in range(400):
+        sample = 1 + rng.exponential(0.1, size=100)
+        half = metrics.median_ci(sample) * float(np.median(sample))
+        hits += abs(float(np.median(sample)) - true_median) <= half
+    assert 0.9 <= hits / 400 <= 0.995
+    assert np.isnan(metrics.median_ci(np.ones(5)))  # too few calls for an interval
+
+
+@pytest.mark.parametrize("bad", [-0.1, 1.0, "2%", True, None])
+def test_a_precision_out_of_range_is_refused_with_the_key(bad: Any) -> None:
+    with pytest.raises(
+        SqueezerayError, match=r"latency\.precision=.*accepted: a share in \[0, 1\)"
+    ):
+        metrics.check_precision(bad)
 
 
 def test_timing_stops_at_twice_the_cap_when_the_first_timing_was_too_fast(
@@ -204,6 +281,33 @@ def test_interleaved_rounds_share_the_time_cap(monkeypatch: pytest.MonkeyPatch) 
     # per round and model: as many calls as fit in cap / rounds = 0.2 s
     assert out[0].repeats == 5 * 200 and out[1].repeats == 5 * 20
     assert predictors[1].calls * 0.010 <= 1.0 + 0.25 + 5 * 10 * 0.010  # + warm-up, re-warms
+
+
+def test_interleaved_rounds_take_the_calls_the_sweep_needed(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    clock = _Clock()
+    monkeypatch.setattr(metrics, "time", clock)
+    predictors = [
+        _FakePredictor(clock=clock, cost_s=0.001),
+        _FakePredictor(clock=clock, cost_s=0.001),
+        _FakePredictor(clock=clock, cost_s=0.010),
+    ]
+    monkeypatch.setattr(metrics, "make_predictor", lambda task, ckpt, **kw: predictors[ckpt])
+    out = metrics.interleaved_latency(
+        _task(),
+        [0, 1, 2],  # type: ignore[list-item]
+        rounds=5,
+        warmup=20,
+        repeats=300,
+        time_cap_s=1.0,
+        calls=[40, None, 4],
+    )
+    # 40 calls over 5 rounds: 8 a round; unknown: the time cap (200 a round); 4 calls: the
+    # floor of MIN_ROUND_REPEATS a round
+    assert [r.repeats for r in out] == [40, 5 * 200, 5 * metrics.MIN_ROUND_REPEATS]
+    with pytest.raises(SqueezerayError, match="one per checkpoint"):
+        metrics.interleaved_latency(_task(), [0, 1], calls=[3])  # type: ignore[list-item]
 
 
 # -- a stage task: one serialisation, one hash, a bounded number of model builds -----------
