@@ -15,11 +15,20 @@ samples), each in a fresh child process:
    (`ray::_stage_task`, `ray::_measure_task`, ...); the object store's use from Ray's memory
    summary.
 
-Stage compute = the stage functions' own CPU seconds in the sweep (`run_cpu_s` in each stage's
-manifest); non-training overhead = the rest of the stage tasks' CPU (loading the task and the
-inputs, the fingerprint check, the checkpoint round trip, hashing, writing) plus the measure
-tasks' CPU (accuracy on val and test, size, parameter counts, latency) and the final latency
-phase. Share = overhead / stage compute. Writes bench/results/scale.json and prints markdown.
+Every Ray worker of the sweep is instrumented (`instrument_worker`, Ray's
+`worker_process_setup_hook`): at start it imports what a stage task imports (torch, the stage
+modules, the orchestrator's task module) and logs that CPU as the worker's start-up, then logs
+the whole CPU of each stage, measure and final-phase task from its entry to its return (the
+memory release after the body included), read with `time.process_time` in the worker.
+
+Stage compute = the stage functions' own CPU seconds (`run_cpu_s`, from each stage's manifest);
+stage-task overhead = the rest of the stage tasks' CPU (loading the task and its inputs, the
+fingerprint check, the checkpoint round trip and self-check, serialising, hashing, writing,
+releasing memory); measurement = the measure tasks' CPU (accuracy on val and test, size,
+parameter counts, latency) and the final latency phase's. Share = (stage-task overhead +
+measurement) / stage compute. Worker start-up (imports, once per worker process, the same at
+every model size) is reported beside it, not in the share. Writes bench/results/scale.json and
+prints markdown.
 """
 
 from __future__ import annotations
@@ -199,6 +208,92 @@ def _du(path: Path) -> int:
     return sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
 
 
+# -- the workers' own CPU accounting -------------------------------------------------------
+
+TASK_LOG_ENV = "SQUEEZERAY_BENCH_TASK_LOG"
+
+
+def instrument_worker() -> None:
+    """Ray's worker_process_setup_hook: wrap the task bodies and the memory release so each
+    logs its CPU (JSON lines to $SQUEEZERAY_BENCH_TASK_LOG). The first task body a worker runs
+    first imports what any task imports (torch, the stage modules), logged apart as the
+    worker's start-up: a worker pays it once, whatever the model."""
+    import functools
+
+    from orchestrator.engine import stage_tasks
+
+    imported = False
+
+    def import_once() -> None:
+        nonlocal imported
+        if imported:
+            return
+        imported = True
+        cpu0 = time.process_time()
+        import torch  # noqa: F401
+
+        import stages.metrics
+        import stages.runner  # noqa: F401
+        from stages import stage_registry
+
+        for spec in stage_registry().values():
+            __import__(spec.run.__module__)
+        _log_task("worker_start", "", time.process_time() - cpu0)
+
+    # The task bodies and the memory release after each, looked up as module globals when a
+    # task runs: the remote functions themselves stay as they are (Ray pickles them by name).
+    def wrap(name: str, kind: str) -> None:
+        original = getattr(stage_tasks, name)
+
+        @functools.wraps(original)
+        def timed(*args: Any, **kwargs: Any) -> Any:
+            if kind != "release":
+                import_once()
+            start = time.process_time()
+            out = original(*args, **kwargs)
+            info = out[1] if kind == "stage" else {}
+            key = args[0].key if args else ""
+            _log_task(kind, key, time.process_time() - start, info.get("run_cpu_s"))
+            return out
+
+        setattr(stage_tasks, name, timed)
+
+    wrap("execute_stage", "stage")
+    wrap("execute_measure", "measure")
+    wrap("execute_remeasure", "remeasure")
+    wrap("release_memory", "release")
+
+
+def _log_task(kind: str, key: str, cpu_s: float, run_cpu_s: float | None = None) -> None:
+    path = os.environ.get(TASK_LOG_ENV)
+    if not path:
+        return
+    line = {"pid": os.getpid(), "kind": kind, "key": key, "cpu_s": cpu_s, "run_cpu_s": run_cpu_s}
+    with open(path, "a") as f:
+        f.write(json.dumps(line) + "\n")
+
+
+def _start_instrumented_ray(log: Path) -> None:
+    """The embedded Ray the sweep would start (orchestrator.engine.runtime.init_ray, which
+    then reuses it), with every worker instrumented."""
+    import logging
+
+    import ray
+
+    from orchestrator.engine.runtime import LATENCY_RESOURCE
+
+    os.environ[TASK_LOG_ENV] = str(log)  # the workers inherit it
+    ray.init(
+        address="local",
+        num_cpus=NUM_CPUS,
+        include_dashboard=False,
+        resources={LATENCY_RESOURCE: 1},
+        logging_level=logging.ERROR,
+        log_to_driver=False,
+        runtime_env={"worker_process_setup_hook": "bench.scale.instrument_worker"},
+    )
+
+
 # -- children ------------------------------------------------------------------------------
 
 
@@ -214,7 +309,9 @@ def child_sweep(payload: dict[str, Any]) -> dict[str, Any]:
     space = storage.parent / f"scale-{size}.yaml"
     space.write_text(SPACE.format(size=size, factory=FACTORIES[size], trials=TRIALS))
     wall0, cpu0 = time.perf_counter(), time.process_time()
+    log = storage.parent / "tasks.jsonl"
     with Sampler(object_store=True) as sampler:
+        _start_instrumented_ray(log)
         sweep = prepare_sweep(
             str(space), SweepOptions.build(storage=str(storage), num_cpus=NUM_CPUS, name="scale")
         )
@@ -257,6 +354,9 @@ def child_sweep(payload: dict[str, Any]) -> dict[str, Any]:
             }
             for m in manifests
         ],
+        "tasks": [json.loads(line) for line in log.read_text().splitlines()]
+        if log.exists()
+        else [],
         "disk_bytes": _du(storage),
         "cache_bytes": _du(storage / "cache"),
         "spilled_bytes": spill,
@@ -380,15 +480,35 @@ def child_hand(payload: dict[str, Any]) -> dict[str, Any]:
 # -- the report ----------------------------------------------------------------------------
 
 
+def _with_releases(lines: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The task lines of `instrument_worker`, each memory release's CPU added to the task it
+    followed in the same worker (its `_released` wrapper runs it after the body)."""
+    tasks: list[dict[str, Any]] = []
+    last: dict[int, dict[str, Any]] = {}
+    for line in lines:
+        if line["kind"] == "release":
+            if line["pid"] in last:
+                last[line["pid"]]["cpu_s"] += line["cpu_s"]
+            continue
+        task = dict(line)
+        tasks.append(task)
+        if task["kind"] != "worker_start":
+            last[task["pid"]] = task
+    return tasks
+
+
 def summarise(size: str, hand: dict[str, Any], sweep: dict[str, Any]) -> dict[str, Any]:
     """The figures of one size: stage compute, overhead and its share, memory, disk."""
     from bench.scale_task import params_of
 
-    executed = [m for m in sweep["manifests"] if m.get("run_cpu_s") is not None]
-    compute = sum(m["run_cpu_s"] for m in executed)
-    stage_overhead = sum(m["cpu_s"] - m["run_cpu_s"] for m in executed)
-    by_title = sweep["cpu_s_by_title"]
-    measure = sum(v for k, v in by_title.items() if "measure" in k)
+    tasks = _with_releases(sweep["tasks"])  # each task's CPU, logged in its worker
+    executed = [t for t in tasks if t["kind"] == "stage" and t["run_cpu_s"] is not None]
+    compute = sum(t["run_cpu_s"] for t in executed)
+    stage_overhead = sum(t["cpu_s"] - t["run_cpu_s"] for t in executed)
+    measure_tasks = sum(t["cpu_s"] for t in tasks if t["kind"] == "measure")
+    final_phase = sum(t["cpu_s"] for t in tasks if t["kind"] == "remeasure")
+    starts = [t["cpu_s"] for t in tasks if t["kind"] == "worker_start"]
+    measure = measure_tasks + final_phase
     overhead = stage_overhead + measure
     # the steps a sweep of this pipeline runs (export.runtime eager: no ONNX export)
     steps = {k: v for k, v in hand["steps_cpu_s"].items() if "zstd19" not in k and "onnx" not in k}
@@ -403,6 +523,11 @@ def summarise(size: str, hand: dict[str, Any], sweep: dict[str, Any]) -> dict[st
         "stage_compute_cpu_s": round(compute, 2),
         "stage_task_overhead_cpu_s": round(stage_overhead, 2),
         "measure_cpu_s": round(measure, 2),
+        "measure_tasks_cpu_s": round(measure_tasks, 2),
+        "final_phase_cpu_s": round(final_phase, 2),
+        "measured_models": sum(t["kind"] == "measure" for t in tasks),
+        "workers": len(starts),
+        "worker_start_cpu_s": round(sum(starts), 2),
         "overhead_share": round(overhead / compute, 3) if compute else None,
         "sweep_wall_s": round(sweep["wall_s"], 1),
         "peak_worker_rss_bytes": sweep["peak_worker_rss_bytes"],
@@ -424,9 +549,10 @@ def markdown(summaries: list[dict[str, Any]]) -> str:
     mb = 2**20
     head = (
         "| params | stages run | stage compute (CPU s) | non-training overhead (CPU s) | share | "
-        "hand loop (CPU s) | sweep wall (s) | peak worker RSS (MB) | whole sweep RSS (MB) | "
-        "object store peak (MB) | disk (MB) | slowest non-training step (CPU s) | rows ok |\n"
-        "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|---:|\n"
+        "worker start-up (CPU s) | hand loop (CPU s) | sweep wall (s) | peak worker RSS (MB) | "
+        "whole sweep RSS (MB) | object store peak (MB) | disk (MB) | "
+        "slowest non-training step (CPU s) | rows ok |\n"
+        "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|---:|\n"
     )
     lines = []
     for s in summaries:
@@ -434,8 +560,10 @@ def markdown(summaries: list[dict[str, Any]]) -> str:
         lines.append(
             f"| {s['params'] / 1e6:.2f}M | {s['stages_executed']} | {s['stage_compute_cpu_s']} | "
             f"{s['stage_task_overhead_cpu_s'] + s['measure_cpu_s']:.2f} "
-            f"({s['stage_task_overhead_cpu_s']} stage + {s['measure_cpu_s']} measure) | "
-            f"{s['overhead_share']:.0%} | {s['hand_cpu_s']} | {s['sweep_wall_s']} | "
+            f"({s['stage_task_overhead_cpu_s']} stage tasks + {s['measure_tasks_cpu_s']} "
+            f"measuring {s['measured_models']} models + {s['final_phase_cpu_s']} final phase) | "
+            f"{s['overhead_share']:.0%} | {s['worker_start_cpu_s']} ({s['workers']} workers) | "
+            f"{s['hand_cpu_s']} | {s['sweep_wall_s']} | "
             f"{worker / mb:.0f} ({worker / s['float_bytes']:.1f}x float) | "
             f"{s['peak_tree_rss_bytes'] / mb:.0f} | {s['object_store_peak_bytes'] / mb:.0f} | "
             f"{s['disk_bytes'] / mb:.1f} | {s['slowest_step']} {s['slowest_step_cpu_s']} | "
