@@ -208,6 +208,12 @@ BAD_CASES: list[tuple[str, dict[str, Any] | str, list[str]]] = [
     ("bad-sampler", _with(search={"sampler": "cmaes"}), ["search.sampler", "'cmaes'", "gp"]),
     ("unknown-search-key", _with(search={"trails": 3}), ["search.trails", "search.trials"]),
     ("bad-latency", _with(latency={"repeats": 0}), ["latency.repeats", "0"]),
+    ("bad-precision", _with(latency={"precision": 2}), ["latency.precision", "2", "[0, 1)"]),
+    (
+        "text-precision",
+        _with(latency={"precision": "2%"}),
+        ["latency.precision", "'2%'", "not a number"],
+    ),
     (
         "grid-with-range",
         _with(search={"algorithm": "grid"}),
@@ -282,7 +288,7 @@ params:
 constraints: {val_accuracy: ">= 0.9", size_bytes: "<= 5e4"}
 search: {algorithm: random, trials: 3, seed: 7, scheduler: asha, time_budget: 1h30m,
          max_concurrent: 2, sampler: gp}
-latency: {warmup: 3, repeats: 9}
+latency: {warmup: 3, repeats: 9, precision: 0.05}
 """
     space = load_space(_write(tmp_path, text))
     temp = space.params["distill.temperature"]
@@ -296,7 +302,7 @@ latency: {warmup: 3, repeats: 9}
     assert space.search.scheduler == "asha" and space.search.max_concurrent == 2
     assert space.search.sampler == "gp"
     assert space.latency.warmup == 3 and space.latency.repeats == 9
-    assert space.latency.batch_size == 1
+    assert space.latency.batch_size == 1 and space.latency.precision == 0.05
     assert [str(c) for c in space.constraints] == ["val_accuracy >= 0.9", "size_bytes <= 50000"]
     sampled = {"distill.temperature": 2.0, "prune.ratio": 0.25, "lora.rank": 4}
     assert space.stage_params("distill", sampled) == {"lr": 0.003, "temperature": 2.0}
