@@ -423,6 +423,21 @@ def _front_caption(view: FrontView, shown: list[str], hidden: list[str], width: 
             "baseline's): not to be trusted, re-measure with more latency.rounds or on a "
             "quieter node"
         )
+    if "latency_ms_sweep" in shown:
+        from orchestrator.query.steadiness import (
+            IMPRECISE_MARK,
+            LATENCY_CI_IMPRECISE,
+            sweep_latency_imprecise,
+        )
+
+        rows = [*view.front.to_pylist(), *view.baselines.to_pylist()]
+        if any(sweep_latency_imprecise(r) for r in rows):
+            caption_parts.append(
+                f"{IMPRECISE_MARK} = sweep ms known only to more than "
+                f"+-{100 * LATENCY_CI_IMPRECISE:.0f}% (latency_ci_sweep: the time cap came "
+                "before latency.precision on a busy machine): its place on the front may be "
+                "noise; a quieter node (--latency-resource) or a longer latency.time_cap"
+            )
     ratios = [
         text
         for column, text in (
@@ -463,8 +478,15 @@ def _marked_cells(
     cols: list[tuple[str, str]], row: Mapping[str, Any], baseline: Mapping[str, Any] | None
 ) -> list[str]:
     """The row's cells, `lat cv` and `speedup` marked `!` where they rest on an unsteady final
-    latency (`orchestrator.query.steadiness`: the row's or its baseline's)."""
-    from orchestrator.query.steadiness import UNSTEADY_MARK, latency_unsteady, speedup_unsteady
+    latency (`orchestrator.query.steadiness`: the row's or its baseline's), `sweep ms` marked
+    `~` where the in-sweep median is imprecise (`sweep_latency_imprecise`)."""
+    from orchestrator.query.steadiness import (
+        IMPRECISE_MARK,
+        UNSTEADY_MARK,
+        latency_unsteady,
+        speedup_unsteady,
+        sweep_latency_imprecise,
+    )
 
     cells = []
     for _, column in cols:
@@ -473,6 +495,8 @@ def _marked_cells(
             column == "speedup" and row.get(column) is not None and speedup_unsteady(row, baseline)
         ):
             cell += f" {UNSTEADY_MARK}"
+        if column == "latency_ms_sweep" and sweep_latency_imprecise(row):
+            cell += f" {IMPRECISE_MARK}"
         cells.append(cell)
     return cells
 

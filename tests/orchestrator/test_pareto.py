@@ -478,3 +478,43 @@ def test_front_marks_speedup_resting_on_an_unsteady_latency() -> None:
     assert latency_unsteady({"latency_cv": 0.02}) is False and latency_unsteady({}) is None
     assert speedup_unsteady({"latency_cv": 0.02}, {"latency_cv": 1.02})
     assert not speedup_unsteady({"latency_cv": 0.02}, {"latency_cv": 0.05})
+
+
+def test_front_marks_an_imprecise_in_sweep_latency() -> None:
+    """latency_ci_sweep above LATENCY_CI_IMPRECISE marks the row's `sweep ms` with `~` (the
+    time cap came before latency.precision) and the caption says what it means; a precise
+    row and a row without the column (written before it was recorded) stay unmarked."""
+    from rich.console import Console
+
+    from orchestrator.query.frontview import build_front, render_front
+    from orchestrator.query.steadiness import LATENCY_CI_IMPRECISE, sweep_latency_imprecise
+
+    table = table_of(
+        [
+            {"is_baseline": True, "val_accuracy": 0.97, "test_accuracy": 0.98,
+             "size_bytes": 1000, "latency_ms_sweep": 1.4, "latency_ci_sweep": 0.01},
+            {"val_accuracy": 0.95, "test_accuracy": 0.91, "size_bytes": 300,
+             "latency_ms_sweep": 0.25, "latency_ci_sweep": 0.31},
+            {"val_accuracy": 0.90, "test_accuracy": 0.90, "size_bytes": 200,
+             "latency_ms_sweep": 0.5, "latency_ci_sweep": 0.02},
+        ]
+    )  # fmt: skip
+    console = Console(width=200, record=True)
+    console.print(render_front(build_front(table)))
+    text = console.export_text()
+    assert "0.25 ~" in text and "0.5 ~" not in text and "1.4 ~" not in text
+    assert f"+-{100 * LATENCY_CI_IMPRECISE:.0f}%" in text and "latency_ci_sweep" in text
+    assert sweep_latency_imprecise({"latency_ci_sweep": 0.02}) is False
+    assert sweep_latency_imprecise({}) is None
+    # no imprecise row: no caption about it
+    precise = table_of(
+        [
+            {"is_baseline": True, "val_accuracy": 0.97, "size_bytes": 1000,
+             "latency_ms_sweep": 1.4, "latency_ci_sweep": 0.01},
+            {"val_accuracy": 0.95, "size_bytes": 300, "latency_ms_sweep": 0.25,
+             "latency_ci_sweep": 0.02},
+        ]
+    )  # fmt: skip
+    console = Console(width=200, record=True)
+    console.print(render_front(build_front(precise)))
+    assert "latency_ci_sweep" not in console.export_text()
