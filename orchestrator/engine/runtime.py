@@ -133,8 +133,14 @@ def join_ray(address: str, *, logging_level: int, log_to_driver: bool) -> None:
     # The token is presented only to a head that asks for it: a client in token mode joined a
     # head without authentication, but its actors were then cancelled before they ran (seen
     # with ~/.ray/auth_token left by an earlier `ray start --head` and a cluster started
-    # without authentication).
+    # without authentication). One quick request asks first: `ray.init` retries a refused
+    # connection once a second for ~20 s before it reports it.
     token: str | None = None
+    if _refuses_this_client(target):
+        if os.environ.get("RAY_AUTH_MODE") is None:
+            token = use_token_if_available()
+        if token is None or _refuses_this_client(target):
+            raise _auth_failure(address, target, token)
     try:
         try:
             ray.init(address=target, logging_level=logging_level, log_to_driver=log_to_driver)
@@ -148,16 +154,31 @@ def join_ray(address: str, *, logging_level: int, log_to_driver: bool) -> None:
             ray.init(address=target, logging_level=logging_level, log_to_driver=log_to_driver)
     except Exception as exc:  # ConnectionError, AuthenticationError, RuntimeError from the GCS
         if _is_auth_error(exc):
-            have = f"the token from {token} was refused" if token else "no token was found here"
-            raise SqueezerayError(
-                f"--address={address!r}: the Ray head at {target} uses token authentication "
-                f"and {have}; {AUTH_HELP}"
-            ) from exc
+            raise _auth_failure(address, target, token) from exc
         raise SqueezerayError(
             f"--address={address!r}: cannot join the Ray cluster at {target}{origin} "
             f"({_one_line(exc)}); check that its head is running (`ray status --address "
             f"{target}`), or drop --address to run on an embedded local Ray"
         ) from exc
+
+
+def _refuses_this_client(target: str) -> bool:
+    """Whether the GCS at `target` refuses this process's credentials (one request)."""
+    try:
+        from ray._raylet import GcsClient  # type: ignore[attr-defined]
+
+        GcsClient(address=target)
+    except Exception as exc:  # anything else is left to ray.init and its own messages
+        return _is_auth_error(exc)
+    return False
+
+
+def _auth_failure(address: str, target: str, token: str | None) -> SqueezerayError:
+    have = f"the token from {token} was refused" if token else "no token was found here"
+    return SqueezerayError(
+        f"--address={address!r}: the Ray head at {target} uses token authentication "
+        f"and {have}; {AUTH_HELP}"
+    )
 
 
 def _is_auth_error(exc: BaseException) -> bool:
