@@ -2,7 +2,7 @@
 
 `python -m bench.scale [--sizes 0.1M,1M,10M,50M] [--nice 10]` runs, per size of the MLP task in
 `bench/scale_task.py` (teacher given trained: `teacher.epochs: 0`; student=None; pipeline
-teacher -> distill -> prune -> finetune -> quantize -> export, 1 epoch each, 2,000 training
+teacher -> distill -> prune -> finetune -> quantize -> export, 1 epoch each (`--epochs N`: N), 2,000 training
 samples), each in a fresh child process:
 
 1. the hand loop: the same stage functions called once in a row in one process (no runner, no
@@ -59,11 +59,11 @@ pipeline: [teacher, distill, prune, finetune, quantize, export]
 objectives: {{val_accuracy: max, size_bytes: min, latency_ms_sweep: min}}
 params:
   teacher.epochs: 0
-  distill.epochs: 1
+  distill.epochs: {epochs}
   distill.student_ratio: 0.5
   prune.method: l1_unstructured
   prune.ratio: {{choice: [0.3, 0.6]}}
-  finetune.epochs: 1
+  finetune.epochs: {epochs}
   quantize.mode: {{choice: [none, dynamic_int8]}}
   export.runtime: eager
 search: {{algorithm: grid, trials: {trials}, seed: 0}}
@@ -307,7 +307,8 @@ def child_sweep(payload: dict[str, Any]) -> dict[str, Any]:
     os.nice(int(payload.get("nice", 0)))
     size, storage = payload["size"], Path(payload["storage"])
     space = storage.parent / f"scale-{size}.yaml"
-    space.write_text(SPACE.format(size=size, factory=FACTORIES[size], trials=TRIALS))
+    epochs = int(payload.get("epochs", 1))
+    space.write_text(SPACE.format(size=size, factory=FACTORIES[size], trials=TRIALS, epochs=epochs))
     wall0, cpu0 = time.perf_counter(), time.process_time()
     log = storage.parent / "tasks.jsonl"
     with Sampler(object_store=True) as sampler:
@@ -364,7 +365,9 @@ def child_sweep(payload: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def _stage_chain(task: Any) -> tuple[list[tuple[str, float, float]], Any, Any, Any]:
+def _stage_chain(
+    task: Any, *, epochs: int = 1
+) -> tuple[list[tuple[str, float, float]], Any, Any, Any]:
     """The pipeline's stage functions once, in a row: [(stage, cpu_s, wall_s)], the teacher's,
     the finetuned student's and the final checkpoints' StageOutputs."""
     from stages import get_stage
@@ -372,9 +375,9 @@ def _stage_chain(task: Any) -> tuple[list[tuple[str, float, float]], Any, Any, A
 
     steps: list[tuple[str, dict[str, Any]]] = [
         ("teacher", {"epochs": 0}),
-        ("distill", {"epochs": 1, "student_ratio": 0.5}),
+        ("distill", {"epochs": epochs, "student_ratio": 0.5}),
         ("prune", {"ratio": 0.3, "method": "l1_unstructured"}),
-        ("finetune", {"epochs": 1}),
+        ("finetune", {"epochs": epochs}),
         ("quantize", {"mode": "dynamic_int8"}),
         ("export", {"runtime": "eager"}),
     ]
@@ -459,7 +462,7 @@ def child_hand(payload: dict[str, Any]) -> dict[str, Any]:
     size = payload["size"]
     task = make(size)
     wall0, cpu0 = time.perf_counter(), time.process_time()
-    timings, teacher, finetuned, final = _stage_chain(task)
+    timings, teacher, finetuned, final = _stage_chain(task, epochs=int(payload.get("epochs", 1)))
     from stages.runtime import make_predictor
 
     accuracy = make_predictor(task, final.checkpoint).accuracy(task.test)
@@ -572,17 +575,26 @@ def markdown(summaries: list[dict[str, Any]]) -> str:
     return head + "\n".join(lines) + "\n"
 
 
-def run(sizes: list[str], *, nice: int, results_dir: Path | None = None) -> dict[str, Any]:
+def run(
+    sizes: list[str], *, nice: int, epochs: int = 1, results_dir: Path | None = None
+) -> dict[str, Any]:
+    """Each size's hand loop and sweep; results in scale.json (the issue's setup, 1 epoch) or
+    scale_epochs<N>.json."""
+    name = "scale" if epochs == 1 else f"scale_epochs{epochs}"
     summaries, raw = [], []
     for size in sizes:
         storage = scratch_dir(f"scale-{size}") / "store"
         storage.parent.mkdir(parents=True, exist_ok=True)
         load_before = load_average()
         try:
-            hand = run_child("bench.scale:child_hand", {"size": size, "nice": nice}, quiet=False)
+            hand = run_child(
+                "bench.scale:child_hand",
+                {"size": size, "nice": nice, "epochs": epochs},
+                quiet=False,
+            )
             sweep = run_child(
                 "bench.scale:child_sweep",
-                {"size": size, "nice": nice, "storage": str(storage)},
+                {"size": size, "nice": nice, "storage": str(storage), "epochs": epochs},
                 quiet=False,
                 timeout_s=3600,
             )
@@ -590,13 +602,14 @@ def run(sizes: list[str], *, nice: int, results_dir: Path | None = None) -> dict
             shutil.rmtree(storage.parent, ignore_errors=True)
         summary = summarise(size, hand, sweep)
         summary["load_avg_before"] = load_before
+        summary["epochs"] = epochs
         summaries.append(summary)
         raw.append({"hand": hand, "sweep": sweep})
         print(markdown([summary]), file=sys.stderr, flush=True)
         previous = {}
         with contextlib.suppress(Exception):
             previous = json.loads(
-                ((results_dir or Path(__file__).parent / "results") / "scale.json").read_text()
+                ((results_dir or Path(__file__).parent / "results") / f"{name}.json").read_text()
             )
         kept = [
             s
@@ -612,7 +625,7 @@ def run(sizes: list[str], *, nice: int, results_dir: Path | None = None) -> dict
         all_summaries = sorted(kept + summaries, key=lambda s: order[s["size"]])
         all_raw = sorted(kept_raw + raw, key=lambda r: order[r["hand"]["size"]])
         write_result(
-            "scale",
+            name,
             {"summaries": all_summaries, "raw": all_raw, "markdown": markdown(all_summaries)},
             results_dir=results_dir,
         )
@@ -628,12 +641,19 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--nice", type=int, default=10, help="niceness of the children")
     parser.add_argument("--results-dir", type=Path, default=None)
+    parser.add_argument(
+        "--epochs",
+        type=int,
+        default=1,
+        help="distill and finetune epochs (1: the issue's setup, into scale.json; else "
+        "scale_epochs<N>.json)",
+    )
     args = parser.parse_args(argv)
     sizes = [s.strip() for s in args.sizes.split(",") if s.strip()]
     unknown = [s for s in sizes if s not in SIZES]
     if unknown:
         parser.error(f"--sizes: unknown {', '.join(unknown)}; accepted: {', '.join(SIZES)}")
-    run(sizes, nice=args.nice, results_dir=args.results_dir)
+    run(sizes, nice=args.nice, epochs=args.epochs, results_dir=args.results_dir)
     return 0
 
 
