@@ -1,9 +1,9 @@
 """Benchmark: cost of a sweep at model scale (issue 24), beside a hand-written loop.
 
-`python -m bench.scale [--sizes 0.1M,1M,10M,50M] [--nice 10]` runs, per size of the MLP task in
-`bench/scale_task.py` (teacher given trained: `teacher.epochs: 0`; student=None; pipeline
-teacher -> distill -> prune -> finetune -> quantize -> export, 1 epoch each (`--epochs N`: N), 2,000 training
-samples), each in a fresh child process:
+`python -m bench.scale [--sizes 0.1M,1M,10M,50M] [--nice 10] [--epochs 1]` runs, per size of
+the MLP task in `bench/scale_task.py` (teacher given trained: `teacher.epochs: 0`; student=None;
+pipeline teacher -> distill -> prune -> finetune -> quantize -> export, 1 epoch each of distill
+and finetune (`--epochs`), 2,000 training samples), each in a fresh child process:
 
 1. the hand loop: the same stage functions called once in a row in one process (no runner, no
    checkpoint round trip, no Ray), then the test accuracy: what a user's own script spends. Then,
