@@ -63,8 +63,10 @@ def build_model(task: Task, ckpt: ModelCheckpoint, *, share_weights: bool = Fals
     mode = ckpt.quantize
     # A float model's every weight is replaced by the load below before it runs: its fresh
     # ones can be left unallocated and its structure copied from the last rebuild. A quantized
-    # one is traced and converted first, which reads its fresh weights: zeros, as built.
-    model = float_structure(task, ckpt.arch, pruned, lowrank, fill=mode != "none")
+    # one is converted first, which reads its fresh weights: zeros, as built (or, for a
+    # conversion whose result does not depend on them, zeros in a copy of the structure).
+    fill = "none" if mode == "none" else "zeros" if mode in VALUE_FREE_MODES else "build"
+    model = float_structure(task, ckpt.arch, pruned, lowrank, fill=fill)
     if mode != "none":
         model = rebuild_quantized(task, model, ckpt.state_dict, mode, recipe=ckpt.recipe)
     state = _state_for_load(model, ckpt.state_dict, mode)
@@ -81,6 +83,12 @@ def build_model(task: Task, ckpt: ModelCheckpoint, *, share_weights: bool = Fals
     model.eval()
     return model
 
+
+# Quantize modes whose conversion gives the same modules and shapes whatever the float weights
+# are (only the values it packs or casts differ, and the saved state replaces them all):
+# their rebuild may start from a zero-filled copy of a kept structure instead of the factory.
+# torchao's and PT2E's conversions trace or compute scales from the weights: they build.
+VALUE_FREE_MODES = ("dynamic_int8", *CAST_MODES)
 
 # Rebuilt float structures of the last few tasks (by identity: a worker's tasks come from
 # load_task's per-process cache), on the meta device: a worker rebuilds the same few structures
@@ -106,30 +114,33 @@ def float_structure(
     pruned: list[Any],
     lowrank: dict[str, Any],
     *,
-    fill: bool = True,
+    fill: str = "build",
 ) -> nn.Module:
     """A fresh float module of `arch` with the recipe's structure replayed (structured pruning,
-    then low-rank factors); buffers as the factory made them. `fill`: its weights as the
-    factory builds them with `skipped_random_init` (random initialisers give zeros), for a
-    model that runs before its weights are loaded (quantization traces it); else unallocated
+    then low-rank factors); buffers as the factory made them. `fill`, its weights: "build" as
+    the factory builds them with `skipped_random_init` (random initialisers give zeros), for a
+    model whose conversion reads them (torchao, PT2E tracing); "zeros" all zero, for a
+    conversion whose result does not depend on them (`VALUE_FREE_MODES`); "none" unallocated
     memory, for a model whose every weight is replaced before it runs.
 
-    The first rebuild of a structure, and every one with `fill`, builds it (task factory with
-    `skipped_random_init`, `replay`, `factorize_layers`; the first keeps it on the meta
-    device); a later one without `fill` copies the kept structure (`copy.deepcopy` of modules
-    without tensor data) and allocates: no factory call, no trace, no replay. At 10M
+    The first rebuild of a structure, and every one with fill "build", builds it (task factory
+    with `skipped_random_init`, `replay`, `factorize_layers`; the first keeps it on the meta
+    device); a later one copies the kept structure (`copy.deepcopy` of modules without tensor
+    data) and allocates (zeroed for "zeros"): no factory call, no trace, no replay. At 10M
     parameters a student made from the teacher costs 0.05-0.1 CPU s per rebuild the first
     way (a whole teacher built, traced and pruned), and a stage task and its measurement
     rebuild it 2-3 times; a Hugging Face factory also reads its files each time.
     The same idea as building on the meta device and `to_empty` (PyTorch's recipe for big
     models), keyed by the task object, the role and the recipe.
     """
+    if fill not in ("build", "zeros", "none"):
+        raise SqueezerayError(f"float_structure: fill={fill!r}; accepted: build, zeros, none")
     key = json.dumps([arch, pruned, lowrank], sort_keys=True, default=str)
     kept = _kept_structures(task)
-    if key in kept and not fill:
+    if key in kept and fill != "build":
         kept.move_to_end(key)
-        return _materialise(kept[key])
-    with skipped_random_init(fill=fill or bool(pruned) or bool(lowrank)):
+        return _materialise(kept[key], zeros=fill == "zeros")
+    with skipped_random_init(fill=fill != "none" or bool(pruned) or bool(lowrank)):
         model = task.build(arch)
     if pruned:
         replay(model, task.example_input(2), pruned)
@@ -186,11 +197,15 @@ def _on_meta(model: nn.Module) -> nn.Module:
     return copy.deepcopy(model, memo)
 
 
-def _materialise(structure: _Structure) -> nn.Module:
-    """A fresh module from a kept structure: parameters allocated on the CPU (not filled),
-    tied ones tied again, buffers set to the factory's values."""
+def _materialise(structure: _Structure, *, zeros: bool = False) -> nn.Module:
+    """A fresh module from a kept structure: parameters allocated on the CPU (not filled, or
+    zeros with `zeros`), tied ones tied again, buffers set to the factory's values."""
     model = copy.deepcopy(structure.module)
     model.to_empty(device="cpu")  # gives each module its own new Parameter: re-tie below
+    if zeros:
+        with torch.no_grad():
+            for p in model.parameters():
+                p.zero_()
     for group in structure.ties:
         shared = model.get_parameter(group[0])
         for name in group[1:]:

@@ -526,6 +526,42 @@ def test_a_structure_is_built_and_replayed_once_then_copied_from_the_meta_device
     assert counts.builds == builds + 1  # a new task object: its own structure
 
 
+@pytest.mark.parametrize("mode", ["dynamic_int8", "bfloat16", "int8_weight_only"])
+def test_a_quantized_rebuild_copies_the_structure_only_where_values_do_not_matter(
+    monkeypatch: pytest.MonkeyPatch, mode: str
+) -> None:
+    """dynamic_int8 and the casts convert a zero-filled copy of the kept structure (no
+    factory, no replay after the first rebuild) and rebuild the same model; torchao's modes,
+    whose conversion reads the weights, build from the factory every time."""
+    from stages import rebuild
+    from stages.base import StageInput
+    from stages.distill import DistillParams, distill
+    from stages.quantize import QuantizeParams, quantize
+    from stages.teacher import TeacherParams, train_teacher
+
+    counts = _Counts()
+    task = _counted_task(counts, width=32)
+    teacher = train_teacher(StageInput(task=task, parent=None), TeacherParams(epochs=0))
+    student = distill(
+        StageInput(task=task, parent=teacher.checkpoint, teacher=teacher.checkpoint),
+        DistillParams(epochs=1, student_ratio=0.5),
+    ).checkpoint
+    quantized = quantize(
+        StageInput(task=task, parent=student, teacher=teacher.checkpoint),
+        QuantizeParams(mode=mode),
+    ).checkpoint
+    replays: list[int] = []
+    real_replay = rebuild.replay
+    monkeypatch.setattr(rebuild, "replay", lambda *a: replays.append(1) or real_replay(*a))
+    x = task.example_input(4)
+    first = rebuild.build_model(task, quantized)
+    builds, replayed = counts.builds, len(replays)
+    again = rebuild.build_model(task, quantized)
+    copied = mode in rebuild.VALUE_FREE_MODES
+    assert (counts.builds == builds and len(replays) == replayed) is copied
+    assert torch.equal(again(x), first(x))
+
+
 def test_a_kept_structure_restores_its_buffers_and_keeps_tied_weights_tied() -> None:
     from stages import rebuild
 
