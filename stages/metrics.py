@@ -348,7 +348,9 @@ def check_precision(precision: float) -> None:
 
 def median_ci(times: np.ndarray) -> float:
     """The half-width of a 95% confidence interval of the median of `times`, relative to the
-    median; nan for fewer than 6 values (no interval at 95%).
+    median. Below 6 values no interval reaches 95%: the range's half-width stands in (the
+    interval between the smallest and the largest of 5 values holds the median 94% of the
+    time), so a figure from a few calls is never reported as precise; nan for one value.
 
     Distribution-free: the interval between the order statistics of ranks n/2 -+ 1.96 sqrt(n)/2
     (the binomial count of values below the median, normal approximation; Conover, Practical
@@ -356,12 +358,12 @@ def median_ci(times: np.ndarray) -> float:
     needs no model. Timing calls are not independent (the machine drifts): the interval says
     how well this run's median is known, not what the next run will measure."""
     n = int(times.size)
-    if n < 6:
+    if n < 2:
         return math.nan
     ordered = np.sort(times)
     half = 1.96 * math.sqrt(n) / 2
-    low = max(0, math.floor(n / 2 - half) - 1)
-    high = min(n - 1, math.ceil(n / 2 + half))
+    low = max(0, math.floor(n / 2 - half) - 1) if n >= 6 else 0
+    high = min(n - 1, math.ceil(n / 2 + half)) if n >= 6 else n - 1
     median = float(np.median(ordered))
     if median <= 0:
         return math.nan
@@ -568,7 +570,8 @@ def interleaved_latency(
     each model's calls per round are chosen from its warm-up timing to fit in
     `time_cap_s / rounds` seconds (at most `repeats`, at least `MIN_ROUND_REPEATS`). With
     `calls` (one per checkpoint, None for unknown), a model takes at most about that many
-    timed calls over all rounds (`calls / rounds` a round, at least `MIN_ROUND_REPEATS`): the
+    timed calls over all rounds (`calls / rounds` a round, at least `MIN_REPEATS` so the
+    descheduled calls of a round can be dropped, `running_calls`): the
     final phase gives each model the calls its in-sweep measurement needed to know its median
     to `latency.precision`, spread over the rounds, not the whole time cap.
     """
@@ -596,9 +599,7 @@ def interleaved_latency(
         planned = [
             planned_repeats(
                 _warm_up(p, xs, warmup=warmup, time_cap_s=time_cap_s),
-                repeats=min(repeats, max(MIN_ROUND_REPEATS, math.ceil(n / rounds)))
-                if n
-                else repeats,
+                repeats=min(repeats, max(MIN_REPEATS, math.ceil(n / rounds))) if n else repeats,
                 time_cap_s=round_cap_s,
                 least=MIN_ROUND_REPEATS,
             )

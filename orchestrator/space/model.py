@@ -298,10 +298,12 @@ class SearchSpace:
         lines.append(f"fixed ({len(fixed)}):")
         lines += [f"  {k:<{width}}  {v!r}" for k, v in fixed.items()]
         lat = self.latency
+        stop = f"stop at +-{100 * lat.precision:g}%" if lat.precision else "no early stop"
+        final = f"final phase {lat.rounds} rounds" if lat.rounds else "no final phase"
         lines.append(
             f"latency:      warmup {lat.warmup}, repeats {lat.repeats} within "
-            f"{lat.time_cap_s:g}s (stop at +-{lat.precision:.0%}), batch {lat.batch_size}, "
-            f"threads {lat.threads}"
+            f"{lat.time_cap_s:g}s ({stop}), batch {lat.batch_size}, threads {lat.threads}, "
+            f"{final}"
         )
         return "\n".join(lines)
 

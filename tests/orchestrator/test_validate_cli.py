@@ -53,9 +53,16 @@ def test_validate_good_space_prints_summary(tmp_path: Path) -> None:
         "choice [2.0, 4.0]",
         "teacher.epochs",
         "4 trials",
+        "stop at +-2%",
+        "final phase 7 rounds",
         "is valid",
     ):
         assert part in result.stdout, part
+    # precision 0 is no early stop (not "+-0%"), rounds 0 no final phase
+    off = _write(tmp_path, _with(latency={"precision": 0, "rounds": 0}))
+    result = runner.invoke(app, ["validate", str(off)])
+    assert result.exit_code == 0, result.output
+    assert "no early stop" in result.stdout and "no final phase" in result.stdout
 
 
 @pytest.mark.parametrize("name", ["default", "quick", "tiny", "digits-cnn"])
