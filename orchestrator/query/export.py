@@ -693,7 +693,17 @@ def _artifact(ckpt: ModelCheckpoint) -> str:
 def _load_card(ckpt: ModelCheckpoint, written: list[str]) -> dict[str, Any]:
     """The card's `load` (how a fresh Python process loads the artifact, for the rows that
     need more than torch), `not_written` ({file: why}) and, when model.pt2 could not be
-    written, `artifact` (the rebuild files) of a static_int8/qat row."""
+    written, `artifact` (the rebuild files) of a static_int8/qat row; for an eager row's
+    TorchScript model.pt, its `load` line and `measured_on` (the row's latency is the eager
+    module's: the trace can run at another speed)."""
+    if ckpt.runtime == "eager" and not _is_pt2e(ckpt) and "model.pt" in written:
+        return {
+            "load": "import torch; model = torch.jit.load('model.pt')",
+            "measured_on": "the eager module (checkpoint.pt rebuilt by squeezeray's "
+            "build_model, or huggingface/ where written), as the sweep ran it: model.pt is a "
+            "TorchScript trace of it, for deployment without the model's code, and can run "
+            "at another speed; sweep with export.runtime: torchscript to measure that",
+        }
     if not _is_pt2e(ckpt) or ckpt.runtime not in ("eager", "torchscript"):
         return {}
     from stages.pt2e import LOAD_IMPORT

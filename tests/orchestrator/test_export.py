@@ -123,6 +123,13 @@ def test_export_every_runtime_and_int8_mode(
     else:
         run = torch.jit.load(str(out / "model.pt"))
     assert _accuracy(run, digits) == pytest.approx(row["test_accuracy"], abs=1e-12)
+    # an eager row's model.pt is a TorchScript trace of what was measured: the card says how
+    # to load it and that its latency was the eager module's
+    if runtime == "eager":
+        assert card["load"] == "import torch; model = torch.jit.load('model.pt')"
+        assert "eager module" in card["measured_on"] and "torchscript" in card["measured_on"]
+    else:
+        assert "measured_on" not in card
     assert _accuracy(load_model(storage, "t1", sweep="s1"), digits) == pytest.approx(
         row["test_accuracy"], abs=1e-12
     )
