@@ -152,8 +152,15 @@ class StageClaims:
             fd = os.open(self.path(key), os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
         except FileExistsError:
             return False
-        with os.fdopen(fd, "w") as f:
-            json.dump(asdict(self.owner), f)
+        try:
+            with os.fdopen(fd, "w") as f:
+                json.dump(asdict(self.owner), f)
+        except BaseException:
+            # Not left half written (a full disk): a claim without an owner is judged by its
+            # age alone and would hold the key for STALE_S.
+            with contextlib.suppress(OSError):
+                self.path(key).unlink()
+            raise
         return True
 
     def _take_over_if_stale(self, key: str) -> bool:

@@ -6,6 +6,7 @@ in test_cache_faults.py."""
 from __future__ import annotations
 
 import asyncio
+import errno
 import hashlib
 import json
 import os
@@ -90,6 +91,25 @@ def test_a_silent_claim_from_another_host_goes_stale_by_age(tmp_path: Path) -> N
     old = path.stat().st_mtime - 10 * claims.stale_s
     os.utime(path, (old, old))
     assert claims.acquire(KEY)
+
+
+def test_a_claim_that_could_not_be_written_is_not_left_behind(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A full disk fails the claim's write after its file was created: the empty file goes
+    (left, it had no owner to judge and held the key for `stale_s`: a resume after a full
+    disk waited 120 s for it, tests/orchestrator/test_resume_integrity.py)."""
+    first, second = _claimants(tmp_path)
+
+    def full(*args: object, **kwargs: object) -> None:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    with monkeypatch.context() as m:
+        m.setattr("orchestrator.store.claims.json.dump", full)
+        with pytest.raises(OSError, match="No space"):
+            first.acquire(KEY)
+    assert not first.path(KEY).exists() and KEY not in first.held
+    assert second.acquire(KEY)
 
 
 def test_release_leaves_a_claim_someone_else_took_over(tmp_path: Path) -> None:

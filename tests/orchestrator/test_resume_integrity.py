@@ -141,6 +141,10 @@ def test_disk_full_during_a_sweep_then_resume_keeps_rows_and_runs_drawn_knobs(
     assert [p for p in temp_files(storage) if "/tune/" not in str(p)] == []
     before = {r["trial_id"]: r for r in load_results(str(storage)).to_pylist()}
     assert len([t for t in before if t != "baseline"]) == 2
+    # No claim left without its owner by a write the full disk refused (it held its stage key
+    # for claims.STALE_S: the resume below waited 120 s for it).
+    claims = list((storage / "cache" / ".claims").glob("*.claim"))
+    assert all(p.stat().st_size > 0 for p in claims), claims
 
     disk.free()
     # Tune's newest experiment state cut short, as the full disk left it in the report (it
