@@ -611,16 +611,15 @@ def run(
             previous = json.loads(
                 ((results_dir or Path(__file__).parent / "results") / f"{name}.json").read_text()
             )
+        # earlier sizes measured the same way (each task's own CPU, `instrument_worker`)
+        done = {x["size"] for x in summaries}
         kept = [
             s
             for s in previous.get("summaries", [])
-            if s["size"] not in {x["size"] for x in summaries}
+            if s["size"] not in done and "measure_tasks_cpu_s" in s
         ]
-        kept_raw = [
-            r
-            for r in previous.get("raw", [])
-            if r["hand"]["size"] not in {x["size"] for x in summaries}
-        ]
+        kept_sizes = {s["size"] for s in kept}
+        kept_raw = [r for r in previous.get("raw", []) if r["hand"]["size"] in kept_sizes]
         order = {s: i for i, s in enumerate(SIZES)}
         all_summaries = sorted(kept + summaries, key=lambda s: order[s["size"]])
         all_raw = sorted(kept_raw + raw, key=lambda r: order[r["hand"]["size"]])
