@@ -232,6 +232,7 @@ def instrument_worker() -> None:
         cpu0 = time.process_time()
         import torch  # noqa: F401
 
+        import orchestrator.store.storage  # noqa: F401  (pyarrow's filesystems)
         import stages.metrics
         import stages.runner  # noqa: F401
         from stages import stage_registry
