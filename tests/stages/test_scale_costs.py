@@ -490,23 +490,31 @@ def test_a_task_metric_runs_each_split_through_the_model_once() -> None:
     assert m.custom["val_top1"] == pytest.approx(m.val_accuracy)
 
 
-def test_a_structure_is_built_and_replayed_once_then_copied_from_the_meta_device(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    """The second rebuild of a pruned student calls neither the factory nor the replay, and
-    rebuilds the same model (logits, BatchNorm buffers); another task object builds its own."""
-    from stages import rebuild
+def _teacher_and_student(counts: _Counts) -> tuple[Task, Any, ModelCheckpoint]:
+    """A counted task, its untrained teacher's StageOutput and a student distilled from it
+    (made from the teacher: its recipe replays structured pruning)."""
     from stages.base import StageInput
     from stages.distill import DistillParams, distill
     from stages.teacher import TeacherParams, train_teacher
 
-    counts = _Counts()
     task = _counted_task(counts, width=32)
     teacher = train_teacher(StageInput(task=task, parent=None), TeacherParams(epochs=0))
     student = distill(
         StageInput(task=task, parent=teacher.checkpoint, teacher=teacher.checkpoint),
         DistillParams(epochs=1, student_ratio=0.5),
     ).checkpoint
+    return task, teacher, student
+
+
+def test_a_structure_is_built_and_replayed_once_then_copied_from_the_meta_device(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The second rebuild of a pruned student calls neither the factory nor the replay, and
+    rebuilds the same model (logits, BatchNorm buffers); another task object builds its own."""
+    from stages import rebuild
+
+    counts = _Counts()
+    task, _, student = _teacher_and_student(counts)
     assert student.recipe.get("pruned")  # made from the teacher: a replayed structure
     replays: list[int] = []
     real_replay = rebuild.replay
@@ -537,17 +545,10 @@ def test_a_quantized_rebuild_copies_the_structure_only_where_values_do_not_matte
     whose conversion reads the weights, build from the factory every time."""
     from stages import rebuild
     from stages.base import StageInput
-    from stages.distill import DistillParams, distill
     from stages.quantize import QuantizeParams, quantize
-    from stages.teacher import TeacherParams, train_teacher
 
     counts = _Counts()
-    task = _counted_task(counts, width=32)
-    teacher = train_teacher(StageInput(task=task, parent=None), TeacherParams(epochs=0))
-    student = distill(
-        StageInput(task=task, parent=teacher.checkpoint, teacher=teacher.checkpoint),
-        DistillParams(epochs=1, student_ratio=0.5),
-    ).checkpoint
+    task, teacher, student = _teacher_and_student(counts)
     quantized = quantize(
         StageInput(task=task, parent=student, teacher=teacher.checkpoint),
         QuantizeParams(mode=mode),
