@@ -1,9 +1,12 @@
 """Interrupted sweeps and `squeezeray sweep --resume`.
 
 The fault tests run the real CLI in a subprocess (its own embedded Ray, in its own session so
-every process it starts can be found and cleaned up): SIGKILL of the driver, then a resume in
-a fresh process; Ctrl-C (SIGINT) and SIGTERM, whose message is the resume command, which is
-then run as printed. The signal logic and the manifest round trip are also tested in-process.
+every process it starts can be found and cleaned up): SIGKILL of the driver, then a resume;
+Ctrl-C (SIGINT) and SIGTERM, whose message is the resume command, which is then run as printed.
+The resumes run the CLI in this process on the session's Ray (`_resume`): the interrupted
+driver and its Ray are gone, so the resumed sweep has only the storage to go on, as in a new
+process, without a second Ray start per test. The signal logic and the manifest round trip
+are also tested in-process.
 """
 
 from __future__ import annotations
@@ -128,6 +131,19 @@ def _reap_session(sid: int, *, grace_s: float) -> dict[int, str]:
     return left
 
 
+def _resume(tmp_path: Path, args: list[str]) -> tuple[int, str]:
+    """The CLI (`args` after `squeezeray`) in this process, on the session's Ray: its exit code
+    and output (also written to resume.log, to read after a failure)."""
+    from typer.testing import CliRunner
+
+    from orchestrator.cli import app
+
+    result = CliRunner().invoke(app, args)
+    output = result.output + (f"\n{result.exception!r}" if result.exception else "")
+    (tmp_path / "resume.log").write_text(output)
+    return result.exit_code, output
+
+
 @pytest.fixture
 def cleanup() -> Iterator[list[int]]:
     """Session ids to reap after the test, even when it fails."""
@@ -198,7 +214,9 @@ def _check_complete(storage: Path, sweep_id: str) -> list[dict[str, Any]]:
 
 
 @pytest.mark.slow
-def test_sigkilled_driver_resumes_with_every_trial_once(tmp_path: Path, cleanup: list[int]) -> None:
+def test_sigkilled_driver_resumes_with_every_trial_once(
+    tmp_path: Path, cleanup: list[int], ray_session: None
+) -> None:
     space = tmp_path / "space.yaml"
     space.write_text(KILL_SPACE)
     storage = tmp_path / "results"
@@ -222,10 +240,9 @@ def test_sigkilled_driver_resumes_with_every_trial_once(tmp_path: Path, cleanup:
 
     sweep_id = latest_sweep_id(open_storage(storage))
     assert read_manifest(open_storage(storage), sweep_id)["status"] == "running"
-    resume = _Run(tmp_path, "resume", ["sweep", "--resume", "--storage", str(storage)])
-    cleanup.append(resume.proc.pid)
-    assert resume.wait(timeout=300) == 0, resume.output
-    assert "(resumed)" in resume.output
+    code, output = _resume(tmp_path, ["sweep", "--resume", "--storage", str(storage)])
+    assert code == 0, output
+    assert "(resumed)" in output
 
     rows = _check_complete(storage, sweep_id)
     after = {r["trial_id"]: r for r in rows}
@@ -239,18 +256,18 @@ def test_sigkilled_driver_resumes_with_every_trial_once(tmp_path: Path, cleanup:
     stage_keys = load_stages(str(storage), sweep="all").column("stage_key").to_pylist()
     assert len(stage_keys) == len(set(stage_keys))
     assert read_manifest(open_storage(storage), sweep_id)["status"] == "finished"
-    summary_line = " ".join(resume.output.split())
+    summary_line = " ".join(output.split())
     if len(before) < TRIALS:
         # A trial was unfinished at the kill: the resumed sweep ran it, loading stages from
         # their checkpoints. (Cheap trials can all finish between the poll and the kill; then
         # there is nothing to load, and the checks above are the test.)
-        assert re.search(r"\+[1-9]\d* loaded from cache", summary_line), resume.output
+        assert re.search(r"\+[1-9]\d* loaded from cache", summary_line), output
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["ctrl-c", "sigterm"])
 def test_interrupt_prints_the_resume_command_which_finishes_the_sweep_within_its_budget(
-    tmp_path: Path, cleanup: list[int], sig: signal.Signals
+    tmp_path: Path, cleanup: list[int], sig: signal.Signals, request: pytest.FixtureRequest
 ) -> None:
     """A sweep with a time budget is interrupted; its message is the resume command, which
     runs as printed. The manifest keeps the budget spent so far; the resumed run gets what
@@ -284,13 +301,13 @@ def test_interrupt_prints_the_resume_command_which_finishes_the_sweep_within_its
     if sig == signal.SIGTERM:
         return  # resuming is the same for both; run it once
 
-    resume = _Run(tmp_path, "resume", command[1:])
-    cleanup.append(resume.proc.pid)
-    assert resume.wait(timeout=300) == 0, resume.output
+    request.getfixturevalue("ray_session")  # the resume only
+    code, output = _resume(tmp_path, command[1:])
+    assert code == 0, output
     _check_complete(storage, "s1")
     manifest = read_manifest(open_storage(storage), "s1")
     assert manifest["status"] == "finished" and manifest["budget_elapsed_s"] > spent
-    assert "all trials done" in " ".join(resume.output.split()), resume.output
+    assert "all trials done" in " ".join(output.split()), output
 
 
 # --- in-process ---------------------------------------------------------------------------------
