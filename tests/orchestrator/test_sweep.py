@@ -14,6 +14,7 @@ from orchestrator.engine.sweep import execute_sweep, prepare_sweep
 from orchestrator.space.config import load_space
 from orchestrator.store.results import load_stages
 from orchestrator.store.schema import RESULTS_SCHEMA
+from stages.metrics import MIN_REPEATS
 
 REQUIRED = [
     "sweep_id",
@@ -105,8 +106,9 @@ def test_tiny_sweep_rows_shared_prefix_and_reuse(tmp_path: Path) -> None:
         assert (r["latency_rounds"] == 7) is final, r
         if final:
             assert r["latency_cv"] >= 0 and r["speedup"] > 0 and r["latency_ms_final"] > 0
-            # the final phase spreads about the calls the sweep needed over its 7 rounds
-            per_round = max(3, -(-r["latency_repeats_sweep"] // 7))
+            # the final phase spreads about the calls the sweep needed over its 7 rounds (at
+            # least MIN_REPEATS a round)
+            per_round = max(MIN_REPEATS, -(-r["latency_repeats_sweep"] // 7))
             assert r["latency_repeats_final"] <= 7 * per_round, r
         else:
             assert r["latency_cv"] is None and r["speedup"] is None
