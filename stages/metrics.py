@@ -334,11 +334,8 @@ def _check_time_cap(time_cap_s: float) -> None:
 
 def check_precision(precision: float) -> None:
     """`latency.precision` must be a share in [0, 1): 0 turns the early stop off."""
-    if isinstance(precision, bool) or not isinstance(precision, int | float):
-        ok = False
-    else:
-        ok = 0 <= precision < 1
-    if not ok:
+    number = isinstance(precision, int | float) and not isinstance(precision, bool)
+    if not number or not 0 <= precision < 1:
         raise SqueezerayError(
             f"latency.precision={precision!r} is not accepted; accepted: a share in [0, 1), "
             "the half-width of the median's 95% confidence interval at which timing stops "

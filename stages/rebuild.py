@@ -27,7 +27,7 @@ import json
 from collections import OrderedDict
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 import torch
 from torch import nn
@@ -65,8 +65,10 @@ def build_model(task: Task, ckpt: ModelCheckpoint, *, share_weights: bool = Fals
     # ones can be left unallocated and its structure copied from the last rebuild. A quantized
     # one is converted first, which reads its fresh weights: zeros, as built (or, for a
     # conversion whose result does not depend on them, zeros in a copy of the structure).
-    fill = "none" if mode == "none" else "zeros" if mode in VALUE_FREE_MODES else "build"
-    model = float_structure(task, ckpt.arch, pruned, lowrank, fill=fill)
+    weights: Weights = (
+        "empty" if mode == "none" else "zeros" if mode in VALUE_FREE_MODES else "factory"
+    )
+    model = float_structure(task, ckpt.arch, pruned, lowrank, weights=weights)
     if mode != "none":
         model = rebuild_quantized(task, model, ckpt.state_dict, mode, recipe=ckpt.recipe)
     state = _state_for_load(model, ckpt.state_dict, mode)
@@ -89,6 +91,8 @@ def build_model(task: Task, ckpt: ModelCheckpoint, *, share_weights: bool = Fals
 # their rebuild may start from a zero-filled copy of a kept structure instead of the factory.
 # torchao's and PT2E's conversions trace or compute scales from the weights: they build.
 VALUE_FREE_MODES = ("dynamic_int8", *CAST_MODES)
+# What a rebuilt float structure's weights hold before the checkpoint's load (`float_structure`).
+Weights = Literal["factory", "zeros", "empty"]
 
 # Rebuilt float structures of the last few tasks (by identity: a worker's tasks come from
 # load_task's per-process cache), on the meta device: a worker rebuilds the same few structures
@@ -114,16 +118,16 @@ def float_structure(
     pruned: list[Any],
     lowrank: dict[str, Any],
     *,
-    fill: str = "build",
+    weights: Weights = "factory",
 ) -> nn.Module:
     """A fresh float module of `arch` with the recipe's structure replayed (structured pruning,
-    then low-rank factors); buffers as the factory made them. `fill`, its weights: "build" as
-    the factory builds them with `skipped_random_init` (random initialisers give zeros), for a
+    then low-rank factors); buffers as the factory made them. `weights`: "factory" as the
+    factory builds them with `skipped_random_init` (random initialisers give zeros), for a
     model whose conversion reads them (torchao, PT2E tracing); "zeros" all zero, for a
-    conversion whose result does not depend on them (`VALUE_FREE_MODES`); "none" unallocated
+    conversion whose result does not depend on them (`VALUE_FREE_MODES`); "empty" unallocated
     memory, for a model whose every weight is replaced before it runs.
 
-    The first rebuild of a structure, and every one with fill "build", builds it (task factory
+    The first rebuild of a structure, and every one with weights "factory", builds it (task factory
     with `skipped_random_init`, `replay`, `factorize_layers`; the first keeps it on the meta
     device); a later one copies the kept structure (`copy.deepcopy` of modules without tensor
     data) and allocates (zeroed for "zeros"): no factory call, no trace, no replay. At 10M
@@ -133,14 +137,16 @@ def float_structure(
     The same idea as building on the meta device and `to_empty` (PyTorch's recipe for big
     models), keyed by the task object, the role and the recipe.
     """
-    if fill not in ("build", "zeros", "none"):
-        raise SqueezerayError(f"float_structure: fill={fill!r}; accepted: build, zeros, none")
+    if weights not in ("factory", "zeros", "empty"):
+        raise SqueezerayError(
+            f"float_structure: weights={weights!r}; accepted: factory, zeros, empty"
+        )
     key = json.dumps([arch, pruned, lowrank], sort_keys=True, default=str)
     kept = _kept_structures(task)
-    if key in kept and fill != "build":
+    if key in kept and weights != "factory":
         kept.move_to_end(key)
-        return _materialise(kept[key], zeros=fill == "zeros")
-    with skipped_random_init(fill=fill != "none" or bool(pruned) or bool(lowrank)):
+        return _materialise(kept[key], zeros=weights == "zeros")
+    with skipped_random_init(fill=weights != "empty" or bool(pruned) or bool(lowrank)):
         model = task.build(arch)
     if pruned:
         replay(model, task.example_input(2), pruned)
