@@ -63,6 +63,7 @@ def write_manifest(
         "teacher_weights": sweep.teacher_weights,
         "options": sweep.options.to_dict(),  # what --resume runs (SweepOptions)
         "tune_experiment": sweep.tune_experiment or sweep.sweep_id,  # what --resume restores
+        "tune_carried": list(sweep.tune_carried),  # finished trials it did not run (a rebuild)
         "status": status,
         "error": error,
         "resume_command": resume_command(store, sweep.sweep_id, command=sweep.command),

@@ -97,6 +97,7 @@ def prepare_sweep(
         budget_elapsed_s=start.budget_elapsed_s,
         finished=start.finished,
         tune_experiment=start.tune_experiment,
+        tune_carried=start.tune_carried,
     )
 
 
@@ -143,6 +144,7 @@ class _Start:
     budget_elapsed_s: float = 0.0
     finished: bool = False  # a resumed sweep whose manifest says it finished: nothing to run
     tune_experiment: str | None = None  # the Tune experiment its manifest names (a resume)
+    tune_carried: tuple[str, ...] = ()  # the finished trials it did not run (its manifest)
 
 
 def _resumed(
@@ -168,7 +170,10 @@ def _resumed(
     opts = resumed_options(manifest, given, store, sweep_id)
     finished = manifest.get("status") == "finished" and not _rerun_rows(store, sweep_id)
     experiment = manifest.get("tune_experiment")
-    return _Start(space, opts, sweep_id, space_text, budget_elapsed_s, finished, experiment)
+    carried = tuple(manifest.get("tune_carried") or ())
+    return _Start(
+        space, opts, sweep_id, space_text, budget_elapsed_s, finished, experiment, carried
+    )
 
 
 def _rerun_rows(store: Storage, sweep_id: str) -> list[str]:

@@ -47,6 +47,9 @@ class PreparedSweep:
     # The Tune experiment its trials run in (<storage>/tune/<name>; the manifest keeps it):
     # None is the sweep id; a resume whose Tune state could not be restored runs a new one.
     tune_experiment: str | None = None
+    # Trials with a final row that experiment did not run (kept by the rebuild that started it):
+    # its Tune state never lists them (`tune_state.state_problem`).
+    tune_carried: tuple[str, ...] = ()
 
     @property
     def cpus_per_trial(self) -> float:

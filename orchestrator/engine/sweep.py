@@ -256,7 +256,7 @@ def _execute_sweep(
     # Tune experiment restored, or rebuilt when its state cannot be (`tune_state`).
     stored = stored_results(sweep.storage, sweep.sweep_id) if sweep.resume else {}
     plan = tune_plan(sweep, stored)
-    sweep = dataclasses.replace(sweep, tune_experiment=plan.experiment)
+    sweep = dataclasses.replace(sweep, tune_experiment=plan.experiment, tune_carried=plan.carried)
     report_step(progress, "starting Ray" if address is None else f"joining Ray at {address}")
     run = _start(sweep, address=address, num_cpus=num_cpus, latency_resource=latency_resource)
     if progress is not None:

@@ -3,16 +3,19 @@ when its state cannot be restored - a new experiment for the trials still to run
 
 A resumed sweep restores Tune's experiment (`tuner.restored_tuner`: same trial ids, each
 unfinished trial with the config it drew) only when that state can be read and agrees with the
-store: Tune's newest `experiment_state-*.json` parses, its searcher state loads, and every trial
-it counts as finished has its row. A truncated file (a full disk while Tune saved it) or a trial
-finished without a row would otherwise make Tune drop its trials and run others under old ids
-with an empty config (issue 21). Then the sweep is rebuilt from the manifest and the stored
-rows: the trials still to run (the space's count less the trials with a final row) run as a
-new Tune experiment (`<sweep id>.rebuilt-<n>`). A `lost` trial runs again under its own trial id
-with the knobs its row records (`rerun_search.RerunLost`), so its new row replaces the `lost`
-one; only trials never started are drawn afresh by the search (new trial ids) - Optuna
-warm-started from the stored rows, grid search without the points already done or re-run,
-random search from a seed moved past the earlier run. Finished rows are kept as they are.
+store: Tune's newest `experiment_state-*.json` parses, its searcher state loads, every trial it
+counts as finished has its row, and every finished row is of a trial it lists. A truncated file
+(a full disk while Tune saved it) or a trial finished without a row would otherwise make Tune
+drop its trials and run others under old ids with an empty config (issue 21); a state older
+than the rows (the driver killed between two of Tune's saves) would have its searcher draw the
+trials it does not list again, under new ids ("all trials done (11 of 6)"). Then the sweep is
+rebuilt from the manifest and the stored rows: the trials still to run (the space's count less
+the trials with a final row) run as a new Tune experiment (`<sweep id>.rebuilt-<n>`). A `lost`
+trial runs again under its own trial id with the knobs its row records
+(`rerun_search.RerunLost`), so its new row replaces the `lost` one; only trials never started
+are drawn afresh by the search (new trial ids) - Optuna warm-started from the stored rows, grid
+search without the points already done or re-run, random search from a seed moved past the
+earlier run. Finished rows are kept as they are.
 """
 
 from __future__ import annotations
@@ -60,6 +63,9 @@ class TunePlan:
     # (trial id, its knobs) of each lost trial run again as it was drawn (a rebuild)
     reruns: tuple[tuple[str, dict[str, Any]], ...] = ()
     warm_start: WarmStart | None = None  # the finished ok trials, for Optuna (a rebuild)
+    # trials with a final row that this experiment did not run (kept from the experiment a
+    # rebuild replaced): its state never lists them; the manifest keeps them
+    carried: tuple[str, ...] = ()
     note: str = ""  # why the experiment was rebuilt (empty: it was not)
 
 
@@ -70,9 +76,11 @@ def tune_plan(sweep: PreparedSweep, stored: Mapping[str, Mapping[str, Any]]) -> 
     if not sweep.resume:
         return TunePlan(experiment=experiment, restore=False, trials_left=None)
     path, fs = tune_storage(sweep.storage, "tune")
-    problem = state_problem(f"{path}/{experiment}", fs, stored)
+    problem = state_problem(f"{path}/{experiment}", fs, stored, carried=sweep.tune_carried)
     if problem is None:
-        return TunePlan(experiment=experiment, restore=True, trials_left=None)
+        return TunePlan(
+            experiment=experiment, restore=True, trials_left=None, carried=sweep.tune_carried
+        )
     return _rebuilt(sweep, stored, problem, path, fs)
 
 
@@ -110,6 +118,7 @@ def _rebuilt(
         reruns=reruns,
         warm_start=warm_start_from(sweep_table(sweep.storage, sweep.sweep_id), sweep.space),
         note=note,
+        carried=tuple(sorted(finals)),
     )
 
 
@@ -151,11 +160,17 @@ def _next_name(sweep_id: str, path: str, fs: Any) -> str:
 
 
 def state_problem(
-    experiment_dir: str, fs: Any, stored: Mapping[str, Mapping[str, Any]]
+    experiment_dir: str,
+    fs: Any,
+    stored: Mapping[str, Mapping[str, Any]],
+    *,
+    carried: tuple[str, ...] = (),
 ) -> str | None:
     """Why Tune's experiment in `experiment_dir` cannot be restored as it is, or None when it
     can: no state at all, a newest state file that does not parse (truncated), a searcher
-    state that does not load, or a trial Tune counts as finished without a final row."""
+    state that does not load, a trial Tune counts as finished without a final row, or a final
+    row of a trial the state does not list (`carried`: trials kept from an experiment a
+    rebuild replaced, which it never lists)."""
     from ray import tune
 
     if not tune.Tuner.can_restore(experiment_dir, storage_filesystem=fs):
@@ -171,7 +186,7 @@ def state_problem(
             state = loaded if name.startswith("experiment_state-") else state
     except _Unreadable as exc:
         return str(exc)
-    return _finished_without_row(state, stored)
+    return _disagreement(state, stored, carried)
 
 
 # Tune's state files: <kind>-<YYYY-mm-dd_HH-MM-SS>.json|.pkl, one per snapshot; it reads the newest
@@ -210,23 +225,36 @@ def _load(fs: Any, path: str) -> Any:
         raise _Unreadable(f"{path} does not load: {type(exc).__name__}: {exc}") from exc
 
 
-def _finished_without_row(state: Any, stored: Mapping[str, Mapping[str, Any]]) -> str | None:
-    """Trials Tune's state counts as finished (TERMINATED) whose row the store lacks: a
-    restored Tune would never run them again, so the sweep would end short of its trials."""
+def _disagreement(
+    state: Any, stored: Mapping[str, Mapping[str, Any]], carried: tuple[str, ...] = ()
+) -> str | None:
+    """Where Tune's experiment state and the store disagree: trials Tune counts as finished
+    (TERMINATED) without a final row (a restored Tune would never run them again: the sweep
+    would end short), or final rows of trials the state does not list (it is older than them:
+    its searcher would draw those trials again, and the sweep would end with more rows than
+    trials). None when they agree."""
     if not isinstance(state, dict):
         return None
     finals = final_trials(stored)
-    missing = []
+    missing, listed = [], set()
     for entry in state.get("trial_data") or []:
         try:
             trial = json.loads(entry[0])
         except (TypeError, ValueError, IndexError):
             return "its experiment state lists a trial it cannot read"
+        listed.add(trial.get("trial_id"))
         if trial.get("status") == "TERMINATED" and trial.get("trial_id") not in finals:
             missing.append(str(trial.get("trial_id")))
     if missing:
         return (
             f"Tune counts trial(s) {', '.join(sorted(missing))} as finished, but the store has "
             "no row for them (their row could not be written)"
+        )
+    unknown = sorted(finals - listed - set(carried))
+    if unknown:
+        return (
+            f"the store has the finished row(s) of trial(s) {', '.join(unknown)}, which Tune's "
+            "last saved state does not list (it was saved before them: the sweep was stopped "
+            "without Tune saving its state)"
         )
     return None

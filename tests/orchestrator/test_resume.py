@@ -26,7 +26,12 @@ from typing import Any
 
 import pytest
 
-from orchestrator.engine.manifest import latest_sweep_id, read_manifest, write_manifest
+from orchestrator.engine.manifest import (
+    latest_sweep_id,
+    manifest_path,
+    read_manifest,
+    write_manifest,
+)
 from orchestrator.engine.signals import stop_signals
 from orchestrator.engine.sweep import (
     SweepInterrupted,
@@ -178,15 +183,18 @@ def _raw_trial_rows(storage: Path) -> int:
     return int(pc.sum(pc.invert(table.column("is_baseline"))).as_py() or 0)
 
 
-def _tune_trials(storage: Path, sweep_id: str) -> dict[str, str]:
-    """Trial id -> status in the restored Tune experiment (what Tune considers the sweep)."""
+def _tune_trials(storage: Path, experiment: str) -> dict[str, str]:
+    """Trial id -> status in a Tune experiment (what Tune considers the sweep); none when it
+    has no state (a rebuilt experiment left nothing to draw saves none)."""
     from ray.tune import ExperimentAnalysis
 
-    analysis = ExperimentAnalysis(str(storage / "tune" / sweep_id))
+    if not list((storage / "tune" / experiment).glob("experiment_state-*.json")):
+        return {}
+    analysis = ExperimentAnalysis(str(storage / "tune" / experiment))
     return {t.trial_id: t.status for t in analysis.trials}
 
 
-def _check_complete(storage: Path, sweep_id: str) -> list[dict[str, Any]]:
+def _check_complete(storage: Path, sweep_id: str, trials: int = TRIALS) -> list[dict[str, Any]]:
     rows = _trial_rows(storage)
     ids = [r["trial_id"] for r in rows]
     assert len(ids) == len(set(ids))
@@ -203,10 +211,15 @@ def _check_complete(storage: Path, sweep_id: str) -> list[dict[str, Any]]:
                 "latency_ms_final",
             ):
                 assert row[column] is not None, (column, row)
-    tune_trials = _tune_trials(storage, sweep_id)
-    assert len(tune_trials) == TRIALS
-    assert set(tune_trials.values()) == {"TERMINATED"}
-    assert set(tune_trials) <= set(ids)  # every trial of the sweep has its row
+    assert len(rows) == trials  # each trial once: none drawn again under a new id
+    # The Tune experiment the manifest names (a rebuilt one when the state was not restored)
+    # ran every trial but those it carried over as stored.
+    manifest = read_manifest(open_storage(storage), sweep_id)
+    tune_trials = _tune_trials(storage, manifest["tune_experiment"])
+    carried = set(manifest["tune_carried"])
+    assert len(tune_trials) + len(carried) == trials
+    assert set(tune_trials.values()) <= {"TERMINATED"}
+    assert set(tune_trials) | carried == set(ids)  # every trial of the sweep has its row
     return rows
 
 
@@ -262,6 +275,58 @@ def test_sigkilled_driver_resumes_with_every_trial_once(
         # their checkpoints. (Cheap trials can all finish between the poll and the kill; then
         # there is nothing to load, and the checks above are the test.)
         assert re.search(r"\+[1-9]\d* loaded from cache", summary_line), output
+
+
+def test_a_tune_state_older_than_the_rows_is_rebuilt_not_drawn_again(
+    tmp_path: Path, ray_session: None, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Killed between two of Tune's snapshots, a sweep leaves rows that its Tune state does not
+    list. Reproduced deterministically: Tune's experiment directory is copied as it stood when
+    the second row was written (in the results writer's callback, between Tune's saves), put
+    back after the sweep, and the manifest left `running` as a killed driver leaves it. Restored
+    as it was, Tune's searcher drew the trials it did not know again under new ids (9 rows for
+    6 trials); now the state is found older than the rows, and the sweep is rebuilt: every
+    trial once, every finished row unchanged."""
+    import shutil
+
+    from orchestrator.engine.sweep import run_sweep
+
+    trials = 6
+    space = tmp_path / "space.yaml"
+    space.write_text(KILL_SPACE.replace("trials: 12", f"trials: {trials}"))
+    storage = tmp_path / "results"
+    snapshot = tmp_path / "tune-snapshot"
+
+    def progress(event: str, info: Any) -> None:
+        counts = info.get("counts") if isinstance(info, dict) else None
+        if event == "done" and counts and sum(counts.values()) == 2 and not snapshot.exists():
+            shutil.copytree(storage / "tune" / sweep_id, snapshot)
+
+    sweep_id = "stale"
+    run_sweep(str(space), storage=str(storage), sweep_id=sweep_id, progress=progress)
+    assert snapshot.exists()
+    before = {r["trial_id"]: r for r in _trial_rows(storage)}
+    assert len(before) == trials
+    stale = _tune_trials_in(snapshot)
+    assert set(before) - set(stale), "the snapshot knows every trial: nothing to test"
+    shutil.rmtree(storage / "tune" / sweep_id)
+    shutil.copytree(snapshot, storage / "tune" / sweep_id)
+    path = storage.joinpath(*manifest_path(sweep_id))
+    path.write_text(json.dumps({**json.loads(path.read_text()), "status": "running"}))
+
+    code, output = _resume(tmp_path, ["sweep", "--resume", "--storage", str(storage)])
+    assert code == 0, output
+    rows = _check_complete(storage, sweep_id, trials)
+    assert "Tune's last saved state does not list" in caplog.text
+    for trial_id, row in before.items():
+        assert {r["trial_id"]: r for r in rows}[trial_id]["started_at"] == row["started_at"]
+
+
+def _tune_trials_in(experiment_dir: Path) -> dict[str, str]:
+    """Trial id -> status in a Tune experiment state's newest file (read as JSON)."""
+    state = json.loads(sorted(experiment_dir.glob("experiment_state-*.json"))[-1].read_text())
+    trials = [json.loads(entry[0]) for entry in state["trial_data"]]
+    return {t["trial_id"]: t["status"] for t in trials}
 
 
 @pytest.mark.slow

@@ -174,8 +174,10 @@ def test_disk_full_during_a_sweep_then_resume_keeps_rows_and_runs_drawn_knobs(
 
 def test_tune_state_that_disagrees_with_the_store_is_not_restored() -> None:
     """Tune counts a trial finished whose row could not be written: restoring would never run
-    it again, so the sweep would end short; the newest state file of each kind is checked."""
-    from orchestrator.engine.tune_state import _finished_without_row, _newest_state_files
+    it again, so the sweep would end short. A row of a trial the state does not list (the
+    state is older than the row): restoring would draw it again. Trials a rebuild carried over
+    are not the experiment's. The newest state file of each kind is checked."""
+    from orchestrator.engine.tune_state import _disagreement, _newest_state_files
 
     def entry(trial_id: str, status: str) -> list[str]:
         return [json.dumps({"trial_id": trial_id, "status": status}), "{}"]
@@ -183,10 +185,13 @@ def test_tune_state_that_disagrees_with_the_store_is_not_restored() -> None:
     state = {
         "trial_data": [entry("a", "TERMINATED"), entry("b", "TERMINATED"), entry("c", "RUNNING")]
     }
-    ok = {"status": "ok"}
-    assert _finished_without_row(state, {"a": ok, "b": ok}) is None
-    problem = _finished_without_row(state, {"a": ok, "baseline": ok})
+    ok, lost = {"status": "ok"}, {"status": "lost"}
+    assert _disagreement(state, {"a": ok, "b": ok, "c": lost, "baseline": ok}) is None
+    problem = _disagreement(state, {"a": ok, "baseline": ok})
     assert problem is not None and "b" in problem and "no row" in problem
+    unknown = _disagreement(state, {"a": ok, "b": ok, "d": ok, "e": lost})
+    assert unknown is not None and "trial(s) d," in unknown and "does not list" in unknown
+    assert _disagreement(state, {"a": ok, "b": ok, "d": ok}, carried=("d",)) is None
     names = [
         "experiment_state-2026-12-07_00-54-25.json", "experiment_state-2026-12-07_00-55-29.json",
         "searcher-state-2026-12-07_00-54-25.pkl", "tuner.pkl", "trial_function_x",
