@@ -596,3 +596,44 @@ def test_a_kept_structure_restores_its_buffers_and_keeps_tied_weights_tied() -> 
         assert got.head.weight.data_ptr() == got.embed.weight.data_ptr()
         assert torch.equal(got.offset, torch.full((3,), 2.0))  # not in the state_dict
         assert torch.allclose(got(x), expected)
+
+
+_FRESH_WORKER = """
+import gc, sys
+import torch
+from orchestrator.engine.stage_tasks import _prepare_worker
+from stages import rebuild
+from stages.tasks import load_task
+before = len(gc.get_objects())
+_prepare_worker((), 1)
+after = len(gc.get_objects())
+task = load_task("blobs")
+rebuild.float_structure(task, "teacher", [], {}, weights="empty")  # built, kept on meta
+rebuild.float_structure(task, "teacher", [], {}, weights="empty")  # copied, allocated
+rebuild.float_structure(task, "teacher", [], {}, weights="zeros")
+print(before, after, "sympy" in sys.modules)
+"""
+
+
+def test_a_fresh_workers_first_task_rescans_no_imports_and_allocates_without_sympy() -> None:
+    """Work a fresh Ray worker does once, counted in a new interpreter: its first task
+    freezes the objects the imports made (a collection then scans only the task's own; it
+    rescanned ~230k, 0.1 CPU s), and allocating a kept structure imports nothing more
+    (`Module.to_empty`'s `empty_like` of a meta tensor imported sympy: ~0.4 CPU s, 486
+    modules)."""
+    import subprocess
+    import sys
+
+    root = Path(__file__).resolve().parents[2]
+    done = subprocess.run(
+        [sys.executable, "-c", _FRESH_WORKER],
+        cwd=root,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**__import__("os").environ, "PYTHONPATH": str(root)},
+    )
+    assert done.returncode == 0, done.stderr
+    before, after, sympy = done.stdout.split()[-3:]
+    assert int(before) > 50_000 and int(after) < int(before) // 20
+    assert sympy == "False"
