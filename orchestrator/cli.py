@@ -1098,3 +1098,6 @@ def main() -> None:
 
 
 _ = (Path, Annotated, Optional, sys)  # used by the command sections above
+
+if __name__ == "__main__":  # `python -m orchestrator.cli ...` runs as `squeezeray ...`
+    main()

@@ -130,6 +130,10 @@ def fmt_list(values: Sequence[Any]) -> str:
 
 
 def short(value: Any, limit: int = 80) -> str:
+    """A value as an error message shows it; YAML's empty value (`key:`) reads as null, the
+    word the user wrote (or left out), not Python's None."""
+    if value is None:
+        return "null (an empty value)"
     text = fmt_list(value) if isinstance(value, list | tuple) else repr(value)
     return text if len(text) <= limit else text[: limit - 3] + "..."
 

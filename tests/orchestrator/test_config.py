@@ -210,6 +210,11 @@ BAD_CASES: list[tuple[str, dict[str, Any] | str, list[str]]] = [
     ("bad-latency", _with(latency={"repeats": 0}), ["latency.repeats", "0"]),
     ("bad-precision", _with(latency={"precision": 2}), ["latency.precision", "2", "[0, 1)"]),
     (
+        "null-precision",
+        _with(latency={"precision": None}),
+        ["latency.precision", "null (an empty value)", "not a number"],
+    ),
+    (
         "text-precision",
         _with(latency={"precision": "2%"}),
         ["latency.precision", "'2%'", "not a number"],
