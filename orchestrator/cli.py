@@ -786,16 +786,33 @@ def _print_export(result: Any) -> None:
     )
     for name, digest in result.files.items():
         out.print(f"  {name}  sha256 {digest[:16]}...", highlight=False, markup=False)
-    out.print(
-        f"re-checked {card['artifact']}: test accuracy {check['accuracy']:.4f} "
-        f"= row {check['expected']:.4f} ({check['samples']} samples in batches of "
-        f"{check['batch_size']}, as the row was measured)",
-        highlight=False,
-    )
+    # Each written model re-checked on its own line: an eager row's number is its rebuild's
+    # (checkpoint.pt + the recipe), model.pt's is the TorchScript trace's.
+    rebuilt = "checkpoint.pt, rebuilt" if card["runtime"] in ("eager", "compiled") else None
+    checked = [
+        (rebuilt or card["artifact"], check["accuracy"]),
+        *(
+            (name, check[key])
+            for key, name in (("torchscript_accuracy", "model.pt"), ("pt2_accuracy", "model.pt2"))
+            if key in check and rebuilt
+        ),
+    ]
+    for name, accuracy in checked:
+        out.print(
+            f"re-checked {name}: test accuracy {accuracy:.4f} = row {check['expected']:.4f} "
+            f"({check['samples']} samples in batches of {check['batch_size']}, as the row was "
+            "measured)",
+            highlight=False,
+            markup=False,
+        )
     for name, why in card.get("not_written", {}).items():
         out.print(f"no {name}: {why}", highlight=False, markup=False)
-    if "load" in card:
-        out.print(f"load {card['artifact']}: {card['load']}", highlight=False, markup=False)
+    if "load" in card:  # the card's paths are the output folder's files
+        out.print(
+            f"load {card['artifact']} (in {result.output}): {card['load']}",
+            highlight=False,
+            markup=False,
+        )
     _print_pretrained(card.get("huggingface"))
 
 

@@ -28,6 +28,7 @@ import torch
 from torch import nn
 
 from stages.errors import SqueezerayError
+from stages.quiet import int8_tensor_warnings
 from stages.tasks import Task
 
 FORMAT_VERSION = 2
@@ -82,7 +83,8 @@ class ModelCheckpoint:
         """The serialised checkpoint (`torch.save` of `to_payload`), not copied again: a
         read-only view of the one buffer it was written to."""
         buf = io.BytesIO()
-        torch.save(self.to_payload(), buf)
+        with int8_tensor_warnings():
+            torch.save(self.to_payload(), buf)
         return buf.getbuffer().toreadonly()
 
     def to_bytes(self) -> bytes:
@@ -106,7 +108,8 @@ class ModelCheckpoint:
     @classmethod
     def _load(cls, source: str | IO[bytes], *, mmap: bool) -> ModelCheckpoint:
         try:
-            payload = torch.load(source, weights_only=True, map_location="cpu", mmap=mmap)
+            with int8_tensor_warnings():  # torch's own, rebuilding a torch.ao int8 tensor
+                payload = torch.load(source, weights_only=True, map_location="cpu", mmap=mmap)
         except Exception as exc:  # truncated/corrupt file or a non-checkpoint pickle
             # torch's message advises weights_only=False or allowlisting the global, either of
             # which would run a poisoned file's code: say what was refused, and the safe fix.

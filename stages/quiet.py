@@ -1,4 +1,5 @@
-"""Known-harmless library log lines, dropped at their loggers (nothing else is hidden).
+"""Known-harmless library log lines, dropped at their loggers (nothing else is hidden), and
+torch.ao's deprecation warnings, silenced around the calls that raise them (`deprecated_ao`).
 
 Installed when `stages` is imported (every squeezeray process and Ray worker imports it), before
 the libraries log them, as `logging.Filter`s on the exact loggers that emit them; each filter
@@ -17,6 +18,9 @@ matches one message's text, so any other warning of those loggers still shows:
 from __future__ import annotations
 
 import logging
+import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 # (logger name, text the message starts with or contains): each line the filter drops.
 _HARMLESS: tuple[tuple[str, str], ...] = (
@@ -56,4 +60,34 @@ def install_log_filters() -> None:
     _installed = True
 
 
-__all__ = ["install_log_filters"]
+# What torch warns each time it (de)serialises or copies a torch.ao int8 tensor: its storage
+# API and its quantized tensor constructors are deprecated (torch's own code calls them).
+_INT8_TENSOR_WARNINGS = (
+    ".*TypedStorage is deprecated.*",
+    ".*quantized tensor creation functions.*",
+)
+
+
+@contextmanager
+def int8_tensor_warnings() -> Iterator[None]:
+    """Silence, for the block only, the two deprecation warnings torch itself raises while it
+    saves, loads or copies torch.ao int8 tensors (a user running with warnings as errors could
+    otherwise not load a dynamic-int8 checkpoint). Other warnings still show."""
+    with warnings.catch_warnings():
+        for text in _INT8_TENSOR_WARNINGS:
+            warnings.filterwarnings("ignore", message=text)
+        yield
+
+
+@contextmanager
+def deprecated_ao() -> Iterator[None]:
+    """Silence the deprecation warnings of torch.ao.quantization (and those of its int8
+    tensors: `int8_tensor_warnings`) for the block only."""
+    with int8_tensor_warnings(), warnings.catch_warnings():
+        warnings.filterwarnings("ignore", category=DeprecationWarning)
+        warnings.filterwarnings("ignore", category=FutureWarning)
+        warnings.filterwarnings("ignore", message=".*torch.ao.quantization is deprecated.*")
+        yield
+
+
+__all__ = ["deprecated_ao", "install_log_filters", "int8_tensor_warnings"]

@@ -10,8 +10,9 @@ torchao's dynamic int8 is the separate mode `torchao_dynamic_int8` (`stages.torc
 When torch deletes `torch.ao.quantization`, this module is what goes (a test keeps every other
 module off `torch.ao.quantization`: tests/stages/test_torch_ao_imports.py).
 
-torch.ao's deprecation warnings are silenced here only, for the calls below (`deprecated_ao`):
-the deprecation is this module's documented reason to exist, not news for every trial.
+torch.ao's deprecation warnings are silenced for the calls below (`stages.quiet.deprecated_ao`):
+the deprecation is this module's documented reason to exist, not news for every trial. (Saving
+and loading a checkpoint silences only the two that torch raises for its int8 tensors.)
 
 - `dynamic_int8`: `quantize_dynamic` on nn.Linear/GRU/LSTM, after each supported
   nn.MultiheadAttention became `stages.attention.LinearAttention` (its projections as Linears).
@@ -24,9 +25,6 @@ the deprecation is this module's documented reason to exist, not news for every 
 from __future__ import annotations
 
 import copy
-import warnings
-from collections.abc import Iterator
-from contextlib import contextmanager
 from typing import Any
 
 import torch
@@ -34,20 +32,7 @@ from torch import nn
 
 from stages.attention import convert_attention
 from stages.layers import restore_slow_path
-
-
-@contextmanager
-def deprecated_ao() -> Iterator[None]:
-    """Silence the deprecation warnings of torch.ao.quantization (and of the TypedStorage its
-    packed int8 tensors still use) for the block only."""
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", category=DeprecationWarning)
-        warnings.filterwarnings("ignore", category=FutureWarning)
-        warnings.filterwarnings("ignore", message=".*TypedStorage is deprecated.*")
-        warnings.filterwarnings("ignore", message=".*torch.ao.quantization is deprecated.*")
-        # torch.quantize_per_tensor & co. (qint8 tensors, which quantize_dynamic creates)
-        warnings.filterwarnings("ignore", message=".*quantized tensor creation functions.*")
-        yield
+from stages.quiet import deprecated_ao
 
 
 def dynamic_int8(model: nn.Module) -> nn.Module:

@@ -370,3 +370,35 @@ def test_a_pt2e_row_whose_graph_does_not_export_again_says_why_and_what_to_use(
     assert "checkpoint.pt" in card["not_written"]["model.pt2"] and "build_model" in card["load"]
     assert not (out / "model.pt").exists() and not (out / "model.pt2").exists()
     assert (out / "checkpoint.pt").is_file()
+
+
+def test_cli_export_names_each_rechecked_file_and_where_to_load_it_without_torch_warnings(
+    tmp_path: Path, digits: Task, student: Any
+) -> None:
+    """An eager dynamic-int8 row through `squeezeray export`: each written model is re-checked
+    on its own line (the eager rebuild's number was printed as model.pt's), the load line
+    names the folder its relative paths are in, and torch's deprecation warnings for its own
+    int8 tensors are not shown (as errors they made the checkpoint unloadable)."""
+    import warnings
+
+    from typer.testing import CliRunner
+
+    from orchestrator.cli import app
+
+    quantized = quantize(
+        StageInput(task=digits, parent=student), QuantizeParams(mode="dynamic_int8")
+    ).checkpoint
+    assert quantized.quantize == "dynamic_int8"
+    storage, out = tmp_path / "runs", tmp_path / "best"
+    _store(storage, digits, quantized, "baseline", "none")
+    _store(storage, digits, quantized, "q1", "dynamic_int8")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UserWarning)
+        result = CliRunner().invoke(
+            app, ["export", "q1", "--storage", str(storage), "--output", str(out)]
+        )
+    assert result.exit_code == 0, result.output
+    text = " ".join(result.output.split())
+    assert "re-checked checkpoint.pt, rebuilt: test accuracy" in text
+    assert "re-checked model.pt: test accuracy" in text
+    assert f"load model.pt (in {out}): import torch" in text

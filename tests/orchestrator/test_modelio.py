@@ -533,7 +533,8 @@ def test_static_int8_hugging_face_row_exports_through_the_cli(tmp_path: Path) ->
     result = CliRunner().invoke(app, args)
     assert result.exit_code == 0, result.output
     assert "no model.pt: quantize.mode='static_int8'" in result.output
-    assert "load model.pt2: import torch; import torchao.quantization.pt2e" in result.output
+    text = " ".join(result.output.split())
+    assert f"load model.pt2 (in {out}): import torch; import torchao.quantization.pt2e" in text
     assert (out / "model.pt2").is_file() and not (out / "model.pt").exists()
     x = {k: v[:, : hf_zoo.SEQ_LEN - 4] for k, v in hf_zoo.example_batch("bert", 3).items()}
     with torch.no_grad():
