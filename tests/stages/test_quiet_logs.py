@@ -4,13 +4,9 @@ once per process, at import."""
 
 from __future__ import annotations
 
-import subprocess
-import sys
-from pathlib import Path
-
 import pytest
 
-REPO = Path(__file__).resolve().parents[2]
+from tests.fresh_python import run_fresh
 
 _SCRIPT = """
 import logging, tempfile
@@ -38,14 +34,7 @@ model.loss_function  # a loss_type the user set that transformers does not know:
 
 @pytest.mark.slow
 def test_harmless_library_lines_are_dropped_and_real_warnings_kept() -> None:
-    proc = subprocess.run(
-        [sys.executable, "-c", _SCRIPT],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=300,
-        env={"PYTHONPATH": str(REPO), "PATH": "/usr/bin:/bin"},
-    )
+    proc = run_fresh(_SCRIPT)
     assert proc.returncode == 0, proc.stderr
     before, _, after = (proc.stdout + proc.stderr).partition("MARK")
     for noise in ("Failed to load", "_C_", "is an Enum subclass", "Loading weights",

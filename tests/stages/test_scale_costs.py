@@ -621,18 +621,9 @@ def test_a_fresh_workers_first_task_rescans_no_imports_and_allocates_without_sym
     rescanned ~230k, 0.1 CPU s), and allocating a kept structure imports nothing more
     (`Module.to_empty`'s `empty_like` of a meta tensor imported sympy: ~0.4 CPU s, 486
     modules)."""
-    import subprocess
-    import sys
+    from tests.fresh_python import run_fresh
 
-    root = Path(__file__).resolve().parents[2]
-    done = subprocess.run(
-        [sys.executable, "-c", _FRESH_WORKER],
-        cwd=root,
-        capture_output=True,
-        text=True,
-        timeout=300,
-        env={**__import__("os").environ, "PYTHONPATH": str(root)},
-    )
+    done = run_fresh(_FRESH_WORKER)
     assert done.returncode == 0, done.stderr
     before, after, sympy = done.stdout.split()[-3:]
     assert int(before) > 50_000 and int(after) < int(before) // 20
