@@ -37,7 +37,8 @@ from stages.errors import SqueezerayError
 
 if TYPE_CHECKING:
     from orchestrator.engine.sweep import run_sweep
-    from orchestrator.query.export import export_trial, load_model
+    from orchestrator.query.checkpoints import load_model
+    from orchestrator.query.export import export_trial
     from orchestrator.query.pareto import hypervolume, non_dominated_rank, pareto_front
     from orchestrator.query.result import SweepResult
     from orchestrator.space.config import load_space
@@ -54,7 +55,7 @@ _LAZY = {
     "hypervolume": "orchestrator.query.pareto",
     "non_dominated_rank": "orchestrator.query.pareto",
     "load_space": "orchestrator.space.config",
-    "load_model": "orchestrator.query.export",
+    "load_model": "orchestrator.query.checkpoints",
     "export_trial": "orchestrator.query.export",
     "SearchSpace": "orchestrator.space.model",
     "SweepOptions": "orchestrator.space.options",

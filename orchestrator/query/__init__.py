@@ -3,5 +3,7 @@
 `knobs` turns every searched knob (the rows' `params` JSON) into a typed column; `where`
 parses `--where` filters on any column; `pareto` computes fronts and hypervolume on validation
 metrics; `frontview` prints the front table; `plots` and `report` draw and write it up;
-`export` rebuilds a chosen trial's model (`load_model`) and writes it out (`export_trial`).
+`choose` picks a trial's row (`select_row`, `find_row`), `checkpoints` reads its checkpoint
+and rebuilds its model (`load_model`), `export` writes it out (`export_trial`), `recheck`
+loads the written files back and measures them, `card` builds their `model.json`.
 """

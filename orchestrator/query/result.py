@@ -84,7 +84,7 @@ class SweepResult:
         a bare `accuracy` is refused, a test-split column is never chosen on.
 
         Raises SqueezerayError when no ok trial matches or `metric` is no numeric column."""
-        from orchestrator.query.export import select_row
+        from orchestrator.query.choose import select_row
 
         pick = metric if mode is None else f"{metric}:{mode}"
         return select_row(self.table, where=where, pick=pick)

@@ -14,7 +14,9 @@ from typing import Any
 import pytest
 import torch
 
-from orchestrator.query.export import export_trial, load_model, select_row
+from orchestrator.query.checkpoints import load_model
+from orchestrator.query.choose import select_row
+from orchestrator.query.export import export_trial
 from orchestrator.store.results import append_results, load_results
 from orchestrator.store.rows import trial_row
 from orchestrator.store.storage import open_storage

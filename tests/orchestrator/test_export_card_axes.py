@@ -7,7 +7,7 @@ from dataclasses import replace
 
 import torch
 
-from orchestrator.query.export import _input_card
+from orchestrator.query.card import input_card
 from stages.checkpoint import from_model
 from stages.onnxio import to_onnx_bytes
 from stages.tasks import Task
@@ -21,7 +21,7 @@ def _onnx_card(task: Task) -> object:
     model = task.build("student").eval()
     ckpt = from_model(task, model, {"arch": "student"}).with_recipe(runtime="onnxruntime")
     ckpt = replace(ckpt, onnx=to_onnx_bytes(model, task.example_input(2)))
-    return _input_card(task, ckpt, model)
+    return input_card(task, ckpt, model)
 
 
 def test_card_shows_a_dynamic_sequence_axis_and_fixed_categorical_columns() -> None:

@@ -112,7 +112,7 @@ def test_pt2e_row_exports_model_pt2_that_loads_as_its_card_says(tmp_path: Path) 
     int8 graph at batch 2 failed the re-check at the row's batch size with a traceback):
     model.pt2 at any batch and sequence length, loaded in a fresh Python by the card's
     `load` line (which names the import that registers the int8 ops), no model.pt. qat rows
-    take the same path (`_is_pt2e`)."""
+    take the same path (`orchestrator.query.card.is_pt2e`)."""
     import subprocess
     import sys
 

@@ -19,7 +19,7 @@ import pytest
 from typer.testing import CliRunner
 
 from orchestrator.cli import app
-from orchestrator.query.export import find_row, select_row
+from orchestrator.query.choose import find_row, select_row
 from orchestrator.query.pareto import hypervolume, pareto_front
 from orchestrator.query.result import SweepResult
 from orchestrator.query.where import parse_where

@@ -19,7 +19,8 @@ import torch
 
 from orchestrator.engine.stage_tasks import CACHE_DIR
 from orchestrator.engine.sweep import execute_sweep, prepare_sweep
-from orchestrator.query.export import export_trial, load_model
+from orchestrator.query.checkpoints import load_model
+from orchestrator.query.export import export_trial
 from orchestrator.query.pareto import pareto_front
 from orchestrator.space.config import load_space
 from stages.checkpoint import ModelCheckpoint

@@ -1,0 +1,230 @@
+"""The `model.json` card of an export (`model_card`): task, sweep and trial ids, every
+effective knob, the row's metrics, the baseline's and the ratios to it, code version, stage
+keys, the sha256 of every file, the model's inputs (`input_card`) and how to load the
+artifact (`load_card`, `artifact_name`).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from datetime import datetime, timezone
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    import pyarrow as pa
+    from torch import nn
+
+    from stages.checkpoint import ModelCheckpoint
+    from stages.tasks import Task
+
+CARD = "model.json"
+# the file a deployment loads, by runtime (model.pt2 for an eager PT2E row: `artifact_name`)
+ARTIFACT = {
+    "onnxruntime": "model.onnx",
+    "torchscript": "model.pt",
+    "eager": "model.pt",
+    # torch.compile output is not a file: the eager rebuild files, compiled at load
+    "compiled": "checkpoint.pt",
+}
+METRICS_IN_CARD = (
+    "val_accuracy",
+    "test_accuracy",
+    "size_bytes",
+    "params_total",
+    "params_nonzero",
+    "latency_ms_sweep",
+    "latency_ms_sweep_p90",
+    "latency_ms_final",
+    "latency_ms_final_p90",
+    "latency_cv",
+    "speedup",
+)
+
+
+def model_card(
+    row: Mapping[str, Any],
+    sweep_rows: pa.Table,
+    ckpt: ModelCheckpoint,
+    files: dict[str, str],
+    check: dict[str, Any],
+    *,
+    storage: str,
+    input_card: dict[str, Any] | list[dict[str, Any]],
+) -> dict[str, Any]:
+    """The model.json card of `row` (`sweep_rows`: its sweep, for the baseline's metrics)."""
+    from importlib import metadata
+
+    from orchestrator.engine.keys import code_version
+    from orchestrator.query.frontview import accuracy_delta_pts, size_ratio
+    from orchestrator.query.steadiness import speedup_unsteady
+
+    baselines = [r for r in sweep_rows.to_pylist() if r["is_baseline"]]
+    base = baselines[0] if baselines else None
+    metrics = _card_metrics(row)
+    try:
+        version = metadata.version("squeezeray")
+    except metadata.PackageNotFoundError:
+        version = "unknown"
+    return {
+        "task": row["task"],
+        "sweep_id": row["sweep_id"],
+        "trial_id": row["trial_id"],
+        "storage": storage,
+        "runtime": ckpt.runtime,
+        "artifact": artifact_name(ckpt),
+        "input": input_card,
+        "output": {"name": "logits", "shape": ["batch", "num_classes"]},
+        # the batch size the metrics were measured at (per-batch int8 activations depend on it)
+        "eval_batch_size": row.get("eval_batch_size"),
+        "knobs": json.loads(row.get("params") or "{}"),
+        "metrics": metrics,
+        "baseline": _card_metrics(base) if base else None,
+        # the same definitions as the front table's: speedup is the row's paired speedup
+        # (baseline / model latency per round of the final phase), null when not re-measured
+        "ratios": {
+            "size_x": size_ratio(base, row),
+            "speedup": row.get("speedup"),
+            # true when speedup rests on an unsteady latency (the model's or the baseline's)
+            "latency_unsteady": speedup_unsteady(row, base)
+            if row.get("speedup") is not None
+            else None,
+            "accuracy_delta_pts": accuracy_delta_pts(base, row),
+        },
+        "recipe": ckpt.recipe,
+        "code_version": row.get("code_version"),
+        "code_version_now": code_version(),
+        "squeezeray_version": version,
+        "stage_keys": list(row.get("stage_keys") or []),
+        "sha256": files,
+        "recheck": check,
+        "exported_at": datetime.now(timezone.utc).isoformat(),
+    }
+
+
+def _card_metrics(row: Mapping[str, Any]) -> dict[str, Any]:
+    """A row's metrics as the card gives them, with `latency_unsteady` (its latency_cv above
+    the threshold: `orchestrator.query.steadiness`) and the task's own metric."""
+    from orchestrator.query.steadiness import latency_unsteady
+
+    return {
+        **{m: row.get(m) for m in METRICS_IN_CARD},
+        "latency_unsteady": latency_unsteady(row),
+        **_task_metric_columns(row),
+    }
+
+
+def task_metric_values(row: Mapping[str, Any]) -> dict[str, float]:
+    """The row's task-metric values as stored ({name: test, val_<name>: validation})."""
+    return {k: float(v) for k, v in json.loads(row.get("custom_metrics") or "{}").items()}
+
+
+def _task_metric_columns(row: Mapping[str, Any]) -> dict[str, float]:
+    """The row's task-metric values under their column names (test_<name>, val_<name>)."""
+    return {
+        k if k.startswith("val_") else f"test_{k}": v for k, v in task_metric_values(row).items()
+    }
+
+
+def input_card(
+    task: Task, ckpt: ModelCheckpoint, model: nn.Module | None
+) -> dict[str, Any] | list[dict[str, Any]]:
+    """{name, dtype, shape} of the model input (a list of them for a model with several
+    inputs), in every runtime named as the parameters of the model's `forward`: read from the
+    ONNX graph (which the export named so), else `stages.onnxio.onnx_input_names` of `model`
+    (the rebuilt module; x, x0, x1, ... when its forward takes `*args`), or for named inputs
+    (a dict sample, passed by keyword) the dict's keys in order. Shapes: "batch", then the
+    example's sizes, or for ONNX the graph's axes (a dynamic one by its name, "sequence")."""
+    from stages.batches import input_names, tensors
+    from stages.onnxio import onnx_input_names
+
+    example = task.example_input(1)
+    args = tensors(example)
+    keywords = input_names(example)
+    names = list(keywords) if keywords else onnx_input_names(len(args), model=model)
+    shapes: list[list[int | str]] = [["batch", *(int(d) for d in t.shape[1:])] for t in args]
+    if ckpt.runtime == "onnxruntime" and ckpt.onnx is not None:
+        import onnx
+
+        graph_inputs = list(onnx.load_from_string(ckpt.onnx).graph.input)
+        if len(graph_inputs) == len(args):
+            names = [i.name for i in graph_inputs]
+            # the graph's own axes: a dynamic sequence axis by its name, fixed ones as numbers
+            shapes = [
+                [
+                    "batch",
+                    *(d.dim_param or int(d.dim_value) for d in i.type.tensor_type.shape.dim[1:]),
+                ]
+                for i in graph_inputs
+            ]
+    if keywords and is_pt2e(ckpt):  # model.pt2 was exported with a dynamic sequence axis
+        shapes = [[s[0], "sequence", *s[2:]] if len(s) > 1 else s for s in shapes]
+    cards = [
+        {"name": name, "dtype": str(t.dtype).removeprefix("torch."), "shape": shape}
+        for name, t, shape in zip(names, args, shapes, strict=True)
+    ]
+    return cards[0] if len(cards) == 1 else cards
+
+
+def load_card(ckpt: ModelCheckpoint, written: list[str]) -> dict[str, Any]:
+    """The card's `load` (how a fresh Python process loads the artifact, for the rows that
+    need more than torch), `not_written` ({file: why}) and, when model.pt2 could not be
+    written, `artifact` (the rebuild files) of a static_int8/qat row; for an eager row's
+    TorchScript model.pt, its `load` line and `measured_on` (the row's latency is the eager
+    module's: the trace can run at another speed)."""
+    if ckpt.runtime == "eager" and not is_pt2e(ckpt) and "model.pt" in written:
+        return {
+            "load": "import torch; model = torch.jit.load('model.pt')",
+            "measured_on": "the eager module (checkpoint.pt rebuilt by squeezeray's "
+            "build_model, or huggingface/ where written), as the sweep ran it: model.pt is a "
+            "TorchScript trace of it, for deployment without the model's code, and can run "
+            "at another speed; sweep with export.runtime: torchscript to measure that",
+        }
+    if not is_pt2e(ckpt) or ckpt.runtime not in ("eager", "torchscript"):
+        return {}
+    from stages.pt2e import LOAD_IMPORT
+
+    if ckpt.runtime == "torchscript":
+        return {"load": f"import torch; {LOAD_IMPORT}; model = torch.jit.load('model.pt')"}
+    why_not_pt = (
+        f"quantize.mode={ckpt.quantize!r}: a TorchScript trace of the int8 graph keeps the "
+        "example's batch and sequence sizes"
+    )
+    if "model.pt2" not in written:
+        return {
+            "artifact": "checkpoint.pt",
+            "load": _REBUILD_LOAD,
+            "not_written": {
+                "model.pt": why_not_pt,
+                "model.pt2": "torch.export could not capture the int8 graph again; deploy "
+                "checkpoint.pt (rebuilt with squeezeray's build_model) or export.runtime: "
+                "compiled",
+            },
+        }
+    return {
+        "load": f"import torch; {LOAD_IMPORT}; "
+        "model = torch.export.load('model.pt2').module()  # logits = model(*inputs), "
+        "the tensors in the card's input order",
+        "not_written": {
+            "model.pt": f"{why_not_pt}; model.pt2 (torch.export, dynamic batch and sequence "
+            "axes) is written instead"
+        },
+    }
+
+
+_REBUILD_LOAD = (
+    "from stages import ModelCheckpoint, build_model, load_task; "
+    "ckpt = ModelCheckpoint.from_bytes(open('checkpoint.pt', 'rb').read()); "
+    "model = build_model(load_task(TASK), ckpt)  # TASK: the card's task"
+)
+
+
+def artifact_name(ckpt: ModelCheckpoint) -> str:
+    """The file a deployment loads: ARTIFACT of the runtime, model.pt2 for an eager PT2E row."""
+    return "model.pt2" if ckpt.runtime == "eager" and is_pt2e(ckpt) else ARTIFACT[ckpt.runtime]
+
+
+def is_pt2e(ckpt: ModelCheckpoint) -> bool:
+    from stages.names import PT2E_MODES
+
+    return ckpt.quantize in PT2E_MODES
