@@ -65,22 +65,31 @@ def check_output(task: Task, stage: str, out: StageOutput) -> memoryview:
         expected = forward_logits(model, x)
     else:  # an ONNX artifact: the in-memory checkpoint in its runtime
         expected = make_predictor(task, ckpt)(x)
-    expected = expected.detach().float().cpu()
-    got = got.detach().float().cpu()
-    if got.shape != expected.shape:
+    differ = logits_differ(got, expected, ckpt.quantize)
+    if differ:
         raise SqueezerayError(
-            f"{what}: the model rebuilt from its checkpoint gives logits of shape "
-            f"{tuple(got.shape)}, the stage's model {tuple(expected.shape)}"
+            f"{what}: the model rebuilt from its checkpoint computes other logits than the "
+            f"stage's model ({differ} on {int(expected.shape[0])} test inputs); the checkpoint "
+            f"is not cached; {fix}"
         )
-    tolerance = INT8_TOLERANCE if ckpt.quantize in TORCH_QUANT_MODES else FLOAT_TOLERANCE
+    return data
+
+
+def logits_differ(got: torch.Tensor, expected: torch.Tensor, quantize: str) -> str:
+    """Why `got` is not `expected` up to the noise of `quantize`'s arithmetic ("" when it is):
+    max |got - expected| above `FLOAT_TOLERANCE` (or `INT8_TOLERANCE` for torch-quantized and
+    half-cast models) x max(1, max |expected|), or NaNs in other places. Used for the
+    checkpoint round trip and for a runtime's outputs against the eager model's (export)."""
+    got, expected = got.detach().float().cpu(), expected.detach().float().cpu()
+    if got.shape != expected.shape:
+        return f"logits of shape {tuple(got.shape)}, not {tuple(expected.shape)}"
+    tolerance = INT8_TOLERANCE if quantize in TORCH_QUANT_MODES else FLOAT_TOLERANCE
     scale = max(1.0, float(expected.abs().nan_to_num(0.0).max()))
     diff = (got - expected).abs().nan_to_num(0.0)
     same_nan = bool((got.isnan() == expected.isnan()).all())
     worst = float(diff.max()) if diff.numel() else 0.0
-    if not same_nan or worst > tolerance * scale:
-        raise SqueezerayError(
-            f"{what}: the model rebuilt from its checkpoint computes other logits than the "
-            f"stage's model (max abs difference {worst:.3g} > {tolerance:g} x {scale:.3g} on "
-            f"{int(expected.shape[0])} test inputs); the checkpoint is not cached; {fix}"
-        )
-    return data
+    if not same_nan:
+        return "NaN logits in other places"
+    if worst > tolerance * scale:
+        return f"max abs difference {worst:.3g} > {tolerance:g} x {scale:.3g}"
+    return ""
