@@ -166,13 +166,21 @@ def input_card(
     return cards[0] if len(cards) == 1 else cards
 
 
-def load_card(ckpt: ModelCheckpoint, written: list[str]) -> dict[str, Any]:
+def load_card(
+    ckpt: ModelCheckpoint, written: list[str], not_written: Mapping[str, str] | None = None
+) -> dict[str, Any]:
     """The card's `load` (how a fresh Python process loads the artifact, for the rows that
-    need more than torch), `not_written` ({file: why}) and, when model.pt2 could not be
-    written, `artifact` (the rebuild files) of a static_int8/qat row; for an eager row's
-    TorchScript model.pt, its `load` line and `measured_on` (the row's latency is the eager
-    module's: the trace can run at another speed)."""
-    if ckpt.runtime == "eager" and not is_pt2e(ckpt) and "model.pt" in written:
+    need more than torch), `not_written` ({file: why}) and, when model.pt or model.pt2 could
+    not be written (`not_written`: the export's reasons), `artifact` (the rebuild files) of an
+    eager row; for an eager row's TorchScript model.pt, its `load` line and `measured_on`
+    (the row's latency is the eager module's: the trace can run at another speed)."""
+    if ckpt.runtime == "eager" and not is_pt2e(ckpt) and "model.pt" not in written:
+        return {
+            "artifact": "checkpoint.pt",
+            "load": _REBUILD_LOAD,
+            "not_written": dict(not_written or {"model.pt": "the model does not trace"}),
+        }
+    if ckpt.runtime == "eager" and not is_pt2e(ckpt):
         return {
             "load": "import torch; model = torch.jit.load('model.pt')",
             "measured_on": "the eager module (checkpoint.pt rebuilt by squeezeray's "

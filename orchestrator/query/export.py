@@ -120,7 +120,7 @@ def export_trial(
     store = open_storage(storage)
     # Staged in `out`, moved in (old files removed) once all is written, or `out` left as it was.
     with output_folder(out, replace=stale) as staging:
-        written = _write_artifacts(task, ckpt, model, row, staging)
+        written, not_written = _write_artifacts(task, ckpt, model, row, staging)
         check = _recheck_row(task, ckpt, staging, row)
         hf_card, hf_files = _export_pretrained(task, ckpt, model, staging)
         written += hf_files
@@ -134,7 +134,7 @@ def export_trial(
             storage=store.root if store.is_local else store.uri,
             input_card=input_card(task, ckpt, model),
         )
-        card.update(huggingface=hf_card, **load_card(ckpt, written))
+        card.update(huggingface=hf_card, **load_card(ckpt, written, not_written))
         (staging / CARD).write_text(json.dumps(card, indent=2, default=str) + "\n")
     _raise_unless_reproduced(check, hf_card, ckpt, row, out)
     return ExportResult(output=out, files={**files, CARD: _sha256(out / CARD)}, card=card)
@@ -242,15 +242,16 @@ def _write_artifacts(
     model: nn.Module | None,
     row: Mapping[str, Any],
     out: Path,
-) -> list[str]:
+) -> tuple[list[str], dict[str, str]]:
     """The trial's model in the runtime it was measured in: model.onnx, or a frozen
     TorchScript model.pt of `model` (the rebuilt module; eager adds its rebuild files).
-    Returns the file names written."""
+    Returns the file names written, and {file: why} of an eager row's model.pt or model.pt2
+    that could not be made (a model that does not trace: the rebuild files are its artifact)."""
     runtime = ckpt.runtime
     if runtime == "onnxruntime":
         assert ckpt.onnx is not None
         (out / ARTIFACT[runtime]).write_bytes(ckpt.onnx)
-        return [ARTIFACT[runtime]]
+        return [ARTIFACT[runtime]], {}
     import torch
 
     from stages.runtime import _trace_and_freeze
@@ -260,8 +261,9 @@ def _write_artifacts(
     # disk as a RuntimeError ("unexpected pos"), which no handler can tell from a bug.
     if runtime == "torchscript":
         (out / "model.pt").write_bytes(_saved(torch.jit.save, _trace_and_freeze(task, model, ckpt)))
-        return ["model.pt"]
+        return ["model.pt"], {}
     scripted: list[str] = []
+    not_written: dict[str, str] = {}
     if runtime == "eager" and is_pt2e(ckpt):  # a traced PT2E graph keeps the example's sizes
         from stages.pt2e import program_bytes
 
@@ -275,9 +277,12 @@ def _write_artifacts(
             traced = _trace_and_freeze(task, model, ckpt)
             (out / "model.pt").write_bytes(_saved(torch.jit.save, traced))
             scripted = ["model.pt"]
-        except SqueezerayError:
-            pass
-    return [*scripted, *_write_eager_rebuild(ckpt, row, out)]
+        except SqueezerayError as exc:
+            not_written["model.pt"] = (
+                f"the model does not trace to TorchScript ({exc}); deploy checkpoint.pt, "
+                "rebuilt with squeezeray's build_model (as the sweep measured it)"
+            )
+    return [*scripted, *_write_eager_rebuild(ckpt, row, out)], not_written
 
 
 def _saved(save: Any, obj: Any) -> bytes:

@@ -404,3 +404,30 @@ def test_cli_export_names_each_rechecked_file_and_where_to_load_it_without_torch
     assert "re-checked checkpoint.pt, rebuilt: test accuracy" in text
     assert "re-checked model.pt: test accuracy" in text
     assert f"load model.pt (in {out}): import torch" in text
+
+
+def test_an_eager_row_that_does_not_trace_names_its_rebuild_files_as_the_artifact(
+    tmp_path: Path, digits: Task, student: Any
+) -> None:
+    """torchao's int8 tensors do not trace to TorchScript, so an eager torchao_dynamic_int8
+    row gets no model.pt: its card named model.pt as the artifact anyway, with no load line
+    (new user F2). Now the artifact is checkpoint.pt, the card says why model.pt is missing
+    and how to load the rebuild files, and that load gives the row's model."""
+    from stages.checkpoint import ModelCheckpoint
+    from stages.rebuild import build_model
+
+    quantized = quantize(
+        StageInput(task=digits, parent=student), QuantizeParams(mode="torchao_dynamic_int8")
+    ).checkpoint
+    _store(tmp_path / "runs", digits, student, "baseline", "none")
+    _store(tmp_path / "runs", digits, quantized, "ao1", "torchao_dynamic_int8")
+    out = tmp_path / "best"
+    card = export_trial(tmp_path / "runs", "ao1", output=out).card
+    assert not (out / "model.pt").exists()
+    assert card["artifact"] == "checkpoint.pt"
+    assert "does not trace to TorchScript" in card["not_written"]["model.pt"]
+    assert "build_model" in card["load"] and "checkpoint.pt" in card["load"]
+    loaded = ModelCheckpoint.from_bytes((out / "checkpoint.pt").read_bytes())
+    x = digits.example_input(8)
+    with torch.no_grad():
+        assert torch.equal(build_model(digits, loaded)(x), build_model(digits, quantized)(x))
