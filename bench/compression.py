@@ -92,7 +92,7 @@ def child_remeasure(payload: dict[str, Any]) -> dict[str, Any]:
     from stages import get_stage
     from stages.base import StageInput
     from stages.checkpoint import ModelCheckpoint
-    from stages.metrics import measure_latency
+    from stages.latency import measure_latency
     from stages.tasks import load_task
 
     torch.set_num_threads(1)

@@ -15,7 +15,7 @@ core (`os.sched_setaffinity`), in the eager runtime and in ONNX Runtime. Reporte
 
 The final latency phase (what a sweep now does when its last trial ends), two ways:
 
-- rounds: the same two models timed by `stages.metrics.interleaved_latency` (7 interleaved
+- rounds: the same two models timed by `stages.latency.interleaved_latency` (7 interleaved
   rounds of 300 calls, pinned, nothing else of ours running): CV across rounds per model, and
   the paired per-round ONNX/eager speedup with its spread;
 - sweep: a real sweep (`quick`, random search) on an embedded Ray; for every front row the CV
@@ -54,7 +54,7 @@ def child_latency(payload: dict[str, Any]) -> dict[str, Any]:
 
     from stages import get_stage
     from stages.base import StageInput
-    from stages.metrics import measure_latency
+    from stages.latency import measure_latency
     from stages.tasks import load_task
 
     torch.set_num_threads(1)
@@ -98,7 +98,7 @@ def child_rounds(payload: dict[str, Any]) -> dict[str, Any]:
 
     from stages import get_stage
     from stages.base import StageInput
-    from stages.metrics import interleaved_latency
+    from stages.latency import interleaved_latency
     from stages.tasks import load_task
 
     torch.set_num_threads(1)

@@ -409,7 +409,8 @@ def _steps(task: Any, teacher: Any, student: Any, *, big: bool) -> dict[str, flo
     from stages.base import StageInput
     from stages.checkpoint import ModelCheckpoint
     from stages.fingerprint import task_fingerprint
-    from stages.metrics import measure_latency, size_bytes
+    from stages.latency import measure_latency
+    from stages.metrics import size_bytes
     from stages.rebuild import build_model
     from stages.runtime import make_predictor
     from stages.selfcheck import check_output

@@ -64,8 +64,8 @@ _WATCHED = (
     ("stages.runtime", "make_predictor"),
     ("stages.metrics", "size_bytes"),
     ("stages.metrics", "count_weights"),
-    ("stages.metrics", "_time_calls"),
-    ("stages.metrics", "interleaved_latency"),
+    ("stages.latency", "time_calls"),
+    ("stages.latency", "interleaved_latency"),
     ("stages.metrics", "evaluate"),
 )
 

@@ -18,7 +18,7 @@ tests/test_import_graph.py):
     base, int8                   StageInput/Output/Spec; torch int8 module structure
     rebuild                      checkpoint -> module (replays pruning, low-rank, int8)
     masks, runtime               keep pruned zeros (`keep_zeros`); a checkpoint's runtime
-    training, metrics            fit/accuracy/KD loss; size, params, latency
+    training, latency, metrics   fit/accuracy/KD loss; time-boxed latency; size, params
     teacher ... export           the eight stages, own behaviour only
     selfcheck, precheck          checkpoint round trip; stages that cannot apply, up front
     runner                       the stage contract, for every stage

@@ -20,7 +20,7 @@ whatever their order in the call.
   `threads` intra-op threads and one inter-op thread.
 
 Torch's thread count is process-wide: the torch runtimes use whatever `torch.set_num_threads`
-holds when they run (`stages.metrics.measure_latency` sets and restores it); only ONNX
+holds when they run (`stages.latency.measure_latency` sets and restores it); only ONNX
 Runtime takes `threads` at construction.
 
 `prepare` + `run_native` split the call so latency is timed on the runtime's own call, without

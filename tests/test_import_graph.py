@@ -211,8 +211,9 @@ STAGES_LAYERS: tuple[tuple[str, ...], ...] = (
     ("base", "torch_ao", "torchao_quant", "pt2e", "casting"),
     ("rebuild",),  # checkpoint -> model
     ("masks", "runtime"),  # keep-zeros; a checkpoint in its deployment runtime
-    # hfexport: a model in save_pretrained form; activations: a training step's memory
-    ("training", "metrics", "hfexport", "activations"),
+    # latency: time-boxed single-thread timing (metrics calls it); hfexport: a model in
+    # save_pretrained form; activations: a training step's memory
+    ("training", "latency", "metrics", "hfexport", "activations"),
     ("teacher", "distill", "prune", "finetune", "lowrank", "lora", "quantize", "export"),
     ("selfcheck", "precheck"),  # checks over stages: round trip; applicability up front
     ("runner", "__init__"),  # the stage runner; the package's lazy public names

@@ -36,7 +36,7 @@ class MeasureRequest:
     key: str  # the final stage's key
     warmup: int = 50
     repeats: int = 300  # timed calls at most
-    time_cap_s: float = 0.5  # seconds of timed calls (stages.metrics: time-boxed latency)
+    time_cap_s: float = 0.5  # seconds of timed calls (stages.latency: time-boxed latency)
     precision: float = 0.02  # timing stops once the median's 95% CI is within +-this share
     batch_size: int = 1
     threads: int = 1

@@ -341,13 +341,13 @@ def execute_remeasure(
     request: MeasureRequest, rounds: int, calls: tuple[int | None, ...], *checkpoints: Any
 ) -> list[dict]:
     """The final latency phase: `checkpoints[0]` (the baseline) and every other checkpoint
-    timed in `rounds` interleaved rounds on one pinned CPU (`stages.metrics.
+    timed in `rounds` interleaved rounds on one pinned CPU (`stages.latency.
     interleaved_latency`), each about as many timed calls as `calls` gives it (its in-sweep
     measurement's; None: as many as fit the time cap); one dict per checkpoint with
     latency_ms_final (median of the round medians), latency_ms_final_p90, latency_cv, speedup
     (paired per round, vs the baseline), latency_rounds and latency_repeats_final (the timed
     calls of all rounds)."""
-    from stages.metrics import interleaved_latency
+    from stages.latency import interleaved_latency
     from stages.tasks import load_task
 
     _prepare_worker(request.sys_path, request.threads)

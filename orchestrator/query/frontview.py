@@ -4,7 +4,7 @@ Shared by `squeezeray pareto` and the end of `squeezeray sweep` (`print_front`).
 to the baseline of the point's own sweep: size_x = baseline size / size (how many times
 smaller), accuracy_delta_pts = (test_accuracy - baseline test_accuracy) x 100. The one latency
 ratio is the row's `speedup` column: baseline / model latency, paired per round of the final
-phase (`stages.metrics.interleaved_latency`); rows that were not re-measured have none.
+phase (`stages.latency.interleaved_latency`); rows that were not re-measured have none.
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """When a row's final latency is too unsteady to read: `latency_unsteady`, the one flag.
 
 The final latency phase records `latency_cv`, the robust spread of a model's round medians
-(`stages.metrics.robust_cv`). Above `LATENCY_CV_UNSTEADY` the rounds disagree so much that the
+(`stages.latency.robust_cv`). Above `LATENCY_CV_UNSTEADY` the rounds disagree so much that the
 row's `latency_ms_final`, and a `speedup` that uses it (the model's or its baseline's), are not
 to be trusted: the front table marks such cells with `!` and the model card says
 `latency_unsteady: true`. Measured single-thread noise on a quiet host is 8-11%

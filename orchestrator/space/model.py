@@ -128,7 +128,7 @@ class LatencySettings:
     threads: int = 1
     rounds: int = 7  # interleaved rounds of the final re-measurement; 0: no final phase
     # seconds of timed calls per measurement (`latency.time_cap`): the calls taken are as many
-    # as fit, at most `repeats`, at least stages.metrics.MIN_REPEATS (latency_repeats_sweep)
+    # as fit, at most `repeats`, at least stages.latency.MIN_REPEATS (latency_repeats_sweep)
     time_cap_s: float = 0.5
     # timing stops sooner once the median's 95% CI is within +-precision of it (a share;
     # `latency.precision`, 0: never): latency_ci_sweep says how precise each row's median is

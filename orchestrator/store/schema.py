@@ -3,7 +3,7 @@
 Results: one row per trial (failed ones too) plus one `is_baseline` row per sweep. Knob columns
 are named `stage.param`; knobs outside the fixed list are kept in the `params` JSON column.
 
-What the measured columns count (`stages.metrics`):
+What the measured columns count (`stages.metrics`; the latencies: `stages.latency`):
 - `size_bytes`: the deployed artifact's bytes (the ONNX model for ONNX Runtime, else
   `torch.save(state_dict)` of the checkpoint) compressed with zstd at level 3 (zstd's default
   level; streamed, linear in the model's bytes). zstd turns zeros (sparsity) and int8 weights
@@ -61,7 +61,7 @@ LATENCY_FINAL_COLUMNS: dict[str, pa.DataType] = {
 # How each latency was measured: the timed calls behind latency_ms_sweep (every measured row)
 # and behind latency_ms_final (all the final phase's rounds; its rows only), and how precisely
 # latency_ms_sweep is known: the half-width of its 95% confidence interval / the median
-# (stages.metrics.median_ci; null on rows written before it was recorded).
+# (stages.latency.median_ci; null on rows written before it was recorded).
 LATENCY_COUNT_COLUMNS: dict[str, pa.DataType] = {
     "latency_repeats_sweep": pa.int64(),
     "latency_repeats_final": pa.int64(),

@@ -14,7 +14,7 @@ from orchestrator.engine.sweep import execute_sweep, prepare_sweep
 from orchestrator.space.config import load_space
 from orchestrator.store.results import load_stages
 from orchestrator.store.schema import RESULTS_SCHEMA
-from stages.metrics import MIN_REPEATS
+from stages.latency import MIN_REPEATS
 
 REQUIRED = [
     "sweep_id",

@@ -14,17 +14,8 @@ from stages.base import StageInput
 from stages.checkpoint import ModelCheckpoint, from_model
 from stages.errors import SqueezerayError
 from stages.export import ExportParams, export
-from stages.metrics import (
-    MIN_REPEATS,
-    LatencyResult,
-    ModelMetrics,
-    accuracy,
-    count_params,
-    evaluate,
-    measure_latency,
-    size_bytes,
-    throughput,
-)
+from stages.latency import MIN_REPEATS, LatencyResult, measure_latency, throughput
+from stages.metrics import ModelMetrics, accuracy, count_params, evaluate, size_bytes
 from stages.quantize import QuantizeParams, quantize
 from stages.tasks import Task, load_task
 from stages.training import accuracy as eager_accuracy
@@ -199,7 +190,7 @@ def test_robust_cv_ignores_one_slow_round() -> None:
     leaves it near the steady spread, where stdev / mean would read over 50%."""
     import numpy as np
 
-    from stages.metrics import robust_cv
+    from stages.latency import robust_cv
 
     steady = np.array([1.00, 1.01, 0.99, 1.02, 0.98, 1.00, 1.01])
     assert robust_cv(steady) == pytest.approx(0.0148, abs=1e-3)
@@ -215,7 +206,7 @@ def test_robust_cv_ignores_one_slow_round() -> None:
 def test_interleaved_latency_pairs_rounds_against_the_reference(digits: Task) -> None:
     """The final latency phase's measurement: one result per checkpoint, rounds interleaved,
     the reference's own paired speedup exactly 1, medians taken over the round medians."""
-    from stages.metrics import interleaved_latency
+    from stages.latency import interleaved_latency
     from tests.stages.conftest import train_checkpoint
 
     teacher = train_checkpoint(digits, "teacher", epochs=1)
@@ -280,14 +271,14 @@ def _fake_machine(
 ) -> None:
     from types import SimpleNamespace
 
-    from stages import metrics
+    from stages import latency
 
     fake_time = SimpleNamespace(
         perf_counter_ns=clock.perf_counter_ns, thread_time_ns=clock.thread_time_ns
     )
-    monkeypatch.setattr(metrics, "time", fake_time)
-    monkeypatch.setattr(metrics, "make_predictor", lambda task, ckpt, **kw: next(made))
-    monkeypatch.setattr(metrics, "_test_batches", lambda task, batch_size: [0, 1, 2])
+    monkeypatch.setattr(latency, "time", fake_time)
+    monkeypatch.setattr(latency, "make_predictor", lambda task, ckpt, **kw: next(made))
+    monkeypatch.setattr(latency, "_test_batches", lambda task, batch_size: [0, 1, 2])
 
 
 def test_descheduled_calls_do_not_overstate_the_slower_model(
@@ -297,7 +288,7 @@ def test_descheduled_calls_do_not_overstate_the_slower_model(
     here 3 in 5 of the reference's 1 ms calls lose 10 ms off the CPU, no 0.1 ms call does. Calls
     whose wall time exceeds their thread's CPU time are dropped, so the speedup stays the
     true 10x (wall-time medians: 110x). Deterministic fake clock."""
-    from stages import metrics
+    from stages import latency
 
     clock = _FakeClock()
     clock.slice_ns = 1_000_000
@@ -306,7 +297,7 @@ def test_descheduled_calls_do_not_overstate_the_slower_model(
     )
     _fake_machine(monkeypatch, clock, made)
     torch.set_num_threads(1)
-    reference, model = metrics.interleaved_latency(
+    reference, model = latency.interleaved_latency(
         None,
         [object(), object()],
         rounds=3,
@@ -316,10 +307,10 @@ def test_descheduled_calls_do_not_overstate_the_slower_model(
     assert model.speedup == pytest.approx(10.0) and reference.median_ms == pytest.approx(1.0)
     # with more than one torch thread the work is not all on this thread: every call counts
     times = np.array([11_000_000] + [1_000_000] * 5), np.array([10_000_000] + [0] * 5)
-    assert metrics.running_calls(*times).tolist() == [1_000_000] * 5
+    assert latency.running_calls(*times).tolist() == [1_000_000] * 5
     torch.set_num_threads(2)
     try:
-        assert metrics.running_calls(*times).size == 6
+        assert latency.running_calls(*times).size == 6
     finally:
         torch.set_num_threads(1)
 
@@ -331,7 +322,7 @@ def test_interleaved_latency_pairs_a_slow_reference_with_a_fast_model_in_time(
     alike: the paired speedup stays near the true 10x. Timing each model's round in one block
     let the reference fill nearly all the wall time and take a spell alone (speedup ~30x).
     Deterministic: a fake clock advanced by the fake models' calls, no wall-clock timing."""
-    from stages import metrics
+    from stages import latency
 
     clock = _FakeClock()
     made = iter(
@@ -343,7 +334,7 @@ def test_interleaved_latency_pairs_a_slow_reference_with_a_fast_model_in_time(
     warmup_ns = 5 * 1_000_000 + 5 * 100_000
     clock.spell = (warmup_ns, warmup_ns + 30 * 5 * 1_000_000)
     ckpts = [object(), object()]
-    results = metrics.interleaved_latency(
+    results = latency.interleaved_latency(
         None,
         ckpts,
         rounds=2,
@@ -365,17 +356,17 @@ def test_in_sweep_latency_times_the_batch_size_the_final_phase_times(
     side), from the measure task down to the timed calls."""
     from orchestrator.engine import stage_tasks
     from orchestrator.engine.requests import MeasureRequest
-    from stages import metrics
+    from stages import latency, metrics
     from tests.stages.conftest import train_checkpoint
 
     seen: list[int] = []
-    real = metrics._time_calls
+    real = latency.time_calls
 
     def spy(predictor: object, task: Task, **kwargs: object) -> object:
         seen.append(int(kwargs["batch_size"]))  # type: ignore[call-overload]
         return real(predictor, task, **kwargs)  # type: ignore[arg-type]
 
-    monkeypatch.setattr(metrics, "_time_calls", spy)
+    monkeypatch.setattr(metrics, "time_calls", spy)  # where evaluate looks it up
     ckpt = train_checkpoint(digits, "student", epochs=1)
     monkeypatch.setattr(stage_tasks, "_load_input", lambda data, where: ckpt)
     request = MeasureRequest(task="digits", key="k", warmup=1, repeats=5, batch_size=4)

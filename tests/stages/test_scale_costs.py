@@ -18,7 +18,7 @@ import zstandard
 from torch import nn
 from torch.utils.data import TensorDataset
 
-from stages import metrics
+from stages import latency, metrics
 from stages.checkpoint import ModelCheckpoint
 from stages.errors import SqueezerayError
 from stages.runtime import Predictor
@@ -152,9 +152,9 @@ def _task() -> Task:
 
 def _timed(monkeypatch: pytest.MonkeyPatch, cost_s: float, **kw: Any) -> tuple[Any, int, float]:
     clock = _Clock()
-    monkeypatch.setattr(metrics, "time", clock)
+    monkeypatch.setattr(latency, "time", clock)
     predictor = _FakePredictor(clock=clock, cost_s=cost_s)
-    result = metrics._time_calls(predictor, _task(), batch_size=1, **kw)
+    result = latency.time_calls(predictor, _task(), batch_size=1, **kw)
     return result, predictor.calls, clock.ns / 1e9
 
 
@@ -171,10 +171,10 @@ def test_latency_is_time_boxed_and_does_not_grow_with_the_model(
     assert small.repeats == 300 and small_calls == 350
     # 10x the cost per call: the time cap binds, the calls drop, the work stays bounded
     assert big.repeats == 100 and big_calls == 125
-    assert big_s <= (1 + metrics.WARMUP_SHARE) * cap + 0.01
+    assert big_s <= (1 + latency.WARMUP_SHARE) * cap + 0.01
     assert big_s / small_s < 10  # not superlinear (here: not even linear)
     # a call over the cap: one warm-up call, then MIN_REPEATS timed calls
-    assert huge.repeats == metrics.MIN_REPEATS and huge_calls == 1 + metrics.MIN_REPEATS
+    assert huge.repeats == latency.MIN_REPEATS and huge_calls == 1 + latency.MIN_REPEATS
     assert big.median_ms == pytest.approx(10.0)
 
 
@@ -196,9 +196,9 @@ def _timed_noisy(
     monkeypatch: pytest.MonkeyPatch, spread: float, precision: float
 ) -> tuple[Any, int]:
     clock = _Clock()
-    monkeypatch.setattr(metrics, "time", clock)
+    monkeypatch.setattr(latency, "time", clock)
     predictor = _NoisyPredictor(clock=clock, cost_s=0.001, spread=spread)
-    result = metrics._time_calls(
+    result = latency.time_calls(
         predictor,
         _task(),
         batch_size=1,
@@ -215,11 +215,11 @@ def test_latency_stops_once_the_median_is_known_to_the_precision(
 ) -> None:
     # +-1% noise: the median's 95% CI is within +-2% at the first check (20 calls)
     steady, steady_calls = _timed_noisy(monkeypatch, 0.01, 0.02)
-    assert steady.repeats == metrics.MIN_PRECISION_REPEATS and steady.ci <= 0.02
-    assert steady_calls == 10 + metrics.MIN_PRECISION_REPEATS
+    assert steady.repeats == latency.MIN_PRECISION_REPEATS and steady.ci <= 0.02
+    assert steady_calls == 10 + latency.MIN_PRECISION_REPEATS
     # +-8% noise: more calls are needed for +-2% (about 60), and the CI reached is reported
     noisy, _ = _timed_noisy(monkeypatch, 0.08, 0.02)
-    assert metrics.MIN_PRECISION_REPEATS < noisy.repeats < 300 and noisy.ci <= 0.02
+    assert latency.MIN_PRECISION_REPEATS < noisy.repeats < 300 and noisy.ci <= 0.02
     # a precision the cap cannot reach: timing runs to the repeats cap, the CI says so
     loose, _ = _timed_noisy(monkeypatch, 0.20, 0.001)
     assert loose.repeats == 300 and loose.ci > 0.001
@@ -231,19 +231,19 @@ def test_latency_stops_once_the_median_is_known_to_the_precision(
 def test_median_ci_is_distribution_free_and_shrinks_with_the_calls() -> None:
     rng = np.random.default_rng(1)
     skewed = 1 + rng.exponential(0.1, size=2000)  # a long right tail, as timings have
-    wide, narrow = metrics.median_ci(skewed[:30]), metrics.median_ci(skewed)
+    wide, narrow = latency.median_ci(skewed[:30]), latency.median_ci(skewed)
     assert 0 < narrow < wide
     # the interval holds the true median in about 95% of samples of 100
     true_median = 1 + 0.1 * np.log(2)
     hits = 0
     for _ in range(400):
         sample = 1 + rng.exponential(0.1, size=100)
-        half = metrics.median_ci(sample) * float(np.median(sample))
+        half = latency.median_ci(sample) * float(np.median(sample))
         hits += abs(float(np.median(sample)) - true_median) <= half
     assert 0.9 <= hits / 400 <= 0.995
     # below 6 calls no interval reaches 95%: the range stands in, never a falsely tight figure
-    assert metrics.median_ci(np.array([1.0, 1.0, 1.3, 1.0, 1.1])) == pytest.approx(0.15)
-    assert np.isnan(metrics.median_ci(np.ones(1)))
+    assert latency.median_ci(np.array([1.0, 1.0, 1.3, 1.0, 1.1])) == pytest.approx(0.15)
+    assert np.isnan(latency.median_ci(np.ones(1)))
 
 
 @pytest.mark.parametrize("bad", [-0.1, 1.0, "2%", True, None])
@@ -251,28 +251,28 @@ def test_a_precision_out_of_range_is_refused_with_the_key(bad: Any) -> None:
     with pytest.raises(
         SqueezerayError, match=r"latency\.precision=.*accepted: a share in \[0, 1\)"
     ):
-        metrics.check_precision(bad)
+        latency.check_precision(bad)
 
 
 def test_timing_stops_at_twice_the_cap_when_the_first_timing_was_too_fast(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     clock = _Clock()
-    monkeypatch.setattr(metrics, "time", clock)
+    monkeypatch.setattr(latency, "time", clock)
     predictor = _FakePredictor(clock=clock, cost_s=0.1)
-    times = metrics._timed_ms(predictor, [None], warmup=0, repeats=1000, time_cap_s=1.0)
+    times = latency._timed_ms(predictor, [None], warmup=0, repeats=1000, time_cap_s=1.0)
     assert times.size == 20  # 2 x the cap of 0.1 s calls, not 1000
 
 
 def test_interleaved_rounds_share_the_time_cap(monkeypatch: pytest.MonkeyPatch) -> None:
     clock = _Clock()
-    monkeypatch.setattr(metrics, "time", clock)
+    monkeypatch.setattr(latency, "time", clock)
     predictors = [
         _FakePredictor(clock=clock, cost_s=0.001),
         _FakePredictor(clock=clock, cost_s=0.010),
     ]
-    monkeypatch.setattr(metrics, "make_predictor", lambda task, ckpt, **kw: predictors[ckpt])
-    out = metrics.interleaved_latency(
+    monkeypatch.setattr(latency, "make_predictor", lambda task, ckpt, **kw: predictors[ckpt])
+    out = latency.interleaved_latency(
         _task(),
         [0, 1],  # type: ignore[list-item]
         rounds=5,
@@ -289,14 +289,14 @@ def test_interleaved_rounds_take_the_calls_the_sweep_needed(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     clock = _Clock()
-    monkeypatch.setattr(metrics, "time", clock)
+    monkeypatch.setattr(latency, "time", clock)
     predictors = [
         _FakePredictor(clock=clock, cost_s=0.001),
         _FakePredictor(clock=clock, cost_s=0.001),
         _FakePredictor(clock=clock, cost_s=0.010),
     ]
-    monkeypatch.setattr(metrics, "make_predictor", lambda task, ckpt, **kw: predictors[ckpt])
-    out = metrics.interleaved_latency(
+    monkeypatch.setattr(latency, "make_predictor", lambda task, ckpt, **kw: predictors[ckpt])
+    out = latency.interleaved_latency(
         _task(),
         [0, 1, 2],  # type: ignore[list-item]
         rounds=5,
@@ -307,9 +307,9 @@ def test_interleaved_rounds_take_the_calls_the_sweep_needed(
     )
     # 40 calls over 5 rounds: 8 a round; unknown: the time cap (200 a round); 4 calls: the
     # floor of MIN_REPEATS a round (fewer could not drop a round's descheduled calls)
-    assert [r.repeats for r in out] == [40, 5 * 200, 5 * metrics.MIN_REPEATS]
+    assert [r.repeats for r in out] == [40, 5 * 200, 5 * latency.MIN_REPEATS]
     with pytest.raises(SqueezerayError, match="one per checkpoint"):
-        metrics.interleaved_latency(_task(), [0, 1], calls=[3])  # type: ignore[list-item]
+        latency.interleaved_latency(_task(), [0, 1], calls=[3])  # type: ignore[list-item]
 
 
 # -- a stage task: one serialisation, one hash, a bounded number of model builds -----------
