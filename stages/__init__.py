@@ -18,9 +18,10 @@ tests/test_import_graph.py):
     base, int8                   StageInput/Output/Spec; torch int8 module structure
     rebuild                      checkpoint -> module (replays pruning, low-rank, int8)
     masks, runtime               keep pruned zeros (`keep_zeros`); a checkpoint's runtime
-    training, latency, metrics   fit/accuracy/KD loss; time-boxed latency; size, params
+    training, latency, metrics,  fit/accuracy/KD loss; time-boxed latency; size, params;
+    selfcheck                    checkpoint round trip, logits tolerance of int8/float
     teacher ... export           the eight stages, own behaviour only
-    selfcheck, precheck          checkpoint round trip; stages that cannot apply, up front
+    precheck                     stages that cannot apply, up front
     runner                       the stage contract, for every stage
 
 `import stages` does not import torch (Tune trial coordinators import `stages.errors` and must

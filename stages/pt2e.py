@@ -120,6 +120,29 @@ def program_bytes(model: nn.Module, example: Inputs) -> bytes:
     return buffer.getvalue()
 
 
+def program_shapes(data: bytes) -> list[list[int | str]]:
+    """The shape of each user input of a `model.pt2` file (`program_bytes`), as the program
+    accepts it: an axis torch.export kept dynamic is "batch" (axis 0) or "sequence" (any
+    other), a specialised one its size (`Dim.AUTO` keeps a ViT's 3 channels fixed, so a
+    named image input is ["batch", 3, 32, 32], a text input ["batch", "sequence"])."""
+    import io
+
+    program = torch.export.load(io.BytesIO(data))
+    user = [
+        spec.arg.name
+        for spec in program.graph_signature.input_specs
+        if spec.kind == torch.export.graph_signature.InputKind.USER_INPUT
+    ]
+    placeholders = {n.name: n for n in program.graph.nodes if n.op == "placeholder"}
+    return [
+        [
+            int(d) if isinstance(d, int) else ("batch" if axis == 0 else "sequence")
+            for axis, d in enumerate(placeholders[name].meta["val"].shape)
+        ]
+        for name in user
+    ]
+
+
 def _quantizer(*, qat: bool) -> Any:
     import torchao.quantization.pt2e.quantizer.x86_inductor_quantizer as xiq
 

@@ -212,10 +212,11 @@ STAGES_LAYERS: tuple[tuple[str, ...], ...] = (
     ("rebuild",),  # checkpoint -> model
     ("masks", "runtime"),  # keep-zeros; a checkpoint in its deployment runtime
     # latency: time-boxed single-thread timing (metrics calls it); hfexport: a model in
-    # save_pretrained form; activations: a training step's memory
-    ("training", "latency", "metrics", "hfexport", "activations"),
+    # save_pretrained form; activations: a training step's memory; selfcheck: the checkpoint
+    # round trip and the logits tolerance of a model's arithmetic (export checks with it too)
+    ("training", "latency", "metrics", "hfexport", "activations", "selfcheck"),
     ("teacher", "distill", "prune", "finetune", "lowrank", "lora", "quantize", "export"),
-    ("selfcheck", "precheck"),  # checks over stages: round trip; applicability up front
+    ("precheck",),  # applicability of stage settings, checked up front
     ("runner", "__init__"),  # the stage runner; the package's lazy public names
 )
 

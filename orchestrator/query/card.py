@@ -127,14 +127,19 @@ def _task_metric_columns(row: Mapping[str, Any]) -> dict[str, float]:
 
 
 def input_card(
-    task: Task, ckpt: ModelCheckpoint, model: nn.Module | None
+    task: Task,
+    ckpt: ModelCheckpoint,
+    model: nn.Module | None,
+    *,
+    program_shapes: list[list[int | str]] | None = None,
 ) -> dict[str, Any] | list[dict[str, Any]]:
     """{name, dtype, shape} of the model input (a list of them for a model with several
     inputs), in every runtime named as the parameters of the model's `forward`: read from the
     ONNX graph (which the export named so), else `stages.onnxio.onnx_input_names` of `model`
     (the rebuilt module; x, x0, x1, ... when its forward takes `*args`), or for named inputs
     (a dict sample, passed by keyword) the dict's keys in order. Shapes: "batch", then the
-    example's sizes, or for ONNX the graph's axes (a dynamic one by its name, "sequence")."""
+    example's sizes, or the axes the written graph accepts: the ONNX graph's (a dynamic one by
+    its name, "sequence"), or `program_shapes` of a model.pt2 (`stages.pt2e.program_shapes`)."""
     from stages.batches import input_names, tensors
     from stages.onnxio import onnx_input_names
 
@@ -157,8 +162,8 @@ def input_card(
                 ]
                 for i in graph_inputs
             ]
-    if keywords and is_pt2e(ckpt):  # model.pt2 was exported with a dynamic sequence axis
-        shapes = [[s[0], "sequence", *s[2:]] if len(s) > 1 else s for s in shapes]
+    if program_shapes is not None and len(program_shapes) == len(args):
+        shapes = program_shapes  # what model.pt2 accepts: an axis it fixed is a number
     cards = [
         {"name": name, "dtype": str(t.dtype).removeprefix("torch."), "shape": shape}
         for name, t, shape in zip(names, args, shapes, strict=True)

@@ -132,7 +132,7 @@ def export_trial(
             files,
             check,
             storage=store.root if store.is_local else store.uri,
-            input_card=input_card(task, ckpt, model),
+            input_card=input_card(task, ckpt, model, program_shapes=_program_shapes(staging)),
         )
         card.update(huggingface=hf_card, **load_card(ckpt, written, not_written))
         (staging / CARD).write_text(json.dumps(card, indent=2, default=str) + "\n")
@@ -283,6 +283,15 @@ def _write_artifacts(
                 "rebuilt with squeezeray's build_model (as the sweep measured it)"
             )
     return [*scripted, *_write_eager_rebuild(ckpt, row, out)], not_written
+
+
+def _program_shapes(out: Path) -> list[list[int | str]] | None:
+    """The input shapes the model.pt2 written in `out` accepts (None: none was written)."""
+    if not (out / "model.pt2").exists():
+        return None
+    from stages.pt2e import program_shapes
+
+    return program_shapes((out / "model.pt2").read_bytes())
 
 
 def _saved(save: Any, obj: Any) -> bytes:

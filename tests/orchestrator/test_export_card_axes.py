@@ -46,3 +46,46 @@ def test_card_shows_a_dynamic_sequence_axis_and_fixed_categorical_columns() -> N
         {"name": "cat_ids", "dtype": "int64", "shape": ["batch", 2]},
         {"name": "numeric", "dtype": "float32", "shape": ["batch", 4]},
     ]
+
+
+class _ImageNet(torch.nn.Module):
+    """A user's CNN fed dict samples {"image": (3, 8, 8)}: axis 1 is its channels."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = torch.nn.Conv2d(3, 4, 3, padding=1)
+        self.head = torch.nn.Linear(4, 3)
+
+    def forward(self, image: torch.Tensor) -> torch.Tensor:
+        return self.head(self.conv(image).relu().mean((2, 3)))
+
+
+def test_a_pt2e_cards_axes_are_those_model_pt2_accepts_not_a_sequence_axis() -> None:
+    """A static_int8 row of a named-input image model: model.pt2 fixes the 3 channels
+    (torch.export specialised them), and the card said ["batch", "sequence", 8, 8] (new user
+    F3). Now the card reads the written program's own axes."""
+    from stages.base import StageInput
+    from stages.hf import NamedTensorDataset
+    from stages.pt2e import program_bytes, program_shapes
+    from stages.quantize import QuantizeParams, quantize
+    from stages.rebuild import build_model
+
+    torch.manual_seed(0)
+    n = 64
+    data = NamedTensorDataset({"image": torch.randn(n, 3, 8, 8)}, torch.arange(n) % 3)
+    task = Task(
+        name="dict-cnn", teacher=_ImageNet, student=_ImageNet, train=data, val=data, test=data,
+        num_classes=3,
+    )  # fmt: skip
+    model = _ImageNet().eval()
+    parent = from_model(task, model, {"arch": "student"})
+    out = quantize(
+        StageInput(task=task, parent=parent),
+        QuantizeParams(mode="static_int8", calibration_batches=1),
+    )
+    ckpt = out.checkpoint
+    rebuilt = build_model(task, ckpt)
+    shapes = program_shapes(program_bytes(rebuilt, task.example_input(2)))
+    assert shapes == [["batch", 3, 8, 8]]
+    card = input_card(task, ckpt, rebuilt, program_shapes=shapes)
+    assert card == {"name": "image", "dtype": "float32", "shape": ["batch", 3, 8, 8]}
