@@ -622,9 +622,10 @@ def baseline_reference(table: pa.Table, objectives: Mapping[str, str]) -> dict[s
     would be strictly better than it in accuracy, and tiny models are often no faster.)
     A latency's baseline value is the final phase's (`latency_ms_final`, its p90) where the
     final phase measured the baseline, else the in-sweep one. Without a usable baseline value
-    (it failed, or is 0), 2 x the worst ok value of the objective is used. Keyed by the objectives' names. A sweep stores it in its manifest
-    (`hypervolume_reference`); `squeezeray sweeps` and nightly reports measure every sweep of a
-    task against the reference of the task's earliest sweep, so their numbers compare.
+    (it failed, or is 0), 2 x the worst ok value of the objective is used. Keyed by the
+    objectives' names. A sweep stores it in its manifest (`hypervolume_reference`);
+    `squeezeray sweeps` and nightly reports measure every sweep of a task against the
+    reference of the task's earliest sweep, so their numbers compare.
     """
     import pyarrow.compute as pc
 
