@@ -118,9 +118,13 @@ def _add_objective(out: dict[str, str], name: str, direction: str, *, key: str, 
     resolve_metric(key, name, purpose="choose")
     if not direction:
         if name not in DEFAULT_DIRECTIONS:
+            from orchestrator.space.checks import did_you_mean
+
+            hint = did_you_mean(name, list(DEFAULT_DIRECTIONS))  # a misspelt column first
             raise SqueezerayError(
-                f"objective {name!r} has no direction; write {name}:max or {name}:min "
-                f"(columns with a natural direction: {', '.join(DEFAULT_DIRECTIONS)})"
+                f"objective {name!r} is not a column with a natural direction{hint}; for "
+                f"another numeric column write {name}:max or {name}:min (columns with a "
+                f"natural direction: {', '.join(DEFAULT_DIRECTIONS)})"
             )
         direction = DEFAULT_DIRECTIONS[name]
     if direction not in DIRECTIONS:
