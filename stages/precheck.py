@@ -46,7 +46,8 @@ def check_stages_apply(
     its range, or its fixed value); a param not listed takes its stage default. Checked on the
     model the stage would receive (the task's student when `distill` is in the pipeline, else
     the teacher), by layer type only; what depends on values (lowrank's min_features, FX tracing)
-    is the stage's own error. Raises SqueezerayError naming the stage, the value and the fix:
+    is the stage's own error. Raises SqueezerayError listing every refusal, one per line, each
+    naming the stage, the value and the fix:
 
     - lora with a reachable rank > 0 on a model with no nn.Linear / nn.MultiheadAttention;
     - lowrank with a reachable rank_ratio < 1 on a model with no plain nn.Linear, or with no
@@ -62,6 +63,7 @@ def check_stages_apply(
     # A student made from the teacher (student=None) has the teacher's layer types.
     arch = "student" if "distill" in pipeline and task.student is not None else "teacher"
     model = task.build(arch)
+    problems: list[str] = []  # every refusal, reported together
     layers = weight_layer_summary(model)
 
     def reachable(key: str, default: Any) -> list[Any]:
@@ -70,7 +72,7 @@ def check_stages_apply(
     if "lora" in pipeline:
         ranks = [r for r in reachable("lora.rank", 0) if r]
         if ranks and not lora_targets(model):
-            raise SqueezerayError(
+            problems.append(
                 f"lora.rank={max(ranks)!r} cannot apply to the {arch} model of task "
                 f"{task.name!r}: LoRA adapts nn.Linear and nn.MultiheadAttention weights and "
                 f"the model has none ({layers}); set lora.rank: 0 or drop lora from the pipeline"
@@ -83,7 +85,7 @@ def check_stages_apply(
             and any(r > 0 for r in reachable("prune.ratio", 0.5))
             and (share < MIN_PRUNABLE_SHARE)
         ):
-            raise SqueezerayError(
+            problems.append(
                 f"prune.method={methods[0]!r} cannot apply to the {arch} model of task "
                 f"{task.name!r}: the unstructured methods zero Linear/Conv weights, which hold "
                 f"{share:.1%} of its parameters (below {MIN_PRUNABLE_SHARE:.0%}); not touched: "
@@ -95,7 +97,7 @@ def check_stages_apply(
     if "lowrank" in pipeline:
         ratios = [r for r in reachable("lowrank.rank_ratio", 1.0) if r < 1.0]
         if ratios and not has_linear:
-            raise SqueezerayError(
+            problems.append(
                 f"lowrank.rank_ratio={min(ratios)!r} cannot apply to the {arch} model of task "
                 f"{task.name!r}: lowrank factorises plain nn.Linear layers and the model has none "
                 f"({layers}); set lowrank.rank_ratio: 1.0 or drop lowrank from the pipeline"
@@ -121,7 +123,7 @@ def check_stages_apply(
                 min(o, i) >= min_features and (resized or shrinks(o, i, target_rank(o, i, ratio)))
                 for o, i in sizes
             ):
-                raise SqueezerayError(
+                problems.append(
                     f"lowrank.rank_ratio={ratio!r} with lowrank.min_features={min_features!r} "
                     f"cannot factorise any nn.Linear of the {arch} model of task {task.name!r} "
                     f"(its (out, in) sizes: {sorted(set(sizes))}): a layer needs min(out, in) "
@@ -129,17 +131,22 @@ def check_stages_apply(
                     "out*in/(out+in); lower lowrank.min_features or lowrank.rank_ratio, or drop "
                     "lowrank from the pipeline"
                 )
-    check_pruned_widths(task, pipeline, values)
-    check_runtimes_apply(task, pipeline, values)
+    for check in (check_pruned_widths, check_runtimes_apply):
+        try:
+            check(task, pipeline, values)
+        except SqueezerayError as exc:
+            problems.extend(str(exc).splitlines())
     dynamic = "quantize" in pipeline and "dynamic_int8" in reachable("quantize.mode", "none")
     attention = any(LinearAttention.supports(m) for m in model.modules())
     if dynamic and not (has_linear or attention):
-        raise SqueezerayError(
+        problems.append(
             f"quantize.mode='dynamic_int8' cannot apply to the {arch} model of task "
             f"{task.name!r}: it quantizes nn.Linear and nn.MultiheadAttention layers and the "
             "model has none "
             f"({layers}); use static_int8, qat or onnx_int8"
         )
+    if problems:
+        raise SqueezerayError("\n".join(problems))
 
 
 # Working runtimes per mode, for the refusals' "use ..." part (docs/quantization.md).
@@ -158,7 +165,8 @@ def check_runtimes_apply(
       a Hugging Face model): the traced PT2E graph fails in the TorchScript interpreter when
       it runs (seen on BertForSequenceClassification, torch 2.13).
 
-    Raises SqueezerayError naming both values, why, and the runtimes and modes that work.
+    Raises SqueezerayError naming both values, why, and the runtimes and modes that work: a
+    line for each mode refused.
     """
     if "quantize" not in pipeline or "export" not in pipeline:
         return
@@ -171,17 +179,23 @@ def check_runtimes_apply(
         bad = [m for m in bad if m == "torchao_dynamic_int8"]
     if not bad:
         return
-    why = (
-        "torch.jit.trace cannot trace torchao's quantized tensors"
-        if bad[0] == "torchao_dynamic_int8"
-        else f"task {task.name!r} takes named inputs (dict samples) and the TorchScript trace "
-        "of its PT2E-quantized graph fails when it runs"
+    named_why = (
+        f"task {task.name!r} takes named inputs (dict samples) and the TorchScript trace of its "
+        "PT2E-quantized graph fails when it runs"
     )
     raise SqueezerayError(
-        f"quantize.mode={bad[0]!r} cannot deploy with export.runtime='torchscript': {why}; "
-        f"accepted: export.runtime eager or compiled for {bad[0]}, or with torchscript "
-        f"quantize.mode one of {', '.join(_TORCHSCRIPT_MODES)}; remove torchscript from "
-        f"export.runtime or {bad[0]} from quantize.mode"
+        "\n".join(
+            f"quantize.mode={mode!r} cannot deploy with export.runtime='torchscript': "
+            + (
+                "torch.jit.trace cannot trace torchao's quantized tensors"
+                if mode == "torchao_dynamic_int8"
+                else named_why
+            )
+            + f"; accepted: export.runtime eager or compiled for {mode}, or with torchscript "
+            f"quantize.mode one of {', '.join(_TORCHSCRIPT_MODES)}; remove torchscript from "
+            f"export.runtime or {mode} from quantize.mode"
+            for mode in bad
+        )
     )
 
 

@@ -16,6 +16,7 @@ from typing import Any
 
 from orchestrator.space.checks import (
     Collector,
+    SpaceErrors,
     check_choice,
     check_duration,
     check_int,
@@ -421,5 +422,5 @@ def check_stages_apply_to_task(space: SearchSpace) -> None:
     values = {key: dist.values_for_validation() for key, dist in space.params.items()}
     try:
         check_stages_apply(load_task(space.task), space.pipeline, values)
-    except SqueezerayError as exc:
-        raise SqueezerayError(f"{space.source}: {exc}") from exc
+    except SqueezerayError as exc:  # every refusal, one a line
+        raise SpaceErrors([f"{space.source}: {line}" for line in str(exc).splitlines()]) from exc

@@ -55,7 +55,7 @@ def test_validate_says_it_for_a_user_task(tmp_path: Path) -> None:
     path = tmp_path / "space.yaml"
     path.write_text(
         "task: tests.hf_zoo:bert\npipeline: [teacher, quantize, export]\nparams:\n"
-        "  quantize.mode: {choice: [none, static_int8]}\n"
+        "  quantize.mode: {choice: [none, static_int8, torchao_dynamic_int8]}\n"
         "  export.runtime: {choice: [eager, torchscript]}\n"
     )
     result = CliRunner().invoke(app, ["validate", str(path)])
@@ -63,6 +63,9 @@ def test_validate_says_it_for_a_user_task(tmp_path: Path) -> None:
     text = " ".join(result.stderr.split())
     assert "quantize.mode='static_int8' cannot deploy with export.runtime='torchscript'" in text
     assert "named inputs" in text
+    # every refused pair in the one run (new user F6: one a run), each its own line
+    assert "2 problems" in text
+    assert "quantize.mode='torchao_dynamic_int8' cannot deploy with" in text
 
 
 @pytest.mark.slow
