@@ -73,6 +73,7 @@ class SweepOptions:
     latency_resource: str | None = None
 
     def __post_init__(self) -> None:
+        _check_types(self)
         if self.cpus_per_trial <= 0:
             raise SqueezerayError(f"--cpus-per-trial={self.cpus_per_trial:g} must be > 0")
         if self.gpus_per_trial < 0:
@@ -97,7 +98,9 @@ class SweepOptions:
         **fields: Any,
     ) -> SweepOptions:
         """From the keyword arguments of the Python API and the CLI: durations as text ("30m",
-        "90s") or seconds, paths as `os.PathLike`. Other keywords are the fields above."""
+        "90s") or seconds, paths as `os.PathLike`. Other keywords are the fields above; an
+        unknown one is a SqueezerayError naming it and the accepted ones."""
+        _check_keywords(fields)
         return cls(
             storage=os.fspath(storage),
             time_budget_s=_seconds("--time-budget", time_budget),
@@ -124,6 +127,49 @@ class SweepOptions:
             for f in dataclasses.fields(self)
             if getattr(self, f.name) != f.default
         }
+
+
+_INTEGERS = ("trials", "seed", "max_concurrent", "num_cpus")
+_NUMBERS = ("cpus_per_trial", "gpus_per_trial", "time_budget_s", "trial_timeout_s")
+# the keywords `build` takes besides the fields (durations as text, paths)
+_BUILD_KEYWORDS = ("storage", "time_budget", "trial_timeout", "teacher_weights")
+
+
+def _check_types(options: SweepOptions) -> None:
+    """Each given field of the type it takes: SqueezerayError naming the option (its keyword
+    and flag), the value and what is accepted (a "3" for trials compared as text failed deep
+    in the checks with a bare TypeError)."""
+    for f in dataclasses.fields(options):
+        value = getattr(options, f.name)
+        if value is None:
+            continue
+        if f.name in _INTEGERS:
+            ok, accepted = isinstance(value, int) and not isinstance(value, bool), "an integer"
+        elif f.name in _NUMBERS:
+            ok = isinstance(value, int | float) and not isinstance(value, bool)
+            accepted = "a number"
+        else:
+            ok, accepted = isinstance(value, str), "a string"
+        if not ok:
+            raise SqueezerayError(
+                f"{f.name}={value!r} ({FLAGS[f.name]}) is not {accepted}; accepted: {accepted}"
+            )
+
+
+def _check_keywords(fields: dict[str, Any]) -> None:
+    """No keyword but the options' own: SqueezerayError with a did-you-mean."""
+    from orchestrator.space.checks import did_you_mean
+
+    accepted = sorted(
+        {f.name for f in dataclasses.fields(SweepOptions)} - {"time_budget_s", "trial_timeout_s"}
+        | set(_BUILD_KEYWORDS)
+    )
+    for name in fields:
+        if name not in accepted:
+            raise SqueezerayError(
+                f"{name!r} is not a sweep option{did_you_mean(name, accepted)}; accepted: "
+                f"{', '.join(accepted)}"
+            )
 
 
 def _seconds(flag: str, value: str | float | None) -> float | None:

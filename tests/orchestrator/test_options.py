@@ -62,6 +62,13 @@ def test_options_are_validated_once_with_the_flag_named(tmp_path: Path) -> None:
         ({"num_cpus": 0}, "--num-cpus"),
         ({"time_budget": "soon"}, "--time-budget"),
         ({"trial_timeout": -5}, "--trial-timeout"),
+        # a wrong type names the option and the value (was a bare TypeError; new user F5)
+        ({"trials": "3"}, r"trials='3' \(--trials\) is not an integer; accepted: an integer"),
+        ({"cpus_per_trial": "1"}, r"cpus_per_trial='1' .* accepted: a number"),
+        ({"num_cpus": True}, r"num_cpus=True .* accepted: an integer"),
+        ({"task": 3}, r"task=3 \(--task\) is not a string"),
+        # an unknown keyword (was: unexpected keyword argument)
+        ({"num_cpu": 2}, r"'num_cpu' is not a sweep option \(did you mean num_cpus\?\)"),
     ]:
         with pytest.raises(SqueezerayError, match=flag):
             SweepOptions.build(**bad)  # type: ignore[arg-type]
