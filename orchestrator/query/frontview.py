@@ -552,7 +552,8 @@ def print_front(
 
 
 def export_front(view: FrontView, fmt: str, output: Path | None, stdout: IO[str]) -> None:
-    """Write the front rows (with ratio columns) as csv, json or parquet; a file `output` all
+    """Write the front's sweeps' baseline rows (`is_baseline` true, first, as the table shows
+    them) and the front rows, with ratio columns, as csv, json or parquet; a file `output` all
     or nothing (`store.outputs`: a failed write leaves it as it was).
 
     csv/json go to `stdout` when `output` is None; parquet needs `output`. An empty front is
@@ -564,7 +565,7 @@ def export_front(view: FrontView, fmt: str, output: Path | None, stdout: IO[str]
         raise SqueezerayError(
             f"--format {fmt!r} is not a machine format; accepted: csv, json, parquet"
         )
-    front = view.front
+    front = _with_baselines(view)
     if fmt == "parquet":
         if output is None:
             raise SqueezerayError("--format parquet writes binary data; give --output FILE.parquet")
@@ -581,6 +582,20 @@ def export_front(view: FrontView, fmt: str, output: Path | None, stdout: IO[str]
     buffer = io.BytesIO()
     pacsv.write_csv(csv_table, buffer)
     _write_text(buffer.getvalue().decode(), output, stdout)
+
+
+def _with_baselines(view: FrontView) -> pa.Table:
+    """The front's rows after its sweeps' baselines (their ratios to themselves: 1x, +0
+    points), for the machine formats: `size_x` and `accuracy_delta_pts` read beside them."""
+    import pyarrow as pa
+
+    if not view.front.num_rows or not view.baselines.num_rows:
+        return view.front
+    baselines = _with_ratios(view.baselines, view.baselines)
+    baselines = baselines.select(
+        [n for n in view.front.column_names if n in baselines.column_names]
+    )
+    return pa.concat_tables([baselines, view.front], promote_options="default")
 
 
 def _write_text(text: str, output: Path | None, stdout: IO[str]) -> None:

@@ -7,6 +7,7 @@ import io
 import json
 from datetime import timedelta
 from pathlib import Path
+from typing import Any
 
 import pyarrow.parquet as pq
 import pytest
@@ -33,6 +34,14 @@ def expected_front(storage: Path, sweep: str = "latest", where: str | None = Non
     return set(front.column("trial_id").to_pylist())
 
 
+def front_rows(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The front rows of a machine-format answer: its sweeps' baselines come first
+    (`is_baseline` true, "true" in CSV), then the front."""
+    baselines = [r for r in rows if r["is_baseline"] in (True, "true", "True")]
+    assert rows[: len(baselines)] == baselines  # the baselines first, as the table shows them
+    return rows[len(baselines) :]
+
+
 def invoke(*args: str) -> tuple[int, str, str]:
     result = runner.invoke(app, list(args))
     return result.exit_code, result.stdout, result.stderr
@@ -55,7 +64,9 @@ def test_json_goes_to_stdout_alone_and_matches_the_api(storage: Path) -> None:
         "pareto", "--storage", str(storage), "--format", "json", "--sweep", "old-1"
     )
     assert code == 0
-    rows = json.loads(stdout)  # nothing but the document on stdout
+    everything = json.loads(stdout)  # nothing but the document on stdout
+    assert [r["trial_id"] for r in everything if r["is_baseline"]] == ["baseline"]
+    rows = front_rows(everything)
     assert {r["trial_id"] for r in rows} == expected_front(storage, "old-1")
     assert all(r["sweep_id"] == "old-1" and r["status"] == "ok" for r in rows)
     best = rows[0]  # best accuracy first
@@ -73,7 +84,7 @@ def test_csv_with_where_and_top(storage: Path) -> None:
         "pareto", "--storage", str(storage), "--format", "csv", "--where", where
     )
     assert code == 0
-    rows = list(csv.DictReader(io.StringIO(stdout)))
+    rows = front_rows(list(csv.DictReader(io.StringIO(stdout))))
     assert {r["trial_id"] for r in rows} == expected_front(storage, where=where)
     assert all(
         float(r["val_accuracy"]) >= 0.95 and float(r["latency_ms_sweep"]) < 0.02 for r in rows
@@ -82,7 +93,7 @@ def test_csv_with_where_and_top(storage: Path) -> None:
     code, stdout, _ = invoke(
         "pareto", "--storage", str(storage), "--format", "csv", "--where", where, "--top", "2"
     )
-    top = list(csv.DictReader(io.StringIO(stdout)))
+    top = front_rows(list(csv.DictReader(io.StringIO(stdout))))
     assert [r["trial_id"] for r in top] == [r["trial_id"] for r in rows[:2]]
 
 
@@ -99,7 +110,7 @@ def test_all_sweeps_and_custom_objectives(storage: Path) -> None:
         "val_accuracy:max,params_nonzero",
     )
     assert code == 0
-    rows = json.loads(stdout)
+    rows = front_rows(json.loads(stdout))
     expected = pareto_front(
         load_results(storage, sweep="all"), {"val_accuracy": "max", "params_nonzero": "min"}
     )
@@ -121,7 +132,7 @@ def test_parquet_needs_output_and_writes_it(storage: Path, tmp_path: Path) -> No
     )
     assert code == 0 and stdout == ""
     table = pq.read_table(target)
-    assert set(table.column("trial_id").to_pylist()) == expected_front(storage)
+    assert {r["trial_id"] for r in front_rows(table.to_pylist())} == expected_front(storage)
     assert "size_x" in table.column_names
 
 
@@ -131,7 +142,7 @@ def test_output_file_for_text_formats(storage: Path, tmp_path: Path) -> None:
         "pareto", "--storage", str(storage), "--format", "csv", "--output", str(target)
     )
     assert code == 0 and stdout == "" and "wrote" in stderr
-    assert len(list(csv.DictReader(target.open()))) == len(expected_front(storage))
+    assert len(front_rows(list(csv.DictReader(target.open())))) == len(expected_front(storage))
 
 
 def test_empty_result_is_a_message_and_exit_0(storage: Path) -> None:
