@@ -178,7 +178,10 @@ def load_card(
     need more than torch), `not_written` ({file: why}) and, when model.pt or model.pt2 could
     not be written (`not_written`: the export's reasons), `artifact` (the rebuild files) of an
     eager row; for an eager row's TorchScript model.pt, its `load` line and `measured_on`
-    (the row's latency is the eager module's: the trace can run at another speed)."""
+    (the row's latency is the eager module's: the trace can run at another speed); for a
+    compiled row the rebuild line and the `torch.compile` the sweep measured."""
+    if ckpt.runtime == "compiled":  # measured as the rebuilt module through torch.compile
+        return {"load": _COMPILED_LOAD}
     if ckpt.runtime == "eager" and not is_pt2e(ckpt) and "model.pt" not in written:
         return {
             "artifact": "checkpoint.pt",
@@ -225,11 +228,14 @@ def load_card(
     }
 
 
-_REBUILD_LOAD = (
+_REBUILD = (
     "from stages import ModelCheckpoint, build_model, load_task; "
     "ckpt = ModelCheckpoint.from_bytes(open('checkpoint.pt', 'rb').read()); "
-    "model = build_model(load_task(TASK), ckpt)  # TASK: the card's task"
+    "model = build_model(load_task(TASK), ckpt)"
 )
+_TASK_NOTE = "  # TASK: the card's task"
+_REBUILD_LOAD = _REBUILD + _TASK_NOTE
+_COMPILED_LOAD = f"import torch; {_REBUILD}; model = torch.compile(model){_TASK_NOTE}"
 
 
 def artifact_name(ckpt: ModelCheckpoint) -> str:

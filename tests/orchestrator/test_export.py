@@ -431,3 +431,21 @@ def test_an_eager_row_that_does_not_trace_names_its_rebuild_files_as_the_artifac
     x = digits.example_input(8)
     with torch.no_grad():
         assert torch.equal(build_model(digits, loaded)(x), build_model(digits, quantized)(x))
+
+
+def test_a_compiled_rows_card_loads_the_rebuild_and_compiles_it(
+    tmp_path: Path, student: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A compiled row's card had `load: null` (new user F11): its line rebuilds checkpoint.pt
+    and wraps it in torch.compile, as the sweep measured it; the line runs as written."""
+    from orchestrator.query.card import load_card
+
+    ckpt = student.with_recipe(runtime="compiled")
+    card = load_card(ckpt, ["checkpoint.pt", "state_dict.pt", "recipe.json"])
+    line = card["load"]
+    assert "build_model" in line and "torch.compile(model)" in line
+    (tmp_path / "checkpoint.pt").write_bytes(ckpt.to_bytes())
+    monkeypatch.chdir(tmp_path)
+    scope: dict[str, Any] = {"TASK": "digits"}
+    exec(line, scope)  # noqa: S102 - the card's own line, as a user runs it
+    assert isinstance(scope["model"], torch._dynamo.eval_frame.OptimizedModule)
