@@ -447,5 +447,5 @@ def test_a_compiled_rows_card_loads_the_rebuild_and_compiles_it(
     (tmp_path / "checkpoint.pt").write_bytes(ckpt.to_bytes())
     monkeypatch.chdir(tmp_path)
     scope: dict[str, Any] = {"TASK": "digits"}
-    exec(line, scope)  # noqa: S102 - the card's own line, as a user runs it
+    exec(line, scope)  # the card's own line, as a user runs it
     assert isinstance(scope["model"], torch._dynamo.eval_frame.OptimizedModule)
