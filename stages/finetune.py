@@ -22,8 +22,8 @@ MODES = ("ce", "kd")
 
 @dataclass(frozen=True)
 class FinetuneParams:
-    epochs: int = 15  # 0 = no-op copy
-    lr: float = 1e-3
+    epochs: int = 15  # at most (best validation epoch, start included); 0 = no-op copy
+    lr: float = 1e-3  # AdamW; a pretrained transformer wants ~1e-4 or less
     batch_size: int = 64
     mode: str = "kd"  # kd distils from StageInput.teacher
     temperature: float = 4.0

@@ -55,8 +55,8 @@ class LoraParams:
 
     rank: int = 0
     alpha: float = 8.0
-    epochs: int = 10
-    lr: float = 5e-3
+    epochs: int = 10  # at most: the best validation epoch is kept, the start included
+    lr: float = 5e-3  # AdamW on the adapters only
     batch_size: int = 64
     mode: str = "kd"  # kd: loss against StageInput.teacher; ce: labels only
 

@@ -226,6 +226,8 @@ def _pt2e(
         device=torch.device("cpu"),
         seed=seed,
         after_step=keep if masks else None,
+        # its fake-quant observers learn their ranges in training: the start has none
+        start_is_candidate=False,
     )
     converted = convert(prepared)
     remember(model, example, converted, qat=qat)

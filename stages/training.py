@@ -89,6 +89,7 @@ def fit(
     params: list[nn.Parameter] | None = None,
     after_step: Callable[[], None] | None = None,
     restore_best: bool = True,
+    start_is_candidate: bool = True,
     num_workers: int = 0,
 ) -> dict[str, float]:
     """Train `model` in place with AdamW; return {"val_accuracy", "train_loss", "epochs"}.
@@ -99,10 +100,11 @@ def fit(
     are restored at the end (the seeds' early best-val checkpoint), the weights it started from
     included: training that only lowers validation accuracy (a learning rate too high for a
     pretrained transformer took a ViT copied from its teacher from 1.00 to 0.10 in one epoch)
-    leaves the model as it came, and `epochs` is a maximum. `num_workers`: DataLoader
-    worker processes reading the datasets (`Task.num_workers`). Raises SqueezerayError on a
-    non-finite loss rather than training on NaNs (naming the inputs when they hold the NaN),
-    and on a label outside the model's classes.
+    leaves the model as it came, and `epochs` is a maximum (`start_is_candidate=False`: a
+    model whose start cannot be kept, QAT's observers that have seen no data). `num_workers`:
+    DataLoader worker processes reading the datasets (`Task.num_workers`). Raises
+    SqueezerayError on a non-finite loss rather than training on NaNs (naming the inputs when
+    they hold the NaN), and on a label outside the model's classes.
 
     A last batch of one sample is dropped when the model normalises over the batch (a BatchNorm
     module or an exported graph's batch-norm op that trains, `drops_last_batch`): batch
@@ -127,10 +129,10 @@ def fit(
         teacher.to(device).eval()
     trainable = params if params is not None else [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(trainable, lr=lr, weight_decay=weight_decay)
-    best_acc, best_state = -1.0, None
-    if restore_best and epochs > 0:  # the starting weights are a candidate too
+    best_acc, best_state, start_best = -1.0, None, False
+    if restore_best and start_is_candidate and epochs > 0:  # the start is a candidate too
         best_acc = accuracy(model, val, device=device, num_workers=num_workers)
-        best_state = copy.deepcopy(model.state_dict())
+        best_state, start_best = copy.deepcopy(model.state_dict()), True
     last_loss = float("nan")
     for _epoch in range(epochs):
         model.train()
@@ -157,8 +159,10 @@ def fit(
         last_loss = total / max(n, 1)
         if restore_best:
             acc = accuracy(model, val, device=device, num_workers=num_workers)
-            if acc > best_acc:
+            # the start keeps its place only when strictly better: on a tie training wins
+            if acc > best_acc or (start_best and acc >= best_acc):
                 best_acc, best_state = acc, copy.deepcopy(model.state_dict())
+                start_best = False
     # The last step's gradients and AdamW's two moments are not part of the model: freed
     # before the stage serialises and rebuilds it (3 model copies otherwise held to the end).
     optimizer.zero_grad(set_to_none=True)

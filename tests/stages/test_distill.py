@@ -181,3 +181,29 @@ def test_student_made_from_the_teacher(fixture: str, request: pytest.FixtureRequ
             DistillParams(student_ratio=bad)
     with pytest.raises(SqueezerayError, match="student=None"):
         task.build("student")
+
+
+def test_training_that_only_lowers_validation_accuracy_leaves_the_model_as_it_came(
+    digits: Task, digits_teacher: StageOutput
+) -> None:
+    """A learning rate far too high for a trained model (a pretrained ViT copied from its
+    teacher went from 1.00 to 0.10 in one epoch of KD at the default lr; new user F12): the
+    best validation epoch is kept, the starting weights included, so the student comes out as
+    it went in, not at chance."""
+    from stages.training import fit
+
+    model = build_model(digits, digits_teacher.checkpoint)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    start = accuracy(model, digits.val, device=CPU)
+    assert start > 0.9
+    out = fit(model, digits.train, digits.val, epochs=2, lr=50.0, batch_size=64, device=CPU, seed=0)
+    assert out["val_accuracy"] == pytest.approx(start)
+    after = model.state_dict()
+    assert after.keys() == before.keys() and all(torch.equal(after[k], before[k]) for k in before)
+    # without the start as a candidate (QAT's observers), the best trained epoch is kept
+    model = build_model(digits, digits_teacher.checkpoint)
+    ruined = fit(
+        model, digits.train, digits.val, epochs=2, lr=50.0, batch_size=64, device=CPU, seed=0,
+        start_is_candidate=False,
+    )  # fmt: skip
+    assert ruined["val_accuracy"] < start - 0.3
