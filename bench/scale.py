@@ -216,8 +216,10 @@ TASK_LOG_ENV = "SQUEEZERAY_BENCH_TASK_LOG"
 def instrument_worker() -> None:
     """Ray's worker_process_setup_hook: wrap the task bodies and the memory release so each
     logs its CPU (JSON lines to $SQUEEZERAY_BENCH_TASK_LOG). The first task body a worker runs
-    first imports what any task imports (torch, the stage modules), logged apart as the
-    worker's start-up: a worker pays it once, whatever the model."""
+    first imports what any task imports (torch, the stage modules, and torch._dynamo, which
+    torch.optim imports at the first optimizer), logged apart as the worker's start-up: a
+    worker pays it once, whatever the model. (Without torch._dynamo here, where that 1.3 CPU s
+    fell, in a stage's compute or in its overhead, depended on which import came first.)"""
     import functools
 
     from orchestrator.engine import stage_tasks
@@ -230,7 +232,8 @@ def instrument_worker() -> None:
             return
         imported = True
         cpu0 = time.process_time()
-        import torch  # noqa: F401
+        import torch
+        import torch._dynamo  # noqa: F401  (torch.optim imports it, sympy with it: ~1.3 CPU s)
 
         import orchestrator.store.storage  # noqa: F401  (pyarrow's filesystems)
         import stages.metrics
@@ -456,6 +459,7 @@ def _steps(task: Any, teacher: Any, student: Any, *, big: bool) -> dict[str, flo
 def child_hand(payload: dict[str, Any]) -> dict[str, Any]:
     """The hand loop at payload["size"], then each per-model step alone."""
     import torch
+    import torch._dynamo  # as a worker's start-up: the first optimizer imports it
 
     from bench.scale_task import make
 
