@@ -22,6 +22,8 @@ from torch.utils.data import (
     RandomSampler,
     SequentialSampler,
     TensorDataset,
+    default_collate,
+    default_convert,
 )
 
 from stages.hf import NamedTensorDataset
@@ -57,6 +59,7 @@ def batches(
             generator=generator,
             drop_last=drop_last,
             num_workers=num_workers,
+            collate_fn=_collated,
         )
     order: Any = (
         RandomSampler(dataset, generator=generator)  # type: ignore[arg-type]
@@ -70,7 +73,38 @@ def batches(
         batch_size=None,
         sampler=BatchSampler(order, batch_size, drop_last=drop_last),
         generator=generator,
+        collate_fn=_converted,
     )
 
 
-__all__ = ["batch_indexed", "batches"]
+def class_targets(y: Any) -> Any:
+    """A batch's labels as cross-entropy takes them: int64 classes of shape (B,). Integer
+    labels of another dtype (int32 tensors, numpy int32 columns) become int64 and a (B, 1)
+    column (a sample's label written `torch.tensor([label])`) becomes (B,): both crashed every
+    training step ("expected target dtype to be Long", "0D or 1D target tensor expected").
+    Anything else is left as it is (float labels are refused before a sweep)."""
+    if not isinstance(y, torch.Tensor) or y.is_floating_point() or y.dtype == torch.bool:
+        return y
+    if y.dim() == 2 and y.shape[1] == 1:
+        y = y.reshape(-1)
+    return y if y.dtype == torch.int64 else y.long()
+
+
+def _with_targets(batch: Any) -> Any:
+    if isinstance(batch, tuple | list) and len(batch) == 2:
+        return batch[0], class_targets(batch[1])
+    return batch
+
+
+def _collated(samples: list[Any]) -> Any:
+    """`default_collate` of a batch of samples, its labels as `class_targets`."""
+    return _with_targets(default_collate(samples))
+
+
+def _converted(batch: Any) -> Any:
+    """A whole batch read at once (`default_convert`, as DataLoader(batch_size=None) does),
+    its labels as `class_targets`."""
+    return _with_targets(default_convert(batch))
+
+
+__all__ = ["batch_indexed", "batches", "class_targets"]

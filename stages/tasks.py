@@ -445,8 +445,8 @@ def _check_float32(model: nn.Module, *, arch: str, source: str) -> None:
 
 
 LABEL_RULE = (
-    "labels are integer classes in [0, num_classes): a Python int or an integer tensor "
-    "(e.g. y.long()); float labels are not classes"
+    "labels are integer classes in [0, num_classes): a Python int or an integer tensor of "
+    "one value (e.g. y.long()); float labels are not classes"
 )
 
 
@@ -464,7 +464,13 @@ def _check_label(y: object, *, split: str, num_classes: int, source: str) -> Non
         or (value.dtype == torch.bool)
     ):
         kind = _kind(y) if value is None else f"{str(value.dtype).replace('torch.', '')} {y!r}"
-        raise SqueezerayError(f"task={source!r}: {split}[0] has label {kind}; {LABEL_RULE}")
+        vector = (
+            f" (a vector of {value.numel()} values, one-hot or per-class scores: give the class "
+            "index, e.g. y.argmax())"
+            if value is not None and value.numel() > 1
+            else ""
+        )
+        raise SqueezerayError(f"task={source!r}: {split}[0] has label {kind}{vector}; {LABEL_RULE}")
     if not 0 <= int(value.item()) < num_classes:
         raise SqueezerayError(
             f"task={source!r}: {split}[0] has label {int(value.item())}, outside "
