@@ -52,7 +52,7 @@ def write_manifest(
         "space_yaml": sweep.space_text,  # what --resume runs (None: a space built in Python)
         "budget_elapsed_s": elapsed,
         "task": space.task,
-        "trials": space.search.trials,
+        "trials": space.trial_count(),  # a grid's own count (search.trials does not apply)
         "seed": space.search.seed,
         "algorithm": space.search.algorithm,
         "time_budget_s": space.search.time_budget_s,

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from orchestrator.space.checks import (
+    Collector,
     check_choice,
     check_duration,
     check_int,
@@ -172,17 +173,22 @@ class SearchSpace:
         none): every objective and constraint must name a built-in metric or `val_<name>`;
         the bare `name` is refused as ambiguous, as `accuracy` is."""
         allowed = set(METRICS) | (set(task_metric_pair(name)) if name else set())
+        errors = Collector()  # every name refused, in one run
         for kind, metric in [("objectives", o.name) for o in self.objectives] + [
             ("constraints", c.column) for c in self.constraints
         ]:
-            key = f"{kind}.{metric}"
-            try:
-                resolve_metric(key, metric, purpose="search", task_metric=name)
-            except SqueezerayError as exc:
-                raise SqueezerayError(f"{self.source}: {exc}") from exc
-            if metric not in allowed:
-                fail(self.source, key, unknown_metric(metric, name))
+            errors.attempt(self._check_metric, f"{kind}.{metric}", metric, name, allowed,
+                           fallback=None)  # fmt: skip
+        errors.raise_if_any()
         return dataclasses.replace(self, task_metric=name)
+
+    def _check_metric(self, key: str, metric: str, name: str | None, allowed: set[str]) -> None:
+        try:
+            resolve_metric(key, metric, purpose="search", task_metric=name)
+        except SqueezerayError as exc:
+            raise SqueezerayError(f"{self.source}: {exc}") from exc
+        if metric not in allowed:
+            fail(self.source, key, unknown_metric(metric, name))
 
     def trial_count(self) -> int:
         """The trials a sweep of this space runs: `search.trials`, or for a grid its distinct

@@ -132,6 +132,29 @@ def test_resume_compares_an_option_with_the_value_the_sweep_used(tmp_path: Path)
         prepare_sweep(None, storage=storage, resume=True, sweep_id="b", algorithm="grid")
 
 
+def test_a_grid_sweep_records_the_trials_it_runs(tmp_path: Path) -> None:
+    """A grid runs its distinct points (`search.trials` does not apply): its manifest said 16
+    (the default), so `--resume --trials 8` of an 8-point grid was refused as "started with
+    16" (new user F13)."""
+    storage = tmp_path / "runs"
+    grid = {
+        "task": "blobs",
+        "pipeline": ["teacher", "distill", "quantize"],
+        "params": {
+            "distill.temperature": {"choice": [2.0, 4.0, 6.0, 8.0]},
+            "quantize.mode": {"choice": ["none", "dynamic_int8"]},
+        },
+        "search": {"algorithm": "grid"},
+    }
+    first = prepare_sweep(grid, storage=storage, sweep_id="g")
+    assert first.space.trial_count() == 8
+    write_manifest(first.storage, first, status="interrupted")
+    assert json.loads((storage / Path(*manifest_path("g"))).read_text())["trials"] == 8
+    prepare_sweep(None, storage=storage, resume=True, sweep_id="g", trials=8)
+    with pytest.raises(SqueezerayError, match=r"--trials: sweep 'g' was started with 8, not 5"):
+        prepare_sweep(None, storage=storage, resume=True, sweep_id="g", trials=5)
+
+
 def test_resume_refuses_another_space_and_says_a_finished_sweep_is_done(tmp_path: Path) -> None:
     """A space given with --resume must be the one the sweep started with (same content, any
     file): another one is refused before Ray, naming the file, the sweep, its task and the way

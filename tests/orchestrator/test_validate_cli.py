@@ -190,6 +190,25 @@ def test_validate_reports_every_problem_in_one_run(tmp_path: Path) -> None:
     assert all(e.startswith(f"{path}: ") for e in caught.value.errors)
 
 
+def test_every_unknown_metric_name_of_a_user_task_is_reported_together(tmp_path: Path) -> None:
+    """Names that are not built-in metrics wait for the user's task (its own metric may be
+    `val_<name>`); then every one refused is listed, not one a run (new user F1)."""
+    path = tmp_path / "space.yaml"
+    path.write_text(
+        "task: tests.zoo:tabular\npipeline: [teacher, distill]\n"
+        "objectives: {val_acuracy: max, size_bytes: min}\n"
+        'constraints: {val_acc: ">= 0.5"}\nsearch: {trials: 2}\n'
+    )
+    result = runner.invoke(app, ["validate", str(path)])
+    assert result.exit_code == 2
+    text = " ".join(result.stderr.split())
+    assert "2 problems:" in text
+    assert (
+        "objectives.val_acuracy: 'val_acuracy' is not a metric (did you mean val_accuracy?)" in text
+    )
+    assert "constraints.val_acc: 'val_acc' is not a metric" in text
+
+
 def test_validate_reports_every_tier_of_problem_in_one_run(tmp_path: Path) -> None:
     """Eight mistakes that used to surface over four runs (4, then 1, then 2, then 1): a
     misspelled top-level key, a key of a stage missing from the pipeline (whose values are
