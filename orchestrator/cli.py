@@ -8,6 +8,7 @@ from __future__ import annotations
 import functools
 import os
 import sys
+import warnings
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Annotated, Any, NoReturn, Optional
@@ -1107,11 +1108,34 @@ def main() -> None:
     The current directory goes on `sys.path` (as with `python -m`), so a task module next to
     where the user runs `squeezeray` imports as `module:callable`.
     """
-    import os
-
     if os.getcwd() not in sys.path and "" not in sys.path:
         sys.path.insert(0, os.getcwd())
+    warnings.showwarning = _show_warning
     app()
+
+
+_PACKAGES = tuple(
+    os.path.dirname(os.path.dirname(os.path.abspath(__file__))) + os.sep + name + os.sep
+    for name in ("orchestrator", "stages")
+)
+_default_showwarning = warnings.showwarning
+
+
+def _show_warning(
+    message: Warning | str,
+    category: type[Warning],
+    filename: str,
+    lineno: int,
+    file: Any = None,
+    line: str | None = None,
+) -> None:
+    """squeezeray's own warnings (a note about the rows a front left out, ...) as one plain
+    line on stderr, without Python's source path and line; other libraries' as Python shows
+    them."""
+    if os.path.abspath(filename).startswith(_PACKAGES):
+        console.print(f"note: {message}", highlight=False, markup=False)
+        return
+    _default_showwarning(message, category, filename, lineno, file, line)
 
 
 _ = (Path, Annotated, Optional, sys)  # used by the command sections above

@@ -208,9 +208,11 @@ def _columns(view: FrontView) -> list[tuple[str, str]]:
         "latency_cv": "lat cv",
         "speedup": "speedup",
     }
-    metric_cols = list(dict.fromkeys([*view.objectives, *DEFAULT_OBJECTIVES, "test_accuracy"]))
-    if _final_latency(view):  # the front was re-measured apart: its figures and speedup
-        metric_cols += ["latency_ms_final", "latency_cv", "speedup"]
+    # the front re-measured apart: its figures and speedup (each column once, an objective too)
+    final = ["latency_ms_final", "latency_cv", "speedup"] if _final_latency(view) else []
+    metric_cols = list(
+        dict.fromkeys([*view.objectives, *DEFAULT_OBJECTIVES, "test_accuracy", *final])
+    )
     cols += [(headers.get(c, c), c) for c in metric_cols if c in names]
     if "runtime" in names:
         cols.append(("runtime", "runtime"))

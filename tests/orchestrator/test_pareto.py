@@ -524,3 +524,39 @@ def test_front_marks_an_imprecise_in_sweep_latency() -> None:
     console = Console(width=200, record=True)
     console.print(render_front(build_front(precise)))
     assert "latency_ci_sweep" not in console.export_text()
+
+
+def test_a_final_latency_objective_is_one_column_and_the_left_out_note_a_plain_line(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """Objectives naming latency_ms_final showed its "final ms" column twice, and the note
+    about rows left out of the front was a raw Python warning with its source line (new user
+    F20): the CLI prints squeezeray's own warnings as one "note:" line."""
+    import warnings
+
+    from rich.console import Console
+
+    from orchestrator.cli import _show_warning
+    from orchestrator.query.frontview import build_front, render_front
+
+    final = {"latency_rounds": 5, "latency_cv": 0.01, "speedup": 1.0}
+    table = table_of(
+        [
+            {"is_baseline": True, "val_accuracy": 0.97, "size_bytes": 1000,
+             "latency_ms_sweep": 1.4, "latency_ms_final": 1.3, **final},
+            {"val_accuracy": 0.95, "size_bytes": 300, "latency_ms_sweep": 0.25,
+             "latency_ms_final": 0.2, **final},
+            {"val_accuracy": 0.90, "size_bytes": 200, "latency_ms_sweep": 0.5},  # not re-timed
+        ]
+    )  # fmt: skip
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        view = build_front(table, {"val_accuracy": "max", "latency_ms_final": "min"})
+    console = Console(width=200, record=True)
+    console.print(render_front(view))
+    header = next(line for line in console.export_text().splitlines() if "val acc" in line)
+    assert header.count("final ms") == 1, header
+    (note,) = [w for w in caught if "left out of the Pareto front" in str(w.message)]
+    _show_warning(note.message, note.category, note.filename, note.lineno)
+    err = capsys.readouterr().err
+    assert err.startswith("note: 1 of 2 ok rows have a missing") and "frontview.py" not in err
