@@ -61,6 +61,8 @@ class _SqueezerayGroup(TyperGroup):
             return super().invoke(ctx)
         except SqueezerayError as exc:
             _exit_2(exc)
+        except KeyboardInterrupt as exc:  # outside the sweep's own handling (`stop_signals`)
+            _interrupted(exc)
         except OSError as exc:  # a full or read-only disk under any other file we write
             from orchestrator.store.faults import as_storage_fault
 
@@ -68,6 +70,23 @@ class _SqueezerayGroup(TyperGroup):
             if fault is None:
                 raise
             _exit_2(fault)
+
+
+def _interrupted(exc: KeyboardInterrupt) -> NoReturn:
+    """Ctrl-C where a command has no handling of its own (a sweep's pre-flight checks, Ray
+    starting up): the embedded Ray this process started is shut down (its agents outlived
+    the process for minutes), and the exit says so, with code 2 as an interrupted sweep's."""
+    ray = sys.modules.get("ray")
+    if ray is not None and ray.is_initialized():
+        ray.shutdown()
+    console.quiet = False
+    console.print(
+        "interrupted (Ctrl-C): what was written before it is kept; `squeezeray sweeps` lists "
+        "the sweeps that started and `squeezeray sweep --resume` continues one",
+        highlight=False,
+        markup=False,
+    )
+    raise typer.Exit(2) from exc
 
 
 def _exit_2(exc: SqueezerayError) -> NoReturn:

@@ -182,3 +182,30 @@ def test_commands_print_no_torchao_import_lines_and_help_imports_no_torch(first:
     assert loaded.returncode == 0 and "'torchao'" in loaded.stderr, loaded.stderr
     for noise in ("Failed to load", "_C_", "is an Enum subclass", "register_constant"):
         assert noise not in loaded.stderr, (noise, loaded.stderr)
+
+
+def test_ctrl_c_before_the_sweep_runs_shuts_down_its_ray_and_says_so(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Ctrl-C in a sweep's pre-flight checks or while Ray started: the process exited 130
+    with no word, and the embedded Ray's agents ran on for minutes (new user F14). Now the
+    Ray this process started is shut down and the exit (2) says what is kept."""
+    import sys
+    import types
+
+    import orchestrator.engine.sweep as sweep_module
+
+    shut: list[bool] = []
+    fake_ray = types.SimpleNamespace(
+        is_initialized=lambda: True, shutdown=lambda: shut.append(True)
+    )
+    monkeypatch.setitem(sys.modules, "ray", fake_ray)  # not the test session's own Ray
+
+    def interrupted(*args: object, **kwargs: object) -> None:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(sweep_module, "prepare_sweep", interrupted)
+    result = runner.invoke(app, ["sweep", "tiny", "--storage", str(tmp_path / "runs")])
+    assert result.exit_code == 2, result.output
+    assert "interrupted (Ctrl-C)" in result.output and "--resume" in result.output
+    assert shut == [True]
