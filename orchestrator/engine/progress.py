@@ -283,20 +283,21 @@ def print_outcome(
 
 
 def _summary_line(s: Any) -> str:
-    """Trials ok and failed (by status), wall time, and stage executions vs a naive pipeline
-    (`s`: a SweepSummary)."""
+    """Trials ok, stopped early by the scheduler (its own status: not a failure) and failed
+    (by status), wall time, and stage executions vs a naive pipeline (`s`: a SweepSummary)."""
     failed = ", ".join(
         f"{n} {label}"
         for n, label in (
             (s.trials_error, "error"),
             (s.trials_timeout, "timeout"),
-            (s.trials_stopped, "stopped early"),
             (s.trials_lost, "lost"),
         )
         if n
     )
+    stopped = f", {s.trials_stopped} stopped early by the scheduler" if s.trials_stopped else ""
+    n_failed = s.trials_failed - s.trials_stopped
     return (
-        f"sweep {s.sweep_id}: {s.trials_ok} ok, {s.trials_failed} failed"
+        f"sweep {s.sweep_id}: {s.trials_ok} ok{stopped}, {n_failed} failed"
         f"{f' ({failed})' if failed else ''} in {s.wall_s:.1f} s; "
         f"stage executions {s.stages_executed} (+{s.stages_loaded} loaded from cache) vs "
         f"{s.stage_requests} for a naive per-trial pipeline"

@@ -247,3 +247,19 @@ def test_running_stages_are_counted_by_name() -> None:
     assert running_text(4, stages, 2) == "running 4: distill ×2, prune, teacher (+2 queued)"
     assert running_text(0, ["teacher"], 0) == "running: teacher"  # the baseline's, before trials
     assert running_text(0, [], 0) == "running 0"
+
+
+def test_the_summary_line_does_not_count_scheduler_stops_as_failures() -> None:
+    """Trials ASHA stopped early have their own status (`stopped`): the summary said
+    "2 ok, 6 failed (6 stopped early)" (new user F21)."""
+    from types import SimpleNamespace
+
+    from orchestrator.engine.progress import _summary_line
+
+    summary = SimpleNamespace(
+        sweep_id="s", trials_ok=2, trials_failed=7, trials_error=1, trials_timeout=0,
+        trials_stopped=6, trials_lost=0, wall_s=12.0, stages_executed=9, stages_loaded=0,
+        stage_requests=20,
+    )  # fmt: skip
+    line = _summary_line(summary)
+    assert line.startswith("sweep s: 2 ok, 6 stopped early by the scheduler, 1 failed (1 error)")
