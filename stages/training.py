@@ -161,6 +161,7 @@ def fit(
             acc = accuracy(model, val, device=device, num_workers=num_workers)
             # the start keeps its place only when strictly better: on a tie training wins
             if acc > best_acc or (start_best and acc >= best_acc):
+                best_state = None  # freed before the new copy: one best copy at a time
                 best_acc, best_state = acc, copy.deepcopy(model.state_dict())
                 start_best = False
     # The last step's gradients and AdamW's two moments are not part of the model: freed
