@@ -16,7 +16,8 @@ from __future__ import annotations
 import gc
 import math
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -57,6 +58,19 @@ class LatencyResult:
     ci: float = math.nan  # half-width of the median's 95% CI / median (`median_ci`)
 
 
+@contextmanager
+def torch_threads(threads: int) -> Iterator[None]:
+    """`threads` torch intra-op threads for the block (SqueezerayError below 1), the previous
+    count restored after it."""
+    check_int("threads", threads, low=1)
+    previous = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)
+
+
 def measure_latency(
     task: Task,
     ckpt: ModelCheckpoint,
@@ -78,10 +92,7 @@ def measure_latency(
     (0: never; `median_ci`); `LatencyResult.repeats` is the number taken, `.ci` the precision
     reached. Raises SqueezerayError for a knob out of range.
     """
-    check_int("threads", threads, low=1)
-    previous = torch.get_num_threads()
-    torch.set_num_threads(threads)
-    try:
+    with torch_threads(threads):
         predictor = make_predictor(task, ckpt, threads=threads, share_weights=True)
         return time_calls(
             predictor,
@@ -92,8 +103,6 @@ def measure_latency(
             time_cap_s=time_cap_s,
             precision=precision,
         )
-    finally:
-        torch.set_num_threads(previous)
 
 
 def throughput(
@@ -375,9 +384,7 @@ def interleaved_latency(
     _check_time_cap(time_cap_s)
     if not ckpts:
         return []
-    previous = torch.get_num_threads()
-    torch.set_num_threads(threads)
-    try:
+    with torch_threads(threads):
         # the models run on their checkpoints' tensors (no second copy of each model)
         predictors = [make_predictor(task, c, threads=threads, share_weights=True) for c in ckpts]
         batches = _test_batches(task, batch_size)
@@ -402,8 +409,6 @@ def interleaved_latency(
             _round_in_turns(predictors, inputs, planned, first=r, cap_s=round_cap_s)
             for r in range(rounds)
         ]
-    finally:
-        torch.set_num_threads(previous)
     return _rounds_results(predictors, [list(per_model) for per_model in zip(*times, strict=True)])
 
 

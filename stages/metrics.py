@@ -26,9 +26,8 @@ import numpy as np
 import torch
 import zstandard
 
-from stages.base import check_int
 from stages.checkpoint import ModelCheckpoint
-from stages.latency import LATENCY_PRECISION, LATENCY_TIME_CAP_S, time_calls
+from stages.latency import LATENCY_PRECISION, LATENCY_TIME_CAP_S, time_calls, torch_threads
 from stages.runtime import Predictor, make_predictor
 from stages.tasks import Task
 
@@ -247,10 +246,7 @@ def evaluate(
     to +-`precision` (`measure_latency`), latency_repeats = the calls timed and latency_ci =
     the median's 95% CI half-width / median (None when `latency=False`).
     """
-    check_int("threads", threads, low=1)
-    previous = torch.get_num_threads()
-    torch.set_num_threads(threads)
-    try:
+    with torch_threads(threads):
         predictor = make_predictor(task, ckpt, threads=threads, share_weights=True)
         acc, val_acc, custom = split_scores(task, predictor)
         timing = (
@@ -266,8 +262,6 @@ def evaluate(
             if latency
             else None
         )
-    finally:
-        torch.set_num_threads(previous)
     counts = count_weights(ckpt)
     return ModelMetrics(
         accuracy=acc,

@@ -46,7 +46,7 @@ def _prepare_worker(sys_path: tuple[str, ...], threads: int) -> None:
     import torch
 
     if not _imports_frozen:
-        # The ~230k objects torch, Ray and the stages import live as long as the worker: out of
+        # The ~200k objects torch, Ray and the stages import live as long as the worker: out of
         # every collection from the first task on (`release_memory` freezes what later tasks
         # leave), not rescanned by this task's own (0.1 CPU s each, once per worker).
         import gc
