@@ -225,12 +225,13 @@ def restored_tuner(experiment_dir: str, trainable: Any, writer: Any, fs: Any = N
 
 def scheduler(space: SearchSpace) -> Any:
     """ASHA early stopping on validation accuracy after each stage (a single-objective
-    scalarisation: multi-objective Optuna ignores intermediate results)."""
+    scalarisation: multi-objective Optuna ignores intermediate results), one decision per
+    shared stage result (`asha.SharedStageASHA`)."""
     if space.search.scheduler != "asha":
         return None
-    from ray.tune.schedulers import ASHAScheduler
+    from orchestrator.engine.asha import SharedStageASHA
 
-    return ASHAScheduler(
+    return SharedStageASHA(
         metric="val_accuracy",
         mode="max",
         time_attr="training_iteration",

@@ -241,6 +241,13 @@ def test_early_stopped_rows_keep_their_knobs_stages_and_score(tmp_path: Path) ->
     for row in stopped:
         assert 1 <= len(row["stage_keys"]) < 5  # the stages done before it was stopped
         assert row["test_accuracy"] is None
+    # One fate per shared stage result (F21): no trial ran past a stage key at which another
+    # trial sharing it was stopped.
+    stops = {(len(r["stage_keys"]), r["stage_keys"][-1]) for r in stopped}
+    for row in trials:
+        keys = row["stage_keys"]
+        ran_past = [(n, keys[n - 1]) for n in range(1, len(keys))]
+        assert not stops.intersection(ran_past), (row["trial_id"], stops)
     s = outcome.summary
     assert s.trials_stopped == len(stopped) and s.trials_ok + s.trials_stopped == 8
     assert s.stage_requests == sum(len(r["stage_keys"]) for r in trials)
