@@ -564,6 +564,7 @@ def _sweeps_table(storage: str, rows: list[dict[str, Any]]) -> Any:
     table.add_column("started (UTC)", min_width=10, overflow="fold")  # the date whole
     table.add_column("status", no_wrap=True)
     table.add_column("ok", no_wrap=True, justify="right")
+    table.add_column("stopped", no_wrap=True, justify="right")  # early, by ASHA: not failed
     table.add_column("failed", no_wrap=True, justify="right")
     table.add_column("hypervolume", no_wrap=True)
     for row in rows:
@@ -572,7 +573,7 @@ def _sweeps_table(storage: str, rows: list[dict[str, Any]]) -> Any:
         name = [row["sweep_name"] or "-"] if named else []
         table.add_row(
             row["sweep_id"], *name, row["task"] or "-", started, row["status"] or "-",
-            str(row["trials_ok"]), str(row["trials_failed"]), hv,
+            str(row["trials_ok"]), str(row["trials_stopped"]), str(row["trials_failed"]), hv,
         )  # fmt: skip
     return table
 
@@ -582,9 +583,9 @@ def sweeps(
     legacy_storage: LegacyStorageArg = None,
     storage: ReadStorageOpt = None,
 ) -> None:
-    """List the sweeps in a storage: id, name, start, status, trials ok/failed, front
-    hypervolume; a sweep that crashed or was interrupted (even before any row) with the
-    command that resumes it."""
+    """List the sweeps in a storage: id, name, start, status, trials ok/stopped/failed (stopped:
+    early by the scheduler, not failed), front hypervolume; a sweep that crashed or was
+    interrupted (even before any row) with the command that resumes it."""
     from orchestrator.store.results import list_sweeps
 
     storage = _storage("sweeps", legacy_storage, storage)

@@ -542,7 +542,7 @@ def load_stages(storage: str | Path, *, sweep: str = "latest") -> pa.Table:
 
 SWEEP_COLUMNS = (
     "sweep_id", "sweep_name", "task", "started_at", "finished_at",
-    "trials_ok", "trials_failed", "hypervolume", "status", "resume_command",
+    "trials_ok", "trials_stopped", "trials_failed", "hypervolume", "status", "resume_command",
 )  # fmt: skip
 
 
@@ -563,7 +563,9 @@ def summarise_sweep(rows: pa.Table) -> dict[str, Any]:
     )
 
     trials = rows.filter(pc.invert(rows.column("is_baseline")))
-    ok = int(pc.sum(pc.equal(trials.column("status"), "ok")).as_py() or 0)
+    statuses = trials.column("status")
+    ok = int(pc.sum(pc.equal(statuses, "ok")).as_py() or 0)
+    stopped = int(pc.sum(pc.equal(statuses, "stopped")).as_py() or 0)
     columns = list(DEFAULT_OBJECTIVES)
     try:
         reference: dict[str, float] | None = baseline_reference(rows, DEFAULT_OBJECTIVES)
@@ -581,7 +583,8 @@ def summarise_sweep(rows: pa.Table) -> dict[str, Any]:
         "started_at": pc.min(rows.column("started_at")).as_py(),
         "finished_at": pc.max(rows.column("finished_at")).as_py(),
         "trials_ok": ok,
-        "trials_failed": trials.num_rows - ok,
+        "trials_stopped": stopped,  # stopped early by the scheduler (ASHA): not a failure
+        "trials_failed": trials.num_rows - ok - stopped,
         "hypervolume": hv,
         "front_points": points,
         "reference": reference,
@@ -590,13 +593,15 @@ def summarise_sweep(rows: pa.Table) -> dict[str, Any]:
 
 def list_sweeps(storage: str | Path) -> pa.Table:
     """One row per sweep: sweep_id, sweep_name, task, started_at, finished_at, trials_ok,
-    trials_failed, hypervolume (front of val_accuracy:max, size_bytes:min,
-    latency_ms_sweep:min; null when it cannot be computed), status (its manifest's: running,
-    finished, interrupted or failed; null without one) and resume_command (for a sweep not
-    finished). A sweep with a manifest and no rows (it crashed first) is listed with 0 trials.
-    The columns mean the same for every status: `started_at` is when the sweep started (its
-    manifest's `started_at`: Ray up and its checks passed; its earliest row's for a sweep
-    without one), `sweep_name` its space's name, else its id (as its rows say).
+    trials_stopped (stopped early by the scheduler, ASHA: not failures), trials_failed (the
+    other trials not ok: error, timeout, lost), hypervolume (front of val_accuracy:max,
+    size_bytes:min, latency_ms_sweep:min; null when it cannot be computed), status (its
+    manifest's: running, finished, interrupted or failed; null without one) and resume_command
+    (for a sweep not finished). A sweep with a manifest and no rows (it crashed first) is
+    listed with 0 trials. The columns mean the same for every status: `started_at` is when
+    the sweep started (its manifest's `started_at`: Ray up and its checks passed; its earliest
+    row's for a sweep without one), `sweep_name` its space's name, else its id (as its rows
+    say).
     A storage in which sweeps were started but none got that far (each refused by a check
     before it started: memory, resources) gives an empty table; a storage holding nothing at
     all is a SqueezerayError.
@@ -629,6 +634,7 @@ def list_sweeps(storage: str | Path) -> pa.Table:
             ("started_at", RESULTS_SCHEMA.field("started_at").type),
             ("finished_at", RESULTS_SCHEMA.field("finished_at").type),
             ("trials_ok", pa.int64()),
+            ("trials_stopped", pa.int64()),
             ("trials_failed", pa.int64()),
             ("hypervolume", pa.float64()),
             ("status", pa.string()),
@@ -653,7 +659,9 @@ def _listed_from_rows(storage: str | Path, *, started: bool) -> list[dict[str, A
     stale: list[str | None] = []
     for sweep_id in dataset.partitions():
         summary = dataset.summary(sweep_id)
-        if summary is None:
+        if summary is None or "trials_stopped" not in summary["sweep"]:
+            # (a summary written before stopped trials had their own count: its trials_failed
+            # counts them, so the sweep is listed from its rows)
             stale.append(sweep_id)
             continue
         row = dict(summary["sweep"])
@@ -704,7 +712,8 @@ def _add_manifests(listing: list[dict[str, Any]], manifests: dict[str, dict[str,
         if sweep_id not in listed:
             # the name as a row writes it (`tuner`: the space's name, else the sweep id)
             row = {"sweep_id": sweep_id, "sweep_name": manifest.get("name") or sweep_id,
-                   "task": manifest.get("task"), "trials_ok": 0, "trials_failed": 0,
+                   "task": manifest.get("task"), "trials_ok": 0, "trials_stopped": 0,
+                   "trials_failed": 0,
                    "started_at": _parse_time(manifest.get("updated_at"))}  # fmt: skip
             listing.append(row)
     for row in listing:

@@ -275,6 +275,24 @@ def test_summary_goes_stale_when_a_resumed_sweep_appends(tmp_path: Path) -> None
     assert list_sweeps(tmp_path).to_pylist() == [row]
 
 
+def test_a_summary_from_before_the_stopped_count_is_not_trusted(tmp_path: Path) -> None:
+    """A partition summary written before `trials_stopped` existed counted ASHA's stops as
+    failed: the sweep is listed from its rows instead (stopped apart, new user F21)."""
+    import json
+
+    _fill(tmp_path, sweeps=1, trials=2)
+    append_results(tmp_path, [_row("s0", "t900", 9, status="stopped", test_accuracy=None)])
+    compact_storage(tmp_path)
+    (row,) = list_sweeps(tmp_path).to_pylist()
+    assert (row["trials_ok"], row["trials_stopped"], row["trials_failed"]) == (2, 1, 0)
+    path = tmp_path / "results" / "sweep_id=s0" / SUMMARY_NAME
+    old = json.loads(path.read_text())
+    del old["sweep"]["trials_stopped"]
+    old["sweep"]["trials_failed"] = 1
+    path.write_text(json.dumps(old))
+    assert list_sweeps(tmp_path).to_pylist() == [row]
+
+
 def test_compaction_on_an_fsspec_memory_uri() -> None:
     uri = f"memory://squeezeray-compact-{uuid.uuid4().hex[:8]}/store"
     for t in range(4):

@@ -262,6 +262,32 @@ def test_list_sweeps(storage: Path) -> None:
     rows = listing.to_pylist()
     assert [r["sweep_id"] for r in rows] == ["a-1", "b-2"]  # by start time
     assert rows[0]["trials_ok"] == 22 and rows[0]["trials_failed"] == 2
+    assert rows[0]["trials_stopped"] == 0
     assert rows[0]["task"] == "digits" and rows[0]["sweep_name"] == "a"
     assert rows[0]["started_at"] == T0
     assert all(r["hypervolume"] is not None and r["hypervolume"] > 0 for r in rows)
+
+
+def test_sweeps_count_scheduler_stops_apart_from_failures(tmp_path: Path) -> None:
+    """Trials ASHA stopped early are `stopped`, not failed, in `list_sweeps` and in
+    `squeezeray sweeps`, as in the sweep's own summary line (new user F21)."""
+    from typer.testing import CliRunner
+
+    from orchestrator.cli import app
+
+    rows = make_rows("a-1", n=10, failures=1)  # the baseline, t000 failed, then 9 ok
+    for row in rows[2:8]:
+        row.update(status="stopped", test_accuracy=None, error="stopped early by the scheduler")
+    append_results(tmp_path, rows)
+    (listed,) = list_sweeps(tmp_path).to_pylist()
+    assert (listed["trials_ok"], listed["trials_stopped"], listed["trials_failed"]) == (3, 6, 1)
+    shown = CliRunner().invoke(app, ["sweeps", "--storage", str(tmp_path)], env={"COLUMNS": "160"})
+    assert shown.exit_code == 0, shown.output
+    header, row = _table_lines(shown.stdout, "stopped"), _table_lines(shown.stdout, "a-1")
+    assert header.split()[-4:] == ["ok", "stopped", "failed", "hypervolume"], header
+    assert row.split()[-4:-1] == ["3", "6", "1"], row
+
+
+def _table_lines(text: str, word: str) -> str:
+    (line,) = [line for line in text.splitlines() if word in line.split()]
+    return line
