@@ -211,6 +211,7 @@ def _du(path: Path) -> int:
 # -- the workers' own CPU accounting -------------------------------------------------------
 
 TASK_LOG_ENV = "SQUEEZERAY_BENCH_TASK_LOG"
+PROFILE_DIR_ENV = "SQUEEZERAY_BENCH_PROFILE_DIR"  # set: each task body cProfiled into this folder
 
 
 def instrument_worker() -> None:
@@ -254,7 +255,16 @@ def instrument_worker() -> None:
             if kind != "release":
                 import_once()
             start = time.process_time()
-            out = original(*args, **kwargs)
+            profile_dir = os.environ.get(PROFILE_DIR_ENV)
+            if profile_dir and kind != "release":
+                import cProfile
+
+                profiler = cProfile.Profile()
+                out = profiler.runcall(original, *args, **kwargs)
+                name_ = f"{kind}-{(args[0].key if args else '')[:8]}-{os.getpid()}-{time.time_ns()}"
+                profiler.dump_stats(os.path.join(profile_dir, name_ + ".prof"))
+            else:
+                out = original(*args, **kwargs)
             info = out[1] if kind == "stage" else {}
             key = args[0].key if args else ""
             _log_task(kind, key, time.process_time() - start, info.get("run_cpu_s"))

@@ -271,14 +271,28 @@ BUILTIN_TASKS: dict[str, Callable[[], Task]] = {
 # -- loading ------------------------------------------------------------------------------
 
 
-@functools.lru_cache(maxsize=16)
-def load_task(name: str) -> Task:
+def load_task(name: str, *, check_models: bool = True) -> Task:
     """A built-in task by name, or a user's task by import path `package.module:callable`.
 
     The callable takes no arguments and returns a `Task`. The result is checked (types,
-    non-empty data, a forward pass of both models with the right number of logits) and cached
-    per process, so every stage task in a Ray worker builds it once.
+    non-empty data and, with `check_models`, a forward pass of both models with the right
+    number of logits) and cached per process, so every stage task in a Ray worker builds it
+    once. `check_models=False` is for a Ray worker that verifies the task's models against the
+    driver's fingerprint instead (the driver checked them): each check builds both models, a
+    tenth of a CPU second per 10M parameters. The models are checked at most once per process.
     """
+    task = _built_task(name)
+    if check_models and name not in _MODELS_CHECKED:
+        check_task_models(task, source=name)
+        _MODELS_CHECKED.add(name)
+    return task
+
+
+_MODELS_CHECKED: set[str] = set()  # tasks whose models `check_task_models` passed here
+
+
+@functools.lru_cache(maxsize=16)
+def _built_task(name: str) -> Task:
     if name in BUILTIN_TASKS:
         task = BUILTIN_TASKS[name]()
     elif ":" in name:
@@ -288,8 +302,14 @@ def load_task(name: str) -> Task:
             f"task={name!r} is not a built-in task or an import path; accepted: "
             f"{', '.join(BUILTIN_TASKS)}, or 'package.module:callable' returning a Task"
         )
-    check_task(task, source=name)
+    check_task(task, source=name, models=False)
     return task
+
+
+def clear_task_cache() -> None:
+    """Forget every task `load_task` built (tests that rewrite a task module)."""
+    _built_task.cache_clear()
+    _MODELS_CHECKED.clear()
 
 
 def _import_task(path: str) -> Task:
@@ -320,8 +340,9 @@ def _import_task(path: str) -> Task:
     return task
 
 
-def check_task(task: Task, *, source: str) -> None:
-    """Fail early, with the fix, when a task cannot run through the pipeline."""
+def check_task(task: Task, *, source: str, models: bool = True) -> None:
+    """Fail early, with the fix, when a task cannot run through the pipeline: its settings,
+    data and (with `models`) its models (`check_task_models`)."""
     if task.num_classes < 2:
         raise SqueezerayError(f"task={source!r}: num_classes={task.num_classes} must be >= 2")
     size = task.eval_batch_size
@@ -385,6 +406,13 @@ def check_task(task: Task, *, source: str) -> None:
                 f"must be a zero-argument callable that builds one, e.g. "
                 f"{arch}=lambda: {type(factory).__name__}(...) or {arch}={type(factory).__name__}"
             )
+    if models:
+        check_task_models(task, source=source)
+
+
+def check_task_models(task: Task, *, source: str) -> None:
+    """Each factory builds a float32 nn.Module that maps one test sample to (1, num_classes)
+    float logits; SqueezerayError with the call and shapes when not."""
     x = task.example_input(1)
     names = input_names(x)
     shapes = ", ".join(

@@ -179,7 +179,9 @@ def execute_stage(request: StageRequest, parent: Any, teacher: Any) -> tuple[Any
 
     wall0, cpu0 = time.perf_counter(), time.process_time()  # the whole task, preparation included
     _prepare_worker(request.sys_path, request.threads)
-    task = load_task(request.task)
+    # With a fingerprint, the task's models are verified against the driver's (which checked
+    # them), not built and run once more here.
+    task = load_task(request.task, check_models=not request.fingerprint)
     if request.fingerprint:
         check_same_task(request)
     spec = get_stage(request.stage)
@@ -224,7 +226,7 @@ def _worker_fingerprint(task_name: str, seed: int) -> dict[str, str]:
     from stages.fingerprint import task_fingerprint
     from stages.tasks import load_task
 
-    return task_fingerprint(load_task(task_name), seed=seed).as_dict()
+    return task_fingerprint(load_task(task_name, check_models=False), seed=seed).as_dict()
 
 
 def check_same_task(request: StageRequest) -> None:
@@ -303,7 +305,7 @@ def execute_measure(request: MeasureRequest, checkpoint: Any) -> dict[str, Any]:
     from stages.tasks import load_task
 
     _prepare_worker(request.sys_path, request.threads)
-    task = load_task(request.task)
+    task = load_task(request.task, check_models=False)  # the driver checked its models
     where = _cache_file(request.storage, request.key) if request.storage else request.key
     ckpt = _load_input(checkpoint, where)
     with pinned_to_one_cpu():
@@ -351,7 +353,7 @@ def execute_remeasure(
     from stages.tasks import load_task
 
     _prepare_worker(request.sys_path, request.threads)
-    task = load_task(request.task)
+    task = load_task(request.task, check_models=False)  # the driver checked its models
     ckpts = [_load_input(c, f"a checkpoint of sweep model {i}") for i, c in enumerate(checkpoints)]
     with pinned_to_one_cpu():
         results = interleaved_latency(

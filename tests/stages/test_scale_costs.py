@@ -391,7 +391,7 @@ def test_a_stage_task_serialises_once_and_builds_a_bounded_number_of_models(
 
     counts = _Counts()
     task = _counted_task(counts, width=64)
-    monkeypatch.setattr("stages.tasks.load_task", lambda name: task)
+    monkeypatch.setattr("stages.tasks.load_task", lambda name, **_: task)
     teacher = train_teacher(StageInput(task=task, parent=None), TeacherParams(epochs=0))
     parent = None if stage == "teacher" else teacher.checkpoint.to_buffer()
     counts.builds = 0
@@ -415,6 +415,75 @@ def test_a_stage_task_serialises_once_and_builds_a_bounded_number_of_models(
     # on a local storage the written file travels, not its bytes
     assert isinstance(data, StoredCheckpoint) and data.sha256 == info["sha256"]
     assert data.nbytes == info["nbytes"] == Path(data.path).stat().st_size
+
+
+_BUILD_COUNTING_TASK = """
+import torch
+from torch import nn
+from torch.utils.data import TensorDataset
+from stages.tasks import Task
+
+BUILDS = []
+
+
+def _teacher():
+    BUILDS.append(1)
+    return nn.Sequential(nn.Linear(4, 16), nn.ReLU(), nn.Linear(16, 3))
+
+
+def task():
+    g = torch.Generator().manual_seed(0)
+    ds = TensorDataset(torch.randn(24, 4, generator=g), torch.arange(24) % 3)
+    return Task(name="builds", teacher=_teacher, student=None, train=ds, val=ds, test=ds,
+                num_classes=3)
+"""
+
+
+def test_a_workers_first_stage_task_builds_the_models_once_for_its_checks(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A stage task with the driver's fingerprint verifies the task's models through it and
+    does not build and run them once more for `check_task` (at 10M parameters each build is
+    ~0.1 CPU s of a worker's first task)."""
+    import sys
+
+    from orchestrator.engine.requests import StageRequest
+    from orchestrator.engine.stage_tasks import _worker_fingerprint, execute_stage
+    from stages.fingerprint import task_fingerprint
+    from stages.tasks import clear_task_cache, load_task
+
+    (tmp_path / "build_counting_task.py").write_text(_BUILD_COUNTING_TASK)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    name = "build_counting_task:task"
+    fingerprint = task_fingerprint(load_task(name), seed=0).as_dict()  # the driver's
+    module = sys.modules["build_counting_task"]
+    clear_task_cache()  # a fresh worker
+    _worker_fingerprint.cache_clear()
+    module.BUILDS.clear()
+    request = StageRequest(
+        stage="teacher",
+        params={"epochs": 0},
+        key="k" * 16,
+        parent_key=None,
+        task=name,
+        storage=str(tmp_path / "store"),
+        fingerprint=fingerprint,
+    )
+    try:
+        execute_stage(request, None, None)
+        # the fingerprint's build, the stage's, the self-check's rebuild (on the meta device)
+        # -- and none for the task check (4 before)
+        assert len(module.BUILDS) == 3
+        # a task loaded for the driver is still checked, once
+        clear_task_cache()
+        module.BUILDS.clear()
+        load_task(name)
+        load_task(name)
+        assert len(module.BUILDS) == 1
+    finally:
+        clear_task_cache()
+        _worker_fingerprint.cache_clear()
+        sys.modules.pop("build_counting_task", None)
 
 
 def test_measuring_a_model_compresses_it_once_and_builds_it_once(

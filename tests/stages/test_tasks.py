@@ -12,7 +12,7 @@ import torch
 
 from stages.checkpoint import ModelCheckpoint
 from stages.errors import SqueezerayError
-from stages.tasks import BUILTIN_TASKS, load_task
+from stages.tasks import BUILTIN_TASKS, clear_task_cache, load_task
 
 
 @pytest.mark.parametrize("name", sorted(BUILTIN_TASKS))
@@ -82,11 +82,11 @@ def user_modules(tmp_path: Path) -> Iterator[Path]:
     )
     sys.path.insert(0, str(tmp_path))
     sys.modules.pop("my_tasks", None)
-    load_task.cache_clear()
+    clear_task_cache()
     yield tmp_path
     sys.path.remove(str(tmp_path))
     sys.modules.pop("my_tasks", None)
-    load_task.cache_clear()
+    clear_task_cache()
 
 
 def test_user_task_loads(user_modules: Path) -> None:
