@@ -341,6 +341,10 @@ def robust_cv(values: np.ndarray) -> float:
 
 
 TURNS_PER_ROUND = 10  # each round's calls of every model are taken in this many alternating turns
+# ...fewer when a model has few calls a round: each turn's untimed call (caches after the switch)
+# is followed by at least this many timed ones. One timed call a turn doubled a slow model's
+# calls: the 50M teacher's 3 calls a round (86 ms each) took 3 untimed ones beside them.
+CALLS_PER_TURN = 3
 
 
 def interleaved_latency(
@@ -362,8 +366,9 @@ def interleaved_latency(
     Interleaving puts every model under the same conditions, and the paired per-round ratio
     to the reference cancels a drift of the machine's speed between rounds (on shared hosts
     batch-1 latency has slow spells of seconds: bench/RESULTS.md §3). Within a round the
-    models take turns (`TURNS_PER_ROUND`, fewer when a model has fewer calls), each turn one
-    untimed call (the model's caches after the switch) then its share of timed calls, the
+    models take turns (`TURNS_PER_ROUND`; fewer when a model has fewer than `CALLS_PER_TURN`
+    timed calls a turn), each turn one untimed call (the model's caches after the switch)
+    then its share of timed calls, the
     first model of each turn rotating: a slow model's calls and a fast one's span the same
     stretch of time, so a slow spell hits the same share of each. (Timing each model's round
     in one block let the slow reference fill nearly all the phase's wall time and take every
@@ -426,7 +431,7 @@ def _round_in_turns(
     ends after a turn once `2 * cap_s` seconds per model have passed and every model has
     `MIN_REPEATS` calls (a machine slower than the warm-up timed does not run on): the arrays
     hold the calls actually timed that kept their CPU (`running_calls`)."""
-    turns = max(1, min(TURNS_PER_ROUND, *planned))
+    turns = max(1, min(TURNS_PER_ROUND, min(planned) // CALLS_PER_TURN))
     shares = [np.array_split(np.arange(n), turns) for n in planned]
     count = len(predictors)
     out = [np.empty(n, dtype=np.int64) for n in planned]

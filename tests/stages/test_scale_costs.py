@@ -285,6 +285,34 @@ def test_interleaved_rounds_share_the_time_cap(monkeypatch: pytest.MonkeyPatch) 
     assert predictors[1].calls * 0.010 <= 1.0 + 0.25 + 5 * 10 * 0.010  # + warm-up, re-warms
 
 
+def test_a_slow_models_untimed_calls_are_a_bounded_share_of_its_rounds(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Each turn of a round starts with an untimed call; a model with few timed calls a round
+    (a large model: the time cap binds) gets fewer turns, not one untimed call per timed one."""
+    clock = _Clock()
+    monkeypatch.setattr(latency, "time", clock)
+    predictors = [
+        _FakePredictor(clock=clock, cost_s=0.001),
+        _FakePredictor(clock=clock, cost_s=0.086),  # the 50M teacher's call
+    ]
+    monkeypatch.setattr(latency, "make_predictor", lambda task, ckpt, **kw: predictors[ckpt])
+    out = latency.interleaved_latency(
+        _task(),
+        [0, 1],  # type: ignore[list-item]
+        rounds=7,
+        warmup=2,
+        repeats=300,
+        time_cap_s=0.5,
+        calls=[300, 21],  # 3 timed calls a round for the slow model
+    )
+    slow = out[1]
+    untimed = predictors[1].calls - slow.repeats - 2  # less its warm-up
+    assert slow.repeats == 7 * 3
+    # at most one untimed call per CALLS_PER_TURN timed ones (before: 21, one per timed call)
+    assert untimed <= slow.repeats / latency.CALLS_PER_TURN
+
+
 def test_interleaved_rounds_take_the_calls_the_sweep_needed(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
