@@ -264,14 +264,18 @@ def test_timing_stops_at_twice_the_cap_when_the_first_timing_was_too_fast(
     assert times.size == 20  # 2 x the cap of 0.1 s calls, not 1000
 
 
-def test_interleaved_rounds_share_the_time_cap(monkeypatch: pytest.MonkeyPatch) -> None:
+def _fake_models(monkeypatch: pytest.MonkeyPatch, *costs_s: float) -> list[_FakePredictor]:
+    """Predictors on one simulated clock, costing `costs_s` seconds a call; checkpoint i of
+    `interleaved_latency` builds predictor i."""
     clock = _Clock()
     monkeypatch.setattr(latency, "time", clock)
-    predictors = [
-        _FakePredictor(clock=clock, cost_s=0.001),
-        _FakePredictor(clock=clock, cost_s=0.010),
-    ]
+    predictors = [_FakePredictor(clock=clock, cost_s=cost) for cost in costs_s]
     monkeypatch.setattr(latency, "make_predictor", lambda task, ckpt, **kw: predictors[ckpt])
+    return predictors
+
+
+def test_interleaved_rounds_share_the_time_cap(monkeypatch: pytest.MonkeyPatch) -> None:
+    predictors = _fake_models(monkeypatch, 0.001, 0.010)
     out = latency.interleaved_latency(
         _task(),
         [0, 1],  # type: ignore[list-item]
@@ -290,13 +294,7 @@ def test_a_slow_models_untimed_calls_are_a_bounded_share_of_its_rounds(
 ) -> None:
     """Each turn of a round starts with an untimed call; a model with few timed calls a round
     (a large model: the time cap binds) gets fewer turns, not one untimed call per timed one."""
-    clock = _Clock()
-    monkeypatch.setattr(latency, "time", clock)
-    predictors = [
-        _FakePredictor(clock=clock, cost_s=0.001),
-        _FakePredictor(clock=clock, cost_s=0.086),  # the 50M teacher's call
-    ]
-    monkeypatch.setattr(latency, "make_predictor", lambda task, ckpt, **kw: predictors[ckpt])
+    predictors = _fake_models(monkeypatch, 0.001, 0.086)
     out = latency.interleaved_latency(
         _task(),
         [0, 1],  # type: ignore[list-item]
@@ -316,14 +314,7 @@ def test_a_slow_models_untimed_calls_are_a_bounded_share_of_its_rounds(
 def test_interleaved_rounds_take_the_calls_the_sweep_needed(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    clock = _Clock()
-    monkeypatch.setattr(latency, "time", clock)
-    predictors = [
-        _FakePredictor(clock=clock, cost_s=0.001),
-        _FakePredictor(clock=clock, cost_s=0.001),
-        _FakePredictor(clock=clock, cost_s=0.010),
-    ]
-    monkeypatch.setattr(latency, "make_predictor", lambda task, ckpt, **kw: predictors[ckpt])
+    predictors = _fake_models(monkeypatch, 0.001, 0.001, 0.010)
     out = latency.interleaved_latency(
         _task(),
         [0, 1, 2],  # type: ignore[list-item]
