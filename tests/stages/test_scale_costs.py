@@ -314,7 +314,7 @@ def test_a_slow_models_untimed_calls_are_a_bounded_share_of_its_rounds(
 def test_interleaved_rounds_take_the_calls_the_sweep_needed(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    predictors = _fake_models(monkeypatch, 0.001, 0.001, 0.010)
+    _fake_models(monkeypatch, 0.001, 0.001, 0.010)
     out = latency.interleaved_latency(
         _task(),
         [0, 1, 2],  # type: ignore[list-item]
