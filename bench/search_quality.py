@@ -56,6 +56,7 @@ def child_sweep(payload: dict[str, Any]) -> dict[str, Any]:
         "sweep_id": sweep.sweep_id,
         "sweep_s": time.perf_counter() - t0,
         "trials_ok": outcome.summary.trials_ok,
+        "trials_stopped": outcome.summary.trials_stopped,
         "trials_failed": outcome.summary.trials_failed,
         "stages_executed": outcome.summary.stages_executed,
         "stages_loaded": outcome.summary.stages_loaded,

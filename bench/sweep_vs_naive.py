@@ -96,6 +96,7 @@ def _squeezeray(payload: dict[str, Any]) -> dict[str, Any]:
         "total_s": total_s,
         "summary_wall_s": summary.wall_s,
         "trials_ok": summary.trials_ok,
+        "trials_stopped": summary.trials_stopped,
         "trials_failed": summary.trials_failed,
         "stages_executed": summary.stages_executed,
         "stage_requests": summary.stage_requests,
@@ -227,7 +228,7 @@ def compare(
         "stages_executed_squeezeray": first["stages_executed"],
         "stage_requests_squeezeray": first["stage_requests"],
         "stage_executions_naive": naive0["stage_executions"],
-        "trials": first["trials_ok"] + first["trials_failed"],
+        "trials": first["trials_ok"] + first.get("trials_stopped", 0) + first["trials_failed"],
         "same_accuracy_as_naive": same_models(first, naive0),
     }
 

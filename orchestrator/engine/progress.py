@@ -295,9 +295,8 @@ def _summary_line(s: Any) -> str:
         if n
     )
     stopped = f", {s.trials_stopped} stopped early by the scheduler" if s.trials_stopped else ""
-    n_failed = s.trials_failed - s.trials_stopped
     return (
-        f"sweep {s.sweep_id}: {s.trials_ok} ok{stopped}, {n_failed} failed"
+        f"sweep {s.sweep_id}: {s.trials_ok} ok{stopped}, {s.trials_failed} failed"
         f"{f' ({failed})' if failed else ''} in {s.wall_s:.1f} s; "
         f"stage executions {s.stages_executed} (+{s.stages_loaded} loaded from cache) vs "
         f"{s.stage_requests} for a naive per-trial pipeline"

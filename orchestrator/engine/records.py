@@ -92,7 +92,7 @@ class SweepSummary:
     sweep_id: str
     storage: str
     trials_ok: int
-    trials_failed: int
+    trials_failed: int  # not ok and not stopped by the scheduler: error, timeout, lost
     stages_executed: int
     stages_loaded: int
     stage_requests: int  # stage executions a naive per-trial pipeline would have run
@@ -103,10 +103,10 @@ class SweepSummary:
     stages_cancelled: int = 0  # running stages stopped because their trials timed out
     latency_final_models: int = 0  # front models re-measured in the final latency phase
     latency_final_note: str = ""  # why the final phase was skipped or failed, when it was
-    # trials_failed split by status (error, timeout: its time limit, stopped: by ASHA)
+    # trials_failed split by status (error, timeout: its time limit, lost below)
     trials_error: int = 0
     trials_timeout: int = 0
-    trials_stopped: int = 0
+    trials_stopped: int = 0  # stopped early by the scheduler (ASHA): not failed
     trials_lost: int = 0  # failed by the infrastructure, not their model: --resume re-runs them
     stages_waited: int = 0  # stages another sweep on the storage computed while this one waited
     cache_restarted: bool = False  # the stage cache actor died and was restarted (or is gone)
@@ -133,7 +133,7 @@ class SweepInterrupted(SqueezerayError):
 
     def __init__(self, summary: SweepSummary) -> None:
         self.summary = summary
-        done = summary.trials_ok + summary.trials_failed
+        done = summary.trials_ok + summary.trials_stopped + summary.trials_failed
         command = summary.resume_command or (
             f"squeezeray sweep --resume --sweep-id {summary.sweep_id} --storage {summary.storage}"
         )

@@ -51,7 +51,7 @@ def sweep_summary(run: SweepRun, table: Any, end: RunEnd) -> SweepSummary:
         sweep_id=sweep.sweep_id,
         storage=sweep.storage.uri,
         trials_ok=sum(s == "ok" for s in statuses),
-        trials_failed=sum(s != "ok" for s in statuses),
+        trials_failed=sum(s not in ("ok", "stopped") for s in statuses),
         stages_executed=len(stats["executed"]),
         stages_loaded=len(stats["loaded"]),
         stage_requests=end.stage_requests,

@@ -105,7 +105,7 @@ class NightlyReport:
     previous_sweep_id: str | None
     earlier_sweeps: int
     trials_ok: int
-    trials_failed: int
+    trials_failed: int  # not ok and not stopped by the scheduler
     hypervolume: float
     hypervolume_previous: float | None
     hypervolume_all_time_before: float | None
@@ -116,6 +116,7 @@ class NightlyReport:
     drift: list[Drift]
     thresholds: Thresholds
     notes: list[str] = field(default_factory=list)
+    trials_stopped: int = 0  # stopped early by the scheduler (ASHA): not failed
 
     @property
     def regressions(self) -> list[Comparison]:
@@ -153,6 +154,7 @@ def build_report(
     hv = _Hypervolumes.of(history, objectives)
     trials = tonight.filter(pc.invert(tonight.column("is_baseline")))
     ok = int(pc.sum(pc.equal(trials.column("status"), "ok")).as_py() or 0)
+    stopped = int(pc.sum(pc.equal(trials.column("status"), "stopped")).as_py() or 0)
     names = list(knob_names) if knob_names is not None else None
     front, new_points = _front_points(history, objectives, names)
     comparisons: list[Comparison] = []
@@ -171,7 +173,8 @@ def build_report(
         previous_sweep_id=history.previous_id,
         earlier_sweeps=len(history.earlier_ids),
         trials_ok=ok,
-        trials_failed=trials.num_rows - ok,
+        trials_failed=trials.num_rows - ok - stopped,
+        trials_stopped=stopped,
         hypervolume=hv.tonight,
         hypervolume_previous=hv.previous,
         hypervolume_all_time_before=hv.all_time_before,
@@ -494,13 +497,14 @@ def _summary_blocks(r: NightlyReport) -> list[Block]:
         if r.regressions
         else "OK: no threshold crossed (exit code 0)"
     )
+    stopped = f"{r.trials_stopped} stopped early by the scheduler, " if r.trials_stopped else ""
     blocks: list[Block] = [
         ("h1", f"squeezeray nightly report: {r.sweep_name or r.sweep_id}"),
         (
             "p",
             f"Sweep {r.sweep_id} of task {r.task} in {r.storage or '(storage)'}, written "
-            f"{r.created_at}. Trials: {r.trials_ok} ok, {r.trials_failed} failed. Previous "
-            f"sweep: {r.previous_sweep_id or 'none (first sweep of this task)'}; "
+            f"{r.created_at}. Trials: {r.trials_ok} ok, {stopped}{r.trials_failed} failed. "
+            f"Previous sweep: {r.previous_sweep_id or 'none (first sweep of this task)'}; "
             f"{r.earlier_sweeps} earlier sweep(s) of this task in total.",
         ),
         ("p", f"Verdict: {verdict}."),

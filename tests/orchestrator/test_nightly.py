@@ -196,6 +196,18 @@ def test_rendered_report_names_both_hypervolumes_and_escapes_html() -> None:
     assert "<script" not in page and "http" not in page  # self-contained
 
 
+def test_report_counts_scheduler_stops_apart_from_failures() -> None:
+    """A trial ASHA stopped early is `stopped`, not failed, as in the sweep's summary line and
+    `squeezeray sweeps` (new user F21)."""
+    rows = _sweep("n1", 0, NIGHT_1 + [(0.9, "none", None, None, None)] * 3)
+    rows[-1].update(status="error")
+    for row in rows[-3:-1]:
+        row.update(status="stopped")
+    report = _report(rows, "n1")
+    assert (report.trials_ok, report.trials_stopped, report.trials_failed) == (2, 2, 1)
+    assert "Trials: 2 ok, 2 stopped early by the scheduler, 1 failed." in render_markdown(report)
+
+
 def test_thresholds_must_be_non_negative() -> None:
     with pytest.raises(SqueezerayError, match="accuracy_drop_points=-1"):
         Thresholds(accuracy_drop_points=-1)

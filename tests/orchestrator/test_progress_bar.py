@@ -257,7 +257,7 @@ def test_the_summary_line_does_not_count_scheduler_stops_as_failures() -> None:
     from orchestrator.engine.progress import _summary_line
 
     summary = SimpleNamespace(
-        sweep_id="s", trials_ok=2, trials_failed=7, trials_error=1, trials_timeout=0,
+        sweep_id="s", trials_ok=2, trials_failed=1, trials_error=1, trials_timeout=0,
         trials_stopped=6, trials_lost=0, wall_s=12.0, stages_executed=9, stages_loaded=0,
         stage_requests=20,
     )  # fmt: skip

@@ -451,10 +451,10 @@ def test_resume_reads_the_manifest_and_names_the_command(tmp_path: Path) -> None
     summary = SweepSummary(
         sweep_id="a", storage=str(storage), trials_ok=2, trials_failed=1, stages_executed=0,
         stages_loaded=0, stage_requests=0, corrupt_checkpoints=0, wall_s=1.0, interrupted=True,
-        resume_command=command,
+        resume_command=command, trials_stopped=1,
     )  # fmt: skip
     message = str(SweepInterrupted(summary))
-    assert "interrupted after 3 trials" in message
+    assert "interrupted after 4 trials" in message  # ok, stopped early and failed
     assert message.endswith(f"To continue, run: {command}")
 
 
