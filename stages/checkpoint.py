@@ -79,12 +79,18 @@ class ModelCheckpoint:
             payload["onnx"] = torch.frombuffer(bytearray(self.onnx), dtype=torch.uint8)
         return payload
 
-    def to_buffer(self) -> memoryview:
-        """The serialised checkpoint (`torch.save` of `to_payload`), not copied again: a
-        read-only view of the one buffer it was written to."""
-        buf = io.BytesIO()
+    def save(self, stream: IO[bytes]) -> None:
+        """Serialise the checkpoint into a writable binary stream (`torch.save` of
+        `to_payload`, written in order: a stream that hashes what it is given hashes the
+        file). The bytes are those `to_buffer` returns."""
         with int8_tensor_warnings():
-            torch.save(self.to_payload(), buf)
+            torch.save(self.to_payload(), stream)
+
+    def to_buffer(self) -> memoryview:
+        """The serialised checkpoint (`save`), not copied again: a read-only view of the one
+        buffer it was written to."""
+        buf = io.BytesIO()
+        self.save(buf)
         return buf.getbuffer().toreadonly()
 
     def to_bytes(self) -> bytes:

@@ -29,7 +29,7 @@ from stages.base import StageInput, StageOutput, StageSpec
 from stages.device import resolve_device
 from stages.errors import SqueezerayError
 from stages.heap import trim
-from stages.selfcheck import check_output
+from stages.selfcheck import CheckpointFile, check_output
 
 
 def run_stage(
@@ -38,11 +38,14 @@ def run_stage(
     params: Any,
     *,
     timing: dict[str, float] | None = None,
-) -> tuple[StageOutput, memoryview]:
+    into: CheckpointFile | None = None,
+) -> tuple[StageOutput, memoryview | None]:
     """Run `spec` on `inp` with `params` under its contract; return its output and the
     checkpoint bytes (a read-only view, `ModelCheckpoint.to_buffer`) that were checked to
-    rebuild into `out.model`. `timing`, when given, receives run_s and run_cpu_s: the wall
-    and CPU seconds of the stage function alone (what a hand-written loop would spend).
+    rebuild into `out.model` -- or None with `into`: the checkpoint was written to its file,
+    and that file was checked (`check_output`). `timing`, when given, receives run_s and
+    run_cpu_s: the wall and CPU seconds of the stage function alone (what a hand-written loop
+    would spend).
 
     Raises SqueezerayError (naming the stage) for an input the contract refuses, a missing
     metric, or a checkpoint that does not rebuild; the stage's own errors pass through.
@@ -59,7 +62,7 @@ def run_stage(
     del inp
     trim()  # and the pages the stage freed (gradients, optimizer moments) go back to the OS
     check_metrics(spec, out)
-    return out, check_output(task, spec.name, out)
+    return out, check_output(task, spec.name, out, into=into)
 
 
 def check_input(spec: StageSpec[Any], inp: StageInput, params: Any) -> StageInput:

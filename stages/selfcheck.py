@@ -1,8 +1,9 @@
 """The checkpoint round trip of the stage contract: a stage's output must rebuild from its bytes.
 
 `stages.runner.run_stage` calls `check_output` after every stage. It serializes the stage's
-checkpoint, loads the bytes back as the stage cache and every later stage will
-(`torch.load(weights_only=True)`), rebuilds the model in the
+checkpoint (into memory, or straight into the file a `CheckpointFile` names: then the bytes
+on disk are what is checked), loads the bytes back as the stage cache and every later stage
+will (`torch.load(weights_only=True)`), rebuilds the model in the
 checkpoint's runtime and compares its logits with the stage's in-memory model on a batch of
 test inputs. A checkpoint that does not rebuild, or rebuilds into another function, is the
 stage's own `SqueezerayError`, raised before anything is cached or reported.
@@ -14,6 +15,8 @@ by one quantization step).
 """
 
 from __future__ import annotations
+
+from typing import Protocol
 
 import torch
 
@@ -35,10 +38,23 @@ _PT2E_FIX = "use quantize.mode=dynamic_int8, int8_weight_only or onnx_int8 for t
 _FIXES = {("quantize", "static_int8"): _PT2E_FIX, ("quantize", "qat"): _PT2E_FIX}
 
 
+class CheckpointFile(Protocol):
+    """A local file a stage's checkpoint is serialised into (a stage task's cache file before
+    it is renamed into place)."""
+
+    def write(self, ckpt: ModelCheckpoint) -> str:
+        """Serialise `ckpt` (`ModelCheckpoint.save`) into the file; return its path."""
+        ...
+
+
 @torch.no_grad()
-def check_output(task: Task, stage: str, out: StageOutput) -> memoryview:
+def check_output(
+    task: Task, stage: str, out: StageOutput, *, into: CheckpointFile | None = None
+) -> memoryview | None:
     """The checkpoint's bytes (a read-only view, serialised once: these are the bytes that are
-    cached and passed on), once its rebuild from them reproduces `out.model`.
+    cached and passed on), once its rebuild from them reproduces `out.model`; with `into`,
+    None: the bytes were written to its file, and the file is what was loaded and checked
+    (its tensors mapped, not copied: `ModelCheckpoint.from_file`).
 
     Cost: one serialisation, one load and one rebuild of the model (linear in its bytes), and
     two forward passes on `CHECK_BATCH` inputs; the loaded copy is released before the
@@ -46,14 +62,16 @@ def check_output(task: Task, stage: str, out: StageOutput) -> memoryview:
 
     Raises SqueezerayError naming `stage` when the bytes do not load, the model does not
     rebuild or run, or its logits differ from the in-memory model's by more than the tolerance.
+    Errors writing `into`'s file pass through as they are.
     """
-    data = out.checkpoint.to_buffer()
-    x = task.example_input(min(CHECK_BATCH, len(task.test)))  # type: ignore[arg-type]
     ckpt = out.checkpoint
+    data = ckpt.to_buffer() if into is None else None
+    path = into.write(ckpt) if into is not None else None
+    x = task.example_input(min(CHECK_BATCH, len(task.test)))  # type: ignore[arg-type]
     what = f"stage {stage!r} (quantize={ckpt.quantize!r}, runtime={ckpt.runtime!r})"
     fix = _FIXES.get((stage, ckpt.quantize), _REPORT)
     try:
-        loaded = ModelCheckpoint.from_bytes(data)
+        loaded = ModelCheckpoint.from_file(path) if path else ModelCheckpoint.from_bytes(data)
         got = make_predictor(task, loaded, share_weights=True)(x)
         del loaded  # its tensors: no second copy of the model alive beside the stage's
     except Exception as exc:  # a checkpoint that does not rebuild is this stage's fault

@@ -9,8 +9,10 @@ Checkpoints travel between tasks as their cache files when the storage is a loca
 weights cost no memory beside it. On other storage (a URI) they travel as read-only uint8
 numpy arrays (`as_transfer`): Ray stores a numpy array's buffer out of band in its object store
 once and hands it to the next task as a zero-copy view, where `bytes` would be copied into
-every reader's heap. A stage serialises its output once (`ModelCheckpoint.to_buffer`); the same
-buffer is hashed, written to the cache directory and returned (or its file named).
+every reader's heap. A stage serialises its output once: on a local storage straight into its
+cache file's temp, hashed as it is written, which the self-check reads back before it is renamed
+into place (`StagedFile`); elsewhere into one buffer (`ModelCheckpoint.to_buffer`) that is
+hashed, written and returned.
 """
 
 from __future__ import annotations
@@ -124,14 +126,6 @@ def _stored_file(stored: StoredCheckpoint) -> str:
     return stored.path
 
 
-def as_handoff(storage: Any, location: str, data: Any, sha256: str) -> Any:
-    """What a stage task returns for its checkpoint, written at `location`: a StoredCheckpoint
-    of that file when `storage` is local, else its bytes (`as_transfer`)."""
-    if storage.is_local:
-        return StoredCheckpoint(path=location, nbytes=len(data), sha256=sha256)
-    return as_transfer(data)
-
-
 def _stage_input(
     request: StageRequest, task: Any, parent: Any, teacher: Any, *, reads_teacher: bool
 ) -> Any:
@@ -165,7 +159,7 @@ def reads_teacher(spec: Any, params: Any) -> bool:
 
 def execute_stage(request: StageRequest, parent: Any, teacher: Any) -> tuple[Any, dict[str, Any]]:
     """Run one stage; write its checkpoint under the storage; return (the checkpoint as the
-    next task takes it, `as_handoff`: a StoredCheckpoint of its file on a local storage, else
+    next task takes it: a StoredCheckpoint of its file on a local storage, else
     its bytes as a uint8 numpy array; info). `parent`/`teacher`: a StoredCheckpoint, checkpoint
     bytes (any bytes-like object) or None; the same checkpoint given as both is loaded once.
 
@@ -191,13 +185,22 @@ def execute_stage(request: StageRequest, parent: Any, teacher: Any) -> tuple[Any
     # stage's error row, and nothing is cached. The loaded inputs are not kept here: run_stage
     # holds the only reference, and frees them before the self-check.
     timing: dict[str, float] = {}
-    out, data = run_stage(
-        spec,
-        _stage_input(request, task, parent, teacher, reads_teacher=reads_teacher(spec, params)),
-        params,
-        timing=timing,
-    )
+    storage = open_storage(request.storage)
+    # On a local storage the checkpoint is serialised straight into its cache file's temp
+    # (hashed as written) and the self-check reads that file back: no in-memory copy of the
+    # bytes, and what is checked is what is on disk.
+    data_name = checkpoint_path(request.key)[0]
+    staged = StagedFile(storage.path(CACHE_DIR, data_name)) if storage.is_local else None
+    with staged.kept_on_success() if staged else contextlib.nullcontext():
+        out, data = run_stage(
+            spec,
+            _stage_input(request, task, parent, teacher, reads_teacher=reads_teacher(spec, params)),
+            params,
+            timing=timing,
+            into=staged,
+        )
     wall_s, cpu_s = time.perf_counter() - wall0, time.process_time() - cpu0
+    sha256, nbytes = (staged.sha256, staged.nbytes) if staged else _digest(data)
     info: dict[str, Any] = {
         "key": request.key,
         "stage": request.stage,
@@ -208,17 +211,109 @@ def execute_stage(request: StageRequest, parent: Any, teacher: Any) -> tuple[Any
         "cpu_s": cpu_s,
         "run_s": timing.get("run_s"),
         "run_cpu_s": timing.get("run_cpu_s"),
-        "sha256": hashlib.sha256(data).hexdigest(),
-        "nbytes": len(data),
+        "sha256": sha256,
+        "nbytes": nbytes,
         "finished_at": datetime.now(timezone.utc).isoformat(),
         "cached": False,
     }
-    storage = open_storage(request.storage)
-    data_name, manifest_name = checkpoint_path(request.key)
+    return _write_checkpoint(storage, staged, data, info), info
+
+
+def _write_checkpoint(storage: Any, staged: StagedFile | None, data: Any, info: dict) -> Any:
+    """Put a checked checkpoint in place (the staged file renamed, or `data` written), then
+    its manifest `info`; return what the next task takes: a StoredCheckpoint of the file on a
+    local storage, else the bytes as a uint8 numpy array (`as_transfer`)."""
+    data_name, manifest_name = checkpoint_path(info["key"])
     # Data first, manifest second: a checkpoint without a manifest is never trusted.
-    location = storage.write_atomic(data, CACHE_DIR, data_name)
+    if staged:
+        location = staged.publish()
+        handoff: Any = StoredCheckpoint(path=location, nbytes=info["nbytes"], sha256=info["sha256"])
+    else:
+        assert data is not None  # run_stage returns the bytes when it wrote no file
+        storage.write_atomic(data, CACHE_DIR, data_name)
+        handoff = as_transfer(data)
     storage.write_atomic(json.dumps(info).encode(), CACHE_DIR, manifest_name)
-    return as_handoff(storage, location, data, info["sha256"]), info
+    return handoff
+
+
+def _digest(data: Any) -> tuple[str, int]:
+    """(sha256 hex, size) of checkpoint bytes."""
+    return hashlib.sha256(data).hexdigest(), len(data)
+
+
+class _HashingWriter:
+    """A binary file that hashes and counts what is written to it, and keeps the OSError a
+    write raised (torch.save reports it as its own RuntimeError)."""
+
+    def __init__(self, file: Any) -> None:
+        self.file = file
+        self.hash = hashlib.sha256()
+        self.nbytes = 0
+        self.error: OSError | None = None
+
+    def write(self, chunk: Any) -> int:
+        try:
+            written = self.file.write(chunk)
+        except OSError as exc:
+            self.error = exc
+            raise
+        view = memoryview(chunk)
+        self.hash.update(view)
+        self.nbytes += view.nbytes
+        return int(written)
+
+    def flush(self) -> None:
+        self.file.flush()
+
+
+class StagedFile:
+    """A stage checkpoint's cache file on a local storage, written under a hidden temp name
+    beside it (`.<name>.<pid>.tmp`: readers and the cache skip dot names), hashed as it is
+    written, and renamed into place by `publish` once the self-check has read it back.
+    `stages.selfcheck.CheckpointFile`."""
+
+    def __init__(self, target: str) -> None:
+        self.target = target
+        folder, name = os.path.split(target)
+        self.tmp = os.path.join(folder, f".{name}.{os.getpid()}.tmp")
+        self.sha256 = ""
+        self.nbytes = 0
+
+    def write(self, ckpt: Any) -> str:
+        from orchestrator.store.faults import as_storage_fault
+
+        os.makedirs(os.path.dirname(self.tmp), exist_ok=True)
+        writer: _HashingWriter | None = None
+        try:
+            with open(self.tmp, "wb") as f:
+                writer = _HashingWriter(f)
+                ckpt.save(writer)
+        except BaseException as exc:
+            cause = writer.error if writer and writer.error else exc
+            fault = as_storage_fault(cause, self.target)
+            if fault is not None:  # a full or read-only storage, not the stage's fault
+                raise fault from cause
+            raise
+        self.sha256, self.nbytes = writer.hash.hexdigest(), writer.nbytes
+        return self.tmp
+
+    @contextlib.contextmanager
+    def kept_on_success(self) -> Iterator[None]:
+        """Remove the temp file when the block raises (the stage failed: nothing is cached)."""
+        try:
+            yield
+        except BaseException:
+            with contextlib.suppress(OSError):
+                os.remove(self.tmp)
+            raise
+
+    def publish(self) -> str:
+        """Rename the checked temp file into place; return the cache file's path."""
+        from orchestrator.store.faults import storage_writes
+
+        with storage_writes(self.target):
+            os.replace(self.tmp, self.target)
+        return self.target
 
 
 @functools.lru_cache(maxsize=8)

@@ -1,6 +1,7 @@
 """Writes that fail leave the store as it was (issue 21 item 1), on a real small filesystem.
 
 Every writer of the store and engine - an atomic file (manifest, cache checkpoint, error log),
+a stage task's checkpoint file,
 results and stage rows, a compaction's merged file and summary, the lock's holder file - is
 run against a full tmpfs (ENOSPC) and a read-only one (EROFS): each raises one StorageFault
 naming the path and the fix, leaves no temp file, and every file written before is unchanged.
@@ -45,6 +46,18 @@ def _write_atomic(storage: Path) -> None:
     open_storage(storage).write_atomic(b"x" * 200_000, "cache", "k2.ckpt")
 
 
+def _stage_checkpoint(storage: Path) -> None:
+    """A stage task: its checkpoint is serialised straight into its cache file's temp."""
+    from orchestrator.engine.requests import StageRequest
+    from orchestrator.engine.stage_tasks import execute_stage
+
+    request = StageRequest(
+        stage="teacher", params={"epochs": 0}, key="k3" * 8, parent_key=None, task="blobs",
+        storage=str(storage),
+    )  # fmt: skip
+    execute_stage(request, None, None)
+
+
 def _append_results(storage: Path) -> None:
     from orchestrator.store.results import append_results
 
@@ -81,6 +94,7 @@ def _manifest(storage: Path) -> None:
 
 WRITERS: dict[str, Callable[[Path], None]] = {
     "atomic file": _write_atomic,
+    "stage checkpoint": _stage_checkpoint,
     "results rows": _append_results,
     "stage rows": _append_stage_rows,
     "compaction": _compact,
