@@ -23,6 +23,14 @@ from orchestrator.space.constraints import violations
 
 FAILED_STATUSES = ("error", "timeout", "stopped", "lost")
 
+
+def _stopped_early(result: dict[str, Any] | None, error: bool) -> bool:
+    """A trial the scheduler stopped: no error, and its last report is a stage's (not final)."""
+    if error or not result:
+        return False
+    return not result.get("final") and result.get("status") in (None, "ok", "stopped")
+
+
 Constraints = tuple[tuple[str, str, float], ...]
 
 
@@ -135,8 +143,13 @@ class SqueezeOptunaSearch(OptunaSearch):  # type: ignore[misc]
             return  # already told (a failed trial, or a repeated completion)
         ot_trial = self._ot_trials.get(trial_id)
         if ot_trial is not None and self._failed(result, error):
+            # a trial the scheduler stopped early is Optuna's PRUNED (a single-objective
+            # sampler ranks it by the stage accuracies it reported); anything else FAIL
+            state = optuna.trial.TrialState.FAIL
+            if _stopped_early(result, error):
+                state = optuna.trial.TrialState.PRUNED
             study: Any = self._ot_study
-            study.tell(ot_trial, state=optuna.trial.TrialState.FAIL)
+            study.tell(ot_trial, state=state)
             self._completed_trials.add(trial_id)
             return
         if ot_trial is not None and result and self._sq_constraints:
@@ -149,9 +162,9 @@ class SqueezeOptunaSearch(OptunaSearch):  # type: ignore[misc]
         super().on_trial_complete(trial_id, result=result, error=error)
 
     def _failed(self, result: dict[str, Any] | None, error: bool) -> bool:
-        """A trial Optuna is told FAIL: an error, a failed status, stopped early (ASHA: its last
-        report is a stage's) or an objective missing: Optuna cannot be told values it does not
-        have."""
+        """A trial Optuna is told no values: an error, a failed status, stopped early (ASHA:
+        its last report is a stage's; told PRUNED) or an objective missing (told FAIL):
+        Optuna cannot be told values it does not have."""
         return (
             error
             or not result

@@ -145,9 +145,10 @@ def test_optuna_learns_constraint_values_and_its_state_can_be_saved(tmp_path: Pa
     searcher.on_trial_complete("t1", result=result)  # a repeated completion is ignored
 
 
-def test_optuna_is_told_fail_for_trials_without_final_objectives() -> None:
+def test_optuna_is_told_pruned_or_fail_for_trials_without_final_objectives() -> None:
     """A trial ASHA stopped (its last report is a stage's) or one missing an objective cannot
-    be told values: it is told FAIL instead of staying RUNNING forever."""
+    be told values: it is told PRUNED (Optuna's state for a trial stopped early) or FAIL
+    instead of staying RUNNING forever."""
     import optuna
 
     from orchestrator.engine.search import make_search
@@ -168,7 +169,7 @@ def test_optuna_is_told_fail_for_trials_without_final_objectives() -> None:
     }
     searcher.on_trial_complete("nan", result=nan)
     states = [t.state for t in searcher._ot_study.trials]
-    assert states == [optuna.trial.TrialState.FAIL] * 2
+    assert states == [optuna.trial.TrialState.PRUNED, optuna.trial.TrialState.FAIL]
 
 
 @pytest.mark.slow
