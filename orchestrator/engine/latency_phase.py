@@ -5,13 +5,16 @@ trials, sharing their teacher stage (`start_baseline`, `record_baseline`). After
 trial, the front's models and the baseline are timed again, apart, in interleaved rounds by one
 task holding a whole node (`run_final_latency`), and their rows are written again with those
 figures. Neither ever fails the sweep: a baseline error is its row's `error`, a failed final
-phase leaves the rows with their in-sweep latency and says why.
+phase leaves the rows with their in-sweep latency and says why. Ctrl-C or SIGTERM during the
+phase cancels its task (`final_latency_phase`); the sweep then records itself interrupted, so
+`--resume` runs just the final phase (`sweep.after_trials`).
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Mapping
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
@@ -24,6 +27,23 @@ from stages.errors import SqueezerayError
 
 FINAL_LATENCY_MAX_MODELS = 16  # front models re-measured at most (the best by the first objective)
 FINAL_LATENCY_TIMEOUT_S = 1800.0
+
+
+@dataclass(frozen=True)
+class FinalPhase:
+    """How the final latency phase went: the front models re-measured, a note when it was
+    skipped or failed, and whether Ctrl-C or SIGTERM stopped it (the sweep is then recorded
+    interrupted: `--resume` runs the phase again)."""
+
+    models: int = 0
+    note: str = ""
+    interrupted: bool = False
+
+
+FINAL_PHASE_INTERRUPTED = (
+    "final latency phase interrupted (Ctrl-C or SIGTERM): every trial is saved, the rows keep "
+    "their in-sweep latency; `--resume` re-measures the front"
+)
 
 
 def start_baseline(run: SweepRun) -> Any:
@@ -99,29 +119,30 @@ def baseline_row(
     )
 
 
-def run_final_latency(run: SweepRun) -> tuple[int, str]:
-    """The final latency phase of a sweep whose trials all ended (`latency.rounds` > 0):
-    (models re-measured, a note when it was skipped or failed). Ctrl-C here skips the phase;
-    every trial is already recorded."""
+def run_final_latency(run: SweepRun) -> FinalPhase:
+    """The final latency phase of a sweep whose trials all ended (`latency.rounds` > 0).
+    A failure is a note (the rows keep their in-sweep latency). Ctrl-C here raises
+    KeyboardInterrupt once the phase's task is cancelled: the caller holds the signals
+    (`sweep.after_trials`) and records the sweep interrupted."""
     import ray
 
     from orchestrator.engine.cache import cache_stats
 
     if run.sweep.space.latency.rounds <= 0:
-        return 0, ""
+        return FinalPhase()
     cache_stats(run.cache, wait=True)  # every stage has finished recording
     try:
         options = final_latency_options(run.info, run.latency_resource)
     except SqueezerayError as exc:
-        return 0, str(exc)
+        return FinalPhase(note=str(exc))
     try:
-        return final_latency_phase(run, options=options)
-    except KeyboardInterrupt:
-        return 0, "final latency phase interrupted; rows keep their in-sweep latency"
+        return FinalPhase(*final_latency_phase(run, options=options))
     except ray.exceptions.RayError as exc:  # the cache actor is gone for good, a node died
         from orchestrator.engine.pipeline import describe_error
 
-        return 0, f"final latency phase failed ({describe_error(exc)}); rows keep in-sweep latency"
+        return FinalPhase(
+            note=f"final latency phase failed ({describe_error(exc)}); rows keep in-sweep latency"
+        )
 
 
 def final_latency_options(info: Any, latency_resource: str | None) -> dict[str, Any]:
@@ -181,6 +202,9 @@ def final_latency_phase(run: SweepRun, *, options: Mapping[str, Any]) -> tuple[i
     )
     try:
         results = ray.get(task, timeout=FINAL_LATENCY_TIMEOUT_S)
+    except KeyboardInterrupt:  # Ctrl-C or SIGTERM: stop timing now, not after the last round
+        ray.cancel(task, force=True)
+        raise
     except Exception as exc:  # a dead worker, a timeout: keep the in-sweep figures
         ray.cancel(task, force=True)
         return 0, f"final latency phase failed ({describe_error(exc)}); rows keep in-sweep latency"

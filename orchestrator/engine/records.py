@@ -103,6 +103,7 @@ class SweepSummary:
     stages_cancelled: int = 0  # running stages stopped because their trials timed out
     latency_final_models: int = 0  # front models re-measured in the final latency phase
     latency_final_note: str = ""  # why the final phase was skipped or failed, when it was
+    latency_final_interrupted: bool = False  # Ctrl-C or SIGTERM stopped the final phase
     # trials_failed split by status (error, timeout: its time limit, lost below)
     trials_error: int = 0
     trials_timeout: int = 0
@@ -137,7 +138,15 @@ class SweepInterrupted(SqueezerayError):
         command = summary.resume_command or (
             f"squeezeray sweep --resume --sweep-id {summary.sweep_id} --storage {summary.storage}"
         )
-        super().__init__(
-            f"sweep {summary.sweep_id} was interrupted after {done} trials; everything finished "
-            f"is saved. To continue, run: {command}"
-        )
+        if summary.latency_final_interrupted:
+            message = (
+                f"sweep {summary.sweep_id} was interrupted in its final latency phase: all "
+                f"{done} trials are saved, their rows keep their in-sweep latency. To re-measure "
+                f"the front (no trial runs again), run: {command}"
+            )
+        else:
+            message = (
+                f"sweep {summary.sweep_id} was interrupted after {done} trials; everything "
+                f"finished is saved. To continue, run: {command}"
+            )
+        super().__init__(message)

@@ -1,8 +1,10 @@
 """Ctrl-C and SIGTERM around a sweep: stop launching trials, keep everything finished.
 
-`stop_signals()` installs the handlers (main thread only) for the time the trials run; the
-sweep then records what finished and raises `SweepInterrupted`, whose message is the resume
-command. A second signal stops at once.
+`stop_signals()` installs the handlers (main thread only) for the time the trials run, and
+again for the baseline row and the final latency phase after them (a signal stops the phase);
+the sweep then records what finished and raises `SweepInterrupted`, whose message is the
+resume command. While the finished sweep records its status (`StopSignals.hold`) a first
+signal is only noted. A second signal stops at once.
 """
 
 from __future__ import annotations
@@ -40,6 +42,11 @@ class StopSignals:
         self.in_fit, self.after_fit = False, True
         if self._usr1_before is not None:
             signal.signal(signal.SIGUSR1, self._usr1_before)
+
+    def hold(self) -> None:
+        """From now on a first signal is only noted (`received`), as after a fit: for the
+        steps that record a sweep whose work is done (its status, its compacted files)."""
+        self.after_fit = True
 
     def handle(self, signum: int, frame: Any) -> None:
         first = self.received is None

@@ -31,6 +31,7 @@ class RunEnd:
     budget_elapsed_s: float  # seconds of run time over all the sweep's runs
     final_models: int = 0  # front models re-measured in the final latency phase
     final_note: str = ""  # why the final phase was skipped or failed, when it was
+    final_interrupted: bool = False  # Ctrl-C or SIGTERM stopped the final phase
 
 
 def sweep_summary(run: SweepRun, table: Any, end: RunEnd) -> SweepSummary:
@@ -46,6 +47,7 @@ def sweep_summary(run: SweepRun, table: Any, end: RunEnd) -> SweepSummary:
         budget_s=sweep.space.search.time_budget_s,
         out_of_time=end.out_of_time,
         wall_s=end.budget_elapsed_s,
+        final_interrupted=end.final_interrupted,
     )
     return SweepSummary(
         sweep_id=sweep.sweep_id,
@@ -62,6 +64,7 @@ def sweep_summary(run: SweepRun, table: Any, end: RunEnd) -> SweepSummary:
         stages_cancelled=len(stats["cancelled"]),
         latency_final_models=end.final_models,
         latency_final_note=end.final_note,
+        latency_final_interrupted=end.final_interrupted,
         trials_error=sum(s == "error" for s in statuses),
         trials_timeout=sum(s == "timeout" for s in statuses),
         trials_stopped=sum(s == "stopped" for s in statuses),
@@ -85,10 +88,18 @@ def end_reason(
     budget_s: float | None,
     out_of_time: bool,
     wall_s: float,
+    final_interrupted: bool = False,
 ) -> tuple[str, int]:
-    """Why a sweep ended, in words, and its exit code: 2 interrupted, EXIT_NO_TRIAL_OK when
-    no trial succeeded, EXIT_LOST_TRIALS when trials were lost to the infrastructure (the sweep
-    is not complete: `--resume` runs them again), 0 for a complete sweep."""
+    """Why a sweep ended, in words, and its exit code: 2 interrupted (in the trials, or in the
+    final latency phase after them: `final_interrupted`), EXIT_NO_TRIAL_OK when no trial
+    succeeded, EXIT_LOST_TRIALS when trials were lost to the infrastructure (the sweep is not
+    complete: `--resume` runs them again), 0 for a complete sweep."""
+    if final_interrupted:
+        return (
+            f"interrupted (Ctrl-C or SIGTERM) in the final latency phase, after {len(statuses)} "
+            f"of {total} trials",
+            2,
+        )
     if interrupted:
         return f"interrupted (Ctrl-C or SIGTERM) after {len(statuses)} of {total} trials", 2
     budget = ""

@@ -39,7 +39,13 @@ from typing import Any
 
 from orchestrator.engine.deadlines import end_budget, start_budget
 from orchestrator.engine.events import Progress, report_step
-from orchestrator.engine.latency_phase import record_baseline, run_final_latency, start_baseline
+from orchestrator.engine.latency_phase import (
+    FINAL_PHASE_INTERRUPTED,
+    FinalPhase,
+    record_baseline,
+    run_final_latency,
+    start_baseline,
+)
 from orchestrator.engine.manifest import (
     finished_note,
     read_manifest,
@@ -278,14 +284,13 @@ def _execute_sweep(
     if setup.writer.fault is not None:  # a row could not be written: the sweep stops here
         _abandon(run)
         raise setup.writer.fault
-    record_baseline(run, trials.baseline_ref, trials.started, interrupted=trials.interrupted)
-    if not trials.interrupted:
-        report_step(progress, "final latency phase: re-measuring the front with the baseline")
-    final = (0, "") if trials.interrupted else run_final_latency(run)
-    end = _finish(run, setup, interrupted=trials.interrupted, final=final)
-    table = sweep_table(sweep.storage, sweep.sweep_id)
-    summary = sweep_summary(run, table, end)
-    if trials.interrupted:
+    final = after_trials(run, trials, progress)
+    with stop_signals() as stop:
+        stop.hold()  # the sweep's work is done (or stopped): its status is written regardless
+        end = _finish(run, setup, interrupted=trials.interrupted or final.interrupted, final=final)
+        table = sweep_table(sweep.storage, sweep.sweep_id)
+        summary = sweep_summary(run, table, end)
+    if end.interrupted:
         raise SweepInterrupted(summary)
     return SweepOutcome(table=table, summary=summary)
 
@@ -395,9 +400,24 @@ def _run_trials(run: SweepRun, setup: TuneSetup, *, measure_baseline: bool) -> _
     return _Trials(interrupted=interrupted, baseline_ref=baseline_ref, started=started)
 
 
-def _finish(
-    run: SweepRun, setup: TuneSetup, *, interrupted: bool, final: tuple[int, str]
-) -> RunEnd:
+def after_trials(run: SweepRun, trials: _Trials, progress: Progress | None) -> FinalPhase:
+    """The baseline's row, then the final latency phase (not after an interrupted run), under
+    stop signals: Ctrl-C or SIGTERM stops them at once (the phase's Ray task cancelled) and the
+    sweep is recorded interrupted, its rows keeping their in-sweep latency; `--resume` then
+    runs what is missing (the baseline, the final phase) and no trial again."""
+    if trials.interrupted:
+        record_baseline(run, trials.baseline_ref, trials.started, interrupted=True)
+        return FinalPhase()
+    with stop_signals():  # no Tune fit here: a first signal raises KeyboardInterrupt
+        try:
+            record_baseline(run, trials.baseline_ref, trials.started, interrupted=False)
+            report_step(progress, "final latency phase: re-measuring the front with the baseline")
+            return run_final_latency(run)
+        except KeyboardInterrupt:
+            return FinalPhase(note=FINAL_PHASE_INTERRUPTED, interrupted=True)
+
+
+def _finish(run: SweepRun, setup: TuneSetup, *, interrupted: bool, final: FinalPhase) -> RunEnd:
     """Stop the cache actor (after its stages have recorded, unless interrupted), end the
     budget's clock, write the manifest's final status and compact the sweep's files; returns
     what the run did (`final`: the final latency phase's models and note)."""
@@ -419,8 +439,9 @@ def _finish(
         stage_requests=setup.writer.stage_requests,
         out_of_time=bool(getattr(setup.search_alg, "out_of_time", False)),
         budget_elapsed_s=elapsed,
-        final_models=final[0],
-        final_note=final[1],
+        final_models=final.models,
+        final_note=final.note,
+        final_interrupted=final.interrupted,
     )
 
 

@@ -375,6 +375,70 @@ def test_interrupt_prints_the_resume_command_which_finishes_the_sweep_within_its
     assert "all trials done" in " ".join(output.split()), output
 
 
+# Two trials and a final latency phase of a few seconds: precision 0 times each model for the
+# whole time cap, in-sweep and (over its rounds) in the final phase, which then lasts about
+# (front + baseline) x time_cap = 3 x 2 s, time enough to be stopped in the middle.
+FINAL_SPACE = """
+name: final
+task: blobs
+pipeline: [teacher, quantize]
+params:
+  teacher.epochs: 1
+  quantize.mode: {choice: [none, dynamic_int8]}
+search: {algorithm: grid}
+latency: {warmup: 2, repeats: 1000000, time_cap: 2, rounds: 5, precision: 0}
+"""
+
+
+@pytest.mark.slow
+def test_ctrl_c_in_the_final_latency_phase_stops_it_and_resume_runs_only_that_phase(
+    tmp_path: Path, cleanup: list[int], request: pytest.FixtureRequest
+) -> None:
+    """Ctrl-C during the final latency phase was ignored until it ended, then the sweep was
+    recorded `finished` and the process exited 130 (new user F15). Now the phase's task is
+    cancelled, the sweep is recorded interrupted (exit 2) with every trial row and their
+    in-sweep latency, and its resume command re-measures the front without running a trial."""
+    space = tmp_path / "space.yaml"
+    space.write_text(FINAL_SPACE)
+    storage = tmp_path / "results"
+    run = _Run(
+        tmp_path, "first", ["sweep", str(space), "--storage", str(storage), "--sweep-id", "f1"]
+    )
+    cleanup.append(run.proc.pid)
+    deadline = time.monotonic() + 240
+    while "final latency phase" not in run.output:
+        assert run.proc.poll() is None, f"the sweep ended before its final phase:\n{run.output}"
+        assert time.monotonic() < deadline, run.output
+        time.sleep(0.2)
+    time.sleep(1.5)  # into the phase's Ray task
+    os.killpg(run.proc.pid, signal.SIGINT)  # as a terminal's Ctrl-C: Ray's processes get it too
+    assert run.wait(timeout=120) == 2, run.output
+    output = " ".join(run.output.split())
+    assert "interrupted in its final latency phase: all 2 trials are saved" in output, output
+    assert f"run: squeezeray sweep --resume --sweep-id f1 --storage {storage.resolve()}" in output
+    assert "Pareto front" not in output
+    assert read_manifest(open_storage(storage), "f1")["status"] == "interrupted"
+    rows = load_results(str(storage), sweep="f1").to_pylist()
+    assert sorted(r["is_baseline"] for r in rows) == [False, False, True]
+    assert all(r["status"] == "ok" and r["latency_ms_sweep"] is not None for r in rows)
+    assert all(r["latency_ms_final"] is None for r in rows), "the phase was not stopped"
+    assert _reap_session(run.proc.pid, grace_s=30) == {}
+
+    request.getfixturevalue("ray_session")  # the resume only
+    started = {r["trial_id"]: r["started_at"] for r in rows}
+    code, resumed = _resume(
+        tmp_path, ["sweep", "--resume", "--sweep-id", "f1", "--storage", str(storage)]
+    )
+    assert code == 0, resumed
+    resumed = " ".join(resumed.split())
+    assert "stage executions 0 (+0 loaded from cache)" in resumed, resumed
+    assert "re-measured apart in 5 interleaved rounds" in resumed, resumed
+    assert read_manifest(open_storage(storage), "f1")["status"] == "finished"
+    after = load_results(str(storage), sweep="f1").to_pylist()
+    assert {r["trial_id"]: r["started_at"] for r in after} == started  # no trial ran again
+    assert any(r["latency_ms_final"] is not None for r in after if r["is_baseline"])
+
+
 # --- in-process ---------------------------------------------------------------------------------
 
 
@@ -395,6 +459,17 @@ def test_stop_signals_hand_the_first_signal_to_tune_and_stop_on_the_second() -> 
             stop.handle(signal.SIGINT, None)
     assert {s: signal.getsignal(s) for s in before} == before
     assert "TUNE_DISABLE_SIGINT_HANDLER" not in os.environ
+
+
+def test_stop_signals_only_note_a_first_signal_while_held() -> None:
+    """After the final phase, while the sweep writes its status (`hold`), a first signal is
+    only noted (no KeyboardInterrupt to leave a half-recorded sweep); a second one stops."""
+    with stop_signals() as stop:
+        stop.hold()
+        stop.handle(signal.SIGINT, None)
+        assert stop.received == signal.SIGINT
+        with pytest.raises(KeyboardInterrupt):
+            stop.handle(signal.SIGINT, None)
 
 
 def test_sweep_command_stops_every_bad_space_before_ray(tmp_path: Path) -> None:

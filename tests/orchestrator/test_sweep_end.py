@@ -69,3 +69,27 @@ def test_the_summary_prints_the_code_change_line() -> None:
     _print_notes(summary, None, console)  # type: ignore[arg-type]
     text = console.export_text()
     assert "the code changed while the sweep ran (driver a1, worker b2)" in text
+
+
+def test_an_interrupted_final_phase_ends_with_exit_2_and_says_resume_re_measures() -> None:
+    """Ctrl-C in the final latency phase (new user F15): the sweep is interrupted (2), said as
+    such, and its message says every trial is saved and the resume re-measures the front."""
+    from orchestrator.engine.records import SweepInterrupted
+
+    ended, code = end_reason(
+        interrupted=True, statuses=["ok", "ok"], total=2, budget_s=None, out_of_time=False,
+        wall_s=1.0, final_interrupted=True,
+    )  # fmt: skip
+    assert code == 2
+    assert (
+        ended == "interrupted (Ctrl-C or SIGTERM) in the final latency phase, after 2 of 2 trials"
+    )
+    command = "squeezeray sweep --resume --sweep-id s1 --storage /r"
+    summary = SweepSummary(
+        sweep_id="s1", storage="/r", trials_ok=2, trials_failed=0, stages_executed=2,
+        stages_loaded=0, stage_requests=2, corrupt_checkpoints=0, wall_s=1.0, interrupted=True,
+        resume_command=command, latency_final_interrupted=True,
+    )  # fmt: skip
+    message = str(SweepInterrupted(summary))
+    assert "interrupted in its final latency phase: all 2 trials are saved" in message
+    assert message.endswith(f"To re-measure the front (no trial runs again), run: {command}")
