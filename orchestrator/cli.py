@@ -89,6 +89,23 @@ def _interrupted(exc: KeyboardInterrupt) -> NoReturn:
     raise typer.Exit(2) from exc
 
 
+def _interrupted_printing(prepared: Any, exc: KeyboardInterrupt) -> NoReturn:
+    """Ctrl-C while a finished sweep's front is printed: the sweep is complete and saved
+    (`--resume` has nothing left to run), only the printing stopped; exit 2, never a bare 130."""
+    import shlex
+
+    console.quiet = False
+    console.print(
+        f"\ninterrupted (Ctrl-C) while printing the front: sweep {prepared.sweep_id} finished "
+        "and every row is saved; print it again with: squeezeray pareto --storage "
+        f"{shlex.quote(prepared.storage.uri)} --sweep {shlex.quote(prepared.sweep_id)}",
+        highlight=False,
+        markup=False,
+        soft_wrap=True,
+    )
+    raise typer.Exit(2) from exc
+
+
 def _exit_2(exc: SqueezerayError) -> NoReturn:
     from rich.markup import escape
 
@@ -378,7 +395,10 @@ def sweep(
         hint = _print_sweep_start(prepared)
         report = functools.partial(_hint_once_started, progress.update, hint)
         outcome = execute_sweep(prepared, progress=report)
-    print_outcome(outcome, prepared.space, out, top=top)
+    try:
+        print_outcome(outcome, prepared.space, out, top=top)
+    except KeyboardInterrupt as exc:  # the sweep itself is finished and recorded
+        _interrupted_printing(prepared, exc)
     if outcome.summary.exit_code:
         # No trial succeeded (4) or trials were lost (5): a scheduler or CI job must see it.
         raise typer.Exit(outcome.summary.exit_code)

@@ -209,3 +209,36 @@ def test_ctrl_c_before_the_sweep_runs_shuts_down_its_ray_and_says_so(
     assert result.exit_code == 2, result.output
     assert "interrupted (Ctrl-C)" in result.output and "--resume" in result.output
     assert shut == [True]
+
+
+def test_ctrl_c_while_the_front_prints_exits_2_saying_the_sweep_finished(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Ctrl-C after a sweep finished, while its front is printed: not a bare 130 (new user
+    F15's sibling) but exit 2 and a line saying the sweep is finished and saved, with the
+    command that prints its front again."""
+    import types
+
+    import orchestrator.cli as cli_module
+    import orchestrator.engine.progress as progress_module
+    import orchestrator.engine.sweep as sweep_module
+    from orchestrator.store.storage import open_storage
+
+    storage = tmp_path / "runs"
+    prepared = types.SimpleNamespace(
+        finished=False, sweep_id="s1", storage=open_storage(storage), space=None
+    )
+
+    def interrupted(*args: object, **kwargs: object) -> None:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(sweep_module, "prepare_sweep", lambda *a, **k: prepared)
+    monkeypatch.setattr(sweep_module, "execute_sweep", lambda *a, **k: None)
+    monkeypatch.setattr(progress_module, "print_outcome", interrupted)
+    monkeypatch.setattr(cli_module, "_print_sweep_start", lambda prepared: "")
+    monkeypatch.setattr(progress_module.SweepProgress, "plan", lambda self, space: None)
+    result = runner.invoke(app, ["sweep", "tiny", "--storage", str(storage)])
+    assert result.exit_code == 2, result.output
+    output = " ".join(result.output.split())
+    assert "interrupted (Ctrl-C) while printing the front: sweep s1 finished" in output
+    assert f"squeezeray pareto --storage {open_storage(storage).uri} --sweep s1" in output
