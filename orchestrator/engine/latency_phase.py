@@ -7,7 +7,7 @@ task holding a whole node (`run_final_latency`), and their rows are written agai
 figures. Neither ever fails the sweep: a baseline error is its row's `error`, a failed final
 phase leaves the rows with their in-sweep latency and says why. Ctrl-C or SIGTERM during the
 phase cancels its task (`final_latency_phase`); the sweep then records itself interrupted, so
-`--resume` runs just the final phase (`sweep.after_trials`).
+`--resume` runs just the final phase (`sweep._after_trials`).
 """
 
 from __future__ import annotations
@@ -123,7 +123,7 @@ def run_final_latency(run: SweepRun) -> FinalPhase:
     """The final latency phase of a sweep whose trials all ended (`latency.rounds` > 0).
     A failure is a note (the rows keep their in-sweep latency). Ctrl-C here raises
     KeyboardInterrupt once the phase's task is cancelled: the caller holds the signals
-    (`sweep.after_trials`) and records the sweep interrupted."""
+    (`sweep._after_trials`) and records the sweep interrupted."""
     import ray
 
     from orchestrator.engine.cache import cache_stats

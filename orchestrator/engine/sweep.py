@@ -12,7 +12,8 @@ manifest says `finished` or `interrupted`, the sweep's files are compacted -> it
 tasks hold the real CPUs/GPUs; a driver-side callback writes each trial's row as it finishes.
 
 Interruptions: Ctrl-C or SIGTERM stops launching trials, lets Tune save its experiment state,
-records what finished and raises `SweepInterrupted`, whose message is the resume command. A
+records what finished and raises `SweepInterrupted`, whose message is the resume command; in
+the final latency phase it stops the phase (its task cancelled) and `--resume` runs just that. A
 killed driver loses nothing either: rows and checkpoints are written as they finish, and
 `resume=True` restores the Tune experiment (same trial ids; finished trials are not re-run),
 or - when its state cannot be restored (cut short by a full disk) - runs the trials left as a
@@ -284,7 +285,7 @@ def _execute_sweep(
     if setup.writer.fault is not None:  # a row could not be written: the sweep stops here
         _abandon(run)
         raise setup.writer.fault
-    final = after_trials(run, trials, progress)
+    final = _after_trials(run, trials, progress)
     with stop_signals() as stop:
         stop.hold()  # the sweep's work is done (or stopped): its status is written regardless
         end = _finish(run, setup, interrupted=trials.interrupted or final.interrupted, final=final)
@@ -400,7 +401,7 @@ def _run_trials(run: SweepRun, setup: TuneSetup, *, measure_baseline: bool) -> _
     return _Trials(interrupted=interrupted, baseline_ref=baseline_ref, started=started)
 
 
-def after_trials(run: SweepRun, trials: _Trials, progress: Progress | None) -> FinalPhase:
+def _after_trials(run: SweepRun, trials: _Trials, progress: Progress | None) -> FinalPhase:
     """The baseline's row, then the final latency phase (not after an interrupted run), under
     stop signals: Ctrl-C or SIGTERM stops them at once (the phase's Ray task cancelled) and the
     sweep is recorded interrupted, its rows keeping their in-sweep latency; `--resume` then
