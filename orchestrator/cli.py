@@ -62,7 +62,7 @@ class _SqueezerayGroup(TyperGroup):
         except SqueezerayError as exc:
             _exit_2(exc)
         except KeyboardInterrupt as exc:  # outside the sweep's own handling (`stop_signals`)
-            _interrupted(exc)
+            _interrupted(exc, command=ctx.invoked_subcommand or "")
         except OSError as exc:  # a full or read-only disk under any other file we write
             from orchestrator.store.faults import as_storage_fault
 
@@ -72,20 +72,26 @@ class _SqueezerayGroup(TyperGroup):
             _exit_2(fault)
 
 
-def _interrupted(exc: KeyboardInterrupt) -> NoReturn:
+def _interrupted(exc: KeyboardInterrupt, *, command: str) -> NoReturn:
     """Ctrl-C where a command has no handling of its own (a sweep's pre-flight checks, Ray
-    starting up): the embedded Ray this process started is shut down (its agents outlived
-    the process for minutes), and the exit says so, with code 2 as an interrupted sweep's."""
+    starting up, a query writing its files): the embedded Ray this process started is shut
+    down (its agents outlived the process for minutes), and the exit says what is kept, with
+    code 2 as an interrupted sweep's; only a sweep or a nightly run is offered `--resume`."""
     ray = sys.modules.get("ray")
     if ray is not None and ray.is_initialized():
         ray.shutdown()
     console.quiet = False
-    console.print(
-        "interrupted (Ctrl-C): what was written before it is kept; `squeezeray sweeps` lists "
-        "the sweeps that started and `squeezeray sweep --resume` continues one",
-        highlight=False,
-        markup=False,
-    )
+    if command in ("sweep", "nightly"):
+        line = (
+            "interrupted (Ctrl-C): what was written before it is kept; `squeezeray sweeps` "
+            "lists the sweeps that started and `squeezeray sweep --resume` continues one"
+        )
+    else:  # a query or an export: its files are written all or nothing
+        line = (
+            f"interrupted (Ctrl-C): `squeezeray {command}` stopped; files it had not finished "
+            "are not left behind, and the results store is unchanged; run it again"
+        )
+    console.print(line, highlight=False, markup=False)
     raise typer.Exit(2) from exc
 
 

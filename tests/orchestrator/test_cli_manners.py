@@ -211,6 +211,25 @@ def test_ctrl_c_before_the_sweep_runs_shuts_down_its_ray_and_says_so(
     assert shut == [True]
 
 
+def test_ctrl_c_in_a_query_says_to_run_it_again_not_to_resume_a_sweep(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An export stopped by Ctrl-C: exit 2 and a line about the export (its files are written
+    all or nothing), not the sweep's `--resume` advice."""
+    import orchestrator.query.export as export_module
+
+    def interrupted(*args: object, **kwargs: object) -> None:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(export_module, "export_trial", interrupted)
+    result = runner.invoke(
+        app, ["export", "--storage", str(tmp_path / "runs"), "--output", str(tmp_path / "out")]
+    )
+    assert result.exit_code == 2, result.output
+    assert "interrupted (Ctrl-C): `squeezeray export` stopped" in result.output, result.output
+    assert "--resume" not in result.output
+
+
 def test_ctrl_c_while_the_front_prints_exits_2_saying_the_sweep_finished(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
