@@ -128,9 +128,10 @@ _CODE_MISMATCH = re.compile(
 )
 
 
-def code_change_note(errors: Iterable[str], *, driver: str, worker: str) -> str:
+def code_change_note(errors: Iterable[str], *, driver: str, worker: str, lost: bool = False) -> str:
     """One line when failed or lost trials' `errors` show that the workers ran other code
-    than the driver, "" otherwise.
+    than the driver, "" otherwise; what to do next depends on `lost` (some trials were lost,
+    which `--resume` runs again) -- errored trials are final: a new sweep runs them again.
 
     `driver`: `keys.source_version()` when the sweep started ("" unknown); `worker`: the
     same read at the sweep's end, the code a worker started since then imports. Either a
@@ -143,20 +144,30 @@ def code_change_note(errors: Iterable[str], *, driver: str, worker: str) -> str:
     if not (mismatch or changed):
         return ""
     seen = worker if changed else "unknown: it could not load the driver's objects"
+    fix = (
+        "once the code is stable, --resume runs the lost trials again (failed ones stay "
+        "failed: a new sweep runs them, with the stages it shares from the cache)"
+        if lost
+        else "once the code is stable, run the sweep again (--resume does not rerun failed "
+        "trials; a new sweep takes the stages it shares from the cache)"
+    )
     return (
-        f"the code changed while the sweep ran (driver {driver or 'unknown'}, worker {seen}): "
-        "rerun with --resume once the code is stable"
+        f"the code changed while the sweep ran (driver {driver or 'unknown'}, worker {seen}): {fix}"
     )
 
 
 def _code_changed(run: SweepRun, trial_rows: list[dict[str, Any]]) -> str:
     """`code_change_note` for a sweep's failed trial rows (the source read again only then)."""
     from orchestrator.engine.keys import source_version
+    from orchestrator.store.schema import LOST
 
     errors = [str(r["error"] or "") for r in trial_rows if r["status"] != "ok"]
     if not any(errors):
         return ""
-    return code_change_note(errors, driver=run.plan.source_version, worker=source_version())
+    lost = any(r["status"] == LOST for r in trial_rows)
+    return code_change_note(
+        errors, driver=run.plan.source_version, worker=source_version(), lost=lost
+    )
 
 
 def most_common_error(rows: list[dict[str, Any]]) -> str:
