@@ -11,6 +11,7 @@ import math
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from orchestrator.query.steadiness import IMPRECISE_MARK, sweep_latency_imprecise
 from orchestrator.space.metrics import VALIDATION_PREFIX
 
 
@@ -55,7 +56,9 @@ def trial_line(
     if size is not None:
         parts.append(f"size {decimal(int(size))}")
     if latency is not None:
-        parts.append(f"latency {latency:.3g} ms")
+        # the front table's `~`: timed on a machine too busy to rank it (its CI above 10%)
+        mark = IMPRECISE_MARK if sweep_latency_imprecise(data) else ""
+        parts.append(f"latency {mark}{latency:.3g} ms")
     drawn = knobs_text(data.get("params"), knobs)
     return f"{head}: {', '.join(parts) or 'no metrics'}{f'; {drawn}' if drawn else ''}"
 

@@ -263,3 +263,17 @@ def test_the_summary_line_does_not_count_scheduler_stops_as_failures() -> None:
     )  # fmt: skip
     line = _summary_line(summary)
     assert line.startswith("sweep s: 2 ok, 6 stopped early by the scheduler, 1 failed (1 error)")
+
+
+def test_a_trial_line_marks_an_imprecise_in_sweep_latency_as_the_front_table_does() -> None:
+    """A latency timed on a machine too busy to rank it (its 95% CI above 10% of the median)
+    carries the front table's `~` in the trial's progress line too (new user: a 130 ms figure,
+    10 ms measured alone, was printed plain)."""
+    from orchestrator.engine.progress_lines import trial_line
+
+    row = {"trial_id": "t1", "status": "ok", "val_accuracy": 0.9, "size_bytes": 1e6,
+           "latency_ms_sweep": 130.4}  # fmt: skip
+    busy = trial_line(row | {"latency_ci_sweep": 0.94}, "val_accuracy", [], done=1, total=2)
+    steady = trial_line(row | {"latency_ci_sweep": 0.02}, "val_accuracy", [], done=1, total=2)
+    assert "latency ~130 ms" in busy
+    assert "latency 130 ms" in steady
