@@ -1,7 +1,8 @@
 """ONNX: a torch model as ONNX bytes, and ONNX Runtime's int8 quantization of such bytes.
 
 Used by stage `export` (`export.runtime=onnxruntime`) and stage `quantize`
-(`quantize.mode=onnx_int8`: the float model exported here, then `ort_quantize_dynamic`); the
+(`quantize.mode=onnx_int8` / `onnx_static_int8`: the float model exported here, then
+`ort_quantize_dynamic` / `ort_quantize_static`, weight-bearing ops only); the
 bytes travel in `ModelCheckpoint.onnx` and run in `stages.runtime.OnnxPredictor`.
 """
 
@@ -261,6 +262,30 @@ def ort_quantize_dynamic(onnx_bytes: bytes) -> bytes:
             return f.read()
 
 
+WEIGHT_OPS = {"MatMul": 1, "Gemm": 1, "Conv": 1}  # op type -> index of its weight input
+
+
+def weight_nodes(graph: Any) -> list[str]:
+    """Names of the nodes of ONNX `graph` that carry a weight: a MatMul/Gemm/Conv whose
+    weight input (`WEIGHT_OPS`) is constant (an initializer, a Constant, or computed from
+    constants only, e.g. a transposed initializer). Activation x activation MatMuls
+    (attention's scores and its weighted sum) are not among them. Unnamed nodes get a name
+    (`ort_quantize_static` selects nodes by name)."""
+    constant = {t.name for t in graph.initializer}
+    found = []
+    for i, node in enumerate(graph.node):  # ONNX nodes are in topological order
+        if not node.name:
+            node.name = f"squeezeray_{node.op_type}_{i}"
+        if node.op_type == "Constant" or (
+            node.input and all(not name or name in constant for name in node.input)
+        ):
+            constant.update(node.output)
+        weight = WEIGHT_OPS.get(node.op_type)
+        if weight is not None and len(node.input) > weight and node.input[weight] in constant:
+            found.append(node.name)
+    return found
+
+
 def ort_quantize_static(onnx_bytes: bytes, calibration: list[tuple[torch.Tensor, ...]]) -> bytes:
     """ONNX Runtime static quantization in QDQ format of an ONNX model.
 
@@ -269,6 +294,14 @@ def ort_quantize_static(onnx_bytes: bytes, calibration: list[tuple[torch.Tensor,
     kernels), int8 per-channel weights, uint8 activations whose ranges come from running the
     float model on `calibration` (batches of the model's positional inputs, e.g. train
     batches) with ORT's MinMax calibrator.
+
+    Only the weight-bearing ops are quantized (`weight_nodes`: MatMul/Gemm/Conv with a
+    constant weight), as `quantize_dynamic` does by default (`MatMulConstBOnly`). Left to its
+    defaults, `quantize_static` puts Q/DQ on every op it supports, attention's
+    `scores + mask` Add among them: a Hugging Face model's mask holds `finfo.min`, so that
+    tensor's uint8 scale was about 1e36, every attention score rounded to one value and
+    RoBERTa/BERT fell to chance accuracy (new user F1). A graph with no such op comes back
+    unchanged (the quantize stage then reports that nothing is int8).
     """
     import numpy as np
     import onnx
@@ -282,6 +315,9 @@ def ort_quantize_static(onnx_bytes: bytes, calibration: list[tuple[torch.Tensor,
     model = onnx.load_from_string(onnx_bytes)
     del model.graph.value_info[:]  # stale shape hints after pruning (see ort_quantize_dynamic)
     names = [i.name for i in model.graph.input]
+    nodes = weight_nodes(model.graph)
+    if not nodes:
+        return onnx_bytes
 
     class _Reader(CalibrationDataReader):  # type: ignore[misc]
         """Feeds the calibration batches to ORT's calibrator, one dict of inputs at a time."""
@@ -310,6 +346,9 @@ def ort_quantize_static(onnx_bytes: bytes, calibration: list[tuple[torch.Tensor,
             activation_type=QuantType.QUInt8,
             weight_type=QuantType.QInt8,
             per_channel=True,
+            op_types_to_quantize=list(WEIGHT_OPS),
+            nodes_to_quantize=nodes,
+            extra_options={"MatMulConstBOnly": True},
         )
         with open(out, "rb") as f:
             return f.read()

@@ -26,7 +26,8 @@ Modes (`quantize.mode`; docs/quantization.md has the user's table with measured 
   stay float).
 - `onnx_static_int8`: ONNX export, then ONNX Runtime's static quantization in QDQ format
   (`quantize_static`, int8 per-channel weights, uint8 activations calibrated on
-  `calibration_batches` train batches of 64).
+  `calibration_batches` train batches of 64) of the weight-bearing ops only (MatMul/Gemm/Conv
+  with a constant weight, `stages.onnxio.weight_nodes`): attention's mask Add stays float.
   Both ONNX modes deploy to ONNX Runtime: the checkpoint's `onnx` bytes are the int8 model, its
   state_dict keeps the float weights for reference (so `build_model` still gives the float
   eager model); `stages.metrics.size_bytes` measures the ONNX bytes.
