@@ -10,6 +10,9 @@ Accepted (`ACCEPTED`):
   tied keys as transformers handles them), then copied into the model; a model that is not a
   `PreTrainedModel` reads the directory's `model.safetensors`.
 
+A whole model (an ONNX file, a TorchScript module, a torch.export .pt2) is refused saying
+what it is (`_model_file_kind`, by its header), not as a pickle torch.load cannot read.
+
 Loading is strict: every key of the model must be given, with its shape. `weights_digest`
 is the sha256 the sweep pins (a directory: its files' names and bytes), so changed weights
 give new stage keys and a file changed mid-sweep is refused.
@@ -20,6 +23,7 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -75,6 +79,12 @@ def load_weights(model: nn.Module, path: str, *, sha256: str = "") -> None:
     elif file.suffix == ".safetensors" or _looks_like_safetensors(file):
         _load_safetensors(model, file, where)
     else:
+        kind = _model_file_kind(file)
+        if kind:
+            raise SqueezerayError(
+                f"{where} is {kind}: a whole exported model, not weights to load; {ACCEPTED} "
+                "(e.g. the huggingface/ folder of an export, or the weights you trained)"
+            )
         _load_state_dict(model, _torch_state(file, where), where)
 
 
@@ -83,6 +93,31 @@ def _looks_like_safetensors(file: Path) -> bool:
     with file.open("rb") as f:
         head = f.read(9)
     return len(head) == 9 and head[8:9] == b"{" and int.from_bytes(head[:8], "little") > 1
+
+
+ONNX_FIELDS = {0x12, 0x1A, 0x22, 0x28, 0x32, 0x3A, 0x42}  # ModelProto fields 2-8, wire types
+
+
+def _model_file_kind(file: Path) -> str:
+    """What a file that holds a whole model (not a state_dict) is, by its header: an ONNX
+    model (a ModelProto: field 1 ir_version, then fields 2-8 in order), a TorchScript module
+    (`torch.jit.save`: a zip with code/) or a torch.export program (`torch.export.save`, the
+    .pt2 an export writes: a zip with archive_format); "" for anything else."""
+    with file.open("rb") as f:
+        head = f.read(3)
+    if file.suffix == ".onnx" or (
+        len(head) == 3 and head[0] == 0x08 and head[1] < 0x80 and head[2] in ONNX_FIELDS
+    ):
+        return "an ONNX model (a protobuf, e.g. model.onnx)"
+    if not zipfile.is_zipfile(file):
+        return ""
+    with zipfile.ZipFile(file) as archive:
+        names = archive.namelist()
+    if any(n.endswith("/archive_format") for n in names):
+        return "a torch.export program (torch.export.save, e.g. model.pt2)"
+    if any("/code/" in n for n in names):
+        return "a TorchScript module (torch.jit.save, e.g. an export's model.pt)"
+    return ""
 
 
 def _torch_state(file: Path, where: str) -> dict[str, Any]:

@@ -173,3 +173,31 @@ def test_weights_of_another_size_name_the_shapes_first_then_the_counts(
     assert "tensor(s) differ in shape, e.g. net.0.weight: file (16, 4) vs model (8, 4)" in message
     assert "not in the model, e.g." in message and "give the weights of the architecture" in message
     assert message.index("differ in shape") < message.index("not in the model")
+
+
+@pytest.mark.parametrize("kind", ["onnx", "torchscript", "pt2"])
+def test_a_whole_exported_model_is_named_for_what_it_is(tmp_path: Any, kind: str) -> None:
+    """New user F7: `--teacher-weights model.onnx` was called a pickle of Python objects."""
+    from stages.models import MLP
+    from stages.onnxio import to_onnx_bytes
+    from stages.teacher import load_weights
+
+    model = MLP(4, [8], 2).eval()
+    example = torch.zeros(2, 4)
+    path = tmp_path / "model.bin"  # the header decides, not the suffix
+    if kind == "onnx":
+        path.write_bytes(to_onnx_bytes(model, example))
+        said = "is an ONNX model (a protobuf"
+    elif kind == "torchscript":
+        torch.jit.save(torch.jit.trace(model, example), str(path))
+        said = "is a TorchScript module (torch.jit.save"
+    else:
+        torch.export.save(torch.export.export(model, (example,)), str(path))
+        said = "is a torch.export program (torch.export.save"
+    with pytest.raises(SqueezerayError) as info:
+        load_weights(MLP(4, [8], 2), str(path))
+    message = str(info.value)
+    assert f"teacher.weights={str(path)!r} {said}" in message
+    assert "not weights to load; accepted: a state_dict saved with torch.save" in message
+    assert ".safetensors" in message and "save_pretrained" in message
+    assert "pickles" not in message
