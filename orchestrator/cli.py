@@ -784,10 +784,11 @@ def export(
 ) -> None:
     """Write a trial's model in the runtime it was measured in (model.onnx, or TorchScript
     model.pt; eager adds state_dict.pt and recipe.json) plus a model.json card, then check
-    that the written file scores the row's test accuracy. A Hugging Face model of float
-    weights also gets huggingface/, a save_pretrained directory (with the task's tokenizer
-    files) checked with from_pretrained. --output must be a new or empty folder (or hold a
-    previous export, with --overwrite).
+    that the written file scores the row's test accuracy. A Hugging Face task's tokenizer
+    files are copied beside the model; a Hugging Face model of float weights also gets
+    huggingface/, a save_pretrained directory (with the tokenizer files) checked with
+    from_pretrained. --output must be a new or empty folder (or hold a previous export, with
+    --overwrite).
 
     e.g. squeezeray export --storage runs/ --where "val_accuracy >= 0.96" --pick size_bytes
     --output best/"""
@@ -868,7 +869,7 @@ def _print_pretrained(hf: dict[str, Any] | None) -> None:
     if hf is None:
         return
     if "skipped" in hf:
-        out.print(f"no {hf['dir']}/ (save_pretrained form): {hf['skipped']}", highlight=False)
+        out.print(f"no huggingface/ (save_pretrained form): {hf['skipped']}", highlight=False)
         return
     check = hf["recheck"]
     out.print(

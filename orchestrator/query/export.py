@@ -17,7 +17,10 @@ row was measured in:
   directory (config.json with the sizes structured pruning left, model.safetensors) plus the
   task's `export_files` (tokenizer/processor files), loaded back with `from_pretrained` and
   compared logit for logit (`stages.hfexport`); an int8 or low-rank row's card says why it
-  has none;
+  has none (`huggingface`: {"class", "skipped"}, no "dir");
+- and, for a task with `export_files` (a Hugging Face task's tokenizer/processor files),
+  copies of them beside the artifact in every runtime (next to model.onnx, as Optimum's
+  ORTModel layout has them), listed in the card's `sha256`;
 
 and a `model.json` card (`orchestrator.query.card`). The exported file is then loaded back as
 a deployment would load it and its accuracy on the task's test split is checked against the
@@ -100,10 +103,10 @@ def export_trial(
     that fails (a full disk, an error while writing or re-checking) leaves `output` as it was.
 
     `output` must be new or empty, so no file of another export is left beside this one; with
-    `overwrite`, a folder holding only files an export writes (`EXPORT_FILES`) is emptied of
-    them first (after the trial and its checkpoint were found). Any other file there is a
-    SqueezerayError, checked before anything is read. `option_style`: how errors spell the
-    options, `sweep=` ("python") or `--sweep` ("cli", the command line).
+    `overwrite`, a folder holding only files an export writes (`EXPORT_FILES`, and the task
+    files its card lists) is emptied of them first (after the trial and its checkpoint were
+    found). Any other file there is a SqueezerayError, checked before anything is read.
+    `option_style`: errors spell options `sweep=` ("python") or `--sweep` ("cli").
     """
     from orchestrator.store.outputs import output_folder
     from orchestrator.store.storage import open_storage
@@ -123,7 +126,7 @@ def export_trial(
         written, not_written = _write_artifacts(task, ckpt, model, row, staging)
         check = _recheck_row(task, ckpt, staging, row)
         hf_card, hf_files = _export_pretrained(task, ckpt, model, staging)
-        written += hf_files
+        written += hf_files + _copy_export_files(task, staging)
         files = {name: _sha256(staging / name) for name in written}
         card = model_card(
             row,
@@ -183,10 +186,11 @@ def _check_output(out: Path, *, overwrite: bool, option_style: OptionStyle) -> l
             "another model's files beside this one; choose a new or empty folder, or pass "
             f"{flag} to replace a previous export in it"
         )
+    ours = set(EXPORT_FILES) | _copied_before(out)
     foreign = [
         p.name
         for p in present
-        if p.name not in EXPORT_FILES or not (p.is_file() or (p.name == HF_DIR and p.is_dir()))
+        if p.name not in ours or not (p.is_file() or (p.name == HF_DIR and p.is_dir()))
     ]
     if foreign:
         raise SqueezerayError(
@@ -195,6 +199,16 @@ def _check_output(out: Path, *, overwrite: bool, option_style: OptionStyle) -> l
             f"({', '.join(EXPORT_FILES)}): choose a new or empty folder"
         )
     return present + leftovers
+
+
+def _copied_before(out: Path) -> set[str]:
+    """The task files (`_copy_export_files`) a previous export in `out` wrote beside its
+    artifact: the top-level names its card's sha256 lists."""
+    try:
+        card = json.loads((out / CARD).read_text())
+        return {name for name in card["sha256"] if "/" not in name}
+    except (OSError, ValueError, KeyError, TypeError):
+        return set()
 
 
 def _recheck_row(task: Task, ckpt: ModelCheckpoint, out: Path, row: Mapping[str, Any]) -> Any:
@@ -211,23 +225,51 @@ def _export_pretrained(
     directory `out/huggingface` plus the task's tokenizer/processor files, loaded back with
     `from_pretrained` and compared with the rebuilt model. Returns the card's "huggingface"
     section (None: not a transformers model) and the files written (paths relative to
-    `out`). An onnxruntime row (float, or onnx_int8 over float weights) is rebuilt here for
-    it, so its card says why it has none when it is int8."""
+    `out`). An onnxruntime row (float, or an ONNX int8 mode over float weights) is rebuilt
+    here for it, and a PT2E row's float structure built, so its card says why it has none
+    when it is int8."""
     from stages.hfexport import check_pretrained_dir, save_pretrained_dir
 
-    if model is None and ckpt.quantize in ("none", "onnx_int8"):  # float state_dicts
+    if model is None:  # every ONNX mode keeps the float state_dict (build_model's float model)
         model = _build(task, ckpt)
-    if model is None:
-        return None, []
+    if is_pt2e(ckpt):  # an int8 graph: the class it was made from, to say why it has none
+        model = _float_structure(task, ckpt)
     done = save_pretrained_dir(task, model, ckpt, out / HF_DIR)
     if done is None:
         return None, []
-    card: dict[str, Any] = {"dir": HF_DIR, "class": done.model_class}
-    if done.skipped is not None:
-        return {**card, "skipped": done.skipped}, []
-    card["load"] = done.load
+    if done.skipped is not None:  # nothing written: no "dir"
+        return {"class": done.model_class, "skipped": done.skipped}, []
+    card: dict[str, Any] = {"dir": HF_DIR, "class": done.model_class, "load": done.load}
     card["recheck"] = check_pretrained_dir(task, model, out / HF_DIR)
     return card, [f"{HF_DIR}/{name}" for name in done.files]
+
+
+def _float_structure(task: Task, ckpt: ModelCheckpoint) -> nn.Module:
+    """The float module a quantized checkpoint was made from, without its weights."""
+    from stages.rebuild import float_structure
+
+    recipe = ckpt.recipe
+    pruned, lowrank = recipe.get("pruned") or [], recipe.get("lowrank") or {}
+    return float_structure(task, ckpt.arch, pruned, lowrank, weights="empty")
+
+
+def _copy_export_files(task: Task, out: Path) -> list[str]:
+    """Copies of the task's `export_files` (a Hugging Face task's tokenizer/processor files)
+    beside the artifact in `out`, as Optimum's ORTModel layout has them next to model.onnx,
+    whatever the runtime (`huggingface/` gets its own). Returns their names. A file named
+    like one the export writes (`EXPORT_FILES`) is a SqueezerayError."""
+    import shutil
+
+    names = [Path(file).name for file in task.export_files]
+    clash = sorted(set(names) & set(EXPORT_FILES))
+    if clash:
+        raise SqueezerayError(
+            f"task {task.name!r}: export_files names {', '.join(clash)}, a file the export "
+            "writes itself; rename it, or leave it out of the task's export_files"
+        )
+    for file, name in zip(task.export_files, names, strict=True):
+        shutil.copy2(file, out / name)
+    return names
 
 
 def _build(task: Task, ckpt: ModelCheckpoint) -> nn.Module:

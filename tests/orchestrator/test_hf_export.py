@@ -75,6 +75,8 @@ def test_bert_student_exports_a_save_pretrained_dir_with_its_tokenizer(tmp_path:
                       return_tensors="pt")  # fmt: skip
     assert model(**batch).logits.shape == (2, hf_zoo.NUM_CLASSES)
     assert (out / "model.pt").is_file() and card["recheck"]["ok"]
+    assert (out / "vocab.txt").read_bytes() == (directory / "vocab.txt").read_bytes()
+    assert card["sha256"]["vocab.txt"]  # the tokenizer beside model.pt too (new user F5)
 
 
 def test_gpt2_exports_conv1d_layout_and_onnx_with_named_inputs(tmp_path: Path) -> None:
@@ -103,8 +105,42 @@ def test_int8_row_says_why_it_has_no_save_pretrained_dir(tmp_path: Path) -> None
     task = _task("bert")
     int8 = quantize(StageInput(task=task, parent=student), QuantizeParams("dynamic_int8"))
     out, card = _export(tmp_path, "bert", int8.checkpoint)
+    assert card["huggingface"] == {
+        "class": "BertForSequenceClassification",
+        "skipped": card["huggingface"]["skipped"],
+    }  # no "dir" naming a folder that is not there (new user F6)
     assert "quantize.mode='dynamic_int8'" in card["huggingface"]["skipped"]
     assert not (out / "huggingface").exists()
+    assert (out / "vocab.txt").is_file() and (out / "model.pt").is_file()
+
+
+def test_onnx_int8_row_has_its_tokenizer_beside_model_onnx(tmp_path: Path) -> None:
+    """New user F5/F6 (and F1 end to end): an onnx_static_int8 row of a BERT exports
+    model.onnx with the tokenizer files beside it, as Optimum's layout has them; its card
+    says why there is no huggingface/ without naming one; re-exporting over it with
+    overwrite=True treats the copied files as the export's own."""
+    import onnxruntime as ort
+    from transformers import AutoTokenizer
+
+    _, student = _student("bert")
+    task = _task("bert")
+    params = QuantizeParams("onnx_static_int8", calibration_batches=1)
+    int8 = quantize(StageInput(task=task, parent=student), params).checkpoint
+    out, card = _export(tmp_path, "bert", int8)
+    hf = card["huggingface"]
+    assert set(hf) == {"class", "skipped"} and "onnx_static_int8" in hf["skipped"]
+    assert not (out / "huggingface").exists()
+    names = {Path(f).name for f in task.export_files}
+    assert names and names <= {p.name for p in out.iterdir()} and names <= set(card["sha256"])
+    tokenizer = AutoTokenizer.from_pretrained(str(out))
+    batch = tokenizer(["w1 w2 w3", "w4"], padding="max_length", max_length=hf_zoo.SEQ_LEN,
+                      return_tensors="np")  # fmt: skip
+    session = ort.InferenceSession(str(out / "model.onnx"), providers=["CPUExecutionProvider"])
+    (logits,) = session.run(None, {i.name: batch[i.name] for i in session.get_inputs()})
+    assert logits.shape == (2, hf_zoo.NUM_CLASSES)
+    assert card["recheck"]["ok"]
+    again = export_trial(tmp_path / "runs", "t1", output=out, overwrite=True)
+    assert again.card["sha256"].keys() == card["sha256"].keys()
 
 
 def test_pt2e_row_exports_model_pt2_that_loads_as_its_card_says(tmp_path: Path) -> None:
@@ -124,6 +160,9 @@ def test_pt2e_row_exports_model_pt2_that_loads_as_its_card_says(tmp_path: Path) 
     assert card["recheck"]["ok"] and card["artifact"] == "model.pt2"
     assert card["recheck"]["pt2_accuracy"] == card["recheck"]["expected"]
     assert not (out / "model.pt").exists() and "model.pt" in card["not_written"]
+    hf = card["huggingface"]  # was null: the int8 graph is no PreTrainedModel (new user F6)
+    assert set(hf) == {"class", "skipped"} and "quantize.mode='static_int8'" in hf["skipped"]
+    assert (out / "vocab.txt").is_file()  # beside model.pt2 (new user F5)
     assert [i["shape"] for i in card["input"]] == [["batch", "sequence"]] * 3
     x = {k: v[:, : hf_zoo.SEQ_LEN - 5] for k, v in task.example_input(3).items()}
     torch.save(tuple(x.values()), tmp_path / "inputs.pt")
