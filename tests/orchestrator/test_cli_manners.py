@@ -261,3 +261,11 @@ def test_ctrl_c_while_the_front_prints_exits_2_saying_the_sweep_finished(
     output = " ".join(result.output.split())
     assert "interrupted (Ctrl-C) while printing the front: sweep s1 finished" in output
     assert f"squeezeray pareto --storage {open_storage(storage).uri} --sweep s1" in output
+
+
+def test_export_says_why_a_row_has_no_huggingface_dir(capsys: pytest.CaptureFixture[str]) -> None:
+    """The card's skipped entry has no "dir" (new user F6); the line names the folder."""
+    from orchestrator.cli import _print_pretrained
+
+    _print_pretrained({"class": "BertForSequenceClassification", "skipped": "int8 weights"})
+    assert "no huggingface/ (save_pretrained form): int8 weights" in capsys.readouterr().out
