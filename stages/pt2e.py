@@ -144,11 +144,57 @@ def program_shapes(data: bytes) -> list[list[int | str]]:
 
 
 def _quantizer(*, qat: bool) -> Any:
+    """torchao's X86InductorQuantizer with its default static (or QAT) config, its `annotate`
+    followed by `drop_non_float_annotations`."""
     import torchao.quantization.pt2e.quantizer.x86_inductor_quantizer as xiq
 
-    quantizer = xiq.X86InductorQuantizer()
+    class _FloatOnly(xiq.X86InductorQuantizer):  # type: ignore[misc]
+        def annotate(self, model: torch.fx.GraphModule) -> torch.fx.GraphModule:
+            super().annotate(model)
+            drop_non_float_annotations(model)
+            return model
+
+    quantizer = _FloatOnly()
     quantizer.set_global(xiq.get_default_x86_inductor_quantization_config(is_qat=qat))
     return quantizer
+
+
+_ANNOTATION = "quantization_annotation"  # torchao's node.meta key (Q_ANNOTATION_KEY)
+
+
+def _floating(node: Any) -> bool:
+    """Whether every tensor `node` gives (its `meta["val"]`) is floating point; a node
+    without tensor metadata counts as floating (nothing says otherwise)."""
+    val = node.meta.get("val") if isinstance(node, torch.fx.Node) else None
+    values = val if isinstance(val, (list, tuple)) else (val,)
+    return all(v.is_floating_point() for v in values if isinstance(v, torch.Tensor))
+
+
+def drop_non_float_annotations(gm: torch.fx.GraphModule) -> list[str]:
+    """Remove the quantization annotation of each node of annotated `gm` that would observe a
+    tensor that is not floating point (an annotated input, or its output when that is
+    annotated); return those nodes' names.
+
+    The X86 quantizer annotates every same-shape `aten.mul.Tensor` whatever its dtype:
+    RoBERTa (XLM-R, CamemBERT, ...) builds position ids from `input_ids` with int32
+    arithmetic (`(cumsum(mask) + past) * mask`), and the HistogramObserver put on that mul
+    failed calibration (`"histogram_cpu" not implemented for 'Int'`); QAT's fake quantizer
+    cannot quantize integers either. Integer ops stay integer ops. The whole annotation goes
+    (not just the integer edge): the quantizer's shared specs refer to edges of the same node,
+    so no other node's annotation points at what is removed.
+    """
+    dropped = []
+    for node in gm.graph.nodes:
+        annotation = node.meta.get(_ANNOTATION)
+        if annotation is None:
+            continue
+        observed = list(annotation.input_qspec_map)
+        if annotation.output_qspec is not None:
+            observed.append(node)
+        if not all(_floating(n) for n in observed):
+            del node.meta[_ANNOTATION]
+            dropped.append(node.name)
+    return dropped
 
 
 def export_for_quantization(model: nn.Module, example: Inputs, *, qat: bool, what: str) -> Any:

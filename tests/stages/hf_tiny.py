@@ -46,6 +46,24 @@ def distilbert(*, seed: int = 0) -> nn.Module:
     return DistilBertForSequenceClassification(config).eval()
 
 
+def roberta(*, seed: int = 0) -> nn.Module:
+    """Position ids made from input_ids with int32 arithmetic (pad id 0: positions 1..SEQ)."""
+    from transformers import RobertaConfig, RobertaForSequenceClassification
+
+    torch.manual_seed(seed)
+    config = RobertaConfig(
+        vocab_size=VOCAB,
+        hidden_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        intermediate_size=128,
+        max_position_embeddings=SEQ + 2,
+        pad_token_id=0,
+        num_labels=CLASSES,
+    )
+    return RobertaForSequenceClassification(config).eval()
+
+
 def gpt2(*, seed: int = 0) -> nn.Module:
     from transformers import GPT2Config, GPT2ForSequenceClassification
 
@@ -84,6 +102,7 @@ def vit(*, seed: int = 0) -> nn.Module:
 BUILDERS: dict[str, Callable[..., nn.Module]] = {
     "bert": bert,
     "distilbert": distilbert,
+    "roberta": roberta,
     "gpt2": gpt2,
     "vit": vit,
 }
@@ -103,7 +122,7 @@ def _splits(name: str) -> tuple[TensorDataset, TensorDataset, TensorDataset]:
 
 
 def hf_task(name: str, *, student: bool = False) -> Task:
-    """A Task on the tiny model `name` (bert, distilbert, gpt2, vit), inputs positional
+    """A Task on the tiny model `name` (bert, distilbert, roberta, gpt2, vit), inputs positional
     (input_ids alone, or pixel_values); `student=True` adds a student of the same kind."""
     build = BUILDERS[name]
     train, val, test = _splits(name)
