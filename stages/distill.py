@@ -85,6 +85,14 @@ def distill(inp: StageInput, params: DistillParams) -> StageOutput:
     return trained_output(task, student, stats, arch=arch, pruned=pruned)
 
 
+# The advice of a refusal of the student made from the teacher: it is cut by structured
+# pruning whatever prune.method is, so an unstructured prune.method does not help
+STUDENT_RATIO_FIX = (
+    "set distill.student_ratio: 1 (the student starts as a copy of the teacher) or give the "
+    "task its own student (Task(student=...))"
+)
+
+
 def student_from_teacher(
     task: Task, teacher: ModelCheckpoint, ratio: float, *, seed: int
 ) -> tuple[nn.Module, PruningHistory]:
@@ -100,7 +108,9 @@ def student_from_teacher(
         cpu = torch.device("cpu")
         params = PruneParams(ratio=1.0 - ratio, method="structured", steps=1)
         what = f"distill.student_ratio={ratio:g} (the student made from the teacher)"
-        history = prune_module(model, task, params, device=cpu, seed=seed, what=what)
+        history = prune_module(
+            model, task, params, device=cpu, seed=seed, what=what, fix=STUDENT_RATIO_FIX
+        )
     return model, concat_histories(teacher.recipe.get("pruned"), history)
 
 

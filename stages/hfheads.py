@@ -341,7 +341,12 @@ def _target_config(pm: nn.Module, fraction: float, size: dict[str, int]) -> Any:
     return config
 
 
-def sync_config(model: nn.Module) -> None:
+# The advice of a refusal of structured pruning, by the knob that asked for it (the distill
+# stage passes its own, `stages.distill.STUDENT_RATIO_FIX`)
+UNSTRUCTURED_FIX = "use an unstructured prune.method (l1_unstructured, global, random)"
+
+
+def sync_config(model: nn.Module, *, fix: str = UNSTRUCTURED_FIX) -> None:
     """Set every Hugging Face model's head counts and config from its weight shapes (in place).
 
     Each attention module gets its head count (and `all_head_size`, DistilBERT's `dim`); each
@@ -365,22 +370,23 @@ def sync_config(model: nn.Module) -> None:
                 setattr(a.module, "all_head_size", q.out_features)  # noqa: B010
             if isinstance(getattr(a.module, "dim", None), int):  # DistilBERT: the hidden size
                 setattr(a.module, "dim", q.in_features)  # noqa: B010
-            _agree(changes, "num_attention_heads", heads, pm, a.name)
-            _agree(changes, "hidden_size", q.in_features, pm, a.name)
+            _agree(changes, "num_attention_heads", heads, pm, a.name, fix)
+            _agree(changes, "hidden_size", q.in_features, pm, a.name, fix)
         key = ffn_key(config_of(pm))
         for name, layer in _ffn_layers(pm):
             if key:
-                _agree(changes, key, layer.out_features, pm, name)
+                _agree(changes, key, layer.out_features, pm, name, fix)
         _set_config(pm, changes)
 
 
-def _agree(changes: dict[str, int], key: str, value: int, pm: nn.Module, where: str) -> None:
+def _agree(
+    changes: dict[str, int], key: str, value: int, pm: nn.Module, where: str, fix: str
+) -> None:
     if changes.setdefault(key, value) != value:
         raise SqueezerayError(
             f"structured pruning left {type(pm).__name__} layer {where!r} with {key}={value} "
             f"while an earlier layer has {changes[key]}; a Hugging Face config holds one value "
-            "for every layer, so this model could not be saved with save_pretrained; use an "
-            "unstructured prune.method (l1_unstructured, global, random)"
+            f"for every layer, so this model could not be saved with save_pretrained; {fix}"
         )
 
 
@@ -433,7 +439,7 @@ def no_cache(model: nn.Module) -> Iterator[None]:
             config_of(pm).use_cache = value
 
 
-def check_config(model: nn.Module) -> None:
+def check_config(model: nn.Module, *, fix: str = UNSTRUCTURED_FIX) -> None:
     """Every Hugging Face model in `model` has the parameter shapes its config builds.
 
     Raises SqueezerayError naming the first layer whose shape differs (what
@@ -450,13 +456,13 @@ def check_config(model: nn.Module) -> None:
                 raise SqueezerayError(
                     f"structured pruning left {where} with shape {tuple(value.shape)} but "
                     f"{type(pm).__name__}'s updated config builds {want[key]}; the result "
-                    "could not be saved with save_pretrained and loaded back; use an "
-                    "unstructured prune.method (l1_unstructured, global, random) for this model"
+                    f"could not be saved with save_pretrained and loaded back; {fix}"
                 )
 
 
 __all__ = [
     "HEADS_SUFFIX",
+    "UNSTRUCTURED_FIX",
     "Attention",
     "Plan",
     "attentions",

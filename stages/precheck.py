@@ -17,9 +17,9 @@ import torch
 
 from stages.attention import LinearAttention
 from stages.batches import forward_logits
-from stages.distill import DistillParams
+from stages.distill import STUDENT_RATIO_FIX, DistillParams
 from stages.errors import SqueezerayError
-from stages.hfheads import pretrained_models
+from stages.hfheads import UNSTRUCTURED_FIX, pretrained_models
 from stages.layers import is_linear, weight_layer_summary
 from stages.lora import lora_targets
 from stages.lowrank import LowRankParams, target_rank
@@ -217,13 +217,12 @@ def check_pruned_widths(
     if "distill" in pipeline and task.student is None:
         kept = min(values.get("distill.student_ratio", [DistillParams().student_ratio]))
         if kept < 1.0:
-            fix = "or give the task its own student (Task(student=...))"
-            runs.append(("distill", "teacher", 1.0 - kept, fix))
+            runs.append(("distill", "teacher", 1.0 - kept, STUDENT_RATIO_FIX))
     if "prune" in pipeline and "structured" in values.get("prune.method", ["l1_unstructured"]):
         ratio = max(values.get("prune.ratio", [PruneParams().ratio]))
         arch = "student" if "distill" in pipeline and task.student is not None else "teacher"
         if ratio > 0.0:
-            runs.append(("prune", arch, ratio, "or use an unstructured prune.method"))
+            runs.append(("prune", arch, ratio, UNSTRUCTURED_FIX))
     for stage, arch, ratio, fix in runs:
         what = (
             f"distill.student_ratio={1.0 - ratio:g} (the student made from the teacher)"
@@ -236,6 +235,7 @@ def check_pruned_widths(
 def _check_pruned(task: Task, arch: str, params: PruneParams, what: str, fix: str) -> None:
     """Prune a fresh `arch` model as the stage would; refuse it when it no longer runs because
     a parameter or buffer kept a pruned width (or, for a Hugging Face model, for any reason).
+    `fix`: the advice for the knob that asked for structured pruning (`what`).
     Another model that fails for another reason is left to the stage, whose error row says so
     per trial (`check_pruned_forward`)."""
     cpu = torch.device("cpu")
@@ -246,7 +246,7 @@ def _check_pruned(task: Task, arch: str, params: PruneParams, what: str, fix: st
     with torch.no_grad():
         before = tensor_shapes(model), tuple(forward_logits(model.eval(), example).shape)
     try:
-        prune_module(model, task, params, device=cpu, seed=0, check_forward=False)
+        prune_module(model, task, params, device=cpu, seed=0, fix=fix, check_forward=False)
     except SqueezerayError as exc:
         if pretrained_models(model):  # a Hugging Face model it cannot keep loadable: refuse
             raise SqueezerayError(f"task {task.name!r}: {what}: {exc}") from exc
@@ -256,7 +256,7 @@ def _check_pruned(task: Task, arch: str, params: PruneParams, what: str, fix: st
         try:
             check_pruned_forward(model, example, before, what=f"{what} on the {arch} model")
         except SqueezerayError as exc:
-            raise SqueezerayError(f"task {task.name!r}: {exc}; {fix}") from exc
+            raise SqueezerayError(f"task {task.name!r}: {exc}; or {fix}") from exc
 
 
 __all__ = ["check_pruned_widths", "check_runtimes_apply", "check_stages_apply"]

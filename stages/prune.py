@@ -47,7 +47,14 @@ from stages.base import StageInput, StageOutput, StageSpec, check_choice, check_
 from stages.batches import Inputs, forward_logits, to_device
 from stages.checkpoint import from_model
 from stages.errors import SqueezerayError
-from stages.hfheads import check_config, no_cache, pretrained_models, slice_heads, sync_config
+from stages.hfheads import (
+    UNSTRUCTURED_FIX,
+    check_config,
+    no_cache,
+    pretrained_models,
+    slice_heads,
+    sync_config,
+)
 from stages.hfheads import plan as hf_plan
 from stages.hfheads import sizes as hf_sizes
 from stages.layers import weight_layer_summary
@@ -214,6 +221,7 @@ def prune_module(
     device: torch.device,
     seed: int,
     what: str | None = None,
+    fix: str = UNSTRUCTURED_FIX,
     check_forward: bool = True,
 ) -> PruningHistory:
     """Prune `model` (on `device`) in place as the stage does; leaves it in eval mode.
@@ -223,7 +231,8 @@ def prune_module(
     Structured pruning swaps the layers' parameters for smaller ones: create any optimizer
     afterwards. With `check_forward`, the structurally pruned model must still run
     (`check_pruned_forward`; `what` names the setting in its error, by default the prune
-    params).
+    params). `fix`: the advice of a refusal for the knob that asked for structured pruning
+    (the distill stage's student is cut whatever prune.method is).
     """
     history: PruningHistory = []
     if params.ratio > 0.0:
@@ -233,7 +242,9 @@ def prune_module(
                 logits = forward_logits(model.eval(), example)
             before = tensor_shapes(model), tuple(logits.shape)
             with no_cache(model):  # a Hugging Face cache is no part of the logits
-                history = _prune_structured(model, task, params, device=device, seed=seed)
+                history = _prune_structured(
+                    model, task, params, device=device, seed=seed, what=what, fix=fix
+                )
             collect_cycles()  # the pruner's graph held the unpruned weights (stages.surgery)
             if check_forward:
                 what = what or f"prune.method='structured' prune.ratio={params.ratio:g}"
@@ -356,7 +367,14 @@ def _finetune_keeping_zeros(
 
 
 def _prune_structured(
-    model: nn.Module, task: Task, params: PruneParams, *, device: torch.device, seed: int
+    model: nn.Module,
+    task: Task,
+    params: PruneParams,
+    *,
+    device: torch.device,
+    seed: int,
+    what: str | None,
+    fix: str,
 ) -> PruningHistory:
     import torch_pruning as tp
 
@@ -367,8 +385,9 @@ def _prune_structured(
     ignored = [output_layer(model, example), *rnn_layers(model)]
     if pretrained_models(model):
         return _prune_hugging_face(
-            model, task, params, example=example, ignored=ignored, device=device, seed=seed
-        )
+            model, task, params, example=example, ignored=ignored, device=device, seed=seed,
+            what=what, fix=fix,
+        )  # fmt: skip
     pruner = tp.pruner.MetaPruner(
         model,
         example,
@@ -386,11 +405,12 @@ def _prune_structured(
         try:
             pruner.step()
         except Exception as exc:  # torch-pruning on a layer pattern it does not handle
+            steps = ", or prune.steps: 1" if params.steps > 1 else ""
             raise SqueezerayError(
-                f"prune.method='structured' prune.ratio={params.ratio:g}: torch-pruning could "
-                f"not prune this model (it has {weight_layer_summary(model)}) at step "
-                f"{step + 1}/{params.steps}: {type(exc).__name__}: {exc}; use an unstructured "
-                "method (l1_unstructured, global, random), or prune.steps: 1"
+                f"{what or f'prune.method={params.method!r} prune.ratio={params.ratio:g}'}: "
+                f"torch-pruning could not prune this model (it has "
+                f"{weight_layer_summary(model)}) at step {step + 1}/{params.steps}: "
+                f"{type(exc).__name__}: {exc}; {fix}{steps}"
             ) from exc
         if params.steps > 1 and params.finetune_epochs > 0:
             # zeros of a masked parent survive the slicing; keep them through the fine-tune
@@ -485,6 +505,8 @@ def _prune_hugging_face(
     ignored: list[nn.Module],
     device: torch.device,
     seed: int,
+    what: str | None,
+    fix: str,
 ) -> PruningHistory:
     """Structured pruning of a model holding Hugging Face transformers (`stages.hfheads`):
     whole attention heads, the hidden width in whole heads, FFN widths, and the config.
@@ -519,20 +541,20 @@ def _prune_hugging_face(
             pruner.step()
         except Exception as exc:  # torch-pruning on a layer pattern it does not handle
             raise SqueezerayError(
-                f"prune.method='structured' prune.ratio={params.ratio:g}: torch-pruning could "
-                f"not prune this Hugging Face model (it has {weight_layer_summary(model)}) at "
-                f"step {step + 1}/{params.steps}: {type(exc).__name__}: {exc}; use an "
-                "unstructured method (l1_unstructured, global, random)"
+                f"{what or f'prune.method={params.method!r} prune.ratio={params.ratio:g}'}: "
+                f"torch-pruning could not prune this Hugging Face model (it has "
+                f"{weight_layer_summary(model)}) at step {step + 1}/{params.steps}: "
+                f"{type(exc).__name__}: {exc}; {fix}"
             ) from exc
         # GPT-2's fused attention: its heads go here (after the hidden width, another dim)
         history = concat_histories(
             history, history_of(pruner.DG), slice_heads(model, hf.keep_heads)
         )
-        sync_config(model)
+        sync_config(model, fix=fix)
         if params.steps > 1 and params.finetune_epochs > 0:
             _finetune_keeping_zeros(model, task, params, device=device, seed=seed + step)
     model.eval()
-    check_config(model)
+    check_config(model, fix=fix)
     return history
 
 

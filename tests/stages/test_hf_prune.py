@@ -244,6 +244,45 @@ def test_precheck_refuses_it_before_any_work(monkeypatch: pytest.MonkeyPatch) ->
         check_pruned_widths(task, ["teacher", "distill"], {})
 
 
+def _albert() -> nn.Module:
+    from transformers import AlbertConfig, AlbertForSequenceClassification
+
+    torch.manual_seed(0)
+    config = AlbertConfig(
+        vocab_size=50, embedding_size=16, hidden_size=32, num_hidden_layers=1,
+        num_attention_heads=4, intermediate_size=64, max_position_embeddings=8, num_labels=3,
+    )  # fmt: skip
+    return AlbertForSequenceClassification(config).eval()
+
+
+def test_albert_refusal_advises_the_knob_that_asked_for_structured_pruning() -> None:
+    """ALBERT's shared FFN (`ffn`/`ffn_output`) is not one stages.hfheads knows: structured
+    pruning is refused before Ray. For the student made from the teacher an unstructured
+    prune.method does not help (the student is cut whatever it is; new user F4): the advice
+    is distill.student_ratio: 1 or the task's own student; for prune.method: structured, an
+    unstructured method."""
+    from stages.precheck import check_pruned_widths
+
+    bert = hf_task("bert")
+    task = Task(
+        name="albert", teacher=_albert, student=None, train=bert.train, val=bert.val,
+        test=bert.test, num_classes=3,
+    )  # fmt: skip
+    with pytest.raises(SqueezerayError) as distilled:
+        check_pruned_widths(task, ["teacher", "distill"], {"distill.student_ratio": [0.5]})
+    message = " ".join(str(distilled.value).split())
+    assert "distill.student_ratio=0.5 (the student made from the teacher)" in message, message
+    assert "set distill.student_ratio: 1" in message and "Task(student=...)" in message
+    assert "prune.method" not in message
+    check_pruned_widths(task, ["teacher", "distill"], {"distill.student_ratio": [1.0]})
+    with pytest.raises(SqueezerayError) as pruned:
+        check_pruned_widths(task, ["teacher", "prune"], {"prune.method": ["structured"]})
+    message = " ".join(str(pruned.value).split())
+    assert "prune.method='structured'" in message, message
+    assert "unstructured prune.method (l1_unstructured, global, random)" in message
+    assert "student_ratio" not in message
+
+
 def test_one_linear_predicate_in_the_stages() -> None:
     """Every stage asks `stages.layers.is_linear` what a Linear is (GPT-2's Conv1D is one
     after Task.build); no stage module tests `nn.Linear` types on its own (asserts aside)."""
