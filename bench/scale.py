@@ -565,11 +565,11 @@ def summarise(size: str, hand: dict[str, Any], sweep: dict[str, Any]) -> dict[st
 
 
 def markdown(summaries: list[dict[str, Any]]) -> str:
-    mb = 2**20
+    mb = 2**20  # MiB
     head = (
         "| params | stages run | stage compute (CPU s) | non-training overhead (CPU s) | share | "
-        "worker start-up (CPU s) | hand loop (CPU s) | sweep wall (s) | peak worker RSS (MB) | "
-        "whole sweep RSS (MB) | object store peak (MB) | disk (MB) | "
+        "worker start-up (CPU s) | hand loop (CPU s) | sweep wall (s) | peak worker RSS (MiB) | "
+        "whole sweep RSS (MiB) | object store peak (MiB) | disk (MiB) | "
         "slowest non-training step (CPU s) | rows ok |\n"
         "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|---:|\n"
     )
