@@ -216,7 +216,14 @@ def test_ctrl_c_in_a_query_says_to_run_it_again_not_to_resume_a_sweep(
 ) -> None:
     """An export stopped by Ctrl-C: exit 2 and a line about the export (its files are written
     all or nothing), not the sweep's `--resume` advice."""
+    import sys
+    import types
+
     import orchestrator.query.export as export_module
+
+    # the CLI shuts down a Ray it finds running: not the test session's own
+    fake_ray = types.SimpleNamespace(is_initialized=lambda: False, shutdown=lambda: None)
+    monkeypatch.setitem(sys.modules, "ray", fake_ray)
 
     def interrupted(*args: object, **kwargs: object) -> None:
         raise KeyboardInterrupt
