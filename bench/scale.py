@@ -8,7 +8,8 @@ and finetune (`--epochs`), 2,000 training samples), each in a fresh child proces
 1. the hand loop: the same stage functions called once in a row in one process (no runner, no
    checkpoint round trip, no Ray), then the test accuracy: what a user's own script spends. Then,
    on its models, each non-training per-model step alone (serialise, load, rebuild, self-check,
-   size, size at zstd 19, latency, accuracy, fingerprint, ONNX export), for the slowest one;
+   size at `stages.metrics.ZSTD_LEVEL`, size at zstd 19, latency, accuracy, fingerprint, ONNX
+   export), for the slowest one;
 2. the sweep: 4 trials (grid over prune.ratio x quantize.mode) on an embedded Ray with 2 CPUs.
    A sampler thread reads /proc every 0.25 s: each Ray worker's RSS (peak per worker, and the
    peak of the whole process tree) and CPU, attributed to the task its process title names
@@ -443,7 +444,7 @@ def _steps(task: Any, teacher: Any, student: Any, *, big: bool) -> dict[str, flo
         clock(f"{role}.load", lambda d=data: ModelCheckpoint.from_bytes(d))
         clock(f"{role}.rebuild", lambda c=ckpt: build_model(task, c))
         clock(f"{role}.selfcheck", lambda s=stage_out, r=role: check_output(task, r, s))
-        clock(f"{role}.size_zstd3", lambda c=ckpt: size_bytes(c))
+        clock(f"{role}.size", lambda c=ckpt: size_bytes(c))
         if not big:  # level 19: about 0.5 s/MB, minutes at 50M
             clock(
                 f"{role}.size_zstd19",

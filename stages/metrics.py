@@ -3,11 +3,12 @@
 - accuracy: top-1 on the task's test split, in [0, 1], through the checkpoint's runtime
   (reported only); val_accuracy: the same on the validation split (what selects models).
 - size_bytes: bytes of the deployed artifact (the ONNX model for ONNX Runtime, else
-  `torch.save(state_dict)`) compressed with zstd at level `ZSTD_LEVEL` (3, zstd's default),
-  streamed: the artifact is never held whole a second time. zstd makes zeros (sparsity) cheap
-  and int8 weights take a quarter of float32, so both show. Level 3 costs a few ms per MB,
-  linear in the model; level 19 (used before) cost 0.2-0.6 s per MB, superlinear, and was at
-  most 0.02% smaller on float/int8 models and 5-15% smaller on 70%-sparse ones (docs/scale.md).
+  `torch.save(state_dict)`) compressed with zstd at level `ZSTD_LEVEL` (1, zstd's fastest
+  regular level), streamed: the artifact is never held whole a second time. zstd makes zeros
+  (sparsity) cheap and int8 weights take a quarter of float32, so both show. Level 1 costs a
+  few ms per MB, linear in the model, a half (float) to a third (sparse) of level 3's CPU for
+  0.1-0.7% (float, int8) to 1-2% (sparse) more bytes; level 19 cost 0.2-0.6 s per MB
+  (docs/scale.md).
 - params_total / params_nonzero: counts of weight and bias elements (int8 ones included).
 - quantized_fraction: the share of those elements stored as int8, in [0, 1] (0.0 for a float
   model; for ONNX Runtime, int8/uint8 initializers of the ONNX graph).
@@ -31,7 +32,7 @@ from stages.latency import LATENCY_PRECISION, LATENCY_TIME_CAP_S, time_calls, to
 from stages.runtime import Predictor, make_predictor
 from stages.tasks import Task
 
-ZSTD_LEVEL = 3  # zstd's default: linear, a few ms/MB (level 19: 0.2-0.6 s/MB, docs/scale.md)
+ZSTD_LEVEL = 1  # linear, a few ms/MB; level 3: 2-3x the CPU for <=2% fewer bytes (docs/scale.md)
 
 
 @dataclass(frozen=True)
@@ -96,7 +97,7 @@ class _ByteCounter(io.RawIOBase):
 
 
 def size_bytes(ckpt: ModelCheckpoint) -> int:
-    """Size in bytes of the deployed artifact compressed with zstd at `ZSTD_LEVEL` (3).
+    """Size in bytes of the deployed artifact compressed with zstd at `ZSTD_LEVEL` (1).
 
     The artifact (the ONNX bytes, or `torch.save(state_dict)` written straight into the
     compressor) is streamed through zstd into a byte counter, so it is never held in memory a

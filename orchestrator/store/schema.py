@@ -5,11 +5,11 @@ are named `stage.param`; knobs outside the fixed list are kept in the `params` J
 
 What the measured columns count (`stages.metrics`; the latencies: `stages.latency`):
 - `size_bytes`: the deployed artifact's bytes (the ONNX model for ONNX Runtime, else
-  `torch.save(state_dict)` of the checkpoint) compressed with zstd at level 3 (zstd's default
-  level; streamed, linear in the model's bytes). zstd turns zeros (sparsity) and int8 weights
-  into fewer bytes, so both show; it is not the file's uncompressed size. Rows written before
-  this version used level 19: at most 0.02% smaller on float/int8 models, 5-15% smaller on
-  70%-sparse ones (docs/scale.md).
+  `torch.save(state_dict)` of the checkpoint) compressed with zstd at level 1 (zstd's fastest
+  regular level; streamed, linear in the model's bytes). zstd turns zeros (sparsity) and int8
+  weights into fewer bytes, so both show; it is not the file's uncompressed size. Rows written
+  by earlier versions used level 3 (up to 0.7% smaller on float/int8 models, 2% on sparse
+  ones) or, before that, level 19 (5-15% smaller on 70%-sparse ones; docs/scale.md).
 - `latency_ms_sweep`/`latency_ms_sweep_p90`: median/p90 milliseconds of single-thread calls
   measured in the sweep (every row), time-boxed (`latency.time_cap` seconds of timed calls, at
   most `latency.repeats`, fewer once the median's 95% confidence interval is within

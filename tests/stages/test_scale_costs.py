@@ -89,7 +89,9 @@ def test_size_compresses_each_byte_once_at_a_cheap_level_and_scales_linearly(
         assert 0 < size <= _CountingCompressor.fed
         fed.append(_CountingCompressor.fed)
     assert fed[1] / fed[0] <= 10.5  # linear: 10x the model, 10x the bytes
-    assert set(_CountingCompressor.levels) == {metrics.ZSTD_LEVEL} and metrics.ZSTD_LEVEL <= 3
+    # zstd's fastest regular level: level 3 cost 2-3x its CPU on sparse 10M models for <=2%
+    # fewer bytes (docs/scale.md)
+    assert set(_CountingCompressor.levels) == {metrics.ZSTD_LEVEL} and metrics.ZSTD_LEVEL == 1
 
 
 def test_size_still_shows_sparsity() -> None:
