@@ -42,6 +42,11 @@ MIN_PRECISION_REPEATS = 20  # timed calls before precision may stop the timing
 PRECISION_CHECK_EVERY = 10  # timed calls between two checks of the precision
 MIN_ROUND_REPEATS = 3  # the same per round of `interleaved_latency` (7 rounds: 21 calls)
 WARMUP_SHARE = 0.25  # the warm-up stops after this share of the time cap
+# ... or sooner, once calls stopped getting faster: the median of its last SETTLE_CALLS calls
+# is at least SETTLED_RATIO x the median of the SETTLE_CALLS before them. An eager MLP settles
+# by its second call; the fixed quarter of the cap spent 0.125 s on every model.
+SETTLE_CALLS = 3
+SETTLED_RATIO = 0.95
 PREEMPTED_SHARE = 0.1  # a call whose thread was off the CPU this share of its wall time: dropped
 
 
@@ -215,7 +220,8 @@ def planned_repeats(
 
 def _warm_up(predictor: Predictor, inputs: list[Any], *, warmup: int, time_cap_s: float) -> float:
     """At most `warmup` calls (at least one), stopping once `WARMUP_SHARE * time_cap_s` seconds
-    have passed; returns the first timing: the median seconds per call of the last three."""
+    have passed or once the calls settled (`settled`); returns the first timing: the median
+    seconds per call of the last three."""
     deadline_ns = time.perf_counter_ns() + int(WARMUP_SHARE * time_cap_s * 1e9)
     durations_ns: list[int] = []
     for i in range(max(1, warmup)):
@@ -223,9 +229,20 @@ def _warm_up(predictor: Predictor, inputs: list[Any], *, warmup: int, time_cap_s
         predictor.run_native(inputs[i % len(inputs)])
         end = time.perf_counter_ns()
         durations_ns.append(end - start)
-        if end >= deadline_ns:
+        if end >= deadline_ns or settled(durations_ns):
             break
     return float(np.median(durations_ns[-3:])) / 1e9
+
+
+def settled(durations_ns: Sequence[int]) -> bool:
+    """Whether warm-up calls stopped getting faster: the median of the last `SETTLE_CALLS` is
+    at least `SETTLED_RATIO` x the median of the `SETTLE_CALLS` before them (a first call that
+    allocates, compiles or fills a cache, and calls still speeding up, keep it warming)."""
+    if len(durations_ns) < 2 * SETTLE_CALLS:
+        return False
+    last = float(np.median(durations_ns[-SETTLE_CALLS:]))
+    before = float(np.median(durations_ns[-2 * SETTLE_CALLS : -SETTLE_CALLS]))
+    return last >= SETTLED_RATIO * before
 
 
 def _timed_ms(

@@ -123,7 +123,7 @@ class SearchSettings:
 
 @dataclass(frozen=True)
 class LatencySettings:
-    warmup: int = 50
+    warmup: int = 50  # untimed calls at most; fewer once they stop getting faster
     repeats: int = 300  # timed calls at most
     batch_size: int = 1
     threads: int = 1

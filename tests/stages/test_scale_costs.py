@@ -169,15 +169,53 @@ def test_latency_is_time_boxed_and_does_not_grow_with_the_model(
     small, small_calls, small_s = _timed(monkeypatch, 0.001, **kw)
     big, big_calls, big_s = _timed(monkeypatch, 0.010, **kw)  # a model 10x larger
     huge, huge_calls, _ = _timed(monkeypatch, 3.0, **kw)  # one call longer than the cap
-    # a fast model: the repeats cap (300) binds; warm-up and timing together 0.35 s
-    assert small.repeats == 300 and small_calls == 350
+    # steady calls: the warm-up stops once they stopped getting faster (2 x SETTLE_CALLS)
+    settle = 2 * latency.SETTLE_CALLS
+    # a fast model: the repeats cap (300) binds
+    assert small.repeats == 300 and small_calls == settle + 300
     # 10x the cost per call: the time cap binds, the calls drop, the work stays bounded
-    assert big.repeats == 100 and big_calls == 125
+    assert big.repeats == 100 and big_calls == settle + 100
     assert big_s <= (1 + latency.WARMUP_SHARE) * cap + 0.01
     assert big_s / small_s < 10  # not superlinear (here: not even linear)
     # a call over the cap: one warm-up call, then MIN_REPEATS timed calls
     assert huge.repeats == latency.MIN_REPEATS and huge_calls == 1 + latency.MIN_REPEATS
     assert big.median_ms == pytest.approx(10.0)
+
+
+@dataclass
+class _WarmingPredictor(_FakePredictor):
+    """Calls that get faster for a while (first-call allocation, caches), then hold at cost_s."""
+
+    warming_s: tuple[float, ...] = ()
+
+    def run_native(self, native: Any) -> Any:
+        cost = self.warming_s[self.calls] if self.calls < len(self.warming_s) else self.cost_s
+        self.calls += 1
+        self.clock.ns += int(cost * 1e9)
+        return None
+
+
+def test_the_warm_up_runs_until_calls_stop_getting_faster_and_no_longer(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    clock = _Clock()
+    monkeypatch.setattr(latency, "time", clock)
+    warming = (0.050, 0.020, 0.010, 0.005, 0.003, 0.002)
+    predictor = _WarmingPredictor(clock=clock, cost_s=0.001, warming_s=warming)
+    kw: dict[str, Any] = {"warmup": 50, "repeats": 30, "time_cap_s": 1.0, "precision": 0.0}
+    result = latency.time_calls(predictor, _task(), batch_size=1, **kw)
+    # 6 falling calls, then 5 more until the last 3 are no faster than the 3 before: 11 untimed
+    assert predictor.calls - result.repeats == 11
+    assert result.median_ms == pytest.approx(1.0)  # no warming call among the timed ones
+    # calls 3% faster each time never settle: the warm-up runs to `warmup` calls, as before
+    clock2 = _Clock()
+    monkeypatch.setattr(latency, "time", clock2)
+    falling = tuple(0.004 * 0.97**i for i in range(200))
+    slow = _WarmingPredictor(clock=clock2, cost_s=0.001, warming_s=falling)
+    slow_result = latency.time_calls(slow, _task(), batch_size=1, **kw)
+    assert slow.calls - slow_result.repeats == 50
+    assert not latency.settled([int(c * 1e9) for c in falling[:12]])
+    assert latency.settled([int(c * 1e9) for c in (0.002, 0.001, 0.001, 0.001, 0.001, 0.001)])
 
 
 @dataclass
@@ -218,7 +256,7 @@ def test_latency_stops_once_the_median_is_known_to_the_precision(
     # +-1% noise: the median's 95% CI is within +-2% at the first check (20 calls)
     steady, steady_calls = _timed_noisy(monkeypatch, 0.01, 0.02)
     assert steady.repeats == latency.MIN_PRECISION_REPEATS and steady.ci <= 0.02
-    assert steady_calls == 10 + latency.MIN_PRECISION_REPEATS
+    assert steady_calls == 2 * latency.SETTLE_CALLS + latency.MIN_PRECISION_REPEATS
     # +-8% noise: more calls are needed for +-2% (about 60), and the CI reached is reported
     noisy, _ = _timed_noisy(monkeypatch, 0.08, 0.02)
     assert latency.MIN_PRECISION_REPEATS < noisy.repeats < 300 and noisy.ci <= 0.02
