@@ -11,7 +11,7 @@ The public API (every name in `__all__`; docs/guide.md shows each):
     load_results(storage, *, sweep="latest")                -> pyarrow.Table
     load_stages(storage, *, sweep="latest")                 -> pyarrow.Table
     list_sweeps(storage)                                    -> pyarrow.Table
-    pareto_front(table, objectives, *, where=None)          -> pyarrow.Table
+    pareto_front(table, objectives, *, where=None, baseline=False) -> pyarrow.Table
     hypervolume(front, objectives, reference=None)          -> float
         objectives: ["val_accuracy", "size_bytes"], "val_accuracy:max,size_bytes:min",
         [("val_accuracy", "max"), ...] or {"val_accuracy": "max", ...}

@@ -22,6 +22,7 @@ from orchestrator.query.pareto import (
     DEFAULT_OBJECTIVES,
     check_objectives,
     eligible_mask,
+    front_baselines,
     pareto_front,
     resolve_objectives,
 )
@@ -87,10 +88,7 @@ def build_front(
     n_front = front.num_rows
     if top is not None:
         front = front.slice(0, top)
-    baselines = rows.filter(_baseline_mask(rows))
-    if front.num_rows and "sweep_id" in front.column_names and baselines.num_rows:
-        sweeps = pc.unique(front.column("sweep_id"))
-        baselines = baselines.filter(pc.is_in(baselines.column("sweep_id"), value_set=sweeps))
+    baselines = front_baselines(rows, front)
     return FrontView(
         front=_with_ratios(front, baselines),
         baselines=baselines,
@@ -101,15 +99,6 @@ def build_front(
         where=where,
         knobs=tuple(varying_knobs(table)),
     )
-
-
-def _baseline_mask(table: pa.Table) -> pa.ChunkedArray | pa.Array:
-    import pyarrow as pa
-    import pyarrow.compute as pc
-
-    if "is_baseline" not in table.column_names:
-        return pa.array([False] * table.num_rows)
-    return pc.fill_null(table.column("is_baseline"), False)
 
 
 def _sort_best_first(front: pa.Table, objectives: Mapping[str, str]) -> pa.Table:

@@ -561,9 +561,15 @@ def pareto_front(
     objectives: Objectives | None = None,
     *,
     where: str | None = None,
+    baseline: bool = False,
 ) -> pa.Table:
     """The rows of `table` on the Pareto front of `objectives` (default val_accuracy:max,
     size_bytes:min, latency_ms_sweep:min), in table order.
+
+    `baseline`: also the baseline rows of the sweeps the front comes from, first (none when the
+    front is empty): the rows `squeezeray pareto` lists (its csv/json/parquet too, which sort
+    the front best first and add the ratio columns size_x and accuracy_delta_pts). A baseline
+    is the reference the front is read against, never a front point; `where` does not drop it.
 
     `objectives`: "val_accuracy:max,size_bytes:min" (the CLI's --objectives), a list of
     columns ["val_accuracy", "size_bytes"] (each its usual direction), a list of
@@ -577,11 +583,12 @@ def pareto_front(
     a front point are all kept.
     """
     chosen = resolve_objectives(check_objectives(objectives, table.schema), table)
+    unfiltered = table
     if where:
         from orchestrator.query.knobs import with_knob_columns
         from orchestrator.query.where import parse_where
 
-        table = with_knob_columns(table)
+        unfiltered = table = with_knob_columns(table)
         table = table.filter(parse_where(where, table.schema))
     columns = _objective_columns(table, chosen)
     eligible = eligible_mask(table)
@@ -600,7 +607,26 @@ def pareto_front(
     full = rows.size == table.num_rows
     for k, (column, sign) in enumerate(zip(columns, _signs(list(chosen.values())), strict=True)):
         np.multiply(column if full else column[rows], sign, out=ys[k])
-    return table.take(rows[_non_dominated_min(ys)])
+    front = table.take(rows[_non_dominated_min(ys)])
+    if not baseline or not front.num_rows:
+        return front
+    import pyarrow as pa
+
+    return pa.concat_tables([front_baselines(unfiltered, front), front])
+
+
+def front_baselines(table: pa.Table, front: pa.Table) -> pa.Table:
+    """The baseline rows of `table` (`is_baseline`, any status) of the sweeps `front`'s rows
+    come from; every sweep's when `front` is empty or has no sweep_id column."""
+    import pyarrow.compute as pc
+
+    if "is_baseline" not in table.column_names:
+        return table.slice(0, 0)
+    baselines = table.filter(pc.fill_null(table.column("is_baseline"), False))
+    if front.num_rows and "sweep_id" in front.column_names and baselines.num_rows:
+        sweeps = pc.unique(front.column("sweep_id"))
+        baselines = baselines.filter(pc.is_in(baselines.column("sweep_id"), value_set=sweeps))
+    return baselines
 
 
 REFERENCE_SLACK = 2.0  # min objectives: the reference is this multiple of the baseline value

@@ -67,13 +67,21 @@ class SweepResult:
         rows = [r for r in self.table.to_pylist() if r.get("is_baseline")]
         return rows[0] if rows else None
 
-    def front(self, objectives: Objectives | None = None, *, where: str | None = None) -> pa.Table:
+    def front(
+        self,
+        objectives: Objectives | None = None,
+        *,
+        where: str | None = None,
+        baseline: bool = False,
+    ) -> pa.Table:
         """The ok trials on the Pareto front of `objectives` (default: the sweep's; any shape
         `pareto_front` takes: a list of columns, "col:max,col:min", pairs, a dict), after the
-        `where` filter (`squeezeray pareto --where` syntax); `pareto_front` does the work."""
+        `where` filter (`squeezeray pareto --where` syntax); with `baseline`, the baseline row
+        first, as `squeezeray pareto` lists it. `pareto_front` does the work."""
         from orchestrator.query.pareto import pareto_front
 
-        return pareto_front(self.table, objectives or dict(self.objectives), where=where)
+        chosen = objectives or dict(self.objectives)
+        return pareto_front(self.table, chosen, where=where, baseline=baseline)
 
     def best(
         self, metric: str, mode: str | None = None, *, where: str | None = None

@@ -78,6 +78,42 @@ def test_json_goes_to_stdout_alone_and_matches_the_api(storage: Path) -> None:
     assert isinstance(best["stage_keys"], list) and best["started_at"].startswith("2025-03-01")
 
 
+@pytest.mark.parametrize(
+    ("sweep", "where"),
+    [
+        ("latest", None),
+        ("all", None),
+        ("old-1", "val_accuracy >= 0.95 and latency_ms_sweep < 0.02"),
+    ],
+)
+def test_the_api_front_with_its_baselines_is_the_cli_answer_row_for_row(
+    storage: Path, sweep: str, where: str | None
+) -> None:
+    """`pareto_front(load_results(...))` left out the baseline row `squeezeray pareto` lists
+    (new user F10): one name, two answers. `baseline=True` gives the CLI's rows, the baselines
+    first (the CLI also sorts the front best first and adds its ratio columns); without it the
+    front alone, as before (what `hypervolume` is computed on)."""
+    args = ["pareto", "--storage", str(storage), "--sweep", sweep, "--format", "json"]
+    code, stdout, _ = invoke(*args, *(["--where", where] if where else []))
+    assert code == 0
+    cli = [(r["sweep_id"], r["trial_id"], r["is_baseline"]) for r in json.loads(stdout)]
+    api = pareto_front(load_results(storage, sweep=sweep), where=where, baseline=True)
+    rows = list(
+        zip(
+            api.column("sweep_id").to_pylist(),
+            api.column("trial_id").to_pylist(),
+            api.column("is_baseline").to_pylist(),
+            strict=True,
+        )
+    )
+    assert [r for r in rows if r[2]] == [r for r in cli if r[2]]  # the baselines, first
+    assert rows[: len([r for r in rows if r[2]])] == [r for r in rows if r[2]]
+    assert sorted(rows) == sorted(cli) and any(r[2] for r in rows)
+    alone = pareto_front(load_results(storage, sweep=sweep), where=where)
+    assert not any(alone.column("is_baseline").to_pylist())
+    assert alone.num_rows == api.num_rows - sum(r[2] for r in rows)
+
+
 def test_csv_with_where_and_top(storage: Path) -> None:
     where = "val_accuracy >= 0.95 and latency_ms_sweep < 0.02"
     code, stdout, _ = invoke(
