@@ -15,7 +15,7 @@ import os
 import re
 import tempfile
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
@@ -79,11 +79,21 @@ def _is_integer(t: torch.Tensor) -> bool:
     return not (t.is_floating_point() or t.is_complex() or t.dtype == torch.bool)
 
 
+# Whether the logits a model gave at another length are right: (the probe's inputs, its
+# logits) -> bool. `varying_axes` without one takes any logits of the same shape.
+LengthCheck = Callable[[tuple[torch.Tensor, ...], torch.Tensor], bool]
+
+
 def _runs_at_other_length(
-    model: nn.Module, args: tuple[torch.Tensor, ...], members: list[int], axis: int
+    model: nn.Module | torch.jit.ScriptModule,
+    args: tuple[torch.Tensor, ...],
+    members: list[int],
+    axis: int,
+    check: LengthCheck | None = None,
 ) -> bool:
     """Whether `model(*args)` still gives logits of the same shape when inputs `members`
-    are cut by one along `axis` (or doubled there when their length is 1)."""
+    are cut by one along `axis` (or doubled there when their length is 1), and `check`
+    accepts them."""
     probe = list(args)
     for i in members:
         t = args[i]
@@ -94,13 +104,19 @@ def _runs_at_other_length(
         with torch.no_grad(), quiet_logging():
             expected = logits_of(model(*args))
             got = logits_of(model(*probe))
+            return bool(got.shape == expected.shape) and (check is None or check(tuple(probe), got))
     except Exception:  # any failure at another length: the axis is fixed
         return False
-    return bool(got.shape == expected.shape)
 
 
-def varying_axes(model: nn.Module, args: tuple[torch.Tensor, ...]) -> list[list[int]]:
-    """Per input, its non-batch axes left dynamic in the ONNX model.
+def varying_axes(
+    model: nn.Module | torch.jit.ScriptModule,
+    args: tuple[torch.Tensor, ...],
+    *,
+    check: LengthCheck | None = None,
+) -> list[list[int]]:
+    """Per input, its non-batch axes left dynamic in the ONNX model (or, with `check`, those
+    at which it gives logits `check` accepts: `stages.selfcheck.traced_axes`).
 
     Only integer inputs (token ids) can have one, and only where the eager model accepts
     another length: for each axis >= 1, the integer inputs of the same length there (ids and
@@ -118,7 +134,7 @@ def varying_axes(model: nn.Module, args: tuple[torch.Tensor, ...]) -> list[list[
             if args[i].dim() > axis:
                 groups.setdefault(int(args[i].shape[axis]), []).append(i)
         for members in groups.values():
-            if _runs_at_other_length(model, args, members, axis):
+            if _runs_at_other_length(model, args, members, axis, check):
                 for i in members:
                     axes[i].append(axis)
     return axes

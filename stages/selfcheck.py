@@ -21,10 +21,11 @@ from typing import Protocol
 import torch
 
 from stages.base import StageOutput
-from stages.batches import forward_logits
+from stages.batches import forward_logits, logits_of
 from stages.checkpoint import ModelCheckpoint
 from stages.errors import SqueezerayError
 from stages.names import TORCH_QUANT_MODES
+from stages.onnxio import varying_axes
 from stages.runtime import make_predictor
 from stages.tasks import Task
 
@@ -111,3 +112,20 @@ def logits_differ(got: torch.Tensor, expected: torch.Tensor, quantize: str) -> s
     if worst > tolerance * scale:
         return f"max abs difference {worst:.3g} > {tolerance:g} x {scale:.3g}"
     return ""
+
+
+def traced_axes(
+    traced: torch.jit.ScriptModule,
+    model: torch.nn.Module,
+    args: tuple[torch.Tensor, ...],
+    quantize: str,
+) -> list[list[int]]:
+    """Per input, the non-batch axes at which `traced`, a TorchScript trace of `model` (both
+    called on the positional tensors `args`: `batches.LogitsOnly`), gives `model`'s logits at
+    another length too (`onnxio.varying_axes`, each probe compared by `logits_differ`). A trace
+    keeps a size it read as a constant: there the export states the traced size."""
+
+    def same_as_model(probe: tuple[torch.Tensor, ...], got: torch.Tensor) -> bool:
+        return not logits_differ(got, logits_of(model(*probe)), quantize)
+
+    return varying_axes(traced, args, check=same_as_model)

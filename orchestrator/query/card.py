@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     import pyarrow as pa
+    import torch
     from torch import nn
 
     from stages.checkpoint import ModelCheckpoint
@@ -131,15 +132,16 @@ def input_card(
     ckpt: ModelCheckpoint,
     model: nn.Module | None,
     *,
-    program_shapes: list[list[int | str]] | None = None,
+    artifact_shapes: list[list[int | str]] | None = None,
 ) -> dict[str, Any] | list[dict[str, Any]]:
     """{name, dtype, shape} of the model input (a list of them for a model with several
     inputs), in every runtime named as the parameters of the model's `forward`: read from the
     ONNX graph (which the export named so), else `stages.onnxio.onnx_input_names` of `model`
     (the rebuilt module; x, x0, x1, ... when its forward takes `*args`), or for named inputs
     (a dict sample, passed by keyword) the dict's keys in order. Shapes: "batch", then the
-    example's sizes, or the axes the written graph accepts: the ONNX graph's (a dynamic one by
-    its name, "sequence"), or `program_shapes` of a model.pt2 (`stages.pt2e.program_shapes`)."""
+    example's sizes, or the axes the written file accepts: the ONNX graph's (a dynamic one by
+    its name, "sequence"), or `artifact_shapes`, those of a model.pt2
+    (`stages.pt2e.program_shapes`) or a TorchScript model.pt (`traced_shapes`)."""
     from stages.batches import input_names, tensors
     from stages.onnxio import onnx_input_names
 
@@ -162,13 +164,35 @@ def input_card(
                 ]
                 for i in graph_inputs
             ]
-    if program_shapes is not None and len(program_shapes) == len(args):
-        shapes = program_shapes  # what model.pt2 accepts: an axis it fixed is a number
+    if artifact_shapes is not None and len(artifact_shapes) == len(args):
+        shapes = artifact_shapes  # what model.pt2 or model.pt accepts: a fixed axis is a number
     cards = [
         {"name": name, "dtype": str(t.dtype).removeprefix("torch."), "shape": shape}
         for name, t, shape in zip(names, args, shapes, strict=True)
     ]
     return cards[0] if len(cards) == 1 else cards
+
+
+def traced_shapes(
+    task: Task, ckpt: ModelCheckpoint, model: nn.Module, traced: torch.jit.ScriptModule
+) -> list[list[int | str]]:
+    """Per input, the shape a TorchScript model.pt (`traced`, of the rebuilt `model`) accepts:
+    "batch", then each axis the trace gives `model`'s logits at another length on (by name,
+    "sequence": `stages.selfcheck.traced_axes`), else the size it was traced at, a number."""
+    from stages.batches import LogitsOnly, input_names, tensors
+    from stages.onnxio import axis_names, onnx_input_names
+    from stages.selfcheck import traced_axes
+
+    example = task.example_input(2)  # as `stages.runtime._trace_and_freeze` traced it
+    args = tensors(example)
+    keywords = input_names(example)
+    names = list(keywords) if keywords else onnx_input_names(len(args), model=model)
+    eager = LogitsOnly(model.eval(), keywords).eval()
+    readable = axis_names(names, args, traced_axes(traced, eager, args, ckpt.quantize))
+    return [
+        [readable[i].get(axis, int(size)) for axis, size in enumerate(t.shape)]
+        for i, t in enumerate(args)
+    ]
 
 
 def load_card(

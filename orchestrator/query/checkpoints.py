@@ -162,6 +162,10 @@ def load_model(
     frozen TorchScript module); onnxruntime: an `OnnxPredictor` running the ONNX Runtime session
     (`.session`). The task must be importable here (eager and torchscript rebuild the module
     from its factory).
+
+    Like a `from_pretrained` model, the module is in eval mode with its parameters trainable,
+    so a plain call records autograd: for inference call it under `torch.inference_mode()`
+    (ONNX Runtime's logits never carry autograd).
     """
     from stages.batches import input_names
     from stages.runtime import LoadedModule, OnnxPredictor, TorchPredictor, make_predictor

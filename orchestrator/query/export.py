@@ -46,6 +46,7 @@ from orchestrator.query.card import (
     load_card,
     model_card,
     task_metric_values,
+    traced_shapes,
 )
 from orchestrator.query.checkpoints import trial_checkpoint
 from orchestrator.query.choose import OptionStyle, find_row
@@ -135,7 +136,7 @@ def export_trial(
             files,
             check,
             storage=store.root if store.is_local else store.uri,
-            input_card=input_card(task, ckpt, model, program_shapes=_program_shapes(staging)),
+            input_card=_input_card(task, ckpt, model, staging),
         )
         card.update(huggingface=hf_card, **load_card(ckpt, written, not_written))
         (staging / CARD).write_text(json.dumps(card, indent=2, default=str) + "\n")
@@ -327,13 +328,21 @@ def _write_artifacts(
     return [*scripted, *_write_eager_rebuild(ckpt, row, out)], not_written
 
 
-def _program_shapes(out: Path) -> list[list[int | str]] | None:
-    """The input shapes the model.pt2 written in `out` accepts (None: none was written)."""
-    if not (out / "model.pt2").exists():
-        return None
-    from stages.pt2e import program_shapes
+def _input_card(
+    task: Task, ckpt: ModelCheckpoint, model: nn.Module | None, out: Path
+) -> dict[str, Any] | list[dict[str, Any]]:
+    """The card's `input`, with the shapes the model.pt2 or TorchScript model.pt written in
+    `out` accepts (the example's when neither was written)."""
+    shapes = None
+    if (out / "model.pt2").exists():
+        from stages.pt2e import program_shapes
 
-    return program_shapes((out / "model.pt2").read_bytes())
+        shapes = program_shapes((out / "model.pt2").read_bytes())
+    elif (out / "model.pt").exists() and model is not None:
+        import torch
+
+        shapes = traced_shapes(task, ckpt, model, torch.jit.load(str(out / "model.pt")))
+    return input_card(task, ckpt, model, artifact_shapes=shapes)
 
 
 def _saved(save: Any, obj: Any) -> bytes:

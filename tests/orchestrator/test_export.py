@@ -449,3 +449,56 @@ def test_a_compiled_rows_card_loads_the_rebuild_and_compiles_it(
     scope: dict[str, Any] = {"TASK": "digits"}
     exec(line, scope)  # the card's own line, as a user runs it
     assert isinstance(scope["model"], torch._dynamo.eval_frame.OptimizedModule)
+
+
+@pytest.mark.parametrize(
+    ("task_name", "shape"),
+    [
+        ("tests.stages.user_text_task:make_task", ["batch", "sequence"]),  # no position table
+        ("tests.zoo:transformer", ["batch", 12]),  # learned positions added whole: fixed length
+    ],
+)
+@pytest.mark.parametrize("runtime", ["eager", "torchscript"])
+def test_a_torchscript_cards_input_shape_is_what_the_trace_accepts(
+    tmp_path: Path, task_name: str, shape: list[Any], runtime: str
+) -> None:
+    """The card of a model.pt stated the example's sequence length (`["batch", 32]` for a
+    RoBERTa whose trace gives its logits at lengths 10 and 48 too: new user F10). Now the
+    trace is run at another length beside the rebuilt model: where it gives the same logits
+    the axis is "sequence", as in an ONNX card; a trace that froze the length keeps it."""
+    from stages.checkpoint import from_model
+
+    task = load_task(task_name)
+    torch.manual_seed(0)
+    model = task.build("student").eval()
+    ckpt = from_model(task, model, {"arch": "student"})
+    ckpt = export(StageInput(task=task, parent=ckpt), ExportParams(runtime=runtime)).checkpoint
+    _store(tmp_path / "runs", task, ckpt, "t1", "none", task_name=task_name)
+    out = tmp_path / "out"
+    card = export_trial(tmp_path / "runs", "t1", output=out).card
+    assert card["input"]["shape"] == shape
+    traced = torch.jit.load(str(out / "model.pt"))
+    ids = task.example_input(3)
+    assert isinstance(ids, torch.Tensor)
+    ids = ids[:, :-2]  # 2 tokens shorter than traced
+    if shape[1] == "sequence":  # the card's claim, checked: another length gives the logits
+        with torch.no_grad():
+            torch.testing.assert_close(traced(ids), model(ids), atol=1e-4, rtol=1e-4)
+
+
+@pytest.mark.parametrize(("mode", "runtime"), [("none", "eager"), ("none", "torchscript")])
+def test_a_loaded_model_is_in_eval_mode_and_runs_without_autograd_in_inference_mode(
+    tmp_path: Path, digits: Task, student: Any, mode: str, runtime: str
+) -> None:
+    """As `from_pretrained` gives it: eval mode throughout (dropout off), parameters still
+    trainable, so a plain call records autograd (new user F10 saw `grad_fn=` in its output);
+    the documented call, under `torch.inference_mode()`, gives the same logits without."""
+    ckpt = export(StageInput(task=digits, parent=student), ExportParams(runtime=runtime))
+    _store(tmp_path / "runs", digits, ckpt.checkpoint, "t1", mode)
+    predictor = load_model(tmp_path / "runs", "t1")
+    assert not any(m.training for m in predictor.modules())
+    x = digits.example_input(4)
+    with torch.inference_mode():
+        logits = predictor(x)
+    assert logits.shape == (4, 10) and logits.grad_fn is None and not logits.requires_grad
+    torch.testing.assert_close(logits, predictor(x).detach())

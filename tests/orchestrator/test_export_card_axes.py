@@ -87,5 +87,5 @@ def test_a_pt2e_cards_axes_are_those_model_pt2_accepts_not_a_sequence_axis() -> 
     rebuilt = build_model(task, ckpt)
     shapes = program_shapes(program_bytes(rebuilt, task.example_input(2)))
     assert shapes == [["batch", 3, 8, 8]]
-    card = input_card(task, ckpt, rebuilt, program_shapes=shapes)
+    card = input_card(task, ckpt, rebuilt, artifact_shapes=shapes)
     assert card == {"name": "image", "dtype": "float32", "shape": ["batch", 3, 8, 8]}
