@@ -268,14 +268,16 @@ class _HashingWriter:
 
 class StagedFile:
     """A stage checkpoint's cache file on a local storage, written under a hidden temp name
-    beside it (`.<name>.<pid>.tmp`: readers and the cache skip dot names), hashed as it is
+    beside it (`.<name>.<pid>.<random>.tmp`: readers and the cache skip dot names), hashed as it is
     written, and renamed into place by `publish` once the self-check has read it back.
     `stages.selfcheck.CheckpointFile`."""
 
     def __init__(self, target: str) -> None:
         self.target = target
         folder, name = os.path.split(target)
-        self.tmp = os.path.join(folder, f".{name}.{os.getpid()}.tmp")
+        from orchestrator.store.faults import temp_tag
+
+        self.tmp = os.path.join(folder, f".{name}.{temp_tag()}.tmp")
         self.sha256 = ""
         self.nbytes = 0
 

@@ -102,6 +102,13 @@ def storage_writes(path: str) -> Iterator[None]:
         raise fault from exc
 
 
+def temp_tag() -> str:
+    """The tag of a hidden temp file's name (`.<name>.<tag>.tmp`): the writing process's pid
+    and a random part, so two writers of one target (two hosts on a shared storage, a retried
+    task) never share a temp file."""
+    return f"{os.getpid()}.{uuid.uuid4().hex[:8]}"
+
+
 def atomic_write(
     fs: pafs.FileSystem,
     target: str,
@@ -116,7 +123,7 @@ def atomic_write(
     fault (full, read-only, forbidden) is raised as a StorageFault; the target is untouched."""
     parent, _, name = target.rpartition("/")
     direct = fs.type_name in ("s3", "gcs")
-    tag = tmp_tag or f"{os.getpid()}.{uuid.uuid4().hex[:8]}"
+    tag = tmp_tag or temp_tag()
     tmp = target if direct else f"{parent}/.{name}.{tag}.tmp"
     with storage_writes(target):
         fs.create_dir(parent, recursive=True)

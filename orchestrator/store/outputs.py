@@ -14,17 +14,12 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
-import uuid
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
-from orchestrator.store.faults import storage_writes
+from orchestrator.store.faults import storage_writes, temp_tag
 
 STAGING_PREFIX = ".squeezeray-output."  # an output folder's staging folder (`output_folder`)
-
-
-def _tag() -> str:
-    return f"{os.getpid()}.{uuid.uuid4().hex[:8]}"
 
 
 def _first_missing(path: Path) -> Path | None:
@@ -44,7 +39,7 @@ def output_file(path: str | os.PathLike[str], *, parents: bool = False) -> Itera
     folders created for it when `parents` (create `path`'s missing folders)."""
     target = Path(path)
     created = _first_missing(target.parent) if parents else None
-    tmp = target.parent / f".{target.name}.{_tag()}.tmp"
+    tmp = target.parent / f".{target.name}.{temp_tag()}.tmp"
     with storage_writes(str(target)):
         try:
             if parents:
@@ -67,7 +62,7 @@ def output_folder(out: str | os.PathLike[str], *, replace: Sequence[Path] = ()) 
     this created it, are removed: `out` is as it was."""
     folder = Path(out)
     created = _first_missing(folder)
-    staging = folder / f"{STAGING_PREFIX}{_tag()}.tmp"
+    staging = folder / f"{STAGING_PREFIX}{temp_tag()}.tmp"
     with storage_writes(str(folder)):
         try:
             staging.mkdir(parents=True)

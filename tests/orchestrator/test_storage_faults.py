@@ -198,3 +198,20 @@ def test_a_query_writing_its_output_to_a_read_only_disk_is_one_line(disk: SmallF
     out = " ".join(result.output.split())
     assert result.exit_code == 2, (result.output, result.exception)
     assert out.startswith("error: storage is read-only") and str(output) in out, out
+
+
+def test_two_writers_of_one_stage_checkpoint_never_share_a_temp_file(tmp_path: Path) -> None:
+    """Two tasks writing one cache file (two hosts on a shared storage can have one pid; a
+    retried task has its predecessor's) each write their own temp file, as every other writer
+    of the store does, so one never renames or removes the other's half-written bytes."""
+    from orchestrator.engine.stage_tasks import StagedFile
+    from stages.checkpoint import ModelCheckpoint
+
+    target = str(tmp_path / "cache" / "k" / "checkpoint.pt")
+    first, second = StagedFile(target), StagedFile(target)
+    assert first.tmp != second.tmp
+    ckpt = ModelCheckpoint(task="t", state_dict={})
+    assert Path(first.write(ckpt)).exists() and Path(second.write(ckpt)).exists()
+    with pytest.raises(RuntimeError), second.kept_on_success():
+        raise RuntimeError("the second task failed")
+    assert Path(first.publish()).exists() and not Path(second.tmp).exists()
