@@ -254,11 +254,77 @@ def _one_partition_per_activation_call(gm: torch.fx.GraphModule) -> None:
             node.meta["nn_module_stack"] = stack
 
 
+_PATTERNS: dict[Any, torch.fx.GraphModule] = {}
+_MEMO_INSTALLED: list[bool] = []
+
+
+def _pattern_key(pattern: Any, example_inputs: tuple[Any, ...], is_cuda: bool, kwargs: Any) -> Any:
+    """What decides the graph torchao exports for a replacement pattern (a function in its
+    `WrapperModule`): the function's code and the values it closes over (the conv function,
+    its flags), the example inputs' shapes and dtypes (their random values are not in the
+    graph) and the non-tensor arguments. None: a pattern this does not recognise (another
+    module, an unhashable closure), exported afresh."""
+    from torchao.quantization.pt2e.export_utils import WrapperModule
+
+    if type(pattern) is not WrapperModule or isinstance(pattern.fn, nn.Module):
+        return None
+    fn: Any = pattern.fn
+    if not hasattr(fn, "__code__"):
+        return None
+
+    def sig(value: Any) -> Any:
+        if isinstance(value, torch.Tensor):
+            return ("tensor", tuple(value.shape), str(value.dtype))
+        return value
+
+    try:
+        key = (
+            fn.__code__,
+            tuple(cell.cell_contents for cell in fn.__closure__ or ()),
+            fn.__defaults__,
+            tuple(sig(x) for x in example_inputs),
+            is_cuda,
+            tuple(sorted((k, sig(v)) for k, v in kwargs.items())),
+        )
+        hash(key)
+    except (TypeError, ValueError):
+        return None
+    return key
+
+
+def _memoize_pattern_exports() -> None:
+    """torchao rewrites PT2E graphs by matching small patterns, each `torch.export`ed anew on
+    every call (~0.3 s each): QAT's Conv+BatchNorm fuse and fold trace ~130 of them per
+    prepare/convert of any model with a BatchNorm (~40 s on 2 cores), and every train/eval
+    switch of an exported graph 6 more. The graphs depend only on the pattern and the example
+    shapes, so this process exports each once and hands out copies (callers edit them)."""
+    if _MEMO_INSTALLED:
+        return
+    from torchao.quantization.pt2e import qat_utils, utils
+
+    original = utils._get_aten_graph_module_for_pattern
+
+    def memoized(
+        pattern: Any, example_inputs: tuple[Any, ...], is_cuda: bool = False, **kwargs: Any
+    ) -> torch.fx.GraphModule:
+        key = _pattern_key(pattern, example_inputs, is_cuda, kwargs)
+        if key is None:
+            return original(pattern, example_inputs, is_cuda, **kwargs)  # type: ignore[no-any-return]
+        if key not in _PATTERNS:
+            _PATTERNS[key] = original(pattern, example_inputs, is_cuda, **kwargs)
+        return copy.deepcopy(_PATTERNS[key])
+
+    utils._get_aten_graph_module_for_pattern = memoized
+    qat_utils._get_aten_graph_module_for_pattern = memoized  # bound at its import
+    _MEMO_INSTALLED.append(True)
+
+
 def prepare(model: nn.Module, example: Inputs, *, qat: bool, what: str) -> nn.Module:
     """The exported model with observers (static) or fake quantization (QAT, in train mode;
     `.train()`/`.eval()` work on it, `allow_train_eval`)."""
     from torchao.quantization.pt2e.quantize_pt2e import prepare_pt2e, prepare_qat_pt2e
 
+    _memoize_pattern_exports()
     exported = export_for_quantization(model, example, qat=qat, what=what)
     if qat:
         prepared = prepare_qat_pt2e(exported, _quantizer(qat=True))
@@ -358,6 +424,7 @@ def convert(prepared: nn.Module) -> nn.Module:
     int8 constants replaced."""
     from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e
 
+    _memoize_pattern_exports()
     prepared.eval()
     converted = convert_pt2e(prepared)  # type: ignore[arg-type]
     _drop_unused_state(converted)

@@ -295,3 +295,33 @@ def test_onnx_int8_quantizes_conv_and_linear_weights(
     int8 = sum(a.size for a in weights.values() if a.dtype in (np.int8, np.uint8))
     assert quantized_fraction(ckpt) == pytest.approx(int8 / sum(a.size for a in weights.values()))
     assert quantized_fraction(ckpt) > 0.9  # the float rest is biases (and norms)
+
+
+def test_torchao_pattern_exports_are_memoized_per_pattern_and_copied() -> None:
+    """torchao's replacement patterns are exported once a process (QAT's Conv+BN fold traces
+    ~130 per convert): each call gets its own copy, and patterns that differ in what they close
+    over (the conv function, a flag) or in the example shapes are told apart."""
+    import torch.nn.functional as F
+    from torchao.quantization.pt2e import qat_utils, utils
+    from torchao.quantization.pt2e.export_utils import WrapperModule
+
+    from stages.pt2e import _memoize_pattern_exports, _pattern_key
+
+    _memoize_pattern_exports()
+    assert qat_utils._get_aten_graph_module_for_pattern is utils._get_aten_graph_module_for_pattern
+    x = (torch.randn(1, 1, 3, 3), torch.randn(1, 1, 1, 1))
+    conv2d = qat_utils._get_conv_bn_pattern(F.conv2d)
+    key = _pattern_key(conv2d, x, False, {})
+    assert key == _pattern_key(qat_utils._get_conv_bn_pattern(F.conv2d), x, False, {})
+    assert key != _pattern_key(qat_utils._get_conv_bn_pattern(F.conv_transpose2d), x, False, {})
+    assert key != _pattern_key(conv2d, (torch.randn(1, 1, 4, 4), x[1]), False, {})
+
+    def flagged(flag: bool) -> nn.Module:
+        return WrapperModule(lambda t: F.dropout(t, p=0.5, training=flag))
+
+    one = (torch.randn(2),)
+    first = utils._get_aten_graph_module_for_pattern(flagged(True), one)
+    again = utils._get_aten_graph_module_for_pattern(flagged(True), one)
+    other = utils._get_aten_graph_module_for_pattern(flagged(False), one)
+    assert first is not again and first.code == again.code  # a copy: callers edit their graph
+    assert other.code != first.code
