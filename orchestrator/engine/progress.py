@@ -323,6 +323,13 @@ def _print_notes(s: Any, space: SearchSpace, console: Console) -> None:
             f"{s.corrupt_checkpoints} damaged stage checkpoint(s) failed their checksum and "
             "were recomputed",
         )
+    if s.points_repeated:
+        _print_plain(
+            console,
+            f"Optuna proposed {s.points_repeated} point(s) already measured (a finished "
+            "trial's effective configuration): each was told that trial's result and not run, "
+            "no trial budget spent",
+        )
     if s.stages_waited:
         _print_plain(
             console,

@@ -119,6 +119,9 @@ class SweepSummary:
     most_common_error: str = ""  # when trials failed: the commonest error and how often
     baseline_error: str = ""  # when the baseline (the teacher as given) could not be measured
     code_changed: str = ""  # when trials failed after the code changed under the sweep
+    # Optuna proposals of a point already measured (the effective configuration of a finished
+    # trial): told that trial's result, not run, no trial budget spent
+    points_repeated: int = 0
 
 
 @dataclass(frozen=True)

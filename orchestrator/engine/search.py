@@ -137,6 +137,8 @@ def _optuna_search(
         objective_names=objective_names,
         warm_points=points_to_evaluate,
         warm_constraint_values=warm_constraint_values,
+        pipeline=space.pipeline,
+        fixed=space.fixed(),
         space={k: _optuna_distribution(d) for k, d in space.searched().items()},
         metric=objective_names,
         mode=[direction for _, direction in space.search_objectives()],

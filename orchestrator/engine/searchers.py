@@ -3,13 +3,16 @@ and Optuna (`search.make_search` loads it lazily).
 
 `DeadlineSearch` stops *launching* trials at the sweep's deadline (`deadlines`) and lets the
 running ones finish; `SqueezeOptunaSearch` tells Optuna about failed trials (FAIL, not a NaN
-value) and constraint violations, and takes multi-objective warm-start points with their
-constraint values. Both are module-level classes, so Tune's saved state refers to them by
-name and a restored search runs this code.
+value) and constraint violations, takes multi-objective warm-start points with their
+constraint values, and answers a proposal of a point already measured with that trial's
+result instead of spending a trial on it. Both are module-level classes, so Tune's saved
+state refers to them by name and a restored search runs this code.
 """
 
 from __future__ import annotations
 
+import json
+import logging
 import math
 import time
 from typing import Any
@@ -19,9 +22,15 @@ from ray.tune.search import SearchAlgorithm
 from ray.tune.search.optuna import OptunaSearch
 
 from orchestrator.engine import deadlines
+from orchestrator.space.coherence import effective_knobs
 from orchestrator.space.constraints import violations
 
+log = logging.getLogger(__name__)
+
 FAILED_STATUSES = ("error", "timeout", "stopped", "lost")
+# Proposals of measured points answered in a row for one trial before the next one runs anyway
+# (a small space nearly all measured: the stage cache makes that trial cheap).
+REPEATS_PER_TRIAL = 8
 
 
 def _stopped_early(result: dict[str, Any] | None, error: bool) -> bool:
@@ -112,12 +121,19 @@ class DeadlineSearch(WrappingSearch):
 
 
 class SqueezeOptunaSearch(OptunaSearch):  # type: ignore[misc]
-    """Tells Optuna about failed trials (FAIL, not a NaN value) and constraint violations.
+    """Tells Optuna about failed trials (FAIL, not a NaN value) and constraint violations, and
+    spends no trial on a point already measured.
 
     `constraints` are judged on each completed trial's result; `objective_names` are the
     result columns of the objectives; `warm_points` (the `points_to_evaluate` list itself) and
     `warm_constraint_values` (one dict per point: constraint column -> its stored value) judge
-    the warm-start points' constraints. The rest is OptunaSearch's.
+    the warm-start points' constraints. `pipeline` and `fixed` (the space's fixed knobs) say
+    which points run the same model (`coherence.effective_knobs`): a proposal whose effective
+    configuration a finished trial of this search has is told that trial's values and
+    constraints and not run, and Optuna proposes again (the Optuna FAQ's answer to repeated
+    samples); `repeated` counts them. After `REPEATS_PER_TRIAL` in a row the trial runs the
+    proposal. Warm-start points are not answered so: a night re-measures earlier points on
+    purpose (its report compares them for drift). The rest is OptunaSearch's.
     """
 
     def __init__(
@@ -127,6 +143,8 @@ class SqueezeOptunaSearch(OptunaSearch):  # type: ignore[misc]
         objective_names: list[str],
         warm_points: list[dict[str, Any]] | None,
         warm_constraint_values: list[dict[str, float]] | None,
+        pipeline: tuple[str, ...] = (),
+        fixed: dict[str, Any] | None = None,
         **options: Any,
     ) -> None:
         # Set before OptunaSearch's own __init__: it adds the warm-start points at once.
@@ -134,7 +152,44 @@ class SqueezeOptunaSearch(OptunaSearch):  # type: ignore[misc]
         self._sq_objectives = objective_names
         self._sq_warm_points = warm_points
         self._sq_warm_values = warm_constraint_values
+        self._sq_pipeline = pipeline
+        self._sq_fixed = dict(fixed or {})
+        self.repeated = 0
         super().__init__(**options)
+
+    def suggest(self, trial_id: str) -> dict[str, Any] | None:
+        for _ in range(REPEATS_PER_TRIAL):
+            config = super().suggest(trial_id)
+            ot_trial: Any = self._ot_trials[trial_id]
+            twin = self._measured_twin(ot_trial.params)
+            if twin is None:
+                return config  # type: ignore[no-any-return]
+            for name, value in twin.constraints.items():
+                ot_trial.set_constraint(name, value)
+            study: Any = self._ot_study
+            study.tell(ot_trial, twin.values)  # its result, as a trial of its own
+            del self._ot_trials[trial_id]  # `super().suggest` asks Optuna again for this trial
+            self.repeated += 1
+            log.info(
+                "Optuna proposed %s again: trial %d's result told", ot_trial.params, twin.number
+            )
+        return super().suggest(trial_id)  # type: ignore[no-any-return]
+
+    def _measured_twin(self, params: dict[str, Any]) -> Any:
+        """The first finished trial of this search (a Tune trial's COMPLETE Optuna trial, not a
+        warm-start point) with the effective configuration of `params`."""
+        wanted = self._effective(params)
+        ours = {trial.number for trial in self._ot_trials.values()}
+        study: Any = self._ot_study
+        complete = (optuna.trial.TrialState.COMPLETE,)
+        for trial in study.get_trials(deepcopy=False, states=complete):
+            if trial.number in ours and self._effective(trial.params) == wanted:
+                return trial
+        return None
+
+    def _effective(self, params: dict[str, Any]) -> str:
+        knobs = effective_knobs({**self._sq_fixed, **params}, self._sq_pipeline)
+        return json.dumps(knobs, sort_keys=True, default=str)
 
     def on_trial_complete(
         self, trial_id: str, result: dict[str, Any] | None = None, error: bool = False

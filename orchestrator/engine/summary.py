@@ -32,6 +32,18 @@ class RunEnd:
     final_models: int = 0  # front models re-measured in the final latency phase
     final_note: str = ""  # why the final phase was skipped or failed, when it was
     final_interrupted: bool = False  # Ctrl-C or SIGTERM stopped the final phase
+    points_repeated: int = 0  # Optuna proposals of measured points, answered and not run
+
+
+def points_repeated(search_alg: Any) -> int:
+    """How many proposals of an already measured point the search answered with that trial's
+    result (`searchers.SqueezeOptunaSearch.repeated`), found through the wrappers Tune holds
+    (`DeadlineSearch.inner`, `SearchGenerator.searcher`); 0 for the other searches."""
+    for _ in range(8):  # a few wrappers deep at most
+        if search_alg is None or hasattr(search_alg, "repeated"):
+            break
+        search_alg = getattr(search_alg, "inner", None) or getattr(search_alg, "searcher", None)
+    return int(getattr(search_alg, "repeated", 0) or 0)
 
 
 def sweep_summary(run: SweepRun, table: Any, end: RunEnd) -> SweepSummary:
@@ -77,6 +89,7 @@ def sweep_summary(run: SweepRun, table: Any, end: RunEnd) -> SweepSummary:
         most_common_error=most_common_error(trial_rows),
         baseline_error=baseline_error(rows),
         code_changed=_code_changed(run, trial_rows),
+        points_repeated=end.points_repeated,
     )
 
 

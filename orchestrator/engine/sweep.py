@@ -73,7 +73,7 @@ from orchestrator.engine.records import (
 )
 from orchestrator.engine.runtime import ClusterInfo
 from orchestrator.engine.signals import stop_signals
-from orchestrator.engine.summary import RunEnd, sweep_summary
+from orchestrator.engine.summary import RunEnd, points_repeated, sweep_summary
 from orchestrator.engine.tune_state import tune_plan
 from orchestrator.engine.tuner import TuneSetup, configure_tune, make_tuner, tune_setup
 from orchestrator.query.result import SweepResult
@@ -439,6 +439,7 @@ def _finish(run: SweepRun, setup: TuneSetup, *, interrupted: bool, final: FinalP
         trials_total=setup.writer.total,
         stage_requests=setup.writer.stage_requests,
         out_of_time=bool(getattr(setup.search_alg, "out_of_time", False)),
+        points_repeated=points_repeated(setup.search_alg),
         budget_elapsed_s=elapsed,
         final_models=final.models,
         final_note=final.note,

@@ -6,7 +6,10 @@ marked `slow`; the rest run without Ray.
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import math
+import re
 from pathlib import Path
 from typing import Any
 
@@ -129,6 +132,80 @@ def test_warm_start_constraint_values_come_from_the_stored_rows() -> None:
     assert getattr(alg, "inner", alg).searcher._ot_study.trials == []
 
 
+# --- fault 8: Optuna proposes a measured point again (optuna/optuna#2021; new user F8) -----
+
+# Three effective points in four raw ones: an ONNX mode always deploys on onnxruntime, so
+# (onnx_int8, eager) and (onnx_int8, onnxruntime) run the same model.
+_REPEATS_SPACE = """
+task: blobs
+pipeline: [teacher, quantize, export]
+params:
+  teacher.epochs: 1
+  quantize.mode: {choice: [none, onnx_int8]}
+  export.runtime: {choice: [eager, onnxruntime]}
+search: {algorithm: optuna, trials: 4, seed: 0}
+"""
+
+
+def _effective(space: Any, params: dict[str, Any]) -> str:
+    from orchestrator.space.coherence import effective_knobs
+
+    knobs = effective_knobs({**space.fixed(), **params}, space.pipeline)
+    return json.dumps(knobs, sort_keys=True)
+
+
+def test_optuna_spends_no_trial_on_a_point_already_measured(tmp_path: Path) -> None:
+    """Optuna's samplers propose a measured point again (a small categorical space; a knob
+    the coherence rules override): a 6-trial budget was spent twice on one point (F8). Now a
+    proposal with a finished trial's effective configuration is told that trial's values and
+    Optuna proposes again, as Optuna's FAQ does in the objective: the trials that run are
+    distinct until every point is measured; then one runs after REPEATS_PER_TRIAL answers."""
+    from orchestrator.engine.search import make_search
+    from orchestrator.engine.searchers import REPEATS_PER_TRIAL
+    from orchestrator.space.config import load_space
+
+    (tmp_path / "space.yaml").write_text(_REPEATS_SPACE)
+    space = load_space(tmp_path / "space.yaml")
+    for seed in range(4):
+        space = dataclasses.replace(space, search=dataclasses.replace(space.search, seed=seed))
+        alg, _, _ = make_search(space, constraints=())
+        searcher = alg.searcher
+        ran = []
+        for i in range(3):
+            config = searcher.suggest(f"t{i}")
+            ran.append(_effective(space, config))
+            result = {"val_accuracy": 0.9 + i / 100, "size_bytes": 1000.0 - i, "final": True}
+            searcher.on_trial_complete(f"t{i}", result={**result, "latency_ms_sweep": 0.1})
+        assert len(set(ran)) == 3, (seed, ran)  # three trials, the three effective points
+        # every Optuna trial beyond the three that ran is an answered proposal, with the
+        # values of the first trial of its point (as Optuna's FAQ returns them)
+        study = searcher._ot_study
+        assert searcher.repeated == len(study.trials) - 3
+        first: dict[str, Any] = {}
+        for trial in study.trials:
+            assert trial.values == first.setdefault(_effective(space, trial.params), trial.values)
+        # every point measured: the fourth trial runs after REPEATS_PER_TRIAL answers
+        before = searcher.repeated
+        assert _effective(space, searcher.suggest("t3")) in ran
+        assert searcher.repeated == before + REPEATS_PER_TRIAL
+
+    # A warm-start point (a stored row) is not answered: a night re-measures it on purpose, its
+    # report compares the two. With onnx_int8 fixed, every proposal is that one point.
+    (tmp_path / "one.yaml").write_text(
+        _REPEATS_SPACE.replace("{choice: [none, onnx_int8]}", "onnx_int8")
+    )
+    one = load_space(tmp_path / "one.yaml")
+    warm = {"points_to_evaluate": [{"export.runtime": "eager"}]}
+    alg, _, _ = make_search(one, constraints=(), evaluated_rewards=[[0.9, 1e3, 0.1]], **warm)
+    searcher = alg.searcher
+    searcher.suggest("t0")
+    assert searcher.repeated == 0
+    result = {"val_accuracy": 0.9, "size_bytes": 1e3, "latency_ms_sweep": 0.1, "final": True}
+    searcher.on_trial_complete("t0", result=result)
+    searcher.suggest("t1")  # the sweep's own trial t0 measured it: answered
+    assert searcher.repeated == REPEATS_PER_TRIAL
+
+
 # --- sweeps through a real Ray (the session fixture) -----------------------------------------
 
 _SLOW_SPACE = """
@@ -156,6 +233,34 @@ def _space(tmp_path: Path, *, task: str = "blobs", pipeline: str, params: str, s
 
 def _trial_rows(table: Any) -> list[dict[str, Any]]:
     return [r for r in table.to_pylist() if not r["is_baseline"]]
+
+
+@pytest.mark.slow
+@pytest.mark.usefixtures("ray_session")
+def test_an_optuna_sweep_runs_distinct_points_and_says_what_it_answered(tmp_path: Path) -> None:
+    """The same through `squeezeray sweep`: with seed 3 Optuna's second proposal is the
+    first trial's point (it ran twice before); now the two trials are the two points, and
+    the summary says how many proposals were answered from a finished trial."""
+    from typer.testing import CliRunner
+
+    from orchestrator.cli import app
+
+    space = tmp_path / "space.yaml"
+    space.write_text(
+        "task: blobs\npipeline: [teacher, quantize]\nparams:\n  teacher.epochs: 1\n"
+        "  quantize.mode: {choice: [none, dynamic_int8]}\n"
+        "search: {algorithm: optuna, trials: 2, seed: 3, max_concurrent: 1}\n"
+        "latency: {warmup: 1, repeats: 3, rounds: 0}\n"
+    )
+    storage = tmp_path / "runs"
+    result = CliRunner().invoke(app, ["sweep", str(space), "--storage", str(storage)])
+    output = " ".join(result.output.split())
+    assert result.exit_code == 0, output
+    rows = _trial_rows(load_results(storage))
+    assert sorted(r["quantize.mode"] for r in rows) == ["dynamic_int8", "none"], output
+    match = re.search(r"Optuna proposed (\d+) point\(s\) already measured", output)
+    assert match and int(match.group(1)) >= 1, output
+    assert "no trial budget spent" in output
 
 
 @pytest.mark.slow
