@@ -177,7 +177,7 @@ def markdown(payload: dict[str, Any]) -> str:
         if r.get("status") != "ok":
             lines.append(
                 f"| {r['task']} | {r['mode']} | {r.get('runtime', '')} | | | | | | | "
-                f"{r['status']}: {r.get('error', '')[:90]} |"
+                f"{r['status']}: {' '.join(r.get('error', '').split())[:90]} |"  # one line
             )
             continue
         ratio = floats.get(r["task"])
