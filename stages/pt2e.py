@@ -316,7 +316,42 @@ def _memoize_pattern_exports() -> None:
 
     utils._get_aten_graph_module_for_pattern = memoized
     qat_utils._get_aten_graph_module_for_pattern = memoized  # bound at its import
+    _skip_conv_patterns_without_convs(qat_utils)
     _MEMO_INSTALLED.append(True)
+
+
+def _has_conv(m: torch.fx.GraphModule) -> bool:
+    return any(n.op == "call_function" and "conv" in str(n.target) for n in m.graph.nodes)
+
+
+def _skip_conv_patterns_without_convs(qat_utils: Any) -> None:
+    """QAT's Conv+BatchNorm fuse (prepare) and fold (convert) match conv patterns only: on a
+    graph with no convolution (an MLP with BatchNorm1d) nothing can match, and each helper then
+    does only its graph clean-up, done here without exporting its patterns (~40 s the first
+    time in a process). Graphs with a convolution take torchao's own path."""
+    fuse, fold = qat_utils._fuse_conv_bn_qat_helper, qat_utils._fold_conv_bn_qat_helper
+
+    def fuse_helper(m: torch.fx.GraphModule, *args: Any, **kwargs: Any) -> Any:
+        if _has_conv(m):
+            return fuse(m, *args, **kwargs)
+        m.graph.eliminate_dead_code()
+        m.recompile()
+        return m
+
+    def fold_helper(m: torch.fx.GraphModule, *args: Any, **kwargs: Any) -> Any:
+        if _has_conv(m):
+            return fold(m, *args, **kwargs)
+        m.graph.eliminate_dead_code()
+        m.recompile()
+        qat_utils._duplicate_dequantize_node(m)
+        m.recompile()
+        qat_utils._remove_extra_dequantize(m)
+        m.graph.eliminate_dead_code()
+        m.recompile()
+        return m
+
+    qat_utils._fuse_conv_bn_qat_helper = fuse_helper
+    qat_utils._fold_conv_bn_qat_helper = fold_helper
 
 
 def prepare(model: nn.Module, example: Inputs, *, qat: bool, what: str) -> nn.Module:
