@@ -36,7 +36,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import sys
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -56,13 +56,33 @@ SEPARATE_QKV = (
 # one Linear holding q, k and v (torch-pruning 1.6 cannot map heads through its split)
 FUSED_QKV = ("c_attn", "qkv", "query_key_value", "Wqkv")
 HEADS_ATTRS = ("num_attention_heads", "n_heads", "num_heads", "n_head")
+KV_HEADS_KEY = "num_key_value_heads"  # Llama & co: fewer than the heads = grouped-query
 HEAD_SIZE_ATTRS = ("attention_head_size", "head_dim", "head_size")
 # config keys of the FFN width, in the order they are looked for
 FFN_KEYS = ("intermediate_size", "hidden_dim", "n_inner", "ffn_dim")
-# the FFN's first Linear in a layer, by its name's tail
-FFN_LAYERS = ("intermediate.dense", "ffn.lin1", "mlp.c_fc", "mlp.fc1", "fc1")
+# the FFN's first Linear(s) in a layer, by its name's tail (Llama's gate and up: both FFN wide)
+FFN_LAYERS = (
+    "intermediate.dense",
+    "ffn.lin1",
+    "mlp.c_fc",
+    "mlp.fc1",
+    "fc1",
+    "mlp.gate_proj",
+    "mlp.up_proj",
+)
+# config keys of a convolutional model's channel widths (ConvNext, ResNet, RegNet, ...)
+CHANNEL_KEYS = ("hidden_sizes", "embedding_size")
+# layers whose output width the config sets
+WIDTH_LAYERS = (nn.Linear, nn.Embedding, nn.modules.conv._ConvNd)
 # a pruning-history entry whose module name ends so removes whole heads (`remove_heads`)
 HEADS_SUFFIX = ":heads"
+# a pruning-history entry "<model name>:config.<key>" sets a CNN's channel widths
+# (`set_channels`): [name, False, [widths]]
+CONFIG_MARK = ":config."
+Widths = int | list[int]  # a config's channel width: one, or one per stage
+# The advice of a refusal of structured pruning, by the knob that asked for it (the distill
+# stage passes its own, `stages.distill.STUDENT_RATIO_FIX`)
+UNSTRUCTURED_FIX = "use an unstructured prune.method (l1_unstructured, global, random)"
 
 
 def pretrained_models(model: nn.Module) -> list[tuple[str, nn.Module]]:
@@ -97,11 +117,11 @@ def attentions(pm: nn.Module) -> list[Attention]:
     """The self-attention modules of `pm` (in the form `Task.build` gives: Linears)."""
     found = []
     for name, module in pm.named_modules():
-        heads = next((getattr(module, a) for a in HEADS_ATTRS if hasattr(module, a)), None)
-        if not isinstance(heads, int) or heads < 1:
-            continue
         projections = _projections(module)
         if projections is None:
+            continue
+        heads = _module_heads(module)
+        if not isinstance(heads, int) or heads < 1:
             continue
         q = projections[0]
         fused = len(projections) == 1 or len({p.out_features for p in projections}) > 1
@@ -117,6 +137,15 @@ def attentions(pm: nn.Module) -> list[Attention]:
             heads = q.out_features // (3 * size)
         found.append(Attention(name, module, projections, heads, size, fused, sliced))
     return found
+
+
+def _module_heads(module: nn.Module) -> Any:
+    """An attention module's head count: its own attribute, or (Llama, Mistral, Qwen2 in
+    transformers 5, which keep only `head_dim`) its config's `num_attention_heads`."""
+    own = next((getattr(module, a) for a in HEADS_ATTRS if hasattr(module, a)), None)
+    if own is not None:
+        return own
+    return getattr(getattr(module, "config", None), "num_attention_heads", None)
 
 
 def _sliceable(module: nn.Module, fused: nn.Linear, size: int) -> bool:
@@ -250,23 +279,37 @@ class Plan:
     head_ratios: dict[nn.Module, float]  # q/k/v Linear -> fraction of current heads to remove
     ignored: list[nn.Module]  # fused/GQA projections: torch-pruning leaves their outputs
     keep_heads: dict[str, int]  # Hugging Face model name -> heads each attention keeps
+    channels: dict[str, dict[str, Widths]]  # name -> a CNN's new channel widths (`set_channels`)
 
 
-def plan(model: nn.Module, fraction: float, *, original: dict[str, dict[str, int]]) -> Plan:
+def plan(
+    model: nn.Module,
+    fraction: float,
+    *,
+    original: dict[str, dict[str, int]],
+    fix: str = UNSTRUCTURED_FIX,
+) -> Plan:
     """Ratios that prune each Hugging Face model in `model` to the config of `fraction`.
 
     `original`: `sizes(model)` taken before the first step (targets are relative to it, so
     gradual steps end exactly where one step would). Layers outside the Hugging Face models
-    get no entry (the caller's defaults apply).
+    get no entry (the caller's defaults apply). A model whose config names no width this
+    module can set (no attention heads, FFN width or `CHANNEL_KEYS`) is a SqueezerayError
+    with `fix`: its pruned weights could not be saved with `save_pretrained`.
     """
     ratios: dict[nn.Module, float] = {}
     num_heads: dict[nn.Module, int] = {}
     head_ratios: dict[nn.Module, float] = {}
     ignored: list[nn.Module] = []
     keep_heads: dict[str, int] = {}
+    channels: dict[str, dict[str, Widths]] = {}
     for name, pm in pretrained_models(model):
         target = _target_config(pm, fraction, original[name])
-        keep_heads[name] = int(target.num_attention_heads)
+        if not original[name]["heads"]:
+            channels[name] = _channel_widths(target)
+            if not channels[name] and not original[name]["ffn"]:
+                raise SqueezerayError(_no_widths(pm, fix))
+        keep_heads[name] = int(_config_get(target, "num_attention_heads") or 0)
         with torch.device("meta"):
             shaped = type(pm)(target)
         linear_form(shaped)
@@ -276,14 +319,14 @@ def plan(model: nn.Module, fraction: float, *, original: dict[str, dict[str, int
             if a.fused:
                 ignored.extend(a.projections)
                 continue
-            keep = int(target.num_attention_heads)
+            keep = keep_heads[name]
             remove = a.heads - keep
             for p in a.projections:
                 num_heads[p] = a.heads
                 head_ratios[p] = (remove - 0.5) / a.heads if remove > 0 else 0.0
                 ratios[p] = 0.5 if remove > 0 else 0.0  # > 0 so that the heads are pruned
         for layer_name, layer in pm.named_modules():
-            if id(layer) in qkv or not isinstance(layer, (nn.Linear, nn.Embedding)):
+            if id(layer) in qkv or not isinstance(layer, WIDTH_LAYERS):
                 continue
             try:
                 shaped_layer = shaped.get_submodule(layer_name)
@@ -292,7 +335,18 @@ def plan(model: nn.Module, fraction: float, *, original: dict[str, dict[str, int
             now, want = _out_width(layer), _out_width(shaped_layer)
             # n * (1 - r) = want + 0.5: MetaPruner keeps int(n * (1 - r)) = want exactly
             ratios[layer] = (now - want - 0.5) / now if want < now else 0.0
-    return Plan(ratios, num_heads, head_ratios, ignored, keep_heads)
+    return Plan(ratios, num_heads, head_ratios, ignored, keep_heads, channels)
+
+
+def _no_widths(pm: nn.Module, fix: str) -> str:
+    config = config_of(pm)
+    return (
+        f"structured pruning of {type(pm).__name__} (model_type "
+        f"{getattr(config, 'model_type', '?')!r}): its config has no attention heads "
+        f"({HEADS_ATTRS[0]}), FFN width ({', '.join(FFN_KEYS)}) or channel widths "
+        f"({', '.join(CHANNEL_KEYS)}) that squeezeray can shrink, so a pruned model could not "
+        f"be saved with save_pretrained and loaded back; {fix}"
+    )
 
 
 def _out_width(layer: nn.Module) -> int:
@@ -335,15 +389,27 @@ def _target_config(pm: nn.Module, fraction: float, size: dict[str, int]) -> Any:
         heads = size["heads"] - min(size["heads"] - 1, round(fraction * size["heads"]))
         config.num_attention_heads = heads
         config.hidden_size = heads * size["head_size"]
+        if _config_get(config, KV_HEADS_KEY) is not None:  # Llama without GQA: kv heads = heads
+            setattr(config, KV_HEADS_KEY, heads)
     key = ffn_key(config)
     if key and size["ffn"]:
         setattr(config, key, max(1, int(size["ffn"] * (1.0 - fraction))))
+    if not size["heads"]:  # a CNN (ConvNext, ResNet): every stage's channels
+        for key, value in _channel_widths(config).items():
+            setattr(config, key, _scaled(value, fraction))
     return config
 
 
-# The advice of a refusal of structured pruning, by the knob that asked for it (the distill
-# stage passes its own, `stages.distill.STUDENT_RATIO_FIX`)
-UNSTRUCTURED_FIX = "use an unstructured prune.method (l1_unstructured, global, random)"
+def _channel_widths(config: Any) -> dict[str, Widths]:
+    """The channel widths a convolutional model's config holds (`CHANNEL_KEYS`)."""
+    found = {k: _config_get(config, k) for k in CHANNEL_KEYS}
+    return {k: v for k, v in found.items() if isinstance(v, (int, list))}
+
+
+def _scaled(value: Widths, fraction: float) -> Widths:
+    if isinstance(value, list):
+        return [max(1, int(v * (1.0 - fraction))) for v in value]
+    return max(1, int(value * (1.0 - fraction)))
 
 
 def sync_config(model: nn.Module, *, fix: str = UNSTRUCTURED_FIX) -> None:
@@ -371,6 +437,8 @@ def sync_config(model: nn.Module, *, fix: str = UNSTRUCTURED_FIX) -> None:
             if isinstance(getattr(a.module, "dim", None), int):  # DistilBERT: the hidden size
                 setattr(a.module, "dim", q.in_features)  # noqa: B010
             _agree(changes, "num_attention_heads", heads, pm, a.name, fix)
+            if _config_get(config_of(pm), KV_HEADS_KEY) is not None:  # q, k, v alike: no GQA
+                _agree(changes, KV_HEADS_KEY, heads, pm, a.name, fix)
             _agree(changes, "hidden_size", q.in_features, pm, a.name, fix)
         key = ffn_key(config_of(pm))
         for name, layer in _ffn_layers(pm):
@@ -398,7 +466,7 @@ def _ffn_layers(pm: nn.Module) -> Iterator[tuple[str, nn.Linear]]:
             yield name, layer
 
 
-def _set_config(pm: nn.Module, changes: dict[str, int]) -> None:
+def _set_config(pm: nn.Module, changes: Mapping[str, Widths]) -> None:
     old = config_of(pm)
     if all(_current(old, k) == v for k, v in changes.items()):
         return
@@ -410,11 +478,47 @@ def _set_config(pm: nn.Module, changes: dict[str, int]) -> None:
             module.config = new
 
 
-def _current(config: Any, key: str) -> int | None:
+def _current(config: Any, key: str) -> Widths | None:
     if key == "n_inner" and _config_get(config, key) is None:
         return 4 * int(config.hidden_size)
     value = _config_get(config, key)
+    if isinstance(value, list):
+        return value
     return int(value) if isinstance(value, int) else None
+
+
+def set_channels(model: nn.Module, channels: dict[str, dict[str, Widths]]) -> list[list[Any]]:
+    """Give each convolutional Hugging Face model in `model` the channel widths `channels`
+    holds for it (a copy of its config, as `sync_config`), after torch-pruning cut the
+    weights to them. A CNN's widths cannot be read back from its weights alone (ConvNext's
+    `hidden_sizes` of every stage, ResNet's `embedding_size`), so the change is also returned
+    as pruning-history entries `["<model name>:config.<key>", False, [widths]]`, which
+    `stages.surgery.replay` applies with `set_config_entry`."""
+    entries: list[list[Any]] = []
+    for prefix, _ in pretrained_models(model):
+        for key, value in channels.get(prefix, {}).items():
+            name, widths = f"{prefix}{CONFIG_MARK}{key}", _as_list(value)
+            set_config_entry(model, name, widths)
+            entries.append([name, False, widths])
+    return entries
+
+
+def _as_list(value: Widths) -> list[int]:
+    return [int(v) for v in value] if isinstance(value, list) else [int(value)]
+
+
+def set_config_entry(model: nn.Module, name: str, widths: list[int]) -> None:
+    """Apply one `set_channels` history entry (`name` = "<model name>:config.<key>")."""
+    prefix, _, key = name.rpartition(CONFIG_MARK)
+    pm = model.get_submodule(prefix) if prefix else model
+    current = _config_get(config_of(pm), key)
+    if not isinstance(current, (int, list)) or len(widths) != len(_as_list(current)):
+        raise SqueezerayError(
+            f"pruning history entry {name!r} sets {key}={widths} but the model's config has "
+            f"{key}={current!r}; the model factory builds another structure than the one "
+            "that was pruned"
+        )
+    _set_config(pm, {key: list(widths) if isinstance(current, list) else widths[0]})
 
 
 @contextlib.contextmanager
@@ -461,6 +565,7 @@ def check_config(model: nn.Module, *, fix: str = UNSTRUCTURED_FIX) -> None:
 
 
 __all__ = [
+    "CONFIG_MARK",
     "HEADS_SUFFIX",
     "UNSTRUCTURED_FIX",
     "Attention",
@@ -473,6 +578,8 @@ __all__ = [
     "plan",
     "pretrained_models",
     "remove_heads",
+    "set_channels",
+    "set_config_entry",
     "sizes",
     "slice_heads",
     "sync_config",

@@ -52,6 +52,7 @@ from stages.hfheads import (
     check_config,
     no_cache,
     pretrained_models,
+    set_channels,
     slice_heads,
     sync_config,
 )
@@ -520,7 +521,7 @@ def _prune_hugging_face(
     history: PruningHistory = []
     for step, fraction in enumerate(cubic_schedule(params.ratio, params.steps)[1:]):
         model.eval()
-        hf = hf_plan(model, fraction, original=original)
+        hf = hf_plan(model, fraction, original=original, fix=fix)
         skip = [*ignored, *hf.ignored]
         ratios = _keep_one_channel(model, fraction, ignored=skip, example=example)
         ratios.update(hf.ratios)
@@ -548,7 +549,10 @@ def _prune_hugging_face(
             ) from exc
         # GPT-2's fused attention: its heads go here (after the hidden width, another dim)
         history = concat_histories(
-            history, history_of(pruner.DG), slice_heads(model, hf.keep_heads)
+            history,
+            history_of(pruner.DG),
+            slice_heads(model, hf.keep_heads),
+            set_channels(model, hf.channels),  # a CNN's widths: not readable from its weights
         )
         sync_config(model, fix=fix)
         if params.steps > 1 and params.finetune_epochs > 0:

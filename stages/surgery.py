@@ -12,7 +12,9 @@ on MobileNetV2-style nets and Transformer encoders: max output difference 0.0 af
 the weights). The history is plain str/bool/int lists, so it travels in a checkpoint's recipe
 (`recipe["pruned"]`) and loads with `torch.load(weights_only=True)`. One entry kind is
 squeezeray's own: `[attention name + ":heads", False, [head indices]]` removes whole heads of a
-GPT-2-style fused attention, which torch-pruning cannot map (`stages.hfheads.remove_heads`).
+GPT-2-style fused attention, which torch-pruning cannot map (`stages.hfheads.remove_heads`);
+another, `["<model name>:config.<key>", False, [widths]]`, sets a Hugging Face CNN's channel
+widths in its config (`stages.hfheads.set_channels`).
 
 Record and replay (any torch-pruning pruner, or groups pruned by hand with `group.prune()`):
 
@@ -35,7 +37,7 @@ from torch import nn
 
 from stages.batches import Inputs, forward_logits
 from stages.errors import SqueezerayError
-from stages.hfheads import HEADS_SUFFIX, no_cache, remove_heads
+from stages.hfheads import CONFIG_MARK, HEADS_SUFFIX, no_cache, remove_heads, set_config_entry
 
 PruningHistory = list[list[Any]]
 """[[module name: str, is_out_channel_pruning: bool, indices: list[int]], ...]"""
@@ -101,6 +103,8 @@ def replay(model: nn.Module, example: Inputs, history: Sequence[Sequence[Any]]) 
         try:
             if entry[0].endswith(HEADS_SUFFIX):  # whole heads of a fused attention (GPT-2)
                 remove_heads(model.get_submodule(entry[0].removesuffix(HEADS_SUFFIX)), entry[2])
+            elif CONFIG_MARK in entry[0]:  # a Hugging Face CNN's channel widths
+                set_config_entry(model, entry[0], entry[2])
             else:
                 graph.load_pruning_history([entry])
         except Exception as exc:  # a module that is not there, an index out of range

@@ -12,6 +12,7 @@ from torch.utils.data import TensorDataset
 from stages.tasks import Task
 
 VOCAB, SEQ, CLASSES = 50, 8, 3
+IMAGE = 16  # the CNNs' image side
 
 
 def bert(*, seed: int = 0) -> nn.Module:
@@ -99,20 +100,75 @@ def vit(*, seed: int = 0) -> nn.Module:
     return ViTForImageClassification(config).eval()
 
 
+def llama(*, seed: int = 0) -> nn.Module:
+    """Grouped-query attention: 4 query heads share 2 key/value heads (head size 8)."""
+    from transformers import LlamaConfig, LlamaForSequenceClassification
+
+    torch.manual_seed(seed)
+    config = LlamaConfig(
+        vocab_size=VOCAB,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=SEQ,
+        num_labels=CLASSES,
+        pad_token_id=0,
+    )
+    return LlamaForSequenceClassification(config).eval()
+
+
+def convnext(*, seed: int = 0) -> nn.Module:
+    from transformers import ConvNextConfig, ConvNextForImageClassification
+
+    torch.manual_seed(seed)
+    config = ConvNextConfig(
+        num_channels=3,
+        patch_size=2,
+        num_stages=3,
+        hidden_sizes=[8, 16, 32],
+        depths=[1, 1, 2],
+        image_size=IMAGE,
+        num_labels=CLASSES,
+    )
+    return ConvNextForImageClassification(config).eval()
+
+
+def resnet(*, seed: int = 0) -> nn.Module:
+    """Bottleneck blocks (inner width out / 4, derived from hidden_sizes) and BatchNorm."""
+    from transformers import ResNetConfig, ResNetForImageClassification
+
+    torch.manual_seed(seed)
+    config = ResNetConfig(
+        num_channels=3,
+        embedding_size=8,
+        hidden_sizes=[8, 16, 32],
+        depths=[1, 1, 1],
+        layer_type="bottleneck",
+        num_labels=CLASSES,
+    )
+    return ResNetForImageClassification(config).eval()
+
+
 BUILDERS: dict[str, Callable[..., nn.Module]] = {
     "bert": bert,
     "distilbert": distilbert,
     "roberta": roberta,
     "gpt2": gpt2,
     "vit": vit,
+    "llama": llama,
+    "convnext": convnext,
+    "resnet": resnet,
 }
+IMAGES = {"vit": 8, "convnext": 16, "resnet": 16}  # image models: side of their images
 
 
 def _splits(name: str) -> tuple[TensorDataset, TensorDataset, TensorDataset]:
     g = torch.Generator().manual_seed(0)
     n = 48
-    if name == "vit":
-        x = torch.randn(n, 3, 8, 8, generator=g)
+    if name in IMAGES:
+        x = torch.randn(n, 3, IMAGES[name], IMAGES[name], generator=g)
         y = (x[:, 0].mean(dim=(1, 2)) > 0).long() + (x[:, 1].mean(dim=(1, 2)) > 0.3).long()
     else:
         x = torch.randint(1, VOCAB, (n, SEQ), generator=g)  # 0 is GPT-2's pad token
@@ -122,7 +178,7 @@ def _splits(name: str) -> tuple[TensorDataset, TensorDataset, TensorDataset]:
 
 
 def hf_task(name: str, *, student: bool = False) -> Task:
-    """A Task on the tiny model `name` (bert, distilbert, roberta, gpt2, vit), inputs positional
+    """A Task on the tiny model `name` (a `BUILDERS` key), inputs positional
     (input_ids alone, or pixel_values); `student=True` adds a student of the same kind."""
     build = BUILDERS[name]
     train, val, test = _splits(name)
@@ -140,3 +196,8 @@ def hf_task(name: str, *, student: bool = False) -> Task:
 def make_bert_task() -> Task:
     """Import path for sweeps: `tests.stages.hf_tiny:make_bert_task`."""
     return hf_task("bert")
+
+
+def make_convnext_task() -> Task:
+    """Import path for sweeps: `tests.stages.hf_tiny:make_convnext_task`."""
+    return hf_task("convnext")
