@@ -492,18 +492,60 @@ def _check_label(y: object, *, split: str, num_classes: int, source: str) -> Non
         or (value.dtype == torch.bool)
     ):
         kind = _kind(y) if value is None else f"{str(value.dtype).replace('torch.', '')} {y!r}"
-        vector = (
-            f" (a vector of {value.numel()} values, one-hot or per-class scores: give the class "
-            "index, e.g. y.argmax())"
-            if value is not None and value.numel() > 1
-            else ""
-        )
+        if value is not None and _per_position(value, num_classes):
+            rule = PER_POSITION_RULE.format(shape=tuple(value.shape))
+            raise SqueezerayError(f"task={source!r}: {split}[0] has label {kind}: {rule}")
+        vector = "" if value is None else _vector_hint(value, num_classes)
         raise SqueezerayError(f"task={source!r}: {split}[0] has label {kind}{vector}; {LABEL_RULE}")
     if not 0 <= int(value.item()) < num_classes:
         raise SqueezerayError(
             f"task={source!r}: {split}[0] has label {int(value.item())}, outside "
             f"[0, {num_classes}) (num_classes={num_classes}); {LABEL_RULE}"
         )
+
+
+PER_POSITION_RULE = (
+    "a label of shape {shape} per sample, one class per position (token classification or "
+    "segmentation labels); per-position labels are not supported: squeezeray trains "
+    "(cross-entropy, distillation) and scores (accuracy or a Task.metric, called with logits "
+    "(N, num_classes) and targets (N,)) one class per sample, so a model must return "
+    "(N, num_classes) logits; give each sample one class, e.g. a sequence-level label with "
+    "stages.hf.sequence_classification_task (AutoModelForSequenceClassification)"
+)
+
+IGNORE_INDEX = -100  # the label Hugging Face token classifiers put on padding positions
+
+
+def _per_position(value: torch.Tensor, num_classes: int) -> bool:
+    """An integer label with more than one value, each a class or the ignore index: a class
+    per token or pixel, unless it reads as one one-hot row of `num_classes` values."""
+    if value.numel() < 2 or value.dtype.is_floating_point or value.dtype == torch.bool:
+        return False
+    flat = value.reshape(-1)
+    ok = ((flat >= 0) & (flat < num_classes)) | (flat == IGNORE_INDEX)
+    return bool(ok.all()) and not _one_hot(value, num_classes)
+
+
+def _one_hot(value: torch.Tensor, num_classes: int) -> bool:
+    """One row of `num_classes` values that is plausibly one-hot: floats (one-hot or scores),
+    or integers that are all 0 but a single 1."""
+    if value.numel() != num_classes or value.shape[-1] != num_classes:
+        return False
+    if value.dtype.is_floating_point:
+        return True
+    return bool(((value == 0) | (value == 1)).all()) and int(value.sum()) == 1
+
+
+def _vector_hint(value: torch.Tensor, num_classes: int) -> str:
+    """What a label of more than one value looks like, and the fix when there is one."""
+    if value.numel() < 2:
+        return ""
+    if _one_hot(value, num_classes):
+        return (
+            f" (a vector of {num_classes} values = num_classes, one-hot or per-class scores: "
+            "give the class index, e.g. y.argmax())"
+        )
+    return f" (shape {tuple(value.shape)}: one value per sample is expected)"
 
 
 def _try_metric(metric: Metric, logits: torch.Tensor, y0: object, *, source: str) -> None:

@@ -44,7 +44,7 @@ def test_integer_labels_pass_as_tensors_ints_and_numpy_scalars() -> None:
         # one-hot int64 rows: said as such, with the fix (new user F18)
         (
             torch.nn.functional.one_hot(torch.arange(12) % 3, 3),
-            ["a vector of 3 values", "y.argmax()"],
+            ["a vector of 3 values = num_classes, one-hot", "y.argmax()"],
         ),
     ],
 )
@@ -53,6 +53,40 @@ def test_labels_that_are_not_classes_are_refused(labels: torch.Tensor, words: li
         check_task(_task(labels), source="t")
     for word in words:
         assert word in str(info.value), str(info.value)
+
+
+@pytest.mark.parametrize(
+    "labels",
+    [
+        (torch.arange(12 * 16) % 3).reshape(12, 16),  # a class per token (N, 16)
+        torch.where(torch.arange(12 * 16) % 5 == 0, -100, torch.arange(12 * 16) % 3).reshape(
+            12, 16
+        ),  # padding positions at the ignore index, as Hugging Face token labels
+        (torch.arange(12 * 4 * 4) % 3).reshape(12, 4, 4),  # a class per pixel
+    ],
+)
+def test_per_position_labels_are_refused_as_unsupported_not_as_one_hot(
+    labels: torch.Tensor,
+) -> None:
+    """Token-classification labels (N, 16) with num_classes=3 were called "one-hot or
+    per-class scores" with the advice y.argmax(), which trains a meaningless task (new user 6
+    F3): the message says per-position labels are not supported and names the shape."""
+    with pytest.raises(SqueezerayError) as info:
+        check_task(_task(labels), source="t")
+    message = str(info.value)
+    shape = tuple(labels.shape[1:])
+    assert f"a label of shape {shape} per sample" in message, message
+    assert "per-position labels are not supported" in message
+    assert "one class per sample" in message
+    assert "one-hot" not in message and "argmax" not in message
+
+
+def test_a_float_vector_longer_than_num_classes_is_not_called_one_hot() -> None:
+    with pytest.raises(SqueezerayError) as info:
+        check_task(_task(torch.rand(12, 5)), source="t")
+    message = str(info.value)
+    assert "shape (5,): one value per sample is expected" in message, message
+    assert "one-hot" not in message
 
 
 def test_a_model_instance_instead_of_a_factory_names_the_fix() -> None:
