@@ -430,21 +430,24 @@ def validate(
     teacher_weights: TeacherWeightsOpt = None,
 ) -> None:
     """Check a search space (YAML, stages, ranges, task, teacher weights) without starting Ray;
-    print a summary. The same checks as `squeezeray sweep` runs before Ray starts."""
+    print a summary. The same checks as `squeezeray sweep` runs before Ray starts, with the
+    same progress on stderr (`still pre-flight: ...` lines when not on a terminal)."""
+    from orchestrator.engine.progress import SweepProgress
     from orchestrator.space.config import load_space
 
-    loaded = load_space(space, check_task=task is None)
-    if task is not None:
-        loaded = loaded.with_overrides(task=task)
-    # A user task (imported above) or a weights file gets the sweep's own checks: stages that
-    # cannot apply, the weights loaded into the teacher; built-in tasks stay unimported here.
-    if ":" in loaded.task or teacher_weights is not None:
-        from orchestrator.engine.prepare import checked_against_task
-        from orchestrator.space.options import SweepOptions
-        from stages.tasks import load_task
+    with SweepProgress(console) as progress:  # a big model's checks take minutes
+        loaded = load_space(space, check_task=task is None)
+        if task is not None:
+            loaded = loaded.with_overrides(task=task)
+        # A user task (imported above) or a weights file gets the sweep's own checks: stages
+        # that cannot apply, the weights loaded into the teacher; built-in tasks stay
+        # unimported here.
+        if ":" in loaded.task or teacher_weights is not None:
+            from orchestrator.engine.prepare import loaded_and_checked
+            from orchestrator.space.options import SweepOptions
 
-        opts = SweepOptions.build(teacher_weights=teacher_weights)
-        loaded = checked_against_task(loaded, opts, load_task(loaded.task))
+            opts = SweepOptions.build(teacher_weights=teacher_weights)
+            loaded, _ = loaded_and_checked(loaded, opts, progress=progress.update)
     out.print(loaded.summary(), markup=False, highlight=False, soft_wrap=True)
     out.print(f"ok: {loaded.source} is valid", markup=False, highlight=False, soft_wrap=True)
 

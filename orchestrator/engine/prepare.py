@@ -266,11 +266,8 @@ def bound_to_task(
     from orchestrator.engine.memory import REQUEST_FROM_BYTES, training_batch_size
     from stages.activations import task_activation_bytes
     from stages.fingerprint import task_fingerprint
-    from stages.tasks import load_task
 
-    report_step(progress, f"pre-flight: loading task {space.task}")
-    task_obj = load_task(space.task)
-    space = checked_against_task(space, opts, task_obj, progress=progress)
+    space, task_obj = loaded_and_checked(space, opts, progress=progress)
     report_step(progress, "pre-flight: fingerprinting the task (models, weights, data digest)")
     fingerprint = task_fingerprint(task_obj, seed=TRAINING_SEED)
     activations = 0
@@ -278,6 +275,18 @@ def bound_to_task(
         report_step(progress, "pre-flight: measuring a training step's activation memory")
         activations = task_activation_bytes(task_obj, training_batch_size(space))
     return space, fingerprint.as_dict(), fingerprint.model_bytes, activations
+
+
+def loaded_and_checked(
+    space: SearchSpace, opts: SweepOptions, *, progress: Progress | None = None
+) -> tuple[SearchSpace, Any]:
+    """The space's task loaded and the space checked against it (`checked_against_task`),
+    each step told to `progress`: `squeezeray sweep` and `squeezeray validate` alike."""
+    from stages.tasks import load_task
+
+    report_step(progress, f"pre-flight: loading task {space.task}")
+    task_obj = load_task(space.task)
+    return checked_against_task(space, opts, task_obj, progress=progress), task_obj
 
 
 def checked_against_task(

@@ -276,3 +276,24 @@ def test_help_lists_every_packaged_space(command: str) -> None:
     result = runner.invoke(app, [command, "--help"], env={"COLUMNS": "400"})
     assert result.exit_code == 0
     assert f"({', '.join(names)})" in " ".join(result.stdout.split())
+
+
+def test_validate_shows_a_slow_pre_flight_step_as_a_sweep_does(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """New user 6: `validate` printed nothing for minutes while it pruned a big model to check
+    it; now its pre-flight steps reach stderr as a sweep's do (plain lines off a terminal)."""
+    import orchestrator.engine.prepare as prepare
+
+    check = prepare.check_stages_apply_to_task
+
+    def slow_check(space: Any) -> None:
+        time.sleep(3.5)  # past the 2 s after which a step is announced, and a tick
+        check(space)
+
+    monkeypatch.setattr(prepare, "check_stages_apply_to_task", slow_check)
+    task = "tests.stages.test_pruned_widths:scaled_parameter"
+    result = runner.invoke(app, ["validate", "tiny", "--task", task])
+    assert result.exit_code == 0, result.output
+    assert "pre-flight: checking that each stage applies to the task's model ..." in result.stderr
+    assert "ok: " in result.stdout and "pre-flight" not in result.stdout
