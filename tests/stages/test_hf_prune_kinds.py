@@ -12,7 +12,6 @@
 
 from __future__ import annotations
 
-import copy
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -26,6 +25,7 @@ from stages.batches import forward_logits
 from stages.checkpoint import ModelCheckpoint
 from stages.distill import DistillParams, distill
 from stages.errors import SqueezerayError
+from stages.hfexport import check_pretrained_dir, save_pretrained_dir
 from stages.prune import PruneParams, prune
 from stages.rebuild import build_model
 from stages.tasks import Task
@@ -66,17 +66,20 @@ def _teacher(task: Task) -> ModelCheckpoint:
 
 
 def _loads_back(task: Task, model: nn.Module, ckpt: ModelCheckpoint, tmp_path: Path) -> Any:
-    """Rebuilt from the checkpoint, saved with save_pretrained, loaded with from_pretrained:
-    the same logits as the pruned model; returns the loaded model's config."""
+    """Rebuilt from the checkpoint (the pruned model's logits), exported as `squeezeray
+    export` does (save_pretrained), loaded with from_pretrained: no key missing, the same
+    logits; returns the exported config."""
+    from transformers import AutoConfig
+
     x = task.example_input(4)
     rebuilt = build_model(task, ckpt)
-    copy.deepcopy(rebuilt).save_pretrained(tmp_path)
-    loaded = type(rebuilt).from_pretrained(tmp_path).eval()
     with torch.no_grad():
-        ours = forward_logits(model, x)
-        assert torch.equal(forward_logits(rebuilt, x), ours)
-        assert torch.allclose(forward_logits(loaded, x), ours, atol=1e-6)
-    return loaded.config
+        assert torch.equal(forward_logits(rebuilt, x), forward_logits(model, x))
+    export = save_pretrained_dir(task, rebuilt, ckpt, tmp_path)
+    assert export is not None and export.skipped is None, export
+    check = check_pretrained_dir(task, rebuilt, tmp_path)
+    assert check["ok"], check
+    return AutoConfig.from_pretrained(tmp_path)
 
 
 def test_llama_gqa_student_keeps_heads_and_hidden_and_halves_the_ffn(
