@@ -16,7 +16,11 @@ a model `from_pretrained` can build:
   -> split -> `c_proj`), whose heads torch-pruning 1.6 cannot map, loses the same whole heads
   through `slice_heads`/`remove_heads` (history entries `<attention>:heads`, replayed by
   `stages.surgery.replay`). Other fused or grouped-query attention keeps its heads and the
-  hidden width; only the FFN width is pruned there.
+  hidden width; only the FFN width is pruned there (Llama's head count comes from its
+  config: transformers 5 keeps none on `LlamaAttention`). A model without attention heads
+  (ConvNext, ResNet) loses channels: its config's `CHANNEL_KEYS` (`hidden_sizes` per stage,
+  `embedding_size`) shrink by `fraction`, set by `set_channels` and recorded as history
+  entries `<model>:config.<key>` (a CNN's widths cannot be read back from its weights).
 - `sync_config(model)`: after pruning, and after `stages.surgery.replay` on a rebuilt model,
   sets each attention module's head count (`num_attention_heads`/`n_heads`, `all_head_size`,
   `dim`) and a copy of `config` (hidden size, heads, FFN width) from the new weight shapes.
