@@ -7,7 +7,7 @@ artifact (`load_card`, `artifact_name`).
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any
 
@@ -195,15 +195,28 @@ def traced_shapes(
     ]
 
 
+def named_axes(shapes: Sequence[Sequence[int | str]] | None) -> list[str]:
+    """The dynamic axes of a written artifact's inputs (`program_shapes`, `traced_shapes`),
+    each name once in order: ["batch"] for an image model, ["batch", "sequence"] for text."""
+    names = [d for shape in shapes or () for d in shape if isinstance(d, str)]
+    return list(dict.fromkeys(names))
+
+
 def load_card(
-    ckpt: ModelCheckpoint, written: list[str], not_written: Mapping[str, str] | None = None
+    ckpt: ModelCheckpoint,
+    written: list[str],
+    not_written: Mapping[str, str] | None = None,
+    *,
+    shapes: Sequence[Sequence[int | str]] | None = None,
 ) -> dict[str, Any]:
     """The card's `load` (how a fresh Python process loads the artifact, for the rows that
     need more than torch), `not_written` ({file: why}) and, when model.pt or model.pt2 could
     not be written (`not_written`: the export's reasons), `artifact` (the rebuild files) of an
     eager row; for an eager row's TorchScript model.pt, its `load` line and `measured_on`
     (the row's latency is the eager module's: the trace can run at another speed); for a
-    compiled row the rebuild line and the `torch.compile` the sweep measured."""
+    compiled row the rebuild line and the `torch.compile` the sweep measured. `shapes`: the
+    input shapes the written model.pt2 accepts (`program_shapes`), whose dynamic axes a PT2E
+    row's reasons name."""
     if ckpt.runtime == "compiled":  # measured as the rebuilt module through torch.compile
         return {"load": _COMPILED_LOAD}
     if ckpt.runtime == "eager" and not is_pt2e(ckpt) and "model.pt" not in written:
@@ -222,13 +235,22 @@ def load_card(
         }
     if not is_pt2e(ckpt) or ckpt.runtime not in ("eager", "torchscript"):
         return {}
+    return _pt2e_load(ckpt, written, named_axes(shapes))
+
+
+def _pt2e_load(ckpt: ModelCheckpoint, written: list[str], axes: Sequence[str]) -> dict[str, Any]:
+    """`load_card` of a PT2E (static_int8, qat) row: its model.pt or model.pt2, or why not;
+    `axes`: model.pt2's dynamic axes (["batch"] for an image model, no sequence axis)."""
     from stages.pt2e import LOAD_IMPORT
 
     if ckpt.runtime == "torchscript":
         return {"load": f"import torch; {LOAD_IMPORT}; model = torch.jit.load('model.pt')"}
+    said = " and ".join(axes)  # "batch" (an image model), "batch and sequence" (text)
+    plural = len(axes) > 1
+    sizes = f"{said} size{'s' if plural else ''}" if axes else "sizes"
     why_not_pt = (
         f"quantize.mode={ckpt.quantize!r}: a TorchScript trace of the int8 graph keeps the "
-        "example's batch and sequence sizes"
+        f"example's {sizes}"
     )
     if "model.pt2" not in written:
         return {
@@ -241,13 +263,13 @@ def load_card(
                 "compiled",
             },
         }
+    dynamic = f", dynamic {said} ax{'es' if plural else 'is'}" if axes else ""
     return {
         "load": f"import torch; {LOAD_IMPORT}; "
         "model = torch.export.load('model.pt2').module()  # logits = model(*inputs), "
         "the tensors in the card's input order",
         "not_written": {
-            "model.pt": f"{why_not_pt}; model.pt2 (torch.export, dynamic batch and sequence "
-            "axes) is written instead"
+            "model.pt": f"{why_not_pt}; model.pt2 (torch.export{dynamic}) is written instead"
         },
     }
 

@@ -110,7 +110,6 @@ def export_trial(
     `option_style`: errors spell options `sweep=` ("python") or `--sweep` ("cli").
     """
     from orchestrator.store.outputs import output_folder
-    from orchestrator.store.storage import open_storage
     from stages.tasks import load_task
 
     out = Path(output)
@@ -121,7 +120,6 @@ def export_trial(
     ckpt = trial_checkpoint(storage, row, recompute=recompute)
     task = load_task(str(row["task"]))
     model = None if ckpt.runtime == "onnxruntime" else _build(task, ckpt)
-    store = open_storage(storage)
     # Staged in `out`, moved in (old files removed) once all is written, or `out` left as it was.
     with output_folder(out, replace=stale) as staging:
         written, not_written = _write_artifacts(task, ckpt, model, row, staging)
@@ -129,19 +127,28 @@ def export_trial(
         hf_card, hf_files = _export_pretrained(task, ckpt, model, staging)
         written += hf_files + _copy_export_files(task, staging)
         files = {name: _sha256(staging / name) for name in written}
+        shapes = _artifact_shapes(task, ckpt, model, staging)
         card = model_card(
             row,
             sweep_rows,
             ckpt,
             files,
             check,
-            storage=store.root if store.is_local else store.uri,
-            input_card=_input_card(task, ckpt, model, staging),
+            storage=_storage_text(storage),
+            input_card=input_card(task, ckpt, model, artifact_shapes=shapes),
         )
-        card.update(huggingface=hf_card, **load_card(ckpt, written, not_written))
+        card.update(huggingface=hf_card, **load_card(ckpt, written, not_written, shapes=shapes))
         (staging / CARD).write_text(json.dumps(card, indent=2, default=str) + "\n")
     _raise_unless_reproduced(check, hf_card, ckpt, row, out)
     return ExportResult(output=out, files={**files, CARD: _sha256(out / CARD)}, card=card)
+
+
+def _storage_text(storage: str | os.PathLike[str]) -> str:
+    """The storage as the card names it: a local root path, else its URI."""
+    from orchestrator.store.storage import open_storage
+
+    store = open_storage(storage)
+    return store.root if store.is_local else store.uri
 
 
 def _raise_unless_reproduced(
@@ -328,21 +335,20 @@ def _write_artifacts(
     return [*scripted, *_write_eager_rebuild(ckpt, row, out)], not_written
 
 
-def _input_card(
+def _artifact_shapes(
     task: Task, ckpt: ModelCheckpoint, model: nn.Module | None, out: Path
-) -> dict[str, Any] | list[dict[str, Any]]:
-    """The card's `input`, with the shapes the model.pt2 or TorchScript model.pt written in
-    `out` accepts (the example's when neither was written)."""
-    shapes = None
+) -> list[list[int | str]] | None:
+    """The input shapes the model.pt2 or TorchScript model.pt written in `out` accepts (for
+    the card's `input` and the axes its reasons name); None when neither was written."""
     if (out / "model.pt2").exists():
         from stages.pt2e import program_shapes
 
-        shapes = program_shapes((out / "model.pt2").read_bytes())
-    elif (out / "model.pt").exists() and model is not None:
+        return program_shapes((out / "model.pt2").read_bytes())
+    if (out / "model.pt").exists() and model is not None:
         import torch
 
-        shapes = traced_shapes(task, ckpt, model, torch.jit.load(str(out / "model.pt")))
-    return input_card(task, ckpt, model, artifact_shapes=shapes)
+        return traced_shapes(task, ckpt, model, torch.jit.load(str(out / "model.pt")))
+    return None
 
 
 def _saved(save: Any, obj: Any) -> bytes:

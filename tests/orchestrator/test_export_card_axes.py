@@ -5,9 +5,10 @@ from __future__ import annotations
 
 from dataclasses import replace
 
+import pytest
 import torch
 
-from orchestrator.query.card import input_card
+from orchestrator.query.card import input_card, load_card
 from stages.checkpoint import from_model
 from stages.onnxio import to_onnx_bytes
 from stages.tasks import Task
@@ -89,3 +90,32 @@ def test_a_pt2e_cards_axes_are_those_model_pt2_accepts_not_a_sequence_axis() -> 
     assert shapes == [["batch", 3, 8, 8]]
     card = input_card(task, ckpt, rebuilt, artifact_shapes=shapes)
     assert card == {"name": "image", "dtype": "float32", "shape": ["batch", 3, 8, 8]}
+    # and the card's reasons name those axes: no sequence axis on an image model (new user 6 F5)
+    why = load_card(ckpt, ["model.pt2", "checkpoint.pt"], shapes=shapes)["not_written"]["model.pt"]
+    assert "keeps the example's batch size;" in why, why
+    assert "(torch.export, dynamic batch axis)" in why
+    assert "sequence" not in why
+
+
+@pytest.mark.parametrize(
+    ("shapes", "sizes", "dynamic"),
+    [
+        ([["batch", "sequence"]], "batch and sequence sizes", ", dynamic batch and sequence axes"),
+        ([["batch", 3, 32, 32]], "batch size", ", dynamic batch axis"),
+        (None, "sizes", ""),  # no shapes read: no axes claimed
+    ],
+)
+def test_a_pt2e_rows_reasons_name_the_axes_model_pt2_has(
+    shapes: list[list[int | str]] | None, sizes: str, dynamic: str
+) -> None:
+    """A ConvNext qat row's card said "keeps the example's batch and sequence sizes" and
+    "dynamic batch and sequence axes" though pixel_values has no sequence axis (new user 6
+    F5): the text names the axes the written model.pt2 accepts."""
+    task = make_task("masked")
+    ckpt = from_model(task, task.build("student"), {"arch": "student"})
+    ckpt = ckpt.with_recipe(quantize="qat", runtime="eager")
+    why = load_card(ckpt, ["model.pt2"], shapes=shapes)["not_written"]["model.pt"]
+    assert why == (
+        f"quantize.mode='qat': a TorchScript trace of the int8 graph keeps the example's {sizes};"
+        f" model.pt2 (torch.export{dynamic}) is written instead"
+    )

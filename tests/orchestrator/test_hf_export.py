@@ -164,6 +164,7 @@ def test_pt2e_row_exports_model_pt2_that_loads_as_its_card_says(tmp_path: Path) 
     assert set(hf) == {"class", "skipped"} and "quantize.mode='static_int8'" in hf["skipped"]
     assert (out / "vocab.txt").is_file()  # beside model.pt2 (new user F5)
     assert [i["shape"] for i in card["input"]] == [["batch", "sequence"]] * 3
+    assert "(torch.export, dynamic batch and sequence axes)" in card["not_written"]["model.pt"]
     x = {k: v[:, : hf_zoo.SEQ_LEN - 5] for k, v in task.example_input(3).items()}
     torch.save(tuple(x.values()), tmp_path / "inputs.pt")
     script = (
