@@ -687,20 +687,23 @@ def _keep_one_channel(
 
     layers = {module for _, module in prunable_layers(model)} - set(ignored)
     ratios = {module: cap(int(layer_weight(module).shape[0])) for module in layers}
+    if not any(_grouped(m) for m in model.modules()):
+        return ratios  # no grouped conv: no group to find (a walk of every group saved)
     graph = dependency_graph(model, example)
     for group in graph.get_all_groups(ignored_layers=ignored):
         members = {dep.target.module for dep, _ in group}
-        conv_groups = [
-            int(m.groups)
-            for m in members
-            if isinstance(m, nn.modules.conv._ConvNd) and 1 < m.groups < m.out_channels
-        ]
+        conv_groups = [int(m.groups) for m in members if _grouped(m)]
         if not conv_groups:
             continue
         per_group = len(group[0][1]) // max(conv_groups)
         for module in members & layers:
             ratios[module] = min(ratios[module], cap(per_group))
     return ratios
+
+
+def _grouped(module: nn.Module) -> bool:
+    """A grouped conv that is not depthwise: pruned per conv group (`_keep_one_channel`)."""
+    return isinstance(module, nn.modules.conv._ConvNd) and 1 < module.groups < module.out_channels
 
 
 def output_layer(model: nn.Module, example: Inputs) -> nn.Module:

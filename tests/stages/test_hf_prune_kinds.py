@@ -35,7 +35,7 @@ from tests.stages.hf_tiny import hf_task
 pytest.importorskip("transformers")
 
 # dependency edges torch-pruning may add while it groups layers, in one whole prune (the tiny
-# Llama below needs about 700; the old code passed 20000 in one group of q_proj)
+# Llama below needs about 500; the old code passed 20000 in one group of q_proj)
 WALK_BUDGET = 2000
 
 
