@@ -363,7 +363,8 @@ def _out_width(layer: nn.Module) -> int:
 
 def sizes(model: nn.Module) -> dict[str, dict[str, int]]:
     """{Hugging Face model name: {"hidden": ..., "heads": ..., "head_size": ..., "ffn": ...}}
-    as its config says now; "prunable_heads" is 1 when every attention has separate q/k/v."""
+    as its config says now; "prunable_heads" is 1 when every attention has separate q/k/v;
+    a CNN's channel widths as "width:<key>[i]" (`_width_sizes`)."""
     out: dict[str, dict[str, int]] = {}
     for name, pm in pretrained_models(model):
         config = config_of(pm)
@@ -382,7 +383,20 @@ def sizes(model: nn.Module) -> dict[str, dict[str, int]]:
             "head_size": head_size,
             "ffn": _ffn_width(config) or 0,
             "prunable_heads": int(prunable),
+            **_width_sizes(config),
         }
+    return out
+
+
+def _width_sizes(config: Any) -> dict[str, int]:
+    """A CNN config's channel widths as `sizes` entries: "width:hidden_sizes[0]": 8, ...,
+    "width:embedding_size": 8 (gradual steps scale the widths before the first step)."""
+    out: dict[str, int] = {}
+    for key, value in _channel_widths(config).items():
+        if isinstance(value, list):
+            out.update({f"width:{key}[{i}]": int(v) for i, v in enumerate(value)})
+        else:
+            out[f"width:{key}"] = int(value)
     return out
 
 
@@ -398,9 +412,14 @@ def _target_config(pm: nn.Module, fraction: float, size: dict[str, int]) -> Any:
     key = ffn_key(config)
     if key and size["ffn"]:
         setattr(config, key, max(1, int(size["ffn"] * (1.0 - fraction))))
-    if not size["heads"]:  # a CNN (ConvNext, ResNet): every stage's channels
+    if not size["heads"]:  # a CNN (ConvNext, ResNet): every stage's channels, as before step 1
         for key, value in _channel_widths(config).items():
-            setattr(config, key, _scaled(value, fraction))
+            before: Widths = (
+                [size[f"width:{key}[{i}]"] for i in range(len(value))]
+                if isinstance(value, list)
+                else size[f"width:{key}"]
+            )
+            setattr(config, key, _scaled(before, fraction))
     return config
 
 
