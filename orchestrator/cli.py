@@ -314,12 +314,17 @@ def _duration(flag: str, text: str) -> float:
 
 
 def _print_start(command: str, prepared: Any, *, note: str = "") -> None:
-    """The first line of a sweep or nightly run: id, task, trials and storage."""
+    """The first line of a sweep or nightly run: id, task, trials and storage; then any knob
+    a coherence rule turns off (`coherence_notes`, as `validate` prints them)."""
+    from orchestrator.space.coherence import coherence_notes
+
     console.print(
         f"squeezeray {command} [bold]{prepared.sweep_id}[/]: task {prepared.space.task}, "
         f"{trials_phrase(prepared.space)}, storage {prepared.storage.uri}{note}",
         highlight=False,
     )
+    for line in coherence_notes(prepared.space):
+        console.print(line, highlight=False, markup=False, soft_wrap=True)
 
 
 def _print_finished(prepared: Any) -> None:

@@ -69,6 +69,67 @@ def _zeroes_weights(prune: Mapping[str, Any] | None) -> bool:
     return method in UNSTRUCTURED_PRUNE_METHODS and float(prune.get("ratio", 0.5)) > 0
 
 
+class _Bounded(Protocol):
+    def values_for_validation(self) -> list[Any]: ...
+
+    def describe(self) -> str: ...
+
+
+class _Space(Protocol):
+    """What `coherence_notes` reads of a `SearchSpace`."""
+
+    @property
+    def pipeline(self) -> tuple[str, ...]: ...
+
+    @property
+    def params(self) -> Mapping[str, _Bounded]: ...
+
+
+LOWRANK_SKIP_WHY = (
+    "lowrank after an unstructured prune runs as its no-op rank_ratio 1.0: it leaves layers "
+    "that hold pruned zeros whole (dense SVD factors would undo the pruning), and after "
+    "unstructured pruning that is every layer it could factorise"
+)
+
+
+def coherence_notes(space: _Space) -> list[str]:
+    """Lines for `validate` and the sweep's start when a coherence rule (`make_coherent`)
+    turns off a knob the space sets: lowrank.rank_ratio after an unstructured prune, a
+    "warning:" when every trial of the space hits it, else a "note:" for the trials that do."""
+    rank = space.params.get("lowrank.rank_ratio")
+    if "lowrank" not in space.pipeline or rank is None:
+        return []
+    if all(float(v) == 1.0 for v in rank.values_for_validation()):
+        return []  # already the no-op
+    method, ratio = space.params.get("prune.method"), space.params.get("prune.ratio")
+    methods = [PRUNE_METHODS[0]] if method is None else method.values_for_validation()
+    ratios = [None] if ratio is None else ratio.values_for_validation()
+    hits = [
+        _zeroes_weights({"method": m} if r is None else {"method": m, "ratio": r})
+        for m in methods
+        for r in ratios
+        if "prune" in space.pipeline
+    ]
+    if not any(hits):
+        return []
+    knob = f"lowrank.rank_ratio {rank.describe().removeprefix('fixed ')}"
+    if all(hits):
+        return [
+            f"warning: {knob} applies in no trial: every trial prunes unstructured before "
+            f"lowrank (prune.method {_said(method, PRUNE_METHODS[0])}), and {LOWRANK_SKIP_WHY}; "
+            "rows record lowrank.rank_ratio 1.0. Use prune.method: structured, or drop "
+            "lowrank from the pipeline"
+        ]
+    return [
+        f"note: {knob} is skipped (run as 1.0, recorded so) in the trials whose prune.method is "
+        f"one of {', '.join(UNSTRUCTURED_PRUNE_METHODS)} with prune.ratio > 0: {LOWRANK_SKIP_WHY}"
+    ]
+
+
+def _said(dist: _Bounded | None, default: str) -> str:
+    return repr(default) + " (the default)" if dist is None else dist.describe()
+
+
 def effective_knobs(values: Mapping[str, Any], pipeline: tuple[str, ...]) -> dict[str, Any]:
     """Flat "stage.param" values as a trial would run them (coherence rules applied).
 

@@ -303,6 +303,9 @@ class SearchSpace:
         fixed = self.fixed()
         lines.append(f"fixed ({len(fixed)}):")
         lines += [f"  {k:<{width}}  {v!r}" for k, v in fixed.items()]
+        from orchestrator.space.coherence import coherence_notes
+
+        lines += coherence_notes(self)  # a knob a coherence rule turns off, and why
         lat = self.latency
         stop = f"stop at +-{100 * lat.precision:g}%" if lat.precision else "no early stop"
         final = f"final phase {lat.rounds} rounds" if lat.rounds else "no final phase"

@@ -123,6 +123,61 @@ GRID_LOWRANK = {
 }
 
 
+LOWRANK_SPACE = """
+name: lowrank-skip
+task: blobs
+pipeline: [teacher, prune, finetune, lowrank, quantize]
+params:
+  prune.method: {method}
+  prune.ratio: {ratio}
+  lowrank.rank_ratio: 0.5
+  quantize.mode: {{choice: [none, dynamic_int8]}}
+search: {{algorithm: grid}}
+"""
+
+
+@pytest.mark.parametrize(
+    ("method", "ratio", "said"),
+    [
+        ("l1_unstructured", "0.3", "warning: lowrank.rank_ratio 0.5 applies in no trial"),
+        ("{choice: [l1_unstructured, structured]}", "0.3", "note: lowrank.rank_ratio 0.5 is "),
+        ("global", "{choice: [0.0, 0.3]}", "note: lowrank.rank_ratio 0.5 is skipped"),
+        ("structured", "0.3", None),
+        ("l1_unstructured", "0.0", None),  # no zeros: lowrank applies
+    ],
+)
+def test_validate_and_the_sweep_say_when_lowrank_is_skipped_after_unstructured_pruning(
+    tmp_path: Path, method: str, ratio: str, said: str | None, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A fixed lowrank.rank_ratio 0.5 after l1_unstructured ran as 1.0 in every trial while
+    validate listed 0.5 under "fixed" and the sweep said nothing (new user 6 F4): validate's
+    summary and the sweep's start line say so, from the rule the trials run
+    (`coherence.make_coherent`)."""
+    from types import SimpleNamespace
+
+    from orchestrator.cli import _print_start
+
+    path = tmp_path / "space.yaml"
+    path.write_text(textwrap.dedent(LOWRANK_SPACE.format(method=method, ratio=ratio)))
+    space = load_space(path)
+    summary = space.summary()
+    storage = SimpleNamespace(uri=str(tmp_path / "runs"))
+    _print_start("sweep", SimpleNamespace(sweep_id="s1", space=space, storage=storage))
+    started = capsys.readouterr().err
+    if said is None:
+        assert "warning:" not in summary and "note:" not in summary, summary
+        assert "lowrank" not in started, started
+        return
+    for text in (summary, started):
+        flat = " ".join(text.split())
+        assert said in flat, text
+        assert "lowrank after an unstructured prune runs as its no-op rank_ratio 1.0" in flat
+    if said.startswith("warning"):
+        assert "prune.method structured, or drop lowrank" in " ".join(summary.split()).replace(
+            ":", ""
+        )
+
+
 @pytest.mark.slow
 @pytest.mark.usefixtures("ray_session")
 def test_grid_of_prune_method_x_lowrank_runs_no_error_rows(tmp_path: Path) -> None:
