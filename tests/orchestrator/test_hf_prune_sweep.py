@@ -33,14 +33,20 @@ latency: {warmup: 1, repeats: 5}
 """
 
 
-def test_bert_student_pruned_by_heads_then_int8(tmp_path: Path) -> None:
+def _baseline_and_trial(tmp_path: Path, space: str) -> tuple[dict, dict]:
+    """The baseline row and the one trial's row of a one-trial sweep of `space` through Ray."""
     space_file = tmp_path / "space.yaml"
-    space_file.write_text(SPACE)
+    space_file.write_text(space)
     outcome = execute_sweep(prepare_sweep(load_space(space_file), storage=tmp_path / "results"))
     rows = outcome.table.to_pylist()
     (baseline,) = [r for r in rows if r["is_baseline"]]
     (trial,) = [r for r in rows if not r["is_baseline"]]
     assert trial["status"] == "ok", trial["error"]
+    return baseline, trial
+
+
+def test_bert_student_pruned_by_heads_then_int8(tmp_path: Path) -> None:
+    baseline, trial = _baseline_and_trial(tmp_path, SPACE)
     assert trial["params_total"] < 0.15 * baseline["params_total"]
     assert trial["quantized_fraction"] > 0.4
 
@@ -62,11 +68,5 @@ latency: {warmup: 1, repeats: 5}
 def test_convnext_student_and_structured_prune_through_ray(tmp_path: Path) -> None:
     """The student made from the ConvNext teacher (channels halved, `hidden_sizes` with
     them), pruned structurally again: the trial is ok with under a fifth of the parameters."""
-    space_file = tmp_path / "space.yaml"
-    space_file.write_text(CNN_SPACE)
-    outcome = execute_sweep(prepare_sweep(load_space(space_file), storage=tmp_path / "results"))
-    rows = outcome.table.to_pylist()
-    (baseline,) = [r for r in rows if r["is_baseline"]]
-    (trial,) = [r for r in rows if not r["is_baseline"]]
-    assert trial["status"] == "ok", trial["error"]
+    baseline, trial = _baseline_and_trial(tmp_path, CNN_SPACE)
     assert trial["params_total"] < 0.2 * baseline["params_total"]
