@@ -173,9 +173,10 @@ def execute_stage(request: StageRequest, parent: Any, teacher: Any) -> tuple[Any
 
     wall0, cpu0 = time.perf_counter(), time.process_time()  # the whole task, preparation included
     _prepare_worker(request.sys_path, request.threads)
-    # With a fingerprint, the task's models are verified against the driver's (which checked
-    # them), not built and run once more here.
-    task = load_task(request.task, check_models=not request.fingerprint)
+    # The driver checked the task's models before any stage ran (pre-flight): they are not
+    # built and run once more here. A stage that reads them (teacher, distill) verifies its
+    # copy against the driver's fingerprint; every later stage rebuilds its parent's checkpoint.
+    task = load_task(request.task, check_models=False)
     if request.fingerprint:
         check_same_task(request)
     spec = get_stage(request.stage)

@@ -529,10 +529,27 @@ def test_a_workers_first_stage_task_builds_the_models_once_for_its_checks(
         fingerprint=fingerprint,
     )
     try:
-        execute_stage(request, None, None)
+        teacher, _ = execute_stage(request, None, None)
         # the fingerprint's build, the stage's, the self-check's rebuild (on the meta device)
         # -- and none for the task check (4 before)
         assert len(module.BUILDS) == 3
+        # a later stage reads no part of the task (the pipeline sends it no fingerprint), in
+        # another fresh worker: its parent's structure is built once (the rebuild, then copied
+        # for the self-check) and the task's models are not checked again (2 builds before)
+        clear_task_cache()
+        _worker_fingerprint.cache_clear()
+        module.BUILDS.clear()
+        prune = StageRequest(
+            stage="prune",
+            params={"ratio": 0.5, "method": "l1_unstructured"},
+            key="p" * 16,
+            parent_key=request.key,
+            task=name,
+            storage=str(tmp_path / "store"),
+            teacher_key=request.key,
+        )
+        execute_stage(prune, teacher, teacher)
+        assert len(module.BUILDS) == 1
         # a task loaded for the driver is still checked, once
         clear_task_cache()
         module.BUILDS.clear()
