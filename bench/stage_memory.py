@@ -222,6 +222,7 @@ def child(payload: dict[str, Any]) -> dict[str, Any]:
     from bench.scale_task import FACTORIES, params_of
     from orchestrator.engine import stage_tasks
     from stages import metrics, selfcheck, stage_registry  # noqa: F401
+    from stages.fingerprint import PARTS
 
     for spec in stage_registry().values():  # every stage module imported before wrapping
         __import__(spec.run.__module__)
@@ -234,7 +235,7 @@ def child(payload: dict[str, Any]) -> dict[str, Any]:
     _wrap_methods(timeline)
     step, size, storage = payload["step"], payload["size"], payload["storage"]
     task_name = f"bench.scale_task:{FACTORIES[size]}"
-    fingerprint = stage_tasks._worker_fingerprint(task_name, 0)
+    fingerprint = {part: stage_tasks._worker_fingerprint(task_name, 0, part) for part in PARTS}
     if step in CHAIN:
         _run_stage(timeline, step, task_name, storage, fingerprint, payload["quantize"])
     else:

@@ -58,19 +58,41 @@ class TaskFingerprint:
 def task_fingerprint(task: Task, *, seed: int = 0) -> TaskFingerprint:
     """The fingerprint of `task` (see the module docstring); the global torch RNG is left as
     it was. Models are built on the CPU with `seed` (the stages' training seed)."""
-    version = getattr(task, "version", None)
-    data = f"version:{version}" if version is not None else _data_digest(task)
     teacher, teacher_bytes = _model_digest(task, "teacher", seed)
-    # a task without a student factory (the student made from the teacher) has none
-    student, student_bytes = (
-        _model_digest(task, "student", seed) if task.student is not None else ("none", 0)
-    )
+    student, student_bytes = _student_digest(task, seed)
     return TaskFingerprint(
         teacher=teacher,
         student=student,
-        data=data,
+        data=_data_part(task),
         model_bytes=max(teacher_bytes, student_bytes),
     )
+
+
+PARTS = ("teacher", "student", "data")
+
+
+def fingerprint_part(task: Task, part: str, *, seed: int = 0) -> str:
+    """One part of `task_fingerprint` (`TaskFingerprint.as_dict()[part]`), computed alone: a
+    worker that checks only the student and the data builds no teacher.
+
+    Raises ValueError for a part not in `PARTS`."""
+    if part == "teacher":
+        return _model_digest(task, "teacher", seed)[0]
+    if part == "student":
+        return _student_digest(task, seed)[0]
+    if part == "data":
+        return _data_part(task)
+    raise ValueError(f"fingerprint part {part!r} is not one of {', '.join(PARTS)}")
+
+
+def _student_digest(task: Task, seed: int) -> tuple[str, int]:
+    # a task without a student factory (the student made from the teacher) has none
+    return _model_digest(task, "student", seed) if task.student is not None else ("none", 0)
+
+
+def _data_part(task: Task) -> str:
+    version = getattr(task, "version", None)
+    return f"version:{version}" if version is not None else _data_digest(task)
 
 
 def _model_digest(task: Task, arch: str, seed: int) -> tuple[str, int]:

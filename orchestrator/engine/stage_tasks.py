@@ -319,12 +319,14 @@ class StagedFile:
         return self.target
 
 
-@functools.lru_cache(maxsize=8)
-def _worker_fingerprint(task_name: str, seed: int) -> dict[str, str]:
-    from stages.fingerprint import task_fingerprint
+@functools.lru_cache(maxsize=24)
+def _worker_fingerprint(task_name: str, seed: int, part: str) -> str:
+    """One fingerprint part of this worker's copy of the task, computed once per process and
+    only where a stage checks it (distill checks the student and the data: no teacher build)."""
+    from stages.fingerprint import fingerprint_part
     from stages.tasks import load_task
 
-    return task_fingerprint(load_task(task_name, check_models=False), seed=seed).as_dict()
+    return fingerprint_part(load_task(task_name, check_models=False), part, seed=seed)
 
 
 def check_same_task(request: StageRequest) -> None:
@@ -333,8 +335,11 @@ def check_same_task(request: StageRequest) -> None:
     are not reproducible, would otherwise store a different model under the same key."""
     from stages.errors import SqueezerayError
 
-    here = _worker_fingerprint(request.task, request.seed)
-    differ = [name for name, value in request.fingerprint.items() if here.get(name) != value]
+    differ = [
+        name
+        for name, value in request.fingerprint.items()
+        if _worker_fingerprint(request.task, request.seed, name) != value
+    ]
     if differ:
         raise SqueezerayError(
             f"task {request.task!r}: its {' and '.join(differ)} on this worker "

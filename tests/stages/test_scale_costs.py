@@ -7,7 +7,7 @@ times a stage task serialises, loads and rebuilds a model.
 from __future__ import annotations
 
 import hashlib
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -507,7 +507,8 @@ def test_a_workers_first_stage_task_builds_the_models_once_for_its_checks(
     import sys
 
     from orchestrator.engine.requests import StageRequest
-    from orchestrator.engine.stage_tasks import _worker_fingerprint, execute_stage
+    from orchestrator.engine.stage_tasks import _worker_fingerprint, check_same_task, execute_stage
+    from stages.errors import SqueezerayError
     from stages.fingerprint import task_fingerprint
     from stages.tasks import clear_task_cache, load_task
 
@@ -550,6 +551,17 @@ def test_a_workers_first_stage_task_builds_the_models_once_for_its_checks(
         )
         execute_stage(prune, teacher, teacher)
         assert len(module.BUILDS) == 1
+        # distill's worker checks the student and the data, as the pipeline sends them: a
+        # task without a student factory has no student to build, and no teacher is built
+        # for a part that is not checked (1 build before)
+        clear_task_cache()
+        _worker_fingerprint.cache_clear()
+        module.BUILDS.clear()
+        checked = {part: fingerprint[part] for part in ("student", "data")}
+        check_same_task(replace(prune, stage="distill", fingerprint=checked))
+        assert module.BUILDS == []
+        with pytest.raises(SqueezerayError, match="its data on this worker"):
+            check_same_task(replace(prune, fingerprint={**checked, "data": "0" * 16}))
         # a task loaded for the driver is still checked, once
         clear_task_cache()
         module.BUILDS.clear()
