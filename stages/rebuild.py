@@ -290,8 +290,19 @@ def _with_versions(state: dict[str, Any], model: nn.Module) -> dict[str, Any]:
     if getattr(state, "_metadata", None) is not None:
         return state
     versioned: OrderedDict[str, Any] = OrderedDict(state)
-    setattr(versioned, "_metadata", getattr(model.state_dict(), "_metadata", None))  # noqa: B010
+    setattr(versioned, "_metadata", module_versions(model))  # noqa: B010
     return versioned
+
+
+def module_versions(model: nn.Module) -> OrderedDict[str, dict[str, int]]:
+    """`model.state_dict()._metadata` without computing the state: {module prefix:
+    {"version": its `_version`}}, as `nn.Module.state_dict` records it for every submodule
+    (shared ones under each name). A quantized model's state_dict unpacks every packed int8
+    weight (torch.ao's `linear_unpack`), a tenth of its rebuild for nothing here."""
+    return OrderedDict(
+        (name, {"version": module._version})
+        for name, module in model.named_modules(remove_duplicate=False)
+    )
 
 
 def factorized_linear(
@@ -357,7 +368,7 @@ def rebuild_quantized(
     if mode == "dynamic_int8":
         from stages.torch_ao import dynamic_int8
 
-        return dynamic_int8(model)
+        return dynamic_int8(model, copy=False)  # the fresh structure is converted in place
     if mode in TORCHAO_MODES:
         return quantize_torchao(model, mode)
     if mode in CAST_MODES:

@@ -24,7 +24,7 @@ and loading a checkpoint silences only the two that torch raises for its int8 te
 
 from __future__ import annotations
 
-import copy
+from copy import deepcopy
 from typing import Any
 
 import torch
@@ -35,14 +35,16 @@ from stages.layers import restore_slow_path
 from stages.quiet import deprecated_ao
 
 
-def dynamic_int8(model: nn.Module) -> nn.Module:
+def dynamic_int8(model: nn.Module, *, copy: bool = True) -> nn.Module:
     """A dynamic-int8 copy of `model`: int8 weights of nn.Linear/GRU/LSTM (attention first
     rewritten with Linear projections), activations quantized on the fly per batch, run by
     torch.ao's fbgemm/onednn kernels; CPU only. Source: `torch.ao.quantization.quantize_dynamic`.
+    `copy=False` converts `model` itself (a rebuild's fresh structure: no copy of its weights).
     """
     from torch.ao.quantization import quantize_dynamic
 
-    model = copy.deepcopy(model)
+    if copy:
+        model = deepcopy(model)
     convert_attention(model)  # attention projections as Linears, so they become int8 too
     with deprecated_ao():
         quantized = quantize_dynamic(
@@ -63,7 +65,7 @@ def state_of(model: nn.Module) -> dict[str, Any]:
     """A detached copy of a `dynamic_int8` model's state_dict, weights_only-safe: packed
     (weight, bias) tuples kept, GRU/LSTM cells as tensors (`rnn_state_to_tensors`)."""
     with deprecated_ao():  # deep-copying int8 tensors warns of TypedStorage deprecation
-        state = copy.deepcopy(model.state_dict())  # holds packed tuples: no .detach()
+        state = deepcopy(model.state_dict())  # holds packed tuples: no .detach()
     return rnn_state_to_tensors(model, state)
 
 

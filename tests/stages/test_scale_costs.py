@@ -6,6 +6,7 @@ times a stage task serialises, loads and rebuilds a model.
 
 from __future__ import annotations
 
+import copy
 import hashlib
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -720,6 +721,57 @@ def test_a_quantized_rebuild_copies_the_structure_only_where_values_do_not_matte
     copied = mode in rebuild.VALUE_FREE_MODES
     assert (counts.builds == builds and len(replays) == replayed) is copied
     assert torch.equal(again(x), first(x))
+
+
+def test_an_int8_rebuild_neither_copies_its_fresh_structure_nor_unpacks_its_weights(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A dynamic_int8 rebuild converts the zero-filled structure in place (no deep copy of it)
+    and reads the modules' format versions without a state_dict (which unpacks every int8
+    weight): 2 of its 3 costs beside the packing, a rebuild ~0.07 -> ~0.04 CPU s at 10M."""
+    from torch.ao.nn.quantized.modules.linear import LinearPackedParams
+
+    from stages import rebuild, torch_ao
+    from stages.base import StageInput
+    from stages.quantize import QuantizeParams, quantize
+
+    counts = _Counts()
+    task, teacher, student = _teacher_and_student(counts)
+    quantized = quantize(
+        StageInput(task=task, parent=student, teacher=teacher.checkpoint),
+        QuantizeParams(mode="dynamic_int8"),
+    ).checkpoint
+    x = task.example_input(4)
+    first = rebuild.build_model(task, quantized)
+    copies: list[int] = []
+    unpacks: list[int] = []
+    monkeypatch.setattr(torch_ao, "deepcopy", lambda m: copies.append(1) or copy.deepcopy(m))
+    real_unpack = LinearPackedParams._weight_bias
+    monkeypatch.setattr(
+        LinearPackedParams, "_weight_bias", lambda self: unpacks.append(1) or real_unpack(self)
+    )
+    again = rebuild.build_model(task, quantized)
+    assert copies == [] and unpacks == []
+    assert torch.equal(again(x), first(x))
+    assert any(torch_ao.is_dynamic_int8_layer(m) for m in again.modules())
+
+
+@pytest.mark.parametrize("mode", ["none", "dynamic_int8", "int8_weight_only", "static_int8"])
+def test_module_versions_are_what_a_state_dict_records(mode: str) -> None:
+    """`module_versions` gives the `_metadata` a state_dict would (every submodule, shared
+    ones under each name), for float, torch.ao, torchao and PT2E models and a Hugging Face one."""
+    from stages import rebuild
+    from stages.base import StageInput
+    from stages.quantize import QuantizeParams, quantize
+    from tests.stages import hf_tiny
+
+    task, teacher, student = _teacher_and_student(_Counts())
+    ckpt = quantize(
+        StageInput(task=task, parent=student, teacher=teacher.checkpoint),
+        QuantizeParams(mode=mode),
+    ).checkpoint
+    for model in (rebuild.build_model(task, ckpt), hf_tiny.bert()):
+        assert rebuild.module_versions(model) == model.state_dict()._metadata  # type: ignore[attr-defined]
 
 
 def test_a_kept_structure_restores_its_buffers_and_keeps_tied_weights_tied() -> None:
