@@ -260,7 +260,7 @@ def instrument_worker() -> None:
             if profile_dir and kind != "release":
                 import cProfile
 
-                profiler = cProfile.Profile()
+                profiler = cProfile.Profile(time.process_time)  # CPU, as the rest
                 out = profiler.runcall(original, *args, **kwargs)
                 name_ = f"{kind}-{(args[0].key if args else '')[:8]}-{os.getpid()}-{time.time_ns()}"
                 profiler.dump_stats(os.path.join(profile_dir, name_ + ".prof"))
