@@ -269,6 +269,47 @@ def test_latency_stops_once_the_median_is_known_to_the_precision(
     assert off.repeats == 300
 
 
+class _BusyClock(_Clock):
+    """A simulated clock whose thread CPU time advances only while a call runs on the CPU."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.cpu_ns = 0
+
+    def thread_time_ns(self) -> int:
+        return self.cpu_ns
+
+
+@dataclass
+class _DescheduledPredictor(_NoisyPredictor):
+    """+-`spread` calls of which every second is descheduled for 4x its cost (off the CPU)."""
+
+    def run_native(self, native: Any) -> Any:
+        assert isinstance(self.clock, _BusyClock)
+        cost = int(self.cost_s * (1 + self.spread * (2 * self.rng.random() - 1)) * 1e9)
+        self.calls += 1
+        self.clock.ns += cost * (5 if self.calls % 2 == 0 else 1)
+        self.clock.cpu_ns += cost
+        return None
+
+
+def test_descheduled_calls_do_not_keep_the_timing_running_to_its_cap(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """On a busy host half of the calls lose their CPU: they are not in the reported median
+    (`running_calls`), and the precision that stops the timing is that median's. Before, they
+    widened the CI and the timing ran to its cap (300 calls here) for the same figure."""
+    clock = _BusyClock()
+    monkeypatch.setattr(latency, "time", clock)
+    predictor = _DescheduledPredictor(clock=clock, cost_s=0.001, spread=0.01)
+    result = latency.time_calls(
+        predictor, _task(), batch_size=1, warmup=0, repeats=300, time_cap_s=1.0, precision=0.02
+    )
+    assert result.repeats >= latency.MIN_PRECISION_REPEATS and result.ci <= 0.02
+    assert predictor.calls < 60  # 40 timed calls (20 kept) and the warm-up
+    assert result.median_ms == pytest.approx(1.0, rel=0.02)  # the running calls' cost
+
+
 def test_median_ci_is_distribution_free_and_shrinks_with_the_calls() -> None:
     rng = np.random.default_rng(1)
     skewed = 1 + rng.exponential(0.1, size=2000)  # a long right tail, as timings have
