@@ -26,6 +26,7 @@ from stages.lowrank import LowRankParams, target_rank
 from stages.lowrank import reduces_params as shrinks
 from stages.prune import (
     MIN_PRUNABLE_SHARE,
+    WALK_FIX,
     PruneParams,
     check_pruned_forward,
     prunable_share,
@@ -34,6 +35,7 @@ from stages.prune import (
     tensor_shapes,
     untouched_summary,
 )
+from stages.surgery import GroupWalkTooLong, bounded_walks
 from stages.tasks import Task
 
 
@@ -211,7 +213,9 @@ def check_pruned_widths(
     a parameter or buffer left at its old width (a per-channel buffer, `h * self.scale`) is
     named, with the stage and the fix (`stages.prune.check_pruned_forward`). On a Hugging Face
     model any failure is refused here (heads or a config that cannot follow the pruning,
-    `stages.hfheads`); on other models torch-pruning's own failures stay the stage's error.
+    `stages.hfheads`); on other models torch-pruning's own failures stay the stage's error,
+    except a group walk that does not end (`stages.surgery.GroupWalkTooLong`): it is refused
+    here within seconds, as it would stop every trial.
     """
     runs: list[tuple[str, str, float, str]] = []
     if "distill" in pipeline and task.student is None:
@@ -246,7 +250,10 @@ def _check_pruned(task: Task, arch: str, params: PruneParams, what: str, fix: st
     with torch.no_grad():
         before = tensor_shapes(model), tuple(forward_logits(model.eval(), example).shape)
     try:
-        prune_module(model, task, params, device=cpu, seed=0, fix=fix, check_forward=False)
+        with bounded_walks(what=what, fix=fix + WALK_FIX):  # its what, not the stage's default
+            prune_module(model, task, params, device=cpu, seed=0, fix=fix, check_forward=False)
+    except GroupWalkTooLong as exc:  # every trial would stop there, whatever its ratio
+        raise SqueezerayError(f"task {task.name!r}: {exc}") from exc
     except SqueezerayError as exc:
         if pretrained_models(model):  # a Hugging Face model it cannot keep loadable: refuse
             raise SqueezerayError(f"task {task.name!r}: {what}: {exc}") from exc

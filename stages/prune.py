@@ -71,7 +71,9 @@ from stages.masks import (
 from stages.names import PRUNE_METHODS
 from stages.rebuild import build_model
 from stages.surgery import (
+    GroupWalkTooLong,
     PruningHistory,
+    bounded_walks,
     collect_cycles,
     concat_histories,
     dependency_graph,
@@ -205,7 +207,10 @@ def _require_removed(
         model, example_inputs=example, forward_fn=forward_logits, verbose=False
     )
     ignored = [output_layer(model, example), *rnn_layers(model)]
-    if not any(True for _ in graph.get_all_groups(ignored_layers=ignored)):
+    what = f"prune.method='structured' prune.ratio={params.ratio:g}"
+    with bounded_walks(what=what, fix=UNSTRUCTURED_FIX + WALK_FIX):
+        found = any(True for _ in graph.get_all_groups(ignored_layers=ignored))
+    if not found:
         raise SqueezerayError(
             f"prune.method='structured' prune.ratio={params.ratio:g} removed no channel: "
             "torch-pruning keeps the output layer's width (the logits) and found no other layer "
@@ -233,7 +238,9 @@ def prune_module(
     afterwards. With `check_forward`, the structurally pruned model must still run
     (`check_pruned_forward`; `what` names the setting in its error, by default the prune
     params). `fix`: the advice of a refusal for the knob that asked for structured pruning
-    (the distill stage's student is cut whatever prune.method is).
+    (the distill stage's student is cut whatever prune.method is). A torch-pruning group walk
+    that does not end is a GroupWalkTooLong naming `what`, the layer it started from and
+    `fix` (`stages.surgery.bounded_walks`: the same in every trial, whatever the ratio).
     """
     history: PruningHistory = []
     if params.ratio > 0.0:
@@ -242,13 +249,14 @@ def prune_module(
             with torch.no_grad():
                 logits = forward_logits(model.eval(), example)
             before = tensor_shapes(model), tuple(logits.shape)
-            with no_cache(model):  # a Hugging Face cache is no part of the logits
+            what = what or f"prune.method='structured' prune.ratio={params.ratio:g}"
+            # a Hugging Face cache is no part of the logits
+            with no_cache(model), bounded_walks(what=what, fix=fix + WALK_FIX):
                 history = _prune_structured(
                     model, task, params, device=device, seed=seed, what=what, fix=fix
                 )
             collect_cycles()  # the pruner's graph held the unpruned weights (stages.surgery)
             if check_forward:
-                what = what or f"prune.method='structured' prune.ratio={params.ratio:g}"
                 check_pruned_forward(model, example, before, what=what)
         else:
             _prune_unstructured(model, task, params, device=device, seed=seed)
@@ -366,6 +374,12 @@ def _finetune_keeping_zeros(
 
 # -- structured -----------------------------------------------------------------------------
 
+# appended to the knob's own fix when torch-pruning cannot follow a layout (GroupWalkTooLong)
+WALK_FIX = (
+    "; a Hugging Face model prunes structurally when its attention is one of the families "
+    "docs/huggingface-pruning.md lists (BERT-like, GPT-2, Llama/Mistral/Qwen2, ConvNext, ResNet)"
+)
+
 
 def _prune_structured(
     model: nn.Module,
@@ -405,6 +419,8 @@ def _prune_structured(
     for step in range(params.steps):
         try:
             pruner.step()
+        except GroupWalkTooLong:
+            raise
         except Exception as exc:  # torch-pruning on a layer pattern it does not handle
             steps = ", or prune.steps: 1" if params.steps > 1 else ""
             raise SqueezerayError(
@@ -540,6 +556,8 @@ def _prune_hugging_face(
                 head_pruning_ratio_dict=hf.head_ratios,
             )
             pruner.step()
+        except GroupWalkTooLong:
+            raise
         except Exception as exc:  # torch-pruning on a layer pattern it does not handle
             raise SqueezerayError(
                 f"{what or f'prune.method={params.method!r} prune.ratio={params.ratio:g}'}: "

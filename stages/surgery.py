@@ -25,11 +25,18 @@ Record and replay (any torch-pruning pruner, or groups pruned by hand with `grou
 
 `set_submodule` is the one-layer edit the other structural changes (low-rank factors, int8
 wrappers) make.
+
+torch-pruning walks a pruning group without any limit: on a layout it does not recognise (a
+custom attention with rotary embeddings and a key/value `repeat`) the walk keeps re-entering
+the same layers with new index lists and ran for 20+ minutes. `bounded_walks` stops a walk
+that reaches one node `WALK_VISITS_PER_NODE` times (`GroupWalkTooLong`): at most that many
+entries per node of the dependency graph.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from typing import Any
 
 import torch
@@ -53,6 +60,82 @@ def dependency_graph(model: nn.Module, example: Inputs) -> Any:
         return tp.DependencyGraph().build_dependency(
             model, example_inputs=example, forward_fn=forward_logits, verbose=False
         )
+
+
+# How often one group walk may reach the same node (layer, parameter or traced op) with the same
+# pruning function and a new index list. In every model the tests prune structurally (CNNs,
+# nn.TransformerEncoder, BERT, GPT-2, ViT, Llama, ConvNext, ResNet, digits-cnn) a walk reaches
+# a node at most 9 times (digits-cnn's Flatten, 3 steps; most once); a walk that does not end
+# reaches the nodes of a cycle again and again (a 1-layer custom attention with rotary
+# embeddings and repeat_kv: 5000 entries in 10 s, and on). So a group holds at most this many
+# entries per node of the dependency graph, and a walk that does not end stops after this many
+# rounds of its cycle, whatever the model's size.
+WALK_VISITS_PER_NODE = 64
+
+
+class GroupWalkTooLong(SqueezerayError):
+    """torch-pruning's walk of one pruning group did not end (`bounded_walks`)."""
+
+
+_roots: list[str] = []  # the layer each walk in progress started from (innermost last)
+
+
+@contextmanager
+def bounded_walks(*, what: str, fix: str) -> Iterator[None]:
+    """Within this block every torch-pruning group walk (`DependencyGraph.get_pruning_group`,
+    which every pruner, `get_all_groups` and `load_pruning_history` call) stops with a
+    GroupWalkTooLong once it reaches one node with one pruning function
+    `WALK_VISITS_PER_NODE` times; the message names `what` (the setting that asked for
+    structured pruning), the layer the walk started from, the node it kept reaching, and `fix`.
+    Its duplicate check is indexed by (node, pruning function): the same comparisons without
+    rescanning the whole group. Nested blocks share the outer one (its what and fix)."""
+    from torch_pruning.dependency.graph import DependencyGraph
+    from torch_pruning.dependency.group import Group
+
+    if getattr(Group.add_dep, "_squeezeray_bounded", False):
+        yield
+        return
+    saved = DependencyGraph.get_pruning_group, Group.add_dep, Group.has_pruning_op
+    walk, add, has = saved
+
+    def get_pruning_group(graph: Any, module: nn.Module, fn: Any, idxs: Any) -> Any:
+        _roots.append(graph._module2name.get(module) or type(module).__name__)
+        try:
+            return walk(graph, module, fn, idxs)
+        finally:
+            _roots.pop()
+
+    def add_dep(group: Any, dep: Any, idxs: Any) -> None:
+        seen = group.__dict__.setdefault("_squeezeray_seen", {}).setdefault(
+            (dep.target, dep.handler), []
+        )
+        if _roots and len(seen) >= WALK_VISITS_PER_NODE:
+            raise GroupWalkTooLong(
+                f"{what}: structured pruning cannot follow this model's layout: torch-pruning's "
+                f"walk of the channels coupled to layer {_roots[-1]!r} reached "
+                f"{dep.target.name!r} {len(seen)} times with new channel indices (a walk that "
+                f"ends reaches a layer a few times) and had {len(group._group)} entries: it "
+                "keeps following the channels through reshapes, concatenations or repeats it "
+                "does not recognise (a custom attention with rotary embeddings or a repeated "
+                f"key/value, for instance); {fix}"
+            )
+        add(group, dep, idxs)
+        seen.append(idxs)
+
+    def has_pruning_op(group: Any, dep: Any, idxs: Any) -> bool:
+        seen = group.__dict__.get("_squeezeray_seen")
+        if seen is None:  # a group made outside this block
+            return bool(has(group, dep, idxs))
+        return any(known == idxs for known in seen.get((dep.target, dep.handler), ()))
+
+    add_dep._squeezeray_bounded = True  # type: ignore[attr-defined]
+    DependencyGraph.get_pruning_group = get_pruning_group
+    Group.add_dep, Group.has_pruning_op = add_dep, has_pruning_op
+    try:
+        yield
+    finally:
+        DependencyGraph.get_pruning_group = saved[0]
+        Group.add_dep, Group.has_pruning_op = saved[1], saved[2]
 
 
 def history_of(graph: Any) -> PruningHistory:
