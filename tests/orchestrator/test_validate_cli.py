@@ -284,11 +284,16 @@ def test_validate_shows_a_slow_pre_flight_step_as_a_sweep_does(
     """New user 6: `validate` printed nothing for minutes while it pruned a big model to check
     it; now its pre-flight steps reach stderr as a sweep's do (plain lines off a terminal)."""
     import orchestrator.engine.prepare as prepare
+    import orchestrator.engine.progress as progress
 
     check = prepare.check_stages_apply_to_task
+    # A step is announced once it has run `step_after_s` (2 s), seen by a tick (every 1 s):
+    # both shorter here, so the slow step need not take seconds.
+    monkeypatch.setitem(progress.SweepProgress.__init__.__kwdefaults__, "step_after_s", 0.2)
+    monkeypatch.setattr(progress, "TICK_S", 0.05)
 
     def slow_check(space: Any) -> None:
-        time.sleep(3.5)  # past the 2 s after which a step is announced, and a tick
+        time.sleep(0.6)  # past the step_after_s above, and a tick
         check(space)
 
     monkeypatch.setattr(prepare, "check_stages_apply_to_task", slow_check)
