@@ -363,7 +363,9 @@ def test_early_stopped_rows_keep_their_knobs_stages_and_score(tmp_path: Path) ->
 @pytest.mark.slow
 @pytest.mark.usefixtures("ray_session")
 def test_time_budget_end_is_said_with_launched_count(tmp_path: Path) -> None:
-    """Fault 6: a budget that stops launching says so, with how many trials were launched."""
+    """Fault 6: a budget that stops launching says so, with how many trials were launched; the
+    launched trials' rows and the baseline are kept, and the sweep ends soon after the budget.
+    (The one time-budget sweep of the suite: test_sweep_options ran the same one again.)"""
     from orchestrator.engine.sweep import execute_sweep
 
     outcome = execute_sweep(
@@ -371,6 +373,8 @@ def test_time_budget_end_is_said_with_launched_count(tmp_path: Path) -> None:
     )
     n = len(_trial_rows(outcome.table))
     assert 1 <= n < 200
+    assert sum(r["is_baseline"] for r in outcome.table.to_pylist()) == 1
+    assert outcome.summary.wall_s < 60
     assert outcome.summary.ended == f"time budget of 6 s reached ({n} of 200 trials launched)"
     assert outcome.summary.exit_code == 0
 

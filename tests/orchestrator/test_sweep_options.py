@@ -80,19 +80,6 @@ def test_gpu_trials_constraints_and_asha(tmp_path: Path) -> None:
     assert all(r["feasible"] is False for r in trials)
 
 
-@pytest.mark.slow
-@pytest.mark.usefixtures("ray_session")
-def test_time_budget_stops_launching_and_keeps_results(tmp_path: Path) -> None:
-    outcome = execute_sweep(
-        prepare_sweep("tiny", storage=tmp_path / "r", trials=200, time_budget="6s")
-    )
-    rows = outcome.table.to_pylist()
-    trials = [r for r in rows if not r["is_baseline"]]
-    assert 1 <= len(trials) < 200
-    assert sum(r["is_baseline"] for r in rows) == 1
-    assert outcome.summary.wall_s < 60
-
-
 def test_memory_storage_is_refused_for_sweeps() -> None:
     with pytest.raises(SqueezerayError, match="memory://x"):
         prepare_sweep("tiny", storage="memory://x")
