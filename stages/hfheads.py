@@ -361,14 +361,20 @@ def _out_width(layer: nn.Module) -> int:
     return int(weight.shape[0])
 
 
-def sizes(model: nn.Module) -> dict[str, dict[str, int]]:
+def sizes(model: nn.Module, *, fix: str = UNSTRUCTURED_FIX) -> dict[str, dict[str, int]]:
     """{Hugging Face model name: {"hidden": ..., "heads": ..., "head_size": ..., "ffn": ...}}
     as its config says now; "prunable_heads" is 1 when every attention has separate q/k/v;
-    a CNN's channel widths as "width:<key>[i]" (`_width_sizes`)."""
+    a CNN's channel widths as "width:<key>[i]" (`_width_sizes`).
+
+    A transformer whose config holds per-stage widths (`per_stage_widths`: Swin's `num_heads`,
+    MobileViT's `hidden_sizes`) is a SqueezerayError with `fix`, before any pruning."""
     out: dict[str, dict[str, int]] = {}
     for name, pm in pretrained_models(model):
         config = config_of(pm)
         attn = attentions(pm)
+        staged = per_stage_widths(pm, attn)
+        if staged is not None:
+            raise SqueezerayError(_per_stage_refusal(pm, *staged, fix))
         heads = int(_config_get(config, "num_attention_heads") or 0)
         hidden = int(_config_get(config, "hidden_size") or 0)
         head_size = attn[0].head_size if attn else 0
@@ -386,6 +392,38 @@ def sizes(model: nn.Module) -> dict[str, dict[str, int]]:
             **_width_sizes(config),
         }
     return out
+
+
+# config keys whose per-stage list (one value per stage of a hierarchical transformer: Swin's
+# `num_heads`, MobileViT's and SegFormer's `hidden_sizes`) squeezeray cannot shrink
+STAGED_KEYS = (*HEADS_ATTRS, "hidden_size", *FFN_KEYS, *CHANNEL_KEYS)
+
+
+def per_stage_widths(pm: nn.Module, attn: list[Attention] | None = None) -> tuple[str, Any] | None:
+    """(config key, value) of the first per-stage width list in a transformer's config, or
+    None. A list of head counts is one in any model; a list of channel widths
+    (`CHANNEL_KEYS`) only beside attention (ConvNext's and ResNet's are pruned). squeezeray
+    prunes a transformer to one head count, hidden size and FFN width for every layer (the
+    keys `_target_config` sets): a config of per-stage values cannot follow."""
+    data = config_of(pm).to_dict()
+    attn = attentions(pm) if attn is None else attn
+    for key in STAGED_KEYS:
+        value = data.get(key)
+        if isinstance(value, (list, tuple)) and (attn or key not in CHANNEL_KEYS):
+            return key, value
+    return None
+
+
+def _per_stage_refusal(pm: nn.Module, key: str, value: Any, fix: str) -> str:
+    config = config_of(pm)
+    return (
+        f"structured pruning of {type(pm).__name__} (model_type "
+        f"{getattr(config, 'model_type', '?')!r}): its config holds per-stage widths "
+        f"({key}={list(value)}, one value per stage of the architecture) that squeezeray "
+        f"cannot shrink: it prunes transformers whose config holds one head count "
+        f"({HEADS_ATTRS[0]}), hidden size and FFN width for every layer, so a pruned model "
+        f"could not be saved with save_pretrained and loaded back; {fix}"
+    )
 
 
 def _width_sizes(config: Any) -> dict[str, int]:
@@ -476,8 +514,8 @@ def _agree(
     if changes.setdefault(key, value) != value:
         raise SqueezerayError(
             f"structured pruning left {type(pm).__name__} layer {where!r} with {key}={value} "
-            f"while an earlier layer has {changes[key]}; a Hugging Face config holds one value "
-            f"for every layer, so this model could not be saved with save_pretrained; {fix}"
+            f"while an earlier layer has {changes[key]}; its config holds one {key} for every "
+            f"layer, so this model could not be saved with save_pretrained; {fix}"
         )
 
 
@@ -598,6 +636,7 @@ __all__ = [
     "config_of",
     "ffn_key",
     "no_cache",
+    "per_stage_widths",
     "plan",
     "pretrained_models",
     "remove_heads",

@@ -533,7 +533,7 @@ def _prune_hugging_face(
     """
     import torch_pruning as tp
 
-    original = hf_sizes(model)
+    original = hf_sizes(model, fix=fix)  # a per-stage config is refused here
     history: PruningHistory = []
     for step, fraction in enumerate(cubic_schedule(params.ratio, params.steps)[1:]):
         model.eval()

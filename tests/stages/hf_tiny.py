@@ -151,6 +151,38 @@ def resnet(*, seed: int = 0) -> nn.Module:
     return ResNetForImageClassification(config).eval()
 
 
+def swin(*, seed: int = 0) -> nn.Module:
+    """A hierarchical transformer: `num_heads` and `depths` are per-stage lists."""
+    from transformers import SwinConfig, SwinForImageClassification
+
+    torch.manual_seed(seed)
+    config = SwinConfig(
+        image_size=IMAGE,
+        patch_size=2,
+        embed_dim=8,
+        depths=[1, 1],
+        num_heads=[2, 4],
+        window_size=2,
+        num_labels=CLASSES,
+    )
+    return SwinForImageClassification(config).eval()
+
+
+def mobilevit(*, seed: int = 0) -> nn.Module:
+    """Attention blocks of per-stage widths (`hidden_sizes`) between conv blocks."""
+    from transformers import MobileViTConfig, MobileViTForImageClassification
+
+    torch.manual_seed(seed)
+    config = MobileViTConfig(
+        image_size=IMAGE,
+        patch_size=2,
+        hidden_sizes=[16, 24, 32],
+        neck_hidden_sizes=[8, 8, 16, 16, 24, 24, 32],
+        num_labels=CLASSES,
+    )
+    return MobileViTForImageClassification(config).eval()
+
+
 BUILDERS: dict[str, Callable[..., nn.Module]] = {
     "bert": bert,
     "distilbert": distilbert,
@@ -160,8 +192,11 @@ BUILDERS: dict[str, Callable[..., nn.Module]] = {
     "llama": llama,
     "convnext": convnext,
     "resnet": resnet,
+    "swin": swin,
+    "mobilevit": mobilevit,
 }
-IMAGES = {"vit": 8, "convnext": 16, "resnet": 16}  # image models: side of their images
+# image models: side of their images
+IMAGES = {"vit": 8, "convnext": 16, "resnet": 16, "swin": IMAGE, "mobilevit": IMAGE}
 
 
 def _splits(name: str) -> tuple[TensorDataset, TensorDataset, TensorDataset]:
@@ -201,3 +236,8 @@ def make_bert_task() -> Task:
 def make_convnext_task() -> Task:
     """Import path for sweeps: `tests.stages.hf_tiny:make_convnext_task`."""
     return hf_task("convnext")
+
+
+def make_swin_task() -> Task:
+    """Import path for `squeezeray validate --task tests.stages.hf_tiny:make_swin_task`."""
+    return hf_task("swin")

@@ -1,0 +1,69 @@
+"""Hugging Face models that structured pruning cannot shrink as asked (new user 7).
+
+- Swin (`num_heads` a per-stage list) crashed `squeezeray validate` with a raw TypeError
+  (`int(list)` in `stages.hfheads.sizes`, exit 1); MobileViT (`hidden_sizes` per stage) was
+  refused with a false cause ("a config holds one value for every layer" although the unpruned
+  model already has a width per stage). Both are now one refusal, decided from the config before
+  any pruning: the model class, the config key and its value, and the fix for the knob.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from typer.testing import CliRunner
+
+from stages.errors import SqueezerayError
+from stages.precheck import check_stages_apply
+from tests.stages.hf_tiny import hf_task
+
+pytest.importorskip("transformers")
+
+STUDENT = (["teacher", "distill"], {"distill.student_ratio": [0.5]})
+STRUCTURED = (["teacher", "prune"], {"prune.method": ["structured"], "prune.ratio": [0.5]})
+
+
+def _flat(info: pytest.ExceptionInfo[SqueezerayError]) -> str:
+    return " ".join(str(info.value).split())
+
+
+@pytest.mark.parametrize(
+    ("kind", "cls", "key"),
+    [
+        ("swin", "SwinForImageClassification", "num_heads=[2, 4]"),
+        ("mobilevit", "MobileViTForImageClassification", "hidden_sizes=[16, 24, 32]"),
+    ],
+)
+@pytest.mark.parametrize(
+    ("setting", "what", "fix"),
+    [
+        (STUDENT, "distill.student_ratio=0.5 (the student made from the teacher)",
+         "set distill.student_ratio: 1"),
+        (STRUCTURED, "prune.method='structured' prune.ratio=0.5",
+         "use an unstructured prune.method"),
+    ],
+)  # fmt: skip
+def test_a_per_stage_config_is_refused_before_ray_naming_key_value_and_fix(
+    kind: str, cls: str, key: str, setting: tuple[list[str], dict[str, Any]], what: str, fix: str
+) -> None:
+    pipeline, values = setting
+    with pytest.raises(SqueezerayError) as info:
+        check_stages_apply(hf_task(kind), pipeline, values)
+    message = _flat(info)
+    assert message.startswith(f"task 'hf-{kind}': {what}: structured pruning of {cls}"), message
+    assert f"its config holds per-stage widths ({key}" in message, message
+    assert fix in message, message
+    assert "one value for every layer" not in message, message  # MobileViT's false cause
+
+
+def test_squeezeray_validate_on_swin_exits_2_not_a_traceback() -> None:
+    from orchestrator.cli import app
+
+    result = CliRunner().invoke(
+        app, ["validate", "tiny", "--task", "tests.stages.hf_tiny:make_swin_task"]
+    )
+    assert result.exit_code == 2, (result.output, result.exception)
+    output = " ".join(result.output.split())
+    assert "SwinForImageClassification" in output and "num_heads=[2, 4]" in output, output
+    assert "Traceback" not in output and "TypeError" not in output, output
