@@ -1,5 +1,5 @@
-"""--storage as a URI: a full sweep under file://, and the results/stages/report store functions
-on an in-memory fsspec filesystem.
+"""--storage as a URI: the results/stages/report store functions on an in-memory fsspec
+filesystem (a full sweep under file:// is tests/orchestrator/test_sweep.py's tiny sweep).
 
 memory:// lives inside one process, so it cannot hold a real sweep: Ray workers are other
 processes and would write their stage checkpoints and stage rows into their own memory. A
@@ -109,28 +109,3 @@ def test_memory_filesystem_is_per_process(memory_uri: str) -> None:
         check=True,
     )
     assert out.stdout.startswith("empty: no results at"), out.stdout + out.stderr
-
-
-@pytest.mark.slow
-@pytest.mark.usefixtures("ray_session")
-def test_full_sweep_under_a_file_uri(tmp_path: Path) -> None:
-    from orchestrator.engine.sweep import execute_sweep, prepare_sweep
-
-    root = tmp_path / "shared"
-    uri = f"file://{root}"
-    outcome = execute_sweep(prepare_sweep("tiny", storage=uri, trials=2))
-    sweep_id = outcome.summary.sweep_id
-    assert outcome.summary.storage == uri
-    assert outcome.summary.trials_ok == 2 and outcome.summary.trials_failed == 0
-
-    # Results, stage rows, checkpoints, the manifest and the Tune experiment: all under it.
-    assert (root / "results" / f"sweep_id={sweep_id}").is_dir()
-    assert (root / "stages" / f"sweep_id={sweep_id}").is_dir()
-    assert len(list((root / "cache").glob("*.ckpt"))) == outcome.summary.stages_executed
-    assert (root / "sweeps" / f"{sweep_id}.json").is_file()
-    assert (root / "tune" / sweep_id).is_dir()
-    # The URI and the plain path read the same rows.
-    by_uri = load_results(uri, sweep="all").sort_by("trial_id")
-    by_path = load_results(str(root), sweep="all").sort_by("trial_id")
-    assert by_uri.equals(by_path) and by_uri.num_rows == 3
-    assert [r["stage"] for r in load_stages(uri, sweep="all").to_pylist()].count("teacher") == 1

@@ -12,7 +12,7 @@ import pytest
 
 from orchestrator.engine.sweep import execute_sweep, prepare_sweep
 from orchestrator.space.config import load_space
-from orchestrator.store.results import load_stages
+from orchestrator.store.results import load_results, load_stages
 from orchestrator.store.schema import RESULTS_SCHEMA
 from stages.latency import MIN_REPEATS
 
@@ -57,7 +57,10 @@ def _stage_counts(storage: Path, sweep_id: str) -> dict[str, int]:
 
 def test_tiny_sweep_rows_shared_prefix_and_reuse(tmp_path: Path) -> None:
     storage = tmp_path / "results"
-    outcome = execute_sweep(prepare_sweep("tiny", storage=storage))
+    # The sweep addresses its storage as a file:// URI, the second one below as the plain path:
+    # the same storage either way (what test_remote_storage once ran a sweep of its own for).
+    uri = f"file://{storage}"
+    outcome = execute_sweep(prepare_sweep("tiny", storage=uri))
     table = outcome.table
     for column in REQUIRED:
         assert column in table.column_names, column
@@ -123,7 +126,20 @@ def test_tiny_sweep_rows_shared_prefix_and_reuse(tmp_path: Path) -> None:
     assert outcome.summary.stage_requests == 4 * 5
     assert outcome.summary.stages_executed == sum(counts.values())
 
-    # A second sweep on the same storage re-executes nothing it already has.
+    # Results, stage rows, checkpoints, the manifest and the Tune experiment: all under the
+    # URI's path, and the URI and the plain path read the same rows.
+    sweep_id = outcome.summary.sweep_id
+    assert outcome.summary.storage == uri
+    assert (storage / "results" / f"sweep_id={sweep_id}").is_dir()
+    assert (storage / "stages" / f"sweep_id={sweep_id}").is_dir()
+    assert len(list((storage / "cache").glob("*.ckpt"))) == outcome.summary.stages_executed
+    assert (storage / "sweeps" / f"{sweep_id}.json").is_file()
+    assert (storage / "tune" / sweep_id).is_dir()
+    by_uri = load_results(uri, sweep="all").sort_by("trial_id")
+    by_path = load_results(str(storage), sweep="all").sort_by("trial_id")
+    assert by_uri.equals(by_path) and by_uri.num_rows == 5
+
+    # A second sweep on the same storage (as a plain path) re-executes nothing it already has.
     again = execute_sweep(prepare_sweep("tiny", storage=storage))
     assert _stage_counts(storage, again.summary.sweep_id) == {}
     assert again.summary.stages_executed == 0
