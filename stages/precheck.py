@@ -14,9 +14,11 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 import torch
+from torch import nn
 
 from stages.attention import LinearAttention
 from stages.batches import forward_logits
+from stages.casting import cast_model
 from stages.distill import STUDENT_RATIO_FIX, DistillParams
 from stages.errors import SqueezerayError
 from stages.hfheads import UNSTRUCTURED_FIX, pretrained_models
@@ -24,6 +26,7 @@ from stages.layers import is_linear, weight_layer_summary
 from stages.lora import lora_targets
 from stages.lowrank import LowRankParams, target_rank
 from stages.lowrank import reduces_params as shrinks
+from stages.names import CAST_MODES
 from stages.prune import (
     MIN_PRUNABLE_SHARE,
     WALK_FIX,
@@ -60,7 +63,8 @@ def check_stages_apply(
       weights hold under `stages.prune.MIN_PRUNABLE_SHARE` of its parameters (RNN models);
     - quantize.mode dynamic_int8 reachable on a model with no nn.Linear or (supported)
       nn.MultiheadAttention;
-    - a quantize.mode / export.runtime pair that cannot deploy (`check_runtimes_apply`).
+    - a quantize.mode / export.runtime pair that cannot deploy (`check_runtimes_apply`);
+    - a reachable float16/bfloat16 cast the model cannot run in (`check_casts_run`).
     """
     # A student made from the teacher (student=None) has the teacher's layer types.
     arch = "student" if "distill" in pipeline and task.student is not None else "teacher"
@@ -147,6 +151,10 @@ def check_stages_apply(
             "model has none "
             f"({layers}); use static_int8, qat or onnx_int8"
         )
+    try:  # last: it casts `model` itself
+        check_casts_run(task, pipeline, values, model=model, arch=arch)
+    except SqueezerayError as exc:
+        problems.extend(str(exc).splitlines())
     if problems:
         raise SqueezerayError("\n".join(problems))
 
@@ -199,6 +207,64 @@ def check_runtimes_apply(
             for mode in bad
         )
     )
+
+
+CAST_FIX = (
+    "make forward dtype-agnostic: a tensor it makes takes the dtype of the activations "
+    "(e.g. `mask.unsqueeze(-1).to(hidden.dtype)` instead of `.float()`, "
+    "`torch.zeros(..., dtype=x.dtype)`), or remove {mode} from quantize.mode"
+)
+
+
+def check_casts_run(
+    task: Task,
+    pipeline: Sequence[str],
+    values: Mapping[str, Sequence[Any]],
+    *,
+    model: nn.Module | None = None,
+    arch: str | None = None,
+) -> None:
+    """Refuse, before any work starts, a float16/bfloat16 `quantize.mode` the space can reach
+    whose cast model cannot run: the model the quantize stage would receive, cast as the stage
+    casts it (`stages.casting.cast_model`), runs one test sample on the CPU, where the stage
+    evaluates it. A forward that makes a float32 tensor (`mask.float()` in masked mean pooling)
+    fails there with `mat1 and mat2 must have the same dtype`, which would otherwise be an
+    error row per trial after its earlier stages ran.
+
+    `model`: a fresh float model of `arch` to use (cast in place for the last mode checked),
+    else one is built. Costs a cast and one batch-1 forward per mode. Raises SqueezerayError
+    with a line per failing mode naming the mode, the error and the fix.
+    """
+    if "quantize" not in pipeline:
+        return
+    modes = [m for m in CAST_MODES if m in values.get("quantize.mode", ["none"])]
+    if not modes:
+        return
+    if arch is None:
+        arch = "student" if "distill" in pipeline and task.student is not None else "teacher"
+    if model is None:
+        model = task.build(arch)
+    example = task.example_input(1)
+    problems = []
+    for i, mode in enumerate(modes):
+        cast = cast_model(model, mode, copy_first=i < len(modes) - 1)
+        try:
+            with torch.no_grad():
+                forward_logits(cast, example)
+        except Exception as exc:  # any failure: the quantize stage runs the same forward
+            problems.append(
+                f"quantize.mode={mode!r} cannot run the {arch} model of task {task.name!r}: "
+                f"cast to {mode} as the quantize stage casts it (every floating weight, float "
+                f"inputs on entry), its forward on one test sample fails "
+                f"({type(exc).__name__}: {_first_line(exc)}); " + CAST_FIX.format(mode=mode)
+            )
+    if problems:
+        raise SqueezerayError("\n".join(problems))
+
+
+def _first_line(exc: BaseException) -> str:
+    lines = str(exc).strip().splitlines()
+    return lines[0] if lines else ""
 
 
 def check_pruned_widths(
@@ -266,4 +332,4 @@ def _check_pruned(task: Task, arch: str, params: PruneParams, what: str, fix: st
             raise SqueezerayError(f"task {task.name!r}: {exc}; or {fix}") from exc
 
 
-__all__ = ["check_pruned_widths", "check_runtimes_apply", "check_stages_apply"]
+__all__ = ["check_casts_run", "check_pruned_widths", "check_runtimes_apply", "check_stages_apply"]
