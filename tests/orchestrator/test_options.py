@@ -9,6 +9,7 @@ import json
 import re
 import uuid
 from pathlib import Path
+from typing import Any
 
 import pytest
 import typer
@@ -209,9 +210,14 @@ def test_nightly_trial_timeout_records_timeout_and_releases_the_lock(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A stage that hangs under `squeezeray nightly --trial-timeout`: the row says `timeout`,
-    the night ends, and the storage lock is free for the next night at once."""
+    the hung stage is cancelled and its worker killed, the night ends, and the storage lock is
+    free for the next night at once. (The suite's one hang: test_faults ran the same hung
+    stage again through execute_sweep for the timeout's row, cancel and resume checks.)"""
+    import time
+
+    import orchestrator.nightly.run as nightly_run
     from orchestrator.store.results import load_results
-    from tests.orchestrator.test_faults import FAULTY_TASK
+    from tests.orchestrator.test_faults import FAULTY_TASK, _alive
 
     module = f"hang_{uuid.uuid4().hex[:8]}"  # fresh: Ray workers keep modules they imported
     markers = tmp_path / "markers"
@@ -223,6 +229,15 @@ def test_nightly_trial_timeout_records_timeout_and_releases_the_lock(
     space.write_text(HANG_SPACE.replace("@TASK@", f"{module}:make"))
     storage = tmp_path / "runs"
     monkeypatch.setenv("SQUEEZERAY_HEARTBEAT_S", "1")
+    outcomes: list[Any] = []
+    execute = nightly_run.execute_sweep
+
+    def recorded(*args: Any, **kwargs: Any) -> Any:
+        outcomes.append(execute(*args, **kwargs))
+        return outcomes[-1]
+
+    monkeypatch.setattr(nightly_run, "execute_sweep", recorded)
+    started = time.perf_counter()
     result = runner.invoke(
         app,
         ["nightly", str(space), "--storage", str(storage), "--trial-timeout", "15s", "--no-wait"],
@@ -235,9 +250,22 @@ def test_nightly_trial_timeout_records_timeout_and_releases_the_lock(
     assert re.search(r"trial \S+ timeout \(1/1 done\)", result.stderr), result.stderr
     rows = [r for r in load_results(str(storage), sweep="all").to_pylist() if not r["is_baseline"]]
     assert [r["status"] for r in rows] == ["timeout"], result.output
+    assert "time limit of 15 s" in rows[0]["error"]
     assert result.exit_code == 4, result.output  # no trial succeeded
+    (outcome,) = outcomes
+    assert outcome.summary.stages_cancelled == 1
+    assert time.perf_counter() - started < 120  # far below the stage's 600 s sleep
+    # force-cancelling killed the worker stuck in the stage, so its CPU is free again.
+    pid = int((markers / "hung").read_text())
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline and _alive(pid):
+        time.sleep(0.5)
+    assert not _alive(pid)
     with storage_lock(storage, wait=False), exclusive_use(storage):
         pass  # both locks are free again
+    # The manifest keeps the limit, so a resumed sweep uses it too.
+    resumed = prepare_sweep(None, storage=storage, resume=True, sweep_id=outcome.summary.sweep_id)
+    assert resumed.trial_timeout_s == 15.0
 
 
 def test_editing_the_yaml_after_the_start_does_not_change_a_resumed_sweep(
