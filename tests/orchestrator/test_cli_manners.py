@@ -174,9 +174,10 @@ def test_commands_print_no_torchao_import_lines_and_help_imports_no_torch(first:
     root = Path(__file__).resolve().parents[2]
     code = _ENTRY.replace("@FIRST@", first)
     env = {"PYTHONPATH": str(root), "PATH": "/usr/bin:/bin"}
-    helped = subprocess.run([sys.executable, "-c", code, "--help"], capture_output=True,
-                            text=True, cwd=root, env=env, timeout=120)  # fmt: skip
-    assert helped.returncode == 0 and "HEAVY []" in helped.stderr, helped.stderr
+    if first == "orchestrator.cli":  # `import orchestrator` then the CLI's is the same import
+        helped = subprocess.run([sys.executable, "-c", code, "--help"], capture_output=True,
+                                text=True, cwd=root, env=env, timeout=120)  # fmt: skip
+        assert helped.returncode == 0 and "HEAVY []" in helped.stderr, helped.stderr
     loaded = subprocess.run([sys.executable, "-c", code, "load"], capture_output=True,
                             text=True, cwd=root, env=env, timeout=300)  # fmt: skip
     assert loaded.returncode == 0 and "'torchao'" in loaded.stderr, loaded.stderr
