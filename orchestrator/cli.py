@@ -17,7 +17,7 @@ import typer
 from rich.console import Console
 from typer.core import TyperCommand, TyperGroup
 
-from stages.errors import SqueezerayError
+from stages.errors import SqueezerayError, SqueezerayWarning
 
 # Piped or logged output is not cut to rich's 80-column default (front tables folded ids and
 # values to "eaa7a_0…"); a terminal, or COLUMNS, sets the width as usual.
@@ -1185,10 +1185,12 @@ def _show_warning(
     line: str | None = None,
 ) -> None:
     """squeezeray's own warnings (a note about the rows a front left out, ...) as one plain
-    line on stderr, without Python's source path and line; other libraries' as Python shows
-    them."""
-    if os.path.abspath(filename).startswith(_PACKAGES):
-        console.print(f"note: {message}", highlight=False, markup=False)
+    line on stderr, without Python's source path and line (a `SqueezerayWarning`, such as a
+    structured prune that removed far less than asked, as `warning: ...`); other libraries'
+    as Python shows them."""
+    if os.path.abspath(filename).startswith(_PACKAGES) or issubclass(category, SqueezerayWarning):
+        kind = "warning" if issubclass(category, SqueezerayWarning) else "note"
+        console.print(f"{kind}: {message}", highlight=False, markup=False, soft_wrap=True)
         return
     _default_showwarning(message, category, filename, lineno, file, line)
 

@@ -426,6 +426,72 @@ def _per_stage_refusal(pm: nn.Module, key: str, value: Any, fix: str) -> str:
     )
 
 
+# a structured prune that removes under this share of what its ratio asked is reported
+SHORTFALL = 0.5
+
+
+def shortfall(
+    model: nn.Module,
+    original: dict[str, dict[str, int]],
+    params_before: int,
+    fraction: float,
+    *,
+    what: str,
+    fix: str,
+) -> str | None:
+    """A warning when structured pruning to `fraction` removed under `SHORTFALL` of that share
+    of `model`'s parameters (`params_before` before it, `original` = `sizes` before it), else
+    None. It names the model, what went and what stayed (the attention heads and hidden width
+    of an attention layout squeezeray cannot prune by whole heads: DeBERTa-v2, grouped-query
+    attention), the shares removed and asked, and `fix`."""
+    after = sum(p.numel() for p in model.parameters())
+    removed = 1.0 - after / params_before if params_before else 0.0
+    if fraction <= 0.0 or removed >= SHORTFALL * fraction:
+        return None
+    now = sizes(model)
+    lines = [_what_changed(pm, original[name], now[name]) for name, pm in pretrained_models(model)]
+    return (
+        f"{what}: structured pruning removed {removed:.1%} of the model's parameters where "
+        f"{fraction:.0%} was asked: {'; '.join(lines)}; if that is not what you want, {fix}"
+    )
+
+
+def _what_changed(pm: nn.Module, before: dict[str, int], now: dict[str, int]) -> str:
+    config = config_of(pm)
+    parts = [
+        ("FFN width", ffn_key(config) or "ffn", "ffn"),
+        ("hidden width", "hidden_size", "hidden"),
+    ]
+    parts += [(f"channels {k[6:]}", k[6:], k) for k in before if k.startswith("width:")]
+    pruned = [f"{label} ({key} {before[k]} -> {now[k]})" for label, key, k in parts
+              if before.get(k) and now.get(k) != before[k]]  # fmt: skip
+    kept = [
+        f"{label} {before[k]}" for label, _, k in parts if before.get(k) and now.get(k) == before[k]
+    ]
+    why = ""
+    if before["heads"] and now["heads"] == before["heads"]:
+        kept.insert(0, f"{before['heads']} attention heads")
+        kinds = sorted({type(m).__name__ for m in pm.modules() if _unpruned_heads(m, pm)})
+        why = (
+            " (squeezeray removes whole heads only from the attention layouts "
+            f"docs/huggingface-pruning.md lists; {', '.join(kinds) or 'its attention'} is not one)"
+        )
+    return (
+        f"{type(pm).__name__} lost only its {' and '.join(pruned) or 'nothing'} and kept its "
+        f"{' and '.join(kept) or 'other widths'}{why}"
+    )
+
+
+def _unpruned_heads(module: nn.Module, pm: nn.Module) -> bool:
+    """An attention module whose heads structured pruning leaves (its own head count, q/k/v
+    not recognised, or fused/grouped-query)."""
+    found = [a for a in attentions(pm) if a.module is module]
+    if found:
+        return found[0].fused and not found[0].sliced
+    own = any(isinstance(getattr(module, a, None), int) for a in HEADS_ATTRS)
+    return own and any(is_linear(c) for c in module.children())
+
+
 def _width_sizes(config: Any) -> dict[str, int]:
     """A CNN config's channel widths as `sizes` entries: "width:hidden_sizes[0]": 8, ...,
     "width:embedding_size": 8 (gradual steps scale the widths before the first step)."""
@@ -642,6 +708,7 @@ __all__ = [
     "remove_heads",
     "set_channels",
     "set_config_entry",
+    "shortfall",
     "sizes",
     "slice_heads",
     "sync_config",

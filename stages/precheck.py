@@ -317,12 +317,15 @@ def _check_pruned(task: Task, arch: str, params: PruneParams, what: str, fix: st
         before = tensor_shapes(model), tuple(forward_logits(model.eval(), example).shape)
     try:
         with bounded_walks(what=what, fix=fix + WALK_FIX):  # its what, not the stage's default
-            prune_module(model, task, params, device=cpu, seed=0, fix=fix, check_forward=False)
+            prune_module(  # `what`: a shortfall warning names the knob (`hfheads.shortfall`)
+                model, task, params, device=cpu, seed=0, what=what, fix=fix, check_forward=False
+            )
     except GroupWalkTooLong as exc:  # every trial would stop there, whatever its ratio
         raise SqueezerayError(f"task {task.name!r}: {exc}") from exc
     except SqueezerayError as exc:
         if pretrained_models(model):  # a Hugging Face model it cannot keep loadable: refuse
-            raise SqueezerayError(f"task {task.name!r}: {what}: {exc}") from exc
+            text = str(exc) if str(exc).startswith(what) else f"{what}: {exc}"
+            raise SqueezerayError(f"task {task.name!r}: {text}") from exc
         return  # torch-pruning cannot prune this model: the stage reports it per trial
     problem = pruned_forward_problem(model, example, before)
     if problem is not None and (problem[1] or pretrained_models(model)):

@@ -37,6 +37,7 @@ zeros re-applied after every optimizer step. Recovering the last cut too matters
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 from typing import Any
 
@@ -46,7 +47,7 @@ from torch import nn
 from stages.base import StageInput, StageOutput, StageSpec, check_choice, check_int, check_range
 from stages.batches import Inputs, forward_logits, to_device
 from stages.checkpoint import from_model
-from stages.errors import SqueezerayError
+from stages.errors import SqueezerayError, SqueezerayWarning
 from stages.hfheads import (
     UNSTRUCTURED_FIX,
     check_config,
@@ -57,6 +58,7 @@ from stages.hfheads import (
     sync_config,
 )
 from stages.hfheads import plan as hf_plan
+from stages.hfheads import shortfall as hf_shortfall
 from stages.hfheads import sizes as hf_sizes
 from stages.layers import weight_layer_summary
 from stages.masks import (
@@ -534,6 +536,8 @@ def _prune_hugging_face(
     import torch_pruning as tp
 
     original = hf_sizes(model, fix=fix)  # a per-stage config is refused here
+    before = sum(p.numel() for p in model.parameters())
+    label = f"prune.method={params.method!r} prune.ratio={params.ratio:g}"
     history: PruningHistory = []
     for step, fraction in enumerate(cubic_schedule(params.ratio, params.steps)[1:]):
         model.eval()
@@ -560,7 +564,7 @@ def _prune_hugging_face(
             raise
         except Exception as exc:  # torch-pruning on a layer pattern it does not handle
             raise SqueezerayError(
-                f"{what or f'prune.method={params.method!r} prune.ratio={params.ratio:g}'}: "
+                f"{what or label}: "
                 f"torch-pruning could not prune this Hugging Face model (it has "
                 f"{weight_layer_summary(model)}) at step {step + 1}/{params.steps}: "
                 f"{type(exc).__name__}: {exc}; {fix}"
@@ -577,6 +581,9 @@ def _prune_hugging_face(
             _finetune_keeping_zeros(model, task, params, device=device, seed=seed + step)
     model.eval()
     check_config(model, fix=fix)
+    note = hf_shortfall(model, original, before, params.ratio, what=what or label, fix=fix)
+    if note is not None:  # the stage's log; validate and the sweep's pre-flight print it
+        warnings.warn(note, SqueezerayWarning, stacklevel=2)
     return history
 
 

@@ -151,6 +151,28 @@ def resnet(*, seed: int = 0) -> nn.Module:
     return ResNetForImageClassification(config).eval()
 
 
+def deberta(*, seed: int = 0) -> nn.Module:
+    """DeBERTa-v2 with relative attention (c2p and p2c, separate pos_key/pos_query Linears):
+    `DisentangledSelfAttention`'s query_proj/key_proj/value_proj are not pruned by heads."""
+    from transformers import DebertaV2Config, DebertaV2ForSequenceClassification
+
+    torch.manual_seed(seed)
+    config = DebertaV2Config(
+        vocab_size=VOCAB,
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        intermediate_size=64,
+        max_position_embeddings=SEQ,
+        relative_attention=True,
+        position_buckets=4,
+        pos_att_type=["p2c", "c2p"],
+        num_labels=CLASSES,
+        pad_token_id=0,
+    )
+    return DebertaV2ForSequenceClassification(config).eval()
+
+
 def swin(*, seed: int = 0) -> nn.Module:
     """A hierarchical transformer: `num_heads` and `depths` are per-stage lists."""
     from transformers import SwinConfig, SwinForImageClassification
@@ -192,6 +214,7 @@ BUILDERS: dict[str, Callable[..., nn.Module]] = {
     "llama": llama,
     "convnext": convnext,
     "resnet": resnet,
+    "deberta": deberta,
     "swin": swin,
     "mobilevit": mobilevit,
 }
@@ -241,3 +264,8 @@ def make_convnext_task() -> Task:
 def make_swin_task() -> Task:
     """Import path for `squeezeray validate --task tests.stages.hf_tiny:make_swin_task`."""
     return hf_task("swin")
+
+
+def make_deberta_task() -> Task:
+    """Import path for `squeezeray validate --task tests.stages.hf_tiny:make_deberta_task`."""
+    return hf_task("deberta")

@@ -1,5 +1,10 @@
 """Hugging Face models that structured pruning cannot shrink as asked (new user 7).
 
+- DeBERTa-v2 (`DisentangledSelfAttention`: query_proj/key_proj/value_proj, not pruned by
+  heads) with distill.student_ratio: 0.5 or prune.method: structured lost only FFN neurons
+  (5-8% of its parameters) and nothing said so. A structured prune that removes under half the
+  share its ratio asked is now a `SqueezerayWarning` naming the model, what went and what
+  stayed, both shares and the fix: validate and the sweep's pre-flight print it as `warning:`.
 - Swin (`num_heads` a per-stage list) crashed `squeezeray validate` with a raw TypeError
   (`int(list)` in `stages.hfheads.sizes`, exit 1); MobileViT (`hidden_sizes` per stage) was
   refused with a false cause ("a config holds one value for every layer" although the unpruned
@@ -9,12 +14,13 @@
 
 from __future__ import annotations
 
+import warnings
 from typing import Any
 
 import pytest
 from typer.testing import CliRunner
 
-from stages.errors import SqueezerayError
+from stages.errors import SqueezerayError, SqueezerayWarning
 from stages.precheck import check_stages_apply
 from tests.stages.hf_tiny import hf_task
 
@@ -67,3 +73,52 @@ def test_squeezeray_validate_on_swin_exits_2_not_a_traceback() -> None:
     output = " ".join(result.output.split())
     assert "SwinForImageClassification" in output and "num_heads=[2, 4]" in output, output
     assert "Traceback" not in output and "TypeError" not in output, output
+
+
+@pytest.mark.parametrize(
+    ("setting", "what", "fix"),
+    [
+        (STUDENT, "distill.student_ratio=0.5 (the student made from the teacher)",
+         "set distill.student_ratio: 1"),
+        (STRUCTURED, "prune.method='structured' prune.ratio=0.5",
+         "use an unstructured prune.method"),
+    ],
+)  # fmt: skip
+def test_a_prune_far_below_its_ratio_warns_before_ray_naming_what_it_kept(
+    setting: tuple[list[str], dict[str, Any]], what: str, fix: str
+) -> None:
+    pipeline, values = setting
+    with pytest.warns(SqueezerayWarning) as caught:
+        check_stages_apply(hf_task("deberta"), pipeline, values)
+    messages = [" ".join(str(w.message).split()) for w in caught]
+    assert len(messages) == 1, messages
+    message = messages[0]
+    assert message.startswith(f"{what}: structured pruning removed "), message
+    assert "% of the model's parameters where 50% was asked" in message, message
+    assert "lost only its FFN width (intermediate_size 64 -> 32)" in message, message
+    assert "and kept its 4 attention heads and hidden width 32" in message, message
+    assert "DisentangledSelfAttention is not one" in message, message
+    assert fix in message, message
+
+
+def test_a_prune_that_reaches_its_ratio_does_not_warn() -> None:
+    """BERT loses whole heads, hidden and FFN at 0.5: no warning (nor for ConvNext's channels)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", SqueezerayWarning)
+        for kind in ("bert", "convnext"):
+            check_stages_apply(hf_task(kind), *STUDENT)
+
+
+def test_squeezeray_validate_prints_the_warning_and_exits_0(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from orchestrator import cli
+
+    monkeypatch.setattr(warnings, "showwarning", cli._show_warning)  # as cli.main installs it
+    result = CliRunner().invoke(
+        cli.app, ["validate", "tiny", "--task", "tests.stages.hf_tiny:make_deberta_task"]
+    )
+    assert result.exit_code == 0, (result.output, result.exception)
+    output = " ".join(result.output.split())
+    assert "warning: distill.student_ratio=0.5 (the student made from the teacher)" in output
+    assert "DebertaV2ForSequenceClassification lost only its FFN width" in output, output
