@@ -13,6 +13,8 @@ Some knob combinations cannot run as written, or run the same model as another:
 `make_coherent` applies those rules, so stage keys, grid deduplication and the results' knob
 columns all see the configuration a trial actually runs: a grid runs each effective point once
 and no trial of any search becomes an error row for a combination that cannot apply.
+`coherence_notes` reads a space through the same rules (`deployed_runtime`, `_zeroes_weights`)
+and says, in `validate` and at a sweep's start, which knob the space sets a rule replaces.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from typing import Any, Protocol
 from stages.names import (
     ONNX_QUANT_MODES,
     PRUNE_METHODS,
+    RUNTIMES,
     TORCH_QUANT_MODES,
     UNSTRUCTURED_PRUNE_METHODS,
 )
@@ -52,13 +55,26 @@ def make_coherent(params: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]
     given takes its stage's default (`SweepPlan.resolve` passes every one)."""
     mode = params.get("quantize", {}).get("mode", "none")
     if "export" in params:
-        if mode in ONNX_QUANT_MODES:
-            params["export"]["runtime"] = "onnxruntime"
-        elif mode in TORCH_QUANT_MODES and params["export"].get("runtime") == "onnxruntime":
-            params["export"]["runtime"] = "eager"
+        runtime = params["export"].get("runtime", DEFAULT_RUNTIME)
+        if deployed_runtime(mode, runtime) != runtime:
+            params["export"]["runtime"] = deployed_runtime(mode, runtime)
     if "lowrank" in params and _zeroes_weights(params.get("prune")):
         params["lowrank"]["rank_ratio"] = 1.0  # the stage's documented no-op
     return params
+
+
+DEFAULT_RUNTIME = RUNTIMES[0]  # export.runtime's default (stages.export.ExportParams)
+
+
+def deployed_runtime(mode: str, runtime: str) -> str:
+    """The export.runtime a trial with this quantize.mode and export.runtime deploys on: an
+    ONNX mode always onnxruntime, a torch-quantized or half-cast mode never onnxruntime
+    (eager instead), any other as set."""
+    if mode in ONNX_QUANT_MODES:
+        return "onnxruntime"
+    if mode in TORCH_QUANT_MODES and runtime == "onnxruntime":
+        return "eager"
+    return runtime
 
 
 def _zeroes_weights(prune: Mapping[str, Any] | None) -> bool:
@@ -94,8 +110,13 @@ LOWRANK_SKIP_WHY = (
 
 def coherence_notes(space: _Space) -> list[str]:
     """Lines for `validate` and the sweep's start when a coherence rule (`make_coherent`)
-    turns off a knob the space sets: lowrank.rank_ratio after an unstructured prune, a
+    turns off or replaces a knob the space sets: lowrank.rank_ratio after an unstructured
+    prune, export.runtime under an ONNX or a torch-quantized quantize.mode; for each, a
     "warning:" when every trial of the space hits it, else a "note:" for the trials that do."""
+    return [*_lowrank_notes(space), *_runtime_notes(space)]
+
+
+def _lowrank_notes(space: _Space) -> list[str]:
     rank = space.params.get("lowrank.rank_ratio")
     if "lowrank" not in space.pipeline or rank is None:
         return []
@@ -124,6 +145,53 @@ def coherence_notes(space: _Space) -> list[str]:
         f"note: {knob} is skipped (run as 1.0, recorded so) in the trials whose prune.method is "
         f"one of {', '.join(UNSTRUCTURED_PRUNE_METHODS)} with prune.ratio > 0: {LOWRANK_SKIP_WHY}"
     ]
+
+
+# why each replacement of export.runtime happens, and what to set instead (by the runtime
+# `deployed_runtime` puts in its place)
+RUNTIME_WHY = {
+    "onnxruntime": (
+        "an ONNX quantize.mode (" + ", ".join(ONNX_QUANT_MODES) + ") makes an ONNX Runtime "
+        "int8 model, which deploys on onnxruntime only",
+        "set export.runtime: onnxruntime, or use a quantize.mode that runs in torch",
+    ),
+    "eager": (
+        "a torch-quantized or half-cast quantize.mode (" + ", ".join(TORCH_QUANT_MODES) + ") "
+        "makes a model onnxruntime cannot run, so it deploys eager",
+        "set export.runtime: eager (or torchscript, compiled), or use quantize.mode none, "
+        + " or ".join(ONNX_QUANT_MODES)
+        + " for onnxruntime",
+    ),
+}
+
+
+def _runtime_notes(space: _Space) -> list[str]:
+    """export.runtime values `deployed_runtime` replaces, one line per replacement."""
+    runtime, mode = space.params.get("export.runtime"), space.params.get("quantize.mode")
+    if runtime is None or "export" not in space.pipeline:
+        return []
+    quantized = "quantize" in space.pipeline and mode is not None
+    modes = mode.values_for_validation() if quantized and mode is not None else ["none"]
+    runs = [(m, r, deployed_runtime(m, r)) for m in modes for r in runtime.values_for_validation()]
+    lines = []
+    for new, (why, fix) in RUNTIME_WHY.items():
+        hit = [(m, r) for m, r, deployed in runs if deployed == new != r]
+        if not hit:
+            continue
+        if len(hit) == len(runs):
+            lines.append(
+                f"warning: export.runtime {runtime.describe().removeprefix('fixed ')} applies "
+                f"in no trial: every trial's quantize.mode ({_said(mode, 'none')}) replaces it "
+                f"with {new}: {why}; rows record export.runtime {new}. {fix[0].upper()}{fix[1:]}"
+            )
+        else:
+            replaced = ", ".join(dict.fromkeys(repr(r) for _, r in hit))
+            modes_hit = ", ".join(dict.fromkeys(repr(m) for m, _ in hit))
+            lines.append(
+                f"note: export.runtime {replaced} is replaced by {new} (recorded so) in the "
+                f"trials whose quantize.mode is {modes_hit}: {why}"
+            )
+    return lines
 
 
 def _said(dist: _Bounded | None, default: str) -> str:

@@ -178,6 +178,73 @@ def test_validate_and_the_sweep_say_when_lowrank_is_skipped_after_unstructured_p
         )
 
 
+RUNTIME_SPACE = """
+name: runtime-rule
+task: blobs
+pipeline: [teacher, quantize, export]
+params:
+  quantize.mode: {mode}
+  export.runtime: {runtime}
+search: {{algorithm: grid}}
+"""
+
+
+@pytest.mark.parametrize(
+    ("mode", "runtime", "said", "why"),
+    [
+        ("onnx_int8", "eager", "warning: export.runtime 'eager' applies in no trial",
+         "rows record export.runtime onnxruntime. Set export.runtime: onnxruntime"),
+        ("{choice: [none, onnx_int8]}", "torchscript",
+         "note: export.runtime 'torchscript' is replaced by onnxruntime (recorded so) in the "
+         "trials whose quantize.mode is 'onnx_int8'", "deploys on onnxruntime only"),
+        ("dynamic_int8", "onnxruntime", "warning: export.runtime 'onnxruntime' applies in no "
+         "trial", "rows record export.runtime eager. Set export.runtime: eager"),
+        ("{choice: [none, float16]}", "onnxruntime",
+         "note: export.runtime 'onnxruntime' is replaced by eager (recorded so) in the trials "
+         "whose quantize.mode is 'float16'", "makes a model onnxruntime cannot run"),
+        ("{choice: [none, onnx_int8]}", "onnxruntime", None, None),
+        ("dynamic_int8", "torchscript", None, None),
+    ],
+)  # fmt: skip
+def test_validate_and_the_sweep_say_when_export_runtime_is_replaced(
+    tmp_path: Path,
+    mode: str,
+    runtime: str,
+    said: str | None,
+    why: str | None,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """An export.runtime the quantize.mode replaces (an ONNX mode deploys on onnxruntime, a
+    torch-quantized one never does) ran and was recorded as the other runtime while validate
+    listed the space's value and the sweep said nothing. Now both say so, as for lowrank, from
+    the rule the trials run: the warning exactly when no grid point runs the runtime set."""
+    from types import SimpleNamespace
+
+    from orchestrator.cli import _print_start
+    from orchestrator.space.coherence import effective_knobs
+
+    path = tmp_path / "space.yaml"
+    path.write_text(textwrap.dedent(RUNTIME_SPACE.format(mode=mode, runtime=runtime)))
+    space = load_space(path)
+    summary = space.summary()
+    storage = SimpleNamespace(uri=str(tmp_path / "runs"))
+    _print_start("sweep", SimpleNamespace(sweep_id="s1", space=space, storage=storage))
+    started = capsys.readouterr().err
+    points, _ = grid_points(space)
+    ran = [
+        effective_knobs({**space.fixed(), **p}, space.pipeline)["export.runtime"] for p in points
+    ]
+    if said is None:
+        assert "warning:" not in summary and "note:" not in summary, summary
+        assert "warning:" not in started and "note:" not in started, started
+        assert set(ran) == {runtime}
+        return
+    for text in (summary, started):
+        flat = " ".join(text.split())
+        assert said in flat and str(why) in flat, text
+    assert (runtime not in ran) == said.startswith("warning"), ran
+
+
 @pytest.mark.slow
 @pytest.mark.usefixtures("ray_session")
 def test_grid_of_prune_method_x_lowrank_runs_no_error_rows(tmp_path: Path) -> None:
