@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import math
 import os
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Literal
 
 from stages.errors import SqueezerayError
@@ -21,10 +21,18 @@ if TYPE_CHECKING:
 OptionStyle = Literal["python", "cli"]
 
 
-def parse_pick(text: str, directions: Mapping[str, str] | None = None) -> tuple[str, str]:
+def parse_pick(
+    text: str,
+    directions: Mapping[str, str] | None = None,
+    *,
+    columns: Sequence[str] = (),
+) -> tuple[str, str]:
     """`COLUMN[:min|max]` -> (column, direction); a bare metric takes its usual direction
     (built-in metrics, and those in `directions`, e.g. a task metric's). The column follows
-    the one naming rule (`orchestrator.space.metrics`: `accuracy` is refused)."""
+    the one naming rule (`orchestrator.space.metrics`: `accuracy` is refused). A column that
+    is neither in `directions` nor in `columns` (the table's numeric ones) is refused with the
+    closest of them (`did_you_mean`)."""
+    from orchestrator.space.checks import did_you_mean
     from orchestrator.space.metrics import resolve_metric
     from orchestrator.store.schema import DEFAULT_DIRECTIONS
 
@@ -33,9 +41,12 @@ def parse_pick(text: str, directions: Mapping[str, str] | None = None) -> tuple[
     column = column.strip()
     resolve_metric("--pick", column, purpose="choose", columns=list(known))
     direction = direction.strip() or known.get(column, "")
+    unknown = column not in known and column not in columns
+    hint = did_you_mean(column, [*known, *columns]) if unknown and column else ""
     if not column or direction not in ("min", "max"):
         raise SqueezerayError(
-            f"--pick {text!r} is not accepted; accepted: COLUMN[:min|max], e.g. size_bytes or "
+            f"--pick {text!r} is not accepted{hint}; accepted: COLUMN[:min|max], e.g. "
+            "size_bytes or "
             "val_accuracy:max (min|max may be left out for "
             f"{', '.join(DEFAULT_DIRECTIONS)})"
         )
@@ -137,14 +148,16 @@ def _ok_trials_matching(table: pa.Table, where: str | None) -> pa.Table:
 
 def _best_by_pick(candidates: pa.Table, pick: str, directions: Mapping[str, str]) -> dict[str, Any]:
     """The candidate best on `pick`'s column; ties go to the smallest trial id."""
+    from orchestrator.space.checks import did_you_mean
     from orchestrator.space.metrics import resolve_metric
 
-    column, direction = parse_pick(pick, directions)
+    numeric = [n for n in candidates.column_names if _numeric(candidates, n)]
+    column, direction = parse_pick(pick, directions, columns=numeric)
     resolve_metric("--pick", column, purpose="choose", columns=candidates.column_names)
     if column not in candidates.column_names:
         raise SqueezerayError(
-            f"--pick {pick!r}: no column {column!r}; accepted: "
-            + ", ".join(n for n in candidates.column_names if _numeric(candidates, n))
+            f"--pick {pick!r}: no column {column!r}{did_you_mean(column, numeric)}; accepted: "
+            + ", ".join(numeric)
         )
     if not _numeric(candidates, column):
         raise SqueezerayError(f"--pick {pick!r}: column {column!r} is not numeric")

@@ -163,9 +163,11 @@ def check_objectives(
             f.name for f in schema if pa.types.is_integer(f.type) or pa.types.is_floating(f.type)
         ]
         if name not in numeric:
+            from orchestrator.space.checks import did_you_mean
+
             raise SqueezerayError(
-                f"objective {name!r} is not a numeric column of the results; "
-                f"accepted: {', '.join(numeric)}"
+                f"objective {name!r} is not a numeric column of the results"
+                f"{did_you_mean(name, numeric)}; accepted: {', '.join(numeric)}"
             )
     return chosen
 

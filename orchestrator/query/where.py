@@ -20,7 +20,6 @@ is ever evaluated as Python.
 
 from __future__ import annotations
 
-import difflib
 import re
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -185,10 +184,11 @@ class _Parser:
 
                 # the one naming rule: a bare `accuracy` names no column, it is ambiguous
                 resolve_metric("--where", token.text, purpose="filter", columns=self.schema.names)
-                hint = difflib.get_close_matches(token.text, self.schema.names, n=1)
-                did_you_mean = f" (did you mean {hint[0]}?)" if hint else ""
+                from orchestrator.space.checks import did_you_mean
+
+                hint = did_you_mean(token.text, self.schema.names)
                 raise SqueezerayError(
-                    f"--where: unknown column {token.text!r}{did_you_mean}; available columns: "
+                    f"--where: unknown column {token.text!r}{hint}; available columns: "
                     f"{', '.join(self.schema.names)}"
                 )
             return _Operand("column", token.text, token.pos)

@@ -120,7 +120,18 @@ def check_choice(source: str, key: str, value: Any, choices: Sequence[str]) -> s
 
 
 def did_you_mean(word: str, options: Sequence[str], *, prefix: str = "") -> str:
+    """ " (did you mean X?)" for the option closest to `word`, or "" when none is close.
+
+    The one suggestion of every option that takes a name (a space's keys and metrics,
+    `--where`, `--pick`, `--objectives`). Close is difflib's (a typo: `val_acuracy`), else an
+    option that starts with `word` and a separator (a shortened name: `size` -> `size_bytes`).
+    """
+    word = str(word)
     hint = difflib.get_close_matches(word, list(options), n=1)
+    if not hint and len(word) >= 3:
+        hint = [
+            o for o in options if o.lower().startswith((word.lower() + "_", word.lower() + "."))
+        ]
     return f" (did you mean {prefix}{hint[0]}?)" if hint else ""
 
 

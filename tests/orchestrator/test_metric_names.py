@@ -142,6 +142,28 @@ def test_a_bare_name_is_refused_the_same_way_everywhere(
     assert words in " ".join(str(caught.value).split())
 
 
+@pytest.mark.parametrize("place", [*PLACES, "--pick (bare)", "export --pick (CLI)"])
+@pytest.mark.parametrize(
+    ("name", "meant"), [("val_acuracy", "val_accuracy"), ("size", "size_bytes")]
+)
+def test_a_misspelt_or_shortened_name_gets_a_did_you_mean_everywhere(
+    storage: Path, table: pa.Table, tmp_path: Path, place: str, name: str, meant: str
+) -> None:
+    """newuser7 F-G 1: `--where val_acuracy` said "did you mean val_accuracy?", `export
+    --pick size` and a misspelt objective column named no column. One helper for all; a
+    shortened name (`size`) is suggested its column too."""
+    places = {
+        **_places(storage, table),
+        "--pick (bare)": lambda n: select_row(table, pick=n),
+        "export --pick (CLI)": lambda n: _cli(
+            storage, "export", "--storage", str(storage), "--pick", n, "--output", str(tmp_path)
+        ),
+    }
+    with pytest.raises(SqueezerayError) as caught:
+        places[place](name)
+    assert f"(did you mean {meant}?)" in " ".join(str(caught.value).split())
+
+
 def test_the_bare_latency_is_refused_with_the_two_measurements(table: pa.Table) -> None:
     with pytest.raises(SqueezerayError, match=r"latency_ms_sweep .* or latency_ms_final"):
         parse_where("latency_ms < 1", table.schema)
