@@ -38,3 +38,20 @@ def test_generated_references_are_up_to_date(generator: str, target: str) -> Non
     assert text == _generator(generator).render(), (
         f"docs/{target} is stale: run `python docs/{generator}.py > docs/{target}`"
     )
+
+
+def test_reopening_a_stored_sweep_is_documented() -> None:
+    """newuser7 F-G 2: `run_sweep(..., sweep_id=..., resume=True)` is the one way to get a
+    stored sweep's SweepResult (`.best()`, `.export()`); the guide's API table and the
+    docstring said nothing of it."""
+    import inspect
+
+    params = inspect.signature(orchestrator.run_sweep).parameters
+    assert {"sweep_id", "resume"} <= set(params)
+    doc = orchestrator.run_sweep.__doc__ or ""
+    assert "resume=True" in doc and "sweep_id" in doc and "SweepResult" in doc
+    guide = (ROOT / "docs" / "guide.md").read_text()
+    row = next(line for line in guide.splitlines() if line.startswith("| `run_sweep("))
+    assert "sweep_id=None, resume=False" in row and "finished" in row, row
+    assert "### A stored sweep as a SweepResult" in guide
+    assert 'sweep_id="tiny-' in guide and "resume=True)" in guide

@@ -122,8 +122,14 @@ def run_sweep(
     the fields of `SweepOptions` (`trials=`, `storage=`, `time_budget="30m"`,
     `cpus_per_trial=`, ...); they win over the space. Everything is validated before Ray
     starts; a SqueezerayError names the key, the value and what is accepted (all of them for
-    the space). `resume=True` of a sweep that already finished returns its rows without
-    starting Ray.
+    the space).
+
+    `sweep_id` names a new sweep (default: the space's name, the start time and a random
+    suffix). With `resume=True` it chooses a stored sweep in `storage` (default: the latest),
+    whose space and options come from its manifest (`space` may be left out): an interrupted
+    sweep runs what it has left; one that already finished runs nothing and is returned as
+    its `SweepResult` without starting Ray, which is how to get `.best()`/`.export()` for a
+    stored sweep (`run_sweep(storage="runs/", sweep_id="...", resume=True)`).
     """
     sweep = prepare_sweep(
         space, options, sweep_id=sweep_id, resume=resume, progress=progress, **keywords
