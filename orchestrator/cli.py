@@ -869,21 +869,25 @@ def _print_export(result: Any) -> None:
             highlight=False,
             markup=False,
         )
-    _print_pretrained(card.get("huggingface"))
+    _print_pretrained(card.get("huggingface"), result.output)
 
 
-def _print_pretrained(hf: dict[str, Any] | None) -> None:
-    """The Hugging Face form's line: how to load huggingface/, or why there is none."""
+def _print_pretrained(hf: dict[str, Any] | None, output: Path) -> None:
+    """The Hugging Face form's line: how to load huggingface/, or why there is none. The
+    card's `load` names the folder relative to the card; this line names it as `output` was
+    given (relative to the directory the command ran in, or absolute), so it pastes as is."""
     if hf is None:
         return
     if "skipped" in hf:
         out.print(f"no huggingface/ (save_pretrained form): {hf['skipped']}", highlight=False)
         return
     check = hf["recheck"]
+    here = str(Path(output) / hf["dir"])
+    load = hf["load"].replace(f"from_pretrained('{hf['dir']}')", f"from_pretrained({here!r})")
     out.print(
-        f"re-checked {hf['dir']}/ with from_pretrained: max |logit difference| "
+        f"re-checked {here}/ with from_pretrained: max |logit difference| "
         f"{check['max_abs_logit_diff']:.2g}, test accuracy {check['accuracy']:.4f}; load it: "
-        f"{hf['load']}",
+        f"{load}",
         highlight=False,
         markup=False,
     )

@@ -275,5 +275,30 @@ def test_export_says_why_a_row_has_no_huggingface_dir(capsys: pytest.CaptureFixt
     """The card's skipped entry has no "dir" (new user F6); the line names the folder."""
     from orchestrator.cli import _print_pretrained
 
-    _print_pretrained({"class": "BertForSequenceClassification", "skipped": "int8 weights"})
+    _print_pretrained(
+        {"class": "BertForSequenceClassification", "skipped": "int8 weights"}, Path("out")
+    )
     assert "no huggingface/ (save_pretrained form): int8 weights" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("output", ["exp_deb", "runs/exp 1", "/abs/exp"])
+def test_export_says_where_to_load_huggingface_from(
+    capsys: pytest.CaptureFixture[str], output: str
+) -> None:
+    """newuser7 F-G 3: "load it: ....from_pretrained('huggingface')" failed when pasted into
+    the shell the export ran in; the line names the folder as --output was given."""
+    from orchestrator.cli import _print_pretrained
+    from orchestrator.query.export import HF_DIR
+
+    load = (
+        f"from transformers import BertForSequenceClassification; model = "
+        f"BertForSequenceClassification.from_pretrained('{HF_DIR}'); from transformers import "
+        f"AutoTokenizer; AutoTokenizer.from_pretrained('{HF_DIR}')"
+    )
+    recheck = {"max_abs_logit_diff": 0.0, "accuracy": 0.5}
+    _print_pretrained({"dir": HF_DIR, "load": load, "recheck": recheck}, Path(output))
+    printed = " ".join(capsys.readouterr().out.split())
+    where = str(Path(output) / HF_DIR)
+    assert printed.count(f"from_pretrained({where!r})") == 2, printed
+    assert f"from_pretrained('{HF_DIR}')" not in printed, printed
+    assert f"re-checked {where}/ with from_pretrained" in printed, printed
