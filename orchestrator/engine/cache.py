@@ -300,9 +300,14 @@ class _StageCache:
     async def running(self) -> dict[str, Any]:
         """What runs now, for progress displays: `stages`, the stage names of the tasks that
         left the queue and have not finished (a stage shared by trials once; measurements as
-        `measure`), sorted; `queued`, the stage tasks started but still waiting for CPUs.
+        `measure`), sorted; `trials`, beside each, how many trials wait on that one task (a
+        shared teacher: 3); `queued`, the stage tasks started but still waiting for CPUs.
         Cheap: no task is waited for."""
-        stages = [self.stage_names.get(k, "?") for k in self.waiting if k in self.started_at]
+        running = [
+            (self.stage_names.get(k, "?"), max(1, len(trials)))
+            for k, trials in self.waiting.items()
+            if k in self.started_at
+        ]
         queued = sum(k not in self.started_at for k in self.waiting)
         started = self.started_at
         measures = {k: r for k, r in self.measuring.items() if measure_clock_key(k) in started}
@@ -313,8 +318,13 @@ class _StageCache:
                 if ref in finished:
                     del self.measuring[key]
                 else:
-                    stages.append("measure")
-        return {"stages": sorted(stages), "queued": queued}
+                    running.append(("measure", 1))
+        running.sort()
+        return {
+            "stages": [name for name, _ in running],
+            "trials": [n for _, n in running],
+            "queued": queued,
+        }
 
     async def release(self, trial_id: str) -> list[str]:
         """A trial gave up (its time limit): cancel the running stages only it was waiting for.
@@ -423,7 +433,7 @@ def running_stages(cache: Any) -> dict[str, Any]:
     try:
         return dict(ray.get(cache.running.remote(), timeout=2))
     except Exception:  # gone, restarting or slow: a progress display shows nothing
-        return {"stages": [], "queued": 0}
+        return {"stages": [], "trials": [], "queued": 0}
 
 
 def stop_cache(cache: Any) -> None:

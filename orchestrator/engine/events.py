@@ -7,7 +7,8 @@ A callback `progress(event, data)` receives, in order:
   (each pre-flight check: loading the task, checking every sample of its splits, checking
   that the stages apply to its model, fingerprinting it; starting Ray; the final latency phase).
 - `ready`, `{"running_stages": fn}`: Ray and the sweep's stage cache are up; `fn()` answers
-  `{"stages": [stage names running now], "queued": n}` from the cache actor (a Ray call that
+  `{"stages": [stage names running now], "trials": [beside each, the trials waiting on that
+  one task], "queued": n}` from the cache actor (a Ray call that
   waits at most 2 s: poll it every second or two, not more).
 - `start` and `done` per trial, with the trial's row (`done`) and `counts` ({"ok", "failed"})
   and `total` (the trials this run plans) - written by `tune_callbacks.ResultsWriter`.

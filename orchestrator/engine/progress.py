@@ -75,6 +75,7 @@ class SweepProgress:
         self.step_said = True
         self.poll: Callable[[], Mapping[str, Any]] | None = None  # the cache's running stages
         self.stages: list[str] = []
+        self.sharing: list[int] = []  # beside stages: the trials waiting on each
         self.queued = 0
         self.polled_at = -math.inf
         self.lock = threading.RLock()  # events (Tune's loop) and ticks (the thread) interleave
@@ -170,6 +171,7 @@ class SweepProgress:
             answer = self.poll()  # a Ray call: outside the lock, events go on meanwhile
             with self.lock:
                 self.stages = list(answer.get("stages", []))
+                self.sharing = list(answer.get("trials", []))
                 self.queued = int(answer.get("queued", 0))
         with self.lock:
             if not self.plain:
@@ -196,9 +198,12 @@ class SweepProgress:
         best = f"; {self._best()}" if self._best() else ""
         return (
             f"trials {ok + failed}/{self.total or '?'} done (ok {ok}, failed {failed}), "
-            f"{running_text(self.running, self.stages, self.queued)}{best}; "
+            f"{self._running()}{best}; "
             f"{duration_text(now - self.started)} elapsed"
         )
+
+    def _running(self) -> str:
+        return running_text(self.running, self.stages, self.queued, sharing=self.sharing)
 
     def _best(self) -> str:
         if self.best_value is None:
@@ -215,7 +220,7 @@ class SweepProgress:
         else:
             description = (
                 f"ok {self.counts.get('ok', 0)} · failed {self.counts.get('failed', 0)} · "
-                f"{escape(running_text(self.running, self.stages, self.queued))}  {self._best()}"
+                f"{escape(self._running())}  {self._best()}"
             )
         self.progress.update(
             self.task_id,

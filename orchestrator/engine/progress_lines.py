@@ -79,16 +79,25 @@ def knobs_text(params: Any, knobs: Sequence[str]) -> str:
     )
 
 
-def running_text(trials: int, stages: Sequence[str], queued: int) -> str:
-    """ "running 3: distill ×2, prune (+1 queued)": the running trials and the stage tasks
-    running for them now, by stage name (a stage shared by trials runs once)."""
+def running_text(
+    trials: int, stages: Sequence[str], queued: int, *, sharing: Sequence[int] = ()
+) -> str:
+    """ "running 4: distill ×2, prune, teacher (shared by 3 trials) (+1 queued)": the running
+    trials and the stage tasks running for them now, by stage name. A stage shared by trials
+    runs once; `sharing`, beside `stages`, says how many trials wait on each task, so a
+    shared one says so instead of reading as one run per trial."""
     from collections import Counter
 
     text = "running" if stages and not trials else f"running {trials}"
     if stages:
         counts = Counter(stages)
+        waiting: Counter[str] = Counter()
+        for name, n in zip(stages, sharing, strict=False):
+            waiting[name] += n
         text += ": " + ", ".join(
-            name if n == 1 else f"{name} ×{n}" for name, n in sorted(counts.items())
+            (name if n == 1 else f"{name} ×{n}")
+            + (f" (shared by {waiting[name]} trials)" if waiting[name] > n else "")
+            for name, n in sorted(counts.items())
         )
     if queued:
         text += f" (+{queued} queued)"

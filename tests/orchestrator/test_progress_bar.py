@@ -249,6 +249,33 @@ def test_running_stages_are_counted_by_name() -> None:
     assert running_text(0, [], 0) == "running 0"
 
 
+def test_a_stage_shared_by_trials_says_so(tmp_path: Path) -> None:
+    """newuser7 F-G 4: "running 3: teacher" while 3 trials waited on one shared teacher task
+    read as the teacher training three times. The cache actor says how many trials wait on
+    each running task, and the line says the stage is shared."""
+    import asyncio
+
+    from orchestrator.engine import cache as cache_module
+    from orchestrator.engine.progress_lines import running_text
+
+    cache = cache_module._StageCache(str(tmp_path), "s", stage_options={}, measure_options={})
+    cache.waiting = {"kt": {"t1", "t2", "t3"}, "kd1": {"t1"}, "kd2": {"t2", "t3"}, "q": {"t4"}}
+    cache.stage_names = {"kt": "teacher", "kd1": "distill", "kd2": "distill", "q": "prune"}
+    cache.started_at = {"kt": 1.0, "kd1": 2.0, "kd2": 3.0}  # q is queued
+    answer = asyncio.run(cache.running())
+    assert answer == {
+        "stages": ["distill", "distill", "teacher"],
+        "trials": [1, 2, 3],
+        "queued": 1,
+    }
+    text = running_text(3, answer["stages"], answer["queued"], sharing=answer["trials"])
+    assert text == (
+        "running 3: distill ×2 (shared by 3 trials), teacher (shared by 3 trials) (+1 queued)"
+    ), text
+    # one task per trial: nothing to add
+    assert running_text(2, ["prune", "teacher"], 0, sharing=[1, 1]) == "running 2: prune, teacher"
+
+
 def test_the_summary_line_does_not_count_scheduler_stops_as_failures() -> None:
     """Trials ASHA stopped early have their own status (`stopped`): the summary said
     "2 ok, 6 failed (6 stopped early)" (new user F21)."""
