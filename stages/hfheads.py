@@ -17,7 +17,10 @@ a model `from_pretrained` can build:
   through `slice_heads`/`remove_heads` (history entries `<attention>:heads`, replayed by
   `stages.surgery.replay`). Other fused or grouped-query attention keeps its heads and the
   hidden width; only the FFN width is pruned there (Llama's head count comes from its
-  config: transformers 5 keeps none on `LlamaAttention`). A model without attention heads
+  config: transformers 5 keeps none on `LlamaAttention`; `shortfall` warns when that removes
+  under half the share asked). A gated FFN fused in one Linear (ModernBERT's `mlp.Wi`,
+  `fused_ffn`) and a config of per-stage widths (Swin, MobileViT: `per_stage_widths`) are
+  refused by `sizes` before any pruning. A model without attention heads
   (ConvNext, ResNet) loses channels: its config's `CHANNEL_KEYS` (`hidden_sizes` per stage,
   `embedding_size`) shrink by `fraction`, set by `set_channels` and recorded as history
   entries `<model>:config.<key>` (a CNN's widths cannot be read back from its weights).
@@ -367,7 +370,8 @@ def sizes(model: nn.Module, *, fix: str = UNSTRUCTURED_FIX) -> dict[str, dict[st
     a CNN's channel widths as "width:<key>[i]" (`_width_sizes`).
 
     A transformer whose config holds per-stage widths (`per_stage_widths`: Swin's `num_heads`,
-    MobileViT's `hidden_sizes`) is a SqueezerayError with `fix`, before any pruning."""
+    MobileViT's `hidden_sizes`) or whose FFN is fused (`fused_ffn`: ModernBERT's `mlp.Wi`) is
+    a SqueezerayError with `fix`, before any pruning."""
     out: dict[str, dict[str, int]] = {}
     for name, pm in pretrained_models(model):
         config = config_of(pm)
@@ -383,6 +387,9 @@ def sizes(model: nn.Module, *, fix: str = UNSTRUCTURED_FIX) -> dict[str, dict[st
             and all(a.sliced or not a.fused for a in attn)
             and hidden == heads * head_size
         )
+        fused = fused_ffn(pm, hidden, _ffn_width(config) or 0)
+        if fused is not None:
+            raise SqueezerayError(_fused_ffn_refusal(pm, fused, fix))
         out[name] = {
             "hidden": hidden,
             "heads": heads,
@@ -392,6 +399,47 @@ def sizes(model: nn.Module, *, fix: str = UNSTRUCTURED_FIX) -> dict[str, dict[st
             **_width_sizes(config),
         }
     return out
+
+
+def fused_ffn(pm: nn.Module, hidden: int, ffn: int) -> tuple[str, nn.Linear] | None:
+    """(name, layer) of a gated FFN's gate and up projections fused in one Linear (hidden ->
+    2 x the config's FFN width, and no Linear hidden -> FFN width: ModernBERT's `mlp.Wi`,
+    Phi-3's `gate_up_proj`), or None. torch-pruning cuts such a layer as one FFN, not as two
+    halves of the same neurons, so its config cannot follow."""
+    if not hidden or not ffn:
+        return None
+    linears = [(n, m) for n, m in pm.named_modules() if is_linear(m)]
+    if any((m.in_features, m.out_features) == (hidden, ffn) for _, m in linears):
+        return None
+    return next(
+        ((n, m) for n, m in linears if (m.in_features, m.out_features) == (hidden, 2 * ffn)), None
+    )
+
+
+def _fused_ffn_refusal(pm: nn.Module, fused: tuple[str, nn.Linear], fix: str) -> str:
+    config = config_of(pm)
+    name, layer = fused
+    key = ffn_key(config)
+    fused_qkv = [
+        f"{a.name}.{child}"
+        for a in attentions(pm)
+        if a.fused and not a.sliced
+        for child, module in a.module.named_children()
+        if module is a.projections[0] and len(a.projections) == 1
+    ]
+    also = (
+        f" and the attention's query, key and value in one Linear ({fused_qkv[0]}, ...)"
+        if fused_qkv
+        else ""
+    )
+    return (
+        f"structured pruning of {type(pm).__name__} (model_type "
+        f"{getattr(config, 'model_type', '?')!r}) is not supported: it fuses the FFN's gate "
+        f"and up projections in one Linear ({name}: {layer.in_features} -> "
+        f"{layer.out_features} = 2 x {key} {layer.out_features // 2}){also}; torch-pruning "
+        f"cannot cut such a layer as the same neurons of each part, so a pruned model could "
+        f"not be saved with save_pretrained and loaded back; {fix}"
+    )
 
 
 # config keys whose per-stage list (one value per stage of a hierarchical transformer: Swin's
@@ -701,6 +749,7 @@ __all__ = [
     "check_config",
     "config_of",
     "ffn_key",
+    "fused_ffn",
     "no_cache",
     "per_stage_widths",
     "plan",

@@ -173,6 +173,29 @@ def deberta(*, seed: int = 0) -> nn.Module:
     return DebertaV2ForSequenceClassification(config).eval()
 
 
+def modernbert(*, seed: int = 0) -> nn.Module:
+    """Fused attention (`attn.Wqkv`) and a fused gated FFN (`mlp.Wi`: gate and up in one Linear
+    of 2 x intermediate_size outputs, split with `chunk`)."""
+    from transformers import ModernBertConfig, ModernBertForSequenceClassification
+
+    torch.manual_seed(seed)
+    config = ModernBertConfig(
+        vocab_size=VOCAB,
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        intermediate_size=64,
+        max_position_embeddings=SEQ,
+        num_labels=CLASSES,
+        pad_token_id=0,
+        cls_token_id=2,
+        sep_token_id=3,
+        bos_token_id=2,
+        eos_token_id=3,
+    )
+    return ModernBertForSequenceClassification(config).eval()
+
+
 def swin(*, seed: int = 0) -> nn.Module:
     """A hierarchical transformer: `num_heads` and `depths` are per-stage lists."""
     from transformers import SwinConfig, SwinForImageClassification
@@ -215,6 +238,7 @@ BUILDERS: dict[str, Callable[..., nn.Module]] = {
     "convnext": convnext,
     "resnet": resnet,
     "deberta": deberta,
+    "modernbert": modernbert,
     "swin": swin,
     "mobilevit": mobilevit,
 }

@@ -5,6 +5,10 @@
   (5-8% of its parameters) and nothing said so. A structured prune that removes under half the
   share its ratio asked is now a `SqueezerayWarning` naming the model, what went and what
   stayed, both shares and the fix: validate and the sweep's pre-flight print it as `warning:`.
+- ModernBERT (fused `attn.Wqkv` and fused gate+up `mlp.Wi`) was refused after torch-pruning
+  had mangled `Wi`, blaming "a layer squeezeray cannot match to a config key" while the docs
+  promised FFN-only pruning for fused layouts; it is now refused from its layers, before any
+  pruning, as a family not supported for structured pruning, naming the fused layers.
 - Swin (`num_heads` a per-stage list) crashed `squeezeray validate` with a raw TypeError
   (`int(list)` in `stages.hfheads.sizes`, exit 1); MobileViT (`hidden_sizes` per stage) was
   refused with a false cause ("a config holds one value for every layer" although the unpruned
@@ -122,3 +126,34 @@ def test_squeezeray_validate_prints_the_warning_and_exits_0(
     output = " ".join(result.output.split())
     assert "warning: distill.student_ratio=0.5 (the student made from the teacher)" in output
     assert "DebertaV2ForSequenceClassification lost only its FFN width" in output, output
+
+
+@pytest.mark.parametrize(
+    ("setting", "what", "fix"),
+    [
+        (STUDENT, "distill.student_ratio=0.5 (the student made from the teacher)",
+         "set distill.student_ratio: 1"),
+        (STRUCTURED, "prune.method='structured' prune.ratio=0.5",
+         "use an unstructured prune.method"),
+    ],
+)  # fmt: skip
+def test_a_fused_gated_ffn_is_refused_before_pruning_as_not_supported(
+    setting: tuple[list[str], dict[str, Any]], what: str, fix: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import torch_pruning as tp
+
+    def never(*args: Any, **kwargs: Any) -> None:
+        raise AssertionError("torch-pruning ran on a model refused from its layers")
+
+    monkeypatch.setattr(tp.pruner.MetaPruner, "__init__", never)
+    pipeline, values = setting
+    with pytest.raises(SqueezerayError) as info:
+        check_stages_apply(hf_task("modernbert"), pipeline, values)
+    message = _flat(info)
+    assert message.startswith(
+        f"task 'hf-modernbert': {what}: structured pruning of "
+        "ModernBertForSequenceClassification (model_type 'modernbert') is not supported: "
+    ), message
+    assert "(model.layers.0.mlp.Wi: 32 -> 128 = 2 x intermediate_size 64)" in message, message
+    assert "(model.layers.0.attn.Wqkv, ...)" in message, message
+    assert fix in message, message
