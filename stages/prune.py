@@ -80,6 +80,7 @@ from stages.surgery import (
     concat_histories,
     dependency_graph,
     history_of,
+    unwrapped_parameters,
 )
 from stages.tasks import Task
 from stages.training import accuracy, fit
@@ -199,15 +200,11 @@ def _require_removed(
     Only when torch-pruning finds no group at all (besides the ignored output layer): a model
     with prunable groups that kept its size is left to the row's params_total to show.
     """
-    import torch_pruning as tp
-
     total, _ = param_counts(model)
     if total < total_before:
         return
     example = to_device(task.example_input(2), device)
-    graph = tp.DependencyGraph().build_dependency(
-        model, example_inputs=example, forward_fn=forward_logits, verbose=False
-    )
+    graph = dependency_graph(model, example)
     ignored = [output_layer(model, example), *rnn_layers(model)]
     what = f"prune.method='structured' prune.ratio={params.ratio:g}"
     with bounded_walks(what=what, fix=UNSTRUCTURED_FIX + WALK_FIX):
@@ -415,6 +412,7 @@ def _prune_structured(
         iterative_pruning_ratio_scheduler=cubic_schedule,
         ignored_layers=ignored,
         forward_fn=forward_logits,
+        unwrapped_parameters=unwrapped_parameters(model),
         # attention: prune the same number of dims in every head, so embed_dim stays a multiple
         num_heads={m: m.num_heads for m in model.modules() if isinstance(m, nn.MultiheadAttention)},
     )
@@ -554,6 +552,7 @@ def _prune_hugging_face(
                 pruning_ratio_dict=ratios,
                 ignored_layers=skip,
                 forward_fn=forward_logits,
+                unwrapped_parameters=unwrapped_parameters(model),
                 num_heads=hf.num_heads,
                 prune_num_heads=True,
                 prune_head_dims=False,

@@ -52,14 +52,44 @@ PruningHistory = list[list[Any]]
 
 def dependency_graph(model: nn.Module, example: Inputs) -> Any:
     """torch-pruning's DependencyGraph of `model`, traced on `example` (a tensor or a tuple of
-    model inputs; the output may be any form `stages.batches.logits_of` accepts)."""
+    model inputs; the output may be any form `stages.batches.logits_of` accepts), with its
+    `unwrapped_parameters`."""
     import torch_pruning as tp
 
     model.eval()  # tracing runs a forward pass: leave BatchNorm statistics alone
     with torch.enable_grad():  # torch-pruning traces the graph through autograd
         return tp.DependencyGraph().build_dependency(
-            model, example_inputs=example, forward_fn=forward_logits, verbose=False
+            model,
+            example_inputs=example,
+            forward_fn=forward_logits,
+            unwrapped_parameters=unwrapped_parameters(model),
+            verbose=False,
         )
+
+
+def unwrapped_parameters(model: nn.Module) -> list[tuple[nn.Parameter, int]]:
+    """[(parameter, dim it is pruned along)] for every parameter of `model` outside the layers
+    torch-pruning prunes itself: ViT's `cls_token` and position embeddings, Llama's RMSNorm
+    weights, ConvNext's layer scales, a user's per-channel `nn.Parameter`. Each is pruned along
+    its last dimension longer than 1 (its channels; torch-pruning's own choice, given here so
+    that every graph of the model, the pruner's and the replay's, couples them the same way
+    and torch-pruning does not warn "Unwrapped parameters detected"); one with no such
+    dimension is left alone, as torch-pruning leaves it."""
+    import torch_pruning as tp
+    from torch_pruning import ops
+
+    pruners = tp.DependencyGraph().REGISTERED_PRUNERS
+    wrapped: set[int] = set()
+    for module in model.modules():
+        kind = ops.module2type(module)
+        if kind in pruners and kind != ops.OPTYPE.ELEMENTWISE:
+            wrapped.update(id(p) for p in module.parameters())
+    found: list[tuple[nn.Parameter, int]] = []
+    for param in model.parameters():  # each shared parameter once
+        dims = [d for d, size in enumerate(param.shape) if size > 1]
+        if id(param) not in wrapped and dims:
+            found.append((param, dims[-1]))
+    return found
 
 
 # How often one group walk may reach the same node (layer, parameter or traced op) with the same
