@@ -173,9 +173,8 @@ def execute_stage(request: StageRequest, parent: Any, teacher: Any) -> tuple[Any
 
     wall0, cpu0 = time.perf_counter(), time.process_time()  # the whole task, preparation included
     _prepare_worker(request.sys_path, request.threads)
-    # The driver checked the task's models before any stage ran (pre-flight): they are not
-    # built and run once more here. A stage that reads them (teacher, distill) verifies its
-    # copy against the driver's fingerprint; every later stage rebuilds its parent's checkpoint.
+    # The driver checked the task's models pre-flight: not built and run again here. Teacher
+    # and distill verify their copy by the driver's fingerprint; later stages read none.
     task = load_task(request.task, check_models=False)
     if request.fingerprint:
         check_same_task(request)
