@@ -103,13 +103,25 @@ def model_card(
     }
 
 
+# Beside the accuracies: the batch they were computed at. Latency is timed at batch 1
+# (latency.batch_size); an int8 mode that quantizes activations per batch (dynamic_int8,
+# onnx_int8) can score otherwise at batch 1 than at eval_batch_size (newuser7 F-F).
+ACCURACY_BATCH_KEY = "accuracy_batch_size"
+
+
 def _card_metrics(row: Mapping[str, Any]) -> dict[str, Any]:
-    """A row's metrics as the card gives them, with `latency_unsteady` (its latency_cv above
-    the threshold: `orchestrator.query.steadiness`) and the task's own metric."""
+    """A row's metrics as the card gives them: the accuracies followed by the batch size they
+    were computed at (`accuracy_batch_size`, the row's eval_batch_size; the task metric's
+    too), the other metrics, `latency_unsteady` (its latency_cv above the threshold:
+    `orchestrator.query.steadiness`) and the task's own metric."""
     from orchestrator.query.steadiness import latency_unsteady
 
+    metrics = {m: row.get(m) for m in METRICS_IN_CARD}
+    accuracies = {m: metrics.pop(m) for m in ("val_accuracy", "test_accuracy")}
     return {
-        **{m: row.get(m) for m in METRICS_IN_CARD},
+        **accuracies,
+        ACCURACY_BATCH_KEY: row.get("eval_batch_size"),
+        **metrics,
         "latency_unsteady": latency_unsteady(row),
         **_task_metric_columns(row),
     }
