@@ -7,6 +7,8 @@ mutate what these return (checkpoints are frozen dataclasses; their tensors are 
 from __future__ import annotations
 
 import io
+from collections.abc import Iterator
+from typing import Any
 
 import pytest
 import torch
@@ -92,3 +94,28 @@ def train_checkpoint(
     cpu = torch.device("cpu")
     fit(model, task.train, task.val, epochs=epochs, lr=lr, batch_size=64, device=cpu, seed=0)
     return from_model(task, model, {"arch": arch})
+
+
+class WalkedTooFar(Exception):
+    """torch-pruning added more group entries than the test module's WALK_BUDGET."""
+
+
+@pytest.fixture
+def walked(monkeypatch: pytest.MonkeyPatch, request: pytest.FixtureRequest) -> Iterator[list[int]]:
+    """Counts torch-pruning's group entries (`Group.add_dep`); past the test module's
+    `WALK_BUDGET` the walk stops with WalkedTooFar, so a walk that would run for minutes fails
+    at once (the work is counted, not timed)."""
+    from torch_pruning.dependency.group import Group
+
+    budget = int(request.module.WALK_BUDGET)
+    count = [0]
+    add = Group.add_dep
+
+    def counted(self: Any, dep: Any, idxs: Any) -> None:
+        count[0] += 1
+        if count[0] > budget:
+            raise WalkedTooFar(f"torch-pruning added over {budget} group entries")
+        add(self, dep, idxs)
+
+    monkeypatch.setattr(Group, "add_dep", counted)
+    yield count

@@ -12,7 +12,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -37,28 +36,6 @@ pytest.importorskip("transformers")
 # dependency edges torch-pruning may add while it groups layers, in one whole prune (the tiny
 # Llama below needs about 500; the old code passed 20000 in one group of q_proj)
 WALK_BUDGET = 2000
-
-
-class _WalkedTooFar(Exception):
-    pass
-
-
-@pytest.fixture
-def walked(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[int]]:
-    """Counts torch-pruning's group edges; past WALK_BUDGET the walk stops with an error."""
-    from torch_pruning.dependency.group import Group
-
-    count = [0]
-    add = Group.add_dep
-
-    def counted(self: Any, dep: Any, idxs: Any) -> None:
-        count[0] += 1
-        if count[0] > WALK_BUDGET:
-            raise _WalkedTooFar(f"torch-pruning added over {WALK_BUDGET} group edges")
-        add(self, dep, idxs)
-
-    monkeypatch.setattr(Group, "add_dep", counted)
-    yield count
 
 
 def _teacher(task: Task) -> ModelCheckpoint:
