@@ -38,6 +38,14 @@ def _flat(info: pytest.ExceptionInfo[SqueezerayError]) -> str:
     return " ".join(str(info.value).split())
 
 
+# the two settings that prune structurally: (pipeline, values), how a message names it, its fix
+KNOBS = [
+    (STUDENT, "distill.student_ratio=0.5 (the student made from the teacher)",
+     "set distill.student_ratio: 1"),
+    (STRUCTURED, "prune.method='structured' prune.ratio=0.5", "use an unstructured prune.method"),
+]  # fmt: skip
+
+
 @pytest.mark.parametrize(
     ("kind", "cls", "key"),
     [
@@ -45,15 +53,7 @@ def _flat(info: pytest.ExceptionInfo[SqueezerayError]) -> str:
         ("mobilevit", "MobileViTForImageClassification", "hidden_sizes=[16, 24, 32]"),
     ],
 )
-@pytest.mark.parametrize(
-    ("setting", "what", "fix"),
-    [
-        (STUDENT, "distill.student_ratio=0.5 (the student made from the teacher)",
-         "set distill.student_ratio: 1"),
-        (STRUCTURED, "prune.method='structured' prune.ratio=0.5",
-         "use an unstructured prune.method"),
-    ],
-)  # fmt: skip
+@pytest.mark.parametrize(("setting", "what", "fix"), KNOBS)
 def test_a_per_stage_config_is_refused_before_ray_naming_key_value_and_fix(
     kind: str, cls: str, key: str, setting: tuple[list[str], dict[str, Any]], what: str, fix: str
 ) -> None:
@@ -79,15 +79,7 @@ def test_squeezeray_validate_on_swin_exits_2_not_a_traceback() -> None:
     assert "Traceback" not in output and "TypeError" not in output, output
 
 
-@pytest.mark.parametrize(
-    ("setting", "what", "fix"),
-    [
-        (STUDENT, "distill.student_ratio=0.5 (the student made from the teacher)",
-         "set distill.student_ratio: 1"),
-        (STRUCTURED, "prune.method='structured' prune.ratio=0.5",
-         "use an unstructured prune.method"),
-    ],
-)  # fmt: skip
+@pytest.mark.parametrize(("setting", "what", "fix"), KNOBS)
 def test_a_prune_far_below_its_ratio_warns_before_ray_naming_what_it_kept(
     setting: tuple[list[str], dict[str, Any]], what: str, fix: str
 ) -> None:
@@ -128,15 +120,7 @@ def test_squeezeray_validate_prints_the_warning_and_exits_0(
     assert "DebertaV2ForSequenceClassification lost only its FFN width" in output, output
 
 
-@pytest.mark.parametrize(
-    ("setting", "what", "fix"),
-    [
-        (STUDENT, "distill.student_ratio=0.5 (the student made from the teacher)",
-         "set distill.student_ratio: 1"),
-        (STRUCTURED, "prune.method='structured' prune.ratio=0.5",
-         "use an unstructured prune.method"),
-    ],
-)  # fmt: skip
+@pytest.mark.parametrize(("setting", "what", "fix"), KNOBS)
 def test_a_fused_gated_ffn_is_refused_before_pruning_as_not_supported(
     setting: tuple[list[str], dict[str, Any]], what: str, fix: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
