@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import textwrap
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -123,6 +124,23 @@ GRID_LOWRANK = {
 }
 
 
+def _summary_and_start(
+    tmp_path: Path, text: str, capsys: pytest.CaptureFixture[str]
+) -> tuple[Any, str, str]:
+    """The space in `text` loaded, validate's summary of it, and the sweep's first lines."""
+    from types import SimpleNamespace
+
+    from orchestrator.cli import _print_start
+
+    path = tmp_path / "space.yaml"
+    path.write_text(textwrap.dedent(text))
+    space = load_space(path)
+    summary = space.summary()
+    storage = SimpleNamespace(uri=str(tmp_path / "runs"))
+    _print_start("sweep", SimpleNamespace(sweep_id="s1", space=space, storage=storage))
+    return space, summary, capsys.readouterr().err
+
+
 LOWRANK_SPACE = """
 name: lowrank-skip
 task: blobs
@@ -153,17 +171,9 @@ def test_validate_and_the_sweep_say_when_lowrank_is_skipped_after_unstructured_p
     validate listed 0.5 under "fixed" and the sweep said nothing (new user 6 F4): validate's
     summary and the sweep's start line say so, from the rule the trials run
     (`coherence.make_coherent`)."""
-    from types import SimpleNamespace
-
-    from orchestrator.cli import _print_start
-
-    path = tmp_path / "space.yaml"
-    path.write_text(textwrap.dedent(LOWRANK_SPACE.format(method=method, ratio=ratio)))
-    space = load_space(path)
-    summary = space.summary()
-    storage = SimpleNamespace(uri=str(tmp_path / "runs"))
-    _print_start("sweep", SimpleNamespace(sweep_id="s1", space=space, storage=storage))
-    started = capsys.readouterr().err
+    _, summary, started = _summary_and_start(
+        tmp_path, LOWRANK_SPACE.format(method=method, ratio=ratio), capsys
+    )
     if said is None:
         assert "warning:" not in summary and "note:" not in summary, summary
         assert "lowrank" not in started, started
@@ -218,18 +228,11 @@ def test_validate_and_the_sweep_say_when_export_runtime_is_replaced(
     torch-quantized one never does) ran and was recorded as the other runtime while validate
     listed the space's value and the sweep said nothing. Now both say so, as for lowrank, from
     the rule the trials run: the warning exactly when no grid point runs the runtime set."""
-    from types import SimpleNamespace
-
-    from orchestrator.cli import _print_start
     from orchestrator.space.coherence import effective_knobs
 
-    path = tmp_path / "space.yaml"
-    path.write_text(textwrap.dedent(RUNTIME_SPACE.format(mode=mode, runtime=runtime)))
-    space = load_space(path)
-    summary = space.summary()
-    storage = SimpleNamespace(uri=str(tmp_path / "runs"))
-    _print_start("sweep", SimpleNamespace(sweep_id="s1", space=space, storage=storage))
-    started = capsys.readouterr().err
+    space, summary, started = _summary_and_start(
+        tmp_path, RUNTIME_SPACE.format(mode=mode, runtime=runtime), capsys
+    )
     points, _ = grid_points(space)
     ran = [
         effective_knobs({**space.fixed(), **p}, space.pipeline)["export.runtime"] for p in points
