@@ -107,6 +107,11 @@ class PruneParams:
         check_int("prune.finetune_epochs", self.finetune_epochs, low=0)
         check_range("prune.lr", self.lr, low=0.0, low_inclusive=False)
 
+    @property
+    def setting(self) -> str:
+        """How a message names these params: `prune.method='structured' prune.ratio=0.5`."""
+        return f"prune.method={self.method!r} prune.ratio={self.ratio:g}"
+
 
 def cubic_schedule(ratio: float, steps: int) -> list[float]:
     """Target ratios after 0..steps steps: [0, ..., ratio], cubic (Zhu & Gupta 2017).
@@ -140,7 +145,7 @@ def prune(inp: StageInput, params: PruneParams) -> StageOutput:
     share = prunable_share(model)
     if params.method != "structured" and params.ratio > 0.0 and share < MIN_PRUNABLE_SHARE:
         raise SqueezerayError(
-            f"prune.method={params.method!r} prune.ratio={params.ratio:g} would prune almost "
+            f"{params.setting} would prune almost "
             f"nothing: the unstructured methods zero weights of Linear/Conv layers only, which "
             f"hold {share:.1%} of this model's parameters (below {MIN_PRUNABLE_SHARE:.0%}); "
             f"not touched: {untouched_summary(model)}; prune a model whose weights are mostly "
@@ -206,12 +211,11 @@ def _require_removed(
     example = to_device(task.example_input(2), device)
     graph = dependency_graph(model, example)
     ignored = [output_layer(model, example), *rnn_layers(model)]
-    what = f"prune.method='structured' prune.ratio={params.ratio:g}"
-    with bounded_walks(what=what, fix=UNSTRUCTURED_FIX + WALK_FIX):
+    with bounded_walks(what=params.setting, fix=UNSTRUCTURED_FIX + WALK_FIX):
         found = any(True for _ in graph.get_all_groups(ignored_layers=ignored))
     if not found:
         raise SqueezerayError(
-            f"prune.method='structured' prune.ratio={params.ratio:g} removed no channel: "
+            f"{params.setting} removed no channel: "
             "torch-pruning keeps the output layer's width (the logits) and found no other layer "
             f"whose channels it could remove (the model has {weight_layer_summary(model)}); use "
             "an unstructured method (l1_unstructured, global, random), or prune.ratio: 0"
@@ -248,7 +252,7 @@ def prune_module(
             with torch.no_grad():
                 logits = forward_logits(model.eval(), example)
             before = tensor_shapes(model), tuple(logits.shape)
-            what = what or f"prune.method='structured' prune.ratio={params.ratio:g}"
+            what = what or params.setting
             # a Hugging Face cache is no part of the logits
             with no_cache(model), bounded_walks(what=what, fix=fix + WALK_FIX):
                 history = _prune_structured(
@@ -424,7 +428,7 @@ def _prune_structured(
         except Exception as exc:  # torch-pruning on a layer pattern it does not handle
             steps = ", or prune.steps: 1" if params.steps > 1 else ""
             raise SqueezerayError(
-                f"{what or f'prune.method={params.method!r} prune.ratio={params.ratio:g}'}: "
+                f"{what or params.setting}: "
                 f"torch-pruning could not prune this model (it has "
                 f"{weight_layer_summary(model)}) at step {step + 1}/{params.steps}: "
                 f"{type(exc).__name__}: {exc}; {fix}{steps}"
@@ -535,7 +539,6 @@ def _prune_hugging_face(
 
     original = hf_sizes(model, fix=fix)  # a per-stage config is refused here
     before = sum(p.numel() for p in model.parameters())
-    label = f"prune.method={params.method!r} prune.ratio={params.ratio:g}"
     history: PruningHistory = []
     for step, fraction in enumerate(cubic_schedule(params.ratio, params.steps)[1:]):
         model.eval()
@@ -563,7 +566,7 @@ def _prune_hugging_face(
             raise
         except Exception as exc:  # torch-pruning on a layer pattern it does not handle
             raise SqueezerayError(
-                f"{what or label}: "
+                f"{what or params.setting}: "
                 f"torch-pruning could not prune this Hugging Face model (it has "
                 f"{weight_layer_summary(model)}) at step {step + 1}/{params.steps}: "
                 f"{type(exc).__name__}: {exc}; {fix}"
@@ -580,7 +583,7 @@ def _prune_hugging_face(
             _finetune_keeping_zeros(model, task, params, device=device, seed=seed + step)
     model.eval()
     check_config(model, fix=fix)
-    note = hf_shortfall(model, original, before, params.ratio, what=what or label, fix=fix)
+    note = hf_shortfall(model, original, before, params.ratio, what=what or params.setting, fix=fix)
     if note is not None:  # the stage's log; validate and the sweep's pre-flight print it
         warnings.warn(note, SqueezerayWarning, stacklevel=2)
     return history
