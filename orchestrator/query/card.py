@@ -106,12 +106,12 @@ def model_card(
 # Beside the accuracies: the batch they were computed at. Latency is timed at batch 1
 # (latency.batch_size); an int8 mode that quantizes activations per batch (dynamic_int8,
 # onnx_int8) can score otherwise at batch 1 than at eval_batch_size (newuser7 F-F).
-ACCURACY_BATCH_KEY = "accuracy_batch_size"
+ACCURACY_BATCH_KEY = "eval_batch_size"  # the row's column, under its own name
 
 
 def _card_metrics(row: Mapping[str, Any]) -> dict[str, Any]:
     """A row's metrics as the card gives them: the accuracies followed by the batch size they
-    were computed at (`accuracy_batch_size`, the row's eval_batch_size; the task metric's
+    were computed at (`eval_batch_size`, the row's column of that name; the task metric's
     too), the other metrics, `latency_unsteady` (its latency_cv above the threshold:
     `orchestrator.query.steadiness`) and the task's own metric."""
     from orchestrator.query.steadiness import latency_unsteady

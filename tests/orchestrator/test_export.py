@@ -312,8 +312,8 @@ def test_the_guides_plain_onnxruntime_snippet_reproduces_the_cards_accuracy(
     # the accuracies say the batch they were computed at, next to them (latency is batch 1;
     # onnx_int8 scores otherwise at batch 1: newuser7 F-F), for the row and the baseline
     for metrics in (card["metrics"], card["baseline"]):
-        assert list(metrics)[:3] == ["val_accuracy", "test_accuracy", "accuracy_batch_size"]
-        assert metrics["accuracy_batch_size"] == 256
+        assert list(metrics)[:3] == ["val_accuracy", "test_accuracy", "eval_batch_size"]
+        assert metrics["eval_batch_size"] == 256
     x, y = digits.test.tensors  # type: ignore[attr-defined]
     monkeypatch.chdir(tmp_path)
     namespace: dict[str, Any] = {"X_test": x.numpy(), "y_test": y.numpy()}
