@@ -878,3 +878,26 @@ def test_a_fresh_workers_first_task_rescans_no_imports_and_allocates_without_sym
     before, after, sympy = done.stdout.split()[-3:]
     assert int(before) > 50_000 and int(after) < int(before) // 20
     assert sympy == "False"
+
+
+def test_a_pruning_history_travels_as_tensors_and_loads_back_as_int_lists(
+    tmp_path: Path,
+) -> None:
+    """The weights-only unpickler reads each int of a list in Python: a 10M model's history
+    (thousands of indices) cost ~8 ms per load. On disk each entry's indices are one int64
+    tensor; the loaded recipe is the history as it was, and a file that holds them as lists
+    (written before) loads the same."""
+    history = [["0", True, list(range(0, 3000, 2))], ["2", False, [5, 1, 3]], ["4", True, []]]
+    recipe = {"arch": "student", "pruned": history, "quantize": "none"}
+    ckpt = ModelCheckpoint(task="t", state_dict={"w": torch.zeros(2)}, recipe=recipe)
+    path = tmp_path / "c.ckpt"
+    with open(path, "wb") as f:
+        ckpt.save(f)
+    raw = torch.load(path, weights_only=True)
+    assert [type(entry[2]) for entry in raw["recipe"]["pruned"]] == [torch.Tensor] * 3
+    assert ModelCheckpoint.from_file(path).recipe == recipe
+    assert ModelCheckpoint.from_bytes(ckpt.to_buffer()).recipe == recipe
+    assert ckpt.recipe["pruned"][0][2] == list(range(0, 3000, 2))  # the caller's copy untouched
+    old = {**ckpt.to_payload(), "recipe": recipe}  # indices as lists, as before
+    torch.save(old, path)
+    assert ModelCheckpoint.from_file(path).recipe == recipe
