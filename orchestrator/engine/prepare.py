@@ -31,6 +31,7 @@ from orchestrator.engine.manifest import (
 )
 from orchestrator.engine.plan import TRAINING_SEED
 from orchestrator.engine.records import PreparedSweep
+from orchestrator.engine.runtime import check_reachable
 from orchestrator.space.config import load_space, parse_space_text
 from orchestrator.space.config import space_text as config_space_text
 from orchestrator.space.model import SearchSpace
@@ -77,6 +78,8 @@ def prepare_sweep(
         algorithm=start.options.algorithm,
         check_task=not start.finished,
     )
+    if not start.finished:  # a typo in --address fails now, not after the task's checks
+        check_reachable(start.options.address)
     # A finished sweep runs nothing: its task is not imported (nor re-checked) to say so.
     loaded, fingerprint, model_bytes, activation_bytes = (
         (loaded, {}, 0, 0)

@@ -186,6 +186,17 @@ def _is_auth_error(exc: BaseException) -> bool:
     return any(m in text for m in ("AuthenticationError", "InvalidAuthToken", "UNAUTHENTICATED"))
 
 
+def check_reachable(address: str | None) -> None:
+    """Fail fast, before the sweep loads its task (minutes of pre-flight on a big model), when
+    `address` (`--address`; None: an embedded Ray, nothing to check) names no running head:
+    `auto` finds none, or nothing listens at HOST:PORT. A ray:// client address is left to
+    `join_ray`. Raises SqueezerayError as `join_ray` does."""
+    if address is None or "://" in address:
+        return
+    target, origin = resolve_address(address)
+    _check_listening(address, target, origin)
+
+
 def resolve_address(address: str) -> tuple[str, str]:
     """(HOST:PORT, where it came from) for `auto` or an explicit address; `auto` reads
     RAY_ADDRESS, else the address file of the last `ray start` head on this machine."""
