@@ -19,6 +19,7 @@ from stages.checkpoint import from_model
 from stages.errors import SqueezerayError
 from stages.loading import batches
 from stages.masks import param_counts
+from stages.progress import training_step
 from stages.tasks import Task
 
 
@@ -134,10 +135,12 @@ def fit(
         best_acc = accuracy(model, val, device=device, num_workers=num_workers)
         best_state, start_best = copy.deepcopy(model.state_dict()), True
     last_loss = float("nan")
+    n_batches = _batch_count(loader)
     for _epoch in range(epochs):
         model.train()
         total, n = 0.0, 0
-        for x, y in loader:
+        training_step(_epoch + 1, epochs, 0, n_batches)
+        for step, (x, y) in enumerate(loader, start=1):
             x, y = to_device(as_inputs(x), device), y.to(device)
             logits = forward_logits(model, x)
             _check_labels(y, logits)
@@ -156,6 +159,7 @@ def fit(
                 after_step()
             total += loss.item() * int(y.numel())
             n += int(y.numel())
+            training_step(_epoch + 1, epochs, step, n_batches)
         last_loss = total / max(n, 1)
         if restore_best:
             acc = accuracy(model, val, device=device, num_workers=num_workers)
@@ -177,6 +181,14 @@ def fit(
         "train_loss": last_loss,
         "epochs": float(epochs),
     }
+
+
+def _batch_count(loader: Any) -> int | None:
+    """Batches in an epoch of `loader`; None for an iterable dataset of unknown length."""
+    try:
+        return len(loader)
+    except TypeError:
+        return None
 
 
 def _length(dataset: Dataset) -> int | None:

@@ -194,11 +194,11 @@ def test_stages_import_neither_ray_nor_orchestrator() -> None:
 # stages/ bottom to top: a module imports only modules of its own layer or below.
 STAGES_LAYERS: tuple[tuple[str, ...], ...] = (
     # leaves: errors, log filters, mode names, batch forms, demo models, layer kinds, device,
-    # strict tracing, freed heap pages back to the OS; batch normalisation (modules and exported
-    # graph ops)
+    # strict tracing, freed heap pages back to the OS, stage progress; batch normalisation
+    # (modules and exported graph ops)
     (
         *("errors", "quiet", "names", "batches", "models", "attention", "device", "layers"),
-        *("tracing", "heap"),
+        *("tracing", "heap", "progress"),
     ),
     ("batchnorm",),
     ("conv1d", "hfheads"),  # transformers' Conv1D as Linear; Hugging Face heads and config

@@ -35,7 +35,12 @@ from typing import Any
 
 import ray
 
-from orchestrator.engine.requests import MeasureRequest, StageRequest, StoredCheckpoint
+from orchestrator.engine.requests import (
+    BASELINE_TRIAL,
+    MeasureRequest,
+    StageRequest,
+    StoredCheckpoint,
+)
 from orchestrator.engine.stage_tasks import (
     CACHE_DIR,
     as_transfer,
@@ -80,6 +85,7 @@ class _StageCache:
         self.measuring: dict[str, ray.ObjectRef] = {}  # measured pipeline key -> metrics ref
         # key -> wall time (time.time()) its task left the queue and started running
         self.started_at: dict[str, float] = {}
+        self.progress_text: dict[str, str] = {}  # running stage key -> "epoch 1/3, batch 9/40"
         self.rows: list[dict[str, Any]] = []
         self._watchers: set[asyncio.Task[None]] = set()
         self.claims = StageClaims(self.storage)
@@ -210,11 +216,13 @@ class _StageCache:
             if self._current(request.key, info_ref):
                 self.refs.pop(request.key, None)
                 self.waiting.pop(request.key, None)
+                self.progress_text.pop(request.key, None)
                 self.started_at.pop(request.key, None)
                 self.claims.release(request.key)
             return
         if self._current(request.key, info_ref):
             self.waiting.pop(request.key, None)
+            self.progress_text.pop(request.key, None)
             self.claims.release(request.key)  # its checkpoint is written: others load it
         row = {
             "stage_key": request.key,
@@ -293,6 +301,11 @@ class _StageCache:
         """A stage or measure task started running (called by the task itself)."""
         self.started_at.setdefault(key, at)
 
+    async def progress(self, key: str, text: str) -> None:
+        """Where a running stage is (called by its task: `stages.progress`)."""
+        if key in self.waiting:
+            self.progress_text[key] = text
+
     async def running_since(self, key: str) -> float | None:
         """When the task of `key` started running (wall time), or None while it is queued."""
         return self.started_at.get(key)
@@ -301,10 +314,16 @@ class _StageCache:
         """What runs now, for progress displays: `stages`, the stage names of the tasks that
         left the queue and have not finished (a stage shared by trials once; measurements as
         `measure`), sorted; `trials`, beside each, how many trials wait on that one task (a
-        shared teacher: 3); `queued`, the stage tasks started but still waiting for CPUs.
-        Cheap: no task is waited for."""
+        shared teacher: 3; the baseline, waiting on the teacher too, is not a trial);
+        `progress`, beside each, where the stage is ("epoch 1/3, batch 9/40", "" before it
+        says); `queued`, the stage tasks started but still waiting for CPUs. Cheap: no task
+        is waited for."""
         running = [
-            (self.stage_names.get(k, "?"), max(1, len(trials)))
+            (
+                self.stage_names.get(k, "?"),
+                max(1, len(trials - {BASELINE_TRIAL})),
+                self.progress_text.get(k, ""),
+            )
             for k, trials in self.waiting.items()
             if k in self.started_at
         ]
@@ -318,11 +337,12 @@ class _StageCache:
                 if ref in finished:
                     del self.measuring[key]
                 else:
-                    running.append(("measure", 1))
+                    running.append(("measure", 1, ""))
         running.sort()
         return {
-            "stages": [name for name, _ in running],
-            "trials": [n for _, n in running],
+            "stages": [name for name, _, _ in running],
+            "trials": [n for _, n, _ in running],
+            "progress": [text for _, _, text in running],
             "queued": queued,
         }
 
@@ -338,6 +358,7 @@ class _StageCache:
             if trials:
                 continue
             del self.waiting[key]
+            self.progress_text.pop(key, None)
             refs = self.refs.get(key)
             if refs is None or ray.wait([refs[1]], timeout=0)[0]:
                 continue  # finished meanwhile: keep it, its watcher records it
@@ -433,7 +454,7 @@ def running_stages(cache: Any) -> dict[str, Any]:
     try:
         return dict(ray.get(cache.running.remote(), timeout=2))
     except Exception:  # gone, restarting or slow: a progress display shows nothing
-        return {"stages": [], "trials": [], "queued": 0}
+        return {"stages": [], "trials": [], "progress": [], "queued": 0}
 
 
 def stop_cache(cache: Any) -> None:

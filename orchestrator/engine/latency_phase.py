@@ -21,6 +21,7 @@ from typing import Any
 from orchestrator.engine.manifest import sweep_table
 from orchestrator.engine.pipeline import SweepPlan
 from orchestrator.engine.records import SweepRun
+from orchestrator.engine.requests import BASELINE_TRIAL
 from orchestrator.space.model import SearchSpace
 from orchestrator.store.rows import now, trial_row
 from stages.errors import SqueezerayError
@@ -52,7 +53,7 @@ def start_baseline(run: SweepRun) -> Any:
     gone for good (no baseline row: `--resume` measures it)."""
     import ray
 
-    teacher_request = run.plan.requests({}, trial_id="baseline")[0]
+    teacher_request = run.plan.requests({}, trial_id=BASELINE_TRIAL)[0]
     try:
         t_ref, _ = ray.get(run.cache.get.remote(teacher_request, [], []))
         (metrics_ref,) = ray.get(
@@ -90,7 +91,7 @@ def baseline_row(
     from orchestrator.engine.pipeline import bounded, describe_error, write_error_log
     from orchestrator.store.schema import LOST
 
-    teacher_key = plan.requests({}, trial_id="baseline")[0].key
+    teacher_key = plan.requests({}, trial_id=BASELINE_TRIAL)[0].key
     result: dict[str, Any] = {"status": "ok", "stage_keys": [teacher_key], "effective_params": {}}
     try:
         result.update(ray.get(metrics_ref))
@@ -104,12 +105,12 @@ def baseline_row(
                 if lost
                 else f"{where}: {describe_error(exc)}"
             ),
-            error_log=write_error_log(plan.storage, plan.sweep_id, "baseline", exc),
+            error_log=write_error_log(plan.storage, plan.sweep_id, BASELINE_TRIAL, exc),
         )
     return trial_row(
         sweep_id=plan.sweep_id,
         sweep_name=sweep_name,
-        trial_id="baseline",
+        trial_id=BASELINE_TRIAL,
         task=plan.task,
         started_at=started,
         result=result,

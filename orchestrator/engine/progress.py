@@ -76,6 +76,9 @@ class SweepProgress:
         self.poll: Callable[[], Mapping[str, Any]] | None = None  # the cache's running stages
         self.stages: list[str] = []
         self.sharing: list[int] = []  # beside stages: the trials waiting on each
+        self.stage_progress: list[
+            str
+        ] = []  # beside stages: where each is ("epoch 1/3, batch 9/40")
         self.queued = 0
         self.polled_at = -math.inf
         self.lock = threading.RLock()  # events (Tune's loop) and ticks (the thread) interleave
@@ -172,6 +175,7 @@ class SweepProgress:
             with self.lock:
                 self.stages = list(answer.get("stages", []))
                 self.sharing = list(answer.get("trials", []))
+                self.stage_progress = list(answer.get("progress", []))
                 self.queued = int(answer.get("queued", 0))
         with self.lock:
             if not self.plain:
@@ -203,7 +207,13 @@ class SweepProgress:
         )
 
     def _running(self) -> str:
-        return running_text(self.running, self.stages, self.queued, sharing=self.sharing)
+        return running_text(
+            self.running,
+            self.stages,
+            self.queued,
+            sharing=self.sharing,
+            progress=self.stage_progress,
+        )
 
     def _best(self) -> str:
         if self.best_value is None:

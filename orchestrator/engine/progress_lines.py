@@ -80,25 +80,39 @@ def knobs_text(params: Any, knobs: Sequence[str]) -> str:
 
 
 def running_text(
-    trials: int, stages: Sequence[str], queued: int, *, sharing: Sequence[int] = ()
+    trials: int,
+    stages: Sequence[str],
+    queued: int,
+    *,
+    sharing: Sequence[int] = (),
+    progress: Sequence[str] = (),
 ) -> str:
-    """ "running 4: distill ×2, prune, teacher (shared by 3 trials) (+1 queued)": the running
-    trials and the stage tasks running for them now, by stage name. A stage shared by trials
-    runs once; `sharing`, beside `stages`, says how many trials wait on each task, so a
-    shared one says so instead of reading as one run per trial."""
+    """ "running 4: distill ×2, prune, teacher (shared by 3 trials; epoch 1/3, batch 40/400)
+    (+1 queued)": the running trials and the stage tasks running for them now, by stage name.
+    A stage shared by trials runs once; `sharing`, beside `stages`, says how many trials wait
+    on each task, so a shared one says so instead of reading as one run per trial;
+    `progress`, beside `stages`, where each task is (`stages.progress`; "" when it has not
+    said)."""
     from collections import Counter
 
     text = "running" if stages and not trials else f"running {trials}"
     if stages:
         counts = Counter(stages)
         waiting: Counter[str] = Counter()
+        where: dict[str, list[str]] = {}
         for name, n in zip(stages, sharing, strict=False):
             waiting[name] += n
-        text += ": " + ", ".join(
-            (name if n == 1 else f"{name} ×{n}")
-            + (f" (shared by {waiting[name]} trials)" if waiting[name] > n else "")
-            for name, n in sorted(counts.items())
-        )
+        for name, said in zip(stages, progress, strict=False):
+            if said:
+                where.setdefault(name, []).append(said)
+        parts = []
+        for name, n in sorted(counts.items()):
+            notes = [f"shared by {waiting[name]} trials"] if waiting[name] > n else []
+            notes += where.get(name, [])
+            parts.append(
+                (name if n == 1 else f"{name} ×{n}") + (f" ({'; '.join(notes)})" if notes else "")
+            )
+        text += ": " + ", ".join(parts)
     if queued:
         text += f" (+{queued} queued)"
     return text

@@ -5,6 +5,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+# The trial id of the baseline's requests and row: the teacher, measured as the user has it.
+BASELINE_TRIAL = "baseline"
+
 
 @dataclass(frozen=True)
 class StageRequest:

@@ -536,9 +536,28 @@ def _released() -> Iterator[None]:
     release_memory()
 
 
+def _reported_to_cache(sweep_id: str, key: str) -> contextlib.AbstractContextManager[None]:
+    """The stage's progress ("epoch 1/3, batch 40/400", `stages.progress`) sent to the sweep's
+    cache actor for its display, fire and forget (best effort: no actor, no progress)."""
+    from stages.progress import reporting
+
+    if not sweep_id:
+        return contextlib.nullcontext()
+    try:
+        actor = ray.get_actor(cache_actor_name(sweep_id))
+    except Exception:
+        return contextlib.nullcontext()
+
+    def report(text: str) -> None:
+        with contextlib.suppress(Exception):
+            actor.progress.remote(key, text)
+
+    return reporting(report)
+
+
 def _stage_task(request: StageRequest, parent: Any, teacher: Any) -> tuple[Any, dict[str, Any]]:
     _announce_start(request.sweep_id, request.key)
-    with _released():
+    with _released(), _reported_to_cache(request.sweep_id, request.key):
         return execute_stage(request, parent, teacher)
 
 

@@ -71,6 +71,7 @@ from orchestrator.engine.records import (
     SweepRun,
     SweepSummary,
 )
+from orchestrator.engine.requests import BASELINE_TRIAL
 from orchestrator.engine.runtime import ClusterInfo
 from orchestrator.engine.signals import stop_signals
 from orchestrator.engine.summary import RunEnd, points_repeated, sweep_summary
@@ -276,7 +277,7 @@ def _execute_sweep(
         from orchestrator.engine.cache import running_stages
 
         progress("ready", {"running_stages": functools.partial(running_stages, run.cache)})
-    stored_baseline = stored.pop("baseline", None)
+    stored_baseline = stored.pop(BASELINE_TRIAL, None)
     setup = tune_setup(
         run,
         stored,

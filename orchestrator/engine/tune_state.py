@@ -28,6 +28,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from orchestrator.engine.records import PreparedSweep
+from orchestrator.engine.requests import BASELINE_TRIAL
 from orchestrator.engine.warm import WarmStart
 from orchestrator.store.storage import tune_storage
 
@@ -48,7 +49,7 @@ def is_final(result: Mapping[str, Any]) -> bool:
 
 def final_trials(stored: Mapping[str, Mapping[str, Any]]) -> frozenset[str]:
     """The trial ids whose stored row is final (the baseline row aside)."""
-    return frozenset(t for t, r in stored.items() if t != "baseline" and is_final(r))
+    return frozenset(t for t, r in stored.items() if t != BASELINE_TRIAL and is_final(r))
 
 
 @dataclass(frozen=True)
@@ -131,7 +132,7 @@ def lost_reruns(
     reruns = []
     for trial_id in sorted(stored):
         row = stored[trial_id]
-        if trial_id == "baseline" or is_final(row) or row.get("status") is None:
+        if trial_id == BASELINE_TRIAL or is_final(row) or row.get("status") is None:
             continue
         params = row.get("effective_params") or {}
         if all(k in params for k in searched):

@@ -266,6 +266,7 @@ def test_a_stage_shared_by_trials_says_so(tmp_path: Path) -> None:
     assert answer == {
         "stages": ["distill", "distill", "teacher"],
         "trials": [1, 2, 3],
+        "progress": ["", "", ""],
         "queued": 1,
     }
     text = running_text(3, answer["stages"], answer["queued"], sharing=answer["trials"])
@@ -274,6 +275,40 @@ def test_a_stage_shared_by_trials_says_so(tmp_path: Path) -> None:
     ), text
     # one task per trial: nothing to add
     assert running_text(2, ["prune", "teacher"], 0, sharing=[1, 1]) == "running 2: prune, teacher"
+
+
+def test_a_running_stage_says_where_it_is(tmp_path: Path) -> None:
+    """newuser8 F-PROG-1: a 30M teacher trained 10 minutes with only "running 3: teacher"
+    heartbeats. A stage's task tells the cache actor where it is; the line says it beside the
+    stage, and the actor forgets it once the stage has ended."""
+    import asyncio
+
+    from orchestrator.engine import cache as cache_module
+    from orchestrator.engine.progress_lines import running_text
+
+    cache = cache_module._StageCache(str(tmp_path), "s", stage_options={}, measure_options={})
+    cache.waiting = {"kt": {"t1", "t2"}, "kd1": {"t1"}, "kd2": {"t2"}}
+    cache.stage_names = {"kt": "teacher", "kd1": "distill", "kd2": "distill"}
+    cache.started_at = {"kt": 1.0, "kd1": 2.0, "kd2": 3.0}
+
+    async def said() -> dict:
+        await cache.progress("kt", "epoch 2/3, batch 40/400")
+        await cache.progress("kd2", "epoch 1/1, batch 0/63")
+        await cache.progress("gone", "epoch 1/1, batch 1/2")  # not running: ignored
+        return await cache.running()
+
+    answer = asyncio.run(said())
+    assert answer["progress"] == ["", "epoch 1/1, batch 0/63", "epoch 2/3, batch 40/400"]
+    assert "gone" not in cache.progress_text
+    text = running_text(
+        2, answer["stages"], 0, sharing=answer["trials"], progress=answer["progress"]
+    )
+    assert text == (
+        "running 2: distill ×2 (epoch 1/1, batch 0/63), "
+        "teacher (shared by 2 trials; epoch 2/3, batch 40/400)"
+    ), text
+    asyncio.run(cache.release("t2"))  # kd2's only trial gave up: its progress goes with it
+    assert "kd2" not in cache.progress_text
 
 
 def test_the_summary_line_does_not_count_scheduler_stops_as_failures() -> None:
