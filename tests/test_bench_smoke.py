@@ -128,3 +128,13 @@ def test_main_runs_pareto_smoke(tmp_path: Path) -> None:
 
     assert main(["--smoke", "--only", "pareto", "--results-dir", str(tmp_path)]) == 0
     assert json.loads((tmp_path / "pareto_smoke.json").read_text())["cases"]
+
+
+def test_quality_checks_smoke() -> None:
+    """bench/quality_checks.py's code path at 1 seed and 1 epoch (its verdict means nothing)."""
+    from bench import quality_checks
+
+    result = quality_checks.kd_beats_ce(seeds=(0,), epochs=1, teacher_epochs=1)
+    assert len(result["kd"]) == len(result["ce"]) == 1
+    assert all(0 <= a <= 1 for a in result["kd"] + result["ce"])
+    assert isinstance(result["failed"], list)

@@ -1,13 +1,10 @@
-"""The distill stage: KD beats the plain-CE student, teacher wiring, determinism, params."""
+"""The distill stage: teacher wiring, determinism, params. (Whether KD beats the plain-CE
+student is a quality check: bench/quality_checks.py.)"""
 
 from __future__ import annotations
 
-import statistics
-import time
-
 import pytest
 import torch
-from torch.utils.data import ConcatDataset
 
 from stages.base import StageInput, StageOutput
 from stages.distill import SPEC, DistillParams, distill
@@ -19,37 +16,6 @@ from stages.training import accuracy
 from tests.stages.conftest import same_state, snapshot
 
 CPU = torch.device("cpu")
-KD_SEEDS = (0, 1, 2)
-
-
-@pytest.mark.slow
-def test_kd_student_beats_plain_ce_student(digits: Task, digits_teacher: StageOutput) -> None:
-    """Default KD (T=4, alpha=0.5, 60 epochs) vs alpha=1 (plain CE), same seeds, same init.
-
-    Scored on val + test together (540 held-out images): val alone picks the best epoch, and
-    on digits the gap is a few images, so the larger pool is the less noisy judge.
-    """
-    held_out: ConcatDataset[tuple[torch.Tensor, torch.Tensor]] = ConcatDataset(
-        [digits.val, digits.test]
-    )
-    scores: dict[float, list[float]] = {1.0: [], 0.5: []}
-    start = time.perf_counter()
-    for alpha in scores:
-        for seed in KD_SEEDS:
-            out = distill(
-                StageInput(task=digits, parent=digits_teacher.checkpoint, seed=seed),
-                DistillParams(temperature=4.0, alpha=alpha),
-            )
-            model = build_model(digits, out.checkpoint)
-            scores[alpha].append(accuracy(model, held_out, device=CPU))
-    ce, kd = scores[1.0], scores[0.5]
-    print(  # visible with -s; the numbers the report quotes
-        f"KD {statistics.mean(kd):.4f}±{statistics.stdev(kd):.4f} vs "
-        f"CE {statistics.mean(ce):.4f}±{statistics.stdev(ce):.4f} over seeds {KD_SEEDS} "
-        f"({time.perf_counter() - start:.1f} s)"
-    )
-    assert statistics.mean(kd) >= statistics.mean(ce)
-    assert min(kd) >= 0.95
 
 
 def test_student_checkpoint_contract(
