@@ -406,38 +406,56 @@ def _prune_structured(
             model, task, params, example=example, ignored=ignored, device=device, seed=seed,
             what=what, fix=fix,
         )  # fmt: skip
-    pruner = tp.pruner.MetaPruner(
-        model,
-        example,
-        importance=_importance(p=2),
-        pruning_ratio=params.ratio,
-        pruning_ratio_dict=_keep_one_channel(model, params.ratio, ignored=ignored, example=example),
-        iterative_steps=params.steps,
-        iterative_pruning_ratio_scheduler=cubic_schedule,
-        ignored_layers=ignored,
-        forward_fn=forward_logits,
-        unwrapped_parameters=unwrapped_parameters(model),
-        # attention: prune the same number of dims in every head, so embed_dim stays a multiple
-        num_heads={m: m.num_heads for m in model.modules() if isinstance(m, nn.MultiheadAttention)},
-    )
+    try:  # the graph build traces the model: a pattern torch-pruning cannot follow fails here
+        pruner = tp.pruner.MetaPruner(
+            model,
+            example,
+            importance=_importance(p=2),
+            pruning_ratio=params.ratio,
+            pruning_ratio_dict=_keep_one_channel(
+                model, params.ratio, ignored=ignored, example=example
+            ),
+            iterative_steps=params.steps,
+            iterative_pruning_ratio_scheduler=cubic_schedule,
+            ignored_layers=ignored,
+            forward_fn=forward_logits,
+            unwrapped_parameters=unwrapped_parameters(model),
+            # attention: prune the same number of dims in every head (embed_dim a multiple)
+            num_heads={
+                m: m.num_heads for m in model.modules() if isinstance(m, nn.MultiheadAttention)
+            },
+        )
+    except GroupWalkTooLong:
+        raise
+    except Exception as exc:  # e.g. a GRU's outputs into torch.cat (newuser8 F-GRU-1)
+        raise _not_prunable(
+            model, params, what, fix, "while building its dependency graph", exc
+        ) from exc
     for step in range(params.steps):
         try:
             pruner.step()
         except GroupWalkTooLong:
             raise
         except Exception as exc:  # torch-pruning on a layer pattern it does not handle
-            steps = ", or prune.steps: 1" if params.steps > 1 else ""
-            raise SqueezerayError(
-                f"{what or params.setting}: "
-                f"torch-pruning could not prune this model (it has "
-                f"{weight_layer_summary(model)}) at step {step + 1}/{params.steps}: "
-                f"{type(exc).__name__}: {exc}; {fix}{steps}"
-            ) from exc
+            at = f"at step {step + 1}/{params.steps}"
+            raise _not_prunable(model, params, what, fix, at, exc) from exc
         if params.steps > 1 and params.finetune_epochs > 0:
             # zeros of a masked parent survive the slicing; keep them through the fine-tune
             _finetune_keeping_zeros(model, task, params, device=device, seed=seed + step)
             model.eval()
     return history_of(pruner.DG)
+
+
+def _not_prunable(
+    model: nn.Module, params: PruneParams, what: str | None, fix: str, at: str, exc: Exception
+) -> SqueezerayError:
+    """torch-pruning failed on this model's layout (`at`: where): the setting, the
+    model's weight layers, torch-pruning's own error and the fix."""
+    steps = ", or prune.steps: 1" if params.steps > 1 else ""
+    return SqueezerayError(
+        f"{what or params.setting}: torch-pruning could not prune this model (it has "
+        f"{weight_layer_summary(model)}) {at}: {type(exc).__name__}: {exc}; {fix}{steps}"
+    )
 
 
 def tensor_shapes(model: nn.Module) -> dict[str, tuple[int, ...]]:

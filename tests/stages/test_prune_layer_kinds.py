@@ -162,6 +162,35 @@ def test_structured_rnn_says_it_removed_nothing(kind: type[nn.RNNBase]) -> None:
         _run(task, _parent(task), ratio=0.3, method="structured")
 
 
+class PooledGRU(nn.Module):
+    """newuser8's GRU classifier: masked mean and max of the outputs concatenated."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.emb = nn.Embedding(VOCAB, 16, padding_idx=0)
+        self.rnn = nn.GRU(16, 16, batch_first=True, bidirectional=True)
+        self.head = nn.Sequential(nn.Linear(64, 32), nn.ReLU(), nn.Linear(32, 2))
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        out, _ = self.rnn(self.emb(ids))
+        mask = (ids != 0).unsqueeze(-1).float()
+        mean = (out * mask).sum(1) / mask.sum(1).clamp(min=1)
+        return self.head(torch.cat([mean, out.max(1).values], -1))
+
+
+def test_a_layout_torch_pruning_cannot_trace_is_an_error_naming_the_layers() -> None:
+    """newuser8 F-GRU-1: torch-pruning's graph build fails on a GRU's outputs into torch.cat
+    (a TypeError inside torch-pruning, raised from MetaPruner's constructor, escaped as a raw
+    traceback from validate). It is the stage's SqueezerayError naming the model's layers."""
+    task = _task("gru_cat", PooledGRU, _ids(), 2)
+    with pytest.raises(SqueezerayError) as err:
+        _run(task, _parent(task), ratio=0.5, method="structured")
+    message = str(err.value)
+    assert "torch-pruning could not prune this model" in message, message
+    assert "while building its dependency graph: TypeError" in message, message
+    assert "GRU x1" in message, message
+
+
 # -- 4. unstructured on RNN models ------------------------------------------------------------
 
 
