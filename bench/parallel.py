@@ -44,9 +44,12 @@ def run(*, smoke: bool = False, repeats: int = 2, results_dir: Any = None) -> di
                 }
             )
     # A smoke run does not wait for an idle machine (its numbers mean nothing; in the test
-    # suite the wait ran to its 180 s bound).
+    # suite the wait ran to its 180 s bound), and trains in this process, as its sweeps run.
     control = machine_scaling(
-        repeats=1 if smoke else repeats, epochs=1 if smoke else 40, quiet=not smoke
+        repeats=1 if smoke else repeats,
+        epochs=1 if smoke else 40,
+        quiet=not smoke,
+        inprocess=smoke,
     )
     t1 = [r["sweep_s"] for r in runs["1"]]
     t2 = [r["sweep_s"] for r in runs["2"]]
@@ -87,19 +90,27 @@ def child_train(payload: dict[str, Any]) -> dict[str, Any]:
     return {"wall_s": time.perf_counter() - wall0, "cpu_s": time.process_time() - cpu0}
 
 
-def machine_scaling(*, repeats: int, epochs: int, quiet: bool = True) -> dict[str, Any]:
+def machine_scaling(
+    *, repeats: int, epochs: int, quiet: bool = True, inprocess: bool = False
+) -> dict[str, Any]:
     """The same training alone, then two copies at once; efficiency = alone / each of pair.
-    `quiet`: wait (bounded) for an idle machine before the run alone."""
+    `quiet`: wait (bounded) for an idle machine before the run alone. `inprocess` (smoke runs):
+    the trainings run in this process (threads), not in fresh ones that import torch again."""
     alone: list[float] = []
     pair: list[float] = []
     for _ in range(repeats):
-        child = run_child("bench.parallel:child_train", {"epochs": epochs}, quiet=quiet)
+        child = run_child(
+            "bench.parallel:child_train", {"epochs": epochs}, quiet=quiet, inprocess=inprocess
+        )
         alone.append(child["wall_s"])
         with ThreadPoolExecutor(max_workers=2) as pool:
             both = list(
                 pool.map(
                     lambda _: run_child(
-                        "bench.parallel:child_train", {"epochs": epochs}, quiet=False
+                        "bench.parallel:child_train",
+                        {"epochs": epochs},
+                        quiet=False,
+                        inprocess=inprocess,
                     ),
                     range(2),
                 )

@@ -22,30 +22,41 @@ def _read(results_dir: Path, name: str) -> dict:  # type: ignore[type-arg]
     return dict(data)
 
 
-def test_sweep_vs_naive_smoke(ray_session: None, tmp_path: Path) -> None:
-    from bench import sweep_vs_naive
+def test_sweep_vs_naive_parallel_and_concurrency_smoke(
+    ray_session: None, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The three benchmarks built on `bench.sweep_vs_naive:child_squeezeray`, in one test: the
+    comparison with the naive sweep runs its sweep for real; the parallel and concurrency
+    benchmarks then run their whole code path (machine control included, in this process) on
+    that sweep's summary, replayed, instead of three more tiny sweeps whose numbers mean
+    nothing. Each asks for the sweeps it would run (CPUs, trials at once): checked below."""
+    from bench import parallel, sweep_vs_naive
+
+    real = sweep_vs_naive.child_squeezeray
+    summary: dict = {}  # type: ignore[type-arg]
+    asked: list[dict] = []  # type: ignore[type-arg]
+
+    def first_real_then_replayed(payload: dict) -> dict:  # type: ignore[type-arg]
+        asked.append(payload)
+        if not summary:
+            summary.update(real(payload))
+        return json.loads(json.dumps(summary))
+
+    monkeypatch.setattr(sweep_vs_naive, "child_squeezeray", first_real_then_replayed)
 
     sweep_vs_naive.run(smoke=True, results_dir=tmp_path)
+    assert len(asked) == 1  # the real sweep
     data = _read(tmp_path, "sweep_vs_naive")["workloads"]["tiny"]
     naive = data["runs"]["naive"][0]
     assert naive["errors"] == 0
     _check_comparison(data, data["runs"]["squeezeray"][0])
 
-
-def _check_comparison(w: dict, sq: dict) -> None:  # type: ignore[type-arg]
-    # Same configurations, same seed: the naive pipeline reproduces every model exactly.
-    assert w["same_accuracy_as_naive"] == f"{w['trials']}/{w['trials']}"
-    # tiny: 5 stages per trial; squeezeray shares the teacher and the KD stage.
-    assert w["stage_executions_naive"] == 5 * w["trials"]
-    assert w["stage_requests_squeezeray"] == w["stage_executions_naive"]
-    assert sq["stages_executed"] < w["stage_executions_naive"]
-    assert 0 < w["bound_s"]["median"] < w["squeezeray_sweep_s"]["median"]
-
-
-def test_parallel_smoke(ray_session: None, tmp_path: Path) -> None:
-    from bench import parallel
-
+    asked.clear()
     parallel.run(smoke=True, results_dir=tmp_path)
+    assert [(p["space"], p["trials"], p["num_cpus"]) for p in asked] == [
+        ("tiny", 1, 1),
+        ("tiny", 1, 2),
+    ]
     data = _read(tmp_path, "parallel")
     assert set(data["runs"]) == {"1", "2"}
     t1 = data["runs"]["1"][0]["sweep_s"]
@@ -57,14 +68,22 @@ def test_parallel_smoke(ray_session: None, tmp_path: Path) -> None:
         data["efficiency"]["median"] / control["efficiency"]["median"]
     )
 
-
-def test_concurrency_smoke(ray_session: None, tmp_path: Path) -> None:
-    from bench import parallel
-
+    asked.clear()
     parallel.run_concurrency(smoke=True, results_dir=tmp_path)
+    assert [(p["trials"], p["num_cpus"], p["max_concurrent"]) for p in asked] == [(2, 2, 2)]
     data = _read(tmp_path, "concurrency")["workloads"]["tiny"]
     assert data["runs"]["2"][0]["stages_executed"] >= 1
     assert data["sweep_s"]["2"]["median"] > 0
+
+
+def _check_comparison(w: dict, sq: dict) -> None:  # type: ignore[type-arg]
+    # Same configurations, same seed: the naive pipeline reproduces every model exactly.
+    assert w["same_accuracy_as_naive"] == f"{w['trials']}/{w['trials']}"
+    # tiny: 5 stages per trial; squeezeray shares the teacher and the KD stage.
+    assert w["stage_executions_naive"] == 5 * w["trials"]
+    assert w["stage_requests_squeezeray"] == w["stage_executions_naive"]
+    assert sq["stages_executed"] < w["stage_executions_naive"]
+    assert 0 < w["bound_s"]["median"] < w["squeezeray_sweep_s"]["median"]
 
 
 def test_latency_noise_smoke(tmp_path: Path) -> None:
