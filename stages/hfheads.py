@@ -17,7 +17,7 @@ a model `from_pretrained` can build:
   through `slice_heads`/`remove_heads` (history entries `<attention>:heads`, replayed by
   `stages.surgery.replay`). Other fused or grouped-query attention keeps its heads and the
   hidden width; only the FFN width is pruned there (Llama's head count comes from its
-  config: transformers 5 keeps none on `LlamaAttention`; `shortfall` warns when that removes
+  config: transformers 5 keeps none on `LlamaAttention`; `stages.shortfall` warns when that removes
   under half the share asked). A gated FFN fused in one Linear (ModernBERT's `mlp.Wi`,
   `fused_ffn`) and a config of per-stage widths (Swin, MobileViT: `per_stage_widths`) are
   refused by `sizes` before any pruning. A model without attention heads
@@ -474,37 +474,9 @@ def _per_stage_refusal(pm: nn.Module, key: str, value: Any, fix: str) -> str:
     )
 
 
-# a structured prune that removes under this share of what its ratio asked is reported
-SHORTFALL = 0.5
-
-
-def shortfall(
-    model: nn.Module,
-    original: dict[str, dict[str, int]],
-    params_before: int,
-    fraction: float,
-    *,
-    what: str,
-    fix: str,
-) -> str | None:
-    """A warning when structured pruning to `fraction` removed under `SHORTFALL` of that share
-    of `model`'s parameters (`params_before` before it, `original` = `sizes` before it), else
-    None. It names the model, what went and what stayed (the attention heads and hidden width
-    of an attention layout squeezeray cannot prune by whole heads: DeBERTa-v2, grouped-query
-    attention), the shares removed and asked, and `fix`."""
-    after = sum(p.numel() for p in model.parameters())
-    removed = 1.0 - after / params_before if params_before else 0.0
-    if fraction <= 0.0 or removed >= SHORTFALL * fraction:
-        return None
-    now = sizes(model)
-    lines = [_what_changed(pm, original[name], now[name]) for name, pm in pretrained_models(model)]
-    return (
-        f"{what}: structured pruning removed {removed:.1%} of the model's parameters where "
-        f"{fraction:.0%} was asked: {'; '.join(lines)}; if that is not what you want, {fix}"
-    )
-
-
-def _what_changed(pm: nn.Module, before: dict[str, int], now: dict[str, int]) -> str:
+def what_changed(pm: nn.Module, before: dict[str, int], now: dict[str, int]) -> str:
+    """What structured pruning took from the Hugging Face model `pm` (`before`/`now`: its
+    `sizes` entries) and what it kept, with why heads stayed (for `stages.shortfall`)."""
     config = config_of(pm)
     parts = [
         ("FFN width", ffn_key(config) or "ffn", "ffn"),
@@ -757,8 +729,8 @@ __all__ = [
     "remove_heads",
     "set_channels",
     "set_config_entry",
-    "shortfall",
     "sizes",
     "slice_heads",
     "sync_config",
+    "what_changed",
 ]

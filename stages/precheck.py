@@ -10,6 +10,7 @@ them.
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -20,7 +21,7 @@ from stages.attention import LinearAttention
 from stages.batches import forward_logits
 from stages.casting import cast_model
 from stages.distill import STUDENT_RATIO_FIX, DistillParams
-from stages.errors import SqueezerayError
+from stages.errors import SqueezerayError, SqueezerayWarning
 from stages.hfheads import UNSTRUCTURED_FIX, pretrained_models
 from stages.layers import is_linear, weight_layer_summary
 from stages.lora import lora_targets
@@ -60,7 +61,9 @@ def check_stages_apply(
       structured pruning or a made student resizes layers upstream, which only shrinks them:
       with no Linear of min(out, in) >= the smallest min_features);
     - prune with a reachable unstructured method and ratio > 0 on a model whose Linear/Conv
-      weights hold under `stages.prune.MIN_PRUNABLE_SHARE` of its parameters (RNN models);
+      weights hold under `stages.prune.MIN_PRUNABLE_SHARE` of its parameters (RNN models):
+      the model the prune stage receives, a student made from the teacher at each reachable
+      distill.student_ratio < 1 included (`_unstructured_problems`);
     - quantize.mode dynamic_int8 reachable on a model with no nn.Linear or (supported)
       nn.MultiheadAttention;
     - a quantize.mode / export.runtime pair that cannot deploy (`check_runtimes_apply`);
@@ -83,22 +86,7 @@ def check_stages_apply(
                 f"{task.name!r}: LoRA adapts nn.Linear and nn.MultiheadAttention weights and "
                 f"the model has none ({layers}); set lora.rank: 0 or drop lora from the pipeline"
             )
-    if "prune" in pipeline:
-        methods = [m for m in reachable("prune.method", "l1_unstructured") if m != "structured"]
-        share = prunable_share(model)
-        if (
-            methods
-            and any(r > 0 for r in reachable("prune.ratio", 0.5))
-            and (share < MIN_PRUNABLE_SHARE)
-        ):
-            problems.append(
-                f"prune.method={methods[0]!r} cannot apply to the {arch} model of task "
-                f"{task.name!r}: the unstructured methods zero Linear/Conv weights, which hold "
-                f"{share:.1%} of its parameters (below {MIN_PRUNABLE_SHARE:.0%}); not touched: "
-                f"{untouched_summary(model)}; set prune.ratio: 0 or drop prune from the "
-                "pipeline (prune.method: structured shrinks Linear/Conv/Embedding widths but "
-                "leaves LSTM/GRU/RNN layers alone too)"
-            )
+    problems.extend(_pruning_problems(task, pipeline, values, model=model, arch=arch))
     has_linear = any(is_linear(m, replaceable=True) for m in model.modules())
     if "lowrank" in pipeline:
         ratios = [r for r in reachable("lowrank.rank_ratio", 1.0) if r < 1.0]
@@ -137,11 +125,10 @@ def check_stages_apply(
                     "out*in/(out+in); lower lowrank.min_features or lowrank.rank_ratio, or drop "
                     "lowrank from the pipeline"
                 )
-    for check in (check_pruned_widths, check_runtimes_apply):
-        try:
-            check(task, pipeline, values)
-        except SqueezerayError as exc:
-            problems.extend(str(exc).splitlines())
+    try:
+        check_runtimes_apply(task, pipeline, values)
+    except SqueezerayError as exc:
+        problems.extend(str(exc).splitlines())
     dynamic = "quantize" in pipeline and "dynamic_int8" in reachable("quantize.mode", "none")
     attention = any(LinearAttention.supports(m) for m in model.modules())
     if dynamic and not (has_linear or attention):
@@ -157,6 +144,142 @@ def check_stages_apply(
         problems.extend(str(exc).splitlines())
     if problems:
         raise SqueezerayError("\n".join(problems))
+
+
+def _pruning_problems(
+    task: Task,
+    pipeline: Sequence[str],
+    values: Mapping[str, Sequence[Any]],
+    *,
+    model: nn.Module,
+    arch: str,
+) -> list[str]:
+    """The refusals of `check_pruned_widths` and of `_unstructured_problems`, which judges
+    the students the former made (freed on return: a student of a big model is big)."""
+    problems: list[str] = []
+    students: dict[float, nn.Module] = {}
+    try:
+        students = check_pruned_widths(task, pipeline, values)
+    except SqueezerayError as exc:
+        problems.extend(str(exc).splitlines())
+    if "prune" in pipeline:
+        problems += _unstructured_problems(
+            task, pipeline, values, model=model, arch=arch, made=students
+        )
+    return problems
+
+
+def _unstructured_problems(
+    task: Task,
+    pipeline: Sequence[str],
+    values: Mapping[str, Sequence[Any]],
+    *,
+    model: nn.Module,
+    arch: str,
+    made: Mapping[float, nn.Module],
+) -> list[str]:
+    """The refusals of an unstructured prune.method with a ratio > 0 the space can reach, on
+    the model the prune stage would receive, whose Linear/Conv weights hold under
+    `MIN_PRUNABLE_SHARE` of its parameters (every such trial would be an error row).
+
+    That model is `model` (the `arch` model as built), or, for a student made from the
+    teacher, the teacher structurally pruned to each reachable distill.student_ratio < 1:
+    that pruning can narrow only the Linear/Conv layers of an RNN model, so its student holds
+    a smaller share than its teacher. `made`: the students `check_pruned_widths` already made
+    (at the smallest reachable ratio). When those and `model` pass, the ratios between are
+    taken to pass; when one fails, every reachable ratio is checked, so the refusal names
+    each failing value (as every refusal here: a choice holding one failing value is refused,
+    naming the value and what is accepted). A line per failing student_ratio.
+    """
+    methods = [m for m in values.get("prune.method", ["l1_unstructured"]) if m != "structured"]
+    if not methods or not any(r > 0 for r in values.get("prune.ratio", [PruneParams().ratio])):
+        return []
+    teacher = prunable_share(model)
+    if not ("distill" in pipeline and task.student is None):
+        if teacher >= MIN_PRUNABLE_SHARE:
+            return []
+        return [_unstructured_refusal(task, methods, arch, model)]
+    kept = sorted(set(values.get("distill.student_ratio", [DistillParams().student_ratio])))
+    models = {r: model for r in kept if r >= 1.0}  # a copy of the teacher
+    models.update({r: made[r] for r in kept if r in made})
+    if not models:  # no student could be made (the distill stage's error): judge the teacher
+        models = dict.fromkeys(kept, model)
+    if all(prunable_share(m) >= MIN_PRUNABLE_SHARE for m in models.values()):
+        return []  # the ends pass: the ratios between are taken to pass
+    for r in kept:
+        if r not in models:
+            student = _made_student(task, r)
+            models[r] = model if student is None else student
+    passing = [r for r in kept if prunable_share(models[r]) >= MIN_PRUNABLE_SHARE]
+    lines = [
+        _unstructured_refusal(task, methods, "teacher", model)
+        if models[r] is model
+        else _student_refusal(task, methods, r, models[r], teacher=teacher, passing=passing)
+        for r in kept
+        if r not in passing
+    ]
+    return list(dict.fromkeys(lines))
+
+
+def _unstructured_refusal(task: Task, methods: list[str], arch: str, model: nn.Module) -> str:
+    return (
+        f"prune.method={methods[0]!r} cannot apply to the {arch} model of task "
+        f"{task.name!r}: the unstructured methods zero Linear/Conv weights, which hold "
+        f"{prunable_share(model):.1%} of its parameters (below {MIN_PRUNABLE_SHARE:.0%}); not "
+        f"touched: {untouched_summary(model)}; set prune.ratio: 0 or drop prune from the "
+        "pipeline (prune.method: structured shrinks Linear/Conv/Embedding widths but "
+        "leaves LSTM/GRU/RNN layers alone too)"
+    )
+
+
+def _student_refusal(
+    task: Task,
+    methods: list[str],
+    ratio: float,
+    student: nn.Module,
+    *,
+    teacher: float,
+    passing: list[float],
+) -> str:
+    share = prunable_share(student)
+    named = ", ".join(methods)
+    if passing:
+        other = f"keep only distill.student_ratio {', '.join(f'{r:g}' for r in passing)}"
+    elif teacher >= MIN_PRUNABLE_SHARE:
+        other = "set distill.student_ratio: 1 (a copy of the teacher)"
+    else:
+        other = ""
+    return (
+        f"prune.method={methods[0]!r} cannot apply to the student made from the teacher at "
+        f"distill.student_ratio={ratio:g} (task {task.name!r}): the unstructured methods "
+        f"zero Linear/Conv weights, which hold {share:.1%} of that student's parameters "
+        f"(below {MIN_PRUNABLE_SHARE:.0%}; the teacher's: {teacher:.1%}, but structured "
+        "pruning made the student by narrowing its Linear/Conv layers only); not touched: "
+        f"{untouched_summary(student)}; every trial with distill.student_ratio={ratio:g} and "
+        f"prune.method {named} would be an error row; accepted with that student: "
+        "prune.method: structured or prune.ratio: 0; "
+        + (f"or {other}; " if other else "")
+        + f"or remove {named} from prune.method (or {ratio:g} from distill.student_ratio), "
+        "or give the task its own student (Task(student=...))"
+    )
+
+
+def _made_student(task: Task, ratio: float) -> nn.Module | None:
+    """The teacher (a fresh one) structurally pruned as the distill stage makes its student
+    at distill.student_ratio `ratio`, without its shortfall warning (that of the smallest
+    ratio is given once, by `check_pruned_widths`); None when torch-pruning cannot prune it
+    (the distill stage's error row says so)."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        model = task.build("teacher")
+    params = PruneParams(ratio=1.0 - ratio, method="structured")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", SqueezerayWarning)
+            prune_module(model, task, params, device=torch.device("cpu"), seed=0)
+    except SqueezerayError:
+        return None
+    return model
 
 
 # Working runtimes per mode, for the refusals' "use ..." part (docs/quantization.md).
@@ -269,7 +392,7 @@ def _first_line(exc: BaseException) -> str:
 
 def check_pruned_widths(
     task: Task, pipeline: Sequence[str], values: Mapping[str, Sequence[Any]]
-) -> None:
+) -> dict[float, nn.Module]:
     """Refuse, before any work starts, a model that structured pruning leaves unable to run.
 
     Structured pruning runs in `prune` (prune.method: structured) and in `distill` for a task
@@ -281,8 +404,13 @@ def check_pruned_widths(
     model any failure is refused here (heads or a config that cannot follow the pruning,
     `stages.hfheads`); on other models torch-pruning's own failures stay the stage's error,
     except a group walk that does not end (`stages.surgery.GroupWalkTooLong`): it is refused
-    here within seconds, as it would stop every trial.
+    here within seconds, as it would stop every trial. A prune that removes far less than its
+    ratio asked is a `SqueezerayWarning` (`stages.shortfall`).
+
+    Returns the student made from the teacher that it pruned, by its distill.student_ratio
+    (none when torch-pruning could not prune it), for the unstructured-prune rule.
     """
+    made: dict[float, nn.Module] = {}
     runs: list[tuple[str, str, float, str]] = []
     if "distill" in pipeline and task.student is None:
         kept = min(values.get("distill.student_ratio", [DistillParams().student_ratio]))
@@ -299,15 +427,21 @@ def check_pruned_widths(
             if stage == "distill"
             else f"prune.method='structured' prune.ratio={ratio:g}"
         )
-        _check_pruned(task, arch, PruneParams(ratio=ratio, method="structured"), what, fix)
+        pruned = _check_pruned(task, arch, PruneParams(ratio=ratio, method="structured"), what, fix)
+        if stage == "distill" and pruned is not None:
+            made[min(values.get("distill.student_ratio", [DistillParams().student_ratio]))] = pruned
+    return made
 
 
-def _check_pruned(task: Task, arch: str, params: PruneParams, what: str, fix: str) -> None:
+def _check_pruned(
+    task: Task, arch: str, params: PruneParams, what: str, fix: str
+) -> nn.Module | None:
     """Prune a fresh `arch` model as the stage would; refuse it when it no longer runs because
     a parameter or buffer kept a pruned width (or, for a Hugging Face model, for any reason).
     `fix`: the advice for the knob that asked for structured pruning (`what`).
     Another model that fails for another reason is left to the stage, whose error row says so
-    per trial (`check_pruned_forward`)."""
+    per trial (`check_pruned_forward`). Returns the pruned model, or None when torch-pruning
+    could not prune it."""
     cpu = torch.device("cpu")
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(0)
@@ -317,7 +451,7 @@ def _check_pruned(task: Task, arch: str, params: PruneParams, what: str, fix: st
         before = tensor_shapes(model), tuple(forward_logits(model.eval(), example).shape)
     try:
         with bounded_walks(what=what, fix=fix + WALK_FIX):  # its what, not the stage's default
-            prune_module(  # `what`: a shortfall warning names the knob (`hfheads.shortfall`)
+            prune_module(  # `what`: a shortfall warning names the knob (`stages.shortfall`)
                 model, task, params, device=cpu, seed=0, what=what, fix=fix, check_forward=False
             )
     except GroupWalkTooLong as exc:  # every trial would stop there, whatever its ratio
@@ -326,13 +460,14 @@ def _check_pruned(task: Task, arch: str, params: PruneParams, what: str, fix: st
         if pretrained_models(model):  # a Hugging Face model it cannot keep loadable: refuse
             text = str(exc) if str(exc).startswith(what) else f"{what}: {exc}"
             raise SqueezerayError(f"task {task.name!r}: {text}") from exc
-        return  # torch-pruning cannot prune this model: the stage reports it per trial
+        return None  # torch-pruning cannot prune this model: the stage reports it per trial
     problem = pruned_forward_problem(model, example, before)
     if problem is not None and (problem[1] or pretrained_models(model)):
         try:
             check_pruned_forward(model, example, before, what=f"{what} on the {arch} model")
         except SqueezerayError as exc:
             raise SqueezerayError(f"task {task.name!r}: {exc}; or {fix}") from exc
+    return model
 
 
 __all__ = ["check_casts_run", "check_pruned_widths", "check_runtimes_apply", "check_stages_apply"]

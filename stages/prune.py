@@ -58,7 +58,6 @@ from stages.hfheads import (
     sync_config,
 )
 from stages.hfheads import plan as hf_plan
-from stages.hfheads import shortfall as hf_shortfall
 from stages.hfheads import sizes as hf_sizes
 from stages.layers import weight_layer_summary
 from stages.masks import (
@@ -72,6 +71,7 @@ from stages.masks import (
 )
 from stages.names import PRUNE_METHODS
 from stages.rebuild import build_model
+from stages.shortfall import Before, before, shortfall
 from stages.surgery import (
     GroupWalkTooLong,
     PruningHistory,
@@ -394,18 +394,45 @@ def _prune_structured(
     what: str | None,
     fix: str,
 ) -> PruningHistory:
-    import torch_pruning as tp
-
     model.eval()  # tracing runs a forward pass: keep BatchNorm running stats untouched
     example = to_device(task.example_input(2), device)
     # RNN layers: torch-pruning's LSTM handler indexes out of range (IndexError from
     # dependency.py) and it has none for GRU/RNN; leave them and what feeds them alone
-    ignored = [output_layer(model, example), *rnn_layers(model)]
+    output = output_layer(model, example)
+    ignored = [output, *rnn_layers(model)]
+    was = before(model, output=output, hf=hf_sizes(model, fix=fix))  # refuses per-stage configs
     if pretrained_models(model):
-        return _prune_hugging_face(
+        history = _prune_hugging_face(
+            model, task, params, example=example, ignored=ignored, device=device, seed=seed,
+            what=what, fix=fix, was=was,
+        )  # fmt: skip
+    else:
+        history = _prune_plain(
             model, task, params, example=example, ignored=ignored, device=device, seed=seed,
             what=what, fix=fix,
         )  # fmt: skip
+    note = shortfall(model, was, params.ratio, what=what or params.setting, fix=fix)
+    if note is not None:  # the stage's log; validate and the sweep's pre-flight print it
+        warnings.warn(note, SqueezerayWarning, stacklevel=2)
+    return history
+
+
+def _prune_plain(
+    model: nn.Module,
+    task: Task,
+    params: PruneParams,
+    *,
+    example: Inputs,
+    ignored: list[nn.Module],
+    device: torch.device,
+    seed: int,
+    what: str | None,
+    fix: str,
+) -> PruningHistory:
+    """Structured pruning of a model holding no Hugging Face transformer: one MetaPruner,
+    `params.steps` steps on the cubic schedule."""
+    import torch_pruning as tp
+
     try:  # the graph build traces the model: a pattern torch-pruning cannot follow fails here
         pruner = tp.pruner.MetaPruner(
             model,
@@ -546,6 +573,7 @@ def _prune_hugging_face(
     seed: int,
     what: str | None,
     fix: str,
+    was: Before,
 ) -> PruningHistory:
     """Structured pruning of a model holding Hugging Face transformers (`stages.hfheads`):
     whole attention heads, the hidden width in whole heads, FFN widths, and the config.
@@ -555,8 +583,7 @@ def _prune_hugging_face(
     """
     import torch_pruning as tp
 
-    original = hf_sizes(model, fix=fix)  # a per-stage config is refused here
-    before = sum(p.numel() for p in model.parameters())
+    original = was.hf
     history: PruningHistory = []
     for step, fraction in enumerate(cubic_schedule(params.ratio, params.steps)[1:]):
         model.eval()
@@ -601,9 +628,6 @@ def _prune_hugging_face(
             _finetune_keeping_zeros(model, task, params, device=device, seed=seed + step)
     model.eval()
     check_config(model, fix=fix)
-    note = hf_shortfall(model, original, before, params.ratio, what=what or params.setting, fix=fix)
-    if note is not None:  # the stage's log; validate and the sweep's pre-flight print it
-        warnings.warn(note, SqueezerayWarning, stacklevel=2)
     return history
 
 

@@ -202,6 +202,7 @@ STAGES_LAYERS: tuple[tuple[str, ...], ...] = (
     ),
     ("batchnorm",),
     ("conv1d", "hfheads"),  # transformers' Conv1D as Linear; Hugging Face heads and config
+    ("shortfall",),  # a structured prune far below its ratio, warned (any model)
     # the Task contract; Tasks from Hugging Face checkpoint directories; user weight files
     ("tasks", "hf", "weightfiles"),
     # data format, pruning history, ONNX, task fingerprint, whole-split data checks, batches
