@@ -10,6 +10,7 @@ them.
 
 from __future__ import annotations
 
+import copy
 import warnings
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -410,12 +411,11 @@ def check_pruned_widths(
     Returns the student made from the teacher that it pruned, by its distill.student_ratio
     (none when torch-pruning could not prune it), for the unstructured-prune rule.
     """
-    made: dict[float, nn.Module] = {}
+    made: nn.Module | None = None  # the student made from the teacher, pruned here
+    kept = min(values.get("distill.student_ratio", [DistillParams().student_ratio]))
     runs: list[tuple[str, str, float, str]] = []
-    if "distill" in pipeline and task.student is None:
-        kept = min(values.get("distill.student_ratio", [DistillParams().student_ratio]))
-        if kept < 1.0:
-            runs.append(("distill", "teacher", 1.0 - kept, STUDENT_RATIO_FIX))
+    if "distill" in pipeline and task.student is None and kept < 1.0:
+        runs.append(("distill", "teacher", 1.0 - kept, STUDENT_RATIO_FIX))
     if "prune" in pipeline and "structured" in values.get("prune.method", ["l1_unstructured"]):
         ratio = max(values.get("prune.ratio", [PruneParams().ratio]))
         arch = "student" if "distill" in pipeline and task.student is not None else "teacher"
@@ -427,25 +427,37 @@ def check_pruned_widths(
             if stage == "distill"
             else f"prune.method='structured' prune.ratio={ratio:g}"
         )
-        pruned = _check_pruned(task, arch, PruneParams(ratio=ratio, method="structured"), what, fix)
-        if stage == "distill" and pruned is not None:
-            made[min(values.get("distill.student_ratio", [DistillParams().student_ratio]))] = pruned
-    return made
+        params = PruneParams(ratio=ratio, method="structured")
+        if stage == "distill":
+            made = _check_pruned(task, arch, params, what, fix)
+        elif made is not None:  # prune receives the student made from the teacher: a copy
+            _check_pruned(task, "student", params, what, fix, model=copy.deepcopy(made))
+        else:
+            _check_pruned(task, arch, params, what, fix)
+    return {} if made is None else {kept: made}
 
 
 def _check_pruned(
-    task: Task, arch: str, params: PruneParams, what: str, fix: str
+    task: Task,
+    arch: str,
+    params: PruneParams,
+    what: str,
+    fix: str,
+    *,
+    model: nn.Module | None = None,
 ) -> nn.Module | None:
-    """Prune a fresh `arch` model as the stage would; refuse it when it no longer runs because
+    """Prune a fresh `arch` model (or `model`, the student made from the teacher) as the
+    stage would; refuse it when it no longer runs because
     a parameter or buffer kept a pruned width (or, for a Hugging Face model, for any reason).
     `fix`: the advice for the knob that asked for structured pruning (`what`).
     Another model that fails for another reason is left to the stage, whose error row says so
     per trial (`check_pruned_forward`). Returns the pruned model, or None when torch-pruning
     could not prune it."""
     cpu = torch.device("cpu")
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(0)
-        model = task.build(arch)
+    if model is None:
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(0)
+            model = task.build(arch)
     example = task.example_input(2)
     with torch.no_grad():
         before = tensor_shapes(model), tuple(forward_logits(model.eval(), example).shape)

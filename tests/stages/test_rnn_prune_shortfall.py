@@ -154,3 +154,25 @@ def test_l1_unstructured_passes_where_the_model_pruned_holds_enough_linear_weigh
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", SqueezerayWarning)
         check_stages_apply(make_lstm_task(), pipeline, {"prune.ratio": [0.4], **values})
+
+
+def test_structured_prune_after_a_made_student_is_judged_on_that_student() -> None:
+    """The prune stage receives the student (Linear 256 -> 64 -> 3 after distill at 0.5): 0.4
+    of it removes 3.2% of the student's parameters (5.9% of the teacher's, as it was judged)."""
+    values = {
+        "distill.student_ratio": [0.5],
+        "prune.method": ["structured"],
+        "prune.ratio": [0.4],
+    }
+    with pytest.warns(SqueezerayWarning) as caught:
+        check_stages_apply(make_lstm_task(), ["teacher", "distill", "prune"], values)
+    messages = [_flat(str(w.message)) for w in caught if w.category is SqueezerayWarning]
+    assert [m.split(":")[0] for m in messages] == [
+        "distill.student_ratio=0.5 (the student made from the teacher)",
+        "prune.method='structured' prune.ratio=0.4",
+    ], messages
+    assert messages[1].startswith(
+        "prune.method='structured' prune.ratio=0.4: structured pruning removed 3.2% of the "
+        "model's parameters where 40% was asked: LSTMClassifier lost only 6760 parameters of "
+        "its Linear layers (16643 -> 9883)"
+    ), messages
