@@ -159,9 +159,10 @@ def test_gc_after_two_sweeps_keeps_the_last_sweeps_stages_loadable(tmp_path: Pat
     other.write_text(tiny.replace("teacher.epochs: 3", "teacher.epochs: 2"))
     assert other.read_text() != tiny
 
-    # Two trials a sweep (tiny has four): they still share the teacher and KD stages.
-    first = execute_sweep(prepare_sweep("tiny", storage=storage, trials=2))
-    second = execute_sweep(prepare_sweep(str(other), storage=storage, trials=2))
+    # One trial a sweep (tiny has four): a teacher, a KD stage and the trial's own stages each,
+    # and one Tune trial actor to start per sweep instead of two.
+    first = execute_sweep(prepare_sweep("tiny", storage=storage, trials=1))
+    second = execute_sweep(prepare_sweep(str(other), storage=storage, trials=1))
     # Each sweep compacted itself when it finished: one file per table and sweep.
     for sweep_id in (first.summary.sweep_id, second.summary.sweep_id):
         for table in ("results", "stages"):
@@ -179,7 +180,7 @@ def test_gc_after_two_sweeps_keeps_the_last_sweeps_stages_loadable(tmp_path: Pat
     assert keys_second <= left and not keys_first & left
     assert load_results(storage, sweep=first.summary.sweep_id).num_rows == first.table.num_rows
 
-    again = execute_sweep(prepare_sweep(str(other), storage=storage, trials=2))
+    again = execute_sweep(prepare_sweep(str(other), storage=storage, trials=1))
     assert again.summary.stages_executed == 0
     assert again.summary.stages_loaded >= 1
     assert again.summary.corrupt_checkpoints == 0
