@@ -12,6 +12,9 @@ mean nothing). `bench/RESULTS.md` is the written summary of the full results.
     compression      size/latency ratios of the default sweeps' fronts, KD vs CE
     pareto           Pareto-front scale (bench/pareto_bench.py, another developer's)
     store_scale      query times on 200 sweeps x 50 trials, before and after compaction
+
+Apart: `python -m bench.quality_checks` (quality checks moved out of the test suite: KD beats
+plain CE), `python -m bench.ray_cli` (heads started with Ray's own CLI), `python -m bench.scale`.
 """
 
 from __future__ import annotations
