@@ -517,7 +517,15 @@ def test_static_int8_hugging_face_row_exports_through_the_cli(tmp_path: Path) ->
     """The new user's F3 through a real sweep: `squeezeray export` of a static_int8 row of a
     named-input BERT exits 0 (was: exit 1, a TorchScript RuntimeError traceback), writes
     model.pt2 and says why there is no model.pt and how to load model.pt2; the row's model
-    (load_model) runs at a sequence length other than the calibration one (F5)."""
+    (load_model) runs at a sequence length other than the calibration one (F5). model.pt2
+    takes any batch and sequence length and loads in a fresh Python by the card's `load` line
+    (which names the import that registers the int8 ops), to the row's logits (was: a
+    TorchScript trace of the int8 graph at batch 2 failed the re-check at the row's batch size
+    with a traceback). qat rows take the same path (`orchestrator.query.card.is_pt2e`). (This
+    test's sweep-less twin in test_hf_export.py, a distilled student's static_int8 row, is
+    merged here.)"""
+    import subprocess
+
     from typer.testing import CliRunner
 
     from orchestrator.cli import app
@@ -537,6 +545,25 @@ def test_static_int8_hugging_face_row_exports_through_the_cli(tmp_path: Path) ->
     text = " ".join(result.output.split())
     assert f"load model.pt2 (in {out}): import torch; import torchao.quantization.pt2e" in text
     assert (out / "model.pt2").is_file() and not (out / "model.pt").exists()
+    card = json.loads((out / "model.json").read_text())
+    assert card["recheck"]["ok"] and card["artifact"] == "model.pt2"
+    assert card["recheck"]["pt2_accuracy"] == card["recheck"]["expected"]
+    assert "model.pt" in card["not_written"]
+    assert "(torch.export, dynamic batch and sequence axes)" in card["not_written"]["model.pt"]
+    hf = card["huggingface"]  # was null: the int8 graph is no PreTrainedModel (new user F6)
+    assert set(hf) == {"class", "skipped"} and "quantize.mode='static_int8'" in hf["skipped"]
+    assert (out / "vocab.txt").is_file()  # beside model.pt2 (new user F5)
+    assert [i["shape"] for i in card["input"]] == [["batch", "sequence"]] * 3
     x = {k: v[:, : hf_zoo.SEQ_LEN - 4] for k, v in hf_zoo.example_batch("bert", 3).items()}
     with torch.no_grad():
-        assert load_model(storage, row["trial_id"])(**x).shape == (3, hf_zoo.NUM_CLASSES)
+        expected = load_model(storage, row["trial_id"])(**x)
+    assert expected.shape == (3, hf_zoo.NUM_CLASSES)
+    torch.save(tuple(x.values()), tmp_path / "inputs.pt")
+    script = (
+        f"{card['load']}\n"  # the documented line, then only plain torch
+        f"inputs = torch.load({str(tmp_path / 'inputs.pt')!r})\n"
+        f"torch.save(model(*inputs), {str(tmp_path / 'logits.pt')!r})\n"
+    )
+    subprocess.run([sys.executable, "-c", script], cwd=out, check=True, capture_output=True)
+    # int8 rounding of float noise (thread count, op order) moves a logit by ~1e-4
+    torch.testing.assert_close(torch.load(tmp_path / "logits.pt"), expected, rtol=0, atol=2e-3)
