@@ -40,7 +40,7 @@ from stages.prune import (
     tensor_shapes,
     untouched_summary,
 )
-from stages.surgery import GroupWalkTooLong, bounded_walks
+from stages.surgery import GraphNotBuilt, GroupWalkTooLong, bounded_walks
 from stages.tasks import Task
 
 
@@ -404,9 +404,10 @@ def check_pruned_widths(
     named, with the stage and the fix (`stages.prune.check_pruned_forward`). On a Hugging Face
     model any failure is refused here (heads or a config that cannot follow the pruning,
     `stages.hfheads`); on other models torch-pruning's own failures stay the stage's error,
-    except a group walk that does not end (`stages.surgery.GroupWalkTooLong`): it is refused
-    here within seconds, as it would stop every trial. A prune that removes far less than its
-    ratio asked is a `SqueezerayWarning` (`stages.shortfall`).
+    except those that stop every trial whatever its ratio, refused here within seconds: a
+    group walk that does not end (`stages.surgery.GroupWalkTooLong`) and a dependency graph
+    torch-pruning cannot build (`GraphNotBuilt`: a GRU's outputs into torch.cat). A prune
+    that removes far less than its ratio asked is a `SqueezerayWarning` (`stages.shortfall`).
 
     Returns the student made from the teacher that it pruned, by its distill.student_ratio
     (none when torch-pruning could not prune it), for the unstructured-prune rule.
@@ -466,7 +467,7 @@ def _check_pruned(
             prune_module(  # `what`: a shortfall warning names the knob (`stages.shortfall`)
                 model, task, params, device=cpu, seed=0, what=what, fix=fix, check_forward=False
             )
-    except GroupWalkTooLong as exc:  # every trial would stop there, whatever its ratio
+    except (GroupWalkTooLong, GraphNotBuilt) as exc:  # every trial, whatever its ratio
         raise SqueezerayError(f"task {task.name!r}: {exc}") from exc
     except SqueezerayError as exc:
         if pretrained_models(model):  # a Hugging Face model it cannot keep loadable: refuse

@@ -73,6 +73,7 @@ from stages.names import PRUNE_METHODS
 from stages.rebuild import build_model
 from stages.shortfall import Before, before, shortfall
 from stages.surgery import (
+    GraphNotBuilt,
     GroupWalkTooLong,
     PruningHistory,
     bounded_walks,
@@ -455,9 +456,8 @@ def _prune_plain(
     except GroupWalkTooLong:
         raise
     except Exception as exc:  # e.g. a GRU's outputs into torch.cat (newuser8 F-GRU-1)
-        raise _not_prunable(
-            model, params, what, fix, "while building its dependency graph", exc
-        ) from exc
+        at = "while building its dependency graph"  # the same at every ratio: GraphNotBuilt
+        raise _not_prunable(model, params, what, fix, at, exc, error=GraphNotBuilt) from exc
     for step in range(params.steps):
         try:
             pruner.step()
@@ -474,12 +474,19 @@ def _prune_plain(
 
 
 def _not_prunable(
-    model: nn.Module, params: PruneParams, what: str | None, fix: str, at: str, exc: Exception
+    model: nn.Module,
+    params: PruneParams,
+    what: str | None,
+    fix: str,
+    at: str,
+    exc: Exception,
+    *,
+    error: type[SqueezerayError] = SqueezerayError,
 ) -> SqueezerayError:
     """torch-pruning failed on this model's layout (`at`: where): the setting, the
     model's weight layers, torch-pruning's own error and the fix."""
     steps = ", or prune.steps: 1" if params.steps > 1 else ""
-    return SqueezerayError(
+    return error(
         f"{what or params.setting}: torch-pruning could not prune this model (it has "
         f"{weight_layer_summary(model)}) {at}: {type(exc).__name__}: {exc}; {fix}{steps}"
     )

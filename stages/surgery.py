@@ -107,6 +107,11 @@ class GroupWalkTooLong(SqueezerayError):
     """torch-pruning's walk of one pruning group did not end (`bounded_walks`)."""
 
 
+class GraphNotBuilt(SqueezerayError):
+    """torch-pruning could not build a model's dependency graph (it traces the model's layout,
+    whatever the ratio): every structured prune of that model fails the same way."""
+
+
 _roots: list[str] = []  # the layer each walk in progress started from (innermost last)
 
 

@@ -191,6 +191,20 @@ def test_a_layout_torch_pruning_cannot_trace_is_an_error_naming_the_layers() -> 
     assert "GRU x1" in message, message
 
 
+def test_a_graph_torch_pruning_cannot_build_is_refused_before_the_sweep() -> None:
+    """The graph build fails the same at every ratio: the pre-flight refuses the student made
+    from the teacher (validate said ok, then every trial failed in distill)."""
+    from stages.precheck import check_pruned_widths
+
+    task = dataclasses.replace(_task("gru_cat", PooledGRU, _ids(), 2), student=None)
+    with pytest.raises(SqueezerayError) as err:
+        check_pruned_widths(task, ["teacher", "distill"], {"distill.student_ratio": [0.5]})
+    message = str(err.value)
+    assert message.startswith("task 'gru_cat': distill.student_ratio=0.5"), message
+    assert "while building its dependency graph" in message, message
+    assert "distill.student_ratio: 1" in message, message  # the fix
+
+
 # -- 4. unstructured on RNN models ------------------------------------------------------------
 
 
