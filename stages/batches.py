@@ -21,6 +21,9 @@ Anything else is refused with a `SqueezerayError` naming the rule (`logits_of`).
 
 from __future__ import annotations
 
+import builtins
+import inspect
+import keyword
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -190,6 +193,9 @@ class LogitsOnly(nn.Module):
     order. Holds `model` as its only child, so its state_dict keys are prefixed `model.`.
     """
 
+    # the forward's parameter names when it has them (`named_logits`); None: `forward(*args)`
+    arguments: tuple[str, ...] | None = None
+
     def __init__(self, model: nn.Module, names: Sequence[str] | None = None) -> None:
         super().__init__()
         self.model = model
@@ -209,3 +215,63 @@ def _describe(value: Any) -> str:
     if isinstance(value, Mapping):
         return f"{type(value).__name__} with keys {list(value)[:6]}"
     return type(value).__name__
+
+
+# Names a TorchScript module's serialized code uses itself (torch's python_print reserves them):
+# an argument so named is renamed or shadows them, and the saved model.pt would not load back.
+_TORCHSCRIPT_RESERVED = frozenset(
+    {
+        *("self", "torch", "ops", "aten", "attribute", "CONSTANTS", "fork", "getattr"),
+        *("inf", "nan", "infj", "nanj", "annotate", "uninitialized", "unchecked_cast"),
+        *dir(builtins),
+    }
+)
+
+
+def signature_names_ok(names: Sequence[str]) -> bool:
+    """Whether `names` can be the parameters of a traced forward: distinct Python identifiers,
+    no keyword, builtin or name TorchScript's code reserves (`_TORCHSCRIPT_RESERVED`)."""
+    return len(set(names)) == len(names) and all(
+        n.isidentifier()
+        and not keyword.iskeyword(n)
+        and not n.startswith("__")
+        and n not in _TORCHSCRIPT_RESERVED
+        for n in names
+    )
+
+
+def named_logits(
+    model: nn.Module, keywords: Sequence[str] | None, names: Sequence[str]
+) -> LogitsOnly:
+    """`LogitsOnly(model, keywords)` whose forward's parameters are `names` (the inputs as the
+    model's card lists them), for tracers: `torch.jit.trace` names the traced module's
+    arguments after its forward's signature, so `model.pt` takes `ts(**batch)` as well as
+    positional tensors in `names`' order (a forward of `*args` gets the debug names of values
+    inside the model: `input` for a tensor passed to nn.Embedding), and `torch.export` names
+    the program's inputs so. Positional calls only reach the forward (the tracers pass the
+    example positionally). Names that cannot be a TorchScript argument (`signature_names_ok`)
+    leave the plain `LogitsOnly`.
+    """
+    if not signature_names_ok(names):
+        return LogitsOnly(model, keywords)
+    param = inspect.Parameter
+    signature = inspect.Signature(
+        [
+            param("self", param.POSITIONAL_OR_KEYWORD),
+            *(param(n, param.POSITIONAL_OR_KEYWORD, annotation=torch.Tensor) for n in names),
+        ],
+        return_annotation=torch.Tensor,
+    )
+
+    def forward(self: LogitsOnly, *args: torch.Tensor) -> torch.Tensor:
+        return LogitsOnly.forward(self, *args)
+
+    forward.__signature__ = signature  # type: ignore[attr-defined]  # read by inspect
+    # a class per signature (a method's signature is its class's); named as its base, which
+    # the TorchScript schema shows
+    named = type(
+        "LogitsOnly",
+        (LogitsOnly,),
+        {"forward": forward, "arguments": tuple(names), "__module__": __name__},
+    )
+    return named(model, keywords)  # type: ignore[no-any-return]

@@ -75,6 +75,14 @@ def onnx_input_names(count: int, *, model: nn.Module | None = None) -> list[str]
     return [ONNX_INPUT] if count == 1 else [f"{ONNX_INPUT}{i}" for i in range(count)]
 
 
+def model_input_names(example: Inputs, model: nn.Module | None) -> list[str]:
+    """The model's input names as its card lists them and every written file takes them
+    (ONNX graph inputs, TorchScript and torch.export arguments): a dict sample's keys in
+    order (passed by keyword), else `onnx_input_names` of `model`'s forward."""
+    keywords = input_names(example)
+    return list(keywords) if keywords else onnx_input_names(len(tensors(example)), model=model)
+
+
 def _is_integer(t: torch.Tensor) -> bool:
     return not (t.is_floating_point() or t.is_complex() or t.dtype == torch.bool)
 
@@ -208,7 +216,7 @@ def to_onnx_bytes(
     if batch_size(example_input) < 2:  # torch.export specializes a size-1 dim: use >= 2 rows
         example_input = concat([example_input, example_input])
     args = tensors(example_input)
-    names = list(keywords) if keywords else onnx_input_names(len(args), model=model)
+    names = model_input_names(example_input, model)
     dynamic = varying_axes(wrapped, args)
     readable = axis_names(names, args, dynamic)
     try:

@@ -39,10 +39,11 @@ import torch
 from torch import nn
 
 from stages.attention import convert_attention
-from stages.batches import Inputs, LogitsOnly, call, input_names, logits_of, tensors
+from stages.batches import Inputs, call, input_names, logits_of, named_logits, tensors
 from stages.errors import SqueezerayError
 from stages.hfheads import no_cache
 from stages.layers import restore_slow_path
+from stages.onnxio import model_input_names
 
 _QDQ_TARGETS = ("quantize_per_tensor.default", "dequantize_per_tensor.default")
 
@@ -105,8 +106,10 @@ def program_bytes(model: nn.Module, example: Inputs) -> bytes:
 
     names = input_names(example)
     args = tensors(example)
-    wrapped = LogitsOnly(model.eval(), names).eval()
-    shapes = (tuple(_axes(a, named=bool(names)) for a in args),)
+    # the program's inputs named as the card names them (`model.forward`'s, a dict's keys)
+    wrapped = named_logits(model.eval(), names, model_input_names(example, model)).eval()
+    axes = tuple(_axes(a, named=bool(names)) for a in args)
+    shapes = axes if wrapped.arguments else (axes,)  # one per parameter, or all in `*args`
     try:
         program = torch.export.export(wrapped, args, dynamic_shapes=shapes)
     except Exception as exc:  # said with the files that do deploy the row

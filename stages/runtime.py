@@ -9,7 +9,9 @@ whatever their order in the call.
 - `torchscript`: that module traced on two test inputs and frozen (`torch.jit.freeze` inlines
   the weights; scripting fails on FX-quantized GraphModules, tracing works for float, dynamic-
   and static-int8 models). A `forward` that branches in Python on its inputs' values is
-  refused (`stages.tracing.strict_trace`): the trace would keep one branch.
+  refused (`stages.tracing.strict_trace`): the trace would keep one branch. The traced
+  forward's arguments are the card's input names (`batches.named_logits`): the module is
+  called by name (`ts(**batch)`) or positionally in that order.
 - `compiled`: the eager module through `torch.compile` (Inductor, CPU: generated C++ kernels;
   for PT2E int8 graphs Inductor fuses the quantize/dequantize pairs into int8 kernels, the
   path torchao intends for CPU speed). Compiled when the predictor is made, by two warm-up
@@ -41,17 +43,18 @@ from torch.utils.data import Dataset
 from stages.base import check_int
 from stages.batches import (
     Inputs,
-    LogitsOnly,
     as_inputs,
     call,
     input_names,
     logits_of,
+    named_logits,
     tensors,
 )
 from stages.checkpoint import ModelCheckpoint
 from stages.errors import SqueezerayError
 from stages.loading import batches
 from stages.names import RUNTIMES
+from stages.onnxio import model_input_names
 from stages.rebuild import build_model
 from stages.tasks import DEFAULT_EVAL_BATCH_SIZE, Task
 from stages.tracing import strict_trace
@@ -312,15 +315,18 @@ def _trace_and_freeze(
     task: Task, model: nn.Module, ckpt: ModelCheckpoint
 ) -> torch.jit.ScriptModule:
     """`model` traced on two test inputs (positionally: named inputs in the task's key order,
-    passed on by keyword through `LogitsOnly`) and frozen."""
+    passed on by keyword through `LogitsOnly`) and frozen. Its forward's arguments are the
+    card's input names (`stages.onnxio.model_input_names`, `batches.named_logits`), so the
+    module is called positionally in that order or by name (`ts(**batch)`)."""
     x = task.example_input(2)
     example = tensors(x)
+    wrapped = named_logits(model.eval(), input_names(x), model_input_names(x, model)).eval()
     what = f"export.runtime='torchscript' (quantize.mode={ckpt.quantize!r})"
     try:
         with warnings.catch_warnings(), torch.no_grad():
             warnings.simplefilter("ignore")  # TorchScript deprecation, benign tracer warnings
             with strict_trace(what, inputs=len(example)):  # but a data-dependent branch is an error
-                traced = torch.jit.trace(LogitsOnly(model.eval(), input_names(x)).eval(), example)
+                traced = torch.jit.trace(wrapped, example)
             return torch.jit.freeze(traced.eval())
     except SqueezerayError:
         raise

@@ -154,13 +154,12 @@ def input_card(
     example's sizes, or the axes the written file accepts: the ONNX graph's (a dynamic one by
     its name, "sequence"), or `artifact_shapes`, those of a model.pt2
     (`stages.pt2e.program_shapes`) or a TorchScript model.pt (`traced_shapes`)."""
-    from stages.batches import input_names, tensors
-    from stages.onnxio import onnx_input_names
+    from stages.batches import tensors
+    from stages.onnxio import model_input_names
 
     example = task.example_input(1)
     args = tensors(example)
-    keywords = input_names(example)
-    names = list(keywords) if keywords else onnx_input_names(len(args), model=model)
+    names = model_input_names(example, model)
     shapes: list[list[int | str]] = [["batch", *(int(d) for d in t.shape[1:])] for t in args]
     if ckpt.runtime == "onnxruntime" and ckpt.onnx is not None:
         import onnx
@@ -192,14 +191,13 @@ def traced_shapes(
     "batch", then each axis the trace gives `model`'s logits at another length on (by name,
     "sequence": `stages.selfcheck.traced_axes`), else the size it was traced at, a number."""
     from stages.batches import LogitsOnly, input_names, tensors
-    from stages.onnxio import axis_names, onnx_input_names
+    from stages.onnxio import axis_names, model_input_names
     from stages.selfcheck import traced_axes
 
     example = task.example_input(2)  # as `stages.runtime._trace_and_freeze` traced it
     args = tensors(example)
-    keywords = input_names(example)
-    names = list(keywords) if keywords else onnx_input_names(len(args), model=model)
-    eager = LogitsOnly(model.eval(), keywords).eval()
+    names = model_input_names(example, model)
+    eager = LogitsOnly(model.eval(), input_names(example)).eval()
     readable = axis_names(names, args, traced_axes(traced, eager, args, ckpt.quantize))
     return [
         [readable[i].get(axis, int(size)) for axis, size in enumerate(t.shape)]

@@ -75,6 +75,13 @@ def test_bert_student_exports_a_save_pretrained_dir_with_its_tokenizer(tmp_path:
                       return_tensors="pt")  # fmt: skip
     assert model(**batch).logits.shape == (2, hf_zoo.NUM_CLASSES)
     assert (out / "model.pt").is_file() and card["recheck"]["ok"]
+    # model.pt takes the tokenizer's output by name, the card's names (new user F-TS-1)
+    scripted = torch.jit.load(str(out / "model.pt"))
+    arguments = [a.name for a in scripted.forward.schema.arguments[1:]]
+    assert arguments == [i["name"] for i in card["input"]]
+    assert set(arguments) == set(batch)
+    with torch.no_grad():
+        torch.testing.assert_close(scripted(**batch), model(**batch).logits, rtol=0, atol=1e-4)
     assert (out / "vocab.txt").read_bytes() == (directory / "vocab.txt").read_bytes()
     assert card["sha256"]["vocab.txt"]  # the tokenizer beside model.pt too (new user F5)
 

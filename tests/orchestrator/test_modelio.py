@@ -554,6 +554,9 @@ def test_static_int8_hugging_face_row_exports_through_the_cli(tmp_path: Path) ->
     assert set(hf) == {"class", "skipped"} and "quantize.mode='static_int8'" in hf["skipped"]
     assert (out / "vocab.txt").is_file()  # beside model.pt2 (new user F5)
     assert [i["shape"] for i in card["input"]] == [["batch", "sequence"]] * 3
+    program = torch.export.load(str(out / "model.pt2"))
+    user = [s.arg.name for s in program.graph_signature.input_specs if s.kind.name == "USER_INPUT"]
+    assert user == [i["name"] for i in card["input"]]  # the program's inputs: the card's names
     x = {k: v[:, : hf_zoo.SEQ_LEN - 4] for k, v in hf_zoo.example_batch("bert", 3).items()}
     with torch.no_grad():
         expected = load_model(storage, row["trial_id"])(**x)

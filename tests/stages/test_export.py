@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import re
 
 import onnxruntime as ort
@@ -10,11 +11,13 @@ import torch
 from torch import nn
 
 from stages.base import StageInput
-from stages.checkpoint import ModelCheckpoint
+from stages.batches import LogitsOnly, forward_logits, named_logits, signature_names_ok
+from stages.checkpoint import ModelCheckpoint, from_model
 from stages.errors import SqueezerayError
 from stages.export import SPEC, ExportParams, export
-from stages.onnxio import to_onnx_bytes
+from stages.onnxio import model_input_names, onnx_input_names, to_onnx_bytes
 from stages.quantize import QuantizeParams, quantize
+from stages.rebuild import build_model
 from stages.runtime import OnnxPredictor, TorchPredictor, make_predictor
 from stages.tasks import Task, load_task
 
@@ -174,3 +177,74 @@ def test_to_onnx_bytes_falls_back_to_the_legacy_exporter(
     x = torch.randn(5, 4)
     (out,) = session.run(None, {session.get_inputs()[0].name: x.numpy()})
     assert torch.allclose(torch.from_numpy(out), model(x), atol=1e-5)
+
+
+def _schema_names(module: torch.jit.ScriptModule) -> list[str]:
+    return [a.name for a in module.forward.schema.arguments[1:]]  # after self
+
+
+def _saved_and_loaded(module: torch.jit.ScriptModule) -> torch.jit.ScriptModule:
+    buffer = io.BytesIO()
+    torch.jit.save(module, buffer)
+    buffer.seek(0)
+    return torch.jit.load(buffer)
+
+
+@pytest.mark.parametrize("mode", ["none", "dynamic_int8"])
+def test_torchscript_of_named_inputs_takes_the_cards_names(mode: str) -> None:
+    """New user F-TS-1: a traced forward(*args) was named by values inside the model (BERT's
+    token_type_ids reach nn.Embedding as `input`), so `ts(**tokenizer_output)` failed. The
+    module saved as model.pt takes the card's names, by keyword in any order or positionally
+    in the card's order, and gives the eager logits."""
+    from tests import hf_zoo
+
+    task = hf_zoo.bert()  # samples {"input_ids", "attention_mask", "token_type_ids"}
+    parent = from_model(task, task.build("teacher"), {"arch": "teacher"})
+    if mode != "none":
+        parent = _quantized(task, parent, mode)
+    ckpt = parent.with_recipe(runtime="torchscript")
+    model = build_model(task, ckpt)
+    predictor = make_predictor(task, ckpt)
+    assert isinstance(predictor, TorchPredictor)
+    ts = _saved_and_loaded(predictor.module)
+    batch = task.example_input(5)
+    assert isinstance(batch, dict)
+    names = list(batch)
+    assert names == ["input_ids", "attention_mask", "token_type_ids"]
+    assert _schema_names(ts) == names == model_input_names(batch, model)
+    with torch.no_grad():
+        eager = forward_logits(model, batch)
+        assert torch.allclose(ts(**batch), eager, atol=1e-5)
+        assert torch.allclose(ts(**dict(reversed(list(batch.items())))), eager, atol=1e-5)
+        assert torch.allclose(ts(*batch.values()), eager, atol=1e-5)
+
+
+def test_torchscript_of_positional_inputs_takes_the_forwards_names(
+    digits: Task, mlp_ckpt: ModelCheckpoint
+) -> None:
+    """A positional model's trace is named as the card names it (`model.forward`'s own)."""
+    ckpt = mlp_ckpt.with_recipe(runtime="torchscript")
+    model = build_model(digits, ckpt)
+    predictor = make_predictor(digits, ckpt)
+    assert isinstance(predictor, TorchPredictor)
+    x = digits.example_input(3)
+    names = model_input_names(x, model)
+    assert _schema_names(predictor.module) == names == onnx_input_names(1, model=model)
+    with torch.no_grad():
+        got = _saved_and_loaded(predictor.module)(**dict(zip(names, [x], strict=True)))
+        assert torch.allclose(got, forward_logits(model, x), atol=1e-5)
+
+
+@pytest.mark.parametrize("name", ["int", "torch", "CONSTANTS", "self", "pixel-values", "class"])
+def test_names_torchscript_cannot_take_leave_a_positional_forward(name: str) -> None:
+    """An input name TorchScript's saved code would shadow or rename (a builtin, `torch`, a
+    keyword, not an identifier) keeps the plain forward(*args): model.pt then loads and runs
+    positionally, as before."""
+    model = nn.Linear(4, 3).eval()
+    wrapped = named_logits(model, None, [name])
+    assert type(wrapped) is LogitsOnly and wrapped.arguments is None
+    assert signature_names_ok(["input_ids", "attention_mask"]) and not signature_names_ok([name])
+    assert not signature_names_ok(["x", "x"])
+    traced = torch.jit.trace(wrapped, (torch.randn(2, 4),))
+    x = torch.randn(5, 4)
+    assert torch.allclose(_saved_and_loaded(traced)(x), model(x), atol=1e-6)
