@@ -19,13 +19,19 @@ tensor other than through `aten::size` makes it data-dependent.
 from __future__ import annotations
 
 import linecache
+import os
 import re
+import sys
 import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
+from types import FrameType
 from typing import Any, TextIO
 
 import torch
+from torch import nn
+from torch.nn.utils.rnn import PackedSequence
 
 from stages.errors import SqueezerayError
 
@@ -72,6 +78,87 @@ def _depends_on_inputs(graph: torch._C.Graph, node: torch._C.Node, inputs: int) 
     return False
 
 
+_TORCH_DIR = os.path.dirname(os.path.realpath(torch.__file__)) + os.sep
+
+
+def _in_torch(filename: str) -> bool:
+    """Whether `filename` is torch's own source (site-packages/torch/...)."""
+    return os.path.realpath(filename).startswith(_TORCH_DIR)
+
+
+@dataclass(frozen=True)
+class _Conversion:
+    """A data-dependent conversion met while tracing: `kind` (boolean, integer, ...), `where`
+    (file:line `code`), and when that line is torch's own code, `owner` (the torch module or
+    function it is in, e.g. "module torch.ao.nn.quantized.dynamic.modules.rnn.LSTM"), whether
+    that code was handed a PackedSequence, and the first line outside torch that called it."""
+
+    kind: str
+    where: str
+    owner: str | None = None
+    packed: bool = False
+    caller: str | None = None
+
+
+def _torch_site(filename: str, lineno: int) -> tuple[str, bool, str | None]:
+    """(owner, packed, caller) of a conversion at torch's `filename:lineno`, read from the
+    Python stack at the warning: the frame running that line (its `self` when a module's),
+    whether it holds a PackedSequence, and the innermost frame outside torch and this file."""
+    frame: FrameType | None = sys._getframe(1)
+    site = None
+    while frame is not None and site is None:
+        code = frame.f_code
+        if code.co_filename == filename and frame.f_lineno == lineno:
+            site = frame
+        frame = frame.f_back
+    if site is None:
+        return "code", False, None
+    owner = site.f_locals.get("self")
+    if isinstance(owner, nn.Module):
+        name = f"module {type(owner).__module__}.{type(owner).__qualname__}"
+    else:
+        name = f"function {site.f_globals.get('__name__', '?')}.{site.f_code.co_qualname}"
+    packed = any(isinstance(v, PackedSequence) for v in site.f_locals.values())
+    caller: FrameType | None = site
+    while caller is not None and (
+        _in_torch(caller.f_code.co_filename) or caller.f_code.co_filename == __file__
+    ):
+        caller = caller.f_back
+    at = f"{caller.f_code.co_filename}:{caller.f_lineno}" if caller is not None else None
+    return name, packed, at
+
+
+def _message(what: str, found: _Conversion, fix: str) -> str:
+    """The error of a data-dependent conversion: the user's forward to rewrite, or torch's own
+    module that cannot be traced and what deploys it instead."""
+    if found.owner is None:
+        return (
+            f"{what}: the model's forward uses a value computed from its inputs as a Python "
+            f"value (a tensor converted to a Python {found.kind} at {found.where}), e.g. to "
+            "branch with `if`; tracing records only what the example input did (one branch, "
+            "one constant), so the exported model would silently compute something else for "
+            "other inputs. Write it as tensor ops (e.g. torch.where(cond, a(x), b(x)) instead "
+            f"of if/else), or {fix}"
+        )
+    packed = " given a PackedSequence" if found.packed else ""
+    caller = f", called from {found.caller}" if found.caller else ""
+    ways = [fix]
+    if ".quantized." in found.owner:  # a torch.ao int8 module: ONNX Runtime's int8 instead
+        ways.append(
+            "quantize.mode: onnx_int8 (int8 in ONNX Runtime, which quantizes the exported "
+            "float graph)"
+        )
+    if found.packed:
+        ways.append("pass it a padded tensor instead of a PackedSequence")
+    return (
+        f"{what}: torch's own {found.owner}{packed} cannot be traced: its code converts a "
+        f"tensor computed from the inputs to a Python {found.kind} (at {found.where}{caller}), "
+        "so the trace would keep the example's value and the exported model would silently "
+        "compute something else for other inputs. The line is torch's, not your forward's: "
+        + "; or ".join(ways)
+    )
+
+
 @contextmanager
 def strict_trace(
     what: str, *, inputs: int, fix: str = "keep export.runtime: eager"
@@ -83,7 +170,7 @@ def strict_trace(
     traced with; `fix` is the message's way out besides rewriting the model.
     Other warnings keep whatever filters the caller set.
     """
-    found: list[str] = []
+    found: list[_Conversion] = []
     previous = warnings.showwarning
 
     def show(
@@ -106,7 +193,11 @@ def strict_trace(
         if node is not None and _depends_on_inputs(graph, node, inputs):
             code = linecache.getline(filename, lineno).strip()
             where = f"{filename}:{lineno}" + (f" `{code}`" if code else "")
-            found.append(f"a tensor converted to a Python {kind.group(1)} at {where}")
+            if _in_torch(filename):
+                owner, packed, caller = _torch_site(filename, lineno)
+                found.append(_Conversion(kind.group(1), where, owner, packed, caller))
+            else:
+                found.append(_Conversion(kind.group(1), where))
 
     with warnings.catch_warnings():
         # Inserted last, so it wins over an outer "ignore"; only this warning reaches `show`.
@@ -116,10 +207,4 @@ def strict_trace(
         warnings.showwarning = show
         yield
     if found:
-        raise SqueezerayError(
-            f"{what}: the model's forward uses a value computed from its inputs as a Python "
-            f"value ({found[0]}), e.g. to branch with `if`; tracing records only what the "
-            "example input did (one branch, one constant), so the exported model would "
-            "silently compute something else for other inputs. Write it as tensor ops (e.g. "
-            f"torch.where(cond, a(x), b(x)) instead of if/else), or {fix}"
-        )
+        raise SqueezerayError(_message(what, found[0], fix))

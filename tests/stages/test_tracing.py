@@ -19,6 +19,7 @@ from stages.checkpoint import ModelCheckpoint, from_model
 from stages.errors import SqueezerayError
 from stages.export import SPEC as EXPORT
 from stages.export import ExportParams
+from stages.hf import NamedTensorDataset
 from stages.onnxio import to_onnx_bytes, varying_axes
 from stages.quantize import SPEC as QUANTIZE
 from stages.quantize import QuantizeParams
@@ -234,3 +235,72 @@ def test_strict_trace_tells_inputs_from_weights_and_shapes(tracer: str) -> None:
     expected = r"t: .*Python boolean at .*test_tracing\.py"
     with pytest.warns(DeprecationWarning), pytest.raises(SqueezerayError, match=expected):
         trace(Branchy())
+
+
+class PackedLSTM(nn.Module):
+    """A user's text LSTM the common way (new user F-RNN-4): ids and lengths, packed."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.embedding = nn.Embedding(20, 8, padding_idx=0)
+        self.rnn = nn.LSTM(8, 8, batch_first=True)
+        self.head = nn.Linear(8, 3)
+
+    def forward(self, input_ids: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+        from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
+
+        packed = pack_padded_sequence(
+            self.embedding(input_ids), lengths.cpu(), batch_first=True, enforce_sorted=False
+        )
+        out, _ = self.rnn(packed)
+        out, _ = pad_packed_sequence(out, batch_first=True, total_length=input_ids.shape[1])
+        return self.head(out.sum(1) / lengths[:, None].float())  # type: ignore[no-any-return]
+
+
+def _packed_split(n: int, seed: int) -> NamedTensorDataset:
+    g = torch.Generator().manual_seed(seed)
+    lengths = torch.randint(2, 7, (n,), generator=g)
+    ids = torch.randint(1, 20, (n, 6), generator=g) * (torch.arange(6) < lengths[:, None])
+    return NamedTensorDataset({"input_ids": ids, "lengths": lengths}, ids[:, 0] % 3)
+
+
+@pytest.fixture(scope="module")
+def packed() -> tuple[Task, ModelCheckpoint]:
+    splits = [_packed_split(n, seed) for n, seed in ((32, 0), (16, 1), (16, 2))]
+    task = Task(name="packed-lstm", teacher=PackedLSTM, student=None, train=splits[0],
+                val=splits[1], test=splits[2], num_classes=3)  # fmt: skip
+    torch.manual_seed(0)
+    return task, from_model(task, task.build("teacher"), {"arch": "teacher"})
+
+
+def test_torchs_own_untraceable_module_is_named_not_the_users_forward(
+    packed: tuple[Task, ModelCheckpoint],
+) -> None:
+    """dynamic_int8's LSTM takes `int(batch_sizes[0])` of a PackedSequence in torch's own
+    code: the error names that module and what deploys the model (eager, onnx_int8, no
+    packing), not "write your forward as tensor ops" (new user F-RNN-4)."""
+    task, ckpt = packed
+    _, data = run_stage(
+        QUANTIZE, StageInput(task=task, parent=ckpt), QuantizeParams(mode="dynamic_int8")
+    )
+    parent = ModelCheckpoint.from_bytes(data)
+    with pytest.raises(SqueezerayError) as err:
+        run_stage(EXPORT, StageInput(task=task, parent=parent), ExportParams(runtime="torchscript"))
+    message = str(err.value)
+    assert "export.runtime='torchscript' (quantize.mode='dynamic_int8')" in message
+    assert "torch's own module torch.ao.nn.quantized.dynamic.modules.rnn.LSTM" in message
+    assert "given a PackedSequence" in message and "Python integer" in message
+    assert "test_tracing.py:" in message  # the user's line that called it
+    assert "keep export.runtime: eager" in message and "quantize.mode: onnx_int8" in message
+    assert "padded tensor instead of a PackedSequence" in message
+    assert "torch.where" not in message and "Write it as tensor ops" not in message
+    # the way out it names works: onnx_int8 on the same packed model
+    out, _ = run_stage(QUANTIZE, StageInput(task=task, parent=ckpt), QuantizeParams("onnx_int8"))
+    assert out.checkpoint.runtime == "onnxruntime" and out.metrics["quantized_fraction"] > 0.5
+
+
+def test_the_packed_float_lstm_traces(packed: tuple[Task, ModelCheckpoint]) -> None:
+    """Packing alone is fine: the float LSTM traces, named as the card names its inputs."""
+    task, ckpt = packed
+    out, _ = run_stage(EXPORT, StageInput(task=task, parent=ckpt), ExportParams("torchscript"))
+    assert 0.0 <= out.metrics["val_accuracy"] <= 1.0
