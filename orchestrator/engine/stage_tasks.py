@@ -547,12 +547,12 @@ def _reported_to_cache(sweep_id: str, key: str) -> contextlib.AbstractContextMan
         actor = ray.get_actor(cache_actor_name(sweep_id))
     except Exception:
         return contextlib.nullcontext()
+    return reporting(functools.partial(_report_progress, actor, key))
 
-    def report(text: str) -> None:
-        with contextlib.suppress(Exception):
-            actor.progress.remote(key, text)
 
-    return reporting(report)
+def _report_progress(actor: Any, key: str, text: str) -> None:
+    with contextlib.suppress(Exception):  # a progress line is never worth failing a stage
+        actor.progress.remote(key, text)
 
 
 def _stage_task(request: StageRequest, parent: Any, teacher: Any) -> tuple[Any, dict[str, Any]]:
