@@ -135,7 +135,7 @@ def fit(
         best_acc = accuracy(model, val, device=device, num_workers=num_workers)
         best_state, start_best = copy.deepcopy(model.state_dict()), True
     last_loss = float("nan")
-    n_batches = _batch_count(loader)
+    n_batches = _length(loader)  # None: an iterable dataset of unknown length
     for _epoch in range(epochs):
         model.train()
         total, n = 0.0, 0
@@ -183,18 +183,11 @@ def fit(
     }
 
 
-def _batch_count(loader: Any) -> int | None:
-    """Batches in an epoch of `loader`; None for an iterable dataset of unknown length."""
+def _length(sized: Any) -> int | None:
+    """len(sized) (a dataset's samples, a DataLoader's batches), or None for one without a
+    length (a stream)."""
     try:
-        return len(loader)
-    except TypeError:
-        return None
-
-
-def _length(dataset: Dataset) -> int | None:
-    """len(dataset), or None for a dataset without one (a stream)."""
-    try:
-        return len(dataset)  # type: ignore[arg-type]
+        return len(sized)
     except TypeError:
         return None
 

@@ -279,18 +279,10 @@ def bound_to_task(
         activations = task_activation_bytes(task_obj, training_batch_size(space))
     # The models the checks built are garbage now: their pages go back to the OS, not kept
     # by the driver for the whole sweep (the 30M BERT's pre-flight: ~200 MiB more).
-    release_heap()
+    from orchestrator.engine.stage_tasks import release_memory
+
+    release_memory(freeze=False)
     return space, fingerprint.as_dict(), fingerprint.model_bytes, activations
-
-
-def release_heap() -> None:
-    """Collect garbage and hand freed heap pages back to the OS (`stages.heap.trim`)."""
-    import gc
-
-    from stages.heap import trim
-
-    gc.collect()
-    trim()
 
 
 def loaded_and_checked(

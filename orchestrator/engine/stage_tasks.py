@@ -492,13 +492,23 @@ def measure_clock_key(key: str) -> str:
     return f"measure:{key}"
 
 
-def _announce_start(sweep_id: str, key: str) -> None:
+def _cache_actor(sweep_id: str) -> Any:
+    """The sweep's cache actor, looked up once per task; None without one (best effort)."""
+    if not sweep_id:
+        return None
+    try:
+        return ray.get_actor(cache_actor_name(sweep_id))
+    except Exception:
+        return None
+
+
+def _announce_start(actor: Any, key: str) -> None:
     """Tell the sweep's cache actor that this task has left the queue and is running, so a
     trial's time limit counts running time only (best effort: no actor, no clock)."""
-    if not sweep_id:
+    if actor is None:
         return
     with contextlib.suppress(Exception):
-        ray.get_actor(cache_actor_name(sweep_id)).started.remote(key, time.time())
+        actor.started.remote(key, time.time())
 
 
 def release_memory(*, freeze: bool = True) -> None:
@@ -536,16 +546,12 @@ def _released() -> Iterator[None]:
     release_memory()
 
 
-def _reported_to_cache(sweep_id: str, key: str) -> contextlib.AbstractContextManager[None]:
+def _reported_to(actor: Any, key: str) -> contextlib.AbstractContextManager[None]:
     """The stage's progress ("epoch 1/3, batch 40/400", `stages.progress`) sent to the sweep's
     cache actor for its display, fire and forget (best effort: no actor, no progress)."""
     from stages.progress import reporting
 
-    if not sweep_id:
-        return contextlib.nullcontext()
-    try:
-        actor = ray.get_actor(cache_actor_name(sweep_id))
-    except Exception:
+    if actor is None:
         return contextlib.nullcontext()
     return reporting(functools.partial(_report_progress, actor, key))
 
@@ -556,13 +562,14 @@ def _report_progress(actor: Any, key: str, text: str) -> None:
 
 
 def _stage_task(request: StageRequest, parent: Any, teacher: Any) -> tuple[Any, dict[str, Any]]:
-    _announce_start(request.sweep_id, request.key)
-    with _released(), _reported_to_cache(request.sweep_id, request.key):
+    actor = _cache_actor(request.sweep_id)
+    _announce_start(actor, request.key)
+    with _released(), _reported_to(actor, request.key):
         return execute_stage(request, parent, teacher)
 
 
 def _measure_task(request: MeasureRequest, checkpoint: Any) -> dict[str, Any]:
-    _announce_start(request.sweep_id, measure_clock_key(request.key))
+    _announce_start(_cache_actor(request.sweep_id), measure_clock_key(request.key))
     with _released():
         return execute_measure(request, checkpoint)
 
